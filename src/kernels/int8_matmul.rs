@@ -1,0 +1,284 @@
+//! `y = x W^T` with W in the packed int8 format and x quantised per block to int8.
+//!
+//! Every output element is computed by the same sequence of operations whatever the
+//! number of activation rows, the thread count or which other rows share the call:
+//!
+//! ```text
+//!   acc = 0
+//!   for each block b (in order):
+//!       isum = sum_j u[r,j] * xq[i,j]               exact i32
+//!       acc  = fma(isum as f32, s[r,b] * dx[i,b], acc)
+//!       acc  = fma(o[r,b], xsum[i,b], acc)          xsum = dx * sum_j xq[i,j]
+//! ```
+//!
+//! so results are bit-identical across batch sizes and schedules (the property the
+//! scoring engine relies on), and the AVX-512 VNNI path equals the scalar reference path
+//! exactly. Threads split the output tiles; each output is owned by one thread.
+
+use super::packed::{PackedMatrix, TILE};
+use rayon::prelude::*;
+
+/// Activations quantised to int8 per block, as the kernel consumes them.
+pub struct QuantizedActs {
+    pub m: usize,
+    pub k: usize,
+    pub block: usize,
+    pub qs: Vec<i8>,
+    /// Per (row, block): the scale dx.
+    pub d: Vec<f32>,
+    /// Per (row, block): dx * sum of the block's quantised values.
+    pub xsum: Vec<f32>,
+}
+
+impl QuantizedActs {
+    /// Symmetric per-block quantisation: dx = max|x| / 127, q = round(x / dx).
+    pub fn quantize(x: &[f32], m: usize, k: usize, block: usize) -> Self {
+        assert_eq!(x.len(), m * k);
+        assert_eq!(k % block, 0);
+        let nb = k / block;
+        let mut qs = vec![0i8; m * k];
+        let mut d = vec![0f32; m * nb];
+        let mut xsum = vec![0f32; m * nb];
+        for row in 0..m {
+            for b in 0..nb {
+                let at = row * k + b * block;
+                let vals = &x[at..at + block];
+                let amax = vals.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let dx = amax / 127.0;
+                let inv = if dx > 0.0 { 1.0 / dx } else { 0.0 };
+                let mut sum = 0i32;
+                for (j, v) in vals.iter().enumerate() {
+                    let q = (v * inv).round().clamp(-127.0, 127.0) as i8;
+                    qs[at + j] = q;
+                    sum += q as i32;
+                }
+                d[row * nb + b] = dx;
+                xsum[row * nb + b] = dx * sum as f32;
+            }
+        }
+        Self { m, k, block, qs, d, xsum }
+    }
+}
+
+/// Which implementation runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelPath {
+    Scalar,
+    Avx512Vnni,
+}
+
+/// The fastest path this CPU supports.
+pub fn best_path() -> KernelPath {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vnni")
+        {
+            return KernelPath::Avx512Vnni;
+        }
+    }
+    KernelPath::Scalar
+}
+
+/// Raw output pointer shared by workers that write disjoint columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// y (m x n, row-major) = x (m x k) W^T.
+pub fn matmul(w: &PackedMatrix, x: &[f32], m: usize, path: KernelPath) -> Vec<f32> {
+    let acts = QuantizedActs::quantize(x, m, w.k, w.block);
+    let mut y = vec![0f32; m * w.n];
+    matmul_quantized(w, &acts, &mut y, path);
+    y
+}
+
+/// As `matmul`, with activations already quantised (they can be shared by several W).
+pub fn matmul_quantized(w: &PackedMatrix, acts: &QuantizedActs, y: &mut [f32], path: KernelPath) {
+    assert_eq!(acts.k, w.k);
+    assert_eq!(acts.block, w.block);
+    assert_eq!(y.len(), acts.m * w.n);
+    let out = OutPtr(y.as_mut_ptr());
+    let tiles = w.n_tiles();
+    // A few chunks per thread balances load without per-tile scheduling cost.
+    let per_chunk = tiles.div_ceil(rayon::current_num_threads() * 4).max(1);
+    (0..tiles.div_ceil(per_chunk)).into_par_iter().for_each(|c| {
+        let out = out;
+        for t in c * per_chunk..((c + 1) * per_chunk).min(tiles) {
+            // SAFETY: tile t writes only columns [16t, 16t+16) of y, owned by this worker.
+            unsafe { run_tile(w, acts, t, out.0, path) };
+        }
+    });
+}
+
+unsafe fn run_tile(w: &PackedMatrix, acts: &QuantizedActs, t: usize, out: *mut f32, path: KernelPath) {
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        KernelPath::Avx512Vnni => {
+            let mut i = 0;
+            while i + 4 <= acts.m {
+                avx512::tile::<4>(w, acts, t, i, out);
+                i += 4;
+            }
+            while i < acts.m {
+                avx512::tile::<1>(w, acts, t, i, out);
+                i += 1;
+            }
+        }
+        _ => scalar_tile(w, acts, t, out),
+    }
+}
+
+/// The reference: the same operations in the same order, one output at a time.
+unsafe fn scalar_tile(w: &PackedMatrix, acts: &QuantizedActs, t: usize, out: *mut f32) {
+    let (k, block) = (w.k, w.block);
+    let (groups, nb) = (k / 4, k / block);
+    for i in 0..acts.m {
+        for lane in 0..TILE {
+            let r = t * TILE + lane;
+            if r >= w.n {
+                break;
+            }
+            let mut acc = 0f32;
+            for b in 0..nb {
+                let mut isum = 0i32;
+                for g in b * block / 4..(b + 1) * block / 4 {
+                    let at = ((t * groups + g) * TILE + lane) * 4;
+                    for j in 0..4 {
+                        isum += w.qs[at + j] as i32 * acts.qs[i * k + g * 4 + j] as i32;
+                    }
+                }
+                let s = w.scales[(t * nb + b) * TILE + lane];
+                let o = w.offsets[(t * nb + b) * TILE + lane];
+                acc = (isum as f32).mul_add(s * acts.d[i * nb + b], acc);
+                acc = o.mul_add(acts.xsum[i * nb + b], acc);
+            }
+            *out.add(i * w.n + r) = acc;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{PackedMatrix, QuantizedActs, TILE};
+    use std::arch::x86_64::*;
+
+    /// MR activation rows starting at i0 against the 16 weight rows of tile t.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn tile<const MR: usize>(
+        w: &PackedMatrix,
+        acts: &QuantizedActs,
+        t: usize,
+        i0: usize,
+        out: *mut f32,
+    ) {
+        let (k, block) = (w.k, w.block);
+        let (groups, nb, gpb) = (k / 4, k / block, block / 4);
+        let wq = w.qs.as_ptr().add(t * groups * TILE * 4);
+        let ws = w.scales.as_ptr().add(t * nb * TILE);
+        let wo = w.offsets.as_ptr().add(t * nb * TILE);
+        let xq = acts.qs.as_ptr();
+        let mut facc = [_mm512_setzero_ps(); MR];
+        for b in 0..nb {
+            let mut iacc = [_mm512_setzero_si512(); MR];
+            for g in b * gpb..(b + 1) * gpb {
+                let wv = _mm512_loadu_si512(wq.add(g * TILE * 4) as *const __m512i);
+                for r in 0..MR {
+                    let x4 = (xq.add((i0 + r) * k + g * 4) as *const i32).read_unaligned();
+                    iacc[r] = _mm512_dpbusd_epi32(iacc[r], wv, _mm512_set1_epi32(x4));
+                }
+            }
+            let sv = _mm512_loadu_ps(ws.add(b * TILE));
+            let ov = _mm512_loadu_ps(wo.add(b * TILE));
+            for r in 0..MR {
+                let row = (i0 + r) * nb + b;
+                let scale = _mm512_mul_ps(sv, _mm512_set1_ps(*acts.d.get_unchecked(row)));
+                facc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[r]), scale, facc[r]);
+                facc[r] = _mm512_fmadd_ps(ov, _mm512_set1_ps(*acts.xsum.get_unchecked(row)), facc[r]);
+            }
+        }
+        let valid = (w.n - t * TILE).min(TILE);
+        let mask: __mmask16 = if valid == TILE { 0xFFFF } else { (1u16 << valid) - 1 };
+        for r in 0..MR {
+            _mm512_mask_storeu_ps(out.add((i0 + r) * w.n + t * TILE), mask, facc[r]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+
+    fn random_matrix(n: usize, k: usize, seed: u64) -> Vec<f32> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..n * k).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+    }
+
+    fn pack(dtype: GgmlDType, n: usize, k: usize) -> (PackedMatrix, QTensor) {
+        let w = Tensor::from_vec(random_matrix(n, k, 7), (n, k), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&w, dtype).unwrap();
+        let data = q.data().unwrap();
+        (PackedMatrix::from_ggml(dtype, &data, n, k).unwrap(), q)
+    }
+
+    #[test]
+    fn packing_reproduces_ggml_dequantisation_exactly() {
+        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K] {
+            let (n, k) = (20, 512);
+            let (p, q) = pack(dtype, n, k);
+            let reference = q.dequantize(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+            for r in 0..n {
+                let ours = p.dequantize_row(r);
+                for j in 0..k {
+                    let (a, b) = (ours[j], reference[r][j]);
+                    assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{dtype:?} row {r} col {j}: {a} vs {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn simd_path_equals_scalar_path_bit_for_bit() {
+        if best_path() != KernelPath::Avx512Vnni {
+            eprintln!("this CPU has no AVX-512 VNNI; only the scalar path exists here");
+            return;
+        }
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q6K, GgmlDType::Q8_0] {
+            let (n, k, m) = (37, 512, 7);
+            let (p, _) = pack(dtype, n, k);
+            let x = random_matrix(m, k, 3);
+            let a = matmul(&p, &x, m, KernelPath::Scalar);
+            let b = matmul(&p, &x, m, KernelPath::Avx512Vnni);
+            assert_eq!(a, b, "{dtype:?}");
+        }
+    }
+
+    #[test]
+    fn each_row_is_independent_of_its_batch() {
+        let (p, _) = pack(GgmlDType::Q4_1, 48, 256);
+        let x = random_matrix(9, 256, 5);
+        let batched = matmul(&p, &x, 9, best_path());
+        for i in 0..9 {
+            let single = matmul(&p, &x[i * 256..(i + 1) * 256], 1, best_path());
+            assert_eq!(&batched[i * 48..(i + 1) * 48], &single[..], "row {i}");
+        }
+    }
+
+    #[test]
+    fn result_is_close_to_the_float_product() {
+        let (n, k) = (32, 512);
+        let (p, q) = pack(GgmlDType::Q8_0, n, k);
+        let wf = q.dequantize(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+        let x = random_matrix(1, k, 11);
+        let y = matmul(&p, &x, 1, best_path());
+        for r in 0..n {
+            let exact: f32 = (0..k).map(|j| wf[r][j] * x[j]).sum();
+            assert!((y[r] - exact).abs() < 0.05 * exact.abs().max(1.0), "row {r}: {} vs {exact}", y[r]);
+        }
+    }
+}

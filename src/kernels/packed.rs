@@ -1,0 +1,265 @@
+//! The packed int8 weight format: one representation for every GGUF quant type we use.
+//!
+//! Each ggml block type dequantises as `w = s * u + o` with small unsigned integers `u` and
+//! per-block `s`, `o` (Q4_1: u = q, o = m; Q5_0: o = -16 d; Q8_0: u = q + 128, o = -128 d;
+//! Q4_K: per 32-value sub-block s = d*sc, o = -dmin*m; Q6_K: per 16-value sub-block
+//! u = q + 32, o = -32 s). Storing `u` as bytes with f32 `s` and `o` therefore holds the
+//! file's weights exactly, and `u8 x i8` dot products map onto AVX-512 VNNI (`vpdpbusd`).
+//!
+//! Layout, in tiles of 16 output rows so one 64-byte load feeds 16 rows x 4 k-values:
+//!
+//! ```text
+//!   qs:      [tile][k/4 groups][16 rows][4 bytes]      (u8)
+//!   scales:  [tile][k/block blocks][16 rows]           (f32)
+//!   offsets: [tile][k/block blocks][16 rows]           (f32)
+//! ```
+//! Rows past `n` in the last tile are zero (scale 0, offset 0) and never written out.
+
+use candle_core::quantized::GgmlDType;
+use half::f16;
+
+pub const TILE: usize = 16;
+
+/// A weight matrix W (n outputs x k inputs) in the packed int8 format.
+#[derive(Debug, Clone)]
+pub struct PackedMatrix {
+    pub n: usize,
+    pub k: usize,
+    /// Values per scale/offset block: 32, or 16 for Q6_K.
+    pub block: usize,
+    pub(crate) qs: Vec<u8>,
+    pub(crate) scales: Vec<f32>,
+    pub(crate) offsets: Vec<f32>,
+}
+
+/// Why a tensor could not be packed (the caller falls back to candle's matmul).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unpackable(pub String);
+
+/// The block size a ggml type packs into, or None if we have no decoder for it.
+pub fn packed_block(dtype: GgmlDType) -> Option<usize> {
+    match dtype {
+        GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q8_0 | GgmlDType::Q4K => {
+            Some(32)
+        }
+        GgmlDType::Q6K => Some(16),
+        _ => None,
+    }
+}
+
+impl PackedMatrix {
+    pub fn n_tiles(&self) -> usize {
+        self.n.div_ceil(TILE)
+    }
+
+    pub fn blocks_per_row(&self) -> usize {
+        self.k / self.block
+    }
+
+    /// Bytes of weight data read per full pass (what decode streams from memory).
+    pub fn storage_bytes(&self) -> usize {
+        self.qs.len() + 4 * (self.scales.len() + self.offsets.len())
+    }
+
+    /// Packs a row-major ggml tensor (n rows of k values) from its raw bytes.
+    pub fn from_ggml(dtype: GgmlDType, data: &[u8], n: usize, k: usize) -> Result<Self, Unpackable> {
+        let block = packed_block(dtype)
+            .ok_or_else(|| Unpackable(format!("no packed decoder for {dtype:?}")))?;
+        if k % dtype.block_size() != 0 || k % 4 != 0 {
+            return Err(Unpackable(format!("k = {k} is not a multiple of the block size")));
+        }
+        let row_bytes = k / dtype.block_size() * dtype.type_size();
+        if data.len() != row_bytes * n {
+            return Err(Unpackable(format!(
+                "expected {} bytes for {n}x{k} {dtype:?}, got {}",
+                row_bytes * n,
+                data.len()
+            )));
+        }
+        let mut m = Self::zeros(n, k, block);
+        let nb = k / block;
+        let mut u = vec![0u8; k];
+        let mut s = vec![0f32; nb];
+        let mut o = vec![0f32; nb];
+        for r in 0..n {
+            decode_row(dtype, &data[r * row_bytes..(r + 1) * row_bytes], &mut u, &mut s, &mut o);
+            m.set_row(r, &u, &s, &o);
+        }
+        Ok(m)
+    }
+
+    fn zeros(n: usize, k: usize, block: usize) -> Self {
+        let tiles = n.div_ceil(TILE);
+        Self {
+            n,
+            k,
+            block,
+            qs: vec![0; tiles * TILE * k],
+            scales: vec![0.0; tiles * TILE * (k / block)],
+            offsets: vec![0.0; tiles * TILE * (k / block)],
+        }
+    }
+
+    fn set_row(&mut self, r: usize, u: &[u8], s: &[f32], o: &[f32]) {
+        let (t, lane) = (r / TILE, r % TILE);
+        let groups = self.k / 4;
+        let nb = self.blocks_per_row();
+        for g in 0..groups {
+            let at = ((t * groups + g) * TILE + lane) * 4;
+            self.qs[at..at + 4].copy_from_slice(&u[g * 4..g * 4 + 4]);
+        }
+        for b in 0..nb {
+            let at = (t * nb + b) * TILE + lane;
+            self.scales[at] = s[b];
+            self.offsets[at] = o[b];
+        }
+    }
+
+    /// Stacks matrices with the same k and block along the output dimension (fused QKV,
+    /// gate+up), so one pass over the activations feeds them all.
+    pub fn concat_rows(parts: &[&PackedMatrix]) -> Option<PackedMatrix> {
+        let first = parts.first()?;
+        if parts.iter().any(|p| p.k != first.k || p.block != first.block) {
+            return None;
+        }
+        let n = parts.iter().map(|p| p.n).sum();
+        let mut out = Self::zeros(n, first.k, first.block);
+        let mut r0 = 0;
+        for p in parts {
+            for r in 0..p.n {
+                let (u, s, o) = p.row(r);
+                out.set_row(r0 + r, &u, &s, &o);
+            }
+            r0 += p.n;
+        }
+        Some(out)
+    }
+
+    /// Row r as (u, scales, offsets): the inverse of `set_row`.
+    pub fn row(&self, r: usize) -> (Vec<u8>, Vec<f32>, Vec<f32>) {
+        let (t, lane) = (r / TILE, r % TILE);
+        let groups = self.k / 4;
+        let nb = self.blocks_per_row();
+        let mut u = vec![0u8; self.k];
+        for g in 0..groups {
+            let at = ((t * groups + g) * TILE + lane) * 4;
+            u[g * 4..g * 4 + 4].copy_from_slice(&self.qs[at..at + 4]);
+        }
+        let s = (0..nb).map(|b| self.scales[(t * nb + b) * TILE + lane]).collect();
+        let o = (0..nb).map(|b| self.offsets[(t * nb + b) * TILE + lane]).collect();
+        (u, s, o)
+    }
+
+    /// Row r dequantised to f32 (tests and the embedding table use this).
+    pub fn dequantize_row(&self, r: usize) -> Vec<f32> {
+        let (u, s, o) = self.row(r);
+        u.iter()
+            .enumerate()
+            .map(|(j, &q)| s[j / self.block] * q as f32 + o[j / self.block])
+            .collect()
+    }
+}
+
+fn h(bytes: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
+}
+
+/// Decodes one row of ggml blocks into (u, s, o) with w = s*u + o per `block` values.
+fn decode_row(dtype: GgmlDType, row: &[u8], u: &mut [u8], s: &mut [f32], o: &mut [f32]) {
+    let ts = dtype.type_size();
+    for (bi, blk) in row.chunks_exact(ts).enumerate() {
+        match dtype {
+            GgmlDType::Q4_0 => {
+                let d = h(blk, 0);
+                for j in 0..16 {
+                    u[bi * 32 + j] = blk[2 + j] & 0x0F;
+                    u[bi * 32 + j + 16] = blk[2 + j] >> 4;
+                }
+                s[bi] = d;
+                o[bi] = -8.0 * d;
+            }
+            GgmlDType::Q4_1 => {
+                let (d, m) = (h(blk, 0), h(blk, 2));
+                for j in 0..16 {
+                    u[bi * 32 + j] = blk[4 + j] & 0x0F;
+                    u[bi * 32 + j + 16] = blk[4 + j] >> 4;
+                }
+                s[bi] = d;
+                o[bi] = m;
+            }
+            GgmlDType::Q5_0 => {
+                let d = h(blk, 0);
+                let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+                for j in 0..16 {
+                    let hi0 = (((qh >> j) << 4) & 0x10) as u8;
+                    let hi1 = ((qh >> (j + 12)) & 0x10) as u8;
+                    u[bi * 32 + j] = (blk[6 + j] & 0x0F) | hi0;
+                    u[bi * 32 + j + 16] = (blk[6 + j] >> 4) | hi1;
+                }
+                s[bi] = d;
+                o[bi] = -16.0 * d;
+            }
+            GgmlDType::Q8_0 => {
+                let d = h(blk, 0);
+                for j in 0..32 {
+                    u[bi * 32 + j] = (blk[2 + j] as i8 as i16 + 128) as u8;
+                }
+                s[bi] = d;
+                o[bi] = -128.0 * d;
+            }
+            GgmlDType::Q4K => {
+                // 256 values: d, dmin, 12 bytes of 6-bit scales/mins, 128 bytes of nibbles.
+                let (d, dmin) = (h(blk, 0), h(blk, 2));
+                let scales: &[u8] = &blk[4..16];
+                let qs = &blk[16..144];
+                for j in 0..4 {
+                    let (sc1, m1) = scale_min_k4(2 * j, scales);
+                    let (sc2, m2) = scale_min_k4(2 * j + 1, scales);
+                    let sub = bi * 8 + 2 * j;
+                    s[sub] = d * sc1 as f32;
+                    o[sub] = -dmin * m1 as f32;
+                    s[sub + 1] = d * sc2 as f32;
+                    o[sub + 1] = -dmin * m2 as f32;
+                    for l in 0..32 {
+                        u[bi * 256 + 64 * j + l] = qs[32 * j + l] & 0x0F;
+                        u[bi * 256 + 64 * j + 32 + l] = qs[32 * j + l] >> 4;
+                    }
+                }
+            }
+            GgmlDType::Q6K => {
+                // 256 values: ql[128], qh[64], scales[16] (i8), d.
+                let ql = &blk[0..128];
+                let qh = &blk[128..192];
+                let sc = &blk[192..208];
+                let d = h(blk, 208);
+                for half in 0..2 {
+                    let (ql, qh, sc) = (&ql[64 * half..], &qh[32 * half..], &sc[8 * half..]);
+                    let base = bi * 256 + 128 * half;
+                    for l in 0..32 {
+                        u[base + l] = (ql[l] & 0x0F) | ((qh[l] & 3) << 4);
+                        u[base + l + 32] = (ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4);
+                        u[base + l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+                        u[base + l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+                    }
+                    // 8 sub-blocks of 16 values, in output order.
+                    for (i, &scale) in sc[..8].iter().enumerate() {
+                        let sub = (base + 16 * i) / 16;
+                        let sv = d * (scale as i8) as f32;
+                        s[sub] = sv;
+                        o[sub] = -32.0 * sv;
+                    }
+                }
+            }
+            _ => unreachable!("packed_block() filters unsupported types"),
+        }
+    }
+}
+
+/// ggml's unpacking of the 6-bit scale and min of Q4_K sub-block j.
+fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        ((q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+    }
+}

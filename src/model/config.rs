@@ -1,0 +1,121 @@
+//! The validated model configuration, read from GGUF metadata or a Hugging Face
+//! `config.json`. Missing keys and unknown architectures are errors naming the file.
+
+use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
+
+/// The architectures whose forward pass we implement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    Llama,
+    Qwen2,
+    Gemma3,
+}
+
+impl Arch {
+    pub fn parse(name: &str, path: &std::path::Path) -> Result<Self> {
+        match name {
+            "llama" => Ok(Arch::Llama),
+            "qwen2" => Ok(Arch::Qwen2),
+            "gemma3" => Ok(Arch::Gemma3),
+            other => Err(Error::UnsupportedArchitecture { path: path.to_path_buf(), arch: other.to_string() }),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Qwen2 => "qwen2",
+            Arch::Gemma3 => "gemma3",
+        }
+    }
+}
+
+/// The MLP's gate activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Silu,
+    /// GELU with the tanh approximation (Gemma's `gelu_pytorch_tanh`).
+    GeluTanh,
+}
+
+/// Everything the forward pass needs to know about a model's shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub n_layer: usize,
+    pub d_model: usize,
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub context_length: usize,
+    pub rms_eps: f64,
+    pub rope_base: f32,
+    /// Gemma 3's sliding-window layers use a different rope base.
+    pub rope_base_local: f32,
+    /// Rotate halves (NeoX / HF style) rather than interleaved pairs (GGUF llama).
+    pub rope_neox: bool,
+    /// Gemma 3: every `sliding_pattern`-th layer is global, the others see `sliding_window`.
+    pub sliding_window: Option<usize>,
+    pub sliding_pattern: usize,
+    pub activation: Activation,
+    /// Gemma 3: multiply embeddings by sqrt(d_model).
+    pub scale_embeddings: bool,
+    /// Gemma 3: RMS-normalise q and k per head, and normalise after attention and MLP.
+    pub gemma_norms: bool,
+}
+
+impl ModelConfig {
+    /// Reads the configuration from GGUF metadata.
+    pub fn from_gguf(g: &GgufFile) -> Result<Self> {
+        let arch_name = g.architecture()?;
+        let arch = Arch::parse(&arch_name, &g.path)?;
+        let key = |k: &str| format!("{arch_name}.{k}");
+        let d_model = g.usize(&key("embedding_length"))?;
+        let n_head = g.usize(&key("attention.head_count"))?;
+        let n_kv_head = g.opt_usize(&key("attention.head_count_kv"))?.unwrap_or(n_head);
+        let head_dim = g.opt_usize(&key("attention.key_length"))?.unwrap_or(d_model / n_head);
+        let vocab_size = g.strings("tokenizer.ggml.tokens")?.len();
+        let is_gemma = arch == Arch::Gemma3;
+        let cfg = ModelConfig {
+            arch,
+            n_layer: g.usize(&key("block_count"))?,
+            d_model,
+            n_head,
+            n_kv_head,
+            head_dim,
+            vocab_size,
+            context_length: g.usize(&key("context_length"))?,
+            rms_eps: g.f32(&key("attention.layer_norm_rms_epsilon"))? as f64,
+            rope_base: g.opt_f32(&key("rope.freq_base"))?.unwrap_or(10_000.0),
+            rope_base_local: g.opt_f32(&key("rope.local_freq_base"))?.unwrap_or(10_000.0),
+            rope_neox: arch != Arch::Llama,
+            sliding_window: if is_gemma { g.opt_usize(&key("attention.sliding_window"))? } else { None },
+            sliding_pattern: g
+                .opt_usize(&key("attention.sliding_window_pattern"))?
+                .unwrap_or(6),
+            activation: if is_gemma { Activation::GeluTanh } else { Activation::Silu },
+            scale_embeddings: is_gemma,
+            gemma_norms: is_gemma,
+        };
+        cfg.validate(&g.path)?;
+        Ok(cfg)
+    }
+
+    pub(crate) fn validate(&self, path: &std::path::Path) -> Result<()> {
+        let bad = |key: &str, problem: String| Error::Metadata { path: path.to_path_buf(), key: key.into(), problem };
+        if self.n_head == 0 || self.n_kv_head == 0 || self.n_head % self.n_kv_head != 0 {
+            return Err(bad("attention.head_count_kv", format!(
+                "must divide head_count ({} vs {})", self.n_kv_head, self.n_head)));
+        }
+        if self.head_dim % 2 != 0 {
+            return Err(bad("attention.key_length", format!("must be even, got {}", self.head_dim)));
+        }
+        Ok(())
+    }
+
+    /// Whether layer `i` uses the sliding window (Gemma 3's local layers).
+    pub fn is_sliding(&self, layer: usize) -> bool {
+        self.sliding_window.is_some() && (layer + 1) % self.sliding_pattern != 0
+    }
+}

@@ -1,0 +1,110 @@
+//! A linear layer (`y = x W^T`) that runs on whichever kernel suits the weights and device:
+//! the packed int8 kernel for GGUF quantised weights on CPU, candle's `QMatMul` on GPUs
+//! and for quant types we do not pack, and a dense matmul for float weights.
+
+use crate::kernels::int8_matmul::{self, KernelPath};
+use crate::kernels::packed::PackedMatrix;
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{CpuStorage, CustomOp1, Device, Layout, Module, Result, Shape, Tensor};
+use std::sync::Arc;
+
+#[derive(Debug, Clone)]
+pub enum Linear {
+    Packed(Arc<PackedMatrix>),
+    Quantized(QMatMul),
+    /// Float weights shaped (out, in).
+    Dense(Tensor),
+}
+
+impl Linear {
+    /// Chooses the kernel for a GGUF tensor shaped (out, in).
+    pub fn from_qtensor(q: QTensor, device: &Device, prefer_packed: bool) -> Result<Self> {
+        let (n, k) = q.shape().dims2()?;
+        if prefer_packed && device.is_cpu() {
+            let data = q.data()?;
+            if let Ok(p) = PackedMatrix::from_ggml(q.dtype(), &data, n, k) {
+                return Ok(Linear::Packed(Arc::new(p)));
+            }
+        }
+        Ok(Linear::Quantized(QMatMul::from_qtensor(q)?))
+    }
+
+    pub fn out_features(&self) -> usize {
+        match self {
+            Linear::Packed(p) => p.n,
+            Linear::Quantized(QMatMul::QTensor(q)) => q.shape().dims()[0],
+            Linear::Quantized(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.dims()[0],
+            Linear::Dense(t) => t.dims()[0],
+        }
+    }
+
+    /// Stacks layers along the output dimension when they share a packed format, so one
+    /// pass over the input computes them all (q/k/v, gate/up). None if they cannot fuse.
+    pub fn fuse(parts: &[&Linear]) -> Option<Linear> {
+        let packed: Option<Vec<&PackedMatrix>> = parts
+            .iter()
+            .map(|l| match l {
+                Linear::Packed(p) => Some(p.as_ref()),
+                _ => None,
+            })
+            .collect();
+        PackedMatrix::concat_rows(&packed?).map(|p| Linear::Packed(Arc::new(p)))
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Linear::Packed(p) => x.contiguous()?.apply_op1_no_bwd(&PackedOp { w: p.clone() }),
+            Linear::Quantized(q) => q.forward(x),
+            Linear::Dense(w) => {
+                let x = x.to_dtype(w.dtype())?;
+                match *x.dims() {
+                    [b, s, k] => x.reshape((b * s, k))?.matmul(&w.t()?)?.reshape((b, s, ())),
+                    _ => x.matmul(&w.t()?),
+                }
+            }
+        }
+    }
+}
+
+struct PackedOp {
+    w: Arc<PackedMatrix>,
+}
+
+impl CustomOp1 for PackedOp {
+    fn name(&self) -> &'static str {
+        "packed-int8-matmul"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = match storage {
+            CpuStorage::F32(v) => v,
+            _ => candle_core::bail!("packed matmul expects f32 activations"),
+        };
+        let (start, end) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("packed matmul needs contiguous input".into()))?;
+        let x = &x[start..end];
+        let dims = layout.shape().dims();
+        let k = *dims.last().unwrap_or(&0);
+        if k != self.w.k {
+            candle_core::bail!("packed matmul: input has {k} features, weight expects {}", self.w.k);
+        }
+        let m = x.len() / k;
+        let y = int8_matmul::matmul(&self.w, x, m, kernel_path());
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().expect("non-empty dims") = self.w.n;
+        Ok((CpuStorage::F32(y), Shape::from(out_dims)))
+    }
+}
+
+/// The kernel path in use: the best one, unless `AFFECTBENCH_KERNEL=scalar` asks for the
+/// reference (for comparisons and debugging).
+pub fn kernel_path() -> KernelPath {
+    static PATH: std::sync::OnceLock<KernelPath> = std::sync::OnceLock::new();
+    *PATH.get_or_init(|| match std::env::var("AFFECTBENCH_KERNEL").as_deref() {
+        Ok("scalar") => KernelPath::Scalar,
+        _ => int8_matmul::best_path(),
+    })
+}

@@ -1,0 +1,90 @@
+//! Building a `Model` from a GGUF file: tensors by llama.cpp's names, weights packed for
+//! the int8 kernels on CPU, q/k/v and gate/up fused where their formats agree.
+
+use super::config::ModelConfig;
+use super::linear::Linear;
+use super::transformer::{Embeddings, GateUp, Layer, QkvProj, Transformer};
+use super::{LoadOptions, Model, ModelInfo};
+use crate::chat::ChatTemplate;
+use crate::error::Result;
+use crate::gguf::GgufFile;
+use crate::tokenizer::ModelTokenizer;
+use candle_core::{Device, Tensor};
+use std::path::Path;
+
+pub(super) fn load(path: &Path, label: String, template_override: Option<&str>, opts: &LoadOptions) -> Result<Model> {
+    let mut g = GgufFile::open(path)?;
+    let mut config = ModelConfig::from_gguf(&g)?;
+    if let Some(a) = opts.activation_override {
+        config.activation = a;
+    }
+    let tokenizer = ModelTokenizer::from_gguf(&g)?;
+    let transformer = build(&mut g, config, opts)?;
+    let template_src = match template_override {
+        Some(t) => Some(t.to_string()),
+        None => g.opt_string("tokenizer.chat_template")?,
+    };
+    let chat_template = template_src
+        .map(|src| {
+            let bos = tokenizer.bos.as_ref().map(|b| b.1.as_str()).unwrap_or("");
+            let eos = tokenizer.eos.as_ref().map(|e| e.1.as_str()).unwrap_or("");
+            ChatTemplate::new(&src, bos, eos)
+        })
+        .transpose()?;
+    let arch = transformer.config.arch;
+    Ok(Model { transformer, tokenizer, chat_template, info: ModelInfo { label, path: path.to_path_buf(), arch } })
+}
+
+fn build(g: &mut GgufFile, config: ModelConfig, opts: &LoadOptions) -> Result<Transformer> {
+    let dev = &opts.device;
+    let packed = opts.packed_kernels;
+    let dense = |g: &mut GgufFile, name: &str| -> Result<Tensor> { Ok(g.tensor(name, dev)?.dequantize(dev)?) };
+    let linear = |g: &mut GgufFile, name: &str| -> Result<Linear> { Ok(Linear::from_qtensor(g.tensor(name, dev)?, dev, packed)?) };
+
+    let tied = !g.has_tensor("output.weight");
+    let embd_linear = linear(g, "token_embd.weight")?;
+    let embeddings = match &embd_linear {
+        Linear::Packed(p) => Embeddings::Packed(p.clone()),
+        _ => Embeddings::Dense(dense(g, "token_embd.weight")?),
+    };
+    let output = if tied { embd_linear } else { linear(g, "output.weight")? };
+    let final_norm = dense(g, "output_norm.weight")?;
+
+    let mut layers = Vec::with_capacity(config.n_layer);
+    for i in 0..config.n_layer {
+        let p = |s: &str| format!("blk.{i}.{s}");
+        let (wq, wk, wv) = (linear(g, &p("attn_q.weight"))?, linear(g, &p("attn_k.weight"))?, linear(g, &p("attn_v.weight"))?);
+        let qkv = match Linear::fuse(&[&wq, &wk, &wv]) {
+            Some(f) => QkvProj::Fused(f),
+            None => QkvProj::Separate(wq, wk, wv),
+        };
+        let qkv_bias = if g.has_tensor(&p("attn_q.bias")) {
+            Some((dense(g, &p("attn_q.bias"))?, dense(g, &p("attn_k.bias"))?, dense(g, &p("attn_v.bias"))?))
+        } else {
+            None
+        };
+        let (wg, wu) = (linear(g, &p("ffn_gate.weight"))?, linear(g, &p("ffn_up.weight"))?);
+        let gate_up = match Linear::fuse(&[&wg, &wu]) {
+            Some(f) => GateUp::Fused(f),
+            None => GateUp::Separate(wg, wu),
+        };
+        let opt = |g: &mut GgufFile, name: String| -> Result<Option<Tensor>> {
+            if g.has_tensor(&name) { Ok(Some(g.tensor(&name, dev)?.dequantize(dev)?)) } else { Ok(None) }
+        };
+        layers.push(Layer {
+            attn_norm: dense(g, &p("attn_norm.weight"))?,
+            qkv,
+            qkv_bias,
+            o_proj: linear(g, &p("attn_output.weight"))?,
+            q_norm: opt(g, p("attn_q_norm.weight"))?,
+            k_norm: opt(g, p("attn_k_norm.weight"))?,
+            post_attn_norm: opt(g, p("post_attention_norm.weight"))?,
+            ffn_norm: dense(g, &p("ffn_norm.weight"))?,
+            gate_up,
+            down: linear(g, &p("ffn_down.weight"))?,
+            post_ffn_norm: opt(g, p("post_ffw_norm.weight"))?,
+        });
+    }
+    let device: Device = dev.clone();
+    Ok(Transformer::new(config, embeddings, layers, final_norm, output, device)?)
+}

@@ -1,0 +1,171 @@
+//! Building a `Model` from a Hugging Face directory (`config.json`, `tokenizer.json`,
+//! `tokenizer_config.json`, `*.safetensors` in f32/f16/bf16) for llama and qwen2: what
+//! cluster users run on GPUs. Weights stay dense (no quantisation), computed in f32.
+
+use super::config::{Activation, Arch, ModelConfig};
+use super::linear::Linear;
+use super::transformer::{Embeddings, GateUp, Layer, QkvProj, Transformer};
+use super::{LoadOptions, Model, ModelInfo};
+use crate::chat::ChatTemplate;
+use crate::error::{Error, IoContext, Result};
+use crate::tokenizer::ModelTokenizer;
+use candle_core::{DType, Tensor};
+use candle_nn::VarBuilder;
+use serde::Deserialize;
+use std::path::Path;
+
+/// The fields of `config.json` we use (others are ignored: HF configs carry many).
+#[derive(Debug, Deserialize)]
+struct HfConfig {
+    model_type: String,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    vocab_size: usize,
+    max_position_embeddings: usize,
+    rms_norm_eps: f64,
+    #[serde(default = "default_theta")]
+    rope_theta: f32,
+    #[serde(default)]
+    tie_word_embeddings: bool,
+    hidden_act: Option<String>,
+}
+
+fn default_theta() -> f32 {
+    10_000.0
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum TokenSpec {
+    Plain(String),
+    Object { content: String },
+}
+
+impl TokenSpec {
+    fn text(self) -> String {
+        match self {
+            TokenSpec::Plain(s) | TokenSpec::Object { content: s } => s,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct HfTokenizerConfig {
+    chat_template: Option<String>,
+    bos_token: Option<TokenSpec>,
+    eos_token: Option<TokenSpec>,
+    add_bos_token: Option<bool>,
+}
+
+pub(super) fn load(dir: &Path, label: String, opts: &LoadOptions) -> Result<Model> {
+    let cfg_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path).with_path(&cfg_path)?;
+    let hf: HfConfig = serde_json::from_str(&text).map_err(|e| Error::DataFile {
+        path: cfg_path.clone(),
+        line: e.line(),
+        message: e.to_string(),
+    })?;
+    let arch = Arch::parse(&hf.model_type, &cfg_path)?;
+    if arch == Arch::Gemma3 {
+        return Err(Error::UnsupportedArchitecture { path: cfg_path, arch: "gemma3 (safetensors; use its GGUF)".into() });
+    }
+    if let Some(act) = &hf.hidden_act {
+        if act != "silu" {
+            return Err(Error::Metadata { path: cfg_path, key: "hidden_act".into(), problem: format!("is '{act}'; only silu is supported for {}", arch.name()) });
+        }
+    }
+    let config = ModelConfig {
+        arch,
+        n_layer: hf.num_hidden_layers,
+        d_model: hf.hidden_size,
+        n_head: hf.num_attention_heads,
+        n_kv_head: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
+        head_dim: hf.head_dim.unwrap_or(hf.hidden_size / hf.num_attention_heads),
+        vocab_size: hf.vocab_size,
+        context_length: hf.max_position_embeddings,
+        rms_eps: hf.rms_norm_eps,
+        rope_base: hf.rope_theta,
+        rope_base_local: hf.rope_theta,
+        // HF checkpoints rotate halves for both architectures (GGUF llama permutes q/k).
+        rope_neox: true,
+        sliding_window: None,
+        sliding_pattern: 1,
+        activation: opts.activation_override.unwrap_or(Activation::Silu),
+        scale_embeddings: false,
+        gemma_norms: false,
+    };
+    config.validate(&cfg_path)?;
+
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .with_path(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::Tensor { path: dir.to_path_buf(), tensor: "*".into(), message: "no .safetensors files in the directory".into() });
+    }
+    // SAFETY: the files are memory-mapped read-only; modifying them while a run uses
+    // them is undefined, as with any mmap-based loader.
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, &opts.device)? };
+    let tensor_err = |name: &str, e: candle_core::Error| Error::Tensor { path: dir.to_path_buf(), tensor: name.to_string(), message: e.to_string() };
+    let get = |name: &str, shape: &[usize]| -> Result<Tensor> { vb.get(shape, name).map_err(|e| tensor_err(name, e)) };
+
+    let (d, f, hd) = (config.d_model, hf.intermediate_size, config.head_dim);
+    let (nh, nkv) = (config.n_head, config.n_kv_head);
+    let embed = get("model.embed_tokens.weight", &[config.vocab_size, d])?;
+    let output = if hf.tie_word_embeddings { embed.clone() } else { get("lm_head.weight", &[config.vocab_size, d])? };
+    let mut layers = Vec::with_capacity(config.n_layer);
+    for i in 0..config.n_layer {
+        let p = |s: &str| format!("model.layers.{i}.{s}");
+        let q = get(&p("self_attn.q_proj.weight"), &[nh * hd, d])?;
+        let k = get(&p("self_attn.k_proj.weight"), &[nkv * hd, d])?;
+        let v = get(&p("self_attn.v_proj.weight"), &[nkv * hd, d])?;
+        let qkv_bias = if arch == Arch::Qwen2 {
+            Some((
+                get(&p("self_attn.q_proj.bias"), &[nh * hd])?,
+                get(&p("self_attn.k_proj.bias"), &[nkv * hd])?,
+                get(&p("self_attn.v_proj.bias"), &[nkv * hd])?,
+            ))
+        } else {
+            None
+        };
+        let gate = get(&p("mlp.gate_proj.weight"), &[f, d])?;
+        let up = get(&p("mlp.up_proj.weight"), &[f, d])?;
+        layers.push(Layer {
+            attn_norm: get(&p("input_layernorm.weight"), &[d])?,
+            qkv: QkvProj::Fused(Linear::Dense(Tensor::cat(&[&q, &k, &v], 0)?)),
+            qkv_bias,
+            o_proj: Linear::Dense(get(&p("self_attn.o_proj.weight"), &[d, nh * hd])?),
+            q_norm: None,
+            k_norm: None,
+            post_attn_norm: None,
+            ffn_norm: get(&p("post_attention_layernorm.weight"), &[d])?,
+            gate_up: GateUp::Fused(Linear::Dense(Tensor::cat(&[&gate, &up], 0)?)),
+            down: Linear::Dense(get(&p("mlp.down_proj.weight"), &[d, f])?),
+            post_ffn_norm: None,
+        });
+    }
+    let final_norm = get("model.norm.weight", &[d])?;
+    let transformer = Transformer::new(config, Embeddings::Dense(embed), layers, final_norm, Linear::Dense(output), opts.device.clone())?;
+
+    let tc_path = dir.join("tokenizer_config.json");
+    let tc: HfTokenizerConfig = if tc_path.is_file() {
+        let text = std::fs::read_to_string(&tc_path).with_path(&tc_path)?;
+        serde_json::from_str(&text).map_err(|e| Error::DataFile { path: tc_path.clone(), line: e.line(), message: e.to_string() })?
+    } else {
+        HfTokenizerConfig::default()
+    };
+    let bos = tc.bos_token.map(TokenSpec::text);
+    let eos = tc.eos_token.map(TokenSpec::text);
+    let tokenizer = ModelTokenizer::from_tokenizer_json(&dir.join("tokenizer.json"), bos.clone(), eos.clone(), tc.add_bos_token.unwrap_or(false))?;
+    let chat_template = tc
+        .chat_template
+        .map(|src| ChatTemplate::new(&src, bos.as_deref().unwrap_or(""), eos.as_deref().unwrap_or("")))
+        .transpose()?;
+    Ok(Model { transformer, tokenizer, chat_template, info: ModelInfo { label, path: dir.to_path_buf(), arch } })
+}

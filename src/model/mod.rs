@@ -1,0 +1,109 @@
+//! Loading a model (weights, tokenizer, chat template) from a registry name, a `.gguf`
+//! file or a Hugging Face safetensors directory, onto a device.
+//!
+//! The forward pass (`transformer`) is the project's own; `reference` wraps
+//! candle-transformers' implementation so tests can compare the two.
+
+pub mod config;
+pub mod kv_cache;
+pub mod linear;
+mod load_gguf;
+mod load_safetensors;
+pub mod reference;
+pub mod transformer;
+
+pub use config::{Activation, Arch, ModelConfig};
+pub use kv_cache::KvCache;
+pub use transformer::{LogitsAt, Transformer};
+
+use crate::cache;
+use crate::chat::{ChatTemplate, Message};
+use crate::error::{Error, Result};
+use crate::registry::{ModelRef, Registry};
+use crate::tokenizer::ModelTokenizer;
+use candle_core::Device;
+use std::path::PathBuf;
+
+/// How to load.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: Device,
+    /// Use the packed int8 kernels on CPU (the fast path); false runs candle's QMatMul.
+    pub packed_kernels: bool,
+    /// Force the MLP activation (tests use this to match a reference with a known
+    /// deviation; never needed in normal use).
+    pub activation_override: Option<Activation>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { device: Device::Cpu, packed_kernels: true, activation_override: None }
+    }
+}
+
+/// Where the model came from and what identifies it (recorded with results).
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub label: String,
+    pub path: PathBuf,
+    pub arch: Arch,
+}
+
+/// A ready-to-run model.
+pub struct Model {
+    pub transformer: Transformer,
+    pub tokenizer: ModelTokenizer,
+    pub chat_template: Option<ChatTemplate>,
+    pub info: ModelInfo,
+}
+
+impl Model {
+    /// Resolves `--model` (registry name, .gguf path or safetensors dir) and loads it.
+    /// Registry models must have been fetched (`affectbench models fetch NAME`).
+    pub fn load(registry: &Registry, model_arg: &str, opts: &LoadOptions) -> Result<Self> {
+        let model_ref = ModelRef::resolve(registry, model_arg)?;
+        Self::load_ref(&model_ref, opts)
+    }
+
+    pub fn load_ref(model_ref: &ModelRef, opts: &LoadOptions) -> Result<Self> {
+        match model_ref {
+            ModelRef::Registry(entry) => {
+                let path = cache::cached_file(entry)?;
+                load_gguf::load(&path, entry.name.clone(), entry.chat_template.as_deref(), opts)
+            }
+            ModelRef::GgufFile(path) => load_gguf::load(path, model_ref.label(), None, opts),
+            ModelRef::SafetensorsDir(dir) => load_safetensors::load(dir, model_ref.label(), opts),
+        }
+    }
+
+    /// The prompt text for a conversation, through the model's chat template.
+    pub fn render_chat(&self, messages: &[Message]) -> Result<String> {
+        let t = self.chat_template.as_ref().ok_or_else(|| {
+            Error::ChatTemplate(format!(
+                "{} has no chat template (a base model?); use --raw, or add chat_template to its registry entry",
+                self.info.label
+            ))
+        })?;
+        t.render(messages, true)
+    }
+
+    /// Token ids for a prompt: chat-rendered text is tokenized as-is (the template
+    /// writes any BOS); a raw prompt gets BOS if the model wants one.
+    pub fn prompt_tokens(&self, text: &str, raw: bool) -> Result<Vec<u32>> {
+        self.tokenizer.encode(text, raw)
+    }
+}
+
+/// Parses `--device cpu | cuda:N | metal`.
+pub fn parse_device(spec: &str) -> Result<Device> {
+    let fail = |m: String| Error::Device(spec.to_string(), m);
+    match spec {
+        "cpu" => Ok(Device::Cpu),
+        "metal" => Device::new_metal(0).map_err(|e| fail(format!("{e} (build with --features metal)"))),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let ordinal = s.strip_prefix("cuda:").unwrap_or("0").parse::<usize>().map_err(|_| fail("expected cuda:N".into()))?;
+            Device::new_cuda(ordinal).map_err(|e| fail(format!("{e} (build with --features cuda)")))
+        }
+        other => Err(fail(format!("'{other}' is not one of cpu, cuda:N, metal"))),
+    }
+}

@@ -1,0 +1,210 @@
+//! The model registry (`models/registry.toml`): which models `--model NAME` can name, where
+//! each file can be fetched from, and the sha256 it must have.
+//!
+//! Two layers, as in candle's configs: `RegistrySpec`/`ModelSpec` mirror the file (serde,
+//! unknown fields rejected) and are validated once into `Registry`/`ModelEntry`.
+
+use crate::error::{toml_error, Error, IoContext, Result};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// The registry shipped with the crate, used when no file is given.
+pub const BUILTIN_REGISTRY: &str = include_str!("../models/registry.toml");
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegistrySpec {
+    default: String,
+    model: Vec<ModelSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelSpec {
+    name: String,
+    description: String,
+    architecture: String,
+    file_name: String,
+    sha256: String,
+    size: u64,
+    licence: String,
+    hf: Option<HfSource>,
+    #[serde(default)]
+    pypi: Vec<PypiPart>,
+    chat_template: Option<String>,
+}
+
+/// A file on the Hugging Face hub.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HfSource {
+    pub repo: String,
+    pub file: String,
+    pub revision: String,
+}
+
+/// One part of a file shipped inside a PyPI wheel; parts are concatenated in order.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PypiPart {
+    pub package: String,
+    pub version: String,
+    /// Path of the part inside the wheel.
+    pub member: String,
+}
+
+/// A validated registry entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelEntry {
+    pub name: String,
+    pub description: String,
+    pub architecture: String,
+    pub file_name: String,
+    pub sha256: String,
+    pub size: u64,
+    pub licence: String,
+    pub hf: Option<HfSource>,
+    pub pypi: Vec<PypiPart>,
+    pub chat_template: Option<String>,
+}
+
+/// All registry entries plus the default model's name.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    pub default: String,
+    pub models: Vec<ModelEntry>,
+}
+
+impl Registry {
+    /// The registry compiled into the binary.
+    pub fn builtin() -> Self {
+        Self::parse(Path::new("models/registry.toml"), BUILTIN_REGISTRY)
+            .expect("the built-in registry is validated by the test suite")
+    }
+
+    /// Reads a registry file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_path(path)?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates registry text; errors name `path` and the line.
+    pub fn parse(path: &Path, text: &str) -> Result<Self> {
+        let spec: RegistrySpec = toml::from_str(text).map_err(|e| toml_error(path, text, e))?;
+        let line_of = |needle: &str| {
+            text.lines()
+                .position(|l| l.contains(needle))
+                .map(|i| i + 1)
+                .unwrap_or(0)
+        };
+        let bad = |name: &str, message: String| Error::DataFile {
+            path: path.to_path_buf(),
+            line: line_of(&format!("\"{name}\"")),
+            message,
+        };
+        let mut models = Vec::new();
+        for m in spec.model {
+            if !matches!(m.architecture.as_str(), "llama" | "qwen2" | "gemma3") {
+                return Err(bad(
+                    &m.name,
+                    format!(
+                        "model '{}': architecture '{}' is not one of llama, qwen2, gemma3",
+                        m.name, m.architecture
+                    ),
+                ));
+            }
+            if m.sha256.len() != 64 || !m.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(bad(
+                    &m.name,
+                    format!("model '{}': sha256 must be 64 hex digits", m.name),
+                ));
+            }
+            if m.hf.is_none() && m.pypi.is_empty() {
+                return Err(bad(
+                    &m.name,
+                    format!("model '{}': give at least one source (hf or pypi)", m.name),
+                ));
+            }
+            if models.iter().any(|e: &ModelEntry| e.name == m.name) {
+                return Err(bad(&m.name, format!("model '{}' is listed twice", m.name)));
+            }
+            models.push(ModelEntry {
+                name: m.name,
+                description: m.description,
+                architecture: m.architecture,
+                file_name: m.file_name,
+                sha256: m.sha256.to_ascii_lowercase(),
+                size: m.size,
+                licence: m.licence,
+                hf: m.hf,
+                pypi: m.pypi,
+                chat_template: m.chat_template,
+            });
+        }
+        if !models.iter().any(|m| m.name == spec.default) {
+            return Err(Error::DataFile {
+                path: path.to_path_buf(),
+                line: line_of("default"),
+                message: format!("default model '{}' has no [[model]] entry", spec.default),
+            });
+        }
+        Ok(Registry {
+            default: spec.default,
+            models,
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&ModelEntry> {
+        self.models.iter().find(|m| m.name == name)
+    }
+
+    pub fn names(&self) -> String {
+        self.models
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// What a `--model` argument points at.
+#[derive(Debug, Clone)]
+pub enum ModelRef {
+    /// A registry entry (the file lives in the cache).
+    Registry(ModelEntry),
+    /// A local `.gguf` file.
+    GgufFile(PathBuf),
+    /// A Hugging Face-style directory: config.json, tokenizer.json, *.safetensors.
+    SafetensorsDir(PathBuf),
+}
+
+impl ModelRef {
+    /// Resolves a registry name, a `.gguf` path or a safetensors directory.
+    pub fn resolve(registry: &Registry, arg: &str) -> Result<Self> {
+        if let Some(entry) = registry.get(arg) {
+            return Ok(ModelRef::Registry(entry.clone()));
+        }
+        let path = PathBuf::from(arg);
+        if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
+            return Ok(ModelRef::GgufFile(path));
+        }
+        if path.is_dir() && path.join("config.json").is_file() {
+            return Ok(ModelRef::SafetensorsDir(path));
+        }
+        Err(Error::UnknownModel {
+            name: arg.to_string(),
+            known: registry.names(),
+        })
+    }
+
+    /// A short label for logs and output directories.
+    pub fn label(&self) -> String {
+        match self {
+            ModelRef::Registry(e) => e.name.clone(),
+            ModelRef::GgufFile(p) | ModelRef::SafetensorsDir(p) => p
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_else(|| p.display().to_string()),
+        }
+    }
+}
