@@ -4,7 +4,7 @@ use super::{Cli, Command, GenerateArgs, ModelArgs, ModelsCommand, SourceArg, Tok
 use affectbench::cache;
 use affectbench::chat::Message;
 use affectbench::fetch::{self, FetchOptions, Source};
-use affectbench::model::{parse_device, LoadOptions, Model};
+use affectbench::model::{parse_device, Kernels, LoadOptions, Model};
 use affectbench::registry::{ModelRef, Registry};
 use affectbench::sampling::{Sampling, SamplingParams};
 use anyhow::{Context, Result};
@@ -105,7 +105,7 @@ fn load_model(registry: &Registry, args: &ModelArgs) -> Result<Model> {
             fetch::fetch(entry, &FetchOptions { source: Source::Auto, force: false, show_progress: progress_wanted() })?;
         }
     }
-    let opts = LoadOptions { device: parse_device(&args.device)?, packed_kernels: !args.candle_kernels, activation_override: None };
+    let opts = LoadOptions { device: parse_device(&args.device)?, kernels: if args.candle_kernels { Kernels::Candle } else { Kernels::Packed }, activation_override: None };
     Model::load_ref(&model_ref, &opts).with_context(|| format!("loading model '{name}'"))
 }
 

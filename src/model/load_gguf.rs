@@ -4,7 +4,7 @@
 use super::config::ModelConfig;
 use super::linear::Linear;
 use super::transformer::{Embeddings, GateUp, Layer, QkvProj, Transformer};
-use super::{LoadOptions, Model, ModelInfo};
+use super::{Kernels, LoadOptions, Model, ModelInfo};
 use crate::chat::ChatTemplate;
 use crate::error::Result;
 use crate::gguf::GgufFile;
@@ -37,9 +37,16 @@ pub(super) fn load(path: &Path, label: String, template_override: Option<&str>, 
 
 fn build(g: &mut GgufFile, config: ModelConfig, opts: &LoadOptions) -> Result<Transformer> {
     let dev = &opts.device;
-    let packed = opts.packed_kernels;
+    let kernels = opts.kernels;
     let dense = |g: &mut GgufFile, name: &str| -> Result<Tensor> { Ok(g.tensor(name, dev)?.dequantize(dev)?) };
-    let linear = |g: &mut GgufFile, name: &str| -> Result<Linear> { Ok(Linear::from_qtensor(g.tensor(name, dev)?, dev, packed)?) };
+    let linear = |g: &mut GgufFile, name: &str| -> Result<Linear> {
+        let q = g.tensor(name, dev)?;
+        Ok(match kernels {
+            Kernels::DenseF32 => Linear::Dense(q.dequantize(dev)?),
+            Kernels::Packed => Linear::from_qtensor(q, dev, true)?,
+            Kernels::Candle => Linear::from_qtensor(q, dev, false)?,
+        })
+    };
 
     let tied = !g.has_tensor("output.weight");
     let embd_linear = linear(g, "token_embd.weight")?;

