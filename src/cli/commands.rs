@@ -11,11 +11,8 @@ use anyhow::{Context, Result};
 use std::io::{IsTerminal, Write};
 
 pub fn run(cli: Cli) -> Result<()> {
-    if let Some(n) = cli.threads {
-        // candle's CPU ops read RAYON_NUM_THREADS; our kernels use the global pool.
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("setting --threads")?;
-    }
+    let threads = cli.threads.unwrap_or_else(affectbench::default_threads);
+    affectbench::set_threads(threads).context("setting --threads")?;
     let registry = match &cli.registry {
         Some(p) => Registry::load(p)?,
         None => Registry::builtin(),

@@ -16,7 +16,6 @@
 //! exactly. Threads split the output tiles; each output is owned by one thread.
 
 use super::packed::{PackedMatrix, TILE};
-use rayon::prelude::*;
 
 /// Activations quantised to int8 per block, as the kernel consumes them.
 pub struct QuantizedActs {
@@ -104,10 +103,10 @@ pub fn matmul_quantized(w: &PackedMatrix, acts: &QuantizedActs, y: &mut [f32], p
     let tiles = w.n_tiles();
     // A few chunks per thread balances load without per-tile scheduling cost.
     let per_chunk = tiles.div_ceil(rayon::current_num_threads() * 4).max(1);
-    (0..tiles.div_ceil(per_chunk)).into_par_iter().for_each(|c| {
+    super::spin_pool::run(tiles.div_ceil(per_chunk), &|c| {
         let out = out;
         for t in c * per_chunk..((c + 1) * per_chunk).min(tiles) {
-            // SAFETY: tile t writes only columns [16t, 16t+16) of y, owned by this worker.
+            // SAFETY: tile t writes only columns [16t, 16t+16) of y, owned by this task.
             unsafe { run_tile(w, acts, t, out.0, path) };
         }
     });

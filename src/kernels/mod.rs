@@ -7,3 +7,4 @@
 
 pub mod int8_matmul;
 pub mod packed;
+pub mod spin_pool;
