@@ -35,6 +35,13 @@ pub enum Sampling {
 
 impl SamplingParams {
     /// Validates and resolves; temperature 0 becomes `Greedy`.
+    ///
+    /// ```
+    /// use affectbench::sampling::{Sampling, SamplingParams};
+    /// let greedy = SamplingParams { temperature: 0.0, ..Default::default() }.resolve().unwrap();
+    /// assert_eq!(greedy, Sampling::Greedy);
+    /// assert!(SamplingParams { temperature: -0.5, ..Default::default() }.resolve().is_err());
+    /// ```
     pub fn resolve(self) -> Result<Sampling> {
         let t = self.temperature;
         if !t.is_finite() || t < 0.0 {
@@ -61,6 +68,13 @@ impl SamplingParams {
 }
 
 /// The RNG for one sequence: ChaCha20 seeded by sha256(run seed, sequence id).
+///
+/// ```
+/// use rand::Rng;
+/// let a: u64 = affectbench::sampling::sequence_rng(7, "trial-1").random();
+/// let b: u64 = affectbench::sampling::sequence_rng(7, "trial-1").random();
+/// assert_eq!(a, b);
+/// ```
 pub fn sequence_rng(run_seed: u64, sequence_id: &str) -> ChaCha20Rng {
     let mut h = Sha256::new();
     h.update(b"affectbench/sequence-rng/v1");
@@ -70,6 +84,10 @@ pub fn sequence_rng(run_seed: u64, sequence_id: &str) -> ChaCha20Rng {
 }
 
 /// Index of the largest logit (the first one on ties).
+///
+/// ```
+/// assert_eq!(affectbench::sampling::argmax(&[0.1, 2.0, 2.0, -1.0]), 1);
+/// ```
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &v) in logits.iter().enumerate() {

@@ -30,32 +30,59 @@ pub struct QuantizedActs {
 }
 
 impl QuantizedActs {
-    /// Symmetric per-block quantisation: dx = max|x| / 127, q = round(x / dx).
+    /// Symmetric per-block quantisation: dx = max|x| / 127, q = round(x / dx). Rows are
+    /// independent, so long inputs (prefill) are split across threads.
     pub fn quantize(x: &[f32], m: usize, k: usize, block: usize) -> Self {
         assert_eq!(x.len(), m * k);
         assert_eq!(k % block, 0);
         let nb = k / block;
-        let mut qs = vec![0i8; m * k];
-        let mut d = vec![0f32; m * nb];
-        let mut xsum = vec![0f32; m * nb];
-        for row in 0..m {
-            for b in 0..nb {
-                let at = row * k + b * block;
-                let vals = &x[at..at + block];
-                let amax = vals.iter().fold(0f32, |a, v| a.max(v.abs()));
-                let dx = amax / 127.0;
-                let inv = if dx > 0.0 { 1.0 / dx } else { 0.0 };
-                let mut sum = 0i32;
-                for (j, v) in vals.iter().enumerate() {
-                    let q = (v * inv).round().clamp(-127.0, 127.0) as i8;
-                    qs[at + j] = q;
-                    sum += q as i32;
-                }
-                d[row * nb + b] = dx;
-                xsum[row * nb + b] = dx * sum as f32;
+        let mut acts = Self { m, k, block, qs: vec![0i8; m * k], d: vec![0f32; m * nb], xsum: vec![0f32; m * nb] };
+        let rows = RowsPtr { qs: acts.qs.as_mut_ptr(), d: acts.d.as_mut_ptr(), xsum: acts.xsum.as_mut_ptr() };
+        let quantize_rows = |range: std::ops::Range<usize>| {
+            let rows = rows;
+            for row in range {
+                // SAFETY: each row's slices are disjoint and written by one task only.
+                let (qs, d, xsum) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(rows.qs.add(row * k), k),
+                        std::slice::from_raw_parts_mut(rows.d.add(row * nb), nb),
+                        std::slice::from_raw_parts_mut(rows.xsum.add(row * nb), nb),
+                    )
+                };
+                quantize_row(&x[row * k..(row + 1) * k], block, qs, d, xsum);
             }
+        };
+        if m >= 16 {
+            candle_core::utils::barrier_pool().execute_chunked(m, quantize_rows);
+        } else {
+            quantize_rows(0..m);
         }
-        Self { m, k, block, qs, d, xsum }
+        acts
+    }
+}
+
+#[derive(Clone, Copy)]
+struct RowsPtr {
+    qs: *mut i8,
+    d: *mut f32,
+    xsum: *mut f32,
+}
+unsafe impl Send for RowsPtr {}
+unsafe impl Sync for RowsPtr {}
+
+fn quantize_row(x: &[f32], block: usize, qs: &mut [i8], d: &mut [f32], xsum: &mut [f32]) {
+    for (b, vals) in x.chunks_exact(block).enumerate() {
+        let amax = vals.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let dx = amax / 127.0;
+        let inv = if dx > 0.0 { 1.0 / dx } else { 0.0 };
+        let mut sum = 0i32;
+        for (j, v) in vals.iter().enumerate() {
+            let q = (v * inv).round().clamp(-127.0, 127.0) as i8;
+            qs[b * block + j] = q;
+            sum += q as i32;
+        }
+        d[b] = dx;
+        xsum[b] = dx * sum as f32;
     }
 }
 
@@ -100,12 +127,12 @@ pub fn matmul_quantized(w: &PackedMatrix, acts: &QuantizedActs, y: &mut [f32], p
     assert_eq!(acts.block, w.block);
     assert_eq!(y.len(), acts.m * w.n);
     let out = OutPtr(y.as_mut_ptr());
-    let tiles = w.n_tiles();
-    // A few chunks per thread balances load without per-tile scheduling cost.
-    let per_chunk = tiles.div_ceil(rayon::current_num_threads() * 4).max(1);
-    super::spin_pool::run(tiles.div_ceil(per_chunk), &|c| {
+    // candle's own spin-then-park pool: sharing it with candle's elementwise ops keeps
+    // two pools from spinning against each other on few cores (rayon's park/wake per
+    // matmul was a third of decode time).
+    candle_core::utils::barrier_pool().execute_chunked(w.n_tiles(), |tiles| {
         let out = out;
-        for t in c * per_chunk..((c + 1) * per_chunk).min(tiles) {
+        for t in tiles {
             // SAFETY: tile t writes only columns [16t, 16t+16) of y, owned by this task.
             unsafe { run_tile(w, acts, t, out.0, path) };
         }

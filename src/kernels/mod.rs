@@ -7,4 +7,3 @@
 
 pub mod int8_matmul;
 pub mod packed;
-pub mod spin_pool;
