@@ -93,14 +93,23 @@ impl<T> IoContext<T> for std::io::Result<T> {
 }
 
 /// Turns a toml deserialisation error into a `DataFile` error with a 1-based line number.
+/// For an unknown field, the line is that of the field itself (toml reports the start of
+/// its table).
 pub(crate) fn toml_error(path: &std::path::Path, text: &str, err: toml::de::Error) -> Error {
-    let line = err
-        .span()
-        .map(|span| text[..span.start.min(text.len())].lines().count().max(1))
-        .unwrap_or(0);
-    Error::DataFile {
-        path: path.to_path_buf(),
-        line,
-        message: err.message().to_string(),
+    let start = err.span().map(|s| s.start.min(text.len())).unwrap_or(0);
+    let mut line = text[..start].lines().count().max(1);
+    if err.span().is_none() {
+        line = 0;
     }
+    let message = err.message().to_string();
+    if let Some(field) = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
+        let from = text[..start].matches('\n').count();
+        if let Some(offset) = text.lines().skip(from).position(|l| {
+            let l = l.trim_start();
+            l.starts_with(field) && l[field.len()..].trim_start().starts_with('=')
+        }) {
+            line = from + offset + 1;
+        }
+    }
+    Error::DataFile { path: path.to_path_buf(), line, message }
 }

@@ -1,0 +1,173 @@
+//! Rating scales as data (`scenarios/instruments/*.toml`): instruction and time frame,
+//! items (with reverse keying and subscales), the response format (labelled options with
+//! values, or a numeric range with bins for the probability read-out), and the scoring
+//! rule. A user's licensed scale drops in with the same format.
+
+use super::{info, invalid, read_toml, FileInfo};
+use crate::error::Result;
+use serde::Deserialize;
+use std::path::Path;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InstrumentSpec {
+    id: String,
+    version: u32,
+    description: String,
+    source: String,
+    licence: String,
+    instruction: String,
+    time_frame: String,
+    scoring: String,
+    #[serde(default)]
+    score_multiplier: Option<f64>,
+    response: ResponseSpec,
+    item: Vec<ItemSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
+enum ResponseSpec {
+    Options { options: Vec<OptionSpec> },
+    Numeric { min: i64, max: i64, choice_bins: Vec<i64> },
+}
+
+/// One response option: the label the model answers with, its meaning, its value.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptionSpec {
+    pub label: String,
+    pub text: String,
+    pub value: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ItemSpec {
+    id: String,
+    text: String,
+    subscale: Option<String>,
+    #[serde(default)]
+    reverse: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Response {
+    Options(Vec<OptionSpec>),
+    /// A number in [min, max]; the choice read-out scores `bins` as options.
+    Numeric { min: i64, max: i64, bins: Vec<i64> },
+}
+
+impl Response {
+    /// Lowest and highest value an answer can take.
+    pub fn range(&self) -> (f64, f64) {
+        match self {
+            Response::Options(o) => {
+                let vals = o.iter().map(|x| x.value);
+                (vals.clone().fold(f64::MAX, f64::min), vals.fold(f64::MIN, f64::max))
+            }
+            Response::Numeric { min, max, .. } => (*min as f64, *max as f64),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scoring {
+    Sum,
+    Mean,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    pub id: String,
+    pub text: String,
+    pub subscale: Option<String>,
+    pub reverse: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Instrument {
+    pub info: FileInfo,
+    pub description: String,
+    pub instruction: String,
+    pub time_frame: String,
+    pub scoring: Scoring,
+    pub score_multiplier: f64,
+    pub response: Response,
+    pub items: Vec<Item>,
+}
+
+impl Instrument {
+    pub fn load(path: &Path) -> Result<Self> {
+        let (spec, text): (InstrumentSpec, String) = read_toml(path)?;
+        let _ = (&spec.source, &spec.licence);
+        let scoring = match spec.scoring.as_str() {
+            "sum" => Scoring::Sum,
+            "mean" => Scoring::Mean,
+            other => return Err(invalid(path, &text, "scoring", format!("scoring is '{other}'; use \"sum\" or \"mean\""))),
+        };
+        let response = match spec.response {
+            ResponseSpec::Options { options } => {
+                if options.len() < 2 {
+                    return Err(invalid(path, &text, "options", "give at least two response options".into()));
+                }
+                for (i, o) in options.iter().enumerate() {
+                    if options[..i].iter().any(|p| p.label == o.label) {
+                        return Err(invalid(path, &text, &format!("\"{}\"", o.label), format!("option label '{}' is used twice", o.label)));
+                    }
+                }
+                Response::Options(options)
+            }
+            ResponseSpec::Numeric { min, max, choice_bins } => {
+                if min >= max {
+                    return Err(invalid(path, &text, "numeric", format!("numeric range needs min < max (got {min}..{max})")));
+                }
+                if choice_bins.len() < 2 || choice_bins.iter().any(|b| *b < min || *b > max) {
+                    return Err(invalid(path, &text, "choice_bins", format!("choice_bins must hold at least two values inside {min}..{max}")));
+                }
+                Response::Numeric { min, max, bins: choice_bins }
+            }
+        };
+        let mut items: Vec<Item> = Vec::new();
+        for it in spec.item {
+            if items.iter().any(|i| i.id == it.id) {
+                return Err(invalid(path, &text, &format!("id = \"{}\"", it.id), format!("item id '{}' is used twice", it.id)));
+            }
+            items.push(Item { id: it.id, text: it.text, subscale: it.subscale, reverse: it.reverse });
+        }
+        if items.is_empty() {
+            return Err(invalid(path, &text, "id", "an instrument needs at least one [[item]]".into()));
+        }
+        Ok(Instrument {
+            info: info(path, &text, &spec.id, spec.version),
+            description: spec.description,
+            instruction: spec.instruction,
+            time_frame: spec.time_frame,
+            scoring,
+            score_multiplier: spec.score_multiplier.unwrap_or(1.0),
+            response,
+            items,
+        })
+    }
+
+    /// An item's contribution to the score: reverse-keyed items are mirrored.
+    pub fn keyed_value(&self, item: &Item, value: f64) -> f64 {
+        let (lo, hi) = self.response.range();
+        if item.reverse { lo + hi - value } else { value }
+    }
+
+    /// The scale score from keyed item values (None if any is missing).
+    pub fn score(&self, keyed: &[Option<f64>]) -> Option<f64> {
+        let vals: Option<Vec<f64>> = keyed.iter().copied().collect();
+        let vals = vals?;
+        if vals.is_empty() {
+            return None;
+        }
+        let sum: f64 = vals.iter().sum();
+        let s = match self.scoring {
+            Scoring::Sum => sum,
+            Scoring::Mean => sum / vals.len() as f64,
+        };
+        Some(s * self.score_multiplier)
+    }
+}

@@ -1,0 +1,291 @@
+//! Study designs (`scenarios/studies/*.toml`): conditions (induction x regulation, in
+//! either order), the instruments asked after each, repetitions, sampling temperature,
+//! answer read-out settings, perturbations, and an optional sentence-completion task.
+//! `[[factorial]]` blocks cross inductions with regulations; `{emotion}` in an
+//! instrument name stands for the induction's emotion.
+
+use super::{info, invalid, read_toml, FileInfo, Library};
+use crate::error::Result;
+use serde::Deserialize;
+use std::path::Path;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StudySpec {
+    id: String,
+    version: u32,
+    description: String,
+    source: String,
+    licence: String,
+    seed: u64,
+    repetitions: usize,
+    temperature: f32,
+    items_per_conversation: String,
+    max_answer_tokens: usize,
+    max_reasks: usize,
+    system_prompt: Option<String>,
+    acknowledgement: String,
+    option_order: String,
+    label_styles: Vec<String>,
+    #[serde(default)]
+    condition: Vec<ConditionSpec>,
+    #[serde(default)]
+    factorial: Vec<FactorialSpec>,
+    completion: Option<CompletionSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConditionSpec {
+    name: Option<String>,
+    induction: Option<String>,
+    regulation: Option<String>,
+    order: Option<String>,
+    instruments: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FactorialSpec {
+    inductions: Vec<String>,
+    regulations: Vec<String>,
+    instruments: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompletionSpec {
+    task: String,
+    conditions: Vec<String>,
+    stems: Option<Vec<String>>,
+    completions: usize,
+    max_tokens: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Order {
+    InductionFirst,
+    RegulationFirst,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PerConversation {
+    /// One item per conversation (as the npj study did).
+    One,
+    /// All items of an instrument in one turn (as EmotionBench does).
+    All,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LabelStyle {
+    Digits,
+    Letters,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RegulationRef {
+    pub strategy: String,
+    /// A pinned variant id; None cycles through the strategy's variants.
+    pub variant: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Condition {
+    pub name: String,
+    pub induction: Option<String>,
+    pub regulation: Option<RegulationRef>,
+    pub order: Order,
+    pub instruments: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub task: String,
+    pub conditions: Vec<String>,
+    pub stems: Option<Vec<String>>,
+    pub completions: usize,
+    pub max_tokens: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Study {
+    pub info: FileInfo,
+    pub description: String,
+    pub seed: u64,
+    pub repetitions: usize,
+    pub temperature: f32,
+    pub per_conversation: PerConversation,
+    pub max_answer_tokens: usize,
+    pub max_reasks: usize,
+    pub system_prompt: Option<String>,
+    pub acknowledgement: String,
+    pub shuffle_options: bool,
+    pub label_styles: Vec<LabelStyle>,
+    pub conditions: Vec<Condition>,
+    pub completion: Option<Completion>,
+}
+
+impl Study {
+    /// Reads a study file and checks every reference against `lib`.
+    pub fn load(path: &Path, lib: &Library) -> Result<Self> {
+        let (spec, text): (StudySpec, String) = read_toml(path)?;
+        let _ = (&spec.source, &spec.licence);
+        let bad = |needle: &str, msg: String| invalid(path, &text, needle, msg);
+        let per_conversation = match spec.items_per_conversation.as_str() {
+            "one" => PerConversation::One,
+            "all" => PerConversation::All,
+            o => return Err(bad("items_per_conversation", format!("items_per_conversation is '{o}'; use \"one\" or \"all\""))),
+        };
+        let shuffle_options = match spec.option_order.as_str() {
+            "shuffle" => true,
+            "fixed" => false,
+            o => return Err(bad("option_order", format!("option_order is '{o}'; use \"shuffle\" or \"fixed\""))),
+        };
+        let label_styles = spec
+            .label_styles
+            .iter()
+            .map(|s| match s.as_str() {
+                "digits" => Ok(LabelStyle::Digits),
+                "letters" => Ok(LabelStyle::Letters),
+                o => Err(bad("label_styles", format!("label style '{o}'; use \"digits\" or \"letters\""))),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if label_styles.is_empty() {
+            return Err(bad("label_styles", "give at least one label style".into()));
+        }
+        if spec.repetitions == 0 {
+            return Err(bad("repetitions", "repetitions must be at least 1".into()));
+        }
+        if !(spec.temperature >= 0.0 && spec.temperature.is_finite()) {
+            return Err(bad("temperature", format!("temperature must be >= 0, got {}", spec.temperature)));
+        }
+
+        let check_regulation = |r: &str| -> Result<RegulationRef> {
+            let (strategy, variant) = match r.split_once(':') {
+                Some((s, v)) => (s.to_string(), Some(v.to_string())),
+                None => (r.to_string(), None),
+            };
+            let reg = lib.regulations.get(&strategy).ok_or_else(|| {
+                bad(&format!("\"{r}\""), format!("regulation '{strategy}' is not defined (known: {})", lib.regulations.keys().cloned().collect::<Vec<_>>().join(", ")))
+            })?;
+            if let Some(v) = &variant {
+                if !reg.variants.iter().any(|x| &x.id == v) {
+                    return Err(bad(&format!("\"{r}\""), format!("regulation '{strategy}' has no variant '{v}'")));
+                }
+            }
+            Ok(RegulationRef { strategy, variant })
+        };
+        let check_induction = |e: &str| -> Result<()> {
+            if lib.inductions.contains_key(e) {
+                Ok(())
+            } else {
+                Err(bad(&format!("\"{e}\""), format!("induction '{e}' is not defined (known: {})", lib.inductions.keys().cloned().collect::<Vec<_>>().join(", "))))
+            }
+        };
+        let check_instruments = |list: &[String], emotion: Option<&str>| -> Result<Vec<String>> {
+            list.iter()
+                .map(|name| {
+                    let resolved = name.replace("{emotion}", emotion.unwrap_or("{emotion}"));
+                    if lib.instruments.contains_key(&resolved) {
+                        Ok(resolved)
+                    } else {
+                        Err(bad(&format!("\"{name}\""), format!("instrument '{resolved}' is not defined (known: {})", lib.instruments.keys().cloned().collect::<Vec<_>>().join(", "))))
+                    }
+                })
+                .collect()
+        };
+
+        let mut conditions: Vec<Condition> = Vec::new();
+        for c in &spec.condition {
+            if let Some(e) = &c.induction {
+                check_induction(e)?;
+            }
+            let regulation = c.regulation.as_deref().map(check_regulation).transpose()?;
+            let order = match c.order.as_deref() {
+                None | Some("induction-first") => Order::InductionFirst,
+                Some("regulation-first") => Order::RegulationFirst,
+                Some(o) => return Err(bad("order", format!("order is '{o}'; use \"induction-first\" or \"regulation-first\""))),
+            };
+            let name = c.name.clone().unwrap_or_else(|| default_name(c.induction.as_deref(), c.regulation.as_deref()));
+            conditions.push(Condition {
+                name,
+                instruments: check_instruments(&c.instruments, c.induction.as_deref())?,
+                induction: c.induction.clone(),
+                regulation,
+                order,
+            });
+        }
+        for f in &spec.factorial {
+            for e in &f.inductions {
+                check_induction(e)?;
+                for r in &f.regulations {
+                    let regulation = check_regulation(r)?;
+                    let regulation = (regulation.strategy != "none").then_some(regulation);
+                    conditions.push(Condition {
+                        name: default_name(Some(e), Some(r)),
+                        induction: Some(e.clone()),
+                        regulation,
+                        order: Order::InductionFirst,
+                        instruments: check_instruments(&f.instruments, Some(e))?,
+                    });
+                }
+            }
+        }
+        for (i, c) in conditions.iter().enumerate() {
+            if conditions[..i].iter().any(|p| p.name == c.name) {
+                return Err(bad(&c.name, format!("condition '{}' is defined twice; give one a `name`", c.name)));
+            }
+        }
+        if conditions.is_empty() {
+            return Err(bad("id", "the study has no [[condition]] or [[factorial]]".into()));
+        }
+
+        let completion = match spec.completion {
+            None => None,
+            Some(c) => {
+                let task = lib.tasks.get(&c.task).ok_or_else(|| bad(&format!("\"{}\"", c.task), format!("task '{}' is not defined", c.task)))?;
+                for name in &c.conditions {
+                    if !conditions.iter().any(|x| &x.name == name) {
+                        return Err(bad(&format!("\"{name}\""), format!("completion condition '{name}' is not one of the study's conditions")));
+                    }
+                }
+                if let Some(stems) = &c.stems {
+                    for s in stems {
+                        if !task.stems.iter().any(|x| &x.id == s) {
+                            return Err(bad(&format!("\"{s}\""), format!("task '{}' has no stem '{s}'", c.task)));
+                        }
+                    }
+                }
+                Some(Completion { task: c.task, conditions: c.conditions, stems: c.stems, completions: c.completions, max_tokens: c.max_tokens })
+            }
+        };
+
+        Ok(Study {
+            info: info(path, &text, &spec.id, spec.version),
+            description: spec.description,
+            seed: spec.seed,
+            repetitions: spec.repetitions,
+            temperature: spec.temperature,
+            per_conversation,
+            max_answer_tokens: spec.max_answer_tokens,
+            max_reasks: spec.max_reasks,
+            system_prompt: spec.system_prompt,
+            acknowledgement: spec.acknowledgement,
+            shuffle_options,
+            label_styles,
+            conditions,
+            completion,
+        })
+    }
+}
+
+/// `baseline` with neither; `{induction}/{regulation}` otherwise ("none" where absent).
+fn default_name(induction: Option<&str>, regulation: Option<&str>) -> String {
+    match (induction, regulation) {
+        (None, None) => "baseline".to_string(),
+        (i, r) => format!("{}/{}", i.unwrap_or("none"), r.unwrap_or("none")),
+    }
+}
