@@ -72,6 +72,9 @@ pub enum Error {
     #[error("device '{0}' is not available: {1}")]
     Device(String, String),
 
+    #[error("run: {0}")]
+    Run(String),
+
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

@@ -20,6 +20,7 @@ pub mod kernels;
 pub mod model;
 pub mod registry;
 pub mod scenario;
+pub mod study;
 pub mod sampling;
 pub mod tokenizer;
 

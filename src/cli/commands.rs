@@ -1,6 +1,6 @@
 //! The commands behind each subcommand.
 
-use super::{Cli, Command, GenerateArgs, ModelArgs, ModelsCommand, SourceArg, TokenizeArgs};
+use super::{Cli, Command, GenerateArgs, ModelArgs, ModelsCommand, RunArgs, SourceArg, TokenizeArgs};
 use affectbench::cache;
 use affectbench::chat::Message;
 use affectbench::fetch::{self, FetchOptions, Source};
@@ -21,6 +21,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Models(cmd) => models(&registry, cmd),
         Command::Generate(args) => generate(&registry, args),
         Command::Tokenize(args) => tokenize(&registry, args),
+        Command::Run(args) => run_study(&registry, args, threads),
     }
 }
 
@@ -166,4 +167,83 @@ fn tokenize(registry: &Registry, args: TokenizeArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&ids)?);
     }
     Ok(())
+}
+
+/// Resolves a model argument, fetching registry models that are not cached yet.
+fn resolve_fetched(registry: &Registry, name: &str) -> Result<ModelRef> {
+    let model_ref = ModelRef::resolve(registry, name)?;
+    if let ModelRef::Registry(entry) = &model_ref {
+        if cache::cached_file(entry).is_err() {
+            eprintln!("{name} is not cached yet; fetching it (once)");
+            fetch::fetch(entry, &FetchOptions { source: Source::Auto, force: false, show_progress: progress_wanted() })?;
+        }
+    }
+    Ok(model_ref)
+}
+
+fn run_study(registry: &Registry, args: RunArgs, threads: usize) -> Result<()> {
+    use affectbench::study::runner::{read_header, run_study, RunConfig};
+    let (study_path, model_names, out_dir, seed, repetitions) = match &args.resume {
+        Some(dir) => {
+            let h = read_header(dir).with_context(|| format!("--resume {}: not a run directory", dir.display()))?;
+            let names = h.models.iter().map(|m| if registry.get(&m.label).is_some() { m.label.clone() } else { m.path.clone() }).collect();
+            (std::path::PathBuf::from(h.study_path), names, dir.clone(), Some(h.seed), Some(h.repetitions))
+        }
+        None => {
+            let study = args.study.clone().unwrap_or_else(|| "scenarios/studies/affect-induction.toml".into());
+            let models = if args.model.is_empty() { vec![registry.default.clone()] } else { args.model.clone() };
+            let out = match &args.out {
+                Some(o) => o.clone(),
+                None => default_out_dir(&study, &models),
+            };
+            (study, models, out, args.seed, args.repetitions)
+        }
+    };
+    anyhow::ensure!(study_path.is_file(), "study file {} does not exist (studies live in scenarios/studies/)", study_path.display());
+    let models = model_names.iter().map(|n| resolve_fetched(registry, n)).collect::<Result<Vec<_>>>()?;
+    let cfg = RunConfig {
+        study_path,
+        scenarios_root: args.scenarios.clone(),
+        models,
+        out_dir,
+        seed,
+        repetitions,
+        max_trials: args.max_trials,
+        load: LoadOptions { device: parse_device(&args.device)?, kernels: Kernels::Packed, activation_override: None },
+        device_label: args.device.clone(),
+        threads,
+        show_progress: std::io::stderr().is_terminal() || std::env::var_os("CI").is_some(),
+    };
+    eprintln!("results: {}", cfg.out_dir.display());
+    let started = std::time::Instant::now();
+    let outcome = run_study(&cfg)?;
+    println!("{}", outcome.summary);
+    eprintln!(
+        "{} trials in {:.1} s; {} remaining{}; results in {}",
+        outcome.trials_written,
+        started.elapsed().as_secs_f64(),
+        outcome.trials_remaining,
+        if outcome.trials_remaining > 0 { format!(" (continue with --resume {})", outcome.out_dir.display()) } else { String::new() },
+        outcome.out_dir.display()
+    );
+    Ok(())
+}
+
+/// results/<date>-<study>-<model>/, with -2, -3 ... if taken.
+fn default_out_dir(study: &std::path::Path, models: &[String]) -> std::path::PathBuf {
+    let date = &affectbench::study::record::now_rfc3339()[..10];
+    let stem = study.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "study".into());
+    let model = if models.len() == 1 {
+        std::path::Path::new(&models[0]).file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| models[0].clone())
+    } else {
+        format!("{}-models", models.len())
+    };
+    let base = std::path::PathBuf::from("results").join(format!("{date}-{stem}-{model}"));
+    let mut dir = base.clone();
+    let mut n = 2;
+    while dir.exists() {
+        dir = std::path::PathBuf::from(format!("{}-{n}", base.display()));
+        n += 1;
+    }
+    dir
 }

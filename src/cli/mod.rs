@@ -41,6 +41,52 @@ pub enum Command {
 
     /// Print the token ids of a text as JSON.
     Tokenize(TokenizeArgs),
+
+    /// Run a study: every condition x instrument item x repetition, on every model.
+    ///
+    /// Writes results/<date>-<study>-<model>/run.json (provenance, status) and
+    /// trials.jsonl (one record per trial, flushed as it is written). Interrupt at any
+    /// time and continue with --resume DIR; finished trials are kept and the rest come
+    /// out exactly as in an uninterrupted run.
+    Run(RunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The study file (default: scenarios/studies/affect-induction.toml).
+    pub study: Option<PathBuf>,
+
+    /// Model(s) to run (registry name, .gguf path or safetensors dir); repeat for several.
+    #[arg(long, short)]
+    pub model: Vec<String>,
+
+    /// Output directory (default: results/<date>-<study>-<model>/).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+
+    /// Study seed (default: the study file's).
+    #[arg(long)]
+    pub seed: Option<u64>,
+
+    /// Repetitions per condition (default: the study file's).
+    #[arg(long)]
+    pub repetitions: Option<usize>,
+
+    /// Run at most this many trials now (the rest can follow with --resume).
+    #[arg(long)]
+    pub max_trials: Option<usize>,
+
+    /// Continue the run in this directory with its own settings.
+    #[arg(long, conflicts_with_all = ["study", "model", "seed", "repetitions", "out"])]
+    pub resume: Option<PathBuf>,
+
+    /// The scenarios directory (default: the study file's grandparent, else ./scenarios).
+    #[arg(long)]
+    pub scenarios: Option<PathBuf>,
+
+    /// cpu, cuda:N or metal.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,0 +1,144 @@
+//! Expanding a study into groups and trials with stable ids and seeds.
+//!
+//! Variant assignment: repetition r of a condition uses variant r mod n of its induction
+//! and of its regulation (balanced, deterministic). Label style and option order are
+//! drawn per trial from the trial's own seeded stream.
+
+use crate::scenario::study::{Condition, LabelStyle, PerConversation};
+use crate::scenario::{Library, Study};
+use rand::seq::SliceRandom;
+use rand::Rng;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// A stable id: the first 16 hex digits of sha256 of the canonical JSON of `coords`.
+pub fn stable_id(coords: &serde_json::Value) -> String {
+    let canonical = serde_json::to_string(coords).expect("json values serialise");
+    hex::encode(&Sha256::digest(canonical.as_bytes())[..8])
+}
+
+/// A conversation prefix shared by trials: one condition, one repetition, one model.
+#[derive(Debug, Clone, Serialize)]
+pub struct Group {
+    pub id: String,
+    pub model: String,
+    pub condition: String,
+    pub repetition: usize,
+    pub induction: Option<String>,
+    pub induction_variant: Option<String>,
+    pub regulation: Option<String>,
+    pub regulation_variant: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Question {
+    /// One item (or, with `item = None`, every item of the instrument in one turn).
+    Item { instrument: String, item: Option<String>, label_style: LabelStyle, option_order: Vec<usize> },
+    Completion { task: String, stem: String, index: usize },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Trial {
+    pub id: String,
+    pub group: usize,
+    pub question: Question,
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub groups: Vec<Group>,
+    pub trials: Vec<Trial>,
+}
+
+/// Expands `study` for `models` (labels), with `repetitions` overriding the study's.
+pub fn expand(study: &Study, lib: &Library, models: &[String], repetitions: usize) -> Plan {
+    let mut groups = Vec::new();
+    let mut trials = Vec::new();
+    for model in models {
+        for cond in &study.conditions {
+            for rep in 0..repetitions {
+                let group = make_group(study, lib, model, cond, rep);
+                let gi = groups.len();
+                for name in &cond.instruments {
+                    let ins = &lib.instruments[name];
+                    let items: Vec<Option<String>> = match study.per_conversation {
+                        PerConversation::One => ins.items.iter().map(|i| Some(i.id.clone())).collect(),
+                        PerConversation::All => vec![None],
+                    };
+                    for item in items {
+                        let coords = serde_json::json!({
+                            "study": study.info.id, "model": model, "condition": cond.name, "repetition": rep,
+                            "instrument": name, "item": item,
+                        });
+                        let id = stable_id(&coords);
+                        let mut rng = crate::sampling::sequence_rng(study.seed, &format!("{id}/perturbation"));
+                        let label_style = study.label_styles[rng.random_range(0..study.label_styles.len())];
+                        let n_options = match &ins.response {
+                            crate::scenario::Response::Options(o) => o.len(),
+                            crate::scenario::Response::Numeric { .. } => 0,
+                        };
+                        let mut option_order: Vec<usize> = (0..n_options).collect();
+                        if study.shuffle_options {
+                            option_order.shuffle(&mut rng);
+                        }
+                        trials.push(Trial {
+                            id,
+                            group: gi,
+                            question: Question::Item { instrument: name.clone(), item, label_style, option_order },
+                        });
+                    }
+                }
+                if let Some(c) = &study.completion {
+                    if c.conditions.contains(&cond.name) {
+                        let task = &lib.tasks[&c.task];
+                        for stem in &task.stems {
+                            if c.stems.as_ref().is_some_and(|s| !s.contains(&stem.id)) {
+                                continue;
+                            }
+                            for index in 0..c.completions {
+                                let coords = serde_json::json!({
+                                    "study": study.info.id, "model": model, "condition": cond.name, "repetition": rep,
+                                    "task": c.task, "stem": stem.id, "completion": index,
+                                });
+                                trials.push(Trial {
+                                    id: stable_id(&coords),
+                                    group: gi,
+                                    question: Question::Completion { task: c.task.clone(), stem: stem.id.clone(), index },
+                                });
+                            }
+                        }
+                    }
+                }
+                groups.push(group);
+            }
+        }
+    }
+    Plan { groups, trials }
+}
+
+fn make_group(study: &Study, lib: &Library, model: &str, cond: &Condition, rep: usize) -> Group {
+    let induction_variant = cond.induction.as_ref().map(|e| {
+        let v = &lib.inductions[e].variants;
+        v[rep % v.len()].id.clone()
+    });
+    let regulation_variant = cond.regulation.as_ref().and_then(|r| {
+        r.variant.clone().or_else(|| {
+            let v = &lib.regulations[&r.strategy].variants;
+            (!v.is_empty()).then(|| v[rep % v.len()].id.clone())
+        })
+    });
+    let coords = serde_json::json!({
+        "study": study.info.id, "model": model, "condition": cond.name, "repetition": rep,
+    });
+    Group {
+        id: stable_id(&coords),
+        model: model.to_string(),
+        condition: cond.name.clone(),
+        repetition: rep,
+        induction: cond.induction.clone(),
+        induction_variant,
+        regulation: cond.regulation.as_ref().map(|r| r.strategy.clone()),
+        regulation_variant,
+    }
+}

@@ -1,0 +1,121 @@
+//! Assembling conversations: the group prefix (system prompt, induction, regulation, with
+//! acknowledgements or generated replies between texts) and the question turn.
+
+use super::plan::{Group, Question};
+use crate::chat::Message;
+use crate::scenario::study::{Condition, LabelStyle, Order};
+use crate::scenario::{Library, Response, Study, Turn};
+
+/// One step of building a prefix: a fixed message, or a reply the model must generate.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    Message(Message),
+    Generate { max_tokens: usize },
+}
+
+/// The steps of a group's prefix, in conversation order.
+pub fn prefix_steps(study: &Study, lib: &Library, cond: &Condition, group: &Group) -> Vec<Step> {
+    let mut steps = Vec::new();
+    if let Some(s) = &study.system_prompt {
+        steps.push(Step::Message(Message::system(s.clone())));
+    }
+    let induction = group.induction.as_ref().zip(group.induction_variant.as_ref()).map(|(e, v)| {
+        lib.inductions[e].variants.iter().find(|x| &x.id == v).expect("planned variant exists")
+    });
+    let regulation = group.regulation.as_ref().zip(group.regulation_variant.as_ref()).map(|(s, v)| {
+        lib.regulations[s].variants.iter().find(|x| &x.id == v).expect("planned variant exists")
+    });
+    let blocks = match cond.order {
+        Order::InductionFirst => [induction, regulation],
+        Order::RegulationFirst => [regulation, induction],
+    };
+    for variant in blocks.into_iter().flatten() {
+        for turn in &variant.turns {
+            steps.push(match turn {
+                Turn::User(t) => Step::Message(Message::user(t.clone())),
+                Turn::Assistant(t) => Step::Message(Message::assistant(t.clone())),
+                Turn::AssistantGenerated { max_tokens } => Step::Generate { max_tokens: *max_tokens },
+            });
+        }
+        if variant.is_text {
+            steps.push(Step::Message(Message::assistant(study.acknowledgement.clone())));
+        }
+    }
+    steps
+}
+
+/// The label shown at display position `pos`: the file's own labels for digits (so a
+/// 0-3 scale keeps 0-3), A, B, C ... for letters.
+pub fn display_label(style: LabelStyle, file_labels: &[String], pos: usize) -> String {
+    match style {
+        LabelStyle::Digits => file_labels[pos].clone(),
+        LabelStyle::Letters => ((b'A' + pos as u8) as char).to_string(),
+    }
+}
+
+/// What the question turn says, and the labels (in display order) the answer may use.
+pub struct QuestionText {
+    pub text: String,
+    /// For option responses: (display label, index into the instrument's options).
+    pub labels: Vec<(String, usize)>,
+}
+
+pub fn question_text(lib: &Library, question: &Question) -> QuestionText {
+    match question {
+        Question::Completion { task, stem, .. } => {
+            let t = &lib.tasks[task];
+            let s = t.stems.iter().find(|s| &s.id == stem).expect("planned stem exists");
+            QuestionText { text: format!("{}\n\n{}", t.instruction, s.text), labels: vec![] }
+        }
+        Question::Item { instrument, item, label_style, option_order } => {
+            let ins = &lib.instruments[instrument];
+            let mut labels = Vec::new();
+            let (scale, answer) = match &ins.response {
+                Response::Options(opts) => {
+                    let file_labels: Vec<String> = opts.iter().map(|o| o.label.clone()).collect();
+                    let mut lines = Vec::new();
+                    for (pos, &opt) in option_order.iter().enumerate() {
+                        let label = display_label(*label_style, &file_labels, pos);
+                        lines.push(format!("{label} = {}", opts[opt].text));
+                        labels.push((label, opt));
+                    }
+                    let kind = match label_style {
+                        LabelStyle::Digits => "number",
+                        LabelStyle::Letters => "letter",
+                    };
+                    (lines.join("\n"), kind)
+                }
+                Response::Numeric { min, max, .. } => (format!("Use any whole number from {min} to {max}."), "number"),
+            };
+            let text = match item {
+                Some(id) => {
+                    let it = ins.items.iter().find(|i| &i.id == id).expect("planned item exists");
+                    format!("{}\n\n{}\n\n{scale}\n\nAnswer with only the {answer}.", ins.instruction, it.text)
+                }
+                None => {
+                    let list: Vec<String> = ins.items.iter().enumerate().map(|(i, it)| format!("{}. {}", i + 1, it.text)).collect();
+                    format!(
+                        "{}\n\n{scale}\n\n{}\n\nAnswer every statement on its own line, in order, as \"statement number: {answer}\".",
+                        ins.instruction,
+                        list.join("\n")
+                    )
+                }
+            };
+            QuestionText { text, labels }
+        }
+    }
+}
+
+/// The follow-up turn after an unparseable answer.
+pub fn reask_text(lib: &Library, question: &Question, labels: &[(String, usize)]) -> String {
+    match question {
+        Question::Item { instrument, .. } => match &lib.instruments[instrument].response {
+            Response::Numeric { min, max, .. } => format!("Please answer with only a single whole number from {min} to {max}."),
+            Response::Options(_) => format!(
+                "Please answer with only one of: {}.",
+                labels.iter().map(|(l, _)| l.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        },
+        Question::Completion { .. } => "Please complete the sentence.".to_string(),
+    }
+}
