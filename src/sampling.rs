@@ -116,6 +116,19 @@ pub fn sample(logits: &[f32], sampling: &Sampling, rng: &mut ChaCha20Rng) -> u32
         Sampling::Sample { temperature, top_k, top_p, min_p } => (temperature, top_k, top_p, min_p),
     };
     let probs = softmax(logits, temperature);
+    if top_k.is_none() && top_p.is_none() && min_p.is_none() {
+        // No filter: invert the cumulative distribution in token-id order (no sort of
+        // the whole vocabulary per token).
+        let u: f64 = rng.random::<f64>();
+        let mut cum = 0.0;
+        for (i, p) in probs.iter().enumerate() {
+            cum += p;
+            if u < cum {
+                return i as u32;
+            }
+        }
+        return argmax(logits);
+    }
     // Candidates by descending probability; ties broken by token id for determinism.
     let mut order: Vec<usize> = (0..probs.len()).collect();
     order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));

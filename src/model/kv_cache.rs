@@ -45,6 +45,19 @@ impl KvCache {
         self.len += n;
     }
 
+    /// Keeps only the first `n` positions (to continue a conversation from a shared point).
+    pub fn truncate(&mut self, n: usize) -> Result<()> {
+        if n > self.len {
+            candle_core::bail!("cannot truncate a cache of {} positions to {n}", self.len);
+        }
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.narrow(2, 0, n)?;
+            *v = v.narrow(2, 0, n)?;
+        }
+        self.len = n;
+        Ok(())
+    }
+
     /// The same cached prefix repeated for `n` sequences (batch 1 -> batch n), so one
     /// computed prefix can feed a batch of continuations.
     pub fn repeat_batch(&self, n: usize) -> Result<Self> {

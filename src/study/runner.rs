@@ -334,8 +334,18 @@ fn study_sampling(study: &Study) -> Result<Sampling> {
     Ok(SamplingParams { temperature: study.temperature, ..Default::default() }.resolve()?)
 }
 
-/// Samples up to `max_tokens` from a cache whose last logits are given.
-fn decode(model: &Model, mut cache: KvCache, mut logits: Vec<f32>, sampling: &Sampling, rng: &mut rand_chacha::ChaCha20Rng, max_tokens: usize) -> Result<(String, usize)> {
+/// Samples up to `max_tokens` from a cache whose last logits are given. With
+/// `first_line_only`, decoding stops once a non-empty first line is complete: an answer
+/// is read from the first number or label, which later text cannot change.
+fn decode(
+    model: &Model,
+    mut cache: KvCache,
+    mut logits: Vec<f32>,
+    sampling: &Sampling,
+    rng: &mut rand_chacha::ChaCha20Rng,
+    max_tokens: usize,
+    first_line_only: bool,
+) -> Result<(String, Vec<u32>, KvCache)> {
     let mut tokens = Vec::new();
     while tokens.len() < max_tokens {
         let next = sample(&logits, sampling, rng);
@@ -343,11 +353,20 @@ fn decode(model: &Model, mut cache: KvCache, mut logits: Vec<f32>, sampling: &Sa
             break;
         }
         tokens.push(next);
+        if first_line_only {
+            let text = model.tokenizer.decode(&tokens)?;
+            if let Some((line, _)) = text.trim_start().split_once('\n') {
+                if !line.trim().is_empty() {
+                    break;
+                }
+            }
+        }
         if tokens.len() < max_tokens {
             logits = model.transformer.last_logits(&[next], &mut cache)?;
         }
     }
-    Ok((model.tokenizer.decode(&tokens)?, tokens.len()))
+    // The cache holds the prompt and every sampled token except the last one.
+    Ok((model.tokenizer.decode(&tokens)?, tokens, cache))
 }
 
 fn base_record(group: &Group, trial: &Trial, ctx: &GroupContext) -> TrialRecord {
@@ -391,7 +410,7 @@ fn run_trial(study: &Study, lib: &Library, model: &Model, group: &Group, ctx: &G
         Question::Completion { .. } => {
             let max = study.completion.as_ref().map(|c| c.max_tokens).unwrap_or(24);
             let mut rng = sequence_rng(study.seed, &format!("{}/completion", trial.id));
-            let (text, _) = decode(model, cache, logits, &sampling, &mut rng, max)?;
+            let (text, _, _) = decode(model, cache, logits, &sampling, &mut rng, max, false)?;
             rec.completion = Some(text.trim().to_string());
             rec.timing = serde_json::json!({ "prefill_ms": prefill_ms });
         }
@@ -433,19 +452,32 @@ fn run_trial(study: &Study, lib: &Library, model: &Model, group: &Group, ctx: &G
             let mut failures = Vec::new();
             let mut value = None;
             let mut used_tokens = 0;
-            let mut conv_tokens = tokens.clone();
             let mut conv_messages = ctx.messages.clone();
             conv_messages.push(Message::user(question_text(lib, &trial.question).text));
-            let (mut cache, mut logits) = (cache, logits);
+            let (mut cache, mut logits, mut cached_tokens) = (cache, logits, tokens.clone());
             for attempt in 0..=study.max_reasks {
                 if attempt > 0 {
+                    // Continue from what is already computed: the longest token prefix the
+                    // re-rendered conversation shares with the cached prompt + reply.
                     let text = model.render_chat(&conv_messages)?;
-                    conv_tokens = model.tokenizer.encode(&text, false)?;
-                    (cache, logits) = ctx.extend(model, &conv_tokens)?;
+                    let conv_tokens = model.tokenizer.encode(&text, false)?;
+                    let common = conv_tokens.iter().zip(&cached_tokens).take_while(|(a, b)| a == b).count().min(conv_tokens.len() - 1);
+                    if common >= ctx.shared.len() {
+                        cache.truncate(common)?;
+                        logits = model.transformer.last_logits(&conv_tokens[common..], &mut cache)?;
+                    } else {
+                        (cache, logits) = ctx.extend(model, &conv_tokens)?;
+                    }
+                    cached_tokens = conv_tokens;
                 }
                 let mut rng = sequence_rng(study.seed, &format!("{}/generate/{attempt}", trial.id));
-                let (reply, n) = decode(model, cache.clone(), logits.clone(), &sampling, &mut rng, study.max_answer_tokens)?;
-                used_tokens += n;
+                let (reply, sampled, after) = decode(model, cache.clone(), logits.clone(), &sampling, &mut rng, study.max_answer_tokens, item.is_some())?;
+                used_tokens += sampled.len();
+                // `after` holds the prompt plus all sampled tokens but the last.
+                if !sampled.is_empty() {
+                    cache = after;
+                    cached_tokens.extend_from_slice(&sampled[..sampled.len() - 1]);
+                }
                 let parsed = read_answer(ins, &labels, item.is_some(), &reply);
                 replies.push(reply.clone());
                 match parsed {
@@ -460,7 +492,6 @@ fn run_trial(study: &Study, lib: &Library, model: &Model, group: &Group, ctx: &G
                     }
                 }
             }
-            let _ = conv_tokens;
             let keyed = value.map(|v| item_def.map(|it| ins.keyed_value(it, v)).unwrap_or(v));
             rec.generate = Some(GenerateReadout {
                 replies,

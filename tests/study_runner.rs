@@ -1,0 +1,141 @@
+//! The study runner on a tiny random-weight model: expansion (counts, ids stable across
+//! reorderings of the study file), the choice read-out against an independent
+//! computation, and resume after an interrupted run giving the same trials.
+
+mod common;
+
+use affectbench::model::{KvCache, LoadOptions, LogitsAt, Model};
+use affectbench::registry::ModelRef;
+use affectbench::study::choice::{log_softmax, option_logprobs};
+use affectbench::study::runner::{plan_for, run_study, RunConfig};
+use candle_core::IndexOp;
+use common::{write_tiny_gguf, Tiny};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+fn tiny_model(dir: &Path) -> PathBuf {
+    let path = dir.join("tiny.gguf");
+    write_tiny_gguf(&path, &Tiny { context: 2048, ..Tiny::qwen2() }, 11);
+    path
+}
+
+#[test]
+fn expansion_counts_match_the_design() {
+    let (study, lib, plan) = plan_for(Path::new("scenarios/studies/affect-induction.toml"), None, &["m".into()], None).unwrap();
+    let all_scales = 7 + 7 * 4; // VAS + seven 4-item state scales at baseline and neutral
+    let per_emotion = 7 + 4; // VAS + the matching state scale
+    let stems = lib.tasks["sentence-stems"].stems.len();
+    let expected = 5 * (2 * all_scales + 28 * per_emotion) + 5 * 2 * stems * 2;
+    assert_eq!(plan.trials.len(), expected);
+    assert_eq!(plan.groups.len(), 30 * study.repetitions);
+    let ids: std::collections::HashSet<_> = plan.trials.iter().map(|t| &t.id).collect();
+    assert_eq!(ids.len(), plan.trials.len(), "trial ids are unique");
+    let (_, _, two_models) = plan_for(Path::new("scenarios/studies/affect-induction.toml"), None, &["a".into(), "b".into()], Some(2)).unwrap();
+    assert_eq!(two_models.trials.len(), 2 * expected * 2 / 5);
+}
+
+#[test]
+fn trial_ids_survive_reordering_the_study_file() {
+    let text = std::fs::read_to_string("scenarios/studies/smoke.toml").unwrap();
+    let (head, rest) = text.split_once("[[condition]]").unwrap();
+    let (first, rest) = rest.split_once("[[condition]]").unwrap();
+    let (second, tail) = rest.split_once("[completion]").unwrap();
+    let reordered = format!("{head}[[condition]]{second}[[condition]]{first}[completion]{tail}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("smoke.toml");
+    std::fs::write(&path, reordered).unwrap();
+    let root = Some(Path::new("scenarios"));
+    let key = |p: &affectbench::study::plan::Plan| -> BTreeMap<String, String> {
+        p.trials.iter().map(|t| (t.id.clone(), serde_json::to_string(&t.question).unwrap())).collect()
+    };
+    let (_, _, a) = plan_for(Path::new("scenarios/studies/smoke.toml"), root, &["m".into()], None).unwrap();
+    let (_, _, b) = plan_for(&path, root, &["m".into()], None).unwrap();
+    assert_ne!(a.trials[0].id, b.trials[0].id, "the order really changed");
+    assert_eq!(key(&a), key(&b), "same ids, same questions, same perturbations");
+}
+
+#[test]
+fn choice_probabilities_match_an_independent_computation() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Model::load_ref(&ModelRef::GgufFile(tiny_model(dir.path())), &LoadOptions::default()).unwrap();
+    let prompt: Vec<u32> = vec![260, 72, 101, 108, 108, 111, 258, 10, 261, 97, 10];
+    let options: Vec<Vec<u32>> = vec![vec![49], vec![50, 48], vec![49, 48, 48]];
+    let mut cache = KvCache::new(2);
+    let last = m.transformer.last_logits(&prompt, &mut cache).unwrap();
+    let ours = option_logprobs(&m, &cache, &last, &options).unwrap();
+    for (opt, got) in options.iter().zip(&ours) {
+        // By hand: one fresh forward over prompt + option, log-softmax at each position.
+        let mut seq = prompt.clone();
+        seq.extend(opt);
+        let logits = m.transformer.forward(&[seq.clone()], &mut KvCache::new(2), &LogitsAt::All).unwrap();
+        let mut want = 0.0;
+        for (k, &tok) in opt.iter().enumerate() {
+            let row: Vec<f32> = logits.i((0, prompt.len() - 1 + k)).unwrap().to_vec1().unwrap();
+            want += log_softmax(&row)[tok as usize];
+        }
+        assert!((got - want).abs() < 1e-3, "option {opt:?}: {got} vs {want}");
+    }
+}
+
+fn config(model: &Path, out: &Path, max_trials: Option<usize>, seed: Option<u64>) -> RunConfig {
+    RunConfig {
+        study_path: PathBuf::from("scenarios/studies/smoke.toml"),
+        scenarios_root: None,
+        models: vec![ModelRef::GgufFile(model.to_path_buf())],
+        out_dir: out.to_path_buf(),
+        seed,
+        repetitions: None,
+        max_trials,
+        load: LoadOptions::default(),
+        device_label: "cpu".into(),
+        threads: 2,
+        show_progress: false,
+    }
+}
+
+/// Records without their timings, keyed by trial id, in file order.
+fn records(dir: &Path) -> Vec<(String, serde_json::Value)> {
+    std::fs::read_to_string(dir.join("trials.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("timing");
+            (v["trial_id"].as_str().unwrap().to_string(), v)
+        })
+        .collect()
+}
+
+#[test]
+fn resuming_an_interrupted_run_gives_the_same_trials() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let whole = dir.path().join("whole");
+    let outcome = run_study(&config(&model, &whole, None, None)).unwrap();
+    assert_eq!(outcome.trials_remaining, 0);
+    let reference = records(&whole);
+    assert_eq!(reference.len(), 24);
+
+    // Interrupted: 9 trials, then a crash in the middle of writing the 9th record.
+    let split = dir.path().join("split");
+    let partial = run_study(&config(&model, &split, Some(9), None)).unwrap();
+    assert_eq!((partial.trials_written, partial.trials_remaining), (9, 15));
+    let file = split.join("trials.jsonl");
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() - 40]).unwrap();
+    let header: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(split.join("run.json")).unwrap()).unwrap();
+    assert_eq!(header["status"], "partial");
+
+    let resumed = run_study(&config(&model, &split, None, None)).unwrap();
+    assert_eq!(resumed.trials_written, 16, "the cut record is redone");
+    assert_eq!(records(&split), reference, "resumed trials equal the uninterrupted run");
+    let header: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(split.join("run.json")).unwrap()).unwrap();
+    assert_eq!(header["status"], "success");
+    for key in ["git_revision", "affectbench_version", "models", "scenario_files", "seed", "threads", "device", "started", "ended"] {
+        assert!(!header[key].is_null(), "run.json has {key}");
+    }
+
+    // Resuming with other settings is refused rather than mixing two runs.
+    let err = run_study(&config(&model, &split, None, Some(99))).err().unwrap().to_string();
+    assert!(err.contains("different study file, seed"), "{err}");
+}
