@@ -15,20 +15,31 @@ pub fn log_softmax(logits: &[f32]) -> Vec<f64> {
 
 /// log P(option tokens | prompt) for each option. `cache` holds the prompt and
 /// `last_logits` are the logits at its final position.
+///
+/// Labels are scored depth by depth: at depth d every distinct d-token label prefix is
+/// fed in one batched forward from the prompt's cache, so the 11 bins "0".."100" take two
+/// passes instead of ten (batching does not change results: the kernels are
+/// batch-invariant).
 pub fn option_logprobs(model: &Model, cache: &KvCache, last_logits: &[f32], options: &[Vec<u32>]) -> Result<Vec<f64>> {
     let first = log_softmax(last_logits);
-    let mut out = Vec::with_capacity(options.len());
-    for toks in options {
-        let mut lp = first[toks[0] as usize];
-        if toks.len() > 1 {
-            let mut fork = cache.clone();
-            let logits = model.transformer.forward(&[toks[..toks.len() - 1].to_vec()], &mut fork, &LogitsAt::All)?;
-            for (i, &next) in toks[1..].iter().enumerate() {
-                let row: Vec<f32> = logits.i((0, i))?.to_vec1()?;
-                lp += log_softmax(&row)[next as usize];
+    let mut out: Vec<f64> = options.iter().map(|t| first[t[0] as usize]).collect();
+    let longest = options.iter().map(|t| t.len()).max().unwrap_or(0);
+    for depth in 1..longest {
+        let mut prefixes: Vec<Vec<u32>> = Vec::new();
+        for t in options.iter().filter(|t| t.len() > depth) {
+            if !prefixes.iter().any(|p| p[..] == t[..depth]) {
+                prefixes.push(t[..depth].to_vec());
             }
         }
-        out.push(lp);
+        let mut batch_cache = if prefixes.len() == 1 { cache.clone() } else { cache.repeat_batch(prefixes.len())? };
+        let logits = model.transformer.forward(&prefixes, &mut batch_cache, &LogitsAt::Last)?;
+        let rows: Vec<Vec<f64>> = (0..prefixes.len())
+            .map(|i| Ok(log_softmax(&logits.i((i, 0))?.to_vec1::<f32>()?)))
+            .collect::<Result<_>>()?;
+        for (i, t) in options.iter().enumerate().filter(|(_, t)| t.len() > depth) {
+            let row = prefixes.iter().position(|p| p[..] == t[..depth]).expect("collected above");
+            out[i] += rows[row][t[depth] as usize];
+        }
     }
     Ok(out)
 }
