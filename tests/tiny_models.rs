@@ -78,8 +78,14 @@ fn a_forked_cache_continues_like_a_fresh_computation() {
     assert_eq!(cache.len(), prefix.len(), "forks must not change the original cache");
     // One prefix feeding a batch of continuations.
     let batch = cache.repeat_batch(2).unwrap();
-    let out = m.transformer.forward(&[vec![10], vec![40]], &mut batch.clone(), &LogitsAt::Last).unwrap();
+    let out = m.transformer.forward(&[vec![10, 11], vec![40, 41]], &mut batch.clone(), &LogitsAt::Last).unwrap();
     assert_eq!(out.dims(), &[2, 1, m.transformer.config.vocab_size]);
+    for (row, tail) in [vec![10u32, 11], vec![40, 41]].into_iter().enumerate() {
+        let single = m.transformer.forward(&[tail], &mut cache.clone(), &LogitsAt::Last).unwrap();
+        let a: Vec<f32> = out.i(row).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = single.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(a, b, "row {row}: a shared prefix in a batch gives the same logits as its own fork");
+    }
 }
 
 #[test]

@@ -1,55 +1,59 @@
 //! The key/value cache, owned by the caller rather than hidden in the model.
 //!
 //! A `KvCache` is a value: cloning it is cheap and a clone can be extended
-//! independently, so a computed prefix can be forked into many continuations. Per layer
-//! it holds keys and values in a buffer shaped `(batch, kv_heads, capacity, head_dim)`
-//! of which the first `len` positions are valid:
+//! independently, so a computed prefix can be forked into many continuations without
+//! copying it. Per layer the cache is a chain of segments:
 //!
 //! ```text
-//!   buffer:  [ k0 k1 ... k(len-1) | free ... ]      capacity grows by 1.5x
+//!   [ shared prefix (read-only) ][ fork's own tokens ][ ... ]   -> attention runs over all
 //! ```
 //!
-//! Appending writes in place while this cache is the buffer's only owner; a buffer
-//! shared with a fork is copied once (into a private, larger one) before the first write.
-//! So decoding costs O(new tokens) per step instead of re-copying the whole cache, and a
-//! fork pays one copy, not one per token.
+//! Each segment is a buffer `(batch, kv_heads, capacity, head_dim)` of which the first
+//! `len` positions are valid. Appending writes in place into the last segment while this
+//! cache is its only owner and it has room; otherwise a new private segment is started,
+//! and nothing already computed is copied. `repeat_batch` shares the batch-1 prefix with
+//! a batch of n continuations (their own tokens go into batch-n segments).
 
 use candle_core::{Result, Tensor};
 use std::sync::Arc;
 
+/// One stretch of cached positions.
 #[derive(Debug, Clone)]
-struct LayerKv {
-    k: Tensor,
-    v: Tensor,
+pub struct Segment {
+    pub k: Tensor,
+    pub v: Tensor,
+    pub len: usize,
     /// Shared by every clone of this buffer; unique means we may write in place.
     owner: Arc<()>,
 }
 
-impl LayerKv {
+impl Segment {
     fn capacity(&self) -> usize {
         self.k.dims()[2]
+    }
+    pub fn batch(&self) -> usize {
+        self.k.dims()[0]
+    }
+    /// The valid part of keys and values.
+    pub fn views(&self) -> Result<(Tensor, Tensor)> {
+        Ok((self.k.narrow(2, 0, self.len)?, self.v.narrow(2, 0, self.len)?))
     }
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
-    layers: Vec<Option<LayerKv>>,
+    layers: Vec<Vec<Segment>>,
     len: usize,
+    /// Logical batch size (segments may hold batch 1, shared by every row).
+    batch: Option<usize>,
 }
 
-/// A fresh contiguous buffer of `capacity` positions holding `k[..len]`.
-fn grow(t: &Tensor, len: usize, capacity: usize) -> Result<Tensor> {
-    let (b, h, _, d) = t.dims4()?;
-    let buf = Tensor::zeros((b, h, capacity, d), t.dtype(), t.device())?;
-    if len > 0 {
-        buf.slice_set(&t.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
-    }
-    Ok(buf)
-}
+/// Fresh segments hold at least this many positions, so decoding appends in place.
+const MIN_SEGMENT: usize = 64;
 
 impl KvCache {
     pub fn new(n_layer: usize) -> Self {
-        Self { layers: vec![None; n_layer], len: 0 }
+        Self { layers: vec![Vec::new(); n_layer], len: 0, batch: None }
     }
 
     /// Number of positions already cached.
@@ -63,36 +67,35 @@ impl KvCache {
 
     /// Batch size of the cached sequences (None when empty).
     pub fn batch(&self) -> Option<usize> {
-        self.layers.first()?.as_ref().map(|l| l.k.dims()[0])
+        self.batch
     }
 
-    /// Appends new keys/values `(b, h, s, d)` for `layer` and returns views of all
-    /// cached keys/values, `(b, h, len + s, d)`.
-    pub(crate) fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
-        let pos = self.len;
-        let s = k.dims()[2];
-        let need = pos + s;
-        let slot = &mut self.layers[layer];
-        let must_copy = match slot {
-            None => true,
-            Some(l) => Arc::strong_count(&l.owner) > 1 || l.capacity() < need,
-        };
-        if must_copy {
-            let capacity = (need * 3 / 2).max(need + 16);
-            let fresh = match slot {
-                None => LayerKv { k: grow(&k, 0, capacity)?, v: grow(&v, 0, capacity)?, owner: Arc::new(()) },
-                Some(l) => LayerKv { k: grow(&l.k, pos, capacity)?, v: grow(&l.v, pos, capacity)?, owner: Arc::new(()) },
-            };
-            *slot = Some(fresh);
+    /// Appends new keys/values `(b, h, s, d)` for `layer` and returns its segments.
+    pub(crate) fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<&[Segment]> {
+        let (b, h, s, d) = k.dims4()?;
+        let segs = &mut self.layers[layer];
+        let writable = segs.last().is_some_and(|last| {
+            Arc::strong_count(&last.owner) == 1 && last.batch() == b && last.capacity() - last.len >= s
+        });
+        if !writable {
+            let capacity = s.max(MIN_SEGMENT).max(self.len / 2);
+            segs.push(Segment {
+                k: Tensor::zeros((b, h, capacity, d), k.dtype(), k.device())?,
+                v: Tensor::zeros((b, h, capacity, d), v.dtype(), v.device())?,
+                len: 0,
+                owner: Arc::new(()),
+            });
         }
-        let l = slot.as_ref().expect("allocated above");
-        l.k.slice_set(&k.contiguous()?, 2, pos)?;
-        l.v.slice_set(&v.contiguous()?, 2, pos)?;
-        Ok((l.k.narrow(2, 0, need)?, l.v.narrow(2, 0, need)?))
+        let last = segs.last_mut().expect("a segment exists");
+        last.k.slice_set(&k.contiguous()?, 2, last.len)?;
+        last.v.slice_set(&v.contiguous()?, 2, last.len)?;
+        last.len += s;
+        Ok(segs)
     }
 
-    pub(crate) fn advance(&mut self, n: usize) {
+    pub(crate) fn advance(&mut self, n: usize, batch: usize) {
         self.len += n;
+        self.batch = Some(batch);
     }
 
     /// Keeps only the first `n` positions (to continue a conversation from a shared point).
@@ -100,34 +103,32 @@ impl KvCache {
         if n > self.len {
             candle_core::bail!("cannot truncate a cache of {} positions to {n}", self.len);
         }
+        for segs in &mut self.layers {
+            let mut kept = 0;
+            let mut keep_segments = 0;
+            for seg in segs.iter_mut() {
+                if kept >= n {
+                    break;
+                }
+                seg.len = seg.len.min(n - kept);
+                kept += seg.len;
+                keep_segments += 1;
+            }
+            segs.truncate(keep_segments);
+        }
         self.len = n;
         Ok(())
     }
 
-    /// The same cached prefix repeated for `n` sequences (batch 1 -> batch n), so one
-    /// computed prefix can feed a batch of continuations.
+    /// The same cached prefix shared by `n` sequences (batch 1 -> batch n), without
+    /// copying it: one computed prefix feeds a batch of continuations.
     pub fn repeat_batch(&self, n: usize) -> Result<Self> {
-        let len = self.len;
-        let layers = self
-            .layers
-            .iter()
-            .map(|l| match l {
-                None => Ok(None),
-                Some(l) => {
-                    let rep = |t: &Tensor| -> Result<Tensor> {
-                        let valid = t.narrow(2, 0, len)?;
-                        let mut dims = valid.dims().to_vec();
-                        if dims[0] != 1 {
-                            candle_core::bail!("repeat_batch needs a batch-1 cache, got batch {}", dims[0]);
-                        }
-                        dims[0] = n;
-                        grow(&valid.broadcast_as(dims)?.contiguous()?, len, len + 16)
-                    };
-                    Ok(Some(LayerKv { k: rep(&l.k)?, v: rep(&l.v)?, owner: Arc::new(()) }))
-                }
-            })
-            .collect::<Result<_>>()?;
-        Ok(Self { layers, len })
+        if let Some(b) = self.batch {
+            if b != 1 {
+                candle_core::bail!("repeat_batch needs a batch-1 cache, got batch {b}");
+            }
+        }
+        Ok(Self { layers: self.layers.clone(), len: self.len, batch: Some(n) })
     }
 }
 
@@ -141,9 +142,9 @@ mod tests {
     }
 
     fn keys(c: &mut KvCache, new: &[f32]) -> Vec<f32> {
-        let (k, _) = c.append(0, t(new), t(new)).unwrap();
-        c.advance(new.len());
-        k.flatten_all().unwrap().to_vec1().unwrap()
+        let segs = c.append(0, t(new), t(new)).unwrap().to_vec();
+        c.advance(new.len(), 1);
+        segs.iter().flat_map(|s| s.views().unwrap().0.flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect()
     }
 
     #[test]
@@ -158,13 +159,14 @@ mod tests {
         c.truncate(1).unwrap();
         assert_eq!(keys(&mut c, &[7.0]), vec![1.0, 7.0]);
         assert_eq!(keys(&mut a, &[5.0]), vec![1.0, 2.0, 3.0, 4.0, 5.0], "truncating a fork leaves the original");
+        drop(b);
     }
 
     #[test]
     fn growth_keeps_contents() {
         let mut a = KvCache::new(1);
         let mut want = Vec::new();
-        for i in 0..100 {
+        for i in 0..300 {
             want.push(i as f32);
             assert_eq!(keys(&mut a, &[i as f32]), want);
         }

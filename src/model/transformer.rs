@@ -124,7 +124,7 @@ impl Transformer {
         for (i, layer) in self.layers.iter().enumerate() {
             x = self.layer_forward(i, layer, &x, cache, offset)?;
         }
-        cache.advance(s);
+        cache.advance(s, b);
         let x = match at {
             LogitsAt::Last => x.narrow(1, s - 1, 1)?,
             LogitsAt::All => x,
@@ -189,15 +189,20 @@ impl Transformer {
         let rope = if cfg.rope_neox { candle_nn::rotary_emb::rope } else { candle_nn::rotary_emb::rope_i };
         let q = rope(&q, &cos, &sin)?;
         let k = rope(&k, &cos, &sin)?;
-        let (k, v) = cache.append(idx, k, v)?;
+        let segments = cache.append(idx, k, v)?;
         let total = offset + s;
 
         // Grouped-query attention without copying keys: fold the query heads that share a
-        // kv head into the sequence axis, (b, nkv, group*s, hd).
+        // kv head into the sequence axis, (b, nkv, group*s, hd). Attention runs segment by
+        // segment (scores joined for one softmax), so shared prefixes are never copied.
         let group = nh / nkv;
-        let q = q.reshape((b, nkv, group * s, hd))?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let mut scores = (q.matmul(&k.t()?)? * scale)?; // (b, nkv, group*s, total)
+        let q = (q.reshape((b, nkv, group * s, hd))? * (1.0 / (hd as f64).sqrt()))?;
+        let mut parts = Vec::with_capacity(segments.len());
+        for seg in segments {
+            let (sk, _) = seg.views()?;
+            parts.push(batched_matmul(&q, &sk.t()?, seg.batch())?); // (b, nkv, group*s, len)
+        }
+        let mut scores = if parts.len() == 1 { parts.pop().expect("one part") } else { Tensor::cat(&parts, 3)? };
         let window = if sliding { cfg.sliding_window } else { None };
         if s > 1 || window.is_some_and(|w| total > w) {
             let mask = attention_mask(s, offset, window, &self.device)?; // (s, total)
@@ -205,7 +210,19 @@ impl Transformer {
             scores = scores4.broadcast_add(&mask)?.reshape((b, nkv, group * s, total))?;
         }
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let attn = probs.matmul(&v)?; // (b, nkv, group*s, hd)
+        let mut attn: Option<Tensor> = None;
+        let mut start = 0;
+        for seg in segments {
+            let (_, sv) = seg.views()?;
+            let p = probs.narrow(3, start, seg.len)?.contiguous()?;
+            let part = batched_matmul(&p, &sv, seg.batch())?; // (b, nkv, group*s, hd)
+            attn = Some(match attn {
+                None => part,
+                Some(acc) => (acc + part)?,
+            });
+            start += seg.len;
+        }
+        let attn = attn.expect("at least one segment");
         let attn = attn.reshape((b, nh, s, hd))?.transpose(1, 2)?.reshape((b, s, nh * hd))?;
         let mut out = l.o_proj.forward(&attn)?;
         if let Some(n) = &l.post_attn_norm {
@@ -238,6 +255,20 @@ impl Transformer {
         let logits = self.forward(&[tokens.to_vec()], cache, &LogitsAt::Last)?;
         logits.i((0, 0))?.to_dtype(DType::F32)?.to_vec1()
     }
+}
+
+/// `x (b, h, m, k) @ y (yb, h, k, n)` where `y` may be a batch-1 tensor shared by all b
+/// rows (a shared prefix): then the batch is folded into the rows, so the shared keys
+/// are read once and never copied.
+fn batched_matmul(x: &Tensor, y: &Tensor, y_batch: usize) -> Result<Tensor> {
+    let (b, h, m, k) = x.dims4()?;
+    if y_batch == b {
+        return x.matmul(y);
+    }
+    let n = y.dims()[3];
+    let folded = x.transpose(0, 1)?.contiguous()?.reshape((1, h, b * m, k))?;
+    let out = folded.matmul(y)?; // (1, h, b*m, n)
+    out.reshape((h, b, m, n))?.transpose(0, 1)?.contiguous()
 }
 
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
