@@ -555,8 +555,12 @@ pub fn summarise(dir: &Path, lib: &Library) -> Result<String> {
     }
     // Scale scores per repetition, then mean ± SD over repetitions.
     let mut per_cond: BTreeMap<(String, String, String), (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    let mut answered: BTreeMap<(String, String, String), (usize, usize)> = BTreeMap::new();
     for ((model, cond, ins, _), (g, c)) in &cells {
         let Some(instrument) = lib.instruments.get(ins) else { continue };
+        let a = answered.entry((model.clone(), cond.clone(), ins.clone())).or_default();
+        a.0 += g.iter().filter(|v| v.is_some()).count();
+        a.1 += g.len();
         let entry = per_cond.entry((model.clone(), cond.clone(), ins.clone())).or_default();
         // With all items in one turn a record already holds the scale score.
         let expected = if g.len() == 1 && instrument.items.len() > 1 { 1 } else { instrument.items.len() };
@@ -581,12 +585,15 @@ pub fn summarise(dir: &Path, lib: &Library) -> Result<String> {
         format!("{mean:7.2} ± {sd:5.2} (n={})", v.len())
     };
     let mut out = String::new();
-    out.push_str(&format!("{:<26} {:<34} {:<15} {:<24} {:<24}\n", "model", "condition", "instrument", "generated answers", "option probabilities"));
+    out.push_str("Scale scores, mean ± SD over repetitions (a generated score needs every item answered).\n");
+    out.push_str(&format!("{:<28} {:<40} {:<15} {:>9} {:<24} {:<24}\n", "model", "condition", "instrument", "answered", "generated answers", "option probabilities"));
     for ((model, cond, ins), (g, c)) in &per_cond {
-        out.push_str(&format!("{:<26} {:<34} {:<15} {:<24} {:<24}\n", model, cond, ins, fmt(g), fmt(c)));
+        let (ok, all) = answered.get(&(model.clone(), cond.clone(), ins.clone())).copied().unwrap_or((0, 0));
+        let rate = if all > 0 { format!("{:.0}%", 100.0 * ok as f64 / all as f64) } else { "-".into() };
+        out.push_str(&format!("{:<28} {:<40} {:<15} {:>9} {:<24} {:<24}\n", model, cond, ins, rate, fmt(g), fmt(c)));
     }
     for ((model, cond), n) in &completions {
-        out.push_str(&format!("{model:<26} {cond:<34} completions: {n}\n"));
+        out.push_str(&format!("{model:<28} {cond:<40} completions: {n}\n"));
     }
     Ok(out)
 }
