@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 
 fn tiny_model(dir: &Path) -> PathBuf {
     let path = dir.join("tiny.gguf");
-    write_tiny_gguf(&path, &Tiny { context: 2048, ..Tiny::qwen2() }, 11);
+    // Byte-level tiny vocabulary: about one token per character, so a long context.
+    write_tiny_gguf(&path, &Tiny { context: 8192, ..Tiny::qwen2() }, 11);
     path
 }
 
@@ -138,4 +139,68 @@ fn resuming_an_interrupted_run_gives_the_same_trials() {
     // Resuming with other settings is refused rather than mixing two runs.
     let err = run_study(&config(&model, &split, None, Some(99))).err().unwrap().to_string();
     assert!(err.contains("different study file, seed"), "{err}");
+}
+
+#[test]
+fn a_killed_process_resumes_to_the_same_trials() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let bin = env!("CARGO_BIN_EXE_affectbench");
+    let run = |out: &Path| {
+        std::process::Command::new(bin)
+            .args(["run", "scenarios/studies/smoke.toml", "--model"])
+            .arg(&model)
+            .arg("--out")
+            .arg(out)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let whole = dir.path().join("whole");
+    assert!(run(&whole).wait().unwrap().success());
+
+    let killed = dir.path().join("killed");
+    let mut child = run(&killed);
+    let trials = killed.join("trials.jsonl");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let lines = std::fs::read_to_string(&trials).map(|t| t.lines().count()).unwrap_or(0);
+        if lines >= 5 || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL: no chance to clean up
+    child.wait().unwrap();
+    let before = records(&killed).len();
+    assert!(before < 24, "the run was interrupted (had {before} records)");
+    let resumed = std::process::Command::new(bin).arg("run").arg("--resume").arg(&killed).output().unwrap();
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert_eq!(records(&killed), records(&whole));
+}
+
+#[test]
+fn all_items_in_one_turn_runs_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let study = dir.path().join("all.toml");
+    let text = std::fs::read_to_string("scenarios/studies/smoke.toml").unwrap().replace("items_per_conversation = \"one\"", "items_per_conversation = \"all\"");
+    std::fs::write(&study, text).unwrap();
+    let out = dir.path().join("out");
+    let cfg = RunConfig {
+        study_path: study,
+        scenarios_root: Some(PathBuf::from("scenarios")),
+        ..config(&model, &out, None, None)
+    };
+    run_study(&cfg).unwrap();
+    let recs = records(&out);
+    let items: Vec<_> = recs.iter().filter(|(_, r)| r["question"]["kind"] == "item").collect();
+    assert_eq!(items.len(), 2 * 2, "one trial per instrument per group");
+    for (_, r) in items {
+        assert!(r["question"]["item"].is_null());
+        assert!(r["prompt"].as_str().unwrap().contains("1. I feel sad."), "all items are listed");
+        assert!(r["choice"].is_null(), "no single answer position with all items in one turn");
+        assert!(r["generate"]["replies"].as_array().is_some_and(|a| !a.is_empty()));
+    }
 }
