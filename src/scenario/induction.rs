@@ -128,23 +128,21 @@ fn variants(path: &Path, text: &str, specs: Vec<VariantSpec>) -> Result<Vec<Vari
 impl Induction {
     pub fn load(path: &Path) -> Result<Self> {
         let (spec, text): (InductionSpec, String) = read_toml(path)?;
-        let _ = (&spec.source, &spec.licence);
         let variants = variants(path, &text, spec.variant)?;
         if variants.is_empty() {
             return Err(invalid(path, &text, "emotion", format!("induction '{}' has no [[variant]]", spec.emotion)));
         }
-        Ok(Induction { info: info(path, &text, &spec.id, spec.version), emotion: spec.emotion, description: spec.description, variants })
+        Ok(Induction { info: info(path, &text, &spec.id, spec.version, &spec.source, &spec.licence), emotion: spec.emotion, description: spec.description, variants })
     }
 }
 
 impl Regulation {
     pub fn load(path: &Path) -> Result<Self> {
         let (spec, text): (RegulationSpec, String) = read_toml(path)?;
-        let _ = (&spec.source, &spec.licence);
         let variants = variants(path, &text, spec.variant)?;
         if variants.is_empty() && spec.strategy != "none" {
             return Err(invalid(path, &text, "strategy", format!("regulation '{}' has no [[variant]]", spec.strategy)));
         }
-        Ok(Regulation { info: info(path, &text, &spec.id, spec.version), strategy: spec.strategy, description: spec.description, variants })
+        Ok(Regulation { info: info(path, &text, &spec.id, spec.version, &spec.source, &spec.licence), strategy: spec.strategy, description: spec.description, variants })
     }
 }

@@ -100,7 +100,6 @@ pub struct Instrument {
 impl Instrument {
     pub fn load(path: &Path) -> Result<Self> {
         let (spec, text): (InstrumentSpec, String) = read_toml(path)?;
-        let _ = (&spec.source, &spec.licence);
         let scoring = match spec.scoring.as_str() {
             "sum" => Scoring::Sum,
             "mean" => Scoring::Mean,
@@ -139,7 +138,7 @@ impl Instrument {
             return Err(invalid(path, &text, "id", "an instrument needs at least one [[item]]".into()));
         }
         Ok(Instrument {
-            info: info(path, &text, &spec.id, spec.version),
+            info: info(path, &text, &spec.id, spec.version, &spec.source, &spec.licence),
             description: spec.description,
             instruction: spec.instruction,
             time_frame: spec.time_frame,

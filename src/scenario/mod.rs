@@ -29,6 +29,8 @@ pub struct FileInfo {
     pub version: u32,
     pub path: PathBuf,
     pub sha256: String,
+    pub source: String,
+    pub licence: String,
 }
 
 /// Reads and deserialises a TOML file, returning the value, its text and its info.
@@ -44,8 +46,15 @@ pub(crate) fn invalid(path: &Path, text: &str, needle: &str, message: String) ->
     Error::DataFile { path: path.to_path_buf(), line, message }
 }
 
-pub(crate) fn info(path: &Path, text: &str, id: &str, version: u32) -> FileInfo {
-    FileInfo { id: id.to_string(), version, path: path.to_path_buf(), sha256: sha256_hex(text.as_bytes()) }
+pub(crate) fn info(path: &Path, text: &str, id: &str, version: u32, source: &str, licence: &str) -> FileInfo {
+    FileInfo {
+        id: id.to_string(),
+        version,
+        path: path.to_path_buf(),
+        sha256: sha256_hex(text.as_bytes()),
+        source: source.to_string(),
+        licence: licence.to_string(),
+    }
 }
 
 /// Everything under a `scenarios/` directory, by key.

@@ -132,7 +132,6 @@ impl Study {
     /// Reads a study file and checks every reference against `lib`.
     pub fn load(path: &Path, lib: &Library) -> Result<Self> {
         let (spec, text): (StudySpec, String) = read_toml(path)?;
-        let _ = (&spec.source, &spec.licence);
         let bad = |needle: &str, msg: String| invalid(path, &text, needle, msg);
         let per_conversation = match spec.items_per_conversation.as_str() {
             "one" => PerConversation::One,
@@ -264,7 +263,7 @@ impl Study {
         };
 
         Ok(Study {
-            info: info(path, &text, &spec.id, spec.version),
+            info: info(path, &text, &spec.id, spec.version, &spec.source, &spec.licence),
             description: spec.description,
             seed: spec.seed,
             repetitions: spec.repetitions,

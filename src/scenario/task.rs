@@ -42,7 +42,6 @@ pub struct StemTask {
 impl StemTask {
     pub fn load(path: &Path) -> Result<Self> {
         let (spec, text): (TaskSpec, String) = read_toml(path)?;
-        let _ = (&spec.source, &spec.licence);
         let mut stems: Vec<Stem> = Vec::new();
         for s in spec.stem {
             if stems.iter().any(|x| x.id == s.id) {
@@ -50,6 +49,6 @@ impl StemTask {
             }
             stems.push(Stem { id: s.id, text: s.text });
         }
-        Ok(StemTask { info: info(path, &text, &spec.id, spec.version), description: spec.description, instruction: spec.instruction, stems })
+        Ok(StemTask { info: info(path, &text, &spec.id, spec.version, &spec.source, &spec.licence), description: spec.description, instruction: spec.instruction, stems })
     }
 }

@@ -38,7 +38,7 @@ pub struct ModelProvenance {
 }
 
 pub fn file_info_json(f: &FileInfo) -> serde_json::Value {
-    serde_json::json!({ "id": f.id, "version": f.version, "path": f.path.display().to_string(), "sha256": f.sha256 })
+    serde_json::json!({ "id": f.id, "version": f.version, "path": f.path.display().to_string(), "sha256": f.sha256, "source": f.source, "licence": f.licence })
 }
 
 /// The generated read-out of one trial.
