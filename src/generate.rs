@@ -22,6 +22,8 @@ pub struct GenerationStats {
 pub enum StopReason {
     StopToken,
     MaxTokens,
+    /// The caller's `keep_going` said stop.
+    Caller,
 }
 
 impl GenerationStats {
@@ -56,31 +58,20 @@ pub fn generate(
     let mut rng = sequence_rng(seed, sequence_id);
     let mut cache = KvCache::new(model.transformer.config.n_layer);
     let start = Instant::now();
-    let mut logits = model.transformer.last_logits(prompt, &mut cache)?;
+    let logits = model.transformer.last_logits(prompt, &mut cache)?;
     let prefill_seconds = start.elapsed().as_secs_f64();
     let decode_start = Instant::now();
-    let mut tokens = Vec::new();
     let mut printed = String::new();
-    let mut stopped_by = StopReason::MaxTokens;
-    while tokens.len() < max_tokens {
-        let next = sample(&logits, sampling, &mut rng);
-        if model.tokenizer.stop_ids.contains(&next) {
-            stopped_by = StopReason::StopToken;
-            break;
-        }
-        tokens.push(next);
+    let (tokens, _, stopped_by) = decode(model, cache, logits, sampling, &mut rng, max_tokens, |tokens| {
         // Decode the whole continuation and print what is new, so multi-token characters
         // (emoji, CJK) appear only once complete.
-        let text = model.tokenizer.decode(&tokens)?;
+        let text = model.tokenizer.decode(tokens)?;
         if text.len() > printed.len() && !text.ends_with('\u{FFFD}') && text.starts_with(&printed) {
             on_text(&text[printed.len()..]);
             printed = text;
         }
-        if tokens.len() == max_tokens {
-            break;
-        }
-        logits = model.transformer.last_logits(&[next], &mut cache)?;
-    }
+        Ok(true)
+    })?;
     let text = model.tokenizer.decode(&tokens)?;
     if text.len() > printed.len() && text.starts_with(&printed) {
         on_text(&text[printed.len()..]);
@@ -94,4 +85,34 @@ pub fn generate(
         text,
         stopped_by,
     })
+}
+
+/// Continues a sequence from `cache`, whose last-position logits are `logits`: samples up
+/// to `max_tokens`, stopping at a stop token or when `keep_going(tokens so far)` returns
+/// false. Returns the sampled tokens, the cache (holding every sampled token but the
+/// last, or all of them when a stop token ended the turn) and why it stopped.
+pub fn decode(
+    model: &Model,
+    mut cache: KvCache,
+    mut logits: Vec<f32>,
+    sampling: &Sampling,
+    rng: &mut rand_chacha::ChaCha20Rng,
+    max_tokens: usize,
+    mut keep_going: impl FnMut(&[u32]) -> Result<bool>,
+) -> Result<(Vec<u32>, KvCache, StopReason)> {
+    let mut tokens = Vec::new();
+    while tokens.len() < max_tokens {
+        let next = sample(&logits, sampling, rng);
+        if model.tokenizer.stop_ids.contains(&next) {
+            return Ok((tokens, cache, StopReason::StopToken));
+        }
+        tokens.push(next);
+        if !keep_going(&tokens)? {
+            return Ok((tokens, cache, StopReason::Caller));
+        }
+        if tokens.len() < max_tokens {
+            logits = model.transformer.last_logits(&[next], &mut cache)?;
+        }
+    }
+    Ok((tokens, cache, StopReason::MaxTokens))
 }

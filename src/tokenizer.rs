@@ -104,14 +104,7 @@ impl ModelTokenizer {
         let bos = id_tok("tokenizer.ggml.bos_token_id")?;
         let eos = id_tok("tokenizer.ggml.eos_token_id")?;
         let add_bos = g.opt_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(model == "llama");
-        let mut stop_ids: Vec<u32> = eos.iter().map(|(id, _)| *id).collect();
-        for name in ["<|im_end|>", "<end_of_turn>", "<|endoftext|>", "<|eot_id|>"] {
-            if let Some(id) = tokens.iter().position(|t| t == name) {
-                if !stop_ids.contains(&(id as u32)) {
-                    stop_ids.push(id as u32);
-                }
-            }
-        }
+        let stop_ids = stop_ids(&eos, |name| tokens.iter().position(|t| t == name).map(|i| i as u32));
         Ok(Self { tokenizer, bos, eos, stop_ids, add_bos })
     }
 
@@ -122,16 +115,23 @@ impl ModelTokenizer {
         let lookup = |t: Option<String>| t.and_then(|t| tokenizer.token_to_id(&t).map(|id| (id, t)));
         let bos = lookup(bos);
         let eos = lookup(eos);
-        let mut stop_ids: Vec<u32> = eos.iter().map(|(id, _)| *id).collect();
-        for name in ["<|im_end|>", "<end_of_turn>", "<|endoftext|>", "<|eot_id|>"] {
-            if let Some(id) = tokenizer.token_to_id(name) {
-                if !stop_ids.contains(&id) {
-                    stop_ids.push(id);
-                }
-            }
-        }
+        let stop_ids = stop_ids(&eos, |name| tokenizer.token_to_id(name));
         Ok(Self { tokenizer, bos, eos, stop_ids, add_bos })
     }
+}
+
+/// Tokens that end a generated turn: EOS plus the end-of-turn markers of the chat
+/// formats we know, where the vocabulary has them.
+fn stop_ids(eos: &Option<(u32, String)>, id_of: impl Fn(&str) -> Option<u32>) -> Vec<u32> {
+    let mut ids: Vec<u32> = eos.iter().map(|(id, _)| *id).collect();
+    for name in ["<|im_end|>", "<end_of_turn>", "<|endoftext|>", "<|eot_id|>"] {
+        if let Some(id) = id_of(name) {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+    }
+    ids
 }
 
 /// GPT-2's reversible byte -> printable-character map.

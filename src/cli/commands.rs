@@ -96,13 +96,7 @@ fn models(registry: &Registry, cmd: ModelsCommand) -> Result<()> {
 /// Loads the model, fetching a registry model first if it is not cached yet.
 fn load_model(registry: &Registry, args: &ModelArgs) -> Result<Model> {
     let name = args.model.clone().unwrap_or_else(|| registry.default.clone());
-    let model_ref = ModelRef::resolve(registry, &name)?;
-    if let ModelRef::Registry(entry) = &model_ref {
-        if cache::cached_file(entry).is_err() {
-            eprintln!("{name} is not cached yet; fetching it (once)");
-            fetch::fetch(entry, &FetchOptions { source: Source::Auto, force: false, show_progress: progress_wanted() })?;
-        }
-    }
+    let model_ref = resolve_fetched(registry, &name)?;
     let opts = LoadOptions { device: parse_device(&args.device)?, kernels: if args.candle_kernels { Kernels::Candle } else { Kernels::Packed }, activation_override: None };
     Model::load_ref(&model_ref, &opts).with_context(|| format!("loading model '{name}'"))
 }

@@ -21,7 +21,8 @@ use crate::chat::{sha256_hex, Message};
 use crate::error::{Error, IoContext, Result};
 use crate::model::{KvCache, LoadOptions, LogitsAt, Model};
 use crate::registry::ModelRef;
-use crate::sampling::{sample, sequence_rng, Sampling, SamplingParams};
+use crate::generate::decode;
+use crate::sampling::{sequence_rng, Sampling, SamplingParams};
 use crate::scenario::study::PerConversation;
 use crate::scenario::{Library, Response, Study};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -265,11 +266,22 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
     Ok(RunOutcome { out_dir: cfg.out_dir.clone(), trials_written: written, trials_remaining: remaining, summary })
 }
 
+/// One trial's rendered question and prompt.
+#[derive(Clone, Default)]
+struct TrialPrompt {
+    /// The question turn's text.
+    question: String,
+    /// Answer labels in display order, with the option each stands for.
+    labels: Vec<(String, usize)>,
+    /// The whole rendered prompt and its tokens.
+    text: String,
+    tokens: Vec<u32>,
+}
+
 /// A group's rendered prompts, and the KV cache of the part they all share.
 struct GroupContext {
     messages: Vec<Message>,
-    /// Per member trial id: (rendered prompt, tokens, question labels).
-    prompts: BTreeMap<String, (String, Vec<u32>, Vec<(String, usize)>)>,
+    prompts: BTreeMap<String, TrialPrompt>,
     shared: Vec<u32>,
     cache: KvCache,
 }
@@ -294,19 +306,19 @@ impl GroupContext {
         for t in members {
             let q = question_text(lib, &t.question);
             let mut conv = messages.clone();
-            conv.push(Message::user(q.text));
+            conv.push(Message::user(q.text.clone()));
             let text = model.render_chat(&conv)?;
             let tokens = model.tokenizer.encode(&text, false)?;
-            prompts.insert(t.id.clone(), (text, tokens, q.labels));
+            prompts.insert(t.id.clone(), TrialPrompt { question: q.text, labels: q.labels, text, tokens });
         }
         // The longest common token prefix of every member, leaving each at least one token.
-        let mut shared: Vec<u32> = prompts.values().next().map(|p| p.1.clone()).unwrap_or_default();
-        for (_, toks, _) in prompts.values() {
-            let common = shared.iter().zip(toks).take_while(|(a, b)| a == b).count();
-            shared.truncate(common.min(toks.len() - 1));
+        let mut shared: Vec<u32> = prompts.values().next().map(|p| p.tokens.clone()).unwrap_or_default();
+        for p in prompts.values() {
+            let common = shared.iter().zip(&p.tokens).take_while(|(a, b)| a == b).count();
+            shared.truncate(common.min(p.tokens.len() - 1));
         }
         let context = model.transformer.max_positions();
-        if let Some(longest) = prompts.values().map(|p| p.1.len()).max() {
+        if let Some(longest) = prompts.values().map(|p| p.tokens.len()).max() {
             if longest + study.max_answer_tokens * (study.max_reasks + 2) + 64 > context {
                 return Err(Error::ContextOverflow { tokens: longest, context });
             }
@@ -334,43 +346,15 @@ fn study_sampling(study: &Study) -> Result<Sampling> {
     Ok(SamplingParams { temperature: study.temperature, ..Default::default() }.resolve()?)
 }
 
-/// Samples up to `max_tokens` from a cache whose last logits are given. With
-/// `first_line_only`, decoding stops once a non-empty first line is complete: an answer
-/// is read from the first number or label, which later text cannot change.
-fn decode(
-    model: &Model,
-    mut cache: KvCache,
-    mut logits: Vec<f32>,
-    sampling: &Sampling,
-    rng: &mut rand_chacha::ChaCha20Rng,
-    max_tokens: usize,
-    first_line_only: bool,
-) -> Result<(String, Vec<u32>, KvCache)> {
-    let mut tokens = Vec::new();
-    while tokens.len() < max_tokens {
-        let next = sample(&logits, sampling, rng);
-        if model.tokenizer.stop_ids.contains(&next) {
-            break;
-        }
-        tokens.push(next);
-        if first_line_only {
-            let text = model.tokenizer.decode(&tokens)?;
-            if let Some((line, _)) = text.trim_start().split_once('\n') {
-                if !line.trim().is_empty() {
-                    break;
-                }
-            }
-        }
-        if tokens.len() < max_tokens {
-            logits = model.transformer.last_logits(&[next], &mut cache)?;
-        }
-    }
-    // The cache holds the prompt and every sampled token except the last one.
-    Ok((model.tokenizer.decode(&tokens)?, tokens, cache))
+/// For answers: stop once a non-empty first line is complete. An answer is read from the
+/// first number or label, which later text cannot change.
+fn first_line_complete(model: &Model, tokens: &[u32]) -> Result<bool> {
+    let text = model.tokenizer.decode(tokens)?;
+    Ok(text.trim_start().split_once('\n').is_some_and(|(line, _)| !line.trim().is_empty()))
 }
 
 fn base_record(group: &Group, trial: &Trial, ctx: &GroupContext) -> TrialRecord {
-    let (prompt, tokens, _) = ctx.prompts.get(&trial.id).cloned().unwrap_or_default();
+    let TrialPrompt { text: prompt, tokens, .. } = ctx.prompts.get(&trial.id).cloned().unwrap_or_default();
     TrialRecord {
         kind: "trial".into(),
         schema: SCHEMA,
@@ -401,7 +385,7 @@ fn error_record(group: &Group, trial: &Trial, ctx: &GroupContext, error: String)
 
 fn run_trial(study: &Study, lib: &Library, model: &Model, group: &Group, ctx: &GroupContext, trial: &Trial) -> Result<TrialRecord> {
     let mut rec = base_record(group, trial, ctx);
-    let (_, tokens, labels) = ctx.prompts.get(&trial.id).cloned().expect("prompt rendered for every member");
+    let TrialPrompt { question, labels, tokens, .. } = ctx.prompts.get(&trial.id).cloned().expect("prompt rendered for every member");
     let sampling = study_sampling(study)?;
     let t0 = Instant::now();
     let (cache, logits) = ctx.extend(model, &tokens)?;
@@ -410,8 +394,8 @@ fn run_trial(study: &Study, lib: &Library, model: &Model, group: &Group, ctx: &G
         Question::Completion { .. } => {
             let max = study.completion.as_ref().map(|c| c.max_tokens).unwrap_or(24);
             let mut rng = sequence_rng(study.seed, &format!("{}/completion", trial.id));
-            let (text, _, _) = decode(model, cache, logits, &sampling, &mut rng, max, false)?;
-            rec.completion = Some(text.trim().to_string());
+            let (tokens, _, _) = decode(model, cache, logits, &sampling, &mut rng, max, |_| Ok(true))?;
+            rec.completion = Some(model.tokenizer.decode(&tokens)?.trim().to_string());
             rec.timing = serde_json::json!({ "prefill_ms": prefill_ms });
         }
         Question::Item { instrument, item, .. } => {
@@ -453,7 +437,7 @@ fn run_trial(study: &Study, lib: &Library, model: &Model, group: &Group, ctx: &G
             let mut value = None;
             let mut used_tokens = 0;
             let mut conv_messages = ctx.messages.clone();
-            conv_messages.push(Message::user(question_text(lib, &trial.question).text));
+            conv_messages.push(Message::user(question));
             let (mut cache, mut logits, mut cached_tokens) = (cache, logits, tokens.clone());
             for attempt in 0..=study.max_reasks {
                 if attempt > 0 {
@@ -471,9 +455,13 @@ fn run_trial(study: &Study, lib: &Library, model: &Model, group: &Group, ctx: &G
                     cached_tokens = conv_tokens;
                 }
                 let mut rng = sequence_rng(study.seed, &format!("{}/generate/{attempt}", trial.id));
-                let (reply, sampled, after) = decode(model, cache.clone(), logits.clone(), &sampling, &mut rng, study.max_answer_tokens, item.is_some())?;
+                let (sampled, after, _) = decode(model, cache.clone(), logits.clone(), &sampling, &mut rng, study.max_answer_tokens, |t| {
+                    Ok(item.is_none() || !first_line_complete(model, t)?)
+                })?;
+                let reply = model.tokenizer.decode(&sampled)?;
                 used_tokens += sampled.len();
-                // `after` holds the prompt plus all sampled tokens but the last.
+                // `after` holds the prompt plus the sampled tokens (maybe all but the last);
+                // the common-prefix truncation above copes with either.
                 if !sampled.is_empty() {
                     cache = after;
                     cached_tokens.extend_from_slice(&sampled[..sampled.len() - 1]);
@@ -536,9 +524,16 @@ fn read_answer(ins: &crate::scenario::Instrument, labels: &[(String, usize)], si
 pub fn summarise(dir: &Path, lib: &Library) -> Result<String> {
     let path = dir.join("trials.jsonl");
     let text = std::fs::read_to_string(&path).with_path(&path)?;
-    // (model, condition, instrument, repetition) -> (generate keyed values, choice keyed values)
+    // (model, condition, instrument, repetition) -> keyed values of both read-outs.
     type Key = (String, String, String, usize);
-    let mut cells: BTreeMap<Key, (Vec<Option<f64>>, Vec<Option<f64>>)> = BTreeMap::new();
+    #[derive(Default)]
+    struct Cell {
+        generated: Vec<Option<f64>>,
+        choice: Vec<Option<f64>>,
+        /// All items were asked in one turn: each record already holds the scale score.
+        whole: bool,
+    }
+    let mut cells: BTreeMap<Key, Cell> = BTreeMap::new();
     let mut completions: BTreeMap<(String, String), usize> = BTreeMap::new();
     for line in text.lines() {
         let Ok(r) = serde_json::from_str::<TrialRecord>(line) else { continue };
@@ -546,8 +541,9 @@ pub fn summarise(dir: &Path, lib: &Library) -> Result<String> {
             Some("item") => {
                 let ins = r.question["instrument"].as_str().unwrap_or("").to_string();
                 let e = cells.entry((r.model.clone(), r.condition.clone(), ins, r.repetition)).or_default();
-                e.0.push(r.generate.as_ref().and_then(|g| g.keyed));
-                e.1.push(r.choice.as_ref().map(|c| c.keyed_expected));
+                e.whole = r.question.get("item").is_some_and(|i| i.is_null());
+                e.generated.push(r.generate.as_ref().and_then(|g| g.keyed));
+                e.choice.push(r.choice.as_ref().map(|c| c.keyed_expected));
             }
             Some("completion") => *completions.entry((r.model.clone(), r.condition.clone())).or_default() += 1,
             _ => {}
@@ -556,23 +552,22 @@ pub fn summarise(dir: &Path, lib: &Library) -> Result<String> {
     // Scale scores per repetition, then mean ± SD over repetitions.
     let mut per_cond: BTreeMap<(String, String, String), (Vec<f64>, Vec<f64>)> = BTreeMap::new();
     let mut answered: BTreeMap<(String, String, String), (usize, usize)> = BTreeMap::new();
-    for ((model, cond, ins, _), (g, c)) in &cells {
+    for ((model, cond, ins, _), cell) in &cells {
         let Some(instrument) = lib.instruments.get(ins) else { continue };
+        let (g, c) = (&cell.generated, &cell.choice);
         let a = answered.entry((model.clone(), cond.clone(), ins.clone())).or_default();
         a.0 += g.iter().filter(|v| v.is_some()).count();
         a.1 += g.len();
         let entry = per_cond.entry((model.clone(), cond.clone(), ins.clone())).or_default();
-        // With all items in one turn a record already holds the scale score.
-        let expected = if g.len() == 1 && instrument.items.len() > 1 { 1 } else { instrument.items.len() };
-        if g.len() == expected {
-            if let Some(s) = if expected == 1 && instrument.items.len() > 1 { g[0] } else { instrument.score(g) } {
-                entry.0.push(s);
-            }
-        }
-        if c.len() == instrument.items.len() {
-            if let Some(s) = instrument.score(c) {
-                entry.1.push(s);
-            }
+        let items = instrument.items.len();
+        let generated_score = match (cell.whole, g.len()) {
+            (true, 1) => g[0],
+            (false, n) if n == items => instrument.score(g),
+            _ => None,
+        };
+        entry.0.extend(generated_score);
+        if c.len() == items {
+            entry.1.extend(instrument.score(c));
         }
     }
     let fmt = |v: &[f64]| -> String {
