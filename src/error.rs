@@ -75,6 +75,9 @@ pub enum Error {
     #[error("run: {0}")]
     Run(String),
 
+    #[error("report: {0}")]
+    Report(String),
+
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

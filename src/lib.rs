@@ -19,6 +19,7 @@ pub mod gguf;
 pub mod kernels;
 pub mod model;
 pub mod registry;
+pub mod report;
 pub mod scenario;
 pub mod study;
 pub mod sampling;

@@ -1,6 +1,6 @@
 //! The commands behind each subcommand.
 
-use super::{Cli, Command, GenerateArgs, ModelArgs, ModelsCommand, RunArgs, SourceArg, TokenizeArgs};
+use super::{Cli, Command, GenerateArgs, ModelArgs, ModelsCommand, ReportArgs, RunArgs, SourceArg, TokenizeArgs};
 use affectbench::cache;
 use affectbench::chat::Message;
 use affectbench::fetch::{self, FetchOptions, Source};
@@ -22,6 +22,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => generate(&registry, args),
         Command::Tokenize(args) => tokenize(&registry, args),
         Command::Run(args) => run_study(&registry, args, threads),
+        Command::Report(args) => report(args),
     }
 }
 
@@ -220,6 +221,26 @@ fn run_study(registry: &Registry, args: RunArgs, threads: usize) -> Result<()> {
         if outcome.trials_remaining > 0 { format!(" (continue with --resume {})", outcome.out_dir.display()) } else { String::new() },
         outcome.out_dir.display()
     );
+    if outcome.trials_remaining == 0 && !args.no_report {
+        let options = affectbench::report::ReportOptions::default();
+        let r = affectbench::report::build_report(std::slice::from_ref(&outcome.out_dir), &outcome.out_dir, &options)
+            .with_context(|| format!("the run finished but its report failed; fix the cause and run `affectbench report {}`", outcome.out_dir.display()))?;
+        eprintln!("report: {}", r.out_dir.join("report.html").display());
+    }
+    Ok(())
+}
+
+fn report(args: ReportArgs) -> Result<()> {
+    let out = args.out.clone().unwrap_or_else(|| args.runs[0].clone());
+    let options = affectbench::report::ReportOptions { seed: args.seed, resamples: args.resamples, equivalence_margin: args.equivalence_margin };
+    anyhow::ensure!(args.resamples >= 100, "--resamples {} is too few for a confidence interval; use at least 1000", args.resamples);
+    let started = std::time::Instant::now();
+    let r = affectbench::report::build_report(&args.runs, &out, &options)?;
+    for n in &r.notes {
+        eprintln!("note: {n}");
+    }
+    eprintln!("{} files in {:.1} s", r.files.len(), started.elapsed().as_secs_f64());
+    println!("{}", r.out_dir.join("report.html").display());
     Ok(())
 }
 

@@ -49,6 +49,42 @@ pub enum Command {
     /// time and continue with --resume DIR; finished trials are kept and the rest come
     /// out exactly as in an uninterrupted run.
     Run(RunArgs),
+
+    /// Turn one or more finished (or partial) runs into statistics, tables and plots.
+    ///
+    /// Writes into the (first) run directory unless --out is given: report.html (one
+    /// self-contained file: design, provenance, a figure per emotion, regulation and
+    /// negativity-bias figures, tables, example completions), summary.md, trials.csv,
+    /// tables/*.csv (tidy: one row per model x ... x statistic) and figures/*.svg, *.png.
+    /// `affectbench run` calls this at the end of a complete run.
+    ///
+    /// Example: affectbench report results/2026-11-21-affect-induction-smollm2-135m-instruct
+    Report(ReportArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// Run directories (as written by `affectbench run`); several are merged, a trial id
+    /// present in more than one counts once.
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
+
+    /// Where to write the report (default: the first run directory).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+
+    /// Seed of the bootstrap (default: the first run's study seed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+
+    /// Bootstrap resamples per interval.
+    #[arg(long, default_value_t = 2000)]
+    pub resamples: usize,
+
+    /// Equivalence margin for "returned to baseline?", in Hedges' g units: a regulated
+    /// condition whose 90% CI of g against baseline lies inside +-margin counts as back.
+    #[arg(long, default_value_t = 0.5)]
+    pub equivalence_margin: f64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -87,6 +123,10 @@ pub struct RunArgs {
     /// cpu, cuda:N or metal.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+
+    /// Do not build the report at the end (build it later with `affectbench report DIR`).
+    #[arg(long)]
+    pub no_report: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -13,7 +13,7 @@ pub mod task;
 pub use induction::{Induction, Regulation, Turn, Variant};
 pub use instrument::{Instrument, Item, OptionSpec, Response, Scoring};
 pub use study::{Condition, Order, Study};
-pub use task::StemTask;
+pub use task::{Judge, StemTask};
 
 use crate::chat::sha256_hex;
 use crate::error::{toml_error, Error, IoContext, Result};

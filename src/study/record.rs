@@ -25,6 +25,51 @@ pub struct RunHeader {
     pub device: String,
     pub threads: usize,
     pub trials_planned: usize,
+    /// How each instrument used turns item answers into scores, so a report needs no
+    /// scenario files (absent in runs made before it was recorded).
+    #[serde(default)]
+    pub scoring: Vec<InstrumentScoring>,
+}
+
+/// An instrument's scoring rule as recorded in run.json.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InstrumentScoring {
+    pub id: String,
+    /// "sum" or "mean" of keyed item values, per subscale.
+    pub scoring: String,
+    pub multiplier: f64,
+    pub min: f64,
+    pub max: f64,
+    pub items: Vec<ScoredItem>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ScoredItem {
+    pub id: String,
+    /// The subscale the item scores on (the instrument id when it has none).
+    pub subscale: String,
+    pub reverse: bool,
+}
+
+impl InstrumentScoring {
+    pub fn from_instrument(ins: &crate::scenario::Instrument) -> Self {
+        let (min, max) = ins.response.range();
+        InstrumentScoring {
+            id: ins.info.id.clone(),
+            scoring: match ins.scoring {
+                crate::scenario::Scoring::Sum => "sum".into(),
+                crate::scenario::Scoring::Mean => "mean".into(),
+            },
+            multiplier: ins.score_multiplier,
+            min,
+            max,
+            items: ins
+                .items
+                .iter()
+                .map(|it| ScoredItem { id: it.id.clone(), subscale: it.subscale.clone().unwrap_or_else(|| ins.info.id.clone()), reverse: it.reverse })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -97,6 +142,10 @@ pub struct TrialRecord {
     pub choice: Option<ChoiceReadout>,
     /// Sentence completions: the generated text.
     pub completion: Option<String>,
+    /// Sentence completions: the model-as-judge valence read-out of the text (absent in
+    /// runs made before it existed, and for tasks without a `[judge]`).
+    #[serde(default)]
+    pub judge: Option<ChoiceReadout>,
     pub error: Option<String>,
     pub timing: serde_json::Value,
 }

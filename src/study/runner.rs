@@ -15,7 +15,7 @@ use super::choice::{normalise, option_logprobs};
 use super::parse::{parse_label, parse_number};
 use super::plan::{expand, Group, Plan, Question, Trial};
 use super::prompt::{prefix_steps, question_text, reask_text, Step};
-use super::record::{file_info_json, now_rfc3339, ChoiceReadout, GenerateReadout, ModelProvenance, RunHeader, TrialRecord, SCHEMA};
+use super::record::{file_info_json, now_rfc3339, ChoiceReadout, GenerateReadout, InstrumentScoring, ModelProvenance, RunHeader, TrialRecord, SCHEMA};
 use crate::cache;
 use crate::chat::{sha256_hex, Message};
 use crate::error::{Error, IoContext, Result};
@@ -182,7 +182,7 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
         started: now_rfc3339(),
         ended: None,
         study_path: cfg.study_path.display().to_string(),
-        study: serde_json::json!({ "id": study.info.id, "version": study.info.version, "sha256": study.info.sha256,
+        study: serde_json::json!({ "id": study.info.id, "version": study.info.version, "sha256": study.info.sha256, "description": study.description,
             "conditions": study.conditions, "temperature": study.temperature }),
         scenario_files: files,
         models: prov,
@@ -191,6 +191,7 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
         device: cfg.device_label.clone(),
         threads: cfg.threads,
         trials_planned: plan.trials.len(),
+        scoring: lib.instruments.values().filter(|x| used.contains(&x.info.id)).map(InstrumentScoring::from_instrument).collect(),
     };
     if let Ok(old) = read_header(&cfg.out_dir) {
         if old.seed != header.seed || old.repetitions != header.repetitions || old.study["sha256"] != header.study["sha256"] || old.models != header.models {
@@ -374,6 +375,7 @@ fn base_record(group: &Group, trial: &Trial, ctx: &GroupContext) -> TrialRecord 
         generate: None,
         choice: None,
         completion: None,
+        judge: None,
         error: None,
         timing: serde_json::json!({}),
     }
@@ -395,8 +397,15 @@ fn run_trial(study: &Study, lib: &Library, model: &Model, group: &Group, ctx: &G
             let max = study.completion.as_ref().map(|c| c.max_tokens).unwrap_or(24);
             let mut rng = sequence_rng(study.seed, &format!("{}/completion", trial.id));
             let (tokens, _, _) = decode(model, cache, logits, &sampling, &mut rng, max, |_| Ok(true))?;
-            rec.completion = Some(model.tokenizer.decode(&tokens)?.trim().to_string());
-            rec.timing = serde_json::json!({ "prefill_ms": prefill_ms });
+            let text = model.tokenizer.decode(&tokens)?.trim().to_string();
+            let t1 = Instant::now();
+            if let Question::Completion { task, .. } = &trial.question {
+                if let Some(judge) = &lib.tasks[task].judge {
+                    rec.judge = Some(judge_valence(study, model, judge, &text, &trial.id)?);
+                }
+            }
+            rec.completion = Some(text);
+            rec.timing = serde_json::json!({ "prefill_ms": prefill_ms, "judge_ms": t1.elapsed().as_secs_f64() * 1e3 });
         }
         Question::Item { instrument, item, .. } => {
             let ins = &lib.instruments[instrument];
@@ -412,21 +421,8 @@ fn run_trial(study: &Study, lib: &Library, model: &Model, group: &Group, ctx: &G
                 let option_tokens = shown.iter().map(|l| model.tokenizer.encode(l, false)).collect::<Result<Vec<_>>>()?;
                 let lps = option_logprobs(model, &cache, &logits, &option_tokens)?;
                 let (probs, mass) = normalise(&lps);
-                let expected: f64 = probs.iter().zip(&values).map(|(p, v)| p * v).sum();
-                let best = probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0);
-                let mut rng = sequence_rng(study.seed, &format!("{}/choice-draw", trial.id));
-                let u: f64 = rng.random();
-                let mut acc = 0.0;
-                let mut drawn = probs.len() - 1;
-                for (i, p) in probs.iter().enumerate() {
-                    acc += p;
-                    if u < acc {
-                        drawn = i;
-                        break;
-                    }
-                }
-                let keyed_expected = item_def.map(|it| ins.keyed_value(it, expected)).unwrap_or(expected);
-                rec.choice = Some(ChoiceReadout { labels: shown, values: values.clone(), probs, mass, expected, argmax: values[best], draw: values[drawn], keyed_expected });
+                let keying = item_def.map(|it| (ins, it));
+                rec.choice = Some(choice_readout(study, shown, values, probs, mass, &format!("{}/choice-draw", trial.id), keying));
             }
             let choice_ms = t1.elapsed().as_secs_f64() * 1e3;
 
@@ -493,6 +489,42 @@ fn run_trial(study: &Study, lib: &Library, model: &Model, group: &Group, ctx: &G
         }
     }
     Ok(rec)
+}
+
+/// Summaries of an option distribution: expected value, argmax, a seeded draw (from the
+/// stream `draw_stream`) and the expected value after reverse keying.
+fn choice_readout(study: &Study, labels: Vec<String>, values: Vec<f64>, probs: Vec<f64>, mass: f64, draw_stream: &str, keying: Option<(&crate::scenario::Instrument, &crate::scenario::Item)>) -> ChoiceReadout {
+    let expected: f64 = probs.iter().zip(&values).map(|(p, v)| p * v).sum();
+    let best = probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0);
+    let u: f64 = sequence_rng(study.seed, draw_stream).random();
+    let mut acc = 0.0;
+    let mut drawn = probs.len() - 1;
+    for (i, p) in probs.iter().enumerate() {
+        acc += p;
+        if u < acc {
+            drawn = i;
+            break;
+        }
+    }
+    let keyed_expected = keying.map(|(ins, it)| ins.keyed_value(it, expected)).unwrap_or(expected);
+    ChoiceReadout { argmax: values[best], draw: values[drawn], labels, values, probs, mass, expected, keyed_expected }
+}
+
+/// The model-as-judge read-out: a fresh conversation (the study's system prompt, then the
+/// judge instruction around `text`) and the probability of each judge label.
+fn judge_valence(study: &Study, model: &Model, judge: &crate::scenario::Judge, text: &str, trial_id: &str) -> Result<ChoiceReadout> {
+    let mut conv = Vec::new();
+    if let Some(s) = &study.system_prompt {
+        conv.push(Message::system(s.clone()));
+    }
+    conv.push(Message::user(judge.prompt(text)));
+    let tokens = model.tokenizer.encode(&model.render_chat(&conv)?, false)?;
+    let mut cache = KvCache::new(model.transformer.config.n_layer);
+    let logits = model.transformer.last_logits(&tokens, &mut cache)?;
+    let (labels, values): (Vec<String>, Vec<f64>) = judge.options.iter().cloned().unzip();
+    let option_tokens = labels.iter().map(|l| model.tokenizer.encode(l, false)).collect::<Result<Vec<_>>>()?;
+    let (probs, mass) = normalise(&option_logprobs(model, &cache, &logits, &option_tokens)?);
+    Ok(choice_readout(study, labels, values, probs, mass, &format!("{trial_id}/judge-draw"), None))
 }
 
 /// The value an answer gives, or why it could not be read. With all items in one turn

@@ -1,0 +1,448 @@
+//! The analyses of a report, as plain data: per-cell descriptives with bootstrap CIs,
+//! induction and regulation contrasts (Hedges' g, Welch, Mann–Whitney, Holm), the
+//! return-to-baseline equivalence statement, negativity bias, and data quality.
+//!
+//! Every bootstrap draws from its own seeded stream named after what it estimates, so a
+//! figure does not depend on which other figures were computed or in what order.
+
+use super::scores::{completion_scores, conditions, models, question_str, scale_scores, CompletionScore, ConditionInfo, Readout, Score};
+use super::load::RunData;
+use super::stats::{bootstrap, describe, hedges_g, holm, mann_whitney, mean, mean_difference, welch, BootstrapCi, Describe, HedgesG, MannWhitney, Welch};
+use crate::sampling::sequence_rng;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone)]
+pub struct ReportOptions {
+    /// Seed of the bootstrap streams (default: the first run's seed).
+    pub seed: Option<u64>,
+    pub resamples: usize,
+    /// Equivalence margin for "returned to baseline?", in Hedges' g units.
+    pub equivalence_margin: f64,
+}
+
+impl Default for ReportOptions {
+    fn default() -> Self {
+        ReportOptions { seed: None, resamples: 2000, equivalence_margin: 0.5 }
+    }
+}
+
+pub const LEVEL: f64 = 0.95;
+/// Equivalence uses the 90% CI: two one-sided tests at 5% each.
+pub const EQUIVALENCE_LEVEL: f64 = 0.90;
+
+#[derive(Debug, Clone)]
+pub struct CellStats {
+    pub model: String,
+    pub instrument: String,
+    pub emotion: String,
+    pub condition: String,
+    pub readout: Readout,
+    pub describe: Describe,
+    pub ci: BootstrapCi,
+}
+
+#[derive(Debug, Clone)]
+pub struct Contrast {
+    pub model: String,
+    pub readout: Readout,
+    pub instrument: String,
+    pub emotion: String,
+    /// "induction" or "regulation": the Holm family (per model and read-out).
+    pub family: &'static str,
+    pub a: String,
+    pub b: String,
+    pub n_a: usize,
+    pub n_b: usize,
+    pub mean_a: f64,
+    pub mean_b: f64,
+    pub difference: BootstrapCi,
+    pub g: HedgesG,
+    pub welch: Welch,
+    pub mann_whitney: MannWhitney,
+    pub p_holm: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct BaselineReturn {
+    pub model: String,
+    pub readout: Readout,
+    pub instrument: String,
+    pub emotion: String,
+    pub condition: String,
+    pub baseline: String,
+    /// Hedges' g of condition - baseline with its 90% CI.
+    pub g: HedgesG,
+    pub verdict: &'static str,
+}
+
+#[derive(Debug, Clone)]
+pub struct ValenceCell {
+    pub model: String,
+    pub condition: String,
+    pub scorer: &'static str,
+    pub describe: Describe,
+    pub ci: BootstrapCi,
+}
+
+#[derive(Debug, Clone)]
+pub struct ValenceContrast {
+    pub model: String,
+    pub scorer: &'static str,
+    pub a: String,
+    pub b: String,
+    pub difference: BootstrapCi,
+    pub g: HedgesG,
+    pub welch: Welch,
+    pub mann_whitney: MannWhitney,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct QualityRow {
+    pub model: String,
+    pub condition: String,
+    pub items: usize,
+    pub answered: usize,
+    pub reasked: usize,
+    pub first_reply_unreadable: usize,
+    pub errors: usize,
+    pub option_mass_sum: f64,
+    pub option_mass_n: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct PositionBias {
+    pub model: String,
+    pub instrument: String,
+    pub n_options: usize,
+    pub position: usize,
+    pub trials: usize,
+    pub argmax_share: f64,
+    pub mean_probability: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct VarianceShare {
+    pub model: String,
+    pub readout: Readout,
+    pub factor: &'static str,
+    pub eta_squared: f64,
+    /// Less biased for few observations per level: (SS_between - (k - 1) MS_within) / SS_total.
+    pub epsilon_squared: f64,
+    pub cells: usize,
+}
+
+pub struct Analysis {
+    pub models: Vec<String>,
+    pub conditions: Vec<ConditionInfo>,
+    pub scores: Vec<Score>,
+    pub cells: Vec<CellStats>,
+    pub contrasts: Vec<Contrast>,
+    pub baseline_returns: Vec<BaselineReturn>,
+    pub completions: Vec<CompletionScore>,
+    pub valence: Vec<ValenceCell>,
+    pub valence_contrasts: Vec<ValenceContrast>,
+    pub quality: Vec<QualityRow>,
+    pub position_bias: Vec<PositionBias>,
+    pub variance: Vec<VarianceShare>,
+    pub options: ReportOptions,
+    pub seed: u64,
+}
+
+type CellKey = (String, String, String, String, Readout); // model, instrument, emotion, condition, readout
+
+fn ci_of(seed: u64, stream: &str, samples: &[&[f64]], opts: &ReportOptions) -> BootstrapCi {
+    let mut rng = sequence_rng(seed, &format!("report/{stream}"));
+    if samples.len() == 1 {
+        bootstrap(samples, |s| mean(s[0]), opts.resamples, LEVEL, &mut rng)
+    } else {
+        bootstrap(samples, mean_difference, opts.resamples, LEVEL, &mut rng)
+    }
+}
+
+pub fn analyse(data: &RunData, options: &ReportOptions) -> Analysis {
+    let seed = options.seed.unwrap_or_else(|| data.headers.first().map(|h| h.seed).unwrap_or(0));
+    let conds = conditions(data);
+    let scores = scale_scores(data);
+    let mut groups: BTreeMap<CellKey, Vec<f64>> = BTreeMap::new();
+    for s in &scores {
+        groups.entry((s.model.clone(), s.instrument.clone(), s.emotion.clone(), s.condition.clone(), s.readout)).or_default().push(s.value);
+    }
+    let order = |c: &str| conds.iter().position(|x| x.name == c).unwrap_or(usize::MAX);
+    let mut cells: Vec<CellStats> = groups
+        .iter()
+        .map(|((m, i, e, c, r), xs)| CellStats {
+            model: m.clone(),
+            instrument: i.clone(),
+            emotion: e.clone(),
+            condition: c.clone(),
+            readout: *r,
+            describe: describe(xs),
+            ci: ci_of(seed, &format!("cell/{m}/{i}/{e}/{c}/{}", r.name()), &[xs], options),
+        })
+        .collect();
+    cells.sort_by(|x, y| (&x.model, &x.instrument, &x.emotion, order(&x.condition), x.readout).cmp(&(&y.model, &y.instrument, &y.emotion, order(&y.condition), y.readout)));
+
+    let contrast = |family: &'static str, key: (&str, &str, &str, Readout), a: &str, b: &str| -> Option<Contrast> {
+        let (m, i, e, r) = key;
+        let xa = groups.get(&(m.to_string(), i.to_string(), e.to_string(), a.to_string(), r))?;
+        let xb = groups.get(&(m.to_string(), i.to_string(), e.to_string(), b.to_string(), r))?;
+        Some(Contrast {
+            model: m.into(),
+            readout: r,
+            instrument: i.into(),
+            emotion: e.into(),
+            family,
+            a: a.into(),
+            b: b.into(),
+            n_a: xa.len(),
+            n_b: xb.len(),
+            mean_a: mean(xa),
+            mean_b: mean(xb),
+            difference: ci_of(seed, &format!("contrast/{m}/{i}/{e}/{}/{a}/{b}", r.name()), &[xa, xb], options),
+            g: hedges_g(xa, xb, LEVEL),
+            welch: welch(xa, xb),
+            mann_whitney: mann_whitney(xa, xb),
+            p_holm: f64::NAN,
+        })
+    };
+
+    let baseline = conds.iter().find(|c| c.is_baseline()).map(|c| c.name.clone());
+    let neutral = conds.iter().find(|c| c.is_neutral()).map(|c| c.name.clone());
+    let mut contrasts = Vec::new();
+    let mut baseline_returns = Vec::new();
+    let measured: Vec<(String, String, String, Readout)> = {
+        let mut v: Vec<_> = groups.keys().map(|(m, i, e, _, r)| (m.clone(), i.clone(), e.clone(), *r)).collect();
+        v.dedup();
+        v.sort();
+        v.dedup();
+        v
+    };
+    for (m, i, e, r) in &measured {
+        let key = (m.as_str(), i.as_str(), e.as_str(), *r);
+        // The conditions that induce this emotion (e.g. "anxiety/none", "anxiety/breathing").
+        let inducing: Vec<&ConditionInfo> = conds.iter().filter(|c| c.induction.as_deref() == Some(e.as_str())).collect();
+        let Some(unregulated) = inducing.iter().find(|c| c.regulation.is_none() && !c.regulation_first) else { continue };
+        for reference in [&neutral, &baseline].into_iter().flatten() {
+            contrasts.extend(contrast("induction", key, &unregulated.name, reference));
+        }
+        let regulated: Vec<&&ConditionInfo> = inducing.iter().filter(|c| c.regulation.is_some()).collect();
+        for (k, c) in regulated.iter().enumerate() {
+            contrasts.extend(contrast("regulation", key, &c.name, &unregulated.name));
+            for other in &regulated[k + 1..] {
+                contrasts.extend(contrast("regulation", key, &c.name, &other.name));
+            }
+            if let Some(base) = &baseline {
+                let (Some(xa), Some(xb)) = (groups.get(&(m.clone(), i.clone(), e.clone(), c.name.clone(), *r)), groups.get(&(m.clone(), i.clone(), e.clone(), base.clone(), *r))) else { continue };
+                let g = hedges_g(xa, xb, EQUIVALENCE_LEVEL);
+                let margin = options.equivalence_margin;
+                let verdict = if !g.g.is_finite() {
+                    "undetermined (no variance)"
+                } else if g.ci.low > -margin && g.ci.high < margin {
+                    "back to baseline (equivalent)"
+                } else if g.ci.low > 0.0 {
+                    "above baseline"
+                } else if g.ci.high < 0.0 {
+                    "below baseline"
+                } else {
+                    "inconclusive"
+                };
+                baseline_returns.push(BaselineReturn { model: m.clone(), readout: *r, instrument: i.clone(), emotion: e.clone(), condition: c.name.clone(), baseline: base.clone(), g, verdict });
+            }
+        }
+    }
+    // Holm within each model x read-out x family.
+    let mut families: BTreeMap<(String, Readout, &'static str), Vec<usize>> = BTreeMap::new();
+    for (k, c) in contrasts.iter().enumerate() {
+        families.entry((c.model.clone(), c.readout, c.family)).or_default().push(k);
+    }
+    for members in families.values() {
+        let adjusted = holm(&members.iter().map(|&k| contrasts[k].welch.p).collect::<Vec<_>>());
+        for (&k, p) in members.iter().zip(adjusted) {
+            contrasts[k].p_holm = p;
+        }
+    }
+
+    let completions = completion_scores(data);
+    let (valence, valence_contrasts) = negativity(&completions, &conds, seed, options);
+    Analysis {
+        models: models(data),
+        quality: {
+            let mut q = quality(data);
+            q.sort_by_key(|r| (r.model.clone(), conds.iter().position(|c| c.name == r.condition)));
+            q
+        },
+        position_bias: position_bias(data),
+        variance: variance_shares(data),
+        conditions: conds,
+        scores,
+        cells,
+        contrasts,
+        baseline_returns,
+        completions,
+        valence,
+        valence_contrasts,
+        options: options.clone(),
+        seed,
+    }
+}
+
+/// Valence per model x condition x scorer, and each completion condition that induces an
+/// emotion against the neutral completion condition (or baseline when there is none).
+fn negativity(completions: &[CompletionScore], conds: &[ConditionInfo], seed: u64, options: &ReportOptions) -> (Vec<ValenceCell>, Vec<ValenceContrast>) {
+    let mut by: BTreeMap<(String, String, &'static str), Vec<f64>> = BTreeMap::new();
+    for c in completions {
+        by.entry((c.model.clone(), c.condition.clone(), "lexicon")).or_default().push(c.lexicon);
+        if let Some(j) = c.judge {
+            by.entry((c.model.clone(), c.condition.clone(), "judge")).or_default().push(j);
+        }
+    }
+    let order = |c: &str| conds.iter().position(|x| x.name == c).unwrap_or(usize::MAX);
+    let mut cells: Vec<ValenceCell> = by
+        .iter()
+        .map(|((m, c, s), xs)| ValenceCell { model: m.clone(), condition: c.clone(), scorer: s, describe: describe(xs), ci: ci_of(seed, &format!("valence/{m}/{c}/{s}"), &[xs], options) })
+        .collect();
+    cells.sort_by(|x, y| (&x.model, x.scorer, order(&x.condition)).cmp(&(&y.model, y.scorer, order(&y.condition))));
+    let mut contrasts = Vec::new();
+    for ((m, c, s), xs) in &by {
+        let info = conds.iter().find(|x| &x.name == c);
+        if info.is_none_or(|i| i.induction.is_none() || i.is_neutral()) {
+            continue;
+        }
+        let reference = by
+            .keys()
+            .filter(|(m2, _, s2)| m2 == m && s2 == s)
+            .map(|(_, c2, _)| c2)
+            .find(|c2| conds.iter().any(|x| &x.name == *c2 && x.is_neutral()))
+            .or_else(|| by.keys().filter(|(m2, _, s2)| m2 == m && s2 == s).map(|(_, c2, _)| c2).find(|c2| conds.iter().any(|x| &x.name == *c2 && x.is_baseline())));
+        let Some(reference) = reference else { continue };
+        let xb = &by[&(m.clone(), reference.clone(), *s)];
+        contrasts.push(ValenceContrast {
+            model: m.clone(),
+            scorer: s,
+            a: c.clone(),
+            b: reference.clone(),
+            difference: ci_of(seed, &format!("valence-contrast/{m}/{s}/{c}/{reference}"), &[xs, xb], options),
+            g: hedges_g(xs, xb, LEVEL),
+            welch: welch(xs, xb),
+            mann_whitney: mann_whitney(xs, xb),
+        });
+    }
+    (cells, contrasts)
+}
+
+fn quality(data: &RunData) -> Vec<QualityRow> {
+    let mut rows: BTreeMap<(String, String), QualityRow> = BTreeMap::new();
+    for t in data.trials.iter().filter(|t| question_str(t, "kind") == Some("item")) {
+        let row = rows.entry((t.model.clone(), t.condition.clone())).or_insert_with(|| QualityRow { model: t.model.clone(), condition: t.condition.clone(), ..Default::default() });
+        row.items += 1;
+        if t.error.is_some() {
+            row.errors += 1;
+        }
+        if let Some(g) = &t.generate {
+            row.answered += g.value.is_some() as usize;
+            row.reasked += (g.replies.len() > 1) as usize;
+            row.first_reply_unreadable += !g.failures.is_empty() as usize;
+        }
+        if let Some(c) = &t.choice {
+            row.option_mass_sum += c.mass;
+            row.option_mass_n += 1;
+        }
+    }
+    rows.into_values().collect()
+}
+
+/// How often each display position is the most probable option, and its mean
+/// probability, over trials whose option order was permuted (the position's content
+/// varies, so an unbiased model gives each position 1/k on average).
+fn position_bias(data: &RunData) -> Vec<PositionBias> {
+    let mut acc: BTreeMap<(String, String, usize), (usize, Vec<usize>, Vec<f64>)> = BTreeMap::new();
+    for t in &data.trials {
+        let permuted = t.question.get("option_order").and_then(|o| o.as_array()).is_some_and(|o| !o.is_empty());
+        let Some(c) = t.choice.as_ref().filter(|_| permuted) else { continue };
+        let k = c.probs.len();
+        let e = acc.entry((t.model.clone(), question_str(t, "instrument").unwrap_or_default().to_string(), k)).or_insert_with(|| (0, vec![0; k], vec![0.0; k]));
+        e.0 += 1;
+        let best = c.probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0);
+        e.1[best] += 1;
+        for (s, p) in e.2.iter_mut().zip(&c.probs) {
+            *s += p;
+        }
+    }
+    let mut out = Vec::new();
+    for ((model, instrument, k), (n, wins, probs)) in acc {
+        for pos in 0..k {
+            out.push(PositionBias { model: model.clone(), instrument: instrument.clone(), n_options: k, position: pos + 1, trials: n, argmax_share: wins[pos] as f64 / n as f64, mean_probability: probs[pos] / n as f64 });
+        }
+    }
+    out
+}
+
+/// The order of the options shown: ascending or descending in value, or mixed.
+fn order_direction(t: &TrialRecord) -> Option<String> {
+    let c = t.choice.as_ref()?;
+    let asc = c.values.windows(2).all(|w| w[0] <= w[1]);
+    let desc = c.values.windows(2).all(|w| w[0] >= w[1]);
+    Some(if asc { "ascending" } else if desc { "descending" } else { "mixed" }.to_string())
+}
+
+use crate::study::record::TrialRecord;
+
+/// Share of the within-cell variance of item answers (cell = model x condition x item,
+/// answers rescaled to 0..1 by the instrument's range) that each perturbation factor
+/// explains: pooled between-level sum of squares over pooled total sum of squares (eta
+/// squared) and its bias-corrected form (epsilon squared). A cell counts only where the
+/// factor has at least two levels and some level is seen more than once (in the default
+/// design each induction variant appears once per cell, one per repetition, so that
+/// factor is not separable from repetition noise and is reported as not estimable).
+fn variance_shares(data: &RunData) -> Vec<VarianceShare> {
+    type Factor = (&'static str, fn(&TrialRecord) -> Option<String>);
+    let factors: [Factor; 4] = [
+        ("induction variant", |t| t.induction_variant.clone()),
+        ("regulation variant", |t| t.regulation_variant.clone()),
+        ("label style", |t| question_str(t, "label_style").map(str::to_string)),
+        ("option order", order_direction),
+    ];
+    let mut out = Vec::new();
+    let models = models(data);
+    for model in &models {
+        for readout in Readout::ALL {
+            let mut cells: BTreeMap<(String, String, String), Vec<(&TrialRecord, f64)>> = BTreeMap::new();
+            for t in data.trials.iter().filter(|t| &t.model == model && question_str(t, "kind") == Some("item")) {
+                let instrument = question_str(t, "instrument").unwrap_or_default();
+                let Some(rule) = data.scoring.get(instrument) else { continue };
+                let raw = match readout {
+                    Readout::Generated => t.generate.as_ref().and_then(|g| g.keyed),
+                    Readout::Probability => t.choice.as_ref().map(|c| c.keyed_expected),
+                };
+                let Some(v) = raw else { continue };
+                let scaled = (v - rule.min) / (rule.max - rule.min).max(f64::MIN_POSITIVE);
+                cells.entry((t.condition.clone(), instrument.to_string(), question_str(t, "item").unwrap_or_default().to_string())).or_default().push((t, scaled));
+            }
+            for (name, level_of) in factors {
+                let (mut between, mut total, mut corrected, mut used) = (0.0, 0.0, 0.0, 0);
+                for members in cells.values() {
+                    let mut levels: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+                    for (t, v) in members {
+                        levels.entry(level_of(t).unwrap_or_else(|| "-".into())).or_default().push(*v);
+                    }
+                    let (k, n) = (levels.len(), members.len());
+                    if k < 2 || n <= k {
+                        continue;
+                    }
+                    let all: Vec<f64> = members.iter().map(|(_, v)| *v).collect();
+                    let grand = mean(&all);
+                    let ss_total = all.iter().map(|v| (v - grand).powi(2)).sum::<f64>();
+                    let ss_between = levels.values().map(|xs| xs.len() as f64 * (mean(xs) - grand).powi(2)).sum::<f64>();
+                    let ms_within = (ss_total - ss_between) / (n - k) as f64;
+                    total += ss_total;
+                    between += ss_between;
+                    corrected += ss_between - (k - 1) as f64 * ms_within;
+                    used += 1;
+                }
+                let share = |x: f64| if used > 0 && total > 0.0 { x / total } else { f64::NAN };
+                out.push(VarianceShare { model: model.clone(), readout, factor: name, eta_squared: share(between), epsilon_squared: share(corrected), cells: used });
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,357 @@
+//! The report's text: sections of prose, tables and figures, built once from an analysis
+//! and rendered both as `report.html` (self-contained, inline SVG, every string escaped)
+//! and as `summary.md`.
+
+use super::analysis::{Analysis, EQUIVALENCE_LEVEL};
+use super::lexicon;
+use super::load::RunData;
+use super::plots::{induced_emotions, Figure};
+use super::scores::Readout;
+use super::stats::{BootstrapCi, Interval};
+
+/// A table of already formatted cells.
+pub struct Table {
+    pub caption: String,
+    pub headers: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+/// A part of the report.
+pub enum Block {
+    Text(String),
+    Table(Table),
+    Figure(usize),
+    List(Vec<String>),
+}
+
+pub struct Section {
+    pub title: String,
+    pub blocks: Vec<Block>,
+}
+
+pub fn f(x: f64, digits: usize) -> String {
+    if x.is_finite() { format!("{x:.digits$}") } else { "–".into() }
+}
+
+fn p(x: f64) -> String {
+    if !x.is_finite() {
+        "–".into()
+    } else if x < 0.001 {
+        "<0.001".into()
+    } else {
+        format!("{x:.3}")
+    }
+}
+
+fn interval(i: Interval, digits: usize) -> String {
+    format!("[{}, {}]", f(i.low, digits), f(i.high, digits))
+}
+
+fn estimate(ci: &BootstrapCi, digits: usize) -> String {
+    format!("{} {}", f(ci.estimate, digits), interval(ci.bca, digits))
+}
+
+fn table(caption: &str, headers: &[&str], rows: Vec<Vec<String>>) -> Block {
+    Block::Table(Table { caption: caption.into(), headers: headers.iter().map(|s| s.to_string()).collect(), rows })
+}
+
+/// Builds the sections; figure blocks refer to `figures` by index.
+pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section> {
+    let mut out = Vec::new();
+    let fig = |id: &str| figures.iter().position(|f| f.id == id);
+
+    // Design and provenance.
+    let mut design = vec![];
+    for h in &data.headers {
+        let desc = h.study.get("description").and_then(|d| d.as_str()).unwrap_or("");
+        design.push(Block::Text(format!(
+            "Study '{}' (version {}, {}), temperature {}, {} repetitions, seed {}. {desc}",
+            h.study["id"].as_str().unwrap_or("?"),
+            h.study["version"],
+            h.study_path,
+            h.study["temperature"],
+            h.repetitions,
+            h.seed
+        )));
+    }
+    design.push(table(
+        "Conditions",
+        &["condition", "induction", "regulation", "order"],
+        a.conditions
+            .iter()
+            .map(|c| vec![c.name.clone(), c.induction.clone().unwrap_or_else(|| "–".into()), c.regulation.clone().unwrap_or_else(|| "–".into()), if c.regulation_first { "regulation first" } else { "induction first" }.into()])
+            .collect(),
+    ));
+    out.push(Section { title: "Design".into(), blocks: design });
+
+    let mut prov = vec![table(
+        "Runs",
+        &["directory", "status", "started", "ended", "affectbench", "git revision", "device", "threads", "trials planned"],
+        data.headers
+            .iter()
+            .zip(&data.dirs)
+            .map(|(h, d)| {
+                vec![d.display().to_string(), h.status.clone(), h.started.clone(), h.ended.clone().unwrap_or_default(), h.affectbench_version.clone(), h.git_revision.clone(), h.device.clone(), h.threads.to_string(), h.trials_planned.to_string()]
+            })
+            .collect(),
+    )];
+    prov.push(table(
+        "Models",
+        &["model", "architecture", "weights sha256", "tokenizer sha256", "chat template sha256"],
+        data.headers.iter().flat_map(|h| h.models.iter()).map(|m| vec![m.label.clone(), m.architecture.clone(), m.sha256.clone(), m.tokenizer_sha256.clone(), m.chat_template_sha256.clone().unwrap_or_default()]).collect(),
+    ));
+    prov.push(table(
+        "Scenario files",
+        &["id", "version", "sha256", "source", "licence"],
+        data.headers
+            .iter()
+            .flat_map(|h| h.scenario_files.iter())
+            .map(|s| {
+                let g = |k: &str| s.get(k).map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())).unwrap_or_default();
+                vec![g("id"), g("version"), g("sha256"), g("source"), g("licence")]
+            })
+            .collect(),
+    ));
+    if !data.notes.is_empty() {
+        prov.push(Block::List(data.notes.clone()));
+    }
+    out.push(Section { title: "Provenance".into(), blocks: prov });
+
+    out.push(Section {
+        title: "Methods of this report".into(),
+        blocks: vec![Block::List(vec![
+            "Unit of analysis: one conversation (model x condition x repetition). A scale score is the sum or mean of its keyed items as the instrument defines (reverse-keyed items mirrored); a VAS item is its own score. A score needs every item of its subscale answered in that conversation.".into(),
+            "Two read-outs: 'probability' is the expected value of the option probabilities at the answer position (renormalised over the options); 'generated' is the number or label the model wrote, sampled at the study's temperature, with re-asks.".into(),
+            format!("Confidence intervals: seeded nonparametric bootstrap ({} resamples, seed {}), BCa unless marked percentile; every statistic has its own random stream, so the report is reproducible.", a.options.resamples, a.seed),
+            "Contrasts: Hedges' g with a large-sample 95% CI; Welch's t test and the Mann–Whitney U test (normal approximation with tie and continuity correction), two-sided. Holm's correction of the Welch p values within each model x read-out x family (induction, regulation).".into(),
+            format!("Returned to baseline?: the {:.0}% CI of Hedges' g (regulated condition minus baseline) inside ±{} counts as equivalent to baseline (two one-sided tests at 5%); entirely above or below 0 as different; otherwise inconclusive.", EQUIVALENCE_LEVEL * 100.0, a.options.equivalence_margin),
+            format!("Negativity bias: each completion is scored by (a) a lexicon scorer over the VADER lexicon (Hutto & Gilbert 2014, MIT; {} entries; mean valence of lexicon words, negation within three words scaled by -0.74, sum s mapped to s/sqrt(s²+15)), and (b) the model as judge: P(positive) - P(negative) when the same model classifies the completion in a fresh conversation.", lexicon::lexicon_size()),
+        ])],
+    });
+
+    // Data quality.
+    let mut quality = vec![table(
+        "Answer quality per model and condition (item trials)",
+        &["model", "condition", "items", "answered", "first reply unreadable", "re-asked", "errors", "mean option mass"],
+        a.quality
+            .iter()
+            .map(|q| {
+                let n = q.items as f64;
+                vec![
+                    q.model.clone(),
+                    q.condition.clone(),
+                    q.items.to_string(),
+                    format!("{:.0}%", 100.0 * q.answered as f64 / n),
+                    format!("{:.0}%", 100.0 * q.first_reply_unreadable as f64 / n),
+                    format!("{:.0}%", 100.0 * q.reasked as f64 / n),
+                    q.errors.to_string(),
+                    f(if q.option_mass_n > 0 { q.option_mass_sum / q.option_mass_n as f64 } else { f64::NAN }, 3),
+                ]
+            })
+            .collect(),
+    )];
+    quality.push(table(
+        "Answer-position bias: share of trials whose most probable option sat at each display position (options permuted per trial; an unbiased model gives 1/k)",
+        &["model", "instrument", "options", "position", "trials", "argmax share", "mean probability", "uniform"],
+        a.position_bias
+            .iter()
+            .map(|b| vec![b.model.clone(), b.instrument.clone(), b.n_options.to_string(), b.position.to_string(), b.trials.to_string(), f(b.argmax_share, 3), f(b.mean_probability, 3), f(1.0 / b.n_options as f64, 3)])
+            .collect(),
+    ));
+    quality.push(table(
+        "Variance explained by perturbation factors (item answers rescaled to 0..1; pooled within model x condition x item cells; '–' where the design gives no replication to separate the factor)",
+        &["model", "read-out", "factor", "cells", "eta²", "epsilon²"],
+        a.variance.iter().map(|v| vec![v.model.clone(), v.readout.name().into(), v.factor.into(), v.cells.to_string(), f(v.eta_squared, 3), f(v.epsilon_squared, 3)]).collect(),
+    ));
+    out.push(Section { title: "Data quality".into(), blocks: quality });
+
+    // One section per induced emotion.
+    for emotion in induced_emotions(a) {
+        let mut blocks = Vec::new();
+        if let Some(i) = fig(&format!("emotion-{emotion}")) {
+            blocks.push(Block::Figure(i));
+        }
+        let rows = a
+            .cells
+            .iter()
+            .filter(|c| c.emotion == emotion)
+            .filter(|c| a.conditions.iter().any(|x| x.name == c.condition && (x.is_baseline() || x.is_neutral() || x.induction.as_deref() == Some(emotion.as_str()))))
+            .map(|c| vec![c.model.clone(), c.instrument.clone(), c.readout.name().into(), c.condition.clone(), c.describe.n.to_string(), f(c.describe.mean, 2), f(c.describe.sd, 2), f(c.describe.median, 2), interval(c.ci.bca, 2), interval(c.ci.percentile, 2)])
+            .collect();
+        blocks.push(table(&format!("{emotion}: descriptives"), &["model", "instrument", "read-out", "condition", "n", "mean", "SD", "median", "95% CI (BCa)", "95% CI (percentile)"], rows));
+        let contrast_rows = a
+            .contrasts
+            .iter()
+            .filter(|c| c.emotion == emotion)
+            .map(|c| {
+                vec![
+                    c.model.clone(),
+                    c.instrument.clone(),
+                    c.readout.name().into(),
+                    c.family.into(),
+                    format!("{} − {}", c.a, c.b),
+                    estimate(&c.difference, 2),
+                    format!("{} {}", f(c.g.g, 2), interval(c.g.ci, 2)),
+                    format!("t({}) = {}, p = {}", f(c.welch.df, 1), f(c.welch.t, 2), p(c.welch.p)),
+                    p(c.mann_whitney.p),
+                    p(c.p_holm),
+                ]
+            })
+            .collect();
+        blocks.push(table(&format!("{emotion}: induction and regulation contrasts"), &["model", "instrument", "read-out", "family", "contrast", "difference [95% CI]", "Hedges' g [95% CI]", "Welch", "Mann–Whitney p", "Holm p"], contrast_rows));
+        out.push(Section { title: format!("Emotion: {emotion}"), blocks });
+    }
+
+    // Regulation overview and baseline return.
+    let mut reg = Vec::new();
+    if let Some(i) = fig("regulation") {
+        reg.push(Block::Figure(i));
+    }
+    reg.push(table(
+        &format!("Returned to baseline? ({:.0}% CI of Hedges' g vs baseline, margin ±{})", EQUIVALENCE_LEVEL * 100.0, a.options.equivalence_margin),
+        &["model", "instrument", "read-out", "emotion", "condition", "g", "90% CI", "verdict"],
+        a.baseline_returns
+            .iter()
+            .filter(|b| b.readout == Readout::Probability || a.baseline_returns.iter().all(|x| x.readout == Readout::Generated))
+            .map(|b| vec![b.model.clone(), b.instrument.clone(), b.readout.name().into(), b.emotion.clone(), b.condition.clone(), f(b.g.g, 2), interval(b.g.ci, 2), b.verdict.into()])
+            .collect(),
+    ));
+    reg.push(Block::Text("The generated read-out's verdicts are in tables/baseline_return.csv.".into()));
+    out.push(Section { title: "Regulation".into(), blocks: reg });
+
+    // Negativity bias.
+    if !a.valence.is_empty() {
+        let mut neg = Vec::new();
+        if let Some(i) = fig("negativity") {
+            neg.push(Block::Figure(i));
+        }
+        neg.push(table(
+            "Completion valence",
+            &["model", "scorer", "condition", "n", "mean", "SD", "95% CI (BCa)"],
+            a.valence.iter().map(|v| vec![v.model.clone(), v.scorer.into(), v.condition.clone(), v.describe.n.to_string(), f(v.describe.mean, 3), f(v.describe.sd, 3), interval(v.ci.bca, 3)]).collect(),
+        ));
+        neg.push(table(
+            "Negativity bias: induced minus neutral",
+            &["model", "scorer", "contrast", "difference [95% CI]", "Hedges' g [95% CI]", "Welch p", "Mann–Whitney p"],
+            a.valence_contrasts
+                .iter()
+                .map(|v| vec![v.model.clone(), v.scorer.into(), format!("{} − {}", v.a, v.b), estimate(&v.difference, 3), format!("{} {}", f(v.g.g, 2), interval(v.g.ci, 2)), p(v.welch.p), p(v.mann_whitney.p)])
+                .collect(),
+        ));
+        let mut examples = Vec::new();
+        for m in &a.models {
+            for c in &a.conditions {
+                for s in a.completions.iter().filter(|x| &x.model == m && x.condition == c.name).take(4) {
+                    examples.push(vec![m.clone(), c.name.clone(), s.stem.clone(), s.text.clone(), f(s.lexicon, 2), s.judge.map(|j| f(j, 2)).unwrap_or_else(|| "–".into())]);
+                }
+            }
+        }
+        neg.push(table("Example completions", &["model", "condition", "stem", "completion", "lexicon", "judge"], examples));
+        out.push(Section { title: "Negativity bias".into(), blocks: neg });
+    }
+    out
+}
+
+/// Escapes text for HTML element content and attribute values.
+pub fn escape_html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}\
+table{border-collapse:collapse;margin:1em 0;font-size:0.85em}th,td{border:1px solid #ccc;padding:3px 7px;text-align:left;vertical-align:top}\
+th{background:#f2f2f2}caption{text-align:left;font-weight:600;margin-bottom:.3em}figure{margin:1.5em 0}figcaption{font-size:.9em;color:#444;max-width:900px}\
+.scroll{overflow-x:auto}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}code{background:#f4f4f4}";
+
+pub fn render_html(title: &str, sections: &[Section], figures: &[(String, &Figure)]) -> String {
+    let mut h = String::new();
+    h.push_str(&format!("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title><style>{STYLE}</style></head><body>\n", escape_html(title)));
+    h.push_str(&format!("<h1>{}</h1>\n<nav><ul>", escape_html(title)));
+    for (i, s) in sections.iter().enumerate() {
+        h.push_str(&format!("<li><a href=\"#s{i}\">{}</a></li>", escape_html(&s.title)));
+    }
+    h.push_str("</ul></nav>\n");
+    for (i, s) in sections.iter().enumerate() {
+        h.push_str(&format!("<section id=\"s{i}\"><h2>{}</h2>\n", escape_html(&s.title)));
+        for b in &s.blocks {
+            match b {
+                Block::Text(t) => h.push_str(&format!("<p>{}</p>\n", escape_html(t))),
+                Block::List(items) => {
+                    h.push_str("<ul>");
+                    for it in items {
+                        h.push_str(&format!("<li>{}</li>", escape_html(it)));
+                    }
+                    h.push_str("</ul>\n");
+                }
+                Block::Table(t) => {
+                    h.push_str(&format!("<div class=\"scroll\"><table><caption>{}</caption><thead><tr>", escape_html(&t.caption)));
+                    for c in &t.headers {
+                        h.push_str(&format!("<th>{}</th>", escape_html(c)));
+                    }
+                    h.push_str("</tr></thead><tbody>\n");
+                    for r in &t.rows {
+                        h.push_str("<tr>");
+                        for c in r {
+                            h.push_str(&format!("<td>{}</td>", escape_html(c)));
+                        }
+                        h.push_str("</tr>\n");
+                    }
+                    h.push_str("</tbody></table></div>\n");
+                }
+                Block::Figure(i) => {
+                    let (svg, fig) = &figures[*i];
+                    // The SVG is plotters' output: its text nodes carry the labels, which
+                    // plotters escapes; we add nothing unescaped around it.
+                    h.push_str(&format!("<figure><div class=\"scroll\">{svg}</div><figcaption><b>{}.</b> {}</figcaption></figure>\n", escape_html(&fig.title), escape_html(&fig.caption)));
+                }
+            }
+        }
+        h.push_str("</section>\n");
+    }
+    h.push_str("</body></html>\n");
+    h
+}
+
+fn md_cell(s: &str) -> String {
+    s.replace('|', "\\|").replace(['\n', '\r'], " ")
+}
+
+pub fn render_markdown(title: &str, sections: &[Section], figures: &[Figure]) -> String {
+    let mut m = format!("# {}\n\n", md_cell(title));
+    for s in sections {
+        m.push_str(&format!("## {}\n\n", md_cell(&s.title)));
+        for b in &s.blocks {
+            match b {
+                Block::Text(t) => m.push_str(&format!("{}\n\n", t)),
+                Block::List(items) => {
+                    for it in items {
+                        m.push_str(&format!("- {}\n", md_cell(it)));
+                    }
+                    m.push('\n');
+                }
+                Block::Table(t) => {
+                    m.push_str(&format!("**{}**\n\n| {} |\n|{}|\n", md_cell(&t.caption), t.headers.iter().map(|c| md_cell(c)).collect::<Vec<_>>().join(" | "), vec!["---"; t.headers.len()].join("|")));
+                    for r in &t.rows {
+                        m.push_str(&format!("| {} |\n", r.iter().map(|c| md_cell(c)).collect::<Vec<_>>().join(" | ")));
+                    }
+                    m.push('\n');
+                }
+                Block::Figure(i) => {
+                    let fg = &figures[*i];
+                    m.push_str(&format!("![{}](figures/{}.svg)\n\n*{}*\n\n", md_cell(&fg.title), fg.id, md_cell(&fg.caption)));
+                }
+            }
+        }
+    }
+    m
+}

@@ -1,0 +1,76 @@
+//! `affectbench report`: turns one or more run directories into what goes in a paper:
+//! statistics (`analysis`, on `stats`), tidy tables (`tables`), figures (`plots`) and a
+//! self-contained `report.html` plus `summary.md` (`document`).
+//!
+//! Layers: `load` reads runs -> `scores` derives scale scores and completion valences
+//! (`lexicon`) -> `analysis` computes -> `tables`, `plots`, `document` write.
+
+pub mod analysis;
+pub mod document;
+pub mod lexicon;
+pub mod load;
+pub mod plots;
+pub mod scores;
+pub mod stats;
+pub mod tables;
+
+use crate::error::{Error, IoContext, Result};
+use std::path::{Path, PathBuf};
+
+pub use analysis::ReportOptions;
+
+/// What a report wrote.
+pub struct ReportOutcome {
+    pub out_dir: PathBuf,
+    pub files: Vec<PathBuf>,
+    pub notes: Vec<String>,
+}
+
+/// Builds the report of `runs` (merged) into `out_dir`: report.html, summary.md,
+/// trials.csv, tables/*.csv and figures/*.svg + *.png.
+pub fn build_report(runs: &[PathBuf], out_dir: &Path, options: &ReportOptions) -> Result<ReportOutcome> {
+    let data = load::load_runs(runs)?;
+    if data.trials.is_empty() {
+        return Err(Error::Report(format!("{} holds no trial records yet", runs[0].display())));
+    }
+    plots::register_font()?;
+    let a = analysis::analyse(&data, options);
+    let tables_dir = out_dir.join("tables");
+    let figures_dir = out_dir.join("figures");
+    std::fs::create_dir_all(&tables_dir).with_path(&tables_dir)?;
+    std::fs::create_dir_all(&figures_dir).with_path(&figures_dir)?;
+    let mut files = Vec::new();
+
+    for t in tables::tidy_tables(&a) {
+        tables::write_tidy(&tables_dir, &t)?;
+        files.push(tables_dir.join(format!("{}.csv", t.name)));
+    }
+    let trials_csv = out_dir.join("trials.csv");
+    tables::write_trials_csv(&trials_csv, &data)?;
+    files.push(trials_csv);
+
+    let mut figures = plots::emotion_figures(&a);
+    figures.extend(plots::regulation_figure(&a));
+    figures.extend(plots::negativity_figure(&a));
+    let mut svgs = Vec::new();
+    for fig in &figures {
+        let svg = fig.svg()?;
+        let svg_path = figures_dir.join(format!("{}.svg", fig.id));
+        std::fs::write(&svg_path, &svg).with_path(&svg_path)?;
+        let png_path = figures_dir.join(format!("{}.png", fig.id));
+        fig.write_png(&png_path)?;
+        files.extend([svg_path, png_path]);
+        svgs.push(svg);
+    }
+
+    let study_ids: Vec<String> = data.headers.iter().map(|h| h.study["id"].as_str().unwrap_or("?").to_string()).collect();
+    let title = format!("affectbench report: {} ({})", study_ids.join(" + "), a.models.join(", "));
+    let sections = document::sections(&data, &a, &figures);
+    let inline: Vec<(String, &plots::Figure)> = svgs.into_iter().zip(&figures).collect();
+    let html_path = out_dir.join("report.html");
+    std::fs::write(&html_path, document::render_html(&title, &sections, &inline)).with_path(&html_path)?;
+    let md_path = out_dir.join("summary.md");
+    std::fs::write(&md_path, document::render_markdown(&title, &sections, &figures)).with_path(&md_path)?;
+    files.extend([html_path, md_path]);
+    Ok(ReportOutcome { out_dir: out_dir.to_path_buf(), files, notes: data.notes })
+}

@@ -1,0 +1,210 @@
+//! The report's tables as tidy CSV (one row per model x ... x statistic, columns
+//! `statistic,value` last; missing values written `NA`, which pandas and R read as
+//! missing) and `trials.csv`, one flat row per trial.
+
+use super::analysis::Analysis;
+use super::lexicon;
+use super::load::RunData;
+use super::scores::{judge_valence, question_str};
+use crate::error::{Error, Result};
+use std::path::Path;
+
+pub fn num(x: f64) -> String {
+    if x.is_finite() { format!("{x}") } else { "NA".into() }
+}
+
+/// One tidy table: key columns, then statistic and value.
+pub struct Tidy {
+    pub name: &'static str,
+    pub keys: Vec<&'static str>,
+    pub rows: Vec<(Vec<String>, &'static str, f64)>,
+}
+
+impl Tidy {
+    fn new(name: &'static str, keys: &[&'static str]) -> Self {
+        Tidy { name, keys: keys.to_vec(), rows: Vec::new() }
+    }
+    fn push(&mut self, keys: Vec<String>, stats: &[(&'static str, f64)]) {
+        for (s, v) in stats {
+            self.rows.push((keys.clone(), s, *v));
+        }
+    }
+}
+
+fn csv_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Report(format!("{}: {e}", path.display()))
+}
+
+pub fn write_tidy(dir: &Path, t: &Tidy) -> Result<()> {
+    let path = dir.join(format!("{}.csv", t.name));
+    let mut w = csv::Writer::from_path(&path).map_err(|e| csv_err(&path, e))?;
+    let mut header: Vec<&str> = t.keys.clone();
+    header.extend(["statistic", "value"]);
+    w.write_record(&header).map_err(|e| csv_err(&path, e))?;
+    for (keys, stat, value) in &t.rows {
+        let mut rec = keys.clone();
+        rec.push(stat.to_string());
+        rec.push(num(*value));
+        w.write_record(&rec).map_err(|e| csv_err(&path, e))?;
+    }
+    w.flush().map_err(|e| csv_err(&path, e))
+}
+
+/// All tidy tables of an analysis.
+pub fn tidy_tables(a: &Analysis) -> Vec<Tidy> {
+    let mut descriptives = Tidy::new("descriptives", &["model", "instrument", "emotion", "condition", "readout"]);
+    for c in &a.cells {
+        descriptives.push(
+            vec![c.model.clone(), c.instrument.clone(), c.emotion.clone(), c.condition.clone(), c.readout.name().into()],
+            &[
+                ("n", c.describe.n as f64),
+                ("mean", c.describe.mean),
+                ("sd", c.describe.sd),
+                ("median", c.describe.median),
+                ("ci95_percentile_low", c.ci.percentile.low),
+                ("ci95_percentile_high", c.ci.percentile.high),
+                ("ci95_bca_low", c.ci.bca.low),
+                ("ci95_bca_high", c.ci.bca.high),
+            ],
+        );
+    }
+    let mut contrasts = Tidy::new("contrasts", &["model", "readout", "instrument", "emotion", "family", "condition_a", "condition_b"]);
+    for c in &a.contrasts {
+        contrasts.push(
+            vec![c.model.clone(), c.readout.name().into(), c.instrument.clone(), c.emotion.clone(), c.family.into(), c.a.clone(), c.b.clone()],
+            &[
+                ("n_a", c.n_a as f64),
+                ("n_b", c.n_b as f64),
+                ("mean_a", c.mean_a),
+                ("mean_b", c.mean_b),
+                ("difference", c.difference.estimate),
+                ("difference_ci95_bca_low", c.difference.bca.low),
+                ("difference_ci95_bca_high", c.difference.bca.high),
+                ("hedges_g", c.g.g),
+                ("hedges_g_ci95_low", c.g.ci.low),
+                ("hedges_g_ci95_high", c.g.ci.high),
+                ("welch_t", c.welch.t),
+                ("welch_df", c.welch.df),
+                ("welch_p", c.welch.p),
+                ("mann_whitney_u", c.mann_whitney.u),
+                ("mann_whitney_p", c.mann_whitney.p),
+                ("welch_p_holm", c.p_holm),
+            ],
+        );
+    }
+    let mut baseline = Tidy::new("baseline_return", &["model", "readout", "instrument", "emotion", "condition", "baseline", "verdict"]);
+    for b in &a.baseline_returns {
+        baseline.push(
+            vec![b.model.clone(), b.readout.name().into(), b.instrument.clone(), b.emotion.clone(), b.condition.clone(), b.baseline.clone(), b.verdict.into()],
+            &[("hedges_g", b.g.g), ("hedges_g_ci90_low", b.g.ci.low), ("hedges_g_ci90_high", b.g.ci.high), ("equivalence_margin", a.options.equivalence_margin)],
+        );
+    }
+    let mut valence = Tidy::new("negativity_bias", &["model", "scorer", "condition", "reference"]);
+    for v in &a.valence {
+        valence.push(
+            vec![v.model.clone(), v.scorer.into(), v.condition.clone(), String::new()],
+            &[("n", v.describe.n as f64), ("mean", v.describe.mean), ("sd", v.describe.sd), ("median", v.describe.median), ("ci95_bca_low", v.ci.bca.low), ("ci95_bca_high", v.ci.bca.high)],
+        );
+    }
+    for v in &a.valence_contrasts {
+        valence.push(
+            vec![v.model.clone(), v.scorer.into(), v.a.clone(), v.b.clone()],
+            &[
+                ("difference", v.difference.estimate),
+                ("difference_ci95_bca_low", v.difference.bca.low),
+                ("difference_ci95_bca_high", v.difference.bca.high),
+                ("hedges_g", v.g.g),
+                ("hedges_g_ci95_low", v.g.ci.low),
+                ("hedges_g_ci95_high", v.g.ci.high),
+                ("welch_p", v.welch.p),
+                ("mann_whitney_p", v.mann_whitney.p),
+            ],
+        );
+    }
+    let mut quality = Tidy::new("data_quality", &["model", "condition"]);
+    for q in &a.quality {
+        let n = q.items as f64;
+        quality.push(
+            vec![q.model.clone(), q.condition.clone()],
+            &[
+                ("items", n),
+                ("answered_rate", q.answered as f64 / n),
+                ("first_reply_unreadable_rate", q.first_reply_unreadable as f64 / n),
+                ("reask_rate", q.reasked as f64 / n),
+                ("unanswered_rate", 1.0 - q.answered as f64 / n),
+                ("error_rate", q.errors as f64 / n),
+                ("mean_option_mass", if q.option_mass_n > 0 { q.option_mass_sum / q.option_mass_n as f64 } else { f64::NAN }),
+            ],
+        );
+    }
+    let mut position = Tidy::new("position_bias", &["model", "instrument", "n_options", "position"]);
+    for p in &a.position_bias {
+        position.push(
+            vec![p.model.clone(), p.instrument.clone(), p.n_options.to_string(), p.position.to_string()],
+            &[("trials", p.trials as f64), ("argmax_share", p.argmax_share), ("mean_probability", p.mean_probability), ("uniform_share", 1.0 / p.n_options as f64)],
+        );
+    }
+    let mut variance = Tidy::new("variance_explained", &["model", "readout", "factor"]);
+    for v in &a.variance {
+        variance.push(vec![v.model.clone(), v.readout.name().into(), v.factor.into()], &[("cells", v.cells as f64), ("eta_squared", v.eta_squared), ("epsilon_squared", v.epsilon_squared)]);
+    }
+    vec![descriptives, contrasts, baseline, valence, quality, position, variance]
+}
+
+/// `trials.csv`: one row per trial, every read-out flattened, lexicon and judge valence
+/// added for completions.
+pub fn write_trials_csv(path: &Path, data: &RunData) -> Result<()> {
+    let mut w = csv::Writer::from_path(path).map_err(|e| csv_err(path, e))?;
+    w.write_record([
+        "trial_id", "group_id", "model", "condition", "induction", "induction_variant", "regulation", "regulation_variant", "repetition", "kind", "instrument", "item", "stem",
+        "label_style", "option_order", "prompt_sha256", "prompt_tokens", "reply", "replies", "generated_value", "generated_keyed", "option_labels", "option_probs", "option_mass",
+        "option_expected", "option_keyed_expected", "option_argmax", "option_draw", "completion", "lexicon_valence", "judge_valence", "error", "total_ms",
+    ])
+    .map_err(|e| csv_err(path, e))?;
+    let opt = |x: Option<f64>| x.map(num).unwrap_or_else(|| "NA".into());
+    let s = |x: &Option<String>| x.clone().unwrap_or_default();
+    for t in &data.trials {
+        let q = |k| question_str(t, k).unwrap_or_default().to_string();
+        let order = t.question.get("option_order").and_then(|o| o.as_array()).map(|o| o.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(" ")).unwrap_or_default();
+        let g = t.generate.as_ref();
+        let c = t.choice.as_ref();
+        let timing = t.timing.get("total_ms").and_then(|v| v.as_f64());
+        w.write_record([
+            t.trial_id.clone(),
+            t.group_id.clone(),
+            t.model.clone(),
+            t.condition.clone(),
+            s(&t.induction),
+            s(&t.induction_variant),
+            s(&t.regulation),
+            s(&t.regulation_variant),
+            t.repetition.to_string(),
+            q("kind"),
+            q("instrument"),
+            q("item"),
+            q("stem"),
+            q("label_style"),
+            order,
+            t.prompt_sha256.clone(),
+            t.prompt_tokens.to_string(),
+            g.and_then(|g| g.replies.last().cloned()).unwrap_or_default(),
+            g.map(|g| g.replies.len().to_string()).unwrap_or_default(),
+            opt(g.and_then(|g| g.value)),
+            opt(g.and_then(|g| g.keyed)),
+            c.map(|c| c.labels.join(" ")).unwrap_or_default(),
+            c.map(|c| c.probs.iter().map(|p| num(*p)).collect::<Vec<_>>().join(" ")).unwrap_or_default(),
+            opt(c.map(|c| c.mass)),
+            opt(c.map(|c| c.expected)),
+            opt(c.map(|c| c.keyed_expected)),
+            opt(c.map(|c| c.argmax)),
+            opt(c.map(|c| c.draw)),
+            s(&t.completion),
+            opt(t.completion.as_ref().map(|x| lexicon::score(x).valence)),
+            opt(judge_valence(t)),
+            s(&t.error),
+            opt(timing),
+        ])
+        .map_err(|e| csv_err(path, e))?;
+    }
+    w.flush().map_err(|e| csv_err(path, e))
+}

@@ -1,0 +1,121 @@
+//! `affectbench report` on the committed fixture run (tests/data/report-fixture): every
+//! output is written, numbers agree with a recomputation from trials.jsonl, the bootstrap
+//! is reproducible by seed, and hostile strings are escaped in report.html.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const FIXTURE: &str = "tests/data/report-fixture";
+
+fn report(out: &Path, extra: &[&str]) -> Output {
+    let o = Command::new(env!("CARGO_BIN_EXE_affectbench")).args(["report", FIXTURE, "--out"]).arg(out).args(extra).output().expect("running affectbench");
+    assert!(o.status.success(), "report failed: {}", String::from_utf8_lossy(&o.stderr));
+    o
+}
+
+fn read(p: PathBuf) -> String {
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// (key columns joined by '|', statistic) -> value, from a tidy CSV.
+fn tidy(path: PathBuf) -> BTreeMap<(String, String), String> {
+    let mut r = csv::Reader::from_path(&path).unwrap();
+    let headers = r.headers().unwrap().clone();
+    assert_eq!(headers.iter().skip(headers.len() - 2).collect::<Vec<_>>(), vec!["statistic", "value"], "{}", path.display());
+    r.records()
+        .map(|rec| {
+            let rec = rec.unwrap();
+            let n = rec.len();
+            ((rec.iter().take(n - 2).collect::<Vec<_>>().join("|"), rec[n - 2].to_string()), rec[n - 1].to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn report_writes_every_output_and_escapes_hostile_strings() {
+    let dir = tempfile::tempdir().unwrap();
+    report(dir.path(), &[]);
+    for f in ["report.html", "summary.md", "trials.csv", "tables/descriptives.csv", "tables/contrasts.csv", "tables/baseline_return.csv", "tables/negativity_bias.csv", "tables/data_quality.csv", "tables/position_bias.csv", "tables/variance_explained.csv", "figures/emotion-sadness.svg", "figures/emotion-sadness.png", "figures/regulation.svg", "figures/negativity.png"] {
+        let p = dir.path().join(f);
+        assert!(p.metadata().map(|m| m.len() > 0).unwrap_or(false), "{f} missing or empty");
+    }
+    let png = std::fs::read(dir.path().join("figures/emotion-sadness.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+
+    let html = read(dir.path().join("report.html"));
+    // The fixture's study description and one completion carry <script>, quotes and &.
+    assert!(!html.to_lowercase().contains("<script"), "unescaped script tag in report.html");
+    assert!(!html.contains("<b>bold</b>"));
+    assert!(html.contains("&lt;script&gt;alert(&quot;completion&quot;)&lt;/script&gt; it&#39;s &quot;quoted&quot; &amp; &lt;b&gt;bold&lt;/b&gt;"));
+    assert!(html.contains("&lt;script&gt;alert(&quot;description&quot;)"));
+    // Self-contained: figures inline, nothing fetched.
+    assert!(html.contains("<svg") && !html.contains("src=\"http") && !html.contains("href=\"http"));
+    for section in ["Design", "Provenance", "Data quality", "Emotion: sadness", "Regulation", "Negativity bias"] {
+        assert!(html.contains(&format!("<h2>{section}</h2>")), "section {section} missing");
+    }
+
+    let trials = read(dir.path().join("trials.csv"));
+    let fixture_lines = read(Path::new(FIXTURE).join("trials.jsonl")).lines().count();
+    assert_eq!(csv::Reader::from_reader(trials.as_bytes()).records().count(), fixture_lines);
+}
+
+#[test]
+fn descriptives_and_contrasts_agree_with_a_recomputation_from_the_trials() {
+    // Probability read-out of sadness-state per group: mean of the 4 keyed item
+    // expectations (the scale is scored by mean), then mean over repetitions.
+    let text = read(Path::new(FIXTURE).join("trials.jsonl"));
+    let mut groups: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if v["question"]["instrument"] == "sadness-state" {
+            groups.entry((v["condition"].as_str().unwrap().into(), v["group_id"].as_str().unwrap().into())).or_default().push(v["choice"]["keyed_expected"].as_f64().unwrap());
+        }
+    }
+    let mut by_condition: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for ((cond, _), items) in groups {
+        assert_eq!(items.len(), 4);
+        by_condition.entry(cond).or_default().push(items.iter().sum::<f64>() / 4.0);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    report(dir.path(), &[]);
+    let d = tidy(dir.path().join("tables/descriptives.csv"));
+    for (cond, scores) in &by_condition {
+        let key = format!("smollm2-135m-instruct|sadness-state|sadness|{cond}|probability");
+        let mean: f64 = d[&(key.clone(), "mean".into())].parse().unwrap();
+        let expected = scores.iter().sum::<f64>() / scores.len() as f64;
+        assert!((mean - expected).abs() < 1e-12, "{cond}: report {mean}, recomputed {expected}");
+        assert_eq!(d[&(key.clone(), "n".into())], scores.len().to_string());
+        let (lo, hi): (f64, f64) = (d[&(key.clone(), "ci95_bca_low".into())].parse().unwrap(), d[&(key, "ci95_bca_high".into())].parse().unwrap());
+        assert!(lo <= expected + 1e-12 && expected <= hi + 1e-12, "{cond}: CI [{lo}, {hi}] misses the mean {expected}");
+    }
+    // The induction contrast's difference is the difference of those means.
+    let c = tidy(dir.path().join("tables/contrasts.csv"));
+    let key = "smollm2-135m-instruct|probability|sadness-state|sadness|induction|sadness/none|neutral/none".to_string();
+    let diff: f64 = c[&(key.clone(), "difference".into())].parse().unwrap();
+    let m = |k: &str| by_condition[k].iter().sum::<f64>() / by_condition[k].len() as f64;
+    assert!((diff - (m("sadness/none") - m("neutral/none"))).abs() < 1e-12);
+    let p: f64 = c[&(key.clone(), "welch_p".into())].parse().unwrap();
+    let holm: f64 = c[&(key, "welch_p_holm".into())].parse().unwrap();
+    assert!((0.0..=1.0).contains(&p) && holm >= p);
+}
+
+#[test]
+fn bootstrap_intervals_are_reproducible_by_seed() {
+    let (a, b, c) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    report(a.path(), &["--seed", "5"]);
+    report(b.path(), &["--seed", "5"]);
+    report(c.path(), &["--seed", "6"]);
+    let read_table = |d: &Path| read(d.join("tables/descriptives.csv"));
+    assert_eq!(read_table(a.path()), read_table(b.path()));
+    assert_ne!(read_table(a.path()), read_table(c.path()));
+}
+
+#[test]
+fn report_of_a_directory_without_a_run_says_what_to_give() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_affectbench")).args(["report"]).arg(dir.path()).output().unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("has no run.json") && err.contains(&dir.path().display().to_string()), "{err}");
+}
