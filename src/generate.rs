@@ -116,3 +116,62 @@ pub fn decode(
     }
     Ok((tokens, cache, StopReason::MaxTokens))
 }
+
+/// Samples several continuations of one prompt in lockstep, as one batch per step:
+/// `cache` holds the prompt (batch 1, shared by every row without copying) and `logits`
+/// its last-position logits; row i draws from `rngs[i]` only. Rows run in batches of at
+/// most `batch_size`. A row that reached a stop token or `max_tokens` keeps riding along
+/// (its outputs ignored) until its batch is done, because the forward pass takes
+/// equal-length rows.
+///
+/// Each row's tokens are bit-identical to `decode` of that row alone: every kernel's
+/// arithmetic for one row is independent of the other rows (tested in
+/// tests/determinism.rs), and each row has its own random stream.
+pub fn decode_lockstep(
+    model: &Model,
+    cache: &KvCache,
+    logits: &[f32],
+    sampling: &Sampling,
+    rngs: &mut [rand_chacha::ChaCha20Rng],
+    max_tokens: usize,
+    batch_size: usize,
+) -> Result<Vec<(Vec<u32>, StopReason)>> {
+    use crate::model::LogitsAt;
+    use candle_core::IndexOp;
+    let mut results = Vec::with_capacity(rngs.len());
+    for chunk in rngs.chunks_mut(batch_size.max(1)) {
+        let n = chunk.len();
+        let mut rows: Vec<(Vec<u32>, Option<StopReason>)> = vec![(Vec::new(), None); n];
+        let mut row_logits: Vec<Vec<f32>> = vec![logits.to_vec(); n];
+        let mut batch_cache = if n == 1 { cache.clone() } else { cache.repeat_batch(n)? };
+        loop {
+            let mut feed = Vec::with_capacity(n);
+            for (i, rng) in chunk.iter_mut().enumerate() {
+                let (tokens, stopped) = &mut rows[i];
+                if stopped.is_none() {
+                    let next = sample(&row_logits[i], sampling, rng);
+                    if model.tokenizer.stop_ids.contains(&next) {
+                        *stopped = Some(StopReason::StopToken);
+                    } else {
+                        tokens.push(next);
+                        if tokens.len() >= max_tokens {
+                            *stopped = Some(StopReason::MaxTokens);
+                        }
+                    }
+                }
+                feed.push(vec![tokens.last().copied().unwrap_or(0)]);
+            }
+            if rows.iter().all(|r| r.1.is_some()) {
+                break;
+            }
+            let out = model.transformer.forward(&feed, &mut batch_cache, &LogitsAt::Last)?;
+            for (i, l) in row_logits.iter_mut().enumerate() {
+                if rows[i].1.is_none() {
+                    *l = out.i((i, 0))?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+                }
+            }
+        }
+        results.extend(rows.into_iter().map(|(t, s)| (t, s.expect("every row stopped"))));
+    }
+    Ok(results)
+}

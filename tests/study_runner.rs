@@ -91,6 +91,8 @@ fn config(model: &Path, out: &Path, max_trials: Option<usize>, seed: Option<u64>
         device_label: "cpu".into(),
         threads: 2,
         show_progress: false,
+        batch_size: 32,
+        shard: None,
     }
 }
 

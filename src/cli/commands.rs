@@ -208,6 +208,11 @@ fn run_study(registry: &Registry, args: RunArgs, threads: usize) -> Result<()> {
         device_label: args.device.clone(),
         threads,
         show_progress: std::io::stderr().is_terminal() || std::env::var_os("CI").is_some(),
+        batch_size: args.batch_size.unwrap_or(affectbench::study::runner::DEFAULT_BATCH_SIZE).max(1),
+        shard: match &args.resume {
+            Some(dir) => read_header(dir)?.shard.as_deref().map(super::parse_shard).transpose().map_err(anyhow::Error::msg)?,
+            None => args.shard,
+        },
     };
     eprintln!("results: {}", cfg.out_dir.display());
     let started = std::time::Instant::now();

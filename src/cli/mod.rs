@@ -113,7 +113,7 @@ pub struct RunArgs {
     pub max_trials: Option<usize>,
 
     /// Continue the run in this directory with its own settings.
-    #[arg(long, conflicts_with_all = ["study", "model", "seed", "repetitions", "out"])]
+    #[arg(long, conflicts_with_all = ["study", "model", "seed", "repetitions", "out", "shard"])]
     pub resume: Option<PathBuf>,
 
     /// The scenarios directory (default: the study file's grandparent, else ./scenarios).
@@ -124,9 +124,30 @@ pub struct RunArgs {
     #[arg(long, default_value = "cpu")]
     pub device: String,
 
+    /// Most sampled continuations of one prompt decoded together as one batch
+    /// (default 32). Results are identical for every value; it only trades memory for speed.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+
+    /// Run one shard of the plan, INDEX/COUNT (e.g. 0/4 ... 3/4 as four SLURM array
+    /// tasks, each with its own --out). Shards split by conversation group; the union
+    /// of the shards equals the unsharded run trial for trial. Merge them with
+    /// `affectbench report DIR0 DIR1 ...`.
+    #[arg(long, value_parser = parse_shard)]
+    pub shard: Option<(usize, usize)>,
+
     /// Do not build the report at the end (build it later with `affectbench report DIR`).
     #[arg(long)]
     pub no_report: bool,
+}
+
+fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let (i, n) = s.split_once('/').ok_or_else(|| format!("'{s}': expected INDEX/COUNT, e.g. 0/4"))?;
+    let (i, n): (usize, usize) = (i.trim().parse().map_err(|_| format!("'{i}' is not a shard index"))?, n.trim().parse().map_err(|_| format!("'{n}' is not a shard count"))?);
+    if n == 0 || i >= n {
+        return Err(format!("shard {i}/{n}: the index must be below the count (0/{n} .. {}/{n})", n.max(1) - 1));
+    }
+    Ok((i, n))
 }
 
 #[derive(Debug, Subcommand)]

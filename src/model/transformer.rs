@@ -258,17 +258,18 @@ impl Transformer {
 }
 
 /// `x (b, h, m, k) @ y (yb, h, k, n)` where `y` may be a batch-1 tensor shared by all b
-/// rows (a shared prefix): then the batch is folded into the rows, so the shared keys
-/// are read once and never copied.
+/// rows (a shared prefix, never copied). Each row is multiplied on its own, with the
+/// same shapes as when that sequence runs alone: the GEMM picks its kernel by shape, and
+/// folding the rows into one (b*m)-row product changed the last bits of the attention
+/// scores (measured: batched option scores and lockstep samples differed from the
+/// single-sequence ones). Batch invariance is worth the extra reads of the shared keys.
 fn batched_matmul(x: &Tensor, y: &Tensor, y_batch: usize) -> Result<Tensor> {
-    let (b, h, m, k) = x.dims4()?;
+    let b = x.dims4()?.0;
     if y_batch == b {
         return x.matmul(y);
     }
-    let n = y.dims()[3];
-    let folded = x.transpose(0, 1)?.contiguous()?.reshape((1, h, b * m, k))?;
-    let out = folded.matmul(y)?; // (1, h, b*m, n)
-    out.reshape((h, b, m, n))?.transpose(0, 1)?.contiguous()
+    let rows = (0..b).map(|i| x.narrow(0, i, 1)?.matmul(y)).collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&rows, 0)
 }
 
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {

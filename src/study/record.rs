@@ -25,6 +25,9 @@ pub struct RunHeader {
     pub device: String,
     pub threads: usize,
     pub trials_planned: usize,
+    /// "index/count" when this directory holds one shard of the plan.
+    #[serde(default)]
+    pub shard: Option<String>,
     /// How each instrument used turns item answers into scores, so a report needs no
     /// scenario files (absent in runs made before it was recorded).
     #[serde(default)]

@@ -21,7 +21,7 @@ use crate::chat::{sha256_hex, Message};
 use crate::error::{Error, IoContext, Result};
 use crate::model::{KvCache, LoadOptions, LogitsAt, Model};
 use crate::registry::ModelRef;
-use crate::generate::decode;
+use crate::generate::{decode, decode_lockstep};
 use crate::sampling::{sequence_rng, Sampling, SamplingParams};
 use crate::scenario::study::PerConversation;
 use crate::scenario::{Library, Response, Study};
@@ -46,7 +46,17 @@ pub struct RunConfig {
     pub device_label: String,
     pub threads: usize,
     pub show_progress: bool,
+    /// Most sequences decoded together in one lockstep batch (sampled repetitions of
+    /// the same prompt). Results do not depend on it.
+    pub batch_size: usize,
+    /// Run only shard `index` of `count`: the groups whose position in the plan is
+    /// index mod count (a group's trials stay together, so shared prefixes stay shared).
+    /// Merge shard directories with `affectbench report DIR1 DIR2 ...`.
+    pub shard: Option<(usize, usize)>,
 }
+
+/// The default lockstep batch cap.
+pub const DEFAULT_BATCH_SIZE: usize = 32;
 
 pub struct RunOutcome {
     pub out_dir: PathBuf,
@@ -161,7 +171,10 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
     let plan = expand(&study, &lib, &labels, repetitions);
 
     let done = finished_trials(&cfg.out_dir)?;
-    let mut pending: Vec<usize> = (0..plan.trials.len()).filter(|&i| !done.contains(&plan.trials[i].id)).collect();
+    let in_shard = |group: usize| cfg.shard.is_none_or(|(index, count)| group % count == index);
+    let shard_trials = plan.trials.iter().filter(|t| in_shard(t.group)).count();
+    let shard_done = plan.trials.iter().filter(|t| in_shard(t.group) && done.contains(&t.id)).count();
+    let mut pending: Vec<usize> = (0..plan.trials.len()).filter(|&i| in_shard(plan.trials[i].group) && !done.contains(&plan.trials[i].id)).collect();
     if let Some(n) = cfg.max_trials {
         pending.truncate(n);
     }
@@ -191,12 +204,13 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
         device: cfg.device_label.clone(),
         threads: cfg.threads,
         trials_planned: plan.trials.len(),
+        shard: cfg.shard.map(|(i, n)| format!("{i}/{n}")),
         scoring: lib.instruments.values().filter(|x| used.contains(&x.info.id)).map(InstrumentScoring::from_instrument).collect(),
     };
     if let Ok(old) = read_header(&cfg.out_dir) {
-        if old.seed != header.seed || old.repetitions != header.repetitions || old.study["sha256"] != header.study["sha256"] || old.models != header.models {
+        if old.seed != header.seed || old.repetitions != header.repetitions || old.study["sha256"] != header.study["sha256"] || old.models != header.models || old.shard != header.shard {
             return Err(run_err(format!(
-                "{} holds a run with a different study file, seed, repetitions or model; resume it with the same settings or choose another --out",
+                "{} holds a run with a different study file, seed, repetitions, model or shard; resume it with the same settings or choose another --out",
                 cfg.out_dir.display()
             )));
         }
@@ -225,10 +239,11 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
             bar.set_message(format!("{} rep {}", group.condition, group.repetition + 1));
             let model = &models[labels.iter().position(|l| l == &group.model).expect("planned model")];
             let ctx = GroupContext::build(&study, &lib, model, group, &members)?;
+            let completions = lockstep_completions(&study, model, &ctx, todo.iter().map(|&i| &plan.trials[i]), cfg.batch_size)?;
             for i in todo {
                 let trial = &plan.trials[i];
                 let started = Instant::now();
-                let record = match run_trial(&study, &lib, model, group, &ctx, trial) {
+                let record = match run_trial(&study, &lib, model, group, &ctx, trial, completions.get(&trial.id)) {
                     Ok(r) => r,
                     Err(e) => {
                         failed += 1;
@@ -251,7 +266,7 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
         Ok(())
     })();
     bar.finish_and_clear();
-    let remaining = plan.trials.len() - done.len() - written;
+    let remaining = shard_trials - shard_done - written;
     header.ended = Some(now_rfc3339());
     match &result {
         Ok(()) if remaining == 0 => header.status = "success".into(),
@@ -385,18 +400,39 @@ fn error_record(group: &Group, trial: &Trial, ctx: &GroupContext, error: String)
     TrialRecord { error: Some(error), ..base_record(group, trial, ctx) }
 }
 
-fn run_trial(study: &Study, lib: &Library, model: &Model, group: &Group, ctx: &GroupContext, trial: &Trial) -> Result<TrialRecord> {
+/// The sampled completions of a group's pending completion trials, decoded in lockstep
+/// batches of the trials that share a prompt (a stem's repeated completions). Each
+/// trial keeps its own random stream. A lone pending completion (after a resume) takes
+/// the same path as a batch of one: the KV cache is then split into the same segments
+/// (shared prefix | prompt tail | sampled tokens) as in a batch, and the attention sums
+/// over segments in the same order, so its tokens are bit-identical (tested).
+fn lockstep_completions<'a>(study: &Study, model: &Model, ctx: &GroupContext, trials: impl Iterator<Item = &'a Trial>, batch_size: usize) -> Result<BTreeMap<String, Vec<u32>>> {
+    let mut by_prompt: BTreeMap<Vec<u32>, Vec<&Trial>> = BTreeMap::new();
+    for t in trials.filter(|t| matches!(t.question, Question::Completion { .. })) {
+        by_prompt.entry(ctx.prompts[&t.id].tokens.clone()).or_default().push(t);
+    }
+    let sampling = study_sampling(study)?;
+    let max = study.completion.as_ref().map(|c| c.max_tokens).unwrap_or(24);
+    let mut out = BTreeMap::new();
+    for (tokens, trials) in by_prompt {
+        let (cache, logits) = ctx.extend(model, &tokens)?;
+        let mut rngs: Vec<_> = trials.iter().map(|t| sequence_rng(study.seed, &format!("{}/completion", t.id))).collect();
+        let rows = decode_lockstep(model, &cache, &logits, &sampling, &mut rngs, max, batch_size)?;
+        for (t, (sampled, _)) in trials.iter().zip(rows) {
+            out.insert(t.id.clone(), sampled);
+        }
+    }
+    Ok(out)
+}
+
+fn run_trial(study: &Study, lib: &Library, model: &Model, group: &Group, ctx: &GroupContext, trial: &Trial, decoded: Option<&Vec<u32>>) -> Result<TrialRecord> {
     let mut rec = base_record(group, trial, ctx);
     let TrialPrompt { question, labels, tokens, .. } = ctx.prompts.get(&trial.id).cloned().expect("prompt rendered for every member");
     let sampling = study_sampling(study)?;
-    let t0 = Instant::now();
-    let (cache, logits) = ctx.extend(model, &tokens)?;
-    let prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
     match &trial.question {
         Question::Completion { .. } => {
-            let max = study.completion.as_ref().map(|c| c.max_tokens).unwrap_or(24);
-            let mut rng = sequence_rng(study.seed, &format!("{}/completion", trial.id));
-            let (tokens, _, _) = decode(model, cache, logits, &sampling, &mut rng, max, |_| Ok(true))?;
+            // Prefill and sampling happened in the group's lockstep batch.
+            let tokens = decoded.cloned().ok_or_else(|| run_err("internal: a completion trial was not decoded with its group"))?;
             let text = model.tokenizer.decode(&tokens)?.trim().to_string();
             let t1 = Instant::now();
             if let Question::Completion { task, .. } = &trial.question {
@@ -405,9 +441,12 @@ fn run_trial(study: &Study, lib: &Library, model: &Model, group: &Group, ctx: &G
                 }
             }
             rec.completion = Some(text);
-            rec.timing = serde_json::json!({ "prefill_ms": prefill_ms, "judge_ms": t1.elapsed().as_secs_f64() * 1e3 });
+            rec.timing = serde_json::json!({ "judge_ms": t1.elapsed().as_secs_f64() * 1e3 });
         }
         Question::Item { instrument, item, .. } => {
+            let t0 = Instant::now();
+            let (cache, logits) = ctx.extend(model, &tokens)?;
+            let prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
             let ins = &lib.instruments[instrument];
             let item_def = item.as_ref().and_then(|id| ins.items.iter().find(|i| &i.id == id));
             // Choice read-out (one item per conversation only: with all items in one turn
