@@ -249,6 +249,15 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
         neg.push(table("Example completions", &["model", "condition", "stem", "completion", "lexicon", "judge"], examples));
         out.push(Section { title: "Negativity bias".into(), blocks: neg });
     }
+    // Results first, as a paper reads; the supporting material after.
+    let rank = |t: &str| match t {
+        "Design" => 0,
+        "Data quality" => 2,
+        "Methods of this report" => 3,
+        "Provenance" => 4,
+        _ => 1,
+    };
+    out.sort_by_key(|s| rank(&s.title));
     out
 }
 
