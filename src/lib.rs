@@ -10,6 +10,7 @@
 //!   kernels) and candle-transformers' as a reference.
 //! - `sampling`, `generate`: seeded, per-sequence sampling and the generation loop.
 
+pub mod bench;
 pub mod cache;
 pub mod chat;
 pub mod error;

@@ -1,6 +1,6 @@
 //! The commands behind each subcommand.
 
-use super::{Cli, Command, GenerateArgs, ModelArgs, ModelsCommand, ReportArgs, RunArgs, SourceArg, TokenizeArgs};
+use super::{BenchArgs, Cli, Command, GenerateArgs, ModelArgs, ModelsCommand, ReportArgs, RunArgs, SourceArg, TokenizeArgs};
 use affectbench::cache;
 use affectbench::chat::Message;
 use affectbench::fetch::{self, FetchOptions, Source};
@@ -23,6 +23,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Tokenize(args) => tokenize(&registry, args),
         Command::Run(args) => run_study(&registry, args, threads),
         Command::Report(args) => report(args),
+        Command::Bench(args) => bench(&registry, args, threads),
     }
 }
 
@@ -266,4 +267,29 @@ fn default_out_dir(study: &std::path::Path, models: &[String]) -> std::path::Pat
         n += 1;
     }
     dir
+}
+
+fn bench(registry: &Registry, args: BenchArgs, threads: usize) -> Result<()> {
+    use affectbench::bench::{run_bench, Questionnaire, DEFAULT_QUESTIONNAIRE};
+    let q = match &args.workload {
+        Some(p) => Questionnaire::parse(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?, &p.display().to_string())?,
+        None => Questionnaire::parse(DEFAULT_QUESTIONNAIRE, "benches/workloads/questionnaire.json")?,
+    };
+    let model = load_model(registry, &args.model)?;
+    let report = run_bench(&model, &q, threads, args.repeats, |what| {
+        if !args.json {
+            eprintln!("measuring {what} ...");
+        }
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("model {} on {} threads, median of {} runs", report.model, report.threads, report.repeats);
+        println!("prefill ({} tokens)            {:>9.1} tok/s", report.prefill_tokens, report.prefill_tok_s);
+        println!("decode ({} tokens, 1 sequence)  {:>9.1} tok/s", report.decode_tokens, report.decode_tok_s);
+        println!("decode (32 sequences, lockstep) {:>9.1} tok/s aggregate", report.batch32_decode_tok_s);
+        println!("questionnaire ({} items)        {:>9.2} items/s (prefix of {} tokens included)", report.questionnaire_items, report.questionnaire_items_s, report.questionnaire_prefix_tokens);
+        println!("peak RSS                        {:>9.1} MB", report.peak_rss_bytes as f64 / 1e6);
+    }
+    Ok(())
 }

@@ -60,6 +60,34 @@ pub enum Command {
     ///
     /// Example: affectbench report results/2026-11-21-affect-induction-smollm2-135m-instruct
     Report(ReportArgs),
+
+    /// Measure throughput on the standard workloads: prefill (256 tokens), decode (64
+    /// tokens, one sequence), 32 sampled sequences in lockstep, and the questionnaire
+    /// (benches/workloads/questionnaire.json: shared prefix, 20 items, options scored).
+    ///
+    /// Medians of --repeats runs after a warm-up. Compare engines with
+    /// benches/peers/run_peers.sh, which runs llama.cpp and transformers on the same
+    /// workloads; criterion benches (`cargo bench`) time each kernel-level concern.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Print one JSON object (prefill_tok_s, decode_tok_s, batch32_decode_tok_s,
+    /// questionnaire_items_s, peak_rss_bytes, ...) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Timed runs per workload (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+
+    /// A questionnaire workload file (default: the built-in benches/workloads/questionnaire.json).
+    #[arg(long)]
+    pub workload: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -1,0 +1,172 @@
+//! `affectbench bench`: the standard throughput workloads, measured in-process on one
+//! model: prefill of a 256-token prompt, single-sequence decode, 32 sampled sequences
+//! decoded in lockstep, and the questionnaire workload (benches/workloads/). Each figure
+//! is the median of `repeats` timed runs after one warm-up.
+
+use crate::error::{Error, Result};
+use crate::generate::decode_lockstep;
+use crate::model::{KvCache, LogitsAt, Model};
+use crate::sampling::{argmax, sequence_rng, SamplingParams};
+use crate::study::choice::option_logprobs;
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+/// The questionnaire workload file: a shared prefix, items that end where the answer
+/// token comes, and the options scored there.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Questionnaire {
+    pub description: Option<String>,
+    pub prefix: String,
+    pub items: Vec<String>,
+    pub options: Vec<String>,
+}
+
+pub const DEFAULT_QUESTIONNAIRE: &str = include_str!("../benches/workloads/questionnaire.json");
+
+impl Questionnaire {
+    pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        serde_json::from_str(text).map_err(|e| Error::DataFile { path: origin.into(), line: e.line(), message: e.to_string() })
+    }
+}
+
+/// The figures `bench --json` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub threads: usize,
+    pub repeats: usize,
+    pub prefill_tokens: usize,
+    pub prefill_tok_s: f64,
+    pub decode_tokens: usize,
+    pub decode_tok_s: f64,
+    pub batch32_decode_tok_s: f64,
+    pub questionnaire_items: usize,
+    pub questionnaire_prefix_tokens: usize,
+    pub questionnaire_items_s: f64,
+    /// Peak resident memory of the whole process (VmHWM), which holds the model and every
+    /// workload in turn.
+    pub peak_rss_bytes: u64,
+}
+
+/// A deterministic prompt of exactly `n` tokens (ordinary English, repeated).
+pub fn prompt_of_len(model: &Model, n: usize) -> Result<Vec<u32>> {
+    let text = "The quick brown fox jumps over the lazy dog while the committee reviews the annual report on regional water supplies. ";
+    let mut ids = Vec::new();
+    while ids.len() < n {
+        ids.extend(model.tokenizer.encode(text, false)?);
+    }
+    ids.truncate(n);
+    Ok(ids)
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// Times `f` once to warm up, then `repeats` times; the median seconds.
+fn timed(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let mut secs = Vec::new();
+    for _ in 0..repeats.max(1) {
+        let t = Instant::now();
+        f()?;
+        secs.push(t.elapsed().as_secs_f64());
+    }
+    Ok(median(secs))
+}
+
+/// Prefill of `tokens` into a fresh cache, logits at the last position only.
+pub fn prefill(model: &Model, tokens: &[u32]) -> Result<KvCache> {
+    let mut cache = KvCache::new(model.transformer.config.n_layer);
+    model.transformer.forward(&[tokens.to_vec()], &mut cache, &LogitsAt::Last)?;
+    Ok(cache)
+}
+
+/// `steps` greedy single-sequence decode steps after `cache`.
+pub fn decode_steps(model: &Model, cache: &KvCache, first: u32, steps: usize) -> Result<()> {
+    let mut cache = cache.clone();
+    let mut next = first;
+    for _ in 0..steps {
+        next = argmax(&model.transformer.last_logits(&[next], &mut cache)?);
+    }
+    Ok(())
+}
+
+/// One pass of the questionnaire: prefix once, then each item forked from it with its
+/// options scored at the answer position.
+pub fn questionnaire_pass(model: &Model, prefix: &[u32], items: &[Vec<u32>], options: &[Vec<u32>]) -> Result<Vec<Vec<f64>>> {
+    let shared = prefill(model, prefix)?;
+    items
+        .iter()
+        .map(|item| {
+            let mut cache = shared.clone();
+            let logits = model.transformer.last_logits(item, &mut cache)?;
+            option_logprobs(model, &cache, &logits, options)
+        })
+        .collect()
+}
+
+fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<u64>().ok()))
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// Runs every workload; `progress` is told what is being measured.
+pub fn run_bench(model: &Model, q: &Questionnaire, threads: usize, repeats: usize, mut progress: impl FnMut(&str)) -> Result<BenchReport> {
+    const PREFILL: usize = 256;
+    const DECODE: usize = 64;
+    const ROWS: usize = 32;
+    progress("prefill, 256 tokens");
+    let prompt = prompt_of_len(model, PREFILL)?;
+    let prefill_s = timed(repeats, || prefill(model, &prompt).map(|_| ()))?;
+
+    progress("decode, 64 tokens, one sequence");
+    let short = prompt_of_len(model, 32)?;
+    let mut cache = KvCache::new(model.transformer.config.n_layer);
+    let first = argmax(&model.transformer.last_logits(&short, &mut cache)?);
+    let decode_s = timed(repeats, || decode_steps(model, &cache, first, DECODE))?;
+
+    progress("decode, 32 sampled sequences in lockstep");
+    let mut base = KvCache::new(model.transformer.config.n_layer);
+    let logits = model.transformer.last_logits(&short, &mut base)?;
+    // Temperature 1; a row that samples a stop token ends early and only tokens actually
+    // produced count.
+    let sampling = SamplingParams { temperature: 1.0, ..Default::default() }.resolve()?;
+    let mut produced = 0usize;
+    let batch_s = timed(repeats, || {
+        let mut rngs: Vec<_> = (0..ROWS).map(|i| sequence_rng(0, &format!("bench/{i}"))).collect();
+        let rows = decode_lockstep(model, &base, &logits, &sampling, &mut rngs, DECODE, ROWS)?;
+        produced = rows.iter().map(|r| r.0.len()).sum();
+        Ok(())
+    })?;
+
+    progress("questionnaire");
+    let enc = |t: &str| model.tokenizer.encode(t, false);
+    let mut prefix = model.tokenizer.encode(&q.prefix, true)?;
+    if prefix.is_empty() {
+        prefix = enc(&q.prefix)?;
+    }
+    let items = q.items.iter().map(|i| enc(i)).collect::<Result<Vec<_>>>()?;
+    let options = q.options.iter().map(|o| enc(&format!(" {o}"))).collect::<Result<Vec<_>>>()?;
+    let pass_s = timed(repeats, || questionnaire_pass(model, &prefix, &items, &options).map(|_| ()))?;
+
+    Ok(BenchReport {
+        model: model.info.label.clone(),
+        threads,
+        repeats,
+        prefill_tokens: PREFILL,
+        prefill_tok_s: PREFILL as f64 / prefill_s,
+        decode_tokens: DECODE,
+        decode_tok_s: DECODE as f64 / decode_s,
+        batch32_decode_tok_s: produced as f64 / batch_s,
+        questionnaire_items: items.len(),
+        questionnaire_prefix_tokens: prefix.len(),
+        questionnaire_items_s: items.len() as f64 / pass_s,
+        peak_rss_bytes: peak_rss_bytes(),
+    })
+}
