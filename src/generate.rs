@@ -137,7 +137,7 @@ pub fn decode_lockstep(
     batch_size: usize,
 ) -> Result<Vec<(Vec<u32>, StopReason)>> {
     use crate::model::LogitsAt;
-    use candle_core::IndexOp;
+    use rayon::prelude::*;
     let mut results = Vec::with_capacity(rngs.len());
     for chunk in rngs.chunks_mut(batch_size.max(1)) {
         let n = chunk.len();
@@ -145,11 +145,18 @@ pub fn decode_lockstep(
         let mut row_logits: Vec<Vec<f32>> = vec![logits.to_vec(); n];
         let mut batch_cache = if n == 1 { cache.clone() } else { cache.repeat_batch(n)? };
         loop {
+            // Sampling is CPU work independent per row (own stream, own logits), so the
+            // rows sample in parallel; the result does not depend on the scheduling.
+            let drawn: Vec<Option<u32>> = chunk
+                .par_iter_mut()
+                .zip(row_logits.par_iter())
+                .zip(rows.par_iter())
+                .map(|((rng, l), (_, stopped))| stopped.is_none().then(|| sample(l, sampling, rng)))
+                .collect();
             let mut feed = Vec::with_capacity(n);
-            for (i, rng) in chunk.iter_mut().enumerate() {
+            for (i, next) in drawn.into_iter().enumerate() {
                 let (tokens, stopped) = &mut rows[i];
-                if stopped.is_none() {
-                    let next = sample(&row_logits[i], sampling, rng);
+                if let Some(next) = next {
                     if model.tokenizer.stop_ids.contains(&next) {
                         *stopped = Some(StopReason::StopToken);
                     } else {
@@ -165,9 +172,10 @@ pub fn decode_lockstep(
                 break;
             }
             let out = model.transformer.forward(&feed, &mut batch_cache, &LogitsAt::Last)?;
-            for (i, l) in row_logits.iter_mut().enumerate() {
+            let all: Vec<Vec<f32>> = out.squeeze(1)?.to_dtype(candle_core::DType::F32)?.to_vec2()?;
+            for (i, l) in all.into_iter().enumerate() {
                 if rows[i].1.is_none() {
-                    *l = out.i((i, 0))?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+                    row_logits[i] = l;
                 }
             }
         }
