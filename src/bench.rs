@@ -4,7 +4,7 @@
 //! is the median of `repeats` timed runs after one warm-up.
 
 use crate::error::{Error, Result};
-use crate::generate::decode_lockstep;
+use crate::generate::{decode_lockstep, extend_rows};
 use crate::model::{KvCache, LogitsAt, Model};
 use crate::sampling::{argmax, sequence_rng, SamplingParams};
 use crate::study::choice::option_logprobs;
@@ -44,6 +44,8 @@ pub struct BenchReport {
     pub questionnaire_items: usize,
     pub questionnaire_prefix_tokens: usize,
     pub questionnaire_items_s: f64,
+    /// The same pass with every item prefilled alone (the reference for the batching gain).
+    pub questionnaire_items_s_unbatched: f64,
     /// Peak resident memory of the whole process (VmHWM), which holds the model and every
     /// workload in turn.
     pub peak_rss_bytes: u64,
@@ -94,18 +96,25 @@ pub fn decode_steps(model: &Model, cache: &KvCache, first: u32, steps: usize) ->
     Ok(())
 }
 
-/// One pass of the questionnaire: prefix once, then each item forked from it with its
-/// options scored at the answer position.
-pub fn questionnaire_pass(model: &Model, prefix: &[u32], items: &[Vec<u32>], options: &[Vec<u32>]) -> Result<Vec<Vec<f64>>> {
+/// One pass of the questionnaire as the study runner does it: the prefix once, then
+/// the items forked from it, those of equal token length prefilled together in one
+/// batch (`extend_rows`), options scored at each item's answer position.
+pub fn questionnaire_pass(model: &Model, prefix: &[u32], items: &[Vec<u32>], options: &[Vec<u32>], batch_size: usize) -> Result<Vec<Vec<f64>>> {
     let shared = prefill(model, prefix)?;
-    items
-        .iter()
-        .map(|item| {
-            let mut cache = shared.clone();
-            let logits = model.transformer.last_logits(item, &mut cache)?;
-            option_logprobs(model, &cache, &logits, options)
-        })
-        .collect()
+    let mut out = vec![Vec::new(); items.len()];
+    let mut lengths: Vec<usize> = items.iter().map(|i| i.len()).collect();
+    lengths.sort_unstable();
+    lengths.dedup();
+    for len in lengths {
+        let members: Vec<usize> = (0..items.len()).filter(|&i| items[i].len() == len).collect();
+        for chunk in members.chunks(batch_size.max(1)) {
+            let suffixes: Vec<Vec<u32>> = chunk.iter().map(|&i| items[i].clone()).collect();
+            for (&i, (cache, logits)) in chunk.iter().zip(extend_rows(model, &shared, &suffixes)?) {
+                out[i] = option_logprobs(model, &cache, &logits, options)?;
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn peak_rss_bytes() -> u64 {
@@ -153,7 +162,8 @@ pub fn run_bench(model: &Model, q: &Questionnaire, threads: usize, repeats: usiz
     }
     let items = q.items.iter().map(|i| enc(i)).collect::<Result<Vec<_>>>()?;
     let options = q.options.iter().map(|o| enc(&format!(" {o}"))).collect::<Result<Vec<_>>>()?;
-    let pass_s = timed(repeats, || questionnaire_pass(model, &prefix, &items, &options).map(|_| ()))?;
+    let pass_s = timed(repeats, || questionnaire_pass(model, &prefix, &items, &options, ROWS).map(|_| ()))?;
+    let unbatched_s = timed(repeats, || questionnaire_pass(model, &prefix, &items, &options, 1).map(|_| ()))?;
 
     Ok(BenchReport {
         model: model.info.label.clone(),
@@ -167,6 +177,7 @@ pub fn run_bench(model: &Model, q: &Questionnaire, threads: usize, repeats: usiz
         questionnaire_items: items.len(),
         questionnaire_prefix_tokens: prefix.len(),
         questionnaire_items_s: items.len() as f64 / pass_s,
+        questionnaire_items_s_unbatched: items.len() as f64 / unbatched_s,
         peak_rss_bytes: peak_rss_bytes(),
     })
 }

@@ -183,3 +183,21 @@ pub fn decode_lockstep(
     }
     Ok(results)
 }
+
+/// Continues one shared cache with several suffixes of equal length in one batched
+/// forward pass, and returns each row's own cache and last-position logits, equal bit
+/// for bit to extending the cache with that suffix alone (the kernels compute each row
+/// with single-sequence arithmetic, and `split_rows` rebuilds the cache a lone row
+/// would have had).
+pub fn extend_rows(model: &Model, shared: &KvCache, suffixes: &[Vec<u32>]) -> Result<Vec<(KvCache, Vec<f32>)>> {
+    use crate::model::LogitsAt;
+    if suffixes.len() == 1 {
+        let mut cache = shared.clone();
+        let logits = model.transformer.last_logits(&suffixes[0], &mut cache)?;
+        return Ok(vec![(cache, logits)]);
+    }
+    let mut batch = shared.repeat_batch(suffixes.len())?;
+    let out = model.transformer.forward(suffixes, &mut batch, &LogitsAt::Last)?;
+    let logits: Vec<Vec<f32>> = out.squeeze(1)?.to_dtype(candle_core::DType::F32)?.to_vec2()?;
+    Ok(batch.split_rows()?.into_iter().zip(logits).collect())
+}

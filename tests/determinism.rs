@@ -123,3 +123,32 @@ fn a_run_is_identical_across_threads_batch_sizes_shards_and_order() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_same(&records(&[&sliced]), &r0, "a resumed shard vs the shard run at once");
 }
+
+#[test]
+fn batched_prefill_rows_equal_lone_prefill_and_continue_identically() {
+    use affectbench::generate::extend_rows;
+    let model = smollm2();
+    let shared_tokens = prompt(&model);
+    let mut shared = KvCache::new(model.transformer.config.n_layer);
+    model.transformer.last_logits(&shared_tokens, &mut shared).unwrap();
+    // Four different suffixes of the same length (12 tokens).
+    let suffixes: Vec<Vec<u32>> = ["I feel nervous and tense right now, more than I can say.", "The weather outside is grey and the streets are wet and quiet.", "Please rate each statement from one to four, honestly and quickly.", "My grandmother kept every letter I sent her as a child in a box."]
+        .iter()
+        .map(|t| model.tokenizer.encode(t, false).unwrap()[..12].to_vec())
+        .collect();
+    let rows = extend_rows(&model, &shared, &suffixes).unwrap();
+    let sampling = SamplingParams { temperature: 0.0, ..Default::default() }.resolve().unwrap();
+    for (i, (mut cache, logits)) in rows.into_iter().enumerate() {
+        let mut alone = shared.clone();
+        let alone_logits = model.transformer.last_logits(&suffixes[i], &mut alone).unwrap();
+        assert!(logits.iter().zip(&alone_logits).all(|(a, b)| a.to_bits() == b.to_bits()), "row {i}: prefill logits differ");
+        // Continue both the ways the runner does: a forked decode, then in-place appends.
+        let mut rng = sequence_rng(1, "x");
+        let (a, _, _) = decode(&model, cache.clone(), logits.clone(), &sampling, &mut rng, 8, |_| Ok(true)).unwrap();
+        let (b, _, _) = decode(&model, alone.clone(), alone_logits.clone(), &sampling, &mut rng, 8, |_| Ok(true)).unwrap();
+        assert_eq!(a, b, "row {i}: greedy continuation differs");
+        let x = model.transformer.last_logits(&suffixes[(i + 1) % 4][..3], &mut cache).unwrap();
+        let y = model.transformer.last_logits(&suffixes[(i + 1) % 4][..3], &mut alone).unwrap();
+        assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()), "row {i}: logits after appending in place differ");
+    }
+}

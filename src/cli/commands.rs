@@ -289,6 +289,7 @@ fn bench(registry: &Registry, args: BenchArgs, threads: usize) -> Result<()> {
         println!("decode ({} tokens, 1 sequence)  {:>9.1} tok/s", report.decode_tokens, report.decode_tok_s);
         println!("decode (32 sequences, lockstep) {:>9.1} tok/s aggregate", report.batch32_decode_tok_s);
         println!("questionnaire ({} items)        {:>9.2} items/s (prefix of {} tokens included)", report.questionnaire_items, report.questionnaire_items_s, report.questionnaire_prefix_tokens);
+        println!("  same, items prefilled alone   {:>9.2} items/s", report.questionnaire_items_s_unbatched);
         println!("peak RSS                        {:>9.1} MB", report.peak_rss_bytes as f64 / 1e6);
     }
     Ok(())

@@ -21,7 +21,7 @@ use crate::chat::{sha256_hex, Message};
 use crate::error::{Error, IoContext, Result};
 use crate::model::{KvCache, LoadOptions, LogitsAt, Model};
 use crate::registry::ModelRef;
-use crate::generate::{decode, decode_lockstep};
+use crate::generate::{decode, decode_lockstep, extend_rows};
 use crate::sampling::{sequence_rng, Sampling, SamplingParams};
 use crate::scenario::study::PerConversation;
 use crate::scenario::{Library, Response, Study};
@@ -240,26 +240,39 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
             let model = &models[labels.iter().position(|l| l == &group.model).expect("planned model")];
             let ctx = GroupContext::build(&study, &lib, model, group, &members)?;
             let completions = lockstep_completions(&study, model, &ctx, todo.iter().map(|&i| &plan.trials[i]), cfg.batch_size)?;
-            for i in todo {
-                let trial = &plan.trials[i];
-                let started = Instant::now();
-                let record = match run_trial(&study, &lib, model, group, &ctx, trial, completions.get(&trial.id)) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        failed += 1;
-                        error_record(group, trial, &ctx, e.to_string())
-                    }
+            for unit in work_units(&ctx, &plan.trials, &todo, cfg.batch_size) {
+                // Items of one unit share a suffix length: one batched forward prefills them
+                // all (each row equal to its lone prefill; on failure each runs alone).
+                let suffixes: Vec<Vec<u32>> = unit.iter().map(|&i| ctx.prompts[&plan.trials[i].id].tokens[ctx.shared.len()..].to_vec()).collect();
+                let is_items = unit.iter().all(|&i| matches!(plan.trials[i].question, Question::Item { .. }));
+                let batch_started = Instant::now();
+                let mut prefilled: Vec<Option<(KvCache, Vec<f32>)>> = match is_items {
+                    true => extend_rows(model, &ctx.cache, &suffixes).map(|rows| rows.into_iter().map(Some).collect()).unwrap_or_else(|_| vec![None; unit.len()]),
+                    false => vec![None; unit.len()],
                 };
-                let mut record = record;
-                if let Some(obj) = record.timing.as_object_mut() {
-                    obj.insert("total_ms".into(), serde_json::json!(started.elapsed().as_secs_f64() * 1e3));
-                }
-                let line = serde_json::to_string(&record).expect("records serialise");
-                out.write_all(line.as_bytes()).and_then(|_| out.write_all(b"\n")).and_then(|_| out.flush()).with_path(&trials_path)?;
-                written += 1;
-                bar.inc(1);
-                if failed >= 10 && failed * 5 > written {
-                    return Err(run_err(format!("{failed} of {written} trials failed; stopping (see the error field in trials.jsonl)")));
+                let prefill_ms = batch_started.elapsed().as_secs_f64() * 1e3 / unit.len() as f64;
+                for (k, i) in unit.into_iter().enumerate() {
+                    let trial = &plan.trials[i];
+                    let started = Instant::now();
+                    let ready = prefilled[k].take().map(|(c, l)| (c, l, prefill_ms));
+                    let record = match run_trial(&study, &lib, model, group, &ctx, trial, completions.get(&trial.id), ready) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            failed += 1;
+                            error_record(group, trial, &ctx, e.to_string())
+                        }
+                    };
+                    let mut record = record;
+                    if let Some(obj) = record.timing.as_object_mut() {
+                        obj.insert("total_ms".into(), serde_json::json!(started.elapsed().as_secs_f64() * 1e3));
+                    }
+                    let line = serde_json::to_string(&record).expect("records serialise");
+                    out.write_all(line.as_bytes()).and_then(|_| out.write_all(b"\n")).and_then(|_| out.flush()).with_path(&trials_path)?;
+                    written += 1;
+                    bar.inc(1);
+                    if failed >= 10 && failed * 5 > written {
+                        return Err(run_err(format!("{failed} of {written} trials failed; stopping (see the error field in trials.jsonl)")));
+                    }
                 }
             }
         }
@@ -425,7 +438,31 @@ fn lockstep_completions<'a>(study: &Study, model: &Model, ctx: &GroupContext, tr
     Ok(out)
 }
 
-fn run_trial(study: &Study, lib: &Library, model: &Model, group: &Group, ctx: &GroupContext, trial: &Trial, decoded: Option<&Vec<u32>>) -> Result<TrialRecord> {
+/// The order a group's pending trials run in: item trials in units of equal suffix
+/// length after the shared prefix (at most `batch_size` each, prefilled together), in
+/// the order their first member appears in the plan; completions one by one (their
+/// tokens come from the lockstep batch).
+fn work_units(ctx: &GroupContext, trials: &[Trial], todo: &[usize], batch_size: usize) -> Vec<Vec<usize>> {
+    let mut units: Vec<Vec<usize>> = Vec::new();
+    let mut by_len: Vec<(usize, Vec<usize>)> = Vec::new();
+    for &i in todo {
+        if matches!(trials[i].question, Question::Item { .. }) {
+            let len = ctx.prompts[&trials[i].id].tokens.len();
+            match by_len.iter_mut().find(|(l, _)| *l == len) {
+                Some((_, members)) => members.push(i),
+                None => by_len.push((len, vec![i])),
+            }
+        } else {
+            units.push(vec![i]);
+        }
+    }
+    for (_, members) in by_len {
+        units.extend(members.chunks(batch_size.max(1)).map(|c| c.to_vec()));
+    }
+    units
+}
+
+fn run_trial(study: &Study, lib: &Library, model: &Model, group: &Group, ctx: &GroupContext, trial: &Trial, decoded: Option<&Vec<u32>>, prefilled: Option<(KvCache, Vec<f32>, f64)>) -> Result<TrialRecord> {
     let mut rec = base_record(group, trial, ctx);
     let TrialPrompt { question, labels, tokens, .. } = ctx.prompts.get(&trial.id).cloned().expect("prompt rendered for every member");
     let sampling = study_sampling(study)?;
@@ -444,9 +481,14 @@ fn run_trial(study: &Study, lib: &Library, model: &Model, group: &Group, ctx: &G
             rec.timing = serde_json::json!({ "judge_ms": t1.elapsed().as_secs_f64() * 1e3 });
         }
         Question::Item { instrument, item, .. } => {
-            let t0 = Instant::now();
-            let (cache, logits) = ctx.extend(model, &tokens)?;
-            let prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
+            let (cache, logits, prefill_ms) = match prefilled {
+                Some(ready) => ready,
+                None => {
+                    let t0 = Instant::now();
+                    let (cache, logits) = ctx.extend(model, &tokens)?;
+                    (cache, logits, t0.elapsed().as_secs_f64() * 1e3)
+                }
+            };
             let ins = &lib.instruments[instrument];
             let item_def = item.as_ref().and_then(|id| ins.items.iter().find(|i| &i.id == id));
             // Choice read-out (one item per conversation only: with all items in one turn
