@@ -152,8 +152,9 @@ pub struct RunArgs {
     #[arg(long, default_value = "cpu")]
     pub device: String,
 
-    /// Most sampled continuations of one prompt decoded together as one batch
-    /// (default 32). Results are identical for every value; it only trades memory for speed.
+    /// Most sequences in one batch: items prefilled together, sampled continuations of
+    /// one prompt decoded in lockstep (default 32). Results are identical for every
+    /// value; it only trades memory for speed.
     #[arg(long)]
     pub batch_size: Option<usize>,
 
