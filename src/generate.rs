@@ -124,9 +124,10 @@ pub fn decode(
 /// (its outputs ignored) until its batch is done, because the forward pass takes
 /// equal-length rows.
 ///
-/// Each row's tokens are bit-identical to `decode` of that row alone: every kernel's
-/// arithmetic for one row is independent of the other rows (tested in
-/// tests/determinism.rs), and each row has its own random stream.
+/// Each row's tokens are bit-identical to `decode` of that row alone: with packed
+/// kernels every row's arithmetic is independent of the other rows (tested in
+/// tests/determinism.rs), other kernels run rows one by one, and each row has its own
+/// random stream.
 pub fn decode_lockstep(
     model: &Model,
     cache: &KvCache,
@@ -138,8 +139,11 @@ pub fn decode_lockstep(
 ) -> Result<Vec<(Vec<u32>, StopReason)>> {
     use crate::model::LogitsAt;
     use rayon::prelude::*;
+    // Kernels that are not batch-invariant (dense or candle-quantized weights) decode row
+    // by row, so results never depend on which rows happen to share a batch.
+    let batch_size = if model.transformer.batch_invariant() { batch_size.max(1) } else { 1 };
     let mut results = Vec::with_capacity(rngs.len());
-    for chunk in rngs.chunks_mut(batch_size.max(1)) {
+    for chunk in rngs.chunks_mut(batch_size) {
         let n = chunk.len();
         let mut rows: Vec<(Vec<u32>, Option<StopReason>)> = vec![(Vec::new(), None); n];
         let mut row_logits: Vec<Vec<f32>> = vec![logits.to_vec(); n];
@@ -191,10 +195,16 @@ pub fn decode_lockstep(
 /// would have had).
 pub fn extend_rows(model: &Model, shared: &KvCache, suffixes: &[Vec<u32>]) -> Result<Vec<(KvCache, Vec<f32>)>> {
     use crate::model::LogitsAt;
-    if suffixes.len() == 1 {
-        let mut cache = shared.clone();
-        let logits = model.transformer.last_logits(&suffixes[0], &mut cache)?;
-        return Ok(vec![(cache, logits)]);
+    if suffixes.len() == 1 || !model.transformer.batch_invariant() {
+        // One row, or kernels whose rows change with the batch: each row alone.
+        return suffixes
+            .iter()
+            .map(|s| {
+                let mut cache = shared.clone();
+                let logits = model.transformer.last_logits(s, &mut cache)?;
+                Ok((cache, logits))
+            })
+            .collect();
     }
     let mut batch = shared.repeat_batch(suffixes.len())?;
     let out = model.transformer.forward(suffixes, &mut batch, &LogitsAt::Last)?;

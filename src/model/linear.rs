@@ -17,6 +17,16 @@ pub enum Linear {
 }
 
 impl Linear {
+    /// Whether a row's output is bit-identical whatever the number of rows computed with
+    /// it. True for the packed kernel (it works per output); candle's GEMM and quantized
+    /// matmul choose kernels and blockings by shape, so their rows may differ in the
+    /// last bits when batched.
+    pub fn batch_invariant(&self) -> bool {
+        matches!(self, Linear::Packed(_))
+    }
+}
+
+impl Linear {
     /// Chooses the kernel for a GGUF tensor shaped (out, in).
     pub fn from_qtensor(q: QTensor, device: &Device, prefer_packed: bool) -> Result<Self> {
         let (n, k) = q.shape().dims2()?;

@@ -91,6 +91,20 @@ impl Transformer {
     }
 
     /// The longest sequence (cached + new) this model accepts.
+    /// Whether every projection is batch-invariant (see `Linear::batch_invariant`): only
+    /// then may rows of different trials share a forward pass without changing results.
+    pub fn batch_invariant(&self) -> bool {
+        let qkv = |q: &QkvProj| match q {
+            QkvProj::Fused(l) => l.batch_invariant(),
+            QkvProj::Separate(a, b, c) => a.batch_invariant() && b.batch_invariant() && c.batch_invariant(),
+        };
+        let gate_up = |g: &GateUp| match g {
+            GateUp::Fused(l) => l.batch_invariant(),
+            GateUp::Separate(a, b) => a.batch_invariant() && b.batch_invariant(),
+        };
+        self.output.batch_invariant() && self.layers.iter().all(|l| qkv(&l.qkv) && gate_up(&l.gate_up) && l.o_proj.batch_invariant() && l.down.batch_invariant())
+    }
+
     pub fn max_positions(&self) -> usize {
         self.config.context_length.min(MAX_ROPE_POSITIONS)
     }

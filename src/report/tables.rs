@@ -6,6 +6,7 @@ use super::analysis::Analysis;
 use super::lexicon;
 use super::load::RunData;
 use super::scores::{judge_valence, question_str};
+use super::stats::{BootstrapCi, HedgesG};
 use crate::error::{Error, Result};
 use std::path::Path;
 
@@ -50,6 +51,18 @@ pub fn write_tidy(dir: &Path, t: &Tidy) -> Result<()> {
     w.flush().map_err(|e| csv_err(&path, e))
 }
 
+/// A difference with its bootstrap CI and Hedges' g with its CI, as tidy statistics.
+fn effect_stats(difference: &BootstrapCi, g: &HedgesG) -> [(&'static str, f64); 6] {
+    [
+        ("difference", difference.estimate),
+        ("difference_ci95_bca_low", difference.bca.low),
+        ("difference_ci95_bca_high", difference.bca.high),
+        ("hedges_g", g.g),
+        ("hedges_g_ci95_low", g.ci.low),
+        ("hedges_g_ci95_high", g.ci.high),
+    ]
+}
+
 /// All tidy tables of an analysis.
 pub fn tidy_tables(a: &Analysis) -> Vec<Tidy> {
     let mut descriptives = Tidy::new("descriptives", &["model", "instrument", "emotion", "condition", "readout"]);
@@ -73,23 +86,18 @@ pub fn tidy_tables(a: &Analysis) -> Vec<Tidy> {
         contrasts.push(
             vec![c.model.clone(), c.readout.name().into(), c.instrument.clone(), c.emotion.clone(), c.family.into(), c.a.clone(), c.b.clone()],
             &[
-                ("n_a", c.n_a as f64),
-                ("n_b", c.n_b as f64),
-                ("mean_a", c.mean_a),
-                ("mean_b", c.mean_b),
-                ("difference", c.difference.estimate),
-                ("difference_ci95_bca_low", c.difference.bca.low),
-                ("difference_ci95_bca_high", c.difference.bca.high),
-                ("hedges_g", c.g.g),
-                ("hedges_g_ci95_low", c.g.ci.low),
-                ("hedges_g_ci95_high", c.g.ci.high),
-                ("welch_t", c.welch.t),
-                ("welch_df", c.welch.df),
-                ("welch_p", c.welch.p),
-                ("mann_whitney_u", c.mann_whitney.u),
-                ("mann_whitney_p", c.mann_whitney.p),
-                ("welch_p_holm", c.p_holm),
-            ],
+                &[("n_a", c.n_a as f64), ("n_b", c.n_b as f64), ("mean_a", c.mean_a), ("mean_b", c.mean_b)][..],
+                &effect_stats(&c.difference, &c.g),
+                &[
+                    ("welch_t", c.welch.t),
+                    ("welch_df", c.welch.df),
+                    ("welch_p", c.welch.p),
+                    ("mann_whitney_u", c.mann_whitney.u),
+                    ("mann_whitney_p", c.mann_whitney.p),
+                    ("welch_p_holm", c.p_holm),
+                ],
+            ]
+            .concat(),
         );
     }
     let mut baseline = Tidy::new("baseline_return", &["model", "readout", "instrument", "emotion", "condition", "baseline", "verdict"]);
@@ -109,16 +117,7 @@ pub fn tidy_tables(a: &Analysis) -> Vec<Tidy> {
     for v in &a.valence_contrasts {
         valence.push(
             vec![v.model.clone(), v.scorer.into(), v.a.clone(), v.b.clone()],
-            &[
-                ("difference", v.difference.estimate),
-                ("difference_ci95_bca_low", v.difference.bca.low),
-                ("difference_ci95_bca_high", v.difference.bca.high),
-                ("hedges_g", v.g.g),
-                ("hedges_g_ci95_low", v.g.ci.low),
-                ("hedges_g_ci95_high", v.g.ci.high),
-                ("welch_p", v.welch.p),
-                ("mann_whitney_p", v.mann_whitney.p),
-            ],
+            &[&effect_stats(&v.difference, &v.g)[..], &[("welch_p", v.welch.p), ("mann_whitney_p", v.mann_whitney.p)]].concat(),
         );
     }
     let mut quality = Tidy::new("data_quality", &["model", "condition"]);
