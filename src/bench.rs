@@ -4,7 +4,7 @@
 //! is the median of `repeats` timed runs after one warm-up.
 
 use crate::error::{Error, Result};
-use crate::generate::{decode_lockstep, extend_rows};
+use crate::generate::{decode_lockstep, equal_length_batches, extend_rows};
 use crate::model::{KvCache, LogitsAt, Model};
 use crate::sampling::{argmax, sequence_rng, SamplingParams};
 use crate::study::choice::option_logprobs;
@@ -102,16 +102,10 @@ pub fn decode_steps(model: &Model, cache: &KvCache, first: u32, steps: usize) ->
 pub fn questionnaire_pass(model: &Model, prefix: &[u32], items: &[Vec<u32>], options: &[Vec<u32>], batch_size: usize) -> Result<Vec<Vec<f64>>> {
     let shared = prefill(model, prefix)?;
     let mut out = vec![Vec::new(); items.len()];
-    let mut lengths: Vec<usize> = items.iter().map(|i| i.len()).collect();
-    lengths.sort_unstable();
-    lengths.dedup();
-    for len in lengths {
-        let members: Vec<usize> = (0..items.len()).filter(|&i| items[i].len() == len).collect();
-        for chunk in members.chunks(batch_size.max(1)) {
-            let suffixes: Vec<Vec<u32>> = chunk.iter().map(|&i| items[i].clone()).collect();
-            for (&i, (cache, logits)) in chunk.iter().zip(extend_rows(model, &shared, &suffixes)?) {
-                out[i] = option_logprobs(model, &cache, &logits, options)?;
-            }
+    for batch in equal_length_batches(items.iter().map(|i| i.len()).enumerate(), batch_size) {
+        let suffixes: Vec<Vec<u32>> = batch.iter().map(|&i| items[i].clone()).collect();
+        for (&i, (cache, logits)) in batch.iter().zip(extend_rows(model, &shared, &suffixes)?) {
+            out[i] = option_logprobs(model, &cache, &logits, options)?;
         }
     }
     Ok(out)
@@ -136,13 +130,13 @@ pub fn run_bench(model: &Model, q: &Questionnaire, threads: usize, repeats: usiz
 
     progress("decode, 64 tokens, one sequence");
     let short = prompt_of_len(model, 32)?;
-    let mut cache = KvCache::new(model.transformer.config.n_layer);
-    let first = argmax(&model.transformer.last_logits(&short, &mut cache)?);
-    let decode_s = timed(repeats, || decode_steps(model, &cache, first, DECODE))?;
-
-    progress("decode, 32 sampled sequences in lockstep");
+    // One prefill of the short prompt serves both decode workloads (each forks it).
     let mut base = KvCache::new(model.transformer.config.n_layer);
     let logits = model.transformer.last_logits(&short, &mut base)?;
+    let first = argmax(&logits);
+    let decode_s = timed(repeats, || decode_steps(model, &base, first, DECODE))?;
+
+    progress("decode, 32 sampled sequences in lockstep");
     // Temperature 1; a row that samples a stop token ends early and only tokens actually
     // produced count.
     let sampling = SamplingParams { temperature: 1.0, ..Default::default() }.resolve()?;
@@ -156,10 +150,8 @@ pub fn run_bench(model: &Model, q: &Questionnaire, threads: usize, repeats: usiz
 
     progress("questionnaire");
     let enc = |t: &str| model.tokenizer.encode(t, false);
-    let mut prefix = model.tokenizer.encode(&q.prefix, true)?;
-    if prefix.is_empty() {
-        prefix = enc(&q.prefix)?;
-    }
+    // The prefix starts the text, so it gets the model's special tokens (BOS where used).
+    let prefix = model.tokenizer.encode(&q.prefix, true)?;
     let items = q.items.iter().map(|i| enc(i)).collect::<Result<Vec<_>>>()?;
     let options = q.options.iter().map(|o| enc(&format!(" {o}"))).collect::<Result<Vec<_>>>()?;
     let pass_s = timed(repeats, || questionnaire_pass(model, &prefix, &items, &options, ROWS).map(|_| ()))?;

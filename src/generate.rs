@@ -137,7 +137,6 @@ pub fn decode_lockstep(
     max_tokens: usize,
     batch_size: usize,
 ) -> Result<Vec<(Vec<u32>, StopReason)>> {
-    use crate::model::LogitsAt;
     use rayon::prelude::*;
     // Kernels that are not batch-invariant (dense or candle-quantized weights) decode row
     // by row, so results never depend on which rows happen to share a batch.
@@ -175,9 +174,7 @@ pub fn decode_lockstep(
             if rows.iter().all(|r| r.1.is_some()) {
                 break;
             }
-            let out = model.transformer.forward(&feed, &mut batch_cache, &LogitsAt::Last)?;
-            let all: Vec<Vec<f32>> = out.squeeze(1)?.to_dtype(candle_core::DType::F32)?.to_vec2()?;
-            for (i, l) in all.into_iter().enumerate() {
+            for (i, l) in model.transformer.last_logits_rows(&feed, &mut batch_cache)?.into_iter().enumerate() {
                 if rows[i].1.is_none() {
                     row_logits[i] = l;
                 }
@@ -194,7 +191,6 @@ pub fn decode_lockstep(
 /// with single-sequence arithmetic, and `split_rows` rebuilds the cache a lone row
 /// would have had).
 pub fn extend_rows(model: &Model, shared: &KvCache, suffixes: &[Vec<u32>]) -> Result<Vec<(KvCache, Vec<f32>)>> {
-    use crate::model::LogitsAt;
     if suffixes.len() == 1 || !model.transformer.batch_invariant() {
         // One row, or kernels whose rows change with the batch: each row alone.
         return suffixes
@@ -207,7 +203,19 @@ pub fn extend_rows(model: &Model, shared: &KvCache, suffixes: &[Vec<u32>]) -> Re
             .collect();
     }
     let mut batch = shared.repeat_batch(suffixes.len())?;
-    let out = model.transformer.forward(suffixes, &mut batch, &LogitsAt::Last)?;
-    let logits: Vec<Vec<f32>> = out.squeeze(1)?.to_dtype(candle_core::DType::F32)?.to_vec2()?;
+    let logits = model.transformer.last_logits_rows(suffixes, &mut batch)?;
     Ok(batch.split_rows()?.into_iter().zip(logits).collect())
+}
+
+/// Indices grouped into batches for `extend_rows`: rows of equal length together, at
+/// most `batch_size` per batch, groups in the order their first row appears.
+pub fn equal_length_batches(lengths: impl IntoIterator<Item = (usize, usize)>, batch_size: usize) -> Vec<Vec<usize>> {
+    let mut by_len: Vec<(usize, Vec<usize>)> = Vec::new();
+    for (index, len) in lengths {
+        match by_len.iter_mut().find(|(l, _)| *l == len) {
+            Some((_, members)) => members.push(index),
+            None => by_len.push((len, vec![index])),
+        }
+    }
+    by_len.into_iter().flat_map(|(_, members)| members.chunks(batch_size.max(1)).map(|c| c.to_vec()).collect::<Vec<_>>()).collect()
 }

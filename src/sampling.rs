@@ -108,6 +108,16 @@ pub fn softmax(logits: &[f32], temperature: f32) -> Vec<f64> {
     p
 }
 
+/// The first index whose cumulative probability exceeds `u` (in [0, 1)); None when
+/// rounding leaves the total below `u`, so the caller chooses the fallback.
+pub fn inverse_cdf(probs: &[f64], u: f64) -> Option<usize> {
+    let mut cum = 0.0;
+    probs.iter().position(|p| {
+        cum += p;
+        u < cum
+    })
+}
+
 /// Picks the next token. Exactly one uniform draw is taken per sampled token, so streams
 /// stay aligned however the filters change the candidate set.
 pub fn sample(logits: &[f32], sampling: &Sampling, rng: &mut ChaCha20Rng) -> u32 {
@@ -119,15 +129,7 @@ pub fn sample(logits: &[f32], sampling: &Sampling, rng: &mut ChaCha20Rng) -> u32
     if top_k.is_none() && top_p.is_none() && min_p.is_none() {
         // No filter: invert the cumulative distribution in token-id order (no sort of
         // the whole vocabulary per token).
-        let u: f64 = rng.random::<f64>();
-        let mut cum = 0.0;
-        for (i, p) in probs.iter().enumerate() {
-            cum += p;
-            if u < cum {
-                return i as u32;
-            }
-        }
-        return argmax(logits);
+        return inverse_cdf(&probs, rng.random::<f64>()).map(|i| i as u32).unwrap_or_else(|| argmax(logits));
     }
     // Candidates by descending probability; ties broken by token id for determinism.
     let mut order: Vec<usize> = (0..probs.len()).collect();

@@ -18,17 +18,19 @@ fn smollm2() -> Model {
     Model::load_ref(&ModelRef::GgufFile(path), &LoadOptions::default()).unwrap()
 }
 
-fn prompt(model: &Model) -> Vec<u32> {
+/// The cache and last-position logits of a short chat prompt.
+fn prompted(model: &Model) -> (KvCache, Vec<f32>) {
     let text = model.render_chat(&[affectbench::chat::Message::user("Complete the sentence: When I think about tomorrow,")]).unwrap();
-    model.tokenizer.encode(&text, false).unwrap()
+    let tokens = model.tokenizer.encode(&text, false).unwrap();
+    let mut cache = KvCache::new(model.transformer.config.n_layer);
+    let logits = model.transformer.last_logits(&tokens, &mut cache).unwrap();
+    (cache, logits)
 }
 
 #[test]
 fn sampled_continuations_are_identical_alone_and_in_any_batch() {
     let model = smollm2();
-    let tokens = prompt(&model);
-    let mut cache = KvCache::new(model.transformer.config.n_layer);
-    let logits = model.transformer.last_logits(&tokens, &mut cache).unwrap();
+    let (cache, logits) = prompted(&model);
     let sampling = SamplingParams { temperature: 1.0, ..Default::default() }.resolve().unwrap();
     let rngs = || (0..32).map(|i| sequence_rng(9, &format!("row{i}"))).collect::<Vec<_>>();
     // Each row alone, through the single-sequence decode loop.
@@ -48,9 +50,7 @@ fn sampled_continuations_are_identical_alone_and_in_any_batch() {
 #[test]
 fn option_probabilities_are_identical_scored_together_or_one_by_one() {
     let model = smollm2();
-    let tokens = prompt(&model);
-    let mut cache = KvCache::new(model.transformer.config.n_layer);
-    let logits = model.transformer.last_logits(&tokens, &mut cache).unwrap();
+    let (cache, logits) = prompted(&model);
     // The VAS bins: "0".."100", some one token and some several, scored in batched passes.
     let labels: Vec<Vec<u32>> = (0..=10).map(|i| model.tokenizer.encode(&(i * 10).to_string(), false).unwrap()).collect();
     assert!(labels.iter().any(|l| l.len() > 1), "needs multi-token labels to exercise batching");
@@ -128,9 +128,7 @@ fn a_run_is_identical_across_threads_batch_sizes_shards_and_order() {
 fn batched_prefill_rows_equal_lone_prefill_and_continue_identically() {
     use affectbench::generate::extend_rows;
     let model = smollm2();
-    let shared_tokens = prompt(&model);
-    let mut shared = KvCache::new(model.transformer.config.n_layer);
-    model.transformer.last_logits(&shared_tokens, &mut shared).unwrap();
+    let (shared, _) = prompted(&model);
     // Four different suffixes of the same length (12 tokens).
     let suffixes: Vec<Vec<u32>> = ["I feel nervous and tense right now, more than I can say.", "The weather outside is grey and the streets are wet and quiet.", "Please rate each statement from one to four, honestly and quickly.", "My grandmother kept every letter I sent her as a child in a box."]
         .iter()

@@ -130,9 +130,7 @@ impl KvCache {
         }
         Ok(Self { layers: self.layers.clone(), len: self.len, batch: Some(n) })
     }
-}
 
-impl KvCache {
     /// One batch-1 cache per row of a batched cache: shared batch-1 segments stay shared;
     /// each row gets its own copy of its part of the batch-n segments, with the same
     /// capacity and sole ownership, i.e. exactly the cache that row would have had if it

@@ -269,6 +269,11 @@ impl Transformer {
         let logits = self.forward(&[tokens.to_vec()], cache, &LogitsAt::Last)?;
         logits.i((0, 0))?.to_dtype(DType::F32)?.to_vec1()
     }
+
+    /// Logits of the last position of every row of an equal-length batch, one Vec per row.
+    pub fn last_logits_rows(&self, rows: &[Vec<u32>], cache: &mut KvCache) -> Result<Vec<Vec<f32>>> {
+        self.forward(rows, cache, &LogitsAt::Last)?.squeeze(1)?.to_dtype(DType::F32)?.to_vec2()
+    }
 }
 
 /// `x (b, h, m, k) @ y (yb, h, k, n)` where `y` may be a batch-1 tensor shared by all b

@@ -9,6 +9,7 @@ use super::scores::{completion_scores, conditions, models, question_str, scale_s
 use super::load::RunData;
 use super::stats::{bootstrap, describe, hedges_g, holm, mann_whitney, mean, mean_difference, welch, BootstrapCi, Describe, HedgesG, MannWhitney, Welch};
 use crate::sampling::sequence_rng;
+use crate::study::record::TrialRecord;
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone)]
@@ -212,7 +213,6 @@ pub fn analyse(data: &RunData, options: &ReportOptions) -> Analysis {
     let mut baseline_returns = Vec::new();
     let measured: Vec<(String, String, String, Readout)> = {
         let mut v: Vec<_> = groups.keys().map(|(m, i, e, _, r)| (m.clone(), i.clone(), e.clone(), *r)).collect();
-        v.dedup();
         v.sort();
         v.dedup();
         v
@@ -385,7 +385,6 @@ fn order_direction(t: &TrialRecord) -> Option<String> {
     Some(if asc { "ascending" } else if desc { "descending" } else { "mixed" }.to_string())
 }
 
-use crate::study::record::TrialRecord;
 
 /// Share of the within-cell variance of item answers (cell = model x condition x item,
 /// answers rescaled to 0..1 by the instrument's range) that each perturbation factor

@@ -21,8 +21,8 @@ use crate::chat::{sha256_hex, Message};
 use crate::error::{Error, IoContext, Result};
 use crate::model::{KvCache, LoadOptions, LogitsAt, Model};
 use crate::registry::ModelRef;
-use crate::generate::{decode, decode_lockstep, extend_rows};
-use crate::sampling::{sequence_rng, Sampling, SamplingParams};
+use crate::generate::{decode, decode_lockstep, equal_length_batches, extend_rows};
+use crate::sampling::{inverse_cdf, sequence_rng, Sampling, SamplingParams};
 use crate::scenario::study::PerConversation;
 use crate::scenario::{Library, Response, Study};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -243,11 +243,13 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
             for unit in work_units(&ctx, &plan.trials, &todo, cfg.batch_size) {
                 // Items of one unit share a suffix length: one batched forward prefills them
                 // all (each row equal to its lone prefill; on failure each runs alone).
-                let suffixes: Vec<Vec<u32>> = unit.iter().map(|&i| ctx.prompts[&plan.trials[i].id].tokens[ctx.shared.len()..].to_vec()).collect();
                 let is_items = unit.iter().all(|&i| matches!(plan.trials[i].question, Question::Item { .. }));
                 let batch_started = Instant::now();
                 let mut prefilled: Vec<Option<(KvCache, Vec<f32>)>> = match is_items {
-                    true => extend_rows(model, &ctx.cache, &suffixes).map(|rows| rows.into_iter().map(Some).collect()).unwrap_or_else(|_| vec![None; unit.len()]),
+                    true => {
+                        let suffixes: Vec<Vec<u32>> = unit.iter().map(|&i| ctx.prompts[&plan.trials[i].id].tokens[ctx.shared.len()..].to_vec()).collect();
+                        extend_rows(model, &ctx.cache, &suffixes).map(|rows| rows.into_iter().map(Some).collect()).unwrap_or_else(|_| vec![None; unit.len()])
+                    }
                     false => vec![None; unit.len()],
                 };
                 let prefill_ms = batch_started.elapsed().as_secs_f64() * 1e3 / unit.len() as f64;
@@ -443,22 +445,10 @@ fn lockstep_completions<'a>(study: &Study, model: &Model, ctx: &GroupContext, tr
 /// the order their first member appears in the plan; completions one by one (their
 /// tokens come from the lockstep batch).
 fn work_units(ctx: &GroupContext, trials: &[Trial], todo: &[usize], batch_size: usize) -> Vec<Vec<usize>> {
-    let mut units: Vec<Vec<usize>> = Vec::new();
-    let mut by_len: Vec<(usize, Vec<usize>)> = Vec::new();
-    for &i in todo {
-        if matches!(trials[i].question, Question::Item { .. }) {
-            let len = ctx.prompts[&trials[i].id].tokens.len();
-            match by_len.iter_mut().find(|(l, _)| *l == len) {
-                Some((_, members)) => members.push(i),
-                None => by_len.push((len, vec![i])),
-            }
-        } else {
-            units.push(vec![i]);
-        }
-    }
-    for (_, members) in by_len {
-        units.extend(members.chunks(batch_size.max(1)).map(|c| c.to_vec()));
-    }
+    let is_item = |i: &usize| matches!(trials[*i].question, Question::Item { .. });
+    let mut units: Vec<Vec<usize>> = todo.iter().filter(|i| !is_item(i)).map(|&i| vec![i]).collect();
+    let items = todo.iter().filter(|i| is_item(i)).map(|&i| (i, ctx.prompts[&trials[i].id].tokens.len()));
+    units.extend(equal_length_batches(items, batch_size));
     units
 }
 
@@ -578,15 +568,7 @@ fn choice_readout(study: &Study, labels: Vec<String>, values: Vec<f64>, probs: V
     let expected: f64 = probs.iter().zip(&values).map(|(p, v)| p * v).sum();
     let best = probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0);
     let u: f64 = sequence_rng(study.seed, draw_stream).random();
-    let mut acc = 0.0;
-    let mut drawn = probs.len() - 1;
-    for (i, p) in probs.iter().enumerate() {
-        acc += p;
-        if u < acc {
-            drawn = i;
-            break;
-        }
-    }
+    let drawn = inverse_cdf(&probs, u).unwrap_or(probs.len() - 1);
     let keyed_expected = keying.map(|(ins, it)| ins.keyed_value(it, expected)).unwrap_or(expected);
     ChoiceReadout { argmax: values[best], draw: values[drawn], labels, values, probs, mass, expected, keyed_expected }
 }
