@@ -4,7 +4,7 @@
 //! is the median of `repeats` timed runs after one warm-up.
 
 use crate::error::{Error, Result};
-use crate::generate::{decode_lockstep, equal_length_batches, extend_rows};
+use crate::generate::{decode_lockstep, extend_rows};
 use crate::model::{KvCache, LogitsAt, Model};
 use crate::sampling::{argmax, sequence_rng, SamplingParams};
 use crate::study::choice::option_logprobs;
@@ -97,12 +97,13 @@ pub fn decode_steps(model: &Model, cache: &KvCache, first: u32, steps: usize) ->
 }
 
 /// One pass of the questionnaire as the study runner does it: the prefix once, then
-/// the items forked from it, those of equal token length prefilled together in one
-/// batch (`extend_rows`), options scored at each item's answer position.
+/// the items forked from it and prefilled together, up to `batch_size` per forward pass
+/// (`extend_rows`), options scored at each item's answer position.
 pub fn questionnaire_pass(model: &Model, prefix: &[u32], items: &[Vec<u32>], options: &[Vec<u32>], batch_size: usize) -> Result<Vec<Vec<f64>>> {
     let shared = prefill(model, prefix)?;
     let mut out = vec![Vec::new(); items.len()];
-    for batch in equal_length_batches(items.iter().map(|i| i.len()).enumerate(), batch_size) {
+    let indices: Vec<usize> = (0..items.len()).collect();
+    for batch in indices.chunks(batch_size.max(1)) {
         let suffixes: Vec<Vec<u32>> = batch.iter().map(|&i| items[i].clone()).collect();
         for (&i, (cache, logits)) in batch.iter().zip(extend_rows(model, &shared, &suffixes)?) {
             out[i] = option_logprobs(model, &cache, &logits, options)?;

@@ -185,11 +185,10 @@ pub fn decode_lockstep(
     Ok(results)
 }
 
-/// Continues one shared cache with several suffixes of equal length in one batched
-/// forward pass, and returns each row's own cache and last-position logits, equal bit
-/// for bit to extending the cache with that suffix alone (the kernels compute each row
-/// with single-sequence arithmetic, and `split_rows` rebuilds the cache a lone row
-/// would have had).
+/// Continues one shared cache with several suffixes (of any lengths) in one forward
+/// pass, and returns each row's own cache and last-position logits, equal bit for bit
+/// to extending the cache with that suffix alone (the projections compute each position
+/// independently of the others, attention runs row by row on the row's own fork).
 pub fn extend_rows(model: &Model, shared: &KvCache, suffixes: &[Vec<u32>]) -> Result<Vec<(KvCache, Vec<f32>)>> {
     if suffixes.len() == 1 || !model.transformer.batch_invariant() {
         // One row, or kernels whose rows change with the batch: each row alone.
@@ -202,20 +201,7 @@ pub fn extend_rows(model: &Model, shared: &KvCache, suffixes: &[Vec<u32>]) -> Re
             })
             .collect();
     }
-    let mut batch = shared.repeat_batch(suffixes.len())?;
-    let logits = model.transformer.last_logits_rows(suffixes, &mut batch)?;
-    Ok(batch.split_rows()?.into_iter().zip(logits).collect())
-}
-
-/// Indices grouped into batches for `extend_rows`: rows of equal length together, at
-/// most `batch_size` per batch, groups in the order their first row appears.
-pub fn equal_length_batches(lengths: impl IntoIterator<Item = (usize, usize)>, batch_size: usize) -> Vec<Vec<usize>> {
-    let mut by_len: Vec<(usize, Vec<usize>)> = Vec::new();
-    for (index, len) in lengths {
-        match by_len.iter_mut().find(|(l, _)| *l == len) {
-            Some((_, members)) => members.push(index),
-            None => by_len.push((len, vec![index])),
-        }
-    }
-    by_len.into_iter().flat_map(|(_, members)| members.chunks(batch_size.max(1)).map(|c| c.to_vec()).collect::<Vec<_>>()).collect()
+    let mut caches = vec![shared.clone(); suffixes.len()];
+    let logits = model.transformer.last_logits_ragged(suffixes, &mut caches)?;
+    Ok(caches.into_iter().zip(logits).collect())
 }

@@ -129,10 +129,11 @@ fn batched_prefill_rows_equal_lone_prefill_and_continue_identically() {
     use affectbench::generate::extend_rows;
     let model = smollm2();
     let (shared, _) = prompted(&model);
-    // Four different suffixes of the same length (12 tokens).
+    // Four different suffixes of different lengths (12, 5, 13 and 1 tokens) in one pass.
     let suffixes: Vec<Vec<u32>> = ["I feel nervous and tense right now, more than I can say.", "The weather outside is grey and the streets are wet and quiet.", "Please rate each statement from one to four, honestly and quickly.", "My grandmother kept every letter I sent her as a child in a box."]
         .iter()
-        .map(|t| model.tokenizer.encode(t, false).unwrap()[..12].to_vec())
+        .zip([12, 5, 13, 1])
+        .map(|(t, n)| model.tokenizer.encode(t, false).unwrap()[..n].to_vec())
         .collect();
     let rows = extend_rows(&model, &shared, &suffixes).unwrap();
     let sampling = SamplingParams { temperature: 0.0, ..Default::default() }.resolve().unwrap();
@@ -145,8 +146,8 @@ fn batched_prefill_rows_equal_lone_prefill_and_continue_identically() {
         let (a, _, _) = decode(&model, cache.clone(), logits.clone(), &sampling, &mut rng, 8, |_| Ok(true)).unwrap();
         let (b, _, _) = decode(&model, alone.clone(), alone_logits.clone(), &sampling, &mut rng, 8, |_| Ok(true)).unwrap();
         assert_eq!(a, b, "row {i}: greedy continuation differs");
-        let x = model.transformer.last_logits(&suffixes[(i + 1) % 4][..3], &mut cache).unwrap();
-        let y = model.transformer.last_logits(&suffixes[(i + 1) % 4][..3], &mut alone).unwrap();
+        let x = model.transformer.last_logits(&suffixes[(i + 1) % 4][..1], &mut cache).unwrap();
+        let y = model.transformer.last_logits(&suffixes[(i + 1) % 4][..1], &mut alone).unwrap();
         assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()), "row {i}: logits after appending in place differ");
     }
 }

@@ -197,3 +197,31 @@ fn registry_errors_carry_file_and_line() {
     }
     assert!(builtin.get("gemma3-270m").unwrap().chat_template.is_some(), "gemma has no template in its file");
 }
+
+#[test]
+fn fused_attention_matches_the_candle_op_reference() {
+    use affectbench::model::AttentionPath;
+    let dir = tempfile::tempdir().unwrap();
+    for tiny in [Tiny::llama(), Tiny::qwen2()] {
+        let path = dir.path().join(format!("{}.gguf", tiny.arch));
+        write_tiny_gguf(&path, &tiny, 3);
+        let mut m = load(&path);
+        let mut run = |path: AttentionPath| {
+            m.transformer.attention = path;
+            // A prefill longer than one query block, then a continuation of a fork:
+            // covers the causal mask and attention across cache segments.
+            let mut cache = KvCache::new(tiny.layers);
+            let long: Vec<u32> = (0..3).flat_map(|_| tokens()).collect();
+            let first = m.transformer.forward(&[long], &mut cache, &LogitsAt::All).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let mut fork = cache.clone();
+            let next = m.transformer.forward(&[vec![7, 8, 9]], &mut fork, &LogitsAt::All).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            (first, next)
+        };
+        let (fused, reference) = (run(AttentionPath::Fused), run(AttentionPath::Reference));
+        for (a, b) in [(&fused.0, &reference.0), (&fused.1, &reference.1)] {
+            let diff = max_abs_diff(a, b);
+            // Both are f32; they differ only in summation order and the exp routine.
+            assert!(diff < 1e-4, "{}: fused vs reference attention differ by {diff}", tiny.arch);
+        }
+    }
+}

@@ -109,7 +109,7 @@ pub fn best_path() -> KernelPath {
 
 /// Raw output pointer shared by workers that write disjoint columns.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(crate) struct OutPtr(pub(crate) *mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
@@ -127,33 +127,60 @@ pub fn matmul_quantized(w: &PackedMatrix, acts: &QuantizedActs, y: &mut [f32], p
     assert_eq!(acts.block, w.block);
     assert_eq!(y.len(), acts.m * w.n);
     let out = OutPtr(y.as_mut_ptr());
+    // Threads take groups of TILES_PER_TASK tiles so the micro-kernel can keep several
+    // independent accumulator chains per activation row (see `run_tiles`).
+    let groups = w.n_tiles().div_ceil(TILES_PER_TASK);
     // candle's own spin-then-park pool: sharing it with candle's elementwise ops keeps
     // two pools from spinning against each other on few cores (rayon's park/wake per
     // matmul was a third of decode time).
-    candle_core::utils::barrier_pool().execute_chunked(w.n_tiles(), |tiles| {
+    candle_core::utils::barrier_pool().execute_chunked(groups, |range| {
         let out = out;
-        for t in tiles {
-            // SAFETY: tile t writes only columns [16t, 16t+16) of y, owned by this task.
-            unsafe { run_tile(w, acts, t, out.0, path) };
+        for g in range {
+            let tiles = g * TILES_PER_TASK..((g + 1) * TILES_PER_TASK).min(w.n_tiles());
+            // SAFETY: tiles t write only columns [16t, 16t+16) of y, owned by this task.
+            unsafe { run_tiles(w, acts, tiles, out.0, path) };
         }
     });
 }
 
-unsafe fn run_tile(w: &PackedMatrix, acts: &QuantizedActs, t: usize, out: *mut f32, path: KernelPath) {
+/// Tiles one task handles together: each weight vector loaded feeds this many fewer
+/// broadcasts, and MR x TILES_PER_TASK accumulators hide `vpdpbusd`'s latency.
+const TILES_PER_TASK: usize = 3;
+
+unsafe fn run_tiles(w: &PackedMatrix, acts: &QuantizedActs, tiles: std::ops::Range<usize>, out: *mut f32, path: KernelPath) {
     match path {
         #[cfg(target_arch = "x86_64")]
         KernelPath::Avx512Vnni => {
-            let mut i = 0;
-            while i + 4 <= acts.m {
-                avx512::tile::<4>(w, acts, t, i, out);
-                i += 4;
-            }
-            while i < acts.m {
-                avx512::tile::<1>(w, acts, t, i, out);
-                i += 1;
+            let t0 = tiles.start;
+            if tiles.len() == TILES_PER_TASK {
+                let mut i = 0;
+                while i + 4 <= acts.m {
+                    avx512::tiles::<4, TILES_PER_TASK>(w, acts, t0, i, out);
+                    i += 4;
+                }
+                while i < acts.m {
+                    avx512::tiles::<1, TILES_PER_TASK>(w, acts, t0, i, out);
+                    i += 1;
+                }
+            } else {
+                for t in tiles {
+                    let mut i = 0;
+                    while i + 4 <= acts.m {
+                        avx512::tiles::<4, 1>(w, acts, t, i, out);
+                        i += 4;
+                    }
+                    while i < acts.m {
+                        avx512::tiles::<1, 1>(w, acts, t, i, out);
+                        i += 1;
+                    }
+                }
             }
         }
-        _ => scalar_tile(w, acts, t, out),
+        _ => {
+            for t in tiles {
+                scalar_tile(w, acts, t, out)
+            }
+        }
     }
 }
 
@@ -191,44 +218,53 @@ mod avx512 {
     use super::{PackedMatrix, QuantizedActs, TILE};
     use std::arch::x86_64::*;
 
-    /// MR activation rows starting at i0 against the 16 weight rows of tile t.
+    /// MR activation rows starting at i0 against the 16 weight rows of each of the NT
+    /// tiles starting at t0. Per output, the operations and their order are those of
+    /// `scalar_tile`; MR and NT only change how many outputs are in flight.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub(super) unsafe fn tile<const MR: usize>(
+    pub(super) unsafe fn tiles<const MR: usize, const NT: usize>(
         w: &PackedMatrix,
         acts: &QuantizedActs,
-        t: usize,
+        t0: usize,
         i0: usize,
         out: *mut f32,
     ) {
         let (k, block) = (w.k, w.block);
         let (groups, nb, gpb) = (k / 4, k / block, block / 4);
-        let wq = w.qs.as_ptr().add(t * groups * TILE * 4);
-        let ws = w.scales.as_ptr().add(t * nb * TILE);
-        let wo = w.offsets.as_ptr().add(t * nb * TILE);
+        let wq: [*const u8; NT] = std::array::from_fn(|j| w.qs.as_ptr().add((t0 + j) * groups * TILE * 4));
+        let ws: [*const f32; NT] = std::array::from_fn(|j| w.scales.as_ptr().add((t0 + j) * nb * TILE));
+        let wo: [*const f32; NT] = std::array::from_fn(|j| w.offsets.as_ptr().add((t0 + j) * nb * TILE));
         let xq = acts.qs.as_ptr();
-        let mut facc = [_mm512_setzero_ps(); MR];
+        let mut facc = [[_mm512_setzero_ps(); NT]; MR];
         for b in 0..nb {
-            let mut iacc = [_mm512_setzero_si512(); MR];
+            let mut iacc = [[_mm512_setzero_si512(); NT]; MR];
             for g in b * gpb..(b + 1) * gpb {
-                let wv = _mm512_loadu_si512(wq.add(g * TILE * 4) as *const __m512i);
+                let wv: [__m512i; NT] = std::array::from_fn(|j| _mm512_loadu_si512(wq[j].add(g * TILE * 4) as *const __m512i));
                 for r in 0..MR {
-                    let x4 = (xq.add((i0 + r) * k + g * 4) as *const i32).read_unaligned();
-                    iacc[r] = _mm512_dpbusd_epi32(iacc[r], wv, _mm512_set1_epi32(x4));
+                    let x4 = _mm512_set1_epi32((xq.add((i0 + r) * k + g * 4) as *const i32).read_unaligned());
+                    for j in 0..NT {
+                        iacc[r][j] = _mm512_dpbusd_epi32(iacc[r][j], wv[j], x4);
+                    }
                 }
             }
-            let sv = _mm512_loadu_ps(ws.add(b * TILE));
-            let ov = _mm512_loadu_ps(wo.add(b * TILE));
-            for r in 0..MR {
-                let row = (i0 + r) * nb + b;
-                let scale = _mm512_mul_ps(sv, _mm512_set1_ps(*acts.d.get_unchecked(row)));
-                facc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[r]), scale, facc[r]);
-                facc[r] = _mm512_fmadd_ps(ov, _mm512_set1_ps(*acts.xsum.get_unchecked(row)), facc[r]);
+            for j in 0..NT {
+                let sv = _mm512_loadu_ps(ws[j].add(b * TILE));
+                let ov = _mm512_loadu_ps(wo[j].add(b * TILE));
+                for r in 0..MR {
+                    let row = (i0 + r) * nb + b;
+                    let scale = _mm512_mul_ps(sv, _mm512_set1_ps(*acts.d.get_unchecked(row)));
+                    facc[r][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[r][j]), scale, facc[r][j]);
+                    facc[r][j] = _mm512_fmadd_ps(ov, _mm512_set1_ps(*acts.xsum.get_unchecked(row)), facc[r][j]);
+                }
             }
         }
-        let valid = (w.n - t * TILE).min(TILE);
-        let mask: __mmask16 = if valid == TILE { 0xFFFF } else { (1u16 << valid) - 1 };
-        for r in 0..MR {
-            _mm512_mask_storeu_ps(out.add((i0 + r) * w.n + t * TILE), mask, facc[r]);
+        for j in 0..NT {
+            let t = t0 + j;
+            let valid = (w.n - t * TILE).min(TILE);
+            let mask: __mmask16 = if valid == TILE { 0xFFFF } else { (1u16 << valid) - 1 };
+            for r in 0..MR {
+                _mm512_mask_storeu_ps(out.add((i0 + r) * w.n + t * TILE), mask, facc[r][j]);
+            }
         }
     }
 }

@@ -28,7 +28,7 @@ pub struct Segment {
 }
 
 impl Segment {
-    fn capacity(&self) -> usize {
+    pub fn capacity(&self) -> usize {
         self.k.dims()[2]
     }
     pub fn batch(&self) -> usize {

@@ -2,7 +2,8 @@
 //!
 //! Unlike candle-transformers' quantized models, the KV cache is passed in (and can be
 //! forked), logits are computed only at the positions asked for, and a batch of
-//! sequences of equal length runs in one pass.
+//! sequences of equal length, or a ragged batch of rows each with its own cache, runs in
+//! one pass.
 
 use super::config::{Activation, ModelConfig};
 use super::kv_cache::KvCache;
@@ -69,6 +70,21 @@ pub struct Transformer {
     pub device: Device,
     rope_global: (Tensor, Tensor),
     rope_local: (Tensor, Tensor),
+    /// The same tables as flat (positions x head_dim/2) vectors, for the fused attention.
+    rope_global_flat: (Vec<f32>, Vec<f32>),
+    rope_local_flat: (Vec<f32>, Vec<f32>),
+    /// Which attention implementation runs (see `AttentionPath`).
+    pub attention: AttentionPath,
+}
+
+/// How attention is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionPath {
+    /// `kernels::attention`: one fused CPU function per (sequence, head, query), spread
+    /// over the threads. The default on CPU.
+    Fused,
+    /// Candle tensor ops (the reference, and the path on GPUs).
+    Reference,
 }
 
 /// Positions for which rope tables are precomputed (capped: long contexts grow on demand
@@ -87,7 +103,10 @@ impl Transformer {
         let positions = config.context_length.min(MAX_ROPE_POSITIONS);
         let rope_global = rope_tables(config.head_dim, config.rope_base, positions, &device)?;
         let rope_local = rope_tables(config.head_dim, config.rope_base_local, positions, &device)?;
-        Ok(Self { config, embeddings, layers, final_norm, output, device, rope_global, rope_local })
+        let flat = |(c, s): &(Tensor, Tensor)| -> Result<(Vec<f32>, Vec<f32>)> { Ok((c.flatten_all()?.to_vec1()?, s.flatten_all()?.to_vec1()?)) };
+        let (rope_global_flat, rope_local_flat) = (flat(&rope_global)?, flat(&rope_local)?);
+        let attention = if device.is_cpu() && std::env::var("AFFECTBENCH_ATTENTION").as_deref() != Ok("reference") { AttentionPath::Fused } else { AttentionPath::Reference };
+        Ok(Self { config, embeddings, layers, final_norm, output, device, rope_global, rope_local, rope_global_flat, rope_local_flat, attention })
     }
 
     /// The longest sequence (cached + new) this model accepts.
@@ -154,6 +173,46 @@ impl Transformer {
         self.output.forward(&x)
     }
 
+    /// Extends each cache with its own row of tokens (rows may differ in length and in
+    /// cached length) in one pass, and returns each row's last-position logits. Each
+    /// row's logits and cache are bit-identical to `last_logits(row, cache)` alone when
+    /// the model is `batch_invariant` (the projections see one long matrix whose rows
+    /// are computed independently; attention runs row by row). Callers check that.
+    pub fn last_logits_ragged(&self, rows: &[Vec<u32>], caches: &mut [KvCache]) -> Result<Vec<Vec<f32>>> {
+        if rows.is_empty() || rows.len() != caches.len() || rows.iter().any(|r| r.is_empty()) {
+            candle_core::bail!("last_logits_ragged needs one non-empty row per cache");
+        }
+        for (row, cache) in rows.iter().zip(caches.iter()) {
+            if cache.batch().is_some_and(|b| b != 1) {
+                candle_core::bail!("last_logits_ragged needs batch-1 caches");
+            }
+            if cache.len() + row.len() > self.max_positions() {
+                candle_core::bail!("sequence of {} positions exceeds the context of {}", cache.len() + row.len(), self.max_positions());
+            }
+        }
+        let cfg = &self.config;
+        let mut spans = Vec::with_capacity(rows.len());
+        let mut total = 0;
+        for r in rows {
+            spans.push((total, r.len()));
+            total += r.len();
+        }
+        let flat: Vec<u32> = rows.iter().flatten().copied().collect();
+        let mut x = self.embed(&[flat])?;
+        if cfg.scale_embeddings {
+            x = (x * (cfg.d_model as f64).sqrt())?;
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = self.layer_forward_ragged(i, layer, &x, &spans, caches)?;
+        }
+        for (&(_, len), cache) in spans.iter().zip(caches.iter_mut()) {
+            cache.advance(len, 1);
+        }
+        let last = Tensor::new(spans.iter().map(|&(start, len)| (start + len - 1) as u32).collect::<Vec<_>>(), &self.device)?;
+        let x = rms_norm(&x.index_select(&last, 1)?, &self.final_norm, cfg.rms_eps)?;
+        self.output.forward(&x)?.squeeze(0)?.to_dtype(DType::F32)?.to_vec2()
+    }
+
     fn embed(&self, tokens: &[Vec<u32>]) -> Result<Tensor> {
         let (b, s) = (tokens.len(), tokens[0].len());
         let flat: Vec<u32> = tokens.iter().flatten().copied().collect();
@@ -174,8 +233,32 @@ impl Transformer {
     }
 
     fn layer_forward(&self, idx: usize, l: &Layer, x: &Tensor, cache: &mut KvCache, offset: usize) -> Result<Tensor> {
+        let (q, k, v) = self.project_qkv(l, x)?;
+        let attn = self.attend(idx, l, &q, &k, &v, cache, offset)?;
+        self.finish_layer(l, x, &attn)
+    }
+
+    /// One layer over a ragged batch: `x` is (1, total, d), the rows' new tokens laid end
+    /// to end, `spans[i]` = (start, len) of row i, each row with its own cache. Every
+    /// step but attention works position by position, so it runs on all rows at once;
+    /// attention runs row by row through the same `attend` as a lone sequence.
+    fn layer_forward_ragged(&self, idx: usize, l: &Layer, x: &Tensor, spans: &[(usize, usize)], caches: &mut [KvCache]) -> Result<Tensor> {
+        let (q, k, v) = self.project_qkv(l, x)?;
+        let parts = spans
+            .iter()
+            .zip(caches.iter_mut())
+            .map(|(&(start, len), cache)| {
+                let offset = cache.len();
+                self.attend(idx, l, &q.narrow(1, start, len)?, &k.narrow(1, start, len)?, &v.narrow(1, start, len)?, cache, offset)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let attn = if parts.len() == 1 { parts.into_iter().next().expect("one row") } else { Tensor::cat(&parts, 1)? };
+        self.finish_layer(l, x, &attn)
+    }
+
+    /// Normalised input projected to queries, keys and values, each (b, s, heads*hd).
+    fn project_qkv(&self, l: &Layer, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let cfg = &self.config;
-        let (b, s, _) = x.dims3()?;
         let (nh, nkv, hd) = (cfg.n_head, cfg.n_kv_head, cfg.head_dim);
         let h = rms_norm(x, &l.attn_norm, cfg.rms_eps)?;
         let (mut q, mut k, mut v) = match &l.qkv {
@@ -190,6 +273,59 @@ impl Transformer {
             k = k.broadcast_add(bk)?;
             v = v.broadcast_add(bv)?;
         }
+        Ok((q, k, v))
+    }
+
+    /// Self-attention of one batch of equal-length sequences sharing `cache` (positions
+    /// from `offset`): rope, cache append, attention over every cached segment. Returns
+    /// (b, s, heads*hd).
+    #[allow(clippy::too_many_arguments)]
+    fn attend(&self, idx: usize, l: &Layer, q: &Tensor, k: &Tensor, v: &Tensor, cache: &mut KvCache, offset: usize) -> Result<Tensor> {
+        match self.attention {
+            AttentionPath::Fused => self.attend_fused(idx, l, q, k, v, cache, offset),
+            AttentionPath::Reference => self.attend_reference(idx, l, q, k, v, cache, offset),
+        }
+    }
+
+    /// `attend` through `kernels::attention` (CPU, f32).
+    #[allow(clippy::too_many_arguments)]
+    fn attend_fused(&self, idx: usize, l: &Layer, q: &Tensor, k: &Tensor, v: &Tensor, cache: &mut KvCache, offset: usize) -> Result<Tensor> {
+        use crate::kernels::attention::{attention, rms_norm_heads, rope, Heads, SegmentView};
+        let cfg = &self.config;
+        let (b, s, _) = q.dims3()?;
+        let (nh, nkv, hd) = (cfg.n_head, cfg.n_kv_head, cfg.head_dim);
+        let flat = |t: &Tensor| -> Result<Vec<f32>> { t.to_dtype(DType::F32)?.flatten_all()?.to_vec1() };
+        let (mut qv, mut kv, vv) = (flat(q)?, flat(k)?, flat(v)?);
+        if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+            rms_norm_heads(&mut qv, hd, &flat(qn)?, cfg.rms_eps as f32);
+            rms_norm_heads(&mut kv, hd, &flat(kn)?, cfg.rms_eps as f32);
+        }
+        let sliding = cfg.is_sliding(idx);
+        let (cos, sin) = if sliding { &self.rope_local_flat } else { &self.rope_global_flat };
+        let positions = || (0..b).flat_map(|_| offset..offset + s);
+        rope(&mut qv, nh, hd, positions(), cos, sin, cfg.rope_neox);
+        rope(&mut kv, nkv, hd, positions(), cos, sin, cfg.rope_neox);
+        let kt = Tensor::from_vec(kv, (b, s, nkv, hd), &self.device)?.transpose(1, 2)?;
+        let vt = Tensor::from_vec(vv, (b, s, nkv, hd), &self.device)?.transpose(1, 2)?;
+        let segments = cache.append(idx, kt, vt)?;
+        let guards = segments.iter().map(|g| (g.k.storage_and_layout(), g.v.storage_and_layout())).collect::<Vec<_>>();
+        let views = segments
+            .iter()
+            .zip(&guards)
+            .map(|(seg, (gk, gv))| Ok(SegmentView { k: cpu_f32(gk)?, v: cpu_f32(gv)?, batch: seg.batch(), capacity: seg.capacity(), len: seg.len }))
+            .collect::<Result<Vec<_>>>()?;
+        let window = if sliding { cfg.sliding_window } else { None };
+        let out = attention(&qv, b, s, Heads { n_head: nh, n_kv_head: nkv, head_dim: hd }, &views, offset, window);
+        Tensor::from_vec(out, (b, s, nh * hd), &self.device)
+    }
+
+    /// `attend` with candle tensor ops: the reference for the fused path, and the path on
+    /// GPUs.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_reference(&self, idx: usize, l: &Layer, q: &Tensor, k: &Tensor, v: &Tensor, cache: &mut KvCache, offset: usize) -> Result<Tensor> {
+        let cfg = &self.config;
+        let (b, s, _) = q.dims3()?;
+        let (nh, nkv, hd) = (cfg.n_head, cfg.n_kv_head, cfg.head_dim);
         let mut q = q.reshape((b, s, nh, hd))?.transpose(1, 2)?.contiguous()?;
         let mut k = k.reshape((b, s, nkv, hd))?.transpose(1, 2)?.contiguous()?;
         let v = v.reshape((b, s, nkv, hd))?.transpose(1, 2)?.contiguous()?;
@@ -237,8 +373,13 @@ impl Transformer {
             start += seg.len;
         }
         let attn = attn.expect("at least one segment");
-        let attn = attn.reshape((b, nh, s, hd))?.transpose(1, 2)?.reshape((b, s, nh * hd))?;
-        let mut out = l.o_proj.forward(&attn)?;
+        attn.reshape((b, nh, s, hd))?.transpose(1, 2)?.reshape((b, s, nh * hd))
+    }
+
+    /// Output projection, residuals and the feed-forward block, position by position.
+    fn finish_layer(&self, l: &Layer, x: &Tensor, attn: &Tensor) -> Result<Tensor> {
+        let cfg = &self.config;
+        let mut out = l.o_proj.forward(attn)?;
         if let Some(n) = &l.post_attn_norm {
             out = rms_norm(&out, n, cfg.rms_eps)?;
         }
@@ -289,6 +430,14 @@ fn batched_matmul(x: &Tensor, y: &Tensor, y_batch: usize) -> Result<Tensor> {
     }
     let rows = (0..b).map(|i| x.narrow(0, i, 1)?.matmul(y)).collect::<Result<Vec<_>>>()?;
     Tensor::cat(&rows, 0)
+}
+
+/// The f32 data of a CPU tensor, from its read guard and layout.
+fn cpu_f32<'a, G: std::ops::Deref<Target = candle_core::Storage>>((storage, layout): &'a (G, &candle_core::Layout)) -> Result<&'a [f32]> {
+    match &**storage {
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) => Ok(&data[layout.start_offset()..layout.start_offset() + layout.shape().elem_count()]),
+        _ => candle_core::bail!("fused attention needs an f32 CPU cache"),
+    }
 }
 
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {

@@ -21,7 +21,7 @@ use crate::chat::{sha256_hex, Message};
 use crate::error::{Error, IoContext, Result};
 use crate::model::{KvCache, LoadOptions, LogitsAt, Model};
 use crate::registry::ModelRef;
-use crate::generate::{decode, decode_lockstep, equal_length_batches, extend_rows};
+use crate::generate::{decode, decode_lockstep, extend_rows};
 use crate::sampling::{inverse_cdf, sequence_rng, Sampling, SamplingParams};
 use crate::scenario::study::PerConversation;
 use crate::scenario::{Library, Response, Study};
@@ -240,9 +240,9 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
             let model = &models[labels.iter().position(|l| l == &group.model).expect("planned model")];
             let ctx = GroupContext::build(&study, &lib, model, group, &members)?;
             let completions = lockstep_completions(&study, model, &ctx, todo.iter().map(|&i| &plan.trials[i]), cfg.batch_size)?;
-            for unit in work_units(&ctx, &plan.trials, &todo, cfg.batch_size) {
-                // Items of one unit share a suffix length: one batched forward prefills them
-                // all (each row equal to its lone prefill; on failure each runs alone).
+            for unit in work_units(&plan.trials, &todo, cfg.batch_size) {
+                // One forward prefills a unit's items (each row equal to its lone prefill;
+                // on failure each runs alone).
                 let is_items = unit.iter().all(|&i| matches!(plan.trials[i].question, Question::Item { .. }));
                 let batch_started = Instant::now();
                 let mut prefilled: Vec<Option<(KvCache, Vec<f32>)>> = match is_items {
@@ -440,15 +440,14 @@ fn lockstep_completions<'a>(study: &Study, model: &Model, ctx: &GroupContext, tr
     Ok(out)
 }
 
-/// The order a group's pending trials run in: item trials in units of equal suffix
-/// length after the shared prefix (at most `batch_size` each, prefilled together), in
-/// the order their first member appears in the plan; completions one by one (their
-/// tokens come from the lockstep batch).
-fn work_units(ctx: &GroupContext, trials: &[Trial], todo: &[usize], batch_size: usize) -> Vec<Vec<usize>> {
+/// The order a group's pending trials run in: item trials in units of at most
+/// `batch_size`, in plan order (each unit prefilled together, whatever the lengths of
+/// its members); completions one by one (their tokens come from the lockstep batch).
+fn work_units(trials: &[Trial], todo: &[usize], batch_size: usize) -> Vec<Vec<usize>> {
     let is_item = |i: &usize| matches!(trials[*i].question, Question::Item { .. });
     let mut units: Vec<Vec<usize>> = todo.iter().filter(|i| !is_item(i)).map(|&i| vec![i]).collect();
-    let items = todo.iter().filter(|i| is_item(i)).map(|&i| (i, ctx.prompts[&trials[i].id].tokens.len()));
-    units.extend(equal_length_batches(items, batch_size));
+    let items: Vec<usize> = todo.iter().filter(|i| is_item(i)).copied().collect();
+    units.extend(items.chunks(batch_size.max(1)).map(|c| c.to_vec()));
     units
 }
 
