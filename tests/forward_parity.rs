@@ -2,7 +2,7 @@
 //! checks (figures measured on this project's machine are in the README):
 //!
 //! 1. The model code: our transformer running candle's own quantized matmul (and candle's
-//!    attention ops, `AttentionPath::Reference`) must equal
+//!    attention ops, `OpPath::Reference`) must equal
 //!    candle-transformers within 1e-3 on every step (same arithmetic, different code).
 //! 2. The fast path: with our packed int8 kernels the top-1 token must agree with
 //!    candle-transformers at every step (unless the exact f32 arithmetic itself has the
@@ -19,7 +19,7 @@
 mod common;
 
 use affectbench::model::reference::ReferenceModel;
-use affectbench::model::{Activation, AttentionPath, Kernels, KvCache, LoadOptions, Model};
+use affectbench::model::{Activation, OpPath, Kernels, KvCache, LoadOptions, Model};
 use affectbench::registry::{ModelRef, Registry};
 use common::{argmax, max_abs_diff};
 
@@ -75,7 +75,7 @@ fn check(name: &str) {
     // Check 1 compares code with identical arithmetic, so it runs candle's attention ops
     // as candle-transformers does.
     let mut on_candle = load(name, Kernels::Candle);
-    on_candle.transformer.attention = AttentionPath::Reference;
+    on_candle.transformer.op_path = OpPath::Reference;
     let ours_on_candle = trajectory(&on_candle, &prompt, &tokens);
     drop(on_candle);
     let mut dense_model = load(name, Kernels::DenseF32);
@@ -83,7 +83,7 @@ fn check(name: &str) {
     // 4. Fused vs candle-op attention on dense weights (with 8-bit activations a
     // last-bit difference can flip one activation's rounding and grow through the
     // layers, which would hide what is compared here).
-    dense_model.transformer.attention = AttentionPath::Reference;
+    dense_model.transformer.op_path = OpPath::Reference;
     let dense_reference_attention = trajectory(&dense_model, &prompt, &tokens);
     drop(dense_model);
     for step in 0..=STEPS {

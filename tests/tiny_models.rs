@@ -200,14 +200,14 @@ fn registry_errors_carry_file_and_line() {
 
 #[test]
 fn fused_attention_matches_the_candle_op_reference() {
-    use affectbench::model::AttentionPath;
+    use affectbench::model::OpPath;
     let dir = tempfile::tempdir().unwrap();
     for tiny in [Tiny::llama(), Tiny::qwen2()] {
         let path = dir.path().join(format!("{}.gguf", tiny.arch));
         write_tiny_gguf(&path, &tiny, 3);
         let mut m = load(&path);
-        let mut run = |path: AttentionPath| {
-            m.transformer.attention = path;
+        let mut run = |path: OpPath| {
+            m.transformer.op_path = path;
             // A prefill longer than one query block, then a continuation of a fork:
             // covers the causal mask and attention across cache segments.
             let mut cache = KvCache::new(tiny.layers);
@@ -217,7 +217,7 @@ fn fused_attention_matches_the_candle_op_reference() {
             let next = m.transformer.forward(&[vec![7, 8, 9]], &mut fork, &LogitsAt::All).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             (first, next)
         };
-        let (fused, reference) = (run(AttentionPath::Fused), run(AttentionPath::Reference));
+        let (fused, reference) = (run(OpPath::Fused), run(OpPath::Reference));
         for (a, b) in [(&fused.0, &reference.0), (&fused.1, &reference.1)] {
             let diff = max_abs_diff(a, b);
             // Both are f32; they differ only in summation order and the exp routine.

@@ -3,9 +3,9 @@
 //! The candle-op path (`Transformer::attend_reference`) issues a dozen small tensor ops
 //! per sequence and layer and runs them on one thread; for a batch of short items after
 //! a long shared prefix that overhead, not arithmetic, dominated the pass. Here one
-//! function does a (sequence, kv head, block of queries) unit: it transposes that kv
-//! head's keys once, then serves every query head of the group; the pool spreads the
-//! units over the threads.
+//! function does a (sequence, kv head, block of queries) unit, every query head of the
+//! group, reading the cache's transposed keys in place; the pool spreads the units
+//! over the threads.
 //!
 //! Every output is computed by the same operations in the same order whatever the
 //! batch, the other rows, the number of new tokens, the unit it falls in or the thread
@@ -15,22 +15,32 @@
 //!   score_j = (sum_d q_d k_j[d]) / sqrt(hd)   one fused multiply-add chain over d per key
 //!   p_j     = exp(score_j - max)               `exp` below; the sum of p_j in 16 lanes
 //!                                              by position, then pairwise
-//!   out     = (sum_j p_j v_j) / sum_j p_j      one fma chain over the keys per element
+//!   out     = (sum_j p_j v_j) / sum_j p_j      two fma chains over the keys per element
+//!                                              (even and odd positions), then added
 //! ```
 //!
 //! so a sequence's attention is bit-identical alone or batched (the engine's guarantee).
 
 use crate::kernels::int8_matmul::OutPtr;
 
-/// Keys and values of one cache segment: `(batch, kv_heads, capacity, head_dim)`
-/// buffers of which the first `len` positions are valid. A batch-1 segment is shared by
-/// every row.
+/// Keys and values of one cache segment: keys transposed, `(batch, kv_heads, head_dim,
+/// capacity)`, values `(batch, kv_heads, capacity, head_dim)`, of which the first `len`
+/// positions are valid. A batch-1 segment is shared by every row.
 pub struct SegmentView<'a> {
     pub k: &'a [f32],
     pub v: &'a [f32],
     pub batch: usize,
     pub capacity: usize,
     pub len: usize,
+}
+
+impl SegmentView<'_> {
+    /// Offset of (row, kv head) in either buffer, in f32s.
+    fn head_base(&self, row: usize, kv_head: usize, hd: usize) -> usize {
+        let r = if self.batch == 1 { 0 } else { row };
+        let n_kv = self.v.len() / (self.batch * self.capacity * hd);
+        (r * n_kv + kv_head) * self.capacity * hd
+    }
 }
 
 /// Head layout of the attention.
@@ -49,6 +59,7 @@ pub fn attention(q: &[f32], b: usize, s: usize, heads: Heads, segments: &[Segmen
     let Heads { n_head, n_kv_head, head_dim } = heads;
     let width = n_head * head_dim;
     assert_eq!(q.len(), b * s * width);
+    assert!(HEAD_DIMS.contains(&head_dim), "head_dim {head_dim} is not one of {HEAD_DIMS:?}");
     let mut out = vec![0f32; b * s * width];
     let total: usize = segments.iter().map(|g| g.len).sum();
     assert_eq!(total, offset + s, "segments must hold the cached and the new positions");
@@ -78,13 +89,11 @@ pub fn attention(q: &[f32], b: usize, s: usize, heads: Heads, segments: &[Segmen
 }
 
 const QUERY_BLOCK: usize = 16;
-/// Keys per register block of the score loop.
-const KEY_BLOCK: usize = 32;
+/// Keys per register block of the score loop (independent fma chains in flight).
+const KEY_BLOCK: usize = 128;
 
 #[derive(Default)]
 struct Scratch {
-    /// Keys transposed, (head_dim, keys).
-    keys_t: Vec<f32>,
     scores: Vec<f32>,
 }
 
@@ -93,18 +102,7 @@ unsafe fn attend_unit(q: &[f32], dst: OutPtr, row: usize, kv_head: usize, querie
     let Heads { n_head, n_kv_head, head_dim: hd } = heads;
     let group = n_head / n_kv_head;
     let width = n_head * hd;
-    let last_pos = offset + queries.end - 1;
-    let first_key = window.map_or(0, |w| (offset + queries.start + 1).saturating_sub(w));
-    let nk = last_pos + 1 - first_key;
-    // Transpose the unit's keys: keys_t[d * nk + (j - first_key)] = k_j[d].
-    scratch.keys_t.resize(hd * nk, 0.0);
-    let kt = &mut scratch.keys_t;
-    for_each_key(segments, row, kv_head, hd, first_key..last_pos + 1, |j, k, _| {
-        for (d, &x) in k.iter().enumerate() {
-            kt[d * nk + j - first_key] = x;
-        }
-    });
-    scratch.scores.resize(nk.next_multiple_of(KEY_BLOCK), 0.0);
+    scratch.scores.resize(offset + queries.end, 0.0);
     let scale = 1.0 / (hd as f32).sqrt();
     for i in queries {
         let qpos = offset + i;
@@ -112,65 +110,152 @@ unsafe fn attend_unit(q: &[f32], dst: OutPtr, row: usize, kv_head: usize, querie
         for head in kv_head * group..(kv_head + 1) * group {
             let at = (row * s + i) * width + head * hd;
             let out = std::slice::from_raw_parts_mut(dst.0.add(at), hd);
-            softmax_weighted_values(&q[at..at + hd], &scratch.keys_t, nk, first - first_key..qpos + 1 - first_key, first_key, scale, &mut scratch.scores, segments, row, kv_head, out);
+            one_query(&q[at..at + hd], first..qpos + 1, scale, &mut scratch.scores, segments, row, kv_head, out);
         }
     }
 }
 
-/// One query: scores over the visible keys (local indices into the transposed keys),
-/// softmax, and the probability-weighted sum of the values.
+/// One query over the keys at global positions `visible`: scores, softmax, and the
+/// probability-weighted sum of the values.
 #[allow(clippy::too_many_arguments)]
-fn softmax_weighted_values(q: &[f32], keys_t: &[f32], nk: usize, visible: std::ops::Range<usize>, first_key: usize, scale: f32, scores: &mut [f32], segments: &[SegmentView], row: usize, kv_head: usize, out: &mut [f32]) {
-    let hd = q.len();
+fn one_query(q: &[f32], visible: std::ops::Range<usize>, scale: f32, scores: &mut [f32], segments: &[SegmentView], row: usize, kv_head: usize, out: &mut [f32]) {
+    match q.len() {
+        16 => one_query_hd::<16>(q, visible, scale, scores, segments, row, kv_head, out),
+        32 => one_query_hd::<32>(q, visible, scale, scores, segments, row, kv_head, out),
+        64 => one_query_hd::<64>(q, visible, scale, scores, segments, row, kv_head, out),
+        128 => one_query_hd::<128>(q, visible, scale, scores, segments, row, kv_head, out),
+        256 => one_query_hd::<256>(q, visible, scale, scores, segments, row, kv_head, out),
+        hd => unreachable!("head_dim {hd} is not in HEAD_DIMS"),
+    }
+}
+
+/// Head dimensions the kernel is compiled for (the loops are unrolled per size so the
+/// accumulators live in registers).
+pub const HEAD_DIMS: [usize; 5] = [16, 32, 64, 128, 256];
+
+#[allow(clippy::too_many_arguments)]
+fn one_query_hd<const HD: usize>(q: &[f32], visible: std::ops::Range<usize>, scale: f32, scores: &mut [f32], segments: &[SegmentView], row: usize, kv_head: usize, out: &mut [f32]) {
+    let q: &[f32; HD] = q.try_into().expect("q has HD values");
     // score_j = (sum over d in order of q_d * k_j[d]) * scale: one fma chain per key,
-    // whatever block the key falls in.
-    let mut j0 = visible.start;
-    while j0 < visible.end {
-        let mut acc = [0f32; KEY_BLOCK];
-        let n = (visible.end - j0).min(KEY_BLOCK);
-        if n == KEY_BLOCK {
-            for (d, &qd) in q.iter().enumerate() {
-                let kr = &keys_t[d * nk + j0..d * nk + j0 + KEY_BLOCK];
+    // whatever block or segment the key falls in (blocks only decide how many chains
+    // run side by side).
+    let mut start = 0;
+    for seg in segments {
+        let (lo, hi) = (visible.start.max(start), visible.end.min(start + seg.len));
+        let keys = &seg.k[seg.head_base(row, kv_head, HD)..];
+        let cap = seg.capacity;
+        let mut j0 = lo;
+        while j0 < hi {
+            let at = j0 - start;
+            let n = (hi - j0).min(KEY_BLOCK);
+            if n == KEY_BLOCK {
+                let acc = key_block::<HD, KEY_BLOCK>(q, keys, cap, at);
                 for l in 0..KEY_BLOCK {
-                    acc[l] = qd.mul_add(kr[l], acc[l]);
+                    scores[j0 + l] = acc[l] * scale;
                 }
-            }
-        } else {
-            for (d, &qd) in q.iter().enumerate() {
-                let kr = &keys_t[d * nk + j0..d * nk + j0 + n];
+            } else if at + 16 <= cap {
+                // A block of 16 may read past the valid keys (within the buffer); those
+                // lanes are discarded.
+                let acc = key_block::<HD, 16>(q, keys, cap, at);
+                let n = n.min(16);
                 for l in 0..n {
-                    acc[l] = qd.mul_add(kr[l], acc[l]);
+                    scores[j0 + l] = acc[l] * scale;
+                }
+                j0 += n;
+                continue;
+            } else {
+                for l in 0..n {
+                    let mut acc = 0f32;
+                    for (d, &qd) in q.iter().enumerate() {
+                        acc = qd.mul_add(keys[d * cap + at + l], acc);
+                    }
+                    scores[j0 + l] = acc * scale;
                 }
             }
+            j0 += n;
         }
-        for l in 0..n {
-            scores[j0 + l] = acc[l] * scale;
-        }
-        j0 += n;
+        start += seg.len;
     }
-    let vis = &mut scores[visible.clone()];
-    let max = vis.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    let mut lanes = [0f32; 16];
-    for chunk in vis.chunks_mut(16) {
-        for (l, p) in chunk.iter_mut().enumerate() {
-            *p = exp(*p - max);
-            lanes[l] += *p;
+    let sum = softmax_in_place(&mut scores[visible.clone()]);
+    // Two accumulators (keys at even and odd positions of the visible range) so
+    // consecutive fmas do not wait on each other; added at the end.
+    let (mut even, mut odd) = ([0f32; HD], [0f32; HD]);
+    let mut start = 0;
+    for seg in segments {
+        let (lo, hi) = (visible.start.max(start), visible.end.min(start + seg.len));
+        let values = &seg.v[seg.head_base(row, kv_head, HD)..];
+        let value = |j: usize| -> &[f32; HD] { values[(j - start) * HD..][..HD].try_into().expect("HD values") };
+        let mut j = lo;
+        if j < hi && (j - visible.start) % 2 == 1 {
+            add_scaled(&mut odd, scores[j], value(j));
+            j += 1;
         }
+        while j + 1 < hi {
+            add_scaled(&mut even, scores[j], value(j));
+            add_scaled(&mut odd, scores[j + 1], value(j + 1));
+            j += 2;
+        }
+        if j < hi {
+            add_scaled(&mut even, scores[j], value(j));
+        }
+        start += seg.len;
     }
-    let sum = pairwise(lanes);
-    out.fill(0.0);
-    let mut local = visible.start;
-    for_each_key(segments, row, kv_head, hd, first_key + visible.start..first_key + visible.end, |_, _, v| {
-        let p = scores[local];
-        local += 1;
-        for (o, &x) in out.iter_mut().zip(v) {
-            *o = p.mul_add(x, *o);
-        }
-    });
     let inv = 1.0 / sum;
-    for o in out.iter_mut() {
-        *o *= inv;
+    for (d, o) in out.iter_mut().enumerate() {
+        *o = (even[d] + odd[d]) * inv;
     }
+}
+
+#[inline(always)]
+fn add_scaled<const HD: usize>(acc: &mut [f32; HD], p: f32, v: &[f32; HD]) {
+    for d in 0..HD {
+        acc[d] = p.mul_add(v[d], acc[d]);
+    }
+}
+
+/// Replaces scores by exp(score - max) and returns their sum (16 lanes by position,
+/// then pairwise). Written in whole 16-lane steps so it vectorises.
+fn softmax_in_place(x: &mut [f32]) -> f32 {
+    let mut m = [f32::NEG_INFINITY; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for l in 0..16 {
+            m[l] = if c[l] > m[l] { c[l] } else { m[l] };
+        }
+    }
+    for (l, &v) in chunks.remainder().iter().enumerate() {
+        m[l] = if v > m[l] { v } else { m[l] };
+    }
+    // Max is exact, so the lane split does not matter.
+    let max = m.iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+    let mut lanes = [0f32; 16];
+    let mut chunks = x.chunks_exact_mut(16);
+    for c in &mut chunks {
+        for l in 0..16 {
+            c[l] = exp(c[l] - max);
+            lanes[l] += c[l];
+        }
+    }
+    for (l, v) in chunks.into_remainder().iter_mut().enumerate() {
+        *v = exp(*v - max);
+        lanes[l] += *v;
+    }
+    pairwise(lanes)
+}
+
+/// Dot products of `q` with the N keys at positions at..at+N of a transposed key buffer
+/// (row stride `cap`): one fma chain over d per key.
+#[inline(always)]
+fn key_block<const HD: usize, const N: usize>(q: &[f32; HD], keys: &[f32], cap: usize, at: usize) -> [f32; N] {
+    let mut acc = [0f32; N];
+    for d in 0..HD {
+        let kr: &[f32; N] = keys[d * cap + at..][..N].try_into().expect("N keys");
+        let qd = q[d];
+        for l in 0..N {
+            acc[l] = qd.mul_add(kr[l], acc[l]);
+        }
+    }
+    acc
 }
 
 fn pairwise(mut lanes: [f32; 16]) -> f32 {
@@ -184,7 +269,7 @@ fn pairwise(mut lanes: [f32; 16]) -> f32 {
     lanes[0]
 }
 
-/// e^x for -87 <= x <= 0 (softmax arguments; smaller x give e^-87), to about 2 ulp, in plain arithmetic the compiler
+/// e^x for -87 <= x <= 87 (smaller x give e^-87; callers clamp larger ones), to about 2 ulp, in plain arithmetic the compiler
 /// vectorises: x = n ln2 + r with |r| <= ln2/2, e^r by a degree-6 polynomial, 2^n from
 /// the exponent bits. Deterministic like any fixed sequence of IEEE operations.
 #[inline]
@@ -203,26 +288,10 @@ pub fn exp(x: f32) -> f32 {
     p = p.mul_add(r, 0.5);
     p = p.mul_add(r, 1.0);
     p = p.mul_add(r, 1.0);
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
-    p * scale
-}
-
-/// Calls `f(j, key, value)` for global positions j in `range`, in cache order.
-fn for_each_key(segments: &[SegmentView], row: usize, kv_head: usize, hd: usize, range: std::ops::Range<usize>, mut f: impl FnMut(usize, &[f32], &[f32])) {
-    let mut start = 0;
-    for seg in segments {
-        let (lo, hi) = (range.start.max(start), range.end.min(start + seg.len));
-        if lo < hi {
-            let r = if seg.batch == 1 { 0 } else { row };
-            let n_kv = seg.k.len() / (seg.batch * seg.capacity * hd);
-            let base = (r * n_kv + kv_head) * seg.capacity;
-            for j in lo..hi {
-                let at = (base + j - start) * hd;
-                f(j, &seg.k[at..at + hd], &seg.v[at..at + hd]);
-            }
-        }
-        start += seg.len;
-    }
+    // 2^n from the bits of (n + 127) held in a float's mantissa (n is in [-126, 0]):
+    // integer bit operations only, so the loop stays vectorised.
+    let biased = (n + 127.0 + 8_388_608.0).to_bits() & 0x7F_FFFF;
+    p * f32::from_bits(biased << 23)
 }
 
 /// Rotary position embedding in place on `x` (rows of `heads` x `hd`, position of row
@@ -264,8 +333,8 @@ mod tests {
 
     #[test]
     fn exp_is_close_to_libm() {
-        // Down to -80 (below that softmax weights are < 1e-34 and the clamp at -87 rules).
-        for i in 0..1600 {
+        // -80..80 (below -80 softmax weights are < 1e-34 and the clamp at -87 rules).
+        for i in -1600..1600 {
             let x = -(i as f32) * 0.05;
             let (ours, libm) = (exp(x), x.exp());
             assert!((ours - libm).abs() <= 4.0 * f32::EPSILON * libm, "{x}: {ours} vs {libm}");
@@ -328,7 +397,8 @@ mod tests {
 mod naive_check {
     use super::*;
 
-    /// Textbook attention in f64 over one contiguous (kv_heads, len, hd) cache.
+    /// Textbook attention in f64 over one segment: keys (kv_heads, hd, len), values
+    /// (kv_heads, len, hd).
     fn naive(q: &[f32], s: usize, heads: Heads, k: &[f32], v: &[f32], len: usize, offset: usize) -> Vec<f32> {
         let Heads { n_head, n_kv_head, head_dim: hd } = heads;
         let group = n_head / n_kv_head;
@@ -337,7 +407,7 @@ mod naive_check {
             for h in 0..n_head {
                 let kvh = h / group;
                 let qv = &q[(i * n_head + h) * hd..][..hd];
-                let sc: Vec<f64> = (0..=offset + i).map(|j| (0..hd).map(|d| qv[d] as f64 * k[(kvh * len + j) * hd + d] as f64).sum::<f64>() / (hd as f64).sqrt()).collect();
+                let sc: Vec<f64> = (0..=offset + i).map(|j| (0..hd).map(|d| qv[d] as f64 * k[(kvh * hd + d) * len + j] as f64).sum::<f64>() / (hd as f64).sqrt()).collect();
                 let m = sc.iter().cloned().fold(f64::MIN, f64::max);
                 let e: Vec<f64> = sc.iter().map(|x| (x - m).exp()).collect();
                 let z: f64 = e.iter().sum();

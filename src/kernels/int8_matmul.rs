@@ -30,7 +30,7 @@ pub struct QuantizedActs {
 }
 
 impl QuantizedActs {
-    /// Symmetric per-block quantisation: dx = max|x| / 127, q = round(x / dx). Rows are
+    /// Symmetric per-block quantisation: dx = max|x| / 127, q = round(x / dx) (ties to even). Rows are
     /// independent, so long inputs (prefill) are split across threads.
     pub fn quantize(x: &[f32], m: usize, k: usize, block: usize) -> Self {
         assert_eq!(x.len(), m * k);
@@ -71,15 +71,26 @@ unsafe impl Send for RowsPtr {}
 unsafe impl Sync for RowsPtr {}
 
 fn quantize_row(x: &[f32], block: usize, qs: &mut [i8], d: &mut [f32], xsum: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if block % 16 == 0 && best_path() == KernelPath::Avx512Vnni {
+        // SAFETY: the CPU has AVX-512 (checked above); slices are block-aligned.
+        unsafe { avx512::quantize_row(x, block, qs, d, xsum) };
+        return;
+    }
+    quantize_row_scalar(x, block, qs, d, xsum)
+}
+
+/// The reference quantisation; the AVX-512 version gives the same bits (max and
+/// integer sums are exact, and both round half to even).
+fn quantize_row_scalar(x: &[f32], block: usize, qs: &mut [i8], d: &mut [f32], xsum: &mut [f32]) {
     for (b, vals) in x.chunks_exact(block).enumerate() {
         let amax = vals.iter().fold(0f32, |a, v| a.max(v.abs()));
         let dx = amax / 127.0;
         let inv = if dx > 0.0 { 1.0 / dx } else { 0.0 };
         let mut sum = 0i32;
-        for (j, v) in vals.iter().enumerate() {
-            let q = (v * inv).round().clamp(-127.0, 127.0) as i8;
-            qs[b * block + j] = q;
-            sum += q as i32;
+        for (q, v) in qs[b * block..(b + 1) * block].iter_mut().zip(vals) {
+            *q = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+            sum += *q as i32;
         }
         d[b] = dx;
         xsum[b] = dx * sum as f32;
@@ -218,6 +229,32 @@ mod avx512 {
     use super::{PackedMatrix, QuantizedActs, TILE};
     use std::arch::x86_64::*;
 
+    /// `quantize_row_scalar` in 16-lane steps (block a multiple of 16).
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn quantize_row(x: &[f32], block: usize, qs: &mut [i8], d: &mut [f32], xsum: &mut [f32]) {
+        let lim = _mm512_set1_ps(127.0);
+        let nlim = _mm512_set1_ps(-127.0);
+        for (b, vals) in x.chunks_exact(block).enumerate() {
+            let mut m = _mm512_setzero_ps();
+            for c in vals.chunks_exact(16) {
+                m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(c.as_ptr())));
+            }
+            let amax = _mm512_reduce_max_ps(m);
+            let dx = amax / 127.0;
+            let inv = _mm512_set1_ps(if dx > 0.0 { 1.0 / dx } else { 0.0 });
+            let mut sum = _mm512_setzero_si512();
+            for (i, c) in vals.chunks_exact(16).enumerate() {
+                let v = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(_mm512_loadu_ps(c.as_ptr()), inv), nlim), lim);
+                // Rounds to nearest, ties to even (the default MXCSR mode).
+                let q = _mm512_cvtps_epi32(v);
+                sum = _mm512_add_epi32(sum, q);
+                _mm_storeu_si128(qs.as_mut_ptr().add(b * block + i * 16) as *mut __m128i, _mm512_cvtsepi32_epi8(q));
+            }
+            d[b] = dx;
+            xsum[b] = dx * _mm512_reduce_add_epi32(sum) as f32;
+        }
+    }
+
     /// MR activation rows starting at i0 against the 16 weight rows of each of the NT
     /// tiles starting at t0. Per output, the operations and their order are those of
     /// `scalar_tile`; MR and NT only change how many outputs are in flight.
@@ -317,6 +354,22 @@ mod tests {
             let a = matmul(&p, &x, m, KernelPath::Scalar);
             let b = matmul(&p, &x, m, KernelPath::Avx512Vnni);
             assert_eq!(a, b, "{dtype:?}");
+        }
+    }
+
+    #[test]
+    fn simd_quantisation_equals_the_scalar_reference() {
+        let mut x = random_matrix(3, 512, 9);
+        x[5] = 0.0;
+        x[40..72].iter_mut().for_each(|v| *v = 0.0); // an all-zero block
+        x[100] = 2.5 * x[101].abs().max(1e-3); // a block maximum
+        for block in [16, 32] {
+            let nb = x.len() / block;
+            let (mut q1, mut d1, mut s1) = (vec![0i8; x.len()], vec![0f32; nb], vec![0f32; nb]);
+            let (mut q2, mut d2, mut s2) = (q1.clone(), d1.clone(), s1.clone());
+            quantize_row_scalar(&x, block, &mut q1, &mut d1, &mut s1);
+            quantize_row(&x, block, &mut q2, &mut d2, &mut s2);
+            assert_eq!((q1, d1, s1), (q2, d2, s2), "block {block}");
         }
     }
 

@@ -8,8 +8,11 @@
 //!   [ shared prefix (read-only) ][ fork's own tokens ][ ... ]   -> attention runs over all
 //! ```
 //!
-//! Each segment is a buffer `(batch, kv_heads, capacity, head_dim)` of which the first
-//! `len` positions are valid. Appending writes in place into the last segment while this
+//! Each segment holds values as `(batch, kv_heads, capacity, head_dim)` and keys
+//! transposed, `(batch, kv_heads, head_dim, capacity)`, of which the first `len`
+//! positions are valid. Keys are stored transposed because attention reads them as the
+//! right-hand side of q k^T: the fused CPU kernel then streams each key dimension
+//! contiguously across positions, with no transposition per step. Appending writes in place into the last segment while this
 //! cache is its only owner and it has room; otherwise a new private segment is started,
 //! and nothing already computed is copied. `repeat_batch` shares the batch-1 prefix with
 //! a batch of n continuations (their own tokens go into batch-n segments).
@@ -20,7 +23,9 @@ use std::sync::Arc;
 /// One stretch of cached positions.
 #[derive(Debug, Clone)]
 pub struct Segment {
+    /// Keys, transposed: (batch, kv_heads, head_dim, capacity).
     pub k: Tensor,
+    /// Values: (batch, kv_heads, capacity, head_dim).
     pub v: Tensor,
     pub len: usize,
     /// Shared by every clone of this buffer; unique means we may write in place.
@@ -29,14 +34,14 @@ pub struct Segment {
 
 impl Segment {
     pub fn capacity(&self) -> usize {
-        self.k.dims()[2]
+        self.v.dims()[2]
     }
     pub fn batch(&self) -> usize {
         self.k.dims()[0]
     }
-    /// The valid part of keys and values.
+    /// The valid part of keys (transposed, (b, h, d, len)) and values ((b, h, len, d)).
     pub fn views(&self) -> Result<(Tensor, Tensor)> {
-        Ok((self.k.narrow(2, 0, self.len)?, self.v.narrow(2, 0, self.len)?))
+        Ok((self.k.narrow(3, 0, self.len)?, self.v.narrow(2, 0, self.len)?))
     }
 }
 
@@ -78,16 +83,17 @@ impl KvCache {
             Arc::strong_count(&last.owner) == 1 && last.batch() == b && last.capacity() - last.len >= s
         });
         if !writable {
-            let capacity = s.max(MIN_SEGMENT).max(self.len / 2);
+            // A multiple of 16 so the attention kernel can read whole 16-key blocks.
+            let capacity = s.max(MIN_SEGMENT).max(self.len / 2).next_multiple_of(16);
             segs.push(Segment {
-                k: Tensor::zeros((b, h, capacity, d), k.dtype(), k.device())?,
+                k: Tensor::zeros((b, h, d, capacity), k.dtype(), k.device())?,
                 v: Tensor::zeros((b, h, capacity, d), v.dtype(), v.device())?,
                 len: 0,
                 owner: Arc::new(()),
             });
         }
         let last = segs.last_mut().expect("a segment exists");
-        last.k.slice_set(&k.contiguous()?, 2, last.len)?;
+        last.k.slice_set(&k.transpose(2, 3)?.contiguous()?, 3, last.len)?;
         last.v.slice_set(&v.contiguous()?, 2, last.len)?;
         last.len += s;
         Ok(segs)

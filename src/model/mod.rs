@@ -14,7 +14,7 @@ pub mod transformer;
 
 pub use config::{Activation, Arch, ModelConfig};
 pub use kv_cache::KvCache;
-pub use transformer::{AttentionPath, LogitsAt, Transformer};
+pub use transformer::{OpPath, LogitsAt, Transformer};
 
 use crate::cache;
 use crate::chat::{ChatTemplate, Message};

@@ -73,17 +73,20 @@ pub struct Transformer {
     /// The same tables as flat (positions x head_dim/2) vectors, for the fused attention.
     rope_global_flat: (Vec<f32>, Vec<f32>),
     rope_local_flat: (Vec<f32>, Vec<f32>),
-    /// Which attention implementation runs (see `AttentionPath`).
-    pub attention: AttentionPath,
+    /// Which implementation of attention and the gated activation runs (see `OpPath`).
+    pub op_path: OpPath,
 }
 
-/// How attention is computed.
+/// How attention and the gated activation are computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttentionPath {
-    /// `kernels::attention`: one fused CPU function per (sequence, head, query), spread
-    /// over the threads. The default on CPU.
+pub enum OpPath {
+    /// Our CPU functions: `kernels::attention` (one fused function per (sequence, kv
+    /// head, query block)) and `kernels::activation` (act(gate) * up in one pass), both
+    /// spread over the threads. The default on CPU (head_dim 16, 32, 64, 128 or 256;
+    /// others use the reference).
     Fused,
-    /// Candle tensor ops (the reference, and the path on GPUs).
+    /// Candle tensor ops (the reference, and the path on GPUs); `AFFECTBENCH_OPS=reference`
+    /// selects it on CPU.
     Reference,
 }
 
@@ -105,8 +108,9 @@ impl Transformer {
         let rope_local = rope_tables(config.head_dim, config.rope_base_local, positions, &device)?;
         let flat = |(c, s): &(Tensor, Tensor)| -> Result<(Vec<f32>, Vec<f32>)> { Ok((c.flatten_all()?.to_vec1()?, s.flatten_all()?.to_vec1()?)) };
         let (rope_global_flat, rope_local_flat) = (flat(&rope_global)?, flat(&rope_local)?);
-        let attention = if device.is_cpu() && std::env::var("AFFECTBENCH_ATTENTION").as_deref() != Ok("reference") { AttentionPath::Fused } else { AttentionPath::Reference };
-        Ok(Self { config, embeddings, layers, final_norm, output, device, rope_global, rope_local, rope_global_flat, rope_local_flat, attention })
+        let fused_fits = crate::kernels::attention::HEAD_DIMS.contains(&config.head_dim);
+        let op_path = if device.is_cpu() && fused_fits && std::env::var("AFFECTBENCH_OPS").as_deref() != Ok("reference") { OpPath::Fused } else { OpPath::Reference };
+        Ok(Self { config, embeddings, layers, final_norm, output, device, rope_global, rope_local, rope_global_flat, rope_local_flat, op_path })
     }
 
     /// The longest sequence (cached + new) this model accepts.
@@ -281,9 +285,9 @@ impl Transformer {
     /// (b, s, heads*hd).
     #[allow(clippy::too_many_arguments)]
     fn attend(&self, idx: usize, l: &Layer, q: &Tensor, k: &Tensor, v: &Tensor, cache: &mut KvCache, offset: usize) -> Result<Tensor> {
-        match self.attention {
-            AttentionPath::Fused => self.attend_fused(idx, l, q, k, v, cache, offset),
-            AttentionPath::Reference => self.attend_reference(idx, l, q, k, v, cache, offset),
+        match self.op_path {
+            OpPath::Fused => self.attend_fused(idx, l, q, k, v, cache, offset),
+            OpPath::Reference => self.attend_reference(idx, l, q, k, v, cache, offset),
         }
     }
 
@@ -349,7 +353,11 @@ impl Transformer {
         let q = (q.reshape((b, nkv, group * s, hd))? * (1.0 / (hd as f64).sqrt()))?;
         let mut parts = Vec::with_capacity(segments.len());
         for seg in segments {
-            let (sk, _) = seg.views()?;
+            // The cache keeps keys transposed; the GEMM is handed them exactly as
+            // candle-transformers does (a transposed view of contiguous (len, hd) keys),
+            // since its kernel choice, and so the last bits, depend on the strides.
+            let (sk_t, _) = seg.views()?;
+            let sk = sk_t.transpose(2, 3)?.contiguous()?;
             parts.push(batched_matmul(&q, &sk.t()?, seg.batch())?); // (b, nkv, group*s, len)
         }
         let mut scores = if parts.len() == 1 { parts.pop().expect("one part") } else { Tensor::cat(&parts, 3)? };
@@ -394,11 +402,17 @@ impl Transformer {
             }
             GateUp::Separate(g, u) => (g.forward(&h)?, u.forward(&h)?),
         };
-        let act = match cfg.activation {
-            Activation::Silu => candle_nn::ops::silu(&gate)?,
-            Activation::GeluTanh => gate.gelu()?,
+        let gated = match self.op_path {
+            OpPath::Fused => crate::kernels::activation::gated(&gate, &up, cfg.activation)?,
+            OpPath::Reference => {
+                let act = match cfg.activation {
+                    Activation::Silu => candle_nn::ops::silu(&gate)?,
+                    Activation::GeluTanh => gate.gelu()?,
+                };
+                (act * up)?
+            }
         };
-        let mut out = l.down.forward(&(act * up)?)?;
+        let mut out = l.down.forward(&gated)?;
         if let Some(n) = &l.post_ffn_norm {
             out = rms_norm(&out, n, cfg.rms_eps)?;
         }
