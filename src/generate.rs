@@ -137,7 +137,6 @@ pub fn decode_lockstep(
     max_tokens: usize,
     batch_size: usize,
 ) -> Result<Vec<(Vec<u32>, StopReason)>> {
-    use rayon::prelude::*;
     // Kernels that are not batch-invariant (dense or candle-quantized weights) decode row
     // by row, so results never depend on which rows happen to share a batch.
     let batch_size = if model.transformer.batch_invariant() { batch_size.max(1) } else { 1 };
@@ -149,13 +148,22 @@ pub fn decode_lockstep(
         let mut batch_cache = if n == 1 { cache.clone() } else { cache.repeat_batch(n)? };
         loop {
             // Sampling is CPU work independent per row (own stream, own logits), so the
-            // rows sample in parallel; the result does not depend on the scheduling.
-            let drawn: Vec<Option<u32>> = chunk
-                .par_iter_mut()
-                .zip(row_logits.par_iter())
-                .zip(rows.par_iter())
-                .map(|((rng, l), (_, stopped))| stopped.is_none().then(|| sample(l, sampling, rng)))
-                .collect();
+            // rows sample in parallel, on the same pool as the kernels (a second pool
+            // would spin against it); the result does not depend on the scheduling.
+            let mut drawn: Vec<Option<u32>> = vec![None; n];
+            {
+                let (rng_at, drawn_at) = (RowPtr(chunk.as_mut_ptr()), RowPtr(drawn.as_mut_ptr()));
+                let (rows, row_logits) = (&rows, &row_logits);
+                candle_core::utils::barrier_pool().execute_chunked(n, move |range| {
+                    let (rng_at, drawn_at) = (rng_at, drawn_at);
+                    for i in range {
+                        if rows[i].1.is_none() {
+                            // SAFETY: row i's rng and slot are touched by this task only.
+                            unsafe { *drawn_at.0.add(i) = Some(sample(&row_logits[i], sampling, &mut *rng_at.0.add(i))) };
+                        }
+                    }
+                });
+            }
             let mut feed = Vec::with_capacity(n);
             for (i, next) in drawn.into_iter().enumerate() {
                 let (tokens, stopped) = &mut rows[i];
@@ -205,3 +213,14 @@ pub fn extend_rows(model: &Model, shared: &KvCache, suffixes: &[Vec<u32>]) -> Re
     let logits = model.transformer.last_logits_ragged(suffixes, &mut caches)?;
     Ok(caches.into_iter().zip(logits).collect())
 }
+
+/// A row-indexed buffer shared by pool tasks that each touch their own rows.
+struct RowPtr<T>(*mut T);
+impl<T> Clone for RowPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for RowPtr<T> {}
+unsafe impl<T: Send> Send for RowPtr<T> {}
+unsafe impl<T: Send> Sync for RowPtr<T> {}

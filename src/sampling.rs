@@ -100,12 +100,54 @@ pub fn argmax(logits: &[f32]) -> u32 {
 
 /// Softmax of logits / temperature, in f64 for a stable sum.
 pub fn softmax(logits: &[f32], temperature: f32) -> Vec<f64> {
-    let t = temperature as f64;
-    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let mut p: Vec<f64> = logits.iter().map(|&l| ((l as f64 - max) / t).exp()).collect();
-    let sum: f64 = p.iter().sum();
+    let (mut p, sum) = softmax_weights(logits, temperature);
     p.iter_mut().for_each(|x| *x /= sum);
     p
+}
+
+/// exp((logit - max) / temperature) per token, and their sum (8 lanes by position, then
+/// pairwise): the unnormalised softmax. Written lane-wise with `exp_nonpositive` so it
+/// vectorises; with Gemma's 262,144-token vocabulary libm's scalar exp made sampling
+/// half of a 32-row decode step.
+pub fn softmax_weights(logits: &[f32], temperature: f32) -> (Vec<f64>, f64) {
+    let inv_t = 1.0 / temperature as f64;
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &l| if l > m { l } else { m }) as f64;
+    let mut p = vec![0f64; logits.len()];
+    let mut lanes = [0f64; 8];
+    let mut out = p.chunks_exact_mut(8);
+    let mut inp = logits.chunks_exact(8);
+    for (o, l) in (&mut out).zip(&mut inp) {
+        for k in 0..8 {
+            o[k] = exp_nonpositive((l[k] as f64 - max) * inv_t);
+            lanes[k] += o[k];
+        }
+    }
+    for (k, (o, &l)) in out.into_remainder().iter_mut().zip(inp.remainder()).enumerate() {
+        *o = exp_nonpositive((l as f64 - max) * inv_t);
+        lanes[k] += *o;
+    }
+    let sum = ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]));
+    (p, sum)
+}
+
+/// e^x for x <= 0 in f64 (0 below -708), to a few ulp: x = n ln2 + r, |r| <= ln2/2, e^r
+/// by its Taylor polynomial to degree 13, 2^n from the exponent bits. Plain arithmetic,
+/// so the compiler vectorises the loops that call it, and deterministic.
+#[inline]
+pub fn exp_nonpositive(x: f64) -> f64 {
+    const LN2_HI: f64 = 6.931_471_803_691_238_2e-1;
+    const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
+    const ROUND: f64 = 6_755_399_441_055_744.0; // 1.5 * 2^52: adding it rounds to an integer
+    let x = if x < -708.0 { -708.0 } else { x };
+    let n = (x * std::f64::consts::LOG2_E + ROUND) - ROUND;
+    let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, x));
+    let mut p: f64 = 1.0 / 6_227_020_800.0; // 1/13!
+    for c in [1.0 / 479_001_600.0, 1.0 / 39_916_800.0, 1.0 / 3_628_800.0, 1.0 / 362_880.0, 1.0 / 40_320.0, 1.0 / 5_040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = p.mul_add(r, c);
+    }
+    // 2^n from the bits of n + 1023 held in a double's mantissa (n in [-1022, 0]).
+    let biased = (n + 1023.0 + 4_503_599_627_370_496.0).to_bits() & 0xF_FFFF_FFFF_FFFF;
+    p * f64::from_bits(biased << 52)
 }
 
 /// The first index whose cumulative probability exceeds `u` (in [0, 1)); None when
@@ -125,12 +167,14 @@ pub fn sample(logits: &[f32], sampling: &Sampling, rng: &mut ChaCha20Rng) -> u32
         Sampling::Greedy => return argmax(logits),
         Sampling::Sample { temperature, top_k, top_p, min_p } => (temperature, top_k, top_p, min_p),
     };
-    let probs = softmax(logits, temperature);
     if top_k.is_none() && top_p.is_none() && min_p.is_none() {
         // No filter: invert the cumulative distribution in token-id order (no sort of
-        // the whole vocabulary per token).
-        return inverse_cdf(&probs, rng.random::<f64>()).map(|i| i as u32).unwrap_or_else(|| argmax(logits));
+        // the whole vocabulary per token), on the unnormalised weights with u scaled by
+        // their sum (one pass fewer than normalising).
+        let (weights, sum) = softmax_weights(logits, temperature);
+        return inverse_cdf(&weights, rng.random::<f64>() * sum).map(|i| i as u32).unwrap_or_else(|| argmax(logits));
     }
+    let probs = softmax(logits, temperature);
     // Candidates by descending probability; ties broken by token id for determinism.
     let mut order: Vec<usize> = (0..probs.len()).collect();
     order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
@@ -210,6 +254,18 @@ mod tests {
             let se = (expected[i] * (1.0 - expected[i]) / n as f64).sqrt();
             assert!((f - expected[i]).abs() < 5.0 * se + 1e-4, "token {i}: {f} vs {}", expected[i]);
         }
+    }
+
+    #[test]
+    fn exp_matches_libm() {
+        // Down to -700 (below -708 the clamp rules and weights are < 1e-307 anyway).
+        for i in 0..19_600 {
+            let x = -(i as f64) * 0.0357;
+            let (ours, libm) = (exp_nonpositive(x), x.exp());
+            assert!((ours - libm).abs() <= 8.0 * f64::EPSILON * libm, "{x}: {ours} vs {libm}");
+        }
+        assert_eq!(exp_nonpositive(0.0), 1.0);
+        assert!(exp_nonpositive(-1000.0) < 1e-300);
     }
 
     #[test]

@@ -136,34 +136,6 @@ impl KvCache {
         }
         Ok(Self { layers: self.layers.clone(), len: self.len, batch: Some(n) })
     }
-
-    /// One batch-1 cache per row of a batched cache: shared batch-1 segments stay shared;
-    /// each row gets its own copy of its part of the batch-n segments, with the same
-    /// capacity and sole ownership, i.e. exactly the cache that row would have had if it
-    /// had been computed alone (so later appends land in the same segments).
-    pub fn split_rows(&self) -> Result<Vec<KvCache>> {
-        let n = self.batch.unwrap_or(1);
-        (0..n)
-            .map(|i| {
-                let layers = self
-                    .layers
-                    .iter()
-                    .map(|segs| {
-                        segs.iter()
-                            .map(|seg| {
-                                if seg.batch() == 1 {
-                                    Ok(seg.clone())
-                                } else {
-                                    Ok(Segment { k: seg.k.narrow(0, i, 1)?.contiguous()?, v: seg.v.narrow(0, i, 1)?.contiguous()?, len: seg.len, owner: Arc::new(()) })
-                                }
-                            })
-                            .collect::<Result<Vec<_>>>()
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(KvCache { layers, len: self.len, batch: Some(1) })
-            })
-            .collect()
-    }
 }
 
 #[cfg(test)]
