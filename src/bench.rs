@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::generate::{decode_lockstep, extend_rows};
 use crate::model::{KvCache, LogitsAt, Model};
 use crate::sampling::{argmax, sequence_rng, SamplingParams};
-use crate::study::choice::option_logprobs;
+use crate::study::choice::option_logprobs_rows;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
@@ -98,15 +98,18 @@ pub fn decode_steps(model: &Model, cache: &KvCache, first: u32, steps: usize) ->
 
 /// One pass of the questionnaire as the study runner does it: the prefix once, then
 /// the items forked from it and prefilled together, up to `batch_size` per forward pass
-/// (`extend_rows`), options scored at each item's answer position.
+/// (`extend_rows`), options scored at each item's answer position, the batch's items
+/// together (`option_logprobs_rows`).
 pub fn questionnaire_pass(model: &Model, prefix: &[u32], items: &[Vec<u32>], options: &[Vec<u32>], batch_size: usize) -> Result<Vec<Vec<f64>>> {
     let shared = prefill(model, prefix)?;
     let mut out = vec![Vec::new(); items.len()];
     let indices: Vec<usize> = (0..items.len()).collect();
     for batch in indices.chunks(batch_size.max(1)) {
         let suffixes: Vec<Vec<u32>> = batch.iter().map(|&i| items[i].clone()).collect();
-        for (&i, (cache, logits)) in batch.iter().zip(extend_rows(model, &shared, &suffixes)?) {
-            out[i] = option_logprobs(model, &cache, &logits, options)?;
+        let prefilled = extend_rows(model, &shared, &suffixes)?;
+        let rows: Vec<_> = prefilled.iter().map(|(cache, logits)| (cache, &logits[..], options)).collect();
+        for (&i, lps) in batch.iter().zip(option_logprobs_rows(model, &rows)?) {
+            out[i] = lps;
         }
     }
     Ok(out)

@@ -3,42 +3,61 @@
 //! the sum of their tokens' log-probabilities, by extending a fork of the prompt's cache.
 
 use crate::error::Result;
-use crate::model::{KvCache, LogitsAt, Model};
-use candle_core::IndexOp;
+use crate::model::{KvCache, Model};
 
-/// log-softmax of one logit row, in f64.
+/// log-softmax of one logit row, in f64 (the vectorised exp of the sampler).
 pub fn log_softmax(logits: &[f32]) -> Vec<f64> {
-    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln() + max;
+    let (weights, sum) = crate::sampling::softmax_weights(logits, 1.0);
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &l| if l > m { l } else { m }) as f64;
+    let lse = sum.ln() + max;
+    drop(weights);
     logits.iter().map(|&l| l as f64 - lse).collect()
 }
 
 /// log P(option tokens | prompt) for each option. `cache` holds the prompt and
 /// `last_logits` are the logits at its final position.
-///
-/// Labels are scored depth by depth: at depth d every distinct d-token label prefix is
-/// fed in one batched forward from the prompt's cache, so the 11 bins "0".."100" take two
-/// passes instead of ten (batching does not change results: the kernels are
-/// batch-invariant).
 pub fn option_logprobs(model: &Model, cache: &KvCache, last_logits: &[f32], options: &[Vec<u32>]) -> Result<Vec<f64>> {
-    let first = log_softmax(last_logits);
-    let mut out: Vec<f64> = options.iter().map(|t| first[t[0] as usize]).collect();
-    let longest = options.iter().map(|t| t.len()).max().unwrap_or(0);
+    Ok(option_logprobs_rows(model, &[(cache, last_logits, options)])?.pop().expect("one row"))
+}
+
+/// `option_logprobs` for several prompts at once (e.g. a batch of items): multi-token
+/// labels are scored depth by depth, and at depth d every distinct d-token label prefix
+/// of every prompt is fed from that prompt's cache in one forward pass (rows of
+/// different prompts and lengths together; the kernels are batch-invariant, so each
+/// row equals its lone computation). Labels like " 1", which every tokenizer here splits
+/// into two tokens, thus cost one pass per batch instead of one per item.
+pub fn option_logprobs_rows(model: &Model, rows: &[(&KvCache, &[f32], &[Vec<u32>])]) -> Result<Vec<Vec<f64>>> {
+    let mut out: Vec<Vec<f64>> = rows
+        .iter()
+        .map(|(_, logits, options)| {
+            let first = log_softmax(logits);
+            options.iter().map(|t| first[t[0] as usize]).collect()
+        })
+        .collect();
+    let longest = rows.iter().flat_map(|(_, _, o)| o.iter().map(|t| t.len())).max().unwrap_or(0);
     for depth in 1..longest {
-        let mut prefixes: Vec<Vec<u32>> = Vec::new();
-        for t in options.iter().filter(|t| t.len() > depth) {
-            if !prefixes.iter().any(|p| p[..] == t[..depth]) {
-                prefixes.push(t[..depth].to_vec());
+        // (row, prefix) pairs, distinct within a row.
+        let mut jobs: Vec<(usize, Vec<u32>)> = Vec::new();
+        for (r, (_, _, options)) in rows.iter().enumerate() {
+            for t in options.iter().filter(|t| t.len() > depth) {
+                if !jobs.iter().any(|(jr, p)| *jr == r && p[..] == t[..depth]) {
+                    jobs.push((r, t[..depth].to_vec()));
+                }
             }
         }
-        let mut batch_cache = if prefixes.len() == 1 { cache.clone() } else { cache.repeat_batch(prefixes.len())? };
-        let logits = model.transformer.forward(&prefixes, &mut batch_cache, &LogitsAt::Last)?;
-        let rows: Vec<Vec<f64>> = (0..prefixes.len())
-            .map(|i| Ok(log_softmax(&logits.i((i, 0))?.to_vec1::<f32>()?)))
-            .collect::<Result<_>>()?;
-        for (i, t) in options.iter().enumerate().filter(|(_, t)| t.len() > depth) {
-            let row = prefixes.iter().position(|p| p[..] == t[..depth]).expect("collected above");
-            out[i] += rows[row][t[depth] as usize];
+        let prefixes: Vec<Vec<u32>> = jobs.iter().map(|(_, p)| p.clone()).collect();
+        let logits: Vec<Vec<f32>> = if jobs.len() > 1 && model.transformer.batch_invariant() {
+            let mut caches: Vec<KvCache> = jobs.iter().map(|(r, _)| rows[*r].0.clone()).collect();
+            model.transformer.last_logits_ragged(&prefixes, &mut caches)?
+        } else {
+            jobs.iter().map(|(r, p)| model.transformer.last_logits(p, &mut rows[*r].0.clone())).collect::<candle_core::Result<_>>()?
+        };
+        let lps: Vec<Vec<f64>> = logits.iter().map(|l| log_softmax(l)).collect();
+        for (r, (_, _, options)) in rows.iter().enumerate() {
+            for (i, t) in options.iter().enumerate().filter(|(_, t)| t.len() > depth) {
+                let j = jobs.iter().position(|(jr, p)| *jr == r && p[..] == t[..depth]).expect("collected above");
+                out[r][i] += lps[j][t[depth] as usize];
+            }
         }
     }
     Ok(out)

@@ -11,7 +11,7 @@
 //! status (`running`, `success`, `error`). A failing trial is recorded with its error;
 //! the run stops only when more than 20% of at least 10 trials have failed.
 
-use super::choice::{normalise, option_logprobs};
+use super::choice::{normalise, option_logprobs, option_logprobs_rows};
 use super::parse::{parse_label, parse_number};
 use super::plan::{expand, Group, Plan, Question, Trial};
 use super::prompt::{prefix_steps, question_text, reask_text, Step};
@@ -252,11 +252,33 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
                     }
                     false => vec![None; unit.len()],
                 };
+                // The unit's choice read-outs scored together (multi-token labels need
+                // further passes; one per unit instead of one per item). On failure each
+                // trial scores its own.
+                let mut scored: Vec<Option<Vec<f64>>> = vec![None; unit.len()];
+                if is_items && prefilled.iter().all(|p| p.is_some()) {
+                    let options: Option<Vec<Vec<Vec<u32>>>> = unit
+                        .iter()
+                        .map(|&i| match &plan.trials[i].question {
+                            Question::Item { instrument, .. } => item_options(&study, model, &lib.instruments[instrument], &ctx.prompts[&plan.trials[i].id].labels).ok().flatten().map(|o| o.2),
+                            _ => None,
+                        })
+                        .collect();
+                    if let Some(options) = options {
+                        let rows: Vec<_> = prefilled.iter().zip(&options).map(|(p, o)| {
+                            let (cache, logits) = p.as_ref().expect("checked above");
+                            (cache, &logits[..], &o[..])
+                        }).collect();
+                        if let Ok(lps) = option_logprobs_rows(model, &rows) {
+                            scored = lps.into_iter().map(Some).collect();
+                        }
+                    }
+                }
                 let prefill_ms = batch_started.elapsed().as_secs_f64() * 1e3 / unit.len() as f64;
                 for (k, i) in unit.into_iter().enumerate() {
                     let trial = &plan.trials[i];
                     let started = Instant::now();
-                    let ready = prefilled[k].take().map(|(c, l)| (c, l, prefill_ms));
+                    let ready = prefilled[k].take().map(|(c, l)| (c, l, prefill_ms, scored[k].take()));
                     let record = match run_trial(&study, &lib, model, group, &ctx, trial, completions.get(&trial.id), ready) {
                         Ok(r) => r,
                         Err(e) => {
@@ -451,7 +473,11 @@ fn work_units(trials: &[Trial], todo: &[usize], batch_size: usize) -> Vec<Vec<us
     units
 }
 
-fn run_trial(study: &Study, lib: &Library, model: &Model, group: &Group, ctx: &GroupContext, trial: &Trial, decoded: Option<&Vec<u32>>, prefilled: Option<(KvCache, Vec<f32>, f64)>) -> Result<TrialRecord> {
+/// An item trial's prompt already prefilled with its unit: cache, last logits, prefill
+/// ms per trial, and the options' log-probabilities when they were scored with the unit.
+type Prefilled = (KvCache, Vec<f32>, f64, Option<Vec<f64>>);
+
+fn run_trial(study: &Study, lib: &Library, model: &Model, group: &Group, ctx: &GroupContext, trial: &Trial, decoded: Option<&Vec<u32>>, prefilled: Option<Prefilled>) -> Result<TrialRecord> {
     let mut rec = base_record(group, trial, ctx);
     let TrialPrompt { question, labels, tokens, .. } = ctx.prompts.get(&trial.id).cloned().expect("prompt rendered for every member");
     let sampling = study_sampling(study)?;
@@ -470,12 +496,12 @@ fn run_trial(study: &Study, lib: &Library, model: &Model, group: &Group, ctx: &G
             rec.timing = serde_json::json!({ "judge_ms": t1.elapsed().as_secs_f64() * 1e3 });
         }
         Question::Item { instrument, item, .. } => {
-            let (cache, logits, prefill_ms) = match prefilled {
+            let (cache, logits, prefill_ms, scored) = match prefilled {
                 Some(ready) => ready,
                 None => {
                     let t0 = Instant::now();
                     let (cache, logits) = ctx.extend(model, &tokens)?;
-                    (cache, logits, t0.elapsed().as_secs_f64() * 1e3)
+                    (cache, logits, t0.elapsed().as_secs_f64() * 1e3, None)
                 }
             };
             let ins = &lib.instruments[instrument];
@@ -483,13 +509,11 @@ fn run_trial(study: &Study, lib: &Library, model: &Model, group: &Group, ctx: &G
             // Choice read-out (one item per conversation only: with all items in one turn
             // there is no single answer position).
             let t1 = Instant::now();
-            if study.per_conversation == PerConversation::One {
-                let (shown, values): (Vec<String>, Vec<f64>) = match &ins.response {
-                    Response::Options(opts) => labels.iter().map(|(l, idx)| (l.clone(), opts[*idx].value)).unzip(),
-                    Response::Numeric { bins, .. } => bins.iter().map(|b| (b.to_string(), *b as f64)).unzip(),
+            if let Some((shown, values, option_tokens)) = item_options(study, model, ins, &labels)? {
+                let lps = match scored {
+                    Some(lps) => lps,
+                    None => option_logprobs(model, &cache, &logits, &option_tokens)?,
                 };
-                let option_tokens = shown.iter().map(|l| model.tokenizer.encode(l, false)).collect::<Result<Vec<_>>>()?;
-                let lps = option_logprobs(model, &cache, &logits, &option_tokens)?;
                 let (probs, mass) = normalise(&lps);
                 let keying = item_def.map(|it| (ins, it));
                 rec.choice = Some(choice_readout(study, shown, values, probs, mass, &format!("{}/choice-draw", trial.id), keying));
@@ -563,6 +587,20 @@ fn run_trial(study: &Study, lib: &Library, model: &Model, group: &Group, ctx: &G
 
 /// Summaries of an option distribution: expected value, argmax, a seeded draw (from the
 /// stream `draw_stream`) and the expected value after reverse keying.
+/// The labels an item trial shows, their values and their tokens, for the choice
+/// read-out; None when the conversation holds all items (no single answer position).
+fn item_options(study: &Study, model: &Model, ins: &crate::scenario::Instrument, labels: &[(String, usize)]) -> Result<Option<(Vec<String>, Vec<f64>, Vec<Vec<u32>>)>> {
+    if study.per_conversation != PerConversation::One {
+        return Ok(None);
+    }
+    let (shown, values): (Vec<String>, Vec<f64>) = match &ins.response {
+        Response::Options(opts) => labels.iter().map(|(l, idx)| (l.clone(), opts[*idx].value)).unzip(),
+        Response::Numeric { bins, .. } => bins.iter().map(|b| (b.to_string(), *b as f64)).unzip(),
+    };
+    let tokens = shown.iter().map(|l| model.tokenizer.encode(l, false)).collect::<Result<Vec<_>>>()?;
+    Ok(Some((shown, values, tokens)))
+}
+
 fn choice_readout(study: &Study, labels: Vec<String>, values: Vec<f64>, probs: Vec<f64>, mass: f64, draw_stream: &str, keying: Option<(&crate::scenario::Instrument, &crate::scenario::Item)>) -> ChoiceReadout {
     let expected: f64 = probs.iter().zip(&values).map(|(p, v)| p * v).sum();
     let best = probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0);
