@@ -63,8 +63,8 @@ pub fn attention(q: &[f32], b: usize, s: usize, heads: Heads, segments: &[Segmen
     let mut out = vec![0f32; b * s * width];
     let total: usize = segments.iter().map(|g| g.len).sum();
     assert_eq!(total, offset + s, "segments must hold the cached and the new positions");
-    // A unit is (row, kv head, block of queries): the kv head's keys are transposed
-    // once per unit and serve every query head of the group.
+    // A unit is (row, kv head, block of queries): every query head of the group reads
+    // that kv head's keys while they are still in cache.
     let blocks = s.div_ceil(QUERY_BLOCK);
     let units = b * n_kv_head * blocks;
     let dst = OutPtr(out.as_mut_ptr());
@@ -88,6 +88,7 @@ pub fn attention(q: &[f32], b: usize, s: usize, heads: Heads, segments: &[Segmen
     out
 }
 
+/// Queries per unit: enough units to balance the causal triangle over the threads.
 const QUERY_BLOCK: usize = 16;
 /// Keys per register block of the score loop (independent fma chains in flight).
 const KEY_BLOCK: usize = 128;
