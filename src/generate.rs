@@ -2,6 +2,7 @@
 //! or the token limit, streaming each piece of text as it is decoded.
 
 use crate::error::{Error, Result};
+use crate::kernels::SharedMut;
 use crate::model::{KvCache, Model};
 use crate::sampling::{sample, sequence_rng, Sampling};
 use std::time::Instant;
@@ -152,14 +153,14 @@ pub fn decode_lockstep(
             // would spin against it); the result does not depend on the scheduling.
             let mut drawn: Vec<Option<u32>> = vec![None; n];
             {
-                let (rng_at, drawn_at) = (RowPtr(chunk.as_mut_ptr()), RowPtr(drawn.as_mut_ptr()));
+                let (rng_at, drawn_at) = (SharedMut::new(chunk), SharedMut::new(&mut drawn));
                 let (rows, row_logits) = (&rows, &row_logits);
                 candle_core::utils::barrier_pool().execute_chunked(n, move |range| {
-                    let (rng_at, drawn_at) = (rng_at, drawn_at);
                     for i in range {
                         if rows[i].1.is_none() {
                             // SAFETY: row i's rng and slot are touched by this task only.
-                            unsafe { *drawn_at.0.add(i) = Some(sample(&row_logits[i], sampling, &mut *rng_at.0.add(i))) };
+                            let (rng, slot) = unsafe { (&mut rng_at.slice(i, 1)[0], &mut drawn_at.slice(i, 1)[0]) };
+                            *slot = Some(sample(&row_logits[i], sampling, rng));
                         }
                     }
                 });
@@ -198,29 +199,25 @@ pub fn decode_lockstep(
 /// to extending the cache with that suffix alone (the projections compute each position
 /// independently of the others, attention runs row by row on the row's own fork).
 pub fn extend_rows(model: &Model, shared: &KvCache, suffixes: &[Vec<u32>]) -> Result<Vec<(KvCache, Vec<f32>)>> {
+    extend_each(model, vec![shared.clone(); suffixes.len()], suffixes)
+}
+
+/// Extends cache i with suffix i (one pair per row; rows may differ in length and cached
+/// prefix) and returns each extended cache with its last-position logits: one ragged
+/// forward pass where the kernels are batch-invariant, each row alone otherwise. Either
+/// way each row is bit-identical to extending it alone.
+pub fn extend_each(model: &Model, mut caches: Vec<KvCache>, suffixes: &[Vec<u32>]) -> Result<Vec<(KvCache, Vec<f32>)>> {
     if suffixes.len() == 1 || !model.transformer.batch_invariant() {
         // One row, or kernels whose rows change with the batch: each row alone.
-        return suffixes
-            .iter()
-            .map(|s| {
-                let mut cache = shared.clone();
+        return caches
+            .into_iter()
+            .zip(suffixes)
+            .map(|(mut cache, s)| {
                 let logits = model.transformer.last_logits(s, &mut cache)?;
                 Ok((cache, logits))
             })
             .collect();
     }
-    let mut caches = vec![shared.clone(); suffixes.len()];
     let logits = model.transformer.last_logits_ragged(suffixes, &mut caches)?;
     Ok(caches.into_iter().zip(logits).collect())
 }
-
-/// A row-indexed buffer shared by pool tasks that each touch their own rows.
-struct RowPtr<T>(*mut T);
-impl<T> Clone for RowPtr<T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<T> Copy for RowPtr<T> {}
-unsafe impl<T: Send> Send for RowPtr<T> {}
-unsafe impl<T: Send> Sync for RowPtr<T> {}

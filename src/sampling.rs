@@ -110,24 +110,45 @@ pub fn softmax(logits: &[f32], temperature: f32) -> Vec<f64> {
 /// vectorises; with Gemma's 262,144-token vocabulary libm's scalar exp made sampling
 /// half of a 32-row decode step.
 pub fn softmax_weights(logits: &[f32], temperature: f32) -> (Vec<f64>, f64) {
-    let inv_t = 1.0 / temperature as f64;
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &l| if l > m { l } else { m }) as f64;
     let mut p = vec![0f64; logits.len()];
+    let sum = exp_weights::<true>(logits, 1.0 / temperature as f64, max_logit(logits), &mut p);
+    (p, sum)
+}
+
+/// ln(sum_i exp(logit_i)), by the same arithmetic as `softmax_weights` at temperature 1,
+/// without keeping the weights (log-softmax needs only this).
+pub fn log_sum_exp(logits: &[f32]) -> f64 {
+    let max = max_logit(logits);
+    exp_weights::<false>(logits, 1.0, max, &mut []).ln() + max
+}
+
+fn max_logit(logits: &[f32]) -> f64 {
+    logits.iter().fold(f32::NEG_INFINITY, |m, &l| if l > m { l } else { m }) as f64
+}
+
+/// Sum of exp((logit - max) * inv_t) in 8 lanes by position, then pairwise; with STORE
+/// each term is also written to `out` (same length as `logits`).
+fn exp_weights<const STORE: bool>(logits: &[f32], inv_t: f64, max: f64, out: &mut [f64]) -> f64 {
     let mut lanes = [0f64; 8];
-    let mut out = p.chunks_exact_mut(8);
-    let mut inp = logits.chunks_exact(8);
-    for (o, l) in (&mut out).zip(&mut inp) {
+    // Without STORE the terms go to a scratch block that is overwritten each step.
+    let mut scratch = [0f64; 8];
+    let whole = logits.len() / 8 * 8;
+    for (c, l) in logits[..whole].chunks_exact(8).enumerate() {
+        let o: &mut [f64; 8] = if STORE { (&mut out[c * 8..c * 8 + 8]).try_into().expect("8 slots") } else { &mut scratch };
+        // Whole 8-lane steps, so the loop vectorises.
         for k in 0..8 {
             o[k] = exp_nonpositive((l[k] as f64 - max) * inv_t);
             lanes[k] += o[k];
         }
     }
-    for (k, (o, &l)) in out.into_remainder().iter_mut().zip(inp.remainder()).enumerate() {
-        *o = exp_nonpositive((l as f64 - max) * inv_t);
-        lanes[k] += *o;
+    for (k, &x) in logits[whole..].iter().enumerate() {
+        let w = exp_nonpositive((x as f64 - max) * inv_t);
+        if STORE {
+            out[whole + k] = w;
+        }
+        lanes[k] += w;
     }
-    let sum = ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]));
-    (p, sum)
+    ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]))
 }
 
 /// e^x for x <= 0 in f64 (0 below -708), to a few ulp: x = n ln2 + r, |r| <= ln2/2, e^r

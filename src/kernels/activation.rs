@@ -7,7 +7,7 @@
 //! not depend on the batch or the thread count.
 
 use crate::kernels::attention::exp;
-use crate::kernels::int8_matmul::OutPtr;
+use crate::kernels::SharedMut;
 use crate::model::Activation;
 use candle_core::{DType, Result, Tensor};
 
@@ -29,12 +29,11 @@ pub fn gated(gate: &Tensor, up: &Tensor, activation: Activation) -> Result<Tenso
     let (g, g_stride) = row_view(&gs, gl)?;
     let (u, u_stride) = row_view(&us, ul)?;
     let mut out = vec![0f32; rows * f];
-    let dst = OutPtr(out.as_mut_ptr());
+    let dst = SharedMut::new(&mut out);
     let run = |range: std::ops::Range<usize>| {
-        let dst = dst;
         for r in range {
             // SAFETY: row r of `out` is written by this task only.
-            let o = unsafe { std::slice::from_raw_parts_mut(dst.0.add(r * f), f) };
+            let o = unsafe { dst.slice(r * f, f) };
             gated_row(&g[r * g_stride..][..f], &u[r * u_stride..][..f], activation, o);
         }
     };

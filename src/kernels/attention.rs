@@ -21,7 +21,7 @@
 //!
 //! so a sequence's attention is bit-identical alone or batched (the engine's guarantee).
 
-use crate::kernels::int8_matmul::OutPtr;
+use crate::kernels::SharedMut;
 
 /// Keys and values of one cache segment: keys transposed, `(batch, kv_heads, head_dim,
 /// capacity)`, values `(batch, kv_heads, capacity, head_dim)`, of which the first `len`
@@ -67,16 +67,15 @@ pub fn attention(q: &[f32], b: usize, s: usize, heads: Heads, segments: &[Segmen
     // that kv head's keys while they are still in cache.
     let blocks = s.div_ceil(QUERY_BLOCK);
     let units = b * n_kv_head * blocks;
-    let dst = OutPtr(out.as_mut_ptr());
+    let dst = SharedMut::new(&mut out);
     let run = |range: std::ops::Range<usize>| {
-        let dst = dst;
-        let mut scratch = Scratch::default();
+        let mut scores = Vec::new();
         for unit in range {
             let (row, rest) = (unit / (n_kv_head * blocks), unit % (n_kv_head * blocks));
             let (kv_head, block) = (rest / blocks, rest % blocks);
             let queries = block * QUERY_BLOCK..((block + 1) * QUERY_BLOCK).min(s);
             // SAFETY: the unit writes only its own (row, query, head) outputs.
-            unsafe { attend_unit(q, dst, row, kv_head, queries, s, heads, segments, offset, window, &mut scratch) };
+            unsafe { attend_unit(q, dst, row, kv_head, queries, s, heads, segments, offset, window, &mut scores) };
         }
     };
     // Small problems (a decode step) run inline; the split never changes results.
@@ -93,25 +92,19 @@ const QUERY_BLOCK: usize = 16;
 /// Keys per register block of the score loop (independent fma chains in flight).
 const KEY_BLOCK: usize = 128;
 
-#[derive(Default)]
-struct Scratch {
-    scores: Vec<f32>,
-}
-
 #[allow(clippy::too_many_arguments)]
-unsafe fn attend_unit(q: &[f32], dst: OutPtr, row: usize, kv_head: usize, queries: std::ops::Range<usize>, s: usize, heads: Heads, segments: &[SegmentView], offset: usize, window: Option<usize>, scratch: &mut Scratch) {
+unsafe fn attend_unit(q: &[f32], dst: SharedMut<f32>, row: usize, kv_head: usize, queries: std::ops::Range<usize>, s: usize, heads: Heads, segments: &[SegmentView], offset: usize, window: Option<usize>, scores: &mut Vec<f32>) {
     let Heads { n_head, n_kv_head, head_dim: hd } = heads;
     let group = n_head / n_kv_head;
     let width = n_head * hd;
-    scratch.scores.resize(offset + queries.end, 0.0);
+    scores.resize(offset + queries.end, 0.0);
     let scale = 1.0 / (hd as f32).sqrt();
     for i in queries {
         let qpos = offset + i;
         let first = window.map_or(0, |w| (qpos + 1).saturating_sub(w));
         for head in kv_head * group..(kv_head + 1) * group {
             let at = (row * s + i) * width + head * hd;
-            let out = std::slice::from_raw_parts_mut(dst.0.add(at), hd);
-            one_query(&q[at..at + hd], first..qpos + 1, scale, &mut scratch.scores, segments, row, kv_head, out);
+            one_query(&q[at..at + hd], first..qpos + 1, scale, scores, segments, row, kv_head, dst.slice(at, hd));
         }
     }
 }

@@ -16,6 +16,7 @@
 //! exactly. Threads split the output tiles; each output is owned by one thread.
 
 use super::packed::{PackedMatrix, TILE};
+use super::SharedMut;
 
 /// Activations quantised to int8 per block, as the kernel consumes them.
 pub struct QuantizedActs {
@@ -37,18 +38,11 @@ impl QuantizedActs {
         assert_eq!(k % block, 0);
         let nb = k / block;
         let mut acts = Self { m, k, block, qs: vec![0i8; m * k], d: vec![0f32; m * nb], xsum: vec![0f32; m * nb] };
-        let rows = RowsPtr { qs: acts.qs.as_mut_ptr(), d: acts.d.as_mut_ptr(), xsum: acts.xsum.as_mut_ptr() };
+        let (qs, d, xsum) = (SharedMut::new(&mut acts.qs), SharedMut::new(&mut acts.d), SharedMut::new(&mut acts.xsum));
         let quantize_rows = |range: std::ops::Range<usize>| {
-            let rows = rows;
             for row in range {
                 // SAFETY: each row's slices are disjoint and written by one task only.
-                let (qs, d, xsum) = unsafe {
-                    (
-                        std::slice::from_raw_parts_mut(rows.qs.add(row * k), k),
-                        std::slice::from_raw_parts_mut(rows.d.add(row * nb), nb),
-                        std::slice::from_raw_parts_mut(rows.xsum.add(row * nb), nb),
-                    )
-                };
+                let (qs, d, xsum) = unsafe { (qs.slice(row * k, k), d.slice(row * nb, nb), xsum.slice(row * nb, nb)) };
                 quantize_row(&x[row * k..(row + 1) * k], block, qs, d, xsum);
             }
         };
@@ -60,15 +54,6 @@ impl QuantizedActs {
         acts
     }
 }
-
-#[derive(Clone, Copy)]
-struct RowsPtr {
-    qs: *mut i8,
-    d: *mut f32,
-    xsum: *mut f32,
-}
-unsafe impl Send for RowsPtr {}
-unsafe impl Sync for RowsPtr {}
 
 fn quantize_row(x: &[f32], block: usize, qs: &mut [i8], d: &mut [f32], xsum: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
@@ -118,12 +103,6 @@ pub fn best_path() -> KernelPath {
     KernelPath::Scalar
 }
 
-/// Raw output pointer shared by workers that write disjoint columns.
-#[derive(Clone, Copy)]
-pub(crate) struct OutPtr(pub(crate) *mut f32);
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
 /// y (m x n, row-major) = x (m x k) W^T.
 pub fn matmul(w: &PackedMatrix, x: &[f32], m: usize, path: KernelPath) -> Vec<f32> {
     let acts = QuantizedActs::quantize(x, m, w.k, w.block);
@@ -137,7 +116,7 @@ pub fn matmul_quantized(w: &PackedMatrix, acts: &QuantizedActs, y: &mut [f32], p
     assert_eq!(acts.k, w.k);
     assert_eq!(acts.block, w.block);
     assert_eq!(y.len(), acts.m * w.n);
-    let out = OutPtr(y.as_mut_ptr());
+    let out = SharedMut::new(y);
     // Threads take groups of TILES_PER_TASK tiles so the micro-kernel can keep several
     // independent accumulator chains per activation row (see `run_tiles`).
     let groups = w.n_tiles().div_ceil(TILES_PER_TASK);
@@ -145,11 +124,10 @@ pub fn matmul_quantized(w: &PackedMatrix, acts: &QuantizedActs, y: &mut [f32], p
     // two pools from spinning against each other on few cores (rayon's park/wake per
     // matmul was a third of decode time).
     candle_core::utils::barrier_pool().execute_chunked(groups, |range| {
-        let out = out;
         for g in range {
             let tiles = g * TILES_PER_TASK..((g + 1) * TILES_PER_TASK).min(w.n_tiles());
             // SAFETY: tiles t write only columns [16t, 16t+16) of y, owned by this task.
-            unsafe { run_tiles(w, acts, tiles, out.0, path) };
+            unsafe { run_tiles(w, acts, tiles, out.ptr(), path) };
         }
     });
 }
@@ -166,26 +144,10 @@ unsafe fn run_tiles(w: &PackedMatrix, acts: &QuantizedActs, tiles: std::ops::Ran
             // Decode (fewer than 4 rows) streams weights once per call and measured
             // faster one tile at a time (criterion `int8_matmul`, rows = 1).
             if tiles.len() == TILES_PER_TASK && acts.m >= 4 {
-                let mut i = 0;
-                while i + 4 <= acts.m {
-                    avx512::tiles::<4, TILES_PER_TASK>(w, acts, t0, i, out);
-                    i += 4;
-                }
-                while i < acts.m {
-                    avx512::tiles::<1, TILES_PER_TASK>(w, acts, t0, i, out);
-                    i += 1;
-                }
+                avx512::all_rows::<TILES_PER_TASK>(w, acts, t0, out);
             } else {
                 for t in tiles {
-                    let mut i = 0;
-                    while i + 4 <= acts.m {
-                        avx512::tiles::<4, 1>(w, acts, t, i, out);
-                        i += 4;
-                    }
-                    while i < acts.m {
-                        avx512::tiles::<1, 1>(w, acts, t, i, out);
-                        i += 1;
-                    }
+                    avx512::all_rows::<1>(w, acts, t, out);
                 }
             }
         }
@@ -254,6 +216,21 @@ mod avx512 {
             }
             d[b] = dx;
             xsum[b] = dx * _mm512_reduce_add_epi32(sum) as f32;
+        }
+    }
+
+    /// Every activation row against the NT tiles starting at t0: four rows at a time,
+    /// then one by one.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn all_rows<const NT: usize>(w: &PackedMatrix, acts: &QuantizedActs, t0: usize, out: *mut f32) {
+        let mut i = 0;
+        while i + 4 <= acts.m {
+            tiles::<4, NT>(w, acts, t0, i, out);
+            i += 4;
+        }
+        while i < acts.m {
+            tiles::<1, NT>(w, acts, t0, i, out);
+            i += 1;
         }
     }
 

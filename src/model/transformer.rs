@@ -113,7 +113,6 @@ impl Transformer {
         Ok(Self { config, embeddings, layers, final_norm, output, device, rope_global, rope_local, rope_global_flat, rope_local_flat, op_path })
     }
 
-    /// The longest sequence (cached + new) this model accepts.
     /// Whether every projection is batch-invariant (see `Linear::batch_invariant`): only
     /// then may rows of different trials share a forward pass without changing results.
     pub fn batch_invariant(&self) -> bool {
@@ -128,6 +127,7 @@ impl Transformer {
         self.output.batch_invariant() && self.layers.iter().all(|l| qkv(&l.qkv) && gate_up(&l.gate_up) && l.o_proj.batch_invariant() && l.down.batch_invariant())
     }
 
+    /// The longest sequence (cached + new) this model accepts.
     pub fn max_positions(&self) -> usize {
         self.config.context_length.min(MAX_ROPE_POSITIONS)
     }
@@ -155,9 +155,6 @@ impl Transformer {
         }
         let cfg = &self.config;
         let mut x = self.embed(tokens)?;
-        if cfg.scale_embeddings {
-            x = (x * (cfg.d_model as f64).sqrt())?;
-        }
         for (i, layer) in self.layers.iter().enumerate() {
             x = self.layer_forward(i, layer, &x, cache, offset)?;
         }
@@ -203,9 +200,6 @@ impl Transformer {
         }
         let flat: Vec<u32> = rows.iter().flatten().copied().collect();
         let mut x = self.embed(&[flat])?;
-        if cfg.scale_embeddings {
-            x = (x * (cfg.d_model as f64).sqrt())?;
-        }
         for (i, layer) in self.layers.iter().enumerate() {
             x = self.layer_forward_ragged(i, layer, &x, &spans, caches)?;
         }
@@ -217,7 +211,17 @@ impl Transformer {
         self.output.forward(&x)?.squeeze(0)?.to_dtype(DType::F32)?.to_vec2()
     }
 
+    /// Token embeddings (b, s, d), scaled by sqrt(d) where the architecture asks for it.
     fn embed(&self, tokens: &[Vec<u32>]) -> Result<Tensor> {
+        let x = self.embed_rows(tokens)?;
+        if self.config.scale_embeddings {
+            x * (self.config.d_model as f64).sqrt()
+        } else {
+            Ok(x)
+        }
+    }
+
+    fn embed_rows(&self, tokens: &[Vec<u32>]) -> Result<Tensor> {
         let (b, s) = (tokens.len(), tokens[0].len());
         let flat: Vec<u32> = tokens.iter().flatten().copied().collect();
         if let Some(&bad) = flat.iter().find(|&&t| t as usize >= self.config.vocab_size) {

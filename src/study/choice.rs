@@ -3,14 +3,12 @@
 //! the sum of their tokens' log-probabilities, by extending a fork of the prompt's cache.
 
 use crate::error::Result;
+use crate::generate::extend_each;
 use crate::model::{KvCache, Model};
 
 /// log-softmax of one logit row, in f64 (the vectorised exp of the sampler).
 pub fn log_softmax(logits: &[f32]) -> Vec<f64> {
-    let (weights, sum) = crate::sampling::softmax_weights(logits, 1.0);
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &l| if l > m { l } else { m }) as f64;
-    let lse = sum.ln() + max;
-    drop(weights);
+    let lse = crate::sampling::log_sum_exp(logits);
     logits.iter().map(|&l| l as f64 - lse).collect()
 }
 
@@ -46,13 +44,8 @@ pub fn option_logprobs_rows(model: &Model, rows: &[(&KvCache, &[f32], &[Vec<u32>
             }
         }
         let prefixes: Vec<Vec<u32>> = jobs.iter().map(|(_, p)| p.clone()).collect();
-        let logits: Vec<Vec<f32>> = if jobs.len() > 1 && model.transformer.batch_invariant() {
-            let mut caches: Vec<KvCache> = jobs.iter().map(|(r, _)| rows[*r].0.clone()).collect();
-            model.transformer.last_logits_ragged(&prefixes, &mut caches)?
-        } else {
-            jobs.iter().map(|(r, p)| model.transformer.last_logits(p, &mut rows[*r].0.clone())).collect::<candle_core::Result<_>>()?
-        };
-        let lps: Vec<Vec<f64>> = logits.iter().map(|l| log_softmax(l)).collect();
+        let caches: Vec<KvCache> = jobs.iter().map(|(r, _)| rows[*r].0.clone()).collect();
+        let lps: Vec<Vec<f64>> = extend_each(model, caches, &prefixes)?.iter().map(|(_, l)| log_softmax(l)).collect();
         for (r, (_, _, options)) in rows.iter().enumerate() {
             for (i, t) in options.iter().enumerate().filter(|(_, t)| t.len() > depth) {
                 let j = jobs.iter().position(|(jr, p)| *jr == r && p[..] == t[..depth]).expect("collected above");
