@@ -7,7 +7,7 @@ mod common;
 
 use affectbench::bench::prompt_of_len;
 use affectbench::model::KvCache;
-use affectbench::study::choice::option_logprobs;
+use affectbench::option_scoring::option_logprobs;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 fn bench(c: &mut Criterion) {

@@ -1,7 +1,8 @@
 //! The sampler on a full vocabulary row (49,152 logits, SmolLM2's size): greedy,
 //! temperature only, and temperature with top-p. Throughput: tokens sampled per second.
 
-use affectbench::sampling::{sample, sequence_rng, SamplingParams};
+use affectbench::rng::Stream;
+use affectbench::sampling::{sample, SamplingParams};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rand::{Rng, SeedableRng};
 
@@ -16,7 +17,7 @@ fn bench(c: &mut Criterion) {
         ("temperature-0.5-top-p-0.9", SamplingParams { temperature: 0.5, top_p: Some(0.9), ..Default::default() }),
     ] {
         let s = params.resolve().unwrap();
-        let mut rng = sequence_rng(0, "bench");
+        let mut rng = Stream::Named("bench").rng(0);
         g.bench_function(BenchmarkId::from_parameter(name), |b| b.iter(|| sample(&logits, &s, &mut rng)));
     }
     g.finish();

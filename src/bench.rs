@@ -6,8 +6,9 @@
 use crate::error::{Error, Result};
 use crate::generate::{decode_lockstep, extend_rows};
 use crate::model::{KvCache, LogitsAt, Model};
-use crate::sampling::{argmax, sequence_rng, SamplingParams};
-use crate::study::choice::option_logprobs_rows;
+use crate::rng::Stream;
+use crate::sampling::{argmax, SamplingParams};
+use crate::option_scoring::option_logprobs_rows;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
@@ -146,7 +147,7 @@ pub fn run_bench(model: &Model, q: &Questionnaire, threads: usize, repeats: usiz
     let sampling = SamplingParams { temperature: 1.0, ..Default::default() }.resolve()?;
     let mut produced = 0usize;
     let batch_s = timed(repeats, || {
-        let mut rngs: Vec<_> = (0..ROWS).map(|i| sequence_rng(0, &format!("bench/{i}"))).collect();
+        let mut rngs: Vec<_> = (0..ROWS).map(|i| Stream::BenchRow { row: i }.rng(0)).collect();
         let rows = decode_lockstep(model, &base, &logits, &sampling, &mut rngs, DECODE, ROWS)?;
         produced = rows.iter().map(|r| r.0.len()).sum();
         Ok(())

@@ -2,9 +2,10 @@
 //! or the token limit, streaming each piece of text as it is decoded.
 
 use crate::error::{Error, Result};
-use crate::kernels::SharedMut;
+use crate::kernels::DisjointMut;
 use crate::model::{KvCache, Model};
-use crate::sampling::{sample, sequence_rng, Sampling};
+use crate::rng::Stream;
+use crate::sampling::{sample, Sampling};
 use std::time::Instant;
 
 /// What a generation did, with its throughput.
@@ -39,13 +40,13 @@ impl GenerationStats {
 }
 
 /// Generates up to `max_tokens` after `prompt`, calling `on_text` with each new piece.
-/// The RNG stream is `sequence_rng(seed, sequence_id)`.
+/// Randomness comes from `stream` under `seed`.
 pub fn generate(
     model: &Model,
     prompt: &[u32],
     sampling: &Sampling,
     seed: u64,
-    sequence_id: &str,
+    stream: Stream<'_>,
     max_tokens: usize,
     mut on_text: impl FnMut(&str),
 ) -> Result<GenerationStats> {
@@ -56,7 +57,7 @@ pub fn generate(
     if prompt.len() + max_tokens > context {
         return Err(Error::ContextOverflow { tokens: prompt.len() + max_tokens, context });
     }
-    let mut rng = sequence_rng(seed, sequence_id);
+    let mut rng = stream.rng(seed);
     let mut cache = KvCache::new(model.transformer.config.n_layer);
     let start = Instant::now();
     let logits = model.transformer.last_logits(prompt, &mut cache)?;
@@ -153,13 +154,13 @@ pub fn decode_lockstep(
             // would spin against it); the result does not depend on the scheduling.
             let mut drawn: Vec<Option<u32>> = vec![None; n];
             {
-                let (rng_at, drawn_at) = (SharedMut::new(chunk), SharedMut::new(&mut drawn));
+                let (rng_at, drawn_at) = (DisjointMut::new(chunk), DisjointMut::new(&mut drawn));
                 let (rows, row_logits) = (&rows, &row_logits);
                 candle_core::utils::barrier_pool().execute_chunked(n, move |range| {
                     for i in range {
                         if rows[i].1.is_none() {
                             // SAFETY: row i's rng and slot are touched by this task only.
-                            let (rng, slot) = unsafe { (&mut rng_at.slice(i, 1)[0], &mut drawn_at.slice(i, 1)[0]) };
+                            let (rng, slot) = unsafe { (&mut rng_at.part(i, 1)[0], &mut drawn_at.part(i, 1)[0]) };
                             *slot = Some(sample(&row_logits[i], sampling, rng));
                         }
                     }

@@ -10,17 +10,23 @@
 //!   kernels) and candle-transformers' as a reference.
 //! - `sampling`, `generate`: seeded, per-sequence sampling and the generation loop.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+
 pub mod bench;
 pub mod cache;
 pub mod chat;
+pub mod engine;
 pub mod error;
 pub mod fetch;
 pub mod generate;
 pub mod gguf;
 pub mod kernels;
 pub mod model;
+pub mod option_scoring;
 pub mod registry;
 pub mod report;
+pub mod results;
+pub mod rng;
 pub mod scenario;
 pub mod study;
 pub mod sampling;

@@ -1,14 +1,13 @@
 //! Seeded sampling: temperature, top-k, top-p and min-p over one position's logits.
 //!
-//! Randomness comes from one ChaCha stream per sequence, seeded from (run seed, sequence
-//! id), so a sequence's tokens never depend on what else is computed beside it, on batch
+//! Randomness comes from one ChaCha stream per sequence (`crate::rng::Stream`), seeded from
+//! (run seed, stream name), so a sequence's tokens never depend on what else is computed beside it, on batch
 //! size, on thread count or on order. Temperature 0 is greedy and is recorded as such.
 
 use crate::error::{Error, Result};
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 /// Sampling settings as requested.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -65,22 +64,6 @@ impl SamplingParams {
         }
         Ok(Sampling::Sample { temperature: t, top_k: self.top_k, top_p: self.top_p, min_p: self.min_p })
     }
-}
-
-/// The RNG for one sequence: ChaCha20 seeded by sha256(run seed, sequence id).
-///
-/// ```
-/// use rand::Rng;
-/// let a: u64 = affectbench::sampling::sequence_rng(7, "trial-1").random();
-/// let b: u64 = affectbench::sampling::sequence_rng(7, "trial-1").random();
-/// assert_eq!(a, b);
-/// ```
-pub fn sequence_rng(run_seed: u64, sequence_id: &str) -> ChaCha20Rng {
-    let mut h = Sha256::new();
-    h.update(b"affectbench/sequence-rng/v1");
-    h.update(run_seed.to_le_bytes());
-    h.update(sequence_id.as_bytes());
-    ChaCha20Rng::from_seed(h.finalize().into())
 }
 
 /// Index of the largest logit (the first one on ties).
@@ -235,6 +218,7 @@ pub fn sample(logits: &[f32], sampling: &Sampling, rng: &mut ChaCha20Rng) -> u32
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::Stream;
 
     #[test]
     fn temperature_zero_is_recorded_as_greedy() {
@@ -251,9 +235,9 @@ mod tests {
 
     #[test]
     fn same_seed_and_id_give_the_same_stream_and_ids_differ() {
-        let a: Vec<u64> = (0..4).map(|_| 0).scan(sequence_rng(1, "a"), |r, _| Some(r.random())).collect();
-        let b: Vec<u64> = (0..4).map(|_| 0).scan(sequence_rng(1, "a"), |r, _| Some(r.random())).collect();
-        let c: Vec<u64> = (0..4).map(|_| 0).scan(sequence_rng(1, "b"), |r, _| Some(r.random())).collect();
+        let a: Vec<u64> = (0..4).map(|_| 0).scan(Stream::Named("a").rng(1), |r, _| Some(r.random())).collect();
+        let b: Vec<u64> = (0..4).map(|_| 0).scan(Stream::Named("a").rng(1), |r, _| Some(r.random())).collect();
+        let c: Vec<u64> = (0..4).map(|_| 0).scan(Stream::Named("b").rng(1), |r, _| Some(r.random())).collect();
         assert_eq!(a, b);
         assert_ne!(a, c);
     }
@@ -263,7 +247,7 @@ mod tests {
         let logits = [1.0f32, 2.0, 0.5, -1.0];
         let s = Sampling::Sample { temperature: 0.7, top_k: None, top_p: None, min_p: None };
         let expected = softmax(&logits, 0.7);
-        let mut rng = sequence_rng(42, "freq");
+        let mut rng = Stream::Named("freq").rng(42);
         let n = 200_000;
         let mut counts = [0usize; 4];
         for _ in 0..n {
@@ -292,7 +276,7 @@ mod tests {
     #[test]
     fn top_k_and_min_p_restrict_candidates() {
         let logits = [5.0f32, 4.9, 0.0, -3.0];
-        let mut rng = sequence_rng(3, "k");
+        let mut rng = Stream::Named("k").rng(3);
         let k2 = Sampling::Sample { temperature: 1.0, top_k: Some(2), top_p: None, min_p: None };
         let mp = Sampling::Sample { temperature: 1.0, top_k: None, top_p: None, min_p: Some(0.5) };
         for _ in 0..2000 {

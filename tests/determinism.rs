@@ -7,8 +7,9 @@ mod common;
 use affectbench::generate::{decode, decode_lockstep};
 use affectbench::model::{KvCache, LoadOptions, Model};
 use affectbench::registry::ModelRef;
-use affectbench::sampling::{sequence_rng, SamplingParams};
-use affectbench::study::choice::option_logprobs;
+use affectbench::rng::Stream;
+use affectbench::sampling::SamplingParams;
+use affectbench::option_scoring::option_logprobs;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -32,7 +33,7 @@ fn sampled_continuations_are_identical_alone_and_in_any_batch() {
     let model = smollm2();
     let (cache, logits) = prompted(&model);
     let sampling = SamplingParams { temperature: 1.0, ..Default::default() }.resolve().unwrap();
-    let rngs = || (0..32).map(|i| sequence_rng(9, &format!("row{i}"))).collect::<Vec<_>>();
+    let rngs = || (0..32).map(|i| Stream::Named(&format!("row{i}")).rng(9)).collect::<Vec<_>>();
     // Each row alone, through the single-sequence decode loop.
     let alone: Vec<Vec<u32>> = rngs().iter_mut().map(|rng| decode(&model, cache.clone(), logits.clone(), &sampling, rng, 20, |_| Ok(true)).unwrap().0).collect();
     assert!(alone.iter().any(|t| t != &alone[0]), "rows should differ (own random streams)");
@@ -41,8 +42,8 @@ fn sampled_continuations_are_identical_alone_and_in_any_batch() {
         assert_eq!(got, alone, "batch size {batch} changed a sampled continuation");
     }
     // Different batch companions: row 3 with rows 0..8 vs row 3 with other streams.
-    let mut mixed: Vec<_> = (0..8).map(|i| sequence_rng(9, &format!("other{i}"))).collect();
-    mixed[3] = sequence_rng(9, "row3");
+    let mut mixed: Vec<_> = (0..8).map(|i| Stream::Named(&format!("other{i}")).rng(9)).collect();
+    mixed[3] = Stream::Named("row3").rng(9);
     let got = decode_lockstep(&model, &cache, &logits, &sampling, &mut mixed, 20, 8).unwrap();
     assert_eq!(got[3].0, alone[3], "other members of the batch changed row 3");
 }
@@ -142,7 +143,7 @@ fn batched_prefill_rows_equal_lone_prefill_and_continue_identically() {
         let alone_logits = model.transformer.last_logits(&suffixes[i], &mut alone).unwrap();
         assert!(logits.iter().zip(&alone_logits).all(|(a, b)| a.to_bits() == b.to_bits()), "row {i}: prefill logits differ");
         // Continue both the ways the runner does: a forked decode, then in-place appends.
-        let mut rng = sequence_rng(1, "x");
+        let mut rng = Stream::Named("x").rng(1);
         let (a, _, _) = decode(&model, cache.clone(), logits.clone(), &sampling, &mut rng, 8, |_| Ok(true)).unwrap();
         let (b, _, _) = decode(&model, alone.clone(), alone_logits.clone(), &sampling, &mut rng, 8, |_| Ok(true)).unwrap();
         assert_eq!(a, b, "row {i}: greedy continuation differs");

@@ -4,9 +4,10 @@
 
 mod common;
 
+use affectbench::engine::EngineConfig;
 use affectbench::model::{KvCache, LoadOptions, LogitsAt, Model};
 use affectbench::registry::ModelRef;
-use affectbench::study::choice::{log_softmax, option_logprobs};
+use affectbench::option_scoring::{log_softmax, option_logprobs};
 use affectbench::study::runner::{plan_for, run_study, RunConfig};
 use candle_core::IndexOp;
 use common::{write_tiny_gguf, Tiny};
@@ -87,11 +88,8 @@ fn config(model: &Path, out: &Path, max_trials: Option<usize>, seed: Option<u64>
         seed,
         repetitions: None,
         max_trials,
-        load: LoadOptions::default(),
-        device_label: "cpu".into(),
-        threads: 2,
+        engine: EngineConfig { threads: 2, batch_size: 32, ..EngineConfig::default() },
         show_progress: false,
-        batch_size: 32,
         shard: None,
     }
 }
@@ -140,7 +138,7 @@ fn resuming_an_interrupted_run_gives_the_same_trials() {
     assert_eq!(sorted(records(&split)), sorted(reference), "resumed trials equal the uninterrupted run");
     let header: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(split.join("run.json")).unwrap()).unwrap();
     assert_eq!(header["status"], "success");
-    for key in ["git_revision", "affectbench_version", "models", "scenario_files", "seed", "threads", "device", "started", "ended"] {
+    for key in ["git_revision", "affectbench_version", "models", "scenario_files", "seed", "engine", "started", "ended"] {
         assert!(!header[key].is_null(), "run.json has {key}");
     }
 

@@ -6,6 +6,7 @@ mod common;
 
 use affectbench::cache::verify_file;
 use affectbench::generate::generate;
+use affectbench::rng::Stream;
 use affectbench::model::reference::ReferenceModel;
 use affectbench::model::{KvCache, LoadOptions, LogitsAt, Model};
 use affectbench::registry::{ModelEntry, ModelRef, Registry};
@@ -118,10 +119,10 @@ fn same_seed_same_tokens_and_different_seeds_differ() {
     write_tiny_gguf(&path, &Tiny::llama(), 5);
     let m = load(&path);
     let s = SamplingParams { temperature: 1.0, ..Default::default() }.resolve().unwrap();
-    let run = |seed| generate(&m, &tokens(), &s, seed, "seq", 24, |_| {}).unwrap().tokens;
+    let run = |seed| generate(&m, &tokens(), &s, seed, Stream::Named("seq"), 24, |_| {}).unwrap().tokens;
     assert_eq!(run(1), run(1));
     assert_ne!(run(1), run(2));
-    let greedy = |seed| generate(&m, &tokens(), &Sampling::Greedy, seed, "seq", 12, |_| {}).unwrap().tokens;
+    let greedy = |seed| generate(&m, &tokens(), &Sampling::Greedy, seed, Stream::Named("seq"), 12, |_| {}).unwrap().tokens;
     assert_eq!(greedy(1), greedy(99), "greedy ignores the seed");
 }
 
@@ -179,7 +180,7 @@ fn a_prompt_longer_than_the_context_is_refused() {
     write_tiny_gguf(&path, &Tiny { context: 32, ..Tiny::llama() }, 8);
     let m = load(&path);
     let long: Vec<u32> = (0..40).map(|i| i % 200).collect();
-    let err = generate(&m, &long, &Sampling::Greedy, 0, "s", 4, |_| {}).unwrap_err();
+    let err = generate(&m, &long, &Sampling::Greedy, 0, Stream::Named("s"), 4, |_| {}).unwrap_err();
     assert!(matches!(err, Error::ContextOverflow { tokens: 44, context: 32 }), "{err}");
     assert!(err.to_string().contains("context is 32 tokens"), "{err}");
 }

@@ -1,10 +1,12 @@
 //! The commands behind each subcommand.
 
-use super::{BenchArgs, Cli, Command, GenerateArgs, ModelArgs, ModelsCommand, ReportArgs, RunArgs, SourceArg, TokenizeArgs};
+use super::{BenchArgs, Cli, Command, EngineArgs, GenerateArgs, Int8KernelArg, ModelArgs, ModelsCommand, OpsArg, ReportArgs, RunArgs, SourceArg, TokenizeArgs};
 use affectbench::cache;
 use affectbench::chat::Message;
 use affectbench::fetch::{self, FetchOptions, Source};
-use affectbench::model::{parse_device, Kernels, LoadOptions, Model};
+use affectbench::engine::{EngineConfig, DEFAULT_BATCH_SIZE};
+use affectbench::kernels::int8_matmul::KernelPath;
+use affectbench::model::{Kernels, Model, OpPath};
 use affectbench::registry::{ModelRef, Registry};
 use affectbench::sampling::{Sampling, SamplingParams};
 use anyhow::{Context, Result};
@@ -19,8 +21,8 @@ pub fn run(cli: Cli) -> Result<()> {
     };
     match cli.command {
         Command::Models(cmd) => models(&registry, cmd),
-        Command::Generate(args) => generate(&registry, args),
-        Command::Tokenize(args) => tokenize(&registry, args),
+        Command::Generate(args) => generate(&registry, args, threads),
+        Command::Tokenize(args) => tokenize(&registry, args, threads),
         Command::Run(args) => run_study(&registry, args, threads),
         Command::Report(args) => report(args),
         Command::Bench(args) => bench(&registry, args, threads),
@@ -95,17 +97,35 @@ fn models(registry: &Registry, cmd: ModelsCommand) -> Result<()> {
     }
 }
 
+/// The engine configuration the flags ask for.
+fn engine_config(args: &EngineArgs, threads: usize, batch_size: Option<usize>) -> EngineConfig {
+    EngineConfig {
+        device: args.device.clone(),
+        weights: if args.candle_kernels { Kernels::Candle } else { Kernels::Packed },
+        int8_kernel: match args.int8_kernel {
+            Int8KernelArg::Auto => None,
+            Int8KernelArg::Scalar => Some(KernelPath::Scalar),
+        },
+        ops: match args.ops {
+            OpsArg::Fused => OpPath::Fused,
+            OpsArg::Reference => OpPath::Reference,
+        },
+        threads,
+        batch_size: batch_size.unwrap_or(DEFAULT_BATCH_SIZE).max(1),
+    }
+}
+
 /// Loads the model, fetching a registry model first if it is not cached yet.
-fn load_model(registry: &Registry, args: &ModelArgs) -> Result<Model> {
+fn load_model(registry: &Registry, args: &ModelArgs, threads: usize) -> Result<Model> {
     let name = args.model.clone().unwrap_or_else(|| registry.default.clone());
     let model_ref = resolve_fetched(registry, &name)?;
-    let opts = LoadOptions { device: parse_device(&args.device)?, kernels: if args.candle_kernels { Kernels::Candle } else { Kernels::Packed }, activation_override: None };
+    let opts = engine_config(&args.engine, threads, None).load_options()?;
     Model::load_ref(&model_ref, &opts).with_context(|| format!("loading model '{name}'"))
 }
 
-fn generate(registry: &Registry, args: GenerateArgs) -> Result<()> {
+fn generate(registry: &Registry, args: GenerateArgs, threads: usize) -> Result<()> {
     let sampling = SamplingParams { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, min_p: args.min_p }.resolve()?;
-    let model = load_model(registry, &args.model)?;
+    let model = load_model(registry, &args.model, threads)?;
     let text = if args.raw {
         let mut t = String::new();
         if let Some(s) = &args.system {
@@ -124,7 +144,7 @@ fn generate(registry: &Registry, args: GenerateArgs) -> Result<()> {
     };
     let prompt = model.prompt_tokens(&text, args.raw)?;
     let stdout = std::io::stdout();
-    let stats = affectbench::generate::generate(&model, &prompt, &sampling, args.seed, "generate", args.max_tokens, |piece| {
+    let stats = affectbench::generate::generate(&model, &prompt, &sampling, args.seed, affectbench::rng::Stream::Generate, args.max_tokens, |piece| {
         let mut out = stdout.lock();
         let _ = out.write_all(piece.as_bytes());
         let _ = out.flush();
@@ -146,13 +166,13 @@ fn generate(registry: &Registry, args: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-fn tokenize(registry: &Registry, args: TokenizeArgs) -> Result<()> {
+fn tokenize(registry: &Registry, args: TokenizeArgs, threads: usize) -> Result<()> {
     let text = match (&args.text, &args.file) {
         (Some(t), _) => t.clone(),
         (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
         (None, None) => anyhow::bail!("give the text as an argument or with --file"),
     };
-    let model = load_model(registry, &args.model)?;
+    let model = load_model(registry, &args.model, threads)?;
     if args.chat {
         let rendered = model.render_chat(&[Message::user(text)])?;
         let ids = model.tokenizer.encode(&rendered, false)?;
@@ -178,7 +198,8 @@ fn resolve_fetched(registry: &Registry, name: &str) -> Result<ModelRef> {
 }
 
 fn run_study(registry: &Registry, args: RunArgs, threads: usize) -> Result<()> {
-    use affectbench::study::runner::{read_header, run_study, RunConfig};
+    use affectbench::results::read_header;
+    use affectbench::study::runner::{run_study, RunConfig};
     let (study_path, model_names, out_dir, seed, repetitions) = match &args.resume {
         Some(dir) => {
             let h = read_header(dir).with_context(|| format!("--resume {}: not a run directory", dir.display()))?;
@@ -205,11 +226,8 @@ fn run_study(registry: &Registry, args: RunArgs, threads: usize) -> Result<()> {
         seed,
         repetitions,
         max_trials: args.max_trials,
-        load: LoadOptions { device: parse_device(&args.device)?, kernels: Kernels::Packed, activation_override: None },
-        device_label: args.device.clone(),
-        threads,
+        engine: engine_config(&args.engine, threads, args.batch_size),
         show_progress: std::io::stderr().is_terminal() || std::env::var_os("CI").is_some(),
-        batch_size: args.batch_size.unwrap_or(affectbench::study::runner::DEFAULT_BATCH_SIZE).max(1),
         shard: match &args.resume {
             Some(dir) => read_header(dir)?.shard.as_deref().map(super::parse_shard).transpose().map_err(anyhow::Error::msg)?,
             None => args.shard,
@@ -252,7 +270,7 @@ fn report(args: ReportArgs) -> Result<()> {
 
 /// results/<date>-<study>-<model>/, with -2, -3 ... if taken.
 fn default_out_dir(study: &std::path::Path, models: &[String]) -> std::path::PathBuf {
-    let date = &affectbench::study::record::now_rfc3339()[..10];
+    let date = &affectbench::results::now_rfc3339()[..10];
     let stem = study.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "study".into());
     let model = if models.len() == 1 {
         std::path::Path::new(&models[0]).file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| models[0].clone())
@@ -275,7 +293,7 @@ fn bench(registry: &Registry, args: BenchArgs, threads: usize) -> Result<()> {
         Some(p) => Questionnaire::parse(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?, &p.display().to_string())?,
         None => Questionnaire::parse(DEFAULT_QUESTIONNAIRE, "benches/workloads/questionnaire.json")?,
     };
-    let model = load_model(registry, &args.model)?;
+    let model = load_model(registry, &args.model, threads)?;
     let report = run_bench(&model, &q, threads, args.repeats, |what| {
         if !args.json {
             eprintln!("measuring {what} ...");

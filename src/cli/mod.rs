@@ -148,9 +148,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub scenarios: Option<PathBuf>,
 
-    /// cpu, cuda:N or metal.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub engine: EngineArgs,
 
     /// Most sequences in one batch: items prefilled together, sampled continuations of
     /// one prompt decoded in lockstep (default 32). Results are identical for every
@@ -215,6 +214,14 @@ pub struct ModelArgs {
     #[arg(long, short)]
     pub model: Option<String>,
 
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// Which arithmetic runs. `affectbench run` records the choices in run.json and refuses
+/// to resume a run under different ones.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EngineArgs {
     /// cpu, cuda:N (build with --features cuda) or metal (--features metal).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -223,6 +230,28 @@ pub struct ModelArgs {
     /// (slower; for comparisons).
     #[arg(long)]
     pub candle_kernels: bool,
+
+    /// The packed int8 micro-kernel: `auto` (the fastest this CPU has) or `scalar` (the
+    /// reference; bit-identical results, slower).
+    #[arg(long, value_enum, default_value_t = Int8KernelArg::Auto, env = "AFFECTBENCH_KERNEL")]
+    pub int8_kernel: Int8KernelArg,
+
+    /// Attention and gated activation: `fused` (affectbench's CPU kernels where they
+    /// apply) or `reference` (candle ops, as on GPUs; for comparisons).
+    #[arg(long, value_enum, default_value_t = OpsArg::Fused, env = "AFFECTBENCH_OPS")]
+    pub ops: OpsArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Int8KernelArg {
+    Auto,
+    Scalar,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OpsArg {
+    Fused,
+    Reference,
 }
 
 #[derive(Debug, clap::Args)]

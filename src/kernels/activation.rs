@@ -7,9 +7,16 @@
 //! not depend on the batch or the thread count.
 
 use crate::kernels::attention::exp;
-use crate::kernels::SharedMut;
-use crate::model::Activation;
+use crate::kernels::DisjointMut;
 use candle_core::{DType, Result, Tensor};
+
+/// The MLP's gate activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Silu,
+    /// GELU with the tanh approximation (Gemma's `gelu_pytorch_tanh`).
+    GeluTanh,
+}
 
 /// act(gate) * up for (.., f) tensors of equal shape. They are read in place (a gate
 /// and up narrowed from one fused projection need no copy) when every row of f values
@@ -29,11 +36,11 @@ pub fn gated(gate: &Tensor, up: &Tensor, activation: Activation) -> Result<Tenso
     let (g, g_stride) = row_view(&gs, gl)?;
     let (u, u_stride) = row_view(&us, ul)?;
     let mut out = vec![0f32; rows * f];
-    let dst = SharedMut::new(&mut out);
+    let dst = DisjointMut::new(&mut out);
     let run = |range: std::ops::Range<usize>| {
         for r in range {
             // SAFETY: row r of `out` is written by this task only.
-            let o = unsafe { dst.slice(r * f, f) };
+            let o = unsafe { dst.part(r * f, f) };
             gated_row(&g[r * g_stride..][..f], &u[r * u_stride..][..f], activation, o);
         }
     };

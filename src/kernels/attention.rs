@@ -21,7 +21,7 @@
 //!
 //! so a sequence's attention is bit-identical alone or batched (the engine's guarantee).
 
-use crate::kernels::SharedMut;
+use crate::kernels::DisjointMut;
 
 /// Keys and values of one cache segment: keys transposed, `(batch, kv_heads, head_dim,
 /// capacity)`, values `(batch, kv_heads, capacity, head_dim)`, of which the first `len`
@@ -67,14 +67,14 @@ pub fn attention(q: &[f32], b: usize, s: usize, heads: Heads, segments: &[Segmen
     // that kv head's keys while they are still in cache.
     let blocks = s.div_ceil(QUERY_BLOCK);
     let units = b * n_kv_head * blocks;
-    let dst = SharedMut::new(&mut out);
+    let dst = DisjointMut::new(&mut out);
     let run = |range: std::ops::Range<usize>| {
         let mut scores = Vec::new();
         for unit in range {
             let (row, rest) = (unit / (n_kv_head * blocks), unit % (n_kv_head * blocks));
             let (kv_head, block) = (rest / blocks, rest % blocks);
             let queries = block * QUERY_BLOCK..((block + 1) * QUERY_BLOCK).min(s);
-            // SAFETY: the unit writes only its own (row, query, head) outputs.
+            // SAFETY: units partition the (row, query, head) outputs; each runs once.
             unsafe { attend_unit(q, dst, row, kv_head, queries, s, heads, segments, offset, window, &mut scores) };
         }
     };
@@ -92,8 +92,13 @@ const QUERY_BLOCK: usize = 16;
 /// Keys per register block of the score loop (independent fma chains in flight).
 const KEY_BLOCK: usize = 128;
 
+/// Attention for one (row, kv head, block of queries) unit, written into `dst`.
+///
+/// # Safety
+/// No other task accesses this unit's outputs in `dst` (row `row`, queries `queries`,
+/// the query heads of `kv_head`) during the call.
 #[allow(clippy::too_many_arguments)]
-unsafe fn attend_unit(q: &[f32], dst: SharedMut<f32>, row: usize, kv_head: usize, queries: std::ops::Range<usize>, s: usize, heads: Heads, segments: &[SegmentView], offset: usize, window: Option<usize>, scores: &mut Vec<f32>) {
+unsafe fn attend_unit(q: &[f32], dst: DisjointMut<f32>, row: usize, kv_head: usize, queries: std::ops::Range<usize>, s: usize, heads: Heads, segments: &[SegmentView], offset: usize, window: Option<usize>, scores: &mut Vec<f32>) {
     let Heads { n_head, n_kv_head, head_dim: hd } = heads;
     let group = n_head / n_kv_head;
     let width = n_head * hd;
@@ -104,7 +109,9 @@ unsafe fn attend_unit(q: &[f32], dst: SharedMut<f32>, row: usize, kv_head: usize
         let first = window.map_or(0, |w| (qpos + 1).saturating_sub(w));
         for head in kv_head * group..(kv_head + 1) * group {
             let at = (row * s + i) * width + head * hd;
-            one_query(&q[at..at + hd], first..qpos + 1, scale, scores, segments, row, kv_head, dst.slice(at, hd));
+            // SAFETY: these outputs belong to this unit (the caller's guarantee).
+            let out = unsafe { dst.part(at, hd) };
+            one_query(&q[at..at + hd], first..qpos + 1, scale, scores, segments, row, kv_head, out);
         }
     }
 }

@@ -16,7 +16,7 @@
 //! exactly. Threads split the output tiles; each output is owned by one thread.
 
 use super::packed::{PackedMatrix, TILE};
-use super::SharedMut;
+use super::DisjointMut;
 
 /// Activations quantised to int8 per block, as the kernel consumes them.
 pub struct QuantizedActs {
@@ -38,11 +38,11 @@ impl QuantizedActs {
         assert_eq!(k % block, 0);
         let nb = k / block;
         let mut acts = Self { m, k, block, qs: vec![0i8; m * k], d: vec![0f32; m * nb], xsum: vec![0f32; m * nb] };
-        let (qs, d, xsum) = (SharedMut::new(&mut acts.qs), SharedMut::new(&mut acts.d), SharedMut::new(&mut acts.xsum));
+        let (qs, d, xsum) = (DisjointMut::new(&mut acts.qs), DisjointMut::new(&mut acts.d), DisjointMut::new(&mut acts.xsum));
         let quantize_rows = |range: std::ops::Range<usize>| {
             for row in range {
                 // SAFETY: each row's slices are disjoint and written by one task only.
-                let (qs, d, xsum) = unsafe { (qs.slice(row * k, k), d.slice(row * nb, nb), xsum.slice(row * nb, nb)) };
+                let (qs, d, xsum) = unsafe { (qs.part(row * k, k), d.part(row * nb, nb), xsum.part(row * nb, nb)) };
                 quantize_row(&x[row * k..(row + 1) * k], block, qs, d, xsum);
             }
         };
@@ -89,6 +89,15 @@ pub enum KernelPath {
     Avx512Vnni,
 }
 
+impl KernelPath {
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelPath::Scalar => "scalar",
+            KernelPath::Avx512Vnni => "avx512-vnni",
+        }
+    }
+}
+
 /// The fastest path this CPU supports.
 pub fn best_path() -> KernelPath {
     #[cfg(target_arch = "x86_64")]
@@ -116,7 +125,8 @@ pub fn matmul_quantized(w: &PackedMatrix, acts: &QuantizedActs, y: &mut [f32], p
     assert_eq!(acts.k, w.k);
     assert_eq!(acts.block, w.block);
     assert_eq!(y.len(), acts.m * w.n);
-    let out = SharedMut::new(y);
+    let out = DisjointMut::new(y);
+    debug_assert_eq!(out.len(), acts.m * w.n);
     // Threads take groups of TILES_PER_TASK tiles so the micro-kernel can keep several
     // independent accumulator chains per activation row (see `run_tiles`).
     let groups = w.n_tiles().div_ceil(TILES_PER_TASK);
@@ -126,8 +136,9 @@ pub fn matmul_quantized(w: &PackedMatrix, acts: &QuantizedActs, y: &mut [f32], p
     candle_core::utils::barrier_pool().execute_chunked(groups, |range| {
         for g in range {
             let tiles = g * TILES_PER_TASK..((g + 1) * TILES_PER_TASK).min(w.n_tiles());
-            // SAFETY: tiles t write only columns [16t, 16t+16) of y, owned by this task.
-            unsafe { run_tiles(w, acts, tiles, out.ptr(), path) };
+            // SAFETY: `out` holds acts.m x w.n values (asserted above) and tiles t write
+            // only columns [16t, 16t+16) of it, which no other task touches.
+            unsafe { run_tiles(w, acts, tiles, out.as_mut_ptr(), path) };
         }
     });
 }
@@ -136,6 +147,12 @@ pub fn matmul_quantized(w: &PackedMatrix, acts: &QuantizedActs, y: &mut [f32], p
 /// broadcasts, and MR x TILES_PER_TASK accumulators hide `vpdpbusd`'s latency.
 const TILES_PER_TASK: usize = 3;
 
+/// Computes `tiles` of the output for every activation row.
+///
+/// # Safety
+/// `out` points to `acts.m * w.n` writable f32 values, of which the columns of `tiles`
+/// (16 per tile, below `w.n`) are not accessed by anyone else during the call; with
+/// `KernelPath::Avx512Vnni` the CPU supports AVX-512F/BW and VNNI (`best_path`).
 unsafe fn run_tiles(w: &PackedMatrix, acts: &QuantizedActs, tiles: std::ops::Range<usize>, out: *mut f32, path: KernelPath) {
     match path {
         #[cfg(target_arch = "x86_64")]
@@ -143,23 +160,29 @@ unsafe fn run_tiles(w: &PackedMatrix, acts: &QuantizedActs, tiles: std::ops::Ran
             let t0 = tiles.start;
             // Decode (fewer than 4 rows) streams weights once per call and measured
             // faster one tile at a time (criterion `int8_matmul`, rows = 1).
+            // SAFETY: the CPU features and `out` are this function's own contract.
             if tiles.len() == TILES_PER_TASK && acts.m >= 4 {
-                avx512::all_rows::<TILES_PER_TASK>(w, acts, t0, out);
+                unsafe { avx512::all_rows::<TILES_PER_TASK>(w, acts, t0, out) };
             } else {
                 for t in tiles {
-                    avx512::all_rows::<1>(w, acts, t, out);
+                    unsafe { avx512::all_rows::<1>(w, acts, t, out) };
                 }
             }
         }
         _ => {
             for t in tiles {
-                scalar_tile(w, acts, t, out)
+                // SAFETY: `out` is this function's own contract.
+                unsafe { scalar_tile(w, acts, t, out) }
             }
         }
     }
 }
 
 /// The reference: the same operations in the same order, one output at a time.
+///
+/// # Safety
+/// `out` points to `acts.m * w.n` writable f32 values whose columns of tile `t` no one
+/// else accesses during the call.
 unsafe fn scalar_tile(w: &PackedMatrix, acts: &QuantizedActs, t: usize, out: *mut f32) {
     let (k, block) = (w.k, w.block);
     let (groups, nb) = (k / 4, k / block);
@@ -183,7 +206,9 @@ unsafe fn scalar_tile(w: &PackedMatrix, acts: &QuantizedActs, t: usize, out: *mu
                 acc = (isum as f32).mul_add(s * acts.d[i * nb + b], acc);
                 acc = o.mul_add(acts.xsum[i * nb + b], acc);
             }
-            *out.add(i * w.n + r) = acc;
+            // SAFETY: i < acts.m and r < w.n, so the index is inside `out`, and this
+            // column belongs to tile t (the caller's contract).
+            unsafe { *out.add(i * w.n + r) = acc };
         }
     }
 }
@@ -194,25 +219,33 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     /// `quantize_row_scalar` in 16-lane steps (block a multiple of 16).
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F and BW; `block` is a multiple of 16 dividing `x.len()`,
+    /// `qs` holds `x.len()` values and `d`, `xsum` one per block.
     #[target_feature(enable = "avx512f,avx512bw")]
     pub(super) unsafe fn quantize_row(x: &[f32], block: usize, qs: &mut [i8], d: &mut [f32], xsum: &mut [f32]) {
+        assert!(qs.len() >= x.len() && block % 16 == 0);
         let lim = _mm512_set1_ps(127.0);
         let nlim = _mm512_set1_ps(-127.0);
         for (b, vals) in x.chunks_exact(block).enumerate() {
             let mut m = _mm512_setzero_ps();
             for c in vals.chunks_exact(16) {
-                m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(c.as_ptr())));
+                // SAFETY: `c` holds 16 f32 (chunks_exact).
+                m = _mm512_max_ps(m, _mm512_abs_ps(unsafe { _mm512_loadu_ps(c.as_ptr()) }));
             }
             let amax = _mm512_reduce_max_ps(m);
             let dx = amax / 127.0;
             let inv = _mm512_set1_ps(if dx > 0.0 { 1.0 / dx } else { 0.0 });
             let mut sum = _mm512_setzero_si512();
             for (i, c) in vals.chunks_exact(16).enumerate() {
-                let v = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(_mm512_loadu_ps(c.as_ptr()), inv), nlim), lim);
+                // SAFETY: `c` holds 16 f32 (chunks_exact).
+                let v = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(unsafe { _mm512_loadu_ps(c.as_ptr()) }, inv), nlim), lim);
                 // Rounds to nearest, ties to even (the default MXCSR mode).
                 let q = _mm512_cvtps_epi32(v);
                 sum = _mm512_add_epi32(sum, q);
-                _mm_storeu_si128(qs.as_mut_ptr().add(b * block + i * 16) as *mut __m128i, _mm512_cvtsepi32_epi8(q));
+                // SAFETY: b * block + i * 16 + 16 <= x.len() <= qs.len() (asserted above).
+                unsafe { _mm_storeu_si128(qs.as_mut_ptr().add(b * block + i * 16) as *mut __m128i, _mm512_cvtsepi32_epi8(q)) };
             }
             d[b] = dx;
             xsum[b] = dx * _mm512_reduce_add_epi32(sum) as f32;
@@ -221,15 +254,19 @@ mod avx512 {
 
     /// Every activation row against the NT tiles starting at t0: four rows at a time,
     /// then one by one.
+    ///
+    /// # Safety
+    /// As `tiles`, for every row.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub(super) unsafe fn all_rows<const NT: usize>(w: &PackedMatrix, acts: &QuantizedActs, t0: usize, out: *mut f32) {
         let mut i = 0;
+        // SAFETY: rows i..i+MR are below acts.m; the rest is the caller's contract.
         while i + 4 <= acts.m {
-            tiles::<4, NT>(w, acts, t0, i, out);
+            unsafe { tiles::<4, NT>(w, acts, t0, i, out) };
             i += 4;
         }
         while i < acts.m {
-            tiles::<1, NT>(w, acts, t0, i, out);
+            unsafe { tiles::<1, NT>(w, acts, t0, i, out) };
             i += 1;
         }
     }
@@ -237,6 +274,12 @@ mod avx512 {
     /// MR activation rows starting at i0 against the 16 weight rows of each of the NT
     /// tiles starting at t0. Per output, the operations and their order are those of
     /// `scalar_tile`; MR and NT only change how many outputs are in flight.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F/BW and VNNI; tiles t0..t0+NT exist in `w`; rows
+    /// i0..i0+MR exist in `acts` (which matches `w`'s k and block); `out` points to
+    /// `acts.m * w.n` writable f32 values whose columns of these tiles no one else
+    /// accesses during the call.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub(super) unsafe fn tiles<const MR: usize, const NT: usize>(
         w: &PackedMatrix,
@@ -245,41 +288,46 @@ mod avx512 {
         i0: usize,
         out: *mut f32,
     ) {
-        let (k, block) = (w.k, w.block);
-        let (groups, nb, gpb) = (k / 4, k / block, block / 4);
-        let wq: [*const u8; NT] = std::array::from_fn(|j| w.qs.as_ptr().add((t0 + j) * groups * TILE * 4));
-        let ws: [*const f32; NT] = std::array::from_fn(|j| w.scales.as_ptr().add((t0 + j) * nb * TILE));
-        let wo: [*const f32; NT] = std::array::from_fn(|j| w.offsets.as_ptr().add((t0 + j) * nb * TILE));
-        let xq = acts.qs.as_ptr();
-        let mut facc = [[_mm512_setzero_ps(); NT]; MR];
-        for b in 0..nb {
-            let mut iacc = [[_mm512_setzero_si512(); NT]; MR];
-            for g in b * gpb..(b + 1) * gpb {
-                let wv: [__m512i; NT] = std::array::from_fn(|j| _mm512_loadu_si512(wq[j].add(g * TILE * 4) as *const __m512i));
-                for r in 0..MR {
-                    let x4 = _mm512_set1_epi32((xq.add((i0 + r) * k + g * 4) as *const i32).read_unaligned());
-                    for j in 0..NT {
-                        iacc[r][j] = _mm512_dpbusd_epi32(iacc[r][j], wv[j], x4);
+        // SAFETY: every pointer offset stays inside its buffer by the layout of
+        // PackedMatrix/QuantizedActs and the index ranges of the contract; the stores
+        // write only this call's tiles of `out`.
+        unsafe {
+            let (k, block) = (w.k, w.block);
+            let (groups, nb, gpb) = (k / 4, k / block, block / 4);
+            let wq: [*const u8; NT] = std::array::from_fn(|j| w.qs.as_ptr().add((t0 + j) * groups * TILE * 4));
+            let ws: [*const f32; NT] = std::array::from_fn(|j| w.scales.as_ptr().add((t0 + j) * nb * TILE));
+            let wo: [*const f32; NT] = std::array::from_fn(|j| w.offsets.as_ptr().add((t0 + j) * nb * TILE));
+            let xq = acts.qs.as_ptr();
+            let mut facc = [[_mm512_setzero_ps(); NT]; MR];
+            for b in 0..nb {
+                let mut iacc = [[_mm512_setzero_si512(); NT]; MR];
+                for g in b * gpb..(b + 1) * gpb {
+                    let wv: [__m512i; NT] = std::array::from_fn(|j| _mm512_loadu_si512(wq[j].add(g * TILE * 4) as *const __m512i));
+                    for r in 0..MR {
+                        let x4 = _mm512_set1_epi32((xq.add((i0 + r) * k + g * 4) as *const i32).read_unaligned());
+                        for j in 0..NT {
+                            iacc[r][j] = _mm512_dpbusd_epi32(iacc[r][j], wv[j], x4);
+                        }
+                    }
+                }
+                for j in 0..NT {
+                    let sv = _mm512_loadu_ps(ws[j].add(b * TILE));
+                    let ov = _mm512_loadu_ps(wo[j].add(b * TILE));
+                    for r in 0..MR {
+                        let row = (i0 + r) * nb + b;
+                        let scale = _mm512_mul_ps(sv, _mm512_set1_ps(*acts.d.get_unchecked(row)));
+                        facc[r][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[r][j]), scale, facc[r][j]);
+                        facc[r][j] = _mm512_fmadd_ps(ov, _mm512_set1_ps(*acts.xsum.get_unchecked(row)), facc[r][j]);
                     }
                 }
             }
             for j in 0..NT {
-                let sv = _mm512_loadu_ps(ws[j].add(b * TILE));
-                let ov = _mm512_loadu_ps(wo[j].add(b * TILE));
+                let t = t0 + j;
+                let valid = (w.n - t * TILE).min(TILE);
+                let mask: __mmask16 = if valid == TILE { 0xFFFF } else { (1u16 << valid) - 1 };
                 for r in 0..MR {
-                    let row = (i0 + r) * nb + b;
-                    let scale = _mm512_mul_ps(sv, _mm512_set1_ps(*acts.d.get_unchecked(row)));
-                    facc[r][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[r][j]), scale, facc[r][j]);
-                    facc[r][j] = _mm512_fmadd_ps(ov, _mm512_set1_ps(*acts.xsum.get_unchecked(row)), facc[r][j]);
+                    _mm512_mask_storeu_ps(out.add((i0 + r) * w.n + t * TILE), mask, facc[r][j]);
                 }
-            }
-        }
-        for j in 0..NT {
-            let t = t0 + j;
-            let valid = (w.n - t * TILE).min(TILE);
-            let mask: __mmask16 = if valid == TILE { 0xFFFF } else { (1u16 << valid) - 1 };
-            for r in 0..MR {
-                _mm512_mask_storeu_ps(out.add((i0 + r) * w.n + t * TILE), mask, facc[r][j]);
             }
         }
     }

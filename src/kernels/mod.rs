@@ -12,37 +12,59 @@ pub mod attention;
 pub mod int8_matmul;
 pub mod packed;
 
-/// A buffer whose disjoint parts are written by different tasks of the thread pool
-/// (rows of an output, one row's random stream): the one place that hands a raw pointer
-/// across threads.
-pub(crate) struct SharedMut<T>(*mut T);
+use std::marker::PhantomData;
 
-impl<T> SharedMut<T> {
-    pub(crate) fn new(buffer: &mut [T]) -> Self {
-        Self(buffer.as_mut_ptr())
+/// A mutable buffer whose disjoint parts are written by different tasks of the thread
+/// pool (rows of an output, one row's random stream): the one place that hands a raw
+/// pointer across threads. It borrows the buffer for `'a`, so the buffer outlives every
+/// part handed out, and it knows the length, so every part is bounds-checked; what the
+/// type cannot check is that two tasks never take overlapping parts, which is why
+/// `part` is `unsafe`.
+pub(crate) struct DisjointMut<'a, T> {
+    ptr: *mut T,
+    len: usize,
+    _borrow: PhantomData<&'a mut [T]>,
+}
+
+impl<'a, T> DisjointMut<'a, T> {
+    pub(crate) fn new(buffer: &'a mut [T]) -> Self {
+        Self { ptr: buffer.as_mut_ptr(), len: buffer.len(), _borrow: PhantomData }
     }
 
-    /// The start of the buffer, for tasks whose parts are strided (a matmul's columns).
-    pub(crate) fn ptr(&self) -> *mut T {
-        self.0
+    pub(crate) fn len(&self) -> usize {
+        self.len
     }
 
-    /// Elements `at..at + len`.
+    /// The start of the buffer, for tasks whose parts are strided (a matmul's columns);
+    /// writes through it must stay below `len()`.
+    pub(crate) fn as_mut_ptr(&self) -> *mut T {
+        self.ptr
+    }
+
+    /// Elements `at..at + len`. Panics if the range is outside the buffer.
     ///
     /// # Safety
-    /// The range lies inside the buffer, the buffer outlives the slice, and no other task
-    /// touches the range while the slice lives.
+    /// No other task reads or writes any element of the range while the returned slice
+    /// lives (parts handed to concurrent tasks must be disjoint).
     #[allow(clippy::mut_from_ref)]
-    pub(crate) unsafe fn slice<'a>(&self, at: usize, len: usize) -> &'a mut [T] {
-        std::slice::from_raw_parts_mut(self.0.add(at), len)
+    pub(crate) unsafe fn part(&self, at: usize, len: usize) -> &'a mut [T] {
+        assert!(at.checked_add(len).is_some_and(|end| end <= self.len), "part {at}..{at}+{len} outside a buffer of {}", self.len);
+        // SAFETY: the range is inside the buffer (checked above), the buffer is borrowed
+        // mutably for 'a (so it lives and nothing else uses it), and the caller
+        // guarantees no other task touches the range meanwhile.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), len) }
     }
 }
 
-impl<T> Clone for SharedMut<T> {
+impl<T> Clone for DisjointMut<'_, T> {
     fn clone(&self) -> Self {
         *self
     }
 }
-impl<T> Copy for SharedMut<T> {}
-unsafe impl<T: Send> Send for SharedMut<T> {}
-unsafe impl<T: Send> Sync for SharedMut<T> {}
+impl<T> Copy for DisjointMut<'_, T> {}
+// SAFETY: a DisjointMut is a `&mut [T]` split across tasks; sending it (or sharing it)
+// to another thread hands out access to `T` values there, which is sound when `T: Send`.
+// The aliasing rule (disjoint parts) is the `part` caller's obligation.
+unsafe impl<T: Send> Send for DisjointMut<'_, T> {}
+// SAFETY: as for Send: `&DisjointMut` only gives out parts through the unsafe `part`.
+unsafe impl<T: Send> Sync for DisjointMut<'_, T> {}

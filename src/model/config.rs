@@ -30,13 +30,7 @@ impl Arch {
     }
 }
 
-/// The MLP's gate activation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    Silu,
-    /// GELU with the tanh approximation (Gemma's `gelu_pytorch_tanh`).
-    GeluTanh,
-}
+pub use crate::kernels::activation::Activation;
 
 /// Everything the forward pass needs to know about a model's shape.
 #[derive(Debug, Clone, PartialEq)]

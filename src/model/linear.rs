@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 pub enum Linear {
-    Packed(Arc<PackedMatrix>),
+    /// Packed int8 weights and the micro-kernel that multiplies by them.
+    Packed(Arc<PackedMatrix>, KernelPath),
     Quantized(QMatMul),
     /// Float weights shaped (out, in).
     Dense(Tensor),
@@ -22,18 +23,19 @@ impl Linear {
     /// matmul choose kernels and blockings by shape, so their rows may differ in the
     /// last bits when batched.
     pub fn batch_invariant(&self) -> bool {
-        matches!(self, Linear::Packed(_))
+        matches!(self, Linear::Packed(..))
     }
 }
 
 impl Linear {
-    /// Chooses the kernel for a GGUF tensor shaped (out, in).
-    pub fn from_qtensor(q: QTensor, device: &Device, prefer_packed: bool) -> Result<Self> {
+    /// Chooses the kernel for a GGUF tensor shaped (out, in): packed int8 (run by
+    /// `packed`) on CPU where the quant type packs, candle's quantized matmul otherwise.
+    pub fn from_qtensor(q: QTensor, device: &Device, packed: Option<KernelPath>) -> Result<Self> {
         let (n, k) = q.shape().dims2()?;
-        if prefer_packed && device.is_cpu() {
+        if let (Some(path), true) = (packed, device.is_cpu()) {
             let data = q.data()?;
             if let Ok(p) = PackedMatrix::from_ggml(q.dtype(), &data, n, k) {
-                return Ok(Linear::Packed(Arc::new(p)));
+                return Ok(Linear::Packed(Arc::new(p), path));
             }
         }
         Ok(Linear::Quantized(QMatMul::from_qtensor(q)?))
@@ -41,7 +43,7 @@ impl Linear {
 
     pub fn out_features(&self) -> usize {
         match self {
-            Linear::Packed(p) => p.n,
+            Linear::Packed(p, _) => p.n,
             Linear::Quantized(QMatMul::QTensor(q)) => q.shape().dims()[0],
             Linear::Quantized(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.dims()[0],
             Linear::Dense(t) => t.dims()[0],
@@ -51,21 +53,27 @@ impl Linear {
     /// Stacks layers along the output dimension when they share a packed format, so one
     /// pass over the input computes them all (q/k/v, gate/up). None if they cannot fuse.
     pub fn fuse(parts: &[&Linear]) -> Option<Linear> {
-        let packed: Option<Vec<&PackedMatrix>> = parts
+        let packed: Option<Vec<(&PackedMatrix, KernelPath)>> = parts
             .iter()
             .map(|l| match l {
-                Linear::Packed(p) => Some(p.as_ref()),
+                Linear::Packed(p, path) => Some((p.as_ref(), *path)),
                 _ => None,
             })
             .collect();
-        PackedMatrix::concat_rows(&packed?).map(|p| Linear::Packed(Arc::new(p)))
+        let packed = packed?;
+        let path = packed.first()?.1;
+        if packed.iter().any(|(_, p)| *p != path) {
+            return None;
+        }
+        let matrices: Vec<&PackedMatrix> = packed.iter().map(|(m, _)| *m).collect();
+        PackedMatrix::concat_rows(&matrices).map(|p| Linear::Packed(Arc::new(p), path))
     }
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Linear::Packed(p) => x.contiguous()?.apply_op1_no_bwd(&PackedOp { w: p.clone() }),
+            Linear::Packed(p, path) => x.contiguous()?.apply_op1_no_bwd(&PackedOp { w: p.clone(), path: *path }),
             Linear::Quantized(q) => q.forward(x),
             Linear::Dense(w) => {
                 let x = x.to_dtype(w.dtype())?;
@@ -80,6 +88,7 @@ impl Module for Linear {
 
 struct PackedOp {
     w: Arc<PackedMatrix>,
+    path: KernelPath,
 }
 
 impl CustomOp1 for PackedOp {
@@ -102,19 +111,9 @@ impl CustomOp1 for PackedOp {
             candle_core::bail!("packed matmul: input has {k} features, weight expects {}", self.w.k);
         }
         let m = x.len() / k;
-        let y = int8_matmul::matmul(&self.w, x, m, kernel_path());
+        let y = int8_matmul::matmul(&self.w, x, m, self.path);
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().expect("non-empty dims") = self.w.n;
         Ok((CpuStorage::F32(y), Shape::from(out_dims)))
     }
-}
-
-/// The kernel path in use: the best one, unless `AFFECTBENCH_KERNEL=scalar` asks for the
-/// reference (for comparisons and debugging).
-pub fn kernel_path() -> KernelPath {
-    static PATH: std::sync::OnceLock<KernelPath> = std::sync::OnceLock::new();
-    *PATH.get_or_init(|| match std::env::var("AFFECTBENCH_KERNEL").as_deref() {
-        Ok("scalar") => KernelPath::Scalar,
-        _ => int8_matmul::best_path(),
-    })
 }

@@ -43,15 +43,15 @@ fn build(g: &mut GgufFile, config: ModelConfig, opts: &LoadOptions) -> Result<Tr
         let q = g.tensor(name, dev)?;
         Ok(match kernels {
             Kernels::DenseF32 => Linear::Dense(q.dequantize(dev)?),
-            Kernels::Packed => Linear::from_qtensor(q, dev, true)?,
-            Kernels::Candle => Linear::from_qtensor(q, dev, false)?,
+            Kernels::Packed => Linear::from_qtensor(q, dev, Some(opts.int8_kernel))?,
+            Kernels::Candle => Linear::from_qtensor(q, dev, None)?,
         })
     };
 
     let tied = !g.has_tensor("output.weight");
     let embd_linear = linear(g, "token_embd.weight")?;
     let embeddings = match &embd_linear {
-        Linear::Packed(p) => Embeddings::Packed(p.clone()),
+        Linear::Packed(p, _) => Embeddings::Packed(p.clone()),
         _ => Embeddings::Dense(dense(g, "token_embd.weight")?),
     };
     let output = if tied { embd_linear } else { linear(g, "output.weight")? };
@@ -93,5 +93,5 @@ fn build(g: &mut GgufFile, config: ModelConfig, opts: &LoadOptions) -> Result<Tr
         });
     }
     let device: Device = dev.clone();
-    Ok(Transformer::new(config, embeddings, layers, final_norm, output, device)?)
+    Ok(Transformer::new(config, embeddings, layers, final_norm, output, device, opts.ops)?)
 }

@@ -151,7 +151,7 @@ pub(super) fn load(dir: &Path, label: String, opts: &LoadOptions) -> Result<Mode
         });
     }
     let final_norm = get("model.norm.weight", &[d])?;
-    let transformer = Transformer::new(config, Embeddings::Dense(embed), layers, final_norm, Linear::Dense(output), opts.device.clone())?;
+    let transformer = Transformer::new(config, Embeddings::Dense(embed), layers, final_norm, Linear::Dense(output), opts.device.clone(), opts.ops)?;
 
     let tc_path = dir.join("tokenizer_config.json");
     let tc: HfTokenizerConfig = if tc_path.is_file() {

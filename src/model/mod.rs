@@ -17,6 +17,7 @@ pub use kv_cache::KvCache;
 pub use transformer::{OpPath, LogitsAt, Transformer};
 
 use crate::cache;
+use crate::kernels::int8_matmul::{best_path, KernelPath};
 use crate::chat::{ChatTemplate, Message};
 use crate::error::{Error, Result};
 use crate::registry::{ModelRef, Registry};
@@ -30,6 +31,11 @@ pub struct LoadOptions {
     pub device: Device,
     /// Which matmul kernels run the linear layers.
     pub kernels: Kernels,
+    /// The packed int8 micro-kernel (with `Kernels::Packed` on CPU).
+    pub int8_kernel: KernelPath,
+    /// Attention and gated activation: fused CPU kernels where they apply, or the
+    /// candle-op reference.
+    pub ops: OpPath,
     /// Force the MLP activation (tests use this to match a reference with a known
     /// deviation; never needed in normal use).
     pub activation_override: Option<Activation>,
@@ -37,7 +43,7 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { device: Device::Cpu, kernels: Kernels::Packed, activation_override: None }
+        Self { device: Device::Cpu, kernels: Kernels::Packed, int8_kernel: best_path(), ops: OpPath::Fused, activation_override: None }
     }
 }
 
@@ -51,6 +57,16 @@ pub enum Kernels {
     /// Weights dequantised to f32 and multiplied without quantising activations: slow,
     /// but the closest to the file's exact arithmetic; the accuracy reference.
     DenseF32,
+}
+
+impl Kernels {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernels::Packed => "packed-int8",
+            Kernels::Candle => "candle-qmatmul",
+            Kernels::DenseF32 => "dense-f32",
+        }
+    }
 }
 
 /// Where the model came from and what identifies it (recorded with results).

@@ -85,9 +85,18 @@ pub enum OpPath {
     /// spread over the threads. The default on CPU (head_dim 16, 32, 64, 128 or 256;
     /// others use the reference).
     Fused,
-    /// Candle tensor ops (the reference, and the path on GPUs); `AFFECTBENCH_OPS=reference`
+    /// Candle tensor ops (the reference, and the path on GPUs); `--ops reference`
     /// selects it on CPU.
     Reference,
+}
+
+impl OpPath {
+    pub fn name(self) -> &'static str {
+        match self {
+            OpPath::Fused => "fused",
+            OpPath::Reference => "reference",
+        }
+    }
 }
 
 /// Positions for which rope tables are precomputed (capped: long contexts grow on demand
@@ -102,6 +111,7 @@ impl Transformer {
         final_norm: Tensor,
         output: Linear,
         device: Device,
+        preferred_ops: OpPath,
     ) -> Result<Self> {
         let positions = config.context_length.min(MAX_ROPE_POSITIONS);
         let rope_global = rope_tables(config.head_dim, config.rope_base, positions, &device)?;
@@ -109,7 +119,9 @@ impl Transformer {
         let flat = |(c, s): &(Tensor, Tensor)| -> Result<(Vec<f32>, Vec<f32>)> { Ok((c.flatten_all()?.to_vec1()?, s.flatten_all()?.to_vec1()?)) };
         let (rope_global_flat, rope_local_flat) = (flat(&rope_global)?, flat(&rope_local)?);
         let fused_fits = crate::kernels::attention::HEAD_DIMS.contains(&config.head_dim);
-        let op_path = if device.is_cpu() && fused_fits && std::env::var("AFFECTBENCH_OPS").as_deref() != Ok("reference") { OpPath::Fused } else { OpPath::Reference };
+        // The fused kernels are CPU functions compiled for a few head dims; elsewhere the
+        // reference runs whatever was preferred.
+        let op_path = if preferred_ops == OpPath::Fused && device.is_cpu() && fused_fits { OpPath::Fused } else { OpPath::Reference };
         Ok(Self { config, embeddings, layers, final_norm, output, device, rope_global, rope_local, rope_global_flat, rope_local_flat, op_path })
     }
 
@@ -125,6 +137,11 @@ impl Transformer {
             GateUp::Separate(a, b) => a.batch_invariant() && b.batch_invariant(),
         };
         self.output.batch_invariant() && self.layers.iter().all(|l| qkv(&l.qkv) && gate_up(&l.gate_up) && l.o_proj.batch_invariant() && l.down.batch_invariant())
+    }
+
+    /// Whether any projection runs on the packed int8 kernels.
+    pub fn uses_packed_weights(&self) -> bool {
+        matches!(self.output, Linear::Packed(..)) || self.layers.iter().any(|l| matches!(l.down, Linear::Packed(..)))
     }
 
     /// The longest sequence (cached + new) this model accepts.

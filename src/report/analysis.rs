@@ -5,11 +5,11 @@
 //! Every bootstrap draws from its own seeded stream named after what it estimates, so a
 //! figure does not depend on which other figures were computed or in what order.
 
-use super::scores::{completion_scores, conditions, models, question_str, scale_scores, CompletionScore, ConditionInfo, Readout, Score};
+use super::scores::{completion_scores, conditions, models, scale_scores, CompletionScore, ConditionInfo, Readout, ScaleScore};
 use super::load::RunData;
 use super::stats::{bootstrap, describe, hedges_g, holm, mann_whitney, mean, mean_difference, welch, BootstrapCi, Describe, HedgesG, MannWhitney, Welch};
-use crate::sampling::sequence_rng;
-use crate::study::record::TrialRecord;
+use crate::rng::Stream;
+use crate::results::{Question, TrialRecord};
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone)]
@@ -135,7 +135,7 @@ pub struct VarianceShare {
 pub struct Analysis {
     pub models: Vec<String>,
     pub conditions: Vec<ConditionInfo>,
-    pub scores: Vec<Score>,
+    pub scores: Vec<ScaleScore>,
     pub cells: Vec<CellStats>,
     pub contrasts: Vec<Contrast>,
     pub baseline_returns: Vec<BaselineReturn>,
@@ -152,7 +152,7 @@ pub struct Analysis {
 type CellKey = (String, String, String, String, Readout); // model, instrument, emotion, condition, readout
 
 fn ci_of(seed: u64, stream: &str, samples: &[&[f64]], opts: &ReportOptions) -> BootstrapCi {
-    let mut rng = sequence_rng(seed, &format!("report/{stream}"));
+    let mut rng = Stream::Bootstrap { statistic: stream }.rng(seed);
     if samples.len() == 1 {
         bootstrap(samples, |s| mean(s[0]), opts.resamples, LEVEL, &mut rng)
     } else {
@@ -166,7 +166,7 @@ pub fn analyse(data: &RunData, options: &ReportOptions) -> Analysis {
     let scores = scale_scores(data);
     let mut groups: BTreeMap<CellKey, Vec<f64>> = BTreeMap::new();
     for s in &scores {
-        groups.entry((s.model.clone(), s.instrument.clone(), s.emotion.clone(), s.condition.clone(), s.readout)).or_default().push(s.value);
+        groups.entry((s.model.clone(), s.instrument.clone(), s.subscale.clone(), s.condition.clone(), s.readout)).or_default().push(s.value);
     }
     let order = |c: &str| conds.iter().position(|x| x.name == c).unwrap_or(usize::MAX);
     let mut cells: Vec<CellStats> = groups
@@ -332,7 +332,7 @@ fn negativity(completions: &[CompletionScore], conds: &[ConditionInfo], seed: u6
 
 fn quality(data: &RunData) -> Vec<QualityRow> {
     let mut rows: BTreeMap<(String, String), QualityRow> = BTreeMap::new();
-    for t in data.trials.iter().filter(|t| question_str(t, "kind") == Some("item")) {
+    for t in data.trials.iter().filter(|t| t.question.is_item()) {
         let row = rows.entry((t.model.clone(), t.condition.clone())).or_insert_with(|| QualityRow { model: t.model.clone(), condition: t.condition.clone(), ..Default::default() });
         row.items += 1;
         if t.error.is_some() {
@@ -357,10 +357,10 @@ fn quality(data: &RunData) -> Vec<QualityRow> {
 fn position_bias(data: &RunData) -> Vec<PositionBias> {
     let mut acc: BTreeMap<(String, String, usize), (usize, Vec<usize>, Vec<f64>)> = BTreeMap::new();
     for t in &data.trials {
-        let permuted = t.question.get("option_order").and_then(|o| o.as_array()).is_some_and(|o| !o.is_empty());
-        let Some(c) = t.choice.as_ref().filter(|_| permuted) else { continue };
+        let Question::Item { instrument, option_order, .. } = &t.question else { continue };
+        let Some(c) = t.choice.as_ref().filter(|_| !option_order.is_empty()) else { continue };
         let k = c.probs.len();
-        let e = acc.entry((t.model.clone(), question_str(t, "instrument").unwrap_or_default().to_string(), k)).or_insert_with(|| (0, vec![0; k], vec![0.0; k]));
+        let e = acc.entry((t.model.clone(), instrument.clone(), k)).or_insert_with(|| (0, vec![0; k], vec![0.0; k]));
         e.0 += 1;
         let best = c.probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0);
         e.1[best] += 1;
@@ -398,7 +398,10 @@ fn variance_shares(data: &RunData) -> Vec<VarianceShare> {
     let factors: [Factor; 4] = [
         ("induction variant", |t| t.induction_variant.clone()),
         ("regulation variant", |t| t.regulation_variant.clone()),
-        ("label style", |t| question_str(t, "label_style").map(str::to_string)),
+        ("label style", |t| match &t.question {
+            Question::Item { label_style, .. } => Some(label_style.name().to_string()),
+            Question::Completion { .. } => None,
+        }),
         ("option order", order_direction),
     ];
     let mut out = Vec::new();
@@ -406,16 +409,12 @@ fn variance_shares(data: &RunData) -> Vec<VarianceShare> {
     for model in &models {
         for readout in Readout::ALL {
             let mut cells: BTreeMap<(String, String, String), Vec<(&TrialRecord, f64)>> = BTreeMap::new();
-            for t in data.trials.iter().filter(|t| &t.model == model && question_str(t, "kind") == Some("item")) {
-                let instrument = question_str(t, "instrument").unwrap_or_default();
+            for t in data.trials.iter().filter(|t| &t.model == model) {
+                let Some(instrument) = t.question.instrument() else { continue };
                 let Some(rule) = data.scoring.get(instrument) else { continue };
-                let raw = match readout {
-                    Readout::Generated => t.generate.as_ref().and_then(|g| g.keyed),
-                    Readout::Probability => t.choice.as_ref().map(|c| c.keyed_expected),
-                };
-                let Some(v) = raw else { continue };
+                let Some(v) = readout.keyed_value(t) else { continue };
                 let scaled = (v - rule.min) / (rule.max - rule.min).max(f64::MIN_POSITIVE);
-                cells.entry((t.condition.clone(), instrument.to_string(), question_str(t, "item").unwrap_or_default().to_string())).or_default().push((t, scaled));
+                cells.entry((t.condition.clone(), instrument.to_string(), t.question.item().unwrap_or_default().to_string())).or_default().push((t, scaled));
             }
             for (name, level_of) in factors {
                 let (mut between, mut total, mut corrected, mut used) = (0.0, 0.0, 0.0, 0);

@@ -63,15 +63,15 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
     // Design and provenance.
     let mut design = vec![];
     for h in &data.headers {
-        let desc = h.study.get("description").and_then(|d| d.as_str()).unwrap_or("");
         design.push(Block::Text(format!(
-            "Study '{}' (version {}, {}), temperature {}, {} repetitions, seed {}. {desc}",
-            h.study["id"].as_str().unwrap_or("?"),
-            h.study["version"],
+            "Study '{}' (version {}, {}), temperature {}, {} repetitions, seed {}. {}",
+            h.study.id,
+            h.study.version,
             h.study_path,
-            h.study["temperature"],
+            h.study.temperature,
             h.repetitions,
-            h.seed
+            h.seed,
+            h.study.description
         )));
     }
     design.push(table(
@@ -86,12 +86,28 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
 
     let mut prov = vec![table(
         "Runs",
-        &["directory", "status", "started", "ended", "affectbench", "git revision", "device", "threads", "trials planned"],
+        &["directory", "status", "started", "ended", "affectbench", "git revision", "device", "threads", "engine", "trials planned"],
         data.headers
             .iter()
             .zip(&data.dirs)
             .map(|(h, d)| {
-                vec![d.display().to_string(), h.status.clone(), h.started.clone(), h.ended.clone().unwrap_or_default(), h.affectbench_version.clone(), h.git_revision.clone(), h.device.clone(), h.threads.to_string(), h.trials_planned.to_string()]
+                let e = &h.engine;
+                let engine = match (&e.weights, &e.int8_kernel, &e.ops) {
+                    (Some(w), Some(k), Some(o)) => format!("{w} weights, {k} int8 kernel, {o} ops, batch {}", e.batch_size.map(|b| b.to_string()).unwrap_or_else(|| "–".into())),
+                    _ => "not recorded (schema 1)".to_string(),
+                };
+                vec![
+                    d.display().to_string(),
+                    h.status.to_string(),
+                    h.started.clone(),
+                    h.ended.clone().unwrap_or_default(),
+                    h.affectbench_version.clone(),
+                    h.git_revision.clone(),
+                    e.device.clone(),
+                    e.threads.to_string(),
+                    engine,
+                    h.trials_planned.to_string(),
+                ]
             })
             .collect(),
     )];
@@ -106,10 +122,7 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
         data.headers
             .iter()
             .flat_map(|h| h.scenario_files.iter())
-            .map(|s| {
-                let g = |k: &str| s.get(k).map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())).unwrap_or_default();
-                vec![g("id"), g("version"), g("sha256"), g("source"), g("licence")]
-            })
+            .map(|s| vec![s.id.clone(), s.version.to_string(), s.sha256.clone(), s.source.clone(), s.licence.clone()])
             .collect(),
     ));
     if !data.notes.is_empty() {

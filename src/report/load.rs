@@ -1,10 +1,9 @@
-//! Reading one or more run directories (run.json + trials.jsonl) into one data set for
-//! a report, with each instrument's scoring rule.
+//! Reading one or more run directories (run.json + trials.jsonl, any known schema) into
+//! one data set for a report, with each instrument's scoring rule.
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
+use crate::results::{read_header, read_trials, InstrumentScoring, RunHeader, RunStatus, TrialRecord};
 use crate::scenario::Instrument;
-use crate::study::record::{InstrumentScoring, RunHeader, TrialRecord};
-use crate::study::runner::read_header;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -19,8 +18,8 @@ pub struct RunData {
 }
 
 /// Reads runs in order; a trial id seen in an earlier run is kept from that run only.
-/// A malformed line is an error naming file and line, except a truncated last line (a
-/// run still writing or killed mid-write), which is skipped with a note.
+/// A malformed line is an error naming file and line, except a torn last line (a run
+/// still writing or killed mid-write), which is left out with a note.
 pub fn load_runs(dirs: &[PathBuf]) -> Result<RunData> {
     if dirs.is_empty() {
         return Err(Error::Report("no run directory given".into()));
@@ -32,22 +31,13 @@ pub fn load_runs(dirs: &[PathBuf]) -> Result<RunData> {
             return Err(Error::Report(format!("{} has no run.json; give the directory `affectbench run` wrote (e.g. results/<run-id>)", dir.display())));
         }
         let header = read_header(dir)?;
-        let path = dir.join("trials.jsonl");
-        let text = std::fs::read_to_string(&path).with_path(&path)?;
-        let lines: Vec<&str> = text.lines().collect();
+        let file = read_trials(&dir.join("trials.jsonl"), header.seed)?;
+        if let Some((line, _)) = file.torn_tail {
+            data.notes.push(format!("{}: line {line} is incomplete (the run was writing it) and was left out", file.path.display()));
+        }
+        let recorded = file.records.len();
         let mut duplicates = 0;
-        for (i, line) in lines.iter().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let rec: TrialRecord = match serde_json::from_str(line) {
-                Ok(r) => r,
-                Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => {
-                    data.notes.push(format!("{}: the last line is incomplete (the run was writing it) and was left out", path.display()));
-                    continue;
-                }
-                Err(e) => return Err(Error::DataFile { path: path.clone(), line: i + 1, message: format!("not a trial record: {e}") }),
-            };
+        for (_, rec) in file.records {
             if seen.insert(rec.trial_id.clone()) {
                 data.trials.push(rec);
             } else {
@@ -55,10 +45,10 @@ pub fn load_runs(dirs: &[PathBuf]) -> Result<RunData> {
             }
         }
         if duplicates > 0 {
-            data.notes.push(format!("{}: {duplicates} trials were already in an earlier run given and were counted once", path.display()));
+            data.notes.push(format!("{}: {duplicates} trials were already in an earlier run given and were counted once", file.path.display()));
         }
-        if header.status != "success" {
-            data.notes.push(format!("{}: run status is '{}' ({} of {} planned trials recorded)", dir.display(), header.status, lines.len(), header.trials_planned));
+        if header.status != RunStatus::Success {
+            data.notes.push(format!("{}: run status is '{}' ({recorded} of {} planned trials recorded)", dir.display(), header.status, header.trials_planned));
         }
         for s in instrument_scoring(&header)? {
             data.scoring.entry(s.id.clone()).or_insert(s);
@@ -68,23 +58,19 @@ pub fn load_runs(dirs: &[PathBuf]) -> Result<RunData> {
     Ok(data)
 }
 
-/// The scoring rules recorded in run.json, or, for runs made before they were recorded,
-/// read from the instrument files the run names, checked against their recorded sha256.
+/// The scoring rules recorded in run.json, or, for schema-1 runs made before they were
+/// recorded, read from the instrument files the run names, checked against their sha256.
 fn instrument_scoring(header: &RunHeader) -> Result<Vec<InstrumentScoring>> {
     if !header.scoring.is_empty() {
         return Ok(header.scoring.clone());
     }
     let mut out = Vec::new();
-    for f in &header.scenario_files {
-        let Some(path) = f["path"].as_str() else { continue };
-        if !path.contains("instruments") {
-            continue;
-        }
-        let ins = Instrument::load(Path::new(path)).map_err(|e| {
+    for f in header.scenario_files.iter().filter(|f| f.path.contains("instruments")) {
+        let ins = Instrument::load(Path::new(&f.path)).map_err(|e| {
             Error::Report(format!("this run's run.json predates recorded scoring rules, and its instrument file could not be read ({e}); run the report from the directory the run was made in"))
         })?;
-        if f["sha256"].as_str() != Some(ins.info.sha256.as_str()) {
-            return Err(Error::Report(format!("{path} has changed since the run (sha256 differs from run.json); check out the revision {} to report this run", header.git_revision)));
+        if f.sha256 != ins.info.sha256 {
+            return Err(Error::Report(format!("{} has changed since the run (sha256 differs from run.json); check out the revision {} to report this run", f.path, header.git_revision)));
         }
         out.push(InstrumentScoring::from_instrument(&ins));
     }

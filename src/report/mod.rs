@@ -63,7 +63,7 @@ pub fn build_report(runs: &[PathBuf], out_dir: &Path, options: &ReportOptions) -
         svgs.push(svg);
     }
 
-    let study_ids: Vec<String> = data.headers.iter().map(|h| h.study["id"].as_str().unwrap_or("?").to_string()).collect();
+    let study_ids: Vec<String> = data.headers.iter().map(|h| h.study.id.clone()).collect();
     let title = format!("affectbench report: {} ({})", study_ids.join(" + "), a.models.join(", "));
     let sections = document::sections(&data, &a, &figures);
     let inline: Vec<(String, &plots::Figure)> = svgs.into_iter().zip(&figures).collect();

@@ -5,7 +5,8 @@
 use super::analysis::Analysis;
 use super::lexicon;
 use super::load::RunData;
-use super::scores::{judge_valence, question_str};
+use super::scores::judge_valence;
+use crate::results::Question;
 use super::stats::{BootstrapCi, HedgesG};
 use crate::error::{Error, Result};
 use std::path::Path;
@@ -155,7 +156,7 @@ pub fn tidy_tables(a: &Analysis) -> Vec<Tidy> {
 pub fn write_trials_csv(path: &Path, data: &RunData) -> Result<()> {
     let mut w = csv::Writer::from_path(path).map_err(|e| csv_err(path, e))?;
     w.write_record([
-        "trial_id", "group_id", "model", "condition", "induction", "induction_variant", "regulation", "regulation_variant", "repetition", "kind", "instrument", "item", "stem",
+        "trial_id", "seed", "group_id", "model", "condition", "induction", "induction_variant", "regulation", "regulation_variant", "repetition", "kind", "instrument", "item", "stem",
         "label_style", "option_order", "prompt_sha256", "prompt_tokens", "reply", "replies", "generated_value", "generated_keyed", "option_labels", "option_probs", "option_mass",
         "option_expected", "option_keyed_expected", "option_argmax", "option_draw", "completion", "lexicon_valence", "judge_valence", "error", "total_ms",
     ])
@@ -163,13 +164,23 @@ pub fn write_trials_csv(path: &Path, data: &RunData) -> Result<()> {
     let opt = |x: Option<f64>| x.map(num).unwrap_or_else(|| "NA".into());
     let s = |x: &Option<String>| x.clone().unwrap_or_default();
     for t in &data.trials {
-        let q = |k| question_str(t, k).unwrap_or_default().to_string();
-        let order = t.question.get("option_order").and_then(|o| o.as_array()).map(|o| o.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(" ")).unwrap_or_default();
+        let (kind, instrument, item, stem, label_style, order) = match &t.question {
+            Question::Item { instrument, item, label_style, option_order } => (
+                "item",
+                instrument.clone(),
+                item.clone().unwrap_or_default(),
+                String::new(),
+                label_style.name().to_string(),
+                option_order.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(" "),
+            ),
+            Question::Completion { stem, .. } => ("completion", String::new(), String::new(), stem.clone(), String::new(), String::new()),
+        };
         let g = t.generate.as_ref();
         let c = t.choice.as_ref();
-        let timing = t.timing.get("total_ms").and_then(|v| v.as_f64());
+        let timing = t.timing.total_ms;
         w.write_record([
             t.trial_id.clone(),
+            t.seed.to_string(),
             t.group_id.clone(),
             t.model.clone(),
             t.condition.clone(),
@@ -178,11 +189,11 @@ pub fn write_trials_csv(path: &Path, data: &RunData) -> Result<()> {
             s(&t.regulation),
             s(&t.regulation_variant),
             t.repetition.to_string(),
-            q("kind"),
-            q("instrument"),
-            q("item"),
-            q("stem"),
-            q("label_style"),
+            kind.to_string(),
+            instrument,
+            item,
+            stem,
+            label_style,
             order,
             t.prompt_sha256.clone(),
             t.prompt_tokens.to_string(),

@@ -71,10 +71,30 @@ impl Response {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How keyed item values become a scale score. `apply` is the one place this arithmetic
+/// lives: the runner's answers, its summary and the report all score through it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Scoring {
     Sum,
     Mean,
+}
+
+impl Scoring {
+    /// The score of keyed item values (sum or mean, times `multiplier`); None if any
+    /// value is missing or there are none.
+    pub fn apply(self, keyed: &[Option<f64>], multiplier: f64) -> Option<f64> {
+        let values: Vec<f64> = keyed.iter().copied().collect::<Option<_>>()?;
+        if values.is_empty() {
+            return None;
+        }
+        let sum: f64 = values.iter().sum();
+        let raw = match self {
+            Scoring::Sum => sum,
+            Scoring::Mean => sum / values.len() as f64,
+        };
+        Some(raw * multiplier)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -157,16 +177,6 @@ impl Instrument {
 
     /// The scale score from keyed item values (None if any is missing).
     pub fn score(&self, keyed: &[Option<f64>]) -> Option<f64> {
-        let vals: Option<Vec<f64>> = keyed.iter().copied().collect();
-        let vals = vals?;
-        if vals.is_empty() {
-            return None;
-        }
-        let sum: f64 = vals.iter().sum();
-        let s = match self.scoring {
-            Scoring::Sum => sum,
-            Scoring::Mean => sum / vals.len() as f64,
-        };
-        Some(s * self.score_multiplier)
+        self.scoring.apply(keyed, self.score_multiplier)
     }
 }

@@ -62,14 +62,14 @@ struct CompletionSpec {
     max_tokens: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Order {
     InductionFirst,
     RegulationFirst,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PerConversation {
     /// One item per conversation (as the npj study did).
@@ -78,21 +78,30 @@ pub enum PerConversation {
     All,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LabelStyle {
     Digits,
     Letters,
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+impl LabelStyle {
+    pub fn name(self) -> &'static str {
+        match self {
+            LabelStyle::Digits => "digits",
+            LabelStyle::Letters => "letters",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RegulationRef {
     pub strategy: String,
     /// A pinned variant id; None cycles through the strategy's variants.
     pub variant: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Condition {
     pub name: String,
     pub induction: Option<String>,

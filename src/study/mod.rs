@@ -1,6 +1,8 @@
 //! Running a study: expansion into trials (`plan`), conversation assembly (`prompt`),
-//! the two answer read-outs (`parse` for generated answers, `choice` for option
-//! probabilities), result records (`record`) and the resumable runner (`runner`).
+//! answer parsing (`parse`), a group's shared prefix and scheduling (`group`), each
+//! trial's read-outs (`readouts`), the run directory protocol (`run_dir`), provenance
+//! (`provenance`), the end-of-run table (`summary`) and the sequence that ties them
+//! together (`runner`). What a run writes is defined in `crate::results`.
 //!
 //! Concepts:
 //! - A *group* is (model, condition, repetition): the conversation prefix its items
@@ -10,9 +12,12 @@
 //! - Ids are hashes of coordinates, never indices, so adding a condition or reordering
 //!   the study file leaves every other trial's id, seed and result unchanged.
 
-pub mod choice;
+pub mod group;
 pub mod parse;
 pub mod plan;
 pub mod prompt;
-pub mod record;
+pub mod provenance;
+pub mod readouts;
+pub mod run_dir;
 pub mod runner;
+pub mod summary;

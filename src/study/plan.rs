@@ -4,7 +4,9 @@
 //! and of its regulation (balanced, deterministic). Label style and option order are
 //! drawn per trial from the trial's own seeded stream.
 
-use crate::scenario::study::{Condition, LabelStyle, PerConversation};
+use crate::rng::Stream;
+pub use crate::results::Question;
+use crate::scenario::study::{Condition, PerConversation};
 use crate::scenario::{Library, Study};
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -28,14 +30,6 @@ pub struct Group {
     pub induction_variant: Option<String>,
     pub regulation: Option<String>,
     pub regulation_variant: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum Question {
-    /// One item (or, with `item = None`, every item of the instrument in one turn).
-    Item { instrument: String, item: Option<String>, label_style: LabelStyle, option_order: Vec<usize> },
-    Completion { task: String, stem: String, index: usize },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -72,7 +66,7 @@ pub fn expand(study: &Study, lib: &Library, models: &[String], repetitions: usiz
                             "instrument": name, "item": item,
                         });
                         let id = stable_id(&coords);
-                        let mut rng = crate::sampling::sequence_rng(study.seed, &format!("{id}/perturbation"));
+                        let mut rng = Stream::Perturbation { trial: &id }.rng(study.seed);
                         let label_style = study.label_styles[rng.random_range(0..study.label_styles.len())];
                         let n_options = match &ins.response {
                             crate::scenario::Response::Options(o) => o.len(),

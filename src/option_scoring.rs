@@ -1,5 +1,5 @@
-//! The choice read-out: the probability of every response option at the answer
-//! position, from the model's logits. Multi-token labels ("100") are scored exactly, as
+//! Option scoring, the engine half of the choice read-out: the log-probability of every
+//! response option at the answer position, from the model's logits. Multi-token labels ("100") are scored exactly, as
 //! the sum of their tokens' log-probabilities, by extending a fork of the prompt's cache.
 
 use crate::error::Result;

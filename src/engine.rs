@@ -1,0 +1,76 @@
+//! The engine configuration: every choice of arithmetic in one value, set from flags
+//! (whose defaults environment variables may set), turned into load options, and
+//! recorded in run.json as what actually ran, so a resume can refuse a different one.
+
+use crate::kernels::int8_matmul::{best_path, KernelPath};
+use crate::model::{Kernels, LoadOptions, Model, OpPath};
+use crate::results::EngineRecord;
+use crate::Result;
+
+/// How models are loaded and computed.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// `cpu`, `cuda:N` or `metal`, as the user gave it.
+    pub device: String,
+    /// The linear layers' kernels.
+    pub weights: Kernels,
+    /// The packed int8 micro-kernel; `None` picks the fastest this CPU has.
+    pub int8_kernel: Option<KernelPath>,
+    /// Fused CPU attention/activation where they apply, or the candle-op reference.
+    pub ops: OpPath,
+    pub threads: usize,
+    /// Most rows in one batch (items prefilled together, lockstep decoding).
+    pub batch_size: usize,
+}
+
+/// The default batch cap.
+pub const DEFAULT_BATCH_SIZE: usize = 32;
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            device: "cpu".into(),
+            weights: Kernels::Packed,
+            int8_kernel: None,
+            ops: OpPath::Fused,
+            threads: crate::default_threads(),
+            batch_size: DEFAULT_BATCH_SIZE,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// The int8 micro-kernel that will run.
+    pub fn resolved_int8_kernel(&self) -> KernelPath {
+        self.int8_kernel.unwrap_or_else(best_path)
+    }
+
+    /// Options for loading a model under this configuration.
+    pub fn load_options(&self) -> Result<LoadOptions> {
+        Ok(LoadOptions {
+            device: crate::model::parse_device(&self.device)?,
+            kernels: self.weights,
+            int8_kernel: self.resolved_int8_kernel(),
+            ops: self.ops,
+            activation_override: None,
+        })
+    }
+
+    /// What ran, as run.json records it: the weights and op path the loaded models
+    /// actually use (packed weights fall back to candle's kernels off-CPU; fused ops to
+    /// the reference where a head dim has no fused kernel).
+    pub fn record(&self, models: &[Model]) -> EngineRecord {
+        let packed = models.iter().any(|m| m.transformer.uses_packed_weights());
+        let weights = if self.weights == Kernels::Packed && !packed { Kernels::Candle } else { self.weights };
+        let mut ops: Vec<&str> = models.iter().map(|m| m.transformer.op_path.name()).collect();
+        ops.dedup();
+        EngineRecord {
+            device: self.device.clone(),
+            threads: self.threads,
+            batch_size: Some(self.batch_size),
+            weights: Some(weights.name().to_string()),
+            int8_kernel: Some(if packed { self.resolved_int8_kernel().name() } else { "none" }.to_string()),
+            ops: Some(if ops.is_empty() { self.ops.name().to_string() } else { ops.join("+") }),
+        }
+    }
+}

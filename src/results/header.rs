@@ -1,0 +1,197 @@
+//! `run.json`: what was run (the study and every scenario file, by hash), on what (each
+//! model's provenance, the engine configuration), how far it got (status), and how each
+//! instrument turns answers into scores, so a report needs no scenario files.
+
+use crate::scenario::study::Condition;
+use crate::scenario::{FileInfo, Instrument, Scoring};
+use serde::{Deserialize, Serialize};
+
+/// Where a run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// A process is (or was, until it died without a word) writing the run.
+    Running,
+    /// Every planned trial is recorded.
+    Success,
+    /// The run stopped by plan (`--max-trials`) with trials left.
+    Partial,
+    /// A signal stopped it; `--resume` continues.
+    Interrupted,
+    /// It stopped on an error (`RunHeader::error` says which).
+    Error,
+}
+
+impl RunStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Success => "success",
+            RunStatus::Partial => "partial",
+            RunStatus::Interrupted => "interrupted",
+            RunStatus::Error => "error",
+        }
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunHeader {
+    pub schema: u32,
+    pub affectbench_version: String,
+    pub git_revision: String,
+    pub status: RunStatus,
+    pub error: Option<String>,
+    pub started: String,
+    pub ended: Option<String>,
+    pub study_path: String,
+    pub study: StudyRecord,
+    pub scenario_files: Vec<ScenarioFile>,
+    pub models: Vec<ModelProvenance>,
+    pub seed: u64,
+    pub repetitions: usize,
+    pub engine: EngineRecord,
+    pub trials_planned: usize,
+    /// "index/count" when this directory holds one shard of the plan.
+    pub shard: Option<String>,
+    /// How each instrument turns item answers into scores. Empty only in schema-1 runs
+    /// made before it was recorded (the report then reads the instrument files).
+    pub scoring: Vec<InstrumentScoring>,
+}
+
+/// The study as run: its identity and the design a report needs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StudyRecord {
+    pub id: String,
+    pub version: u32,
+    pub sha256: String,
+    pub description: String,
+    pub conditions: Vec<Condition>,
+    pub temperature: f32,
+}
+
+/// One scenario file the run used.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ScenarioFile {
+    pub id: String,
+    pub version: u32,
+    pub path: String,
+    pub sha256: String,
+    pub source: String,
+    pub licence: String,
+}
+
+impl From<&FileInfo> for ScenarioFile {
+    fn from(f: &FileInfo) -> Self {
+        ScenarioFile {
+            id: f.id.clone(),
+            version: f.version,
+            path: f.path.display().to_string(),
+            sha256: f.sha256.clone(),
+            source: f.source.clone(),
+            licence: f.licence.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelProvenance {
+    pub label: String,
+    pub path: String,
+    pub sha256: String,
+    pub architecture: String,
+    pub tokenizer_sha256: String,
+    pub chat_template_sha256: Option<String>,
+}
+
+/// Which arithmetic ran: everything that can change a trial's numbers, and the knobs that
+/// cannot (threads, batch size) for the record. Fields a schema-1 run did not record are
+/// None.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EngineRecord {
+    /// `cpu`, `cuda:N` or `metal`.
+    pub device: String,
+    pub threads: usize,
+    /// Most rows in one batch; results do not depend on it on the packed CPU path.
+    pub batch_size: Option<usize>,
+    /// The linear layers' weights: `packed-int8`, `candle-qmatmul` or `dense-f32`.
+    pub weights: Option<String>,
+    /// The packed int8 micro-kernel: `avx512-vnni` or `scalar`.
+    pub int8_kernel: Option<String>,
+    /// Attention and gated activation: `fused` (our CPU kernels) or `reference` (candle
+    /// ops; also what GPUs run).
+    pub ops: Option<String>,
+}
+
+impl EngineRecord {
+    /// The fields whose values change a trial's numbers, named, where `other` differs:
+    /// what a resume must refuse. Threads and batch size never change results.
+    pub fn result_changing_differences(&self, other: &EngineRecord) -> Vec<String> {
+        let shown = |v: &Option<String>| v.clone().unwrap_or_else(|| "not recorded".into());
+        let pairs = [
+            ("device", Some(self.device.clone()), Some(other.device.clone())),
+            ("weights", self.weights.clone(), other.weights.clone()),
+            ("int8_kernel", self.int8_kernel.clone(), other.int8_kernel.clone()),
+            ("ops", self.ops.clone(), other.ops.clone()),
+        ];
+        pairs.iter().filter(|(_, a, b)| a != b).map(|(name, a, b)| format!("{name}: {} vs {}", shown(a), shown(b))).collect()
+    }
+}
+
+/// An instrument's scoring rule as recorded in run.json.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InstrumentScoring {
+    pub id: String,
+    /// Sum or mean of keyed item values, per subscale.
+    pub scoring: Scoring,
+    pub multiplier: f64,
+    pub min: f64,
+    pub max: f64,
+    pub items: Vec<ScoredItem>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ScoredItem {
+    pub id: String,
+    /// The subscale the item scores on (the instrument id when it has none).
+    pub subscale: String,
+    pub reverse: bool,
+}
+
+impl InstrumentScoring {
+    pub fn from_instrument(ins: &Instrument) -> Self {
+        let (min, max) = ins.response.range();
+        InstrumentScoring {
+            id: ins.info.id.clone(),
+            scoring: ins.scoring,
+            multiplier: ins.score_multiplier,
+            min,
+            max,
+            items: ins
+                .items
+                .iter()
+                .map(|it| ScoredItem {
+                    id: it.id.clone(),
+                    subscale: it.subscale.clone().unwrap_or_else(|| ins.info.id.clone()),
+                    reverse: it.reverse,
+                })
+                .collect(),
+        }
+    }
+
+    /// The subscales in item order.
+    pub fn subscales(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for it in &self.items {
+            if !out.contains(&it.subscale.as_str()) {
+                out.push(&it.subscale);
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,32 @@
+//! The results contract: what a run directory holds, as types. The runner writes these
+//! and every reader (the report, the terminal summary, merges, tests) reads them; none
+//! of them looks a field up by string.
+//!
+//! A run directory holds `run.json` (a `RunHeader`: study, provenance, engine, status)
+//! and `trials.jsonl` (one `TrialRecord` per line). Both carry `schema`; the current one
+//! is `SCHEMA`. Older schemas are read by `read` and mapped to the current types, so
+//! every reader sees one shape whatever made the run.
+//!
+//! Modules: `header` (run.json), `trial` (one record), `scores` (scale scores from
+//! records: the one implementation the summary and the report share), `read` (reading
+//! either schema), `schema_v1` (the frozen schema-1 wire types).
+
+pub mod header;
+pub mod read;
+mod schema_v1;
+pub mod scores;
+pub mod trial;
+
+pub use header::{EngineRecord, InstrumentScoring, ModelProvenance, RunHeader, RunStatus, ScenarioFile, ScoredItem, StudyRecord};
+pub use read::{read_header, read_trials, TrialsFile};
+pub use scores::{scale_scores, ScaleScore};
+pub use trial::{ChoiceReadout, GenerateReadout, Question, RecordKind, Timing, TrialRecord};
+
+/// The schema `run.json` and `trials.jsonl` are written in. 2: typed question, timing,
+/// status and study; the engine configuration in `engine`; each trial carries its seed.
+pub const SCHEMA: u32 = 2;
+
+/// The current time as RFC 3339 (seconds), as run.json records it.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}

@@ -1,0 +1,142 @@
+//! One line of `trials.jsonl`: a trial's coordinates, what was asked, the rendered prompt
+//! and its hash, both read-outs (or the completion and its judge read-out), the error if
+//! it failed, and timings kept apart in `timing` so two runs compare equal without it.
+
+use crate::sampling::Sampling;
+use crate::scenario::study::LabelStyle;
+use serde::{Deserialize, Serialize};
+
+/// The record's tag (`"type": "trial"`); the only kind a trials file holds today.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordKind {
+    Trial,
+}
+
+/// What a trial asks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Question {
+    /// One item (or, with `item = None`, every item of the instrument in one turn),
+    /// shown with `label_style` labels and options in `option_order` (indices into the
+    /// instrument's options; empty for numeric responses).
+    Item { instrument: String, item: Option<String>, label_style: LabelStyle, option_order: Vec<usize> },
+    /// The `index`-th sampled completion of a sentence stem.
+    Completion { task: String, stem: String, index: usize },
+}
+
+impl Question {
+    /// The instrument of an item question.
+    pub fn instrument(&self) -> Option<&str> {
+        match self {
+            Question::Item { instrument, .. } => Some(instrument),
+            Question::Completion { .. } => None,
+        }
+    }
+
+    /// The item id of a one-item question (None for whole-instrument questions and
+    /// completions).
+    pub fn item(&self) -> Option<&str> {
+        match self {
+            Question::Item { item, .. } => item.as_deref(),
+            Question::Completion { .. } => None,
+        }
+    }
+
+    /// Whether this asks every item of an instrument in one turn.
+    pub fn is_whole_instrument(&self) -> bool {
+        matches!(self, Question::Item { item: None, .. })
+    }
+
+    pub fn is_item(&self) -> bool {
+        matches!(self, Question::Item { .. })
+    }
+}
+
+/// The generated read-out of one trial.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GenerateReadout {
+    /// Every reply, including those that were re-asked.
+    pub replies: Vec<String>,
+    /// Why each unreadable reply failed (one per re-ask).
+    pub failures: Vec<String>,
+    /// The answer's value on the instrument's scale (before reverse keying), if read.
+    pub value: Option<f64>,
+    /// The value after reverse keying (what enters the scale score).
+    pub keyed: Option<f64>,
+    /// The sampling that ran (temperature 0 is recorded as greedy).
+    pub sampling: Sampling,
+    pub tokens: usize,
+}
+
+/// The probability read-out of one trial (or the judge's read-out of a completion).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChoiceReadout {
+    /// Labels in display order, the option value each stands for, and its probability.
+    pub labels: Vec<String>,
+    pub values: Vec<f64>,
+    pub probs: Vec<f64>,
+    /// Total probability the model put on the options before renormalising.
+    pub mass: f64,
+    pub expected: f64,
+    pub argmax: f64,
+    /// A seeded draw from the option distribution.
+    pub draw: f64,
+    /// The expected value after reverse keying.
+    pub keyed_expected: f64,
+}
+
+/// Wall-clock milliseconds of a trial's phases; absent phases did not run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Timing {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefill_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub choice_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generate_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_ms: Option<f64>,
+}
+
+/// One trial's record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrialRecord {
+    #[serde(rename = "type")]
+    pub kind: RecordKind,
+    pub schema: u32,
+    pub trial_id: String,
+    /// The run seed the trial's streams were drawn under (part of its identity when
+    /// runs with different seeds are merged).
+    pub seed: u64,
+    pub group_id: String,
+    pub model: String,
+    pub condition: String,
+    pub induction: Option<String>,
+    pub induction_variant: Option<String>,
+    pub regulation: Option<String>,
+    pub regulation_variant: Option<String>,
+    pub repetition: usize,
+    pub question: Question,
+    pub prompt: String,
+    pub prompt_sha256: String,
+    pub prompt_tokens: usize,
+    pub generate: Option<GenerateReadout>,
+    pub choice: Option<ChoiceReadout>,
+    /// Sentence completions: the generated text.
+    pub completion: Option<String>,
+    /// Sentence completions: the model-as-judge valence read-out of the text.
+    pub judge: Option<ChoiceReadout>,
+    pub error: Option<String>,
+    pub timing: Timing,
+}
+
+impl TrialRecord {
+    /// The record with its timings dropped: two runs of the same plan compare equal
+    /// this way.
+    pub fn without_timing(&self) -> TrialRecord {
+        TrialRecord { timing: Timing::default(), ..self.clone() }
+    }
+}

@@ -1,0 +1,165 @@
+//! A conversation group's shared work: its prefix (with any generated protocol turns),
+//! every member trial's rendered prompt, the KV cache of the token prefix they all share
+//! (computed over all members, done or not, so a resumed run computes exactly what an
+//! uninterrupted one does), and how its pending trials are scheduled: items in units
+//! prefilled together, completions decoded in lockstep per prompt.
+
+use super::plan::{Group, Question, Trial};
+use super::prompt::{prefix_steps, question_text, Step};
+use crate::chat::Message;
+use crate::error::{Error, Result};
+use crate::generate::{decode_lockstep, generate};
+use crate::model::{KvCache, LogitsAt, Model};
+use crate::rng::Stream;
+use crate::sampling::{Sampling, SamplingParams};
+use crate::scenario::{Library, Study};
+use std::collections::BTreeMap;
+
+/// One trial's rendered question and prompt.
+#[derive(Clone, Default)]
+pub struct TrialPrompt {
+    /// The question turn's text.
+    pub question: String,
+    /// Answer labels in display order, with the option each stands for.
+    pub labels: Vec<(String, usize)>,
+    /// The whole rendered prompt and its tokens.
+    pub text: String,
+    pub tokens: Vec<u32>,
+}
+
+/// A group's rendered prompts, and the KV cache of the part they all share.
+pub struct GroupContext {
+    /// The prefix conversation (before the question turn).
+    pub messages: Vec<Message>,
+    pub prompts: BTreeMap<String, TrialPrompt>,
+    /// The token prefix every member's prompt starts with.
+    pub shared: Vec<u32>,
+    pub cache: KvCache,
+}
+
+/// The sampling every read-out of a study uses.
+pub fn study_sampling(study: &Study) -> Result<Sampling> {
+    SamplingParams { temperature: study.temperature, ..Default::default() }.resolve()
+}
+
+impl GroupContext {
+    pub fn build(study: &Study, lib: &Library, model: &Model, group: &Group, members: &[&Trial]) -> Result<Self> {
+        let cond = study.conditions.iter().find(|c| c.name == group.condition).ok_or_else(|| internal("a planned condition is missing from the study"))?;
+        let sampling = study_sampling(study)?;
+        let mut messages = Vec::new();
+        for (step, item) in prefix_steps(study, lib, cond, group).into_iter().enumerate() {
+            match item {
+                Step::Message(m) => messages.push(m),
+                Step::Generate { max_tokens } => {
+                    let tokens = model.tokenizer.encode(&model.render_chat(&messages)?, false)?;
+                    let stream = Stream::ProtocolTurn { group: &group.id, step };
+                    let g = generate(model, &tokens, &sampling, study.seed, stream, max_tokens, |_| {})?;
+                    messages.push(Message::assistant(g.text.trim().to_string()));
+                }
+            }
+        }
+        let mut prompts = BTreeMap::new();
+        for t in members {
+            let q = question_text(lib, &t.question);
+            let mut conv = messages.clone();
+            conv.push(Message::user(q.text.clone()));
+            let text = model.render_chat(&conv)?;
+            let tokens = model.tokenizer.encode(&text, false)?;
+            prompts.insert(t.id.clone(), TrialPrompt { question: q.text, labels: q.labels, text, tokens });
+        }
+        let shared = shared_prefix(prompts.values().map(|p| p.tokens.as_slice()));
+        let context = model.transformer.max_positions();
+        if let Some(longest) = prompts.values().map(|p| p.tokens.len()).max() {
+            if longest + study.max_answer_tokens * (study.max_reasks + 2) + 64 > context {
+                return Err(Error::ContextOverflow { tokens: longest, context });
+            }
+        }
+        let mut cache = KvCache::new(model.transformer.config.n_layer);
+        if !shared.is_empty() {
+            model.transformer.forward(&[shared.clone()], &mut cache, &LogitsAt::Last)?;
+        }
+        Ok(Self { messages, prompts, shared, cache })
+    }
+
+    /// The rendered prompt of a member trial.
+    pub fn prompt(&self, trial_id: &str) -> Result<&TrialPrompt> {
+        self.prompts.get(trial_id).ok_or_else(|| internal("a trial's prompt was not rendered with its group"))
+    }
+
+    /// A cache holding `tokens` (which must start with the shared prefix) and the logits
+    /// at its last position.
+    pub fn extend(&self, model: &Model, tokens: &[u32]) -> Result<(KvCache, Vec<f32>)> {
+        if tokens.len() <= self.shared.len() || tokens[..self.shared.len()] != self.shared[..] {
+            return Err(internal("a prompt does not start with its group's shared prefix"));
+        }
+        let mut cache = self.cache.clone();
+        let logits = model.transformer.last_logits(&tokens[self.shared.len()..], &mut cache)?;
+        Ok((cache, logits))
+    }
+}
+
+/// The longest common token prefix of all prompts, leaving each at least one token of
+/// its own (the last prompt token's logits are the answer position's).
+fn shared_prefix<'a>(mut prompts: impl Iterator<Item = &'a [u32]>) -> Vec<u32> {
+    let Some(first) = prompts.next() else { return Vec::new() };
+    let mut shared = first[..first.len().saturating_sub(1)].to_vec();
+    for p in prompts {
+        let common = shared.iter().zip(p).take_while(|(a, b)| a == b).count();
+        shared.truncate(common.min(p.len().saturating_sub(1)));
+    }
+    shared
+}
+
+fn internal(what: &str) -> Error {
+    Error::Run(format!("internal: {what}"))
+}
+
+/// The sampled completions of a group's pending completion trials, decoded in lockstep
+/// batches of the trials that share a prompt (a stem's repeated completions). Each
+/// trial keeps its own random stream. A lone pending completion (after a resume) takes
+/// the same path as a batch of one: the KV cache is then split into the same segments
+/// (shared prefix | prompt tail | sampled tokens) as in a batch, and the attention sums
+/// over segments in the same order, so its tokens are bit-identical (tested).
+pub fn lockstep_completions(study: &Study, model: &Model, ctx: &GroupContext, pending: &[&Trial], batch_size: usize) -> Result<BTreeMap<String, Vec<u32>>> {
+    let mut by_prompt: BTreeMap<&[u32], Vec<&Trial>> = BTreeMap::new();
+    for t in pending.iter().filter(|t| matches!(t.question, Question::Completion { .. })) {
+        by_prompt.entry(&ctx.prompt(&t.id)?.tokens).or_default().push(t);
+    }
+    let sampling = study_sampling(study)?;
+    let max = study.completion.as_ref().map(|c| c.max_tokens).unwrap_or(24);
+    let mut out = BTreeMap::new();
+    for (tokens, trials) in by_prompt {
+        let (cache, logits) = ctx.extend(model, tokens)?;
+        let mut rngs: Vec<_> = trials.iter().map(|t| Stream::Completion { trial: &t.id }.rng(study.seed)).collect();
+        let rows = decode_lockstep(model, &cache, &logits, &sampling, &mut rngs, max, batch_size)?;
+        for (t, (sampled, _)) in trials.iter().zip(rows) {
+            out.insert(t.id.clone(), sampled);
+        }
+    }
+    Ok(out)
+}
+
+/// The order a group's pending trials run in: completions one by one (their tokens
+/// come from the lockstep batch), then item trials in units of at most `batch_size`, in
+/// plan order (each unit prefilled together, whatever the lengths of its members).
+pub fn work_units<'a>(pending: &[&'a Trial], batch_size: usize) -> Vec<Vec<&'a Trial>> {
+    let (items, completions): (Vec<&Trial>, Vec<&Trial>) = pending.iter().partition(|t| t.question.is_item());
+    let mut units: Vec<Vec<&Trial>> = completions.into_iter().map(|t| vec![t]).collect();
+    units.extend(items.chunks(batch_size.max(1)).map(|c| c.to_vec()));
+    units
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shared_prefix;
+
+    #[test]
+    fn the_shared_prefix_leaves_every_prompt_a_token_of_its_own() {
+        let a: &[u32] = &[1, 2, 3, 4];
+        let b: &[u32] = &[1, 2, 3, 5, 6];
+        assert_eq!(shared_prefix([a, b].into_iter()), vec![1, 2, 3]);
+        assert_eq!(shared_prefix([a, a].into_iter()), vec![1, 2, 3]);
+        assert_eq!(shared_prefix([&a[..2], b].into_iter()), vec![1]);
+        assert!(shared_prefix(std::iter::empty()).is_empty());
+    }
+}

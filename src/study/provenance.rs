@@ -1,0 +1,88 @@
+//! What a run records about where its inputs came from: each model's weights,
+//! tokenizer and chat-template hashes, every scenario file with its hash, the study's
+//! design and scoring rules, and the engine that ran. Built once into the run header.
+
+use crate::cache;
+use crate::chat::sha256_hex;
+use crate::error::{IoContext, Result};
+use crate::model::Model;
+use crate::registry::ModelRef;
+use crate::results::{EngineRecord, InstrumentScoring, ModelProvenance, RunHeader, RunStatus, ScenarioFile, StudyRecord, SCHEMA};
+use crate::scenario::{Library, Study};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+/// A model's identity: weights, tokenizer and chat template by sha256.
+pub fn model_provenance(model_ref: &ModelRef, m: &Model) -> Result<ModelProvenance> {
+    let sha256 = match model_ref {
+        ModelRef::Registry(e) => e.sha256.clone(),
+        ModelRef::GgufFile(p) => cache::sha256_file(p, |_| {})?,
+        ModelRef::SafetensorsDir(d) => {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(d).with_path(d)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
+            files.sort();
+            let mut all = String::new();
+            for f in files {
+                all.push_str(&cache::sha256_file(&f, |_| {})?);
+            }
+            sha256_hex(all.as_bytes())
+        }
+    };
+    Ok(ModelProvenance {
+        label: m.info.label.clone(),
+        path: m.info.path.display().to_string(),
+        sha256,
+        architecture: m.info.arch.name().to_string(),
+        tokenizer_sha256: sha256_hex(m.tokenizer.tokenizer.to_string(false).unwrap_or_default().as_bytes()),
+        chat_template_sha256: m.chat_template.as_ref().map(|t| t.hash()),
+    })
+}
+
+/// Everything that goes into a new run's header.
+pub struct HeaderInputs<'a> {
+    pub study_path: &'a Path,
+    pub study: &'a Study,
+    pub lib: &'a Library,
+    pub models: Vec<ModelProvenance>,
+    pub repetitions: usize,
+    pub engine: EngineRecord,
+    pub trials_planned: usize,
+    pub shard: Option<(usize, usize)>,
+}
+
+/// The header of a run that is starting (status `running`).
+pub fn new_header(inputs: HeaderInputs<'_>) -> RunHeader {
+    let HeaderInputs { study_path, study, lib, models, repetitions, engine, trials_planned, shard } = inputs;
+    let used: HashSet<&str> = study.conditions.iter().flat_map(|c| c.instruments.iter().map(String::as_str)).collect();
+    let instruments = || lib.instruments.values().filter(|x| used.contains(x.info.id.as_str()));
+    let mut files = vec![ScenarioFile::from(&study.info)];
+    files.extend(lib.inductions.values().map(|x| ScenarioFile::from(&x.info)));
+    files.extend(lib.regulations.values().map(|x| ScenarioFile::from(&x.info)));
+    files.extend(instruments().map(|x| ScenarioFile::from(&x.info)));
+    files.extend(lib.tasks.values().map(|x| ScenarioFile::from(&x.info)));
+    RunHeader {
+        schema: SCHEMA,
+        affectbench_version: env!("CARGO_PKG_VERSION").to_string(),
+        git_revision: env!("AFFECTBENCH_GIT_REVISION").to_string(),
+        status: RunStatus::Running,
+        error: None,
+        started: crate::results::now_rfc3339(),
+        ended: None,
+        study_path: study_path.display().to_string(),
+        study: StudyRecord {
+            id: study.info.id.clone(),
+            version: study.info.version,
+            sha256: study.info.sha256.clone(),
+            description: study.description.clone(),
+            conditions: study.conditions.clone(),
+            temperature: study.temperature,
+        },
+        scenario_files: files,
+        models,
+        seed: study.seed,
+        repetitions,
+        engine,
+        trials_planned,
+        shard: shard.map(|(i, n)| format!("{i}/{n}")),
+        scoring: instruments().map(InstrumentScoring::from_instrument).collect(),
+    }
+}

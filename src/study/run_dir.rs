@@ -1,0 +1,86 @@
+//! The run directory protocol: one writer at a time (an advisory lock the OS releases
+//! when the process dies), `run.json` replaced atomically, `trials.jsonl` appended one
+//! whole line per `write`, and on resume the trials already finished, after repairing
+//! only what a crash can leave (a torn last line).
+
+use crate::error::{Error, IoContext, Result};
+use crate::results::{read_header, read_trials, RunHeader, TrialRecord};
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// An open run directory, locked for writing while this value lives.
+pub struct RunDir {
+    pub path: PathBuf,
+    trials_path: PathBuf,
+    trials: File,
+    /// Held for the lock: dropping it (or the process dying) releases the directory.
+    _lock: File,
+}
+
+fn run_err(message: String) -> Error {
+    Error::Run(message)
+}
+
+impl RunDir {
+    /// Creates (or reopens) `path` and takes its lock; refuses if another process
+    /// holds it.
+    pub fn open(path: &Path) -> Result<RunDir> {
+        std::fs::create_dir_all(path).with_path(path)?;
+        let lock_path = path.join("run.lock");
+        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).with_path(&lock_path)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(run_err(format!(
+                    "{} is being written by another affectbench process (it holds {}); wait for it to finish, or choose another --out",
+                    path.display(),
+                    lock_path.display()
+                )))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e).with_path(&lock_path),
+        }
+        let trials_path = path.join("trials.jsonl");
+        let trials = OpenOptions::new().create(true).append(true).open(&trials_path).with_path(&trials_path)?;
+        Ok(RunDir { path: path.to_path_buf(), trials_path, trials, _lock: lock })
+    }
+
+    /// The header of an earlier run in this directory, if there is one.
+    pub fn existing_header(&self) -> Result<Option<RunHeader>> {
+        if !self.path.join("run.json").exists() {
+            return Ok(None);
+        }
+        read_header(&self.path).map(Some)
+    }
+
+    /// Replaces run.json atomically (write a temporary file, then rename).
+    pub fn write_header(&self, header: &RunHeader) -> Result<()> {
+        let path = self.path.join("run.json");
+        let tmp = self.path.join("run.json.tmp");
+        let text = serde_json::to_string_pretty(header).map_err(|e| run_err(format!("run.json could not be serialised: {e}")))?;
+        std::fs::write(&tmp, text).with_path(&tmp)?;
+        std::fs::rename(&tmp, &path).with_path(&path)
+    }
+
+    /// Trial ids already recorded. A torn last line (a crash mid-write) is cut off and a
+    /// whole last record missing its newline gets one; any other unreadable line is an
+    /// error naming it (nothing after it is ever deleted).
+    pub fn finished_trials(&mut self, seed: u64) -> Result<HashSet<String>> {
+        let file = read_trials(&self.trials_path, seed)?;
+        if file.torn_tail.is_some() {
+            let f = OpenOptions::new().write(true).open(&self.trials_path).with_path(&self.trials_path)?;
+            f.set_len(file.complete_bytes).with_path(&self.trials_path)?;
+        } else if file.missing_final_newline {
+            self.trials.write_all(b"\n").with_path(&self.trials_path)?;
+        }
+        Ok(file.records.into_iter().map(|(_, r)| r.trial_id).collect())
+    }
+
+    /// Appends one record as one whole line, in a single write, and flushes it.
+    pub fn append(&mut self, record: &TrialRecord) -> Result<()> {
+        let mut line = serde_json::to_vec(record).map_err(|e| run_err(format!("a trial record could not be serialised: {e}")))?;
+        line.push(b'\n');
+        self.trials.write_all(&line).and_then(|_| self.trials.flush()).with_path(&self.trials_path)
+    }
+}
