@@ -47,7 +47,7 @@ pub enum Error {
         problem: String,
     },
 
-    #[error("{path}: architecture '{arch}' is not supported (supported: llama, qwen2, gemma3)")]
+    #[error("{path}: architecture '{arch}' is not supported (supported: {})", crate::model::arch::supported_names())]
     UnsupportedArchitecture { path: PathBuf, arch: String },
 
     #[error("{path}: tensor '{tensor}': {message}")]

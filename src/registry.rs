@@ -104,12 +104,14 @@ impl Registry {
         };
         let mut models = Vec::new();
         for m in spec.model {
-            if !matches!(m.architecture.as_str(), "llama" | "qwen2" | "gemma3") {
+            if crate::model::arch::find(&m.architecture).is_none() {
                 return Err(bad(
                     &m.name,
                     format!(
-                        "model '{}': architecture '{}' is not one of llama, qwen2, gemma3",
-                        m.name, m.architecture
+                        "model '{}': architecture '{}' is not one of {}",
+                        m.name,
+                        m.architecture,
+                        crate::model::arch::supported_names()
                     ),
                 ));
             }

@@ -12,6 +12,13 @@
 //!
 //! An unknown `pre` value is an error, never a guess.
 
+/// `tokenizer.ggml.model` of SentencePiece vocabularies. llama.cpp names the tokenizer
+/// model after the family that introduced it: this is a tokenizer type, not the `llama`
+/// architecture (which lives in `model::arch`).
+const SENTENCEPIECE_MODEL: &str = "llama";
+/// `tokenizer.ggml.pre` of Qwen 2's pre-tokenizer (also used by other families).
+const QWEN2_PRE: &str = "qwen2";
+
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use ahash::AHashMap;
@@ -87,7 +94,7 @@ impl ModelTokenizer {
                     problem: m,
                 })?, true)
             }
-            "llama" => (sentencepiece_bpe(&tokens).map_err(err)?, false),
+            SENTENCEPIECE_MODEL => (sentencepiece_bpe(&tokens).map_err(err)?, false),
             other => {
                 return Err(Error::Metadata {
                     path: g.path.clone(),
@@ -103,7 +110,7 @@ impl ModelTokenizer {
         };
         let bos = id_tok("tokenizer.ggml.bos_token_id")?;
         let eos = id_tok("tokenizer.ggml.eos_token_id")?;
-        let add_bos = g.opt_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(model == "llama");
+        let add_bos = g.opt_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(model == SENTENCEPIECE_MODEL);
         let stop_ids = stop_ids(&eos, |name| tokens.iter().position(|t| t == name).map(|i| i as u32));
         Ok(Self { tokenizer, bos, eos, stop_ids, add_bos })
     }
@@ -175,7 +182,7 @@ fn byte_level_bpe(tokens: &[String], merges: &[String], pre: &str) -> std::resul
         .build()
         .map_err(|e| format!("BPE: {e}"))?;
     let mut tk = Tokenizer::new(bpe);
-    let pre_tok: PreTokenizerWrapper = if pre == "qwen2" {
+    let pre_tok: PreTokenizerWrapper = if pre == QWEN2_PRE {
         let split = Split::new(SplitPattern::Regex(QWEN2_SPLIT.into()), SplitDelimiterBehavior::Isolated, false)
             .map_err(|e| format!("qwen2 regex: {e}"))?;
         PreSequence::new(vec![split.into(), ByteLevel::new(false, true, false).into()]).into()

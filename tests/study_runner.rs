@@ -5,7 +5,7 @@
 mod common;
 
 use affectbench::engine::EngineConfig;
-use affectbench::model::{KvCache, LoadOptions, LogitsAt, Model};
+use affectbench::model::{KvCache, LoadOptions, LogitsAt, Model, OpPath};
 use affectbench::registry::ModelRef;
 use affectbench::option_scoring::{log_softmax, option_logprobs};
 use affectbench::study::runner::{plan_for, run_study, RunConfig};
@@ -142,9 +142,19 @@ fn resuming_an_interrupted_run_gives_the_same_trials() {
         assert!(!header[key].is_null(), "run.json has {key}");
     }
 
-    // Resuming with other settings is refused rather than mixing two runs.
+    // Resuming with other settings is refused rather than mixing two runs, naming what
+    // differs.
     let err = run_study(&config(&model, &split, None, Some(99))).err().unwrap().to_string();
-    assert!(err.contains("different study file, seed"), "{err}");
+    assert!(err.contains("different study file, seed") && err.contains("seed: 7 vs 99"), "{err}");
+    let reference_ops = RunConfig { engine: EngineConfig { ops: OpPath::Reference, ..EngineConfig::default() }, ..config(&model, &split, None, None) };
+    let err = run_study(&reference_ops).err().unwrap().to_string();
+    assert!(err.contains("engine ops: fused vs reference"), "{err}");
+    let header = affectbench::results::read_header(&split).unwrap();
+    assert_eq!(
+        (header.engine.weights.as_deref(), header.engine.ops.as_deref(), header.engine.batch_size),
+        (Some("packed-int8"), Some("fused"), Some(32)),
+        "run.json records the engine that ran"
+    );
 }
 
 #[test]

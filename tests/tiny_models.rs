@@ -13,7 +13,7 @@ use affectbench::registry::{ModelEntry, ModelRef, Registry};
 use affectbench::sampling::{Sampling, SamplingParams};
 use affectbench::Error;
 use candle_core::IndexOp;
-use common::{max_abs_diff, write_tiny_gguf, write_tiny_safetensors_dir, Tiny};
+use common::{max_abs_diff, write_tiny_gguf, write_tiny_gguf_without, write_tiny_safetensors_dir, Tiny};
 use std::path::Path;
 
 fn load(path: &Path) -> Model {
@@ -25,12 +25,14 @@ fn tokens() -> Vec<u32> {
 }
 
 #[test]
-fn tiny_llama_and_qwen2_match_candle_transformers() {
+fn tiny_llama_qwen2_and_gemma3_match_candle_transformers() {
     let dir = tempfile::tempdir().unwrap();
-    for tiny in [Tiny::llama(), Tiny::qwen2()] {
+    for tiny in [Tiny::llama(), Tiny::qwen2(), Tiny::gemma3()] {
         let path = dir.path().join(format!("{}.gguf", tiny.arch));
         write_tiny_gguf(&path, &tiny, 1);
-        let ours = load(&path);
+        // candle-transformers' gemma3 uses SiLU in the MLP (see model::reference).
+        let activation_override = (tiny.arch == "gemma3").then_some(affectbench::model::Activation::Silu);
+        let ours = Model::load_ref(&ModelRef::GgufFile(path.clone()), &LoadOptions { activation_override, ..Default::default() }).unwrap();
         let mut reference = ReferenceModel::load(&path).unwrap();
         let toks = tokens();
         let mut cache = KvCache::new(tiny.layers);
@@ -225,4 +227,21 @@ fn fused_attention_matches_the_candle_op_reference() {
             assert!(diff < 1e-4, "{}: fused vs reference attention differ by {diff}", tiny.arch);
         }
     }
+}
+
+#[test]
+fn a_gemma3_file_missing_a_required_norm_is_an_error_naming_the_tensor() {
+    // Regression: the loader treated gemma3's q/k norms as optional and ran without them.
+    let dir = tempfile::tempdir().unwrap();
+    for missing in ["blk.1.attn_q_norm.weight", "blk.0.post_ffw_norm.weight"] {
+        let path = dir.path().join("g.gguf");
+        write_tiny_gguf_without(&path, &Tiny::gemma3(), 1, &[missing]);
+        let err = Model::load_ref(&ModelRef::GgufFile(path.clone()), &LoadOptions::default()).err().expect("refused").to_string();
+        assert!(err.contains(missing) && err.contains("gemma3 requires it"), "{err}");
+    }
+    // A qwen2 file without its q/k/v biases likewise.
+    let path = dir.path().join("q.gguf");
+    write_tiny_gguf_without(&path, &Tiny::qwen2(), 1, &["blk.0.attn_k.bias"]);
+    let err = Model::load_ref(&ModelRef::GgufFile(path), &LoadOptions::default()).err().expect("refused").to_string();
+    assert!(err.contains("blk.0.attn_k.bias"), "{err}");
 }

@@ -4,32 +4,7 @@
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 
-/// The architectures whose forward pass we implement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Arch {
-    Llama,
-    Qwen2,
-    Gemma3,
-}
-
-impl Arch {
-    pub fn parse(name: &str, path: &std::path::Path) -> Result<Self> {
-        match name {
-            "llama" => Ok(Arch::Llama),
-            "qwen2" => Ok(Arch::Qwen2),
-            "gemma3" => Ok(Arch::Gemma3),
-            other => Err(Error::UnsupportedArchitecture { path: path.to_path_buf(), arch: other.to_string() }),
-        }
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            Arch::Llama => "llama",
-            Arch::Qwen2 => "qwen2",
-            Arch::Gemma3 => "gemma3",
-        }
-    }
-}
-
+pub use super::arch::Arch;
 pub use crate::kernels::activation::Activation;
 
 /// Everything the forward pass needs to know about a model's shape.
@@ -55,8 +30,6 @@ pub struct ModelConfig {
     pub activation: Activation,
     /// Gemma 3: multiply embeddings by sqrt(d_model).
     pub scale_embeddings: bool,
-    /// Gemma 3: RMS-normalise q and k per head, and normalise after attention and MLP.
-    pub gemma_norms: bool,
 }
 
 impl ModelConfig {
@@ -70,7 +43,7 @@ impl ModelConfig {
         let n_kv_head = g.opt_usize(&key("attention.head_count_kv"))?.unwrap_or(n_head);
         let head_dim = g.opt_usize(&key("attention.key_length"))?.unwrap_or(d_model / n_head);
         let vocab_size = g.strings("tokenizer.ggml.tokens")?.len();
-        let is_gemma = arch == Arch::Gemma3;
+        let spec = arch.spec();
         let cfg = ModelConfig {
             arch,
             n_layer: g.usize(&key("block_count"))?,
@@ -83,14 +56,13 @@ impl ModelConfig {
             rms_eps: g.f32(&key("attention.layer_norm_rms_epsilon"))? as f64,
             rope_base: g.opt_f32(&key("rope.freq_base"))?.unwrap_or(10_000.0),
             rope_base_local: g.opt_f32(&key("rope.local_freq_base"))?.unwrap_or(10_000.0),
-            rope_neox: arch != Arch::Llama,
-            sliding_window: if is_gemma { g.opt_usize(&key("attention.sliding_window"))? } else { None },
+            rope_neox: spec.gguf_rope_neox,
+            sliding_window: if spec.sliding_window { g.opt_usize(&key("attention.sliding_window"))? } else { None },
             sliding_pattern: g
                 .opt_usize(&key("attention.sliding_window_pattern"))?
                 .unwrap_or(6),
-            activation: if is_gemma { Activation::GeluTanh } else { Activation::Silu },
-            scale_embeddings: is_gemma,
-            gemma_norms: is_gemma,
+            activation: spec.activation,
+            scale_embeddings: spec.scale_embeddings,
         };
         cfg.validate(&g.path)?;
         Ok(cfg)

@@ -1,12 +1,13 @@
 //! Building a `Model` from a GGUF file: tensors by llama.cpp's names, weights packed for
 //! the int8 kernels on CPU, q/k/v and gate/up fused where their formats agree.
 
+use super::arch::{Presence, TensorGroup};
 use super::config::ModelConfig;
 use super::linear::Linear;
 use super::transformer::{Embeddings, GateUp, Layer, QkvProj, Transformer};
 use super::{Kernels, LoadOptions, Model, ModelInfo};
 use crate::chat::ChatTemplate;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::tokenizer::ModelTokenizer;
 use candle_core::{Device, Tensor};
@@ -48,6 +49,28 @@ fn build(g: &mut GgufFile, config: ModelConfig, opts: &LoadOptions) -> Result<Tr
         })
     };
 
+    let spec = config.arch.spec();
+    // An optional tensor group of layer i, dense: None where the architecture has no such
+    // group or (if optional) the file lacks it; an error naming the first missing tensor
+    // where the architecture requires it.
+    let group = |g: &mut GgufFile, which: TensorGroup, i: usize| -> Result<Option<Vec<Tensor>>> {
+        let names = which.gguf_names(i);
+        match spec.presence(which) {
+            None => Ok(None),
+            Some(Presence::Optional) if !names.iter().all(|n| g.has_tensor(n)) => Ok(None),
+            Some(presence) => {
+                if let Some(missing) = names.iter().find(|n| !g.has_tensor(n)) {
+                    debug_assert_eq!(presence, Presence::Required);
+                    return Err(Error::Tensor {
+                        path: g.path.clone(),
+                        tensor: missing.clone(),
+                        message: format!("missing; architecture {} requires it (is the file complete, and is general.architecture right?)", spec.name),
+                    });
+                }
+                names.iter().map(|n| Ok(g.tensor(n, dev)?.dequantize(dev)?)).collect::<Result<Vec<_>>>().map(Some)
+            }
+        }
+    };
     let tied = !g.has_tensor("output.weight");
     let embd_linear = linear(g, "token_embd.weight")?;
     let embeddings = match &embd_linear {
@@ -65,31 +88,35 @@ fn build(g: &mut GgufFile, config: ModelConfig, opts: &LoadOptions) -> Result<Tr
             Some(f) => QkvProj::Fused(f),
             None => QkvProj::Separate(wq, wk, wv),
         };
-        let qkv_bias = if g.has_tensor(&p("attn_q.bias")) {
-            Some((dense(g, &p("attn_q.bias"))?, dense(g, &p("attn_k.bias"))?, dense(g, &p("attn_v.bias"))?))
-        } else {
-            None
+        let qkv_bias = match group(g, TensorGroup::QkvBias, i)?.as_deref() {
+            Some([q, k, v]) => Some((q.clone(), k.clone(), v.clone())),
+            _ => None,
         };
         let (wg, wu) = (linear(g, &p("ffn_gate.weight"))?, linear(g, &p("ffn_up.weight"))?);
         let gate_up = match Linear::fuse(&[&wg, &wu]) {
             Some(f) => GateUp::Fused(f),
             None => GateUp::Separate(wg, wu),
         };
-        let opt = |g: &mut GgufFile, name: String| -> Result<Option<Tensor>> {
-            if g.has_tensor(&name) { Ok(Some(g.tensor(&name, dev)?.dequantize(dev)?)) } else { Ok(None) }
+        let (q_norm, k_norm) = match group(g, TensorGroup::QkNorm, i)?.as_deref() {
+            Some([q, k]) => (Some(q.clone()), Some(k.clone())),
+            _ => (None, None),
+        };
+        let (post_attn_norm, post_ffn_norm) = match group(g, TensorGroup::PostNorms, i)?.as_deref() {
+            Some([a, f]) => (Some(a.clone()), Some(f.clone())),
+            _ => (None, None),
         };
         layers.push(Layer {
             attn_norm: dense(g, &p("attn_norm.weight"))?,
             qkv,
             qkv_bias,
             o_proj: linear(g, &p("attn_output.weight"))?,
-            q_norm: opt(g, p("attn_q_norm.weight"))?,
-            k_norm: opt(g, p("attn_k_norm.weight"))?,
-            post_attn_norm: opt(g, p("post_attention_norm.weight"))?,
+            q_norm,
+            k_norm,
+            post_attn_norm,
             ffn_norm: dense(g, &p("ffn_norm.weight"))?,
             gate_up,
             down: linear(g, &p("ffn_down.weight"))?,
-            post_ffn_norm: opt(g, p("post_ffw_norm.weight"))?,
+            post_ffn_norm,
         });
     }
     let device: Device = dev.clone();

@@ -2,7 +2,8 @@
 //! `tokenizer_config.json`, `*.safetensors` in f32/f16/bf16) for llama and qwen2: what
 //! cluster users run on GPUs. Weights stay dense (no quantisation), computed in f32.
 
-use super::config::{Activation, Arch, ModelConfig};
+use super::arch::{Presence, TensorGroup};
+use super::config::{Arch, ModelConfig};
 use super::linear::Linear;
 use super::transformer::{Embeddings, GateUp, Layer, QkvProj, Transformer};
 use super::{LoadOptions, Model, ModelInfo};
@@ -70,8 +71,13 @@ pub(super) fn load(dir: &Path, label: String, opts: &LoadOptions) -> Result<Mode
         message: e.to_string(),
     })?;
     let arch = Arch::parse(&hf.model_type, &cfg_path)?;
-    if arch == Arch::Gemma3 {
-        return Err(Error::UnsupportedArchitecture { path: cfg_path, arch: "gemma3 (safetensors; use its GGUF)".into() });
+    let spec = arch.spec();
+    if !spec.safetensors {
+        return Err(Error::Metadata {
+            path: cfg_path,
+            key: "model_type".into(),
+            problem: format!("{} is supported from GGUF files only, not from a safetensors directory; convert it or use its GGUF", spec.name),
+        });
     }
     if let Some(act) = &hf.hidden_act {
         if act != "silu" {
@@ -94,9 +100,8 @@ pub(super) fn load(dir: &Path, label: String, opts: &LoadOptions) -> Result<Mode
         rope_neox: true,
         sliding_window: None,
         sliding_pattern: 1,
-        activation: opts.activation_override.unwrap_or(Activation::Silu),
-        scale_embeddings: false,
-        gemma_norms: false,
+        activation: opts.activation_override.unwrap_or(spec.activation),
+        scale_embeddings: spec.scale_embeddings,
     };
     config.validate(&cfg_path)?;
 
@@ -125,7 +130,9 @@ pub(super) fn load(dir: &Path, label: String, opts: &LoadOptions) -> Result<Mode
         let q = get(&p("self_attn.q_proj.weight"), &[nh * hd, d])?;
         let k = get(&p("self_attn.k_proj.weight"), &[nkv * hd, d])?;
         let v = get(&p("self_attn.v_proj.weight"), &[nkv * hd, d])?;
-        let qkv_bias = if arch == Arch::Qwen2 {
+        let bias = spec.presence(TensorGroup::QkvBias);
+        let has_bias = bias == Some(Presence::Required) || (bias == Some(Presence::Optional) && vb.contains_tensor(&p("self_attn.q_proj.bias")));
+        let qkv_bias = if has_bias {
             Some((
                 get(&p("self_attn.q_proj.bias"), &[nh * hd])?,
                 get(&p("self_attn.k_proj.bias"), &[nkv * hd])?,

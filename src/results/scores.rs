@@ -99,3 +99,73 @@ pub fn scale_scores<'a>(trials: impl IntoIterator<Item = &'a TrialRecord>, rules
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::{ChoiceReadout, GenerateReadout, RecordKind, ScoredItem, Timing};
+    use crate::sampling::Sampling;
+    use crate::scenario::study::LabelStyle;
+    use crate::scenario::Scoring;
+
+    fn item(group: &str, item: &str, generated: Option<f64>, probability: f64) -> TrialRecord {
+        TrialRecord {
+            kind: RecordKind::Trial,
+            schema: 2,
+            trial_id: format!("{group}-{item}"),
+            seed: 1,
+            group_id: group.into(),
+            model: "m".into(),
+            condition: "c".into(),
+            induction: None,
+            induction_variant: None,
+            regulation: None,
+            regulation_variant: None,
+            repetition: if group == "g1" { 0 } else { 1 },
+            question: Question::Item { instrument: "scale".into(), item: Some(item.into()), label_style: LabelStyle::Digits, option_order: vec![] },
+            prompt: String::new(),
+            prompt_sha256: String::new(),
+            prompt_tokens: 0,
+            generate: Some(GenerateReadout { replies: vec![], failures: vec![], value: generated, keyed: generated, sampling: Sampling::Greedy, tokens: 0 }),
+            choice: Some(ChoiceReadout { labels: vec![], values: vec![], probs: vec![], mass: 1.0, expected: probability, argmax: 0.0, draw: 0.0, keyed_expected: probability }),
+            completion: None,
+            judge: None,
+            error: None,
+            timing: Timing::default(),
+        }
+    }
+
+    #[test]
+    fn scores_follow_the_rule_per_subscale_and_need_every_item() {
+        let rule = InstrumentScoring {
+            id: "scale".into(),
+            scoring: Scoring::Sum,
+            multiplier: 2.0,
+            min: 1.0,
+            max: 4.0,
+            items: vec![
+                ScoredItem { id: "a".into(), subscale: "x".into(), reverse: false },
+                ScoredItem { id: "b".into(), subscale: "x".into(), reverse: true },
+                ScoredItem { id: "c".into(), subscale: "y".into(), reverse: false },
+            ],
+        };
+        let rules = BTreeMap::from([("scale".to_string(), rule)]);
+        // Group 1 answers everything; group 2 leaves item b unread by generation.
+        let trials = vec![item("g1", "a", Some(1.0), 1.5), item("g1", "b", Some(3.0), 2.5), item("g1", "c", Some(4.0), 3.0), item("g2", "a", Some(2.0), 1.0), item("g2", "b", None, 1.0), item("g2", "c", Some(1.0), 2.0)];
+        let scores = scale_scores(&trials, &rules);
+        let got: Vec<(usize, &str, Readout, f64)> = scores.iter().map(|s| (s.repetition, s.subscale.as_str(), s.readout, s.value)).collect();
+        let want = vec![
+            (0, "x", Readout::Probability, 2.0 * (1.5 + 2.5)),
+            (0, "y", Readout::Probability, 2.0 * 3.0),
+            (0, "x", Readout::Generated, 2.0 * (1.0 + 3.0)),
+            (0, "y", Readout::Generated, 2.0 * 4.0),
+            (1, "x", Readout::Probability, 2.0 * (1.0 + 1.0)),
+            (1, "y", Readout::Probability, 2.0 * 2.0),
+            // (1, "x", Generated) is missing: item b was not read.
+            (1, "y", Readout::Generated, 2.0 * 1.0),
+        ];
+        assert_eq!(got, want);
+        assert_eq!(Scoring::Mean.apply(&[Some(1.0), Some(2.0)], 3.0), Some(4.5));
+        assert_eq!(Scoring::Mean.apply(&[], 1.0), None);
+    }
+}

@@ -75,6 +75,11 @@ impl Tiny {
     pub fn qwen2() -> Self {
         Tiny { arch: "qwen2", ..Self::llama() }
     }
+    /// Gemma 3's extras: q/k norms, post-attention and post-MLP norms, embeddings scaled
+    /// by sqrt(d), sliding-window layers (window 8, shorter than the test prompts).
+    pub fn gemma3() -> Self {
+        Tiny { arch: "gemma3", ..Self::llama() }
+    }
 }
 
 /// Random f32 weights for every tensor of a tiny model, keyed by GGUF name.
@@ -107,17 +112,29 @@ pub fn tiny_weights(t: &Tiny, vocab: usize, seed: u64) -> Vec<(String, Vec<usize
         out.push(w(p("ffn_gate.weight"), vec![t.ffn, t.d], 0.2, 0.0));
         out.push(w(p("ffn_up.weight"), vec![t.ffn, t.d], 0.2, 0.0));
         out.push(w(p("ffn_down.weight"), vec![t.d, t.ffn], 0.2, 0.0));
+        if t.arch == "gemma3" {
+            out.push(w(p("attn_q_norm.weight"), vec![hd], 0.1, 1.0));
+            out.push(w(p("attn_k_norm.weight"), vec![hd], 0.1, 1.0));
+            out.push(w(p("post_attention_norm.weight"), vec![t.d], 0.1, 1.0));
+            out.push(w(p("post_ffw_norm.weight"), vec![t.d], 0.1, 1.0));
+        }
     }
     out
 }
 
 /// Writes a tiny GGUF model; matrices are quantised to `t.dtype`, vectors stay F32.
 pub fn write_tiny_gguf(path: &Path, t: &Tiny, seed: u64) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    write_tiny_gguf_without(path, t, seed, &[])
+}
+
+/// As `write_tiny_gguf`, leaving out the tensors named in `missing`.
+pub fn write_tiny_gguf_without(path: &Path, t: &Tiny, seed: u64, missing: &[&str]) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     let (tokens, merges, types) = tiny_vocab();
-    let weights = tiny_weights(t, tokens.len(), seed);
+    let mut weights = tiny_weights(t, tokens.len(), seed);
+    weights.retain(|(name, _, _)| !missing.contains(&name.as_str()));
     let a = t.arch;
     let strs = |v: &[String]| Value::Array(v.iter().map(|s| Value::String(s.clone())).collect());
-    let meta: Vec<(String, Value)> = vec![
+    let mut meta: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::String(a.into())),
         (format!("{a}.block_count"), Value::U32(t.layers as u32)),
         (format!("{a}.embedding_length"), Value::U32(t.d as u32)),
@@ -137,6 +154,12 @@ pub fn write_tiny_gguf(path: &Path, t: &Tiny, seed: u64) -> Vec<(String, Vec<usi
         ("tokenizer.chat_template".into(), Value::String(
             "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}".into())),
     ];
+    if a == "gemma3" {
+        let hd = (t.d / t.heads) as u32;
+        meta.push((format!("{a}.attention.key_length"), Value::U32(hd)));
+        meta.push((format!("{a}.attention.value_length"), Value::U32(hd)));
+        meta.push((format!("{a}.attention.sliding_window"), Value::U32(8)));
+    }
     let qtensors: Vec<(String, QTensor)> = weights
         .iter()
         .map(|(name, shape, data)| {
