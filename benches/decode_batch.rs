@@ -7,21 +7,43 @@ mod common;
 
 use affectbench::bench::prompt_of_len;
 use affectbench::model::{KvCache, LogitsAt};
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
+use criterion::{
+    criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
+};
 use std::time::Duration;
 
 fn bench(c: &mut Criterion) {
     let m = common::bench_model();
     let mut base = KvCache::new(m.transformer.config.n_layer);
-    m.transformer.forward(&[prompt_of_len(&m, 64).unwrap()], &mut base, &LogitsAt::Last).unwrap();
+    m.transformer
+        .forward(
+            &[prompt_of_len(&m, 64).unwrap()],
+            &mut base,
+            &LogitsAt::Last,
+        )
+        .unwrap();
     let mut g = c.benchmark_group("decode-step");
-    g.sampling_mode(SamplingMode::Flat).sample_size(20).measurement_time(Duration::from_secs(6));
+    g.sampling_mode(SamplingMode::Flat)
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(6));
     for rows in [1usize, 8, 32] {
-        let caches = if rows == 1 { base.clone() } else { base.repeat_batch(rows).unwrap() };
+        let caches = if rows == 1 {
+            base.clone()
+        } else {
+            base.repeat_batch(rows).unwrap()
+        };
         let feed: Vec<Vec<u32>> = (0..rows).map(|i| vec![100 + i as u32]).collect();
         g.throughput(Throughput::Elements(rows as u64));
         g.bench_with_input(BenchmarkId::new("batch", rows), &rows, |b, _| {
-            b.iter_batched(|| caches.clone(), |mut cache| m.transformer.forward(&feed, &mut cache, &LogitsAt::Last).unwrap(), criterion::BatchSize::SmallInput)
+            b.iter_batched(
+                || caches.clone(),
+                |mut cache| {
+                    m.transformer
+                        .forward(&feed, &mut cache, &LogitsAt::Last)
+                        .unwrap()
+                },
+                criterion::BatchSize::SmallInput,
+            )
         });
     }
     g.finish();

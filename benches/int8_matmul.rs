@@ -27,14 +27,21 @@ fn packed_q4_1(n: usize, k: usize) -> PackedMatrix {
 
 fn bench(c: &mut Criterion) {
     affectbench::set_threads(affectbench::default_threads()).unwrap();
-    for (name, n, k) in [("qkv", 960, 576), ("gate_up", 3072, 576), ("down", 576, 1536)] {
+    for (name, n, k) in [
+        ("qkv", 960, 576),
+        ("gate_up", 3072, 576),
+        ("down", 576, 1536),
+    ] {
         let w = packed_q4_1(n, k);
         let mut g = c.benchmark_group(format!("int8_matmul/{name}-{n}x{k}"));
-        g.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+        g.warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(2));
         for m in [1usize, 24, 256] {
             let x = random(m * k, 2);
             g.throughput(Throughput::Elements((m * n * k) as u64));
-            g.bench_with_input(BenchmarkId::new("rows", m), &m, |b, &m| b.iter(|| matmul(&w, &x, m, best_path())));
+            g.bench_with_input(BenchmarkId::new("rows", m), &m, |b, &m| {
+                b.iter(|| matmul(&w, &x, m, best_path()))
+            });
         }
         g.finish();
     }

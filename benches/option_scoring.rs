@@ -13,13 +13,27 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 fn bench(c: &mut Criterion) {
     let m = common::bench_model();
     let mut cache = KvCache::new(m.transformer.config.n_layer);
-    let logits = m.transformer.last_logits(&prompt_of_len(&m, 128).unwrap(), &mut cache).unwrap();
-    let sets: [(&str, Vec<String>); 2] = [("digits-1-4", (1..=4).map(|i| i.to_string()).collect()), ("vas-bins-0-100", (0..=10).map(|i| (i * 10).to_string()).collect())];
+    let logits = m
+        .transformer
+        .last_logits(&prompt_of_len(&m, 128).unwrap(), &mut cache)
+        .unwrap();
+    let sets: [(&str, Vec<String>); 2] = [
+        ("digits-1-4", (1..=4).map(|i| i.to_string()).collect()),
+        (
+            "vas-bins-0-100",
+            (0..=10).map(|i| (i * 10).to_string()).collect(),
+        ),
+    ];
     let mut g = c.benchmark_group("option-scoring");
     for (name, labels) in sets {
-        let options: Vec<Vec<u32>> = labels.iter().map(|l| m.tokenizer.encode(l, false).unwrap()).collect();
+        let options: Vec<Vec<u32>> = labels
+            .iter()
+            .map(|l| m.tokenizer.encode(l, false).unwrap())
+            .collect();
         g.throughput(Throughput::Elements(options.len() as u64));
-        g.bench_with_input(BenchmarkId::from_parameter(name), &options, |b, o| b.iter(|| option_logprobs(&m, &cache, &logits, o).unwrap()));
+        g.bench_with_input(BenchmarkId::from_parameter(name), &options, |b, o| {
+            b.iter(|| option_logprobs(&m, &cache, &logits, o).unwrap())
+        });
     }
     g.finish();
 }

@@ -12,13 +12,34 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("sampler");
     g.throughput(Throughput::Elements(1));
     for (name, params) in [
-        ("greedy", SamplingParams { temperature: 0.0, ..Default::default() }),
-        ("temperature-0.5", SamplingParams { temperature: 0.5, ..Default::default() }),
-        ("temperature-0.5-top-p-0.9", SamplingParams { temperature: 0.5, top_p: Some(0.9), ..Default::default() }),
+        (
+            "greedy",
+            SamplingParams {
+                temperature: 0.0,
+                ..Default::default()
+            },
+        ),
+        (
+            "temperature-0.5",
+            SamplingParams {
+                temperature: 0.5,
+                ..Default::default()
+            },
+        ),
+        (
+            "temperature-0.5-top-p-0.9",
+            SamplingParams {
+                temperature: 0.5,
+                top_p: Some(0.9),
+                ..Default::default()
+            },
+        ),
     ] {
         let s = params.resolve().unwrap();
         let mut rng = Stream::Named("bench").rng(0);
-        g.bench_function(BenchmarkId::from_parameter(name), |b| b.iter(|| sample(&logits, &s, &mut rng)));
+        g.bench_function(BenchmarkId::from_parameter(name), |b| {
+            b.iter(|| sample(&logits, &s, &mut rng))
+        });
     }
     g.finish();
 }

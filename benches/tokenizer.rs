@@ -13,7 +13,9 @@ fn bench(c: &mut Criterion) {
     let text = format!("{}{}", q.prefix, q.items.join("\n"));
     let mut g = c.benchmark_group("tokenizer");
     g.throughput(Throughput::Bytes(text.len() as u64));
-    g.bench_function("encode-questionnaire", |b| b.iter(|| m.tokenizer.encode(&text, false).unwrap()));
+    g.bench_function("encode-questionnaire", |b| {
+        b.iter(|| m.tokenizer.encode(&text, false).unwrap())
+    });
     g.finish();
 }
 

@@ -6,9 +6,9 @@
 use crate::error::{Error, Result};
 use crate::generate::{decode_lockstep, extend_rows};
 use crate::model::{KvCache, LogitsAt, Model};
+use crate::option_scoring::option_logprobs_rows;
 use crate::rng::Stream;
 use crate::sampling::{argmax, SamplingParams};
-use crate::option_scoring::option_logprobs_rows;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
@@ -27,7 +27,11 @@ pub const DEFAULT_QUESTIONNAIRE: &str = include_str!("../benches/workloads/quest
 
 impl Questionnaire {
     pub fn parse(text: &str, origin: &str) -> Result<Self> {
-        serde_json::from_str(text).map_err(|e| Error::DataFile { path: origin.into(), line: e.line(), message: e.to_string() })
+        serde_json::from_str(text).map_err(|e| Error::DataFile {
+            path: origin.into(),
+            line: e.line(),
+            message: e.to_string(),
+        })
     }
 }
 
@@ -83,7 +87,9 @@ fn timed(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 /// Prefill of `tokens` into a fresh cache, logits at the last position only.
 pub fn prefill(model: &Model, tokens: &[u32]) -> Result<KvCache> {
     let mut cache = KvCache::new(model.transformer.config.n_layer);
-    model.transformer.forward(&[tokens.to_vec()], &mut cache, &LogitsAt::Last)?;
+    model
+        .transformer
+        .forward(&[tokens.to_vec()], &mut cache, &LogitsAt::Last)?;
     Ok(cache)
 }
 
@@ -101,14 +107,23 @@ pub fn decode_steps(model: &Model, cache: &KvCache, first: u32, steps: usize) ->
 /// the items forked from it and prefilled together, up to `batch_size` per forward pass
 /// (`extend_rows`), options scored at each item's answer position, the batch's items
 /// together (`option_logprobs_rows`).
-pub fn questionnaire_pass(model: &Model, prefix: &[u32], items: &[Vec<u32>], options: &[Vec<u32>], batch_size: usize) -> Result<Vec<Vec<f64>>> {
+pub fn questionnaire_pass(
+    model: &Model,
+    prefix: &[u32],
+    items: &[Vec<u32>],
+    options: &[Vec<u32>],
+    batch_size: usize,
+) -> Result<Vec<Vec<f64>>> {
     let shared = prefill(model, prefix)?;
     let mut out = vec![Vec::new(); items.len()];
     let indices: Vec<usize> = (0..items.len()).collect();
     for batch in indices.chunks(batch_size.max(1)) {
         let suffixes: Vec<Vec<u32>> = batch.iter().map(|&i| items[i].clone()).collect();
         let prefilled = extend_rows(model, &shared, &suffixes)?;
-        let rows: Vec<_> = prefilled.iter().map(|(cache, logits)| (cache, &logits[..], options)).collect();
+        let rows: Vec<_> = prefilled
+            .iter()
+            .map(|(cache, logits)| (cache, &logits[..], options))
+            .collect();
         for (&i, lps) in batch.iter().zip(option_logprobs_rows(model, &rows)?) {
             out[i] = lps;
         }
@@ -119,13 +134,24 @@ pub fn questionnaire_pass(model: &Model, prefix: &[u32], items: &[Vec<u32>], opt
 fn peak_rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
         .map(|kb| kb * 1024)
         .unwrap_or(0)
 }
 
 /// Runs every workload; `progress` is told what is being measured.
-pub fn run_bench(model: &Model, q: &Questionnaire, threads: usize, repeats: usize, mut progress: impl FnMut(&str)) -> Result<BenchReport> {
+pub fn run_bench(
+    model: &Model,
+    q: &Questionnaire,
+    threads: usize,
+    repeats: usize,
+    mut progress: impl FnMut(&str),
+) -> Result<BenchReport> {
     const PREFILL: usize = 256;
     const DECODE: usize = 64;
     const ROWS: usize = 32;
@@ -144,10 +170,16 @@ pub fn run_bench(model: &Model, q: &Questionnaire, threads: usize, repeats: usiz
     progress("decode, 32 sampled sequences in lockstep");
     // Temperature 1; a row that samples a stop token ends early and only tokens actually
     // produced count.
-    let sampling = SamplingParams { temperature: 1.0, ..Default::default() }.resolve()?;
+    let sampling = SamplingParams {
+        temperature: 1.0,
+        ..Default::default()
+    }
+    .resolve()?;
     let mut produced = 0usize;
     let batch_s = timed(repeats, || {
-        let mut rngs: Vec<_> = (0..ROWS).map(|i| Stream::BenchRow { row: i }.rng(0)).collect();
+        let mut rngs: Vec<_> = (0..ROWS)
+            .map(|i| Stream::BenchRow { row: i }.rng(0))
+            .collect();
         let rows = decode_lockstep(model, &base, &logits, &sampling, &mut rngs, DECODE, ROWS)?;
         produced = rows.iter().map(|r| r.0.len()).sum();
         Ok(())
@@ -158,9 +190,17 @@ pub fn run_bench(model: &Model, q: &Questionnaire, threads: usize, repeats: usiz
     // The prefix starts the text, so it gets the model's special tokens (BOS where used).
     let prefix = model.tokenizer.encode(&q.prefix, true)?;
     let items = q.items.iter().map(|i| enc(i)).collect::<Result<Vec<_>>>()?;
-    let options = q.options.iter().map(|o| enc(&format!(" {o}"))).collect::<Result<Vec<_>>>()?;
-    let pass_s = timed(repeats, || questionnaire_pass(model, &prefix, &items, &options, ROWS).map(|_| ()))?;
-    let unbatched_s = timed(repeats, || questionnaire_pass(model, &prefix, &items, &options, 1).map(|_| ()))?;
+    let options = q
+        .options
+        .iter()
+        .map(|o| enc(&format!(" {o}")))
+        .collect::<Result<Vec<_>>>()?;
+    let pass_s = timed(repeats, || {
+        questionnaire_pass(model, &prefix, &items, &options, ROWS).map(|_| ())
+    })?;
+    let unbatched_s = timed(repeats, || {
+        questionnaire_pass(model, &prefix, &items, &options, 1).map(|_| ())
+    })?;
 
     Ok(BenchReport {
         model: model.info.label.clone(),

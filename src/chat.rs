@@ -27,13 +27,22 @@ pub struct Message {
 
 impl Message {
     pub fn system(text: impl Into<String>) -> Self {
-        Self { role: Role::System, content: text.into() }
+        Self {
+            role: Role::System,
+            content: text.into(),
+        }
     }
     pub fn user(text: impl Into<String>) -> Self {
-        Self { role: Role::User, content: text.into() }
+        Self {
+            role: Role::User,
+            content: text.into(),
+        }
     }
     pub fn assistant(text: impl Into<String>) -> Self {
-        Self { role: Role::Assistant, content: text.into() }
+        Self {
+            role: Role::Assistant,
+            content: text.into(),
+        }
     }
 }
 
@@ -60,9 +69,15 @@ impl ChatTemplate {
     fn env(&self) -> Result<minijinja::Environment<'static>> {
         let mut env = minijinja::Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
         // Templates that print a date get a fixed one: a rendered prompt must not depend
         // on the day it was rendered, or runs would not reproduce.
         env.add_function("strftime_now", |_fmt: String| "26 Jul 2024".to_string());
@@ -108,7 +123,15 @@ mod tests {
     fn renders_multi_turn_chatml() {
         let t = ChatTemplate::new(CHATML, "", "<|im_end|>").unwrap();
         let text = t
-            .render(&[Message::system("S"), Message::user("U1"), Message::assistant("A1"), Message::user("U2")], true)
+            .render(
+                &[
+                    Message::system("S"),
+                    Message::user("U1"),
+                    Message::assistant("A1"),
+                    Message::user("U2"),
+                ],
+                true,
+            )
             .unwrap();
         assert_eq!(
             text,
@@ -124,7 +147,9 @@ mod tests {
 
     #[test]
     fn broken_template_is_a_clear_error() {
-        let err = ChatTemplate::new("{% for x in %}", "", "").unwrap_err().to_string();
+        let err = ChatTemplate::new("{% for x in %}", "", "")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("does not compile"), "{err}");
     }
 }

@@ -61,16 +61,34 @@ impl EngineConfig {
     /// the reference where a head dim has no fused kernel).
     pub fn record(&self, models: &[Model]) -> EngineRecord {
         let packed = models.iter().any(|m| m.transformer.uses_packed_weights());
-        let weights = if self.weights == Kernels::Packed && !packed { Kernels::Candle } else { self.weights };
-        let mut ops: Vec<&str> = models.iter().map(|m| m.transformer.op_path.name()).collect();
+        let weights = if self.weights == Kernels::Packed && !packed {
+            Kernels::Candle
+        } else {
+            self.weights
+        };
+        let mut ops: Vec<&str> = models
+            .iter()
+            .map(|m| m.transformer.op_path.name())
+            .collect();
         ops.dedup();
         EngineRecord {
             device: self.device.clone(),
             threads: self.threads,
             batch_size: Some(self.batch_size),
             weights: Some(weights.name().to_string()),
-            int8_kernel: Some(if packed { self.resolved_int8_kernel().name() } else { "none" }.to_string()),
-            ops: Some(if ops.is_empty() { self.ops.name().to_string() } else { ops.join("+") }),
+            int8_kernel: Some(
+                if packed {
+                    self.resolved_int8_kernel().name()
+                } else {
+                    "none"
+                }
+                .to_string(),
+            ),
+            ops: Some(if ops.is_empty() {
+                self.ops.name().to_string()
+            } else {
+                ops.join("+")
+            }),
         }
     }
 }

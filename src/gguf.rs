@@ -89,7 +89,10 @@ impl GgufFile {
             Value::U64(x) => *x as i64,
             Value::I64(x) => *x,
             other => {
-                return Err(self.meta_err(key, &format!("is not an integer ({:?})", other.value_type())))
+                return Err(self.meta_err(
+                    key,
+                    &format!("is not an integer ({:?})", other.value_type()),
+                ))
             }
         };
         usize::try_from(n).map_err(|_| self.meta_err(key, &format!("is negative ({n})")))
@@ -110,37 +113,69 @@ impl GgufFile {
     }
 
     pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
-        if self.has(key) { self.usize(key).map(Some) } else { Ok(None) }
+        if self.has(key) {
+            self.usize(key).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     pub fn opt_f32(&self, key: &str) -> Result<Option<f32>> {
-        if self.has(key) { self.f32(key).map(Some) } else { Ok(None) }
+        if self.has(key) {
+            self.f32(key).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     pub fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
-        if self.has(key) { self.bool(key).map(Some) } else { Ok(None) }
+        if self.has(key) {
+            self.bool(key).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     pub fn opt_string(&self, key: &str) -> Result<Option<String>> {
-        if self.has(key) { self.string(key).map(Some) } else { Ok(None) }
+        if self.has(key) {
+            self.string(key).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     pub fn strings(&self, key: &str) -> Result<Vec<String>> {
-        let arr = self.value(key)?.to_vec().map_err(|e| self.meta_err(key, &format!("is not an array: {e}")))?;
+        let arr = self
+            .value(key)?
+            .to_vec()
+            .map_err(|e| self.meta_err(key, &format!("is not an array: {e}")))?;
         arr.iter()
-            .map(|v| v.to_string().cloned().map_err(|_| self.meta_err(key, "has a non-string element")))
+            .map(|v| {
+                v.to_string()
+                    .cloned()
+                    .map_err(|_| self.meta_err(key, "has a non-string element"))
+            })
             .collect()
     }
 
     pub fn f32s(&self, key: &str) -> Result<Vec<f32>> {
-        let arr = self.value(key)?.to_vec().map_err(|e| self.meta_err(key, &format!("is not an array: {e}")))?;
+        let arr = self
+            .value(key)?
+            .to_vec()
+            .map_err(|e| self.meta_err(key, &format!("is not an array: {e}")))?;
         arr.iter()
-            .map(|v| v.to_f32().map_err(|_| self.meta_err(key, "has a non-f32 element")))
+            .map(|v| {
+                v.to_f32()
+                    .map_err(|_| self.meta_err(key, "has a non-f32 element"))
+            })
             .collect()
     }
 
     pub fn i32s(&self, key: &str) -> Result<Vec<i32>> {
-        let arr = self.value(key)?.to_vec().map_err(|e| self.meta_err(key, &format!("is not an array: {e}")))?;
+        let arr = self
+            .value(key)?
+            .to_vec()
+            .map_err(|e| self.meta_err(key, &format!("is not an array: {e}")))?;
         arr.iter()
             .map(|v| match v {
                 Value::I32(x) => Ok(*x),

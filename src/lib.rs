@@ -27,16 +27,18 @@ pub mod registry;
 pub mod report;
 pub mod results;
 pub mod rng;
+pub mod sampling;
 pub mod scenario;
 pub mod study;
-pub mod sampling;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
 
 /// All available cores.
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// Sets the compute threads for candle's ops and our kernels. Call once, before any
@@ -44,7 +46,10 @@ pub fn default_threads() -> usize {
 /// CPUs each time (reading /proc), which cost ~10% of decode time.
 pub fn set_threads(n: usize) -> std::result::Result<(), rayon::ThreadPoolBuildError> {
     std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());
-    match rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global() {
+    match rayon::ThreadPoolBuilder::new()
+        .num_threads(n.max(1))
+        .build_global()
+    {
         Ok(()) => Ok(()),
         // Already initialised (e.g. in tests): keep the existing pool.
         Err(_) if rayon::current_num_threads() > 0 => Ok(()),

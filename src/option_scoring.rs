@@ -14,8 +14,17 @@ pub fn log_softmax(logits: &[f32]) -> Vec<f64> {
 
 /// log P(option tokens | prompt) for each option. `cache` holds the prompt and
 /// `last_logits` are the logits at its final position.
-pub fn option_logprobs(model: &Model, cache: &KvCache, last_logits: &[f32], options: &[Vec<u32>]) -> Result<Vec<f64>> {
-    Ok(option_logprobs_rows(model, &[(cache, last_logits, options)])?.pop().expect("one row"))
+pub fn option_logprobs(
+    model: &Model,
+    cache: &KvCache,
+    last_logits: &[f32],
+    options: &[Vec<u32>],
+) -> Result<Vec<f64>> {
+    Ok(
+        option_logprobs_rows(model, &[(cache, last_logits, options)])?
+            .pop()
+            .expect("one row"),
+    )
 }
 
 /// `option_logprobs` for several prompts at once (e.g. a batch of items): multi-token
@@ -24,7 +33,10 @@ pub fn option_logprobs(model: &Model, cache: &KvCache, last_logits: &[f32], opti
 /// different prompts and lengths together; the kernels are batch-invariant, so each
 /// row equals its lone computation). Labels like " 1", which every tokenizer here splits
 /// into two tokens, thus cost one pass per batch instead of one per item.
-pub fn option_logprobs_rows(model: &Model, rows: &[(&KvCache, &[f32], &[Vec<u32>])]) -> Result<Vec<Vec<f64>>> {
+pub fn option_logprobs_rows(
+    model: &Model,
+    rows: &[(&KvCache, &[f32], &[Vec<u32>])],
+) -> Result<Vec<Vec<f64>>> {
     let mut out: Vec<Vec<f64>> = rows
         .iter()
         .map(|(_, logits, options)| {
@@ -32,7 +44,11 @@ pub fn option_logprobs_rows(model: &Model, rows: &[(&KvCache, &[f32], &[Vec<u32>
             options.iter().map(|t| first[t[0] as usize]).collect()
         })
         .collect();
-    let longest = rows.iter().flat_map(|(_, _, o)| o.iter().map(|t| t.len())).max().unwrap_or(0);
+    let longest = rows
+        .iter()
+        .flat_map(|(_, _, o)| o.iter().map(|t| t.len()))
+        .max()
+        .unwrap_or(0);
     for depth in 1..longest {
         // (row, prefix) pairs, distinct within a row.
         let mut jobs: Vec<(usize, Vec<u32>)> = Vec::new();
@@ -45,10 +61,16 @@ pub fn option_logprobs_rows(model: &Model, rows: &[(&KvCache, &[f32], &[Vec<u32>
         }
         let prefixes: Vec<Vec<u32>> = jobs.iter().map(|(_, p)| p.clone()).collect();
         let caches: Vec<KvCache> = jobs.iter().map(|(r, _)| rows[*r].0.clone()).collect();
-        let lps: Vec<Vec<f64>> = extend_each(model, caches, &prefixes)?.iter().map(|(_, l)| log_softmax(l)).collect();
+        let lps: Vec<Vec<f64>> = extend_each(model, caches, &prefixes)?
+            .iter()
+            .map(|(_, l)| log_softmax(l))
+            .collect();
         for (r, (_, _, options)) in rows.iter().enumerate() {
             for (i, t) in options.iter().enumerate().filter(|(_, t)| t.len() > depth) {
-                let j = jobs.iter().position(|(jr, p)| *jr == r && p[..] == t[..depth]).expect("collected above");
+                let j = jobs
+                    .iter()
+                    .position(|(jr, p)| *jr == r && p[..] == t[..depth])
+                    .expect("collected above");
                 out[r][i] += lps[j][t[depth] as usize];
             }
         }

@@ -80,13 +80,39 @@ mod tests {
         // say so in the changelog if it is ever meant.
         let t = "0123456789abcdef";
         let cases = [
-            (Stream::Perturbation { trial: t }, "0123456789abcdef/perturbation"),
-            (Stream::ProtocolTurn { group: t, step: 3 }, "0123456789abcdef/turn/3"),
-            (Stream::Completion { trial: t }, "0123456789abcdef/completion"),
-            (Stream::ChoiceDraw { trial: t }, "0123456789abcdef/choice-draw"),
-            (Stream::Answer { trial: t, attempt: 1 }, "0123456789abcdef/generate/1"),
-            (Stream::JudgeDraw { trial: t }, "0123456789abcdef/judge-draw"),
-            (Stream::Bootstrap { statistic: "descriptive/x" }, "report/descriptive/x"),
+            (
+                Stream::Perturbation { trial: t },
+                "0123456789abcdef/perturbation",
+            ),
+            (
+                Stream::ProtocolTurn { group: t, step: 3 },
+                "0123456789abcdef/turn/3",
+            ),
+            (
+                Stream::Completion { trial: t },
+                "0123456789abcdef/completion",
+            ),
+            (
+                Stream::ChoiceDraw { trial: t },
+                "0123456789abcdef/choice-draw",
+            ),
+            (
+                Stream::Answer {
+                    trial: t,
+                    attempt: 1,
+                },
+                "0123456789abcdef/generate/1",
+            ),
+            (
+                Stream::JudgeDraw { trial: t },
+                "0123456789abcdef/judge-draw",
+            ),
+            (
+                Stream::Bootstrap {
+                    statistic: "descriptive/x",
+                },
+                "report/descriptive/x",
+            ),
             (Stream::Generate, "generate"),
             (Stream::BenchRow { row: 4 }, "bench/4"),
             (Stream::Named("trial-1"), "trial-1"),

@@ -20,7 +20,12 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { temperature: 0.0, top_k: None, top_p: None, min_p: None }
+        Self {
+            temperature: 0.0,
+            top_k: None,
+            top_p: None,
+            min_p: None,
+        }
     }
 }
 
@@ -29,7 +34,12 @@ impl Default for SamplingParams {
 #[serde(tag = "mode", rename_all = "lowercase")]
 pub enum Sampling {
     Greedy,
-    Sample { temperature: f32, top_k: Option<usize>, top_p: Option<f32>, min_p: Option<f32> },
+    Sample {
+        temperature: f32,
+        top_k: Option<usize>,
+        top_p: Option<f32>,
+        min_p: Option<f32>,
+    },
 }
 
 impl SamplingParams {
@@ -44,7 +54,9 @@ impl SamplingParams {
     pub fn resolve(self) -> Result<Sampling> {
         let t = self.temperature;
         if !t.is_finite() || t < 0.0 {
-            return Err(Error::Sampling(format!("temperature must be >= 0, got {t}")));
+            return Err(Error::Sampling(format!(
+                "temperature must be >= 0, got {t}"
+            )));
         }
         if let Some(p) = self.top_p {
             if !(p > 0.0 && p <= 1.0) {
@@ -62,7 +74,12 @@ impl SamplingParams {
         if t == 0.0 || self.top_k == Some(1) {
             return Ok(Sampling::Greedy);
         }
-        Ok(Sampling::Sample { temperature: t, top_k: self.top_k, top_p: self.top_p, min_p: self.min_p })
+        Ok(Sampling::Sample {
+            temperature: t,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+        })
     }
 }
 
@@ -106,7 +123,9 @@ pub fn log_sum_exp(logits: &[f32]) -> f64 {
 }
 
 fn max_logit(logits: &[f32]) -> f64 {
-    logits.iter().fold(f32::NEG_INFINITY, |m, &l| if l > m { l } else { m }) as f64
+    logits
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &l| if l > m { l } else { m }) as f64
 }
 
 /// Sum of exp((logit - max) * inv_t) in 8 lanes by position, then pairwise; with STORE
@@ -117,7 +136,11 @@ fn exp_weights<const STORE: bool>(logits: &[f32], inv_t: f64, max: f64, out: &mu
     let mut scratch = [0f64; 8];
     let whole = logits.len() / 8 * 8;
     for (c, l) in logits[..whole].chunks_exact(8).enumerate() {
-        let o: &mut [f64; 8] = if STORE { (&mut out[c * 8..c * 8 + 8]).try_into().expect("8 slots") } else { &mut scratch };
+        let o: &mut [f64; 8] = if STORE {
+            (&mut out[c * 8..c * 8 + 8]).try_into().expect("8 slots")
+        } else {
+            &mut scratch
+        };
         // Whole 8-lane steps, so the loop vectorises.
         for k in 0..8 {
             o[k] = exp_nonpositive((l[k] as f64 - max) * inv_t);
@@ -131,7 +154,8 @@ fn exp_weights<const STORE: bool>(logits: &[f32], inv_t: f64, max: f64, out: &mu
         }
         lanes[k] += w;
     }
-    ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]))
+    ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6]))
+        + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]))
 }
 
 /// e^x for x <= 0 in f64 (0 below -708), to a few ulp: x = n ln2 + r, |r| <= ln2/2, e^r
@@ -146,7 +170,21 @@ pub fn exp_nonpositive(x: f64) -> f64 {
     let n = (x * std::f64::consts::LOG2_E + ROUND) - ROUND;
     let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, x));
     let mut p: f64 = 1.0 / 6_227_020_800.0; // 1/13!
-    for c in [1.0 / 479_001_600.0, 1.0 / 39_916_800.0, 1.0 / 3_628_800.0, 1.0 / 362_880.0, 1.0 / 40_320.0, 1.0 / 5_040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+    for c in [
+        1.0 / 479_001_600.0,
+        1.0 / 39_916_800.0,
+        1.0 / 3_628_800.0,
+        1.0 / 362_880.0,
+        1.0 / 40_320.0,
+        1.0 / 5_040.0,
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ] {
         p = p.mul_add(r, c);
     }
     // 2^n from the bits of n + 1023 held in a double's mantissa (n in [-1022, 0]).
@@ -169,14 +207,21 @@ pub fn inverse_cdf(probs: &[f64], u: f64) -> Option<usize> {
 pub fn sample(logits: &[f32], sampling: &Sampling, rng: &mut ChaCha20Rng) -> u32 {
     let (temperature, top_k, top_p, min_p) = match *sampling {
         Sampling::Greedy => return argmax(logits),
-        Sampling::Sample { temperature, top_k, top_p, min_p } => (temperature, top_k, top_p, min_p),
+        Sampling::Sample {
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+        } => (temperature, top_k, top_p, min_p),
     };
     if top_k.is_none() && top_p.is_none() && min_p.is_none() {
         // No filter: invert the cumulative distribution in token-id order (no sort of
         // the whole vocabulary per token), on the unnormalised weights with u scaled by
         // their sum (one pass fewer than normalising).
         let (weights, sum) = softmax_weights(logits, temperature);
-        return inverse_cdf(&weights, rng.random::<f64>() * sum).map(|i| i as u32).unwrap_or_else(|| argmax(logits));
+        return inverse_cdf(&weights, rng.random::<f64>() * sum)
+            .map(|i| i as u32)
+            .unwrap_or_else(|| argmax(logits));
     }
     let probs = softmax(logits, temperature);
     // Candidates by descending probability; ties broken by token id for determinism.
@@ -188,7 +233,13 @@ pub fn sample(logits: &[f32], sampling: &Sampling, rng: &mut ChaCha20Rng) -> u32
     }
     if let Some(mp) = min_p {
         let floor = probs[order[0]] * mp as f64;
-        keep = keep.min(order.iter().take_while(|&&i| probs[i] >= floor).count().max(1));
+        keep = keep.min(
+            order
+                .iter()
+                .take_while(|&&i| probs[i] >= floor)
+                .count()
+                .max(1),
+        );
     }
     if let Some(tp) = top_p {
         let mut cum = 0.0;
@@ -222,22 +273,47 @@ mod tests {
 
     #[test]
     fn temperature_zero_is_recorded_as_greedy() {
-        let s = SamplingParams { temperature: 0.0, ..Default::default() }.resolve().unwrap();
+        let s = SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
         assert_eq!(s, Sampling::Greedy);
         assert_eq!(serde_json::to_string(&s).unwrap(), r#"{"mode":"greedy"}"#);
     }
 
     #[test]
     fn invalid_settings_are_rejected() {
-        assert!(SamplingParams { temperature: -1.0, ..Default::default() }.resolve().is_err());
-        assert!(SamplingParams { temperature: 1.0, top_p: Some(0.0), ..Default::default() }.resolve().is_err());
+        assert!(SamplingParams {
+            temperature: -1.0,
+            ..Default::default()
+        }
+        .resolve()
+        .is_err());
+        assert!(SamplingParams {
+            temperature: 1.0,
+            top_p: Some(0.0),
+            ..Default::default()
+        }
+        .resolve()
+        .is_err());
     }
 
     #[test]
     fn same_seed_and_id_give_the_same_stream_and_ids_differ() {
-        let a: Vec<u64> = (0..4).map(|_| 0).scan(Stream::Named("a").rng(1), |r, _| Some(r.random())).collect();
-        let b: Vec<u64> = (0..4).map(|_| 0).scan(Stream::Named("a").rng(1), |r, _| Some(r.random())).collect();
-        let c: Vec<u64> = (0..4).map(|_| 0).scan(Stream::Named("b").rng(1), |r, _| Some(r.random())).collect();
+        let a: Vec<u64> = (0..4)
+            .map(|_| 0)
+            .scan(Stream::Named("a").rng(1), |r, _| Some(r.random()))
+            .collect();
+        let b: Vec<u64> = (0..4)
+            .map(|_| 0)
+            .scan(Stream::Named("a").rng(1), |r, _| Some(r.random()))
+            .collect();
+        let c: Vec<u64> = (0..4)
+            .map(|_| 0)
+            .scan(Stream::Named("b").rng(1), |r, _| Some(r.random()))
+            .collect();
         assert_eq!(a, b);
         assert_ne!(a, c);
     }
@@ -245,7 +321,12 @@ mod tests {
     #[test]
     fn sample_frequencies_match_the_softmax() {
         let logits = [1.0f32, 2.0, 0.5, -1.0];
-        let s = Sampling::Sample { temperature: 0.7, top_k: None, top_p: None, min_p: None };
+        let s = Sampling::Sample {
+            temperature: 0.7,
+            top_k: None,
+            top_p: None,
+            min_p: None,
+        };
         let expected = softmax(&logits, 0.7);
         let mut rng = Stream::Named("freq").rng(42);
         let n = 200_000;
@@ -257,7 +338,11 @@ mod tests {
             let f = counts[i] as f64 / n as f64;
             // 5 standard errors of a binomial proportion.
             let se = (expected[i] * (1.0 - expected[i]) / n as f64).sqrt();
-            assert!((f - expected[i]).abs() < 5.0 * se + 1e-4, "token {i}: {f} vs {}", expected[i]);
+            assert!(
+                (f - expected[i]).abs() < 5.0 * se + 1e-4,
+                "token {i}: {f} vs {}",
+                expected[i]
+            );
         }
     }
 
@@ -267,7 +352,10 @@ mod tests {
         for i in 0..19_600 {
             let x = -(i as f64) * 0.0357;
             let (ours, libm) = (exp_nonpositive(x), x.exp());
-            assert!((ours - libm).abs() <= 8.0 * f64::EPSILON * libm, "{x}: {ours} vs {libm}");
+            assert!(
+                (ours - libm).abs() <= 8.0 * f64::EPSILON * libm,
+                "{x}: {ours} vs {libm}"
+            );
         }
         assert_eq!(exp_nonpositive(0.0), 1.0);
         assert!(exp_nonpositive(-1000.0) < 1e-300);
@@ -277,8 +365,18 @@ mod tests {
     fn top_k_and_min_p_restrict_candidates() {
         let logits = [5.0f32, 4.9, 0.0, -3.0];
         let mut rng = Stream::Named("k").rng(3);
-        let k2 = Sampling::Sample { temperature: 1.0, top_k: Some(2), top_p: None, min_p: None };
-        let mp = Sampling::Sample { temperature: 1.0, top_k: None, top_p: None, min_p: Some(0.5) };
+        let k2 = Sampling::Sample {
+            temperature: 1.0,
+            top_k: Some(2),
+            top_p: None,
+            min_p: None,
+        };
+        let mp = Sampling::Sample {
+            temperature: 1.0,
+            top_k: None,
+            top_p: None,
+            min_p: Some(0.5),
+        };
         for _ in 0..2000 {
             assert!(sample(&logits, &k2, &mut rng) < 2);
             assert!(sample(&logits, &mp, &mut rng) < 2);

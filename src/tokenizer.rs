@@ -31,7 +31,9 @@ use tokenizers::normalizers::replace::Replace;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::{AddedToken, DecoderWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
+use tokenizers::{
+    AddedToken, DecoderWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer,
+};
 
 /// Qwen2's pre-tokenizer split (from its tokenizer.json).
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -61,7 +63,10 @@ impl ModelTokenizer {
         let enc = self
             .tokenizer
             .encode_fast(text, false)
-            .map_err(|e| Error::Tokenizer { path: "<tokenizer>".into(), message: e.to_string() })?;
+            .map_err(|e| Error::Tokenizer {
+                path: "<tokenizer>".into(),
+                message: e.to_string(),
+            })?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
         if add_bos && self.add_bos {
             if let Some((id, _)) = &self.bos {
@@ -75,55 +80,97 @@ impl ModelTokenizer {
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.tokenizer
             .decode(ids, false)
-            .map_err(|e| Error::Tokenizer { path: "<tokenizer>".into(), message: e.to_string() })
+            .map_err(|e| Error::Tokenizer {
+                path: "<tokenizer>".into(),
+                message: e.to_string(),
+            })
     }
 
     /// Builds the tokenizer from a GGUF file's metadata.
     pub fn from_gguf(g: &GgufFile) -> Result<Self> {
         let model = g.string("tokenizer.ggml.model")?;
         let tokens = g.strings("tokenizer.ggml.tokens")?;
-        let types = if g.has("tokenizer.ggml.token_type") { g.i32s("tokenizer.ggml.token_type")? } else { vec![] };
-        let err = |message: String| Error::Tokenizer { path: g.path.clone(), message };
+        let types = if g.has("tokenizer.ggml.token_type") {
+            g.i32s("tokenizer.ggml.token_type")?
+        } else {
+            vec![]
+        };
+        let err = |message: String| Error::Tokenizer {
+            path: g.path.clone(),
+            message,
+        };
         let (mut tokenizer, byte_level) = match model.as_str() {
             "gpt2" => {
-                let pre = g.opt_string("tokenizer.ggml.pre")?.unwrap_or_else(|| "default".into());
+                let pre = g
+                    .opt_string("tokenizer.ggml.pre")?
+                    .unwrap_or_else(|| "default".into());
                 let merges = g.strings("tokenizer.ggml.merges")?;
-                (byte_level_bpe(&tokens, &merges, &pre).map_err(|m| Error::Metadata {
-                    path: g.path.clone(),
-                    key: "tokenizer.ggml.pre".into(),
-                    problem: m,
-                })?, true)
+                (
+                    byte_level_bpe(&tokens, &merges, &pre).map_err(|m| Error::Metadata {
+                        path: g.path.clone(),
+                        key: "tokenizer.ggml.pre".into(),
+                        problem: m,
+                    })?,
+                    true,
+                )
             }
             SENTENCEPIECE_MODEL => (sentencepiece_bpe(&tokens).map_err(err)?, false),
             other => {
                 return Err(Error::Metadata {
                     path: g.path.clone(),
                     key: "tokenizer.ggml.model".into(),
-                    problem: format!("is '{other}'; supported: gpt2 (byte-level BPE), llama (SentencePiece)"),
+                    problem: format!(
+                        "is '{other}'; supported: gpt2 (byte-level BPE), llama (SentencePiece)"
+                    ),
                 })
             }
         };
         add_special_tokens(&mut tokenizer, &tokens, &types, byte_level).map_err(err)?;
 
         let id_tok = |key: &str| -> Result<Option<(u32, String)>> {
-            Ok(g.opt_usize(key)?.and_then(|id| tokens.get(id).map(|t| (id as u32, t.clone()))))
+            Ok(g.opt_usize(key)?
+                .and_then(|id| tokens.get(id).map(|t| (id as u32, t.clone()))))
         };
         let bos = id_tok("tokenizer.ggml.bos_token_id")?;
         let eos = id_tok("tokenizer.ggml.eos_token_id")?;
-        let add_bos = g.opt_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(model == SENTENCEPIECE_MODEL);
-        let stop_ids = stop_ids(&eos, |name| tokens.iter().position(|t| t == name).map(|i| i as u32));
-        Ok(Self { tokenizer, bos, eos, stop_ids, add_bos })
+        let add_bos = g
+            .opt_bool("tokenizer.ggml.add_bos_token")?
+            .unwrap_or(model == SENTENCEPIECE_MODEL);
+        let stop_ids = stop_ids(&eos, |name| {
+            tokens.iter().position(|t| t == name).map(|i| i as u32)
+        });
+        Ok(Self {
+            tokenizer,
+            bos,
+            eos,
+            stop_ids,
+            add_bos,
+        })
     }
 
     /// Wraps a tokenizer loaded from a `tokenizer.json` (safetensors directories).
-    pub fn from_tokenizer_json(path: &std::path::Path, bos: Option<String>, eos: Option<String>, add_bos: bool) -> Result<Self> {
-        let tokenizer = Tokenizer::from_file(path)
-            .map_err(|e| Error::Tokenizer { path: path.to_path_buf(), message: e.to_string() })?;
-        let lookup = |t: Option<String>| t.and_then(|t| tokenizer.token_to_id(&t).map(|id| (id, t)));
+    pub fn from_tokenizer_json(
+        path: &std::path::Path,
+        bos: Option<String>,
+        eos: Option<String>,
+        add_bos: bool,
+    ) -> Result<Self> {
+        let tokenizer = Tokenizer::from_file(path).map_err(|e| Error::Tokenizer {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let lookup =
+            |t: Option<String>| t.and_then(|t| tokenizer.token_to_id(&t).map(|id| (id, t)));
         let bos = lookup(bos);
         let eos = lookup(eos);
         let stop_ids = stop_ids(&eos, |name| tokenizer.token_to_id(name));
-        Ok(Self { tokenizer, bos, eos, stop_ids, add_bos })
+        Ok(Self {
+            tokenizer,
+            bos,
+            eos,
+            stop_ids,
+            add_bos,
+        })
     }
 }
 
@@ -146,7 +193,8 @@ fn bytes_to_unicode() -> [char; 256] {
     let mut map = ['\0'; 256];
     let mut extra = 0u32;
     for b in 0..256u32 {
-        let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+        let printable =
+            (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
         map[b as usize] = if printable {
             char::from_u32(b).expect("latin-1")
         } else {
@@ -157,7 +205,11 @@ fn bytes_to_unicode() -> [char; 256] {
     map
 }
 
-fn byte_level_bpe(tokens: &[String], merges: &[String], pre: &str) -> std::result::Result<Tokenizer, String> {
+fn byte_level_bpe(
+    tokens: &[String],
+    merges: &[String],
+    pre: &str,
+) -> std::result::Result<Tokenizer, String> {
     let spelling = bytes_to_unicode();
     let alphabet: std::collections::HashSet<char> = spelling.iter().copied().collect();
     // Tokens outside the byte alphabet are respelled byte by byte, as transformers does.
@@ -173,7 +225,9 @@ fn byte_level_bpe(tokens: &[String], merges: &[String], pre: &str) -> std::resul
     let merges = merges
         .iter()
         .map(|m| {
-            let (a, b) = m.split_once(' ').ok_or_else(|| format!("merge '{m}' has no space"))?;
+            let (a, b) = m
+                .split_once(' ')
+                .ok_or_else(|| format!("merge '{m}' has no space"))?;
             Ok((a.to_string(), b.to_string()))
         })
         .collect::<std::result::Result<Vec<_>, String>>()?;
@@ -183,9 +237,17 @@ fn byte_level_bpe(tokens: &[String], merges: &[String], pre: &str) -> std::resul
         .map_err(|e| format!("BPE: {e}"))?;
     let mut tk = Tokenizer::new(bpe);
     let pre_tok: PreTokenizerWrapper = if pre == QWEN2_PRE {
-        let split = Split::new(SplitPattern::Regex(QWEN2_SPLIT.into()), SplitDelimiterBehavior::Isolated, false)
-            .map_err(|e| format!("qwen2 regex: {e}"))?;
-        PreSequence::new(vec![split.into(), ByteLevel::new(false, true, false).into()]).into()
+        let split = Split::new(
+            SplitPattern::Regex(QWEN2_SPLIT.into()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(|e| format!("qwen2 regex: {e}"))?;
+        PreSequence::new(vec![
+            split.into(),
+            ByteLevel::new(false, true, false).into(),
+        ])
+        .into()
     } else if GPT2_REGEX_PRES.contains(&pre) {
         ByteLevel::new(false, true, true).into()
     } else {
@@ -205,7 +267,13 @@ fn sentencepiece_bpe(tokens: &[String]) -> std::result::Result<Tokenizer, String
     // into '▁', so respell them.
     let respelled: Vec<String> = tokens
         .iter()
-        .map(|t| if !t.is_empty() && t.chars().all(|c| c == ' ') { "\u{2581}".repeat(t.chars().count()) } else { t.clone() })
+        .map(|t| {
+            if !t.is_empty() && t.chars().all(|c| c == ' ') {
+                "\u{2581}".repeat(t.chars().count())
+            } else {
+                t.clone()
+            }
+        })
         .collect();
     // Python dict semantics: a repeated token keeps its first position in iteration order
     // but the id of its last occurrence.
@@ -217,9 +285,19 @@ fn sentencepiece_bpe(tokens: &[String]) -> std::result::Result<Tokenizer, String
         }
     }
     let merges = derive_merges(&vocab, &order);
-    let unk = if vocab.contains_key("<unk>") { Some("<unk>".to_string()) } else { None };
+    let unk = if vocab.contains_key("<unk>") {
+        Some("<unk>".to_string())
+    } else {
+        None
+    };
     let mut builder = BPE::builder()
-        .vocab_and_merges(vocab.iter().map(|(k, v)| (k.to_string(), *v)).collect::<AHashMap<_, _>>(), merges)
+        .vocab_and_merges(
+            vocab
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect::<AHashMap<_, _>>(),
+            merges,
+        )
         .fuse_unk(true)
         .byte_fallback(true);
     if let Some(u) = unk {
@@ -227,11 +305,17 @@ fn sentencepiece_bpe(tokens: &[String]) -> std::result::Result<Tokenizer, String
     }
     let bpe = builder.build().map_err(|e| format!("BPE: {e}"))?;
     let mut tk = Tokenizer::new(bpe);
-    tk.with_normalizer(Some(Replace::new(" ", "\u{2581}").map_err(|e| e.to_string())?))
-        .map_err(|e| e.to_string())?;
+    tk.with_normalizer(Some(
+        Replace::new(" ", "\u{2581}").map_err(|e| e.to_string())?,
+    ))
+    .map_err(|e| e.to_string())?;
     tk.with_pre_tokenizer(Some(
-        Split::new(SplitPattern::String(" ".into()), SplitDelimiterBehavior::MergedWithPrevious, false)
-            .map_err(|e| e.to_string())?,
+        Split::new(
+            SplitPattern::String(" ".into()),
+            SplitDelimiterBehavior::MergedWithPrevious,
+            false,
+        )
+        .map_err(|e| e.to_string())?,
     ));
     tk.with_decoder(Some(DecoderWrapper::Sequence(DecoderSequence::new(vec![
         DecoderWrapper::Replace(Replace::new("\u{2581}", " ").map_err(|e| e.to_string())?),
@@ -264,15 +348,25 @@ fn derive_merges(vocab: &HashMap<&str, u32>, order: &[&str]) -> Vec<(String, Str
         let kb = (-(b.2 as i64), b.0.chars().count(), b.1.chars().count());
         kb.cmp(&ka)
     });
-    merges.into_iter().map(|(l, r, _)| (l.to_string(), r.to_string())).collect()
+    merges
+        .into_iter()
+        .map(|(l, r, _)| (l.to_string(), r.to_string()))
+        .collect()
 }
 
-fn add_special_tokens(tk: &mut Tokenizer, tokens: &[String], types: &[i32], byte_level: bool) -> std::result::Result<(), String> {
+fn add_special_tokens(
+    tk: &mut Tokenizer,
+    tokens: &[String],
+    types: &[i32],
+    byte_level: bool,
+) -> std::result::Result<(), String> {
     let alphabet: std::collections::HashSet<char> = bytes_to_unicode().iter().copied().collect();
     let control: Vec<AddedToken> = tokens
         .iter()
         .zip(types)
-        .filter(|(t, &ty)| ty == TOKEN_TYPE_CONTROL && (!byte_level || t.chars().all(|c| alphabet.contains(&c))))
+        .filter(|(t, &ty)| {
+            ty == TOKEN_TYPE_CONTROL && (!byte_level || t.chars().all(|c| alphabet.contains(&c)))
+        })
         .map(|(t, _)| AddedToken::from(t.clone(), true).normalized(false))
         .collect();
     tk.add_special_tokens(control).map_err(|e| e.to_string())?;

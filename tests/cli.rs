@@ -5,7 +5,10 @@ mod common;
 use std::process::{Command, Output};
 
 fn affectbench(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_affectbench")).args(args).output().expect("running affectbench")
+    Command::new(env!("CARGO_BIN_EXE_affectbench"))
+        .args(args)
+        .output()
+        .expect("running affectbench")
 }
 
 fn stdout(o: &Output) -> String {
@@ -18,22 +21,44 @@ fn models_list_and_path() {
     let list = affectbench(&["models", "list"]);
     assert!(list.status.success());
     let text = stdout(&list);
-    for name in ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "gemma3-270m", "(default)"] {
+    for name in [
+        "smollm2-135m-instruct",
+        "qwen2.5-coder-0.5b-instruct",
+        "gemma3-270m",
+        "(default)",
+    ] {
         assert!(text.contains(name), "{text}");
     }
     let path = affectbench(&["models", "path", "smollm2-135m-instruct"]);
     assert!(path.status.success());
     let p = stdout(&path).trim().to_string();
-    assert!(std::path::Path::new(&p).is_absolute() && p.ends_with(".gguf"), "{p}");
+    assert!(
+        std::path::Path::new(&p).is_absolute() && p.ends_with(".gguf"),
+        "{p}"
+    );
     let verify = affectbench(&["models", "verify", "smollm2-135m-instruct"]);
-    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
 }
 
 #[test]
 fn generate_is_reproducible_by_seed_and_varies_across_seeds() {
     common::real_model("smollm2-135m-instruct");
     let run = |seed: &str| {
-        let o = affectbench(&["generate", "--prompt", "Describe a rainy afternoon.", "-t", "0.9", "-s", seed, "-n", "24"]);
+        let o = affectbench(&[
+            "generate",
+            "--prompt",
+            "Describe a rainy afternoon.",
+            "-t",
+            "0.9",
+            "-s",
+            seed,
+            "-n",
+            "24",
+        ]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let err = String::from_utf8_lossy(&o.stderr).to_string();
         assert!(err.contains("tok/s"), "speed goes to stderr: {err}");
@@ -48,7 +73,16 @@ fn generate_is_reproducible_by_seed_and_varies_across_seeds() {
 #[test]
 fn raw_generation_and_greedy_work() {
     common::real_model("smollm2-135m-instruct");
-    let o = affectbench(&["generate", "--raw", "--prompt", "The capital of France is", "-t", "0", "-n", "5"]);
+    let o = affectbench(&[
+        "generate",
+        "--raw",
+        "--prompt",
+        "The capital of France is",
+        "-t",
+        "0",
+        "-n",
+        "5",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("greedy"));
 }
@@ -62,7 +96,10 @@ fn tokenize_prints_json_ids_and_chat_prompt() {
     assert!(!ids.is_empty());
     let chat = affectbench(&["tokenize", "--chat", "Hi"]);
     let v: serde_json::Value = serde_json::from_str(stdout(&chat).trim()).unwrap();
-    assert!(v["prompt"].as_str().unwrap().contains("<|im_start|>user\nHi<|im_end|>"));
+    assert!(v["prompt"]
+        .as_str()
+        .unwrap()
+        .contains("<|im_start|>user\nHi<|im_end|>"));
 }
 
 #[test]
@@ -70,7 +107,10 @@ fn helpful_errors_for_unknown_models_and_bad_settings() {
     let o = affectbench(&["generate", "--model", "no-such-model", "--prompt", "x"]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("no-such-model") && err.contains("models list"), "{err}");
+    assert!(
+        err.contains("no-such-model") && err.contains("models list"),
+        "{err}"
+    );
     let o = affectbench(&["generate", "--prompt", "x", "--temperature=-1"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("temperature"));

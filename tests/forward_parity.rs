@@ -19,11 +19,12 @@
 mod common;
 
 use affectbench::model::reference::ReferenceModel;
-use affectbench::model::{Activation, OpPath, Kernels, KvCache, LoadOptions, Model};
+use affectbench::model::{Activation, Kernels, KvCache, LoadOptions, Model, OpPath};
 use affectbench::registry::{ModelRef, Registry};
 use common::{argmax, max_abs_diff};
 
-const PROMPT: &str = "You are walking home alone at night when you hear footsteps behind you. How do you feel?";
+const PROMPT: &str =
+    "You are walking home alone at night when you hear footsteps behind you. How do you feel?";
 const STEPS: usize = 5;
 /// Logit margin (in exact f32 arithmetic) below which two candidates count as tied.
 const NEAR_TIE: f32 = 0.1;
@@ -34,7 +35,11 @@ fn load(name: &str, kernels: Kernels) -> Model {
     // candle-transformers' quantized_gemma3 uses SiLU where Gemma 3 uses GELU-tanh: pin
     // ours to SiLU when comparing so that everything else is compared as is.
     let activation_override = name.starts_with("gemma").then_some(Activation::Silu);
-    let opts = LoadOptions { kernels, activation_override, ..Default::default() };
+    let opts = LoadOptions {
+        kernels,
+        activation_override,
+        ..Default::default()
+    };
     Model::load_ref(&ModelRef::resolve(&reg, name).unwrap(), &opts).unwrap()
 }
 
@@ -88,7 +93,10 @@ fn check(name: &str) {
     drop(dense_model);
     for step in 0..=STEPS {
         let diff = max_abs_diff(&dense[step], &dense_reference_attention[step]);
-        assert!(diff < 1e-3, "{name} step {step}: fused attention differs from the candle-op attention by {diff}");
+        assert!(
+            diff < 1e-3,
+            "{name} step {step}: fused attention differs from the candle-op attention by {diff}"
+        );
     }
     let reference = reference_trajectory(name, &prompt, &tokens);
 
@@ -108,9 +116,13 @@ fn check(name: &str) {
             );
             eprintln!("{name} step {step}: near-tie ({exact_margin:.4} logits in f32): packed picks {top_f}, reference {top_r}");
         }
-        let range = r.iter().cloned().fold(f32::MIN, f32::max) - r.iter().cloned().fold(f32::MAX, f32::min);
+        let range =
+            r.iter().cloned().fold(f32::MIN, f32::max) - r.iter().cloned().fold(f32::MAX, f32::min);
         let fast_diff = max_abs_diff(f, r);
-        assert!(fast_diff < 0.05 * range, "{name} step {step}: packed vs reference {fast_diff} (range {range})");
+        assert!(
+            fast_diff < 0.05 * range,
+            "{name} step {step}: packed vs reference {fast_diff} (range {range})"
+        );
 
         let (ours_err, candle_err) = (max_abs_diff(f, d), max_abs_diff(r, d));
         assert!(

@@ -9,8 +9,17 @@ use std::process::{Command, Output};
 const FIXTURE: &str = "tests/data/report-fixture";
 
 fn report(out: &Path, extra: &[&str]) -> Output {
-    let o = Command::new(env!("CARGO_BIN_EXE_affectbench")).args(["report", FIXTURE, "--out"]).arg(out).args(extra).output().expect("running affectbench");
-    assert!(o.status.success(), "report failed: {}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(env!("CARGO_BIN_EXE_affectbench"))
+        .args(["report", FIXTURE, "--out"])
+        .arg(out)
+        .args(extra)
+        .output()
+        .expect("running affectbench");
+    assert!(
+        o.status.success(),
+        "report failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     o
 }
 
@@ -22,12 +31,23 @@ fn read(p: PathBuf) -> String {
 fn tidy(path: PathBuf) -> BTreeMap<(String, String), String> {
     let mut r = csv::Reader::from_path(&path).unwrap();
     let headers = r.headers().unwrap().clone();
-    assert_eq!(headers.iter().skip(headers.len() - 2).collect::<Vec<_>>(), vec!["statistic", "value"], "{}", path.display());
+    assert_eq!(
+        headers.iter().skip(headers.len() - 2).collect::<Vec<_>>(),
+        vec!["statistic", "value"],
+        "{}",
+        path.display()
+    );
     r.records()
         .map(|rec| {
             let rec = rec.unwrap();
             let n = rec.len();
-            ((rec.iter().take(n - 2).collect::<Vec<_>>().join("|"), rec[n - 2].to_string()), rec[n - 1].to_string())
+            (
+                (
+                    rec.iter().take(n - 2).collect::<Vec<_>>().join("|"),
+                    rec[n - 2].to_string(),
+                ),
+                rec[n - 1].to_string(),
+            )
         })
         .collect()
 }
@@ -36,28 +56,66 @@ fn tidy(path: PathBuf) -> BTreeMap<(String, String), String> {
 fn report_writes_every_output_and_escapes_hostile_strings() {
     let dir = tempfile::tempdir().unwrap();
     report(dir.path(), &[]);
-    for f in ["report.html", "summary.md", "trials.csv", "tables/descriptives.csv", "tables/contrasts.csv", "tables/baseline_return.csv", "tables/negativity_bias.csv", "tables/data_quality.csv", "tables/position_bias.csv", "tables/variance_explained.csv", "figures/emotion-sadness.svg", "figures/emotion-sadness.png", "figures/regulation.svg", "figures/negativity.png"] {
+    for f in [
+        "report.html",
+        "summary.md",
+        "trials.csv",
+        "tables/descriptives.csv",
+        "tables/contrasts.csv",
+        "tables/baseline_return.csv",
+        "tables/negativity_bias.csv",
+        "tables/data_quality.csv",
+        "tables/position_bias.csv",
+        "tables/variance_explained.csv",
+        "figures/emotion-sadness.svg",
+        "figures/emotion-sadness.png",
+        "figures/regulation.svg",
+        "figures/negativity.png",
+    ] {
         let p = dir.path().join(f);
-        assert!(p.metadata().map(|m| m.len() > 0).unwrap_or(false), "{f} missing or empty");
+        assert!(
+            p.metadata().map(|m| m.len() > 0).unwrap_or(false),
+            "{f} missing or empty"
+        );
     }
     let png = std::fs::read(dir.path().join("figures/emotion-sadness.png")).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
 
     let html = read(dir.path().join("report.html"));
     // The fixture's study description and one completion carry <script>, quotes and &.
-    assert!(!html.to_lowercase().contains("<script"), "unescaped script tag in report.html");
+    assert!(
+        !html.to_lowercase().contains("<script"),
+        "unescaped script tag in report.html"
+    );
     assert!(!html.contains("<b>bold</b>"));
     assert!(html.contains("&lt;script&gt;alert(&quot;completion&quot;)&lt;/script&gt; it&#39;s &quot;quoted&quot; &amp; &lt;b&gt;bold&lt;/b&gt;"));
     assert!(html.contains("&lt;script&gt;alert(&quot;description&quot;)"));
     // Self-contained: figures inline, nothing fetched.
     assert!(html.contains("<svg") && !html.contains("src=\"http") && !html.contains("href=\"http"));
-    for section in ["Design", "Provenance", "Data quality", "Emotion: sadness", "Regulation", "Negativity bias"] {
-        assert!(html.contains(&format!("<h2>{section}</h2>")), "section {section} missing");
+    for section in [
+        "Design",
+        "Provenance",
+        "Data quality",
+        "Emotion: sadness",
+        "Regulation",
+        "Negativity bias",
+    ] {
+        assert!(
+            html.contains(&format!("<h2>{section}</h2>")),
+            "section {section} missing"
+        );
     }
 
     let trials = read(dir.path().join("trials.csv"));
-    let fixture_lines = read(Path::new(FIXTURE).join("trials.jsonl")).lines().count();
-    assert_eq!(csv::Reader::from_reader(trials.as_bytes()).records().count(), fixture_lines);
+    let fixture_lines = read(Path::new(FIXTURE).join("trials.jsonl"))
+        .lines()
+        .count();
+    assert_eq!(
+        csv::Reader::from_reader(trials.as_bytes())
+            .records()
+            .count(),
+        fixture_lines
+    );
 }
 
 #[test]
@@ -69,13 +127,22 @@ fn descriptives_and_contrasts_agree_with_a_recomputation_from_the_trials() {
     for line in text.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         if v["question"]["instrument"] == "sadness-state" {
-            groups.entry((v["condition"].as_str().unwrap().into(), v["group_id"].as_str().unwrap().into())).or_default().push(v["choice"]["keyed_expected"].as_f64().unwrap());
+            groups
+                .entry((
+                    v["condition"].as_str().unwrap().into(),
+                    v["group_id"].as_str().unwrap().into(),
+                ))
+                .or_default()
+                .push(v["choice"]["keyed_expected"].as_f64().unwrap());
         }
     }
     let mut by_condition: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for ((cond, _), items) in groups {
         assert_eq!(items.len(), 4);
-        by_condition.entry(cond).or_default().push(items.iter().sum::<f64>() / 4.0);
+        by_condition
+            .entry(cond)
+            .or_default()
+            .push(items.iter().sum::<f64>() / 4.0);
     }
     let dir = tempfile::tempdir().unwrap();
     report(dir.path(), &[]);
@@ -84,10 +151,19 @@ fn descriptives_and_contrasts_agree_with_a_recomputation_from_the_trials() {
         let key = format!("smollm2-135m-instruct|sadness-state|sadness|{cond}|probability");
         let mean: f64 = d[&(key.clone(), "mean".into())].parse().unwrap();
         let expected = scores.iter().sum::<f64>() / scores.len() as f64;
-        assert!((mean - expected).abs() < 1e-12, "{cond}: report {mean}, recomputed {expected}");
+        assert!(
+            (mean - expected).abs() < 1e-12,
+            "{cond}: report {mean}, recomputed {expected}"
+        );
         assert_eq!(d[&(key.clone(), "n".into())], scores.len().to_string());
-        let (lo, hi): (f64, f64) = (d[&(key.clone(), "ci95_bca_low".into())].parse().unwrap(), d[&(key, "ci95_bca_high".into())].parse().unwrap());
-        assert!(lo <= expected + 1e-12 && expected <= hi + 1e-12, "{cond}: CI [{lo}, {hi}] misses the mean {expected}");
+        let (lo, hi): (f64, f64) = (
+            d[&(key.clone(), "ci95_bca_low".into())].parse().unwrap(),
+            d[&(key, "ci95_bca_high".into())].parse().unwrap(),
+        );
+        assert!(
+            lo <= expected + 1e-12 && expected <= hi + 1e-12,
+            "{cond}: CI [{lo}, {hi}] misses the mean {expected}"
+        );
     }
     // The induction contrast's difference is the difference of those means.
     let c = tidy(dir.path().join("tables/contrasts.csv"));
@@ -102,7 +178,11 @@ fn descriptives_and_contrasts_agree_with_a_recomputation_from_the_trials() {
 
 #[test]
 fn bootstrap_intervals_are_reproducible_by_seed() {
-    let (a, b, c) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b, c) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
     report(a.path(), &["--seed", "5"]);
     report(b.path(), &["--seed", "5"]);
     report(c.path(), &["--seed", "6"]);
@@ -114,8 +194,15 @@ fn bootstrap_intervals_are_reproducible_by_seed() {
 #[test]
 fn report_of_a_directory_without_a_run_says_what_to_give() {
     let dir = tempfile::tempdir().unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_affectbench")).args(["report"]).arg(dir.path()).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_affectbench"))
+        .args(["report"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("has no run.json") && err.contains(&dir.path().display().to_string()), "{err}");
+    assert!(
+        err.contains("has no run.json") && err.contains(&dir.path().display().to_string()),
+        "{err}"
+    );
 }

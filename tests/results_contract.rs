@@ -14,7 +14,12 @@ use std::path::{Path, PathBuf};
 const SCHEMA1_RUN: &str = "tests/data/schema1-smoke";
 
 fn trials_of(dir: &Path, seed: u64) -> Vec<TrialRecord> {
-    read_trials(&dir.join("trials.jsonl"), seed).unwrap().records.into_iter().map(|(_, r)| r).collect()
+    read_trials(&dir.join("trials.jsonl"), seed)
+        .unwrap()
+        .records
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect()
 }
 
 #[test]
@@ -23,16 +28,32 @@ fn a_schema_1_run_reads_into_the_current_types() {
     assert_eq!(header.schema, 1);
     assert_eq!(header.status, RunStatus::Success);
     assert_eq!(header.study.id, "smoke");
-    assert_eq!((header.engine.device.as_str(), header.engine.weights.as_deref()), ("cpu", None), "schema 1 recorded no engine choices");
+    assert_eq!(
+        (
+            header.engine.device.as_str(),
+            header.engine.weights.as_deref()
+        ),
+        ("cpu", None),
+        "schema 1 recorded no engine choices"
+    );
     let trials = trials_of(Path::new(SCHEMA1_RUN), header.seed);
     assert_eq!(trials.len(), 24);
-    assert!(trials.iter().all(|t| t.seed == 7), "the seed of schema-1 trials is the run's");
+    assert!(
+        trials.iter().all(|t| t.seed == 7),
+        "the seed of schema-1 trials is the run's"
+    );
     let items = trials.iter().filter(|t| matches!(&t.question, Question::Item { instrument, .. } if instrument == "sadness-state")).count();
     assert_eq!(items, 16);
-    assert!(trials.iter().filter(|t| t.question.is_item()).all(|t| t.timing.prefill_ms.is_some()));
+    assert!(trials
+        .iter()
+        .filter(|t| t.question.is_item())
+        .all(|t| t.timing.prefill_ms.is_some()));
     // The older fixture of the report tests is schema 1 too.
     let h = read_header(Path::new("tests/data/report-fixture")).unwrap();
-    assert_eq!(trials_of(Path::new("tests/data/report-fixture"), h.seed).len(), 72);
+    assert_eq!(
+        trials_of(Path::new("tests/data/report-fixture"), h.seed).len(),
+        72
+    );
 }
 
 #[test]
@@ -52,7 +73,10 @@ fn a_schema_1_run_and_its_schema_2_rerun_agree_on_every_value() {
         seed: Some(old_header.seed),
         repetitions: Some(old_header.repetitions),
         max_trials: None,
-        engine: EngineConfig { threads: 2, ..EngineConfig::default() },
+        engine: EngineConfig {
+            threads: 2,
+            ..EngineConfig::default()
+        },
         show_progress: false,
         shard: None,
     };
@@ -62,9 +86,18 @@ fn a_schema_1_run_and_its_schema_2_rerun_agree_on_every_value() {
     assert_eq!(new_header.study, old_header.study);
     assert_eq!(new_header.models, old_header.models);
     assert_eq!(new_header.scoring, old_header.scoring);
-    let normalise = |t: &TrialRecord| TrialRecord { schema: 0, ..t.without_timing() };
-    let mut old: Vec<TrialRecord> = trials_of(Path::new(SCHEMA1_RUN), old_header.seed).iter().map(normalise).collect();
-    let mut new: Vec<TrialRecord> = trials_of(&cfg.out_dir, new_header.seed).iter().map(normalise).collect();
+    let normalise = |t: &TrialRecord| TrialRecord {
+        schema: 0,
+        ..t.without_timing()
+    };
+    let mut old: Vec<TrialRecord> = trials_of(Path::new(SCHEMA1_RUN), old_header.seed)
+        .iter()
+        .map(normalise)
+        .collect();
+    let mut new: Vec<TrialRecord> = trials_of(&cfg.out_dir, new_header.seed)
+        .iter()
+        .map(normalise)
+        .collect();
     old.sort_by(|a, b| a.trial_id.cmp(&b.trial_id));
     new.sort_by(|a, b| a.trial_id.cmp(&b.trial_id));
     assert_eq!(old.len(), new.len());
@@ -76,10 +109,15 @@ fn a_schema_1_run_and_its_schema_2_rerun_agree_on_every_value() {
 #[test]
 fn a_newer_schema_is_refused_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string(Path::new(SCHEMA1_RUN).join("run.json")).unwrap().replacen("\"schema\": 1", "\"schema\": 99", 1);
+    let text = std::fs::read_to_string(Path::new(SCHEMA1_RUN).join("run.json"))
+        .unwrap()
+        .replacen("\"schema\": 1", "\"schema\": 99", 1);
     std::fs::write(dir.path().join("run.json"), text).unwrap();
     let err = read_header(dir.path()).unwrap_err().to_string();
-    assert!(err.contains("run.json") && err.contains("schema 99"), "{err}");
+    assert!(
+        err.contains("run.json") && err.contains("schema 99"),
+        "{err}"
+    );
 }
 
 /// A copy of the schema-1 run in a temporary directory.
@@ -106,7 +144,11 @@ fn a_corrupt_line_in_the_middle_is_an_error_and_nothing_is_deleted() {
     assert!(err.contains("trials.jsonl:3:"), "{err}");
     let mut run = RunDir::open(dir.path()).unwrap();
     assert!(run.finished_trials(7).is_err());
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), corrupted, "the file is untouched");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        corrupted,
+        "the file is untouched"
+    );
 }
 
 #[test]
@@ -131,7 +173,10 @@ fn a_second_writer_is_refused_while_the_first_holds_the_directory() {
     // Regression: two processes running into the same --out both wrote every trial.
     let dir = copy_of_run();
     let first = RunDir::open(dir.path()).unwrap();
-    let err = RunDir::open(dir.path()).err().expect("the second writer is refused").to_string();
+    let err = RunDir::open(dir.path())
+        .err()
+        .expect("the second writer is refused")
+        .to_string();
     assert!(err.contains("another affectbench process"), "{err}");
     drop(first);
     RunDir::open(dir.path()).expect("free again once the first is gone");

@@ -6,8 +6,8 @@ mod common;
 
 use affectbench::engine::EngineConfig;
 use affectbench::model::{KvCache, LoadOptions, LogitsAt, Model, OpPath};
-use affectbench::registry::ModelRef;
 use affectbench::option_scoring::{log_softmax, option_logprobs};
+use affectbench::registry::ModelRef;
 use affectbench::study::runner::{plan_for, run_study, RunConfig};
 use candle_core::IndexOp;
 use common::{write_tiny_gguf, Tiny};
@@ -17,13 +17,26 @@ use std::path::{Path, PathBuf};
 fn tiny_model(dir: &Path) -> PathBuf {
     let path = dir.join("tiny.gguf");
     // Byte-level tiny vocabulary: about one token per character, so a long context.
-    write_tiny_gguf(&path, &Tiny { context: 8192, ..Tiny::qwen2() }, 11);
+    write_tiny_gguf(
+        &path,
+        &Tiny {
+            context: 8192,
+            ..Tiny::qwen2()
+        },
+        11,
+    );
     path
 }
 
 #[test]
 fn expansion_counts_match_the_design() {
-    let (study, lib, plan) = plan_for(Path::new("scenarios/studies/affect-induction.toml"), None, &["m".into()], None).unwrap();
+    let (study, lib, plan) = plan_for(
+        Path::new("scenarios/studies/affect-induction.toml"),
+        None,
+        &["m".into()],
+        None,
+    )
+    .unwrap();
     let all_scales = 7 + 7 * 4; // VAS + seven 4-item state scales at baseline and neutral
     let per_emotion = 7 + 4; // VAS + the matching state scale
     let stems = lib.tasks["sentence-stems"].stems.len();
@@ -32,7 +45,13 @@ fn expansion_counts_match_the_design() {
     assert_eq!(plan.groups.len(), 30 * study.repetitions);
     let ids: std::collections::HashSet<_> = plan.trials.iter().map(|t| &t.id).collect();
     assert_eq!(ids.len(), plan.trials.len(), "trial ids are unique");
-    let (_, _, two_models) = plan_for(Path::new("scenarios/studies/affect-induction.toml"), None, &["a".into(), "b".into()], Some(2)).unwrap();
+    let (_, _, two_models) = plan_for(
+        Path::new("scenarios/studies/affect-induction.toml"),
+        None,
+        &["a".into(), "b".into()],
+        Some(2),
+    )
+    .unwrap();
     assert_eq!(two_models.trials.len(), 2 * expected * 2 / 5);
 }
 
@@ -48,18 +67,35 @@ fn trial_ids_survive_reordering_the_study_file() {
     std::fs::write(&path, reordered).unwrap();
     let root = Some(Path::new("scenarios"));
     let key = |p: &affectbench::study::plan::Plan| -> BTreeMap<String, String> {
-        p.trials.iter().map(|t| (t.id.clone(), serde_json::to_string(&t.question).unwrap())).collect()
+        p.trials
+            .iter()
+            .map(|t| (t.id.clone(), serde_json::to_string(&t.question).unwrap()))
+            .collect()
     };
-    let (_, _, a) = plan_for(Path::new("scenarios/studies/smoke.toml"), root, &["m".into()], None).unwrap();
+    let (_, _, a) = plan_for(
+        Path::new("scenarios/studies/smoke.toml"),
+        root,
+        &["m".into()],
+        None,
+    )
+    .unwrap();
     let (_, _, b) = plan_for(&path, root, &["m".into()], None).unwrap();
     assert_ne!(a.trials[0].id, b.trials[0].id, "the order really changed");
-    assert_eq!(key(&a), key(&b), "same ids, same questions, same perturbations");
+    assert_eq!(
+        key(&a),
+        key(&b),
+        "same ids, same questions, same perturbations"
+    );
 }
 
 #[test]
 fn choice_probabilities_match_an_independent_computation() {
     let dir = tempfile::tempdir().unwrap();
-    let m = Model::load_ref(&ModelRef::GgufFile(tiny_model(dir.path())), &LoadOptions::default()).unwrap();
+    let m = Model::load_ref(
+        &ModelRef::GgufFile(tiny_model(dir.path())),
+        &LoadOptions::default(),
+    )
+    .unwrap();
     let prompt: Vec<u32> = vec![260, 72, 101, 108, 108, 111, 258, 10, 261, 97, 10];
     let options: Vec<Vec<u32>> = vec![vec![49], vec![50, 48], vec![49, 48, 48]];
     let mut cache = KvCache::new(2);
@@ -69,10 +105,17 @@ fn choice_probabilities_match_an_independent_computation() {
         // By hand: one fresh forward over prompt + option, log-softmax at each position.
         let mut seq = prompt.clone();
         seq.extend(opt);
-        let logits = m.transformer.forward(&[seq.clone()], &mut KvCache::new(2), &LogitsAt::All).unwrap();
+        let logits = m
+            .transformer
+            .forward(&[seq.clone()], &mut KvCache::new(2), &LogitsAt::All)
+            .unwrap();
         let mut want = 0.0;
         for (k, &tok) in opt.iter().enumerate() {
-            let row: Vec<f32> = logits.i((0, prompt.len() - 1 + k)).unwrap().to_vec1().unwrap();
+            let row: Vec<f32> = logits
+                .i((0, prompt.len() - 1 + k))
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             want += log_softmax(&row)[tok as usize];
         }
         assert!((got - want).abs() < 1e-3, "option {opt:?}: {got} vs {want}");
@@ -88,7 +131,11 @@ fn config(model: &Path, out: &Path, max_trials: Option<usize>, seed: Option<u64>
         seed,
         repetitions: None,
         max_trials,
-        engine: EngineConfig { threads: 2, batch_size: 32, ..EngineConfig::default() },
+        engine: EngineConfig {
+            threads: 2,
+            batch_size: 32,
+            ..EngineConfig::default()
+        },
         show_progress: false,
         shard: None,
     }
@@ -124,7 +171,8 @@ fn resuming_an_interrupted_run_gives_the_same_trials() {
     let file = split.join("trials.jsonl");
     let bytes = std::fs::read(&file).unwrap();
     std::fs::write(&file, &bytes[..bytes.len() - 40]).unwrap();
-    let header: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(split.join("run.json")).unwrap()).unwrap();
+    let header: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(split.join("run.json")).unwrap()).unwrap();
     assert_eq!(header["status"], "partial");
 
     let resumed = run_study(&config(&model, &split, None, None)).unwrap();
@@ -135,23 +183,53 @@ fn resuming_an_interrupted_run_gives_the_same_trials() {
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     };
-    assert_eq!(sorted(records(&split)), sorted(reference), "resumed trials equal the uninterrupted run");
-    let header: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(split.join("run.json")).unwrap()).unwrap();
+    assert_eq!(
+        sorted(records(&split)),
+        sorted(reference),
+        "resumed trials equal the uninterrupted run"
+    );
+    let header: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(split.join("run.json")).unwrap()).unwrap();
     assert_eq!(header["status"], "success");
-    for key in ["git_revision", "affectbench_version", "models", "scenario_files", "seed", "engine", "started", "ended"] {
+    for key in [
+        "git_revision",
+        "affectbench_version",
+        "models",
+        "scenario_files",
+        "seed",
+        "engine",
+        "started",
+        "ended",
+    ] {
         assert!(!header[key].is_null(), "run.json has {key}");
     }
 
     // Resuming with other settings is refused rather than mixing two runs, naming what
     // differs.
-    let err = run_study(&config(&model, &split, None, Some(99))).err().unwrap().to_string();
-    assert!(err.contains("different study file, seed") && err.contains("seed: 7 vs 99"), "{err}");
-    let reference_ops = RunConfig { engine: EngineConfig { ops: OpPath::Reference, ..EngineConfig::default() }, ..config(&model, &split, None, None) };
+    let err = run_study(&config(&model, &split, None, Some(99)))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("different study file, seed") && err.contains("seed: 7 vs 99"),
+        "{err}"
+    );
+    let reference_ops = RunConfig {
+        engine: EngineConfig {
+            ops: OpPath::Reference,
+            ..EngineConfig::default()
+        },
+        ..config(&model, &split, None, None)
+    };
     let err = run_study(&reference_ops).err().unwrap().to_string();
     assert!(err.contains("engine ops: fused vs reference"), "{err}");
     let header = affectbench::results::read_header(&split).unwrap();
     assert_eq!(
-        (header.engine.weights.as_deref(), header.engine.ops.as_deref(), header.engine.batch_size),
+        (
+            header.engine.weights.as_deref(),
+            header.engine.ops.as_deref(),
+            header.engine.batch_size
+        ),
         (Some("packed-int8"), Some("fused"), Some(32)),
         "run.json records the engine that ran"
     );
@@ -181,7 +259,9 @@ fn a_killed_process_resumes_to_the_same_trials() {
     let trials = killed.join("trials.jsonl");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let lines = std::fs::read_to_string(&trials).map(|t| t.lines().count()).unwrap_or(0);
+        let lines = std::fs::read_to_string(&trials)
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
         if lines >= 5 || std::time::Instant::now() > deadline {
             break;
         }
@@ -190,9 +270,21 @@ fn a_killed_process_resumes_to_the_same_trials() {
     child.kill().unwrap(); // SIGKILL: no chance to clean up
     child.wait().unwrap();
     let before = records(&killed).len();
-    assert!(before < 24, "the run was interrupted (had {before} records)");
-    let resumed = std::process::Command::new(bin).arg("run").arg("--resume").arg(&killed).output().unwrap();
-    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert!(
+        before < 24,
+        "the run was interrupted (had {before} records)"
+    );
+    let resumed = std::process::Command::new(bin)
+        .arg("run")
+        .arg("--resume")
+        .arg(&killed)
+        .output()
+        .unwrap();
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
     let sorted = |mut v: Vec<(String, serde_json::Value)>| {
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
@@ -205,7 +297,12 @@ fn all_items_in_one_turn_runs_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());
     let study = dir.path().join("all.toml");
-    let text = std::fs::read_to_string("scenarios/studies/smoke.toml").unwrap().replace("items_per_conversation = \"one\"", "items_per_conversation = \"all\"");
+    let text = std::fs::read_to_string("scenarios/studies/smoke.toml")
+        .unwrap()
+        .replace(
+            "items_per_conversation = \"one\"",
+            "items_per_conversation = \"all\"",
+        );
     std::fs::write(&study, text).unwrap();
     let out = dir.path().join("out");
     let cfg = RunConfig {
@@ -215,12 +312,23 @@ fn all_items_in_one_turn_runs_end_to_end() {
     };
     run_study(&cfg).unwrap();
     let recs = records(&out);
-    let items: Vec<_> = recs.iter().filter(|(_, r)| r["question"]["kind"] == "item").collect();
+    let items: Vec<_> = recs
+        .iter()
+        .filter(|(_, r)| r["question"]["kind"] == "item")
+        .collect();
     assert_eq!(items.len(), 2 * 2, "one trial per instrument per group");
     for (_, r) in items {
         assert!(r["question"]["item"].is_null());
-        assert!(r["prompt"].as_str().unwrap().contains("1. I feel sad."), "all items are listed");
-        assert!(r["choice"].is_null(), "no single answer position with all items in one turn");
-        assert!(r["generate"]["replies"].as_array().is_some_and(|a| !a.is_empty()));
+        assert!(
+            r["prompt"].as_str().unwrap().contains("1. I feel sad."),
+            "all items are listed"
+        );
+        assert!(
+            r["choice"].is_null(),
+            "no single answer position with all items in one turn"
+        );
+        assert!(r["generate"]["replies"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty()));
     }
 }

@@ -6,18 +6,24 @@ mod common;
 
 use affectbench::cache::verify_file;
 use affectbench::generate::generate;
-use affectbench::rng::Stream;
 use affectbench::model::reference::ReferenceModel;
 use affectbench::model::{KvCache, LoadOptions, LogitsAt, Model};
 use affectbench::registry::{ModelEntry, ModelRef, Registry};
+use affectbench::rng::Stream;
 use affectbench::sampling::{Sampling, SamplingParams};
 use affectbench::Error;
 use candle_core::IndexOp;
-use common::{max_abs_diff, write_tiny_gguf, write_tiny_gguf_without, write_tiny_safetensors_dir, Tiny};
+use common::{
+    max_abs_diff, write_tiny_gguf, write_tiny_gguf_without, write_tiny_safetensors_dir, Tiny,
+};
 use std::path::Path;
 
 fn load(path: &Path) -> Model {
-    Model::load_ref(&ModelRef::resolve(&Registry::builtin(), path.to_str().unwrap()).unwrap(), &LoadOptions::default()).unwrap()
+    Model::load_ref(
+        &ModelRef::resolve(&Registry::builtin(), path.to_str().unwrap()).unwrap(),
+        &LoadOptions::default(),
+    )
+    .unwrap()
 }
 
 fn tokens() -> Vec<u32> {
@@ -31,15 +37,29 @@ fn tiny_llama_qwen2_and_gemma3_match_candle_transformers() {
         let path = dir.path().join(format!("{}.gguf", tiny.arch));
         write_tiny_gguf(&path, &tiny, 1);
         // candle-transformers' gemma3 uses SiLU in the MLP (see model::reference).
-        let activation_override = (tiny.arch == "gemma3").then_some(affectbench::model::Activation::Silu);
-        let ours = Model::load_ref(&ModelRef::GgufFile(path.clone()), &LoadOptions { activation_override, ..Default::default() }).unwrap();
+        let activation_override =
+            (tiny.arch == "gemma3").then_some(affectbench::model::Activation::Silu);
+        let ours = Model::load_ref(
+            &ModelRef::GgufFile(path.clone()),
+            &LoadOptions {
+                activation_override,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let mut reference = ReferenceModel::load(&path).unwrap();
         let toks = tokens();
         let mut cache = KvCache::new(tiny.layers);
         let a = ours.transformer.last_logits(&toks, &mut cache).unwrap();
         let b = reference.forward(&toks, 0).unwrap();
-        let range = b.iter().cloned().fold(f32::MIN, f32::max) - b.iter().cloned().fold(f32::MAX, f32::min);
-        assert!(max_abs_diff(&a, &b) < 0.03 * range, "{}: {}", tiny.arch, max_abs_diff(&a, &b));
+        let range =
+            b.iter().cloned().fold(f32::MIN, f32::max) - b.iter().cloned().fold(f32::MAX, f32::min);
+        assert!(
+            max_abs_diff(&a, &b) < 0.03 * range,
+            "{}: {}",
+            tiny.arch,
+            max_abs_diff(&a, &b)
+        );
         assert_eq!(common::argmax(&a), common::argmax(&b), "{}", tiny.arch);
     }
 }
@@ -50,11 +70,30 @@ fn a_sequence_gives_bit_identical_logits_alone_or_in_a_batch() {
     let path = dir.path().join("m.gguf");
     write_tiny_gguf(&path, &Tiny::llama(), 2);
     let m = load(&path);
-    let seqs: Vec<Vec<u32>> = vec![tokens(), tokens().iter().rev().cloned().collect(), tokens().iter().map(|t| (t * 7) % 250).collect()];
-    let batched = m.transformer.forward(&seqs, &mut KvCache::new(2), &LogitsAt::All).unwrap();
+    let seqs: Vec<Vec<u32>> = vec![
+        tokens(),
+        tokens().iter().rev().cloned().collect(),
+        tokens().iter().map(|t| (t * 7) % 250).collect(),
+    ];
+    let batched = m
+        .transformer
+        .forward(&seqs, &mut KvCache::new(2), &LogitsAt::All)
+        .unwrap();
     for (i, s) in seqs.iter().enumerate() {
-        let alone = m.transformer.forward(&[s.clone()], &mut KvCache::new(2), &LogitsAt::All).unwrap();
-        let (a, b) = (batched.i(i).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(), alone.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        let alone = m
+            .transformer
+            .forward(&[s.clone()], &mut KvCache::new(2), &LogitsAt::All)
+            .unwrap();
+        let (a, b) = (
+            batched
+                .i(i)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            alone.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
         assert_eq!(a, b, "sequence {i}");
     }
 }
@@ -67,27 +106,65 @@ fn a_forked_cache_continues_like_a_fresh_computation() {
     let m = load(&path);
     let prefix = tokens();
     let mut cache = KvCache::new(2);
-    m.transformer.forward(&[prefix.clone()], &mut cache, &LogitsAt::Last).unwrap();
+    m.transformer
+        .forward(&[prefix.clone()], &mut cache, &LogitsAt::Last)
+        .unwrap();
     for tail in [vec![10u32, 11, 12], vec![40, 41]] {
         let mut fork = cache.clone();
-        let forked = m.transformer.forward(&[tail.clone()], &mut fork, &LogitsAt::All).unwrap();
+        let forked = m
+            .transformer
+            .forward(&[tail.clone()], &mut fork, &LogitsAt::All)
+            .unwrap();
         let mut whole = prefix.clone();
         whole.extend(&tail);
         let positions: Vec<usize> = (prefix.len()..whole.len()).collect();
-        let fresh = m.transformer.forward(&[whole], &mut KvCache::new(2), &LogitsAt::Positions(positions)).unwrap();
-        let diff = max_abs_diff(&forked.flatten_all().unwrap().to_vec1().unwrap(), &fresh.flatten_all().unwrap().to_vec1().unwrap());
+        let fresh = m
+            .transformer
+            .forward(
+                &[whole],
+                &mut KvCache::new(2),
+                &LogitsAt::Positions(positions),
+            )
+            .unwrap();
+        let diff = max_abs_diff(
+            &forked.flatten_all().unwrap().to_vec1().unwrap(),
+            &fresh.flatten_all().unwrap().to_vec1().unwrap(),
+        );
         assert!(diff < 1e-3, "fork vs fresh: {diff}");
     }
-    assert_eq!(cache.len(), prefix.len(), "forks must not change the original cache");
+    assert_eq!(
+        cache.len(),
+        prefix.len(),
+        "forks must not change the original cache"
+    );
     // One prefix feeding a batch of continuations.
     let batch = cache.repeat_batch(2).unwrap();
-    let out = m.transformer.forward(&[vec![10, 11], vec![40, 41]], &mut batch.clone(), &LogitsAt::Last).unwrap();
+    let out = m
+        .transformer
+        .forward(
+            &[vec![10, 11], vec![40, 41]],
+            &mut batch.clone(),
+            &LogitsAt::Last,
+        )
+        .unwrap();
     assert_eq!(out.dims(), &[2, 1, m.transformer.config.vocab_size]);
     for (row, tail) in [vec![10u32, 11], vec![40, 41]].into_iter().enumerate() {
-        let single = m.transformer.forward(&[tail], &mut cache.clone(), &LogitsAt::Last).unwrap();
-        let a: Vec<f32> = out.i(row).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let single = m
+            .transformer
+            .forward(&[tail], &mut cache.clone(), &LogitsAt::Last)
+            .unwrap();
+        let a: Vec<f32> = out
+            .i(row)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let b: Vec<f32> = single.flatten_all().unwrap().to_vec1().unwrap();
-        assert_eq!(a, b, "row {row}: a shared prefix in a batch gives the same logits as its own fork");
+        assert_eq!(
+            a, b,
+            "row {row}: a shared prefix in a batch gives the same logits as its own fork"
+        );
     }
 }
 
@@ -102,16 +179,31 @@ fn safetensors_directory_gives_the_same_logits_as_the_gguf() {
     let from_st = load(&hf);
     let from_gguf = Model::load_ref(
         &ModelRef::GgufFile(gguf.clone()),
-        &LoadOptions { kernels: affectbench::model::Kernels::DenseF32, ..Default::default() },
+        &LoadOptions {
+            kernels: affectbench::model::Kernels::DenseF32,
+            ..Default::default()
+        },
     )
     .unwrap();
     let toks = tokens();
-    let a = from_st.transformer.last_logits(&toks, &mut KvCache::new(2)).unwrap();
-    let b = from_gguf.transformer.last_logits(&toks, &mut KvCache::new(2)).unwrap();
+    let a = from_st
+        .transformer
+        .last_logits(&toks, &mut KvCache::new(2))
+        .unwrap();
+    let b = from_gguf
+        .transformer
+        .last_logits(&toks, &mut KvCache::new(2))
+        .unwrap();
     assert!(max_abs_diff(&a, &b) < 1e-4, "{}", max_abs_diff(&a, &b));
     // Its tokenizer.json and chat template came along.
-    assert_eq!(from_st.tokenizer.encode("the", false).unwrap(), from_gguf.tokenizer.encode("the", false).unwrap());
-    assert!(from_st.render_chat(&[affectbench::chat::Message::user("hi")]).unwrap().contains("<|im_start|>user\nhi"));
+    assert_eq!(
+        from_st.tokenizer.encode("the", false).unwrap(),
+        from_gguf.tokenizer.encode("the", false).unwrap()
+    );
+    assert!(from_st
+        .render_chat(&[affectbench::chat::Message::user("hi")])
+        .unwrap()
+        .contains("<|im_start|>user\nhi"));
 }
 
 #[test]
@@ -120,11 +212,32 @@ fn same_seed_same_tokens_and_different_seeds_differ() {
     let path = dir.path().join("m.gguf");
     write_tiny_gguf(&path, &Tiny::llama(), 5);
     let m = load(&path);
-    let s = SamplingParams { temperature: 1.0, ..Default::default() }.resolve().unwrap();
-    let run = |seed| generate(&m, &tokens(), &s, seed, Stream::Named("seq"), 24, |_| {}).unwrap().tokens;
+    let s = SamplingParams {
+        temperature: 1.0,
+        ..Default::default()
+    }
+    .resolve()
+    .unwrap();
+    let run = |seed| {
+        generate(&m, &tokens(), &s, seed, Stream::Named("seq"), 24, |_| {})
+            .unwrap()
+            .tokens
+    };
     assert_eq!(run(1), run(1));
     assert_ne!(run(1), run(2));
-    let greedy = |seed| generate(&m, &tokens(), &Sampling::Greedy, seed, Stream::Named("seq"), 12, |_| {}).unwrap().tokens;
+    let greedy = |seed| {
+        generate(
+            &m,
+            &tokens(),
+            &Sampling::Greedy,
+            seed,
+            Stream::Named("seq"),
+            12,
+            |_| {},
+        )
+        .unwrap()
+        .tokens
+    };
     assert_eq!(greedy(1), greedy(99), "greedy ignores the seed");
 }
 
@@ -136,11 +249,20 @@ fn truncated_gguf_is_a_clear_error() {
     let bytes = std::fs::read(&path).unwrap();
     let cut = dir.path().join("cut.gguf");
     std::fs::write(&cut, &bytes[..bytes.len() - 1000]).unwrap();
-    let err = Model::load_ref(&ModelRef::GgufFile(cut.clone()), &LoadOptions::default()).err().unwrap().to_string();
-    assert!(err.contains("truncated") && err.contains("cut.gguf"), "{err}");
+    let err = Model::load_ref(&ModelRef::GgufFile(cut.clone()), &LoadOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("truncated") && err.contains("cut.gguf"),
+        "{err}"
+    );
     let header_only = dir.path().join("header.gguf");
     std::fs::write(&header_only, &bytes[..100]).unwrap();
-    let err = Model::load_ref(&ModelRef::GgufFile(header_only), &LoadOptions::default()).err().unwrap().to_string();
+    let err = Model::load_ref(&ModelRef::GgufFile(header_only), &LoadOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("header.gguf"), "{err}");
 }
 
@@ -148,10 +270,25 @@ fn truncated_gguf_is_a_clear_error() {
 fn unknown_architecture_names_file_and_architecture() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.gguf");
-    write_tiny_gguf(&path, &Tiny { arch: "mamba", ..Tiny::llama() }, 7);
-    let err = Model::load_ref(&ModelRef::GgufFile(path), &LoadOptions::default()).err().unwrap();
-    assert!(matches!(err, Error::UnsupportedArchitecture { .. }), "{err}");
-    assert!(err.to_string().contains("'mamba'") && err.to_string().contains("m.gguf"), "{err}");
+    write_tiny_gguf(
+        &path,
+        &Tiny {
+            arch: "mamba",
+            ..Tiny::llama()
+        },
+        7,
+    );
+    let err = Model::load_ref(&ModelRef::GgufFile(path), &LoadOptions::default())
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, Error::UnsupportedArchitecture { .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("'mamba'") && err.to_string().contains("m.gguf"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -172,33 +309,73 @@ fn wrong_sha256_is_detected_and_names_the_fix() {
         chat_template: None,
     };
     let err = verify_file(&entry, &path, |_| {}).unwrap_err().to_string();
-    assert!(err.contains("sha256") && err.contains("fetch --force x"), "{err}");
+    assert!(
+        err.contains("sha256") && err.contains("fetch --force x"),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_prompt_longer_than_the_context_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.gguf");
-    write_tiny_gguf(&path, &Tiny { context: 32, ..Tiny::llama() }, 8);
+    write_tiny_gguf(
+        &path,
+        &Tiny {
+            context: 32,
+            ..Tiny::llama()
+        },
+        8,
+    );
     let m = load(&path);
     let long: Vec<u32> = (0..40).map(|i| i % 200).collect();
-    let err = generate(&m, &long, &Sampling::Greedy, 0, Stream::Named("s"), 4, |_| {}).unwrap_err();
-    assert!(matches!(err, Error::ContextOverflow { tokens: 44, context: 32 }), "{err}");
+    let err = generate(
+        &m,
+        &long,
+        &Sampling::Greedy,
+        0,
+        Stream::Named("s"),
+        4,
+        |_| {},
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::ContextOverflow {
+                tokens: 44,
+                context: 32
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("context is 32 tokens"), "{err}");
 }
 
 #[test]
 fn registry_errors_carry_file_and_line() {
     let text = "default = \"a\"\n\n[[model]]\nname = \"a\"\nsurprise = 1\n";
-    let err = Registry::parse(Path::new("reg.toml"), text).unwrap_err().to_string();
+    let err = Registry::parse(Path::new("reg.toml"), text)
+        .unwrap_err()
+        .to_string();
     assert!(err.starts_with("reg.toml:"), "{err}");
     assert!(err.contains("surprise"), "{err}");
     let builtin = Registry::builtin();
-    for name in ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "gemma3-270m"] {
+    for name in [
+        "smollm2-135m-instruct",
+        "qwen2.5-coder-0.5b-instruct",
+        "gemma3-270m",
+    ] {
         let e = builtin.get(name).unwrap();
-        assert!(e.hf.is_some() && !e.pypi.is_empty(), "{name} lists both sources");
+        assert!(
+            e.hf.is_some() && !e.pypi.is_empty(),
+            "{name} lists both sources"
+        );
     }
-    assert!(builtin.get("gemma3-270m").unwrap().chat_template.is_some(), "gemma has no template in its file");
+    assert!(
+        builtin.get("gemma3-270m").unwrap().chat_template.is_some(),
+        "gemma has no template in its file"
+    );
 }
 
 #[test]
@@ -215,16 +392,34 @@ fn fused_attention_matches_the_candle_op_reference() {
             // covers the causal mask and attention across cache segments.
             let mut cache = KvCache::new(tiny.layers);
             let long: Vec<u32> = (0..3).flat_map(|_| tokens()).collect();
-            let first = m.transformer.forward(&[long], &mut cache, &LogitsAt::All).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let first = m
+                .transformer
+                .forward(&[long], &mut cache, &LogitsAt::All)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
             let mut fork = cache.clone();
-            let next = m.transformer.forward(&[vec![7, 8, 9]], &mut fork, &LogitsAt::All).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let next = m
+                .transformer
+                .forward(&[vec![7, 8, 9]], &mut fork, &LogitsAt::All)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
             (first, next)
         };
         let (fused, reference) = (run(OpPath::Fused), run(OpPath::Reference));
         for (a, b) in [(&fused.0, &reference.0), (&fused.1, &reference.1)] {
             let diff = max_abs_diff(a, b);
             // Both are f32; they differ only in summation order and the exp routine.
-            assert!(diff < 1e-4, "{}: fused vs reference attention differ by {diff}", tiny.arch);
+            assert!(
+                diff < 1e-4,
+                "{}: fused vs reference attention differ by {diff}",
+                tiny.arch
+            );
         }
     }
 }
@@ -236,12 +431,21 @@ fn a_gemma3_file_missing_a_required_norm_is_an_error_naming_the_tensor() {
     for missing in ["blk.1.attn_q_norm.weight", "blk.0.post_ffw_norm.weight"] {
         let path = dir.path().join("g.gguf");
         write_tiny_gguf_without(&path, &Tiny::gemma3(), 1, &[missing]);
-        let err = Model::load_ref(&ModelRef::GgufFile(path.clone()), &LoadOptions::default()).err().expect("refused").to_string();
-        assert!(err.contains(missing) && err.contains("gemma3 requires it"), "{err}");
+        let err = Model::load_ref(&ModelRef::GgufFile(path.clone()), &LoadOptions::default())
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            err.contains(missing) && err.contains("gemma3 requires it"),
+            "{err}"
+        );
     }
     // A qwen2 file without its q/k/v biases likewise.
     let path = dir.path().join("q.gguf");
     write_tiny_gguf_without(&path, &Tiny::qwen2(), 1, &["blk.0.attn_k.bias"]);
-    let err = Model::load_ref(&ModelRef::GgufFile(path), &LoadOptions::default()).err().expect("refused").to_string();
+    let err = Model::load_ref(&ModelRef::GgufFile(path), &LoadOptions::default())
+        .err()
+        .expect("refused")
+        .to_string();
     assert!(err.contains("blk.0.attn_k.bias"), "{err}");
 }

@@ -21,9 +21,12 @@ struct Case {
 }
 
 fn check(model: &str) {
-    let reference: Reference =
-        serde_json::from_str(include_str!("data/tokenizer_reference.json")).expect("reference file parses");
-    let cases = reference.models.get(model).unwrap_or_else(|| panic!("no reference ids for {model}"));
+    let reference: Reference = serde_json::from_str(include_str!("data/tokenizer_reference.json"))
+        .expect("reference file parses");
+    let cases = reference
+        .models
+        .get(model)
+        .unwrap_or_else(|| panic!("no reference ids for {model}"));
     assert!(cases.len() >= 30, "the corpus should be varied");
     let g = GgufFile::open(&common::real_model(model)).unwrap();
     let tok = ModelTokenizer::from_gguf(&g).unwrap();
@@ -31,14 +34,25 @@ fn check(model: &str) {
     for case in cases {
         let ids = tok.encode(&case.text, false).unwrap();
         if ids != case.ids {
-            failures.push(format!("{:?}\n  ours:      {:?}\n  reference: {:?}", case.text, ids, case.ids));
+            failures.push(format!(
+                "{:?}\n  ours:      {:?}\n  reference: {:?}",
+                case.text, ids, case.ids
+            ));
         }
         let with_special = tok.encode(&case.text, true).unwrap();
         if with_special != case.ids_with_special {
-            failures.push(format!("{:?} (special)\n  ours:      {:?}\n  reference: {:?}", case.text, with_special, case.ids_with_special));
+            failures.push(format!(
+                "{:?} (special)\n  ours:      {:?}\n  reference: {:?}",
+                case.text, with_special, case.ids_with_special
+            ));
         }
     }
-    assert!(failures.is_empty(), "{model}: {} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{model}: {} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]

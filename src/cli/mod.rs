@@ -170,10 +170,22 @@ pub struct RunArgs {
 }
 
 fn parse_shard(s: &str) -> Result<(usize, usize), String> {
-    let (i, n) = s.split_once('/').ok_or_else(|| format!("'{s}': expected INDEX/COUNT, e.g. 0/4"))?;
-    let (i, n): (usize, usize) = (i.trim().parse().map_err(|_| format!("'{i}' is not a shard index"))?, n.trim().parse().map_err(|_| format!("'{n}' is not a shard count"))?);
+    let (i, n) = s
+        .split_once('/')
+        .ok_or_else(|| format!("'{s}': expected INDEX/COUNT, e.g. 0/4"))?;
+    let (i, n): (usize, usize) = (
+        i.trim()
+            .parse()
+            .map_err(|_| format!("'{i}' is not a shard index"))?,
+        n.trim()
+            .parse()
+            .map_err(|_| format!("'{n}' is not a shard count"))?,
+    );
     if n == 0 || i >= n {
-        return Err(format!("shard {i}/{n}: the index must be below the count (0/{n} .. {}/{n})", n.max(1) - 1));
+        return Err(format!(
+            "shard {i}/{n}: the index must be below the count (0/{n} .. {}/{n})",
+            n.max(1) - 1
+        ));
     }
     Ok((i, n))
 }

@@ -23,7 +23,11 @@ pub enum Activation {
 /// is contiguous.
 pub fn gated(gate: &Tensor, up: &Tensor, activation: Activation) -> Result<Tensor> {
     if gate.dims() != up.dims() {
-        candle_core::bail!("gate {:?} and up {:?} differ in shape", gate.dims(), up.dims());
+        candle_core::bail!(
+            "gate {:?} and up {:?} differ in shape",
+            gate.dims(),
+            up.dims()
+        );
     }
     if gate.dtype() != DType::F32 || up.dtype() != DType::F32 || !gate.device().is_cpu() {
         candle_core::bail!("the fused activation takes f32 CPU tensors");
@@ -41,7 +45,12 @@ pub fn gated(gate: &Tensor, up: &Tensor, activation: Activation) -> Result<Tenso
         for r in range {
             // SAFETY: row r of `out` is written by this task only.
             let o = unsafe { dst.part(r * f, f) };
-            gated_row(&g[r * g_stride..][..f], &u[r * u_stride..][..f], activation, o);
+            gated_row(
+                &g[r * g_stride..][..f],
+                &u[r * u_stride..][..f],
+                activation,
+                o,
+            );
         }
     };
     if rows >= 4 {
@@ -69,13 +78,20 @@ fn rows_of_contiguous_runs(t: &Tensor) -> Result<Tensor> {
 }
 
 /// The data from the first row on, and the distance between rows.
-fn row_view<'a>(storage: &'a candle_core::Storage, layout: &candle_core::Layout) -> Result<(&'a [f32], usize)> {
+fn row_view<'a>(
+    storage: &'a candle_core::Storage,
+    layout: &candle_core::Layout,
+) -> Result<(&'a [f32], usize)> {
     let data = match storage {
         candle_core::Storage::Cpu(candle_core::CpuStorage::F32(d)) => &d[layout.start_offset()..],
         _ => candle_core::bail!("the fused activation takes f32 CPU tensors"),
     };
     let strides = layout.stride();
-    let row_stride = if strides.len() >= 2 { strides[strides.len() - 2] } else { 0 };
+    let row_stride = if strides.len() >= 2 {
+        strides[strides.len() - 2]
+    } else {
+        0
+    };
     Ok((data, row_stride))
 }
 
@@ -118,9 +134,20 @@ mod tests {
         for i in -4000..4000 {
             let x = i as f32 * 0.025;
             let silu_ref = x / (1.0 + (-x as f64).exp() as f32);
-            assert!((silu(x) - silu_ref).abs() <= 1e-6 * silu_ref.abs().max(1.0), "silu({x})");
-            let gelu_ref = 0.5 * x * (1.0 + (0.797_884_6f64 * x as f64 * (1.0 + 0.044715 * (x * x) as f64)).tanh() as f32);
-            assert!((gelu_tanh(x) - gelu_ref).abs() <= 1e-5 * gelu_ref.abs().max(1.0), "gelu({x}): {} vs {gelu_ref}", gelu_tanh(x));
+            assert!(
+                (silu(x) - silu_ref).abs() <= 1e-6 * silu_ref.abs().max(1.0),
+                "silu({x})"
+            );
+            let gelu_ref = 0.5
+                * x
+                * (1.0
+                    + (0.797_884_6f64 * x as f64 * (1.0 + 0.044715 * (x * x) as f64)).tanh()
+                        as f32);
+            assert!(
+                (gelu_tanh(x) - gelu_ref).abs() <= 1e-5 * gelu_ref.abs().max(1.0),
+                "gelu({x}): {} vs {gelu_ref}",
+                gelu_tanh(x)
+            );
         }
         assert!(silu(-200.0).abs() < 1e-30);
         assert_eq!(silu(200.0), 200.0);
@@ -128,18 +155,52 @@ mod tests {
 
     #[test]
     fn gated_equals_rowwise_and_is_independent_of_the_batch() {
-        let vals: Vec<f32> = (0..6 * 40).map(|i| ((i * 37 % 101) as f32 - 50.0) / 10.0).collect();
+        let vals: Vec<f32> = (0..6 * 40)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 10.0)
+            .collect();
         let g = Tensor::from_vec(vals.clone(), (1, 6, 40), &candle_core::Device::Cpu).unwrap();
         let u = (g.clone() * 0.5).unwrap();
-        let all = gated(&g, &u, Activation::Silu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let one = gated(&g.narrow(1, 2, 1).unwrap(), &u.narrow(1, 2, 1).unwrap(), Activation::Silu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let all = gated(&g, &u, Activation::Silu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let one = gated(
+            &g.narrow(1, 2, 1).unwrap(),
+            &u.narrow(1, 2, 1).unwrap(),
+            Activation::Silu,
+        )
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
         assert_eq!(&all[80..120], &one[..]);
         assert_eq!(all[7], silu(vals[7]) * vals[7] * 0.5);
         // Gate and up read in place from one fused (1, 3, 80) projection.
-        let fused = Tensor::from_vec(vals[..240].to_vec(), (1, 3, 80), &candle_core::Device::Cpu).unwrap();
-        let (g, u) = (fused.narrow(2, 0, 40).unwrap(), fused.narrow(2, 40, 40).unwrap());
-        let in_place = gated(&g, &u, Activation::GeluTanh).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let copied = gated(&g.contiguous().unwrap(), &u.contiguous().unwrap(), Activation::GeluTanh).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let fused =
+            Tensor::from_vec(vals[..240].to_vec(), (1, 3, 80), &candle_core::Device::Cpu).unwrap();
+        let (g, u) = (
+            fused.narrow(2, 0, 40).unwrap(),
+            fused.narrow(2, 40, 40).unwrap(),
+        );
+        let in_place = gated(&g, &u, Activation::GeluTanh)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let copied = gated(
+            &g.contiguous().unwrap(),
+            &u.contiguous().unwrap(),
+            Activation::GeluTanh,
+        )
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
         assert_eq!(in_place, copied);
         assert_eq!(in_place[41], gelu_tanh(vals[81]) * vals[121]);
     }

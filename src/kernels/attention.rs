@@ -55,14 +55,33 @@ pub struct Heads {
 /// already in the segments (the cache held `offset` positions before them). Returns
 /// (b, s, n_head * head_dim). Query i of a row sees key j iff j <= offset + i and, with
 /// a window w, offset + i - j < w.
-pub fn attention(q: &[f32], b: usize, s: usize, heads: Heads, segments: &[SegmentView], offset: usize, window: Option<usize>) -> Vec<f32> {
-    let Heads { n_head, n_kv_head, head_dim } = heads;
+pub fn attention(
+    q: &[f32],
+    b: usize,
+    s: usize,
+    heads: Heads,
+    segments: &[SegmentView],
+    offset: usize,
+    window: Option<usize>,
+) -> Vec<f32> {
+    let Heads {
+        n_head,
+        n_kv_head,
+        head_dim,
+    } = heads;
     let width = n_head * head_dim;
     assert_eq!(q.len(), b * s * width);
-    assert!(HEAD_DIMS.contains(&head_dim), "head_dim {head_dim} is not one of {HEAD_DIMS:?}");
+    assert!(
+        HEAD_DIMS.contains(&head_dim),
+        "head_dim {head_dim} is not one of {HEAD_DIMS:?}"
+    );
     let mut out = vec![0f32; b * s * width];
     let total: usize = segments.iter().map(|g| g.len).sum();
-    assert_eq!(total, offset + s, "segments must hold the cached and the new positions");
+    assert_eq!(
+        total,
+        offset + s,
+        "segments must hold the cached and the new positions"
+    );
     // A unit is (row, kv head, block of queries): every query head of the group reads
     // that kv head's keys while they are still in cache.
     let blocks = s.div_ceil(QUERY_BLOCK);
@@ -75,7 +94,21 @@ pub fn attention(q: &[f32], b: usize, s: usize, heads: Heads, segments: &[Segmen
             let (kv_head, block) = (rest / blocks, rest % blocks);
             let queries = block * QUERY_BLOCK..((block + 1) * QUERY_BLOCK).min(s);
             // SAFETY: units partition the (row, query, head) outputs; each runs once.
-            unsafe { attend_unit(q, dst, row, kv_head, queries, s, heads, segments, offset, window, &mut scores) };
+            unsafe {
+                attend_unit(
+                    q,
+                    dst,
+                    row,
+                    kv_head,
+                    queries,
+                    s,
+                    heads,
+                    segments,
+                    offset,
+                    window,
+                    &mut scores,
+                )
+            };
         }
     };
     // Small problems (a decode step) run inline; the split never changes results.
@@ -98,8 +131,24 @@ const KEY_BLOCK: usize = 128;
 /// No other task accesses this unit's outputs in `dst` (row `row`, queries `queries`,
 /// the query heads of `kv_head`) during the call.
 #[allow(clippy::too_many_arguments)]
-unsafe fn attend_unit(q: &[f32], dst: DisjointMut<f32>, row: usize, kv_head: usize, queries: std::ops::Range<usize>, s: usize, heads: Heads, segments: &[SegmentView], offset: usize, window: Option<usize>, scores: &mut Vec<f32>) {
-    let Heads { n_head, n_kv_head, head_dim: hd } = heads;
+unsafe fn attend_unit(
+    q: &[f32],
+    dst: DisjointMut<f32>,
+    row: usize,
+    kv_head: usize,
+    queries: std::ops::Range<usize>,
+    s: usize,
+    heads: Heads,
+    segments: &[SegmentView],
+    offset: usize,
+    window: Option<usize>,
+    scores: &mut Vec<f32>,
+) {
+    let Heads {
+        n_head,
+        n_kv_head,
+        head_dim: hd,
+    } = heads;
     let group = n_head / n_kv_head;
     let width = n_head * hd;
     scores.resize(offset + queries.end, 0.0);
@@ -111,7 +160,16 @@ unsafe fn attend_unit(q: &[f32], dst: DisjointMut<f32>, row: usize, kv_head: usi
             let at = (row * s + i) * width + head * hd;
             // SAFETY: these outputs belong to this unit (the caller's guarantee).
             let out = unsafe { dst.part(at, hd) };
-            one_query(&q[at..at + hd], first..qpos + 1, scale, scores, segments, row, kv_head, out);
+            one_query(
+                &q[at..at + hd],
+                first..qpos + 1,
+                scale,
+                scores,
+                segments,
+                row,
+                kv_head,
+                out,
+            );
         }
     }
 }
@@ -119,7 +177,16 @@ unsafe fn attend_unit(q: &[f32], dst: DisjointMut<f32>, row: usize, kv_head: usi
 /// One query over the keys at global positions `visible`: scores, softmax, and the
 /// probability-weighted sum of the values.
 #[allow(clippy::too_many_arguments)]
-fn one_query(q: &[f32], visible: std::ops::Range<usize>, scale: f32, scores: &mut [f32], segments: &[SegmentView], row: usize, kv_head: usize, out: &mut [f32]) {
+fn one_query(
+    q: &[f32],
+    visible: std::ops::Range<usize>,
+    scale: f32,
+    scores: &mut [f32],
+    segments: &[SegmentView],
+    row: usize,
+    kv_head: usize,
+    out: &mut [f32],
+) {
     match q.len() {
         16 => one_query_hd::<16>(q, visible, scale, scores, segments, row, kv_head, out),
         32 => one_query_hd::<32>(q, visible, scale, scores, segments, row, kv_head, out),
@@ -135,7 +202,16 @@ fn one_query(q: &[f32], visible: std::ops::Range<usize>, scale: f32, scores: &mu
 pub const HEAD_DIMS: [usize; 5] = [16, 32, 64, 128, 256];
 
 #[allow(clippy::too_many_arguments)]
-fn one_query_hd<const HD: usize>(q: &[f32], visible: std::ops::Range<usize>, scale: f32, scores: &mut [f32], segments: &[SegmentView], row: usize, kv_head: usize, out: &mut [f32]) {
+fn one_query_hd<const HD: usize>(
+    q: &[f32],
+    visible: std::ops::Range<usize>,
+    scale: f32,
+    scores: &mut [f32],
+    segments: &[SegmentView],
+    row: usize,
+    kv_head: usize,
+    out: &mut [f32],
+) {
     let q: &[f32; HD] = q.try_into().expect("q has HD values");
     // score_j = (sum over d in order of q_d * k_j[d]) * scale: one fma chain per key,
     // whatever block or segment the key falls in (blocks only decide how many chains
@@ -185,7 +261,11 @@ fn one_query_hd<const HD: usize>(q: &[f32], visible: std::ops::Range<usize>, sca
     for seg in segments {
         let (lo, hi) = (visible.start.max(start), visible.end.min(start + seg.len));
         let values = &seg.v[seg.head_base(row, kv_head, HD)..];
-        let value = |j: usize| -> &[f32; HD] { values[(j - start) * HD..][..HD].try_into().expect("HD values") };
+        let value = |j: usize| -> &[f32; HD] {
+            values[(j - start) * HD..][..HD]
+                .try_into()
+                .expect("HD values")
+        };
         let mut j = lo;
         if j < hi && (j - visible.start) % 2 == 1 {
             add_scaled(&mut odd, scores[j], value(j));
@@ -228,7 +308,9 @@ fn softmax_in_place(x: &mut [f32]) -> f32 {
         m[l] = if v > m[l] { v } else { m[l] };
     }
     // Max is exact, so the lane split does not matter.
-    let max = m.iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+    let max = m
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
     let mut lanes = [0f32; 16];
     let mut chunks = x.chunks_exact_mut(16);
     for c in &mut chunks {
@@ -247,7 +329,12 @@ fn softmax_in_place(x: &mut [f32]) -> f32 {
 /// Dot products of `q` with the N keys at positions at..at+N of a transposed key buffer
 /// (row stride `cap`): one fma chain over d per key.
 #[inline(always)]
-fn key_block<const HD: usize, const N: usize>(q: &[f32; HD], keys: &[f32], cap: usize, at: usize) -> [f32; N] {
+fn key_block<const HD: usize, const N: usize>(
+    q: &[f32; HD],
+    keys: &[f32],
+    cap: usize,
+    at: usize,
+) -> [f32; N] {
     let mut acc = [0f32; N];
     for d in 0..HD {
         let kr: &[f32; N] = keys[d * cap + at..][..N].try_into().expect("N keys");
@@ -298,13 +385,28 @@ pub fn exp(x: f32) -> f32 {
 /// Rotary position embedding in place on `x` (rows of `heads` x `hd`, position of row
 /// i = pos0 + i / rows_per_position). `cos`/`sin` are (positions, hd/2) tables. `neox`
 /// rotates (d, d + hd/2) pairs, otherwise (2d, 2d+1).
-pub fn rope(x: &mut [f32], n_heads: usize, hd: usize, positions: impl Iterator<Item = usize>, cos: &[f32], sin: &[f32], neox: bool) {
+pub fn rope(
+    x: &mut [f32],
+    n_heads: usize,
+    hd: usize,
+    positions: impl Iterator<Item = usize>,
+    cos: &[f32],
+    sin: &[f32],
+    neox: bool,
+) {
     let half = hd / 2;
     for (token, pos) in x.chunks_exact_mut(n_heads * hd).zip(positions) {
-        let (c, sn) = (&cos[pos * half..(pos + 1) * half], &sin[pos * half..(pos + 1) * half]);
+        let (c, sn) = (
+            &cos[pos * half..(pos + 1) * half],
+            &sin[pos * half..(pos + 1) * half],
+        );
         for h in token.chunks_exact_mut(hd) {
             for d in 0..half {
-                let (i1, i2) = if neox { (d, d + half) } else { (2 * d, 2 * d + 1) };
+                let (i1, i2) = if neox {
+                    (d, d + half)
+                } else {
+                    (2 * d, 2 * d + 1)
+                };
                 let (x1, x2) = (h[i1], h[i2]);
                 h[i1] = x1 * c[d] - x2 * sn[d];
                 h[i2] = x1 * sn[d] + x2 * c[d];
@@ -329,7 +431,9 @@ mod tests {
     use super::*;
 
     fn seq(n: usize, seed: u32) -> Vec<f32> {
-        (0..n).map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0).collect()
+        (0..n)
+            .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
+            .collect()
     }
 
     #[test]
@@ -338,7 +442,10 @@ mod tests {
         for i in -1600..1600 {
             let x = -(i as f32) * 0.05;
             let (ours, libm) = (exp(x), x.exp());
-            assert!((ours - libm).abs() <= 4.0 * f32::EPSILON * libm, "{x}: {ours} vs {libm}");
+            assert!(
+                (ours - libm).abs() <= 4.0 * f32::EPSILON * libm,
+                "{x}: {ours} vs {libm}"
+            );
         }
         assert!(exp(-200.0) < 1e-37);
         assert_eq!(exp(0.0), 1.0);
@@ -346,24 +453,69 @@ mod tests {
 
     #[test]
     fn uniform_keys_average_the_values() {
-        let heads = Heads { n_head: 2, n_kv_head: 1, head_dim: 16 };
+        let heads = Heads {
+            n_head: 2,
+            n_kv_head: 1,
+            head_dim: 16,
+        };
         let k = vec![0.5f32; 3 * 16];
         let v: Vec<f32> = (0..3).flat_map(|j| vec![j as f32; 16]).collect();
-        let seg = SegmentView { k: &k, v: &v, batch: 1, capacity: 3, len: 3 };
+        let seg = SegmentView {
+            k: &k,
+            v: &v,
+            batch: 1,
+            capacity: 3,
+            len: 3,
+        };
         let q = vec![1f32; 32];
         let out = attention(&q, 1, 1, heads, &[seg], 2, None);
         assert!(out.iter().all(|&o| (o - 1.0).abs() < 1e-6), "{out:?}");
         // The first query position sees only key 0.
         let q2 = vec![1f32; 3 * 32];
-        let out = attention(&q2, 1, 3, heads, &[SegmentView { k: &k, v: &v, batch: 1, capacity: 3, len: 3 }], 0, None);
+        let out = attention(
+            &q2,
+            1,
+            3,
+            heads,
+            &[SegmentView {
+                k: &k,
+                v: &v,
+                batch: 1,
+                capacity: 3,
+                len: 3,
+            }],
+            0,
+            None,
+        );
         assert!(out[..32].iter().all(|&o| o == 0.0));
-        let win = attention(&q2, 1, 3, heads, &[SegmentView { k: &k, v: &v, batch: 1, capacity: 3, len: 3 }], 0, Some(1));
-        assert!(win[64..].iter().all(|&o| o == 2.0), "a window of 1 sees only the query's own key");
+        let win = attention(
+            &q2,
+            1,
+            3,
+            heads,
+            &[SegmentView {
+                k: &k,
+                v: &v,
+                batch: 1,
+                capacity: 3,
+                len: 3,
+            }],
+            0,
+            Some(1),
+        );
+        assert!(
+            win[64..].iter().all(|&o| o == 2.0),
+            "a window of 1 sees only the query's own key"
+        );
     }
 
     #[test]
     fn a_row_gives_the_same_bits_alone_and_in_a_batch() {
-        let heads = Heads { n_head: 4, n_kv_head: 2, head_dim: 32 };
+        let heads = Heads {
+            n_head: 4,
+            n_kv_head: 2,
+            head_dim: 32,
+        };
         let (prefix, s) = (40, 5);
         let shared_k = seq(2 * prefix * 32, 1);
         let shared_v = seq(2 * prefix * 32, 2);
@@ -376,7 +528,22 @@ mod tests {
             2,
             s,
             heads,
-            &[SegmentView { k: &shared_k, v: &shared_v, batch: 1, capacity: prefix, len: prefix }, SegmentView { k: &own_k, v: &own_v, batch: 2, capacity: 8, len: s }],
+            &[
+                SegmentView {
+                    k: &shared_k,
+                    v: &shared_v,
+                    batch: 1,
+                    capacity: prefix,
+                    len: prefix,
+                },
+                SegmentView {
+                    k: &own_k,
+                    v: &own_v,
+                    batch: 2,
+                    capacity: 8,
+                    len: s,
+                },
+            ],
             prefix,
             None,
         );
@@ -386,7 +553,22 @@ mod tests {
             1,
             s,
             heads,
-            &[SegmentView { k: &shared_k, v: &shared_v, batch: 1, capacity: prefix, len: prefix }, SegmentView { k: &own_k[half..], v: &own_v[half..], batch: 1, capacity: 8, len: s }],
+            &[
+                SegmentView {
+                    k: &shared_k,
+                    v: &shared_v,
+                    batch: 1,
+                    capacity: prefix,
+                    len: prefix,
+                },
+                SegmentView {
+                    k: &own_k[half..],
+                    v: &own_v[half..],
+                    batch: 1,
+                    capacity: 8,
+                    len: s,
+                },
+            ],
             prefix,
             None,
         );
@@ -400,20 +582,42 @@ mod naive_check {
 
     /// Textbook attention in f64 over one segment: keys (kv_heads, hd, len), values
     /// (kv_heads, len, hd).
-    fn naive(q: &[f32], s: usize, heads: Heads, k: &[f32], v: &[f32], len: usize, offset: usize) -> Vec<f32> {
-        let Heads { n_head, n_kv_head, head_dim: hd } = heads;
+    fn naive(
+        q: &[f32],
+        s: usize,
+        heads: Heads,
+        k: &[f32],
+        v: &[f32],
+        len: usize,
+        offset: usize,
+    ) -> Vec<f32> {
+        let Heads {
+            n_head,
+            n_kv_head,
+            head_dim: hd,
+        } = heads;
         let group = n_head / n_kv_head;
         let mut out = vec![0f32; s * n_head * hd];
         for i in 0..s {
             for h in 0..n_head {
                 let kvh = h / group;
                 let qv = &q[(i * n_head + h) * hd..][..hd];
-                let sc: Vec<f64> = (0..=offset + i).map(|j| (0..hd).map(|d| qv[d] as f64 * k[(kvh * hd + d) * len + j] as f64).sum::<f64>() / (hd as f64).sqrt()).collect();
+                let sc: Vec<f64> = (0..=offset + i)
+                    .map(|j| {
+                        (0..hd)
+                            .map(|d| qv[d] as f64 * k[(kvh * hd + d) * len + j] as f64)
+                            .sum::<f64>()
+                            / (hd as f64).sqrt()
+                    })
+                    .collect();
                 let m = sc.iter().cloned().fold(f64::MIN, f64::max);
                 let e: Vec<f64> = sc.iter().map(|x| (x - m).exp()).collect();
                 let z: f64 = e.iter().sum();
                 for d in 0..hd {
-                    out[(i * n_head + h) * hd + d] = ((0..=offset + i).map(|j| e[j] * v[(kvh * len + j) * hd + d] as f64).sum::<f64>() / z) as f32;
+                    out[(i * n_head + h) * hd + d] = ((0..=offset + i)
+                        .map(|j| e[j] * v[(kvh * len + j) * hd + d] as f64)
+                        .sum::<f64>()
+                        / z) as f32;
                 }
             }
         }
@@ -422,14 +626,42 @@ mod naive_check {
 
     #[test]
     fn matches_textbook_attention_at_smollm2_shapes() {
-        let heads = Heads { n_head: 9, n_kv_head: 3, head_dim: 64 };
+        let heads = Heads {
+            n_head: 9,
+            n_kv_head: 3,
+            head_dim: 64,
+        };
         let (offset, s, cap) = (30, 21, 64);
-        let k: Vec<f32> = (0..3 * cap * 64).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 2.0).collect();
-        let v: Vec<f32> = (0..3 * cap * 64).map(|i| (i * 104729 % 1000) as f32 / 500.0 - 1.0).collect();
-        let q: Vec<f32> = (0..s * 9 * 64).map(|i| ((i * 15485863 % 1000) as f32 / 500.0 - 1.0) * 2.0).collect();
-        let ours = attention(&q, 1, s, heads, &[SegmentView { k: &k, v: &v, batch: 1, capacity: cap, len: offset + s }], offset, None);
+        let k: Vec<f32> = (0..3 * cap * 64)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 2.0)
+            .collect();
+        let v: Vec<f32> = (0..3 * cap * 64)
+            .map(|i| (i * 104729 % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        let q: Vec<f32> = (0..s * 9 * 64)
+            .map(|i| ((i * 15485863 % 1000) as f32 / 500.0 - 1.0) * 2.0)
+            .collect();
+        let ours = attention(
+            &q,
+            1,
+            s,
+            heads,
+            &[SegmentView {
+                k: &k,
+                v: &v,
+                batch: 1,
+                capacity: cap,
+                len: offset + s,
+            }],
+            offset,
+            None,
+        );
         let want = naive(&q, s, heads, &k, &v, cap, offset);
-        let diff = ours.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let diff = ours
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         assert!(diff < 1e-4, "max difference {diff}");
     }
 }

@@ -37,12 +37,29 @@ impl QuantizedActs {
         assert_eq!(x.len(), m * k);
         assert_eq!(k % block, 0);
         let nb = k / block;
-        let mut acts = Self { m, k, block, qs: vec![0i8; m * k], d: vec![0f32; m * nb], xsum: vec![0f32; m * nb] };
-        let (qs, d, xsum) = (DisjointMut::new(&mut acts.qs), DisjointMut::new(&mut acts.d), DisjointMut::new(&mut acts.xsum));
+        let mut acts = Self {
+            m,
+            k,
+            block,
+            qs: vec![0i8; m * k],
+            d: vec![0f32; m * nb],
+            xsum: vec![0f32; m * nb],
+        };
+        let (qs, d, xsum) = (
+            DisjointMut::new(&mut acts.qs),
+            DisjointMut::new(&mut acts.d),
+            DisjointMut::new(&mut acts.xsum),
+        );
         let quantize_rows = |range: std::ops::Range<usize>| {
             for row in range {
                 // SAFETY: each row's slices are disjoint and written by one task only.
-                let (qs, d, xsum) = unsafe { (qs.part(row * k, k), d.part(row * nb, nb), xsum.part(row * nb, nb)) };
+                let (qs, d, xsum) = unsafe {
+                    (
+                        qs.part(row * k, k),
+                        d.part(row * nb, nb),
+                        xsum.part(row * nb, nb),
+                    )
+                };
                 quantize_row(&x[row * k..(row + 1) * k], block, qs, d, xsum);
             }
         };
@@ -153,7 +170,13 @@ const TILES_PER_TASK: usize = 3;
 /// `out` points to `acts.m * w.n` writable f32 values, of which the columns of `tiles`
 /// (16 per tile, below `w.n`) are not accessed by anyone else during the call; with
 /// `KernelPath::Avx512Vnni` the CPU supports AVX-512F/BW and VNNI (`best_path`).
-unsafe fn run_tiles(w: &PackedMatrix, acts: &QuantizedActs, tiles: std::ops::Range<usize>, out: *mut f32, path: KernelPath) {
+unsafe fn run_tiles(
+    w: &PackedMatrix,
+    acts: &QuantizedActs,
+    tiles: std::ops::Range<usize>,
+    out: *mut f32,
+    path: KernelPath,
+) {
     match path {
         #[cfg(target_arch = "x86_64")]
         KernelPath::Avx512Vnni => {
@@ -224,7 +247,13 @@ mod avx512 {
     /// The CPU supports AVX-512F and BW; `block` is a multiple of 16 dividing `x.len()`,
     /// `qs` holds `x.len()` values and `d`, `xsum` one per block.
     #[target_feature(enable = "avx512f,avx512bw")]
-    pub(super) unsafe fn quantize_row(x: &[f32], block: usize, qs: &mut [i8], d: &mut [f32], xsum: &mut [f32]) {
+    pub(super) unsafe fn quantize_row(
+        x: &[f32],
+        block: usize,
+        qs: &mut [i8],
+        d: &mut [f32],
+        xsum: &mut [f32],
+    ) {
         assert!(qs.len() >= x.len() && block % 16 == 0);
         let lim = _mm512_set1_ps(127.0);
         let nlim = _mm512_set1_ps(-127.0);
@@ -240,12 +269,23 @@ mod avx512 {
             let mut sum = _mm512_setzero_si512();
             for (i, c) in vals.chunks_exact(16).enumerate() {
                 // SAFETY: `c` holds 16 f32 (chunks_exact).
-                let v = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(unsafe { _mm512_loadu_ps(c.as_ptr()) }, inv), nlim), lim);
+                let v = _mm512_min_ps(
+                    _mm512_max_ps(
+                        _mm512_mul_ps(unsafe { _mm512_loadu_ps(c.as_ptr()) }, inv),
+                        nlim,
+                    ),
+                    lim,
+                );
                 // Rounds to nearest, ties to even (the default MXCSR mode).
                 let q = _mm512_cvtps_epi32(v);
                 sum = _mm512_add_epi32(sum, q);
                 // SAFETY: b * block + i * 16 + 16 <= x.len() <= qs.len() (asserted above).
-                unsafe { _mm_storeu_si128(qs.as_mut_ptr().add(b * block + i * 16) as *mut __m128i, _mm512_cvtsepi32_epi8(q)) };
+                unsafe {
+                    _mm_storeu_si128(
+                        qs.as_mut_ptr().add(b * block + i * 16) as *mut __m128i,
+                        _mm512_cvtsepi32_epi8(q),
+                    )
+                };
             }
             d[b] = dx;
             xsum[b] = dx * _mm512_reduce_add_epi32(sum) as f32;
@@ -258,7 +298,12 @@ mod avx512 {
     /// # Safety
     /// As `tiles`, for every row.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub(super) unsafe fn all_rows<const NT: usize>(w: &PackedMatrix, acts: &QuantizedActs, t0: usize, out: *mut f32) {
+    pub(super) unsafe fn all_rows<const NT: usize>(
+        w: &PackedMatrix,
+        acts: &QuantizedActs,
+        t0: usize,
+        out: *mut f32,
+    ) {
         let mut i = 0;
         // SAFETY: rows i..i+MR are below acts.m; the rest is the caller's contract.
         while i + 4 <= acts.m {
@@ -294,17 +339,24 @@ mod avx512 {
         unsafe {
             let (k, block) = (w.k, w.block);
             let (groups, nb, gpb) = (k / 4, k / block, block / 4);
-            let wq: [*const u8; NT] = std::array::from_fn(|j| w.qs.as_ptr().add((t0 + j) * groups * TILE * 4));
-            let ws: [*const f32; NT] = std::array::from_fn(|j| w.scales.as_ptr().add((t0 + j) * nb * TILE));
-            let wo: [*const f32; NT] = std::array::from_fn(|j| w.offsets.as_ptr().add((t0 + j) * nb * TILE));
+            let wq: [*const u8; NT] =
+                std::array::from_fn(|j| w.qs.as_ptr().add((t0 + j) * groups * TILE * 4));
+            let ws: [*const f32; NT] =
+                std::array::from_fn(|j| w.scales.as_ptr().add((t0 + j) * nb * TILE));
+            let wo: [*const f32; NT] =
+                std::array::from_fn(|j| w.offsets.as_ptr().add((t0 + j) * nb * TILE));
             let xq = acts.qs.as_ptr();
             let mut facc = [[_mm512_setzero_ps(); NT]; MR];
             for b in 0..nb {
                 let mut iacc = [[_mm512_setzero_si512(); NT]; MR];
                 for g in b * gpb..(b + 1) * gpb {
-                    let wv: [__m512i; NT] = std::array::from_fn(|j| _mm512_loadu_si512(wq[j].add(g * TILE * 4) as *const __m512i));
+                    let wv: [__m512i; NT] = std::array::from_fn(|j| {
+                        _mm512_loadu_si512(wq[j].add(g * TILE * 4) as *const __m512i)
+                    });
                     for r in 0..MR {
-                        let x4 = _mm512_set1_epi32((xq.add((i0 + r) * k + g * 4) as *const i32).read_unaligned());
+                        let x4 = _mm512_set1_epi32(
+                            (xq.add((i0 + r) * k + g * 4) as *const i32).read_unaligned(),
+                        );
                         for j in 0..NT {
                             iacc[r][j] = _mm512_dpbusd_epi32(iacc[r][j], wv[j], x4);
                         }
@@ -316,15 +368,24 @@ mod avx512 {
                     for r in 0..MR {
                         let row = (i0 + r) * nb + b;
                         let scale = _mm512_mul_ps(sv, _mm512_set1_ps(*acts.d.get_unchecked(row)));
-                        facc[r][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[r][j]), scale, facc[r][j]);
-                        facc[r][j] = _mm512_fmadd_ps(ov, _mm512_set1_ps(*acts.xsum.get_unchecked(row)), facc[r][j]);
+                        facc[r][j] =
+                            _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[r][j]), scale, facc[r][j]);
+                        facc[r][j] = _mm512_fmadd_ps(
+                            ov,
+                            _mm512_set1_ps(*acts.xsum.get_unchecked(row)),
+                            facc[r][j],
+                        );
                     }
                 }
             }
             for j in 0..NT {
                 let t = t0 + j;
                 let valid = (w.n - t * TILE).min(TILE);
-                let mask: __mmask16 = if valid == TILE { 0xFFFF } else { (1u16 << valid) - 1 };
+                let mask: __mmask16 = if valid == TILE {
+                    0xFFFF
+                } else {
+                    (1u16 << valid) - 1
+                };
                 for r in 0..MR {
                     _mm512_mask_storeu_ps(out.add((i0 + r) * w.n + t * TILE), mask, facc[r][j]);
                 }
@@ -354,15 +415,29 @@ mod tests {
 
     #[test]
     fn packing_reproduces_ggml_dequantisation_exactly() {
-        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K] {
+        for dtype in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q8_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q6K,
+        ] {
             let (n, k) = (20, 512);
             let (p, q) = pack(dtype, n, k);
-            let reference = q.dequantize(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+            let reference = q
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
             for r in 0..n {
                 let ours = p.dequantize_row(r);
                 for j in 0..k {
                     let (a, b) = (ours[j], reference[r][j]);
-                    assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{dtype:?} row {r} col {j}: {a} vs {b}");
+                    assert!(
+                        (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                        "{dtype:?} row {r} col {j}: {a} vs {b}"
+                    );
                 }
             }
         }
@@ -415,12 +490,20 @@ mod tests {
     fn result_is_close_to_the_float_product() {
         let (n, k) = (32, 512);
         let (p, q) = pack(GgmlDType::Q8_0, n, k);
-        let wf = q.dequantize(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+        let wf = q
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         let x = random_matrix(1, k, 11);
         let y = matmul(&p, &x, 1, best_path());
         for r in 0..n {
             let exact: f32 = (0..k).map(|j| wf[r][j] * x[j]).sum();
-            assert!((y[r] - exact).abs() < 0.05 * exact.abs().max(1.0), "row {r}: {} vs {exact}", y[r]);
+            assert!(
+                (y[r] - exact).abs() < 0.05 * exact.abs().max(1.0),
+                "row {r}: {} vs {exact}",
+                y[r]
+            );
         }
     }
 }

@@ -28,7 +28,11 @@ pub(crate) struct DisjointMut<'a, T> {
 
 impl<'a, T> DisjointMut<'a, T> {
     pub(crate) fn new(buffer: &'a mut [T]) -> Self {
-        Self { ptr: buffer.as_mut_ptr(), len: buffer.len(), _borrow: PhantomData }
+        Self {
+            ptr: buffer.as_mut_ptr(),
+            len: buffer.len(),
+            _borrow: PhantomData,
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -48,7 +52,11 @@ impl<'a, T> DisjointMut<'a, T> {
     /// lives (parts handed to concurrent tasks must be disjoint).
     #[allow(clippy::mut_from_ref)]
     pub(crate) unsafe fn part(&self, at: usize, len: usize) -> &'a mut [T] {
-        assert!(at.checked_add(len).is_some_and(|end| end <= self.len), "part {at}..{at}+{len} outside a buffer of {}", self.len);
+        assert!(
+            at.checked_add(len).is_some_and(|end| end <= self.len),
+            "part {at}..{at}+{len} outside a buffer of {}",
+            self.len
+        );
         // SAFETY: the range is inside the buffer (checked above), the buffer is borrowed
         // mutably for 'a (so it lives and nothing else uses it), and the caller
         // guarantees no other task touches the range meanwhile.

@@ -62,11 +62,18 @@ impl PackedMatrix {
     }
 
     /// Packs a row-major ggml tensor (n rows of k values) from its raw bytes.
-    pub fn from_ggml(dtype: GgmlDType, data: &[u8], n: usize, k: usize) -> Result<Self, Unpackable> {
+    pub fn from_ggml(
+        dtype: GgmlDType,
+        data: &[u8],
+        n: usize,
+        k: usize,
+    ) -> Result<Self, Unpackable> {
         let block = packed_block(dtype)
             .ok_or_else(|| Unpackable(format!("no packed decoder for {dtype:?}")))?;
         if k % dtype.block_size() != 0 || k % 4 != 0 {
-            return Err(Unpackable(format!("k = {k} is not a multiple of the block size")));
+            return Err(Unpackable(format!(
+                "k = {k} is not a multiple of the block size"
+            )));
         }
         let row_bytes = k / dtype.block_size() * dtype.type_size();
         if data.len() != row_bytes * n {
@@ -82,7 +89,13 @@ impl PackedMatrix {
         let mut s = vec![0f32; nb];
         let mut o = vec![0f32; nb];
         for r in 0..n {
-            decode_row(dtype, &data[r * row_bytes..(r + 1) * row_bytes], &mut u, &mut s, &mut o);
+            decode_row(
+                dtype,
+                &data[r * row_bytes..(r + 1) * row_bytes],
+                &mut u,
+                &mut s,
+                &mut o,
+            );
             m.set_row(r, &u, &s, &o);
         }
         Ok(m)
@@ -119,7 +132,10 @@ impl PackedMatrix {
     /// gate+up), so one pass over the activations feeds them all.
     pub fn concat_rows(parts: &[&PackedMatrix]) -> Option<PackedMatrix> {
         let first = parts.first()?;
-        if parts.iter().any(|p| p.k != first.k || p.block != first.block) {
+        if parts
+            .iter()
+            .any(|p| p.k != first.k || p.block != first.block)
+        {
             return None;
         }
         let n = parts.iter().map(|p| p.n).sum();
@@ -145,8 +161,12 @@ impl PackedMatrix {
             let at = ((t * groups + g) * TILE + lane) * 4;
             u[g * 4..g * 4 + 4].copy_from_slice(&self.qs[at..at + 4]);
         }
-        let s = (0..nb).map(|b| self.scales[(t * nb + b) * TILE + lane]).collect();
-        let o = (0..nb).map(|b| self.offsets[(t * nb + b) * TILE + lane]).collect();
+        let s = (0..nb)
+            .map(|b| self.scales[(t * nb + b) * TILE + lane])
+            .collect();
+        let o = (0..nb)
+            .map(|b| self.offsets[(t * nb + b) * TILE + lane])
+            .collect();
         (u, s, o)
     }
 
@@ -260,6 +280,9 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        ((q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        (
+            (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
     }
 }

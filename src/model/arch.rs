@@ -99,7 +99,11 @@ pub const ARCHITECTURES: &[ArchSpec] = &[
     ArchSpec {
         arch: Arch::Gemma3,
         name: "gemma3",
-        tensors: &[(TensorGroup::QkvBias, Presence::Optional), (TensorGroup::QkNorm, Presence::Required), (TensorGroup::PostNorms, Presence::Required)],
+        tensors: &[
+            (TensorGroup::QkvBias, Presence::Optional),
+            (TensorGroup::QkNorm, Presence::Required),
+            (TensorGroup::PostNorms, Presence::Required),
+        ],
         activation: Activation::GeluTanh,
         gguf_rope_neox: true,
         scale_embeddings: true,
@@ -110,7 +114,11 @@ pub const ARCHITECTURES: &[ArchSpec] = &[
 
 /// The names of every supported architecture, for messages.
 pub fn supported_names() -> String {
-    ARCHITECTURES.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
+    ARCHITECTURES
+        .iter()
+        .map(|s| s.name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The spec for an architecture name as files write it, if we run it.
@@ -121,18 +129,29 @@ pub fn find(name: &str) -> Option<&'static ArchSpec> {
 impl ArchSpec {
     /// How this architecture uses a tensor group (None: it has none).
     pub fn presence(&self, group: TensorGroup) -> Option<Presence> {
-        self.tensors.iter().find(|(g, _)| *g == group).map(|(_, p)| *p)
+        self.tensors
+            .iter()
+            .find(|(g, _)| *g == group)
+            .map(|(_, p)| *p)
     }
 }
 
 impl Arch {
     /// The architecture `name` (read from `path`), or an error listing what is supported.
     pub fn parse(name: &str, path: &Path) -> Result<Self> {
-        find(name).map(|s| s.arch).ok_or_else(|| Error::UnsupportedArchitecture { path: path.to_path_buf(), arch: name.to_string() })
+        find(name)
+            .map(|s| s.arch)
+            .ok_or_else(|| Error::UnsupportedArchitecture {
+                path: path.to_path_buf(),
+                arch: name.to_string(),
+            })
     }
 
     pub fn spec(self) -> &'static ArchSpec {
-        ARCHITECTURES.iter().find(|s| s.arch == self).expect("every Arch has a table entry")
+        ARCHITECTURES
+            .iter()
+            .find(|s| s.arch == self)
+            .expect("every Arch has a table entry")
     }
 
     pub fn name(self) -> &'static str {
@@ -147,10 +166,16 @@ mod tests {
     #[test]
     fn every_architecture_has_exactly_one_entry_and_round_trips_its_name() {
         for arch in [Arch::Llama, Arch::Qwen2, Arch::Gemma3] {
-            assert_eq!(ARCHITECTURES.iter().filter(|s| s.arch == arch).count(), 1, "{arch:?}");
+            assert_eq!(
+                ARCHITECTURES.iter().filter(|s| s.arch == arch).count(),
+                1,
+                "{arch:?}"
+            );
             assert_eq!(Arch::parse(arch.name(), Path::new("x")).unwrap(), arch);
         }
-        let err = Arch::parse("mamba", Path::new("m.gguf")).unwrap_err().to_string();
+        let err = Arch::parse("mamba", Path::new("m.gguf"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("mamba") && err.contains("m.gguf"), "{err}");
     }
 }

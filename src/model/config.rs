@@ -40,8 +40,12 @@ impl ModelConfig {
         let key = |k: &str| format!("{arch_name}.{k}");
         let d_model = g.usize(&key("embedding_length"))?;
         let n_head = g.usize(&key("attention.head_count"))?;
-        let n_kv_head = g.opt_usize(&key("attention.head_count_kv"))?.unwrap_or(n_head);
-        let head_dim = g.opt_usize(&key("attention.key_length"))?.unwrap_or(d_model / n_head);
+        let n_kv_head = g
+            .opt_usize(&key("attention.head_count_kv"))?
+            .unwrap_or(n_head);
+        let head_dim = g
+            .opt_usize(&key("attention.key_length"))?
+            .unwrap_or(d_model / n_head);
         let vocab_size = g.strings("tokenizer.ggml.tokens")?.len();
         let spec = arch.spec();
         let cfg = ModelConfig {
@@ -57,7 +61,11 @@ impl ModelConfig {
             rope_base: g.opt_f32(&key("rope.freq_base"))?.unwrap_or(10_000.0),
             rope_base_local: g.opt_f32(&key("rope.local_freq_base"))?.unwrap_or(10_000.0),
             rope_neox: spec.gguf_rope_neox,
-            sliding_window: if spec.sliding_window { g.opt_usize(&key("attention.sliding_window"))? } else { None },
+            sliding_window: if spec.sliding_window {
+                g.opt_usize(&key("attention.sliding_window"))?
+            } else {
+                None
+            },
             sliding_pattern: g
                 .opt_usize(&key("attention.sliding_window_pattern"))?
                 .unwrap_or(6),
@@ -69,13 +77,25 @@ impl ModelConfig {
     }
 
     pub(crate) fn validate(&self, path: &std::path::Path) -> Result<()> {
-        let bad = |key: &str, problem: String| Error::Metadata { path: path.to_path_buf(), key: key.into(), problem };
+        let bad = |key: &str, problem: String| Error::Metadata {
+            path: path.to_path_buf(),
+            key: key.into(),
+            problem,
+        };
         if self.n_head == 0 || self.n_kv_head == 0 || self.n_head % self.n_kv_head != 0 {
-            return Err(bad("attention.head_count_kv", format!(
-                "must divide head_count ({} vs {})", self.n_kv_head, self.n_head)));
+            return Err(bad(
+                "attention.head_count_kv",
+                format!(
+                    "must divide head_count ({} vs {})",
+                    self.n_kv_head, self.n_head
+                ),
+            ));
         }
         if self.head_dim % 2 != 0 {
-            return Err(bad("attention.key_length", format!("must be even, got {}", self.head_dim)));
+            return Err(bad(
+                "attention.key_length",
+                format!("must be even, got {}", self.head_dim),
+            ));
         }
         Ok(())
     }

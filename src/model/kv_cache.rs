@@ -41,7 +41,10 @@ impl Segment {
     }
     /// The valid part of keys (transposed, (b, h, d, len)) and values ((b, h, len, d)).
     pub fn views(&self) -> Result<(Tensor, Tensor)> {
-        Ok((self.k.narrow(3, 0, self.len)?, self.v.narrow(2, 0, self.len)?))
+        Ok((
+            self.k.narrow(3, 0, self.len)?,
+            self.v.narrow(2, 0, self.len)?,
+        ))
     }
 }
 
@@ -58,7 +61,11 @@ const MIN_SEGMENT: usize = 64;
 
 impl KvCache {
     pub fn new(n_layer: usize) -> Self {
-        Self { layers: vec![Vec::new(); n_layer], len: 0, batch: None }
+        Self {
+            layers: vec![Vec::new(); n_layer],
+            len: 0,
+            batch: None,
+        }
     }
 
     /// Number of positions already cached.
@@ -80,7 +87,9 @@ impl KvCache {
         let (b, h, s, d) = k.dims4()?;
         let segs = &mut self.layers[layer];
         let writable = segs.last().is_some_and(|last| {
-            Arc::strong_count(&last.owner) == 1 && last.batch() == b && last.capacity() - last.len >= s
+            Arc::strong_count(&last.owner) == 1
+                && last.batch() == b
+                && last.capacity() - last.len >= s
         });
         if !writable {
             // A multiple of 16 so the attention kernel can read whole 16-key blocks.
@@ -93,7 +102,8 @@ impl KvCache {
             });
         }
         let last = segs.last_mut().expect("a segment exists");
-        last.k.slice_set(&k.transpose(2, 3)?.contiguous()?, 3, last.len)?;
+        last.k
+            .slice_set(&k.transpose(2, 3)?.contiguous()?, 3, last.len)?;
         last.v.slice_set(&v.contiguous()?, 2, last.len)?;
         last.len += s;
         Ok(segs)
@@ -134,7 +144,11 @@ impl KvCache {
                 candle_core::bail!("repeat_batch needs a batch-1 cache, got batch {b}");
             }
         }
-        Ok(Self { layers: self.layers.clone(), len: self.len, batch: Some(n) })
+        Ok(Self {
+            layers: self.layers.clone(),
+            len: self.len,
+            batch: Some(n),
+        })
     }
 }
 
@@ -150,7 +164,17 @@ mod tests {
     fn keys(c: &mut KvCache, new: &[f32]) -> Vec<f32> {
         let segs = c.append(0, t(new), t(new)).unwrap().to_vec();
         c.advance(new.len(), 1);
-        segs.iter().flat_map(|s| s.views().unwrap().0.flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect()
+        segs.iter()
+            .flat_map(|s| {
+                s.views()
+                    .unwrap()
+                    .0
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            })
+            .collect()
     }
 
     #[test]
@@ -164,7 +188,11 @@ mod tests {
         let mut c = a.clone();
         c.truncate(1).unwrap();
         assert_eq!(keys(&mut c, &[7.0]), vec![1.0, 7.0]);
-        assert_eq!(keys(&mut a, &[5.0]), vec![1.0, 2.0, 3.0, 4.0, 5.0], "truncating a fork leaves the original");
+        assert_eq!(
+            keys(&mut a, &[5.0]),
+            vec![1.0, 2.0, 3.0, 4.0, 5.0],
+            "truncating a fork leaves the original"
+        );
         drop(b);
     }
 

@@ -73,7 +73,10 @@ impl Linear {
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Linear::Packed(p, path) => x.contiguous()?.apply_op1_no_bwd(&PackedOp { w: p.clone(), path: *path }),
+            Linear::Packed(p, path) => x.contiguous()?.apply_op1_no_bwd(&PackedOp {
+                w: p.clone(),
+                path: *path,
+            }),
             Linear::Quantized(q) => q.forward(x),
             Linear::Dense(w) => {
                 let x = x.to_dtype(w.dtype())?;
@@ -101,14 +104,17 @@ impl CustomOp1 for PackedOp {
             CpuStorage::F32(v) => v,
             _ => candle_core::bail!("packed matmul expects f32 activations"),
         };
-        let (start, end) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("packed matmul needs contiguous input".into()))?;
+        let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
+            candle_core::Error::Msg("packed matmul needs contiguous input".into())
+        })?;
         let x = &x[start..end];
         let dims = layout.shape().dims();
         let k = *dims.last().unwrap_or(&0);
         if k != self.w.k {
-            candle_core::bail!("packed matmul: input has {k} features, weight expects {}", self.w.k);
+            candle_core::bail!(
+                "packed matmul: input has {k} features, weight expects {}",
+                self.w.k
+            );
         }
         let m = x.len() / k;
         let y = int8_matmul::matmul(&self.w, x, m, self.path);

@@ -13,7 +13,12 @@ use crate::tokenizer::ModelTokenizer;
 use candle_core::{Device, Tensor};
 use std::path::Path;
 
-pub(super) fn load(path: &Path, label: String, template_override: Option<&str>, opts: &LoadOptions) -> Result<Model> {
+pub(super) fn load(
+    path: &Path,
+    label: String,
+    template_override: Option<&str>,
+    opts: &LoadOptions,
+) -> Result<Model> {
     let mut g = GgufFile::open(path)?;
     let mut config = ModelConfig::from_gguf(&g)?;
     if let Some(a) = opts.activation_override {
@@ -33,13 +38,24 @@ pub(super) fn load(path: &Path, label: String, template_override: Option<&str>, 
         })
         .transpose()?;
     let arch = transformer.config.arch;
-    Ok(Model { transformer, tokenizer, chat_template, info: ModelInfo { label, path: path.to_path_buf(), arch } })
+    Ok(Model {
+        transformer,
+        tokenizer,
+        chat_template,
+        info: ModelInfo {
+            label,
+            path: path.to_path_buf(),
+            arch,
+        },
+    })
 }
 
 fn build(g: &mut GgufFile, config: ModelConfig, opts: &LoadOptions) -> Result<Transformer> {
     let dev = &opts.device;
     let kernels = opts.kernels;
-    let dense = |g: &mut GgufFile, name: &str| -> Result<Tensor> { Ok(g.tensor(name, dev)?.dequantize(dev)?) };
+    let dense = |g: &mut GgufFile, name: &str| -> Result<Tensor> {
+        Ok(g.tensor(name, dev)?.dequantize(dev)?)
+    };
     let linear = |g: &mut GgufFile, name: &str| -> Result<Linear> {
         let q = g.tensor(name, dev)?;
         Ok(match kernels {
@@ -67,7 +83,11 @@ fn build(g: &mut GgufFile, config: ModelConfig, opts: &LoadOptions) -> Result<Tr
                         message: format!("missing; architecture {} requires it (is the file complete, and is general.architecture right?)", spec.name),
                     });
                 }
-                names.iter().map(|n| Ok(g.tensor(n, dev)?.dequantize(dev)?)).collect::<Result<Vec<_>>>().map(Some)
+                names
+                    .iter()
+                    .map(|n| Ok(g.tensor(n, dev)?.dequantize(dev)?))
+                    .collect::<Result<Vec<_>>>()
+                    .map(Some)
             }
         }
     };
@@ -77,13 +97,21 @@ fn build(g: &mut GgufFile, config: ModelConfig, opts: &LoadOptions) -> Result<Tr
         Linear::Packed(p, _) => Embeddings::Packed(p.clone()),
         _ => Embeddings::Dense(dense(g, "token_embd.weight")?),
     };
-    let output = if tied { embd_linear } else { linear(g, "output.weight")? };
+    let output = if tied {
+        embd_linear
+    } else {
+        linear(g, "output.weight")?
+    };
     let final_norm = dense(g, "output_norm.weight")?;
 
     let mut layers = Vec::with_capacity(config.n_layer);
     for i in 0..config.n_layer {
         let p = |s: &str| format!("blk.{i}.{s}");
-        let (wq, wk, wv) = (linear(g, &p("attn_q.weight"))?, linear(g, &p("attn_k.weight"))?, linear(g, &p("attn_v.weight"))?);
+        let (wq, wk, wv) = (
+            linear(g, &p("attn_q.weight"))?,
+            linear(g, &p("attn_k.weight"))?,
+            linear(g, &p("attn_v.weight"))?,
+        );
         let qkv = match Linear::fuse(&[&wq, &wk, &wv]) {
             Some(f) => QkvProj::Fused(f),
             None => QkvProj::Separate(wq, wk, wv),
@@ -92,7 +120,10 @@ fn build(g: &mut GgufFile, config: ModelConfig, opts: &LoadOptions) -> Result<Tr
             Some([q, k, v]) => Some((q.clone(), k.clone(), v.clone())),
             _ => None,
         };
-        let (wg, wu) = (linear(g, &p("ffn_gate.weight"))?, linear(g, &p("ffn_up.weight"))?);
+        let (wg, wu) = (
+            linear(g, &p("ffn_gate.weight"))?,
+            linear(g, &p("ffn_up.weight"))?,
+        );
         let gate_up = match Linear::fuse(&[&wg, &wu]) {
             Some(f) => GateUp::Fused(f),
             None => GateUp::Separate(wg, wu),
@@ -101,7 +132,8 @@ fn build(g: &mut GgufFile, config: ModelConfig, opts: &LoadOptions) -> Result<Tr
             Some([q, k]) => (Some(q.clone()), Some(k.clone())),
             _ => (None, None),
         };
-        let (post_attn_norm, post_ffn_norm) = match group(g, TensorGroup::PostNorms, i)?.as_deref() {
+        let (post_attn_norm, post_ffn_norm) = match group(g, TensorGroup::PostNorms, i)?.as_deref()
+        {
             Some([a, f]) => (Some(a.clone()), Some(f.clone())),
             _ => (None, None),
         };
@@ -120,5 +152,7 @@ fn build(g: &mut GgufFile, config: ModelConfig, opts: &LoadOptions) -> Result<Tr
         });
     }
     let device: Device = dev.clone();
-    Ok(Transformer::new(config, embeddings, layers, final_norm, output, device, opts.ops)?)
+    Ok(Transformer::new(
+        config, embeddings, layers, final_norm, output, device, opts.ops,
+    )?)
 }

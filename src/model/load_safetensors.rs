@@ -81,7 +81,11 @@ pub(super) fn load(dir: &Path, label: String, opts: &LoadOptions) -> Result<Mode
     }
     if let Some(act) = &hf.hidden_act {
         if act != "silu" {
-            return Err(Error::Metadata { path: cfg_path, key: "hidden_act".into(), problem: format!("is '{act}'; only silu is supported for {}", arch.name()) });
+            return Err(Error::Metadata {
+                path: cfg_path,
+                key: "hidden_act".into(),
+                problem: format!("is '{act}'; only silu is supported for {}", arch.name()),
+            });
         }
     }
     let config = ModelConfig {
@@ -90,7 +94,9 @@ pub(super) fn load(dir: &Path, label: String, opts: &LoadOptions) -> Result<Mode
         d_model: hf.hidden_size,
         n_head: hf.num_attention_heads,
         n_kv_head: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
-        head_dim: hf.head_dim.unwrap_or(hf.hidden_size / hf.num_attention_heads),
+        head_dim: hf
+            .head_dim
+            .unwrap_or(hf.hidden_size / hf.num_attention_heads),
         vocab_size: hf.vocab_size,
         context_length: hf.max_position_embeddings,
         rms_eps: hf.rms_norm_eps,
@@ -112,18 +118,32 @@ pub(super) fn load(dir: &Path, label: String, opts: &LoadOptions) -> Result<Mode
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(Error::Tensor { path: dir.to_path_buf(), tensor: "*".into(), message: "no .safetensors files in the directory".into() });
+        return Err(Error::Tensor {
+            path: dir.to_path_buf(),
+            tensor: "*".into(),
+            message: "no .safetensors files in the directory".into(),
+        });
     }
     // SAFETY: the files are memory-mapped read-only; modifying them while a run uses
     // them is undefined, as with any mmap-based loader.
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, &opts.device)? };
-    let tensor_err = |name: &str, e: candle_core::Error| Error::Tensor { path: dir.to_path_buf(), tensor: name.to_string(), message: e.to_string() };
-    let get = |name: &str, shape: &[usize]| -> Result<Tensor> { vb.get(shape, name).map_err(|e| tensor_err(name, e)) };
+    let tensor_err = |name: &str, e: candle_core::Error| Error::Tensor {
+        path: dir.to_path_buf(),
+        tensor: name.to_string(),
+        message: e.to_string(),
+    };
+    let get = |name: &str, shape: &[usize]| -> Result<Tensor> {
+        vb.get(shape, name).map_err(|e| tensor_err(name, e))
+    };
 
     let (d, f, hd) = (config.d_model, hf.intermediate_size, config.head_dim);
     let (nh, nkv) = (config.n_head, config.n_kv_head);
     let embed = get("model.embed_tokens.weight", &[config.vocab_size, d])?;
-    let output = if hf.tie_word_embeddings { embed.clone() } else { get("lm_head.weight", &[config.vocab_size, d])? };
+    let output = if hf.tie_word_embeddings {
+        embed.clone()
+    } else {
+        get("lm_head.weight", &[config.vocab_size, d])?
+    };
     let mut layers = Vec::with_capacity(config.n_layer);
     for i in 0..config.n_layer {
         let p = |s: &str| format!("model.layers.{i}.{s}");
@@ -131,7 +151,9 @@ pub(super) fn load(dir: &Path, label: String, opts: &LoadOptions) -> Result<Mode
         let k = get(&p("self_attn.k_proj.weight"), &[nkv * hd, d])?;
         let v = get(&p("self_attn.v_proj.weight"), &[nkv * hd, d])?;
         let bias = spec.presence(TensorGroup::QkvBias);
-        let has_bias = bias == Some(Presence::Required) || (bias == Some(Presence::Optional) && vb.contains_tensor(&p("self_attn.q_proj.bias")));
+        let has_bias = bias == Some(Presence::Required)
+            || (bias == Some(Presence::Optional)
+                && vb.contains_tensor(&p("self_attn.q_proj.bias")));
         let qkv_bias = if has_bias {
             Some((
                 get(&p("self_attn.q_proj.bias"), &[nh * hd])?,
@@ -158,21 +180,53 @@ pub(super) fn load(dir: &Path, label: String, opts: &LoadOptions) -> Result<Mode
         });
     }
     let final_norm = get("model.norm.weight", &[d])?;
-    let transformer = Transformer::new(config, Embeddings::Dense(embed), layers, final_norm, Linear::Dense(output), opts.device.clone(), opts.ops)?;
+    let transformer = Transformer::new(
+        config,
+        Embeddings::Dense(embed),
+        layers,
+        final_norm,
+        Linear::Dense(output),
+        opts.device.clone(),
+        opts.ops,
+    )?;
 
     let tc_path = dir.join("tokenizer_config.json");
     let tc: HfTokenizerConfig = if tc_path.is_file() {
         let text = std::fs::read_to_string(&tc_path).with_path(&tc_path)?;
-        serde_json::from_str(&text).map_err(|e| Error::DataFile { path: tc_path.clone(), line: e.line(), message: e.to_string() })?
+        serde_json::from_str(&text).map_err(|e| Error::DataFile {
+            path: tc_path.clone(),
+            line: e.line(),
+            message: e.to_string(),
+        })?
     } else {
         HfTokenizerConfig::default()
     };
     let bos = tc.bos_token.map(TokenSpec::text);
     let eos = tc.eos_token.map(TokenSpec::text);
-    let tokenizer = ModelTokenizer::from_tokenizer_json(&dir.join("tokenizer.json"), bos.clone(), eos.clone(), tc.add_bos_token.unwrap_or(false))?;
+    let tokenizer = ModelTokenizer::from_tokenizer_json(
+        &dir.join("tokenizer.json"),
+        bos.clone(),
+        eos.clone(),
+        tc.add_bos_token.unwrap_or(false),
+    )?;
     let chat_template = tc
         .chat_template
-        .map(|src| ChatTemplate::new(&src, bos.as_deref().unwrap_or(""), eos.as_deref().unwrap_or("")))
+        .map(|src| {
+            ChatTemplate::new(
+                &src,
+                bos.as_deref().unwrap_or(""),
+                eos.as_deref().unwrap_or(""),
+            )
+        })
         .transpose()?;
-    Ok(Model { transformer, tokenizer, chat_template, info: ModelInfo { label, path: dir.to_path_buf(), arch } })
+    Ok(Model {
+        transformer,
+        tokenizer,
+        chat_template,
+        info: ModelInfo {
+            label,
+            path: dir.to_path_buf(),
+            arch,
+        },
+    })
 }

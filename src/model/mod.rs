@@ -15,12 +15,12 @@ pub mod transformer;
 
 pub use config::{Activation, Arch, ModelConfig};
 pub use kv_cache::KvCache;
-pub use transformer::{OpPath, LogitsAt, Transformer};
+pub use transformer::{LogitsAt, OpPath, Transformer};
 
 use crate::cache;
-use crate::kernels::int8_matmul::{best_path, KernelPath};
 use crate::chat::{ChatTemplate, Message};
 use crate::error::{Error, Result};
+use crate::kernels::int8_matmul::{best_path, KernelPath};
 use crate::registry::{ModelRef, Registry};
 use crate::tokenizer::ModelTokenizer;
 use candle_core::Device;
@@ -44,7 +44,13 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { device: Device::Cpu, kernels: Kernels::Packed, int8_kernel: best_path(), ops: OpPath::Fused, activation_override: None }
+        Self {
+            device: Device::Cpu,
+            kernels: Kernels::Packed,
+            int8_kernel: best_path(),
+            ops: OpPath::Fused,
+            activation_override: None,
+        }
     }
 }
 
@@ -98,7 +104,12 @@ impl Model {
         match model_ref {
             ModelRef::Registry(entry) => {
                 let path = cache::cached_file(entry)?;
-                load_gguf::load(&path, entry.name.clone(), entry.chat_template.as_deref(), opts)
+                load_gguf::load(
+                    &path,
+                    entry.name.clone(),
+                    entry.chat_template.as_deref(),
+                    opts,
+                )
             }
             ModelRef::GgufFile(path) => load_gguf::load(path, model_ref.label(), None, opts),
             ModelRef::SafetensorsDir(dir) => load_safetensors::load(dir, model_ref.label(), opts),
@@ -128,9 +139,15 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     let fail = |m: String| Error::Device(spec.to_string(), m);
     match spec {
         "cpu" => Ok(Device::Cpu),
-        "metal" => Device::new_metal(0).map_err(|e| fail(format!("{e} (build with --features metal)"))),
+        "metal" => {
+            Device::new_metal(0).map_err(|e| fail(format!("{e} (build with --features metal)")))
+        }
         s if s == "cuda" || s.starts_with("cuda:") => {
-            let ordinal = s.strip_prefix("cuda:").unwrap_or("0").parse::<usize>().map_err(|_| fail("expected cuda:N".into()))?;
+            let ordinal = s
+                .strip_prefix("cuda:")
+                .unwrap_or("0")
+                .parse::<usize>()
+                .map_err(|_| fail("expected cuda:N".into()))?;
             Device::new_cuda(ordinal).map_err(|e| fail(format!("{e} (build with --features cuda)")))
         }
         other => Err(fail(format!("'{other}' is not one of cpu, cuda:N, metal"))),

@@ -22,13 +22,22 @@ impl ReferenceModel {
     pub fn load(path: &Path) -> Result<Self> {
         let g = GgufFile::open(path)?;
         let arch = Arch::parse(&g.architecture()?, path)?;
-        let mut file = std::fs::File::open(path).map_err(|source| crate::error::Error::Io { path: path.into(), source })?;
+        let mut file = std::fs::File::open(path).map_err(|source| crate::error::Error::Io {
+            path: path.into(),
+            source,
+        })?;
         let dev = Device::Cpu;
         let content = g.content;
         Ok(match arch {
-            Arch::Llama => Self::Llama(quantized_llama::ModelWeights::from_gguf(content, &mut file, &dev)?),
-            Arch::Qwen2 => Self::Qwen2(quantized_qwen2::ModelWeights::from_gguf(content, &mut file, &dev)?),
-            Arch::Gemma3 => Self::Gemma3(quantized_gemma3::ModelWeights::from_gguf(content, &mut file, &dev)?),
+            Arch::Llama => Self::Llama(quantized_llama::ModelWeights::from_gguf(
+                content, &mut file, &dev,
+            )?),
+            Arch::Qwen2 => Self::Qwen2(quantized_qwen2::ModelWeights::from_gguf(
+                content, &mut file, &dev,
+            )?),
+            Arch::Gemma3 => Self::Gemma3(quantized_gemma3::ModelWeights::from_gguf(
+                content, &mut file, &dev,
+            )?),
         })
     }
 
@@ -41,7 +50,11 @@ impl ReferenceModel {
             Self::Qwen2(m) => m.forward(&x, index_pos)?,
             Self::Gemma3(m) => m.forward(&x, index_pos)?,
         };
-        let logits = if logits.rank() == 2 { logits.i(0)? } else { logits.flatten_all()? };
+        let logits = if logits.rank() == 2 {
+            logits.i(0)?
+        } else {
+            logits.flatten_all()?
+        };
         Ok(logits.to_vec1()?)
     }
 }

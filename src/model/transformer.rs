@@ -116,13 +116,31 @@ impl Transformer {
         let positions = config.context_length.min(MAX_ROPE_POSITIONS);
         let rope_global = rope_tables(config.head_dim, config.rope_base, positions, &device)?;
         let rope_local = rope_tables(config.head_dim, config.rope_base_local, positions, &device)?;
-        let flat = |(c, s): &(Tensor, Tensor)| -> Result<(Vec<f32>, Vec<f32>)> { Ok((c.flatten_all()?.to_vec1()?, s.flatten_all()?.to_vec1()?)) };
+        let flat = |(c, s): &(Tensor, Tensor)| -> Result<(Vec<f32>, Vec<f32>)> {
+            Ok((c.flatten_all()?.to_vec1()?, s.flatten_all()?.to_vec1()?))
+        };
         let (rope_global_flat, rope_local_flat) = (flat(&rope_global)?, flat(&rope_local)?);
         let fused_fits = crate::kernels::attention::HEAD_DIMS.contains(&config.head_dim);
         // The fused kernels are CPU functions compiled for a few head dims; elsewhere the
         // reference runs whatever was preferred.
-        let op_path = if preferred_ops == OpPath::Fused && device.is_cpu() && fused_fits { OpPath::Fused } else { OpPath::Reference };
-        Ok(Self { config, embeddings, layers, final_norm, output, device, rope_global, rope_local, rope_global_flat, rope_local_flat, op_path })
+        let op_path = if preferred_ops == OpPath::Fused && device.is_cpu() && fused_fits {
+            OpPath::Fused
+        } else {
+            OpPath::Reference
+        };
+        Ok(Self {
+            config,
+            embeddings,
+            layers,
+            final_norm,
+            output,
+            device,
+            rope_global,
+            rope_local,
+            rope_global_flat,
+            rope_local_flat,
+            op_path,
+        })
     }
 
     /// Whether every projection is batch-invariant (see `Linear::batch_invariant`): only
@@ -130,18 +148,30 @@ impl Transformer {
     pub fn batch_invariant(&self) -> bool {
         let qkv = |q: &QkvProj| match q {
             QkvProj::Fused(l) => l.batch_invariant(),
-            QkvProj::Separate(a, b, c) => a.batch_invariant() && b.batch_invariant() && c.batch_invariant(),
+            QkvProj::Separate(a, b, c) => {
+                a.batch_invariant() && b.batch_invariant() && c.batch_invariant()
+            }
         };
         let gate_up = |g: &GateUp| match g {
             GateUp::Fused(l) => l.batch_invariant(),
             GateUp::Separate(a, b) => a.batch_invariant() && b.batch_invariant(),
         };
-        self.output.batch_invariant() && self.layers.iter().all(|l| qkv(&l.qkv) && gate_up(&l.gate_up) && l.o_proj.batch_invariant() && l.down.batch_invariant())
+        self.output.batch_invariant()
+            && self.layers.iter().all(|l| {
+                qkv(&l.qkv)
+                    && gate_up(&l.gate_up)
+                    && l.o_proj.batch_invariant()
+                    && l.down.batch_invariant()
+            })
     }
 
     /// Whether any projection runs on the packed int8 kernels.
     pub fn uses_packed_weights(&self) -> bool {
-        matches!(self.output, Linear::Packed(..)) || self.layers.iter().any(|l| matches!(l.down, Linear::Packed(..)))
+        matches!(self.output, Linear::Packed(..))
+            || self
+                .layers
+                .iter()
+                .any(|l| matches!(l.down, Linear::Packed(..)))
     }
 
     /// The longest sequence (cached + new) this model accepts.
@@ -151,7 +181,12 @@ impl Transformer {
 
     /// Runs `tokens` (one equal-length row per sequence) after what `cache` holds and
     /// returns logits shaped (batch, positions, vocab) at the requested positions.
-    pub fn forward(&self, tokens: &[Vec<u32>], cache: &mut KvCache, at: &LogitsAt) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        tokens: &[Vec<u32>],
+        cache: &mut KvCache,
+        at: &LogitsAt,
+    ) -> Result<Tensor> {
         let b = tokens.len();
         let s = tokens.first().map(|t| t.len()).unwrap_or(0);
         if b == 0 || s == 0 || tokens.iter().any(|t| t.len() != s) {
@@ -183,7 +218,10 @@ impl Transformer {
                 if let Some(bad) = p.iter().find(|&&i| i >= s) {
                     candle_core::bail!("logit position {bad} is past the {s} new tokens");
                 }
-                let idx = Tensor::new(p.iter().map(|&i| i as u32).collect::<Vec<_>>(), &self.device)?;
+                let idx = Tensor::new(
+                    p.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+                    &self.device,
+                )?;
                 x.index_select(&idx, 1)?
             }
         };
@@ -196,7 +234,11 @@ impl Transformer {
     /// row's logits and cache are bit-identical to `last_logits(row, cache)` alone when
     /// the model is `batch_invariant` (the projections see one long matrix whose rows
     /// are computed independently; attention runs row by row). Callers check that.
-    pub fn last_logits_ragged(&self, rows: &[Vec<u32>], caches: &mut [KvCache]) -> Result<Vec<Vec<f32>>> {
+    pub fn last_logits_ragged(
+        &self,
+        rows: &[Vec<u32>],
+        caches: &mut [KvCache],
+    ) -> Result<Vec<Vec<f32>>> {
         if rows.is_empty() || rows.len() != caches.len() || rows.iter().any(|r| r.is_empty()) {
             candle_core::bail!("last_logits_ragged needs one non-empty row per cache");
         }
@@ -205,7 +247,11 @@ impl Transformer {
                 candle_core::bail!("last_logits_ragged needs batch-1 caches");
             }
             if cache.len() + row.len() > self.max_positions() {
-                candle_core::bail!("sequence of {} positions exceeds the context of {}", cache.len() + row.len(), self.max_positions());
+                candle_core::bail!(
+                    "sequence of {} positions exceeds the context of {}",
+                    cache.len() + row.len(),
+                    self.max_positions()
+                );
             }
         }
         let cfg = &self.config;
@@ -223,9 +269,19 @@ impl Transformer {
         for (&(_, len), cache) in spans.iter().zip(caches.iter_mut()) {
             cache.advance(len, 1);
         }
-        let last = Tensor::new(spans.iter().map(|&(start, len)| (start + len - 1) as u32).collect::<Vec<_>>(), &self.device)?;
+        let last = Tensor::new(
+            spans
+                .iter()
+                .map(|&(start, len)| (start + len - 1) as u32)
+                .collect::<Vec<_>>(),
+            &self.device,
+        )?;
         let x = rms_norm(&x.index_select(&last, 1)?, &self.final_norm, cfg.rms_eps)?;
-        self.output.forward(&x)?.squeeze(0)?.to_dtype(DType::F32)?.to_vec2()
+        self.output
+            .forward(&x)?
+            .squeeze(0)?
+            .to_dtype(DType::F32)?
+            .to_vec2()
     }
 
     /// Token embeddings (b, s, d), scaled by sqrt(d) where the architecture asks for it.
@@ -242,22 +298,38 @@ impl Transformer {
         let (b, s) = (tokens.len(), tokens[0].len());
         let flat: Vec<u32> = tokens.iter().flatten().copied().collect();
         if let Some(&bad) = flat.iter().find(|&&t| t as usize >= self.config.vocab_size) {
-            candle_core::bail!("token id {bad} is outside the vocabulary of {}", self.config.vocab_size);
+            candle_core::bail!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.config.vocab_size
+            );
         }
         let d = self.config.d_model;
         match &self.embeddings {
             Embeddings::Dense(table) => {
                 let ids = Tensor::new(flat, &self.device)?;
-                table.index_select(&ids, 0)?.to_dtype(DType::F32)?.reshape((b, s, d))
+                table
+                    .index_select(&ids, 0)?
+                    .to_dtype(DType::F32)?
+                    .reshape((b, s, d))
             }
             Embeddings::Packed(p) => {
-                let rows: Vec<f32> = flat.iter().flat_map(|&t| p.dequantize_row(t as usize)).collect();
+                let rows: Vec<f32> = flat
+                    .iter()
+                    .flat_map(|&t| p.dequantize_row(t as usize))
+                    .collect();
                 Tensor::from_vec(rows, (b, s, d), &self.device)
             }
         }
     }
 
-    fn layer_forward(&self, idx: usize, l: &Layer, x: &Tensor, cache: &mut KvCache, offset: usize) -> Result<Tensor> {
+    fn layer_forward(
+        &self,
+        idx: usize,
+        l: &Layer,
+        x: &Tensor,
+        cache: &mut KvCache,
+        offset: usize,
+    ) -> Result<Tensor> {
         let (q, k, v) = self.project_qkv(l, x)?;
         let attn = self.attend(idx, l, &q, &k, &v, cache, offset)?;
         self.finish_layer(l, x, &attn)
@@ -267,17 +339,36 @@ impl Transformer {
     /// to end, `spans[i]` = (start, len) of row i, each row with its own cache. Every
     /// step but attention works position by position, so it runs on all rows at once;
     /// attention runs row by row through the same `attend` as a lone sequence.
-    fn layer_forward_ragged(&self, idx: usize, l: &Layer, x: &Tensor, spans: &[(usize, usize)], caches: &mut [KvCache]) -> Result<Tensor> {
+    fn layer_forward_ragged(
+        &self,
+        idx: usize,
+        l: &Layer,
+        x: &Tensor,
+        spans: &[(usize, usize)],
+        caches: &mut [KvCache],
+    ) -> Result<Tensor> {
         let (q, k, v) = self.project_qkv(l, x)?;
         let parts = spans
             .iter()
             .zip(caches.iter_mut())
             .map(|(&(start, len), cache)| {
                 let offset = cache.len();
-                self.attend(idx, l, &q.narrow(1, start, len)?, &k.narrow(1, start, len)?, &v.narrow(1, start, len)?, cache, offset)
+                self.attend(
+                    idx,
+                    l,
+                    &q.narrow(1, start, len)?,
+                    &k.narrow(1, start, len)?,
+                    &v.narrow(1, start, len)?,
+                    cache,
+                    offset,
+                )
             })
             .collect::<Result<Vec<_>>>()?;
-        let attn = if parts.len() == 1 { parts.into_iter().next().expect("one row") } else { Tensor::cat(&parts, 1)? };
+        let attn = if parts.len() == 1 {
+            parts.into_iter().next().expect("one row")
+        } else {
+            Tensor::cat(&parts, 1)?
+        };
         self.finish_layer(l, x, &attn)
     }
 
@@ -289,7 +380,11 @@ impl Transformer {
         let (mut q, mut k, mut v) = match &l.qkv {
             QkvProj::Fused(w) => {
                 let qkv = w.forward(&h)?;
-                (qkv.narrow(2, 0, nh * hd)?, qkv.narrow(2, nh * hd, nkv * hd)?, qkv.narrow(2, (nh + nkv) * hd, nkv * hd)?)
+                (
+                    qkv.narrow(2, 0, nh * hd)?,
+                    qkv.narrow(2, nh * hd, nkv * hd)?,
+                    qkv.narrow(2, (nh + nkv) * hd, nkv * hd)?,
+                )
             }
             QkvProj::Separate(wq, wk, wv) => (wq.forward(&h)?, wk.forward(&h)?, wv.forward(&h)?),
         };
@@ -305,7 +400,16 @@ impl Transformer {
     /// from `offset`): rope, cache append, attention over every cached segment. Returns
     /// (b, s, heads*hd).
     #[allow(clippy::too_many_arguments)]
-    fn attend(&self, idx: usize, l: &Layer, q: &Tensor, k: &Tensor, v: &Tensor, cache: &mut KvCache, offset: usize) -> Result<Tensor> {
+    fn attend(
+        &self,
+        idx: usize,
+        l: &Layer,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        cache: &mut KvCache,
+        offset: usize,
+    ) -> Result<Tensor> {
         match self.op_path {
             OpPath::Fused => self.attend_fused(idx, l, q, k, v, cache, offset),
             OpPath::Reference => self.attend_reference(idx, l, q, k, v, cache, offset),
@@ -314,40 +418,86 @@ impl Transformer {
 
     /// `attend` through `kernels::attention` (CPU, f32).
     #[allow(clippy::too_many_arguments)]
-    fn attend_fused(&self, idx: usize, l: &Layer, q: &Tensor, k: &Tensor, v: &Tensor, cache: &mut KvCache, offset: usize) -> Result<Tensor> {
+    fn attend_fused(
+        &self,
+        idx: usize,
+        l: &Layer,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        cache: &mut KvCache,
+        offset: usize,
+    ) -> Result<Tensor> {
         use crate::kernels::attention::{attention, rms_norm_heads, rope, Heads, SegmentView};
         let cfg = &self.config;
         let (b, s, _) = q.dims3()?;
         let (nh, nkv, hd) = (cfg.n_head, cfg.n_kv_head, cfg.head_dim);
-        let flat = |t: &Tensor| -> Result<Vec<f32>> { t.to_dtype(DType::F32)?.flatten_all()?.to_vec1() };
+        let flat =
+            |t: &Tensor| -> Result<Vec<f32>> { t.to_dtype(DType::F32)?.flatten_all()?.to_vec1() };
         let (mut qv, mut kv, vv) = (flat(q)?, flat(k)?, flat(v)?);
         if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
             rms_norm_heads(&mut qv, hd, &flat(qn)?, cfg.rms_eps as f32);
             rms_norm_heads(&mut kv, hd, &flat(kn)?, cfg.rms_eps as f32);
         }
         let sliding = cfg.is_sliding(idx);
-        let (cos, sin) = if sliding { &self.rope_local_flat } else { &self.rope_global_flat };
+        let (cos, sin) = if sliding {
+            &self.rope_local_flat
+        } else {
+            &self.rope_global_flat
+        };
         let positions = || (0..b).flat_map(|_| offset..offset + s);
         rope(&mut qv, nh, hd, positions(), cos, sin, cfg.rope_neox);
         rope(&mut kv, nkv, hd, positions(), cos, sin, cfg.rope_neox);
         let kt = Tensor::from_vec(kv, (b, s, nkv, hd), &self.device)?.transpose(1, 2)?;
         let vt = Tensor::from_vec(vv, (b, s, nkv, hd), &self.device)?.transpose(1, 2)?;
         let segments = cache.append(idx, kt, vt)?;
-        let guards = segments.iter().map(|g| (g.k.storage_and_layout(), g.v.storage_and_layout())).collect::<Vec<_>>();
+        let guards = segments
+            .iter()
+            .map(|g| (g.k.storage_and_layout(), g.v.storage_and_layout()))
+            .collect::<Vec<_>>();
         let views = segments
             .iter()
             .zip(&guards)
-            .map(|(seg, (gk, gv))| Ok(SegmentView { k: cpu_f32(gk)?, v: cpu_f32(gv)?, batch: seg.batch(), capacity: seg.capacity(), len: seg.len }))
+            .map(|(seg, (gk, gv))| {
+                Ok(SegmentView {
+                    k: cpu_f32(gk)?,
+                    v: cpu_f32(gv)?,
+                    batch: seg.batch(),
+                    capacity: seg.capacity(),
+                    len: seg.len,
+                })
+            })
             .collect::<Result<Vec<_>>>()?;
         let window = if sliding { cfg.sliding_window } else { None };
-        let out = attention(&qv, b, s, Heads { n_head: nh, n_kv_head: nkv, head_dim: hd }, &views, offset, window);
+        let out = attention(
+            &qv,
+            b,
+            s,
+            Heads {
+                n_head: nh,
+                n_kv_head: nkv,
+                head_dim: hd,
+            },
+            &views,
+            offset,
+            window,
+        );
         Tensor::from_vec(out, (b, s, nh * hd), &self.device)
     }
 
     /// `attend` with candle tensor ops: the reference for the fused path, and the path on
     /// GPUs.
     #[allow(clippy::too_many_arguments)]
-    fn attend_reference(&self, idx: usize, l: &Layer, q: &Tensor, k: &Tensor, v: &Tensor, cache: &mut KvCache, offset: usize) -> Result<Tensor> {
+    fn attend_reference(
+        &self,
+        idx: usize,
+        l: &Layer,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        cache: &mut KvCache,
+        offset: usize,
+    ) -> Result<Tensor> {
         let cfg = &self.config;
         let (b, s, _) = q.dims3()?;
         let (nh, nkv, hd) = (cfg.n_head, cfg.n_kv_head, cfg.head_dim);
@@ -359,9 +509,17 @@ impl Transformer {
             k = rms_norm(&k, kn, cfg.rms_eps)?;
         }
         let sliding = cfg.is_sliding(idx);
-        let (cos, sin) = if sliding { &self.rope_local } else { &self.rope_global };
+        let (cos, sin) = if sliding {
+            &self.rope_local
+        } else {
+            &self.rope_global
+        };
         let (cos, sin) = (cos.narrow(0, offset, s)?, sin.narrow(0, offset, s)?);
-        let rope = if cfg.rope_neox { candle_nn::rotary_emb::rope } else { candle_nn::rotary_emb::rope_i };
+        let rope = if cfg.rope_neox {
+            candle_nn::rotary_emb::rope
+        } else {
+            candle_nn::rotary_emb::rope_i
+        };
         let q = rope(&q, &cos, &sin)?;
         let k = rope(&k, &cos, &sin)?;
         let segments = cache.append(idx, k, v)?;
@@ -381,12 +539,18 @@ impl Transformer {
             let sk = sk_t.transpose(2, 3)?.contiguous()?;
             parts.push(batched_matmul(&q, &sk.t()?, seg.batch())?); // (b, nkv, group*s, len)
         }
-        let mut scores = if parts.len() == 1 { parts.pop().expect("one part") } else { Tensor::cat(&parts, 3)? };
+        let mut scores = if parts.len() == 1 {
+            parts.pop().expect("one part")
+        } else {
+            Tensor::cat(&parts, 3)?
+        };
         let window = if sliding { cfg.sliding_window } else { None };
         if s > 1 || window.is_some_and(|w| total > w) {
             let mask = attention_mask(s, offset, window, &self.device)?; // (s, total)
             let scores4 = scores.reshape((b, nkv, group, s, total))?;
-            scores = scores4.broadcast_add(&mask)?.reshape((b, nkv, group * s, total))?;
+            scores = scores4
+                .broadcast_add(&mask)?
+                .reshape((b, nkv, group * s, total))?;
         }
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let mut attn: Option<Tensor> = None;
@@ -402,7 +566,9 @@ impl Transformer {
             start += seg.len;
         }
         let attn = attn.expect("at least one segment");
-        attn.reshape((b, nh, s, hd))?.transpose(1, 2)?.reshape((b, s, nh * hd))
+        attn.reshape((b, nh, s, hd))?
+            .transpose(1, 2)?
+            .reshape((b, s, nh * hd))
     }
 
     /// Output projection, residuals and the feed-forward block, position by position.
@@ -447,8 +613,15 @@ impl Transformer {
     }
 
     /// Logits of the last position of every row of an equal-length batch, one Vec per row.
-    pub fn last_logits_rows(&self, rows: &[Vec<u32>], cache: &mut KvCache) -> Result<Vec<Vec<f32>>> {
-        self.forward(rows, cache, &LogitsAt::Last)?.squeeze(1)?.to_dtype(DType::F32)?.to_vec2()
+    pub fn last_logits_rows(
+        &self,
+        rows: &[Vec<u32>],
+        cache: &mut KvCache,
+    ) -> Result<Vec<Vec<f32>>> {
+        self.forward(rows, cache, &LogitsAt::Last)?
+            .squeeze(1)?
+            .to_dtype(DType::F32)?
+            .to_vec2()
     }
 }
 
@@ -463,14 +636,20 @@ fn batched_matmul(x: &Tensor, y: &Tensor, y_batch: usize) -> Result<Tensor> {
     if y_batch == b {
         return x.matmul(y);
     }
-    let rows = (0..b).map(|i| x.narrow(0, i, 1)?.matmul(y)).collect::<Result<Vec<_>>>()?;
+    let rows = (0..b)
+        .map(|i| x.narrow(0, i, 1)?.matmul(y))
+        .collect::<Result<Vec<_>>>()?;
     Tensor::cat(&rows, 0)
 }
 
 /// The f32 data of a CPU tensor, from its read guard and layout.
-fn cpu_f32<'a, G: std::ops::Deref<Target = candle_core::Storage>>((storage, layout): &'a (G, &candle_core::Layout)) -> Result<&'a [f32]> {
+fn cpu_f32<'a, G: std::ops::Deref<Target = candle_core::Storage>>(
+    (storage, layout): &'a (G, &candle_core::Layout),
+) -> Result<&'a [f32]> {
     match &**storage {
-        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) => Ok(&data[layout.start_offset()..layout.start_offset() + layout.shape().elem_count()]),
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) => {
+            Ok(&data[layout.start_offset()..layout.start_offset() + layout.shape().elem_count()])
+        }
         _ => candle_core::bail!("fused attention needs an f32 CPU cache"),
     }
 }
@@ -480,14 +659,21 @@ fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
 }
 
 /// cos/sin tables shaped (positions, head_dim / 2).
-fn rope_tables(head_dim: usize, base: f32, positions: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+fn rope_tables(
+    head_dim: usize,
+    base: f32,
+    positions: usize,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
     let inv: Vec<f32> = (0..head_dim)
         .step_by(2)
         .map(|i| 1.0 / base.powf(i as f32 / head_dim as f32))
         .collect();
     let n = inv.len();
     let inv = Tensor::from_vec(inv, (1, n), device)?;
-    let pos = Tensor::arange(0u32, positions as u32, device)?.to_dtype(DType::F32)?.reshape((positions, 1))?;
+    let pos = Tensor::arange(0u32, positions as u32, device)?
+        .to_dtype(DType::F32)?
+        .reshape((positions, 1))?;
     let freqs = pos.matmul(&inv)?;
     Ok((freqs.cos()?, freqs.sin()?))
 }
@@ -499,7 +685,12 @@ fn rope_tables(head_dim: usize, base: f32, positions: usize, device: &Device) ->
 ///   query i  [ 0  0  0 ... 0 -inf -inf ]   key j visible iff j <= offset + i
 ///                                          and, with a window w, offset + i - j < w
 /// ```
-fn attention_mask(s: usize, offset: usize, window: Option<usize>, device: &Device) -> Result<Tensor> {
+fn attention_mask(
+    s: usize,
+    offset: usize,
+    window: Option<usize>,
+    device: &Device,
+) -> Result<Tensor> {
     let total = offset + s;
     let mut m = vec![0f32; s * total];
     for i in 0..s {
@@ -521,14 +712,20 @@ mod tests {
 
     #[test]
     fn mask_is_causal_with_offset() {
-        let m = attention_mask(2, 3, None, &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+        let m = attention_mask(2, 3, None, &Device::Cpu)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         assert_eq!(m[0], vec![0.0, 0.0, 0.0, 0.0, f32::NEG_INFINITY]);
         assert_eq!(m[1], vec![0.0; 5]);
     }
 
     #[test]
     fn mask_respects_the_sliding_window() {
-        let m = attention_mask(3, 0, Some(2), &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+        let m = attention_mask(3, 0, Some(2), &Device::Cpu)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         let ninf = f32::NEG_INFINITY;
         assert_eq!(m[2], vec![ninf, 0.0, 0.0]);
         assert_eq!(m[1], vec![0.0, 0.0, ninf]);

@@ -5,11 +5,17 @@
 //! Every bootstrap draws from its own seeded stream named after what it estimates, so a
 //! figure does not depend on which other figures were computed or in what order.
 
-use super::scores::{completion_scores, conditions, models, scale_scores, CompletionScore, ConditionInfo, Readout, ScaleScore};
 use super::load::RunData;
-use super::stats::{bootstrap, describe, hedges_g, holm, mann_whitney, mean, mean_difference, welch, BootstrapCi, Describe, HedgesG, MannWhitney, Welch};
-use crate::rng::Stream;
+use super::scores::{
+    completion_scores, conditions, models, scale_scores, CompletionScore, ConditionInfo, Readout,
+    ScaleScore,
+};
+use super::stats::{
+    bootstrap, describe, hedges_g, holm, mann_whitney, mean, mean_difference, welch, BootstrapCi,
+    Describe, HedgesG, MannWhitney, Welch,
+};
 use crate::results::{Question, TrialRecord};
+use crate::rng::Stream;
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone)]
@@ -23,7 +29,11 @@ pub struct ReportOptions {
 
 impl Default for ReportOptions {
     fn default() -> Self {
-        ReportOptions { seed: None, resamples: 2000, equivalence_margin: 0.5 }
+        ReportOptions {
+            seed: None,
+            resamples: 2000,
+            equivalence_margin: 0.5,
+        }
     }
 }
 
@@ -161,12 +171,23 @@ fn ci_of(seed: u64, stream: &str, samples: &[&[f64]], opts: &ReportOptions) -> B
 }
 
 pub fn analyse(data: &RunData, options: &ReportOptions) -> Analysis {
-    let seed = options.seed.unwrap_or_else(|| data.headers.first().map(|h| h.seed).unwrap_or(0));
+    let seed = options
+        .seed
+        .unwrap_or_else(|| data.headers.first().map(|h| h.seed).unwrap_or(0));
     let conds = conditions(data);
     let scores = scale_scores(data);
     let mut groups: BTreeMap<CellKey, Vec<f64>> = BTreeMap::new();
     for s in &scores {
-        groups.entry((s.model.clone(), s.instrument.clone(), s.subscale.clone(), s.condition.clone(), s.readout)).or_default().push(s.value);
+        groups
+            .entry((
+                s.model.clone(),
+                s.instrument.clone(),
+                s.subscale.clone(),
+                s.condition.clone(),
+                s.readout,
+            ))
+            .or_default()
+            .push(s.value);
     }
     let order = |c: &str| conds.iter().position(|x| x.name == c).unwrap_or(usize::MAX);
     let mut cells: Vec<CellStats> = groups
@@ -178,15 +199,51 @@ pub fn analyse(data: &RunData, options: &ReportOptions) -> Analysis {
             condition: c.clone(),
             readout: *r,
             describe: describe(xs),
-            ci: ci_of(seed, &format!("cell/{m}/{i}/{e}/{c}/{}", r.name()), &[xs], options),
+            ci: ci_of(
+                seed,
+                &format!("cell/{m}/{i}/{e}/{c}/{}", r.name()),
+                &[xs],
+                options,
+            ),
         })
         .collect();
-    cells.sort_by(|x, y| (&x.model, &x.instrument, &x.emotion, order(&x.condition), x.readout).cmp(&(&y.model, &y.instrument, &y.emotion, order(&y.condition), y.readout)));
+    cells.sort_by(|x, y| {
+        (
+            &x.model,
+            &x.instrument,
+            &x.emotion,
+            order(&x.condition),
+            x.readout,
+        )
+            .cmp(&(
+                &y.model,
+                &y.instrument,
+                &y.emotion,
+                order(&y.condition),
+                y.readout,
+            ))
+    });
 
-    let contrast = |family: &'static str, key: (&str, &str, &str, Readout), a: &str, b: &str| -> Option<Contrast> {
+    let contrast = |family: &'static str,
+                    key: (&str, &str, &str, Readout),
+                    a: &str,
+                    b: &str|
+     -> Option<Contrast> {
         let (m, i, e, r) = key;
-        let xa = groups.get(&(m.to_string(), i.to_string(), e.to_string(), a.to_string(), r))?;
-        let xb = groups.get(&(m.to_string(), i.to_string(), e.to_string(), b.to_string(), r))?;
+        let xa = groups.get(&(
+            m.to_string(),
+            i.to_string(),
+            e.to_string(),
+            a.to_string(),
+            r,
+        ))?;
+        let xb = groups.get(&(
+            m.to_string(),
+            i.to_string(),
+            e.to_string(),
+            b.to_string(),
+            r,
+        ))?;
         Some(Contrast {
             model: m.into(),
             readout: r,
@@ -199,7 +256,12 @@ pub fn analyse(data: &RunData, options: &ReportOptions) -> Analysis {
             n_b: xb.len(),
             mean_a: mean(xa),
             mean_b: mean(xb),
-            difference: ci_of(seed, &format!("contrast/{m}/{i}/{e}/{}/{a}/{b}", r.name()), &[xa, xb], options),
+            difference: ci_of(
+                seed,
+                &format!("contrast/{m}/{i}/{e}/{}/{a}/{b}", r.name()),
+                &[xa, xb],
+                options,
+            ),
             g: hedges_g(xa, xb, LEVEL),
             welch: welch(xa, xb),
             mann_whitney: mann_whitney(xa, xb),
@@ -207,12 +269,21 @@ pub fn analyse(data: &RunData, options: &ReportOptions) -> Analysis {
         })
     };
 
-    let baseline = conds.iter().find(|c| c.is_baseline()).map(|c| c.name.clone());
-    let neutral = conds.iter().find(|c| c.is_neutral()).map(|c| c.name.clone());
+    let baseline = conds
+        .iter()
+        .find(|c| c.is_baseline())
+        .map(|c| c.name.clone());
+    let neutral = conds
+        .iter()
+        .find(|c| c.is_neutral())
+        .map(|c| c.name.clone());
     let mut contrasts = Vec::new();
     let mut baseline_returns = Vec::new();
     let measured: Vec<(String, String, String, Readout)> = {
-        let mut v: Vec<_> = groups.keys().map(|(m, i, e, _, r)| (m.clone(), i.clone(), e.clone(), *r)).collect();
+        let mut v: Vec<_> = groups
+            .keys()
+            .map(|(m, i, e, _, r)| (m.clone(), i.clone(), e.clone(), *r))
+            .collect();
         v.sort();
         v.dedup();
         v
@@ -220,19 +291,33 @@ pub fn analyse(data: &RunData, options: &ReportOptions) -> Analysis {
     for (m, i, e, r) in &measured {
         let key = (m.as_str(), i.as_str(), e.as_str(), *r);
         // The conditions that induce this emotion (e.g. "anxiety/none", "anxiety/breathing").
-        let inducing: Vec<&ConditionInfo> = conds.iter().filter(|c| c.induction.as_deref() == Some(e.as_str())).collect();
-        let Some(unregulated) = inducing.iter().find(|c| c.regulation.is_none() && !c.regulation_first) else { continue };
+        let inducing: Vec<&ConditionInfo> = conds
+            .iter()
+            .filter(|c| c.induction.as_deref() == Some(e.as_str()))
+            .collect();
+        let Some(unregulated) = inducing
+            .iter()
+            .find(|c| c.regulation.is_none() && !c.regulation_first)
+        else {
+            continue;
+        };
         for reference in [&neutral, &baseline].into_iter().flatten() {
             contrasts.extend(contrast("induction", key, &unregulated.name, reference));
         }
-        let regulated: Vec<&&ConditionInfo> = inducing.iter().filter(|c| c.regulation.is_some()).collect();
+        let regulated: Vec<&&ConditionInfo> =
+            inducing.iter().filter(|c| c.regulation.is_some()).collect();
         for (k, c) in regulated.iter().enumerate() {
             contrasts.extend(contrast("regulation", key, &c.name, &unregulated.name));
             for other in &regulated[k + 1..] {
                 contrasts.extend(contrast("regulation", key, &c.name, &other.name));
             }
             if let Some(base) = &baseline {
-                let (Some(xa), Some(xb)) = (groups.get(&(m.clone(), i.clone(), e.clone(), c.name.clone(), *r)), groups.get(&(m.clone(), i.clone(), e.clone(), base.clone(), *r))) else { continue };
+                let (Some(xa), Some(xb)) = (
+                    groups.get(&(m.clone(), i.clone(), e.clone(), c.name.clone(), *r)),
+                    groups.get(&(m.clone(), i.clone(), e.clone(), base.clone(), *r)),
+                ) else {
+                    continue;
+                };
                 let g = hedges_g(xa, xb, EQUIVALENCE_LEVEL);
                 let margin = options.equivalence_margin;
                 let verdict = if !g.g.is_finite() {
@@ -246,17 +331,34 @@ pub fn analyse(data: &RunData, options: &ReportOptions) -> Analysis {
                 } else {
                     "inconclusive"
                 };
-                baseline_returns.push(BaselineReturn { model: m.clone(), readout: *r, instrument: i.clone(), emotion: e.clone(), condition: c.name.clone(), baseline: base.clone(), g, verdict });
+                baseline_returns.push(BaselineReturn {
+                    model: m.clone(),
+                    readout: *r,
+                    instrument: i.clone(),
+                    emotion: e.clone(),
+                    condition: c.name.clone(),
+                    baseline: base.clone(),
+                    g,
+                    verdict,
+                });
             }
         }
     }
     // Holm within each model x read-out x family.
     let mut families: BTreeMap<(String, Readout, &'static str), Vec<usize>> = BTreeMap::new();
     for (k, c) in contrasts.iter().enumerate() {
-        families.entry((c.model.clone(), c.readout, c.family)).or_default().push(k);
+        families
+            .entry((c.model.clone(), c.readout, c.family))
+            .or_default()
+            .push(k);
     }
     for members in families.values() {
-        let adjusted = holm(&members.iter().map(|&k| contrasts[k].welch.p).collect::<Vec<_>>());
+        let adjusted = holm(
+            &members
+                .iter()
+                .map(|&k| contrasts[k].welch.p)
+                .collect::<Vec<_>>(),
+        );
         for (&k, p) in members.iter().zip(adjusted) {
             contrasts[k].p_holm = p;
         }
@@ -268,7 +370,12 @@ pub fn analyse(data: &RunData, options: &ReportOptions) -> Analysis {
         models: models(data),
         quality: {
             let mut q = quality(data);
-            q.sort_by_key(|r| (r.model.clone(), conds.iter().position(|c| c.name == r.condition)));
+            q.sort_by_key(|r| {
+                (
+                    r.model.clone(),
+                    conds.iter().position(|c| c.name == r.condition),
+                )
+            });
             q
         },
         position_bias: position_bias(data),
@@ -288,20 +395,37 @@ pub fn analyse(data: &RunData, options: &ReportOptions) -> Analysis {
 
 /// Valence per model x condition x scorer, and each completion condition that induces an
 /// emotion against the neutral completion condition (or baseline when there is none).
-fn negativity(completions: &[CompletionScore], conds: &[ConditionInfo], seed: u64, options: &ReportOptions) -> (Vec<ValenceCell>, Vec<ValenceContrast>) {
+fn negativity(
+    completions: &[CompletionScore],
+    conds: &[ConditionInfo],
+    seed: u64,
+    options: &ReportOptions,
+) -> (Vec<ValenceCell>, Vec<ValenceContrast>) {
     let mut by: BTreeMap<(String, String, &'static str), Vec<f64>> = BTreeMap::new();
     for c in completions {
-        by.entry((c.model.clone(), c.condition.clone(), "lexicon")).or_default().push(c.lexicon);
+        by.entry((c.model.clone(), c.condition.clone(), "lexicon"))
+            .or_default()
+            .push(c.lexicon);
         if let Some(j) = c.judge {
-            by.entry((c.model.clone(), c.condition.clone(), "judge")).or_default().push(j);
+            by.entry((c.model.clone(), c.condition.clone(), "judge"))
+                .or_default()
+                .push(j);
         }
     }
     let order = |c: &str| conds.iter().position(|x| x.name == c).unwrap_or(usize::MAX);
     let mut cells: Vec<ValenceCell> = by
         .iter()
-        .map(|((m, c, s), xs)| ValenceCell { model: m.clone(), condition: c.clone(), scorer: s, describe: describe(xs), ci: ci_of(seed, &format!("valence/{m}/{c}/{s}"), &[xs], options) })
+        .map(|((m, c, s), xs)| ValenceCell {
+            model: m.clone(),
+            condition: c.clone(),
+            scorer: s,
+            describe: describe(xs),
+            ci: ci_of(seed, &format!("valence/{m}/{c}/{s}"), &[xs], options),
+        })
         .collect();
-    cells.sort_by(|x, y| (&x.model, x.scorer, order(&x.condition)).cmp(&(&y.model, y.scorer, order(&y.condition))));
+    cells.sort_by(|x, y| {
+        (&x.model, x.scorer, order(&x.condition)).cmp(&(&y.model, y.scorer, order(&y.condition)))
+    });
     let mut contrasts = Vec::new();
     for ((m, c, s), xs) in &by {
         let info = conds.iter().find(|x| &x.name == c);
@@ -313,7 +437,12 @@ fn negativity(completions: &[CompletionScore], conds: &[ConditionInfo], seed: u6
             .filter(|(m2, _, s2)| m2 == m && s2 == s)
             .map(|(_, c2, _)| c2)
             .find(|c2| conds.iter().any(|x| &x.name == *c2 && x.is_neutral()))
-            .or_else(|| by.keys().filter(|(m2, _, s2)| m2 == m && s2 == s).map(|(_, c2, _)| c2).find(|c2| conds.iter().any(|x| &x.name == *c2 && x.is_baseline())));
+            .or_else(|| {
+                by.keys()
+                    .filter(|(m2, _, s2)| m2 == m && s2 == s)
+                    .map(|(_, c2, _)| c2)
+                    .find(|c2| conds.iter().any(|x| &x.name == *c2 && x.is_baseline()))
+            });
         let Some(reference) = reference else { continue };
         let xb = &by[&(m.clone(), reference.clone(), *s)];
         contrasts.push(ValenceContrast {
@@ -321,7 +450,12 @@ fn negativity(completions: &[CompletionScore], conds: &[ConditionInfo], seed: u6
             scorer: s,
             a: c.clone(),
             b: reference.clone(),
-            difference: ci_of(seed, &format!("valence-contrast/{m}/{s}/{c}/{reference}"), &[xs, xb], options),
+            difference: ci_of(
+                seed,
+                &format!("valence-contrast/{m}/{s}/{c}/{reference}"),
+                &[xs, xb],
+                options,
+            ),
             g: hedges_g(xs, xb, LEVEL),
             welch: welch(xs, xb),
             mann_whitney: mann_whitney(xs, xb),
@@ -333,7 +467,13 @@ fn negativity(completions: &[CompletionScore], conds: &[ConditionInfo], seed: u6
 fn quality(data: &RunData) -> Vec<QualityRow> {
     let mut rows: BTreeMap<(String, String), QualityRow> = BTreeMap::new();
     for t in data.trials.iter().filter(|t| t.question.is_item()) {
-        let row = rows.entry((t.model.clone(), t.condition.clone())).or_insert_with(|| QualityRow { model: t.model.clone(), condition: t.condition.clone(), ..Default::default() });
+        let row = rows
+            .entry((t.model.clone(), t.condition.clone()))
+            .or_insert_with(|| QualityRow {
+                model: t.model.clone(),
+                condition: t.condition.clone(),
+                ..Default::default()
+            });
         row.items += 1;
         if t.error.is_some() {
             row.errors += 1;
@@ -357,12 +497,29 @@ fn quality(data: &RunData) -> Vec<QualityRow> {
 fn position_bias(data: &RunData) -> Vec<PositionBias> {
     let mut acc: BTreeMap<(String, String, usize), (usize, Vec<usize>, Vec<f64>)> = BTreeMap::new();
     for t in &data.trials {
-        let Question::Item { instrument, option_order, .. } = &t.question else { continue };
-        let Some(c) = t.choice.as_ref().filter(|_| !option_order.is_empty()) else { continue };
+        let Question::Item {
+            instrument,
+            option_order,
+            ..
+        } = &t.question
+        else {
+            continue;
+        };
+        let Some(c) = t.choice.as_ref().filter(|_| !option_order.is_empty()) else {
+            continue;
+        };
         let k = c.probs.len();
-        let e = acc.entry((t.model.clone(), instrument.clone(), k)).or_insert_with(|| (0, vec![0; k], vec![0.0; k]));
+        let e = acc
+            .entry((t.model.clone(), instrument.clone(), k))
+            .or_insert_with(|| (0, vec![0; k], vec![0.0; k]));
         e.0 += 1;
-        let best = c.probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0);
+        let best = c
+            .probs
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i)
+            .unwrap_or(0);
         e.1[best] += 1;
         for (s, p) in e.2.iter_mut().zip(&c.probs) {
             *s += p;
@@ -371,7 +528,15 @@ fn position_bias(data: &RunData) -> Vec<PositionBias> {
     let mut out = Vec::new();
     for ((model, instrument, k), (n, wins, probs)) in acc {
         for pos in 0..k {
-            out.push(PositionBias { model: model.clone(), instrument: instrument.clone(), n_options: k, position: pos + 1, trials: n, argmax_share: wins[pos] as f64 / n as f64, mean_probability: probs[pos] / n as f64 });
+            out.push(PositionBias {
+                model: model.clone(),
+                instrument: instrument.clone(),
+                n_options: k,
+                position: pos + 1,
+                trials: n,
+                argmax_share: wins[pos] as f64 / n as f64,
+                mean_probability: probs[pos] / n as f64,
+            });
         }
     }
     out
@@ -382,9 +547,17 @@ fn order_direction(t: &TrialRecord) -> Option<String> {
     let c = t.choice.as_ref()?;
     let asc = c.values.windows(2).all(|w| w[0] <= w[1]);
     let desc = c.values.windows(2).all(|w| w[0] >= w[1]);
-    Some(if asc { "ascending" } else if desc { "descending" } else { "mixed" }.to_string())
+    Some(
+        if asc {
+            "ascending"
+        } else if desc {
+            "descending"
+        } else {
+            "mixed"
+        }
+        .to_string(),
+    )
 }
-
 
 /// Share of the within-cell variance of item answers (cell = model x condition x item,
 /// answers rescaled to 0..1 by the instrument's range) that each perturbation factor
@@ -408,20 +581,37 @@ fn variance_shares(data: &RunData) -> Vec<VarianceShare> {
     let models = models(data);
     for model in &models {
         for readout in Readout::ALL {
-            let mut cells: BTreeMap<(String, String, String), Vec<(&TrialRecord, f64)>> = BTreeMap::new();
+            let mut cells: BTreeMap<(String, String, String), Vec<(&TrialRecord, f64)>> =
+                BTreeMap::new();
             for t in data.trials.iter().filter(|t| &t.model == model) {
-                let Some(instrument) = t.question.instrument() else { continue };
-                let Some(rule) = data.scoring.get(instrument) else { continue };
-                let Some(v) = readout.keyed_value(t) else { continue };
+                let Some(instrument) = t.question.instrument() else {
+                    continue;
+                };
+                let Some(rule) = data.scoring.get(instrument) else {
+                    continue;
+                };
+                let Some(v) = readout.keyed_value(t) else {
+                    continue;
+                };
                 let scaled = (v - rule.min) / (rule.max - rule.min).max(f64::MIN_POSITIVE);
-                cells.entry((t.condition.clone(), instrument.to_string(), t.question.item().unwrap_or_default().to_string())).or_default().push((t, scaled));
+                cells
+                    .entry((
+                        t.condition.clone(),
+                        instrument.to_string(),
+                        t.question.item().unwrap_or_default().to_string(),
+                    ))
+                    .or_default()
+                    .push((t, scaled));
             }
             for (name, level_of) in factors {
                 let (mut between, mut total, mut corrected, mut used) = (0.0, 0.0, 0.0, 0);
                 for members in cells.values() {
                     let mut levels: BTreeMap<String, Vec<f64>> = BTreeMap::new();
                     for (t, v) in members {
-                        levels.entry(level_of(t).unwrap_or_else(|| "-".into())).or_default().push(*v);
+                        levels
+                            .entry(level_of(t).unwrap_or_else(|| "-".into()))
+                            .or_default()
+                            .push(*v);
                     }
                     let (k, n) = (levels.len(), members.len());
                     if k < 2 || n <= k {
@@ -430,15 +620,31 @@ fn variance_shares(data: &RunData) -> Vec<VarianceShare> {
                     let all: Vec<f64> = members.iter().map(|(_, v)| *v).collect();
                     let grand = mean(&all);
                     let ss_total = all.iter().map(|v| (v - grand).powi(2)).sum::<f64>();
-                    let ss_between = levels.values().map(|xs| xs.len() as f64 * (mean(xs) - grand).powi(2)).sum::<f64>();
+                    let ss_between = levels
+                        .values()
+                        .map(|xs| xs.len() as f64 * (mean(xs) - grand).powi(2))
+                        .sum::<f64>();
                     let ms_within = (ss_total - ss_between) / (n - k) as f64;
                     total += ss_total;
                     between += ss_between;
                     corrected += ss_between - (k - 1) as f64 * ms_within;
                     used += 1;
                 }
-                let share = |x: f64| if used > 0 && total > 0.0 { x / total } else { f64::NAN };
-                out.push(VarianceShare { model: model.clone(), readout, factor: name, eta_squared: share(between), epsilon_squared: share(corrected), cells: used });
+                let share = |x: f64| {
+                    if used > 0 && total > 0.0 {
+                        x / total
+                    } else {
+                        f64::NAN
+                    }
+                };
+                out.push(VarianceShare {
+                    model: model.clone(),
+                    readout,
+                    factor: name,
+                    eta_squared: share(between),
+                    epsilon_squared: share(corrected),
+                    cells: used,
+                });
             }
         }
     }

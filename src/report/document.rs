@@ -30,7 +30,11 @@ pub struct Section {
 }
 
 pub fn f(x: f64, digits: usize) -> String {
-    if x.is_finite() { format!("{x:.digits$}") } else { "–".into() }
+    if x.is_finite() {
+        format!("{x:.digits$}")
+    } else {
+        "–".into()
+    }
 }
 
 fn p(x: f64) -> String {
@@ -52,7 +56,11 @@ fn estimate(ci: &BootstrapCi, digits: usize) -> String {
 }
 
 fn table(caption: &str, headers: &[&str], rows: Vec<Vec<String>>) -> Block {
-    Block::Table(Table { caption: caption.into(), headers: headers.iter().map(|s| s.to_string()).collect(), rows })
+    Block::Table(Table {
+        caption: caption.into(),
+        headers: headers.iter().map(|s| s.to_string()).collect(),
+        rows,
+    })
 }
 
 /// Builds the sections; figure blocks refer to `figures` by index.
@@ -79,21 +87,52 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
         &["condition", "induction", "regulation", "order"],
         a.conditions
             .iter()
-            .map(|c| vec![c.name.clone(), c.induction.clone().unwrap_or_else(|| "–".into()), c.regulation.clone().unwrap_or_else(|| "–".into()), if c.regulation_first { "regulation first" } else { "induction first" }.into()])
+            .map(|c| {
+                vec![
+                    c.name.clone(),
+                    c.induction.clone().unwrap_or_else(|| "–".into()),
+                    c.regulation.clone().unwrap_or_else(|| "–".into()),
+                    if c.regulation_first {
+                        "regulation first"
+                    } else {
+                        "induction first"
+                    }
+                    .into(),
+                ]
+            })
             .collect(),
     ));
-    out.push(Section { title: "Design".into(), blocks: design });
+    out.push(Section {
+        title: "Design".into(),
+        blocks: design,
+    });
 
     let mut prov = vec![table(
         "Runs",
-        &["directory", "status", "started", "ended", "affectbench", "git revision", "device", "threads", "engine", "trials planned"],
+        &[
+            "directory",
+            "status",
+            "started",
+            "ended",
+            "affectbench",
+            "git revision",
+            "device",
+            "threads",
+            "engine",
+            "trials planned",
+        ],
         data.headers
             .iter()
             .zip(&data.dirs)
             .map(|(h, d)| {
                 let e = &h.engine;
                 let engine = match (&e.weights, &e.int8_kernel, &e.ops) {
-                    (Some(w), Some(k), Some(o)) => format!("{w} weights, {k} int8 kernel, {o} ops, batch {}", e.batch_size.map(|b| b.to_string()).unwrap_or_else(|| "–".into())),
+                    (Some(w), Some(k), Some(o)) => format!(
+                        "{w} weights, {k} int8 kernel, {o} ops, batch {}",
+                        e.batch_size
+                            .map(|b| b.to_string())
+                            .unwrap_or_else(|| "–".into())
+                    ),
                     _ => "not recorded (schema 1)".to_string(),
                 };
                 vec![
@@ -113,8 +152,26 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
     )];
     prov.push(table(
         "Models",
-        &["model", "architecture", "weights sha256", "tokenizer sha256", "chat template sha256"],
-        data.headers.iter().flat_map(|h| h.models.iter()).map(|m| vec![m.label.clone(), m.architecture.clone(), m.sha256.clone(), m.tokenizer_sha256.clone(), m.chat_template_sha256.clone().unwrap_or_default()]).collect(),
+        &[
+            "model",
+            "architecture",
+            "weights sha256",
+            "tokenizer sha256",
+            "chat template sha256",
+        ],
+        data.headers
+            .iter()
+            .flat_map(|h| h.models.iter())
+            .map(|m| {
+                vec![
+                    m.label.clone(),
+                    m.architecture.clone(),
+                    m.sha256.clone(),
+                    m.tokenizer_sha256.clone(),
+                    m.chat_template_sha256.clone().unwrap_or_default(),
+                ]
+            })
+            .collect(),
     ));
     prov.push(table(
         "Scenario files",
@@ -122,13 +179,24 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
         data.headers
             .iter()
             .flat_map(|h| h.scenario_files.iter())
-            .map(|s| vec![s.id.clone(), s.version.to_string(), s.sha256.clone(), s.source.clone(), s.licence.clone()])
+            .map(|s| {
+                vec![
+                    s.id.clone(),
+                    s.version.to_string(),
+                    s.sha256.clone(),
+                    s.source.clone(),
+                    s.licence.clone(),
+                ]
+            })
             .collect(),
     ));
     if !data.notes.is_empty() {
         prov.push(Block::List(data.notes.clone()));
     }
-    out.push(Section { title: "Provenance".into(), blocks: prov });
+    out.push(Section {
+        title: "Provenance".into(),
+        blocks: prov,
+    });
 
     out.push(Section {
         title: "Methods of this report".into(),
@@ -145,7 +213,16 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
     // Data quality.
     let mut quality = vec![table(
         "Answer quality per model and condition (item trials)",
-        &["model", "condition", "items", "answered", "first reply unreadable", "re-asked", "errors", "mean option mass"],
+        &[
+            "model",
+            "condition",
+            "items",
+            "answered",
+            "first reply unreadable",
+            "re-asked",
+            "errors",
+            "mean option mass",
+        ],
         a.quality
             .iter()
             .map(|q| {
@@ -158,7 +235,14 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
                     format!("{:.0}%", 100.0 * q.first_reply_unreadable as f64 / n),
                     format!("{:.0}%", 100.0 * q.reasked as f64 / n),
                     q.errors.to_string(),
-                    f(if q.option_mass_n > 0 { q.option_mass_sum / q.option_mass_n as f64 } else { f64::NAN }, 3),
+                    f(
+                        if q.option_mass_n > 0 {
+                            q.option_mass_sum / q.option_mass_n as f64
+                        } else {
+                            f64::NAN
+                        },
+                        3,
+                    ),
                 ]
             })
             .collect(),
@@ -176,7 +260,10 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
         &["model", "read-out", "factor", "cells", "eta²", "epsilon²"],
         a.variance.iter().map(|v| vec![v.model.clone(), v.readout.name().into(), v.factor.into(), v.cells.to_string(), f(v.eta_squared, 3), f(v.epsilon_squared, 3)]).collect(),
     ));
-    out.push(Section { title: "Data quality".into(), blocks: quality });
+    out.push(Section {
+        title: "Data quality".into(),
+        blocks: quality,
+    });
 
     // One section per induced emotion.
     for emotion in induced_emotions(a) {
@@ -188,10 +275,45 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
             .cells
             .iter()
             .filter(|c| c.emotion == emotion)
-            .filter(|c| a.conditions.iter().any(|x| x.name == c.condition && (x.is_baseline() || x.is_neutral() || x.induction.as_deref() == Some(emotion.as_str()))))
-            .map(|c| vec![c.model.clone(), c.instrument.clone(), c.readout.name().into(), c.condition.clone(), c.describe.n.to_string(), f(c.describe.mean, 2), f(c.describe.sd, 2), f(c.describe.median, 2), interval(c.ci.bca, 2), interval(c.ci.percentile, 2)])
+            .filter(|c| {
+                a.conditions.iter().any(|x| {
+                    x.name == c.condition
+                        && (x.is_baseline()
+                            || x.is_neutral()
+                            || x.induction.as_deref() == Some(emotion.as_str()))
+                })
+            })
+            .map(|c| {
+                vec![
+                    c.model.clone(),
+                    c.instrument.clone(),
+                    c.readout.name().into(),
+                    c.condition.clone(),
+                    c.describe.n.to_string(),
+                    f(c.describe.mean, 2),
+                    f(c.describe.sd, 2),
+                    f(c.describe.median, 2),
+                    interval(c.ci.bca, 2),
+                    interval(c.ci.percentile, 2),
+                ]
+            })
             .collect();
-        blocks.push(table(&format!("{emotion}: descriptives"), &["model", "instrument", "read-out", "condition", "n", "mean", "SD", "median", "95% CI (BCa)", "95% CI (percentile)"], rows));
+        blocks.push(table(
+            &format!("{emotion}: descriptives"),
+            &[
+                "model",
+                "instrument",
+                "read-out",
+                "condition",
+                "n",
+                "mean",
+                "SD",
+                "median",
+                "95% CI (BCa)",
+                "95% CI (percentile)",
+            ],
+            rows,
+        ));
         let contrast_rows = a
             .contrasts
             .iter()
@@ -205,14 +327,37 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
                     format!("{} − {}", c.a, c.b),
                     estimate(&c.difference, 2),
                     format!("{} {}", f(c.g.g, 2), interval(c.g.ci, 2)),
-                    format!("t({}) = {}, p = {}", f(c.welch.df, 1), f(c.welch.t, 2), p(c.welch.p)),
+                    format!(
+                        "t({}) = {}, p = {}",
+                        f(c.welch.df, 1),
+                        f(c.welch.t, 2),
+                        p(c.welch.p)
+                    ),
                     p(c.mann_whitney.p),
                     p(c.p_holm),
                 ]
             })
             .collect();
-        blocks.push(table(&format!("{emotion}: induction and regulation contrasts"), &["model", "instrument", "read-out", "family", "contrast", "difference [95% CI]", "Hedges' g [95% CI]", "Welch", "Mann–Whitney p", "Holm p"], contrast_rows));
-        out.push(Section { title: format!("Emotion: {emotion}"), blocks });
+        blocks.push(table(
+            &format!("{emotion}: induction and regulation contrasts"),
+            &[
+                "model",
+                "instrument",
+                "read-out",
+                "family",
+                "contrast",
+                "difference [95% CI]",
+                "Hedges' g [95% CI]",
+                "Welch",
+                "Mann–Whitney p",
+                "Holm p",
+            ],
+            contrast_rows,
+        ));
+        out.push(Section {
+            title: format!("Emotion: {emotion}"),
+            blocks,
+        });
     }
 
     // Regulation overview and baseline return.
@@ -221,16 +366,50 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
         reg.push(Block::Figure(i));
     }
     reg.push(table(
-        &format!("Returned to baseline? ({:.0}% CI of Hedges' g vs baseline, margin ±{})", EQUIVALENCE_LEVEL * 100.0, a.options.equivalence_margin),
-        &["model", "instrument", "read-out", "emotion", "condition", "g", "90% CI", "verdict"],
+        &format!(
+            "Returned to baseline? ({:.0}% CI of Hedges' g vs baseline, margin ±{})",
+            EQUIVALENCE_LEVEL * 100.0,
+            a.options.equivalence_margin
+        ),
+        &[
+            "model",
+            "instrument",
+            "read-out",
+            "emotion",
+            "condition",
+            "g",
+            "90% CI",
+            "verdict",
+        ],
         a.baseline_returns
             .iter()
-            .filter(|b| b.readout == Readout::Probability || a.baseline_returns.iter().all(|x| x.readout == Readout::Generated))
-            .map(|b| vec![b.model.clone(), b.instrument.clone(), b.readout.name().into(), b.emotion.clone(), b.condition.clone(), f(b.g.g, 2), interval(b.g.ci, 2), b.verdict.into()])
+            .filter(|b| {
+                b.readout == Readout::Probability
+                    || a.baseline_returns
+                        .iter()
+                        .all(|x| x.readout == Readout::Generated)
+            })
+            .map(|b| {
+                vec![
+                    b.model.clone(),
+                    b.instrument.clone(),
+                    b.readout.name().into(),
+                    b.emotion.clone(),
+                    b.condition.clone(),
+                    f(b.g.g, 2),
+                    interval(b.g.ci, 2),
+                    b.verdict.into(),
+                ]
+            })
             .collect(),
     ));
-    reg.push(Block::Text("The generated read-out's verdicts are in tables/baseline_return.csv.".into()));
-    out.push(Section { title: "Regulation".into(), blocks: reg });
+    reg.push(Block::Text(
+        "The generated read-out's verdicts are in tables/baseline_return.csv.".into(),
+    ));
+    out.push(Section {
+        title: "Regulation".into(),
+        blocks: reg,
+    });
 
     // Negativity bias.
     if !a.valence.is_empty() {
@@ -240,27 +419,92 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
         }
         neg.push(table(
             "Completion valence",
-            &["model", "scorer", "condition", "n", "mean", "SD", "95% CI (BCa)"],
-            a.valence.iter().map(|v| vec![v.model.clone(), v.scorer.into(), v.condition.clone(), v.describe.n.to_string(), f(v.describe.mean, 3), f(v.describe.sd, 3), interval(v.ci.bca, 3)]).collect(),
+            &[
+                "model",
+                "scorer",
+                "condition",
+                "n",
+                "mean",
+                "SD",
+                "95% CI (BCa)",
+            ],
+            a.valence
+                .iter()
+                .map(|v| {
+                    vec![
+                        v.model.clone(),
+                        v.scorer.into(),
+                        v.condition.clone(),
+                        v.describe.n.to_string(),
+                        f(v.describe.mean, 3),
+                        f(v.describe.sd, 3),
+                        interval(v.ci.bca, 3),
+                    ]
+                })
+                .collect(),
         ));
         neg.push(table(
             "Negativity bias: induced minus neutral",
-            &["model", "scorer", "contrast", "difference [95% CI]", "Hedges' g [95% CI]", "Welch p", "Mann–Whitney p"],
+            &[
+                "model",
+                "scorer",
+                "contrast",
+                "difference [95% CI]",
+                "Hedges' g [95% CI]",
+                "Welch p",
+                "Mann–Whitney p",
+            ],
             a.valence_contrasts
                 .iter()
-                .map(|v| vec![v.model.clone(), v.scorer.into(), format!("{} − {}", v.a, v.b), estimate(&v.difference, 3), format!("{} {}", f(v.g.g, 2), interval(v.g.ci, 2)), p(v.welch.p), p(v.mann_whitney.p)])
+                .map(|v| {
+                    vec![
+                        v.model.clone(),
+                        v.scorer.into(),
+                        format!("{} − {}", v.a, v.b),
+                        estimate(&v.difference, 3),
+                        format!("{} {}", f(v.g.g, 2), interval(v.g.ci, 2)),
+                        p(v.welch.p),
+                        p(v.mann_whitney.p),
+                    ]
+                })
                 .collect(),
         ));
         let mut examples = Vec::new();
         for m in &a.models {
             for c in &a.conditions {
-                for s in a.completions.iter().filter(|x| &x.model == m && x.condition == c.name).take(4) {
-                    examples.push(vec![m.clone(), c.name.clone(), s.stem.clone(), s.text.clone(), f(s.lexicon, 2), s.judge.map(|j| f(j, 2)).unwrap_or_else(|| "–".into())]);
+                for s in a
+                    .completions
+                    .iter()
+                    .filter(|x| &x.model == m && x.condition == c.name)
+                    .take(4)
+                {
+                    examples.push(vec![
+                        m.clone(),
+                        c.name.clone(),
+                        s.stem.clone(),
+                        s.text.clone(),
+                        f(s.lexicon, 2),
+                        s.judge.map(|j| f(j, 2)).unwrap_or_else(|| "–".into()),
+                    ]);
                 }
             }
         }
-        neg.push(table("Example completions", &["model", "condition", "stem", "completion", "lexicon", "judge"], examples));
-        out.push(Section { title: "Negativity bias".into(), blocks: neg });
+        neg.push(table(
+            "Example completions",
+            &[
+                "model",
+                "condition",
+                "stem",
+                "completion",
+                "lexicon",
+                "judge",
+            ],
+            examples,
+        ));
+        out.push(Section {
+            title: "Negativity bias".into(),
+            blocks: neg,
+        });
     }
     // Results first, as a paper reads; the supporting material after.
     let rank = |t: &str| match t {
@@ -300,11 +544,17 @@ pub fn render_html(title: &str, sections: &[Section], figures: &[(String, &Figur
     h.push_str(&format!("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title><style>{STYLE}</style></head><body>\n", escape_html(title)));
     h.push_str(&format!("<h1>{}</h1>\n<nav><ul>", escape_html(title)));
     for (i, s) in sections.iter().enumerate() {
-        h.push_str(&format!("<li><a href=\"#s{i}\">{}</a></li>", escape_html(&s.title)));
+        h.push_str(&format!(
+            "<li><a href=\"#s{i}\">{}</a></li>",
+            escape_html(&s.title)
+        ));
     }
     h.push_str("</ul></nav>\n");
     for (i, s) in sections.iter().enumerate() {
-        h.push_str(&format!("<section id=\"s{i}\"><h2>{}</h2>\n", escape_html(&s.title)));
+        h.push_str(&format!(
+            "<section id=\"s{i}\"><h2>{}</h2>\n",
+            escape_html(&s.title)
+        ));
         for b in &s.blocks {
             match b {
                 Block::Text(t) => h.push_str(&format!("<p>{}</p>\n", escape_html(t))),
@@ -316,7 +566,10 @@ pub fn render_html(title: &str, sections: &[Section], figures: &[(String, &Figur
                     h.push_str("</ul>\n");
                 }
                 Block::Table(t) => {
-                    h.push_str(&format!("<div class=\"scroll\"><table><caption>{}</caption><thead><tr>", escape_html(&t.caption)));
+                    h.push_str(&format!(
+                        "<div class=\"scroll\"><table><caption>{}</caption><thead><tr>",
+                        escape_html(&t.caption)
+                    ));
                     for c in &t.headers {
                         h.push_str(&format!("<th>{}</th>", escape_html(c)));
                     }
@@ -362,15 +615,32 @@ pub fn render_markdown(title: &str, sections: &[Section], figures: &[Figure]) ->
                     m.push('\n');
                 }
                 Block::Table(t) => {
-                    m.push_str(&format!("**{}**\n\n| {} |\n|{}|\n", md_cell(&t.caption), t.headers.iter().map(|c| md_cell(c)).collect::<Vec<_>>().join(" | "), vec!["---"; t.headers.len()].join("|")));
+                    m.push_str(&format!(
+                        "**{}**\n\n| {} |\n|{}|\n",
+                        md_cell(&t.caption),
+                        t.headers
+                            .iter()
+                            .map(|c| md_cell(c))
+                            .collect::<Vec<_>>()
+                            .join(" | "),
+                        vec!["---"; t.headers.len()].join("|")
+                    ));
                     for r in &t.rows {
-                        m.push_str(&format!("| {} |\n", r.iter().map(|c| md_cell(c)).collect::<Vec<_>>().join(" | ")));
+                        m.push_str(&format!(
+                            "| {} |\n",
+                            r.iter().map(|c| md_cell(c)).collect::<Vec<_>>().join(" | ")
+                        ));
                     }
                     m.push('\n');
                 }
                 Block::Figure(i) => {
                     let fg = &figures[*i];
-                    m.push_str(&format!("![{}](figures/{}.svg)\n\n*{}*\n\n", md_cell(&fg.title), fg.id, md_cell(&fg.caption)));
+                    m.push_str(&format!(
+                        "![{}](figures/{}.svg)\n\n*{}*\n\n",
+                        md_cell(&fg.title),
+                        fg.id,
+                        md_cell(&fg.caption)
+                    ));
                 }
             }
         }

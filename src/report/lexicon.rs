@@ -14,7 +14,10 @@ use std::sync::OnceLock;
 const LEXICON: &str = include_str!("../../scenarios/lexicons/vader/vader_lexicon.txt");
 const NEGATION_SCALE: f64 = -0.74;
 const NORMALISATION_ALPHA: f64 = 15.0;
-const NEGATORS: &[&str] = &["not", "no", "never", "none", "nobody", "nothing", "nowhere", "neither", "nor", "cannot", "without"];
+const NEGATORS: &[&str] = &[
+    "not", "no", "never", "none", "nobody", "nothing", "nowhere", "neither", "nor", "cannot",
+    "without",
+];
 
 fn lexicon() -> &'static HashMap<&'static str, f64> {
     static MAP: OnceLock<HashMap<&'static str, f64>> = OnceLock::new();
@@ -46,7 +49,11 @@ fn is_negator(word: &str) -> bool {
 fn words(text: &str) -> Vec<String> {
     text.split_whitespace()
         .map(|w| w.replace('\u{2019}', "'").to_lowercase())
-        .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric() && c != '\'').trim_matches('\'').to_string())
+        .map(|w| {
+            w.trim_matches(|c: char| !c.is_alphanumeric() && c != '\'')
+                .trim_matches('\'')
+                .to_string()
+        })
         .filter(|w| !w.is_empty())
         .collect()
 }
@@ -69,7 +76,10 @@ pub fn score(text: &str) -> LexiconScore {
             matched += 1;
         }
     }
-    LexiconScore { valence: sum / (sum * sum + NORMALISATION_ALPHA).sqrt(), matched }
+    LexiconScore {
+        valence: sum / (sum * sum + NORMALISATION_ALPHA).sqrt(),
+        matched,
+    }
 }
 
 #[cfg(test)]
@@ -81,13 +91,22 @@ mod tests {
         assert_eq!(lexicon_size(), 7506);
         // "happy" is +2.7 in the lexicon: 2.7 / sqrt(2.7^2 + 15).
         let happy = score("I am happy.");
-        assert!((happy.valence - 2.7 / (2.7f64 * 2.7 + 15.0).sqrt()).abs() < 1e-12 && happy.matched == 1);
+        assert!(
+            (happy.valence - 2.7 / (2.7f64 * 2.7 + 15.0).sqrt()).abs() < 1e-12
+                && happy.matched == 1
+        );
         let not_happy = score("I am not happy");
         let s = 2.7 * NEGATION_SCALE;
         // "not" itself is not in the lexicon; "happy" is negated.
         assert!((not_happy.valence - s / (s * s + 15.0).sqrt()).abs() < 1e-12);
         assert!(score("I don't feel sad").valence > 0.0);
         assert!(score("Everything is terrible and I am miserable").valence < -0.5);
-        assert_eq!(score("The table is brown."), LexiconScore { valence: 0.0, matched: 0 });
+        assert_eq!(
+            score("The table is brown."),
+            LexiconScore {
+                valence: 0.0,
+                matched: 0
+            }
+        );
     }
 }

@@ -2,7 +2,9 @@
 //! one data set for a report, with each instrument's scoring rule.
 
 use crate::error::{Error, Result};
-use crate::results::{read_header, read_trials, InstrumentScoring, RunHeader, RunStatus, TrialRecord};
+use crate::results::{
+    read_header, read_trials, InstrumentScoring, RunHeader, RunStatus, TrialRecord,
+};
 use crate::scenario::Instrument;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -24,7 +26,13 @@ pub fn load_runs(dirs: &[PathBuf]) -> Result<RunData> {
     if dirs.is_empty() {
         return Err(Error::Report("no run directory given".into()));
     }
-    let mut data = RunData { dirs: dirs.to_vec(), headers: Vec::new(), trials: Vec::new(), scoring: BTreeMap::new(), notes: Vec::new() };
+    let mut data = RunData {
+        dirs: dirs.to_vec(),
+        headers: Vec::new(),
+        trials: Vec::new(),
+        scoring: BTreeMap::new(),
+        notes: Vec::new(),
+    };
     let mut seen = HashSet::new();
     for dir in dirs {
         if !dir.join("run.json").exists() {
@@ -33,7 +41,10 @@ pub fn load_runs(dirs: &[PathBuf]) -> Result<RunData> {
         let header = read_header(dir)?;
         let file = read_trials(&dir.join("trials.jsonl"), header.seed)?;
         if let Some((line, _)) = file.torn_tail {
-            data.notes.push(format!("{}: line {line} is incomplete (the run was writing it) and was left out", file.path.display()));
+            data.notes.push(format!(
+                "{}: line {line} is incomplete (the run was writing it) and was left out",
+                file.path.display()
+            ));
         }
         let recorded = file.records.len();
         let mut duplicates = 0;
@@ -48,7 +59,12 @@ pub fn load_runs(dirs: &[PathBuf]) -> Result<RunData> {
             data.notes.push(format!("{}: {duplicates} trials were already in an earlier run given and were counted once", file.path.display()));
         }
         if header.status != RunStatus::Success {
-            data.notes.push(format!("{}: run status is '{}' ({recorded} of {} planned trials recorded)", dir.display(), header.status, header.trials_planned));
+            data.notes.push(format!(
+                "{}: run status is '{}' ({recorded} of {} planned trials recorded)",
+                dir.display(),
+                header.status,
+                header.trials_planned
+            ));
         }
         for s in instrument_scoring(&header)? {
             data.scoring.entry(s.id.clone()).or_insert(s);
@@ -65,7 +81,11 @@ fn instrument_scoring(header: &RunHeader) -> Result<Vec<InstrumentScoring>> {
         return Ok(header.scoring.clone());
     }
     let mut out = Vec::new();
-    for f in header.scenario_files.iter().filter(|f| f.path.contains("instruments")) {
+    for f in header
+        .scenario_files
+        .iter()
+        .filter(|f| f.path.contains("instruments"))
+    {
         let ins = Instrument::load(Path::new(&f.path)).map_err(|e| {
             Error::Report(format!("this run's run.json predates recorded scoring rules, and its instrument file could not be read ({e}); run the report from the directory the run was made in"))
         })?;

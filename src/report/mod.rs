@@ -28,10 +28,17 @@ pub struct ReportOutcome {
 
 /// Builds the report of `runs` (merged) into `out_dir`: report.html, summary.md,
 /// trials.csv, tables/*.csv and figures/*.svg + *.png.
-pub fn build_report(runs: &[PathBuf], out_dir: &Path, options: &ReportOptions) -> Result<ReportOutcome> {
+pub fn build_report(
+    runs: &[PathBuf],
+    out_dir: &Path,
+    options: &ReportOptions,
+) -> Result<ReportOutcome> {
     let data = load::load_runs(runs)?;
     if data.trials.is_empty() {
-        return Err(Error::Report(format!("{} holds no trial records yet", runs[0].display())));
+        return Err(Error::Report(format!(
+            "{} holds no trial records yet",
+            runs[0].display()
+        )));
     }
     plots::register_font()?;
     let a = analysis::analyse(&data, options);
@@ -64,13 +71,29 @@ pub fn build_report(runs: &[PathBuf], out_dir: &Path, options: &ReportOptions) -
     }
 
     let study_ids: Vec<String> = data.headers.iter().map(|h| h.study.id.clone()).collect();
-    let title = format!("affectbench report: {} ({})", study_ids.join(" + "), a.models.join(", "));
+    let title = format!(
+        "affectbench report: {} ({})",
+        study_ids.join(" + "),
+        a.models.join(", ")
+    );
     let sections = document::sections(&data, &a, &figures);
     let inline: Vec<(String, &plots::Figure)> = svgs.into_iter().zip(&figures).collect();
     let html_path = out_dir.join("report.html");
-    std::fs::write(&html_path, document::render_html(&title, &sections, &inline)).with_path(&html_path)?;
+    std::fs::write(
+        &html_path,
+        document::render_html(&title, &sections, &inline),
+    )
+    .with_path(&html_path)?;
     let md_path = out_dir.join("summary.md");
-    std::fs::write(&md_path, document::render_markdown(&title, &sections, &figures)).with_path(&md_path)?;
+    std::fs::write(
+        &md_path,
+        document::render_markdown(&title, &sections, &figures),
+    )
+    .with_path(&md_path)?;
     files.extend([html_path, md_path]);
-    Ok(ReportOutcome { out_dir: out_dir.to_path_buf(), files, notes: data.notes })
+    Ok(ReportOutcome {
+        out_dir: out_dir.to_path_buf(),
+        files,
+        notes: data.notes,
+    })
 }

@@ -35,7 +35,14 @@ pub struct Figure {
     panels: Vec<Panel>,
 }
 
-const COLOURS: [RGBColor; 6] = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189), RGBColor(255, 127, 14), RGBColor(23, 190, 207)];
+const COLOURS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(23, 190, 207),
+];
 const PANEL_WIDTH: u32 = 640;
 const HEIGHT: u32 = 400;
 
@@ -66,7 +73,11 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel) -> R
     let labels = p.x_labels.clone();
     let formatter = move |x: &f64| {
         let i = x.round();
-        if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < labels.len() { labels[i as usize].clone() } else { String::new() }
+        if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < labels.len() {
+            labels[i as usize].clone()
+        } else {
+            String::new()
+        }
     };
     let mut chart = ChartBuilder::on(area)
         .caption(&p.title, ("sans-serif", 17))
@@ -86,25 +97,57 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel) -> R
         .draw()
         .map_err(plot_err)?;
     if let Some(r) = p.reference {
-        chart.draw_series(LineSeries::new([(-0.5, r), (k as f64 - 0.5, r)], BLACK.mix(0.4))).map_err(plot_err)?;
+        chart
+            .draw_series(LineSeries::new(
+                [(-0.5, r), (k as f64 - 0.5, r)],
+                BLACK.mix(0.4),
+            ))
+            .map_err(plot_err)?;
     }
     let n = p.series.len() as f64;
     for (si, s) in p.series.iter().enumerate() {
         let offset = (si as f64 - (n - 1.0) / 2.0) * (0.6 / n.max(1.0));
         let colour = s.colour;
-        let pts: Vec<(f64, f64, f64, f64)> = s.points.iter().filter(|q| q.1.is_finite()).map(|&(x, y, l, h)| (x as f64 + offset, y, l, h)).collect();
+        let pts: Vec<(f64, f64, f64, f64)> = s
+            .points
+            .iter()
+            .filter(|q| q.1.is_finite())
+            .map(|&(x, y, l, h)| (x as f64 + offset, y, l, h))
+            .collect();
         chart
-            .draw_series(pts.iter().filter(|q| q.2.is_finite() && q.3.is_finite()).map(|&(x, y, l, h)| ErrorBar::new_vertical(x, l, y, h, colour.stroke_width(2), 8)))
+            .draw_series(
+                pts.iter()
+                    .filter(|q| q.2.is_finite() && q.3.is_finite())
+                    .map(|&(x, y, l, h)| {
+                        ErrorBar::new_vertical(x, l, y, h, colour.stroke_width(2), 8)
+                    }),
+            )
             .map_err(plot_err)?;
         let drawn = if s.triangle {
-            chart.draw_series(pts.iter().map(|&(x, y, _, _)| TriangleMarker::new((x, y), 6, colour.filled()))).map_err(plot_err)?
+            chart
+                .draw_series(
+                    pts.iter()
+                        .map(|&(x, y, _, _)| TriangleMarker::new((x, y), 6, colour.filled())),
+                )
+                .map_err(plot_err)?
         } else {
-            chart.draw_series(pts.iter().map(|&(x, y, _, _)| Circle::new((x, y), 5, colour.filled()))).map_err(plot_err)?
+            chart
+                .draw_series(
+                    pts.iter()
+                        .map(|&(x, y, _, _)| Circle::new((x, y), 5, colour.filled())),
+                )
+                .map_err(plot_err)?
         };
         let triangle = s.triangle;
-        drawn.label(s.name.as_str()).legend(move |(x, y)| -> DynElement<'static, DB, (i32, i32)> {
-            if triangle { TriangleMarker::new((x + 6, y), 6, colour.filled()).into_dyn() } else { Circle::new((x + 6, y), 5, colour.filled()).into_dyn() }
-        });
+        drawn
+            .label(s.name.as_str())
+            .legend(move |(x, y)| -> DynElement<'static, DB, (i32, i32)> {
+                if triangle {
+                    TriangleMarker::new((x + 6, y), 6, colour.filled()).into_dyn()
+                } else {
+                    Circle::new((x + 6, y), 5, colour.filled()).into_dyn()
+                }
+            });
     }
     if !p.series.is_empty() {
         chart
@@ -135,19 +178,26 @@ impl Figure {
 
     pub fn svg(&self) -> Result<String> {
         let mut out = String::new();
-        draw_figure(SVGBackend::with_string(&mut out, self.size()).into_drawing_area(), self)?;
+        draw_figure(
+            SVGBackend::with_string(&mut out, self.size()).into_drawing_area(),
+            self,
+        )?;
         Ok(out)
     }
 
     pub fn write_png(&self, path: &Path) -> Result<()> {
-        draw_figure(BitMapBackend::new(path, self.size()).into_drawing_area(), self)
+        draw_figure(
+            BitMapBackend::new(path, self.size()).into_drawing_area(),
+            self,
+        )
     }
 }
 
 /// Registers a TrueType font for text layout (plotters needs one for SVG sizes too).
 /// `AFFECTBENCH_FONT` names a .ttf; otherwise common system locations are tried.
 pub fn register_font() -> Result<PathBuf> {
-    static FONT: std::sync::OnceLock<std::result::Result<PathBuf, String>> = std::sync::OnceLock::new();
+    static FONT: std::sync::OnceLock<std::result::Result<PathBuf, String>> =
+        std::sync::OnceLock::new();
     FONT.get_or_init(|| {
         let mut candidates: Vec<PathBuf> = std::env::var_os("AFFECTBENCH_FONT").map(PathBuf::from).into_iter().collect();
         candidates.extend(
@@ -184,12 +234,24 @@ fn short_label(c: &ConditionInfo, emotion: &str, all: &[&ConditionInfo]) -> Stri
                 "neutral-control" => "control text".to_string(),
                 other => other.replace('-', " "),
             };
-            let clash = all.iter().filter(|o| o.induction == c.induction && o.regulation.as_deref().map(|x| x.split(':').next()) == Some(r.split(':').next())).count() > 1;
+            let clash = all
+                .iter()
+                .filter(|o| {
+                    o.induction == c.induction
+                        && o.regulation.as_deref().map(|x| x.split(':').next())
+                            == Some(r.split(':').next())
+                })
+                .count()
+                > 1;
             format!("+ {}", if clash { r.replace('-', " ") } else { strategy })
         }
         _ => c.name.clone(),
     };
-    if c.regulation_first { format!("{base} (regulation first)") } else { base }
+    if c.regulation_first {
+        format!("{base} (regulation first)")
+    } else {
+        base
+    }
 }
 
 fn readout_label(r: Readout) -> &'static str {
@@ -201,7 +263,10 @@ fn readout_label(r: Readout) -> &'static str {
 
 /// The conditions shown for an emotion: baseline, neutral, and those inducing it.
 fn emotion_conditions<'a>(a: &'a Analysis, emotion: &str) -> Vec<&'a ConditionInfo> {
-    a.conditions.iter().filter(|c| c.is_baseline() || c.is_neutral() || c.induction.as_deref() == Some(emotion)).collect()
+    a.conditions
+        .iter()
+        .filter(|c| c.is_baseline() || c.is_neutral() || c.induction.as_deref() == Some(emotion))
+        .collect()
 }
 
 /// The emotions with an induction in the design and a measure named after them.
@@ -217,8 +282,21 @@ pub fn induced_emotions(a: &Analysis) -> Vec<String> {
     out
 }
 
-fn cell<'a>(a: &'a Analysis, model: &str, instrument: &str, emotion: &str, condition: &str, readout: Readout) -> Option<&'a CellStats> {
-    a.cells.iter().find(|c| c.model == model && c.instrument == instrument && c.emotion == emotion && c.condition == condition && c.readout == readout)
+fn cell<'a>(
+    a: &'a Analysis,
+    model: &str,
+    instrument: &str,
+    emotion: &str,
+    condition: &str,
+    readout: Readout,
+) -> Option<&'a CellStats> {
+    a.cells.iter().find(|c| {
+        c.model == model
+            && c.instrument == instrument
+            && c.emotion == emotion
+            && c.condition == condition
+            && c.readout == readout
+    })
 }
 
 /// One figure per induced emotion: a panel per instrument measuring it, conditions on
@@ -242,15 +320,32 @@ pub fn emotion_figures(a: &Analysis) -> Vec<Figure> {
                         let points: Vec<_> = conds
                             .iter()
                             .enumerate()
-                            .filter_map(|(x, c)| cell(a, model, ins, &emotion, &c.name, readout).map(|s| (x, s.describe.mean, s.ci.bca.low, s.ci.bca.high)))
+                            .filter_map(|(x, c)| {
+                                cell(a, model, ins, &emotion, &c.name, readout)
+                                    .map(|s| (x, s.describe.mean, s.ci.bca.low, s.ci.bca.high))
+                            })
                             .collect();
                         if !points.is_empty() {
                             let ri = Readout::ALL.iter().position(|r| *r == readout).unwrap_or(0);
-                            series.push(Series { name: format!("{model}, {}", readout_label(readout)), colour: COLOURS[(2 * mi + ri) % COLOURS.len()], triangle: readout == Readout::Generated, points });
+                            series.push(Series {
+                                name: format!("{model}, {}", readout_label(readout)),
+                                colour: COLOURS[(2 * mi + ri) % COLOURS.len()],
+                                triangle: readout == Readout::Generated,
+                                points,
+                            });
                         }
                     }
                 }
-                Panel { title: ins.to_string(), x_labels: conds.iter().map(|c| short_label(c, &emotion, &conds)).collect(), y_desc: format!("{emotion} score (mean, 95% BCa CI)"), series, reference: None }
+                Panel {
+                    title: ins.to_string(),
+                    x_labels: conds
+                        .iter()
+                        .map(|c| short_label(c, &emotion, &conds))
+                        .collect(),
+                    y_desc: format!("{emotion} score (mean, 95% BCa CI)"),
+                    series,
+                    reference: None,
+                }
             })
             .collect();
         figures.push(Figure {
@@ -272,8 +367,15 @@ pub fn regulation_figure(a: &Analysis) -> Option<Figure> {
     let mut panels = Vec::new();
     for model in &a.models {
         let mut strategies: Vec<String> = Vec::new();
-        for c in a.contrasts.iter().filter(|c| c.family == "regulation" && &c.model == model) {
-            let unregulated = a.conditions.iter().any(|x| x.name == c.b && x.regulation.is_none());
+        for c in a
+            .contrasts
+            .iter()
+            .filter(|c| c.family == "regulation" && &c.model == model)
+        {
+            let unregulated = a
+                .conditions
+                .iter()
+                .any(|x| x.name == c.b && x.regulation.is_none());
             if unregulated && !strategies.contains(&c.a) {
                 strategies.push(c.a.clone());
             }
@@ -281,7 +383,9 @@ pub fn regulation_figure(a: &Analysis) -> Option<Figure> {
         let mut labels: Vec<String> = Vec::new();
         for c in &strategies {
             let info = a.conditions.iter().find(|x| &x.name == c);
-            let label = info.and_then(|i| i.regulation.clone()).unwrap_or_else(|| c.clone());
+            let label = info
+                .and_then(|i| i.regulation.clone())
+                .unwrap_or_else(|| c.clone());
             if !labels.contains(&label) {
                 labels.push(label);
             }
@@ -294,21 +398,44 @@ pub fn regulation_figure(a: &Analysis) -> Option<Figure> {
                     .iter()
                     .enumerate()
                     .filter_map(|(x, e)| {
-                        let ins = a.cells.iter().find(|c| &c.emotion == e && &c.model == model).map(|c| c.instrument.clone())?;
+                        let ins = a
+                            .cells
+                            .iter()
+                            .find(|c| &c.emotion == e && &c.model == model)
+                            .map(|c| c.instrument.clone())?;
                         a.contrasts
                             .iter()
                             .find(|c| {
-                                c.family == "regulation" && &c.model == model && &c.emotion == e && c.instrument == ins && c.readout == Readout::Probability
-                                    && a.conditions.iter().any(|x| x.name == c.a && x.regulation.as_ref() == Some(label))
-                                    && a.conditions.iter().any(|x| x.name == c.b && x.regulation.is_none())
+                                c.family == "regulation"
+                                    && &c.model == model
+                                    && &c.emotion == e
+                                    && c.instrument == ins
+                                    && c.readout == Readout::Probability
+                                    && a.conditions.iter().any(|x| {
+                                        x.name == c.a && x.regulation.as_ref() == Some(label)
+                                    })
+                                    && a.conditions
+                                        .iter()
+                                        .any(|x| x.name == c.b && x.regulation.is_none())
                             })
                             .map(|c| (x, c.g.g, c.g.ci.low, c.g.ci.high))
                     })
                     .collect();
-                Series { name: label.clone(), colour: COLOURS[si % COLOURS.len()], triangle: false, points }
+                Series {
+                    name: label.clone(),
+                    colour: COLOURS[si % COLOURS.len()],
+                    triangle: false,
+                    points,
+                }
             })
             .collect();
-        panels.push(Panel { title: model.clone(), x_labels: emotions.clone(), y_desc: "Hedges' g vs. induction alone (95% CI)".into(), series, reference: Some(0.0) });
+        panels.push(Panel {
+            title: model.clone(),
+            x_labels: emotions.clone(),
+            y_desc: "Hedges' g vs. induction alone (95% CI)".into(),
+            series,
+            reference: Some(0.0),
+        });
     }
     if emotions.is_empty() || panels.iter().all(|p| p.series.is_empty()) {
         return None;
@@ -326,7 +453,11 @@ pub fn negativity_figure(a: &Analysis) -> Option<Figure> {
     let mut panels = Vec::new();
     for scorer in ["lexicon", "judge"] {
         let mut conds: Vec<&str> = Vec::new();
-        for c in a.conditions.iter().filter(|c| a.valence.iter().any(|v| v.condition == c.name && v.scorer == scorer)) {
+        for c in a.conditions.iter().filter(|c| {
+            a.valence
+                .iter()
+                .any(|v| v.condition == c.name && v.scorer == scorer)
+        }) {
             conds.push(&c.name);
         }
         if conds.is_empty() {
@@ -343,12 +474,27 @@ pub fn negativity_figure(a: &Analysis) -> Option<Figure> {
                 points: conds
                     .iter()
                     .enumerate()
-                    .filter_map(|(x, c)| a.valence.iter().find(|v| &v.model == m && v.condition == *c && v.scorer == scorer).map(|v| (x, v.describe.mean, v.ci.bca.low, v.ci.bca.high)))
+                    .filter_map(|(x, c)| {
+                        a.valence
+                            .iter()
+                            .find(|v| &v.model == m && v.condition == *c && v.scorer == scorer)
+                            .map(|v| (x, v.describe.mean, v.ci.bca.low, v.ci.bca.high))
+                    })
                     .collect(),
             })
             .collect();
-        let y_desc = if scorer == "lexicon" { "lexicon valence (-1..1)" } else { "judge valence: P(pos) - P(neg)" };
-        panels.push(Panel { title: format!("{scorer} scorer"), x_labels: conds.iter().map(|s| s.to_string()).collect(), y_desc: y_desc.into(), series, reference: Some(0.0) });
+        let y_desc = if scorer == "lexicon" {
+            "lexicon valence (-1..1)"
+        } else {
+            "judge valence: P(pos) - P(neg)"
+        };
+        panels.push(Panel {
+            title: format!("{scorer} scorer"),
+            x_labels: conds.iter().map(|s| s.to_string()).collect(),
+            y_desc: y_desc.into(),
+            series,
+            reference: Some(0.0),
+        });
     }
     if panels.is_empty() {
         return None;
@@ -363,5 +509,7 @@ pub fn negativity_figure(a: &Analysis) -> Option<Figure> {
 
 fn capitalise(s: &str) -> String {
     let mut c = s.chars();
-    c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
+    c.next()
+        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+        .unwrap_or_default()
 }

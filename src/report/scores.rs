@@ -61,7 +61,12 @@ pub fn conditions(data: &RunData) -> Vec<ConditionInfo> {
     // Conditions only seen in trials (e.g. a hand-edited run.json) still get reported.
     for t in &data.trials {
         if !out.iter().any(|x| x.name == t.condition) {
-            out.push(ConditionInfo { name: t.condition.clone(), induction: t.induction.clone(), regulation: t.regulation.clone(), regulation_first: false });
+            out.push(ConditionInfo {
+                name: t.condition.clone(),
+                induction: t.induction.clone(),
+                regulation: t.regulation.clone(),
+                regulation_first: false,
+            });
         }
     }
     out
@@ -70,7 +75,12 @@ pub fn conditions(data: &RunData) -> Vec<ConditionInfo> {
 /// Models in the order the runs list them.
 pub fn models(data: &RunData) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    for m in data.headers.iter().flat_map(|h| h.models.iter().map(|m| m.label.clone())).chain(data.trials.iter().map(|t| t.model.clone())) {
+    for m in data
+        .headers
+        .iter()
+        .flat_map(|h| h.models.iter().map(|m| m.label.clone()))
+        .chain(data.trials.iter().map(|t| t.model.clone()))
+    {
         if !out.contains(&m) {
             out.push(m);
         }
@@ -93,7 +103,9 @@ pub fn completion_scores(data: &RunData) -> Vec<CompletionScore> {
         .iter()
         .filter(|t| t.error.is_none())
         .filter_map(|t| {
-            let Question::Completion { stem, .. } = &t.question else { return None };
+            let Question::Completion { stem, .. } = &t.question else {
+                return None;
+            };
             let text = t.completion.clone()?;
             let lex = lexicon::score(&text);
             Some(CompletionScore {

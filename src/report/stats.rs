@@ -47,7 +47,12 @@ pub fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
 pub fn describe(xs: &[f64]) -> Describe {
     let mut sorted = xs.to_vec();
     sorted.sort_by(f64::total_cmp);
-    Describe { n: xs.len(), mean: mean(xs), sd: variance(xs).sqrt(), median: quantile_sorted(&sorted, 0.5) }
+    Describe {
+        n: xs.len(),
+        mean: mean(xs),
+        sd: variance(xs).sqrt(),
+        median: quantile_sorted(&sorted, 0.5),
+    }
 }
 
 /// A two-sided confidence interval; `level` is e.g. 0.95.
@@ -58,7 +63,10 @@ pub struct Interval {
 }
 
 impl Interval {
-    pub const NAN: Interval = Interval { low: f64::NAN, high: f64::NAN };
+    pub const NAN: Interval = Interval {
+        low: f64::NAN,
+        high: f64::NAN,
+    };
 }
 
 /// Percentile and BCa intervals from one set of bootstrap replicates.
@@ -74,13 +82,23 @@ pub struct BootstrapCi {
 /// from `rng` only, so a seeded stream gives the same interval on every machine.
 /// BCa follows scipy.stats.bootstrap: ties count half in the bias correction, and the
 /// acceleration sums the jackknife influence of every sample.
-pub fn bootstrap<F>(samples: &[&[f64]], statistic: F, resamples: usize, level: f64, rng: &mut ChaCha20Rng) -> BootstrapCi
+pub fn bootstrap<F>(
+    samples: &[&[f64]],
+    statistic: F,
+    resamples: usize,
+    level: f64,
+    rng: &mut ChaCha20Rng,
+) -> BootstrapCi
 where
     F: Fn(&[&[f64]]) -> f64,
 {
     let estimate = statistic(samples);
     if samples.iter().any(|s| s.is_empty()) || !estimate.is_finite() {
-        return BootstrapCi { estimate, percentile: Interval::NAN, bca: Interval::NAN };
+        return BootstrapCi {
+            estimate,
+            percentile: Interval::NAN,
+            bca: Interval::NAN,
+        };
     }
     let mut buffers: Vec<Vec<f64>> = samples.iter().map(|s| vec![0.0; s.len()]).collect();
     let mut replicates = Vec::with_capacity(resamples);
@@ -98,22 +116,47 @@ where
     }
     replicates.sort_by(f64::total_cmp);
     let alpha = (1.0 - level) / 2.0;
-    let percentile = Interval { low: quantile_sorted(&replicates, alpha), high: quantile_sorted(&replicates, 1.0 - alpha) };
+    let percentile = Interval {
+        low: quantile_sorted(&replicates, alpha),
+        high: quantile_sorted(&replicates, 1.0 - alpha),
+    };
     let bca = bca_interval(samples, &statistic, estimate, &replicates, alpha).unwrap_or(percentile);
-    BootstrapCi { estimate, percentile, bca }
+    BootstrapCi {
+        estimate,
+        percentile,
+        bca,
+    }
 }
 
 /// Efron's bias-corrected and accelerated interval; None where it is undefined (every
 /// replicate on one side of the estimate, or no spread), so callers fall back to the
 /// percentile interval.
-fn bca_interval<F>(samples: &[&[f64]], statistic: &F, estimate: f64, sorted: &[f64], alpha: f64) -> Option<Interval>
+fn bca_interval<F>(
+    samples: &[&[f64]],
+    statistic: &F,
+    estimate: f64,
+    sorted: &[f64],
+    alpha: f64,
+) -> Option<Interval>
 where
     F: Fn(&[&[f64]]) -> f64,
 {
     let normal = Normal::new(0.0, 1.0).expect("standard normal");
     // Ties with the estimate count half (discrete statistics such as a mean of 5 often
     // reproduce the estimate exactly).
-    let below = sorted.iter().map(|&r| if r < estimate { 1.0 } else if r == estimate { 0.5 } else { 0.0 }).sum::<f64>() / sorted.len() as f64;
+    let below = sorted
+        .iter()
+        .map(|&r| {
+            if r < estimate {
+                1.0
+            } else if r == estimate {
+                0.5
+            } else {
+                0.0
+            }
+        })
+        .sum::<f64>()
+        / sorted.len() as f64;
     let z0 = normal.inverse_cdf(below);
     if !z0.is_finite() {
         return None;
@@ -124,8 +167,17 @@ where
     for (k, s) in samples.iter().enumerate() {
         let mut jack = Vec::with_capacity(s.len());
         for i in 0..s.len() {
-            let left_out: Vec<f64> = s.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, x)| *x).collect();
-            let views: Vec<&[f64]> = samples.iter().enumerate().map(|(m, t)| if m == k { left_out.as_slice() } else { *t }).collect();
+            let left_out: Vec<f64> = s
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, x)| *x)
+                .collect();
+            let views: Vec<&[f64]> = samples
+                .iter()
+                .enumerate()
+                .map(|(m, t)| if m == k { left_out.as_slice() } else { *t })
+                .collect();
             jack.push(statistic(&views));
         }
         if jack.iter().any(|j| !j.is_finite()) {
@@ -133,10 +185,22 @@ where
         }
         let n = s.len() as f64;
         let jm = mean(&jack);
-        num += jack.iter().map(|j| ((n - 1.0) * (jm - j)).powi(3)).sum::<f64>() / n.powi(3);
-        den += jack.iter().map(|j| ((n - 1.0) * (jm - j)).powi(2)).sum::<f64>() / n.powi(2);
+        num += jack
+            .iter()
+            .map(|j| ((n - 1.0) * (jm - j)).powi(3))
+            .sum::<f64>()
+            / n.powi(3);
+        den += jack
+            .iter()
+            .map(|j| ((n - 1.0) * (jm - j)).powi(2))
+            .sum::<f64>()
+            / n.powi(2);
     }
-    let a = if den > 0.0 { num / (6.0 * den.powf(1.5)) } else { 0.0 };
+    let a = if den > 0.0 {
+        num / (6.0 * den.powf(1.5))
+    } else {
+        0.0
+    };
     let adjust = |q: f64| {
         let z = normal.inverse_cdf(q);
         normal.cdf(z0 + (z0 + z) / (1.0 - a * (z0 + z)))
@@ -145,7 +209,10 @@ where
     if !(lo.is_finite() && hi.is_finite()) {
         return None;
     }
-    Some(Interval { low: quantile_sorted(sorted, lo), high: quantile_sorted(sorted, hi) })
+    Some(Interval {
+        low: quantile_sorted(sorted, lo),
+        high: quantile_sorted(sorted, hi),
+    })
 }
 
 /// Difference of means, `a - b` (the bootstrap statistic for two groups).
@@ -170,10 +237,23 @@ pub fn hedges_g(a: &[f64], b: &[f64], level: f64) -> HedgesG {
     let g = d * (1.0 - 3.0 / (4.0 * (n1 + n2) - 9.0));
     let se = ((n1 + n2) / (n1 * n2) + g * g / (2.0 * (n1 + n2))).sqrt();
     if !g.is_finite() || !se.is_finite() {
-        return HedgesG { g: f64::NAN, se: f64::NAN, ci: Interval::NAN };
+        return HedgesG {
+            g: f64::NAN,
+            se: f64::NAN,
+            ci: Interval::NAN,
+        };
     }
-    let z = Normal::new(0.0, 1.0).expect("standard normal").inverse_cdf(0.5 + level / 2.0);
-    HedgesG { g, se, ci: Interval { low: g - z * se, high: g + z * se } }
+    let z = Normal::new(0.0, 1.0)
+        .expect("standard normal")
+        .inverse_cdf(0.5 + level / 2.0);
+    HedgesG {
+        g,
+        se,
+        ci: Interval {
+            low: g - z * se,
+            high: g + z * se,
+        },
+    }
 }
 
 /// Welch's unequal-variance t test of `a` vs `b`, two-sided.
@@ -207,9 +287,16 @@ pub struct MannWhitney {
 pub fn mann_whitney(a: &[f64], b: &[f64]) -> MannWhitney {
     let (n1, n2) = (a.len(), b.len());
     if n1 == 0 || n2 == 0 {
-        return MannWhitney { u: f64::NAN, p: f64::NAN };
+        return MannWhitney {
+            u: f64::NAN,
+            p: f64::NAN,
+        };
     }
-    let mut all: Vec<(f64, bool)> = a.iter().map(|&x| (x, true)).chain(b.iter().map(|&x| (x, false))).collect();
+    let mut all: Vec<(f64, bool)> = a
+        .iter()
+        .map(|&x| (x, true))
+        .chain(b.iter().map(|&x| (x, false)))
+        .collect();
     all.sort_by(|x, y| x.0.total_cmp(&y.0));
     let n = all.len();
     let (mut rank_sum_a, mut tie_term) = (0.0, 0.0);
@@ -262,7 +349,15 @@ mod tests {
     #[test]
     fn bootstrap_is_reproducible_by_seed_and_changes_with_it() {
         let xs = [1.0, 4.0, 2.0, 8.0, 5.0, 7.0, 3.0];
-        let run = |seed| bootstrap(&[&xs], |s| mean(s[0]), 999, 0.95, &mut ChaCha20Rng::seed_from_u64(seed));
+        let run = |seed| {
+            bootstrap(
+                &[&xs],
+                |s| mean(s[0]),
+                999,
+                0.95,
+                &mut ChaCha20Rng::seed_from_u64(seed),
+            )
+        };
         assert_eq!(run(1), run(1));
         assert_ne!(run(1).percentile, run(2).percentile);
     }
@@ -278,7 +373,13 @@ mod tests {
     #[test]
     fn constant_samples_give_degenerate_but_finite_intervals() {
         let xs = [3.0; 5];
-        let ci = bootstrap(&[&xs], |s| mean(s[0]), 200, 0.95, &mut ChaCha20Rng::seed_from_u64(0));
+        let ci = bootstrap(
+            &[&xs],
+            |s| mean(s[0]),
+            200,
+            0.95,
+            &mut ChaCha20Rng::seed_from_u64(0),
+        );
         assert_eq!((ci.percentile.low, ci.percentile.high), (3.0, 3.0));
         assert_eq!(ci.bca, ci.percentile);
         assert!(hedges_g(&xs, &xs, 0.95).g.is_nan());

@@ -6,13 +6,17 @@ use super::analysis::Analysis;
 use super::lexicon;
 use super::load::RunData;
 use super::scores::judge_valence;
-use crate::results::Question;
 use super::stats::{BootstrapCi, HedgesG};
 use crate::error::{Error, Result};
+use crate::results::Question;
 use std::path::Path;
 
 pub fn num(x: f64) -> String {
-    if x.is_finite() { format!("{x}") } else { "NA".into() }
+    if x.is_finite() {
+        format!("{x}")
+    } else {
+        "NA".into()
+    }
 }
 
 /// One tidy table: key columns, then statistic and value.
@@ -24,7 +28,11 @@ pub struct Tidy {
 
 impl Tidy {
     fn new(name: &'static str, keys: &[&'static str]) -> Self {
-        Tidy { name, keys: keys.to_vec(), rows: Vec::new() }
+        Tidy {
+            name,
+            keys: keys.to_vec(),
+            rows: Vec::new(),
+        }
     }
     fn push(&mut self, keys: Vec<String>, stats: &[(&'static str, f64)]) {
         for (s, v) in stats {
@@ -66,10 +74,19 @@ fn effect_stats(difference: &BootstrapCi, g: &HedgesG) -> [(&'static str, f64); 
 
 /// All tidy tables of an analysis.
 pub fn tidy_tables(a: &Analysis) -> Vec<Tidy> {
-    let mut descriptives = Tidy::new("descriptives", &["model", "instrument", "emotion", "condition", "readout"]);
+    let mut descriptives = Tidy::new(
+        "descriptives",
+        &["model", "instrument", "emotion", "condition", "readout"],
+    );
     for c in &a.cells {
         descriptives.push(
-            vec![c.model.clone(), c.instrument.clone(), c.emotion.clone(), c.condition.clone(), c.readout.name().into()],
+            vec![
+                c.model.clone(),
+                c.instrument.clone(),
+                c.emotion.clone(),
+                c.condition.clone(),
+                c.readout.name().into(),
+            ],
             &[
                 ("n", c.describe.n as f64),
                 ("mean", c.describe.mean),
@@ -82,12 +99,36 @@ pub fn tidy_tables(a: &Analysis) -> Vec<Tidy> {
             ],
         );
     }
-    let mut contrasts = Tidy::new("contrasts", &["model", "readout", "instrument", "emotion", "family", "condition_a", "condition_b"]);
+    let mut contrasts = Tidy::new(
+        "contrasts",
+        &[
+            "model",
+            "readout",
+            "instrument",
+            "emotion",
+            "family",
+            "condition_a",
+            "condition_b",
+        ],
+    );
     for c in &a.contrasts {
         contrasts.push(
-            vec![c.model.clone(), c.readout.name().into(), c.instrument.clone(), c.emotion.clone(), c.family.into(), c.a.clone(), c.b.clone()],
+            vec![
+                c.model.clone(),
+                c.readout.name().into(),
+                c.instrument.clone(),
+                c.emotion.clone(),
+                c.family.into(),
+                c.a.clone(),
+                c.b.clone(),
+            ],
             &[
-                &[("n_a", c.n_a as f64), ("n_b", c.n_b as f64), ("mean_a", c.mean_a), ("mean_b", c.mean_b)][..],
+                &[
+                    ("n_a", c.n_a as f64),
+                    ("n_b", c.n_b as f64),
+                    ("mean_a", c.mean_a),
+                    ("mean_b", c.mean_b),
+                ][..],
                 &effect_stats(&c.difference, &c.g),
                 &[
                     ("welch_t", c.welch.t),
@@ -101,24 +142,67 @@ pub fn tidy_tables(a: &Analysis) -> Vec<Tidy> {
             .concat(),
         );
     }
-    let mut baseline = Tidy::new("baseline_return", &["model", "readout", "instrument", "emotion", "condition", "baseline", "verdict"]);
+    let mut baseline = Tidy::new(
+        "baseline_return",
+        &[
+            "model",
+            "readout",
+            "instrument",
+            "emotion",
+            "condition",
+            "baseline",
+            "verdict",
+        ],
+    );
     for b in &a.baseline_returns {
         baseline.push(
-            vec![b.model.clone(), b.readout.name().into(), b.instrument.clone(), b.emotion.clone(), b.condition.clone(), b.baseline.clone(), b.verdict.into()],
-            &[("hedges_g", b.g.g), ("hedges_g_ci90_low", b.g.ci.low), ("hedges_g_ci90_high", b.g.ci.high), ("equivalence_margin", a.options.equivalence_margin)],
+            vec![
+                b.model.clone(),
+                b.readout.name().into(),
+                b.instrument.clone(),
+                b.emotion.clone(),
+                b.condition.clone(),
+                b.baseline.clone(),
+                b.verdict.into(),
+            ],
+            &[
+                ("hedges_g", b.g.g),
+                ("hedges_g_ci90_low", b.g.ci.low),
+                ("hedges_g_ci90_high", b.g.ci.high),
+                ("equivalence_margin", a.options.equivalence_margin),
+            ],
         );
     }
-    let mut valence = Tidy::new("negativity_bias", &["model", "scorer", "condition", "reference"]);
+    let mut valence = Tidy::new(
+        "negativity_bias",
+        &["model", "scorer", "condition", "reference"],
+    );
     for v in &a.valence {
         valence.push(
-            vec![v.model.clone(), v.scorer.into(), v.condition.clone(), String::new()],
-            &[("n", v.describe.n as f64), ("mean", v.describe.mean), ("sd", v.describe.sd), ("median", v.describe.median), ("ci95_bca_low", v.ci.bca.low), ("ci95_bca_high", v.ci.bca.high)],
+            vec![
+                v.model.clone(),
+                v.scorer.into(),
+                v.condition.clone(),
+                String::new(),
+            ],
+            &[
+                ("n", v.describe.n as f64),
+                ("mean", v.describe.mean),
+                ("sd", v.describe.sd),
+                ("median", v.describe.median),
+                ("ci95_bca_low", v.ci.bca.low),
+                ("ci95_bca_high", v.ci.bca.high),
+            ],
         );
     }
     for v in &a.valence_contrasts {
         valence.push(
             vec![v.model.clone(), v.scorer.into(), v.a.clone(), v.b.clone()],
-            &[&effect_stats(&v.difference, &v.g)[..], &[("welch_p", v.welch.p), ("mann_whitney_p", v.mann_whitney.p)]].concat(),
+            &[
+                &effect_stats(&v.difference, &v.g)[..],
+                &[("welch_p", v.welch.p), ("mann_whitney_p", v.mann_whitney.p)],
+            ]
+            .concat(),
         );
     }
     let mut quality = Tidy::new("data_quality", &["model", "condition"]);
@@ -129,26 +213,64 @@ pub fn tidy_tables(a: &Analysis) -> Vec<Tidy> {
             &[
                 ("items", n),
                 ("answered_rate", q.answered as f64 / n),
-                ("first_reply_unreadable_rate", q.first_reply_unreadable as f64 / n),
+                (
+                    "first_reply_unreadable_rate",
+                    q.first_reply_unreadable as f64 / n,
+                ),
                 ("reask_rate", q.reasked as f64 / n),
                 ("unanswered_rate", 1.0 - q.answered as f64 / n),
                 ("error_rate", q.errors as f64 / n),
-                ("mean_option_mass", if q.option_mass_n > 0 { q.option_mass_sum / q.option_mass_n as f64 } else { f64::NAN }),
+                (
+                    "mean_option_mass",
+                    if q.option_mass_n > 0 {
+                        q.option_mass_sum / q.option_mass_n as f64
+                    } else {
+                        f64::NAN
+                    },
+                ),
             ],
         );
     }
-    let mut position = Tidy::new("position_bias", &["model", "instrument", "n_options", "position"]);
+    let mut position = Tidy::new(
+        "position_bias",
+        &["model", "instrument", "n_options", "position"],
+    );
     for p in &a.position_bias {
         position.push(
-            vec![p.model.clone(), p.instrument.clone(), p.n_options.to_string(), p.position.to_string()],
-            &[("trials", p.trials as f64), ("argmax_share", p.argmax_share), ("mean_probability", p.mean_probability), ("uniform_share", 1.0 / p.n_options as f64)],
+            vec![
+                p.model.clone(),
+                p.instrument.clone(),
+                p.n_options.to_string(),
+                p.position.to_string(),
+            ],
+            &[
+                ("trials", p.trials as f64),
+                ("argmax_share", p.argmax_share),
+                ("mean_probability", p.mean_probability),
+                ("uniform_share", 1.0 / p.n_options as f64),
+            ],
         );
     }
     let mut variance = Tidy::new("variance_explained", &["model", "readout", "factor"]);
     for v in &a.variance {
-        variance.push(vec![v.model.clone(), v.readout.name().into(), v.factor.into()], &[("cells", v.cells as f64), ("eta_squared", v.eta_squared), ("epsilon_squared", v.epsilon_squared)]);
+        variance.push(
+            vec![v.model.clone(), v.readout.name().into(), v.factor.into()],
+            &[
+                ("cells", v.cells as f64),
+                ("eta_squared", v.eta_squared),
+                ("epsilon_squared", v.epsilon_squared),
+            ],
+        );
     }
-    vec![descriptives, contrasts, baseline, valence, quality, position, variance]
+    vec![
+        descriptives,
+        contrasts,
+        baseline,
+        valence,
+        quality,
+        position,
+        variance,
+    ]
 }
 
 /// `trials.csv`: one row per trial, every read-out flattened, lexicon and judge valence
@@ -156,24 +278,71 @@ pub fn tidy_tables(a: &Analysis) -> Vec<Tidy> {
 pub fn write_trials_csv(path: &Path, data: &RunData) -> Result<()> {
     let mut w = csv::Writer::from_path(path).map_err(|e| csv_err(path, e))?;
     w.write_record([
-        "trial_id", "seed", "group_id", "model", "condition", "induction", "induction_variant", "regulation", "regulation_variant", "repetition", "kind", "instrument", "item", "stem",
-        "label_style", "option_order", "prompt_sha256", "prompt_tokens", "reply", "replies", "generated_value", "generated_keyed", "option_labels", "option_probs", "option_mass",
-        "option_expected", "option_keyed_expected", "option_argmax", "option_draw", "completion", "lexicon_valence", "judge_valence", "error", "total_ms",
+        "trial_id",
+        "seed",
+        "group_id",
+        "model",
+        "condition",
+        "induction",
+        "induction_variant",
+        "regulation",
+        "regulation_variant",
+        "repetition",
+        "kind",
+        "instrument",
+        "item",
+        "stem",
+        "label_style",
+        "option_order",
+        "prompt_sha256",
+        "prompt_tokens",
+        "reply",
+        "replies",
+        "generated_value",
+        "generated_keyed",
+        "option_labels",
+        "option_probs",
+        "option_mass",
+        "option_expected",
+        "option_keyed_expected",
+        "option_argmax",
+        "option_draw",
+        "completion",
+        "lexicon_valence",
+        "judge_valence",
+        "error",
+        "total_ms",
     ])
     .map_err(|e| csv_err(path, e))?;
     let opt = |x: Option<f64>| x.map(num).unwrap_or_else(|| "NA".into());
     let s = |x: &Option<String>| x.clone().unwrap_or_default();
     for t in &data.trials {
         let (kind, instrument, item, stem, label_style, order) = match &t.question {
-            Question::Item { instrument, item, label_style, option_order } => (
+            Question::Item {
+                instrument,
+                item,
+                label_style,
+                option_order,
+            } => (
                 "item",
                 instrument.clone(),
                 item.clone().unwrap_or_default(),
                 String::new(),
                 label_style.name().to_string(),
-                option_order.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(" "),
+                option_order
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" "),
             ),
-            Question::Completion { stem, .. } => ("completion", String::new(), String::new(), stem.clone(), String::new(), String::new()),
+            Question::Completion { stem, .. } => (
+                "completion",
+                String::new(),
+                String::new(),
+                stem.clone(),
+                String::new(),
+                String::new(),
+            ),
         };
         let g = t.generate.as_ref();
         let c = t.choice.as_ref();
@@ -197,12 +366,20 @@ pub fn write_trials_csv(path: &Path, data: &RunData) -> Result<()> {
             order,
             t.prompt_sha256.clone(),
             t.prompt_tokens.to_string(),
-            g.and_then(|g| g.replies.last().cloned()).unwrap_or_default(),
+            g.and_then(|g| g.replies.last().cloned())
+                .unwrap_or_default(),
             g.map(|g| g.replies.len().to_string()).unwrap_or_default(),
             opt(g.and_then(|g| g.value)),
             opt(g.and_then(|g| g.keyed)),
             c.map(|c| c.labels.join(" ")).unwrap_or_default(),
-            c.map(|c| c.probs.iter().map(|p| num(*p)).collect::<Vec<_>>().join(" ")).unwrap_or_default(),
+            c.map(|c| {
+                c.probs
+                    .iter()
+                    .map(|p| num(*p))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default(),
             opt(c.map(|c| c.mass)),
             opt(c.map(|c| c.expected)),
             opt(c.map(|c| c.keyed_expected)),

@@ -134,12 +134,24 @@ impl EngineRecord {
     pub fn result_changing_differences(&self, other: &EngineRecord) -> Vec<String> {
         let shown = |v: &Option<String>| v.clone().unwrap_or_else(|| "not recorded".into());
         let pairs = [
-            ("device", Some(self.device.clone()), Some(other.device.clone())),
+            (
+                "device",
+                Some(self.device.clone()),
+                Some(other.device.clone()),
+            ),
             ("weights", self.weights.clone(), other.weights.clone()),
-            ("int8_kernel", self.int8_kernel.clone(), other.int8_kernel.clone()),
+            (
+                "int8_kernel",
+                self.int8_kernel.clone(),
+                other.int8_kernel.clone(),
+            ),
             ("ops", self.ops.clone(), other.ops.clone()),
         ];
-        pairs.iter().filter(|(_, a, b)| a != b).map(|(name, a, b)| format!("{name}: {} vs {}", shown(a), shown(b))).collect()
+        pairs
+            .iter()
+            .filter(|(_, a, b)| a != b)
+            .map(|(name, a, b)| format!("{name}: {} vs {}", shown(a), shown(b)))
+            .collect()
     }
 }
 

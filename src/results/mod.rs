@@ -17,7 +17,10 @@ mod schema_v1;
 pub mod scores;
 pub mod trial;
 
-pub use header::{EngineRecord, InstrumentScoring, ModelProvenance, RunHeader, RunStatus, ScenarioFile, ScoredItem, StudyRecord};
+pub use header::{
+    EngineRecord, InstrumentScoring, ModelProvenance, RunHeader, RunStatus, ScenarioFile,
+    ScoredItem, StudyRecord,
+};
 pub use read::{read_header, read_trials, TrialsFile};
 pub use scores::{scale_scores, ScaleScore};
 pub use trial::{ChoiceReadout, GenerateReadout, Question, RecordKind, Timing, TrialRecord};

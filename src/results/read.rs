@@ -18,7 +18,11 @@ struct SchemaOnly {
 }
 
 fn data_error(path: &Path, line: usize, message: String) -> Error {
-    Error::DataFile { path: path.to_path_buf(), line, message }
+    Error::DataFile {
+        path: path.to_path_buf(),
+        line,
+        message,
+    }
 }
 
 /// Reads `dir/run.json`, mapping older schemas onto the current header.
@@ -53,16 +57,23 @@ pub struct TrialsFile {
 pub fn parse_trial(line: &[u8], seed: u64) -> std::result::Result<TrialRecord, String> {
     let SchemaOnly { schema } = serde_json::from_slice(line).map_err(|e| e.to_string())?;
     match schema {
-        1 => serde_json::from_slice::<TrialV1>(line).map(|t| t.into_current(seed)).map_err(|e| e.to_string()),
+        1 => serde_json::from_slice::<TrialV1>(line)
+            .map(|t| t.into_current(seed))
+            .map_err(|e| e.to_string()),
         SCHEMA => serde_json::from_slice(line).map_err(|e| e.to_string()),
-        newer => Err(format!("schema {newer} is newer than this affectbench reads ({SCHEMA})")),
+        newer => Err(format!(
+            "schema {newer} is newer than this affectbench reads ({SCHEMA})"
+        )),
     }
 }
 
 /// Reads `trials.jsonl` (a missing file reads as empty). `seed` is the run's, for
 /// schema-1 records.
 pub fn read_trials(path: &Path, seed: u64) -> Result<TrialsFile> {
-    let mut file = TrialsFile { path: path.to_path_buf(), ..Default::default() };
+    let mut file = TrialsFile {
+        path: path.to_path_buf(),
+        ..Default::default()
+    };
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(file),

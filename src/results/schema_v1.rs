@@ -7,7 +7,10 @@
 //! trial's seed is recorded with each trial (schema 1: the header's seed); `scoring` may
 //! be absent in the oldest schema-1 runs.
 
-use super::header::{EngineRecord, InstrumentScoring, ModelProvenance, RunHeader, RunStatus, ScenarioFile, StudyRecord};
+use super::header::{
+    EngineRecord, InstrumentScoring, ModelProvenance, RunHeader, RunStatus, ScenarioFile,
+    StudyRecord,
+};
 use super::trial::{ChoiceReadout, GenerateReadout, Question, RecordKind, Timing, TrialRecord};
 use serde::Deserialize;
 
@@ -51,7 +54,14 @@ impl From<HeaderV1> for RunHeader {
             models: h.models,
             seed: h.seed,
             repetitions: h.repetitions,
-            engine: EngineRecord { device: h.device, threads: h.threads, batch_size: None, weights: None, int8_kernel: None, ops: None },
+            engine: EngineRecord {
+                device: h.device,
+                threads: h.threads,
+                batch_size: None,
+                weights: None,
+                int8_kernel: None,
+                ops: None,
+            },
             trials_planned: h.trials_planned,
             shard: h.shard,
             scoring: h.scoring,

@@ -52,18 +52,32 @@ pub struct ScaleScore {
 /// Scale scores per group, instrument, subscale and read-out. A score needs every item
 /// of its subscale read in that group; with all items in one turn the reply already is
 /// the instrument's score. Errored trials and instruments without a rule are skipped.
-pub fn scale_scores<'a>(trials: impl IntoIterator<Item = &'a TrialRecord>, rules: &BTreeMap<String, InstrumentScoring>) -> Vec<ScaleScore> {
+pub fn scale_scores<'a>(
+    trials: impl IntoIterator<Item = &'a TrialRecord>,
+    rules: &BTreeMap<String, InstrumentScoring>,
+) -> Vec<ScaleScore> {
     // (model, seed, group, condition, repetition, instrument) -> its trials
     type Key = (String, u64, String, String, usize, String);
     let mut by_group: BTreeMap<Key, Vec<&TrialRecord>> = BTreeMap::new();
     for t in trials.into_iter().filter(|t| t.error.is_none()) {
-        let Question::Item { instrument, .. } = &t.question else { continue };
-        let key = (t.model.clone(), t.seed, t.group_id.clone(), t.condition.clone(), t.repetition, instrument.clone());
+        let Question::Item { instrument, .. } = &t.question else {
+            continue;
+        };
+        let key = (
+            t.model.clone(),
+            t.seed,
+            t.group_id.clone(),
+            t.condition.clone(),
+            t.repetition,
+            instrument.clone(),
+        );
         by_group.entry(key).or_default().push(t);
     }
     let mut out = Vec::new();
     for ((model, seed, _, condition, repetition, instrument), trials) in by_group {
-        let Some(rule) = rules.get(&instrument) else { continue };
+        let Some(rule) = rules.get(&instrument) else {
+            continue;
+        };
         let subscales = rule.subscales();
         let score = |subscale: &str, readout: Readout, value: f64| ScaleScore {
             model: model.clone(),
@@ -78,7 +92,11 @@ pub fn scale_scores<'a>(trials: impl IntoIterator<Item = &'a TrialRecord>, rules
         let whole = trials.iter().any(|t| t.question.is_whole_instrument());
         for readout in Readout::ALL {
             if whole {
-                let subscale = if subscales.len() == 1 { subscales[0] } else { "all" };
+                let subscale = if subscales.len() == 1 {
+                    subscales[0]
+                } else {
+                    "all"
+                };
                 if let Some(v) = trials.first().and_then(|t| readout.keyed_value(t)) {
                     out.push(score(subscale, readout, v));
                 }
@@ -89,7 +107,12 @@ pub fn scale_scores<'a>(trials: impl IntoIterator<Item = &'a TrialRecord>, rules
                     .items
                     .iter()
                     .filter(|i| i.subscale == *sub)
-                    .map(|i| trials.iter().find(|t| t.question.item() == Some(i.id.as_str())).and_then(|t| readout.keyed_value(t)))
+                    .map(|i| {
+                        trials
+                            .iter()
+                            .find(|t| t.question.item() == Some(i.id.as_str()))
+                            .and_then(|t| readout.keyed_value(t))
+                    })
                     .collect();
                 if let Some(v) = rule.scoring.apply(&keyed, rule.multiplier) {
                     out.push(score(sub, readout, v));
@@ -122,12 +145,33 @@ mod tests {
             regulation: None,
             regulation_variant: None,
             repetition: if group == "g1" { 0 } else { 1 },
-            question: Question::Item { instrument: "scale".into(), item: Some(item.into()), label_style: LabelStyle::Digits, option_order: vec![] },
+            question: Question::Item {
+                instrument: "scale".into(),
+                item: Some(item.into()),
+                label_style: LabelStyle::Digits,
+                option_order: vec![],
+            },
             prompt: String::new(),
             prompt_sha256: String::new(),
             prompt_tokens: 0,
-            generate: Some(GenerateReadout { replies: vec![], failures: vec![], value: generated, keyed: generated, sampling: Sampling::Greedy, tokens: 0 }),
-            choice: Some(ChoiceReadout { labels: vec![], values: vec![], probs: vec![], mass: 1.0, expected: probability, argmax: 0.0, draw: 0.0, keyed_expected: probability }),
+            generate: Some(GenerateReadout {
+                replies: vec![],
+                failures: vec![],
+                value: generated,
+                keyed: generated,
+                sampling: Sampling::Greedy,
+                tokens: 0,
+            }),
+            choice: Some(ChoiceReadout {
+                labels: vec![],
+                values: vec![],
+                probs: vec![],
+                mass: 1.0,
+                expected: probability,
+                argmax: 0.0,
+                draw: 0.0,
+                keyed_expected: probability,
+            }),
             completion: None,
             judge: None,
             error: None,
@@ -144,16 +188,38 @@ mod tests {
             min: 1.0,
             max: 4.0,
             items: vec![
-                ScoredItem { id: "a".into(), subscale: "x".into(), reverse: false },
-                ScoredItem { id: "b".into(), subscale: "x".into(), reverse: true },
-                ScoredItem { id: "c".into(), subscale: "y".into(), reverse: false },
+                ScoredItem {
+                    id: "a".into(),
+                    subscale: "x".into(),
+                    reverse: false,
+                },
+                ScoredItem {
+                    id: "b".into(),
+                    subscale: "x".into(),
+                    reverse: true,
+                },
+                ScoredItem {
+                    id: "c".into(),
+                    subscale: "y".into(),
+                    reverse: false,
+                },
             ],
         };
         let rules = BTreeMap::from([("scale".to_string(), rule)]);
         // Group 1 answers everything; group 2 leaves item b unread by generation.
-        let trials = vec![item("g1", "a", Some(1.0), 1.5), item("g1", "b", Some(3.0), 2.5), item("g1", "c", Some(4.0), 3.0), item("g2", "a", Some(2.0), 1.0), item("g2", "b", None, 1.0), item("g2", "c", Some(1.0), 2.0)];
+        let trials = vec![
+            item("g1", "a", Some(1.0), 1.5),
+            item("g1", "b", Some(3.0), 2.5),
+            item("g1", "c", Some(4.0), 3.0),
+            item("g2", "a", Some(2.0), 1.0),
+            item("g2", "b", None, 1.0),
+            item("g2", "c", Some(1.0), 2.0),
+        ];
         let scores = scale_scores(&trials, &rules);
-        let got: Vec<(usize, &str, Readout, f64)> = scores.iter().map(|s| (s.repetition, s.subscale.as_str(), s.readout, s.value)).collect();
+        let got: Vec<(usize, &str, Readout, f64)> = scores
+            .iter()
+            .map(|s| (s.repetition, s.subscale.as_str(), s.readout, s.value))
+            .collect();
         let want = vec![
             (0, "x", Readout::Probability, 2.0 * (1.5 + 2.5)),
             (0, "y", Readout::Probability, 2.0 * 3.0),

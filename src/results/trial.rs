@@ -20,9 +20,18 @@ pub enum Question {
     /// One item (or, with `item = None`, every item of the instrument in one turn),
     /// shown with `label_style` labels and options in `option_order` (indices into the
     /// instrument's options; empty for numeric responses).
-    Item { instrument: String, item: Option<String>, label_style: LabelStyle, option_order: Vec<usize> },
+    Item {
+        instrument: String,
+        item: Option<String>,
+        label_style: LabelStyle,
+        option_order: Vec<usize>,
+    },
     /// The `index`-th sampled completion of a sentence stem.
-    Completion { task: String, stem: String, index: usize },
+    Completion {
+        task: String,
+        stem: String,
+        index: usize,
+    },
 }
 
 impl Question {
@@ -137,6 +146,9 @@ impl TrialRecord {
     /// The record with its timings dropped: two runs of the same plan compare equal
     /// this way.
     pub fn without_timing(&self) -> TrialRecord {
-        TrialRecord { timing: Timing::default(), ..self.clone() }
+        TrialRecord {
+            timing: Timing::default(),
+            ..self.clone()
+        }
     }
 }

@@ -57,7 +57,9 @@ pub enum Turn {
     User(String),
     Assistant(String),
     /// The model's own reply, up to this many tokens.
-    AssistantGenerated { max_tokens: usize },
+    AssistantGenerated {
+        max_tokens: usize,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -89,12 +91,22 @@ fn variants(path: &Path, text: &str, specs: Vec<VariantSpec>) -> Result<Vec<Vari
     for v in specs {
         let at = format!("\"{}\"", v.id);
         if out.iter().any(|o| o.id == v.id) {
-            return Err(invalid(path, text, &at, format!("variant id '{}' is used twice", v.id)));
+            return Err(invalid(
+                path,
+                text,
+                &at,
+                format!("variant id '{}' is used twice", v.id),
+            ));
         }
         let (turns, is_text) = match (v.text, v.turns) {
             (Some(t), None) => {
                 if t.trim().is_empty() {
-                    return Err(invalid(path, text, &at, format!("variant '{}' has an empty text", v.id)));
+                    return Err(invalid(
+                        path,
+                        text,
+                        &at,
+                        format!("variant '{}' has an empty text", v.id),
+                    ));
                 }
                 (vec![Turn::User(t.trim().to_string())], true)
             }
@@ -114,13 +126,29 @@ fn variants(path: &Path, text: &str, specs: Vec<VariantSpec>) -> Result<Vec<Vari
                     });
                 }
                 if !matches!(out_turns.first(), Some(Turn::User(_))) {
-                    return Err(invalid(path, text, &at, format!("variant '{}': the first turn must be a user turn", v.id)));
+                    return Err(invalid(
+                        path,
+                        text,
+                        &at,
+                        format!("variant '{}': the first turn must be a user turn", v.id),
+                    ));
                 }
                 (out_turns, false)
             }
-            _ => return Err(invalid(path, text, &at, format!("variant '{}' needs exactly one of `text` or `turns`", v.id))),
+            _ => {
+                return Err(invalid(
+                    path,
+                    text,
+                    &at,
+                    format!("variant '{}' needs exactly one of `text` or `turns`", v.id),
+                ))
+            }
         };
-        out.push(Variant { id: v.id, turns, is_text });
+        out.push(Variant {
+            id: v.id,
+            turns,
+            is_text,
+        });
     }
     Ok(out)
 }
@@ -130,9 +158,26 @@ impl Induction {
         let (spec, text): (InductionSpec, String) = read_toml(path)?;
         let variants = variants(path, &text, spec.variant)?;
         if variants.is_empty() {
-            return Err(invalid(path, &text, "emotion", format!("induction '{}' has no [[variant]]", spec.emotion)));
+            return Err(invalid(
+                path,
+                &text,
+                "emotion",
+                format!("induction '{}' has no [[variant]]", spec.emotion),
+            ));
         }
-        Ok(Induction { info: info(path, &text, &spec.id, spec.version, &spec.source, &spec.licence), emotion: spec.emotion, description: spec.description, variants })
+        Ok(Induction {
+            info: info(
+                path,
+                &text,
+                &spec.id,
+                spec.version,
+                &spec.source,
+                &spec.licence,
+            ),
+            emotion: spec.emotion,
+            description: spec.description,
+            variants,
+        })
     }
 }
 
@@ -141,8 +186,25 @@ impl Regulation {
         let (spec, text): (RegulationSpec, String) = read_toml(path)?;
         let variants = variants(path, &text, spec.variant)?;
         if variants.is_empty() && spec.strategy != "none" {
-            return Err(invalid(path, &text, "strategy", format!("regulation '{}' has no [[variant]]", spec.strategy)));
+            return Err(invalid(
+                path,
+                &text,
+                "strategy",
+                format!("regulation '{}' has no [[variant]]", spec.strategy),
+            ));
         }
-        Ok(Regulation { info: info(path, &text, &spec.id, spec.version, &spec.source, &spec.licence), strategy: spec.strategy, description: spec.description, variants })
+        Ok(Regulation {
+            info: info(
+                path,
+                &text,
+                &spec.id,
+                spec.version,
+                &spec.source,
+                &spec.licence,
+            ),
+            strategy: spec.strategy,
+            description: spec.description,
+            variants,
+        })
     }
 }

@@ -28,8 +28,14 @@ struct InstrumentSpec {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
 enum ResponseSpec {
-    Options { options: Vec<OptionSpec> },
-    Numeric { min: i64, max: i64, choice_bins: Vec<i64> },
+    Options {
+        options: Vec<OptionSpec>,
+    },
+    Numeric {
+        min: i64,
+        max: i64,
+        choice_bins: Vec<i64>,
+    },
 }
 
 /// One response option: the label the model answers with, its meaning, its value.
@@ -55,7 +61,11 @@ struct ItemSpec {
 pub enum Response {
     Options(Vec<OptionSpec>),
     /// A number in [min, max]; the choice read-out scores `bins` as options.
-    Numeric { min: i64, max: i64, bins: Vec<i64> },
+    Numeric {
+        min: i64,
+        max: i64,
+        bins: Vec<i64>,
+    },
 }
 
 impl Response {
@@ -64,7 +74,10 @@ impl Response {
         match self {
             Response::Options(o) => {
                 let vals = o.iter().map(|x| x.value);
-                (vals.clone().fold(f64::MAX, f64::min), vals.fold(f64::MIN, f64::max))
+                (
+                    vals.clone().fold(f64::MAX, f64::min),
+                    vals.fold(f64::MIN, f64::max),
+                )
             }
             Response::Numeric { min, max, .. } => (*min as f64, *max as f64),
         }
@@ -123,42 +136,99 @@ impl Instrument {
         let scoring = match spec.scoring.as_str() {
             "sum" => Scoring::Sum,
             "mean" => Scoring::Mean,
-            other => return Err(invalid(path, &text, "scoring", format!("scoring is '{other}'; use \"sum\" or \"mean\""))),
+            other => {
+                return Err(invalid(
+                    path,
+                    &text,
+                    "scoring",
+                    format!("scoring is '{other}'; use \"sum\" or \"mean\""),
+                ))
+            }
         };
         let response = match spec.response {
             ResponseSpec::Options { options } => {
                 if options.len() < 2 {
-                    return Err(invalid(path, &text, "options", "give at least two response options".into()));
+                    return Err(invalid(
+                        path,
+                        &text,
+                        "options",
+                        "give at least two response options".into(),
+                    ));
                 }
                 for (i, o) in options.iter().enumerate() {
                     if options[..i].iter().any(|p| p.label == o.label) {
-                        return Err(invalid(path, &text, &format!("\"{}\"", o.label), format!("option label '{}' is used twice", o.label)));
+                        return Err(invalid(
+                            path,
+                            &text,
+                            &format!("\"{}\"", o.label),
+                            format!("option label '{}' is used twice", o.label),
+                        ));
                     }
                 }
                 Response::Options(options)
             }
-            ResponseSpec::Numeric { min, max, choice_bins } => {
+            ResponseSpec::Numeric {
+                min,
+                max,
+                choice_bins,
+            } => {
                 if min >= max {
-                    return Err(invalid(path, &text, "numeric", format!("numeric range needs min < max (got {min}..{max})")));
+                    return Err(invalid(
+                        path,
+                        &text,
+                        "numeric",
+                        format!("numeric range needs min < max (got {min}..{max})"),
+                    ));
                 }
                 if choice_bins.len() < 2 || choice_bins.iter().any(|b| *b < min || *b > max) {
-                    return Err(invalid(path, &text, "choice_bins", format!("choice_bins must hold at least two values inside {min}..{max}")));
+                    return Err(invalid(
+                        path,
+                        &text,
+                        "choice_bins",
+                        format!("choice_bins must hold at least two values inside {min}..{max}"),
+                    ));
                 }
-                Response::Numeric { min, max, bins: choice_bins }
+                Response::Numeric {
+                    min,
+                    max,
+                    bins: choice_bins,
+                }
             }
         };
         let mut items: Vec<Item> = Vec::new();
         for it in spec.item {
             if items.iter().any(|i| i.id == it.id) {
-                return Err(invalid(path, &text, &format!("id = \"{}\"", it.id), format!("item id '{}' is used twice", it.id)));
+                return Err(invalid(
+                    path,
+                    &text,
+                    &format!("id = \"{}\"", it.id),
+                    format!("item id '{}' is used twice", it.id),
+                ));
             }
-            items.push(Item { id: it.id, text: it.text, subscale: it.subscale, reverse: it.reverse });
+            items.push(Item {
+                id: it.id,
+                text: it.text,
+                subscale: it.subscale,
+                reverse: it.reverse,
+            });
         }
         if items.is_empty() {
-            return Err(invalid(path, &text, "id", "an instrument needs at least one [[item]]".into()));
+            return Err(invalid(
+                path,
+                &text,
+                "id",
+                "an instrument needs at least one [[item]]".into(),
+            ));
         }
         Ok(Instrument {
-            info: info(path, &text, &spec.id, spec.version, &spec.source, &spec.licence),
+            info: info(
+                path,
+                &text,
+                &spec.id,
+                spec.version,
+                &spec.source,
+                &spec.licence,
+            ),
             description: spec.description,
             instruction: spec.instruction,
             time_frame: spec.time_frame,
@@ -172,7 +242,11 @@ impl Instrument {
     /// An item's contribution to the score: reverse-keyed items are mirrored.
     pub fn keyed_value(&self, item: &Item, value: f64) -> f64 {
         let (lo, hi) = self.response.range();
-        if item.reverse { lo + hi - value } else { value }
+        if item.reverse {
+            lo + hi - value
+        } else {
+            value
+        }
     }
 
     /// The scale score from keyed item values (None if any is missing).

@@ -42,11 +42,26 @@ pub(crate) fn read_toml<T: DeserializeOwned>(path: &Path) -> Result<(T, String)>
 
 /// A validation error pointing at the first line that contains `needle`.
 pub(crate) fn invalid(path: &Path, text: &str, needle: &str, message: String) -> Error {
-    let line = text.lines().position(|l| l.contains(needle)).map(|i| i + 1).unwrap_or(1);
-    Error::DataFile { path: path.to_path_buf(), line, message }
+    let line = text
+        .lines()
+        .position(|l| l.contains(needle))
+        .map(|i| i + 1)
+        .unwrap_or(1);
+    Error::DataFile {
+        path: path.to_path_buf(),
+        line,
+        message,
+    }
 }
 
-pub(crate) fn info(path: &Path, text: &str, id: &str, version: u32, source: &str, licence: &str) -> FileInfo {
+pub(crate) fn info(
+    path: &Path,
+    text: &str,
+    id: &str,
+    version: u32,
+    source: &str,
+    licence: &str,
+) -> FileInfo {
     FileInfo {
         id: id.to_string(),
         version,
@@ -73,23 +88,50 @@ pub struct Library {
 impl Library {
     /// Loads every `.toml` file in the four data directories under `root`.
     pub fn load(root: &Path) -> Result<Self> {
-        let mut lib = Library { root: root.to_path_buf(), ..Default::default() };
+        let mut lib = Library {
+            root: root.to_path_buf(),
+            ..Default::default()
+        };
         for path in toml_files(&root.join("inductions"))? {
             let ind = Induction::load(&path)?;
             if let Some(prev) = lib.inductions.insert(ind.emotion.clone(), ind) {
-                return Err(Error::DataFile { path, line: 1, message: format!("emotion '{}' is already defined in {}", prev.emotion, prev.info.path.display()) });
+                return Err(Error::DataFile {
+                    path,
+                    line: 1,
+                    message: format!(
+                        "emotion '{}' is already defined in {}",
+                        prev.emotion,
+                        prev.info.path.display()
+                    ),
+                });
             }
         }
         for path in toml_files(&root.join("regulations"))? {
             let reg = Regulation::load(&path)?;
             if let Some(prev) = lib.regulations.insert(reg.strategy.clone(), reg) {
-                return Err(Error::DataFile { path, line: 1, message: format!("strategy '{}' is already defined in {}", prev.strategy, prev.info.path.display()) });
+                return Err(Error::DataFile {
+                    path,
+                    line: 1,
+                    message: format!(
+                        "strategy '{}' is already defined in {}",
+                        prev.strategy,
+                        prev.info.path.display()
+                    ),
+                });
             }
         }
         for path in toml_files(&root.join("instruments"))? {
             let ins = Instrument::load(&path)?;
             if let Some(prev) = lib.instruments.insert(ins.info.id.clone(), ins) {
-                return Err(Error::DataFile { path, line: 1, message: format!("instrument id '{}' is already used by {}", prev.info.id, prev.info.path.display()) });
+                return Err(Error::DataFile {
+                    path,
+                    line: 1,
+                    message: format!(
+                        "instrument id '{}' is already used by {}",
+                        prev.info.id,
+                        prev.info.path.display()
+                    ),
+                });
             }
         }
         for path in toml_files(&root.join("tasks"))? {

@@ -145,12 +145,22 @@ impl Study {
         let per_conversation = match spec.items_per_conversation.as_str() {
             "one" => PerConversation::One,
             "all" => PerConversation::All,
-            o => return Err(bad("items_per_conversation", format!("items_per_conversation is '{o}'; use \"one\" or \"all\""))),
+            o => {
+                return Err(bad(
+                    "items_per_conversation",
+                    format!("items_per_conversation is '{o}'; use \"one\" or \"all\""),
+                ))
+            }
         };
         let shuffle_options = match spec.option_order.as_str() {
             "shuffle" => true,
             "fixed" => false,
-            o => return Err(bad("option_order", format!("option_order is '{o}'; use \"shuffle\" or \"fixed\""))),
+            o => {
+                return Err(bad(
+                    "option_order",
+                    format!("option_order is '{o}'; use \"shuffle\" or \"fixed\""),
+                ))
+            }
         };
         let label_styles = spec
             .label_styles
@@ -158,7 +168,10 @@ impl Study {
             .map(|s| match s.as_str() {
                 "digits" => Ok(LabelStyle::Digits),
                 "letters" => Ok(LabelStyle::Letters),
-                o => Err(bad("label_styles", format!("label style '{o}'; use \"digits\" or \"letters\""))),
+                o => Err(bad(
+                    "label_styles",
+                    format!("label style '{o}'; use \"digits\" or \"letters\""),
+                )),
             })
             .collect::<Result<Vec<_>>>()?;
         if label_styles.is_empty() {
@@ -168,7 +181,10 @@ impl Study {
             return Err(bad("repetitions", "repetitions must be at least 1".into()));
         }
         if !(spec.temperature >= 0.0 && spec.temperature.is_finite()) {
-            return Err(bad("temperature", format!("temperature must be >= 0, got {}", spec.temperature)));
+            return Err(bad(
+                "temperature",
+                format!("temperature must be >= 0, got {}", spec.temperature),
+            ));
         }
 
         let check_regulation = |r: &str| -> Result<RegulationRef> {
@@ -177,11 +193,24 @@ impl Study {
                 None => (r.to_string(), None),
             };
             let reg = lib.regulations.get(&strategy).ok_or_else(|| {
-                bad(&format!("\"{r}\""), format!("regulation '{strategy}' is not defined (known: {})", lib.regulations.keys().cloned().collect::<Vec<_>>().join(", ")))
+                bad(
+                    &format!("\"{r}\""),
+                    format!(
+                        "regulation '{strategy}' is not defined (known: {})",
+                        lib.regulations
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
             })?;
             if let Some(v) = &variant {
                 if !reg.variants.iter().any(|x| &x.id == v) {
-                    return Err(bad(&format!("\"{r}\""), format!("regulation '{strategy}' has no variant '{v}'")));
+                    return Err(bad(
+                        &format!("\"{r}\""),
+                        format!("regulation '{strategy}' has no variant '{v}'"),
+                    ));
                 }
             }
             Ok(RegulationRef { strategy, variant })
@@ -190,7 +219,17 @@ impl Study {
             if lib.inductions.contains_key(e) {
                 Ok(())
             } else {
-                Err(bad(&format!("\"{e}\""), format!("induction '{e}' is not defined (known: {})", lib.inductions.keys().cloned().collect::<Vec<_>>().join(", "))))
+                Err(bad(
+                    &format!("\"{e}\""),
+                    format!(
+                        "induction '{e}' is not defined (known: {})",
+                        lib.inductions
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ))
             }
         };
         let check_instruments = |list: &[String], emotion: Option<&str>| -> Result<Vec<String>> {
@@ -200,7 +239,17 @@ impl Study {
                     if lib.instruments.contains_key(&resolved) {
                         Ok(resolved)
                     } else {
-                        Err(bad(&format!("\"{name}\""), format!("instrument '{resolved}' is not defined (known: {})", lib.instruments.keys().cloned().collect::<Vec<_>>().join(", "))))
+                        Err(bad(
+                            &format!("\"{name}\""),
+                            format!(
+                                "instrument '{resolved}' is not defined (known: {})",
+                                lib.instruments
+                                    .keys()
+                                    .cloned()
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        ))
                     }
                 })
                 .collect()
@@ -215,9 +264,17 @@ impl Study {
             let order = match c.order.as_deref() {
                 None | Some("induction-first") => Order::InductionFirst,
                 Some("regulation-first") => Order::RegulationFirst,
-                Some(o) => return Err(bad("order", format!("order is '{o}'; use \"induction-first\" or \"regulation-first\""))),
+                Some(o) => {
+                    return Err(bad(
+                        "order",
+                        format!("order is '{o}'; use \"induction-first\" or \"regulation-first\""),
+                    ))
+                }
             };
-            let name = c.name.clone().unwrap_or_else(|| default_name(c.induction.as_deref(), c.regulation.as_deref()));
+            let name = c
+                .name
+                .clone()
+                .unwrap_or_else(|| default_name(c.induction.as_deref(), c.regulation.as_deref()));
             conditions.push(Condition {
                 name,
                 instruments: check_instruments(&c.instruments, c.induction.as_deref())?,
@@ -244,17 +301,28 @@ impl Study {
         }
         for (i, c) in conditions.iter().enumerate() {
             if conditions[..i].iter().any(|p| p.name == c.name) {
-                return Err(bad(&c.name, format!("condition '{}' is defined twice; give one a `name`", c.name)));
+                return Err(bad(
+                    &c.name,
+                    format!("condition '{}' is defined twice; give one a `name`", c.name),
+                ));
             }
         }
         if conditions.is_empty() {
-            return Err(bad("id", "the study has no [[condition]] or [[factorial]]".into()));
+            return Err(bad(
+                "id",
+                "the study has no [[condition]] or [[factorial]]".into(),
+            ));
         }
 
         let completion = match spec.completion {
             None => None,
             Some(c) => {
-                let task = lib.tasks.get(&c.task).ok_or_else(|| bad(&format!("\"{}\"", c.task), format!("task '{}' is not defined", c.task)))?;
+                let task = lib.tasks.get(&c.task).ok_or_else(|| {
+                    bad(
+                        &format!("\"{}\"", c.task),
+                        format!("task '{}' is not defined", c.task),
+                    )
+                })?;
                 for name in &c.conditions {
                     if !conditions.iter().any(|x| &x.name == name) {
                         return Err(bad(&format!("\"{name}\""), format!("completion condition '{name}' is not one of the study's conditions")));
@@ -263,16 +331,32 @@ impl Study {
                 if let Some(stems) = &c.stems {
                     for s in stems {
                         if !task.stems.iter().any(|x| &x.id == s) {
-                            return Err(bad(&format!("\"{s}\""), format!("task '{}' has no stem '{s}'", c.task)));
+                            return Err(bad(
+                                &format!("\"{s}\""),
+                                format!("task '{}' has no stem '{s}'", c.task),
+                            ));
                         }
                     }
                 }
-                Some(Completion { task: c.task, conditions: c.conditions, stems: c.stems, completions: c.completions, max_tokens: c.max_tokens })
+                Some(Completion {
+                    task: c.task,
+                    conditions: c.conditions,
+                    stems: c.stems,
+                    completions: c.completions,
+                    max_tokens: c.max_tokens,
+                })
             }
         };
 
         Ok(Study {
-            info: info(path, &text, &spec.id, spec.version, &spec.source, &spec.licence),
+            info: info(
+                path,
+                &text,
+                &spec.id,
+                spec.version,
+                &spec.source,
+                &spec.licence,
+            ),
             description: spec.description,
             seed: spec.seed,
             repetitions: spec.repetitions,

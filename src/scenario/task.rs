@@ -77,22 +77,57 @@ impl StemTask {
         let mut stems: Vec<Stem> = Vec::new();
         for s in spec.stem {
             if stems.iter().any(|x| x.id == s.id) {
-                return Err(invalid(path, &text, &format!("\"{}\"", s.id), format!("stem id '{}' is used twice", s.id)));
+                return Err(invalid(
+                    path,
+                    &text,
+                    &format!("\"{}\"", s.id),
+                    format!("stem id '{}' is used twice", s.id),
+                ));
             }
-            stems.push(Stem { id: s.id, text: s.text });
+            stems.push(Stem {
+                id: s.id,
+                text: s.text,
+            });
         }
         let judge = match spec.judge {
             None => None,
             Some(j) => {
                 if !j.instruction.contains("{text}") {
-                    return Err(invalid(path, &text, "[judge]", "the judge instruction must contain {text}, where the completion goes".to_string()));
+                    return Err(invalid(
+                        path,
+                        &text,
+                        "[judge]",
+                        "the judge instruction must contain {text}, where the completion goes"
+                            .to_string(),
+                    ));
                 }
                 if j.options.len() < 2 {
-                    return Err(invalid(path, &text, "[judge]", "the judge needs at least two options".to_string()));
+                    return Err(invalid(
+                        path,
+                        &text,
+                        "[judge]",
+                        "the judge needs at least two options".to_string(),
+                    ));
                 }
-                Some(Judge { instruction: j.instruction, options: j.options.into_iter().map(|o| (o.label, o.value)).collect() })
+                Some(Judge {
+                    instruction: j.instruction,
+                    options: j.options.into_iter().map(|o| (o.label, o.value)).collect(),
+                })
             }
         };
-        Ok(StemTask { info: info(path, &text, &spec.id, spec.version, &spec.source, &spec.licence), description: spec.description, instruction: spec.instruction, judge, stems })
+        Ok(StemTask {
+            info: info(
+                path,
+                &text,
+                &spec.id,
+                spec.version,
+                &spec.source,
+                &spec.licence,
+            ),
+            description: spec.description,
+            instruction: spec.instruction,
+            judge,
+            stems,
+        })
     }
 }

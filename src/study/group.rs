@@ -39,21 +39,51 @@ pub struct GroupContext {
 
 /// The sampling every read-out of a study uses.
 pub fn study_sampling(study: &Study) -> Result<Sampling> {
-    SamplingParams { temperature: study.temperature, ..Default::default() }.resolve()
+    SamplingParams {
+        temperature: study.temperature,
+        ..Default::default()
+    }
+    .resolve()
 }
 
 impl GroupContext {
-    pub fn build(study: &Study, lib: &Library, model: &Model, group: &Group, members: &[&Trial]) -> Result<Self> {
-        let cond = study.conditions.iter().find(|c| c.name == group.condition).ok_or_else(|| internal("a planned condition is missing from the study"))?;
+    pub fn build(
+        study: &Study,
+        lib: &Library,
+        model: &Model,
+        group: &Group,
+        members: &[&Trial],
+    ) -> Result<Self> {
+        let cond = study
+            .conditions
+            .iter()
+            .find(|c| c.name == group.condition)
+            .ok_or_else(|| internal("a planned condition is missing from the study"))?;
         let sampling = study_sampling(study)?;
         let mut messages = Vec::new();
-        for (step, item) in prefix_steps(study, lib, cond, group).into_iter().enumerate() {
+        for (step, item) in prefix_steps(study, lib, cond, group)
+            .into_iter()
+            .enumerate()
+        {
             match item {
                 Step::Message(m) => messages.push(m),
                 Step::Generate { max_tokens } => {
-                    let tokens = model.tokenizer.encode(&model.render_chat(&messages)?, false)?;
-                    let stream = Stream::ProtocolTurn { group: &group.id, step };
-                    let g = generate(model, &tokens, &sampling, study.seed, stream, max_tokens, |_| {})?;
+                    let tokens = model
+                        .tokenizer
+                        .encode(&model.render_chat(&messages)?, false)?;
+                    let stream = Stream::ProtocolTurn {
+                        group: &group.id,
+                        step,
+                    };
+                    let g = generate(
+                        model,
+                        &tokens,
+                        &sampling,
+                        study.seed,
+                        stream,
+                        max_tokens,
+                        |_| {},
+                    )?;
                     messages.push(Message::assistant(g.text.trim().to_string()));
                 }
             }
@@ -65,35 +95,59 @@ impl GroupContext {
             conv.push(Message::user(q.text.clone()));
             let text = model.render_chat(&conv)?;
             let tokens = model.tokenizer.encode(&text, false)?;
-            prompts.insert(t.id.clone(), TrialPrompt { question: q.text, labels: q.labels, text, tokens });
+            prompts.insert(
+                t.id.clone(),
+                TrialPrompt {
+                    question: q.text,
+                    labels: q.labels,
+                    text,
+                    tokens,
+                },
+            );
         }
         let shared = shared_prefix(prompts.values().map(|p| p.tokens.as_slice()));
         let context = model.transformer.max_positions();
         if let Some(longest) = prompts.values().map(|p| p.tokens.len()).max() {
             if longest + study.max_answer_tokens * (study.max_reasks + 2) + 64 > context {
-                return Err(Error::ContextOverflow { tokens: longest, context });
+                return Err(Error::ContextOverflow {
+                    tokens: longest,
+                    context,
+                });
             }
         }
         let mut cache = KvCache::new(model.transformer.config.n_layer);
         if !shared.is_empty() {
-            model.transformer.forward(&[shared.clone()], &mut cache, &LogitsAt::Last)?;
+            model
+                .transformer
+                .forward(&[shared.clone()], &mut cache, &LogitsAt::Last)?;
         }
-        Ok(Self { messages, prompts, shared, cache })
+        Ok(Self {
+            messages,
+            prompts,
+            shared,
+            cache,
+        })
     }
 
     /// The rendered prompt of a member trial.
     pub fn prompt(&self, trial_id: &str) -> Result<&TrialPrompt> {
-        self.prompts.get(trial_id).ok_or_else(|| internal("a trial's prompt was not rendered with its group"))
+        self.prompts
+            .get(trial_id)
+            .ok_or_else(|| internal("a trial's prompt was not rendered with its group"))
     }
 
     /// A cache holding `tokens` (which must start with the shared prefix) and the logits
     /// at its last position.
     pub fn extend(&self, model: &Model, tokens: &[u32]) -> Result<(KvCache, Vec<f32>)> {
         if tokens.len() <= self.shared.len() || tokens[..self.shared.len()] != self.shared[..] {
-            return Err(internal("a prompt does not start with its group's shared prefix"));
+            return Err(internal(
+                "a prompt does not start with its group's shared prefix",
+            ));
         }
         let mut cache = self.cache.clone();
-        let logits = model.transformer.last_logits(&tokens[self.shared.len()..], &mut cache)?;
+        let logits = model
+            .transformer
+            .last_logits(&tokens[self.shared.len()..], &mut cache)?;
         Ok((cache, logits))
     }
 }
@@ -101,7 +155,9 @@ impl GroupContext {
 /// The longest common token prefix of all prompts, leaving each at least one token of
 /// its own (the last prompt token's logits are the answer position's).
 fn shared_prefix<'a>(mut prompts: impl Iterator<Item = &'a [u32]>) -> Vec<u32> {
-    let Some(first) = prompts.next() else { return Vec::new() };
+    let Some(first) = prompts.next() else {
+        return Vec::new();
+    };
     let mut shared = first[..first.len().saturating_sub(1)].to_vec();
     for p in prompts {
         let common = shared.iter().zip(p).take_while(|(a, b)| a == b).count();
@@ -120,18 +176,39 @@ fn internal(what: &str) -> Error {
 /// the same path as a batch of one: the KV cache is then split into the same segments
 /// (shared prefix | prompt tail | sampled tokens) as in a batch, and the attention sums
 /// over segments in the same order, so its tokens are bit-identical (tested).
-pub fn lockstep_completions(study: &Study, model: &Model, ctx: &GroupContext, pending: &[&Trial], batch_size: usize) -> Result<BTreeMap<String, Vec<u32>>> {
+pub fn lockstep_completions(
+    study: &Study,
+    model: &Model,
+    ctx: &GroupContext,
+    pending: &[&Trial],
+    batch_size: usize,
+) -> Result<BTreeMap<String, Vec<u32>>> {
     let mut by_prompt: BTreeMap<&[u32], Vec<&Trial>> = BTreeMap::new();
-    for t in pending.iter().filter(|t| matches!(t.question, Question::Completion { .. })) {
-        by_prompt.entry(&ctx.prompt(&t.id)?.tokens).or_default().push(t);
+    for t in pending
+        .iter()
+        .filter(|t| matches!(t.question, Question::Completion { .. }))
+    {
+        by_prompt
+            .entry(&ctx.prompt(&t.id)?.tokens)
+            .or_default()
+            .push(t);
     }
     let sampling = study_sampling(study)?;
-    let max = study.completion.as_ref().map(|c| c.max_tokens).unwrap_or(24);
+    let max = study
+        .completion
+        .as_ref()
+        .map(|c| c.max_tokens)
+        .unwrap_or(24);
     let mut out = BTreeMap::new();
     for (tokens, trials) in by_prompt {
         let (cache, logits) = ctx.extend(model, tokens)?;
-        let mut rngs: Vec<_> = trials.iter().map(|t| Stream::Completion { trial: &t.id }.rng(study.seed)).collect();
-        let rows = decode_lockstep(model, &cache, &logits, &sampling, &mut rngs, max, batch_size)?;
+        let mut rngs: Vec<_> = trials
+            .iter()
+            .map(|t| Stream::Completion { trial: &t.id }.rng(study.seed))
+            .collect();
+        let rows = decode_lockstep(
+            model, &cache, &logits, &sampling, &mut rngs, max, batch_size,
+        )?;
         for (t, (sampled, _)) in trials.iter().zip(rows) {
             out.insert(t.id.clone(), sampled);
         }
@@ -143,7 +220,8 @@ pub fn lockstep_completions(study: &Study, model: &Model, ctx: &GroupContext, pe
 /// come from the lockstep batch), then item trials in units of at most `batch_size`, in
 /// plan order (each unit prefilled together, whatever the lengths of its members).
 pub fn work_units<'a>(pending: &[&'a Trial], batch_size: usize) -> Vec<Vec<&'a Trial>> {
-    let (items, completions): (Vec<&Trial>, Vec<&Trial>) = pending.iter().partition(|t| t.question.is_item());
+    let (items, completions): (Vec<&Trial>, Vec<&Trial>) =
+        pending.iter().partition(|t| t.question.is_item());
     let mut units: Vec<Vec<&Trial>> = completions.into_iter().map(|t| vec![t]).collect();
     units.extend(items.chunks(batch_size.max(1)).map(|c| c.to_vec()));
     units

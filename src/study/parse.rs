@@ -18,7 +18,12 @@ fn numbers(text: &str) -> Vec<(usize, f64)> {
     let mut i = 0;
     while i < b.len() {
         if b[i].is_ascii_digit() {
-            let start = if i > 0 && b[i - 1] == b'-' && (i < 2 || !b[i - 2].is_ascii_alphanumeric()) { i - 1 } else { i };
+            let start = if i > 0 && b[i - 1] == b'-' && (i < 2 || !b[i - 2].is_ascii_alphanumeric())
+            {
+                i - 1
+            } else {
+                i
+            };
             let mut j = i;
             while j < b.len() && b[j].is_ascii_digit() {
                 j += 1;
@@ -85,12 +90,18 @@ pub fn split_numbered(reply: &str, n_items: usize) -> Vec<Option<String>> {
     let mut out = vec![None; n_items];
     for line in reply.lines() {
         let line = line.trim();
-        let Some(end) = line.find(|c: char| !c.is_ascii_digit()) else { continue };
+        let Some(end) = line.find(|c: char| !c.is_ascii_digit()) else {
+            continue;
+        };
         if end == 0 {
             continue;
         }
-        let Ok(n) = line[..end].parse::<usize>() else { continue };
-        let rest = line[end..].trim_start_matches(['.', ':', ')', ' ', '-']).trim();
+        let Ok(n) = line[..end].parse::<usize>() else {
+            continue;
+        };
+        let rest = line[end..]
+            .trim_start_matches(['.', ':', ')', ' ', '-'])
+            .trim();
         if (1..=n_items).contains(&n) && out[n - 1].is_none() && !rest.is_empty() {
             out[n - 1] = Some(rest.to_string());
         }
@@ -110,7 +121,10 @@ mod tests {
             ("65/100", Ok(65.0)),
             ("**30**", Ok(30.0)),
             ("About 12.5 out of 100", Ok(12.5)),
-            ("As an AI, I do not have feelings.", Err(ParseFailure::NoAnswer)),
+            (
+                "As an AI, I do not have feelings.",
+                Err(ParseFailure::NoAnswer),
+            ),
             ("150", Err(ParseFailure::OutOfRange)),
             ("-5", Err(ParseFailure::OutOfRange)),
             ("Rating: 0", Ok(0.0)),
@@ -128,17 +142,26 @@ mod tests {
         assert_eq!(parse_label("3", &digits), Ok(2));
         assert_eq!(parse_label("I'd choose 2 (a little).", &digits), Ok(1));
         assert_eq!(parse_label("5", &digits), Err(ParseFailure::UnknownLabel));
-        assert_eq!(parse_label("none of them", &digits), Err(ParseFailure::NoAnswer));
+        assert_eq!(
+            parse_label("none of them", &digits),
+            Err(ParseFailure::NoAnswer)
+        );
         assert_eq!(parse_label("B", &letters), Ok(1));
         assert_eq!(parse_label("(C) quite a bit", &letters), Ok(2));
         assert_eq!(parse_label("Answer: D.", &letters), Ok(3));
-        assert_eq!(parse_label("I feel fine", &letters), Err(ParseFailure::NoAnswer));
+        assert_eq!(
+            parse_label("I feel fine", &letters),
+            Err(ParseFailure::NoAnswer)
+        );
         assert_eq!(parse_label("Boring", &letters), Err(ParseFailure::NoAnswer));
     }
 
     #[test]
     fn numbered_lists() {
         let got = split_numbered("1: 3\n2. 2\n\n4) 1\nsome chatter", 4);
-        assert_eq!(got, vec![Some("3".into()), Some("2".into()), None, Some("1".into())]);
+        assert_eq!(
+            got,
+            vec![Some("3".into()), Some("2".into()), None, Some("1".into())]
+        );
     }
 }

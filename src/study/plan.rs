@@ -4,8 +4,8 @@
 //! and of its regulation (balanced, deterministic). Label style and option order are
 //! drawn per trial from the trial's own seeded stream.
 
-use crate::rng::Stream;
 pub use crate::results::Question;
+use crate::rng::Stream;
 use crate::scenario::study::{Condition, PerConversation};
 use crate::scenario::{Library, Study};
 use rand::seq::SliceRandom;
@@ -57,7 +57,9 @@ pub fn expand(study: &Study, lib: &Library, models: &[String], repetitions: usiz
                 for name in &cond.instruments {
                     let ins = &lib.instruments[name];
                     let items: Vec<Option<String>> = match study.per_conversation {
-                        PerConversation::One => ins.items.iter().map(|i| Some(i.id.clone())).collect(),
+                        PerConversation::One => {
+                            ins.items.iter().map(|i| Some(i.id.clone())).collect()
+                        }
                         PerConversation::All => vec![None],
                     };
                     for item in items {
@@ -67,7 +69,8 @@ pub fn expand(study: &Study, lib: &Library, models: &[String], repetitions: usiz
                         });
                         let id = stable_id(&coords);
                         let mut rng = Stream::Perturbation { trial: &id }.rng(study.seed);
-                        let label_style = study.label_styles[rng.random_range(0..study.label_styles.len())];
+                        let label_style =
+                            study.label_styles[rng.random_range(0..study.label_styles.len())];
                         let n_options = match &ins.response {
                             crate::scenario::Response::Options(o) => o.len(),
                             crate::scenario::Response::Numeric { .. } => 0,
@@ -79,7 +82,12 @@ pub fn expand(study: &Study, lib: &Library, models: &[String], repetitions: usiz
                         trials.push(Trial {
                             id,
                             group: gi,
-                            question: Question::Item { instrument: name.clone(), item, label_style, option_order },
+                            question: Question::Item {
+                                instrument: name.clone(),
+                                item,
+                                label_style,
+                                option_order,
+                            },
                         });
                     }
                 }
@@ -98,7 +106,11 @@ pub fn expand(study: &Study, lib: &Library, models: &[String], repetitions: usiz
                                 trials.push(Trial {
                                     id: stable_id(&coords),
                                     group: gi,
-                                    question: Question::Completion { task: c.task.clone(), stem: stem.id.clone(), index },
+                                    question: Question::Completion {
+                                        task: c.task.clone(),
+                                        stem: stem.id.clone(),
+                                        index,
+                                    },
                                 });
                             }
                         }

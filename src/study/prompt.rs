@@ -19,12 +19,28 @@ pub fn prefix_steps(study: &Study, lib: &Library, cond: &Condition, group: &Grou
     if let Some(s) = &study.system_prompt {
         steps.push(Step::Message(Message::system(s.clone())));
     }
-    let induction = group.induction.as_ref().zip(group.induction_variant.as_ref()).map(|(e, v)| {
-        lib.inductions[e].variants.iter().find(|x| &x.id == v).expect("planned variant exists")
-    });
-    let regulation = group.regulation.as_ref().zip(group.regulation_variant.as_ref()).map(|(s, v)| {
-        lib.regulations[s].variants.iter().find(|x| &x.id == v).expect("planned variant exists")
-    });
+    let induction = group
+        .induction
+        .as_ref()
+        .zip(group.induction_variant.as_ref())
+        .map(|(e, v)| {
+            lib.inductions[e]
+                .variants
+                .iter()
+                .find(|x| &x.id == v)
+                .expect("planned variant exists")
+        });
+    let regulation = group
+        .regulation
+        .as_ref()
+        .zip(group.regulation_variant.as_ref())
+        .map(|(s, v)| {
+            lib.regulations[s]
+                .variants
+                .iter()
+                .find(|x| &x.id == v)
+                .expect("planned variant exists")
+        });
     let blocks = match cond.order {
         Order::InductionFirst => [induction, regulation],
         Order::RegulationFirst => [regulation, induction],
@@ -34,11 +50,15 @@ pub fn prefix_steps(study: &Study, lib: &Library, cond: &Condition, group: &Grou
             steps.push(match turn {
                 Turn::User(t) => Step::Message(Message::user(t.clone())),
                 Turn::Assistant(t) => Step::Message(Message::assistant(t.clone())),
-                Turn::AssistantGenerated { max_tokens } => Step::Generate { max_tokens: *max_tokens },
+                Turn::AssistantGenerated { max_tokens } => Step::Generate {
+                    max_tokens: *max_tokens,
+                },
             });
         }
         if variant.is_text {
-            steps.push(Step::Message(Message::assistant(study.acknowledgement.clone())));
+            steps.push(Step::Message(Message::assistant(
+                study.acknowledgement.clone(),
+            )));
         }
     }
     steps
@@ -64,10 +84,22 @@ pub fn question_text(lib: &Library, question: &Question) -> QuestionText {
     match question {
         Question::Completion { task, stem, .. } => {
             let t = &lib.tasks[task];
-            let s = t.stems.iter().find(|s| &s.id == stem).expect("planned stem exists");
-            QuestionText { text: format!("{}\n\n{}", t.instruction, s.text), labels: vec![] }
+            let s = t
+                .stems
+                .iter()
+                .find(|s| &s.id == stem)
+                .expect("planned stem exists");
+            QuestionText {
+                text: format!("{}\n\n{}", t.instruction, s.text),
+                labels: vec![],
+            }
         }
-        Question::Item { instrument, item, label_style, option_order } => {
+        Question::Item {
+            instrument,
+            item,
+            label_style,
+            option_order,
+        } => {
             let ins = &lib.instruments[instrument];
             let mut labels = Vec::new();
             let (scale, answer) = match &ins.response {
@@ -85,15 +117,30 @@ pub fn question_text(lib: &Library, question: &Question) -> QuestionText {
                     };
                     (lines.join("\n"), kind)
                 }
-                Response::Numeric { min, max, .. } => (format!("Use any whole number from {min} to {max}."), "number"),
+                Response::Numeric { min, max, .. } => (
+                    format!("Use any whole number from {min} to {max}."),
+                    "number",
+                ),
             };
             let text = match item {
                 Some(id) => {
-                    let it = ins.items.iter().find(|i| &i.id == id).expect("planned item exists");
-                    format!("{}\n\n{}\n\n{scale}\n\nAnswer with only the {answer}.", ins.instruction, it.text)
+                    let it = ins
+                        .items
+                        .iter()
+                        .find(|i| &i.id == id)
+                        .expect("planned item exists");
+                    format!(
+                        "{}\n\n{}\n\n{scale}\n\nAnswer with only the {answer}.",
+                        ins.instruction, it.text
+                    )
                 }
                 None => {
-                    let list: Vec<String> = ins.items.iter().enumerate().map(|(i, it)| format!("{}. {}", i + 1, it.text)).collect();
+                    let list: Vec<String> = ins
+                        .items
+                        .iter()
+                        .enumerate()
+                        .map(|(i, it)| format!("{}. {}", i + 1, it.text))
+                        .collect();
                     format!(
                         "{}\n\n{scale}\n\n{}\n\nAnswer every statement on its own line, in order, as \"statement number: {answer}\".",
                         ins.instruction,
@@ -110,10 +157,16 @@ pub fn question_text(lib: &Library, question: &Question) -> QuestionText {
 pub fn reask_text(lib: &Library, question: &Question, labels: &[(String, usize)]) -> String {
     match question {
         Question::Item { instrument, .. } => match &lib.instruments[instrument].response {
-            Response::Numeric { min, max, .. } => format!("Please answer with only a single whole number from {min} to {max}."),
+            Response::Numeric { min, max, .. } => {
+                format!("Please answer with only a single whole number from {min} to {max}.")
+            }
             Response::Options(_) => format!(
                 "Please answer with only one of: {}.",
-                labels.iter().map(|(l, _)| l.as_str()).collect::<Vec<_>>().join(", ")
+                labels
+                    .iter()
+                    .map(|(l, _)| l.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         },
         Question::Completion { .. } => "Please complete the sentence.".to_string(),

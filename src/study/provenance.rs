@@ -7,7 +7,10 @@ use crate::chat::sha256_hex;
 use crate::error::{IoContext, Result};
 use crate::model::Model;
 use crate::registry::ModelRef;
-use crate::results::{EngineRecord, InstrumentScoring, ModelProvenance, RunHeader, RunStatus, ScenarioFile, StudyRecord, SCHEMA};
+use crate::results::{
+    EngineRecord, InstrumentScoring, ModelProvenance, RunHeader, RunStatus, ScenarioFile,
+    StudyRecord, SCHEMA,
+};
 use crate::scenario::{Library, Study};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -18,7 +21,11 @@ pub fn model_provenance(model_ref: &ModelRef, m: &Model) -> Result<ModelProvenan
         ModelRef::Registry(e) => e.sha256.clone(),
         ModelRef::GgufFile(p) => cache::sha256_file(p, |_| {})?,
         ModelRef::SafetensorsDir(d) => {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(d).with_path(d)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
+            let mut files: Vec<PathBuf> = std::fs::read_dir(d)
+                .with_path(d)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file())
+                .collect();
             files.sort();
             let mut all = String::new();
             for f in files {
@@ -32,7 +39,13 @@ pub fn model_provenance(model_ref: &ModelRef, m: &Model) -> Result<ModelProvenan
         path: m.info.path.display().to_string(),
         sha256,
         architecture: m.info.arch.name().to_string(),
-        tokenizer_sha256: sha256_hex(m.tokenizer.tokenizer.to_string(false).unwrap_or_default().as_bytes()),
+        tokenizer_sha256: sha256_hex(
+            m.tokenizer
+                .tokenizer
+                .to_string(false)
+                .unwrap_or_default()
+                .as_bytes(),
+        ),
         chat_template_sha256: m.chat_template.as_ref().map(|t| t.hash()),
     })
 }
@@ -51,12 +64,33 @@ pub struct HeaderInputs<'a> {
 
 /// The header of a run that is starting (status `running`).
 pub fn new_header(inputs: HeaderInputs<'_>) -> RunHeader {
-    let HeaderInputs { study_path, study, lib, models, repetitions, engine, trials_planned, shard } = inputs;
-    let used: HashSet<&str> = study.conditions.iter().flat_map(|c| c.instruments.iter().map(String::as_str)).collect();
-    let instruments = || lib.instruments.values().filter(|x| used.contains(x.info.id.as_str()));
+    let HeaderInputs {
+        study_path,
+        study,
+        lib,
+        models,
+        repetitions,
+        engine,
+        trials_planned,
+        shard,
+    } = inputs;
+    let used: HashSet<&str> = study
+        .conditions
+        .iter()
+        .flat_map(|c| c.instruments.iter().map(String::as_str))
+        .collect();
+    let instruments = || {
+        lib.instruments
+            .values()
+            .filter(|x| used.contains(x.info.id.as_str()))
+    };
     let mut files = vec![ScenarioFile::from(&study.info)];
     files.extend(lib.inductions.values().map(|x| ScenarioFile::from(&x.info)));
-    files.extend(lib.regulations.values().map(|x| ScenarioFile::from(&x.info)));
+    files.extend(
+        lib.regulations
+            .values()
+            .map(|x| ScenarioFile::from(&x.info)),
+    );
     files.extend(instruments().map(|x| ScenarioFile::from(&x.info)));
     files.extend(lib.tasks.values().map(|x| ScenarioFile::from(&x.info)));
     RunHeader {
@@ -83,6 +117,8 @@ pub fn new_header(inputs: HeaderInputs<'_>) -> RunHeader {
         engine,
         trials_planned,
         shard: shard.map(|(i, n)| format!("{i}/{n}")),
-        scoring: instruments().map(InstrumentScoring::from_instrument).collect(),
+        scoring: instruments()
+            .map(InstrumentScoring::from_instrument)
+            .collect(),
     }
 }

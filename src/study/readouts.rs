@@ -41,30 +41,59 @@ struct ItemOptions {
 /// Prefills a unit of item trials in one ragged forward pass (each row equal to its
 /// lone prefill) and scores all their options together (multi-token labels need further
 /// passes: one per unit instead of one per item).
-pub fn prefill_unit(study: &Study, lib: &Library, model: &Model, ctx: &GroupContext, unit: &[&Trial]) -> Result<Vec<Prefilled>> {
+pub fn prefill_unit(
+    study: &Study,
+    lib: &Library,
+    model: &Model,
+    ctx: &GroupContext,
+    unit: &[&Trial],
+) -> Result<Vec<Prefilled>> {
     let started = Instant::now();
-    let suffixes: Vec<Vec<u32>> = unit.iter().map(|t| Ok(ctx.prompt(&t.id)?.tokens[ctx.shared.len()..].to_vec())).collect::<Result<_>>()?;
+    let suffixes: Vec<Vec<u32>> = unit
+        .iter()
+        .map(|t| Ok(ctx.prompt(&t.id)?.tokens[ctx.shared.len()..].to_vec()))
+        .collect::<Result<_>>()?;
     let rows = extend_rows(model, &ctx.cache, &suffixes)?;
     let options: Vec<Option<ItemOptions>> = unit
         .iter()
         .map(|t| match &t.question {
-            Question::Item { instrument, .. } => item_options(study, model, &lib.instruments[instrument], &ctx.prompt(&t.id)?.labels),
-            Question::Completion { .. } => Err(Error::Run("internal: a completion in an item unit".into())),
+            Question::Item { instrument, .. } => item_options(
+                study,
+                model,
+                &lib.instruments[instrument],
+                &ctx.prompt(&t.id)?.labels,
+            ),
+            Question::Completion { .. } => {
+                Err(Error::Run("internal: a completion in an item unit".into()))
+            }
         })
         .collect::<Result<_>>()?;
-    let scoring: Vec<(&KvCache, &[f32], &[Vec<u32>])> = rows.iter().zip(&options).filter_map(|((cache, logits), o)| o.as_ref().map(|o| (cache, &logits[..], &o.tokens[..]))).collect();
+    let scoring: Vec<(&KvCache, &[f32], &[Vec<u32>])> = rows
+        .iter()
+        .zip(&options)
+        .filter_map(|((cache, logits), o)| o.as_ref().map(|o| (cache, &logits[..], &o.tokens[..])))
+        .collect();
     let mut scored = option_logprobs_rows(model, &scoring)?.into_iter();
     let prefill_ms = started.elapsed().as_secs_f64() * 1e3 / unit.len() as f64;
     Ok(rows
         .into_iter()
         .zip(&options)
-        .map(|((cache, logits), o)| Prefilled { cache, logits, prefill_ms, option_logprobs: o.as_ref().and_then(|_| scored.next()) })
+        .map(|((cache, logits), o)| Prefilled {
+            cache,
+            logits,
+            prefill_ms,
+            option_logprobs: o.as_ref().and_then(|_| scored.next()),
+        })
         .collect())
 }
 
 /// The record every read-out fills in: coordinates, prompt and its hash.
 pub fn base_record(study: &Study, group: &Group, trial: &Trial, ctx: &GroupContext) -> TrialRecord {
-    let (prompt, prompt_tokens) = ctx.prompts.get(&trial.id).map(|p| (p.text.clone(), p.tokens.len())).unwrap_or_default();
+    let (prompt, prompt_tokens) = ctx
+        .prompts
+        .get(&trial.id)
+        .map(|p| (p.text.clone(), p.tokens.len()))
+        .unwrap_or_default();
     TrialRecord {
         kind: RecordKind::Trial,
         schema: SCHEMA,
@@ -93,9 +122,20 @@ pub fn base_record(study: &Study, group: &Group, trial: &Trial, ctx: &GroupConte
 
 /// A completion trial: its sampled tokens (decoded with its group) as text, and the
 /// judge's read-out of the text where the task has a judge.
-pub fn run_completion(study: &Study, lib: &Library, model: &Model, mut rec: TrialRecord, trial: &Trial, tokens: Option<&Vec<u32>>) -> Result<TrialRecord> {
-    let Question::Completion { task, .. } = &trial.question else { return Err(Error::Run("internal: not a completion trial".into())) };
-    let tokens = tokens.ok_or_else(|| Error::Run("internal: a completion trial was not decoded with its group".into()))?;
+pub fn run_completion(
+    study: &Study,
+    lib: &Library,
+    model: &Model,
+    mut rec: TrialRecord,
+    trial: &Trial,
+    tokens: Option<&Vec<u32>>,
+) -> Result<TrialRecord> {
+    let Question::Completion { task, .. } = &trial.question else {
+        return Err(Error::Run("internal: not a completion trial".into()));
+    };
+    let tokens = tokens.ok_or_else(|| {
+        Error::Run("internal: a completion trial was not decoded with its group".into())
+    })?;
     let text = model.tokenizer.decode(tokens)?.trim().to_string();
     let started = Instant::now();
     if let Some(judge) = &lib.tasks[task].judge {
@@ -108,12 +148,32 @@ pub fn run_completion(study: &Study, lib: &Library, model: &Model, mut rec: Tria
 
 /// An item trial, from its prefilled prompt: the choice read-out, then the generated
 /// read-out with bounded re-asks on fresh streams.
-pub fn run_item(study: &Study, lib: &Library, model: &Model, ctx: &GroupContext, mut rec: TrialRecord, trial: &Trial, prefilled: Prefilled) -> Result<TrialRecord> {
-    let Question::Item { instrument, item, .. } = &trial.question else { return Err(Error::Run("internal: not an item trial".into())) };
+pub fn run_item(
+    study: &Study,
+    lib: &Library,
+    model: &Model,
+    ctx: &GroupContext,
+    mut rec: TrialRecord,
+    trial: &Trial,
+    prefilled: Prefilled,
+) -> Result<TrialRecord> {
+    let Question::Item {
+        instrument, item, ..
+    } = &trial.question
+    else {
+        return Err(Error::Run("internal: not an item trial".into()));
+    };
     let prompt = ctx.prompt(&trial.id)?;
     let ins = &lib.instruments[instrument];
-    let item_def = item.as_ref().and_then(|id| ins.items.iter().find(|i| &i.id == id));
-    let Prefilled { cache, logits, prefill_ms, option_logprobs: scored } = prefilled;
+    let item_def = item
+        .as_ref()
+        .and_then(|id| ins.items.iter().find(|i| &i.id == id));
+    let Prefilled {
+        cache,
+        logits,
+        prefill_ms,
+        option_logprobs: scored,
+    } = prefilled;
 
     let started = Instant::now();
     if let Some(options) = item_options(study, model, ins, &prompt.labels)? {
@@ -123,20 +183,45 @@ pub fn run_item(study: &Study, lib: &Library, model: &Model, ctx: &GroupContext,
         };
         let (probs, mass) = normalise(&lps);
         let keying = item_def.map(|it| (ins, it));
-        rec.choice = Some(choice_readout(study.seed, options.shown, options.values, probs, mass, Stream::ChoiceDraw { trial: &trial.id }, keying)?);
+        rec.choice = Some(choice_readout(
+            study.seed,
+            options.shown,
+            options.values,
+            probs,
+            mass,
+            Stream::ChoiceDraw { trial: &trial.id },
+            keying,
+        )?);
     }
     let choice_ms = started.elapsed().as_secs_f64() * 1e3;
 
     let started = Instant::now();
-    rec.generate = Some(generated_answer(study, lib, model, ctx, trial, ins, item_def, cache, logits)?);
-    rec.timing = Timing { prefill_ms: Some(prefill_ms), choice_ms: Some(choice_ms), generate_ms: Some(started.elapsed().as_secs_f64() * 1e3), ..Timing::default() };
+    rec.generate = Some(generated_answer(
+        study, lib, model, ctx, trial, ins, item_def, cache, logits,
+    )?);
+    rec.timing = Timing {
+        prefill_ms: Some(prefill_ms),
+        choice_ms: Some(choice_ms),
+        generate_ms: Some(started.elapsed().as_secs_f64() * 1e3),
+        ..Timing::default()
+    };
     Ok(rec)
 }
 
 /// Samples an answer, reads it, and re-asks (up to `max_reasks` times, each attempt on
 /// its own stream) while it cannot be read; every reply and failure is kept.
 #[allow(clippy::too_many_arguments)]
-fn generated_answer(study: &Study, lib: &Library, model: &Model, ctx: &GroupContext, trial: &Trial, ins: &Instrument, item_def: Option<&Item>, cache: KvCache, logits: Vec<f32>) -> Result<GenerateReadout> {
+fn generated_answer(
+    study: &Study,
+    lib: &Library,
+    model: &Model,
+    ctx: &GroupContext,
+    trial: &Trial,
+    ins: &Instrument,
+    item_def: Option<&Item>,
+    cache: KvCache,
+    logits: Vec<f32>,
+) -> Result<GenerateReadout> {
     let prompt = ctx.prompt(&trial.id)?;
     let sampling = study_sampling(study)?;
     let single = trial.question.item().is_some();
@@ -151,18 +236,39 @@ fn generated_answer(study: &Study, lib: &Library, model: &Model, ctx: &GroupCont
         if attempt > 0 {
             // Continue from what is already computed: the longest token prefix the
             // re-rendered conversation shares with the cached prompt + reply.
-            let conv_tokens = model.tokenizer.encode(&model.render_chat(&conversation)?, false)?;
-            let common = conv_tokens.iter().zip(&cached_tokens).take_while(|(a, b)| a == b).count().min(conv_tokens.len() - 1);
+            let conv_tokens = model
+                .tokenizer
+                .encode(&model.render_chat(&conversation)?, false)?;
+            let common = conv_tokens
+                .iter()
+                .zip(&cached_tokens)
+                .take_while(|(a, b)| a == b)
+                .count()
+                .min(conv_tokens.len() - 1);
             if common >= ctx.shared.len() {
                 cache.truncate(common)?;
-                logits = model.transformer.last_logits(&conv_tokens[common..], &mut cache)?;
+                logits = model
+                    .transformer
+                    .last_logits(&conv_tokens[common..], &mut cache)?;
             } else {
                 (cache, logits) = ctx.extend(model, &conv_tokens)?;
             }
             cached_tokens = conv_tokens;
         }
-        let mut rng = Stream::Answer { trial: &trial.id, attempt }.rng(study.seed);
-        let (sampled, after, _) = decode(model, cache.clone(), logits.clone(), &sampling, &mut rng, study.max_answer_tokens, |t| Ok(!single || !first_line_complete(model, t)?))?;
+        let mut rng = Stream::Answer {
+            trial: &trial.id,
+            attempt,
+        }
+        .rng(study.seed);
+        let (sampled, after, _) = decode(
+            model,
+            cache.clone(),
+            logits.clone(),
+            &sampling,
+            &mut rng,
+            study.max_answer_tokens,
+            |t| Ok(!single || !first_line_complete(model, t)?),
+        )?;
         let reply = model.tokenizer.decode(&sampled)?;
         used_tokens += sampled.len();
         // `after` holds the prompt plus the sampled tokens (maybe all but the last); the
@@ -181,52 +287,115 @@ fn generated_answer(study: &Study, lib: &Library, model: &Model, ctx: &GroupCont
             Err(why) => {
                 failures.push(why);
                 conversation.push(Message::assistant(reply.trim().to_string()));
-                conversation.push(Message::user(reask_text(lib, &trial.question, &prompt.labels)));
+                conversation.push(Message::user(reask_text(
+                    lib,
+                    &trial.question,
+                    &prompt.labels,
+                )));
             }
         }
     }
     let keyed = value.map(|v| item_def.map(|it| ins.keyed_value(it, v)).unwrap_or(v));
-    Ok(GenerateReadout { replies, failures, value, keyed, sampling, tokens: used_tokens })
+    Ok(GenerateReadout {
+        replies,
+        failures,
+        value,
+        keyed,
+        sampling,
+        tokens: used_tokens,
+    })
 }
 
 /// For answers: stop once a non-empty first line is complete. An answer is read from the
 /// first number or label, which later text cannot change.
 fn first_line_complete(model: &Model, tokens: &[u32]) -> Result<bool> {
     let text = model.tokenizer.decode(tokens)?;
-    Ok(text.trim_start().split_once('\n').is_some_and(|(line, _)| !line.trim().is_empty()))
+    Ok(text
+        .trim_start()
+        .split_once('\n')
+        .is_some_and(|(line, _)| !line.trim().is_empty()))
 }
 
 /// The labels an item trial shows, their values and their tokens, for the choice
 /// read-out; None when the conversation holds all items (no single answer position).
-fn item_options(study: &Study, model: &Model, ins: &Instrument, labels: &[(String, usize)]) -> Result<Option<ItemOptions>> {
+fn item_options(
+    study: &Study,
+    model: &Model,
+    ins: &Instrument,
+    labels: &[(String, usize)],
+) -> Result<Option<ItemOptions>> {
     if study.per_conversation != PerConversation::One {
         return Ok(None);
     }
     let (shown, values): (Vec<String>, Vec<f64>) = match &ins.response {
-        Response::Options(opts) => labels.iter().map(|(l, idx)| (l.clone(), opts[*idx].value)).unzip(),
+        Response::Options(opts) => labels
+            .iter()
+            .map(|(l, idx)| (l.clone(), opts[*idx].value))
+            .unzip(),
         Response::Numeric { bins, .. } => bins.iter().map(|b| (b.to_string(), *b as f64)).unzip(),
     };
-    let tokens = shown.iter().map(|l| model.tokenizer.encode(l, false)).collect::<Result<Vec<_>>>()?;
-    Ok(Some(ItemOptions { shown, values, tokens }))
+    let tokens = shown
+        .iter()
+        .map(|l| model.tokenizer.encode(l, false))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(ItemOptions {
+        shown,
+        values,
+        tokens,
+    }))
 }
 
 /// Summaries of an option distribution: expected value, argmax, a seeded draw (from
 /// `draw`) and the expected value after reverse keying.
-fn choice_readout(seed: u64, labels: Vec<String>, values: Vec<f64>, probs: Vec<f64>, mass: f64, draw: Stream<'_>, keying: Option<(&Instrument, &Item)>) -> Result<ChoiceReadout> {
+fn choice_readout(
+    seed: u64,
+    labels: Vec<String>,
+    values: Vec<f64>,
+    probs: Vec<f64>,
+    mass: f64,
+    draw: Stream<'_>,
+    keying: Option<(&Instrument, &Item)>,
+) -> Result<ChoiceReadout> {
     if probs.is_empty() || probs.len() != values.len() {
-        return Err(Error::Run(format!("{} option probabilities for {} options", probs.len(), values.len())));
+        return Err(Error::Run(format!(
+            "{} option probabilities for {} options",
+            probs.len(),
+            values.len()
+        )));
     }
     let expected: f64 = probs.iter().zip(&values).map(|(p, v)| p * v).sum();
-    let best = probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0);
+    let best = probs
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i)
+        .unwrap_or(0);
     let u: f64 = draw.rng(seed).random();
     let drawn = inverse_cdf(&probs, u).unwrap_or(probs.len() - 1);
-    let keyed_expected = keying.map(|(ins, it)| ins.keyed_value(it, expected)).unwrap_or(expected);
-    Ok(ChoiceReadout { argmax: values[best], draw: values[drawn], labels, values, probs, mass, expected, keyed_expected })
+    let keyed_expected = keying
+        .map(|(ins, it)| ins.keyed_value(it, expected))
+        .unwrap_or(expected);
+    Ok(ChoiceReadout {
+        argmax: values[best],
+        draw: values[drawn],
+        labels,
+        values,
+        probs,
+        mass,
+        expected,
+        keyed_expected,
+    })
 }
 
 /// The model-as-judge read-out: a fresh conversation (the study's system prompt, then the
 /// judge instruction around `text`) and the probability of each judge label.
-fn judge_valence(study: &Study, model: &Model, judge: &Judge, text: &str, trial_id: &str) -> Result<ChoiceReadout> {
+fn judge_valence(
+    study: &Study,
+    model: &Model,
+    judge: &Judge,
+    text: &str,
+    trial_id: &str,
+) -> Result<ChoiceReadout> {
     let mut conv = Vec::new();
     if let Some(s) = &study.system_prompt {
         conv.push(Message::system(s.clone()));
@@ -236,20 +405,40 @@ fn judge_valence(study: &Study, model: &Model, judge: &Judge, text: &str, trial_
     let mut cache = KvCache::new(model.transformer.config.n_layer);
     let logits = model.transformer.last_logits(&tokens, &mut cache)?;
     let (labels, values): (Vec<String>, Vec<f64>) = judge.options.iter().cloned().unzip();
-    let option_tokens = labels.iter().map(|l| model.tokenizer.encode(l, false)).collect::<Result<Vec<_>>>()?;
+    let option_tokens = labels
+        .iter()
+        .map(|l| model.tokenizer.encode(l, false))
+        .collect::<Result<Vec<_>>>()?;
     let (probs, mass) = normalise(&option_logprobs(model, &cache, &logits, &option_tokens)?);
-    choice_readout(study.seed, labels, values, probs, mass, Stream::JudgeDraw { trial: trial_id }, None)
+    choice_readout(
+        study.seed,
+        labels,
+        values,
+        probs,
+        mass,
+        Stream::JudgeDraw { trial: trial_id },
+        None,
+    )
 }
 
 /// The value an answer gives, or why it could not be read. With all items in one turn
 /// the value is the instrument's score over the items read (each reverse-keyed).
-fn read_answer(ins: &Instrument, labels: &[(String, usize)], single: bool, reply: &str) -> std::result::Result<f64, String> {
+fn read_answer(
+    ins: &Instrument,
+    labels: &[(String, usize)],
+    single: bool,
+    reply: &str,
+) -> std::result::Result<f64, String> {
     let one = |text: &str| -> std::result::Result<f64, String> {
         match &ins.response {
-            Response::Numeric { min, max, .. } => parse_number(text, *min as f64, *max as f64).map_err(|e| format!("{e:?}")),
+            Response::Numeric { min, max, .. } => {
+                parse_number(text, *min as f64, *max as f64).map_err(|e| format!("{e:?}"))
+            }
             Response::Options(opts) => {
                 let shown: Vec<String> = labels.iter().map(|(l, _)| l.clone()).collect();
-                parse_label(text, &shown).map(|pos| opts[labels[pos].1].value).map_err(|e| format!("{e:?}"))
+                parse_label(text, &shown)
+                    .map(|pos| opts[labels[pos].1].value)
+                    .map_err(|e| format!("{e:?}"))
             }
         }
     };
@@ -259,7 +448,9 @@ fn read_answer(ins: &Instrument, labels: &[(String, usize)], single: bool, reply
     let parts = split_numbered(reply, ins.items.len());
     let mut keyed = Vec::new();
     for (item, part) in ins.items.iter().zip(parts) {
-        let v = one(part.as_deref().ok_or_else(|| format!("no answer for statement {}", item.id))?)?;
+        let v = one(part
+            .as_deref()
+            .ok_or_else(|| format!("no answer for statement {}", item.id))?)?;
         keyed.push(Some(ins.keyed_value(item, v)));
     }
     ins.score(&keyed).ok_or_else(|| "no items".to_string())

@@ -29,7 +29,12 @@ impl RunDir {
     pub fn open(path: &Path) -> Result<RunDir> {
         std::fs::create_dir_all(path).with_path(path)?;
         let lock_path = path.join("run.lock");
-        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).with_path(&lock_path)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_path(&lock_path)?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -42,8 +47,17 @@ impl RunDir {
             Err(std::fs::TryLockError::Error(e)) => return Err(e).with_path(&lock_path),
         }
         let trials_path = path.join("trials.jsonl");
-        let trials = OpenOptions::new().create(true).append(true).open(&trials_path).with_path(&trials_path)?;
-        Ok(RunDir { path: path.to_path_buf(), trials_path, trials, _lock: lock })
+        let trials = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&trials_path)
+            .with_path(&trials_path)?;
+        Ok(RunDir {
+            path: path.to_path_buf(),
+            trials_path,
+            trials,
+            _lock: lock,
+        })
     }
 
     /// The header of an earlier run in this directory, if there is one.
@@ -58,7 +72,8 @@ impl RunDir {
     pub fn write_header(&self, header: &RunHeader) -> Result<()> {
         let path = self.path.join("run.json");
         let tmp = self.path.join("run.json.tmp");
-        let text = serde_json::to_string_pretty(header).map_err(|e| run_err(format!("run.json could not be serialised: {e}")))?;
+        let text = serde_json::to_string_pretty(header)
+            .map_err(|e| run_err(format!("run.json could not be serialised: {e}")))?;
         std::fs::write(&tmp, text).with_path(&tmp)?;
         std::fs::rename(&tmp, &path).with_path(&path)
     }
@@ -69,8 +84,12 @@ impl RunDir {
     pub fn finished_trials(&mut self, seed: u64) -> Result<HashSet<String>> {
         let file = read_trials(&self.trials_path, seed)?;
         if file.torn_tail.is_some() {
-            let f = OpenOptions::new().write(true).open(&self.trials_path).with_path(&self.trials_path)?;
-            f.set_len(file.complete_bytes).with_path(&self.trials_path)?;
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&self.trials_path)
+                .with_path(&self.trials_path)?;
+            f.set_len(file.complete_bytes)
+                .with_path(&self.trials_path)?;
         } else if file.missing_final_newline {
             self.trials.write_all(b"\n").with_path(&self.trials_path)?;
         }
@@ -79,8 +98,12 @@ impl RunDir {
 
     /// Appends one record as one whole line, in a single write, and flushes it.
     pub fn append(&mut self, record: &TrialRecord) -> Result<()> {
-        let mut line = serde_json::to_vec(record).map_err(|e| run_err(format!("a trial record could not be serialised: {e}")))?;
+        let mut line = serde_json::to_vec(record)
+            .map_err(|e| run_err(format!("a trial record could not be serialised: {e}")))?;
         line.push(b'\n');
-        self.trials.write_all(&line).and_then(|_| self.trials.flush()).with_path(&self.trials_path)
+        self.trials
+            .write_all(&line)
+            .and_then(|_| self.trials.flush())
+            .with_path(&self.trials_path)
     }
 }

@@ -91,10 +91,23 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
         header.started = old.started;
     }
     let done = dir.finished_trials(study.seed)?;
-    let in_shard = |t: &&Trial| cfg.shard.is_none_or(|(index, count)| t.group % count == index);
+    let in_shard = |t: &&Trial| {
+        cfg.shard
+            .is_none_or(|(index, count)| t.group % count == index)
+    };
     let shard_trials = plan.trials.iter().filter(in_shard).count();
-    let shard_done = plan.trials.iter().filter(in_shard).filter(|t| done.contains(&t.id)).count();
-    let mut pending: Vec<&Trial> = plan.trials.iter().filter(in_shard).filter(|t| !done.contains(&t.id)).collect();
+    let shard_done = plan
+        .trials
+        .iter()
+        .filter(in_shard)
+        .filter(|t| done.contains(&t.id))
+        .count();
+    let mut pending: Vec<&Trial> = plan
+        .trials
+        .iter()
+        .filter(in_shard)
+        .filter(|t| !done.contains(&t.id))
+        .collect();
     if let Some(n) = cfg.max_trials {
         pending.truncate(n);
     }
@@ -102,7 +115,17 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
 
     let progress = progress_bar(cfg.show_progress, pending.len());
     let mut tally = Tally::default();
-    let result = execute(&study, &lib, &models, &plan, &pending, cfg.engine.batch_size, &mut dir, &progress, &mut tally);
+    let result = execute(
+        &study,
+        &lib,
+        &models,
+        &plan,
+        &pending,
+        cfg.engine.batch_size,
+        &mut dir,
+        &progress,
+        &mut tally,
+    );
     progress.finish_and_clear();
 
     let remaining = shard_trials - shard_done - tally.written;
@@ -114,13 +137,25 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
     };
     dir.write_header(&header)?;
     result?;
-    let trials: Vec<TrialRecord> = read_trials(&cfg.out_dir.join("trials.jsonl"), study.seed)?.records.into_iter().map(|(_, r)| r).collect();
-    Ok(RunOutcome { out_dir: cfg.out_dir.clone(), trials_written: tally.written, trials_remaining: remaining, summary: summarise(&trials, &header.scoring) })
+    let trials: Vec<TrialRecord> = read_trials(&cfg.out_dir.join("trials.jsonl"), study.seed)?
+        .records
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    Ok(RunOutcome {
+        out_dir: cfg.out_dir.clone(),
+        trials_written: tally.written,
+        trials_remaining: remaining,
+        summary: summarise(&trials, &header.scoring),
+    })
 }
 
 /// The study and the scenario library it draws on, with the seed override applied.
 fn load_design(cfg: &RunConfig) -> Result<(Study, Library)> {
-    let root = cfg.scenarios_root.clone().unwrap_or_else(|| default_scenarios_root(&cfg.study_path));
+    let root = cfg
+        .scenarios_root
+        .clone()
+        .unwrap_or_else(|| default_scenarios_root(&cfg.study_path));
     let lib = Library::load(&root)?;
     let mut study = Study::load(&cfg.study_path, &lib)?;
     if let Some(s) = cfg.seed {
@@ -154,20 +189,35 @@ fn check_resumable(old: &RunHeader, new: &RunHeader, dir: &Path) -> Result<()> {
         differences.push(format!("seed: {} vs {}", old.seed, new.seed));
     }
     if old.repetitions != new.repetitions {
-        differences.push(format!("repetitions: {} vs {}", old.repetitions, new.repetitions));
+        differences.push(format!(
+            "repetitions: {} vs {}",
+            old.repetitions, new.repetitions
+        ));
     }
     if old.study.sha256 != new.study.sha256 {
-        differences.push(format!("study file sha256: {} vs {}", old.study.sha256, new.study.sha256));
+        differences.push(format!(
+            "study file sha256: {} vs {}",
+            old.study.sha256, new.study.sha256
+        ));
     }
     if old.models != new.models {
         differences.push("models (label, file, sha256, tokenizer or chat template)".to_string());
     }
     if old.shard != new.shard {
-        differences.push(format!("shard: {} vs {}", old.shard.as_deref().unwrap_or("none"), new.shard.as_deref().unwrap_or("none")));
+        differences.push(format!(
+            "shard: {} vs {}",
+            old.shard.as_deref().unwrap_or("none"),
+            new.shard.as_deref().unwrap_or("none")
+        ));
     }
     // A schema-1 run recorded no engine choices; from schema 2 on they must match.
     if old.engine.weights.is_some() {
-        differences.extend(old.engine.result_changing_differences(&new.engine).into_iter().map(|d| format!("engine {d}")));
+        differences.extend(
+            old.engine
+                .result_changing_differences(&new.engine)
+                .into_iter()
+                .map(|d| format!("engine {d}")),
+        );
     }
     if differences.is_empty() {
         return Ok(());
@@ -180,8 +230,18 @@ fn check_resumable(old: &RunHeader, new: &RunHeader, dir: &Path) -> Result<()> {
 }
 
 fn progress_bar(show: bool, len: usize) -> ProgressBar {
-    let bar = if show { ProgressBar::new(len as u64) } else { ProgressBar::hidden() };
-    bar.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} trials  {per_sec}  eta {eta}  {msg}").expect("static template").progress_chars("=> "));
+    let bar = if show {
+        ProgressBar::new(len as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} trials  {per_sec}  eta {eta}  {msg}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
     bar
 }
 
@@ -194,40 +254,91 @@ struct Tally {
 
 /// Runs the pending trials group by group, appending each record as it is made.
 #[allow(clippy::too_many_arguments)]
-fn execute(study: &Study, lib: &Library, models: &[Model], plan: &Plan, pending: &[&Trial], batch_size: usize, dir: &mut RunDir, progress: &ProgressBar, tally: &mut Tally) -> Result<()> {
+fn execute(
+    study: &Study,
+    lib: &Library,
+    models: &[Model],
+    plan: &Plan,
+    pending: &[&Trial],
+    batch_size: usize,
+    dir: &mut RunDir,
+    progress: &ProgressBar,
+    tally: &mut Tally,
+) -> Result<()> {
     let pending_ids: HashSet<&str> = pending.iter().map(|t| t.id.as_str()).collect();
     for (gi, group) in plan.groups.iter().enumerate() {
         let members: Vec<&Trial> = plan.trials.iter().filter(|t| t.group == gi).collect();
-        let todo: Vec<&Trial> = members.iter().copied().filter(|t| pending_ids.contains(t.id.as_str())).collect();
+        let todo: Vec<&Trial> = members
+            .iter()
+            .copied()
+            .filter(|t| pending_ids.contains(t.id.as_str()))
+            .collect();
         if todo.is_empty() {
             continue;
         }
         progress.set_message(format!("{} rep {}", group.condition, group.repetition + 1));
-        let model = models.iter().find(|m| m.info.label == group.model).ok_or_else(|| run_err("internal: a planned model is not loaded"))?;
+        let model = models
+            .iter()
+            .find(|m| m.info.label == group.model)
+            .ok_or_else(|| run_err("internal: a planned model is not loaded"))?;
         let ctx = GroupContext::build(study, lib, model, group, &members)?;
         let completions = lockstep_completions(study, model, &ctx, &todo, batch_size)?;
         for unit in work_units(&todo, batch_size) {
             let started = Instant::now();
             let records: Vec<Result<TrialRecord>> = if unit[0].question.is_item() {
                 match prefill_unit(study, lib, model, &ctx, &unit) {
-                    Ok(rows) => unit.iter().zip(rows).map(|(t, p)| run_item(study, lib, model, &ctx, base_record(study, group, t, &ctx), t, p)).collect(),
-                    Err(e) => unit.iter().map(|_| Err(run_err(format!("the unit's batched prefill failed: {e}")))).collect(),
+                    Ok(rows) => unit
+                        .iter()
+                        .zip(rows)
+                        .map(|(t, p)| {
+                            run_item(
+                                study,
+                                lib,
+                                model,
+                                &ctx,
+                                base_record(study, group, t, &ctx),
+                                t,
+                                p,
+                            )
+                        })
+                        .collect(),
+                    Err(e) => unit
+                        .iter()
+                        .map(|_| Err(run_err(format!("the unit's batched prefill failed: {e}"))))
+                        .collect(),
                 }
             } else {
-                unit.iter().map(|t| run_completion(study, lib, model, base_record(study, group, t, &ctx), t, completions.get(&t.id))).collect()
+                unit.iter()
+                    .map(|t| {
+                        run_completion(
+                            study,
+                            lib,
+                            model,
+                            base_record(study, group, t, &ctx),
+                            t,
+                            completions.get(&t.id),
+                        )
+                    })
+                    .collect()
             };
             let per_trial_ms = started.elapsed().as_secs_f64() * 1e3 / unit.len() as f64;
             for (trial, record) in unit.iter().zip(records) {
                 let mut record = record.unwrap_or_else(|e| {
                     tally.failed += 1;
-                    TrialRecord { error: Some(e.to_string()), ..base_record(study, group, trial, &ctx) }
+                    TrialRecord {
+                        error: Some(e.to_string()),
+                        ..base_record(study, group, trial, &ctx)
+                    }
                 });
                 record.timing.total_ms = Some(per_trial_ms);
                 dir.append(&record)?;
                 tally.written += 1;
                 progress.inc(1);
                 if tally.failed >= 10 && tally.failed * 5 > tally.written {
-                    return Err(run_err(format!("{} of {} trials failed; stopping (see the error field in trials.jsonl)", tally.failed, tally.written)));
+                    return Err(run_err(format!(
+                        "{} of {} trials failed; stopping (see the error field in trials.jsonl)",
+                        tally.failed, tally.written
+                    )));
                 }
             }
         }
@@ -236,8 +347,15 @@ fn execute(study: &Study, lib: &Library, models: &[Model], plan: &Plan, pending:
 }
 
 /// Groups and trials of a study, for `--dry-run`-style inspection and tests.
-pub fn plan_for(study_path: &Path, scenarios_root: Option<&Path>, models: &[String], repetitions: Option<usize>) -> Result<(Study, Library, Plan)> {
-    let root = scenarios_root.map(Path::to_path_buf).unwrap_or_else(|| default_scenarios_root(study_path));
+pub fn plan_for(
+    study_path: &Path,
+    scenarios_root: Option<&Path>,
+    models: &[String],
+    repetitions: Option<usize>,
+) -> Result<(Study, Library, Plan)> {
+    let root = scenarios_root
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| default_scenarios_root(study_path));
     let lib = Library::load(&root)?;
     let study = Study::load(study_path, &lib)?;
     let reps = repetitions.unwrap_or(study.repetitions);

@@ -15,8 +15,17 @@ use std::path::{Path, PathBuf};
 /// an explanation (in CI and elsewhere), never skips.
 pub fn real_model(name: &str) -> PathBuf {
     let registry = Registry::builtin();
-    let entry = registry.get(name).unwrap_or_else(|| panic!("{name} is not in the registry"));
-    match fetch(entry, &FetchOptions { source: Source::Auto, force: false, show_progress: false }) {
+    let entry = registry
+        .get(name)
+        .unwrap_or_else(|| panic!("{name} is not in the registry"));
+    match fetch(
+        entry,
+        &FetchOptions {
+            source: Source::Auto,
+            force: false,
+            show_progress: false,
+        },
+    ) {
         Ok(p) => p,
         Err(e) => panic!(
             "this test needs the real model '{name}' and could not fetch it: {e}\n\
@@ -32,9 +41,18 @@ pub fn real_model(name: &str) -> PathBuf {
 pub fn tiny_vocab() -> (Vec<String>, Vec<String>, Vec<i32>) {
     let spelled = gpt2_bytes();
     let mut tokens: Vec<String> = spelled.iter().map(|c| c.to_string()).collect();
-    let merges = vec!["Ġ t".to_string(), "h e".to_string(), "Ġt he".to_string(), "i n".to_string()];
+    let merges = vec![
+        "Ġ t".to_string(),
+        "h e".to_string(),
+        "Ġt he".to_string(),
+        "i n".to_string(),
+    ];
     tokens.extend(["Ġt", "he", "Ġthe", "in"].iter().map(|s| s.to_string()));
-    tokens.extend(["<|im_start|>", "<|im_end|>", "<|endoftext|>"].iter().map(|s| s.to_string()));
+    tokens.extend(
+        ["<|im_start|>", "<|im_end|>", "<|endoftext|>"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
     let mut types = vec![1i32; tokens.len()];
     let n = types.len();
     types[n - 3..].iter_mut().for_each(|t| *t = 3);
@@ -70,15 +88,30 @@ pub struct Tiny {
 
 impl Tiny {
     pub fn llama() -> Self {
-        Tiny { arch: "llama", d: 64, heads: 4, kv_heads: 2, ffn: 128, layers: 2, context: 256, dtype: GgmlDType::Q8_0 }
+        Tiny {
+            arch: "llama",
+            d: 64,
+            heads: 4,
+            kv_heads: 2,
+            ffn: 128,
+            layers: 2,
+            context: 256,
+            dtype: GgmlDType::Q8_0,
+        }
     }
     pub fn qwen2() -> Self {
-        Tiny { arch: "qwen2", ..Self::llama() }
+        Tiny {
+            arch: "qwen2",
+            ..Self::llama()
+        }
     }
     /// Gemma 3's extras: q/k norms, post-attention and post-MLP norms, embeddings scaled
     /// by sqrt(d), sliding-window layers (window 8, shorter than the test prompts).
     pub fn gemma3() -> Self {
-        Tiny { arch: "gemma3", ..Self::llama() }
+        Tiny {
+            arch: "gemma3",
+            ..Self::llama()
+        }
     }
 }
 
@@ -87,7 +120,9 @@ pub fn tiny_weights(t: &Tiny, vocab: usize, seed: u64) -> Vec<(String, Vec<usize
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut w = |name: String, shape: Vec<usize>, scale: f32, base: f32| {
         let n: usize = shape.iter().product();
-        let data = (0..n).map(|_| base + scale * rng.random_range(-1.0f32..1.0)).collect();
+        let data = (0..n)
+            .map(|_| base + scale * rng.random_range(-1.0f32..1.0))
+            .collect();
         (name, shape, data)
     };
     let hd = t.d / t.heads;
@@ -107,7 +142,12 @@ pub fn tiny_weights(t: &Tiny, vocab: usize, seed: u64) -> Vec<(String, Vec<usize
             out.push(w(p("attn_k.bias"), vec![t.kv_heads * hd], 0.1, 0.0));
             out.push(w(p("attn_v.bias"), vec![t.kv_heads * hd], 0.1, 0.0));
         }
-        out.push(w(p("attn_output.weight"), vec![t.d, t.heads * hd], 0.2, 0.0));
+        out.push(w(
+            p("attn_output.weight"),
+            vec![t.d, t.heads * hd],
+            0.2,
+            0.0,
+        ));
         out.push(w(p("ffn_norm.weight"), vec![t.d], 0.1, 1.0));
         out.push(w(p("ffn_gate.weight"), vec![t.ffn, t.d], 0.2, 0.0));
         out.push(w(p("ffn_up.weight"), vec![t.ffn, t.d], 0.2, 0.0));
@@ -128,7 +168,12 @@ pub fn write_tiny_gguf(path: &Path, t: &Tiny, seed: u64) -> Vec<(String, Vec<usi
 }
 
 /// As `write_tiny_gguf`, leaving out the tensors named in `missing`.
-pub fn write_tiny_gguf_without(path: &Path, t: &Tiny, seed: u64, missing: &[&str]) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+pub fn write_tiny_gguf_without(
+    path: &Path,
+    t: &Tiny,
+    seed: u64,
+    missing: &[&str],
+) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     let (tokens, merges, types) = tiny_vocab();
     let mut weights = tiny_weights(t, tokens.len(), seed);
     weights.retain(|(name, _, _)| !missing.contains(&name.as_str()));
@@ -164,12 +209,17 @@ pub fn write_tiny_gguf_without(path: &Path, t: &Tiny, seed: u64, missing: &[&str
         .iter()
         .map(|(name, shape, data)| {
             let tensor = Tensor::from_vec(data.clone(), shape.clone(), &Device::Cpu).unwrap();
-            let dtype = if shape.len() == 2 { t.dtype } else { GgmlDType::F32 };
+            let dtype = if shape.len() == 2 {
+                t.dtype
+            } else {
+                GgmlDType::F32
+            };
             (name.clone(), QTensor::quantize(&tensor, dtype).unwrap())
         })
         .collect();
     let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let tensor_refs: Vec<(&str, &QTensor)> = qtensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> =
+        qtensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut f = std::fs::File::create(path).unwrap();
     gguf_file::write(&mut f, &meta_refs, &tensor_refs).unwrap();
     weights
@@ -223,10 +273,16 @@ pub fn write_tiny_safetensors_dir(dir: &Path, t: &Tiny, gguf: &Path) {
         "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": false, "hidden_act": "silu",
         "torch_dtype": "float32"
     });
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&config).unwrap(),
+    )
+    .unwrap();
     // The GGUF-built tokenizer, saved in tokenizer.json form.
     let mt = affectbench::tokenizer::ModelTokenizer::from_gguf(&g).unwrap();
-    mt.tokenizer.save(dir.join("tokenizer.json"), false).unwrap();
+    mt.tokenizer
+        .save(dir.join("tokenizer.json"), false)
+        .unwrap();
     let tc = serde_json::json!({
         "eos_token": "<|im_end|>",
         "chat_template": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -237,7 +293,10 @@ pub fn write_tiny_safetensors_dir(dir: &Path, t: &Tiny, gguf: &Path) {
 /// Max |a - b| over two logit vectors.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 pub fn argmax(v: &[f32]) -> usize {
