@@ -75,7 +75,11 @@ fn bench(c: &mut Criterion) {
             g.bench_function(BenchmarkId::from_parameter(label), |b| {
                 b.iter(|| {
                     m.transformer
-                        .forward(&[p.clone()], &mut KvCache::new(n_layer), &LogitsAt::Last)
+                        .forward(
+                            std::slice::from_ref(&p),
+                            &mut KvCache::new(n_layer),
+                            &LogitsAt::Last,
+                        )
                         .unwrap()
                 })
             });

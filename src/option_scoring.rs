@@ -27,16 +27,17 @@ pub fn option_logprobs(
     )
 }
 
+/// One prompt to score: its cache, the logits at its last position, and each option's
+/// tokens.
+pub type ScoringRow<'a> = (&'a KvCache, &'a [f32], &'a [Vec<u32>]);
+
 /// `option_logprobs` for several prompts at once (e.g. a batch of items): multi-token
 /// labels are scored depth by depth, and at depth d every distinct d-token label prefix
 /// of every prompt is fed from that prompt's cache in one forward pass (rows of
 /// different prompts and lengths together; the kernels are batch-invariant, so each
 /// row equals its lone computation). Labels like " 1", which every tokenizer here splits
 /// into two tokens, thus cost one pass per batch instead of one per item.
-pub fn option_logprobs_rows(
-    model: &Model,
-    rows: &[(&KvCache, &[f32], &[Vec<u32>])],
-) -> Result<Vec<Vec<f64>>> {
+pub fn option_logprobs_rows(model: &Model, rows: &[ScoringRow<'_>]) -> Result<Vec<Vec<f64>>> {
     let mut out: Vec<Vec<f64>> = rows
         .iter()
         .map(|(_, logits, options)| {

@@ -170,6 +170,8 @@ impl Registry {
 }
 
 /// What a `--model` argument points at.
+// A handful exist per run, so the registry entry's size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum ModelRef {
     /// A registry entry (the file lives in the cache).

@@ -163,7 +163,7 @@ fn exp_weights<const STORE: bool>(logits: &[f32], inv_t: f64, max: f64, out: &mu
 /// so the compiler vectorises the loops that call it, and deterministic.
 #[inline]
 pub fn exp_nonpositive(x: f64) -> f64 {
-    const LN2_HI: f64 = 6.931_471_803_691_238_2e-1;
+    const LN2_HI: f64 = 6.931_471_803_691_238e-1;
     const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
     const ROUND: f64 = 6_755_399_441_055_744.0; // 1.5 * 2^52: adding it rounds to an integer
     let x = if x < -708.0 { -708.0 } else { x };

@@ -82,7 +82,11 @@ fn a_sequence_gives_bit_identical_logits_alone_or_in_a_batch() {
     for (i, s) in seqs.iter().enumerate() {
         let alone = m
             .transformer
-            .forward(&[s.clone()], &mut KvCache::new(2), &LogitsAt::All)
+            .forward(
+                std::slice::from_ref(s),
+                &mut KvCache::new(2),
+                &LogitsAt::All,
+            )
             .unwrap();
         let (a, b) = (
             batched
@@ -107,13 +111,13 @@ fn a_forked_cache_continues_like_a_fresh_computation() {
     let prefix = tokens();
     let mut cache = KvCache::new(2);
     m.transformer
-        .forward(&[prefix.clone()], &mut cache, &LogitsAt::Last)
+        .forward(std::slice::from_ref(&prefix), &mut cache, &LogitsAt::Last)
         .unwrap();
     for tail in [vec![10u32, 11, 12], vec![40, 41]] {
         let mut fork = cache.clone();
         let forked = m
             .transformer
-            .forward(&[tail.clone()], &mut fork, &LogitsAt::All)
+            .forward(std::slice::from_ref(&tail), &mut fork, &LogitsAt::All)
             .unwrap();
         let mut whole = prefix.clone();
         whole.extend(&tail);

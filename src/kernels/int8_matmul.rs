@@ -74,7 +74,7 @@ impl QuantizedActs {
 
 fn quantize_row(x: &[f32], block: usize, qs: &mut [i8], d: &mut [f32], xsum: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if block % 16 == 0 && best_path() == KernelPath::Avx512Vnni {
+    if block.is_multiple_of(16) && best_path() == KernelPath::Avx512Vnni {
         // SAFETY: the CPU has AVX-512 (checked above); slices are block-aligned.
         unsafe { avx512::quantize_row(x, block, qs, d, xsum) };
         return;
@@ -254,7 +254,7 @@ mod avx512 {
         d: &mut [f32],
         xsum: &mut [f32],
     ) {
-        assert!(qs.len() >= x.len() && block % 16 == 0);
+        assert!(qs.len() >= x.len() && block.is_multiple_of(16));
         let lim = _mm512_set1_ps(127.0);
         let nlim = _mm512_set1_ps(-127.0);
         for (b, vals) in x.chunks_exact(block).enumerate() {
@@ -326,6 +326,8 @@ mod avx512 {
     /// `acts.m * w.n` writable f32 values whose columns of these tiles no one else
     /// accesses during the call.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    // Register arrays indexed by row and tile read best as index loops.
+    #[allow(clippy::needless_range_loop)]
     pub(super) unsafe fn tiles<const MR: usize, const NT: usize>(
         w: &PackedMatrix,
         acts: &QuantizedActs,
@@ -430,10 +432,10 @@ mod tests {
                 .unwrap()
                 .to_vec2::<f32>()
                 .unwrap();
-            for r in 0..n {
+            for (r, reference_row) in reference.iter().enumerate() {
                 let ours = p.dequantize_row(r);
                 for j in 0..k {
-                    let (a, b) = (ours[j], reference[r][j]);
+                    let (a, b) = (ours[j], reference_row[j]);
                     assert!(
                         (a - b).abs() <= 1e-6 * b.abs().max(1.0),
                         "{dtype:?} row {r} col {j}: {a} vs {b}"

@@ -70,7 +70,7 @@ impl PackedMatrix {
     ) -> Result<Self, Unpackable> {
         let block = packed_block(dtype)
             .ok_or_else(|| Unpackable(format!("no packed decoder for {dtype:?}")))?;
-        if k % dtype.block_size() != 0 || k % 4 != 0 {
+        if !k.is_multiple_of(dtype.block_size()) || !k.is_multiple_of(4) {
             return Err(Unpackable(format!(
                 "k = {k} is not a multiple of the block size"
             )));

@@ -82,7 +82,7 @@ impl ModelConfig {
             key: key.into(),
             problem,
         };
-        if self.n_head == 0 || self.n_kv_head == 0 || self.n_head % self.n_kv_head != 0 {
+        if self.n_head == 0 || self.n_kv_head == 0 || !self.n_head.is_multiple_of(self.n_kv_head) {
             return Err(bad(
                 "attention.head_count_kv",
                 format!(
@@ -91,7 +91,7 @@ impl ModelConfig {
                 ),
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(bad(
                 "attention.key_length",
                 format!("must be even, got {}", self.head_dim),
@@ -102,6 +102,6 @@ impl ModelConfig {
 
     /// Whether layer `i` uses the sliding window (Gemma 3's local layers).
     pub fn is_sliding(&self, layer: usize) -> bool {
-        self.sliding_window.is_some() && (layer + 1) % self.sliding_pattern != 0
+        self.sliding_window.is_some() && !(layer + 1).is_multiple_of(self.sliding_pattern)
     }
 }

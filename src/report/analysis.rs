@@ -495,7 +495,9 @@ fn quality(data: &RunData) -> Vec<QualityRow> {
 /// probability, over trials whose option order was permuted (the position's content
 /// varies, so an unbiased model gives each position 1/k on average).
 fn position_bias(data: &RunData) -> Vec<PositionBias> {
-    let mut acc: BTreeMap<(String, String, usize), (usize, Vec<usize>, Vec<f64>)> = BTreeMap::new();
+    // (model, instrument, options) -> (trials, argmax count per position, probability sum per position)
+    type Tally = (usize, Vec<usize>, Vec<f64>);
+    let mut acc: BTreeMap<(String, String, usize), Tally> = BTreeMap::new();
     for t in &data.trials {
         let Question::Item {
             instrument,
@@ -581,8 +583,9 @@ fn variance_shares(data: &RunData) -> Vec<VarianceShare> {
     let models = models(data);
     for model in &models {
         for readout in Readout::ALL {
-            let mut cells: BTreeMap<(String, String, String), Vec<(&TrialRecord, f64)>> =
-                BTreeMap::new();
+            // (condition, instrument, item) -> each trial with its answer rescaled to 0..1
+            type Cells<'a> = BTreeMap<(String, String, String), Vec<(&'a TrialRecord, f64)>>;
+            let mut cells: Cells = BTreeMap::new();
             for t in data.trials.iter().filter(|t| &t.model == model) {
                 let Some(instrument) = t.question.instrument() else {
                     continue;

@@ -117,9 +117,11 @@ impl GroupContext {
         }
         let mut cache = KvCache::new(model.transformer.config.n_layer);
         if !shared.is_empty() {
-            model
-                .transformer
-                .forward(&[shared.clone()], &mut cache, &LogitsAt::Last)?;
+            model.transformer.forward(
+                std::slice::from_ref(&shared),
+                &mut cache,
+                &LogitsAt::Last,
+            )?;
         }
         Ok(Self {
             messages,

@@ -11,7 +11,7 @@ use crate::chat::{sha256_hex, Message};
 use crate::error::{Error, Result};
 use crate::generate::{decode, extend_rows};
 use crate::model::{KvCache, Model};
-use crate::option_scoring::{normalise, option_logprobs, option_logprobs_rows};
+use crate::option_scoring::{normalise, option_logprobs, option_logprobs_rows, ScoringRow};
 use crate::results::{ChoiceReadout, GenerateReadout, RecordKind, Timing, TrialRecord, SCHEMA};
 use crate::rng::Stream;
 use crate::sampling::inverse_cdf;
@@ -68,7 +68,7 @@ pub fn prefill_unit(
             }
         })
         .collect::<Result<_>>()?;
-    let scoring: Vec<(&KvCache, &[f32], &[Vec<u32>])> = rows
+    let scoring: Vec<ScoringRow<'_>> = rows
         .iter()
         .zip(&options)
         .filter_map(|((cache, logits), o)| o.as_ref().map(|o| (cache, &logits[..], &o.tokens[..])))

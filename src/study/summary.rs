@@ -12,8 +12,8 @@ pub fn summarise(trials: &[TrialRecord], scoring: &[InstrumentScoring]) -> Strin
     let rules: BTreeMap<String, InstrumentScoring> =
         scoring.iter().map(|s| (s.id.clone(), s.clone())).collect();
     // (model, condition, instrument, subscale) -> (generated, probability) scores
-    let mut cells: BTreeMap<(String, String, String, String), (Vec<f64>, Vec<f64>)> =
-        BTreeMap::new();
+    type Cells = BTreeMap<(String, String, String, String), (Vec<f64>, Vec<f64>)>;
+    let mut cells: Cells = BTreeMap::new();
     for s in scale_scores(trials, &rules) {
         let cell = cells
             .entry((s.model, s.condition, s.instrument, s.subscale))
