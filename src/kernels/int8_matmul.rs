@@ -188,6 +188,7 @@ unsafe fn run_tiles(
                 unsafe { avx512::all_rows::<TILES_PER_TASK>(w, acts, t0, out) };
             } else {
                 for t in tiles {
+                    // SAFETY: as above.
                     unsafe { avx512::all_rows::<1>(w, acts, t, out) };
                 }
             }
@@ -311,6 +312,7 @@ mod avx512 {
             i += 4;
         }
         while i < acts.m {
+            // SAFETY: row i is below acts.m; the rest as above.
             unsafe { tiles::<1, NT>(w, acts, t0, i, out) };
             i += 1;
         }

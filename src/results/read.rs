@@ -5,7 +5,7 @@
 //! incomplete, because only a crash mid-write produces it: it is reported as a torn tail
 //! (a writer repairs it by cutting it off; a reader leaves it out with a note).
 
-use super::schema_v1::{HeaderV1, TrialV1};
+use super::schema_v1::{header_to_v2, trial_to_v2};
 use super::{RunHeader, TrialRecord, SCHEMA};
 use crate::error::{Error, IoContext, Result};
 use serde::Deserialize;
@@ -32,7 +32,11 @@ pub fn read_header(dir: &Path) -> Result<RunHeader> {
     let bad = |e: serde_json::Error| data_error(&path, e.line(), e.to_string());
     let SchemaOnly { schema } = serde_json::from_str(&text).map_err(bad)?;
     match schema {
-        1 => Ok(serde_json::from_str::<HeaderV1>(&text).map_err(bad)?.into()),
+        1 => {
+            let v1: serde_json::Value = serde_json::from_str(&text).map_err(bad)?;
+            let v2 = header_to_v2(v1).map_err(|m| data_error(&path, 1, format!("schema 1: {m}")))?;
+            serde_json::from_value(v2).map_err(|e| data_error(&path, 1, format!("schema 1: {e}")))
+        }
         SCHEMA => serde_json::from_str(&text).map_err(bad),
         newer => Err(data_error(&path, 1, format!("schema {newer} is newer than this affectbench reads ({SCHEMA}); use the affectbench version that wrote it, or a newer one"))),
     }
@@ -57,9 +61,10 @@ pub struct TrialsFile {
 pub fn parse_trial(line: &[u8], seed: u64) -> std::result::Result<TrialRecord, String> {
     let SchemaOnly { schema } = serde_json::from_slice(line).map_err(|e| e.to_string())?;
     match schema {
-        1 => serde_json::from_slice::<TrialV1>(line)
-            .map(|t| t.into_current(seed))
-            .map_err(|e| e.to_string()),
+        1 => {
+            let v1: serde_json::Value = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+            serde_json::from_value(trial_to_v2(v1, seed)?).map_err(|e| format!("schema 1: {e}"))
+        }
         SCHEMA => serde_json::from_slice(line).map_err(|e| e.to_string()),
         newer => Err(format!(
             "schema {newer} is newer than this affectbench reads ({SCHEMA})"
