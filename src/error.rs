@@ -78,6 +78,10 @@ pub enum Error {
     #[error("run: {0}")]
     Run(String),
 
+    /// A signal stopped the run after the trial in progress; `--resume` continues it.
+    #[error("interrupted by {} after the trial in progress; continue with: affectbench run --resume {}", crate::study::interrupt::name(*.signal), .dir.display())]
+    Interrupted { signal: i32, dir: PathBuf },
+
     #[error("report: {0}")]
     Report(String),
 

@@ -7,6 +7,12 @@ fn main() -> std::process::ExitCode {
     match cli::run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
+            // A run stopped by a signal exits as the signal's conventional code (so
+            // schedulers and shells see why), after saying how to continue.
+            if let Some(affectbench::Error::Interrupted { signal, .. }) = err.downcast_ref() {
+                eprintln!("{err}");
+                return std::process::ExitCode::from((128 + signal) as u8);
+            }
             eprintln!("error: {err:#}");
             std::process::ExitCode::FAILURE
         }

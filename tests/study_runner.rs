@@ -332,3 +332,154 @@ fn all_items_in_one_turn_runs_end_to_end() {
             .is_some_and(|a| !a.is_empty()));
     }
 }
+
+/// Spawns `affectbench run` of the smoke study (20 repetitions: long enough to stop
+/// mid-way) into `out`, stderr into `out.log`.
+fn spawn_long_run(model: &Path, out: &Path) -> std::process::Child {
+    let log = std::fs::File::create(out.with_extension("log")).unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_affectbench"))
+        .args([
+            "run",
+            "scenarios/studies/smoke.toml",
+            "--repetitions",
+            "20",
+            "--no-report",
+            "--model",
+        ])
+        .arg(model)
+        .arg("--out")
+        .arg(out)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+fn wait_for_records(out: &Path, n: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while std::fs::read_to_string(out.join("trials.jsonl"))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+        < n
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run wrote fewer than {n} records in 2 minutes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+fn send_signal(child: &std::process::Child, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn sigterm_marks_the_run_interrupted_and_resume_completes_it() {
+    // Regression: SIGINT/SIGTERM/SIGHUP left run.json at "running" with no end time and
+    // printed no hint (batch schedulers send SIGTERM before they kill).
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let whole = dir.path().join("whole");
+    assert!(spawn_long_run(&model, &whole).wait().unwrap().success());
+    for signal in ["TERM", "INT", "HUP"] {
+        let stopped = dir.path().join(format!("stopped-{signal}"));
+        let mut child = spawn_long_run(&model, &stopped);
+        wait_for_records(&stopped, 5);
+        send_signal(&child, signal);
+        let status = child.wait().unwrap();
+        let code = match signal {
+            "INT" => 130,
+            "TERM" => 143,
+            _ => 129,
+        };
+        assert_eq!(
+            status.code(),
+            Some(code),
+            "SIG{signal}: exit code 128 + signal"
+        );
+        let header = affectbench::results::read_header(&stopped).unwrap();
+        assert_eq!(
+            header.status,
+            affectbench::results::RunStatus::Interrupted,
+            "SIG{signal}"
+        );
+        assert!(
+            header.ended.is_some()
+                && header
+                    .error
+                    .as_deref()
+                    .is_some_and(|e| e.contains(&format!("SIG{signal}"))),
+            "{header:?}"
+        );
+        let log = std::fs::read_to_string(stopped.with_extension("log")).unwrap();
+        assert!(
+            log.contains("affectbench run --resume"),
+            "the hint says how to continue: {log}"
+        );
+        let written = records(&stopped).len();
+        assert!(
+            (5..240).contains(&written),
+            "stopped mid-way ({written} records)"
+        );
+        let resumed = std::process::Command::new(env!("CARGO_BIN_EXE_affectbench"))
+            .args(["run", "--no-report", "--resume"])
+            .arg(&stopped)
+            .output()
+            .unwrap();
+        assert!(
+            resumed.status.success(),
+            "{}",
+            String::from_utf8_lossy(&resumed.stderr)
+        );
+        let sorted = |mut v: Vec<(String, serde_json::Value)>| {
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        assert_eq!(
+            sorted(records(&stopped)),
+            sorted(records(&whole)),
+            "SIG{signal}"
+        );
+    }
+}
+
+#[test]
+fn a_second_process_writing_the_same_directory_is_refused() {
+    // Regression: two processes running into the same --out both succeeded and wrote
+    // every trial twice.
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let out = dir.path().join("out");
+    let mut first = spawn_long_run(&model, &out);
+    wait_for_records(&out, 1);
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_affectbench"))
+        .args([
+            "run",
+            "scenarios/studies/smoke.toml",
+            "--repetitions",
+            "20",
+            "--no-report",
+            "--model",
+        ])
+        .arg(&model)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        !second.status.success() && stderr.contains("another affectbench process"),
+        "{stderr}"
+    );
+    send_signal(&first, "TERM");
+    first.wait().unwrap();
+    let ids: Vec<String> = records(&out).into_iter().map(|(id, _)| id).collect();
+    let unique: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "no trial written twice");
+}

@@ -339,6 +339,7 @@ fn run_study(registry: &Registry, args: RunArgs, threads: usize) -> Result<()> {
             None => args.shard,
         },
     };
+    affectbench::study::interrupt::install().context("installing the signal handlers")?;
     eprintln!("results: {}", cfg.out_dir.display());
     let started = std::time::Instant::now();
     let outcome = run_study(&cfg)?;

@@ -57,6 +57,9 @@ pub struct RunHeader {
     pub repetitions: usize,
     pub engine: EngineRecord,
     pub trials_planned: usize,
+    /// Trials recorded with an error (non-finite numbers, a failed read-out), counted
+    /// when the run stopped; None while running and in schema-1 runs.
+    pub trials_failed: Option<usize>,
     /// "index/count" when this directory holds one shard of the plan.
     pub shard: Option<String>,
     /// How each instrument turns item answers into scores. Empty only in schema-1 runs

@@ -13,6 +13,7 @@
 //!   the study file leaves every other trial's id, seed and result unchanged.
 
 pub mod group;
+pub mod interrupt;
 pub mod parse;
 pub mod plan;
 pub mod prompt;

@@ -116,6 +116,7 @@ pub fn new_header(inputs: HeaderInputs<'_>) -> RunHeader {
         repetitions,
         engine,
         trials_planned,
+        trials_failed: None,
         shard: shard.map(|(i, n)| format!("{i}/{n}")),
         scoring: instruments()
             .map(InstrumentScoring::from_instrument)

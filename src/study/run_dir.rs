@@ -74,8 +74,18 @@ impl RunDir {
         let tmp = self.path.join("run.json.tmp");
         let text = serde_json::to_string_pretty(header)
             .map_err(|e| run_err(format!("run.json could not be serialised: {e}")))?;
-        std::fs::write(&tmp, text).with_path(&tmp)?;
-        std::fs::rename(&tmp, &path).with_path(&path)
+        match std::fs::write(&tmp, &text)
+            .with_path(&tmp)
+            .and_then(|_| std::fs::rename(&tmp, &path).with_path(&path))
+        {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // A full disk refuses the temporary copy; rewriting run.json in place
+                // needs no more blocks than it holds, so the status still gets recorded.
+                let _ = std::fs::remove_file(&tmp);
+                std::fs::write(&path, &text).with_path(&path).map_err(|_| e)
+            }
+        }
     }
 
     /// Trial ids already recorded. A torn last line (a crash mid-write) is cut off and a

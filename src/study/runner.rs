@@ -12,6 +12,7 @@
 //! 20% of at least 10 trials have failed or when anything outside a trial fails.
 
 use super::group::{lockstep_completions, work_units, GroupContext};
+use super::interrupt;
 use super::plan::{expand, Plan, Trial};
 use super::provenance::{model_provenance, new_header, HeaderInputs};
 use super::readouts::{base_record, prefill_unit, run_completion, run_item};
@@ -115,33 +116,45 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
 
     let progress = progress_bar(cfg.show_progress, pending.len());
     let mut tally = Tally::default();
-    let result = execute(
-        &study,
-        &lib,
-        &models,
-        &plan,
-        &pending,
-        cfg.engine.batch_size,
-        &mut dir,
-        &progress,
-        &mut tally,
-    );
+    // A panic anywhere in the engine must still leave run.json saying what happened.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        execute(
+            &study,
+            &lib,
+            &models,
+            &plan,
+            &pending,
+            cfg.engine.batch_size,
+            &mut dir,
+            &progress,
+            &mut tally,
+        )
+    }))
+    .unwrap_or_else(|payload| {
+        Err(run_err(format!(
+            "internal error (a panic): {}",
+            panic_message(&payload)
+        )))
+    });
     progress.finish_and_clear();
 
     let remaining = shard_trials - shard_done - tally.written;
+    let trials: Vec<TrialRecord> = read_trials(&cfg.out_dir.join("trials.jsonl"), study.seed)
+        .map(|f| f.records.into_iter().map(|(_, r)| r).collect())
+        .unwrap_or_default();
     header.ended = Some(crate::results::now_rfc3339());
+    header.trials_failed = Some(trials.iter().filter(|t| t.error.is_some()).count());
     (header.status, header.error) = match &result {
         Ok(()) if remaining == 0 => (RunStatus::Success, None),
         Ok(()) => (RunStatus::Partial, None),
+        Err(Error::Interrupted { signal, .. }) => (
+            RunStatus::Interrupted,
+            Some(format!("interrupted by {}", interrupt::name(*signal))),
+        ),
         Err(e) => (RunStatus::Error, Some(e.to_string())),
     };
     dir.write_header(&header)?;
     result?;
-    let trials: Vec<TrialRecord> = read_trials(&cfg.out_dir.join("trials.jsonl"), study.seed)?
-        .records
-        .into_iter()
-        .map(|(_, r)| r)
-        .collect();
     Ok(RunOutcome {
         out_dir: cfg.out_dir.clone(),
         trials_written: tally.written,
@@ -334,6 +347,12 @@ fn execute(
                 dir.append(&record)?;
                 tally.written += 1;
                 progress.inc(1);
+                if let Some(signal) = interrupt::requested() {
+                    return Err(Error::Interrupted {
+                        signal,
+                        dir: dir.path.clone(),
+                    });
+                }
                 if tally.failed >= 10 && tally.failed * 5 > tally.written {
                     return Err(run_err(format!(
                         "{} of {} trials failed; stopping (see the error field in trials.jsonl)",
@@ -361,4 +380,13 @@ pub fn plan_for(
     let reps = repetitions.unwrap_or(study.repetitions);
     let plan = expand(&study, &lib, models, reps);
     Ok((study, lib, plan))
+}
+
+/// The text of a panic payload.
+fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_string())
 }
