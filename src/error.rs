@@ -78,6 +78,9 @@ pub enum Error {
     #[error("run: {0}")]
     Run(String),
 
+    #[error("the model produced non-finite numbers ({0}); its file is broken (check metadata such as the rms epsilon, and the tensor data) or the arithmetic overflowed")]
+    NonFinite(String),
+
     /// A signal stopped the run after the trial in progress; `--resume` continues it.
     #[error("interrupted by {} after the trial in progress; continue with: affectbench run --resume {}", crate::study::interrupt::name(*.signal), .dir.display())]
     Interrupted { signal: i32, dir: PathBuf },

@@ -103,6 +103,20 @@ pub fn generate(
     })
 }
 
+/// An error unless every logit is finite: NaN or infinite logits (a broken model file:
+/// a NaN rms epsilon, corrupt tensor data) would otherwise be sampled as if they meant
+/// something.
+pub fn check_finite(logits: &[f32]) -> Result<()> {
+    match logits.iter().position(|l| !l.is_finite()) {
+        None => Ok(()),
+        Some(at) => Err(Error::NonFinite(format!(
+            "logit {at} of {} is {}",
+            logits.len(),
+            logits[at]
+        ))),
+    }
+}
+
 /// Continues a sequence from `cache`, whose last-position logits are `logits`: samples up
 /// to `max_tokens`, stopping at a stop token or when `keep_going(tokens so far)` returns
 /// false. Returns the sampled tokens, the cache (holding every sampled token but the
@@ -118,6 +132,7 @@ pub fn decode(
 ) -> Result<(Vec<u32>, KvCache, StopReason)> {
     let mut tokens = Vec::new();
     while tokens.len() < max_tokens {
+        check_finite(&logits)?;
         let next = sample(&logits, sampling, rng);
         if model.tokenizer.stop_ids.contains(&next) {
             return Ok((tokens, cache, StopReason::StopToken));
@@ -175,6 +190,11 @@ pub fn decode_lockstep(
             // rows sample in parallel, on the same pool as the kernels (a second pool
             // would spin against it); the result does not depend on the scheduling.
             let mut drawn: Vec<Option<u32>> = vec![None; n];
+            for (row, l) in rows.iter().zip(&row_logits) {
+                if row.1.is_none() {
+                    check_finite(l)?;
+                }
+            }
             {
                 let (rng_at, drawn_at) = (DisjointMut::new(chunk), DisjointMut::new(&mut drawn));
                 let (rows, row_logits) = (&rows, &row_logits);

@@ -148,7 +148,7 @@ fn descriptives_and_contrasts_agree_with_a_recomputation_from_the_trials() {
     report(dir.path(), &[]);
     let d = tidy(dir.path().join("tables/descriptives.csv"));
     for (cond, scores) in &by_condition {
-        let key = format!("smollm2-135m-instruct|sadness-state|sadness|{cond}|probability");
+        let key = format!("11|smollm2-135m-instruct|sadness-state|sadness|{cond}|probability");
         let mean: f64 = d[&(key.clone(), "mean".into())].parse().unwrap();
         let expected = scores.iter().sum::<f64>() / scores.len() as f64;
         assert!(
@@ -167,7 +167,7 @@ fn descriptives_and_contrasts_agree_with_a_recomputation_from_the_trials() {
     }
     // The induction contrast's difference is the difference of those means.
     let c = tidy(dir.path().join("tables/contrasts.csv"));
-    let key = "smollm2-135m-instruct|probability|sadness-state|sadness|induction|sadness/none|neutral/none".to_string();
+    let key = "11|smollm2-135m-instruct|probability|sadness-state|sadness|induction|sadness/none|neutral/none".to_string();
     let diff: f64 = c[&(key.clone(), "difference".into())].parse().unwrap();
     let m = |k: &str| by_condition[k].iter().sum::<f64>() / by_condition[k].len() as f64;
     assert!((diff - (m("sadness/none") - m("neutral/none"))).abs() < 1e-12);

@@ -483,3 +483,143 @@ fn a_second_process_writing_the_same_directory_is_refused() {
     let unique: std::collections::HashSet<&String> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "no trial written twice");
 }
+
+#[test]
+fn a_model_producing_nan_gives_error_records_and_a_failed_run_not_success() {
+    // Regression: a GGUF whose rms epsilon is NaN ran the whole study with
+    // "error": null, probs [null, ...] and invented argmax/draw values, status success;
+    // its own report then failed, and `generate` printed nothing and exited 0.
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("nan.gguf");
+    write_tiny_gguf(
+        &model,
+        &Tiny {
+            context: 8192,
+            rms_eps: f32::NAN,
+            ..Tiny::qwen2()
+        },
+        11,
+    );
+    let out = dir.path().join("out");
+    let err = run_study(&config(&model, &out, None, None))
+        .err()
+        .expect("the run fails")
+        .to_string();
+    assert!(err.contains("trials failed"), "{err}");
+    let header = affectbench::results::read_header(&out).unwrap();
+    assert_eq!(header.status, affectbench::results::RunStatus::Error);
+    assert!(
+        header.trials_failed.is_some_and(|n| n >= 10),
+        "{:?}",
+        header.trials_failed
+    );
+    for (id, r) in records(&out) {
+        assert!(
+            r["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("non-finite")),
+            "{id}: {r}"
+        );
+        assert!(
+            r["choice"].is_null() && r["generate"].is_null(),
+            "{id}: no invented read-out"
+        );
+    }
+    // The report of such a run builds (it has nothing to analyse, and says so by its
+    // data-quality table) rather than failing on what the runner wrote.
+    affectbench::report::build_report(std::slice::from_ref(&out), &out, &Default::default())
+        .expect("the report builds");
+
+    let generate = std::process::Command::new(env!("CARGO_BIN_EXE_affectbench"))
+        .args([
+            "generate",
+            "--prompt",
+            "hello",
+            "--max-tokens",
+            "4",
+            "--model",
+        ])
+        .arg(&model)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&generate.stderr);
+    assert!(
+        !generate.status.success() && stderr.contains("non-finite"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn merging_runs_with_different_seeds_keeps_every_trial() {
+    // Regression: `report A B` with seeds 7 and 8 dropped every trial of the second run
+    // as "already counted" (trial ids hash the coordinates, not the seed).
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let (a, b) = (dir.path().join("seed7"), dir.path().join("seed8"));
+    run_study(&config(&model, &a, None, Some(7))).unwrap();
+    run_study(&config(&model, &b, None, Some(8))).unwrap();
+    let merged = dir.path().join("merged");
+    let r =
+        affectbench::report::build_report(&[a.clone(), b.clone()], &merged, &Default::default())
+            .unwrap();
+    let mut csv = csv::Reader::from_path(merged.join("trials.csv")).unwrap();
+    assert_eq!(&csv.headers().unwrap()[1], "seed");
+    let seeds: Vec<String> = csv.records().map(|r| r.unwrap()[1].to_string()).collect();
+    assert_eq!(seeds.len(), 48, "both runs' trials are kept");
+    assert_eq!(seeds.iter().filter(|s| **s == "7").count(), 24);
+    assert!(
+        r.notes
+            .iter()
+            .any(|n| n.contains("2 replications (seeds 7, 8)")),
+        "{:?}",
+        r.notes
+    );
+    let descriptives = std::fs::read_to_string(merged.join("tables/descriptives.csv")).unwrap();
+    assert!(
+        descriptives.lines().nth(1).unwrap().starts_with("7+8,"),
+        "the seeds column says what is pooled"
+    );
+    // The same run given twice still counts once.
+    let twice = affectbench::report::build_report(
+        &[a.clone(), a.clone()],
+        &dir.path().join("twice"),
+        &Default::default(),
+    )
+    .unwrap();
+    assert!(
+        twice
+            .notes
+            .iter()
+            .any(|n| n.contains("24 trials (same trial, seed and model file)")),
+        "{:?}",
+        twice.notes
+    );
+}
+
+#[test]
+fn two_model_files_under_one_label_are_refused_when_merged() {
+    // Regression: two different GGUF files with the same label collided like seeds did.
+    let dir = tempfile::tempdir().unwrap();
+    let (d1, d2) = (dir.path().join("one"), dir.path().join("two"));
+    std::fs::create_dir_all(&d1).unwrap();
+    std::fs::create_dir_all(&d2).unwrap();
+    let m1 = tiny_model(&d1);
+    let m2 = d2.join("tiny.gguf");
+    write_tiny_gguf(
+        &m2,
+        &Tiny {
+            context: 8192,
+            ..Tiny::qwen2()
+        },
+        12,
+    );
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    run_study(&config(&m1, &a, Some(4), None)).unwrap();
+    run_study(&config(&m2, &b, Some(4), None)).unwrap();
+    let err =
+        affectbench::report::build_report(&[a, b], &dir.path().join("m"), &Default::default())
+            .err()
+            .expect("refused")
+            .to_string();
+    assert!(err.contains("names two different files"), "{err}");
+}

@@ -511,6 +511,10 @@ fn position_bias(data: &RunData) -> Vec<PositionBias> {
             continue;
         };
         let k = c.probs.len();
+        // A read-out without probabilities (hand-made or damaged data) has no position.
+        if k == 0 || c.probs.iter().any(|p| !p.is_finite()) {
+            continue;
+        }
         let e = acc
             .entry((t.model.clone(), instrument.clone(), k))
             .or_insert_with(|| (0, vec![0; k], vec![0.0; k]));

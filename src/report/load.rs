@@ -6,7 +6,7 @@ use crate::results::{
     read_header, read_trials, InstrumentScoring, RunHeader, RunStatus, TrialRecord,
 };
 use crate::scenario::Instrument;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
 /// Everything a report is built from.
@@ -19,8 +19,24 @@ pub struct RunData {
     pub notes: Vec<String>,
 }
 
-/// Reads runs in order; a trial id seen in an earlier run is kept from that run only.
-/// A malformed line is an error naming file and line, except a torn last line (a run
+impl RunData {
+    /// The distinct run seeds of the trials, ascending.
+    pub fn seeds(&self) -> Vec<u64> {
+        let seeds: BTreeSet<u64> = self
+            .trials
+            .iter()
+            .map(|t| t.seed)
+            .chain(self.headers.iter().map(|h| h.seed))
+            .collect();
+        seeds.into_iter().collect()
+    }
+}
+
+/// Reads runs in order. A trial's identity is (trial id, seed, model sha256): the same
+/// trial given twice (a shard listed twice, a run and its copy) counts once, with a
+/// note; replications with other seeds and other model files are all kept. One model
+/// label naming two different files is refused (the report would mix them). A
+/// malformed line is an error naming file and line, except a torn last line (a run
 /// still writing or killed mid-write), which is left out with a note.
 pub fn load_runs(dirs: &[PathBuf]) -> Result<RunData> {
     if dirs.is_empty() {
@@ -34,11 +50,30 @@ pub fn load_runs(dirs: &[PathBuf]) -> Result<RunData> {
         notes: Vec::new(),
     };
     let mut seen = HashSet::new();
+    // model label -> (sha256, the run directory that first named it)
+    let mut files: BTreeMap<String, (String, PathBuf)> = BTreeMap::new();
     for dir in dirs {
         if !dir.join("run.json").exists() {
             return Err(Error::Report(format!("{} has no run.json; give the directory `affectbench run` wrote (e.g. results/<run-id>)", dir.display())));
         }
         let header = read_header(dir)?;
+        for m in &header.models {
+            match files.get(&m.label) {
+                Some((sha, first)) if *sha != m.sha256 => {
+                    return Err(Error::Report(format!(
+                        "model label '{}' names two different files: sha256 {sha} in {} and {} in {}; their trials would be mixed. Report them separately, or run one under another label (its file path, or a registry entry of its own)",
+                        m.label,
+                        first.display(),
+                        m.sha256,
+                        dir.display()
+                    )))
+                }
+                Some(_) => {}
+                None => {
+                    files.insert(m.label.clone(), (m.sha256.clone(), dir.clone()));
+                }
+            }
+        }
         let file = read_trials(&dir.join("trials.jsonl"), header.seed)?;
         if let Some((line, _)) = file.torn_tail {
             data.notes.push(format!(
@@ -49,14 +84,21 @@ pub fn load_runs(dirs: &[PathBuf]) -> Result<RunData> {
         let recorded = file.records.len();
         let mut duplicates = 0;
         for (_, rec) in file.records {
-            if seen.insert(rec.trial_id.clone()) {
+            let sha = files
+                .get(&rec.model)
+                .map(|(s, _)| s.clone())
+                .unwrap_or_default();
+            if seen.insert((rec.trial_id.clone(), rec.seed, sha)) {
                 data.trials.push(rec);
             } else {
                 duplicates += 1;
             }
         }
         if duplicates > 0 {
-            data.notes.push(format!("{}: {duplicates} trials were already in an earlier run given and were counted once", file.path.display()));
+            data.notes.push(format!(
+                "{}: {duplicates} trials (same trial, seed and model file) were already in an earlier run given and were counted once",
+                file.path.display()
+            ));
         }
         if header.status != RunStatus::Success {
             data.notes.push(format!(
@@ -70,6 +112,33 @@ pub fn load_runs(dirs: &[PathBuf]) -> Result<RunData> {
             data.scoring.entry(s.id.clone()).or_insert(s);
         }
         data.headers.push(header);
+    }
+    let studies: BTreeSet<&str> = data.headers.iter().map(|h| h.study.id.as_str()).collect();
+    if studies.len() > 1 {
+        data.notes.push(format!(
+            "the runs are of different studies ({}); conditions are compared only where the names match, so contrasts between studies are absent",
+            studies.into_iter().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    let seeds = data.seeds();
+    if seeds.len() > 1 {
+        data.notes.push(format!(
+            "{} replications (seeds {}) are pooled in every table (the `seeds` column); trials.csv has each trial's seed",
+            seeds.len(),
+            seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    let unscored = data
+        .trials
+        .iter()
+        .filter(|t| {
+            t.question
+                .instrument()
+                .is_some_and(|i| !data.scoring.contains_key(i))
+        })
+        .count();
+    if unscored > 0 {
+        data.notes.push(format!("{unscored} item trials name an instrument no run records a scoring rule for; they are left out of the scale scores"));
     }
     Ok(data)
 }

@@ -48,8 +48,14 @@ pub fn build_report(
     std::fs::create_dir_all(&figures_dir).with_path(&figures_dir)?;
     let mut files = Vec::new();
 
+    let seeds = data
+        .seeds()
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join("+");
     for t in tables::tidy_tables(&a) {
-        tables::write_tidy(&tables_dir, &t)?;
+        tables::write_tidy(&tables_dir, &t, &seeds)?;
         files.push(tables_dir.join(format!("{}.csv", t.name)));
     }
     let trials_csv = out_dir.join("trials.csv");

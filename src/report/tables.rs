@@ -45,14 +45,18 @@ fn csv_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Report(format!("{}: {e}", path.display()))
 }
 
-pub fn write_tidy(dir: &Path, t: &Tidy) -> Result<()> {
+/// Writes `t` as `<name>.csv`; the first column, `seeds`, names the run seeds whose
+/// trials the numbers pool (e.g. `7` or `7+8` for two replications).
+pub fn write_tidy(dir: &Path, t: &Tidy, seeds: &str) -> Result<()> {
     let path = dir.join(format!("{}.csv", t.name));
     let mut w = csv::Writer::from_path(&path).map_err(|e| csv_err(&path, e))?;
-    let mut header: Vec<&str> = t.keys.clone();
+    let mut header: Vec<&str> = vec!["seeds"];
+    header.extend(t.keys.iter());
     header.extend(["statistic", "value"]);
     w.write_record(&header).map_err(|e| csv_err(&path, e))?;
     for (keys, stat, value) in &t.rows {
-        let mut rec = keys.clone();
+        let mut rec = vec![seeds.to_string()];
+        rec.extend(keys.iter().cloned());
         rec.push(stat.to_string());
         rec.push(num(*value));
         w.write_record(&rec).map_err(|e| csv_err(&path, e))?;

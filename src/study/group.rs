@@ -172,6 +172,9 @@ fn internal(what: &str) -> Error {
     Error::Run(format!("internal: {what}"))
 }
 
+/// A completion trial's sampled tokens, or why its prompt's decoding failed.
+pub type CompletionTokens = std::result::Result<Vec<u32>, String>;
+
 /// The sampled completions of a group's pending completion trials, decoded in lockstep
 /// batches of the trials that share a prompt (a stem's repeated completions). Each
 /// trial keeps its own random stream. A lone pending completion (after a resume) takes
@@ -184,7 +187,7 @@ pub fn lockstep_completions(
     ctx: &GroupContext,
     pending: &[&Trial],
     batch_size: usize,
-) -> Result<BTreeMap<String, Vec<u32>>> {
+) -> Result<BTreeMap<String, CompletionTokens>> {
     let mut by_prompt: BTreeMap<&[u32], Vec<&Trial>> = BTreeMap::new();
     for t in pending
         .iter()
@@ -203,16 +206,27 @@ pub fn lockstep_completions(
         .unwrap_or(24);
     let mut out = BTreeMap::new();
     for (tokens, trials) in by_prompt {
-        let (cache, logits) = ctx.extend(model, tokens)?;
         let mut rngs: Vec<_> = trials
             .iter()
             .map(|t| Stream::Completion { trial: &t.id }.rng(study.seed))
             .collect();
-        let rows = decode_lockstep(
-            model, &cache, &logits, &sampling, &mut rngs, max, batch_size,
-        )?;
-        for (t, (sampled, _)) in trials.iter().zip(rows) {
-            out.insert(t.id.clone(), sampled);
+        let decoded = ctx.extend(model, tokens).and_then(|(cache, logits)| {
+            decode_lockstep(
+                model, &cache, &logits, &sampling, &mut rngs, max, batch_size,
+            )
+        });
+        match decoded {
+            Ok(rows) => {
+                for (t, (sampled, _)) in trials.iter().zip(rows) {
+                    out.insert(t.id.clone(), Ok(sampled));
+                }
+            }
+            // The prompt's trials fail (and are recorded so); the rest of the group goes on.
+            Err(e) => {
+                for t in &trials {
+                    out.insert(t.id.clone(), Err(e.to_string()));
+                }
+            }
         }
     }
     Ok(out)

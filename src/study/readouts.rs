@@ -3,7 +3,7 @@
 //! fresh streams); for a completion, the text and the model-as-judge read-out of it.
 //! Each takes the group's shared work and returns the trial's record.
 
-use super::group::{study_sampling, GroupContext};
+use super::group::{study_sampling, CompletionTokens, GroupContext};
 use super::parse::{parse_label, parse_number, split_numbered};
 use super::plan::{Group, Question, Trial};
 use super::prompt::reask_text;
@@ -128,14 +128,20 @@ pub fn run_completion(
     model: &Model,
     mut rec: TrialRecord,
     trial: &Trial,
-    tokens: Option<&Vec<u32>>,
+    tokens: Option<&CompletionTokens>,
 ) -> Result<TrialRecord> {
     let Question::Completion { task, .. } = &trial.question else {
         return Err(Error::Run("internal: not a completion trial".into()));
     };
-    let tokens = tokens.ok_or_else(|| {
-        Error::Run("internal: a completion trial was not decoded with its group".into())
-    })?;
+    let tokens = match tokens {
+        Some(Ok(tokens)) => tokens,
+        Some(Err(why)) => return Err(Error::Run(format!("decoding the completion failed: {why}"))),
+        None => {
+            return Err(Error::Run(
+                "internal: a completion trial was not decoded with its group".into(),
+            ))
+        }
+    };
     let text = model.tokenizer.decode(tokens)?.trim().to_string();
     let started = Instant::now();
     if let Some(judge) = &lib.tasks[task].judge {
@@ -356,6 +362,11 @@ fn choice_readout(
     draw: Stream<'_>,
     keying: Option<(&Instrument, &Item)>,
 ) -> Result<ChoiceReadout> {
+    if let Some(p) = probs.iter().chain([&mass]).find(|p| !p.is_finite()) {
+        return Err(Error::NonFinite(format!(
+            "an option probability or the option mass is {p}"
+        )));
+    }
     if probs.is_empty() || probs.len() != values.len() {
         return Err(Error::Run(format!(
             "{} option probabilities for {} options",

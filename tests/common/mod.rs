@@ -84,6 +84,7 @@ pub struct Tiny {
     pub layers: usize,
     pub context: usize,
     pub dtype: GgmlDType,
+    pub rms_eps: f32,
 }
 
 impl Tiny {
@@ -97,6 +98,7 @@ impl Tiny {
             layers: 2,
             context: 256,
             dtype: GgmlDType::Q8_0,
+            rms_eps: 1e-5,
         }
     }
     pub fn qwen2() -> Self {
@@ -186,7 +188,7 @@ pub fn write_tiny_gguf_without(
         (format!("{a}.feed_forward_length"), Value::U32(t.ffn as u32)),
         (format!("{a}.attention.head_count"), Value::U32(t.heads as u32)),
         (format!("{a}.attention.head_count_kv"), Value::U32(t.kv_heads as u32)),
-        (format!("{a}.attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
+        (format!("{a}.attention.layer_norm_rms_epsilon"), Value::F32(t.rms_eps)),
         (format!("{a}.rope.freq_base"), Value::F32(10000.0)),
         (format!("{a}.rope.dimension_count"), Value::U32((t.d / t.heads) as u32)),
         (format!("{a}.context_length"), Value::U32(t.context as u32)),
