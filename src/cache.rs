@@ -28,8 +28,8 @@ pub fn model_path(entry: &ModelEntry) -> PathBuf {
         .join(&entry.file_name)
 }
 
-/// The cached file if present with the expected size. (A full hash is `verify`'s job;
-/// the size check catches the common corruption, truncation, on every use.)
+/// The cached file if present with the expected size (`verified_file` also checks the
+/// hash). A file of another size is refused with the fix, never silently replaced.
 pub fn cached_file(entry: &ModelEntry) -> Result<PathBuf> {
     let path = model_path(entry);
     match std::fs::metadata(&path) {
@@ -44,6 +44,50 @@ pub fn cached_file(entry: &ModelEntry) -> Result<PathBuf> {
             name: entry.name.clone(),
         }),
     }
+}
+
+/// The cached file, its sha256 verified. The size is checked on every use; the full
+/// hash once per version of the file on disk: a marker beside it (`<file>.verified`)
+/// remembers the (sha256, size, modification time, inode) that hashed correctly, and any
+/// change to the file invalidates it. A wrong file is refused (never used, never
+/// recorded as the model's provenance) with the command that fixes it.
+pub fn verified_file(entry: &ModelEntry) -> Result<PathBuf> {
+    let path = cached_file(entry)?;
+    if verification_stamp(entry, &path)? == std::fs::read_to_string(marker_path(&path)).ok() {
+        return Ok(path);
+    }
+    verify_file(entry, &path, |_| {})?;
+    remember_verified(entry, &path);
+    Ok(path)
+}
+
+/// Records that `path` matched `entry`'s sha256 (best effort: a read-only cache only
+/// means hashing again next time).
+pub fn remember_verified(entry: &ModelEntry, path: &Path) {
+    if let Ok(Some(stamp)) = verification_stamp(entry, path) {
+        let _ = std::fs::write(marker_path(path), stamp);
+    }
+}
+
+fn marker_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".verified");
+    path.with_file_name(name)
+}
+
+/// What identifies this version of the file on disk, with the hash it must have.
+fn verification_stamp(entry: &ModelEntry, path: &Path) -> Result<Option<String>> {
+    let meta = std::fs::metadata(path).with_path(path)?;
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos());
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+    #[cfg(not(unix))]
+    let inode = 0u64;
+    Ok(modified.map(|m| format!("{} {} {m} {inode}\n", entry.sha256, meta.len())))
 }
 
 /// sha256 of a file, hex-encoded, calling `progress` with bytes read so far.

@@ -39,6 +39,7 @@ pub fn fetch(entry: &ModelEntry, opts: &FetchOptions) -> Result<PathBuf> {
         match verify_file(entry, &dest, |n| bar.set_position(n)) {
             Ok(()) => {
                 bar.finish_and_clear();
+                crate::cache::remember_verified(entry, &dest);
                 return Ok(dest);
             }
             Err(e) => {
@@ -83,6 +84,7 @@ pub fn fetch(entry: &ModelEntry, opts: &FetchOptions) -> Result<PathBuf> {
     bar.finish_and_clear();
     checked?;
     std::fs::rename(&assembled, &dest).with_path(&dest)?;
+    crate::cache::remember_verified(entry, &dest);
     Ok(dest)
 }
 

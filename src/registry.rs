@@ -115,6 +115,16 @@ impl Registry {
                     ),
                 ));
             }
+            // Both become path components inside the cache: a separator or `..` would
+            // let an entry read or write outside it.
+            for (field, value) in [("name", &m.name), ("file_name", &m.file_name)] {
+                if !is_plain_file_name(value) {
+                    return Err(bad(
+                        &m.name,
+                        format!("model '{}': {field} '{value}' must be a plain file name (no '/', '\\', '..' or leading '.')", m.name),
+                    ));
+                }
+            }
             if m.sha256.len() != 64 || !m.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
                 return Err(bad(
                     &m.name,
@@ -167,6 +177,11 @@ impl Registry {
             .collect::<Vec<_>>()
             .join(", ")
     }
+}
+
+/// A name that stays one path component: no separators, no `.`/`..`, no hidden file.
+fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\', '\0']) && name != ".."
 }
 
 /// What a `--model` argument points at.

@@ -623,3 +623,96 @@ fn two_model_files_under_one_label_are_refused_when_merged() {
             .to_string();
     assert!(err.contains("names two different files"), "{err}");
 }
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn resume_runs_from_the_snapshot_and_a_changed_design_is_refused_naming_the_file() {
+    // Regression: --resume after an induction file was edited used the new text for the
+    // rest of the trials and overwrote run.json's hashes (false provenance); resume also
+    // depended on the working directory (the study path was stored relative).
+    let dir = tempfile::tempdir().unwrap();
+    let model = std::fs::canonicalize(tiny_model(dir.path())).unwrap();
+    let scenarios = dir.path().join("my-scenarios");
+    copy_tree(Path::new("scenarios"), &scenarios);
+    let study = scenarios.join("studies/smoke.toml");
+    let cfg = |out: &Path, max| RunConfig {
+        study_path: study.clone(),
+        ..config(&model, out, max, None)
+    };
+    let whole = dir.path().join("whole");
+    run_study(&cfg(&whole, None)).unwrap();
+    let split = dir.path().join("split");
+    run_study(&cfg(&split, Some(7))).unwrap();
+    assert!(
+        split.join("scenarios/studies/smoke.toml").is_file()
+            && split.join("scenarios/inductions/sadness.toml").is_file(),
+        "the run keeps its own copy"
+    );
+
+    // The design changes after the first part.
+    let sadness = scenarios.join("inductions/sadness.toml");
+    let edited = std::fs::read_to_string(&sadness)
+        .unwrap()
+        .replace("You", "Yu");
+    std::fs::write(&sadness, edited).unwrap();
+    let err = run_study(&cfg(&split, None))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("scenario file induction.sadness") && err.contains("sadness.toml"),
+        "{err}"
+    );
+
+    // --resume from another working directory continues from the snapshot.
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let resumed = std::process::Command::new(env!("CARGO_BIN_EXE_affectbench"))
+        .current_dir(&elsewhere)
+        .args(["run", "--no-report", "--resume"])
+        .arg(std::fs::canonicalize(&split).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    let sorted = |mut v: Vec<(String, serde_json::Value)>| {
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    assert_eq!(
+        sorted(records(&split)),
+        sorted(records(&whole)),
+        "the rest ran on the recorded design"
+    );
+    let header = affectbench::results::read_header(&split).unwrap();
+    let recorded = header
+        .scenario_files
+        .iter()
+        .find(|f| f.id == "induction.sadness")
+        .unwrap();
+    let original = affectbench::results::read_header(&whole).unwrap();
+    assert_eq!(
+        recorded,
+        original
+            .scenario_files
+            .iter()
+            .find(|f| f.id == "induction.sadness")
+            .unwrap(),
+        "provenance stays true"
+    );
+}

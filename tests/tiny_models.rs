@@ -453,3 +453,122 @@ fn a_gemma3_file_missing_a_required_norm_is_an_error_naming_the_tensor() {
         .to_string();
     assert!(err.contains("blk.0.attn_k.bias"), "{err}");
 }
+
+/// A registry file with one entry for a tiny model placed in `cache`.
+fn tiny_registry(
+    dir: &Path,
+    cache: &Path,
+    sha256: &str,
+    size: u64,
+    file_name: &str,
+) -> std::path::PathBuf {
+    let reg = dir.join("registry.toml");
+    std::fs::write(
+        &reg,
+        format!(
+            "default = \"tiny\"\n[[model]]\nname = \"tiny\"\ndescription = \"t\"\narchitecture = \"qwen2\"\nfile_name = \"{file_name}\"\nsha256 = \"{sha256}\"\nsize = {size}\nlicence = \"none\"\npypi = [{{ package = \"no-such-package-xyz\", version = \"0\", member = \"x\" }}]\n"
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(cache.join("models/tiny")).unwrap();
+    reg
+}
+
+fn generate_with(reg: &Path, cache: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_affectbench"))
+        .env("AFFECTBENCH_CACHE", cache)
+        .args(["--registry"])
+        .arg(reg)
+        .args([
+            "generate",
+            "--model",
+            "tiny",
+            "--prompt",
+            "hi",
+            "--max-tokens",
+            "2",
+        ])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_cached_registry_file_with_the_right_size_but_wrong_sha256_is_refused() {
+    // Regression: an entry whose sha256 was wrong but whose size was right was used
+    // without a check, and the wrong hash recorded as the model's provenance.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let model = dir.path().join("tiny.gguf");
+    write_tiny_gguf(&model, &Tiny::qwen2(), 3);
+    let size = std::fs::metadata(&model).unwrap().len();
+    let sha = affectbench::cache::sha256_file(&model, |_| {}).unwrap();
+    let cached = cache.join("models/tiny/tiny.gguf");
+
+    let reg = tiny_registry(dir.path(), &cache, &"0".repeat(64), size, "tiny.gguf");
+    std::fs::copy(&model, &cached).unwrap();
+    let out = generate_with(&reg, &cache);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("sha256 is")
+            && stderr.contains("fetch --force tiny"),
+        "{stderr}"
+    );
+
+    // The right hash: used, and remembered so it is not hashed again.
+    let reg = tiny_registry(dir.path(), &cache, &sha, size, "tiny.gguf");
+    let out = generate_with(&reg, &cache);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let marker = std::fs::read_to_string(cache.join("models/tiny/tiny.gguf.verified")).unwrap();
+    assert!(marker.starts_with(&sha), "{marker}");
+
+    // Changed on disk after verification (same size): the marker no longer matches.
+    let mut bytes = std::fs::read(&cached).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xFF;
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(&cached, &bytes).unwrap();
+    let out = generate_with(&reg, &cache);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("sha256 is"));
+}
+
+#[test]
+fn a_cached_file_of_the_wrong_size_is_refused_with_the_fix_not_replaced() {
+    // Regression: it was deleted and re-fetched under "not cached yet".
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let reg = tiny_registry(dir.path(), &cache, &"0".repeat(64), 1000, "tiny.gguf");
+    let cached = cache.join("models/tiny/tiny.gguf");
+    std::fs::write(&cached, b"short").unwrap();
+    let out = generate_with(&reg, &cache);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("fetch --force tiny")
+            && !stderr.contains("not cached yet"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&cached).unwrap(),
+        b"short",
+        "the file is left for the user to inspect"
+    );
+}
+
+#[test]
+fn a_registry_file_name_cannot_leave_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    for bad in ["../evil.gguf", "a/b.gguf", ".hidden"] {
+        let reg = tiny_registry(dir.path(), &cache, &"0".repeat(64), 10, bad);
+        let err = Registry::load(&reg).unwrap_err().to_string();
+        assert!(
+            err.contains("plain file name") && err.contains("registry.toml"),
+            "{bad}: {err}"
+        );
+    }
+}

@@ -252,7 +252,9 @@ fn tokenize(registry: &Registry, args: TokenizeArgs, threads: usize) -> Result<(
 fn resolve_fetched(registry: &Registry, name: &str) -> Result<ModelRef> {
     let model_ref = ModelRef::resolve(registry, name)?;
     if let ModelRef::Registry(entry) = &model_ref {
-        if cache::cached_file(entry).is_err() {
+        // Only a missing file is fetched; a cached file of the wrong size is refused
+        // with the fix (`models fetch --force`), never silently replaced.
+        if let Err(affectbench::Error::NotFetched { .. }) = cache::cached_file(entry) {
             eprintln!("{name} is not cached yet; fetching it (once)");
             fetch::fetch(
                 entry,
@@ -269,8 +271,8 @@ fn resolve_fetched(registry: &Registry, name: &str) -> Result<ModelRef> {
 
 fn run_study(registry: &Registry, args: RunArgs, threads: usize) -> Result<()> {
     use affectbench::results::read_header;
-    use affectbench::study::runner::{run_study, RunConfig};
-    let (study_path, model_names, out_dir, seed, repetitions) = match &args.resume {
+    use affectbench::study::runner::{resume_design, run_study, RunConfig};
+    let (study_path, scenarios_root, model_names, out_dir, seed, repetitions) = match &args.resume {
         Some(dir) => {
             let h = read_header(dir)
                 .with_context(|| format!("--resume {}: not a run directory", dir.display()))?;
@@ -285,8 +287,11 @@ fn run_study(registry: &Registry, args: RunArgs, threads: usize) -> Result<()> {
                     }
                 })
                 .collect();
+            // The design comes from the run's own snapshot of its scenario files.
+            let (study, root) = resume_design(dir, &h);
             (
-                std::path::PathBuf::from(h.study_path),
+                study,
+                root,
                 names,
                 dir.clone(),
                 Some(h.seed),
@@ -307,7 +312,14 @@ fn run_study(registry: &Registry, args: RunArgs, threads: usize) -> Result<()> {
                 Some(o) => o.clone(),
                 None => default_out_dir(&study, &models),
             };
-            (study, models, out, args.seed, args.repetitions)
+            (
+                study,
+                args.scenarios.clone(),
+                models,
+                out,
+                args.seed,
+                args.repetitions,
+            )
         }
     };
     anyhow::ensure!(
@@ -321,7 +333,7 @@ fn run_study(registry: &Registry, args: RunArgs, threads: usize) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let cfg = RunConfig {
         study_path,
-        scenarios_root: args.scenarios.clone(),
+        scenarios_root,
         models,
         out_dir,
         seed,

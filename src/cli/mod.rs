@@ -141,7 +141,7 @@ pub struct RunArgs {
     pub max_trials: Option<usize>,
 
     /// Continue the run in this directory with its own settings.
-    #[arg(long, conflicts_with_all = ["study", "model", "seed", "repetitions", "out", "shard"])]
+    #[arg(long, conflicts_with_all = ["study", "model", "seed", "repetitions", "out", "shard", "scenarios"])]
     pub resume: Option<PathBuf>,
 
     /// The scenarios directory (default: the study file's grandparent, else ./scenarios).

@@ -103,7 +103,7 @@ impl Model {
     pub fn load_ref(model_ref: &ModelRef, opts: &LoadOptions) -> Result<Self> {
         match model_ref {
             ModelRef::Registry(entry) => {
-                let path = cache::cached_file(entry)?;
+                let path = cache::verified_file(entry)?;
                 load_gguf::load(
                     &path,
                     entry.name.clone(),

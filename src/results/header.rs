@@ -60,6 +60,9 @@ pub struct RunHeader {
     /// Trials recorded with an error (non-finite numbers, a failed read-out), counted
     /// when the run stopped; None while running and in schema-1 runs.
     pub trials_failed: Option<usize>,
+    /// The run directory's copy of every scenario file it uses (relative to the
+    /// directory), which `--resume` reads; None in runs made before snapshots.
+    pub snapshot: Option<String>,
     /// "index/count" when this directory holds one shard of the plan.
     pub shard: Option<String>,
     /// How each instrument turns item answers into scores. Empty only in schema-1 runs

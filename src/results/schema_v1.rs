@@ -28,6 +28,7 @@ pub(super) fn header_to_v2(mut header: Value) -> Result<Value, String> {
     h.insert("engine".into(), json!({ "device": device, "threads": threads, "batch_size": null, "weights": null, "int8_kernel": null, "ops": null }));
     h.entry("shard").or_insert(Value::Null);
     h.insert("trials_failed".into(), Value::Null);
+    h.insert("snapshot".into(), Value::Null);
     h.entry("scoring").or_insert(json!([]));
     Ok(header)
 }

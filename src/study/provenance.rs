@@ -36,7 +36,11 @@ pub fn model_provenance(model_ref: &ModelRef, m: &Model) -> Result<ModelProvenan
     };
     Ok(ModelProvenance {
         label: m.info.label.clone(),
-        path: m.info.path.display().to_string(),
+        // Absolute, so the record (and a resume) means the same from any directory.
+        path: std::fs::canonicalize(&m.info.path)
+            .unwrap_or_else(|_| m.info.path.clone())
+            .display()
+            .to_string(),
         sha256,
         architecture: m.info.arch.name().to_string(),
         tokenizer_sha256: sha256_hex(
@@ -117,6 +121,7 @@ pub fn new_header(inputs: HeaderInputs<'_>) -> RunHeader {
         engine,
         trials_planned,
         trials_failed: None,
+        snapshot: None,
         shard: shard.map(|(i, n)| format!("{i}/{n}")),
         scoring: instruments()
             .map(InstrumentScoring::from_instrument)

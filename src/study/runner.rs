@@ -19,7 +19,7 @@ use super::readouts::{base_record, prefill_unit, run_completion, run_item};
 use super::run_dir::RunDir;
 use super::summary::summarise;
 use crate::engine::EngineConfig;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::model::Model;
 use crate::registry::ModelRef;
 use crate::results::{read_trials, ModelProvenance, RunHeader, RunStatus, TrialRecord};
@@ -87,9 +87,24 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
         trials_planned: plan.trials.len(),
         shard: cfg.shard,
     });
-    if let Some(old) = dir.existing_header()? {
-        check_resumable(&old, &header, &cfg.out_dir)?;
-        header.started = old.started;
+    match dir.existing_header()? {
+        Some(old) => {
+            check_resumable(&old, &header, &cfg.out_dir)?;
+            // The same files by hash: keep the provenance as first recorded (paths
+            // included), whichever copy this process read them from.
+            header.started = old.started;
+            header.study_path = old.study_path;
+            header.scenario_files = old.scenario_files;
+            header.snapshot = old.snapshot;
+        }
+        None => {
+            header.snapshot = Some(snapshot_scenarios(
+                &cfg.out_dir,
+                &cfg.study_path,
+                &lib,
+                &header,
+            )?)
+        }
     }
     let done = dir.finished_trials(study.seed)?;
     let in_shard = |t: &&Trial| {
@@ -194,6 +209,61 @@ fn load_models(cfg: &RunConfig) -> Result<(Vec<Model>, Vec<ModelProvenance>)> {
     Ok((models, provenance))
 }
 
+/// Copies every scenario file the run uses into `DIR/scenarios/` (the study file under
+/// `studies/`, library files at their place below the scenarios root), so the run is
+/// self-contained: `--resume` reads the design from there, from any working directory,
+/// whatever happened to the originals since. Returns the snapshot's path relative to
+/// the run directory.
+fn snapshot_scenarios(
+    out_dir: &Path,
+    study_path: &Path,
+    lib: &Library,
+    header: &RunHeader,
+) -> Result<String> {
+    let root = out_dir.join(SNAPSHOT_DIR);
+    for f in &header.scenario_files {
+        let source = Path::new(&f.path);
+        let relative = if source == study_path {
+            Path::new("studies").join(source.file_name().unwrap_or_default())
+        } else {
+            source
+                .strip_prefix(&lib.root)
+                .map(Path::to_path_buf)
+                .map_err(|_| {
+                    run_err(format!(
+                        "{} is not below the scenarios directory {}",
+                        source.display(),
+                        lib.root.display()
+                    ))
+                })?
+        };
+        let dest = root.join(relative);
+        let parent = dest.parent().unwrap_or(&root);
+        std::fs::create_dir_all(parent).with_path(parent)?;
+        std::fs::copy(source, &dest).with_path(&dest)?;
+    }
+    Ok(SNAPSHOT_DIR.to_string())
+}
+
+/// Where a run directory keeps its copy of the scenario files.
+pub const SNAPSHOT_DIR: &str = "scenarios";
+
+/// The study file and scenarios root to resume the run in `dir` from: its snapshot,
+/// or (runs made before snapshots) the paths it recorded.
+pub fn resume_design(dir: &Path, header: &RunHeader) -> (PathBuf, Option<PathBuf>) {
+    match &header.snapshot {
+        Some(snapshot) => {
+            let root = dir.join(snapshot);
+            let file = Path::new(&header.study_path)
+                .file_name()
+                .unwrap_or_default()
+                .to_owned();
+            (root.join("studies").join(file), Some(root))
+        }
+        None => (PathBuf::from(&header.study_path), None),
+    }
+}
+
 /// Refuses to continue a run in `dir` with settings that would change its results,
 /// naming each difference.
 fn check_resumable(old: &RunHeader, new: &RunHeader, dir: &Path) -> Result<()> {
@@ -213,8 +283,46 @@ fn check_resumable(old: &RunHeader, new: &RunHeader, dir: &Path) -> Result<()> {
             old.study.sha256, new.study.sha256
         ));
     }
-    if old.models != new.models {
-        differences.push("models (label, file, sha256, tokenizer or chat template)".to_string());
+    // Models by identity (label and hashes), not by where the file lies: a resume may
+    // run from another directory or cache holding the same file.
+    let identity = |m: &ModelProvenance| {
+        (
+            m.label.clone(),
+            m.sha256.clone(),
+            m.architecture.clone(),
+            m.tokenizer_sha256.clone(),
+            m.chat_template_sha256.clone(),
+        )
+    };
+    for (i, (a, b)) in old.models.iter().zip(&new.models).enumerate() {
+        if identity(a) != identity(b) {
+            differences.push(format!(
+                "model {}: {} (sha256 {}) vs {} (sha256 {})",
+                i + 1,
+                a.label,
+                a.sha256,
+                b.label,
+                b.sha256
+            ));
+        }
+    }
+    if old.models.len() != new.models.len() {
+        differences.push(format!(
+            "number of models: {} vs {}",
+            old.models.len(),
+            new.models.len()
+        ));
+    }
+    // Every scenario file the run used must be unchanged (new, unused files are fine).
+    for f in &old.scenario_files {
+        match new.scenario_files.iter().find(|n| n.id == f.id) {
+            Some(n) if n.sha256 == f.sha256 => {}
+            Some(n) => differences.push(format!(
+                "scenario file {} ({}): sha256 {} vs {} ({})",
+                f.id, f.path, f.sha256, n.sha256, n.path
+            )),
+            None => differences.push(format!("scenario file {} ({}) is missing", f.id, f.path)),
+        }
     }
     if old.shard != new.shard {
         differences.push(format!(
@@ -236,7 +344,7 @@ fn check_resumable(old: &RunHeader, new: &RunHeader, dir: &Path) -> Result<()> {
         return Ok(());
     }
     Err(run_err(format!(
-        "{} holds a run with a different study file, seed, repetitions, model, shard or engine ({}); resume it with the same settings or choose another --out",
+        "{} holds a run with a different study file, seed, repetitions, model, shard, engine or scenario files ({}); a changed design is a new run: choose another --out (`affectbench run --resume DIR` continues from the files the run recorded)",
         dir.display(),
         differences.join("; ")
     )))
