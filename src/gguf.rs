@@ -27,9 +27,32 @@ impl GgufFile {
             message: format!("{e} (is the file truncated or not GGUF?)"),
         })?;
         for (name, info) in &content.tensor_infos {
-            let elems = info.shape.elem_count();
-            let bytes = elems / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
-            let end = content.tensor_data_offset + info.offset + bytes as u64;
+            // Every size from the header is checked arithmetic: hostile dims must give an
+            // error, not a wrapped size or an allocation of 2^62 bytes.
+            let (block, type_size) = (info.ggml_dtype.block_size(), info.ggml_dtype.type_size());
+            let end = info
+                .shape
+                .dims()
+                .iter()
+                .try_fold(1usize, |n, &d| n.checked_mul(d))
+                .filter(|elems| elems % block == 0)
+                .and_then(|elems| (elems / block).checked_mul(type_size))
+                .and_then(|bytes| {
+                    content
+                        .tensor_data_offset
+                        .checked_add(info.offset)?
+                        .checked_add(bytes as u64)
+                });
+            let Some(end) = end else {
+                return Err(Error::Gguf {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "tensor '{name}' has impossible dimensions {:?} for its type {:?}",
+                        info.shape.dims(),
+                        info.ggml_dtype
+                    ),
+                });
+            };
             if end > file_len {
                 return Err(Error::Gguf {
                     path: path.to_path_buf(),

@@ -38,6 +38,15 @@ pub type ScoringRow<'a> = (&'a KvCache, &'a [f32], &'a [Vec<u32>]);
 /// row equals its lone computation). Labels like " 1", which every tokenizer here splits
 /// into two tokens, thus cost one pass per batch instead of one per item.
 pub fn option_logprobs_rows(model: &Model, rows: &[ScoringRow<'_>]) -> Result<Vec<Vec<f64>>> {
+    // An empty label (it tokenises to nothing) has no first token to score.
+    if rows
+        .iter()
+        .any(|(_, _, options)| options.iter().any(|t| t.is_empty()))
+    {
+        return Err(crate::Error::Run(
+            "an option label tokenises to no tokens; give every option a non-empty label".into(),
+        ));
+    }
     let mut out: Vec<Vec<f64>> = rows
         .iter()
         .map(|(_, logits, options)| {

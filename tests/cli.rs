@@ -115,3 +115,16 @@ fn helpful_errors_for_unknown_models_and_bad_settings() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("temperature"));
 }
+
+#[test]
+fn impossible_repetitions_on_the_command_line_are_refused() {
+    // Regression: --repetitions 0 was accepted from the CLI (the study file rejects 0).
+    for bad in ["0", "100000000000", "many"] {
+        let o = affectbench(&["run", "scenarios/studies/smoke.toml", "--repetitions", bad]);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && stderr.contains("from 1 to 100000"),
+            "{bad}: {stderr}"
+        );
+    }
+}

@@ -131,3 +131,143 @@ fn malformed_files_name_file_and_line() {
         "{err}"
     );
 }
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn validation_rejects_each_impossible_design_with_file_line_and_fix() {
+    // Regression: each of these was accepted (and then ran, ran for minutes, or made
+    // duplicate trial ids).
+    let long_label = format!("{{ label = \"{}\",", "1".repeat(300));
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (
+            "instruments/sadness-state.toml",
+            "value = 1 }",
+            "value = nan }",
+            "finite number",
+        ),
+        (
+            "instruments/sadness-state.toml",
+            "value = 1 }",
+            "value = inf }",
+            "finite number",
+        ),
+        (
+            "instruments/sadness-state.toml",
+            "{ label = \"1\",",
+            "{ label = \"\",",
+            "1 to 32 characters",
+        ),
+        (
+            "instruments/sadness-state.toml",
+            "{ label = \"1\",",
+            &long_label,
+            "1 to 32 characters",
+        ),
+        (
+            "instruments/sadness-state.toml",
+            "id = \"sad\"",
+            "id = \"\"",
+            "item id ''",
+        ),
+        (
+            "instruments/sadness-state.toml",
+            "id = \"downhearted\"",
+            "id = \"sad\"",
+            "used twice",
+        ),
+        (
+            "instruments/vas.toml",
+            "choice_bins = [0, 10,",
+            "choice_bins = [0, 0,",
+            "different values",
+        ),
+        (
+            "studies/smoke.toml",
+            "instruments = [\"sadness-state\"]",
+            "instruments = [\"sadness-state\", \"sadness-state\"]",
+            "listed twice",
+        ),
+        (
+            "studies/smoke.toml",
+            "completions = 1",
+            "completions = 0",
+            "completions >= 1",
+        ),
+        (
+            "studies/smoke.toml",
+            "max_tokens = 12",
+            "max_tokens = 0",
+            "max_tokens >= 1",
+        ),
+        (
+            "studies/smoke.toml",
+            "id = \"smoke\"",
+            "id = \"../evil\"",
+            "must be letters",
+        ),
+        (
+            "studies/smoke.toml",
+            "repetitions = 2",
+            "repetitions = 100000000000",
+            "more than 100000",
+        ),
+    ];
+    for (file, from, to, expected) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        copy_tree(Path::new("scenarios"), dir.path());
+        let path = dir.path().join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "{file} has {from}");
+        std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+        let err = Library::load(dir.path())
+            .and_then(|lib| Study::load(&dir.path().join("studies/smoke.toml"), &lib))
+            .err()
+            .unwrap_or_else(|| panic!("{file}: '{to}' was accepted"))
+            .to_string();
+        let file_name = Path::new(file).file_name().unwrap().to_str().unwrap();
+        assert!(
+            err.contains(file_name) && err.contains(expected),
+            "{file}: '{to}': {err}"
+        );
+        let line = err
+            .split(':')
+            .nth(1)
+            .and_then(|l| l.trim().parse::<usize>().ok());
+        assert!(
+            line.is_some_and(|l| l >= 1),
+            "{file}: the error names a line: {err}"
+        );
+    }
+    // A condition that asks nothing.
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(Path::new("scenarios"), dir.path());
+    let path = dir.path().join("studies/smoke.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text
+        .replacen("instruments = [\"sadness-state\"]", "instruments = []", 1)
+        .replacen(
+            "conditions = [\"baseline\", \"sadness/breathing\"]",
+            "conditions = [\"sadness/breathing\"]",
+            1,
+        );
+    std::fs::write(&path, text).unwrap();
+    let err = Study::load(&path, &Library::load(dir.path()).unwrap())
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        err.contains("smoke.toml") && err.contains("asks nothing"),
+        "{err}"
+    );
+}

@@ -486,7 +486,8 @@ fn a_second_process_writing_the_same_directory_is_refused() {
 
 #[test]
 fn a_model_producing_nan_gives_error_records_and_a_failed_run_not_success() {
-    // Regression: a GGUF whose rms epsilon is NaN ran the whole study with
+    // Regression: a GGUF whose rms epsilon is NaN (now refused at load, naming the key)
+    // or whose tensor data is NaN ran the whole study with
     // "error": null, probs [null, ...] and invented argmax/draw values, status success;
     // its own report then failed, and `generate` printed nothing and exited 0.
     let dir = tempfile::tempdir().unwrap();
@@ -495,7 +496,7 @@ fn a_model_producing_nan_gives_error_records_and_a_failed_run_not_success() {
         &model,
         &Tiny {
             context: 8192,
-            rms_eps: f32::NAN,
+            poisoned: true,
             ..Tiny::qwen2()
         },
         11,

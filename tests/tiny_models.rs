@@ -572,3 +572,101 @@ fn a_registry_file_name_cannot_leave_the_cache() {
         );
     }
 }
+
+#[test]
+fn impossible_hyper_parameters_are_errors_naming_the_key() {
+    // Regression: head_count = 0 divided by zero (exit 101); a NaN rms epsilon ran and
+    // produced NaN everywhere.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.gguf");
+    for (tiny, key) in [
+        (
+            Tiny {
+                heads: 0,
+                kv_heads: 0,
+                ..Tiny::llama()
+            },
+            "llama.attention.head_count",
+        ),
+        (
+            Tiny {
+                rms_eps: f32::NAN,
+                ..Tiny::llama()
+            },
+            "attention.layer_norm_rms_epsilon",
+        ),
+        (
+            Tiny {
+                rms_eps: -1.0,
+                ..Tiny::qwen2()
+            },
+            "attention.layer_norm_rms_epsilon",
+        ),
+    ] {
+        write_tiny_gguf_heads_may_be_zero(&path, &tiny);
+        let err = Model::load_ref(&ModelRef::GgufFile(path.clone()), &LoadOptions::default())
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains(key), "{key}: {err}");
+    }
+    // The same for a Hugging Face config.json.
+    let tiny = Tiny::qwen2();
+    let gguf = dir.path().join("q.gguf");
+    write_tiny_gguf(&gguf, &tiny, 4);
+    let hf = dir.path().join("hf");
+    write_tiny_safetensors_dir(&hf, &tiny, &gguf);
+    let config = std::fs::read_to_string(hf.join("config.json"))
+        .unwrap()
+        .replace("\"num_attention_heads\": 4", "\"num_attention_heads\": 0");
+    std::fs::write(hf.join("config.json"), config).unwrap();
+    let err = Model::load_ref(&ModelRef::SafetensorsDir(hf), &LoadOptions::default())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("num_attention_heads"), "{err}");
+}
+
+/// Writes a tiny GGUF whose head counts may be zero (the weights are shaped as if one).
+fn write_tiny_gguf_heads_may_be_zero(path: &Path, tiny: &Tiny) {
+    let shaped = Tiny {
+        heads: tiny.heads.max(4),
+        kv_heads: tiny.kv_heads.max(2),
+        ..*tiny
+    };
+    common::write_tiny_gguf_with_meta(path, &shaped, 1, |meta| {
+        for (k, v) in meta.iter_mut() {
+            if k.ends_with("attention.head_count") {
+                *v = candle_core::quantized::gguf_file::Value::U32(tiny.heads as u32);
+            }
+            if k.ends_with("attention.head_count_kv") {
+                *v = candle_core::quantized::gguf_file::Value::U32(tiny.kv_heads as u32);
+            }
+        }
+    });
+}
+
+#[test]
+fn a_gguf_tensor_whose_dimensions_overflow_is_an_error_not_an_abort() {
+    // Regression: dims whose element count overflows asked for 2^62 bytes (SIGABRT).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.gguf");
+    write_tiny_gguf(&path, &Tiny::llama(), 1);
+    let mut bytes = std::fs::read(&path).unwrap();
+    // The first tensor info after the metadata: find "token_embd.weight", then its
+    // two u64 dims follow (after the u32 dim count).
+    let name = b"token_embd.weight";
+    let at = bytes.windows(name.len()).position(|w| w == name).unwrap() + name.len();
+    assert_eq!(u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()), 2);
+    bytes[at + 4..at + 12].copy_from_slice(&(1u64 << 62).to_le_bytes());
+    bytes[at + 12..at + 20].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let err = affectbench::gguf::GgufFile::open(&path)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("token_embd.weight") && err.contains("impossible dimensions"),
+        "{err}"
+    );
+}

@@ -134,6 +134,7 @@ pub struct RunArgs {
 
     /// Repetitions per condition (default: the study file's).
     #[arg(long)]
+    #[arg(long, value_parser = parse_repetitions)]
     pub repetitions: Option<usize>,
 
     /// Run at most this many trials now (the rest can follow with --resume).
@@ -167,6 +168,14 @@ pub struct RunArgs {
     /// Do not build the report at the end (build it later with `affectbench report DIR`).
     #[arg(long)]
     pub no_report: bool,
+}
+
+fn parse_repetitions(s: &str) -> Result<usize, String> {
+    let max = affectbench::scenario::study::MAX_REPETITIONS;
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("'{s}': give a whole number from 1 to {max}")),
+    }
 }
 
 fn parse_shard(s: &str) -> Result<(usize, usize), String> {

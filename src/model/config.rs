@@ -40,6 +40,18 @@ impl ModelConfig {
         let key = |k: &str| format!("{arch_name}.{k}");
         let d_model = g.usize(&key("embedding_length"))?;
         let n_head = g.usize(&key("attention.head_count"))?;
+        if n_head == 0 || d_model == 0 {
+            let (k, v) = if n_head == 0 {
+                ("attention.head_count", n_head)
+            } else {
+                ("embedding_length", d_model)
+            };
+            return Err(Error::Metadata {
+                path: g.path.clone(),
+                key: key(k),
+                problem: format!("is {v}; a model needs at least one"),
+            });
+        }
         let n_kv_head = g
             .opt_usize(&key("attention.head_count_kv"))?
             .unwrap_or(n_head);
@@ -91,10 +103,16 @@ impl ModelConfig {
                 ),
             ));
         }
-        if !self.head_dim.is_multiple_of(2) {
+        if !(self.rms_eps.is_finite() && self.rms_eps > 0.0) {
+            return Err(bad(
+                "attention.layer_norm_rms_epsilon",
+                format!("is {}; it must be a small positive number", self.rms_eps),
+            ));
+        }
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return Err(bad(
                 "attention.key_length",
-                format!("must be even, got {}", self.head_dim),
+                format!("must be even and positive, got {}", self.head_dim),
             ));
         }
         Ok(())

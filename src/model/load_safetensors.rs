@@ -88,6 +88,20 @@ pub(super) fn load(dir: &Path, label: String, opts: &LoadOptions) -> Result<Mode
             });
         }
     }
+    for (key, value) in [
+        ("num_attention_heads", hf.num_attention_heads),
+        ("hidden_size", hf.hidden_size),
+        ("num_hidden_layers", hf.num_hidden_layers),
+        ("vocab_size", hf.vocab_size),
+    ] {
+        if value == 0 {
+            return Err(Error::Metadata {
+                path: cfg_path,
+                key: key.into(),
+                problem: "is 0; a model needs at least one".into(),
+            });
+        }
+    }
     let config = ModelConfig {
         arch,
         n_layer: hf.num_hidden_layers,

@@ -8,6 +8,10 @@ use crate::error::Result;
 use serde::Deserialize;
 use std::path::Path;
 
+/// The longest option label: the model answers with it, and every label is scored as a
+/// token sequence, so a runaway label (a 300-digit number) would take minutes per item.
+pub const MAX_LABEL_CHARS: usize = 32;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct InstrumentSpec {
@@ -156,6 +160,26 @@ impl Instrument {
                     ));
                 }
                 for (i, o) in options.iter().enumerate() {
+                    let label = o.label.trim();
+                    if label.is_empty() || label.chars().count() > MAX_LABEL_CHARS {
+                        return Err(invalid(
+                            path,
+                            &text,
+                            &format!("label = \"{}\"", o.label),
+                            format!("option label '{}' must be 1 to {MAX_LABEL_CHARS} characters (the model answers with it)", o.label),
+                        ));
+                    }
+                    if !o.value.is_finite() {
+                        return Err(invalid(
+                            path,
+                            &text,
+                            &format!("\"{}\"", o.label),
+                            format!(
+                                "option '{}' has value {}; give a finite number",
+                                o.label, o.value
+                            ),
+                        ));
+                    }
                     if options[..i].iter().any(|p| p.label == o.label) {
                         return Err(invalid(
                             path,
@@ -180,12 +204,19 @@ impl Instrument {
                         format!("numeric range needs min < max (got {min}..{max})"),
                     ));
                 }
-                if choice_bins.len() < 2 || choice_bins.iter().any(|b| *b < min || *b > max) {
+                let repeated = choice_bins
+                    .iter()
+                    .enumerate()
+                    .any(|(i, b)| choice_bins[..i].contains(b));
+                if choice_bins.len() < 2
+                    || repeated
+                    || choice_bins.iter().any(|b| *b < min || *b > max)
+                {
                     return Err(invalid(
                         path,
                         &text,
                         "choice_bins",
-                        format!("choice_bins must hold at least two values inside {min}..{max}"),
+                        format!("choice_bins must hold at least two different values inside {min}..{max}"),
                     ));
                 }
                 Response::Numeric {
@@ -197,6 +228,17 @@ impl Instrument {
         };
         let mut items: Vec<Item> = Vec::new();
         for it in spec.item {
+            if !super::is_plain_id(&it.id) {
+                return Err(invalid(
+                    path,
+                    &text,
+                    &format!("id = \"{}\"", it.id),
+                    format!(
+                        "item id '{}' must be letters, digits, '.', '_' or '-'",
+                        it.id
+                    ),
+                ));
+            }
             if items.iter().any(|i| i.id == it.id) {
                 return Err(invalid(
                     path,
@@ -228,7 +270,7 @@ impl Instrument {
                 spec.version,
                 &spec.source,
                 &spec.licence,
-            ),
+            )?,
             description: spec.description,
             instruction: spec.instruction,
             time_frame: spec.time_frame,

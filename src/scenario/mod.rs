@@ -61,15 +61,29 @@ pub(crate) fn info(
     version: u32,
     source: &str,
     licence: &str,
-) -> FileInfo {
-    FileInfo {
+) -> Result<FileInfo> {
+    if !is_plain_id(id) {
+        return Err(invalid(path, text, "id", format!("id '{id}' must be letters, digits, '.', '_' or '-' (no '/', no '..'): ids name files and directories of results")));
+    }
+    Ok(FileInfo {
         id: id.to_string(),
         version,
         path: path.to_path_buf(),
         sha256: sha256_hex(text.as_bytes()),
         source: source.to_string(),
         licence: licence.to_string(),
-    }
+    })
+}
+
+/// An id that is safe as a path component and readable in tables.
+pub(crate) fn is_plain_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 100
+        && !id.starts_with('.')
+        && !id.contains("..")
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
 }
 
 /// Everything under a `scenarios/` directory, by key.

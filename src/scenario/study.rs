@@ -9,6 +9,10 @@ use crate::error::Result;
 use serde::Deserialize;
 use std::path::Path;
 
+/// The most repetitions a study file may ask for (the plan is built in memory: 10^5
+/// repetitions of the default design are ~10^8 trials).
+pub const MAX_REPETITIONS: usize = 100_000;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StudySpec {
@@ -233,6 +237,18 @@ impl Study {
             }
         };
         let check_instruments = |list: &[String], emotion: Option<&str>| -> Result<Vec<String>> {
+            let resolved: Vec<String> = list
+                .iter()
+                .map(|name| name.replace("{emotion}", emotion.unwrap_or("{emotion}")))
+                .collect();
+            for (i, name) in resolved.iter().enumerate() {
+                if resolved[..i].contains(name) {
+                    return Err(bad(
+                        &format!("\"{}\"", list[i]),
+                        format!("instrument '{name}' is listed twice in one condition (its trials would have the same ids); list it once"),
+                    ));
+                }
+            }
             list.iter()
                 .map(|name| {
                     let resolved = name.replace("{emotion}", emotion.unwrap_or("{emotion}"));
@@ -307,6 +323,9 @@ impl Study {
                 ));
             }
         }
+        if spec.repetitions > MAX_REPETITIONS {
+            return Err(bad("repetitions", format!("repetitions = {} is more than {MAX_REPETITIONS}; split such a study into several runs with other seeds", spec.repetitions)));
+        }
         if conditions.is_empty() {
             return Err(bad(
                 "id",
@@ -323,6 +342,9 @@ impl Study {
                         format!("task '{}' is not defined", c.task),
                     )
                 })?;
+                if c.completions == 0 || c.max_tokens == 0 {
+                    return Err(bad("completions", format!("[completion] needs completions >= 1 and max_tokens >= 1 (got {} and {})", c.completions, c.max_tokens)));
+                }
                 for name in &c.conditions {
                     if !conditions.iter().any(|x| &x.name == name) {
                         return Err(bad(&format!("\"{name}\""), format!("completion condition '{name}' is not one of the study's conditions")));
@@ -347,6 +369,23 @@ impl Study {
                 })
             }
         };
+        for c in &conditions {
+            let completes = completion
+                .as_ref()
+                .is_some_and(|x| x.conditions.contains(&c.name));
+            if c.instruments.is_empty() && !completes {
+                return Err(bad(
+                    "instruments",
+                    format!("condition '{}' asks nothing: give it instruments, or list it in [completion] conditions", c.name),
+                ));
+            }
+        }
+        if spec.max_answer_tokens == 0 {
+            return Err(bad(
+                "max_answer_tokens",
+                "max_answer_tokens must be at least 1".into(),
+            ));
+        }
 
         Ok(Study {
             info: info(
@@ -356,7 +395,7 @@ impl Study {
                 spec.version,
                 &spec.source,
                 &spec.licence,
-            ),
+            )?,
             description: spec.description,
             seed: spec.seed,
             repetitions: spec.repetitions,

@@ -123,7 +123,7 @@ impl StemTask {
                 spec.version,
                 &spec.source,
                 &spec.licence,
-            ),
+            )?,
             description: spec.description,
             instruction: spec.instruction,
             judge,

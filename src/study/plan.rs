@@ -45,6 +45,43 @@ pub struct Plan {
     pub trials: Vec<Trial>,
 }
 
+/// The most trials one plan may hold (it is built in memory, ~1 KB a trial).
+pub const MAX_PLAN_TRIALS: usize = 5_000_000;
+
+/// How many trials `expand` would make, computed without making them (saturating).
+pub fn count_trials(study: &Study, lib: &Library, models: usize, repetitions: usize) -> usize {
+    let per_repetition: usize = study
+        .conditions
+        .iter()
+        .map(|cond| {
+            let items: usize = cond
+                .instruments
+                .iter()
+                .map(|name| match study.per_conversation {
+                    PerConversation::One => lib.instruments[name].items.len(),
+                    PerConversation::All => 1,
+                })
+                .sum();
+            let completions = study
+                .completion
+                .as_ref()
+                .filter(|c| c.conditions.contains(&cond.name))
+                .map_or(0, |c| {
+                    let stems = lib.tasks[&c.task]
+                        .stems
+                        .iter()
+                        .filter(|s| c.stems.as_ref().is_none_or(|l| l.contains(&s.id)))
+                        .count();
+                    stems.saturating_mul(c.completions)
+                });
+            items.saturating_add(completions)
+        })
+        .fold(0usize, usize::saturating_add);
+    per_repetition
+        .saturating_mul(repetitions)
+        .saturating_mul(models)
+}
+
 /// Expands `study` for `models` (labels), with `repetitions` overriding the study's.
 pub fn expand(study: &Study, lib: &Library, models: &[String], repetitions: usize) -> Plan {
     let mut groups = Vec::new();

@@ -13,7 +13,7 @@
 
 use super::group::{lockstep_completions, work_units, GroupContext};
 use super::interrupt;
-use super::plan::{expand, Plan, Trial};
+use super::plan::{count_trials, expand, Plan, Trial, MAX_PLAN_TRIALS};
 use super::provenance::{model_provenance, new_header, HeaderInputs};
 use super::readouts::{base_record, prefill_unit, run_completion, run_item};
 use super::run_dir::RunDir;
@@ -74,6 +74,12 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
     let repetitions = cfg.repetitions.unwrap_or(study.repetitions);
     let (models, provenance) = load_models(cfg)?;
     let labels: Vec<String> = models.iter().map(|m| m.info.label.clone()).collect();
+    let planned = count_trials(&study, &lib, labels.len(), repetitions);
+    if planned > MAX_PLAN_TRIALS {
+        return Err(run_err(format!(
+            "the plan has {planned} trials, more than {MAX_PLAN_TRIALS} in one run; use fewer repetitions per run (replications with other seeds merge in the report)"
+        )));
+    }
     let plan = expand(&study, &lib, &labels, repetitions);
 
     let mut dir = RunDir::open(&cfg.out_dir)?;

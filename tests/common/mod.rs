@@ -85,6 +85,8 @@ pub struct Tiny {
     pub context: usize,
     pub dtype: GgmlDType,
     pub rms_eps: f32,
+    /// NaN in the final norm's weights (a corrupt file whose metadata is fine).
+    pub poisoned: bool,
 }
 
 impl Tiny {
@@ -99,6 +101,7 @@ impl Tiny {
             context: 256,
             dtype: GgmlDType::Q8_0,
             rms_eps: 1e-5,
+            poisoned: false,
         }
     }
     pub fn qwen2() -> Self {
@@ -130,7 +133,12 @@ pub fn tiny_weights(t: &Tiny, vocab: usize, seed: u64) -> Vec<(String, Vec<usize
     let hd = t.d / t.heads;
     let mut out = vec![
         w("token_embd.weight".into(), vec![vocab, t.d], 1.0, 0.0),
-        w("output_norm.weight".into(), vec![t.d], 0.1, 1.0),
+        w(
+            "output_norm.weight".into(),
+            vec![t.d],
+            0.1,
+            if t.poisoned { f32::NAN } else { 1.0 },
+        ),
         w("output.weight".into(), vec![vocab, t.d], 0.2, 0.0),
     ];
     for i in 0..t.layers {
@@ -176,6 +184,26 @@ pub fn write_tiny_gguf_without(
     seed: u64,
     missing: &[&str],
 ) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    write_tiny_gguf_full(path, t, seed, missing, |_| {})
+}
+
+/// As `write_tiny_gguf`, with the metadata edited by `edit` before writing.
+pub fn write_tiny_gguf_with_meta(
+    path: &Path,
+    t: &Tiny,
+    seed: u64,
+    edit: impl FnOnce(&mut Vec<(String, Value)>),
+) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    write_tiny_gguf_full(path, t, seed, &[], edit)
+}
+
+fn write_tiny_gguf_full(
+    path: &Path,
+    t: &Tiny,
+    seed: u64,
+    missing: &[&str],
+    edit: impl FnOnce(&mut Vec<(String, Value)>),
+) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     let (tokens, merges, types) = tiny_vocab();
     let mut weights = tiny_weights(t, tokens.len(), seed);
     weights.retain(|(name, _, _)| !missing.contains(&name.as_str()));
@@ -207,6 +235,7 @@ pub fn write_tiny_gguf_without(
         meta.push((format!("{a}.attention.value_length"), Value::U32(hd)));
         meta.push((format!("{a}.attention.sliding_window"), Value::U32(8)));
     }
+    edit(&mut meta);
     let qtensors: Vec<(String, QTensor)> = weights
         .iter()
         .map(|(name, shape, data)| {
