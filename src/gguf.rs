@@ -19,6 +19,7 @@ pub struct GgufFile {
 impl GgufFile {
     /// Opens and parses the header, then checks every tensor lies inside the file.
     pub fn open(path: &Path) -> Result<Self> {
+        crate::gguf_check::check_header(path)?;
         let file = File::open(path).with_path(path)?;
         let file_len = file.metadata().with_path(path)?.len();
         let mut reader = BufReader::new(file);

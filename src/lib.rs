@@ -20,6 +20,7 @@ pub mod error;
 pub mod fetch;
 pub mod generate;
 pub mod gguf;
+pub mod gguf_check;
 pub mod kernels;
 pub mod model;
 pub mod option_scoring;

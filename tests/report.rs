@@ -206,3 +206,26 @@ fn report_of_a_directory_without_a_run_says_what_to_give() {
         "{err}"
     );
 }
+
+#[test]
+fn a_record_without_probabilities_does_not_break_the_report() {
+    // Regression: `report` on a record with "probs": [] panicked (index out of bounds).
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::copy(Path::new(FIXTURE).join("run.json"), run.join("run.json")).unwrap();
+    let text = read(Path::new(FIXTURE).join("trials.jsonl"));
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let mut first: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    first["choice"]["probs"] = serde_json::json!([]);
+    first["choice"]["values"] = serde_json::json!([]);
+    first["choice"]["labels"] = serde_json::json!([]);
+    lines[0] = first.to_string();
+    std::fs::write(run.join("trials.jsonl"), lines.join("\n") + "\n").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_affectbench"))
+        .arg("report")
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

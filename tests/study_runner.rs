@@ -717,3 +717,62 @@ fn resume_runs_from_the_snapshot_and_a_changed_design_is_refused_naming_the_file
         "provenance stays true"
     );
 }
+
+#[test]
+fn a_run_resumes_from_another_cache_holding_the_same_file() {
+    // Regression: the same sha256 in another cache was refused (the path was compared),
+    // with a message that did not say which field differed.
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let sha = affectbench::cache::sha256_file(&model, |_| {}).unwrap();
+    let size = std::fs::metadata(&model).unwrap().len();
+    let registry = dir.path().join("registry.toml");
+    std::fs::write(
+        &registry,
+        format!("default = \"tiny\"\n[[model]]\nname = \"tiny\"\ndescription = \"t\"\narchitecture = \"qwen2\"\nfile_name = \"tiny.gguf\"\nsha256 = \"{sha}\"\nsize = {size}\nlicence = \"none\"\npypi = [{{ package = \"no-such-package-xyz\", version = \"0\", member = \"x\" }}]\n"),
+    )
+    .unwrap();
+    let (cache_a, cache_b) = (dir.path().join("cache-a"), dir.path().join("cache-b"));
+    for cache in [&cache_a, &cache_b] {
+        std::fs::create_dir_all(cache.join("models/tiny")).unwrap();
+        std::fs::copy(&model, cache.join("models/tiny/tiny.gguf")).unwrap();
+    }
+    let out = dir.path().join("out");
+    let run = |cache: &Path, args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_affectbench"))
+            .env("AFFECTBENCH_CACHE", cache)
+            .arg("--registry")
+            .arg(&registry)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let first = run(
+        &cache_a,
+        &[
+            "run",
+            "scenarios/studies/smoke.toml",
+            "--no-report",
+            "--max-trials",
+            "5",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    std::fs::remove_dir_all(&cache_a).unwrap();
+    let resumed = run(
+        &cache_b,
+        &["run", "--no-report", "--resume", out.to_str().unwrap()],
+    );
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert_eq!(records(&out).len(), 24);
+}

@@ -1,0 +1,153 @@
+//! A structural check of a GGUF header before candle parses it.
+//!
+//! candle's reader allocates whatever a length field says (`vec![0; len]` for a string,
+//! a dimension list, an array) before reading it, so a hostile or corrupt length of 2^60
+//! aborts the process instead of returning an error. This walk reads the same fields
+//! with every length bounded by the bytes the file has left (and dimension counts by
+//! GGML's four), so such a file is refused with the byte offset and field at fault.
+
+use crate::error::{Error, IoContext, Result};
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::Path;
+
+/// GGML tensors have at most this many dimensions.
+const MAX_DIMS: u64 = 4;
+
+struct Walker<R> {
+    reader: R,
+    at: u64,
+    len: u64,
+    /// GGUF v1 wrote counts and string lengths as u32; v2 and v3 as u64.
+    wide: bool,
+}
+
+impl<R: Read + Seek> Walker<R> {
+    fn fail(&self, what: &str) -> String {
+        format!("byte {}: {what}", self.at)
+    }
+
+    fn bytes<const N: usize>(&mut self, what: &str) -> std::result::Result<[u8; N], String> {
+        let mut b = [0u8; N];
+        self.reader
+            .read_exact(&mut b)
+            .map_err(|_| self.fail(&format!("the file ends inside {what}")))?;
+        self.at += N as u64;
+        Ok(b)
+    }
+
+    fn u32(&mut self, what: &str) -> std::result::Result<u32, String> {
+        Ok(u32::from_le_bytes(self.bytes::<4>(what)?))
+    }
+
+    fn u64(&mut self, what: &str) -> std::result::Result<u64, String> {
+        Ok(u64::from_le_bytes(self.bytes::<8>(what)?))
+    }
+
+    /// A count or length field, checked against what the rest of the file can hold
+    /// when each counted thing takes at least `min_bytes`.
+    fn count(&mut self, what: &str, min_bytes: u64) -> std::result::Result<u64, String> {
+        let n = if self.wide {
+            self.u64(what)?
+        } else {
+            self.u32(what)? as u64
+        };
+        let left = self.len.saturating_sub(self.at);
+        if n.saturating_mul(min_bytes.max(1)) > left {
+            return Err(self.fail(&format!(
+                "{what} is {n}, more than the {left} bytes left in the file can hold"
+            )));
+        }
+        Ok(n)
+    }
+
+    fn skip(&mut self, n: u64, what: &str) -> std::result::Result<(), String> {
+        if n > self.len.saturating_sub(self.at) {
+            return Err(self.fail(&format!("the file ends inside {what}")));
+        }
+        self.reader
+            .seek(SeekFrom::Current(n as i64))
+            .map_err(|e| self.fail(&e.to_string()))?;
+        self.at += n;
+        Ok(())
+    }
+
+    fn string(&mut self, what: &str) -> std::result::Result<(), String> {
+        let n = self.count(&format!("the length of {what}"), 1)?;
+        self.skip(n, what)
+    }
+
+    /// One metadata value of type `ty`.
+    fn value(&mut self, ty: u32, depth: usize) -> std::result::Result<(), String> {
+        match ty {
+            0 | 1 | 7 => self.skip(1, "a value"),
+            2 | 3 => self.skip(2, "a value"),
+            4..=6 => self.skip(4, "a value"),
+            10..=12 => self.skip(8, "a value"),
+            8 => self.string("a string value"),
+            9 if depth < 4 => {
+                let elem = self.u32("an array's element type")?;
+                let min = match elem {
+                    0 | 1 | 7 => 1,
+                    2 | 3 => 2,
+                    4..=6 => 4,
+                    _ => 8,
+                };
+                let n = self.count("an array's length", min)?;
+                for _ in 0..n {
+                    self.value(elem, depth + 1)?;
+                }
+                Ok(())
+            }
+            9 => Err(self.fail("arrays nested more than 4 deep")),
+            other => Err(self.fail(&format!("unknown metadata value type {other}"))),
+        }
+    }
+}
+
+/// Checks the header of the GGUF file at `path`; an error names the byte and the field.
+pub fn check_header(path: &Path) -> Result<()> {
+    let file = std::fs::File::open(path).with_path(path)?;
+    let len = file.metadata().with_path(path)?.len();
+    let mut w = Walker {
+        reader: BufReader::new(file),
+        at: 0,
+        len,
+        wide: true,
+    };
+    let fail = |message: String| Error::Gguf {
+        path: path.to_path_buf(),
+        message: format!("{message} (is the file truncated, corrupt or not GGUF?)"),
+    };
+    let walk = |w: &mut Walker<BufReader<std::fs::File>>| -> std::result::Result<(), String> {
+        if &w.bytes::<4>("the magic number")? != b"GGUF" {
+            return Err("not a GGUF file (no GGUF magic number)".into());
+        }
+        let version = w.u32("the version")?;
+        w.wide = match version {
+            1 => false,
+            2 | 3 => true,
+            v => return Err(format!("GGUF version {v} is not one of 1, 2, 3")),
+        };
+        // A tensor info takes at least 8 + 4 + 4 + 8 bytes; a metadata entry 8 + 4.
+        let tensors = w.count("the tensor count", 24)?;
+        let entries = w.count("the metadata count", 12)?;
+        for _ in 0..entries {
+            w.string("a metadata key")?;
+            let ty = w.u32("a metadata value type")?;
+            w.value(ty, 0)?;
+        }
+        for _ in 0..tensors {
+            w.string("a tensor name")?;
+            let dims = w.u32("a tensor's dimension count")? as u64;
+            if dims > MAX_DIMS {
+                return Err(w.fail(&format!(
+                    "a tensor has {dims} dimensions (GGML allows at most {MAX_DIMS})"
+                )));
+            }
+            w.skip(dims * if w.wide { 8 } else { 4 }, "a tensor's dimensions")?;
+            w.skip(4 + 8, "a tensor's type and offset")?;
+        }
+        Ok(())
+    };
+    walk(&mut w).map_err(fail)
+}
