@@ -776,3 +776,122 @@ fn a_run_resumes_from_another_cache_holding_the_same_file() {
     );
     assert_eq!(records(&out).len(), 24);
 }
+
+#[test]
+fn merge_checks_the_shards_and_its_output_merges_again() {
+    use affectbench::study::merge::merge;
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let whole = dir.path().join("whole");
+    run_study(&config(&model, &whole, None, None)).unwrap();
+    let shard = |i: usize, seed: Option<u64>, max: Option<usize>| {
+        let out = dir.path().join(format!("s{i}-{seed:?}-{max:?}"));
+        run_study(&RunConfig {
+            shard: Some((i, 4)),
+            ..config(&model, &out, max, seed)
+        })
+        .unwrap();
+        out
+    };
+    let shards: Vec<PathBuf> = (0..4).map(|i| shard(i, None, None)).collect();
+
+    // A complete set: the same trials as one unsharded run, a real run directory.
+    let merged = dir.path().join("merged");
+    let outcome = merge(&shards, &merged, false).unwrap();
+    assert_eq!(
+        (outcome.trials, outcome.status),
+        (24, affectbench::results::RunStatus::Success)
+    );
+    let sorted = |mut v: Vec<(String, serde_json::Value)>| {
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    assert_eq!(sorted(records(&merged)), sorted(records(&whole)));
+    let header = affectbench::results::read_header(&merged).unwrap();
+    assert_eq!((header.merged_from.len(), header.shard.clone()), (4, None));
+    affectbench::report::build_report(std::slice::from_ref(&merged), &merged, &Default::default())
+        .unwrap();
+    // ... which merge takes again.
+    merge(
+        std::slice::from_ref(&merged),
+        &dir.path().join("again"),
+        false,
+    )
+    .unwrap();
+
+    // A missing shard is refused, naming it; --allow-partial records the gap, and the
+    // partial merge completes with the missing shard later.
+    let err = merge(&shards[..3], &dir.path().join("m3"), false)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("shard(s) 3 of 4 are missing"), "{err}");
+    let partial = dir.path().join("partial");
+    let outcome = merge(&shards[..3], &partial, true).unwrap();
+    assert_eq!(
+        outcome.gaps,
+        vec!["shard(s) 3 of 4 are missing".to_string()]
+    );
+    assert_eq!(
+        affectbench::results::read_header(&partial)
+            .unwrap()
+            .shard
+            .as_deref(),
+        Some("0+1+2/4")
+    );
+    let completed = dir.path().join("completed");
+    merge(&[partial, shards[3].clone()], &completed, false).unwrap();
+    assert_eq!(sorted(records(&completed)), sorted(records(&whole)));
+
+    // A shard run with another seed, or unfinished, is refused naming it.
+    let other_seed = shard(1, Some(8), None);
+    let err = merge(
+        &[
+            shards[0].clone(),
+            other_seed,
+            shards[2].clone(),
+            shards[3].clone(),
+        ],
+        &dir.path().join("mixed"),
+        false,
+    )
+    .err()
+    .expect("refused")
+    .to_string();
+    assert!(err.contains("seed 7 vs 8"), "{err}");
+    let unfinished = shard(2, None, Some(1));
+    let err = merge(
+        &[
+            shards[0].clone(),
+            shards[1].clone(),
+            unfinished,
+            shards[3].clone(),
+        ],
+        &dir.path().join("unfinished"),
+        false,
+    )
+    .err()
+    .expect("refused")
+    .to_string();
+    assert!(
+        err.contains("status 'partial'") && err.contains("--resume"),
+        "{err}"
+    );
+    let err = merge(
+        &[
+            shards[0].clone(),
+            shards[0].clone(),
+            shards[2].clone(),
+            shards[3].clone(),
+        ],
+        &dir.path().join("twice"),
+        false,
+    )
+    .err()
+    .expect("refused")
+    .to_string();
+    assert!(
+        err.contains("shard 0/4 is given twice") && err.contains("shard(s) 1 of 4 are missing"),
+        "{err}"
+    );
+}

@@ -1,8 +1,8 @@
 //! The commands behind each subcommand.
 
 use super::{
-    BenchArgs, Cli, Command, EngineArgs, GenerateArgs, Int8KernelArg, ModelArgs, ModelsCommand,
-    OpsArg, ReportArgs, RunArgs, SourceArg, TokenizeArgs,
+    BenchArgs, Cli, Command, EngineArgs, GenerateArgs, Int8KernelArg, MergeArgs, ModelArgs,
+    ModelsCommand, OpsArg, ReportArgs, RunArgs, SourceArg, TokenizeArgs,
 };
 use affectbench::cache;
 use affectbench::chat::Message;
@@ -28,6 +28,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Tokenize(args) => tokenize(&registry, args, threads),
         Command::Run(args) => run_study(&registry, args, threads),
         Command::Report(args) => report(args),
+        Command::Merge(args) => merge(args),
         Command::Bench(args) => bench(&registry, args, threads),
     }
 }
@@ -374,6 +375,29 @@ fn run_study(registry: &Registry, args: RunArgs, threads: usize) -> Result<()> {
             .with_context(|| format!("the run finished but its report failed; fix the cause and run `affectbench report {}`", outcome.out_dir.display()))?;
         eprintln!("report: {}", r.out_dir.join("report.html").display());
     }
+    Ok(())
+}
+
+fn merge(args: MergeArgs) -> Result<()> {
+    let outcome = affectbench::study::merge::merge(&args.shards, &args.out, args.allow_partial)?;
+    for gap in &outcome.gaps {
+        eprintln!("gap: {gap}");
+    }
+    eprintln!(
+        "merged {} directories: {} trials, status {}",
+        args.shards.len(),
+        outcome.trials,
+        outcome.status
+    );
+    if args.report {
+        let r = affectbench::report::build_report(
+            std::slice::from_ref(&outcome.out_dir),
+            &outcome.out_dir,
+            &Default::default(),
+        )?;
+        eprintln!("report: {}", r.out_dir.join("report.html").display());
+    }
+    println!("{}", outcome.out_dir.display());
     Ok(())
 }
 

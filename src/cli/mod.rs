@@ -50,6 +50,18 @@ pub enum Command {
     /// out exactly as in an uninterrupted run.
     Run(RunArgs),
 
+    /// Merge the shard directories of one plan into one run directory, after checking
+    /// that they are: the same study and scenario files, seed, repetitions, model files
+    /// and engine; every shard once, finished; every planned trial exactly once.
+    ///
+    /// Refuses otherwise, naming what is missing or differs (--allow-partial merges
+    /// what there is and records the gap). The output is a run directory (run.json with
+    /// every shard's provenance, trials.jsonl, the scenario snapshot) that `report`
+    /// reads and `merge` takes again.
+    ///
+    /// Example: affectbench merge results/s0 results/s1 results/s2 results/s3 --out results/all
+    Merge(MergeArgs),
+
     /// Turn one or more finished (or partial) runs into statistics, tables and plots.
     ///
     /// Writes into the (first) run directory unless --out is given: report.html (one
@@ -88,6 +100,26 @@ pub struct BenchArgs {
     /// A questionnaire workload file (default: the built-in benches/workloads/questionnaire.json).
     #[arg(long)]
     pub workload: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MergeArgs {
+    /// The shard directories (as written by `affectbench run --shard I/N`).
+    #[arg(required = true)]
+    pub shards: Vec<PathBuf>,
+
+    /// The merged run directory to write (must not hold a run yet).
+    #[arg(long)]
+    pub out: PathBuf,
+
+    /// Merge even if shards or trials are missing or unfinished; the gap is recorded
+    /// in run.json (`gaps`) and the status is `partial`.
+    #[arg(long)]
+    pub allow_partial: bool,
+
+    /// Also write the report into the merged directory.
+    #[arg(long)]
+    pub report: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -68,6 +68,27 @@ pub struct RunHeader {
     /// How each instrument turns item answers into scores. Empty only in schema-1 runs
     /// made before it was recorded (the report then reads the instrument files).
     pub scoring: Vec<InstrumentScoring>,
+    /// For a directory written by `affectbench merge`: every input's provenance.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged_from: Vec<MergedInput>,
+    /// For a partial merge (`--allow-partial`): what is missing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gaps: Vec<String>,
+}
+
+/// One input of a merge, as its own run.json described it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MergedInput {
+    /// The input directory (absolute).
+    pub dir: String,
+    pub shard: Option<String>,
+    pub status: RunStatus,
+    pub started: String,
+    pub ended: Option<String>,
+    pub git_revision: String,
+    pub engine: EngineRecord,
+    /// Trial records it held.
+    pub trials: usize,
 }
 
 /// The study as run: its identity and the design a report needs.

@@ -18,8 +18,8 @@ pub mod scores;
 pub mod trial;
 
 pub use header::{
-    EngineRecord, InstrumentScoring, ModelProvenance, RunHeader, RunStatus, ScenarioFile,
-    ScoredItem, StudyRecord,
+    EngineRecord, InstrumentScoring, MergedInput, ModelProvenance, RunHeader, RunStatus,
+    ScenarioFile, ScoredItem, StudyRecord,
 };
 pub use read::{read_header, read_trials, TrialsFile};
 pub use scores::{scale_scores, ScaleScore};

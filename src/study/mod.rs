@@ -14,6 +14,7 @@
 
 pub mod group;
 pub mod interrupt;
+pub mod merge;
 pub mod parse;
 pub mod plan;
 pub mod prompt;

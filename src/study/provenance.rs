@@ -126,5 +126,7 @@ pub fn new_header(inputs: HeaderInputs<'_>) -> RunHeader {
         scoring: instruments()
             .map(InstrumentScoring::from_instrument)
             .collect(),
+        merged_from: Vec::new(),
+        gaps: Vec::new(),
     }
 }
