@@ -15,6 +15,7 @@
 pub mod bench;
 pub mod cache;
 pub mod chat;
+pub mod cluster;
 pub mod engine;
 pub mod error;
 pub mod fetch;

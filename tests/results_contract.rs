@@ -78,6 +78,8 @@ fn a_schema_1_run_and_its_schema_2_rerun_agree_on_every_value() {
             ..EngineConfig::default()
         },
         show_progress: false,
+        progress_every: std::time::Duration::from_secs(30),
+        sources: Default::default(),
         shard: None,
     };
     run_study(&cfg).unwrap();

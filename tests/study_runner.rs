@@ -137,6 +137,8 @@ fn config(model: &Path, out: &Path, max_trials: Option<usize>, seed: Option<u64>
             ..EngineConfig::default()
         },
         show_progress: false,
+        progress_every: std::time::Duration::from_secs(30),
+        sources: Default::default(),
         shard: None,
     }
 }
@@ -893,5 +895,58 @@ fn merge_checks_the_shards_and_its_output_merges_again() {
     assert!(
         err.contains("shard 0/4 is given twice") && err.contains("shard(s) 1 of 4 are missing"),
         "{err}"
+    );
+}
+
+#[test]
+fn a_slurm_array_task_runs_its_shard_with_its_cpus_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = std::fs::canonicalize(tiny_model(dir.path())).unwrap();
+    let study = std::fs::canonicalize("scenarios/studies/smoke.toml").unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_affectbench"))
+        .current_dir(dir.path())
+        .env("SLURM_ARRAY_TASK_ID", "1")
+        .env("SLURM_ARRAY_TASK_COUNT", "4")
+        .env("SLURM_CPUS_PER_TASK", "1")
+        .env_remove("AFFECTBENCH_THREADS")
+        .arg("run")
+        .arg(&study)
+        .arg("--model")
+        .arg(&model)
+        .args(["--progress-every", "0.01"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    let runs: Vec<PathBuf> = std::fs::read_dir(dir.path().join("results"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(runs.len(), 1);
+    assert!(
+        runs[0]
+            .to_string_lossy()
+            .ends_with("-smoke-tiny-shard-1-of-4"),
+        "{}",
+        runs[0].display()
+    );
+    let header = affectbench::results::read_header(&runs[0]).unwrap();
+    assert_eq!(header.shard.as_deref(), Some("1/4"));
+    assert_eq!(header.engine.threads, 1);
+    assert!(
+        header.sources["shard"].contains("SLURM_ARRAY_TASK_ID=1")
+            && header.sources["threads"] == "SLURM_CPUS_PER_TASK=1",
+        "{:?}",
+        header.sources
+    );
+    assert!(
+        !runs[0].join("report.html").exists() && stderr.contains("no report for a single shard"),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("progress: ") && l.contains("trials/s") && l.contains("ETA")),
+        "a batch log shows progress: {stderr}"
     );
 }

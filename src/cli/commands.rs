@@ -6,6 +6,7 @@ use super::{
 };
 use affectbench::cache;
 use affectbench::chat::Message;
+use affectbench::cluster::Detected;
 use affectbench::engine::{EngineConfig, DEFAULT_BATCH_SIZE};
 use affectbench::fetch::{self, FetchOptions, Source};
 use affectbench::kernels::int8_matmul::KernelPath;
@@ -16,7 +17,17 @@ use anyhow::{Context, Result};
 use std::io::{IsTerminal, Write};
 
 pub fn run(cli: Cli) -> Result<()> {
-    let threads = cli.threads.unwrap_or_else(affectbench::default_threads);
+    let detected = match cli.threads {
+        Some(n) => Detected {
+            value: n.max(1),
+            source: "--threads (or AFFECTBENCH_THREADS)".to_string(),
+        },
+        None => affectbench::cluster::threads_from_env(
+            &affectbench::cluster::process_env,
+            affectbench::default_threads(),
+        ),
+    };
+    let threads = detected.value;
     affectbench::set_threads(threads).context("setting --threads")?;
     let registry = match &cli.registry {
         Some(p) => Registry::load(p)?,
@@ -26,7 +37,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Models(cmd) => models(&registry, cmd),
         Command::Generate(args) => generate(&registry, args, threads),
         Command::Tokenize(args) => tokenize(&registry, args, threads),
-        Command::Run(args) => run_study(&registry, args, threads),
+        Command::Run(args) => run_study(&registry, args, &detected),
         Command::Report(args) => report(args),
         Command::Merge(args) => merge(args),
         Command::Bench(args) => bench(&registry, args, threads),
@@ -270,59 +281,93 @@ fn resolve_fetched(registry: &Registry, name: &str) -> Result<ModelRef> {
     Ok(model_ref)
 }
 
-fn run_study(registry: &Registry, args: RunArgs, threads: usize) -> Result<()> {
+fn run_study(registry: &Registry, args: RunArgs, threads: &Detected<usize>) -> Result<()> {
     use affectbench::results::read_header;
     use affectbench::study::runner::{resume_design, run_study, RunConfig};
-    let (study_path, scenarios_root, model_names, out_dir, seed, repetitions) = match &args.resume {
-        Some(dir) => {
-            let h = read_header(dir)
-                .with_context(|| format!("--resume {}: not a run directory", dir.display()))?;
-            let names = h
-                .models
-                .iter()
-                .map(|m| {
-                    if registry.get(&m.label).is_some() {
-                        m.label.clone()
-                    } else {
-                        m.path.clone()
+    let mut sources = std::collections::BTreeMap::new();
+    sources.insert("threads".to_string(), threads.source.clone());
+    let (study_path, scenarios_root, model_names, out_dir, seed, repetitions, shard) =
+        match &args.resume {
+            Some(dir) => {
+                let h = read_header(dir)
+                    .with_context(|| format!("--resume {}: not a run directory", dir.display()))?;
+                let names = h
+                    .models
+                    .iter()
+                    .map(|m| {
+                        if registry.get(&m.label).is_some() {
+                            m.label.clone()
+                        } else {
+                            m.path.clone()
+                        }
+                    })
+                    .collect();
+                let shard = h
+                    .shard
+                    .as_deref()
+                    .map(super::parse_shard)
+                    .transpose()
+                    .map_err(anyhow::Error::msg)?;
+                sources.extend(
+                    h.sources
+                        .clone()
+                        .into_iter()
+                        .filter(|(k, _)| k != "threads"),
+                );
+                // The design comes from the run's own snapshot of its scenario files.
+                let (study, root) = resume_design(dir, &h);
+                (
+                    study,
+                    root,
+                    names,
+                    dir.clone(),
+                    Some(h.seed),
+                    Some(h.repetitions),
+                    shard,
+                )
+            }
+            None => {
+                let study = args
+                    .study
+                    .clone()
+                    .unwrap_or_else(|| "scenarios/studies/affect-induction.toml".into());
+                let models = if args.model.is_empty() {
+                    vec![registry.default.clone()]
+                } else {
+                    args.model.clone()
+                };
+                // An array task of a batch scheduler runs its own shard without being told.
+                let shard = match args.shard {
+                    Some(s) => {
+                        sources.insert("shard".into(), "--shard".into());
+                        Some(s)
                     }
-                })
-                .collect();
-            // The design comes from the run's own snapshot of its scenario files.
-            let (study, root) = resume_design(dir, &h);
-            (
-                study,
-                root,
-                names,
-                dir.clone(),
-                Some(h.seed),
-                Some(h.repetitions),
-            )
-        }
-        None => {
-            let study = args
-                .study
-                .clone()
-                .unwrap_or_else(|| "scenarios/studies/affect-induction.toml".into());
-            let models = if args.model.is_empty() {
-                vec![registry.default.clone()]
-            } else {
-                args.model.clone()
-            };
-            let out = match &args.out {
-                Some(o) => o.clone(),
-                None => default_out_dir(&study, &models),
-            };
-            (
-                study,
-                args.scenarios.clone(),
-                models,
-                out,
-                args.seed,
-                args.repetitions,
-            )
-        }
-    };
+                    None => affectbench::cluster::shard_from_env(
+                        &affectbench::cluster::process_env,
+                        args.shard_count,
+                    )
+                    .map_err(anyhow::Error::msg)?
+                    .map(|d| {
+                        eprintln!("shard {}/{} (from {})", d.value.0, d.value.1, d.source);
+                        sources.insert("shard".into(), d.source);
+                        d.value
+                    }),
+                };
+                let out = match &args.out {
+                    Some(o) => o.clone(),
+                    None => default_out_dir(&study, &models, shard),
+                };
+                (
+                    study,
+                    args.scenarios.clone(),
+                    models,
+                    out,
+                    args.seed,
+                    args.repetitions,
+                    shard,
+                )
+            }
+        };
     anyhow::ensure!(
         study_path.is_file(),
         "study file {} does not exist (studies live in scenarios/studies/)",
@@ -340,17 +385,11 @@ fn run_study(registry: &Registry, args: RunArgs, threads: usize) -> Result<()> {
         seed,
         repetitions,
         max_trials: args.max_trials,
-        engine: engine_config(&args.engine, threads, args.batch_size),
-        show_progress: std::io::stderr().is_terminal() || std::env::var_os("CI").is_some(),
-        shard: match &args.resume {
-            Some(dir) => read_header(dir)?
-                .shard
-                .as_deref()
-                .map(super::parse_shard)
-                .transpose()
-                .map_err(anyhow::Error::msg)?,
-            None => args.shard,
-        },
+        engine: engine_config(&args.engine, threads.value, args.batch_size),
+        show_progress: std::io::stderr().is_terminal(),
+        progress_every: std::time::Duration::from_secs_f64(args.progress_every.max(0.01)),
+        shard,
+        sources,
     };
     affectbench::study::interrupt::install().context("installing the signal handlers")?;
     eprintln!("results: {}", cfg.out_dir.display());
@@ -369,12 +408,27 @@ fn run_study(registry: &Registry, args: RunArgs, threads: usize) -> Result<()> {
         },
         outcome.out_dir.display()
     );
-    if outcome.trials_remaining == 0 && !args.no_report {
-        let options = affectbench::report::ReportOptions::default();
-        let r = affectbench::report::build_report(std::slice::from_ref(&outcome.out_dir), &outcome.out_dir, &options)
-            .with_context(|| format!("the run finished but its report failed; fix the cause and run `affectbench report {}`", outcome.out_dir.display()))?;
-        eprintln!("report: {}", r.out_dir.join("report.html").display());
+    if outcome.trials_remaining > 0 || args.no_report {
+        return Ok(());
     }
+    if let Some((i, n)) = cfg.shard {
+        // One shard's report would describe a fraction of the design.
+        eprintln!("shard {i}/{n} done; no report for a single shard: `affectbench merge` the {n} shard directories, then `affectbench report` the merged one");
+        return Ok(());
+    }
+    let options = affectbench::report::ReportOptions::default();
+    let r = affectbench::report::build_report(
+        std::slice::from_ref(&outcome.out_dir),
+        &outcome.out_dir,
+        &options,
+    )
+    .with_context(|| {
+        format!(
+            "the run finished but its report failed; fix the cause and run `affectbench report {}`",
+            outcome.out_dir.display()
+        )
+    })?;
+    eprintln!("report: {}", r.out_dir.join("report.html").display());
     Ok(())
 }
 
@@ -428,7 +482,12 @@ fn report(args: ReportArgs) -> Result<()> {
 }
 
 /// results/<date>-<study>-<model>/, with -2, -3 ... if taken.
-fn default_out_dir(study: &std::path::Path, models: &[String]) -> std::path::PathBuf {
+/// results/<date>-<study>-<model>[-shard-I-of-N]/, with -2, -3 ... if taken.
+fn default_out_dir(
+    study: &std::path::Path,
+    models: &[String],
+    shard: Option<(usize, usize)>,
+) -> std::path::PathBuf {
     let date = &affectbench::results::now_rfc3339()[..10];
     let stem = study
         .file_stem()
@@ -442,7 +501,10 @@ fn default_out_dir(study: &std::path::Path, models: &[String]) -> std::path::Pat
     } else {
         format!("{}-models", models.len())
     };
-    let base = std::path::PathBuf::from("results").join(format!("{date}-{stem}-{model}"));
+    let shard = shard
+        .map(|(i, n)| format!("-shard-{i}-of-{n}"))
+        .unwrap_or_default();
+    let base = std::path::PathBuf::from("results").join(format!("{date}-{stem}-{model}{shard}"));
     let mut dir = base.clone();
     let mut n = 2;
     while dir.exists() {

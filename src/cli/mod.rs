@@ -190,12 +190,25 @@ pub struct RunArgs {
     #[arg(long)]
     pub batch_size: Option<usize>,
 
-    /// Run one shard of the plan, INDEX/COUNT (e.g. 0/4 ... 3/4 as four SLURM array
-    /// tasks, each with its own --out). Shards split by conversation group; the union
-    /// of the shards equals the unsharded run trial for trial. Merge them with
-    /// `affectbench report DIR0 DIR1 ...`.
+    /// Run one shard of the plan, INDEX/COUNT (e.g. 0/4 ... 3/4). Inside a SLURM array
+    /// task (SLURM_ARRAY_TASK_ID/COUNT) or a Kubernetes indexed job
+    /// (JOB_COMPLETION_INDEX with --shard-count) the shard is read from the environment
+    /// when this is not given. Shards split by conversation group; the union of the
+    /// shards equals the unsharded run trial for trial. Merge them with
+    /// `affectbench merge DIR0 DIR1 ... --out DIR`.
     #[arg(long, value_parser = parse_shard)]
     pub shard: Option<(usize, usize)>,
+
+    /// The number of shards when the index comes from a Kubernetes indexed job
+    /// (JOB_COMPLETION_INDEX); with SLURM arrays the count is read from
+    /// SLURM_ARRAY_TASK_COUNT (or MIN/MAX) and this overrides it.
+    #[arg(long)]
+    pub shard_count: Option<usize>,
+
+    /// Without a terminal (a batch job's log), print a progress line this often
+    /// (seconds): trials done/total, rate, ETA, condition.
+    #[arg(long, default_value_t = 30.0)]
+    pub progress_every: f64,
 
     /// Do not build the report at the end (build it later with `affectbench report DIR`).
     #[arg(long)]

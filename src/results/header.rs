@@ -68,6 +68,10 @@ pub struct RunHeader {
     /// How each instrument turns item answers into scores. Empty only in schema-1 runs
     /// made before it was recorded (the report then reads the instrument files).
     pub scoring: Vec<InstrumentScoring>,
+    /// Where settings came from: `threads` (a flag, SLURM_CPUS_PER_TASK, the CPUs the
+    /// process may use), `shard` (a flag, SLURM_ARRAY_TASK_ID/COUNT, JOB_COMPLETION_INDEX).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub sources: std::collections::BTreeMap<String, String>,
     /// For a directory written by `affectbench merge`: every input's provenance.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub merged_from: Vec<MergedInput>,

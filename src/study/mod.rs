@@ -17,6 +17,7 @@ pub mod interrupt;
 pub mod merge;
 pub mod parse;
 pub mod plan;
+pub mod progress;
 pub mod prompt;
 pub mod provenance;
 pub mod readouts;

@@ -126,6 +126,7 @@ pub fn new_header(inputs: HeaderInputs<'_>) -> RunHeader {
         scoring: instruments()
             .map(InstrumentScoring::from_instrument)
             .collect(),
+        sources: Default::default(),
         merged_from: Vec::new(),
         gaps: Vec::new(),
     }

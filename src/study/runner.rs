@@ -14,6 +14,7 @@
 use super::group::{lockstep_completions, work_units, GroupContext};
 use super::interrupt;
 use super::plan::{count_trials, expand, Plan, Trial, MAX_PLAN_TRIALS};
+use super::progress::Progress;
 use super::provenance::{model_provenance, new_header, HeaderInputs};
 use super::readouts::{base_record, prefill_unit, run_completion, run_item};
 use super::run_dir::RunDir;
@@ -24,7 +25,6 @@ use crate::model::Model;
 use crate::registry::ModelRef;
 use crate::results::{read_trials, ModelProvenance, RunHeader, RunStatus, TrialRecord};
 use crate::scenario::{Library, Study};
-use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -41,10 +41,16 @@ pub struct RunConfig {
     pub max_trials: Option<usize>,
     /// Device, kernels, threads and batch size (results do not depend on the last two).
     pub engine: EngineConfig,
+    /// A progress bar (for a terminal).
     pub show_progress: bool,
+    /// Without a terminal (a batch job's log), a progress line this often.
+    pub progress_every: std::time::Duration,
     /// Run only shard `index` of `count`: the groups whose position in the plan is
     /// index mod count (a group's trials stay together, so shared prefixes stay shared).
     pub shard: Option<(usize, usize)>,
+    /// Where settings came from (`threads`, `shard`: a flag or a scheduler's variable),
+    /// recorded in run.json.
+    pub sources: std::collections::BTreeMap<String, String>,
 }
 
 pub struct RunOutcome {
@@ -93,6 +99,7 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
         trials_planned: plan.trials.len(),
         shard: cfg.shard,
     });
+    header.sources = cfg.sources.clone();
     match dir.existing_header()? {
         Some(old) => {
             check_resumable(&old, &header, &cfg.out_dir)?;
@@ -135,7 +142,7 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
     }
     dir.write_header(&header)?;
 
-    let progress = progress_bar(cfg.show_progress, pending.len());
+    let mut progress = Progress::new(cfg.show_progress, cfg.progress_every, pending.len());
     let mut tally = Tally::default();
     // A panic anywhere in the engine must still leave run.json saying what happened.
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -147,7 +154,7 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
             &pending,
             cfg.engine.batch_size,
             &mut dir,
-            &progress,
+            &mut progress,
             &mut tally,
         )
     }))
@@ -157,7 +164,7 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
             panic_message(&payload)
         )))
     });
-    progress.finish_and_clear();
+    progress.finish();
 
     let remaining = shard_trials - shard_done - tally.written;
     let trials: Vec<TrialRecord> = read_trials(&cfg.out_dir.join("trials.jsonl"), study.seed)
@@ -356,22 +363,6 @@ fn check_resumable(old: &RunHeader, new: &RunHeader, dir: &Path) -> Result<()> {
     )))
 }
 
-fn progress_bar(show: bool, len: usize) -> ProgressBar {
-    let bar = if show {
-        ProgressBar::new(len as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:30}] {pos}/{len} trials  {per_sec}  eta {eta}  {msg}",
-        )
-        .expect("static template")
-        .progress_chars("=> "),
-    );
-    bar
-}
-
 /// Trials written and failed so far.
 #[derive(Default)]
 struct Tally {
@@ -389,7 +380,7 @@ fn execute(
     pending: &[&Trial],
     batch_size: usize,
     dir: &mut RunDir,
-    progress: &ProgressBar,
+    progress: &mut Progress,
     tally: &mut Tally,
 ) -> Result<()> {
     let pending_ids: HashSet<&str> = pending.iter().map(|t| t.id.as_str()).collect();
@@ -460,7 +451,7 @@ fn execute(
                 record.timing.total_ms = Some(per_trial_ms);
                 dir.append(&record)?;
                 tally.written += 1;
-                progress.inc(1);
+                progress.inc();
                 if let Some(signal) = interrupt::requested() {
                     return Err(Error::Interrupted {
                         signal,
