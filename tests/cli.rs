@@ -128,3 +128,40 @@ fn impossible_repetitions_on_the_command_line_are_refused() {
         );
     }
 }
+
+#[test]
+fn concurrent_fetches_into_one_cache_download_once() {
+    // Regression: N array tasks on an empty shared cache downloaded N copies.
+    let cache = tempfile::tempdir().unwrap();
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_affectbench"))
+            .env("AFFECTBENCH_CACHE", cache.path())
+            .env("AFFECTBENCH_NO_HUB", "1")
+            .env_remove("HF_HUB_OFFLINE")
+            .env_remove("AFFECTBENCH_OFFLINE")
+            .args(["models", "fetch", "smollm2-135m-instruct"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let outputs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+    for o in &outputs {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(String::from_utf8_lossy(&o.stdout).trim().ends_with(".gguf"));
+    }
+    let downloads = outputs
+        .iter()
+        .filter(|o| String::from_utf8_lossy(&o.stderr).contains("pip download"))
+        .count();
+    assert_eq!(
+        downloads,
+        1,
+        "{:?}",
+        outputs
+            .iter()
+            .map(|o| String::from_utf8_lossy(&o.stderr).to_string())
+            .collect::<Vec<_>>()
+    );
+}

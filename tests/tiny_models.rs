@@ -670,3 +670,41 @@ fn a_gguf_tensor_whose_dimensions_overflow_is_an_error_not_an_abort() {
         "{err}"
     );
 }
+
+#[test]
+fn offline_means_cache_only_with_the_command_to_run_elsewhere() {
+    // Regression: HF_HUB_OFFLINE=1 still went to PyPI; there was no cache-only mode.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let reg = tiny_registry(dir.path(), &cache, &"0".repeat(64), 1000, "tiny.gguf");
+    for (flag, env) in [
+        (true, None),
+        (false, Some(("HF_HUB_OFFLINE", "1"))),
+        (false, Some(("AFFECTBENCH_OFFLINE", "1"))),
+    ] {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_affectbench"));
+        cmd.env("AFFECTBENCH_CACHE", &cache)
+            .env_remove("HF_HUB_OFFLINE")
+            .env_remove("AFFECTBENCH_OFFLINE")
+            .arg("--registry")
+            .arg(&reg);
+        if flag {
+            cmd.arg("--offline");
+        }
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        let out = cmd
+            .args(["generate", "--model", "tiny", "--prompt", "hi"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && stderr.contains("offline")
+                && stderr.contains("affectbench models fetch tiny")
+                && !stderr.contains("pip"),
+            "{stderr}"
+        );
+    }
+}

