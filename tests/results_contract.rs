@@ -86,7 +86,21 @@ fn a_schema_1_run_and_its_schema_2_rerun_agree_on_every_value() {
     let new_header = read_header(&cfg.out_dir).unwrap();
     assert_eq!(new_header.schema, SCHEMA);
     assert_eq!(new_header.study, old_header.study);
-    assert_eq!(new_header.models, old_header.models);
+    // The same model by identity; the path is wherever this machine's cache is.
+    let identity = |h: &affectbench::results::RunHeader| {
+        h.models
+            .iter()
+            .map(|m| {
+                (
+                    m.label.clone(),
+                    m.sha256.clone(),
+                    m.tokenizer_sha256.clone(),
+                    m.chat_template_sha256.clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(identity(&new_header), identity(&old_header));
     assert_eq!(new_header.scoring, old_header.scoring);
     let normalise = |t: &TrialRecord| TrialRecord {
         schema: 0,
