@@ -950,3 +950,99 @@ fn a_slurm_array_task_runs_its_shard_with_its_cpus_and_says_so() {
         "a batch log shows progress: {stderr}"
     );
 }
+
+#[test]
+fn a_full_disk_marks_the_run_error_and_resume_completes_it() {
+    // Regression: a full disk left run.json at "running" with no end time.
+    // Needs a small file system: a tmpfs, which only root can mount.
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=400k", "tmpfs"])
+        .arg(&small)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIPPED a_full_disk_marks_the_run_error_and_resume_completes_it: mounting a small tmpfs needs root (mount -t tmpfs failed)");
+        return;
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&small);
+    let model = tiny_model(dir.path());
+    let out = small.join("run");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_affectbench"))
+        .args([
+            "run",
+            "scenarios/studies/smoke.toml",
+            "--repetitions",
+            "20",
+            "--no-report",
+            "--model",
+        ])
+        .arg(&model)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success(),
+        "the disk was expected to fill: {stderr}"
+    );
+    let header = affectbench::results::read_header(&out).unwrap();
+    assert_eq!(
+        header.status,
+        affectbench::results::RunStatus::Error,
+        "{stderr}"
+    );
+    assert!(
+        header.ended.is_some() && header.error.as_deref().is_some_and(|e| e.contains("space")),
+        "{:?}",
+        header.error
+    );
+    // Moved to a disk with room, the run resumes to the uninterrupted run's trials.
+    let moved = dir.path().join("moved");
+    std::process::Command::new("cp")
+        .arg("-r")
+        .arg(&out)
+        .arg(&moved)
+        .status()
+        .unwrap();
+    let resumed = std::process::Command::new(env!("CARGO_BIN_EXE_affectbench"))
+        .args(["run", "--no-report", "--resume"])
+        .arg(&moved)
+        .output()
+        .unwrap();
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    let whole = dir.path().join("whole");
+    let w = std::process::Command::new(env!("CARGO_BIN_EXE_affectbench"))
+        .args([
+            "run",
+            "scenarios/studies/smoke.toml",
+            "--repetitions",
+            "20",
+            "--no-report",
+            "--model",
+        ])
+        .arg(&model)
+        .arg("--out")
+        .arg(&whole)
+        .output()
+        .unwrap();
+    assert!(w.status.success());
+    let sorted = |mut v: Vec<(String, serde_json::Value)>| {
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    assert_eq!(sorted(records(&moved)), sorted(records(&whole)));
+}
