@@ -51,10 +51,15 @@ pub enum Command {
 
     /// Run a study: every condition x instrument item x repetition, on every model.
     ///
-    /// Writes results/<date>-<study>-<model>/run.json (provenance, status) and
-    /// trials.jsonl (one record per trial, flushed as it is written). Interrupt at any
-    /// time and continue with --resume DIR; finished trials are kept and the rest come
-    /// out exactly as in an uninterrupted run.
+    /// Writes results/<date>-<study>-<model>/run.json (provenance, engine, status),
+    /// trials.jsonl (one record per trial, flushed as it is written) and a copy of every
+    /// scenario file used (scenarios/). Interrupt at any time (Ctrl-C, SIGTERM: the trial
+    /// in progress finishes and the run is marked `interrupted`) and continue with
+    /// --resume DIR from any directory; finished trials are kept and the rest come out
+    /// exactly as in an uninterrupted run. One process writes a directory at a time.
+    ///
+    /// In a SLURM array task the shard and threads come from SLURM's variables; see
+    /// README "Running on a cluster".
     Run(RunArgs),
 
     /// Merge the shard directories of one plan into one run directory, after checking
