@@ -190,25 +190,34 @@ pub fn decode_lockstep(
             // rows sample in parallel, on the same pool as the kernels (a second pool
             // would spin against it); the result does not depend on the scheduling.
             let mut drawn: Vec<Option<u32>> = vec![None; n];
-            for (row, l) in rows.iter().zip(&row_logits) {
-                if row.1.is_none() {
-                    check_finite(l)?;
-                }
-            }
+            // Each row's finiteness is checked by the task that samples it (on the pool,
+            // not serially: 32 rows x the vocabulary every step).
+            let mut finite: Vec<Result<()>> = (0..n).map(|_| Ok(())).collect();
             {
-                let (rng_at, drawn_at) = (DisjointMut::new(chunk), DisjointMut::new(&mut drawn));
+                let (rng_at, drawn_at, finite_at) = (
+                    DisjointMut::new(chunk),
+                    DisjointMut::new(&mut drawn),
+                    DisjointMut::new(&mut finite),
+                );
                 let (rows, row_logits) = (&rows, &row_logits);
                 candle_core::utils::barrier_pool().execute_chunked(n, move |range| {
                     for i in range {
                         if rows[i].1.is_none() {
-                            // SAFETY: row i's rng and slot are touched by this task only.
-                            let (rng, slot) =
-                                unsafe { (&mut rng_at.part(i, 1)[0], &mut drawn_at.part(i, 1)[0]) };
+                            // SAFETY: row i's rng, slot and check are touched by this task only.
+                            let (rng, slot, ok) = unsafe {
+                                (
+                                    &mut rng_at.part(i, 1)[0],
+                                    &mut drawn_at.part(i, 1)[0],
+                                    &mut finite_at.part(i, 1)[0],
+                                )
+                            };
+                            *ok = check_finite(&row_logits[i]);
                             *slot = Some(sample(&row_logits[i], sampling, rng));
                         }
                     }
                 });
             }
+            finite.into_iter().collect::<Result<()>>()?;
             let mut feed = Vec::with_capacity(n);
             for (i, next) in drawn.into_iter().enumerate() {
                 let (tokens, stopped) = &mut rows[i];
