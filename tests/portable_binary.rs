@@ -9,7 +9,11 @@ fn the_binary_holds_no_instruction_beyond_its_baseline_outside_run_time_dispatch
         eprintln!("SKIPPED the_binary_holds_no_instruction_beyond_its_baseline_outside_run_time_dispatch: not an x86-64 build");
         return;
     }
-    let out = match std::process::Command::new("objdump").args(["-d", "--no-show-raw-insn", "-C"]).arg(env!("CARGO_BIN_EXE_affectbench")).output() {
+    let out = match std::process::Command::new("objdump")
+        .args(["-d", "--no-show-raw-insn", "-C"])
+        .arg(env!("CARGO_BIN_EXE_affectbench"))
+        .output()
+    {
         Ok(o) if o.status.success() => o,
         _ => {
             eprintln!("SKIPPED the_binary_holds_no_instruction_beyond_its_baseline_outside_run_time_dispatch: objdump (binutils) is not installed; .ci/run installs it");
@@ -37,6 +41,14 @@ fn the_binary_holds_no_instruction_beyond_its_baseline_outside_run_time_dispatch
             avx512.insert(function.to_string());
         }
     }
-    assert!(sse4a.is_empty(), "AMD-only SSE4a instructions (SIGILL on Intel): {:?}", &sse4a[..sse4a.len().min(5)]);
-    assert!(avx512.is_empty(), "AVX-512 outside run-time-dispatched functions: {:?}", avx512.iter().take(5).collect::<Vec<_>>());
+    assert!(
+        sse4a.is_empty(),
+        "AMD-only SSE4a instructions (SIGILL on Intel): {:?}",
+        &sse4a[..sse4a.len().min(5)]
+    );
+    assert!(
+        avx512.is_empty(),
+        "AVX-512 outside run-time-dispatched functions: {:?}",
+        avx512.iter().take(5).collect::<Vec<_>>()
+    );
 }
