@@ -35,7 +35,7 @@ impl GgufFile {
                 .shape
                 .dims()
                 .iter()
-                .try_fold(1usize, |n, &d| n.checked_mul(d))
+                .try_fold(1usize, |n, &d| if d == 0 { None } else { n.checked_mul(d) })
                 .filter(|elems| elems % block == 0)
                 .and_then(|elems| (elems / block).checked_mul(type_size))
                 .and_then(|bytes| {

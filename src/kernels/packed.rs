@@ -70,6 +70,9 @@ impl PackedMatrix {
     ) -> Result<Self, Unpackable> {
         let block = packed_block(dtype)
             .ok_or_else(|| Unpackable(format!("no packed decoder for {dtype:?}")))?;
+        if n == 0 || k == 0 {
+            return Err(Unpackable(format!("a {n}x{k} matrix has no elements")));
+        }
         if !k.is_multiple_of(dtype.block_size()) || !k.is_multiple_of(4) {
             return Err(Unpackable(format!(
                 "k = {k} is not a multiple of the block size"
