@@ -860,7 +860,7 @@ fn merge_checks_the_shards_and_its_output_merges_again() {
     .err()
     .expect("refused")
     .to_string();
-    assert!(err.contains("seed 7 vs 8"), "{err}");
+    assert!(err.contains("seed: 7 vs 8"), "{err}");
     let unfinished = shard(2, None, Some(1));
     let err = merge(
         &[

@@ -95,6 +95,80 @@ pub struct MergedInput {
     pub trials: usize,
 }
 
+impl RunHeader {
+    /// What differs between this run's plan and `other`'s in anything that changes a
+    /// trial's numbers: seed, repetitions, the study file, the models (by label and
+    /// hashes, not by where the file lies), every scenario file this run used (files
+    /// only `other` has are fine) and the engine (not recorded in schema 1, so not
+    /// compared then). Shards are compared by the caller: a resume needs the same
+    /// shard, a merge different ones. Each difference names the field and both values.
+    pub fn plan_differences(&self, other: &RunHeader) -> Vec<String> {
+        let mut differences = Vec::new();
+        if self.seed != other.seed {
+            differences.push(format!("seed: {} vs {}", self.seed, other.seed));
+        }
+        if self.repetitions != other.repetitions {
+            differences.push(format!(
+                "repetitions: {} vs {}",
+                self.repetitions, other.repetitions
+            ));
+        }
+        if self.study.sha256 != other.study.sha256 {
+            differences.push(format!(
+                "study file sha256: {} vs {}",
+                self.study.sha256, other.study.sha256
+            ));
+        }
+        let identity = |m: &ModelProvenance| {
+            (
+                m.label.clone(),
+                m.sha256.clone(),
+                m.architecture.clone(),
+                m.tokenizer_sha256.clone(),
+                m.chat_template_sha256.clone(),
+            )
+        };
+        for (i, (a, b)) in self.models.iter().zip(&other.models).enumerate() {
+            if identity(a) != identity(b) {
+                differences.push(format!(
+                    "model {}: {} (sha256 {}) vs {} (sha256 {})",
+                    i + 1,
+                    a.label,
+                    a.sha256,
+                    b.label,
+                    b.sha256
+                ));
+            }
+        }
+        if self.models.len() != other.models.len() {
+            differences.push(format!(
+                "number of models: {} vs {}",
+                self.models.len(),
+                other.models.len()
+            ));
+        }
+        for f in &self.scenario_files {
+            match other.scenario_files.iter().find(|n| n.id == f.id) {
+                Some(n) if n.sha256 == f.sha256 => {}
+                Some(n) => differences.push(format!(
+                    "scenario file {} ({}): sha256 {} vs {} ({})",
+                    f.id, f.path, f.sha256, n.sha256, n.path
+                )),
+                None => differences.push(format!("scenario file {} ({}) is missing", f.id, f.path)),
+            }
+        }
+        if self.engine.weights.is_some() {
+            differences.extend(
+                self.engine
+                    .result_changing_differences(&other.engine)
+                    .into_iter()
+                    .map(|d| format!("engine {d}")),
+            );
+        }
+        differences
+    }
+}
+
 /// The study as run: its identity and the design a report needs.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StudyRecord {

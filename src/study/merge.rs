@@ -110,57 +110,9 @@ pub fn merge(inputs: &[PathBuf], out: &Path, allow_partial: bool) -> Result<Merg
 
     // One plan: every input agrees with the first on what makes the plan and its numbers.
     for (dir, h) in inputs.iter().zip(&headers).skip(1) {
-        let differs = |what: &str, a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| {
-            format!(
-                "{} differs from {}: {what} {a:?} vs {b:?}",
-                dir.display(),
-                inputs[0].display()
-            )
-        };
-        if h.study.sha256 != first.study.sha256 {
-            problems.push(differs(
-                "study sha256",
-                &first.study.sha256,
-                &h.study.sha256,
-            ));
-        }
-        if h.seed != first.seed {
-            problems.push(differs("seed", &first.seed, &h.seed));
-        }
-        if h.repetitions != first.repetitions {
-            problems.push(differs("repetitions", &first.repetitions, &h.repetitions));
-        }
-        let identity = |h: &RunHeader| {
-            h.models
-                .iter()
-                .map(|m| (m.label.clone(), m.sha256.clone()))
-                .collect::<Vec<_>>()
-        };
-        if identity(h) != identity(first) {
-            problems.push(differs(
-                "models (label, sha256)",
-                &identity(first),
-                &identity(h),
-            ));
-        }
-        let files = |h: &RunHeader| {
-            h.scenario_files
-                .iter()
-                .map(|f| (f.id.clone(), f.sha256.clone()))
-                .collect::<BTreeMap<_, _>>()
-        };
-        for (id, sha) in files(first) {
-            if files(h).get(&id) != Some(&sha) {
-                problems.push(format!(
-                    "{} differs from {}: scenario file {id}",
-                    dir.display(),
-                    inputs[0].display()
-                ));
-            }
-        }
-        for d in first.engine.result_changing_differences(&h.engine) {
+        for d in first.plan_differences(h) {
             problems.push(format!(
-                "{} differs from {}: engine {d}",
+                "{} differs from {}: {d}",
                 dir.display(),
                 inputs[0].display()
             ));

@@ -280,78 +280,13 @@ pub fn resume_design(dir: &Path, header: &RunHeader) -> (PathBuf, Option<PathBuf
 /// Refuses to continue a run in `dir` with settings that would change its results,
 /// naming each difference.
 fn check_resumable(old: &RunHeader, new: &RunHeader, dir: &Path) -> Result<()> {
-    let mut differences = Vec::new();
-    if old.seed != new.seed {
-        differences.push(format!("seed: {} vs {}", old.seed, new.seed));
-    }
-    if old.repetitions != new.repetitions {
-        differences.push(format!(
-            "repetitions: {} vs {}",
-            old.repetitions, new.repetitions
-        ));
-    }
-    if old.study.sha256 != new.study.sha256 {
-        differences.push(format!(
-            "study file sha256: {} vs {}",
-            old.study.sha256, new.study.sha256
-        ));
-    }
-    // Models by identity (label and hashes), not by where the file lies: a resume may
-    // run from another directory or cache holding the same file.
-    let identity = |m: &ModelProvenance| {
-        (
-            m.label.clone(),
-            m.sha256.clone(),
-            m.architecture.clone(),
-            m.tokenizer_sha256.clone(),
-            m.chat_template_sha256.clone(),
-        )
-    };
-    for (i, (a, b)) in old.models.iter().zip(&new.models).enumerate() {
-        if identity(a) != identity(b) {
-            differences.push(format!(
-                "model {}: {} (sha256 {}) vs {} (sha256 {})",
-                i + 1,
-                a.label,
-                a.sha256,
-                b.label,
-                b.sha256
-            ));
-        }
-    }
-    if old.models.len() != new.models.len() {
-        differences.push(format!(
-            "number of models: {} vs {}",
-            old.models.len(),
-            new.models.len()
-        ));
-    }
-    // Every scenario file the run used must be unchanged (new, unused files are fine).
-    for f in &old.scenario_files {
-        match new.scenario_files.iter().find(|n| n.id == f.id) {
-            Some(n) if n.sha256 == f.sha256 => {}
-            Some(n) => differences.push(format!(
-                "scenario file {} ({}): sha256 {} vs {} ({})",
-                f.id, f.path, f.sha256, n.sha256, n.path
-            )),
-            None => differences.push(format!("scenario file {} ({}) is missing", f.id, f.path)),
-        }
-    }
+    let mut differences = old.plan_differences(new);
     if old.shard != new.shard {
         differences.push(format!(
             "shard: {} vs {}",
             old.shard.as_deref().unwrap_or("none"),
             new.shard.as_deref().unwrap_or("none")
         ));
-    }
-    // A schema-1 run recorded no engine choices; from schema 2 on they must match.
-    if old.engine.weights.is_some() {
-        differences.extend(
-            old.engine
-                .result_changing_differences(&new.engine)
-                .into_iter()
-                .map(|d| format!("engine {d}")),
-        );
     }
     if differences.is_empty() {
         return Ok(());
