@@ -1,6 +1,8 @@
 //! The shipped scenario files load and meet the study's requirements; malformed files
 //! give errors that name the file and line.
 
+mod common;
+
 use affectbench::scenario::{Library, Study};
 use std::path::Path;
 
@@ -132,19 +134,6 @@ fn malformed_files_name_file_and_line() {
     );
 }
 
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 #[test]
 fn validation_rejects_each_impossible_design_with_file_line_and_fix() {
     // Regression: each of these was accepted (and then ran, ran for minutes, or made
@@ -226,7 +215,7 @@ fn validation_rejects_each_impossible_design_with_file_line_and_fix() {
     ];
     for (file, from, to, expected) in cases {
         let dir = tempfile::tempdir().unwrap();
-        copy_tree(Path::new("scenarios"), dir.path());
+        common::copy_tree(Path::new("scenarios"), dir.path());
         let path = dir.path().join(file);
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains(from), "{file} has {from}");
@@ -252,7 +241,7 @@ fn validation_rejects_each_impossible_design_with_file_line_and_fix() {
     }
     // A condition that asks nothing.
     let dir = tempfile::tempdir().unwrap();
-    copy_tree(Path::new("scenarios"), dir.path());
+    common::copy_tree(Path::new("scenarios"), dir.path());
     let path = dir.path().join("studies/smoke.toml");
     let text = std::fs::read_to_string(&path).unwrap();
     let text = text

@@ -156,6 +156,14 @@ fn records(dir: &Path) -> Vec<(String, serde_json::Value)> {
         .collect()
 }
 
+/// Records without their timings, by trial id: within a group trials run in batch units,
+/// so a resumed, sharded or merged run may write them in another order.
+fn records_by_id(dir: &Path) -> Vec<(String, serde_json::Value)> {
+    let mut v = records(dir);
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
 #[test]
 fn resuming_an_interrupted_run_gives_the_same_trials() {
     let dir = tempfile::tempdir().unwrap();
@@ -179,15 +187,9 @@ fn resuming_an_interrupted_run_gives_the_same_trials() {
 
     let resumed = run_study(&config(&model, &split, None, None)).unwrap();
     assert_eq!(resumed.trials_written, 16, "the cut record is redone");
-    // Records are compared by trial id: within a group, trials run in batch units, so a
-    // resumed run may write them in another order.
-    let sorted = |mut v: Vec<(String, serde_json::Value)>| {
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    };
     assert_eq!(
-        sorted(records(&split)),
-        sorted(reference),
+        records_by_id(&split),
+        records_by_id(&whole),
         "resumed trials equal the uninterrupted run"
     );
     let header: serde_json::Value =
@@ -287,11 +289,7 @@ fn a_killed_process_resumes_to_the_same_trials() {
         "{}",
         String::from_utf8_lossy(&resumed.stderr)
     );
-    let sorted = |mut v: Vec<(String, serde_json::Value)>| {
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    };
-    assert_eq!(sorted(records(&killed)), sorted(records(&whole)));
+    assert_eq!(records_by_id(&killed), records_by_id(&whole));
 }
 
 #[test]
@@ -439,13 +437,9 @@ fn sigterm_marks_the_run_interrupted_and_resume_completes_it() {
             "{}",
             String::from_utf8_lossy(&resumed.stderr)
         );
-        let sorted = |mut v: Vec<(String, serde_json::Value)>| {
-            v.sort_by(|a, b| a.0.cmp(&b.0));
-            v
-        };
         assert_eq!(
-            sorted(records(&stopped)),
-            sorted(records(&whole)),
+            records_by_id(&stopped),
+            records_by_id(&whole),
             "SIG{signal}"
         );
     }
@@ -627,19 +621,6 @@ fn two_model_files_under_one_label_are_refused_when_merged() {
     assert!(err.contains("names two different files"), "{err}");
 }
 
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 #[test]
 fn resume_runs_from_the_snapshot_and_a_changed_design_is_refused_naming_the_file() {
     // Regression: --resume after an induction file was edited used the new text for the
@@ -648,7 +629,7 @@ fn resume_runs_from_the_snapshot_and_a_changed_design_is_refused_naming_the_file
     let dir = tempfile::tempdir().unwrap();
     let model = std::fs::canonicalize(tiny_model(dir.path())).unwrap();
     let scenarios = dir.path().join("my-scenarios");
-    copy_tree(Path::new("scenarios"), &scenarios);
+    common::copy_tree(Path::new("scenarios"), &scenarios);
     let study = scenarios.join("studies/smoke.toml");
     let cfg = |out: &Path, max| RunConfig {
         study_path: study.clone(),
@@ -693,13 +674,9 @@ fn resume_runs_from_the_snapshot_and_a_changed_design_is_refused_naming_the_file
         "{}",
         String::from_utf8_lossy(&resumed.stderr)
     );
-    let sorted = |mut v: Vec<(String, serde_json::Value)>| {
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    };
     assert_eq!(
-        sorted(records(&split)),
-        sorted(records(&whole)),
+        records_by_id(&split),
+        records_by_id(&whole),
         "the rest ran on the recorded design"
     );
     let header = affectbench::results::read_header(&split).unwrap();
@@ -804,11 +781,7 @@ fn merge_checks_the_shards_and_its_output_merges_again() {
         (outcome.trials, outcome.status),
         (24, affectbench::results::RunStatus::Success)
     );
-    let sorted = |mut v: Vec<(String, serde_json::Value)>| {
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    };
-    assert_eq!(sorted(records(&merged)), sorted(records(&whole)));
+    assert_eq!(records_by_id(&merged), records_by_id(&whole));
     let header = affectbench::results::read_header(&merged).unwrap();
     assert_eq!((header.merged_from.len(), header.shard.clone()), (4, None));
     affectbench::report::build_report(std::slice::from_ref(&merged), &merged, &Default::default())
@@ -843,7 +816,7 @@ fn merge_checks_the_shards_and_its_output_merges_again() {
     );
     let completed = dir.path().join("completed");
     merge(&[partial, shards[3].clone()], &completed, false).unwrap();
-    assert_eq!(sorted(records(&completed)), sorted(records(&whole)));
+    assert_eq!(records_by_id(&completed), records_by_id(&whole));
 
     // A shard run with another seed, or unfinished, is refused naming it.
     let other_seed = shard(1, Some(8), None);
@@ -1040,9 +1013,5 @@ fn a_full_disk_marks_the_run_error_and_resume_completes_it() {
         .output()
         .unwrap();
     assert!(w.status.success());
-    let sorted = |mut v: Vec<(String, serde_json::Value)>| {
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    };
-    assert_eq!(sorted(records(&moved)), sorted(records(&whole)));
+    assert_eq!(records_by_id(&moved), records_by_id(&whole));
 }

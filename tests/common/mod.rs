@@ -333,3 +333,17 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 pub fn argmax(v: &[f32]) -> usize {
     affectbench::sampling::argmax(v) as usize
 }
+
+/// Copies a directory tree (a scenarios folder the test then edits).
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
