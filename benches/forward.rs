@@ -57,7 +57,7 @@ fn prompt(m: &Model) -> Vec<u32> {
 }
 
 fn bench(c: &mut Criterion) {
-    affectbench::set_threads(affectbench::default_threads()).unwrap();
+    affectbench::set_threads(affectbench::default_threads(), true).unwrap();
     for name in models() {
         for (label, kernels) in [
             ("packed-int8", Kernels::Packed),

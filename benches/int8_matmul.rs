@@ -26,7 +26,7 @@ fn packed_q4_1(n: usize, k: usize) -> PackedMatrix {
 }
 
 fn bench(c: &mut Criterion) {
-    affectbench::set_threads(affectbench::default_threads()).unwrap();
+    affectbench::set_threads(affectbench::default_threads(), true).unwrap();
     for (name, n, k) in [
         ("qkv", 960, 576),
         ("gate_up", 3072, 576),

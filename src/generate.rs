@@ -200,7 +200,7 @@ pub fn decode_lockstep(
                     DisjointMut::new(&mut finite),
                 );
                 let (rows, row_logits) = (&rows, &row_logits);
-                candle_core::utils::barrier_pool().execute_chunked(n, move |range| {
+                crate::kernels::pool::pool().execute_chunked(n, move |range| {
                     for i in range {
                         if rows[i].1.is_none() {
                             // SAFETY: row i's rng, slot and check are touched by this task only.

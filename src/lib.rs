@@ -46,7 +46,21 @@ pub fn default_threads() -> usize {
 /// Sets the compute threads for candle's ops and our kernels. Call once, before any
 /// model work. candle reads `RAYON_NUM_THREADS` on every op and otherwise re-counts the
 /// CPUs each time (reading /proc), which cost ~10% of decode time.
-pub fn set_threads(n: usize) -> std::result::Result<(), rayon::ThreadPoolBuildError> {
+///
+/// `candle_pool` says whether candle's own barrier pool gets the threads too: only the
+/// candle-op paths (`--candle-kernels`, `--ops reference`) compute on it. Otherwise it
+/// runs a few large elementwise ops inline, because its workers spin between uses and
+/// would take cores from the kernel pool (idle prefill was ~10% faster without it), and
+/// its caller spins without bound on a shared node (see `kernels::pool`).
+pub fn set_threads(
+    n: usize,
+    candle_pool: bool,
+) -> std::result::Result<(), rayon::ThreadPoolBuildError> {
+    kernels::pool::configure(n);
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        let candle = if candle_pool { n.max(1) } else { 1 };
+        std::env::set_var("CANDLE_NUM_THREADS", candle.to_string());
+    }
     std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());
     match rayon::ThreadPoolBuilder::new()
         .num_threads(n.max(1))

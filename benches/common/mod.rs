@@ -8,7 +8,7 @@ use affectbench::registry::{ModelRef, Registry};
 
 /// SmolLM2-135M-Instruct, or the model named by `AFFECTBENCH_BENCH_MODEL`.
 pub fn bench_model() -> Model {
-    affectbench::set_threads(affectbench::default_threads()).unwrap();
+    affectbench::set_threads(affectbench::default_threads(), true).unwrap();
     let name =
         std::env::var("AFFECTBENCH_BENCH_MODEL").unwrap_or_else(|_| "smollm2-135m-instruct".into());
     let reg = Registry::builtin();

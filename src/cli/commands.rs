@@ -33,7 +33,8 @@ pub fn run(cli: Cli) -> Result<()> {
         ),
     };
     let threads = detected.value;
-    affectbench::set_threads(threads).context("setting --threads")?;
+    affectbench::set_threads(threads, uses_candle_ops(&cli.command))
+        .context("setting --threads")?;
     let registry = match &cli.registry {
         Some(p) => Registry::load(p)?,
         None => Registry::builtin(),
@@ -47,6 +48,18 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Merge(args) => merge(args),
         Command::Bench(args) => bench(&registry, args, threads),
     }
+}
+
+/// Whether the command computes on candle's ops (and so needs candle's thread pool).
+fn uses_candle_ops(command: &Command) -> bool {
+    let engine = match command {
+        Command::Generate(a) => &a.model.engine,
+        Command::Tokenize(a) => &a.model.engine,
+        Command::Bench(a) => &a.model.engine,
+        Command::Run(a) => &a.engine,
+        Command::Models(_) | Command::Report(_) | Command::Merge(_) => return false,
+    };
+    engine.candle_kernels || matches!(engine.ops, OpsArg::Reference) || engine.device != "cpu"
 }
 
 fn progress_wanted() -> bool {

@@ -54,7 +54,7 @@ pub fn gated(gate: &Tensor, up: &Tensor, activation: Activation) -> Result<Tenso
         }
     };
     if rows >= 4 {
-        candle_core::utils::barrier_pool().execute_chunked(rows, run);
+        crate::kernels::pool::pool().execute_chunked(rows, run);
     } else {
         run(0..rows);
     }

@@ -113,7 +113,7 @@ pub fn attention(
     };
     // Small problems (a decode step) run inline; the split never changes results.
     if units > 1 && b * s * n_head * total * head_dim >= 1 << 16 {
-        candle_core::utils::barrier_pool().execute_chunked(units, run);
+        crate::kernels::pool::pool().execute_chunked(units, run);
     } else {
         run(0..units);
     }

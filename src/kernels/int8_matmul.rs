@@ -64,7 +64,7 @@ impl QuantizedActs {
             }
         };
         if m >= 16 {
-            candle_core::utils::barrier_pool().execute_chunked(m, quantize_rows);
+            crate::kernels::pool::pool().execute_chunked(m, quantize_rows);
         } else {
             quantize_rows(0..m);
         }
@@ -147,10 +147,9 @@ pub fn matmul_quantized(w: &PackedMatrix, acts: &QuantizedActs, y: &mut [f32], p
     // Threads take groups of TILES_PER_TASK tiles so the micro-kernel can keep several
     // independent accumulator chains per activation row (see `run_tiles`).
     let groups = w.n_tiles().div_ceil(TILES_PER_TASK);
-    // candle's own spin-then-park pool: sharing it with candle's elementwise ops keeps
-    // two pools from spinning against each other on few cores (rayon's park/wake per
-    // matmul was a third of decode time).
-    candle_core::utils::barrier_pool().execute_chunked(groups, |range| {
+    // The kernel pool (bounded spin, then block): rayon's park/wake per matmul was a
+    // third of decode time, candle's pool collapses on a shared node (see `pool`).
+    crate::kernels::pool::pool().execute_chunked(groups, |range| {
         for g in range {
             let tiles = g * TILES_PER_TASK..((g + 1) * TILES_PER_TASK).min(w.n_tiles());
             // SAFETY: `out` holds acts.m x w.n values (asserted above) and tiles t write

@@ -205,7 +205,6 @@ impl Transformer {
                 self.max_positions()
             );
         }
-        let cfg = &self.config;
         let mut x = self.embed(tokens)?;
         for (i, layer) in self.layers.iter().enumerate() {
             x = self.layer_forward(i, layer, &x, cache, offset)?;
@@ -225,7 +224,7 @@ impl Transformer {
                 x.index_select(&idx, 1)?
             }
         };
-        let x = rms_norm(&x, &self.final_norm, cfg.rms_eps)?;
+        let x = self.rms_norm(&x, &self.final_norm)?;
         self.output.forward(&x)
     }
 
@@ -254,7 +253,6 @@ impl Transformer {
                 );
             }
         }
-        let cfg = &self.config;
         let mut spans = Vec::with_capacity(rows.len());
         let mut total = 0;
         for r in rows {
@@ -276,7 +274,7 @@ impl Transformer {
                 .collect::<Vec<_>>(),
             &self.device,
         )?;
-        let x = rms_norm(&x.index_select(&last, 1)?, &self.final_norm, cfg.rms_eps)?;
+        let x = self.rms_norm(&x.index_select(&last, 1)?, &self.final_norm)?;
         self.output
             .forward(&x)?
             .squeeze(0)?
@@ -376,7 +374,7 @@ impl Transformer {
     fn project_qkv(&self, l: &Layer, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let cfg = &self.config;
         let (nh, nkv, hd) = (cfg.n_head, cfg.n_kv_head, cfg.head_dim);
-        let h = rms_norm(x, &l.attn_norm, cfg.rms_eps)?;
+        let h = self.rms_norm(x, &l.attn_norm)?;
         let (mut q, mut k, mut v) = match &l.qkv {
             QkvProj::Fused(w) => {
                 let qkv = w.forward(&h)?;
@@ -576,11 +574,11 @@ impl Transformer {
         let cfg = &self.config;
         let mut out = l.o_proj.forward(attn)?;
         if let Some(n) = &l.post_attn_norm {
-            out = rms_norm(&out, n, cfg.rms_eps)?;
+            out = self.rms_norm(&out, n)?;
         }
         let x = (x + out)?;
 
-        let h = rms_norm(&x, &l.ffn_norm, cfg.rms_eps)?;
+        let h = self.rms_norm(&x, &l.ffn_norm)?;
         let (gate, up) = match &l.gate_up {
             GateUp::Fused(w) => {
                 let gu = w.forward(&h)?;
@@ -601,7 +599,7 @@ impl Transformer {
         };
         let mut out = l.down.forward(&gated)?;
         if let Some(n) = &l.post_ffn_norm {
-            out = rms_norm(&out, n, cfg.rms_eps)?;
+            out = self.rms_norm(&out, n)?;
         }
         x + out
     }
@@ -651,6 +649,26 @@ fn cpu_f32<'a, G: std::ops::Deref<Target = candle_core::Storage>>(
             Ok(&data[layout.start_offset()..layout.start_offset() + layout.shape().elem_count()])
         }
         _ => candle_core::bail!("fused attention needs an f32 CPU cache"),
+    }
+}
+
+impl Transformer {
+    /// RMS norm over the last dimension: the kernel pool's on the fused path (bit-
+    /// identical to candle's, without rayon's second pool), candle's otherwise.
+    fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        let eps = self.config.rms_eps;
+        if self.op_path != OpPath::Fused || x.dtype() != DType::F32 || w.dtype() != DType::F32 {
+            return rms_norm(x, w, eps);
+        }
+        let x = x.contiguous()?;
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let ws = w.flatten_all()?.to_vec1::<f32>()?;
+        if ws.is_empty() || !xs.len().is_multiple_of(ws.len()) {
+            return rms_norm(&x, w, eps);
+        }
+        let mut out = vec![0f32; xs.len()];
+        crate::kernels::norm::rms_norm_rows(&xs, &ws, eps as f32, &mut out);
+        Tensor::from_vec(out, x.shape(), x.device())
     }
 }
 
