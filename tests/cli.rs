@@ -165,3 +165,42 @@ fn concurrent_fetches_into_one_cache_download_once() {
             .collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn validate_instrument_prints_the_gate_and_writes_validity_csv() {
+    // SmolLM2-135M answers by position (the option shown first wins), so the gate must
+    // fail its 4-option state scale on position dominance, and the instructed controls
+    // must be run and judged.
+    common::real_model("smollm2-135m-instruct");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("vi");
+    let o = affectbench(&[
+        "validate-instrument",
+        "--model",
+        "smollm2-135m-instruct",
+        "sadness-state",
+        "--repetitions",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = stdout(&o);
+    assert!(text.starts_with("Validity gate:"), "{text}");
+    assert!(
+        text.contains("sadness-state / probability: position_dominance fail"),
+        "{text}"
+    );
+    let csv = std::fs::read_to_string(out.join("tables/validity.csv")).unwrap();
+    let control: Vec<&str> = csv
+        .lines()
+        .filter(|l| l.contains(",probability,positive_control:sadness,"))
+        .collect();
+    assert_eq!(control.len(), 1, "{csv}");
+    // 3 repetitions x 2 instructed conditions = 6 scale scores behind the check.
+    assert!(control[0].contains(",6,"), "{}", control[0]);
+    let trials = std::fs::read_to_string(out.join("trials.jsonl")).unwrap();
+    for condition in ["baseline", "control-low", "control-high"] {
+        assert!(trials.contains(&format!("\"condition\":\"{condition}\"")));
+    }
+}

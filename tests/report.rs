@@ -148,7 +148,8 @@ fn descriptives_and_contrasts_agree_with_a_recomputation_from_the_trials() {
     report(dir.path(), &[]);
     let d = tidy(dir.path().join("tables/descriptives.csv"));
     for (cond, scores) in &by_condition {
-        let key = format!("11|smollm2-135m-instruct|sadness-state|sadness|{cond}|probability");
+        // The last key is the gate's verdict: this SmolLM2 fixture fails it.
+        let key = format!("11|smollm2-135m-instruct|sadness-state|sadness|{cond}|probability|fail");
         let mean: f64 = d[&(key.clone(), "mean".into())].parse().unwrap();
         let expected = scores.iter().sum::<f64>() / scores.len() as f64;
         assert!(
@@ -156,9 +157,14 @@ fn descriptives_and_contrasts_agree_with_a_recomputation_from_the_trials() {
             "{cond}: report {mean}, recomputed {expected}"
         );
         assert_eq!(d[&(key.clone(), "n".into())], scores.len().to_string());
+        // Three repetitions per cell: no BCa below n = 10, the percentile interval.
+        assert_eq!(scores.len(), 3);
+        assert_eq!(d[&(key.clone(), "ci95_bca_low".into())], "NA");
         let (lo, hi): (f64, f64) = (
-            d[&(key.clone(), "ci95_bca_low".into())].parse().unwrap(),
-            d[&(key, "ci95_bca_high".into())].parse().unwrap(),
+            d[&(key.clone(), "ci95_percentile_low".into())]
+                .parse()
+                .unwrap(),
+            d[&(key, "ci95_percentile_high".into())].parse().unwrap(),
         );
         assert!(
             lo <= expected + 1e-12 && expected <= hi + 1e-12,
@@ -167,7 +173,7 @@ fn descriptives_and_contrasts_agree_with_a_recomputation_from_the_trials() {
     }
     // The induction contrast's difference is the difference of those means.
     let c = tidy(dir.path().join("tables/contrasts.csv"));
-    let key = "11|smollm2-135m-instruct|probability|sadness-state|sadness|induction|sadness/none|neutral/none".to_string();
+    let key = "11|smollm2-135m-instruct|probability|sadness-state|sadness|induction|sadness/none|neutral/none|fail".to_string();
     let diff: f64 = c[&(key.clone(), "difference".into())].parse().unwrap();
     let m = |k: &str| by_condition[k].iter().sum::<f64>() / by_condition[k].len() as f64;
     assert!((diff - (m("sadness/none") - m("neutral/none"))).abs() < 1e-12);
@@ -186,9 +192,16 @@ fn bootstrap_intervals_are_reproducible_by_seed() {
     report(a.path(), &["--seed", "5"]);
     report(b.path(), &["--seed", "5"]);
     report(c.path(), &["--seed", "6"]);
-    let read_table = |d: &Path| read(d.join("tables/descriptives.csv"));
-    assert_eq!(read_table(a.path()), read_table(b.path()));
-    assert_ne!(read_table(a.path()), read_table(c.path()));
+    // Tables whose intervals are bootstrapped from many distinct resamples (with three
+    // repetitions per cell the descriptives' percentile bounds take few values and may
+    // coincide across seeds; their BCa is not shown below n = 10).
+    for table in ["descriptives", "contrasts", "negativity_bias"] {
+        let read_table = |d: &Path| read(d.join(format!("tables/{table}.csv")));
+        assert_eq!(read_table(a.path()), read_table(b.path()), "{table}");
+        if table != "descriptives" {
+            assert_ne!(read_table(a.path()), read_table(c.path()), "{table}");
+        }
+    }
 }
 
 #[test]
@@ -228,4 +241,74 @@ fn a_record_without_probabilities_does_not_break_the_report() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn the_validity_gate_comes_first_and_marks_the_failing_instrument() {
+    // Position dominance recomputed from trials.jsonl: the display position holding the
+    // most probability, per trial, over the sadness-state items.
+    let text = read(Path::new(FIXTURE).join("trials.jsonl"));
+    let mut per_position = [0usize; 4];
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if v["question"]["instrument"] != "sadness-state" || !v["error"].is_null() {
+            continue;
+        }
+        let probs: Vec<f64> = v["choice"]["probs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_f64().unwrap())
+            .collect();
+        let top = (0..probs.len())
+            .max_by(|&a, &b| probs[a].total_cmp(&probs[b]))
+            .unwrap();
+        per_position[top] += 1;
+    }
+    let n: usize = per_position.iter().sum();
+    let share = *per_position.iter().max().unwrap() as f64 / n as f64;
+
+    let dir = tempfile::tempdir().unwrap();
+    report(dir.path(), &[]);
+    let mut r = csv::Reader::from_path(dir.path().join("tables/validity.csv")).unwrap();
+    let headers: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
+    assert_eq!(
+        &headers[..7],
+        [
+            "model",
+            "instrument",
+            "readout",
+            "check",
+            "value",
+            "threshold",
+            "verdict"
+        ]
+    );
+    let rows: Vec<csv::StringRecord> = r.records().map(Result::unwrap).collect();
+    let pd = rows
+        .iter()
+        .find(|r| &r[2] == "probability" && &r[3] == "position_dominance")
+        .expect("a position_dominance row for the probability read-out");
+    let value: f64 = pd[4].parse().unwrap();
+    assert!(
+        (value - share).abs() < 1e-12,
+        "report {value}, recomputed {share}"
+    );
+    assert_eq!(&pd[6], "fail");
+    assert_eq!(&pd[7], n.to_string().as_str());
+
+    // The gate is the first section of report.html and of summary.md, and the failing
+    // instrument's result rows are marked and greyed.
+    let html = read(dir.path().join("report.html"));
+    let first_h2 = html.find("<h2>").unwrap();
+    assert!(html[first_h2..].starts_with("<h2>Validity gate</h2>"));
+    assert!(html.contains("<tr class=\"failed\">"));
+    assert!(html.contains("FAIL: not evidence"));
+    let md = read(dir.path().join("summary.md"));
+    let gate = md.find("Validity gate").expect("the gate in summary.md");
+    let emotion = md.find("Emotion: sadness").expect("the emotion section");
+    assert!(
+        gate < emotion,
+        "the gate comes before the results in summary.md"
+    );
 }

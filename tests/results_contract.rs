@@ -9,7 +9,7 @@ use affectbench::registry::{ModelRef, Registry};
 use affectbench::results::{read_header, read_trials, Question, RunStatus, TrialRecord, SCHEMA};
 use affectbench::study::run_dir::RunDir;
 use affectbench::study::runner::{run_study, RunConfig};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const SCHEMA1_RUN: &str = "tests/data/schema1-smoke";
 
@@ -65,9 +65,18 @@ fn a_schema_1_run_and_its_schema_2_rerun_agree_on_every_value() {
     let old_header = read_header(Path::new(SCHEMA1_RUN)).unwrap();
     let registry = Registry::builtin();
     let out = tempfile::tempdir().unwrap();
+    // The study file as it was then (the shipped one has since moved to the
+    // counterbalanced label design); the other scenario files it uses are unchanged.
+    let scenarios = out.path().join("scenarios");
+    common::copy_tree(Path::new("scenarios"), &scenarios);
+    std::fs::copy(
+        Path::new(SCHEMA1_RUN).join("smoke.toml"),
+        scenarios.join("studies/smoke.toml"),
+    )
+    .unwrap();
     let cfg = RunConfig {
-        study_path: PathBuf::from("scenarios/studies/smoke.toml"),
-        scenarios_root: None,
+        study_path: scenarios.join("studies/smoke.toml"),
+        scenarios_root: Some(scenarios.clone()),
         models: vec![ModelRef::resolve(&registry, "smollm2-135m-instruct").unwrap()],
         out_dir: out.path().join("run"),
         seed: Some(old_header.seed),

@@ -71,7 +71,8 @@ fn shipped_scenarios_meet_the_design() {
         .unwrap();
     }
     let lancet = Study::load(Path::new("scenarios/studies/affect-induction.toml"), &lib).unwrap();
-    assert_eq!(lancet.conditions.len(), 2 + 7 * 4);
+    // baseline, neutral, 7 inductions x 4 regulations, and the positive control pair
+    assert_eq!(lancet.conditions.len(), 2 + 7 * 4 + 2);
     assert_eq!((lancet.repetitions, lancet.temperature), (5, 0.5));
 }
 
@@ -259,4 +260,74 @@ fn validation_rejects_each_impossible_design_with_file_line_and_fix() {
         err.contains("smoke.toml") && err.contains("asks nothing"),
         "{err}"
     );
+}
+
+/// Each option-order design as the prompt shows it: counterbalanced and shuffle-bound
+/// keep every option's own label, the positional perturbation labels by position.
+#[test]
+fn option_order_designs_keep_labels_with_their_meanings_except_the_perturbation() {
+    use affectbench::results::{LabelBinding, Question};
+    use affectbench::study::{plan::expand, prompt::question_text};
+    let lib = library();
+    let shipped = std::fs::read_to_string("scenarios/studies/smoke.toml").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("smoke.toml");
+    // (design, label binding, whether every order must be ascending or descending)
+    for (design, binding, monotone) in [
+        ("counterbalanced", LabelBinding::Option, true),
+        ("shuffle-bound", LabelBinding::Option, false),
+        ("shuffle-positional", LabelBinding::Position, false),
+        ("shuffle", LabelBinding::Position, false),
+    ] {
+        let text = shipped.replace(
+            "option_order = \"counterbalanced\"",
+            &format!("option_order = \"{design}\""),
+        );
+        std::fs::write(&path, text).unwrap();
+        let study = Study::load(&path, &lib).unwrap();
+        let plan = expand(&study, &lib, &["m".to_string()], 20);
+        let (mut ascending, mut descending, mut other) = (0, 0, 0);
+        for t in &plan.trials {
+            let Question::Item {
+                option_order,
+                label_binding,
+                label_style,
+                ..
+            } = &t.question
+            else {
+                continue;
+            };
+            assert_eq!(*label_binding, binding, "{design}");
+            if option_order.windows(2).all(|w| w[0] < w[1]) {
+                ascending += 1;
+            } else if option_order.windows(2).all(|w| w[0] > w[1]) {
+                descending += 1;
+            } else {
+                other += 1;
+            }
+            // sadness-state: options 1..4 labelled "1".."4" in the file, in value order.
+            let q = question_text(&lib, &t.question);
+            for (pos, (label, opt)) in q.labels.iter().enumerate() {
+                let at = match binding {
+                    LabelBinding::Option => *opt,
+                    LabelBinding::Position => pos,
+                };
+                let want = match label_style.name() {
+                    "digits" => (at + 1).to_string(),
+                    _ => ((b'A' + at as u8) as char).to_string(),
+                };
+                assert_eq!(label, &want, "{design}: position {pos}, option {opt}");
+            }
+        }
+        if monotone {
+            assert_eq!(other, 0, "{design}: every order ascending or descending");
+            // 160 items: both directions drawn, neither far from half.
+            assert!(
+                ascending > 50 && descending > 50,
+                "{ascending} vs {descending}"
+            );
+        } else {
+            assert!(other > 0, "{design}: orders are shuffled");
+        }
+    }
 }

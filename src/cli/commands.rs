@@ -2,7 +2,7 @@
 
 use super::{
     BenchArgs, Cli, Command, EngineArgs, GenerateArgs, Int8KernelArg, MergeArgs, ModelArgs,
-    ModelsCommand, OpsArg, ReportArgs, RunArgs, SourceArg, TokenizeArgs,
+    ModelsCommand, OpsArg, ReportArgs, RunArgs, SourceArg, TokenizeArgs, ValidateArgs,
 };
 use affectbench::cache;
 use affectbench::chat::Message;
@@ -47,6 +47,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Report(args) => report(args),
         Command::Merge(args) => merge(args),
         Command::Bench(args) => bench(&registry, args, threads),
+        Command::ValidateInstrument(args) => validate_instrument(&registry, args, &detected),
     }
 }
 
@@ -56,6 +57,7 @@ fn uses_candle_ops(command: &Command) -> bool {
         Command::Generate(a) => &a.model.engine,
         Command::Tokenize(a) => &a.model.engine,
         Command::Bench(a) => &a.model.engine,
+        Command::ValidateInstrument(a) => &a.model.engine,
         Command::Run(a) => &a.engine,
         Command::Models(_) | Command::Report(_) | Command::Merge(_) => return false,
     };
@@ -461,6 +463,92 @@ fn run_study(registry: &Registry, args: RunArgs, threads: &Detected<usize>) -> R
         )
     })?;
     eprintln!("report: {}", r.out_dir.join("report.html").display());
+    Ok(())
+}
+
+fn validate_instrument(
+    registry: &Registry,
+    args: ValidateArgs,
+    threads: &Detected<usize>,
+) -> Result<()> {
+    use affectbench::scenario::Library;
+    use affectbench::study::runner::{run_study, RunConfig};
+    use affectbench::study::validate::{control_study, ControlDesign};
+    let lib = Library::load(&args.scenarios)
+        .with_context(|| format!("loading the scenarios in {}", args.scenarios.display()))?;
+    let instruments = if args.instruments.is_empty() {
+        lib.instruments.keys().cloned().collect()
+    } else {
+        for i in &args.instruments {
+            anyhow::ensure!(
+                lib.instruments.contains_key(i),
+                "instrument '{i}' is not in {}/instruments (known: {})",
+                args.scenarios.display(),
+                lib.instruments
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        args.instruments.clone()
+    };
+    let design = ControlDesign {
+        instruments,
+        repetitions: args.repetitions,
+        seed: args.seed,
+        low: "instructed-low".into(),
+        high: "instructed-high".into(),
+        min_effect: args.min_effect,
+    };
+    let model_name = args
+        .model
+        .model
+        .clone()
+        .unwrap_or_else(|| registry.default.clone());
+    // The study file lives only as long as the run; the run keeps its own copy
+    // (DIR/scenarios/studies/), from which --resume continues it.
+    let study_dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let study_path = study_dir.path().join("validate-instrument.toml");
+    std::fs::write(&study_path, control_study(&design))
+        .with_context(|| format!("writing {}", study_path.display()))?;
+    let out_dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| default_out_dir(&study_path, std::slice::from_ref(&model_name), None));
+    let mut sources = std::collections::BTreeMap::new();
+    sources.insert("threads".to_string(), threads.source.clone());
+    let cfg = RunConfig {
+        study_path,
+        scenarios_root: Some(args.scenarios.clone()),
+        models: vec![resolve_fetched(registry, &model_name)?],
+        out_dir,
+        seed: None,
+        repetitions: None,
+        max_trials: None,
+        engine: engine_config(&args.model.engine, threads.value, None),
+        show_progress: std::io::stderr().is_terminal(),
+        progress_every: std::time::Duration::from_secs(30),
+        shard: None,
+        sources,
+    };
+    affectbench::study::interrupt::install().context("installing the signal handlers")?;
+    eprintln!("results: {}", cfg.out_dir.display());
+    let outcome = run_study(&cfg)?;
+    // The gate is the summary's first block; the scale table follows for reference.
+    println!("{}", outcome.summary);
+    if outcome.trials_remaining == 0 {
+        let r = affectbench::report::build_report(
+            std::slice::from_ref(&outcome.out_dir),
+            &outcome.out_dir,
+            &affectbench::report::ReportOptions::default(),
+        )?;
+        eprintln!(
+            "gate: {}; report: {}",
+            r.out_dir.join("tables/validity.csv").display(),
+            r.out_dir.join("report.html").display()
+        );
+    }
     Ok(())
 }
 

@@ -93,6 +93,47 @@ pub enum Command {
     /// benches/peers/run_peers.sh, which runs llama.cpp and transformers on the same
     /// workloads; criterion benches (`cargo bench`) time each kernel-level concern.
     Bench(BenchArgs),
+
+    /// Check, in minutes, whether a model's answers to instruments track an instructed
+    /// state before running a long study.
+    ///
+    /// Runs each instrument unprompted and after instructions to answer as someone who
+    /// feels none / a great deal of negative affect (the inductions instructed-low and
+    /// instructed-high in scenarios/inductions/), then prints the validity gate: position
+    /// dominance, option mass, answered rate, internal consistency, reverse items, and
+    /// the positive control (Cohen's d of high minus low must reach --min-effect). The
+    /// run directory holds run.json, trials.jsonl and tables/validity.csv like any run.
+    ///
+    ///   affectbench validate-instrument --model qwen2.5-coder-0.5b-instruct anxiety-state vas
+    ValidateInstrument(ValidateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ValidateArgs {
+    /// Instruments to check (ids in scenarios/instruments/; default: every instrument).
+    pub instruments: Vec<String>,
+
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Repetitions per condition (instruction wordings cycle through their variants).
+    #[arg(long, default_value_t = 6, value_parser = parse_repetitions)]
+    pub repetitions: usize,
+
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+
+    /// Cohen's d (instructed high minus low) an instrument must reach to pass.
+    #[arg(long, default_value_t = 1.0)]
+    pub min_effect: f64,
+
+    /// Output directory (default: results/<date>-validate-instrument-<model>/).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+
+    /// The scenarios directory holding the instruments and the instructed inductions.
+    #[arg(long, default_value = "scenarios")]
+    pub scenarios: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]

@@ -14,7 +14,9 @@ use super::stats::{
     bootstrap, describe, hedges_g, holm, mann_whitney, mean, mean_difference, welch, BootstrapCi,
     Describe, HedgesG, MannWhitney, Welch,
 };
-use crate::results::{Question, TrialRecord};
+use crate::results::{
+    gate_verdicts, validity_checks, Check, GateVerdict, Question, TrialRecord, Verdict,
+};
 use crate::rng::Stream;
 use std::collections::BTreeMap;
 
@@ -144,6 +146,11 @@ pub struct VarianceShare {
 
 pub struct Analysis {
     pub models: Vec<String>,
+    /// The validity gate's checks and, per model x instrument x read-out, its verdict.
+    pub validity: Vec<Check>,
+    pub gate: Vec<GateVerdict>,
+    /// (instrument, subscale) -> the lowest and highest score the scale allows.
+    pub scale_ranges: BTreeMap<(String, String), (f64, f64)>,
     pub conditions: Vec<ConditionInfo>,
     pub scores: Vec<ScaleScore>,
     pub cells: Vec<CellStats>,
@@ -157,6 +164,18 @@ pub struct Analysis {
     pub variance: Vec<VarianceShare>,
     pub options: ReportOptions,
     pub seed: u64,
+}
+
+impl Analysis {
+    /// The gate's verdict for a model x instrument x read-out (pass where the gate has
+    /// nothing to say, e.g. numeric scales without a probability read-out).
+    pub fn verdict(&self, model: &str, instrument: &str, readout: Readout) -> Verdict {
+        self.gate
+            .iter()
+            .find(|g| g.model == model && g.instrument == instrument && g.readout == readout)
+            .map(|g| g.verdict)
+            .unwrap_or(Verdict::Pass)
+    }
 }
 
 type CellKey = (String, String, String, String, Readout); // model, instrument, emotion, condition, readout
@@ -366,8 +385,17 @@ pub fn analyse(data: &RunData, options: &ReportOptions) -> Analysis {
 
     let completions = completion_scores(data);
     let (valence, valence_contrasts) = negativity(&completions, &conds, seed, options);
+    let control = data
+        .headers
+        .iter()
+        .find_map(|h| h.study.positive_control.as_ref());
+    let validity = validity_checks(&data.trials, &data.scoring, control);
+    let gate = gate_verdicts(&validity);
     Analysis {
         models: models(data),
+        validity,
+        gate,
+        scale_ranges: scale_ranges(data),
         quality: {
             let mut q = quality(data);
             q.sort_by_key(|r| {
@@ -462,6 +490,27 @@ fn negativity(
         });
     }
     (cells, contrasts)
+}
+
+/// The range of each (sub)scale score: its scoring rule applied to every item at the
+/// response minimum and at the maximum.
+fn scale_ranges(data: &RunData) -> BTreeMap<(String, String), (f64, f64)> {
+    let mut out = BTreeMap::new();
+    for rule in data.scoring.values() {
+        for sub in rule.subscales() {
+            let m = rule
+                .items
+                .iter()
+                .filter(|i| i.subscale == sub)
+                .count()
+                .max(1);
+            let at = |v: f64| rule.scoring.apply(&vec![Some(v); m], rule.multiplier);
+            if let (Some(a), Some(b)) = (at(rule.min), at(rule.max)) {
+                out.insert((rule.id.clone(), sub.to_string()), (a.min(b), a.max(b)));
+            }
+        }
+    }
+    out
 }
 
 fn quality(data: &RunData) -> Vec<QualityRow> {

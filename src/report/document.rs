@@ -7,7 +7,9 @@ use super::lexicon;
 use super::load::RunData;
 use super::plots::{induced_emotions, Figure};
 use super::scores::Readout;
-use super::stats::{BootstrapCi, Interval};
+use super::stats::{BootstrapCi, Interval, MIN_N_INTERVAL};
+use crate::results::Verdict;
+use std::collections::BTreeSet;
 
 /// A table of already formatted cells.
 pub struct Table {
@@ -51,8 +53,18 @@ fn interval(i: Interval, digits: usize) -> String {
     format!("[{}, {}]", f(i.low, digits), f(i.high, digits))
 }
 
-fn estimate(ci: &BootstrapCi, digits: usize) -> String {
-    format!("{} {}", f(ci.estimate, digits), interval(ci.bca, digits))
+/// The 95% interval shown for `n` observations (the smaller arm for a difference):
+/// BCa from n = 10, percentile below (BCa's corrections are unstable on so few), none
+/// below n = 3; the method is named beside it.
+fn shown_ci(ci: &BootstrapCi, n: usize, digits: usize) -> String {
+    match ci.shown(n) {
+        Some((i, method)) => format!("{} {method}", interval(i, digits)),
+        None => format!("– (n < {MIN_N_INTERVAL})"),
+    }
+}
+
+fn estimate(ci: &BootstrapCi, n: usize, digits: usize) -> String {
+    format!("{} {}", f(ci.estimate, digits), shown_ci(ci, n, digits))
 }
 
 fn table(caption: &str, headers: &[&str], rows: Vec<Vec<String>>) -> Block {
@@ -63,10 +75,92 @@ fn table(caption: &str, headers: &[&str], rows: Vec<Vec<String>>) -> Block {
     })
 }
 
+/// What a results table shows in its `validity` column; rows with `FAILED` are greyed
+/// in the HTML report.
+pub const FAILED: &str = "FAIL: not evidence";
+
+fn validity_mark(v: Verdict) -> String {
+    match v {
+        Verdict::Fail => FAILED.into(),
+        Verdict::Warn => "warn".into(),
+        Verdict::Pass => "pass".into(),
+    }
+}
+
+/// The report's first section: the validity gate's verdict per model x instrument x
+/// read-out, why, and every check with its value and threshold.
+fn gate_section(a: &Analysis) -> Section {
+    let mut blocks = Vec::new();
+    let failed = a.gate.iter().filter(|g| g.verdict == Verdict::Fail).count();
+    let warned = a.gate.iter().filter(|g| g.verdict == Verdict::Warn).count();
+    blocks.push(Block::Text(format!(
+        "{failed} of {} instrument read-outs FAIL the validity gate and {warned} warn. A failing \
+         read-out did not measure the model (its answers follow option position, miss the \
+         options, or do not hang together as a scale): its numbers below are marked \
+         \"{FAILED}\" and greyed, and they are not evidence for or against any effect. \
+         Warnings mark checks that were borderline or could not be estimated from this \
+         design. How to read the gate: README, \"Reading the validity gate\".",
+        a.gate.len()
+    )));
+    blocks.push(table(
+        "Validity gate (tables/validity.csv)",
+        &["model", "instrument", "read-out", "verdict", "why"],
+        a.gate
+            .iter()
+            .map(|g| {
+                vec![
+                    g.model.clone(),
+                    g.instrument.clone(),
+                    g.readout.name().into(),
+                    validity_mark(g.verdict),
+                    if g.reasons.is_empty() {
+                        "every check passed".into()
+                    } else {
+                        g.reasons.join("; ")
+                    },
+                ]
+            })
+            .collect(),
+    ));
+    blocks.push(table(
+        "Validity checks",
+        &[
+            "model",
+            "instrument",
+            "read-out",
+            "check",
+            "value",
+            "threshold",
+            "verdict",
+            "n",
+        ],
+        a.validity
+            .iter()
+            .map(|c| {
+                vec![
+                    c.model.clone(),
+                    c.instrument.clone(),
+                    c.readout.name().into(),
+                    c.check.clone(),
+                    c.value.map(|v| f(v, 2)).unwrap_or_else(|| "–".into()),
+                    c.threshold.clone(),
+                    c.verdict.name().into(),
+                    c.n.to_string(),
+                ]
+            })
+            .collect(),
+    ));
+    Section {
+        title: "Validity gate".into(),
+        blocks,
+    }
+}
+
 /// Builds the sections; figure blocks refer to `figures` by index.
 pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section> {
     let mut out = Vec::new();
     let fig = |id: &str| figures.iter().position(|f| f.id == id);
+    out.push(gate_section(a));
 
     // Design and provenance.
     let mut design = vec![];
@@ -268,6 +362,20 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
     // One section per induced emotion.
     for emotion in induced_emotions(a) {
         let mut blocks = Vec::new();
+        let failing: BTreeSet<String> = a
+            .cells
+            .iter()
+            .filter(|c| c.emotion == emotion)
+            .filter(|c| a.verdict(&c.model, &c.instrument, c.readout) == Verdict::Fail)
+            .map(|c| format!("{} ({}, {})", c.instrument, c.model, c.readout.name()))
+            .collect();
+        if !failing.is_empty() {
+            blocks.push(Block::Text(format!(
+                "The validity gate FAILS {}: what this section shows for it is not evidence \
+                 (see \"Validity gate\").",
+                failing.into_iter().collect::<Vec<_>>().join(", ")
+            )));
+        }
         if let Some(i) = fig(&format!("emotion-{emotion}")) {
             blocks.push(Block::Figure(i));
         }
@@ -288,13 +396,13 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
                     c.model.clone(),
                     c.instrument.clone(),
                     c.readout.name().into(),
+                    validity_mark(a.verdict(&c.model, &c.instrument, c.readout)),
                     c.condition.clone(),
                     c.describe.n.to_string(),
                     f(c.describe.mean, 2),
                     f(c.describe.sd, 2),
                     f(c.describe.median, 2),
-                    interval(c.ci.bca, 2),
-                    interval(c.ci.percentile, 2),
+                    shown_ci(&c.ci, c.describe.n, 2),
                 ]
             })
             .collect();
@@ -304,13 +412,13 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
                 "model",
                 "instrument",
                 "read-out",
+                "validity",
                 "condition",
                 "n",
                 "mean",
                 "SD",
                 "median",
-                "95% CI (BCa)",
-                "95% CI (percentile)",
+                "95% CI (bootstrap)",
             ],
             rows,
         ));
@@ -323,9 +431,10 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
                     c.model.clone(),
                     c.instrument.clone(),
                     c.readout.name().into(),
+                    validity_mark(a.verdict(&c.model, &c.instrument, c.readout)),
                     c.family.into(),
                     format!("{} − {}", c.a, c.b),
-                    estimate(&c.difference, 2),
+                    estimate(&c.difference, c.n_a.min(c.n_b), 2),
                     format!("{} {}", f(c.g.g, 2), interval(c.g.ci, 2)),
                     format!(
                         "t({}) = {}, p = {}",
@@ -344,6 +453,7 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
                 "model",
                 "instrument",
                 "read-out",
+                "validity",
                 "family",
                 "contrast",
                 "difference [95% CI]",
@@ -375,6 +485,7 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
             "model",
             "instrument",
             "read-out",
+            "validity",
             "emotion",
             "condition",
             "g",
@@ -394,6 +505,7 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
                     b.model.clone(),
                     b.instrument.clone(),
                     b.readout.name().into(),
+                    validity_mark(a.verdict(&b.model, &b.instrument, b.readout)),
                     b.emotion.clone(),
                     b.condition.clone(),
                     f(b.g.g, 2),
@@ -426,7 +538,7 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
                 "n",
                 "mean",
                 "SD",
-                "95% CI (BCa)",
+                "95% CI (bootstrap)",
             ],
             a.valence
                 .iter()
@@ -438,7 +550,7 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
                         v.describe.n.to_string(),
                         f(v.describe.mean, 3),
                         f(v.describe.sd, 3),
-                        interval(v.ci.bca, 3),
+                        shown_ci(&v.ci, v.describe.n, 3),
                     ]
                 })
                 .collect(),
@@ -457,11 +569,23 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
             a.valence_contrasts
                 .iter()
                 .map(|v| {
+                    let valence_n = |condition: &str| {
+                        a.valence
+                            .iter()
+                            .filter(|x| {
+                                x.model == v.model
+                                    && x.scorer == v.scorer
+                                    && x.condition == condition
+                            })
+                            .map(|x| x.describe.n)
+                            .min()
+                            .unwrap_or(0)
+                    };
                     vec![
                         v.model.clone(),
                         v.scorer.into(),
                         format!("{} − {}", v.a, v.b),
-                        estimate(&v.difference, 3),
+                        estimate(&v.difference, valence_n(&v.a).min(valence_n(&v.b)), 3),
                         format!("{} {}", f(v.g.g, 2), interval(v.g.ci, 2)),
                         p(v.welch.p),
                         p(v.mann_whitney.p),
@@ -506,13 +630,15 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
             blocks: neg,
         });
     }
-    // Results first, as a paper reads; the supporting material after.
+    // Whether anything was measured first, then results as a paper reads; the
+    // supporting material after.
     let rank = |t: &str| match t {
-        "Design" => 0,
-        "Data quality" => 2,
-        "Methods of this report" => 3,
-        "Provenance" => 4,
-        _ => 1,
+        "Validity gate" => 0,
+        "Design" => 1,
+        "Data quality" => 3,
+        "Methods of this report" => 4,
+        "Provenance" => 5,
+        _ => 2,
     };
     out.sort_by_key(|s| rank(&s.title));
     out
@@ -537,7 +663,7 @@ pub fn escape_html(s: &str) -> String {
 const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}\
 table{border-collapse:collapse;margin:1em 0;font-size:0.85em}th,td{border:1px solid #ccc;padding:3px 7px;text-align:left;vertical-align:top}\
 th{background:#f2f2f2}caption{text-align:left;font-weight:600;margin-bottom:.3em}figure{margin:1.5em 0}figcaption{font-size:.9em;color:#444;max-width:900px}\
-.scroll{overflow-x:auto}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}code{background:#f4f4f4}";
+.scroll{overflow-x:auto}tr.failed td{color:#999;background:#f6f6f6}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}code{background:#f4f4f4}";
 
 pub fn render_html(title: &str, sections: &[Section], figures: &[(String, &Figure)]) -> String {
     let mut h = String::new();
@@ -575,7 +701,11 @@ pub fn render_html(title: &str, sections: &[Section], figures: &[(String, &Figur
                     }
                     h.push_str("</tr></thead><tbody>\n");
                     for r in &t.rows {
-                        h.push_str("<tr>");
+                        if r.iter().any(|c| c == FAILED) {
+                            h.push_str("<tr class=\"failed\">");
+                        } else {
+                            h.push_str("<tr>");
+                        }
                         for c in r {
                             h.push_str(&format!("<td>{}</td>", escape_html(c)));
                         }

@@ -58,6 +58,8 @@ pub fn build_report(
         tables::write_tidy(&tables_dir, &t, &seeds)?;
         files.push(tables_dir.join(format!("{}.csv", t.name)));
     }
+    tables::write_validity_csv(&tables_dir, &a, &seeds)?;
+    files.push(tables_dir.join("validity.csv"));
     let trials_csv = out_dir.join("trials.csv");
     tables::write_trials_csv(&trials_csv, &data)?;
     files.push(trials_csv);

@@ -4,6 +4,7 @@
 
 use super::analysis::{Analysis, CellStats};
 use super::scores::{ConditionInfo, Readout};
+use super::stats::{BootstrapCi, MIN_N_BCA, MIN_N_INTERVAL};
 use crate::error::{Error, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -25,6 +26,9 @@ struct Panel {
     series: Vec<Series>,
     /// Draw a horizontal reference line at this y (0 for effect sizes).
     reference: Option<f64>,
+    /// The y axis spans at least this range (a scale's full range), so a difference
+    /// is seen against what the scale allows, not zoomed to the data.
+    y_range: Option<(f64, f64)>,
 }
 
 /// A figure ready to draw: panels side by side.
@@ -65,6 +69,10 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel) -> R
     if let Some(r) = p.reference {
         lo = lo.min(r);
         hi = hi.max(r);
+    }
+    if let Some((a, b)) = p.y_range {
+        lo = lo.min(a);
+        hi = hi.max(b);
     }
     if !lo.is_finite() {
         (lo, hi) = (0.0, 1.0);
@@ -299,6 +307,15 @@ fn cell<'a>(
     })
 }
 
+/// A plotted point: the estimate with the interval `BootstrapCi::shown` allows for `n`
+/// observations (NaN bounds draw no bar).
+fn point(x: usize, y: f64, n: usize, ci: &BootstrapCi) -> (usize, f64, f64, f64) {
+    match ci.shown(n) {
+        Some((i, _)) => (x, y, i.low, i.high),
+        None => (x, y, f64::NAN, f64::NAN),
+    }
+}
+
 /// One figure per induced emotion: a panel per instrument measuring it, conditions on
 /// x, a series per model and read-out.
 pub fn emotion_figures(a: &Analysis) -> Vec<Figure> {
@@ -322,7 +339,7 @@ pub fn emotion_figures(a: &Analysis) -> Vec<Figure> {
                             .enumerate()
                             .filter_map(|(x, c)| {
                                 cell(a, model, ins, &emotion, &c.name, readout)
-                                    .map(|s| (x, s.describe.mean, s.ci.bca.low, s.ci.bca.high))
+                                    .map(|s| point(x, s.describe.mean, s.describe.n, &s.ci))
                             })
                             .collect();
                         if !points.is_empty() {
@@ -342,9 +359,13 @@ pub fn emotion_figures(a: &Analysis) -> Vec<Figure> {
                         .iter()
                         .map(|c| short_label(c, &emotion, &conds))
                         .collect(),
-                    y_desc: format!("{emotion} score (mean, 95% BCa CI)"),
+                    y_desc: format!("{emotion} score (mean, 95% CI)"),
                     series,
                     reference: None,
+                    y_range: a
+                        .scale_ranges
+                        .get(&(ins.to_string(), emotion.clone()))
+                        .copied(),
                 }
             })
             .collect();
@@ -352,7 +373,7 @@ pub fn emotion_figures(a: &Analysis) -> Vec<Figure> {
             id: format!("emotion-{emotion}"),
             title: format!("{} after {emotion} induction", capitalise(&emotion)),
             caption: format!(
-                "Mean {emotion} score per condition (one point per model and read-out; bars: 95% BCa bootstrap CI over repetitions). Circles: expected value of the option probabilities; triangles: the answer the model wrote (sampled)."
+                "Mean {emotion} score per condition (one point per model and read-out; bars: 95% bootstrap CI over repetitions, BCa from n = {MIN_N_BCA}, percentile below, none below n = {MIN_N_INTERVAL}); the y axis spans the scale's full range. Circles: expected value of the option probabilities; triangles: the answer the model wrote (sampled)."
             ),
             panels,
         });
@@ -435,6 +456,7 @@ pub fn regulation_figure(a: &Analysis) -> Option<Figure> {
             y_desc: "Hedges' g vs. induction alone (95% CI)".into(),
             series,
             reference: Some(0.0),
+            y_range: None,
         });
     }
     if emotions.is_empty() || panels.iter().all(|p| p.series.is_empty()) {
@@ -478,7 +500,7 @@ pub fn negativity_figure(a: &Analysis) -> Option<Figure> {
                         a.valence
                             .iter()
                             .find(|v| &v.model == m && v.condition == *c && v.scorer == scorer)
-                            .map(|v| (x, v.describe.mean, v.ci.bca.low, v.ci.bca.high))
+                            .map(|v| point(x, v.describe.mean, v.describe.n, &v.ci))
                     })
                     .collect(),
             })
@@ -494,6 +516,7 @@ pub fn negativity_figure(a: &Analysis) -> Option<Figure> {
             y_desc: y_desc.into(),
             series,
             reference: Some(0.0),
+            y_range: None,
         });
     }
     if panels.is_empty() {

@@ -77,6 +77,26 @@ pub struct BootstrapCi {
     pub bca: Interval,
 }
 
+/// Fewest observations for which an interval is shown at all, and for which the BCa
+/// interval is (its acceleration and bias estimates are unstable on fewer).
+pub const MIN_N_INTERVAL: usize = 3;
+pub const MIN_N_BCA: usize = 10;
+
+impl BootstrapCi {
+    /// The interval a reader is shown for `n` observations: none below
+    /// `MIN_N_INTERVAL`, the percentile interval below `MIN_N_BCA`, BCa from there; with
+    /// the method's name.
+    pub fn shown(&self, n: usize) -> Option<(Interval, &'static str)> {
+        if n < MIN_N_INTERVAL {
+            None
+        } else if n < MIN_N_BCA {
+            Some((self.percentile, "percentile"))
+        } else {
+            Some((self.bca, "BCa"))
+        }
+    }
+}
+
 /// Bootstraps a statistic of one or more independent samples (each resampled with
 /// replacement within itself, as for a difference between groups). The replicates come
 /// from `rng` only, so a seeded stream gives the same interval on every machine.

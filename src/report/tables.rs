@@ -6,9 +6,9 @@ use super::analysis::Analysis;
 use super::lexicon;
 use super::load::RunData;
 use super::scores::judge_valence;
-use super::stats::{BootstrapCi, HedgesG};
+use super::stats::{BootstrapCi, HedgesG, MIN_N_BCA, MIN_N_INTERVAL};
 use crate::error::{Error, Result};
-use crate::results::Question;
+use crate::results::{LabelBinding, Question};
 use std::path::Path;
 
 pub fn num(x: f64) -> String {
@@ -64,12 +64,68 @@ pub fn write_tidy(dir: &Path, t: &Tidy, seeds: &str) -> Result<()> {
     w.flush().map_err(|e| csv_err(&path, e))
 }
 
+/// Writes the validity gate's checks as `validity.csv`: model, instrument, readout,
+/// check, value (NA where not estimable), threshold, verdict, n, note, seeds.
+pub fn write_validity_csv(dir: &Path, a: &Analysis, seeds: &str) -> Result<()> {
+    let path = dir.join("validity.csv");
+    let mut w = csv::Writer::from_path(&path).map_err(|e| csv_err(&path, e))?;
+    w.write_record([
+        "model",
+        "instrument",
+        "readout",
+        "check",
+        "value",
+        "threshold",
+        "verdict",
+        "n",
+        "note",
+        "seeds",
+    ])
+    .map_err(|e| csv_err(&path, e))?;
+    for c in &a.validity {
+        w.write_record([
+            c.model.clone(),
+            c.instrument.clone(),
+            c.readout.name().to_string(),
+            c.check.clone(),
+            c.value.map(num).unwrap_or_else(|| "NA".into()),
+            c.threshold.clone(),
+            c.verdict.name().to_string(),
+            c.n.to_string(),
+            c.note.clone(),
+            seeds.to_string(),
+        ])
+        .map_err(|e| csv_err(&path, e))?;
+    }
+    w.flush().map_err(|e| csv_err(&path, e))
+}
+
 /// A difference with its bootstrap CI and Hedges' g with its CI, as tidy statistics.
-fn effect_stats(difference: &BootstrapCi, g: &HedgesG) -> [(&'static str, f64); 6] {
+/// The percentile and BCa bounds as a reader may use them for `n` observations: NaN
+/// (written `NA`) below `MIN_N_INTERVAL`, and BCa NaN below `MIN_N_BCA`.
+fn ci_bounds(ci: &BootstrapCi, n: usize) -> [f64; 4] {
+    let nan = f64::NAN;
+    let pct = if n >= MIN_N_INTERVAL {
+        [ci.percentile.low, ci.percentile.high]
+    } else {
+        [nan, nan]
+    };
+    let bca = if n >= MIN_N_BCA {
+        [ci.bca.low, ci.bca.high]
+    } else {
+        [nan, nan]
+    };
+    [pct[0], pct[1], bca[0], bca[1]]
+}
+
+fn effect_stats(difference: &BootstrapCi, g: &HedgesG, n: usize) -> [(&'static str, f64); 8] {
+    let [pl, ph, bl, bh] = ci_bounds(difference, n);
     [
         ("difference", difference.estimate),
-        ("difference_ci95_bca_low", difference.bca.low),
-        ("difference_ci95_bca_high", difference.bca.high),
+        ("difference_ci95_percentile_low", pl),
+        ("difference_ci95_percentile_high", ph),
+        ("difference_ci95_bca_low", bl),
+        ("difference_ci95_bca_high", bh),
         ("hedges_g", g.g),
         ("hedges_g_ci95_low", g.ci.low),
         ("hedges_g_ci95_high", g.ci.high),
@@ -78,9 +134,19 @@ fn effect_stats(difference: &BootstrapCi, g: &HedgesG) -> [(&'static str, f64); 
 
 /// All tidy tables of an analysis.
 pub fn tidy_tables(a: &Analysis) -> Vec<Tidy> {
+    let validity = |model: &str, instrument: &str, readout| {
+        a.verdict(model, instrument, readout).name().to_string()
+    };
     let mut descriptives = Tidy::new(
         "descriptives",
-        &["model", "instrument", "emotion", "condition", "readout"],
+        &[
+            "model",
+            "instrument",
+            "emotion",
+            "condition",
+            "readout",
+            "validity",
+        ],
     );
     for c in &a.cells {
         descriptives.push(
@@ -90,16 +156,17 @@ pub fn tidy_tables(a: &Analysis) -> Vec<Tidy> {
                 c.emotion.clone(),
                 c.condition.clone(),
                 c.readout.name().into(),
+                validity(&c.model, &c.instrument, c.readout),
             ],
             &[
                 ("n", c.describe.n as f64),
                 ("mean", c.describe.mean),
                 ("sd", c.describe.sd),
                 ("median", c.describe.median),
-                ("ci95_percentile_low", c.ci.percentile.low),
-                ("ci95_percentile_high", c.ci.percentile.high),
-                ("ci95_bca_low", c.ci.bca.low),
-                ("ci95_bca_high", c.ci.bca.high),
+                ("ci95_percentile_low", ci_bounds(&c.ci, c.describe.n)[0]),
+                ("ci95_percentile_high", ci_bounds(&c.ci, c.describe.n)[1]),
+                ("ci95_bca_low", ci_bounds(&c.ci, c.describe.n)[2]),
+                ("ci95_bca_high", ci_bounds(&c.ci, c.describe.n)[3]),
             ],
         );
     }
@@ -113,6 +180,7 @@ pub fn tidy_tables(a: &Analysis) -> Vec<Tidy> {
             "family",
             "condition_a",
             "condition_b",
+            "validity",
         ],
     );
     for c in &a.contrasts {
@@ -125,6 +193,7 @@ pub fn tidy_tables(a: &Analysis) -> Vec<Tidy> {
                 c.family.into(),
                 c.a.clone(),
                 c.b.clone(),
+                validity(&c.model, &c.instrument, c.readout),
             ],
             &[
                 &[
@@ -133,7 +202,7 @@ pub fn tidy_tables(a: &Analysis) -> Vec<Tidy> {
                     ("mean_a", c.mean_a),
                     ("mean_b", c.mean_b),
                 ][..],
-                &effect_stats(&c.difference, &c.g),
+                &effect_stats(&c.difference, &c.g, c.n_a.min(c.n_b)),
                 &[
                     ("welch_t", c.welch.t),
                     ("welch_df", c.welch.df),
@@ -156,6 +225,7 @@ pub fn tidy_tables(a: &Analysis) -> Vec<Tidy> {
             "condition",
             "baseline",
             "verdict",
+            "validity",
         ],
     );
     for b in &a.baseline_returns {
@@ -168,6 +238,7 @@ pub fn tidy_tables(a: &Analysis) -> Vec<Tidy> {
                 b.condition.clone(),
                 b.baseline.clone(),
                 b.verdict.into(),
+                validity(&b.model, &b.instrument, b.readout),
             ],
             &[
                 ("hedges_g", b.g.g),
@@ -194,8 +265,8 @@ pub fn tidy_tables(a: &Analysis) -> Vec<Tidy> {
                 ("mean", v.describe.mean),
                 ("sd", v.describe.sd),
                 ("median", v.describe.median),
-                ("ci95_bca_low", v.ci.bca.low),
-                ("ci95_bca_high", v.ci.bca.high),
+                ("ci95_bca_low", ci_bounds(&v.ci, v.describe.n)[2]),
+                ("ci95_bca_high", ci_bounds(&v.ci, v.describe.n)[3]),
             ],
         );
     }
@@ -203,7 +274,8 @@ pub fn tidy_tables(a: &Analysis) -> Vec<Tidy> {
         valence.push(
             vec![v.model.clone(), v.scorer.into(), v.a.clone(), v.b.clone()],
             &[
-                &effect_stats(&v.difference, &v.g)[..],
+                // Completions are many per condition; the CI is shown as computed.
+                &effect_stats(&v.difference, &v.g, MIN_N_BCA)[..],
                 &[("welch_p", v.welch.p), ("mann_whitney_p", v.mann_whitney.p)],
             ]
             .concat(),
@@ -298,6 +370,7 @@ pub fn write_trials_csv(path: &Path, data: &RunData) -> Result<()> {
         "stem",
         "label_style",
         "option_order",
+        "label_binding",
         "prompt_sha256",
         "prompt_tokens",
         "reply",
@@ -321,12 +394,13 @@ pub fn write_trials_csv(path: &Path, data: &RunData) -> Result<()> {
     let opt = |x: Option<f64>| x.map(num).unwrap_or_else(|| "NA".into());
     let s = |x: &Option<String>| x.clone().unwrap_or_default();
     for t in &data.trials {
-        let (kind, instrument, item, stem, label_style, order) = match &t.question {
+        let (kind, instrument, item, stem, label_style, order, binding) = match &t.question {
             Question::Item {
                 instrument,
                 item,
                 label_style,
                 option_order,
+                label_binding,
             } => (
                 "item",
                 instrument.clone(),
@@ -338,12 +412,18 @@ pub fn write_trials_csv(path: &Path, data: &RunData) -> Result<()> {
                     .map(|v| v.to_string())
                     .collect::<Vec<_>>()
                     .join(" "),
+                match label_binding {
+                    LabelBinding::Position => "position",
+                    LabelBinding::Option => "option",
+                }
+                .to_string(),
             ),
             Question::Completion { stem, .. } => (
                 "completion",
                 String::new(),
                 String::new(),
                 stem.clone(),
+                String::new(),
                 String::new(),
                 String::new(),
             ),
@@ -368,6 +448,7 @@ pub fn write_trials_csv(path: &Path, data: &RunData) -> Result<()> {
             stem,
             label_style,
             order,
+            binding,
             t.prompt_sha256.clone(),
             t.prompt_tokens.to_string(),
             g.and_then(|g| g.replies.last().cloned())

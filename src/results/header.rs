@@ -2,7 +2,7 @@
 //! model's provenance, the engine configuration), how far it got (status), and how each
 //! instrument turns answers into scores, so a report needs no scenario files.
 
-use crate::scenario::study::Condition;
+use crate::scenario::study::{Condition, PositiveControl};
 use crate::scenario::{FileInfo, Instrument, Scoring};
 use serde::{Deserialize, Serialize};
 
@@ -178,6 +178,10 @@ pub struct StudyRecord {
     pub description: String,
     pub conditions: Vec<Condition>,
     pub temperature: f32,
+    /// The design's positive control (absent in runs made before it existed, and in
+    /// designs without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub positive_control: Option<PositiveControl>,
 }
 
 /// One scenario file the run used.

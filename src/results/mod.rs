@@ -9,21 +9,26 @@
 //!
 //! Modules: `header` (run.json), `trial` (one record), `scores` (scale scores from
 //! records: the one implementation the summary and the report share), `read` (reading
-//! either schema), `schema_v1` (the frozen schema-1 wire types).
+//! either schema), `schema_v1` (the frozen schema-1 wire types), `validity` (the gate:
+//! whether each instrument measured the model at all).
 
 pub mod header;
 pub mod read;
 mod schema_v1;
 pub mod scores;
 pub mod trial;
+pub mod validity;
 
 pub use header::{
     EngineRecord, InstrumentScoring, MergedInput, ModelProvenance, RunHeader, RunStatus,
     ScenarioFile, ScoredItem, StudyRecord,
 };
 pub use read::{read_header, read_trials, TrialsFile};
-pub use scores::{scale_scores, ScaleScore};
-pub use trial::{ChoiceReadout, GenerateReadout, Question, RecordKind, Timing, TrialRecord};
+pub use scores::{scale_scores, Readout, ScaleScore};
+pub use trial::{
+    ChoiceReadout, GenerateReadout, LabelBinding, Question, RecordKind, Timing, TrialRecord,
+};
+pub use validity::{gate_verdicts, validity_checks, Check, GateVerdict, Verdict};
 
 /// The schema `run.json` and `trials.jsonl` are written in. 2: typed question, timing,
 /// status and study; the engine configuration in `engine`; each trial carries its seed.

@@ -150,6 +150,7 @@ mod tests {
                 item: Some(item.into()),
                 label_style: LabelStyle::Digits,
                 option_order: vec![],
+                label_binding: Default::default(),
             },
             prompt: String::new(),
             prompt_sha256: String::new(),

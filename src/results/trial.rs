@@ -13,6 +13,19 @@ pub enum RecordKind {
     Trial,
 }
 
+/// How the answer labels of a rating item relate to the options shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LabelBinding {
+    /// Labels follow the display position: the option shown first is "1" (or "A")
+    /// whatever it means (schema-1 runs and the `shuffle-positional` perturbation).
+    #[default]
+    Position,
+    /// Each option keeps its own label wherever it is shown: the file's label for
+    /// digits, its letter in file order for letters.
+    Option,
+}
+
 /// What a trial asks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -25,6 +38,9 @@ pub enum Question {
         item: Option<String>,
         label_style: LabelStyle,
         option_order: Vec<usize>,
+        /// Absent in records written before label designs existed: by position.
+        #[serde(default)]
+        label_binding: LabelBinding,
     },
     /// The `index`-th sampled completion of a sentence stem.
     Completion {

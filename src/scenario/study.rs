@@ -36,6 +36,20 @@ struct StudySpec {
     #[serde(default)]
     factorial: Vec<FactorialSpec>,
     completion: Option<CompletionSpec>,
+    positive_control: Option<PositiveControlSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PositiveControlSpec {
+    low: String,
+    high: String,
+    #[serde(default = "default_min_effect")]
+    min_effect: f64,
+}
+
+fn default_min_effect() -> f64 {
+    1.0
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,6 +96,37 @@ pub enum PerConversation {
     All,
 }
 
+/// How a rating item's options are ordered and labelled in each trial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptionOrder {
+    /// The file's order every time: position and meaning are confounded, so the
+    /// validity gate cannot estimate position effects.
+    Fixed,
+    /// Ascending or descending in value, drawn per trial from its seed; each option
+    /// keeps its own label. The scale stays ordinal as shown, and a model that answers
+    /// by position lands on opposite ends in the two halves (the default design).
+    Counterbalanced,
+    /// A random order per trial; each option keeps its own label (the file's digit, or
+    /// its letter in file order), so the label still names the meaning.
+    ShuffleBound,
+    /// A perturbation, not a measurement design: meanings shuffled under labels fixed by
+    /// position ("1 = extremely, 2 = not at all, ..."), so the scale as shown is not
+    /// ordinal. Written `shuffle-positional` (or `shuffle`, as before 2026-11).
+    ShufflePositional,
+}
+
+impl OptionOrder {
+    pub fn name(self) -> &'static str {
+        match self {
+            OptionOrder::Fixed => "fixed",
+            OptionOrder::Counterbalanced => "counterbalanced",
+            OptionOrder::ShuffleBound => "shuffle-bound",
+            OptionOrder::ShufflePositional => "shuffle-positional",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LabelStyle {
@@ -114,6 +159,22 @@ pub struct Condition {
     pub instruments: Vec<String>,
 }
 
+/// A positive control: two conditions that instruct the model to answer as someone
+/// feeling none (`low_condition`) or a great deal (`high_condition`) of the states the
+/// instruments ask about. An instrument that cannot separate them by at least
+/// `min_effect` (Cohen's d, high minus low) fails the validity gate: it does not track
+/// even an instructed state.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PositiveControl {
+    pub low_condition: String,
+    pub high_condition: String,
+    pub min_effect: f64,
+}
+
+/// The names of the conditions a `[positive_control]` adds.
+pub const CONTROL_LOW: &str = "control-low";
+pub const CONTROL_HIGH: &str = "control-high";
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Completion {
     pub task: String,
@@ -135,10 +196,11 @@ pub struct Study {
     pub max_reasks: usize,
     pub system_prompt: Option<String>,
     pub acknowledgement: String,
-    pub shuffle_options: bool,
+    pub option_order: OptionOrder,
     pub label_styles: Vec<LabelStyle>,
     pub conditions: Vec<Condition>,
     pub completion: Option<Completion>,
+    pub positive_control: Option<PositiveControl>,
 }
 
 impl Study {
@@ -156,13 +218,19 @@ impl Study {
                 ))
             }
         };
-        let shuffle_options = match spec.option_order.as_str() {
-            "shuffle" => true,
-            "fixed" => false,
+        let option_order = match spec.option_order.as_str() {
+            "fixed" => OptionOrder::Fixed,
+            "counterbalanced" => OptionOrder::Counterbalanced,
+            "shuffle-bound" => OptionOrder::ShuffleBound,
+            "shuffle-positional" | "shuffle" => OptionOrder::ShufflePositional,
             o => {
                 return Err(bad(
                     "option_order",
-                    format!("option_order is '{o}'; use \"shuffle\" or \"fixed\""),
+                    format!(
+                        "option_order is '{o}'; use \"counterbalanced\" (ascending or \
+                         descending, labels kept with their meanings), \"shuffle-bound\", \
+                         \"fixed\", or the perturbation \"shuffle-positional\""
+                    ),
                 ))
             }
         };
@@ -323,6 +391,51 @@ impl Study {
                 ));
             }
         }
+        let positive_control = match &spec.positive_control {
+            None => None,
+            Some(pc) => {
+                check_induction(&pc.low)?;
+                check_induction(&pc.high)?;
+                if !(pc.min_effect.is_finite() && pc.min_effect > 0.0) {
+                    return Err(bad(
+                        "min_effect",
+                        format!(
+                            "[positive_control] min_effect must be a positive number (Cohen's d), got {}",
+                            pc.min_effect
+                        ),
+                    ));
+                }
+                // Every instrument the study asks, in the order first asked.
+                let mut instruments: Vec<String> = Vec::new();
+                for c in &conditions {
+                    for i in &c.instruments {
+                        if !instruments.contains(i) {
+                            instruments.push(i.clone());
+                        }
+                    }
+                }
+                for (name, induction) in [(CONTROL_LOW, &pc.low), (CONTROL_HIGH, &pc.high)] {
+                    if conditions.iter().any(|c| c.name == name) {
+                        return Err(bad(
+                            name,
+                            format!("condition '{name}' is reserved for the [positive_control]; rename yours"),
+                        ));
+                    }
+                    conditions.push(Condition {
+                        name: name.to_string(),
+                        induction: Some(induction.clone()),
+                        regulation: None,
+                        order: Order::InductionFirst,
+                        instruments: instruments.clone(),
+                    });
+                }
+                Some(PositiveControl {
+                    low_condition: CONTROL_LOW.into(),
+                    high_condition: CONTROL_HIGH.into(),
+                    min_effect: pc.min_effect,
+                })
+            }
+        };
         if spec.repetitions > MAX_REPETITIONS {
             return Err(bad("repetitions", format!("repetitions = {} is more than {MAX_REPETITIONS}; split such a study into several runs with other seeds", spec.repetitions)));
         }
@@ -405,10 +518,11 @@ impl Study {
             max_reasks: spec.max_reasks,
             system_prompt: spec.system_prompt,
             acknowledgement: spec.acknowledgement,
-            shuffle_options,
+            option_order,
             label_styles,
             conditions,
             completion,
+            positive_control,
         })
     }
 }

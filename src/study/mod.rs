@@ -1,7 +1,8 @@
 //! Running a study: expansion into trials (`plan`), conversation assembly (`prompt`),
 //! answer parsing (`parse`), a group's shared prefix and scheduling (`group`), each
 //! trial's read-outs (`readouts`), the run directory protocol (`run_dir`), provenance
-//! (`provenance`), the end-of-run table (`summary`) and the sequence that ties them
+//! (`provenance`), the end-of-run table (`summary`), the positive-control study of
+//! `validate-instrument` (`validate`) and the sequence that ties them
 //! together (`runner`). What a run writes is defined in `crate::results`.
 //!
 //! Concepts:
@@ -24,3 +25,4 @@ pub mod readouts;
 pub mod run_dir;
 pub mod runner;
 pub mod summary;
+pub mod validate;

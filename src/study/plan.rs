@@ -4,9 +4,10 @@
 //! and of its regulation (balanced, deterministic). Label style and option order are
 //! drawn per trial from the trial's own seeded stream.
 
+use crate::results::LabelBinding;
 pub use crate::results::Question;
 use crate::rng::Stream;
-use crate::scenario::study::{Condition, PerConversation};
+use crate::scenario::study::{Condition, OptionOrder, PerConversation};
 use crate::scenario::{Library, Study};
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -82,6 +83,38 @@ pub fn count_trials(study: &Study, lib: &Library, models: usize, repetitions: us
         .saturating_mul(models)
 }
 
+/// The display order of an item's options (indices into the instrument's options) and
+/// how labels attach to them, drawn from the trial's perturbation stream.
+fn order_options(
+    design: OptionOrder,
+    ins: &crate::scenario::Instrument,
+    n_options: usize,
+    rng: &mut impl Rng,
+) -> (Vec<usize>, LabelBinding) {
+    let mut order: Vec<usize> = (0..n_options).collect();
+    match design {
+        // Position and option coincide; by position, as records before bindings existed.
+        OptionOrder::Fixed => (order, LabelBinding::Position),
+        OptionOrder::Counterbalanced => {
+            if let crate::scenario::Response::Options(opts) = &ins.response {
+                order.sort_by(|&a, &b| opts[a].value.total_cmp(&opts[b].value));
+            }
+            if rng.random_bool(0.5) {
+                order.reverse();
+            }
+            (order, LabelBinding::Option)
+        }
+        OptionOrder::ShuffleBound => {
+            order.shuffle(rng);
+            (order, LabelBinding::Option)
+        }
+        OptionOrder::ShufflePositional => {
+            order.shuffle(rng);
+            (order, LabelBinding::Position)
+        }
+    }
+}
+
 /// Expands `study` for `models` (labels), with `repetitions` overriding the study's.
 pub fn expand(study: &Study, lib: &Library, models: &[String], repetitions: usize) -> Plan {
     let mut groups = Vec::new();
@@ -112,10 +145,8 @@ pub fn expand(study: &Study, lib: &Library, models: &[String], repetitions: usiz
                             crate::scenario::Response::Options(o) => o.len(),
                             crate::scenario::Response::Numeric { .. } => 0,
                         };
-                        let mut option_order: Vec<usize> = (0..n_options).collect();
-                        if study.shuffle_options {
-                            option_order.shuffle(&mut rng);
-                        }
+                        let (option_order, label_binding) =
+                            order_options(study.option_order, ins, n_options, &mut rng);
                         trials.push(Trial {
                             id,
                             group: gi,
@@ -124,6 +155,7 @@ pub fn expand(study: &Study, lib: &Library, models: &[String], repetitions: usiz
                                 item,
                                 label_style,
                                 option_order,
+                                label_binding,
                             },
                         });
                     }

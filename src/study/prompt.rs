@@ -3,6 +3,7 @@
 
 use super::plan::{Group, Question};
 use crate::chat::Message;
+use crate::results::LabelBinding;
 use crate::scenario::study::{Condition, LabelStyle, Order};
 use crate::scenario::{Library, Response, Study, Turn};
 
@@ -64,12 +65,23 @@ pub fn prefix_steps(study: &Study, lib: &Library, cond: &Condition, group: &Grou
     steps
 }
 
-/// The label shown at display position `pos`: the file's own labels for digits (so a
-/// 0-3 scale keeps 0-3), A, B, C ... for letters.
-pub fn display_label(style: LabelStyle, file_labels: &[String], pos: usize) -> String {
+/// The label shown for option `opt` at display position `pos`: the file's own labels
+/// for digits (so a 0-3 scale keeps 0-3), A, B, C ... for letters; taken by position or
+/// by option as the binding says.
+pub fn display_label(
+    style: LabelStyle,
+    binding: LabelBinding,
+    file_labels: &[String],
+    pos: usize,
+    opt: usize,
+) -> String {
+    let at = match binding {
+        LabelBinding::Position => pos,
+        LabelBinding::Option => opt,
+    };
     match style {
-        LabelStyle::Digits => file_labels[pos].clone(),
-        LabelStyle::Letters => ((b'A' + pos as u8) as char).to_string(),
+        LabelStyle::Digits => file_labels[at].clone(),
+        LabelStyle::Letters => ((b'A' + at as u8) as char).to_string(),
     }
 }
 
@@ -99,6 +111,7 @@ pub fn question_text(lib: &Library, question: &Question) -> QuestionText {
             item,
             label_style,
             option_order,
+            label_binding,
         } => {
             let ins = &lib.instruments[instrument];
             let mut labels = Vec::new();
@@ -107,7 +120,8 @@ pub fn question_text(lib: &Library, question: &Question) -> QuestionText {
                     let file_labels: Vec<String> = opts.iter().map(|o| o.label.clone()).collect();
                     let mut lines = Vec::new();
                     for (pos, &opt) in option_order.iter().enumerate() {
-                        let label = display_label(*label_style, &file_labels, pos);
+                        let label =
+                            display_label(*label_style, *label_binding, &file_labels, pos, opt);
                         lines.push(format!("{label} = {}", opts[opt].text));
                         labels.push((label, opt));
                     }

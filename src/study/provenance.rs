@@ -113,6 +113,7 @@ pub fn new_header(inputs: HeaderInputs<'_>) -> RunHeader {
             description: study.description.clone(),
             conditions: study.conditions.clone(),
             temperature: study.temperature,
+            positive_control: study.positive_control.clone(),
         },
         scenario_files: files,
         models,

@@ -187,7 +187,11 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
         out_dir: cfg.out_dir.clone(),
         trials_written: tally.written,
         trials_remaining: remaining,
-        summary: summarise(&trials, &header.scoring),
+        summary: summarise(
+            &trials,
+            &header.scoring,
+            header.study.positive_control.as_ref(),
+        ),
     })
 }
 

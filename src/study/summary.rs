@@ -1,14 +1,23 @@
 //! The end-of-run summary in the terminal: mean ± SD of scale scores per model,
 //! condition, instrument and subscale over repetitions, for both read-outs, and how many
 //! items got a readable generated answer. Scores come from `results::scale_scores`, the
-//! same function the report uses, so the two cannot disagree.
+//! same function the report uses, so the two cannot disagree. The validity gate comes
+//! first, and a failing read-out's scores are marked FAIL.
 
 use crate::results::scores::Readout;
-use crate::results::{scale_scores, InstrumentScoring, Question, TrialRecord};
+use crate::results::{
+    gate_verdicts, scale_scores, validity_checks, GateVerdict, InstrumentScoring, Question,
+    TrialRecord, Verdict,
+};
+use crate::scenario::study::PositiveControl;
 use std::collections::BTreeMap;
 
 /// The summary table of `trials` under the run's scoring rules.
-pub fn summarise(trials: &[TrialRecord], scoring: &[InstrumentScoring]) -> String {
+pub fn summarise(
+    trials: &[TrialRecord],
+    scoring: &[InstrumentScoring],
+    control: Option<&PositiveControl>,
+) -> String {
     let rules: BTreeMap<String, InstrumentScoring> =
         scoring.iter().map(|s| (s.id.clone(), s.clone())).collect();
     // (model, condition, instrument, subscale) -> (generated, probability) scores
@@ -41,7 +50,16 @@ pub fn summarise(trials: &[TrialRecord], scoring: &[InstrumentScoring]) -> Strin
             }
         }
     }
-    let mut out = String::new();
+    let gate = gate_verdicts(&validity_checks(trials, &rules, control));
+    let failed = |model: &str, instrument: &str, readout: Readout| {
+        gate.iter().any(|g| {
+            g.model == model
+                && g.instrument == instrument
+                && g.readout == readout
+                && g.verdict == Verdict::Fail
+        })
+    };
+    let mut out = gate_summary(&gate);
     out.push_str("Scale scores, mean ± SD over repetitions (a generated score needs every item of its subscale answered).\n");
     out.push_str(&format!(
         "{:<28} {:<40} {:<24} {:>9} {:<24} {:<24}\n",
@@ -73,14 +91,53 @@ pub fn summarise(trials: &[TrialRecord], scoring: &[InstrumentScoring]) -> Strin
             cond,
             name,
             rate,
-            mean_sd(generated),
-            mean_sd(probability)
+            marked(mean_sd(generated), failed(model, ins, Readout::Generated)),
+            marked(
+                mean_sd(probability),
+                failed(model, ins, Readout::Probability)
+            )
         ));
     }
     for ((model, cond), n) in &completions {
         out.push_str(&format!("{model:<28} {cond:<40} completions: {n}\n"));
     }
     out
+}
+
+/// The validity gate first: one line per model x instrument x read-out that does not
+/// pass, so a failing instrument is the first thing a terminal user reads.
+fn gate_summary(gate: &[GateVerdict]) -> String {
+    let failed = gate.iter().filter(|g| g.verdict == Verdict::Fail).count();
+    let warned = gate.iter().filter(|g| g.verdict == Verdict::Warn).count();
+    let mut out = format!(
+        "Validity gate: {} pass, {warned} warn, {failed} FAIL (of {} instrument read-outs).\n",
+        gate.len() - failed - warned,
+        gate.len()
+    );
+    for g in gate.iter().filter(|g| g.verdict != Verdict::Pass) {
+        let mark = if g.verdict == Verdict::Fail {
+            "FAIL (its scores are not evidence)"
+        } else {
+            "warn"
+        };
+        out.push_str(&format!(
+            "  {mark}: {} / {} / {}: {}\n",
+            g.model,
+            g.instrument,
+            g.readout.name(),
+            g.reasons.join("; ")
+        ));
+    }
+    out.push('\n');
+    out
+}
+
+fn marked(cell: String, failed: bool) -> String {
+    if failed {
+        format!("{cell} FAIL")
+    } else {
+        cell
+    }
 }
 
 fn mean_sd(v: &[f64]) -> String {

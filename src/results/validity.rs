@@ -1,0 +1,919 @@
+//! The validity gate: for each model x instrument x read-out, checks computed from the
+//! run's own trials that say whether the instrument measured the model at all, each
+//! with its value, its threshold and a verdict (pass / warn / fail). The report puts the
+//! gate first, the terminal summary prints it, and `tables/validity.csv` holds it.
+//!
+//! Why: on small models the option shown first can win nearly every trial, so a scale
+//! score measures the option shuffle, not the model; such numbers are not evidence and
+//! must not be presented as if they were. The thresholds are fixed here (not tuned to
+//! any model) and documented in README "Reading the validity gate".
+
+use super::header::ScoredItem;
+use super::{scale_scores, InstrumentScoring, Question, Readout, TrialRecord};
+use crate::scenario::study::PositiveControl;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A check's outcome. Ordered from best to worst, so the worst of several is their max.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Verdict {
+    Pass,
+    Warn,
+    Fail,
+}
+
+impl Verdict {
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Warn => "warn",
+            Verdict::Fail => "fail",
+        }
+    }
+}
+
+/// One check of one model x instrument x read-out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    pub model: String,
+    pub instrument: String,
+    pub readout: Readout,
+    /// `position_dominance`, `option_mass`, `answered_rate`,
+    /// `internal_consistency:<subscale>`, `reverse_item_agreement:<subscale>`,
+    /// `positive_control`.
+    pub check: String,
+    /// None where the design or the data do not allow the check (see `note`).
+    pub value: Option<f64>,
+    /// The thresholds in words, e.g. "warn > 0.50, fail > 0.75".
+    pub threshold: String,
+    pub verdict: Verdict,
+    /// Units the value rests on (trials or respondents).
+    pub n: usize,
+    /// Why the verdict is what it is, in a sentence a reader can act on.
+    pub note: String,
+}
+
+/// The gate's verdict for one model x instrument x read-out: the worst of its checks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GateVerdict {
+    pub model: String,
+    pub instrument: String,
+    pub readout: Readout,
+    pub verdict: Verdict,
+    /// The notes of the checks that did not pass.
+    pub reasons: Vec<String>,
+}
+
+/// Below this many units a consistency statistic is not estimated.
+pub const MIN_RESPONDENTS: usize = 5;
+
+/// Every check for every model x instrument x read-out in `trials`; `control` is the
+/// design's positive control, if it has one.
+pub fn validity_checks(
+    trials: &[TrialRecord],
+    rules: &BTreeMap<String, InstrumentScoring>,
+    control: Option<&PositiveControl>,
+) -> Vec<Check> {
+    let mut by_cell: BTreeMap<(String, String), Vec<&TrialRecord>> = BTreeMap::new();
+    for t in trials.iter().filter(|t| t.error.is_none()) {
+        if let Question::Item { instrument, .. } = &t.question {
+            by_cell
+                .entry((t.model.clone(), instrument.clone()))
+                .or_default()
+                .push(t);
+        }
+    }
+    let mut out = Vec::new();
+    for ((model, instrument), cell) in by_cell {
+        for readout in Readout::ALL {
+            let check = |name: &str, value, threshold: String, verdict, n, note: String| Check {
+                model: model.clone(),
+                instrument: instrument.clone(),
+                readout,
+                check: name.to_string(),
+                value,
+                threshold,
+                verdict,
+                n,
+                note,
+            };
+            let asked = cell
+                .iter()
+                .filter(|t| match readout {
+                    Readout::Probability => t.choice.is_some(),
+                    Readout::Generated => t.generate.is_some(),
+                })
+                .count();
+            if asked == 0 {
+                continue;
+            }
+            if let Some(c) = position_dominance(&cell, readout) {
+                out.push(check(
+                    "position_dominance",
+                    c.value,
+                    c.threshold,
+                    c.verdict,
+                    c.n,
+                    c.note,
+                ));
+            }
+            match readout {
+                Readout::Probability => {
+                    let c = option_mass(&cell);
+                    out.push(check(
+                        "option_mass",
+                        c.value,
+                        c.threshold,
+                        c.verdict,
+                        c.n,
+                        c.note,
+                    ));
+                }
+                Readout::Generated => {
+                    let c = answered_rate(&cell);
+                    out.push(check(
+                        "answered_rate",
+                        c.value,
+                        c.threshold,
+                        c.verdict,
+                        c.n,
+                        c.note,
+                    ));
+                }
+            }
+            if control.is_none() {
+                out.push(check(
+                    "positive_control",
+                    None,
+                    "needs a [positive_control] in the study".into(),
+                    Verdict::Warn,
+                    0,
+                    "this design has no positive control, so nothing shows that the score \
+                     tracks the state it names (add [positive_control] to the study, or run \
+                     `affectbench validate-instrument`)"
+                        .into(),
+                ));
+            }
+            if let Some(rule) = rules.get(&instrument) {
+                let respondents = respondents(&cell, rule, readout);
+                for sub in rule.subscales() {
+                    let items: Vec<&ScoredItem> =
+                        rule.items.iter().filter(|i| i.subscale == sub).collect();
+                    if let Some(pc) = control {
+                        let c = positive_control(&cell, rule, sub, readout, pc);
+                        out.push(check(
+                            &format!("positive_control:{sub}"),
+                            c.value,
+                            c.threshold,
+                            c.verdict,
+                            c.n,
+                            c.note,
+                        ));
+                    }
+                    if items.len() < 2 {
+                        continue;
+                    }
+                    let c = internal_consistency(&respondents, &items);
+                    out.push(check(
+                        &format!("internal_consistency:{sub}"),
+                        c.value,
+                        c.threshold,
+                        c.verdict,
+                        c.n,
+                        c.note,
+                    ));
+                    if items.iter().any(|i| i.reverse) && items.iter().any(|i| !i.reverse) {
+                        let c = reverse_item_agreement(&respondents, &items);
+                        out.push(check(
+                            &format!("reverse_item_agreement:{sub}"),
+                            c.value,
+                            c.threshold,
+                            c.verdict,
+                            c.n,
+                            c.note,
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The worst verdict per model x instrument x read-out, with the reasons.
+pub fn gate_verdicts(checks: &[Check]) -> Vec<GateVerdict> {
+    let mut acc: BTreeMap<(String, String, Readout), GateVerdict> = BTreeMap::new();
+    for c in checks {
+        let v = acc
+            .entry((c.model.clone(), c.instrument.clone(), c.readout))
+            .or_insert_with(|| GateVerdict {
+                model: c.model.clone(),
+                instrument: c.instrument.clone(),
+                readout: c.readout,
+                verdict: Verdict::Pass,
+                reasons: Vec::new(),
+            });
+        v.verdict = v.verdict.max(c.verdict);
+        if c.verdict != Verdict::Pass {
+            v.reasons
+                .push(format!("{} {}: {}", c.check, c.verdict.name(), c.note));
+        }
+    }
+    acc.into_values().collect()
+}
+
+/// A check's computed part, before the cell's coordinates are attached.
+struct Outcome {
+    value: Option<f64>,
+    threshold: String,
+    verdict: Verdict,
+    n: usize,
+    note: String,
+}
+
+fn not_estimable(threshold: String, n: usize, note: String) -> Outcome {
+    Outcome {
+        value: None,
+        threshold,
+        verdict: Verdict::Warn,
+        n,
+        note,
+    }
+}
+
+/// Graded against thresholds: `fail_if`/`warn_if` say which side is bad.
+fn graded(value: f64, warn: f64, fail: f64, higher_is_worse: bool) -> Verdict {
+    let worse = |x: f64, t: f64| if higher_is_worse { x > t } else { x < t };
+    if worse(value, fail) {
+        Verdict::Fail
+    } else if worse(value, warn) {
+        Verdict::Warn
+    } else {
+        Verdict::Pass
+    }
+}
+
+/// The display position (0-based) of the option a read-out chose in one trial.
+fn chosen_position(t: &TrialRecord, readout: Readout) -> Option<usize> {
+    let c = t.choice.as_ref()?;
+    match readout {
+        Readout::Probability => {
+            if c.probs.is_empty() || c.probs.iter().any(|p| !p.is_finite()) {
+                return None;
+            }
+            c.probs
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, _)| i)
+        }
+        Readout::Generated => {
+            let v = t.generate.as_ref()?.value?;
+            c.values.iter().position(|&x| x == v)
+        }
+    }
+}
+
+/// Share of trials whose chosen option sits at the most chosen display position. With
+/// k options an answer that follows the meaning lands on each position about 1/k of
+/// the time once the order varies; the thresholds are a third and two thirds of the
+/// way from chance (1/k) to 1. Needs at least two different option orders: under one
+/// order position and meaning cannot be told apart.
+fn position_dominance(cell: &[&TrialRecord], readout: Readout) -> Option<Outcome> {
+    let mut orders = BTreeSet::new();
+    let mut counts: BTreeMap<usize, Vec<usize>> = BTreeMap::new(); // k -> per position
+    let mut n = 0;
+    for t in cell {
+        let Question::Item { option_order, .. } = &t.question else {
+            continue;
+        };
+        if option_order.len() < 2 {
+            continue;
+        }
+        let Some(pos) = chosen_position(t, readout) else {
+            continue;
+        };
+        let k = option_order.len();
+        orders.insert(option_order.clone());
+        counts.entry(k).or_insert_with(|| vec![0; k])[pos] += 1;
+        n += 1;
+    }
+    if n == 0 {
+        return None;
+    }
+    // One instrument has one option count; take the largest group if data disagree.
+    let (&k, per_position) = counts.iter().max_by_key(|(_, c)| c.iter().sum::<usize>())?;
+    let chance = 1.0 / k as f64;
+    let warn = chance + (1.0 - chance) / 3.0;
+    let fail = chance + 2.0 * (1.0 - chance) / 3.0;
+    let threshold = format!("warn > {warn:.2}, fail > {fail:.2} (chance {chance:.2})");
+    if orders.len() < 2 {
+        return Some(not_estimable(
+            threshold,
+            n,
+            "every trial showed the options in one order, so position and meaning are \
+             confounded; use option_order = \"counterbalanced\" or \"shuffle-bound\""
+                .into(),
+        ));
+    }
+    let total: usize = per_position.iter().sum();
+    let (best, &wins) = per_position
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, w)| **w)
+        .expect("k >= 2");
+    let share = wins as f64 / total as f64;
+    let verdict = graded(share, warn, fail, true);
+    let note = format!(
+        "the option at display position {} was chosen in {wins} of {total} trials{}",
+        best + 1,
+        if verdict == Verdict::Pass {
+            String::new()
+        } else {
+            ": answers follow where an option is shown, not what it says".into()
+        }
+    );
+    Some(Outcome {
+        value: Some(share),
+        threshold,
+        verdict,
+        n: total,
+        note,
+    })
+}
+
+/// Mean probability the model put on the option labels at the answer position, before
+/// renormalising. Where most of it lies elsewhere, the renormalised distribution is
+/// the model's answer to a question it mostly did not take up.
+fn option_mass(cell: &[&TrialRecord]) -> Outcome {
+    let masses: Vec<f64> = cell
+        .iter()
+        .filter_map(|t| t.choice.as_ref().map(|c| c.mass))
+        .filter(|m| m.is_finite())
+        .collect();
+    let threshold = "warn < 0.50, fail < 0.10".to_string();
+    if masses.is_empty() {
+        return not_estimable(threshold, 0, "no probability read-out".into());
+    }
+    let mean = masses.iter().sum::<f64>() / masses.len() as f64;
+    let verdict = graded(mean, 0.5, 0.1, false);
+    Outcome {
+        value: Some(mean),
+        threshold,
+        verdict,
+        n: masses.len(),
+        note: format!(
+            "on average {:.0}% of the next-token probability fell on the option labels",
+            mean * 100.0
+        ),
+    }
+}
+
+/// Share of generated answers that could be read as an option or number.
+fn answered_rate(cell: &[&TrialRecord]) -> Outcome {
+    let asked: Vec<&TrialRecord> = cell
+        .iter()
+        .copied()
+        .filter(|t| t.generate.is_some())
+        .collect();
+    let answered = asked
+        .iter()
+        .filter(|t| t.generate.as_ref().is_some_and(|g| g.value.is_some()))
+        .count();
+    let threshold = "warn < 0.90, fail < 0.50".to_string();
+    if asked.is_empty() {
+        return not_estimable(threshold, 0, "no generated read-out".into());
+    }
+    let rate = answered as f64 / asked.len() as f64;
+    Outcome {
+        value: Some(rate),
+        threshold,
+        verdict: graded(rate, 0.9, 0.5, false),
+        n: asked.len(),
+        note: format!(
+            "{answered} of {} replies gave a readable answer",
+            asked.len()
+        ),
+    }
+}
+
+/// Keyed item values per respondent (one conversation group: model, seed, group,
+/// condition, repetition), as `scale_scores` groups them. Items asked all in one turn
+/// have no per-item values and give no respondents.
+fn respondents(
+    cell: &[&TrialRecord],
+    rule: &InstrumentScoring,
+    readout: Readout,
+) -> Vec<BTreeMap<String, f64>> {
+    type Key<'a> = (u64, &'a str, &'a str, usize);
+    let mut acc: BTreeMap<Key, BTreeMap<String, f64>> = BTreeMap::new();
+    for t in cell {
+        let Some(item) = t.question.item() else {
+            continue;
+        };
+        if !rule.items.iter().any(|i| i.id == item) {
+            continue;
+        }
+        let Some(v) = readout.keyed_value(t).filter(|v| v.is_finite()) else {
+            continue;
+        };
+        acc.entry((t.seed, &t.group_id, &t.condition, t.repetition))
+            .or_default()
+            .entry(item.to_string())
+            .or_insert(v);
+    }
+    acc.into_values().collect()
+}
+
+/// The respondents that answered every one of `items`, as rows of values in item order.
+fn complete_rows(respondents: &[BTreeMap<String, f64>], items: &[&ScoredItem]) -> Vec<Vec<f64>> {
+    respondents
+        .iter()
+        .filter_map(|r| items.iter().map(|i| r.get(&i.id).copied()).collect())
+        .collect()
+}
+
+fn variance(xs: &[f64]) -> f64 {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+}
+
+/// Cronbach's alpha of rows (respondents) x columns (items):
+/// k / (k - 1) * (1 - sum of item variances / variance of the row sums).
+/// None when the row sums do not vary.
+pub fn cronbach_alpha(rows: &[Vec<f64>]) -> Option<f64> {
+    let k = rows.first()?.len();
+    if k < 2 || rows.len() < 2 {
+        return None;
+    }
+    let item_var: f64 = (0..k)
+        .map(|j| variance(&rows.iter().map(|r| r[j]).collect::<Vec<_>>()))
+        .sum();
+    let total_var = variance(&rows.iter().map(|r| r.iter().sum()).collect::<Vec<f64>>());
+    (total_var > 1e-12).then(|| k as f64 / (k as f64 - 1.0) * (1.0 - item_var / total_var))
+}
+
+/// Cronbach's alpha over respondents that answered every item of a subscale (reverse-
+/// keyed items enter keyed). A negative alpha means the items disagree more than they
+/// agree: the answers are not a scale.
+fn internal_consistency(respondents: &[BTreeMap<String, f64>], items: &[&ScoredItem]) -> Outcome {
+    let rows = complete_rows(respondents, items);
+    let threshold = "warn < 0.70, fail < 0.50 (Cronbach's alpha)".to_string();
+    if rows.len() < MIN_RESPONDENTS {
+        return not_estimable(
+            threshold,
+            rows.len(),
+            format!(
+                "{} respondents answered every item; at least {MIN_RESPONDENTS} are needed",
+                rows.len()
+            ),
+        );
+    }
+    match cronbach_alpha(&rows) {
+        None => not_estimable(
+            threshold,
+            rows.len(),
+            "the scale scores do not vary across respondents".into(),
+        ),
+        Some(alpha) => Outcome {
+            value: Some(alpha),
+            threshold,
+            verdict: graded(alpha, 0.7, 0.5, false),
+            n: rows.len(),
+            note: format!("alpha {alpha:.2} over {} respondents", rows.len()),
+        },
+    }
+}
+
+/// Pearson correlation across respondents between the mean of the forward items and
+/// the mean of the (keyed) reverse items. A model that reads the items agrees with
+/// itself on both; one that answers by position or habit does not (r <= 0).
+fn reverse_item_agreement(respondents: &[BTreeMap<String, f64>], items: &[&ScoredItem]) -> Outcome {
+    let rows = complete_rows(respondents, items);
+    let threshold = "warn < 0.30, fail < 0.00 (Pearson r)".to_string();
+    if rows.len() < MIN_RESPONDENTS {
+        return not_estimable(
+            threshold,
+            rows.len(),
+            format!(
+                "{} respondents answered every item; at least {MIN_RESPONDENTS} are needed",
+                rows.len()
+            ),
+        );
+    }
+    let mean_of = |row: &[f64], reverse: bool| {
+        let vals: Vec<f64> = items
+            .iter()
+            .zip(row)
+            .filter(|(i, _)| i.reverse == reverse)
+            .map(|(_, v)| *v)
+            .collect();
+        vals.iter().sum::<f64>() / vals.len() as f64
+    };
+    let fwd: Vec<f64> = rows.iter().map(|r| mean_of(r, false)).collect();
+    let rev: Vec<f64> = rows.iter().map(|r| mean_of(r, true)).collect();
+    match pearson(&fwd, &rev) {
+        None => not_estimable(
+            threshold,
+            rows.len(),
+            "forward or reverse item means do not vary across respondents".into(),
+        ),
+        Some(r) => Outcome {
+            value: Some(r),
+            threshold,
+            verdict: graded(r, 0.3, 0.0, false),
+            n: rows.len(),
+            note: format!(
+                "forward and keyed reverse items correlate r = {r:.2} over {} respondents",
+                rows.len()
+            ),
+        },
+    }
+}
+
+/// Cohen's d (high minus low, pooled SD) of the subscale's scores between the two
+/// instructed conditions, required to exceed the declared `min_effect`; and the two
+/// means on either side of the scale's midpoint (the instruction moves the score
+/// towards the ends, not just apart).
+fn positive_control(
+    cell: &[&TrialRecord],
+    rule: &InstrumentScoring,
+    subscale: &str,
+    readout: Readout,
+    pc: &PositiveControl,
+) -> Outcome {
+    let rules = BTreeMap::from([(rule.id.clone(), rule.clone())]);
+    let arm = |condition: &str| -> Vec<f64> {
+        scale_scores(cell.iter().copied(), &rules)
+            .into_iter()
+            .filter(|s| s.condition == condition && s.subscale == subscale && s.readout == readout)
+            .map(|s| s.value)
+            .collect()
+    };
+    let (low, high) = (arm(&pc.low_condition), arm(&pc.high_condition));
+    let threshold = format!(
+        "fail if Cohen's d (high - low) < {}; warn if the means do not straddle the midpoint",
+        pc.min_effect
+    );
+    let n = low.len() + high.len();
+    if low.len() < 2 || high.len() < 2 {
+        return not_estimable(
+            threshold,
+            n,
+            format!(
+                "{} low and {} high scores; at least 2 each are needed",
+                low.len(),
+                high.len()
+            ),
+        );
+    }
+    let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len() as f64;
+    let (ml, mh) = (mean(&low), mean(&high));
+    let pooled = (((low.len() - 1) as f64 * variance(&low)
+        + (high.len() - 1) as f64 * variance(&high))
+        / (n - 2) as f64)
+        .sqrt();
+    let items = rule.items.iter().filter(|i| i.subscale == subscale).count();
+    let end = |v: f64| {
+        rule.scoring
+            .apply(&vec![Some(v); items.max(1)], rule.multiplier)
+            .unwrap_or(v)
+    };
+    let midpoint = (end(rule.min) + end(rule.max)) / 2.0;
+    let straddles = mh > midpoint && ml < midpoint;
+    let means = format!("low {ml:.2}, high {mh:.2} (midpoint {midpoint:.2})");
+    if pooled <= 1e-12 {
+        // No spread within either arm: d is undefined; the means decide.
+        let verdict = if mh > ml && straddles {
+            Verdict::Pass
+        } else if mh > ml {
+            Verdict::Warn
+        } else {
+            Verdict::Fail
+        };
+        return Outcome {
+            value: None,
+            threshold,
+            verdict,
+            n,
+            note: format!("no spread within either arm, so d is undefined; {means}"),
+        };
+    }
+    let d = (mh - ml) / pooled;
+    let verdict = if d < pc.min_effect {
+        Verdict::Fail
+    } else if !straddles {
+        Verdict::Warn
+    } else {
+        Verdict::Pass
+    };
+    Outcome {
+        value: Some(d),
+        threshold,
+        verdict,
+        n,
+        note: format!(
+            "instructed high vs low: d = {d:.2} over {n} scores; {means}{}",
+            if verdict == Verdict::Fail {
+                ": the instrument does not separate even an instructed state"
+            } else {
+                ""
+            }
+        ),
+    }
+}
+
+pub fn pearson(x: &[f64], y: &[f64]) -> Option<f64> {
+    let n = x.len() as f64;
+    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
+    let sxy: f64 = x.iter().zip(y).map(|(a, b)| (a - mx) * (b - my)).sum();
+    let sxx: f64 = x.iter().map(|a| (a - mx).powi(2)).sum();
+    let syy: f64 = y.iter().map(|b| (b - my).powi(2)).sum();
+    (sxx > 1e-12 && syy > 1e-12).then(|| sxy / (sxx * syy).sqrt())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::{ChoiceReadout, GenerateReadout, RecordKind, Timing};
+    use crate::sampling::Sampling;
+    use crate::scenario::study::LabelStyle;
+    use crate::scenario::Scoring;
+
+    /// Keyed answers of six respondents (rows) to items a, b and reverse-keyed c.
+    const ANSWERS: [[f64; 3]; 6] = [
+        [1.0, 2.0, 1.0],
+        [2.0, 2.0, 2.0],
+        [3.0, 4.0, 3.0],
+        [4.0, 3.0, 4.0],
+        [2.0, 1.0, 2.0],
+        [3.0, 3.0, 4.0],
+    ];
+    const ITEMS: [&str; 3] = ["a", "b", "c"];
+
+    fn rule() -> InstrumentScoring {
+        InstrumentScoring {
+            id: "scale".into(),
+            scoring: Scoring::Mean,
+            multiplier: 1.0,
+            min: 1.0,
+            max: 4.0,
+            items: ITEMS
+                .iter()
+                .map(|&id| ScoredItem {
+                    id: id.into(),
+                    subscale: "x".into(),
+                    reverse: id == "c",
+                })
+                .collect(),
+        }
+    }
+
+    /// A trial of respondent `r` answering item `i` with `keyed`, the options shown in
+    /// `order` (values 1..4), `top` the display position holding the most probability.
+    fn trial(r: usize, i: usize, order: Vec<usize>, top: usize, mass: f64) -> TrialRecord {
+        let keyed = ANSWERS[r][i];
+        let values: Vec<f64> = order.iter().map(|&o| o as f64 + 1.0).collect();
+        let mut probs = vec![0.1; 4];
+        probs[top] = 0.7;
+        TrialRecord {
+            kind: RecordKind::Trial,
+            schema: 2,
+            trial_id: format!("{r}-{i}"),
+            seed: 1,
+            group_id: format!("g{r}"),
+            model: "m".into(),
+            condition: "c".into(),
+            induction: None,
+            induction_variant: None,
+            regulation: None,
+            regulation_variant: None,
+            repetition: r,
+            question: Question::Item {
+                instrument: "scale".into(),
+                item: Some(ITEMS[i].into()),
+                label_style: LabelStyle::Digits,
+                option_order: order,
+                label_binding: Default::default(),
+            },
+            prompt: String::new(),
+            prompt_sha256: String::new(),
+            prompt_tokens: 0,
+            // Respondent 5 never gives a readable generated answer.
+            generate: Some(GenerateReadout {
+                replies: vec![],
+                failures: vec![],
+                value: (r != 5).then_some(values[top]),
+                keyed: (r != 5).then_some(keyed),
+                sampling: Sampling::Greedy,
+                tokens: 0,
+            }),
+            choice: Some(ChoiceReadout {
+                labels: vec![],
+                values,
+                probs,
+                mass,
+                expected: keyed,
+                argmax: 0.0,
+                draw: 0.0,
+                keyed_expected: keyed,
+            }),
+            completion: None,
+            judge: None,
+            error: None,
+            timing: Timing::default(),
+        }
+    }
+
+    fn checks(trials: &[TrialRecord]) -> Vec<Check> {
+        let rules = BTreeMap::from([("scale".to_string(), rule())]);
+        validity_checks(trials, &rules, None)
+    }
+
+    fn find<'a>(checks: &'a [Check], readout: Readout, name: &str) -> &'a Check {
+        checks
+            .iter()
+            .find(|c| c.readout == readout && c.check == name)
+            .unwrap_or_else(|| panic!("no {name} check for {readout:?}"))
+    }
+
+    /// Half the trials ascending, half descending; the first position always on top.
+    fn position_driven() -> Vec<TrialRecord> {
+        let mut trials = Vec::new();
+        for r in 0..6 {
+            for i in 0..3 {
+                let order = if (r + i) % 2 == 0 {
+                    vec![0, 1, 2, 3]
+                } else {
+                    vec![3, 2, 1, 0]
+                };
+                trials.push(trial(r, i, order, 0, if r < 3 { 0.2 } else { 0.4 }));
+            }
+        }
+        trials
+    }
+
+    #[test]
+    fn each_check_matches_hand_computed_values() {
+        let c = checks(&position_driven());
+        // 18 trials, every one chose display position 1: share 1.0 > 0.75 (chance 0.25).
+        let pd = find(&c, Readout::Probability, "position_dominance");
+        assert_eq!((pd.value, pd.n, pd.verdict), (Some(1.0), 18, Verdict::Fail));
+        assert_eq!(pd.threshold, "warn > 0.50, fail > 0.75 (chance 0.25)");
+        // Generated answers: 15 readable (respondent 5 never), all at position 1.
+        let pd = find(&c, Readout::Generated, "position_dominance");
+        assert_eq!((pd.value, pd.n, pd.verdict), (Some(1.0), 15, Verdict::Fail));
+        // Mean option mass (9 x 0.2 + 9 x 0.4) / 18 = 0.3: warn (< 0.5), not fail.
+        let om = find(&c, Readout::Probability, "option_mass");
+        assert!((om.value.unwrap() - 0.3).abs() < 1e-12);
+        assert_eq!(om.verdict, Verdict::Warn);
+        // 15 of 18 answered = 0.833: warn (< 0.9).
+        let ar = find(&c, Readout::Generated, "answered_rate");
+        assert!((ar.value.unwrap() - 15.0 / 18.0).abs() < 1e-12);
+        assert_eq!(ar.verdict, Verdict::Warn);
+        // Alpha of ANSWERS by hand (numpy: k/(k-1) (1 - sum var_i / var_total)):
+        // 0.8933823529411763 over 6 respondents; pass (>= 0.7).
+        let ic = find(&c, Readout::Probability, "internal_consistency:x");
+        assert!((ic.value.unwrap() - 0.8933823529411763).abs() < 1e-12);
+        assert_eq!((ic.n, ic.verdict), (6, Verdict::Pass));
+        // Forward mean (a, b) vs keyed c: numpy corrcoef 0.8703882797784892.
+        let ra = find(&c, Readout::Probability, "reverse_item_agreement:x");
+        assert!((ra.value.unwrap() - 0.8703882797784892).abs() < 1e-12);
+        // The generated read-out has 5 complete respondents (respondent 5 missing).
+        let ic = find(&c, Readout::Generated, "internal_consistency:x");
+        assert_eq!(ic.n, 5);
+        // The gate: the worst check decides, and every non-passing check is a reason.
+        let gate = gate_verdicts(&c);
+        let p = gate
+            .iter()
+            .find(|g| g.readout == Readout::Probability)
+            .unwrap();
+        assert_eq!(p.verdict, Verdict::Fail);
+        // position dominance, option mass, and the missing positive control
+        assert_eq!(p.reasons.len(), 3, "{:?}", p.reasons);
+        assert!(p.reasons[0].starts_with("position_dominance fail"));
+    }
+
+    #[test]
+    fn answers_that_follow_meaning_pass_position_dominance() {
+        // The top option is always the one meaning 2 ("a little"), wherever it is shown:
+        // position 2 in ascending order, 3 in descending.
+        let mut trials = Vec::new();
+        for r in 0..6 {
+            for i in 0..3 {
+                let (order, top) = if (r + i) % 2 == 0 {
+                    (vec![0, 1, 2, 3], 1)
+                } else {
+                    (vec![3, 2, 1, 0], 2)
+                };
+                trials.push(trial(r, i, order, top, 0.9));
+            }
+        }
+        let c = checks(&trials);
+        let pd = find(&c, Readout::Probability, "position_dominance");
+        assert_eq!((pd.value, pd.verdict), (Some(0.5), Verdict::Pass));
+    }
+
+    #[test]
+    fn one_option_order_makes_position_dominance_not_estimable() {
+        let trials: Vec<TrialRecord> = (0..6)
+            .flat_map(|r| (0..3).map(move |i| trial(r, i, vec![0, 1, 2, 3], 0, 0.9)))
+            .collect();
+        let c = checks(&trials);
+        let pd = find(&c, Readout::Probability, "position_dominance");
+        assert_eq!((pd.value, pd.verdict), (None, Verdict::Warn));
+        assert!(pd.note.contains("confounded"), "{}", pd.note);
+    }
+
+    #[test]
+    fn items_that_disagree_fail_internal_consistency() {
+        // Item b runs against a and c: alpha is negative.
+        let mut trials = position_driven();
+        for t in &mut trials {
+            if t.question.item() == Some("b") {
+                let c = t.choice.as_mut().unwrap();
+                c.keyed_expected = 5.0 - c.keyed_expected;
+            }
+        }
+        let c = checks(&trials);
+        let ic = find(&c, Readout::Probability, "internal_consistency:x");
+        assert!(ic.value.unwrap() < 0.5, "{:?}", ic.value);
+        assert_eq!(ic.verdict, Verdict::Fail);
+    }
+
+    /// Respondents of the two instructed conditions: every item keyed at `low[r]` or
+    /// `high[r]` for respondent r.
+    fn control_trials(low: &[f64], high: &[f64]) -> Vec<TrialRecord> {
+        let mut trials = Vec::new();
+        for (condition, scores) in [("control-low", low), ("control-high", high)] {
+            for (r, &v) in scores.iter().enumerate() {
+                for i in 0..3 {
+                    let mut t = trial(r, i, vec![0, 1, 2, 3], r % 4, 0.9);
+                    t.condition = condition.into();
+                    t.group_id = format!("{condition}-{r}");
+                    t.trial_id = format!("{condition}-{r}-{i}");
+                    let c = t.choice.as_mut().unwrap();
+                    c.keyed_expected = v;
+                    trials.push(t);
+                }
+            }
+        }
+        trials
+    }
+
+    fn control_check(trials: &[TrialRecord]) -> Check {
+        let rules = BTreeMap::from([("scale".to_string(), rule())]);
+        let pc = PositiveControl {
+            low_condition: "control-low".into(),
+            high_condition: "control-high".into(),
+            min_effect: 1.0,
+        };
+        validity_checks(trials, &rules, Some(&pc))
+            .into_iter()
+            .find(|c| c.readout == Readout::Probability && c.check == "positive_control:x")
+            .expect("a positive control check")
+    }
+
+    #[test]
+    fn a_positive_control_that_works_passes_with_cohens_d() {
+        // Mean scale scores (mean scoring of equal items = the value): low 1.5, 1.7,
+        // 1.3, 1.5; high 3.4, 3.6, 3.2, 3.4. Means 1.5 and 3.4, both SDs sqrt(0.08/3),
+        // so d = 1.9 / sqrt(0.08/3) = 11.6351...; midpoint of 1..4 is 2.5.
+        let c = control_check(&control_trials(
+            &[1.5, 1.7, 1.3, 1.5],
+            &[3.4, 3.6, 3.2, 3.4],
+        ));
+        let want = 1.9 / (0.08f64 / 3.0).sqrt();
+        assert!(
+            (c.value.unwrap() - want).abs() < 1e-9,
+            "{:?} vs {want}",
+            c.value
+        );
+        assert_eq!((c.verdict, c.n), (Verdict::Pass, 8));
+    }
+
+    #[test]
+    fn a_positive_control_that_does_not_separate_the_states_fails() {
+        // High below low (what SmolLM2 gives): d < 0 < min_effect.
+        let c = control_check(&control_trials(
+            &[2.5, 2.4, 2.6, 2.3],
+            &[2.1, 2.2, 2.0, 2.3],
+        ));
+        assert!(c.value.unwrap() < 0.0);
+        assert_eq!(c.verdict, Verdict::Fail);
+        // Apart by d > 1 but both above the midpoint: a warning, not a pass.
+        let c = control_check(&control_trials(
+            &[2.6, 2.8, 2.7, 2.9],
+            &[3.5, 3.6, 3.4, 3.7],
+        ));
+        assert!(c.value.unwrap() > 1.0);
+        assert_eq!(c.verdict, Verdict::Warn);
+    }
+
+    #[test]
+    fn a_design_without_a_positive_control_says_so() {
+        let c = checks(&position_driven());
+        let pc = find(&c, Readout::Probability, "positive_control");
+        assert_eq!((pc.value, pc.verdict), (None, Verdict::Warn));
+    }
+}
