@@ -2,6 +2,8 @@
 //! output is written, numbers agree with a recomputation from trials.jsonl, the bootstrap
 //! is reproducible by seed, and hostile strings are escaped in report.html.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -311,4 +313,107 @@ fn the_validity_gate_comes_first_and_marks_the_failing_instrument() {
         gate < emotion,
         "the gate comes before the results in summary.md"
     );
+}
+
+#[test]
+fn declared_questions_are_answered_first_with_power_and_validity() {
+    // The fixture run with two questions declared in its study record, as a study file's
+    // [[contrast]] blocks would put them there.
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    common::copy_tree(Path::new(FIXTURE), &run);
+    let header_path = run.join("run.json");
+    let mut header: serde_json::Value = serde_json::from_str(&read(header_path.clone())).unwrap();
+    let contrast = |question: &str, b: &str, kind: &str| {
+        serde_json::json!({"question": question, "a": "sadness/none", "b": b,
+            "instrument": "sadness-state", "subscale": "sadness", "family": "induction", "kind": kind})
+    };
+    header["study"]["contrasts"] = serde_json::json!([
+        contrast("vs neutral", "neutral/none", "causal"),
+        contrast("vs baseline", "baseline", "descriptive"),
+    ]);
+    std::fs::write(&header_path, serde_json::to_string(&header).unwrap()).unwrap();
+    let out = dir.path().join("report");
+    let o = Command::new(env!("CARGO_BIN_EXE_affectbench"))
+        .args(["report"])
+        .arg(&run)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // Recompute the probability read-out's scale means per condition from trials.jsonl.
+    let mut groups: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
+    for line in read(run.join("trials.jsonl")).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if v["question"]["instrument"] == "sadness-state" {
+            groups
+                .entry((
+                    v["condition"].as_str().unwrap().into(),
+                    v["group_id"].as_str().unwrap().into(),
+                ))
+                .or_default()
+                .push(v["choice"]["keyed_expected"].as_f64().unwrap());
+        }
+    }
+    let mut scores: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for ((cond, _), items) in groups {
+        scores
+            .entry(cond)
+            .or_default()
+            .push(items.iter().sum::<f64>() / items.len() as f64);
+    }
+    let m = |c: &str| scores[c].iter().sum::<f64>() / scores[c].len() as f64;
+
+    let mut r = csv::Reader::from_path(out.join("tables/questions.csv")).unwrap();
+    let headers = r.headers().unwrap().clone();
+    let col = |name: &str| headers.iter().position(|h| h == name).unwrap();
+    let rows: Vec<csv::StringRecord> = r
+        .records()
+        .map(Result::unwrap)
+        .filter(|r| &r[col("readout")] == "probability")
+        .collect();
+    assert_eq!(rows.len(), 2);
+    let mut ps = Vec::new();
+    for (row, b) in rows.iter().zip(["neutral/none", "baseline"]) {
+        assert_eq!(&row[col("condition_b")], b);
+        let diff: f64 = row[col("difference")].parse().unwrap();
+        assert!((diff - (m("sadness/none") - m(b))).abs() < 1e-12);
+        assert_eq!(&row[col("validity")], "fail");
+        assert_eq!(
+            &row[col("kind")],
+            if b == "baseline" {
+                "descriptive"
+            } else {
+                "causal"
+            }
+        );
+        // Three repetitions per arm: MDE = (z_.975 + z_.8) * sqrt(1/3 + 1/3).
+        let mde: f64 = row[col("mde_d_80")].parse().unwrap();
+        assert!((mde - 2.801_585_218_112_968 * (2.0f64 / 3.0).sqrt()).abs() < 1e-9);
+        assert_eq!(&row[col("ci_method")], "percentile");
+        ps.push(row[col("welch_p")].parse::<f64>().unwrap());
+    }
+    // Holm over the family's two p values.
+    let (lo, hi) = (ps[0].min(ps[1]), ps[0].max(ps[1]));
+    let holm: Vec<f64> = rows
+        .iter()
+        .map(|r| r[col("welch_p_holm")].parse().unwrap())
+        .collect();
+    let want_lo = (2.0 * lo).min(1.0);
+    let want_hi = hi.max(want_lo);
+    let mut got = holm.clone();
+    got.sort_by(f64::total_cmp);
+    assert!(
+        (got[0] - want_lo).abs() < 1e-12 && (got[1] - want_hi).abs() < 1e-12,
+        "{got:?}"
+    );
+
+    // The section comes right after the gate.
+    let html = read(out.join("report.html"));
+    let gate = html.find("<h2>Validity gate</h2>").unwrap();
+    let questions = html.find("<h2>Questions</h2>").unwrap();
+    let design = html.find("<h2>Design</h2>").unwrap();
+    assert!(gate < questions && questions < design);
 }

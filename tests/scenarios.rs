@@ -213,6 +213,30 @@ fn validation_rejects_each_impossible_design_with_file_line_and_fix() {
             "repetitions = 100000000000",
             "more than 100000",
         ),
+        (
+            "studies/smoke.toml",
+            "[completion]",
+            "[[contrast]]\nquestion = \"q\"\na = \"baseline\"\nb = \"nope\"\ninstrument = \"sadness-state\"\nfamily = \"f\"\n\n[completion]",
+            "not one of the study's conditions",
+        ),
+        (
+            "studies/smoke.toml",
+            "[completion]",
+            "[[contrast]]\nquestion = \"q\"\na = \"baseline\"\nb = \"sadness/breathing\"\ninstrument = \"vas\"\nfamily = \"f\"\n\n[completion]",
+            "is not asked in condition",
+        ),
+        (
+            "studies/smoke.toml",
+            "[completion]",
+            "[positive_control]\nlow = \"instructed-low\"\nhigh = \"instructed-high\"\nmin_effect = -1.0\n\n[completion]",
+            "min_effect must be a positive number",
+        ),
+        (
+            "studies/smoke.toml",
+            "[completion]",
+            "[positive_control]\nlow = \"calm\"\nhigh = \"instructed-high\"\n\n[completion]",
+            "induction 'calm' is not defined",
+        ),
     ];
     for (file, from, to, expected) in cases {
         let dir = tempfile::tempdir().unwrap();

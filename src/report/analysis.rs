@@ -18,6 +18,7 @@ use crate::results::{
     gate_verdicts, validity_checks, Check, GateVerdict, Question, TrialRecord, Verdict,
 };
 use crate::rng::Stream;
+use crate::scenario::study::DeclaredContrast;
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone)]
@@ -144,8 +145,48 @@ pub struct VarianceShare {
     pub cells: usize,
 }
 
+/// The answer to one declared question for one model and read-out.
+#[derive(Debug, Clone)]
+pub struct QuestionAnswer {
+    pub contrast: DeclaredContrast,
+    pub model: String,
+    pub readout: Readout,
+    pub n_a: usize,
+    pub n_b: usize,
+    pub mean_a: f64,
+    pub mean_b: f64,
+    pub difference: BootstrapCi,
+    pub g: HedgesG,
+    pub welch: Welch,
+    /// Holm-adjusted Welch p within the contrast's family, model and read-out.
+    pub p_holm: f64,
+    pub validity: Verdict,
+    /// The smallest |d| this design detects with 80% power at two-sided alpha 0.05.
+    pub mde_d: f64,
+    /// Repetitions per arm needed to detect the observed |g| with 80% power (None when
+    /// g is 0 or undefined).
+    pub repetitions_needed: Option<f64>,
+}
+
+/// z quantiles of two-sided alpha 0.05 and of 80% power: the normal approximation to the
+/// two-sample t test that power planning conventionally uses.
+const Z_ALPHA: f64 = 1.959_963_984_540_054;
+const Z_POWER: f64 = 0.841_621_233_572_914_3;
+
+/// Minimum detectable |d| for arms of `n_a` and `n_b` (normal approximation).
+pub fn minimum_detectable_d(n_a: usize, n_b: usize) -> f64 {
+    (Z_ALPHA + Z_POWER) * (1.0 / n_a as f64 + 1.0 / n_b as f64).sqrt()
+}
+
+/// Observations per arm (equal arms) to detect |d| with 80% power.
+pub fn repetitions_for(d: f64) -> Option<f64> {
+    (d.is_finite() && d != 0.0).then(|| (2.0 * ((Z_ALPHA + Z_POWER) / d).powi(2)).ceil())
+}
+
 pub struct Analysis {
     pub models: Vec<String>,
+    /// Answers to the design's declared questions, in declaration order.
+    pub questions: Vec<QuestionAnswer>,
     /// The validity gate's checks and, per model x instrument x read-out, its verdict.
     pub validity: Vec<Check>,
     pub gate: Vec<GateVerdict>,
@@ -391,8 +432,10 @@ pub fn analyse(data: &RunData, options: &ReportOptions) -> Analysis {
         .find_map(|h| h.study.positive_control.as_ref());
     let validity = validity_checks(&data.trials, &data.scoring, control);
     let gate = gate_verdicts(&validity);
+    let questions = answer_questions(data, &groups, &gate, seed, options);
     Analysis {
         models: models(data),
+        questions,
         validity,
         gate,
         scale_ranges: scale_ranges(data),
@@ -490,6 +533,93 @@ fn negativity(
         });
     }
     (cells, contrasts)
+}
+
+/// Each declared contrast (from the runs' study records) for each model and read-out.
+fn answer_questions(
+    data: &RunData,
+    groups: &BTreeMap<CellKey, Vec<f64>>,
+    gate: &[GateVerdict],
+    seed: u64,
+    options: &ReportOptions,
+) -> Vec<QuestionAnswer> {
+    let mut declared: Vec<&DeclaredContrast> = Vec::new();
+    for h in &data.headers {
+        for c in &h.study.contrasts {
+            if !declared.contains(&c) {
+                declared.push(c);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for model in models(data) {
+        for readout in Readout::ALL {
+            for c in &declared {
+                let arm = |cond: &str| {
+                    groups.get(&(
+                        model.clone(),
+                        c.instrument.clone(),
+                        c.subscale.clone(),
+                        cond.to_string(),
+                        readout,
+                    ))
+                };
+                let (Some(xa), Some(xb)) = (arm(&c.a), arm(&c.b)) else {
+                    continue;
+                };
+                if xa.len() < 2 || xb.len() < 2 {
+                    continue;
+                }
+                let stream = format!(
+                    "question/{model}/{}/{}/{}/{}/{}/{}",
+                    c.instrument,
+                    c.subscale,
+                    c.a,
+                    c.b,
+                    readout.name(),
+                    c.family
+                );
+                let g = hedges_g(xa, xb, LEVEL);
+                out.push(QuestionAnswer {
+                    contrast: (*c).clone(),
+                    model: model.clone(),
+                    readout,
+                    n_a: xa.len(),
+                    n_b: xb.len(),
+                    mean_a: mean(xa),
+                    mean_b: mean(xb),
+                    difference: ci_of(seed, &stream, &[xa, xb], options),
+                    welch: welch(xa, xb),
+                    p_holm: f64::NAN,
+                    validity: gate
+                        .iter()
+                        .find(|v| {
+                            v.model == model && v.instrument == c.instrument && v.readout == readout
+                        })
+                        .map(|v| v.verdict)
+                        .unwrap_or(Verdict::Pass),
+                    mde_d: minimum_detectable_d(xa.len(), xb.len()),
+                    repetitions_needed: repetitions_for(g.g.abs()),
+                    g,
+                });
+            }
+        }
+    }
+    // Holm within family x model x read-out.
+    let mut families: BTreeMap<(String, String, Readout), Vec<usize>> = BTreeMap::new();
+    for (i, q) in out.iter().enumerate() {
+        families
+            .entry((q.contrast.family.clone(), q.model.clone(), q.readout))
+            .or_default()
+            .push(i);
+    }
+    for members in families.values() {
+        let ps: Vec<f64> = members.iter().map(|&i| out[i].welch.p).collect();
+        for (&i, p) in members.iter().zip(holm(&ps)) {
+            out[i].p_holm = p;
+        }
+    }
+    out
 }
 
 /// The range of each (sub)scale score: its scoring rule applied to every item at the

@@ -156,11 +156,81 @@ fn gate_section(a: &Analysis) -> Section {
     }
 }
 
+/// The design's declared questions answered, one row per question x model x read-out,
+/// right after the gate: what a reader of the paper wants first.
+fn questions_section(a: &Analysis) -> Option<Section> {
+    if a.questions.is_empty() {
+        return None;
+    }
+    let rows = a
+        .questions
+        .iter()
+        .map(|q| {
+            vec![
+                q.contrast.question.clone(),
+                q.model.clone(),
+                q.readout.name().into(),
+                validity_mark(q.validity),
+                q.contrast.kind.clone(),
+                format!(
+                    "{} − {} ({}, {})",
+                    q.contrast.a, q.contrast.b, q.contrast.instrument, q.contrast.subscale
+                ),
+                format!("{} vs {}", q.n_a, q.n_b),
+                estimate(&q.difference, q.n_a.min(q.n_b), 2),
+                format!("{} {}", f(q.g.g, 2), interval(q.g.ci, 2)),
+                p(q.welch.p),
+                format!("{} ({})", p(q.p_holm), q.contrast.family),
+                f(q.mde_d, 2),
+                q.repetitions_needed
+                    .map(|r| format!("{r:.0}"))
+                    .unwrap_or_else(|| "–".into()),
+            ]
+        })
+        .collect();
+    Some(Section {
+        title: "Questions".into(),
+        blocks: vec![
+            Block::Text(
+                "The questions the study declares ([[contrast]] in its file), answered per model \
+                 and read-out (tables/questions.csv). Causal: against a control condition that \
+                 also reads a text; descriptive: against the baseline, which reads no text, so \
+                 any text at all may explain a difference. MDE: the smallest |d| this design \
+                 detects with 80% power at two-sided alpha 0.05; n/arm: repetitions per \
+                 condition needed to detect the observed |g| with 80% power (normal \
+                 approximation). A row marked FAIL rests on an instrument that failed the \
+                 validity gate and answers nothing."
+                    .into(),
+            ),
+            table(
+                "Answers to the declared questions",
+                &[
+                    "question",
+                    "model",
+                    "read-out",
+                    "validity",
+                    "kind",
+                    "contrast",
+                    "n",
+                    "difference [95% CI]",
+                    "Hedges' g [95% CI]",
+                    "Welch p",
+                    "Holm p (family)",
+                    "MDE d",
+                    "n/arm for g",
+                ],
+                rows,
+            ),
+        ],
+    })
+}
+
 /// Builds the sections; figure blocks refer to `figures` by index.
 pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section> {
     let mut out = Vec::new();
     let fig = |id: &str| figures.iter().position(|f| f.id == id);
     out.push(gate_section(a));
+    out.extend(questions_section(a));
 
     // Design and provenance.
     let mut design = vec![];
@@ -634,11 +704,12 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
     // supporting material after.
     let rank = |t: &str| match t {
         "Validity gate" => 0,
-        "Design" => 1,
-        "Data quality" => 3,
-        "Methods of this report" => 4,
-        "Provenance" => 5,
-        _ => 2,
+        "Questions" => 1,
+        "Design" => 2,
+        "Data quality" => 4,
+        "Methods of this report" => 5,
+        "Provenance" => 6,
+        _ => 3,
     };
     out.sort_by_key(|s| rank(&s.title));
     out

@@ -60,6 +60,8 @@ pub fn build_report(
     }
     tables::write_validity_csv(&tables_dir, &a, &seeds)?;
     files.push(tables_dir.join("validity.csv"));
+    tables::write_questions_csv(&tables_dir, &a, &seeds)?;
+    files.push(tables_dir.join("questions.csv"));
     let trials_csv = out_dir.join("trials.csv");
     tables::write_trials_csv(&trials_csv, &data)?;
     files.push(trials_csv);

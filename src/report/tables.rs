@@ -100,6 +100,83 @@ pub fn write_validity_csv(dir: &Path, a: &Analysis, seeds: &str) -> Result<()> {
     w.flush().map_err(|e| csv_err(&path, e))
 }
 
+/// Writes the answers to the declared questions as `questions.csv`, one row per
+/// question x model x read-out (wide: one column per statistic; missing = NA).
+pub fn write_questions_csv(dir: &Path, a: &Analysis, seeds: &str) -> Result<()> {
+    let path = dir.join("questions.csv");
+    let mut w = csv::Writer::from_path(&path).map_err(|e| csv_err(&path, e))?;
+    w.write_record([
+        "question",
+        "family",
+        "kind",
+        "model",
+        "readout",
+        "validity",
+        "instrument",
+        "subscale",
+        "condition_a",
+        "condition_b",
+        "n_a",
+        "n_b",
+        "mean_a",
+        "mean_b",
+        "difference",
+        "difference_ci95_low",
+        "difference_ci95_high",
+        "ci_method",
+        "hedges_g",
+        "hedges_g_ci95_low",
+        "hedges_g_ci95_high",
+        "welch_t",
+        "welch_df",
+        "welch_p",
+        "welch_p_holm",
+        "mde_d_80",
+        "repetitions_per_arm_80",
+        "seeds",
+    ])
+    .map_err(|e| csv_err(&path, e))?;
+    for q in &a.questions {
+        let (ci, method) = match q.difference.shown(q.n_a.min(q.n_b)) {
+            Some((i, m)) => ((i.low, i.high), m),
+            None => ((f64::NAN, f64::NAN), "none"),
+        };
+        let c = &q.contrast;
+        w.write_record([
+            c.question.clone(),
+            c.family.clone(),
+            c.kind.clone(),
+            q.model.clone(),
+            q.readout.name().to_string(),
+            q.validity.name().to_string(),
+            c.instrument.clone(),
+            c.subscale.clone(),
+            c.a.clone(),
+            c.b.clone(),
+            q.n_a.to_string(),
+            q.n_b.to_string(),
+            num(q.mean_a),
+            num(q.mean_b),
+            num(q.difference.estimate),
+            num(ci.0),
+            num(ci.1),
+            method.to_string(),
+            num(q.g.g),
+            num(q.g.ci.low),
+            num(q.g.ci.high),
+            num(q.welch.t),
+            num(q.welch.df),
+            num(q.welch.p),
+            num(q.p_holm),
+            num(q.mde_d),
+            q.repetitions_needed.map(num).unwrap_or_else(|| "NA".into()),
+            seeds.to_string(),
+        ])
+        .map_err(|e| csv_err(&path, e))?;
+    }
+    w.flush().map_err(|e| csv_err(&path, e))
+}
+
 /// A difference with its bootstrap CI and Hedges' g with its CI, as tidy statistics.
 /// The percentile and BCa bounds as a reader may use them for `n` observations: NaN
 /// (written `NA`) below `MIN_N_INTERVAL`, and BCa NaN below `MIN_N_BCA`.

@@ -2,7 +2,7 @@
 //! model's provenance, the engine configuration), how far it got (status), and how each
 //! instrument turns answers into scores, so a report needs no scenario files.
 
-use crate::scenario::study::{Condition, PositiveControl};
+use crate::scenario::study::{Condition, DeclaredContrast, PositiveControl};
 use crate::scenario::{FileInfo, Instrument, Scoring};
 use serde::{Deserialize, Serialize};
 
@@ -182,6 +182,9 @@ pub struct StudyRecord {
     /// designs without one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub positive_control: Option<PositiveControl>,
+    /// The questions the design declares (`[[contrast]]`), expanded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contrasts: Vec<DeclaredContrast>,
 }
 
 /// One scenario file the run used.

@@ -37,6 +37,22 @@ struct StudySpec {
     factorial: Vec<FactorialSpec>,
     completion: Option<CompletionSpec>,
     positive_control: Option<PositiveControlSpec>,
+    #[serde(default)]
+    contrast: Vec<ContrastSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContrastSpec {
+    question: String,
+    a: String,
+    b: String,
+    instrument: String,
+    subscale: Option<String>,
+    family: String,
+    /// Expands the contrast once per emotion, with `{emotion}` replaced in every field.
+    #[serde(default)]
+    emotions: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -171,6 +187,22 @@ pub struct PositiveControl {
     pub min_effect: f64,
 }
 
+/// A question the study asks: condition `a` minus condition `b` on one (sub)scale.
+/// Contrasts against the baseline (no text at all) are descriptive, because any text
+/// moves the scores; against a control condition (a neutral text) they are causal.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DeclaredContrast {
+    pub question: String,
+    pub a: String,
+    pub b: String,
+    pub instrument: String,
+    pub subscale: String,
+    /// Holm's adjustment runs within a family (per model and read-out).
+    pub family: String,
+    /// `causal` (b is a control condition) or `descriptive` (b is the baseline).
+    pub kind: String,
+}
+
 /// The names of the conditions a `[positive_control]` adds.
 pub const CONTROL_LOW: &str = "control-low";
 pub const CONTROL_HIGH: &str = "control-high";
@@ -201,6 +233,7 @@ pub struct Study {
     pub conditions: Vec<Condition>,
     pub completion: Option<Completion>,
     pub positive_control: Option<PositiveControl>,
+    pub contrasts: Vec<DeclaredContrast>,
 }
 
 impl Study {
@@ -436,6 +469,88 @@ impl Study {
                 })
             }
         };
+        let mut contrasts = Vec::new();
+        for c in &spec.contrast {
+            let emotions: Vec<Option<&str>> = if c.emotions.is_empty() {
+                vec![None]
+            } else {
+                c.emotions.iter().map(|e| Some(e.as_str())).collect()
+            };
+            for emotion in emotions {
+                let fill = |t: &str| match emotion {
+                    Some(e) => t.replace("{emotion}", e),
+                    None => t.to_string(),
+                };
+                let (a, b, instrument) = (fill(&c.a), fill(&c.b), fill(&c.instrument));
+                for name in [&a, &b] {
+                    let Some(cond) = conditions.iter().find(|x| &x.name == name) else {
+                        return Err(bad(
+                            &format!("\"{}\"", if name == &a { &c.a } else { &c.b }),
+                            format!(
+                                "contrast condition '{name}' is not one of the study's conditions (known: {})",
+                                conditions.iter().map(|x| x.name.clone()).collect::<Vec<_>>().join(", ")
+                            ),
+                        ));
+                    };
+                    if !cond.instruments.contains(&instrument) {
+                        return Err(bad(
+                            &format!("\"{}\"", c.instrument),
+                            format!("contrast instrument '{instrument}' is not asked in condition '{name}'"),
+                        ));
+                    }
+                }
+                let ins = &lib.instruments[&instrument];
+                let subscales: Vec<String> = {
+                    let mut v: Vec<String> = Vec::new();
+                    for i in &ins.items {
+                        let sub = i.subscale.clone().unwrap_or_else(|| ins.info.id.clone());
+                        if !v.contains(&sub) {
+                            v.push(sub);
+                        }
+                    }
+                    v
+                };
+                let subscale = match &c.subscale {
+                    Some(sub) => fill(sub),
+                    None if subscales.len() == 1 => subscales[0].clone(),
+                    None => {
+                        return Err(bad(
+                            &format!("\"{}\"", c.instrument),
+                            format!(
+                                "instrument '{instrument}' has several subscales ({}); give the contrast a `subscale`",
+                                subscales.join(", ")
+                            ),
+                        ))
+                    }
+                };
+                if !subscales.contains(&subscale) {
+                    return Err(bad(
+                        "subscale",
+                        format!(
+                            "instrument '{instrument}' has no subscale '{subscale}' (it has {})",
+                            subscales.join(", ")
+                        ),
+                    ));
+                }
+                let b_is_baseline = conditions
+                    .iter()
+                    .any(|x| x.name == b && x.induction.is_none() && x.regulation.is_none());
+                contrasts.push(DeclaredContrast {
+                    question: fill(&c.question),
+                    a,
+                    b,
+                    instrument,
+                    subscale,
+                    family: fill(&c.family),
+                    kind: if b_is_baseline {
+                        "descriptive"
+                    } else {
+                        "causal"
+                    }
+                    .into(),
+                });
+            }
+        }
         if spec.repetitions > MAX_REPETITIONS {
             return Err(bad("repetitions", format!("repetitions = {} is more than {MAX_REPETITIONS}; split such a study into several runs with other seeds", spec.repetitions)));
         }
@@ -523,6 +638,7 @@ impl Study {
             conditions,
             completion,
             positive_control,
+            contrasts,
         })
     }
 }

@@ -114,6 +114,7 @@ pub fn new_header(inputs: HeaderInputs<'_>) -> RunHeader {
             conditions: study.conditions.clone(),
             temperature: study.temperature,
             positive_control: study.positive_control.clone(),
+            contrasts: study.contrasts.clone(),
         },
         scenario_files: files,
         models,

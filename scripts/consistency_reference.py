@@ -1,0 +1,40 @@
+"""Reference values for the validity gate's consistency statistics, computed with
+pingouin and scipy.
+
+Writes tests/data/consistency_reference.json, which tests/validity_reference.rs checks
+`affectbench::results::validity::{cronbach_alpha, pearson}` against. Run from the
+repository root:
+
+    python3 -m venv /tmp/statsenv && /tmp/statsenv/bin/pip install pingouin scipy numpy
+    /tmp/statsenv/bin/python scripts/consistency_reference.py
+"""
+import json
+import numpy as np
+import pandas as pd
+import pingouin
+import scipy
+from scipy import stats
+
+rng = np.random.default_rng(20261124)
+latent = rng.normal(size=40)
+MATRICES = {
+    # rows: respondents, columns: keyed items
+    "hand": [[1, 2, 1], [2, 2, 2], [3, 4, 3], [4, 3, 4], [2, 1, 2], [3, 3, 4]],
+    "disagreeing": [[1, 3, 1], [2, 3, 2], [3, 1, 3], [4, 2, 4], [2, 4, 2], [3, 2, 4]],
+    "one-factor-40x6": (latent[:, None] + rng.normal(scale=0.8, size=(40, 6))).round(3).tolist(),
+    "noise-25x4": rng.normal(size=(25, 4)).round(3).tolist(),
+    "likert-12x4": rng.integers(1, 5, size=(12, 4)).astype(float).tolist(),
+}
+
+out = {"generator": f"pingouin {pingouin.__version__}, scipy {scipy.__version__}, numpy {np.__version__}",
+       "alpha": [], "pearson": []}
+for name, rows in MATRICES.items():
+    alpha, _ci = pingouin.cronbach_alpha(data=pd.DataFrame(rows))
+    out["alpha"].append({"name": name, "rows": rows, "alpha": float(alpha)})
+    x = np.asarray(rows)
+    fwd, rev = x[:, :-1].mean(axis=1), x[:, -1]
+    out["pearson"].append({"name": name, "x": fwd.tolist(), "y": rev.tolist(),
+                           "r": float(stats.pearsonr(fwd, rev).statistic)})
+with open("tests/data/consistency_reference.json", "w") as f:
+    json.dump(out, f, indent=1)
+print("wrote tests/data/consistency_reference.json with", out["generator"])
