@@ -1,8 +1,9 @@
-"""Reference values for the validity gate's consistency statistics, computed with
-pingouin and scipy.
+"""Reference values for the validity gate's consistency statistics and the clustered
+tests of the negativity-bias analysis, computed with pingouin and scipy.
 
 Writes tests/data/consistency_reference.json, which tests/validity_reference.rs checks
-`affectbench::results::validity::{cronbach_alpha, pearson}` against. Run from the
+`affectbench::results::validity::{cronbach_alpha, pearson}` and
+`affectbench::report::stats::paired_t` against. Run from the
 repository root:
 
     python3 -m venv /tmp/statsenv && /tmp/statsenv/bin/pip install pingouin scipy numpy
@@ -35,6 +36,13 @@ for name, rows in MATRICES.items():
     fwd, rev = x[:, :-1].mean(axis=1), x[:, -1]
     out["pearson"].append({"name": name, "x": fwd.tolist(), "y": rev.tolist(),
                            "r": float(stats.pearsonr(fwd, rev).statistic)})
+out["paired_t"] = []
+for name, n in [("stems-8", 8), ("stems-32", 32)]:
+    a = rng.normal(size=n).round(3)
+    b = (a * 0.6 + rng.normal(scale=0.5, size=n) - 0.2).round(3)
+    res = stats.ttest_rel(a, b)
+    out["paired_t"].append({"name": name, "a": a.tolist(), "b": b.tolist(),
+                            "t": float(res.statistic), "df": float(res.df), "p": float(res.pvalue)})
 with open("tests/data/consistency_reference.json", "w") as f:
     json.dump(out, f, indent=1)
 print("wrote tests/data/consistency_reference.json with", out["generator"])

@@ -417,3 +417,64 @@ fn declared_questions_are_answered_first_with_power_and_validity() {
     let design = html.find("<h2>Design</h2>").unwrap();
     assert!(gate < questions && questions < design);
 }
+
+#[test]
+fn negativity_bias_is_also_tested_at_the_conversation_and_stem_level() {
+    // Judge valence (the judge read-out's expected value) recomputed from trials.jsonl:
+    // per conversation (seed + group) and per stem, for the two completion conditions.
+    let text = read(Path::new(FIXTURE).join("trials.jsonl"));
+    type Means = BTreeMap<String, Vec<f64>>;
+    let (mut by_conv, mut by_stem): (BTreeMap<String, Means>, BTreeMap<String, Means>) =
+        Default::default();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if v["question"]["kind"] != "completion" || !v["error"].is_null() {
+            continue;
+        }
+        let Some(valence) = v["judge"]["expected"].as_f64() else {
+            continue;
+        };
+        let cond = v["condition"].as_str().unwrap().to_string();
+        let conv = format!("{}/{}", v["seed"], v["group_id"].as_str().unwrap());
+        let stem = v["question"]["stem"].as_str().unwrap().to_string();
+        by_conv
+            .entry(cond.clone())
+            .or_default()
+            .entry(conv)
+            .or_default()
+            .push(valence);
+        by_stem
+            .entry(cond)
+            .or_default()
+            .entry(stem)
+            .or_default()
+            .push(valence);
+    }
+    let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len() as f64;
+    let var = |x: &[f64]| {
+        let m = mean(x);
+        x.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (x.len() as f64 - 1.0)
+    };
+    let means = |m: &Means| m.values().map(|v| mean(v)).collect::<Vec<f64>>();
+    let (ca, cb) = (
+        means(&by_conv["sadness/none"]),
+        means(&by_conv["neutral/none"]),
+    );
+    let welch_t =
+        (mean(&ca) - mean(&cb)) / (var(&ca) / ca.len() as f64 + var(&cb) / cb.len() as f64).sqrt();
+    let d: Vec<f64> = by_stem["sadness/none"]
+        .iter()
+        .filter_map(|(stem, a)| by_stem["neutral/none"].get(stem).map(|b| mean(a) - mean(b)))
+        .collect();
+    let paired_t = mean(&d) / (var(&d) / d.len() as f64).sqrt();
+
+    let dir = tempfile::tempdir().unwrap();
+    report(dir.path(), &[]);
+    let t = tidy(dir.path().join("tables/negativity_bias.csv"));
+    let key = "11|smollm2-135m-instruct|judge|sadness/none|neutral/none".to_string();
+    let get = |stat: &str| -> f64 { t[&(key.clone(), stat.to_string())].parse().unwrap() };
+    assert_eq!(get("conversations_a"), ca.len() as f64);
+    assert_eq!(get("stems_paired"), d.len() as f64);
+    assert!((get("conversation_welch_t") - welch_t).abs() < 1e-9);
+    assert!((get("stem_paired_t") - paired_t).abs() < 1e-9);
+}

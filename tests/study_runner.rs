@@ -40,9 +40,11 @@ fn expansion_counts_match_the_design() {
     let all_scales = 7 + 7 * 4; // VAS + seven 4-item state scales at baseline and neutral
     let per_emotion = 7 + 4; // VAS + the matching state scale
     let stems = lib.tasks["sentence-stems"].stems.len();
-    let expected = 5 * (2 * all_scales + 28 * per_emotion) + 5 * 2 * stems * 2;
+    // baseline, neutral and the positive-control pair ask every scale; the 28
+    // induction x regulation conditions their emotion's; two conditions complete stems.
+    let expected = 5 * (4 * all_scales + 28 * per_emotion) + 5 * 2 * stems * 2;
     assert_eq!(plan.trials.len(), expected);
-    assert_eq!(plan.groups.len(), 30 * study.repetitions);
+    assert_eq!(plan.groups.len(), 32 * study.repetitions);
     let ids: std::collections::HashSet<_> = plan.trials.iter().map(|t| &t.id).collect();
     assert_eq!(ids.len(), plan.trials.len(), "trial ids are unique");
     let (_, _, two_models) = plan_for(

@@ -1,6 +1,7 @@
-//! The validity gate's statistics against independent implementations: Cronbach's alpha
-//! from pingouin and Pearson's r from scipy, on fixed matrices
-//! (`scripts/consistency_reference.py` -> `tests/data/consistency_reference.json`).
+//! The validity gate's statistics and the clustered tests against independent
+//! implementations: Cronbach's alpha from pingouin, Pearson's r and the paired t test
+//! from scipy, on fixed data (`scripts/consistency_reference.py` ->
+//! `tests/data/consistency_reference.json`).
 
 use affectbench::results::validity::{cronbach_alpha, pearson};
 
@@ -48,5 +49,23 @@ fn pearson_matches_scipy() {
             "{}: {got} vs scipy {want}",
             case["name"]
         );
+    }
+}
+
+#[test]
+fn paired_t_matches_scipy_ttest_rel() {
+    for case in reference()["paired_t"].as_array().unwrap() {
+        let got = affectbench::report::stats::paired_t(&floats(&case["a"]), &floats(&case["b"]));
+        for (name, g, w) in [
+            ("t", got.t, case["t"].as_f64().unwrap()),
+            ("df", got.df, case["df"].as_f64().unwrap()),
+            ("p", got.p, case["p"].as_f64().unwrap()),
+        ] {
+            assert!(
+                (g - w).abs() < 1e-9 * w.abs().max(1.0),
+                "{} {name}: {g} vs scipy {w}",
+                case["name"]
+            );
+        }
     }
 }

@@ -11,8 +11,8 @@ use super::scores::{
     ScaleScore,
 };
 use super::stats::{
-    bootstrap, describe, hedges_g, holm, mann_whitney, mean, mean_difference, welch, BootstrapCi,
-    Describe, HedgesG, MannWhitney, Welch,
+    bootstrap, describe, hedges_g, holm, mann_whitney, mean, mean_difference, paired_t, welch,
+    BootstrapCi, Describe, HedgesG, MannWhitney, PairedT, Welch,
 };
 use crate::results::{
     gate_verdicts, validity_checks, Check, GateVerdict, Question, TrialRecord, Verdict,
@@ -108,6 +108,11 @@ pub struct ValenceContrast {
     pub g: HedgesG,
     pub welch: Welch,
     pub mann_whitney: MannWhitney,
+    /// The same contrast with each conversation's mean as the unit (completions of one
+    /// conversation share its prefix): Welch over conversations, with their counts.
+    pub conversations: (usize, usize, Welch),
+    /// Paired by stem: each stem's mean in `a` against its mean in `b`.
+    pub by_stem: PairedT,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -516,6 +521,34 @@ fn negativity(
             });
         let Some(reference) = reference else { continue };
         let xb = &by[&(m.clone(), reference.clone(), *s)];
+        let means_by = |cond: &str, key: fn(&CompletionScore) -> &str| {
+            let mut acc: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+            for x in completions
+                .iter()
+                .filter(|x| &x.model == m && x.condition == cond)
+            {
+                let v = if *s == "lexicon" {
+                    Some(x.lexicon)
+                } else {
+                    x.judge
+                };
+                if let Some(v) = v {
+                    acc.entry(key(x).to_string()).or_default().push(v);
+                }
+            }
+            acc.into_iter()
+                .map(|(k, v)| (k, mean(&v)))
+                .collect::<BTreeMap<String, f64>>()
+        };
+        let conv_a: Vec<f64> = means_by(c, |x| &x.conversation).into_values().collect();
+        let conv_b: Vec<f64> = means_by(reference, |x| &x.conversation)
+            .into_values()
+            .collect();
+        let (stems_a, stems_b) = (means_by(c, |x| &x.stem), means_by(reference, |x| &x.stem));
+        let (pa, pb): (Vec<f64>, Vec<f64>) = stems_a
+            .iter()
+            .filter_map(|(k, va)| stems_b.get(k).map(|vb| (*va, *vb)))
+            .unzip();
         contrasts.push(ValenceContrast {
             model: m.clone(),
             scorer: s,
@@ -530,6 +563,8 @@ fn negativity(
             g: hedges_g(xs, xb, LEVEL),
             welch: welch(xs, xb),
             mann_whitney: mann_whitney(xs, xb),
+            conversations: (conv_a.len(), conv_b.len(), welch(&conv_a, &conv_b)),
+            by_stem: paired_t(&pa, &pb),
         });
     }
     (cells, contrasts)

@@ -626,15 +626,20 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
                 .collect(),
         ));
         neg.push(table(
-            "Negativity bias: induced minus neutral",
+            "Negativity bias: induced minus neutral. Completions are nested in stems and \
+             conversations: the completion-level tests treat every completion as independent \
+             and overstate the evidence; the conversation-level and paired-by-stem tests use \
+             the units the design replicates.",
             &[
                 "model",
                 "scorer",
                 "contrast",
                 "difference [95% CI]",
                 "Hedges' g [95% CI]",
-                "Welch p",
+                "Welch p (completions)",
                 "Mann–Whitney p",
+                "conversation level: Welch p (n)",
+                "paired by stem: t test p (stems)",
             ],
             a.valence_contrasts
                 .iter()
@@ -659,6 +664,13 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
                         format!("{} {}", f(v.g.g, 2), interval(v.g.ci, 2)),
                         p(v.welch.p),
                         p(v.mann_whitney.p),
+                        format!(
+                            "{} ({} vs {})",
+                            p(v.conversations.2.p),
+                            v.conversations.0,
+                            v.conversations.1
+                        ),
+                        format!("{} ({})", p(v.by_stem.p), v.by_stem.n),
                     ]
                 })
                 .collect(),

@@ -34,6 +34,9 @@ pub struct CompletionScore {
     pub model: String,
     pub condition: String,
     pub stem: String,
+    /// The conversation (run seed and group) the completion was sampled in: completions
+    /// of one conversation share its prefix and are not independent.
+    pub conversation: String,
     pub text: String,
     pub lexicon: f64,
     pub lexicon_words: usize,
@@ -112,6 +115,7 @@ pub fn completion_scores(data: &RunData) -> Vec<CompletionScore> {
                 model: t.model.clone(),
                 condition: t.condition.clone(),
                 stem: stem.clone(),
+                conversation: format!("{}/{}", t.seed, t.group_id),
                 lexicon: lex.valence,
                 lexicon_words: lex.matched,
                 judge: judge_valence(t),

@@ -296,6 +296,39 @@ pub fn welch(a: &[f64], b: &[f64]) -> Welch {
     Welch { t, df, p }
 }
 
+/// A paired t test of `a[i]` vs `b[i]`, two-sided (scipy's `ttest_rel`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PairedT {
+    pub n: usize,
+    pub mean_difference: f64,
+    pub t: f64,
+    pub df: f64,
+    pub p: f64,
+}
+
+pub fn paired_t(a: &[f64], b: &[f64]) -> PairedT {
+    assert_eq!(a.len(), b.len(), "paired samples");
+    let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
+    let n = d.len();
+    let md = if n > 0 { mean(&d) } else { f64::NAN };
+    let (t, df) = if n > 1 {
+        (md / (variance(&d) / n as f64).sqrt(), (n - 1) as f64)
+    } else {
+        (f64::NAN, f64::NAN)
+    };
+    let p = match StudentsT::new(0.0, 1.0, df) {
+        Ok(dist) if t.is_finite() => 2.0 * (1.0 - dist.cdf(t.abs())),
+        _ => f64::NAN,
+    };
+    PairedT {
+        n,
+        mean_difference: md,
+        t,
+        df,
+        p,
+    }
+}
+
 /// Mann–Whitney U (U of `a`) with the two-sided normal-approximation p value, corrected
 /// for ties and for continuity (scipy's `method="asymptotic"`).
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -354,6 +354,20 @@ pub fn tidy_tables(a: &Analysis) -> Vec<Tidy> {
                 // Completions are many per condition; the CI is shown as computed.
                 &effect_stats(&v.difference, &v.g, MIN_N_BCA)[..],
                 &[("welch_p", v.welch.p), ("mann_whitney_p", v.mann_whitney.p)],
+                // The same contrast at the conversation level and paired by stem, the
+                // units completions are nested in.
+                &[
+                    ("conversations_a", v.conversations.0 as f64),
+                    ("conversations_b", v.conversations.1 as f64),
+                    ("conversation_welch_t", v.conversations.2.t),
+                    ("conversation_welch_df", v.conversations.2.df),
+                    ("conversation_welch_p", v.conversations.2.p),
+                    ("stems_paired", v.by_stem.n as f64),
+                    ("stem_mean_difference", v.by_stem.mean_difference),
+                    ("stem_paired_t", v.by_stem.t),
+                    ("stem_paired_df", v.by_stem.df),
+                    ("stem_paired_p", v.by_stem.p),
+                ],
             ]
             .concat(),
         );
