@@ -1,18 +1,21 @@
 """Reference values for the validity gate's consistency statistics and the clustered
-tests of the negativity-bias analysis, computed with pingouin and scipy.
+tests of the negativity-bias analysis, computed with pingouin, factor_analyzer and scipy.
 
 Writes tests/data/consistency_reference.json, which tests/validity_reference.rs checks
-`affectbench::results::validity::{cronbach_alpha, pearson}` and
+`affectbench::results::validity::{cronbach_alpha, mcdonald_omega, pearson}` and
 `affectbench::report::stats::paired_t` against. Run from the
 repository root:
 
-    python3 -m venv /tmp/statsenv && /tmp/statsenv/bin/pip install pingouin scipy numpy
+    python3 -m venv /tmp/statsenv && /tmp/statsenv/bin/pip install pingouin scipy numpy factor_analyzer
     /tmp/statsenv/bin/python scripts/consistency_reference.py
 """
 import json
 import numpy as np
 import pandas as pd
 import pingouin
+import factor_analyzer
+from factor_analyzer import FactorAnalyzer
+from importlib.metadata import version
 import scipy
 from scipy import stats
 
@@ -27,12 +30,24 @@ MATRICES = {
     "likert-12x4": rng.integers(1, 5, size=(12, 4)).astype(float).tolist(),
 }
 
-out = {"generator": f"pingouin {pingouin.__version__}, scipy {scipy.__version__}, numpy {np.__version__}",
-       "alpha": [], "pearson": []}
+out = {"generator": f"pingouin {pingouin.__version__}, factor_analyzer {version('factor_analyzer')}, "
+                    f"scipy {scipy.__version__}, numpy {np.__version__}",
+       "alpha": [], "pearson": [], "omega": []}
 for name, rows in MATRICES.items():
     alpha, _ci = pingouin.cronbach_alpha(data=pd.DataFrame(rows))
     out["alpha"].append({"name": name, "rows": rows, "alpha": float(alpha)})
     x = np.asarray(rows)
+    if x.shape[1] >= 3:
+        # McDonald's omega total from a one-factor minres fit on the correlation matrix.
+        fa = FactorAnalyzer(n_factors=1, rotation=None, method="minres", use_smc=True)
+        fa.fit(x)
+        loadings = fa.loadings_[:, 0]
+        if loadings.sum() < 0:
+            loadings = -loadings
+        uniq = fa.get_uniquenesses()
+        omega = loadings.sum() ** 2 / (loadings.sum() ** 2 + uniq.sum())
+        out["omega"].append({"name": name, "rows": rows, "omega": float(omega),
+                             "min_uniqueness": float(uniq.min())})
     fwd, rev = x[:, :-1].mean(axis=1), x[:, -1]
     out["pearson"].append({"name": name, "x": fwd.tolist(), "y": rev.tolist(),
                            "r": float(stats.pearsonr(fwd, rev).statistic)})

@@ -237,6 +237,18 @@ fn validation_rejects_each_impossible_design_with_file_line_and_fix() {
             "[positive_control]\nlow = \"calm\"\nhigh = \"instructed-high\"\n\n[completion]",
             "induction 'calm' is not defined",
         ),
+        (
+            "studies/smoke.toml",
+            "repetitions = 2",
+            "repetitions = 2\ncalibration = \"zhao\"",
+            "calibration is 'zhao'",
+        ),
+        (
+            "studies/smoke.toml",
+            "name = \"baseline\"",
+            "name = \"content-free\"",
+            "reserved for the calibration prompts",
+        ),
     ];
     for (file, from, to, expected) in cases {
         let dir = tempfile::tempdir().unwrap();
@@ -354,4 +366,40 @@ fn option_order_designs_keep_labels_with_their_meanings_except_the_perturbation(
             assert!(other > 0, "{design}: orders are shuffled");
         }
     }
+}
+
+#[test]
+fn calibration_none_plans_no_content_free_prompts() {
+    let dir = tempfile::tempdir().unwrap();
+    common::copy_tree(Path::new("scenarios"), dir.path());
+    let path = dir.path().join("studies/smoke.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lib = Library::load(dir.path()).unwrap();
+    let count = |text: &str| {
+        std::fs::write(&path, text).unwrap();
+        let study = Study::load(&path, &lib).unwrap();
+        let plan = affectbench::study::plan::expand(&study, &lib, &["m".into()], 2);
+        let n = plan
+            .trials
+            .iter()
+            .filter(|t| t.question.is_content_free())
+            .count();
+        let bound = affectbench::study::plan::count_trials(&study, &lib, 1, 2);
+        assert!(
+            bound >= plan.trials.len(),
+            "{bound} < {}",
+            plan.trials.len()
+        );
+        n
+    };
+    // 3 content-free texts per arrangement the items' draws showed (at most 2 label
+    // styles x 2 orders).
+    let n = count(&text);
+    assert!(n > 0 && n % 3 == 0 && n <= 12, "{n}");
+    let none = text.replacen(
+        "repetitions = 2",
+        "repetitions = 2\ncalibration = \"none\"",
+        1,
+    );
+    assert_eq!(count(&none), 0);
 }

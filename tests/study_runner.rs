@@ -28,6 +28,10 @@ fn tiny_model(dir: &Path) -> PathBuf {
     path
 }
 
+/// The smoke study's records: 24 trials, and 12 content-free calibration prompts (its
+/// one instrument x 2 label styles x 2 counterbalanced orders x 3 content-free texts).
+const SMOKE_RECORDS: usize = 24 + 12;
+
 #[test]
 fn expansion_counts_match_the_design() {
     let (study, lib, plan) = plan_for(
@@ -42,9 +46,20 @@ fn expansion_counts_match_the_design() {
     let stems = lib.tasks["sentence-stems"].stems.len();
     // baseline, neutral and the positive-control pair ask every scale; the 28
     // induction x regulation conditions their emotion's; two conditions complete stems.
-    let expected = 5 * (4 * all_scales + 28 * per_emotion) + 5 * 2 * stems * 2;
+    let trials = 5 * (4 * all_scales + 28 * per_emotion) + 5 * 2 * stems * 2;
+    // Content-free calibration: each state scale in both counterbalanced orders, VAS in
+    // its one, per label style, times the 3 content-free texts; one group per model.
+    let content_free = 3 * study.label_styles.len() * (7 * 2 + 1);
+    let expected = trials + content_free;
     assert_eq!(plan.trials.len(), expected);
-    assert_eq!(plan.groups.len(), 32 * study.repetitions);
+    assert_eq!(plan.groups.len(), 32 * study.repetitions + 1);
+    assert_eq!(
+        plan.trials
+            .iter()
+            .filter(|t| t.question.is_content_free())
+            .count(),
+        content_free
+    );
     let ids: std::collections::HashSet<_> = plan.trials.iter().map(|t| &t.id).collect();
     assert_eq!(ids.len(), plan.trials.len(), "trial ids are unique");
     let (_, _, two_models) = plan_for(
@@ -54,7 +69,7 @@ fn expansion_counts_match_the_design() {
         Some(2),
     )
     .unwrap();
-    assert_eq!(two_models.trials.len(), 2 * expected * 2 / 5);
+    assert_eq!(two_models.trials.len(), 2 * (trials * 2 / 5 + content_free));
 }
 
 #[test]
@@ -174,12 +189,15 @@ fn resuming_an_interrupted_run_gives_the_same_trials() {
     let outcome = run_study(&config(&model, &whole, None, None)).unwrap();
     assert_eq!(outcome.trials_remaining, 0);
     let reference = records(&whole);
-    assert_eq!(reference.len(), 24);
+    assert_eq!(reference.len(), SMOKE_RECORDS);
 
     // Interrupted: 9 trials, then a crash in the middle of writing the 9th record.
     let split = dir.path().join("split");
     let partial = run_study(&config(&model, &split, Some(9), None)).unwrap();
-    assert_eq!((partial.trials_written, partial.trials_remaining), (9, 15));
+    assert_eq!(
+        (partial.trials_written, partial.trials_remaining),
+        (9, SMOKE_RECORDS - 9)
+    );
     let file = split.join("trials.jsonl");
     let bytes = std::fs::read(&file).unwrap();
     std::fs::write(&file, &bytes[..bytes.len() - 40]).unwrap();
@@ -188,7 +206,11 @@ fn resuming_an_interrupted_run_gives_the_same_trials() {
     assert_eq!(header["status"], "partial");
 
     let resumed = run_study(&config(&model, &split, None, None)).unwrap();
-    assert_eq!(resumed.trials_written, 16, "the cut record is redone");
+    assert_eq!(
+        resumed.trials_written,
+        SMOKE_RECORDS - 8,
+        "the cut record is redone"
+    );
     assert_eq!(
         records_by_id(&split),
         records_by_id(&whole),
@@ -277,7 +299,7 @@ fn a_killed_process_resumes_to_the_same_trials() {
     child.wait().unwrap();
     let before = records(&killed).len();
     assert!(
-        before < 24,
+        before < SMOKE_RECORDS,
         "the run was interrupted (had {before} records)"
     );
     let resumed = std::process::Command::new(bin)
@@ -564,8 +586,8 @@ fn merging_runs_with_different_seeds_keeps_every_trial() {
     let mut csv = csv::Reader::from_path(merged.join("trials.csv")).unwrap();
     assert_eq!(&csv.headers().unwrap()[1], "seed");
     let seeds: Vec<String> = csv.records().map(|r| r.unwrap()[1].to_string()).collect();
-    assert_eq!(seeds.len(), 48, "both runs' trials are kept");
-    assert_eq!(seeds.iter().filter(|s| **s == "7").count(), 24);
+    assert_eq!(seeds.len(), 2 * SMOKE_RECORDS, "both runs' trials are kept");
+    assert_eq!(seeds.iter().filter(|s| **s == "7").count(), SMOKE_RECORDS);
     assert!(
         r.notes
             .iter()
@@ -586,10 +608,9 @@ fn merging_runs_with_different_seeds_keeps_every_trial() {
     )
     .unwrap();
     assert!(
-        twice
-            .notes
-            .iter()
-            .any(|n| n.contains("24 trials (same trial, seed and model file)")),
+        twice.notes.iter().any(|n| n.contains(&format!(
+            "{SMOKE_RECORDS} trials (same trial, seed and model file)"
+        ))),
         "{:?}",
         twice.notes
     );
@@ -755,7 +776,7 @@ fn a_run_resumes_from_another_cache_holding_the_same_file() {
         "{}",
         String::from_utf8_lossy(&resumed.stderr)
     );
-    assert_eq!(records(&out).len(), 24);
+    assert_eq!(records(&out).len(), SMOKE_RECORDS);
 }
 
 #[test]
@@ -781,7 +802,7 @@ fn merge_checks_the_shards_and_its_output_merges_again() {
     let outcome = merge(&shards, &merged, false).unwrap();
     assert_eq!(
         (outcome.trials, outcome.status),
-        (24, affectbench::results::RunStatus::Success)
+        (SMOKE_RECORDS, affectbench::results::RunStatus::Success)
     );
     assert_eq!(records_by_id(&merged), records_by_id(&whole));
     let header = affectbench::results::read_header(&merged).unwrap();
@@ -1016,4 +1037,124 @@ fn a_full_disk_marks_the_run_error_and_resume_completes_it() {
         .unwrap();
     assert!(w.status.success());
     assert_eq!(records_by_id(&moved), records_by_id(&whole));
+}
+
+#[test]
+fn content_free_prompts_measure_each_arrangement_and_calibrate_its_items() {
+    use affectbench::results::{calibrate, read_header, read_trials, Question};
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let out = dir.path().join("run");
+    run_study(&config(&model, &out, None, None)).unwrap();
+    let header = read_header(&out).unwrap();
+    let records: Vec<_> = read_trials(&out.join("trials.jsonl"), header.seed)
+        .unwrap()
+        .records
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    let (content_free, items): (Vec<_>, Vec<_>) =
+        records.iter().partition(|t| t.question.is_content_free());
+    assert_eq!(content_free.len(), 12);
+    let arrangement = |q: &Question| match q {
+        Question::Item {
+            instrument,
+            label_style,
+            option_order,
+            label_binding,
+            ..
+        }
+        | Question::ContentFree {
+            instrument,
+            label_style,
+            option_order,
+            label_binding,
+            ..
+        } => Some((
+            instrument.clone(),
+            *label_style,
+            option_order.clone(),
+            *label_binding,
+        )),
+        Question::Completion { .. } => None,
+    };
+    let shown: std::collections::BTreeSet<_> = items
+        .iter()
+        .filter_map(|t| arrangement(&t.question))
+        .collect();
+    let calibrated: std::collections::BTreeSet<_> = content_free
+        .iter()
+        .filter_map(|t| arrangement(&t.question))
+        .collect();
+    assert_eq!(
+        shown, calibrated,
+        "every arrangement an item shows is calibrated"
+    );
+    for t in &content_free {
+        let Question::ContentFree { content, .. } = &t.question else {
+            unreachable!()
+        };
+        assert_eq!(t.condition, "content-free");
+        assert!(t.error.is_none() && t.choice.is_some() && t.generate.is_none());
+        // The statement stands where an item would, and no induction text precedes it.
+        assert!(
+            t.prompt.contains(&format!("\n\n{content}\n\n")),
+            "{}",
+            t.prompt
+        );
+        assert!(!t.prompt.contains("I have read this"), "{}", t.prompt);
+    }
+
+    // The calibrated read-out, recomputed by hand from the records.
+    let rules = header
+        .scoring
+        .iter()
+        .map(|s| (s.id.clone(), s.clone()))
+        .collect();
+    let trials = calibrate(records.clone(), &rules).trials;
+    let mut checked = 0;
+    for t in trials.iter().filter(|t| t.question.item().is_some()) {
+        let c = t.choice.as_ref().unwrap();
+        let key = arrangement(&t.question);
+        let cf: Vec<&Vec<f64>> = content_free
+            .iter()
+            .filter(|r| arrangement(&r.question) == key)
+            .map(|r| &r.choice.as_ref().unwrap().probs)
+            .collect();
+        assert_eq!(cf.len(), 3);
+        let mean: Vec<f64> = (0..c.probs.len())
+            .map(|i| cf.iter().map(|p| p[i]).sum::<f64>() / 3.0)
+            .collect();
+        let ratio: Vec<f64> = c.probs.iter().zip(&mean).map(|(p, q)| p / q).collect();
+        let total: f64 = ratio.iter().sum();
+        let got = t.calibrated.as_ref().expect("calibrated");
+        for (g, r) in got.probs.iter().zip(&ratio) {
+            assert!((g - r / total).abs() < 1e-12);
+        }
+        let expected: f64 = ratio
+            .iter()
+            .zip(&c.values)
+            .map(|(r, v)| r / total * v)
+            .sum();
+        assert!((got.expected - expected).abs() < 1e-12);
+        checked += 1;
+    }
+    assert_eq!(checked, 16);
+
+    // The report shows and tabulates it.
+    let report = dir.path().join("report");
+    affectbench::report::build_report(std::slice::from_ref(&out), &report, &Default::default())
+        .unwrap();
+    let calibration = std::fs::read_to_string(report.join("tables/calibration.csv")).unwrap();
+    assert_eq!(
+        calibration.lines().count(),
+        1 + 4 * 4,
+        "4 arrangements x 4 options"
+    );
+    let validity = std::fs::read_to_string(report.join("tables/validity.csv")).unwrap();
+    assert!(validity
+        .lines()
+        .any(|l| l.contains(",calibrated,position_dominance,")));
+    let html = std::fs::read_to_string(report.join("report.html")).unwrap();
+    assert!(html.contains("Answer-format bias and calibration"));
 }

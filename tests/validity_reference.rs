@@ -1,9 +1,10 @@
 //! The validity gate's statistics and the clustered tests against independent
-//! implementations: Cronbach's alpha from pingouin, Pearson's r and the paired t test
+//! implementations: Cronbach's alpha from pingouin, McDonald's omega from
+//! factor_analyzer's one-factor minres fit, Pearson's r and the paired t test
 //! from scipy, on fixed data (`scripts/consistency_reference.py` ->
 //! `tests/data/consistency_reference.json`).
 
-use affectbench::results::validity::{cronbach_alpha, pearson};
+use affectbench::results::validity::{cronbach_alpha, mcdonald_omega, pearson};
 
 fn reference() -> serde_json::Value {
     serde_json::from_str(include_str!("data/consistency_reference.json")).expect("reference parses")
@@ -34,6 +35,30 @@ fn cronbach_alpha_matches_pingouin() {
         assert!(
             (got - want).abs() < 1e-10,
             "{}: {got} vs pingouin {want}",
+            case["name"]
+        );
+    }
+}
+
+#[test]
+fn mcdonald_omega_matches_factor_analyzer_minres() {
+    let cases = reference()["omega"].as_array().unwrap().clone();
+    assert!(cases.len() >= 5);
+    for case in cases {
+        let rows: Vec<Vec<f64>> = case["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(floats)
+            .collect();
+        let want = case["omega"].as_f64().unwrap();
+        let (got, _) = mcdonald_omega(&rows).expect("omega defined");
+        // factor_analyzer minimises the residuals with L-BFGS-B; we iterate principal
+        // axes to a fixed point of the same objective: agreement to the optimiser's
+        // tolerance, not to the last bit.
+        assert!(
+            (got - want).abs() < 1e-4,
+            "{}: {got} vs factor_analyzer {want}",
             case["name"]
         );
     }

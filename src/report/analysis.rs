@@ -132,6 +132,8 @@ pub struct QualityRow {
 pub struct PositionBias {
     pub model: String,
     pub instrument: String,
+    /// Probability or calibrated (the generated read-out has no distribution).
+    pub readout: Readout,
     pub n_options: usize,
     pub position: usize,
     pub trials: usize,
@@ -707,11 +709,12 @@ fn quality(data: &RunData) -> Vec<QualityRow> {
 
 /// How often each display position is the most probable option, and its mean
 /// probability, over trials whose option order was permuted (the position's content
-/// varies, so an unbiased model gives each position 1/k on average).
+/// varies, so an unbiased model gives each position 1/k on average); for the raw option
+/// probabilities and for the calibrated ones.
 fn position_bias(data: &RunData) -> Vec<PositionBias> {
-    // (model, instrument, options) -> (trials, argmax count per position, probability sum per position)
+    // (model, instrument, read-out, options) -> (trials, argmax count per position, probability sum per position)
     type Tally = (usize, Vec<usize>, Vec<f64>);
-    let mut acc: BTreeMap<(String, String, usize), Tally> = BTreeMap::new();
+    let mut acc: BTreeMap<(String, String, Readout, usize), Tally> = BTreeMap::new();
     for t in &data.trials {
         let Question::Item {
             instrument,
@@ -721,36 +724,45 @@ fn position_bias(data: &RunData) -> Vec<PositionBias> {
         else {
             continue;
         };
-        let Some(c) = t.choice.as_ref().filter(|_| !option_order.is_empty()) else {
-            continue;
-        };
-        let k = c.probs.len();
-        // A read-out without probabilities (hand-made or damaged data) has no position.
-        if k == 0 || c.probs.iter().any(|p| !p.is_finite()) {
+        if option_order.is_empty() {
             continue;
         }
-        let e = acc
-            .entry((t.model.clone(), instrument.clone(), k))
-            .or_insert_with(|| (0, vec![0; k], vec![0.0; k]));
-        e.0 += 1;
-        let best = c
-            .probs
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map(|(i, _)| i)
-            .unwrap_or(0);
-        e.1[best] += 1;
-        for (s, p) in e.2.iter_mut().zip(&c.probs) {
-            *s += p;
+        let distributions = [
+            (Readout::Probability, t.choice.as_ref().map(|c| &c.probs)),
+            (Readout::Calibrated, t.calibrated.as_ref().map(|c| &c.probs)),
+        ];
+        for (readout, probs) in distributions {
+            let Some(probs) = probs else {
+                continue;
+            };
+            let k = probs.len();
+            // A read-out without probabilities (hand-made or damaged data) has no position.
+            if k == 0 || probs.iter().any(|p| !p.is_finite()) {
+                continue;
+            }
+            let e = acc
+                .entry((t.model.clone(), instrument.clone(), readout, k))
+                .or_insert_with(|| (0, vec![0; k], vec![0.0; k]));
+            e.0 += 1;
+            let best = probs
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, _)| i)
+                .unwrap_or(0);
+            e.1[best] += 1;
+            for (s, p) in e.2.iter_mut().zip(probs) {
+                *s += p;
+            }
         }
     }
     let mut out = Vec::new();
-    for ((model, instrument, k), (n, wins, probs)) in acc {
+    for ((model, instrument, readout, k), (n, wins, probs)) in acc {
         for pos in 0..k {
             out.push(PositionBias {
                 model: model.clone(),
                 instrument: instrument.clone(),
+                readout,
                 n_options: k,
                 position: pos + 1,
                 trials: n,
@@ -793,7 +805,7 @@ fn variance_shares(data: &RunData) -> Vec<VarianceShare> {
         ("regulation variant", |t| t.regulation_variant.clone()),
         ("label style", |t| match &t.question {
             Question::Item { label_style, .. } => Some(label_style.name().to_string()),
-            Question::Completion { .. } => None,
+            Question::ContentFree { .. } | Question::Completion { .. } => None,
         }),
         ("option order", order_direction),
     ];

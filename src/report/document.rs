@@ -9,7 +9,7 @@ use super::plots::{induced_emotions, Figure};
 use super::scores::Readout;
 use super::stats::{BootstrapCi, Interval, MIN_N_INTERVAL};
 use crate::results::Verdict;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A table of already formatted cells.
 pub struct Table {
@@ -156,6 +156,99 @@ fn gate_section(a: &Analysis) -> Section {
     }
 }
 
+/// What the answer format alone does: the content-free distributions the calibrated
+/// read-out divides out, and the display-position share before and after.
+fn format_bias_section(data: &RunData, a: &Analysis) -> Option<Section> {
+    let cf = super::bias::content_free_rows(data);
+    let styles = super::bias::label_style_effects(data);
+    if cf.is_empty() {
+        return None;
+    }
+    let mut blocks = vec![Block::Text(
+        "Contextual calibration (Zhao et al. 2021): every answer format (instrument x label \
+         style x option order) was also asked with content-free statements (\"N/A\", an empty \
+         statement, \"[MASK]\") in a conversation holding only the system prompt. The \
+         distribution those get is what the format alone makes the model answer; the \
+         calibrated read-out divides it out of each item's option probabilities and \
+         renormalises. Calibration removes a constant format bias; it cannot make a model \
+         that does not read the question answer it, so the calibrated read-out passes \
+         through the same validity gate. Position 1 is the option shown first; with k \
+         options and no position bias each position gets 1/k on average. Full tables: \
+         tables/calibration.csv, tables/position_bias.csv, tables/label_style_effect.csv."
+            .into(),
+    )];
+    // (model, instrument) -> mean content-free probability at position 1, over arrangements
+    let mut first: BTreeMap<(String, String), (f64, usize, usize)> = BTreeMap::new();
+    for r in cf.iter().filter(|r| r.position == 1) {
+        let e = first
+            .entry((r.model.clone(), r.instrument.clone()))
+            .or_insert((0.0, 0, 0));
+        e.0 += r.probability;
+        e.1 += 1;
+    }
+    for r in &cf {
+        if let Some(e) = first.get_mut(&(r.model.clone(), r.instrument.clone())) {
+            e.2 = e.2.max(r.position);
+        }
+    }
+    let at = |model: &str, ins: &str, readout: Readout| {
+        a.position_bias
+            .iter()
+            .find(|b| {
+                b.model == model && b.instrument == ins && b.readout == readout && b.position == 1
+            })
+            .map(|b| {
+                format!(
+                    "{} (first in {:.0}%)",
+                    f(b.mean_probability, 2),
+                    100.0 * b.argmax_share
+                )
+            })
+            .unwrap_or_else(|| "–".into())
+    };
+    let style = |model: &str, ins: &str, readout: Readout| {
+        styles
+            .iter()
+            .find(|s| s.model == model && s.instrument == ins && s.readout == readout)
+            .map(|s| f(s.difference, 2))
+            .unwrap_or_else(|| "–".into())
+    };
+    blocks.push(table(
+        "Display position 1: content-free probability and mean item probability before and after calibration",
+        &[
+            "model",
+            "instrument",
+            "options",
+            "arrangements",
+            "content-free P(position 1)",
+            "items P(position 1)",
+            "calibrated P(position 1)",
+            "letters - digits (probability)",
+            "letters - digits (calibrated)",
+        ],
+        first
+            .iter()
+            .map(|((model, ins), (sum, n, k))| {
+                vec![
+                    model.clone(),
+                    ins.clone(),
+                    k.to_string(),
+                    n.to_string(),
+                    f(sum / *n as f64, 2),
+                    at(model, ins, Readout::Probability),
+                    at(model, ins, Readout::Calibrated),
+                    style(model, ins, Readout::Probability),
+                    style(model, ins, Readout::Calibrated),
+                ]
+            })
+            .collect(),
+    ));
+    Some(Section {
+        title: "Answer-format bias and calibration".into(),
+        blocks,
+    })
+}
+
 /// The design's declared questions answered, one row per question x model x read-out,
 /// right after the gate: what a reader of the paper wants first.
 fn questions_section(a: &Analysis) -> Option<Section> {
@@ -231,6 +324,7 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
     let fig = |id: &str| figures.iter().position(|f| f.id == id);
     out.push(gate_section(a));
     out.extend(questions_section(a));
+    out.extend(format_bias_section(data, a));
 
     // Design and provenance.
     let mut design = vec![];
@@ -413,10 +507,10 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
     )];
     quality.push(table(
         "Answer-position bias: share of trials whose most probable option sat at each display position (options permuted per trial; an unbiased model gives 1/k)",
-        &["model", "instrument", "options", "position", "trials", "argmax share", "mean probability", "uniform"],
+        &["model", "instrument", "read-out", "options", "position", "trials", "argmax share", "mean probability", "uniform"],
         a.position_bias
             .iter()
-            .map(|b| vec![b.model.clone(), b.instrument.clone(), b.n_options.to_string(), b.position.to_string(), b.trials.to_string(), f(b.argmax_share, 3), f(b.mean_probability, 3), f(1.0 / b.n_options as f64, 3)])
+            .map(|b| vec![b.model.clone(), b.instrument.clone(), b.readout.name().into(), b.n_options.to_string(), b.position.to_string(), b.trials.to_string(), f(b.argmax_share, 3), f(b.mean_probability, 3), f(1.0 / b.n_options as f64, 3)])
             .collect(),
     ));
     quality.push(table(

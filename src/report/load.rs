@@ -3,7 +3,8 @@
 
 use crate::error::{Error, Result};
 use crate::results::{
-    read_header, read_trials, InstrumentScoring, RunHeader, RunStatus, TrialRecord,
+    calibrate, read_header, read_trials, CalibrationTable, InstrumentScoring, RunHeader, RunStatus,
+    TrialRecord,
 };
 use crate::scenario::Instrument;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -13,7 +14,11 @@ use std::path::{Path, PathBuf};
 pub struct RunData {
     pub dirs: Vec<PathBuf>,
     pub headers: Vec<RunHeader>,
+    /// Item and completion trials (item trials with their calibrated read-out).
     pub trials: Vec<TrialRecord>,
+    /// The content-free calibration records, and their mean distribution per arrangement.
+    pub content_free: Vec<TrialRecord>,
+    pub calibration: CalibrationTable,
     pub scoring: BTreeMap<String, InstrumentScoring>,
     /// Notes for the reader: truncated last lines, duplicate trials across runs.
     pub notes: Vec<String>,
@@ -46,6 +51,8 @@ pub fn load_runs(dirs: &[PathBuf]) -> Result<RunData> {
         dirs: dirs.to_vec(),
         headers: Vec::new(),
         trials: Vec::new(),
+        content_free: Vec::new(),
+        calibration: CalibrationTable::new(),
         scoring: BTreeMap::new(),
         notes: Vec::new(),
     };
@@ -113,6 +120,10 @@ pub fn load_runs(dirs: &[PathBuf]) -> Result<RunData> {
         }
         data.headers.push(header);
     }
+    let calibrated = calibrate(std::mem::take(&mut data.trials), &data.scoring);
+    data.trials = calibrated.trials;
+    data.content_free = calibrated.content_free;
+    data.calibration = calibrated.table;
     let studies: BTreeSet<&str> = data.headers.iter().map(|h| h.study.id.as_str()).collect();
     if studies.len() > 1 {
         data.notes.push(format!(

@@ -6,6 +6,7 @@
 //! (`lexicon`) -> `analysis` computes -> `tables`, `plots`, `document` write.
 
 pub mod analysis;
+pub mod bias;
 pub mod document;
 pub mod lexicon;
 pub mod load;
@@ -62,6 +63,11 @@ pub fn build_report(
     files.push(tables_dir.join("validity.csv"));
     tables::write_questions_csv(&tables_dir, &a, &seeds)?;
     files.push(tables_dir.join("questions.csv"));
+    tables::write_bias_csvs(&tables_dir, &data, &seeds)?;
+    files.extend([
+        tables_dir.join("calibration.csv"),
+        tables_dir.join("label_style_effect.csv"),
+    ]);
     let trials_csv = out_dir.join("trials.csv");
     tables::write_trials_csv(&trials_csv, &data)?;
     files.push(trials_csv);

@@ -265,6 +265,7 @@ fn short_label(c: &ConditionInfo, emotion: &str, all: &[&ConditionInfo]) -> Stri
 fn readout_label(r: Readout) -> &'static str {
     match r {
         Readout::Probability => "option probabilities",
+        Readout::Calibrated => "calibrated option probabilities",
         Readout::Generated => "generated answer",
     }
 }

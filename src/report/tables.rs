@@ -3,6 +3,7 @@
 //! missing) and `trials.csv`, one flat row per trial.
 
 use super::analysis::Analysis;
+use super::bias;
 use super::lexicon;
 use super::load::RunData;
 use super::scores::judge_valence;
@@ -93,6 +94,75 @@ pub fn write_validity_csv(dir: &Path, a: &Analysis, seeds: &str) -> Result<()> {
             c.verdict.name().to_string(),
             c.n.to_string(),
             c.note.clone(),
+            seeds.to_string(),
+        ])
+        .map_err(|e| csv_err(&path, e))?;
+    }
+    w.flush().map_err(|e| csv_err(&path, e))
+}
+
+/// Writes `calibration.csv` (the content-free distribution of every arrangement, one
+/// row per option) and `label_style_effect.csv` (letters minus digits, per model x
+/// instrument x read-out).
+pub fn write_bias_csvs(dir: &Path, data: &RunData, seeds: &str) -> Result<()> {
+    let path = dir.join("calibration.csv");
+    let mut w = csv::Writer::from_path(&path).map_err(|e| csv_err(&path, e))?;
+    w.write_record([
+        "model",
+        "instrument",
+        "label_style",
+        "label_binding",
+        "option_order",
+        "position",
+        "label",
+        "value",
+        "p_content_free",
+        "n_prompts",
+        "seeds",
+    ])
+    .map_err(|e| csv_err(&path, e))?;
+    for r in bias::content_free_rows(data) {
+        w.write_record([
+            r.model,
+            r.instrument,
+            r.label_style,
+            r.label_binding,
+            r.option_order,
+            r.position.to_string(),
+            r.label,
+            num(r.value),
+            num(r.probability),
+            r.n.to_string(),
+            seeds.to_string(),
+        ])
+        .map_err(|e| csv_err(&path, e))?;
+    }
+    w.flush().map_err(|e| csv_err(&path, e))?;
+
+    let path = dir.join("label_style_effect.csv");
+    let mut w = csv::Writer::from_path(&path).map_err(|e| csv_err(&path, e))?;
+    w.write_record([
+        "model",
+        "instrument",
+        "readout",
+        "letters_mean",
+        "digits_mean",
+        "difference",
+        "n_letters",
+        "n_digits",
+        "seeds",
+    ])
+    .map_err(|e| csv_err(&path, e))?;
+    for r in bias::label_style_effects(data) {
+        w.write_record([
+            r.model,
+            r.instrument,
+            r.readout.name().to_string(),
+            num(r.letters_mean),
+            num(r.digits_mean),
+            num(r.difference),
+            r.n_letters.to_string(),
+            r.n_digits.to_string(),
             seeds.to_string(),
         ])
         .map_err(|e| csv_err(&path, e))?;
@@ -400,13 +470,14 @@ pub fn tidy_tables(a: &Analysis) -> Vec<Tidy> {
     }
     let mut position = Tidy::new(
         "position_bias",
-        &["model", "instrument", "n_options", "position"],
+        &["model", "instrument", "readout", "n_options", "position"],
     );
     for p in &a.position_bias {
         position.push(
             vec![
                 p.model.clone(),
                 p.instrument.clone(),
+                p.readout.name().to_string(),
                 p.n_options.to_string(),
                 p.position.to_string(),
             ],
@@ -475,6 +546,9 @@ pub fn write_trials_csv(path: &Path, data: &RunData) -> Result<()> {
         "option_keyed_expected",
         "option_argmax",
         "option_draw",
+        "calibrated_probs",
+        "calibrated_expected",
+        "calibrated_keyed_expected",
         "completion",
         "lexicon_valence",
         "judge_valence",
@@ -484,8 +558,37 @@ pub fn write_trials_csv(path: &Path, data: &RunData) -> Result<()> {
     .map_err(|e| csv_err(path, e))?;
     let opt = |x: Option<f64>| x.map(num).unwrap_or_else(|| "NA".into());
     let s = |x: &Option<String>| x.clone().unwrap_or_default();
-    for t in &data.trials {
+    let order_text = |order: &[usize]| {
+        order
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let binding_text = |b: &LabelBinding| {
+        match b {
+            LabelBinding::Position => "position",
+            LabelBinding::Option => "option",
+        }
+        .to_string()
+    };
+    for t in data.trials.iter().chain(&data.content_free) {
         let (kind, instrument, item, stem, label_style, order, binding) = match &t.question {
+            Question::ContentFree {
+                instrument,
+                content,
+                label_style,
+                option_order,
+                label_binding,
+            } => (
+                "content-free",
+                instrument.clone(),
+                content.clone(),
+                String::new(),
+                label_style.name().to_string(),
+                order_text(option_order),
+                binding_text(label_binding),
+            ),
             Question::Item {
                 instrument,
                 item,
@@ -498,16 +601,8 @@ pub fn write_trials_csv(path: &Path, data: &RunData) -> Result<()> {
                 item.clone().unwrap_or_default(),
                 String::new(),
                 label_style.name().to_string(),
-                option_order
-                    .iter()
-                    .map(|v| v.to_string())
-                    .collect::<Vec<_>>()
-                    .join(" "),
-                match label_binding {
-                    LabelBinding::Position => "position",
-                    LabelBinding::Option => "option",
-                }
-                .to_string(),
+                order_text(option_order),
+                binding_text(label_binding),
             ),
             Question::Completion { stem, .. } => (
                 "completion",
@@ -561,6 +656,18 @@ pub fn write_trials_csv(path: &Path, data: &RunData) -> Result<()> {
             opt(c.map(|c| c.keyed_expected)),
             opt(c.map(|c| c.argmax)),
             opt(c.map(|c| c.draw)),
+            t.calibrated
+                .as_ref()
+                .map(|c| {
+                    c.probs
+                        .iter()
+                        .map(|p| num(*p))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default(),
+            opt(t.calibrated.as_ref().map(|c| c.expected)),
+            opt(t.calibrated.as_ref().map(|c| c.keyed_expected)),
             s(&t.completion),
             opt(t.completion.as_ref().map(|x| lexicon::score(x).valence)),
             opt(judge_valence(t)),

@@ -10,8 +10,10 @@
 //! Modules: `header` (run.json), `trial` (one record), `scores` (scale scores from
 //! records: the one implementation the summary and the report share), `read` (reading
 //! either schema), `schema_v1` (the frozen schema-1 wire types), `validity` (the gate:
-//! whether each instrument measured the model at all).
+//! whether each instrument measured the model at all), `calibration` (the calibrated
+//! read-out, derived from the run's content-free records when they are read).
 
+pub mod calibration;
 pub mod header;
 pub mod read;
 mod schema_v1;
@@ -19,6 +21,7 @@ pub mod scores;
 pub mod trial;
 pub mod validity;
 
+pub use calibration::{calibrate, Calibrated, CalibrationTable};
 pub use header::{
     EngineRecord, InstrumentScoring, MergedInput, ModelProvenance, RunHeader, RunStatus,
     ScenarioFile, ScoredItem, StudyRecord,
@@ -26,7 +29,8 @@ pub use header::{
 pub use read::{read_header, read_trials, TrialsFile};
 pub use scores::{scale_scores, Readout, ScaleScore};
 pub use trial::{
-    ChoiceReadout, GenerateReadout, LabelBinding, Question, RecordKind, Timing, TrialRecord,
+    CalibratedReadout, ChoiceReadout, GenerateReadout, LabelBinding, Question, RecordKind, Timing,
+    TrialRecord,
 };
 pub use validity::{gate_verdicts, validity_checks, Check, GateVerdict, Verdict};
 

@@ -13,15 +13,23 @@ pub enum Readout {
     Generated,
     /// The expected value of the option probabilities at the answer position.
     Probability,
+    /// The probability read-out with the answer format's content-free bias divided out
+    /// (`results::calibration`).
+    Calibrated,
 }
 
 impl Readout {
-    pub const ALL: [Readout; 2] = [Readout::Probability, Readout::Generated];
+    pub const ALL: [Readout; 3] = [
+        Readout::Probability,
+        Readout::Calibrated,
+        Readout::Generated,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Readout::Generated => "generated",
             Readout::Probability => "probability",
+            Readout::Calibrated => "calibrated",
         }
     }
 
@@ -30,6 +38,7 @@ impl Readout {
         match self {
             Readout::Generated => t.generate.as_ref().and_then(|g| g.keyed),
             Readout::Probability => t.choice.as_ref().map(|c| c.keyed_expected),
+            Readout::Calibrated => t.calibrated.as_ref().map(|c| c.keyed_expected),
         }
     }
 }
@@ -177,6 +186,7 @@ mod tests {
             judge: None,
             error: None,
             timing: Timing::default(),
+            calibrated: None,
         }
     }
 

@@ -14,7 +14,7 @@ pub enum RecordKind {
 }
 
 /// How the answer labels of a rating item relate to the options shown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LabelBinding {
     /// Labels follow the display position: the option shown first is "1" (or "A")
@@ -42,6 +42,18 @@ pub enum Question {
         #[serde(default)]
         label_binding: LabelBinding,
     },
+    /// An instrument's answer format around a content-free statement (`content`, e.g.
+    /// "N/A") instead of an item, with one label style and option arrangement: the option
+    /// distribution it gets is the format's own bias, which the calibrated read-out of
+    /// items shown the same way divides out (contextual calibration, Zhao et al. 2021).
+    #[serde(rename = "content-free")]
+    ContentFree {
+        instrument: String,
+        content: String,
+        label_style: LabelStyle,
+        option_order: Vec<usize>,
+        label_binding: LabelBinding,
+    },
     /// The `index`-th sampled completion of a sentence stem.
     Completion {
         task: String,
@@ -54,7 +66,9 @@ impl Question {
     /// The instrument of an item question.
     pub fn instrument(&self) -> Option<&str> {
         match self {
-            Question::Item { instrument, .. } => Some(instrument),
+            Question::Item { instrument, .. } | Question::ContentFree { instrument, .. } => {
+                Some(instrument)
+            }
             Question::Completion { .. } => None,
         }
     }
@@ -64,7 +78,7 @@ impl Question {
     pub fn item(&self) -> Option<&str> {
         match self {
             Question::Item { item, .. } => item.as_deref(),
-            Question::Completion { .. } => None,
+            Question::ContentFree { .. } | Question::Completion { .. } => None,
         }
     }
 
@@ -73,8 +87,14 @@ impl Question {
         matches!(self, Question::Item { item: None, .. })
     }
 
+    /// Whether this is answered at an answer position (an item or a content-free
+    /// prompt), not sampled as a completion.
     pub fn is_item(&self) -> bool {
-        matches!(self, Question::Item { .. })
+        matches!(self, Question::Item { .. } | Question::ContentFree { .. })
+    }
+
+    pub fn is_content_free(&self) -> bool {
+        matches!(self, Question::ContentFree { .. })
     }
 }
 
@@ -108,6 +128,21 @@ pub struct ChoiceReadout {
     /// A seeded draw from the option distribution.
     pub draw: f64,
     /// The expected value after reverse keying.
+    pub keyed_expected: f64,
+}
+
+/// The probability read-out with the answer format's content-free bias divided out:
+/// each option's probability over the mean probability the same option (same label,
+/// same display position) got for content-free statements, renormalised. Derived from
+/// the run's records when they are read (`results::calibrate`), never stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CalibratedReadout {
+    /// In display order, as the choice read-out's.
+    pub probs: Vec<f64>,
+    /// The content-free distribution that was divided out.
+    pub content_free: Vec<f64>,
+    pub expected: f64,
+    pub argmax: f64,
     pub keyed_expected: f64,
 }
 
@@ -156,6 +191,9 @@ pub struct TrialRecord {
     pub judge: Option<ChoiceReadout>,
     pub error: Option<String>,
     pub timing: Timing,
+    /// Filled in by `results::calibrate` from the run's content-free records.
+    #[serde(skip)]
+    pub calibrated: Option<CalibratedReadout>,
 }
 
 impl TrialRecord {

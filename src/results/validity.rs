@@ -100,6 +100,7 @@ pub fn validity_checks(
                 .iter()
                 .filter(|t| match readout {
                     Readout::Probability => t.choice.is_some(),
+                    Readout::Calibrated => t.calibrated.is_some(),
                     Readout::Generated => t.generate.is_some(),
                 })
                 .count();
@@ -117,7 +118,9 @@ pub fn validity_checks(
                 ));
             }
             match readout {
-                Readout::Probability => {
+                // Calibration reweights the options; it cannot add mass the model never
+                // put on them, so the calibrated read-out inherits the check.
+                Readout::Probability | Readout::Calibrated => {
                     let c = option_mass(&cell);
                     out.push(check(
                         "option_mass",
@@ -181,6 +184,17 @@ pub fn validity_checks(
                         c.n,
                         c.note,
                     ));
+                    if items.len() >= 3 {
+                        let c = omega_consistency(&respondents, &items);
+                        out.push(check(
+                            &format!("omega:{sub}"),
+                            c.value,
+                            c.threshold,
+                            c.verdict,
+                            c.n,
+                            c.note,
+                        ));
+                    }
                     if items.iter().any(|i| i.reverse) && items.iter().any(|i| !i.reverse) {
                         let c = reverse_item_agreement(&respondents, &items);
                         out.push(check(
@@ -255,17 +269,19 @@ fn graded(value: f64, warn: f64, fail: f64, higher_is_worse: bool) -> Verdict {
 /// The display position (0-based) of the option a read-out chose in one trial.
 fn chosen_position(t: &TrialRecord, readout: Readout) -> Option<usize> {
     let c = t.choice.as_ref()?;
-    match readout {
-        Readout::Probability => {
-            if c.probs.is_empty() || c.probs.iter().any(|p| !p.is_finite()) {
-                return None;
-            }
-            c.probs
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .map(|(i, _)| i)
+    let most_probable = |probs: &[f64]| {
+        if probs.is_empty() || probs.iter().any(|p| !p.is_finite()) {
+            return None;
         }
+        probs
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i)
+    };
+    match readout {
+        Readout::Probability => most_probable(&c.probs),
+        Readout::Calibrated => most_probable(&t.calibrated.as_ref()?.probs),
         Readout::Generated => {
             let v = t.generate.as_ref()?.value?;
             c.values.iter().position(|&x| x == v)
@@ -481,6 +497,214 @@ fn internal_consistency(respondents: &[BTreeMap<String, f64>], items: &[&ScoredI
             verdict: graded(alpha, 0.7, 0.5, false),
             n: rows.len(),
             note: format!("alpha {alpha:.2} over {} respondents", rows.len()),
+        },
+    }
+}
+
+/// McDonald's omega (total) of rows (respondents) x columns (items) under a one-factor
+/// model fitted to the item correlation matrix by minimum residuals: principal axes
+/// iterated from squared multiple correlations until the communalities settle, each
+/// uniqueness kept in [0.005, 1] as factor_analyzer's minres bounds it.
+/// omega = (sum of loadings)^2 / ((sum of loadings)^2 + sum of uniquenesses).
+/// None with fewer than 3 items (one factor is not identified) or 3 respondents, or
+/// when an item does not vary. The bool says whether a uniqueness sat at its bound (a
+/// Heywood case: the estimate is then unstable).
+pub fn mcdonald_omega(rows: &[Vec<f64>]) -> Option<(f64, bool)> {
+    let k = rows.first()?.len();
+    if k < 3 || rows.len() < 3 {
+        return None;
+    }
+    let corr = correlation_matrix(rows)?;
+    const MIN_UNIQUENESS: f64 = 0.005;
+    let mut communality: Vec<f64> = match inverse(&corr) {
+        Some(inv) => (0..k).map(|i| 1.0 - 1.0 / inv[i][i]).collect(),
+        // A singular matrix (an item a linear function of others): start from each
+        // item's largest correlation instead.
+        None => (0..k)
+            .map(|i| {
+                (0..k)
+                    .filter(|&j| j != i)
+                    .map(|j| corr[i][j].abs())
+                    .fold(0.0, f64::max)
+            })
+            .collect(),
+    };
+    let mut loadings = vec![0.0; k];
+    for _ in 0..10_000 {
+        let mut reduced = corr.clone();
+        for (i, h) in communality.iter().enumerate() {
+            reduced[i][i] = h.clamp(0.0, 1.0 - MIN_UNIQUENESS);
+        }
+        let (value, vector) = top_eigenpair(&reduced);
+        let scale = value.max(0.0).sqrt();
+        loadings = vector.iter().map(|v| v * scale).collect();
+        let next: Vec<f64> = loadings
+            .iter()
+            .map(|l| (l * l).clamp(0.0, 1.0 - MIN_UNIQUENESS))
+            .collect();
+        let change = next
+            .iter()
+            .zip(&communality)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        communality = next;
+        if change < 1e-12 {
+            break;
+        }
+    }
+    let sum: f64 = loadings.iter().sum();
+    let uniqueness: f64 = communality.iter().map(|h| 1.0 - h).sum();
+    let heywood = communality
+        .iter()
+        .any(|h| *h >= 1.0 - MIN_UNIQUENESS - 1e-9);
+    let omega = sum * sum / (sum * sum + uniqueness);
+    omega.is_finite().then_some((omega, heywood))
+}
+
+/// Pearson correlations between the columns of `rows`; None if a column is constant.
+fn correlation_matrix(rows: &[Vec<f64>]) -> Option<Vec<Vec<f64>>> {
+    let k = rows[0].len();
+    let columns: Vec<Vec<f64>> = (0..k)
+        .map(|j| rows.iter().map(|r| r[j]).collect())
+        .collect();
+    let mut out = vec![vec![1.0; k]; k];
+    for i in 0..k {
+        for j in (i + 1)..k {
+            let r = pearson(&columns[i], &columns[j])?;
+            out[i][j] = r;
+            out[j][i] = r;
+        }
+    }
+    Some(out)
+}
+
+/// Gauss-Jordan inverse with partial pivoting; None when (near) singular.
+fn inverse(m: &[Vec<f64>]) -> Option<Vec<Vec<f64>>> {
+    let n = m.len();
+    let mut a: Vec<Vec<f64>> = m
+        .iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let mut r = row.clone();
+            r.extend((0..n).map(|j| if i == j { 1.0 } else { 0.0 }));
+            r
+        })
+        .collect();
+    for col in 0..n {
+        let pivot = (col..n).max_by(|&x, &y| a[x][col].abs().total_cmp(&a[y][col].abs()))?;
+        if a[pivot][col].abs() < 1e-12 {
+            return None;
+        }
+        a.swap(col, pivot);
+        let p = a[col][col];
+        for v in a[col].iter_mut() {
+            *v /= p;
+        }
+        for r in 0..n {
+            if r != col {
+                let factor = a[r][col];
+                if factor != 0.0 {
+                    let pivot_row = a[col].clone();
+                    for (v, pv) in a[r].iter_mut().zip(&pivot_row) {
+                        *v -= factor * pv;
+                    }
+                }
+            }
+        }
+    }
+    Some(a.into_iter().map(|r| r[n..].to_vec()).collect())
+}
+
+/// The largest eigenvalue of a symmetric matrix and its unit eigenvector (cyclic
+/// Jacobi rotations: exact enough and simple for the few items of a scale).
+fn top_eigenpair(m: &[Vec<f64>]) -> (f64, Vec<f64>) {
+    let n = m.len();
+    let mut a = m.to_vec();
+    let mut v: Vec<Vec<f64>> = (0..n)
+        .map(|i| (0..n).map(|j| if i == j { 1.0 } else { 0.0 }).collect())
+        .collect();
+    for _ in 0..100 {
+        let off: f64 = (0..n)
+            .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| a[i][j] * a[i][j])
+            .sum();
+        if off < 1e-30 {
+            break;
+        }
+        for p in 0..n {
+            for q in (p + 1)..n {
+                if a[p][q].abs() < 1e-300 {
+                    continue;
+                }
+                let theta = (a[q][q] - a[p][p]) / (2.0 * a[p][q]);
+                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
+                let t = if theta == 0.0 { 1.0 } else { t };
+                let c = 1.0 / (t * t + 1.0).sqrt();
+                let s = t * c;
+                for row in a.iter_mut() {
+                    let (arp, arq) = (row[p], row[q]);
+                    row[p] = c * arp - s * arq;
+                    row[q] = s * arp + c * arq;
+                }
+                let (row_p, row_q) = (a[p].clone(), a[q].clone());
+                for (r, (apr, aqr)) in row_p.iter().zip(&row_q).enumerate() {
+                    a[p][r] = c * apr - s * aqr;
+                    a[q][r] = s * apr + c * aqr;
+                }
+                for row in v.iter_mut() {
+                    let (vp, vq) = (row[p], row[q]);
+                    row[p] = c * vp - s * vq;
+                    row[q] = s * vp + c * vq;
+                }
+            }
+        }
+    }
+    let top = (0..n)
+        .max_by(|&x, &y| a[x][x].total_cmp(&a[y][y]))
+        .unwrap_or(0);
+    let mut vector: Vec<f64> = v.iter().map(|row| row[top]).collect();
+    // The factor's direction is arbitrary; take the one most items load positively on.
+    if vector.iter().sum::<f64>() < 0.0 {
+        vector.iter_mut().for_each(|x| *x = -*x);
+    }
+    (a[top][top], vector)
+}
+
+/// McDonald's omega over respondents that answered every item of a subscale, with
+/// alpha's thresholds; needs 3 items.
+fn omega_consistency(respondents: &[BTreeMap<String, f64>], items: &[&ScoredItem]) -> Outcome {
+    let rows = complete_rows(respondents, items);
+    let threshold = "warn < 0.70, fail < 0.50 (McDonald's omega, one factor)".to_string();
+    if rows.len() < MIN_RESPONDENTS {
+        return not_estimable(
+            threshold,
+            rows.len(),
+            format!(
+                "{} respondents answered every item; at least {MIN_RESPONDENTS} are needed",
+                rows.len()
+            ),
+        );
+    }
+    match mcdonald_omega(&rows) {
+        None => not_estimable(
+            threshold,
+            rows.len(),
+            "an item's answers do not vary across respondents".into(),
+        ),
+        Some((omega, heywood)) => Outcome {
+            value: Some(omega),
+            threshold,
+            verdict: graded(omega, 0.7, 0.5, false),
+            n: rows.len(),
+            note: format!(
+                "omega {omega:.2} over {} respondents{}",
+                rows.len(),
+                if heywood {
+                    " (Heywood case: an item's uniqueness hit its bound; unstable)"
+                } else {
+                    ""
+                }
+            ),
         },
     }
 }
@@ -722,6 +946,7 @@ mod tests {
             judge: None,
             error: None,
             timing: Timing::default(),
+            calibrated: None,
         }
     }
 

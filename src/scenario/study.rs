@@ -39,6 +39,8 @@ struct StudySpec {
     positive_control: Option<PositiveControlSpec>,
     #[serde(default)]
     contrast: Vec<ContrastSpec>,
+    /// "content-free" (default) or "none".
+    calibration: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -143,7 +145,9 @@ impl OptionOrder {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum LabelStyle {
     Digits,
@@ -203,6 +207,23 @@ pub struct DeclaredContrast {
     pub kind: String,
 }
 
+/// The condition of the content-free calibration prompts (see `Calibration`).
+pub const CONTENT_FREE: &str = "content-free";
+
+/// What stands in for the item in a content-free prompt (Zhao et al. 2021 average the
+/// option distributions of a few such inputs).
+pub const CONTENT_FREE_TEXTS: [&str; 3] = ["N/A", "", "[MASK]"];
+
+/// Whether a study measures the answer format's own bias to divide it out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Calibration {
+    /// Each instrument's answer prompt is also asked with a content-free statement, once
+    /// per label style and option arrangement the plan shows, in a conversation holding
+    /// only the system prompt; the `calibrated` read-out divides that distribution out.
+    ContentFree,
+    None,
+}
+
 /// The names of the conditions a `[positive_control]` adds.
 pub const CONTROL_LOW: &str = "control-low";
 pub const CONTROL_HIGH: &str = "control-high";
@@ -234,6 +255,7 @@ pub struct Study {
     pub completion: Option<Completion>,
     pub positive_control: Option<PositiveControl>,
     pub contrasts: Vec<DeclaredContrast>,
+    pub calibration: Calibration,
 }
 
 impl Study {
@@ -279,6 +301,20 @@ impl Study {
                 )),
             })
             .collect::<Result<Vec<_>>>()?;
+        let calibration = match spec.calibration.as_deref() {
+            None | Some("content-free") => Calibration::ContentFree,
+            Some("none") => Calibration::None,
+            Some(o) => {
+                return Err(bad(
+                    "calibration",
+                    format!(
+                        "calibration is '{o}'; use \"content-free\" (the default: ask each \
+                         answer format with a content-free statement and divide its bias \
+                         out) or \"none\""
+                    ),
+                ))
+            }
+        };
         if label_styles.is_empty() {
             return Err(bad("label_styles", "give at least one label style".into()));
         }
@@ -417,6 +453,12 @@ impl Study {
             }
         }
         for (i, c) in conditions.iter().enumerate() {
+            if c.name == CONTENT_FREE {
+                return Err(bad(
+                    &c.name,
+                    format!("condition '{CONTENT_FREE}' is reserved for the calibration prompts; rename yours"),
+                ));
+            }
             if conditions[..i].iter().any(|p| p.name == c.name) {
                 return Err(bad(
                     &c.name,
@@ -639,6 +681,7 @@ impl Study {
             completion,
             positive_control,
             contrasts,
+            calibration,
         })
     }
 }

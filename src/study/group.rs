@@ -12,6 +12,7 @@ use crate::generate::{decode_lockstep, generate};
 use crate::model::{KvCache, LogitsAt, Model};
 use crate::rng::Stream;
 use crate::sampling::{Sampling, SamplingParams};
+use crate::scenario::study::{Order, CONTENT_FREE};
 use crate::scenario::{Library, Study};
 use std::collections::BTreeMap;
 
@@ -54,14 +55,20 @@ impl GroupContext {
         group: &Group,
         members: &[&Trial],
     ) -> Result<Self> {
-        let cond = study
-            .conditions
-            .iter()
-            .find(|c| c.name == group.condition)
-            .ok_or_else(|| internal("a planned condition is missing from the study"))?;
+        // The content-free prompts' conversation holds only the system prompt.
+        let order = if group.condition == CONTENT_FREE {
+            Order::InductionFirst
+        } else {
+            study
+                .conditions
+                .iter()
+                .find(|c| c.name == group.condition)
+                .ok_or_else(|| internal("a planned condition is missing from the study"))?
+                .order
+        };
         let sampling = study_sampling(study)?;
         let mut messages = Vec::new();
-        for (step, item) in prefix_steps(study, lib, cond, group)
+        for (step, item) in prefix_steps(study, lib, order, group)
             .into_iter()
             .enumerate()
         {

@@ -7,7 +7,9 @@
 use crate::results::LabelBinding;
 pub use crate::results::Question;
 use crate::rng::Stream;
-use crate::scenario::study::{Condition, OptionOrder, PerConversation};
+use crate::scenario::study::{
+    Calibration, Condition, OptionOrder, PerConversation, CONTENT_FREE, CONTENT_FREE_TEXTS,
+};
 use crate::scenario::{Library, Study};
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -78,9 +80,61 @@ pub fn count_trials(study: &Study, lib: &Library, models: usize, repetitions: us
             items.saturating_add(completions)
         })
         .fold(0usize, usize::saturating_add);
+    let calibration = if study.calibration == Calibration::ContentFree
+        && study.per_conversation == PerConversation::One
+    {
+        content_free_bound(study, lib, repetitions)
+    } else {
+        0
+    };
     per_repetition
         .saturating_mul(repetitions)
+        .saturating_add(calibration)
         .saturating_mul(models)
+}
+
+/// At most how many content-free trials one model's plan holds: per instrument, its
+/// label styles x the option orders the design can show (bounded by its item trials).
+fn content_free_bound(study: &Study, lib: &Library, repetitions: usize) -> usize {
+    let mut instruments: Vec<&String> = Vec::new();
+    for c in &study.conditions {
+        for i in &c.instruments {
+            if !instruments.contains(&i) {
+                instruments.push(i);
+            }
+        }
+    }
+    instruments
+        .iter()
+        .map(|name| {
+            let ins = &lib.instruments[*name];
+            let n = match &ins.response {
+                crate::scenario::Response::Options(o) => o.len(),
+                crate::scenario::Response::Numeric { .. } => 0,
+            };
+            let orders = match study.option_order {
+                _ if n < 2 => 1,
+                OptionOrder::Fixed => 1,
+                OptionOrder::Counterbalanced => 2,
+                OptionOrder::ShuffleBound | OptionOrder::ShufflePositional => {
+                    let asked = study
+                        .conditions
+                        .iter()
+                        .filter(|c| c.instruments.contains(name))
+                        .count()
+                        .saturating_mul(ins.items.len())
+                        .saturating_mul(repetitions);
+                    (1..=n)
+                        .try_fold(1usize, |f, k| f.checked_mul(k))
+                        .unwrap_or(usize::MAX)
+                        .min(asked)
+                }
+            };
+            orders
+                .saturating_mul(study.label_styles.len())
+                .saturating_mul(CONTENT_FREE_TEXTS.len())
+        })
+        .fold(0, usize::saturating_add)
 }
 
 /// The display order of an item's options (indices into the instrument's options) and
@@ -188,8 +242,86 @@ pub fn expand(study: &Study, lib: &Library, models: &[String], repetitions: usiz
                 groups.push(group);
             }
         }
+        if study.calibration == Calibration::ContentFree
+            && study.per_conversation == PerConversation::One
+        {
+            content_free_group(study, model, &mut groups, &mut trials);
+        }
     }
     Plan { groups, trials }
+}
+
+/// The model's content-free group: every arrangement (instrument, label style, option
+/// order, label binding) its item trials show, asked once per content-free text, in a
+/// conversation holding only the system prompt. It follows the model's conditions so
+/// adding it leaves every other trial's id and seed unchanged.
+fn content_free_group(
+    study: &Study,
+    model: &str,
+    groups: &mut Vec<Group>,
+    trials: &mut Vec<Trial>,
+) {
+    let first_group = groups
+        .iter()
+        .rposition(|g| g.model != model)
+        .map_or(0, |i| i + 1);
+    let mut arrangements = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for t in trials.iter().filter(|t| t.group >= first_group) {
+        if let Question::Item {
+            instrument,
+            item: Some(_),
+            label_style,
+            option_order,
+            label_binding,
+        } = &t.question
+        {
+            let key = (instrument, *label_style, option_order, *label_binding);
+            if seen.insert(key) {
+                arrangements.push(key);
+            }
+        }
+    }
+    if arrangements.is_empty() {
+        return;
+    }
+    let coords = serde_json::json!({
+        "study": study.info.id, "model": model, "condition": CONTENT_FREE,
+    });
+    let group = Group {
+        id: stable_id(&coords),
+        model: model.to_string(),
+        condition: CONTENT_FREE.to_string(),
+        repetition: 0,
+        induction: None,
+        induction_variant: None,
+        regulation: None,
+        regulation_variant: None,
+    };
+    let gi = groups.len();
+    let mut made = Vec::new();
+    for (instrument, label_style, option_order, label_binding) in arrangements {
+        for content in CONTENT_FREE_TEXTS {
+            let coords = serde_json::json!({
+                "study": study.info.id, "model": model, "condition": CONTENT_FREE,
+                "instrument": instrument, "content": content, "label_style": label_style,
+                "option_order": option_order, "label_binding": label_binding,
+            });
+            made.push(Trial {
+                id: stable_id(&coords),
+                group: gi,
+                question: Question::ContentFree {
+                    instrument: instrument.clone(),
+                    content: content.to_string(),
+                    label_style,
+                    option_order: option_order.clone(),
+                    label_binding,
+                },
+            });
+        }
+    }
+    trials.extend(made);
+    groups.push(group);
 }
 
 fn make_group(study: &Study, lib: &Library, model: &str, cond: &Condition, rep: usize) -> Group {

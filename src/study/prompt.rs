@@ -4,8 +4,8 @@
 use super::plan::{Group, Question};
 use crate::chat::Message;
 use crate::results::LabelBinding;
-use crate::scenario::study::{Condition, LabelStyle, Order};
-use crate::scenario::{Library, Response, Study, Turn};
+use crate::scenario::study::{LabelStyle, Order};
+use crate::scenario::{Instrument, Library, Response, Study, Turn};
 
 /// One step of building a prefix: a fixed message, or a reply the model must generate.
 #[derive(Debug, Clone, PartialEq)]
@@ -14,8 +14,9 @@ pub enum Step {
     Generate { max_tokens: usize },
 }
 
-/// The steps of a group's prefix, in conversation order.
-pub fn prefix_steps(study: &Study, lib: &Library, cond: &Condition, group: &Group) -> Vec<Step> {
+/// The steps of a group's prefix, in conversation order (`order`: the condition's order
+/// of induction and regulation).
+pub fn prefix_steps(study: &Study, lib: &Library, order: Order, group: &Group) -> Vec<Step> {
     let mut steps = Vec::new();
     if let Some(s) = &study.system_prompt {
         steps.push(Step::Message(Message::system(s.clone())));
@@ -42,7 +43,7 @@ pub fn prefix_steps(study: &Study, lib: &Library, cond: &Condition, group: &Grou
                 .find(|x| &x.id == v)
                 .expect("planned variant exists")
         });
-    let blocks = match cond.order {
+    let blocks = match order {
         Order::InductionFirst => [induction, regulation],
         Order::RegulationFirst => [regulation, induction],
     };
@@ -114,75 +115,102 @@ pub fn question_text(lib: &Library, question: &Question) -> QuestionText {
             label_binding,
         } => {
             let ins = &lib.instruments[instrument];
-            let mut labels = Vec::new();
-            let (scale, answer) = match &ins.response {
-                Response::Options(opts) => {
-                    let file_labels: Vec<String> = opts.iter().map(|o| o.label.clone()).collect();
-                    let mut lines = Vec::new();
-                    for (pos, &opt) in option_order.iter().enumerate() {
-                        let label =
-                            display_label(*label_style, *label_binding, &file_labels, pos, opt);
-                        lines.push(format!("{label} = {}", opts[opt].text));
-                        labels.push((label, opt));
-                    }
-                    let kind = match label_style {
-                        LabelStyle::Digits => "number",
-                        LabelStyle::Letters => "letter",
-                    };
-                    (lines.join("\n"), kind)
-                }
-                Response::Numeric { min, max, .. } => (
-                    format!("Use any whole number from {min} to {max}."),
-                    "number",
-                ),
-            };
-            let text = match item {
-                Some(id) => {
-                    let it = ins
-                        .items
-                        .iter()
-                        .find(|i| &i.id == id)
-                        .expect("planned item exists");
-                    format!(
-                        "{}\n\n{}\n\n{scale}\n\nAnswer with only the {answer}.",
-                        ins.instruction, it.text
-                    )
-                }
-                None => {
-                    let list: Vec<String> = ins
-                        .items
-                        .iter()
-                        .enumerate()
-                        .map(|(i, it)| format!("{}. {}", i + 1, it.text))
-                        .collect();
-                    format!(
-                        "{}\n\n{scale}\n\n{}\n\nAnswer every statement on its own line, in order, as \"statement number: {answer}\".",
-                        ins.instruction,
-                        list.join("\n")
-                    )
-                }
-            };
-            QuestionText { text, labels }
+            let statement = item.as_ref().map(|id| {
+                ins.items
+                    .iter()
+                    .find(|i| &i.id == id)
+                    .expect("planned item exists")
+                    .text
+                    .as_str()
+            });
+            rating_question(ins, statement, *label_style, option_order, *label_binding)
         }
+        Question::ContentFree {
+            instrument,
+            content,
+            label_style,
+            option_order,
+            label_binding,
+        } => rating_question(
+            &lib.instruments[instrument],
+            Some(content),
+            *label_style,
+            option_order,
+            *label_binding,
+        ),
     }
+}
+
+/// An instrument's question turn: one statement (an item's, or a content-free one), or
+/// with `statement = None` every item in one turn.
+fn rating_question(
+    ins: &Instrument,
+    statement: Option<&str>,
+    label_style: LabelStyle,
+    option_order: &[usize],
+    label_binding: LabelBinding,
+) -> QuestionText {
+    let mut labels = Vec::new();
+    let (scale, answer) = match &ins.response {
+        Response::Options(opts) => {
+            let file_labels: Vec<String> = opts.iter().map(|o| o.label.clone()).collect();
+            let mut lines = Vec::new();
+            for (pos, &opt) in option_order.iter().enumerate() {
+                let label = display_label(label_style, label_binding, &file_labels, pos, opt);
+                lines.push(format!("{label} = {}", opts[opt].text));
+                labels.push((label, opt));
+            }
+            let kind = match label_style {
+                LabelStyle::Digits => "number",
+                LabelStyle::Letters => "letter",
+            };
+            (lines.join("\n"), kind)
+        }
+        Response::Numeric { min, max, .. } => (
+            format!("Use any whole number from {min} to {max}."),
+            "number",
+        ),
+    };
+    let text = match statement {
+        Some(statement) => format!(
+            "{}\n\n{statement}\n\n{scale}\n\nAnswer with only the {answer}.",
+            ins.instruction
+        ),
+        None => {
+            let list: Vec<String> = ins
+                .items
+                .iter()
+                .enumerate()
+                .map(|(i, it)| format!("{}. {}", i + 1, it.text))
+                .collect();
+            format!(
+                "{}\n\n{scale}\n\n{}\n\nAnswer every statement on its own line, in order, as \"statement number: {answer}\".",
+                ins.instruction,
+                list.join("\n")
+            )
+        }
+    };
+    QuestionText { text, labels }
 }
 
 /// The follow-up turn after an unparseable answer.
 pub fn reask_text(lib: &Library, question: &Question, labels: &[(String, usize)]) -> String {
     match question {
-        Question::Item { instrument, .. } => match &lib.instruments[instrument].response {
-            Response::Numeric { min, max, .. } => {
-                format!("Please answer with only a single whole number from {min} to {max}.")
+        Question::Item { instrument, .. } | Question::ContentFree { instrument, .. } => {
+            match &lib.instruments[instrument].response {
+                Response::Numeric { min, max, .. } => {
+                    format!("Please answer with only a single whole number from {min} to {max}.")
+                }
+                Response::Options(_) => format!(
+                    "Please answer with only one of: {}.",
+                    labels
+                        .iter()
+                        .map(|(l, _)| l.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             }
-            Response::Options(_) => format!(
-                "Please answer with only one of: {}.",
-                labels
-                    .iter()
-                    .map(|(l, _)| l.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        },
+        }
         Question::Completion { .. } => "Please complete the sentence.".to_string(),
     }
 }

@@ -57,12 +57,14 @@ pub fn prefill_unit(
     let options: Vec<Option<ItemOptions>> = unit
         .iter()
         .map(|t| match &t.question {
-            Question::Item { instrument, .. } => item_options(
-                study,
-                model,
-                &lib.instruments[instrument],
-                &ctx.prompt(&t.id)?.labels,
-            ),
+            Question::Item { instrument, .. } | Question::ContentFree { instrument, .. } => {
+                item_options(
+                    study,
+                    model,
+                    &lib.instruments[instrument],
+                    &ctx.prompt(&t.id)?.labels,
+                )
+            }
             Question::Completion { .. } => {
                 Err(Error::Run("internal: a completion in an item unit".into()))
             }
@@ -117,6 +119,7 @@ pub fn base_record(study: &Study, group: &Group, trial: &Trial, ctx: &GroupConte
         judge: None,
         error: None,
         timing: Timing::default(),
+        calibrated: None,
     }
 }
 
@@ -153,7 +156,8 @@ pub fn run_completion(
 }
 
 /// An item trial, from its prefilled prompt: the choice read-out, then the generated
-/// read-out with bounded re-asks on fresh streams.
+/// read-out with bounded re-asks on fresh streams. A content-free prompt gets the
+/// choice read-out only: it exists to measure the option distribution.
 pub fn run_item(
     study: &Study,
     lib: &Library,
@@ -163,17 +167,18 @@ pub fn run_item(
     trial: &Trial,
     prefilled: Prefilled,
 ) -> Result<TrialRecord> {
-    let Question::Item {
-        instrument, item, ..
-    } = &trial.question
-    else {
-        return Err(Error::Run("internal: not an item trial".into()));
+    let (instrument, item) = match &trial.question {
+        Question::Item {
+            instrument, item, ..
+        } => (instrument, item.as_ref()),
+        Question::ContentFree { instrument, .. } => (instrument, None),
+        Question::Completion { .. } => {
+            return Err(Error::Run("internal: not an item trial".into()))
+        }
     };
     let prompt = ctx.prompt(&trial.id)?;
     let ins = &lib.instruments[instrument];
-    let item_def = item
-        .as_ref()
-        .and_then(|id| ins.items.iter().find(|i| &i.id == id));
+    let item_def = item.and_then(|id| ins.items.iter().find(|i| &i.id == id));
     let Prefilled {
         cache,
         logits,
@@ -200,6 +205,14 @@ pub fn run_item(
         )?);
     }
     let choice_ms = started.elapsed().as_secs_f64() * 1e3;
+    if trial.question.is_content_free() {
+        rec.timing = Timing {
+            prefill_ms: Some(prefill_ms),
+            choice_ms: Some(choice_ms),
+            ..Timing::default()
+        };
+        return Ok(rec);
+    }
 
     let started = Instant::now();
     rec.generate = Some(generated_answer(

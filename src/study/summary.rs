@@ -1,13 +1,13 @@
 //! The end-of-run summary in the terminal: mean ± SD of scale scores per model,
-//! condition, instrument and subscale over repetitions, for both read-outs, and how many
+//! condition, instrument and subscale over repetitions, for each read-out, and how many
 //! items got a readable generated answer. Scores come from `results::scale_scores`, the
 //! same function the report uses, so the two cannot disagree. The validity gate comes
 //! first, and a failing read-out's scores are marked FAIL.
 
 use crate::results::scores::Readout;
 use crate::results::{
-    gate_verdicts, scale_scores, validity_checks, GateVerdict, InstrumentScoring, Question,
-    TrialRecord, Verdict,
+    calibrate, gate_verdicts, scale_scores, validity_checks, GateVerdict, InstrumentScoring,
+    Question, TrialRecord, Verdict,
 };
 use crate::scenario::study::PositiveControl;
 use std::collections::BTreeMap;
@@ -20,22 +20,24 @@ pub fn summarise(
 ) -> String {
     let rules: BTreeMap<String, InstrumentScoring> =
         scoring.iter().map(|s| (s.id.clone(), s.clone())).collect();
-    // (model, condition, instrument, subscale) -> (generated, probability) scores
-    type Cells = BTreeMap<(String, String, String, String), (Vec<f64>, Vec<f64>)>;
+    let trials = calibrate(trials.to_vec(), &rules).trials;
+    let trials = &trials[..];
+    // (model, condition, instrument, subscale) -> scores per read-out
+    type Cells = BTreeMap<(String, String, String, String), BTreeMap<Readout, Vec<f64>>>;
     let mut cells: Cells = BTreeMap::new();
     for s in scale_scores(trials, &rules) {
-        let cell = cells
+        cells
             .entry((s.model, s.condition, s.instrument, s.subscale))
-            .or_default();
-        match s.readout {
-            Readout::Generated => cell.0.push(s.value),
-            Readout::Probability => cell.1.push(s.value),
-        }
+            .or_default()
+            .entry(s.readout)
+            .or_default()
+            .push(s.value);
     }
     let mut answered: BTreeMap<(String, String, String), (usize, usize)> = BTreeMap::new();
     let mut completions: BTreeMap<(String, String), usize> = BTreeMap::new();
     for t in trials {
         match &t.question {
+            Question::ContentFree { .. } => {}
             Question::Item { instrument, .. } => {
                 let a = answered
                     .entry((t.model.clone(), t.condition.clone(), instrument.clone()))
@@ -62,15 +64,22 @@ pub fn summarise(
     let mut out = gate_summary(&gate);
     out.push_str("Scale scores, mean ± SD over repetitions (a generated score needs every item of its subscale answered).\n");
     out.push_str(&format!(
-        "{:<28} {:<40} {:<24} {:>9} {:<24} {:<24}\n",
+        "{:<28} {:<40} {:<24} {:>9} {:<24} {:<24} {:<24}\n",
         "model",
         "condition",
         "instrument/subscale",
         "answered",
         "generated answers",
-        "option probabilities"
+        "option probabilities",
+        "calibrated probabilities"
     ));
-    for ((model, cond, ins, sub), (generated, probability)) in &cells {
+    for ((model, cond, ins, sub), by_readout) in &cells {
+        let column = |readout: Readout| {
+            marked(
+                mean_sd(by_readout.get(&readout).map_or(&[][..], |v| &v[..])),
+                failed(model, ins, readout),
+            )
+        };
         let (ok, all) = answered
             .get(&(model.clone(), cond.clone(), ins.clone()))
             .copied()
@@ -86,16 +95,14 @@ pub fn summarise(
             format!("{ins}/{sub}")
         };
         out.push_str(&format!(
-            "{:<28} {:<40} {:<24} {:>9} {:<24} {:<24}\n",
+            "{:<28} {:<40} {:<24} {:>9} {:<24} {:<24} {:<24}\n",
             model,
             cond,
             name,
             rate,
-            marked(mean_sd(generated), failed(model, ins, Readout::Generated)),
-            marked(
-                mean_sd(probability),
-                failed(model, ins, Readout::Probability)
-            )
+            column(Readout::Generated),
+            column(Readout::Probability),
+            column(Readout::Calibrated),
         ));
     }
     for ((model, cond), n) in &completions {
