@@ -65,15 +65,31 @@ fn a_schema_1_run_and_its_schema_2_rerun_agree_on_every_value() {
     let old_header = read_header(Path::new(SCHEMA1_RUN)).unwrap();
     let registry = Registry::builtin();
     let out = tempfile::tempdir().unwrap();
-    // The study file as it was then (the shipped one has since moved to the
-    // counterbalanced label design); the other scenario files it uses are unchanged.
+    // The scenario files the run used, as they were then (`then/`: the shipped ones have
+    // since changed, e.g. the counterbalanced label design and the judge asked in both
+    // orders), each checked against the sha256 the run recorded.
     let scenarios = out.path().join("scenarios");
     common::copy_tree(Path::new("scenarios"), &scenarios);
-    std::fs::copy(
-        Path::new(SCHEMA1_RUN).join("smoke.toml"),
-        scenarios.join("studies/smoke.toml"),
-    )
-    .unwrap();
+    let then = Path::new(SCHEMA1_RUN).join("then");
+    for dir in std::fs::read_dir(&then).unwrap() {
+        for file in std::fs::read_dir(dir.unwrap().path()).unwrap() {
+            let path = file.unwrap().path();
+            let rel = path.strip_prefix(&then).unwrap();
+            let bytes = std::fs::read(&path).unwrap();
+            let recorded = old_header
+                .scenario_files
+                .iter()
+                .find(|f| Path::new(&f.path) == Path::new("scenarios").join(rel))
+                .unwrap_or_else(|| panic!("{} is not in the run's scenario files", rel.display()));
+            assert_eq!(
+                affectbench::chat::sha256_hex(&bytes),
+                recorded.sha256,
+                "{} is not the file the run used",
+                path.display()
+            );
+            std::fs::write(scenarios.join(rel), bytes).unwrap();
+        }
+    }
     let cfg = RunConfig {
         study_path: scenarios.join("studies/smoke.toml"),
         scenarios_root: Some(scenarios.clone()),
@@ -119,12 +135,17 @@ fn a_schema_1_run_and_its_schema_2_rerun_agree_on_every_value() {
         .iter()
         .map(normalise)
         .collect();
-    // The rerun adds the content-free calibration prompts schema-1 runs did not have;
-    // every trial the old run had must come out the same.
+    // The rerun adds what schema-1 runs did not record: the content-free calibration
+    // prompts, and for completions the judge's detail and the stem-compliance check.
+    // Every value the old run had must come out the same.
     let mut new: Vec<TrialRecord> = trials_of(&cfg.out_dir, new_header.seed)
         .iter()
         .filter(|t| !t.question.is_content_free())
-        .map(normalise)
+        .map(|t| TrialRecord {
+            judge_detail: None,
+            continues_stem: None,
+            ..normalise(t)
+        })
         .collect();
     old.sort_by(|a, b| a.trial_id.cmp(&b.trial_id));
     new.sort_by(|a, b| a.trial_id.cmp(&b.trial_id));

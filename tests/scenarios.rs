@@ -238,6 +238,18 @@ fn validation_rejects_each_impossible_design_with_file_line_and_fix() {
             "induction 'calm' is not defined",
         ),
         (
+            "tasks/sentence-stems.toml",
+            "expresses {options}? Answer with one word: {options}.",
+            "expresses negative, neutral or positive? Answer with one word: negative.",
+            "needs {options}",
+        ),
+        (
+            "tasks/sentence-stems.toml",
+            "option_order = \"both\"",
+            "option_order = \"shuffled\"",
+            "option_order is 'shuffled'",
+        ),
+        (
             "studies/smoke.toml",
             "repetitions = 2",
             "repetitions = 2\ncalibration = \"zhao\"",

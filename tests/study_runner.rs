@@ -1158,3 +1158,66 @@ fn content_free_prompts_measure_each_arrangement_and_calibrate_its_items() {
     let html = std::fs::read_to_string(report.join("report.html")).unwrap();
     assert!(html.contains("Answer-format bias and calibration"));
 }
+
+#[test]
+fn the_judge_is_asked_in_both_orders_with_its_content_free_bias_recorded() {
+    use affectbench::results::{read_header, read_trials, Question};
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let out = dir.path().join("run");
+    run_study(&config(&model, &out, None, None)).unwrap();
+    let header = read_header(&out).unwrap();
+    let completions: Vec<_> = read_trials(&out.join("trials.jsonl"), header.seed)
+        .unwrap()
+        .records
+        .into_iter()
+        .map(|(_, r)| r)
+        .filter(|r| matches!(r.question, Question::Completion { .. }))
+        .collect();
+    assert_eq!(completions.len(), 8);
+    let first_bias = completions[0]
+        .judge_detail
+        .as_ref()
+        .unwrap()
+        .content_free
+        .clone();
+    for t in &completions {
+        assert!(t.continues_stem.is_some());
+        let judge = t.judge.as_ref().unwrap();
+        let d = t.judge_detail.as_ref().unwrap();
+        assert_eq!(d.orders, vec![vec![0, 1, 2], vec![2, 1, 0]]);
+        // The read-out is the mean of the two orders, in the listed order.
+        for (i, p) in judge.probs.iter().enumerate() {
+            assert!((p - (d.by_order[0][i] + d.by_order[1][i]) / 2.0).abs() < 1e-12);
+        }
+        // The content-free bias depends on nothing but the model and the judge.
+        assert_eq!(d.content_free, first_bias);
+        let ratios: Vec<f64> = judge
+            .probs
+            .iter()
+            .zip(&d.content_free)
+            .map(|(p, q)| p / q)
+            .collect();
+        let total: f64 = ratios.iter().sum();
+        let calibrated: f64 = ratios
+            .iter()
+            .zip(&judge.values)
+            .map(|(r, v)| r / total * v)
+            .sum();
+        assert!((d.calibrated_expected - calibrated).abs() < 1e-12);
+    }
+    let report = dir.path().join("report");
+    affectbench::report::build_report(std::slice::from_ref(&out), &report, &Default::default())
+        .unwrap();
+    let quality = std::fs::read_to_string(report.join("tables/judge_quality.csv")).unwrap();
+    for stat in [
+        "compliant",
+        "orders_agree",
+        "content_free_valence",
+        "lexicon_scored",
+    ] {
+        assert!(quality.contains(&format!(",{stat},")), "{stat}: {quality}");
+    }
+    let bias = std::fs::read_to_string(report.join("tables/negativity_bias.csv")).unwrap();
+    assert!(bias.contains(",judge-calibrated,"));
+}

@@ -7,8 +7,8 @@
 
 use super::load::RunData;
 use super::scores::{
-    completion_scores, conditions, models, scale_scores, CompletionScore, ConditionInfo, Readout,
-    ScaleScore,
+    completion_scores, conditions, models, scale_scores, scorer_value, CompletionScore,
+    ConditionInfo, Readout, ScaleScore, SCORERS,
 };
 use super::stats::{
     bootstrap, describe, hedges_g, holm, mann_whitney, mean, mean_difference, paired_t, welch,
@@ -205,6 +205,7 @@ pub struct Analysis {
     pub contrasts: Vec<Contrast>,
     pub baseline_returns: Vec<BaselineReturn>,
     pub completions: Vec<CompletionScore>,
+    pub judge_quality: Vec<JudgeQuality>,
     pub valence: Vec<ValenceCell>,
     pub valence_contrasts: Vec<ValenceContrast>,
     pub quality: Vec<QualityRow>,
@@ -463,12 +464,105 @@ pub fn analyse(data: &RunData, options: &ReportOptions) -> Analysis {
         cells,
         contrasts,
         baseline_returns,
+        judge_quality: judge_quality(&completions),
         completions,
         valence,
         valence_contrasts,
         options: options.clone(),
         seed,
     }
+}
+
+/// How far the completion scorers can be trusted, per model: how many completions
+/// continue their stem, how many the lexicon can score at all, whether the judge gives
+/// the same answer whichever order it reads the labels in, what it says with nothing to
+/// judge, and whether it agrees with the lexicon.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JudgeQuality {
+    pub model: String,
+    pub completions: usize,
+    /// Completions whose compliance is known, and how many of them continue the stem.
+    pub compliance_known: usize,
+    pub compliant: usize,
+    /// Completions with at least one lexicon word.
+    pub lexicon_scored: usize,
+    pub judged: usize,
+    /// Completions judged in two orders, and how many got the same most probable label
+    /// (by the sign of the valence: negative, about zero, positive) in both.
+    pub two_orders: usize,
+    pub orders_agree: usize,
+    /// Mean absolute valence difference between the two orders.
+    pub mean_order_gap: f64,
+    /// The judge's valence for content-free texts (its bias), mean over completions.
+    pub content_free_valence: Option<f64>,
+    /// Pearson r between judge and lexicon valence over lexicon-scored completions.
+    pub judge_lexicon_r: Option<f64>,
+    pub judge_calibrated_lexicon_r: Option<f64>,
+}
+
+fn judge_quality(completions: &[CompletionScore]) -> Vec<JudgeQuality> {
+    let mut by_model: BTreeMap<&str, Vec<&CompletionScore>> = BTreeMap::new();
+    for c in completions {
+        by_model.entry(&c.model).or_default().push(c);
+    }
+    let side = |v: f64| {
+        if v < -1.0 / 3.0 {
+            -1
+        } else if v > 1.0 / 3.0 {
+            1
+        } else {
+            0
+        }
+    };
+    by_model
+        .into_iter()
+        .map(|(model, cs)| {
+            let two: Vec<&&CompletionScore> =
+                cs.iter().filter(|c| c.judge_by_order.len() == 2).collect();
+            let agree = two
+                .iter()
+                .filter(|c| side(c.judge_by_order[0]) == side(c.judge_by_order[1]))
+                .count();
+            let gap = if two.is_empty() {
+                f64::NAN
+            } else {
+                two.iter()
+                    .map(|c| (c.judge_by_order[0] - c.judge_by_order[1]).abs())
+                    .sum::<f64>()
+                    / two.len() as f64
+            };
+            let scored: Vec<&&CompletionScore> =
+                cs.iter().filter(|c| c.lexicon_words > 0).collect();
+            let r_with = |f: fn(&CompletionScore) -> Option<f64>| {
+                let (x, y): (Vec<f64>, Vec<f64>) = scored
+                    .iter()
+                    .filter_map(|c| f(c).map(|j| (j, c.lexicon)))
+                    .unzip();
+                // A correlation over a handful of completions says nothing.
+                if x.len() < crate::results::validity::MIN_RESPONDENTS {
+                    return None;
+                }
+                crate::results::validity::pearson(&x, &y)
+            };
+            JudgeQuality {
+                model: model.to_string(),
+                completions: cs.len(),
+                compliance_known: cs.iter().filter(|c| c.compliant.is_some()).count(),
+                compliant: cs.iter().filter(|c| c.compliant == Some(true)).count(),
+                lexicon_scored: scored.len(),
+                judged: cs.iter().filter(|c| c.judge.is_some()).count(),
+                two_orders: two.len(),
+                orders_agree: agree,
+                mean_order_gap: gap,
+                content_free_valence: {
+                    let v: Vec<f64> = cs.iter().filter_map(|c| c.judge_content_free).collect();
+                    (!v.is_empty()).then(|| mean(&v))
+                },
+                judge_lexicon_r: r_with(|c| c.judge),
+                judge_calibrated_lexicon_r: r_with(|c| c.judge_calibrated),
+            }
+        })
+        .collect()
 }
 
 /// Valence per model x condition x scorer, and each completion condition that induces an
@@ -481,13 +575,12 @@ fn negativity(
 ) -> (Vec<ValenceCell>, Vec<ValenceContrast>) {
     let mut by: BTreeMap<(String, String, &'static str), Vec<f64>> = BTreeMap::new();
     for c in completions {
-        by.entry((c.model.clone(), c.condition.clone(), "lexicon"))
-            .or_default()
-            .push(c.lexicon);
-        if let Some(j) = c.judge {
-            by.entry((c.model.clone(), c.condition.clone(), "judge"))
-                .or_default()
-                .push(j);
+        for scorer in SCORERS {
+            if let Some(v) = scorer_value(scorer, c) {
+                by.entry((c.model.clone(), c.condition.clone(), scorer))
+                    .or_default()
+                    .push(v);
+            }
         }
     }
     let order = |c: &str| conds.iter().position(|x| x.name == c).unwrap_or(usize::MAX);
@@ -529,12 +622,7 @@ fn negativity(
                 .iter()
                 .filter(|x| &x.model == m && x.condition == cond)
             {
-                let v = if *s == "lexicon" {
-                    Some(x.lexicon)
-                } else {
-                    x.judge
-                };
-                if let Some(v) = v {
+                if let Some(v) = scorer_value(s, x) {
                     acc.entry(key(x).to_string()).or_default().push(v);
                 }
             }

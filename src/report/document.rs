@@ -693,6 +693,59 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
         if let Some(i) = fig("negativity") {
             neg.push(Block::Figure(i));
         }
+        let count = |k: usize, n: usize| {
+            if n == 0 {
+                "–".to_string()
+            } else {
+                format!("{k} of {n} ({:.0}%)", 100.0 * k as f64 / n as f64)
+            }
+        };
+        let maybe = |x: Option<f64>| x.map(|v| f(v, 2)).unwrap_or_else(|| "–".into());
+        neg.push(Block::Text(
+            "Can the scorers be trusted? A completion complies when it continues its stem \
+             (repeats the stem and adds words, or starts as the rest of a sentence); the \
+             scorers are also reported on compliant completions only (scorer names ending \
+             in \", compliant\"). The lexicon can score only completions holding one of its \
+             words. The judge is asked with the labels in the listed and the reversed order: \
+             a judge that reads the text gives the same answer both ways (order agreement: \
+             same side of -1/3 and +1/3), one that takes the first label it reads does not. \
+             Its valence for content-free texts is its bias with nothing to judge; \
+             judge-calibrated divides that bias out. Agreement with the lexicon is Pearson's \
+             r over lexicon-scored completions (tables/judge_quality.csv)."
+                .into(),
+        ));
+        neg.push(table(
+            "Completion scorers: compliance, coverage, judge order agreement and bias",
+            &[
+                "model",
+                "continue the stem",
+                "lexicon scores",
+                "judge orders agree",
+                "mean order gap",
+                "judge valence of content-free text",
+                "judge-lexicon r",
+                "calibrated judge-lexicon r",
+            ],
+            a.judge_quality
+                .iter()
+                .map(|q| {
+                    vec![
+                        q.model.clone(),
+                        count(q.compliant, q.compliance_known),
+                        count(q.lexicon_scored, q.completions),
+                        count(q.orders_agree, q.two_orders),
+                        if q.two_orders > 0 {
+                            f(q.mean_order_gap, 2)
+                        } else {
+                            "–".into()
+                        },
+                        maybe(q.content_free_valence),
+                        maybe(q.judge_lexicon_r),
+                        maybe(q.judge_calibrated_lexicon_r),
+                    ]
+                })
+                .collect(),
+        ));
         neg.push(table(
             "Completion valence",
             &[

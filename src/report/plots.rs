@@ -474,7 +474,7 @@ pub fn regulation_figure(a: &Analysis) -> Option<Figure> {
 /// Negativity bias: mean completion valence per condition and model, one panel per scorer.
 pub fn negativity_figure(a: &Analysis) -> Option<Figure> {
     let mut panels = Vec::new();
-    for scorer in ["lexicon", "judge"] {
+    for scorer in ["lexicon", "judge", "judge-calibrated"] {
         let mut conds: Vec<&str> = Vec::new();
         for c in a.conditions.iter().filter(|c| {
             a.valence
@@ -526,7 +526,7 @@ pub fn negativity_figure(a: &Analysis) -> Option<Figure> {
     Some(Figure {
         id: "negativity".into(),
         title: "Valence of sentence completions".into(),
-        caption: "Mean valence of the completions per condition (bars: 95% BCa CI over completions). Lexicon: VADER lexicon scorer; judge: the same model rating each completion negative/neutral/positive in a fresh conversation.".into(),
+        caption: "Mean valence of the completions per condition (bars: 95% BCa CI over completions). Lexicon: VADER lexicon scorer; judge: the same model rating each completion negative/neutral/positive in a fresh conversation (mean over the label orders asked); judge-calibrated: the judge with its answer for content-free texts divided out.".into(),
         panels,
     })
 }

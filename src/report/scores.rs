@@ -42,6 +42,43 @@ pub struct CompletionScore {
     pub lexicon_words: usize,
     /// Expected judge valence (-1 negative .. +1 positive), if the run has judge read-outs.
     pub judge: Option<f64>,
+    /// The judge's valence with its content-free bias divided out (runs since 2026-11-24).
+    pub judge_calibrated: Option<f64>,
+    /// Judge valence per option order asked (one entry when asked in one order).
+    pub judge_by_order: Vec<f64>,
+    /// The judge's valence for content-free texts: its bias with nothing to judge.
+    pub judge_content_free: Option<f64>,
+    /// Whether the completion continues its stem (runs since 2026-11-24).
+    pub compliant: Option<bool>,
+}
+
+/// The completion scorers the negativity analysis reports: each on all completions and
+/// on those that continue their stem.
+pub const SCORERS: [&str; 6] = [
+    "lexicon",
+    "judge",
+    "judge-calibrated",
+    "lexicon, compliant",
+    "judge, compliant",
+    "judge-calibrated, compliant",
+];
+
+/// A completion's valence under `scorer` (one of `SCORERS`); None where the scorer does
+/// not apply (no judge, not compliant, or compliance unknown).
+pub fn scorer_value(scorer: &str, c: &CompletionScore) -> Option<f64> {
+    let (base, compliant_only) = match scorer.strip_suffix(", compliant") {
+        Some(base) => (base, true),
+        None => (scorer, false),
+    };
+    if compliant_only && c.compliant != Some(true) {
+        return None;
+    }
+    match base {
+        "lexicon" => Some(c.lexicon),
+        "judge" => c.judge,
+        "judge-calibrated" => c.judge_calibrated,
+        _ => None,
+    }
 }
 
 pub fn conditions(data: &RunData) -> Vec<ConditionInfo> {
@@ -119,6 +156,26 @@ pub fn completion_scores(data: &RunData) -> Vec<CompletionScore> {
                 lexicon: lex.valence,
                 lexicon_words: lex.matched,
                 judge: judge_valence(t),
+                judge_calibrated: t.judge_detail.as_ref().map(|d| d.calibrated_expected),
+                judge_by_order: t
+                    .judge_detail
+                    .as_ref()
+                    .zip(t.judge.as_ref())
+                    .map(|(d, j)| {
+                        d.by_order
+                            .iter()
+                            .map(|p| p.iter().zip(&j.values).map(|(p, v)| p * v).sum())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                judge_content_free: t.judge_detail.as_ref().zip(t.judge.as_ref()).map(|(d, j)| {
+                    d.content_free
+                        .iter()
+                        .zip(&j.values)
+                        .map(|(p, v)| p * v)
+                        .sum()
+                }),
+                compliant: t.continues_stem,
                 text,
             })
         })

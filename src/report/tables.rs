@@ -500,11 +500,35 @@ pub fn tidy_tables(a: &Analysis) -> Vec<Tidy> {
             ],
         );
     }
+    let mut judge = Tidy::new("judge_quality", &["model"]);
+    let opt = |x: Option<f64>| x.unwrap_or(f64::NAN);
+    for q in &a.judge_quality {
+        judge.push(
+            vec![q.model.clone()],
+            &[
+                ("completions", q.completions as f64),
+                ("compliance_known", q.compliance_known as f64),
+                ("compliant", q.compliant as f64),
+                ("lexicon_scored", q.lexicon_scored as f64),
+                ("judged", q.judged as f64),
+                ("judged_in_two_orders", q.two_orders as f64),
+                ("orders_agree", q.orders_agree as f64),
+                ("mean_order_gap", q.mean_order_gap),
+                ("content_free_valence", opt(q.content_free_valence)),
+                ("judge_lexicon_r", opt(q.judge_lexicon_r)),
+                (
+                    "judge_calibrated_lexicon_r",
+                    opt(q.judge_calibrated_lexicon_r),
+                ),
+            ],
+        );
+    }
     vec![
         descriptives,
         contrasts,
         baseline,
         valence,
+        judge,
         quality,
         position,
         variance,
@@ -552,6 +576,8 @@ pub fn write_trials_csv(path: &Path, data: &RunData) -> Result<()> {
         "completion",
         "lexicon_valence",
         "judge_valence",
+        "judge_calibrated_valence",
+        "continues_stem",
         "error",
         "total_ms",
     ])
@@ -671,6 +697,10 @@ pub fn write_trials_csv(path: &Path, data: &RunData) -> Result<()> {
             s(&t.completion),
             opt(t.completion.as_ref().map(|x| lexicon::score(x).valence)),
             opt(judge_valence(t)),
+            opt(t.judge_detail.as_ref().map(|d| d.calibrated_expected)),
+            t.continues_stem
+                .map(|b| b.to_string())
+                .unwrap_or_else(|| "NA".into()),
             s(&t.error),
             opt(timing),
         ])

@@ -242,6 +242,8 @@ mod tests {
             error: None,
             timing: Timing::default(),
             calibrated: None,
+            judge_detail: None,
+            continues_stem: None,
         }
     }
 

@@ -29,8 +29,8 @@ pub use header::{
 pub use read::{read_header, read_trials, TrialsFile};
 pub use scores::{scale_scores, Readout, ScaleScore};
 pub use trial::{
-    CalibratedReadout, ChoiceReadout, GenerateReadout, LabelBinding, Question, RecordKind, Timing,
-    TrialRecord,
+    CalibratedReadout, ChoiceReadout, GenerateReadout, JudgeDetail, LabelBinding, Question,
+    RecordKind, Timing, TrialRecord,
 };
 pub use validity::{gate_verdicts, validity_checks, Check, GateVerdict, Verdict};
 

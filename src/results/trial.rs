@@ -146,6 +146,20 @@ pub struct CalibratedReadout {
     pub keyed_expected: f64,
 }
 
+/// How the judge read a completion: per option order asked, and calibrated.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JudgeDetail {
+    /// The orders asked, as indices into the judge's options (listed first).
+    pub orders: Vec<Vec<usize>>,
+    /// Option probabilities per order asked, in the judge's listed option order.
+    pub by_order: Vec<Vec<f64>>,
+    /// The mean distribution (listed order) the judge gives content-free texts ("N/A",
+    /// "", "[MASK]") over the same orders: its bias with nothing to judge.
+    pub content_free: Vec<f64>,
+    /// The expected valence after dividing `content_free` out of the mean distribution.
+    pub calibrated_expected: f64,
+}
+
 /// Wall-clock milliseconds of a trial's phases; absent phases did not run.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Timing {
@@ -187,8 +201,15 @@ pub struct TrialRecord {
     pub choice: Option<ChoiceReadout>,
     /// Sentence completions: the generated text.
     pub completion: Option<String>,
-    /// Sentence completions: the model-as-judge valence read-out of the text.
+    /// Sentence completions: the model-as-judge valence read-out of the text (with the
+    /// judge asked in more than one option order, the mean over orders).
     pub judge: Option<ChoiceReadout>,
+    /// Sentence completions: the judge per order asked, and its content-free bias.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge_detail: Option<JudgeDetail>,
+    /// Sentence completions: whether the text continues the stem (`Stem::continued_by`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continues_stem: Option<bool>,
     pub error: Option<String>,
     pub timing: Timing,
     /// Filled in by `results::calibrate` from the run's content-free records.

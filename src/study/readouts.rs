@@ -12,12 +12,16 @@ use crate::error::{Error, Result};
 use crate::generate::{decode, extend_rows};
 use crate::model::{KvCache, Model};
 use crate::option_scoring::{normalise, option_logprobs, option_logprobs_rows, ScoringRow};
-use crate::results::{ChoiceReadout, GenerateReadout, RecordKind, Timing, TrialRecord, SCHEMA};
+use crate::results::{
+    ChoiceReadout, GenerateReadout, JudgeDetail, RecordKind, Timing, TrialRecord, SCHEMA,
+};
 use crate::rng::Stream;
 use crate::sampling::inverse_cdf;
 use crate::scenario::study::PerConversation;
+use crate::scenario::study::CONTENT_FREE_TEXTS;
 use crate::scenario::{Instrument, Item, Judge, Library, Response, Study};
 use rand::Rng;
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 /// An item trial's prompt prefilled with its unit: the cache holding the prompt, the
@@ -120,11 +124,18 @@ pub fn base_record(study: &Study, group: &Group, trial: &Trial, ctx: &GroupConte
         error: None,
         timing: Timing::default(),
         calibrated: None,
+        judge_detail: None,
+        continues_stem: None,
     }
 }
 
-/// A completion trial: its sampled tokens (decoded with its group) as text, and the
-/// judge's read-out of the text where the task has a judge.
+/// The judge's content-free distribution per (model label, task), computed once per
+/// process: it depends on nothing but the model and the judge, so a resumed run
+/// computes the same values.
+pub type JudgeBias = BTreeMap<(String, String), Vec<f64>>;
+
+/// A completion trial: its sampled tokens (decoded with its group) as text, whether it
+/// continues its stem, and the judge's read-out of the text where the task has a judge.
 pub fn run_completion(
     study: &Study,
     lib: &Library,
@@ -132,8 +143,9 @@ pub fn run_completion(
     mut rec: TrialRecord,
     trial: &Trial,
     tokens: Option<&CompletionTokens>,
+    judge_bias: &mut JudgeBias,
 ) -> Result<TrialRecord> {
-    let Question::Completion { task, .. } = &trial.question else {
+    let Question::Completion { task, stem, .. } = &trial.question else {
         return Err(Error::Run("internal: not a completion trial".into()));
     };
     let tokens = match tokens {
@@ -147,8 +159,22 @@ pub fn run_completion(
     };
     let text = model.tokenizer.decode(tokens)?.trim().to_string();
     let started = Instant::now();
-    if let Some(judge) = &lib.tasks[task].judge {
-        rec.judge = Some(judge_valence(study, model, judge, &text, &trial.id)?);
+    let task_def = &lib.tasks[task];
+    rec.continues_stem = task_def
+        .stems
+        .iter()
+        .find(|s| &s.id == stem)
+        .map(|s| s.continued_by(&text));
+    if let Some(judge) = &task_def.judge {
+        let key = (rec.model.clone(), task.clone());
+        if !judge_bias.contains_key(&key) {
+            let bias = judge_content_free(study, model, judge)?;
+            judge_bias.insert(key.clone(), bias);
+        }
+        let (readout, detail) =
+            judge_valence(study, model, judge, &text, &trial.id, &judge_bias[&key])?;
+        rec.judge = Some(readout);
+        rec.judge_detail = Some(detail);
     }
     rec.completion = Some(text);
     rec.timing.judge_ms = Some(started.elapsed().as_secs_f64() * 1e3);
@@ -411,30 +437,84 @@ fn choice_readout(
     })
 }
 
-/// The model-as-judge read-out: a fresh conversation (the study's system prompt, then the
-/// judge instruction around `text`) and the probability of each judge label.
+/// The judge's option distribution for `text` asked in `order`, mapped back to the
+/// listed option order, and the option mass: a fresh conversation (the study's system
+/// prompt, then the judge instruction).
+fn judge_distribution(
+    study: &Study,
+    model: &Model,
+    judge: &Judge,
+    text: &str,
+    order: &[usize],
+) -> Result<(Vec<f64>, f64)> {
+    let mut conv = Vec::new();
+    if let Some(s) = &study.system_prompt {
+        conv.push(Message::system(s.clone()));
+    }
+    conv.push(Message::user(judge.prompt(text, order)));
+    let tokens = model.tokenizer.encode(&model.render_chat(&conv)?, false)?;
+    let mut cache = KvCache::new(model.transformer.config.n_layer);
+    let logits = model.transformer.last_logits(&tokens, &mut cache)?;
+    let option_tokens = order
+        .iter()
+        .map(|&i| model.tokenizer.encode(&judge.options[i].0, false))
+        .collect::<Result<Vec<_>>>()?;
+    let (shown, mass) = normalise(&option_logprobs(model, &cache, &logits, &option_tokens)?);
+    let mut listed = vec![0.0; judge.options.len()];
+    for (&i, p) in order.iter().zip(shown) {
+        listed[i] = p;
+    }
+    Ok((listed, mass))
+}
+
+/// The judge's mean distribution (listed order) over the content-free texts and the
+/// orders it is asked in: what it answers with nothing to judge.
+fn judge_content_free(study: &Study, model: &Model, judge: &Judge) -> Result<Vec<f64>> {
+    let mut sum = vec![0.0; judge.options.len()];
+    let mut n = 0.0;
+    for content in CONTENT_FREE_TEXTS {
+        for order in judge.orders() {
+            let (p, _) = judge_distribution(study, model, judge, content, &order)?;
+            for (s, x) in sum.iter_mut().zip(p) {
+                *s += x;
+            }
+            n += 1.0;
+        }
+    }
+    Ok(sum.into_iter().map(|s| s / n).collect())
+}
+
+/// The model-as-judge read-out: the judge asked in each of its orders, the mean
+/// distribution as the read-out, and the detail (per order, content-free bias and the
+/// valence with that bias divided out).
 fn judge_valence(
     study: &Study,
     model: &Model,
     judge: &Judge,
     text: &str,
     trial_id: &str,
-) -> Result<ChoiceReadout> {
-    let mut conv = Vec::new();
-    if let Some(s) = &study.system_prompt {
-        conv.push(Message::system(s.clone()));
+    content_free: &[f64],
+) -> Result<(ChoiceReadout, JudgeDetail)> {
+    let orders = judge.orders();
+    let mut by_order = Vec::new();
+    let mut mass = 0.0;
+    for order in &orders {
+        let (p, m) = judge_distribution(study, model, judge, text, order)?;
+        by_order.push(p);
+        mass += m / orders.len() as f64;
     }
-    conv.push(Message::user(judge.prompt(text)));
-    let tokens = model.tokenizer.encode(&model.render_chat(&conv)?, false)?;
-    let mut cache = KvCache::new(model.transformer.config.n_layer);
-    let logits = model.transformer.last_logits(&tokens, &mut cache)?;
+    let probs: Vec<f64> = (0..judge.options.len())
+        .map(|i| by_order.iter().map(|p| p[i]).sum::<f64>() / by_order.len() as f64)
+        .collect();
     let (labels, values): (Vec<String>, Vec<f64>) = judge.options.iter().cloned().unzip();
-    let option_tokens = labels
+    let ratios: Vec<f64> = probs
         .iter()
-        .map(|l| model.tokenizer.encode(l, false))
-        .collect::<Result<Vec<_>>>()?;
-    let (probs, mass) = normalise(&option_logprobs(model, &cache, &logits, &option_tokens)?);
-    choice_readout(
+        .zip(content_free)
+        .map(|(p, q)| p / q.max(1e-300))
+        .collect();
+    let total: f64 = ratios.iter().sum();
+    let calibrated_expected = ratios.iter().zip(&values).map(|(r, v)| r / total * v).sum();
+    let readout = choice_readout(
         study.seed,
         labels,
         values,
@@ -442,7 +522,16 @@ fn judge_valence(
         mass,
         Stream::JudgeDraw { trial: trial_id },
         None,
-    )
+    )?;
+    Ok((
+        readout,
+        JudgeDetail {
+            orders,
+            by_order,
+            content_free: content_free.to_vec(),
+            calibrated_expected,
+        },
+    ))
 }
 
 /// The value an answer gives, or why it could not be read. With all items in one turn

@@ -16,7 +16,7 @@ use super::interrupt;
 use super::plan::{count_trials, expand, Plan, Trial, MAX_PLAN_TRIALS};
 use super::progress::Progress;
 use super::provenance::{model_provenance, new_header, HeaderInputs};
-use super::readouts::{base_record, prefill_unit, run_completion, run_item};
+use super::readouts::{base_record, prefill_unit, run_completion, run_item, JudgeBias};
 use super::run_dir::RunDir;
 use super::summary::summarise;
 use crate::engine::EngineConfig;
@@ -323,6 +323,7 @@ fn execute(
     tally: &mut Tally,
 ) -> Result<()> {
     let pending_ids: HashSet<&str> = pending.iter().map(|t| t.id.as_str()).collect();
+    let mut judge_bias = JudgeBias::new();
     for (gi, group) in plan.groups.iter().enumerate() {
         let members: Vec<&Trial> = plan.trials.iter().filter(|t| t.group == gi).collect();
         let todo: Vec<&Trial> = members
@@ -374,6 +375,7 @@ fn execute(
                             base_record(study, group, t, &ctx),
                             t,
                             completions.get(&t.id),
+                            &mut judge_bias,
                         )
                     })
                     .collect()
