@@ -3,7 +3,7 @@ tests of the negativity-bias analysis, computed with pingouin, factor_analyzer a
 
 Writes tests/data/consistency_reference.json, which tests/validity_reference.rs checks
 `affectbench::results::validity::{cronbach_alpha, mcdonald_omega, pearson}` and
-`affectbench::report::stats::paired_t` against. Run from the
+`affectbench::report::stats::{paired_t, one_sample_t}` against. Run from the
 repository root:
 
     python3 -m venv /tmp/statsenv && /tmp/statsenv/bin/pip install pingouin scipy numpy factor_analyzer
@@ -58,6 +58,12 @@ for name, n in [("stems-8", 8), ("stems-32", 32)]:
     res = stats.ttest_rel(a, b)
     out["paired_t"].append({"name": name, "a": a.tolist(), "b": b.tolist(),
                             "t": float(res.statistic), "df": float(res.df), "p": float(res.pvalue)})
+out["one_sample_t"] = []
+for name, n, c in [("arm-6-vs-2.5", 6, 2.5), ("arm-20-vs-0", 20, 0.0)]:
+    a = (rng.normal(size=n) + 0.3).round(3)
+    res = stats.ttest_1samp(a, c)
+    out["one_sample_t"].append({"name": name, "a": a.tolist(), "c": c,
+                                "t": float(res.statistic), "df": float(res.df), "p": float(res.pvalue)})
 with open("tests/data/consistency_reference.json", "w") as f:
     json.dump(out, f, indent=1)
 print("wrote tests/data/consistency_reference.json with", out["generator"])

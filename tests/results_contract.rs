@@ -110,7 +110,21 @@ fn a_schema_1_run_and_its_schema_2_rerun_agree_on_every_value() {
     run_study(&cfg).unwrap();
     let new_header = read_header(&cfg.out_dir).unwrap();
     assert_eq!(new_header.schema, SCHEMA);
-    assert_eq!(new_header.study, old_header.study);
+    // The study as recorded then; the acknowledgement is recorded since (the same fixed
+    // text the study file gives).
+    assert_eq!(
+        new_header.study.acknowledgement,
+        Some(affectbench::scenario::study::Acknowledgement::Fixed {
+            text: "I have read this.".into()
+        })
+    );
+    assert_eq!(
+        affectbench::results::StudyRecord {
+            acknowledgement: None,
+            ..new_header.study.clone()
+        },
+        old_header.study
+    );
     // The same model by identity; the path is wherever this machine's cache is.
     let identity = |h: &affectbench::results::RunHeader| {
         h.models

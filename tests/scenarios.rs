@@ -58,10 +58,13 @@ fn shipped_scenarios_meet_the_design() {
     ] {
         let s = &lib.instruments[&format!("{emotion}-state")];
         assert!(
-            s.items.iter().any(|i| i.reverse),
-            "{emotion}-state has a reverse-keyed item"
+            s.items.len() >= 6 && s.items.iter().filter(|i| i.reverse).count() >= 2,
+            "{emotion}-state has at least 6 items, 2 of them reverse-keyed, so internal \
+             consistency is estimable"
         );
     }
+    let trauma = &lib.inductions["trauma"];
+    assert!(trauma.variants.len() >= 3 && trauma.variants.iter().all(|v| v.is_text));
     assert!(lib.tasks["sentence-stems"].stems.len() >= 30);
     for study in ["affect-induction", "state-anxiety", "smoke"] {
         Study::load(
@@ -73,7 +76,47 @@ fn shipped_scenarios_meet_the_design() {
     let lancet = Study::load(Path::new("scenarios/studies/affect-induction.toml"), &lib).unwrap();
     // baseline, neutral, 7 inductions x 4 regulations, and the positive control pair
     assert_eq!(lancet.conditions.len(), 2 + 7 * 4 + 2);
-    assert_eq!((lancet.repetitions, lancet.temperature), (5, 0.5));
+    assert_eq!((lancet.repetitions, lancet.temperature), (10, 0.5));
+    // Every shipped design repeats each induction and regulation variant at least twice
+    // (so wording variance is estimable) and varies the system prompt by repetition (so
+    // no condition is one conversation repeated).
+    for study in ["affect-induction", "state-anxiety"] {
+        let s = Study::load(
+            &Path::new("scenarios/studies").join(format!("{study}.toml")),
+            &lib,
+        )
+        .unwrap();
+        assert!(s.system_prompt_variants.len() >= 2, "{study}");
+        for c in &s.conditions {
+            let mut counts = Vec::new();
+            if let Some(i) = &c.induction {
+                counts.push(lib.inductions[i].variants.len());
+            }
+            if let Some(r) = c.regulation.as_ref().filter(|r| r.variant.is_none()) {
+                counts.push(lib.regulations[&r.strategy].variants.len());
+            }
+            for n in counts {
+                assert!(
+                    s.repetitions >= 2 * n,
+                    "{study}/{}: {} repetitions for {n} variants",
+                    c.name,
+                    s.repetitions
+                );
+            }
+        }
+    }
+    let ben_zion = Study::load(Path::new("scenarios/studies/state-anxiety.toml"), &lib).unwrap();
+    let trauma_conditions = ben_zion
+        .conditions
+        .iter()
+        .filter(|c| c.name.contains("trauma"))
+        .count();
+    assert!(trauma_conditions >= 4);
+    assert!(ben_zion
+        .conditions
+        .iter()
+        .filter(|c| c.name.contains("trauma"))
+        .all(|c| c.induction.as_deref() == Some("trauma")));
 }
 
 #[test]
@@ -248,6 +291,18 @@ fn validation_rejects_each_impossible_design_with_file_line_and_fix() {
             "option_order = \"both\"",
             "option_order = \"shuffled\"",
             "option_order is 'shuffled'",
+        ),
+        (
+            "studies/smoke.toml",
+            "repetitions = 2",
+            "repetitions = 2\nsystem_prompt = \"a\"\nsystem_prompts = [\"b\", \"c\"]",
+            "not both",
+        ),
+        (
+            "studies/smoke.toml",
+            "repetitions = 2",
+            "repetitions = 2\nacknowledgement_mode = \"silent\"",
+            "acknowledgement_mode is 'silent'",
         ),
         (
             "studies/smoke.toml",

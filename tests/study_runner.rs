@@ -28,9 +28,10 @@ fn tiny_model(dir: &Path) -> PathBuf {
     path
 }
 
-/// The smoke study's records: 24 trials, and 12 content-free calibration prompts (its
-/// one instrument x 2 label styles x 2 counterbalanced orders x 3 content-free texts).
-const SMOKE_RECORDS: usize = 24 + 12;
+/// The smoke study's records: 32 trials (2 conditions x 2 repetitions x 6 items, and 8
+/// completions), and 12 content-free calibration prompts (its one instrument x 2 label
+/// styles x 2 counterbalanced orders x 3 content-free texts).
+const SMOKE_RECORDS: usize = 32 + 12;
 
 #[test]
 fn expansion_counts_match_the_design() {
@@ -41,18 +42,21 @@ fn expansion_counts_match_the_design() {
         None,
     )
     .unwrap();
-    let all_scales = 7 + 7 * 4; // VAS + seven 4-item state scales at baseline and neutral
-    let per_emotion = 7 + 4; // VAS + the matching state scale
+    let all_scales = 7 + 7 * 6; // VAS + seven 6-item state scales at baseline and neutral
+    let per_emotion = 7 + 6; // VAS + the matching state scale
     let stems = lib.tasks["sentence-stems"].stems.len();
     // baseline, neutral and the positive-control pair ask every scale; the 28
     // induction x regulation conditions their emotion's; two conditions complete stems.
-    let trials = 5 * (4 * all_scales + 28 * per_emotion) + 5 * 2 * stems * 2;
+    let reps = study.repetitions;
+    let trials = reps * (4 * all_scales + 28 * per_emotion) + reps * 2 * stems * 2;
     // Content-free calibration: each state scale in both counterbalanced orders, VAS in
-    // its one, per label style, times the 3 content-free texts; one group per model.
-    let content_free = 3 * study.label_styles.len() * (7 * 2 + 1);
+    // its one, per label style, times the 3 content-free texts; one group per model and
+    // system prompt variant.
+    let variants = study.system_prompt_variants.len();
+    let content_free = 3 * study.label_styles.len() * (7 * 2 + 1) * variants;
     let expected = trials + content_free;
     assert_eq!(plan.trials.len(), expected);
-    assert_eq!(plan.groups.len(), 32 * study.repetitions + 1);
+    assert_eq!(plan.groups.len(), 32 * study.repetitions + variants);
     assert_eq!(
         plan.trials
             .iter()
@@ -69,7 +73,10 @@ fn expansion_counts_match_the_design() {
         Some(2),
     )
     .unwrap();
-    assert_eq!(two_models.trials.len(), 2 * (trials * 2 / 5 + content_free));
+    assert_eq!(
+        two_models.trials.len(),
+        2 * (trials * 2 / reps + content_free)
+    );
 }
 
 #[test]
@@ -1139,7 +1146,7 @@ fn content_free_prompts_measure_each_arrangement_and_calibrate_its_items() {
         assert!((got.expected - expected).abs() < 1e-12);
         checked += 1;
     }
-    assert_eq!(checked, 16);
+    assert_eq!(checked, 24);
 
     // The report shows and tabulates it.
     let report = dir.path().join("report");
@@ -1220,4 +1227,179 @@ fn the_judge_is_asked_in_both_orders_with_its_content_free_bias_recorded() {
     }
     let bias = std::fs::read_to_string(report.join("tables/negativity_bias.csv")).unwrap();
     assert!(bias.contains(",judge-calibrated,"));
+}
+
+/// Runs the smoke study with `edit` applied to its file; the records and run.json.
+fn run_edited_smoke(
+    dir: &Path,
+    model: &Path,
+    name: &str,
+    edit: impl Fn(String) -> String,
+) -> (Vec<(String, serde_json::Value)>, serde_json::Value) {
+    let study = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &study,
+        edit(std::fs::read_to_string("scenarios/studies/smoke.toml").unwrap()),
+    )
+    .unwrap();
+    let out = dir.join(name);
+    let cfg = RunConfig {
+        study_path: study,
+        scenarios_root: Some(PathBuf::from("scenarios")),
+        ..config(model, &out, None, None)
+    };
+    run_study(&cfg).unwrap();
+    let header =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    (records(&out), header)
+}
+
+#[test]
+fn system_prompt_variants_follow_the_repetition_and_acknowledgements_are_a_choice() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let with = |extra: &'static str| {
+        move |text: String| text.replacen("option_order", &format!("{extra}\noption_order"), 1)
+    };
+    // Two system prompts: repetition r (and the content-free group r) uses variant r.
+    let (recs, header) = run_edited_smoke(
+        dir.path(),
+        &model,
+        "variants",
+        with("system_prompts = [\"SYS-ZERO\", \"SYS-ONE\"]"),
+    );
+    assert_eq!(header["study"]["system_prompts"][1], "SYS-ONE");
+    for (_, r) in &recs {
+        let prompt = r["prompt"].as_str().unwrap();
+        let want = ["SYS-ZERO", "SYS-ONE"][r["repetition"].as_u64().unwrap() as usize];
+        assert!(
+            prompt.starts_with(&format!("<|im_start|>system\n{want}<|im_end|>")),
+            "{prompt}"
+        );
+    }
+    let content_free = recs
+        .iter()
+        .filter(|(_, r)| r["question"]["kind"] == "content-free")
+        .count();
+    assert_eq!(content_free, 2 * 12, "one content-free group per variant");
+
+    // No acknowledgement: the text and the question are one user message.
+    let (recs, header) = run_edited_smoke(
+        dir.path(),
+        &model,
+        "none",
+        with("acknowledgement_mode = \"none\""),
+    );
+    assert_eq!(header["study"]["acknowledgement"]["mode"], "none");
+    let induced: Vec<&str> = recs
+        .iter()
+        .filter(|(_, r)| r["condition"] == "sadness/breathing")
+        .map(|(_, r)| r["prompt"].as_str().unwrap())
+        .collect();
+    assert!(!induced.is_empty());
+    for p in &induced {
+        assert!(!p.contains("I have read this"), "{p}");
+        assert_eq!(p.matches("<|im_start|>user").count(), 1, "{p}");
+        assert_eq!(p.matches("<|im_start|>assistant").count(), 1, "{p}");
+    }
+
+    // The model's own reply after each text: an assistant turn per text (induction and
+    // breathing script), which is not the fixed acknowledgement.
+    let (recs, header) = run_edited_smoke(
+        dir.path(),
+        &model,
+        "generated",
+        with("acknowledgement_mode = \"generated\""),
+    );
+    assert_eq!(header["study"]["acknowledgement"]["mode"], "generated");
+    for (_, r) in recs
+        .iter()
+        .filter(|(_, r)| r["condition"] == "sadness/breathing")
+    {
+        let p = r["prompt"].as_str().unwrap();
+        assert!(!p.contains("I have read this"), "{p}");
+        assert_eq!(p.matches("<|im_start|>assistant").count(), 3, "{p}");
+    }
+}
+
+#[test]
+fn identical_repetitions_count_once_and_a_one_conversation_arm_is_a_constant() {
+    use affectbench::report::stats::one_sample_t;
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    // One label style and one option order: every baseline repetition shows the model
+    // the same prompts, so its probability read-out is one value repeated.
+    let (_, _) = run_edited_smoke(dir.path(), &model, "fixed", |text| {
+        text.replacen("repetitions = 2", "repetitions = 4", 1)
+            .replacen(
+                "option_order = \"counterbalanced\"",
+                "option_order = \"fixed\"",
+                1,
+            )
+            .replacen(
+                "label_styles = [\"digits\", \"letters\"]",
+                "label_styles = [\"digits\"]",
+                1,
+            )
+            .replacen(
+                "[completion]",
+                "[[contrast]]\nquestion = \"q\"\na = \"sadness/breathing\"\nb = \"baseline\"\ninstrument = \"sadness-state\"\nfamily = \"f\"\n\n[completion]",
+                1,
+            )
+    });
+    let run = dir.path().join("fixed");
+    let report = dir.path().join("report");
+    affectbench::report::build_report(std::slice::from_ref(&run), &report, &Default::default())
+        .unwrap();
+    let mut questions = csv::Reader::from_path(report.join("tables/questions.csv")).unwrap();
+    let headers = questions.headers().unwrap().clone();
+    let col = |row: &csv::StringRecord, name: &str| -> String {
+        row[headers.iter().position(|h| h == name).unwrap()].to_string()
+    };
+    let rows: Vec<csv::StringRecord> = questions.records().map(|r| r.unwrap()).collect();
+    let probability = rows
+        .iter()
+        .find(|r| col(r, "readout") == "probability")
+        .expect("the question is answered for the probability read-out");
+    assert_eq!(
+        col(probability, "n_b"),
+        "1",
+        "4 identical repetitions count once"
+    );
+    assert!(col(probability, "test").contains("b is one conversation"));
+
+    // The test is the one-sample t of the sampled arm against the constant, recomputed
+    // from the scale scores (mean of the 6 keyed expected values per conversation).
+    let trials = affectbench::results::read_trials(&run.join("trials.jsonl"), 7)
+        .unwrap()
+        .records;
+    let mut by_group: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
+    for (_, t) in &trials {
+        if t.question.item().is_some() {
+            by_group
+                .entry((t.condition.clone(), t.group_id.clone()))
+                .or_default()
+                .push(t.choice.as_ref().unwrap().keyed_expected);
+        }
+    }
+    let score = |v: &Vec<f64>| v.iter().sum::<f64>() / v.len() as f64;
+    let arm = |c: &str| -> Vec<f64> {
+        by_group
+            .iter()
+            .filter(|((cond, _), _)| cond == c)
+            .map(|(_, v)| score(v))
+            .collect()
+    };
+    let (a, b) = (arm("sadness/breathing"), arm("baseline"));
+    assert_eq!(b.len(), 4);
+    assert!(
+        b.iter().all(|x| *x == b[0]),
+        "the baseline repeats one value"
+    );
+    let want = one_sample_t(&a, b[0]);
+    let got: f64 = col(probability, "welch_t").parse().unwrap();
+    assert!((got - want.t).abs() < 1e-9, "{got} vs {}", want.t);
+    assert_eq!(col(probability, "welch_df"), format!("{}", a.len() - 1));
+    let html = std::fs::read_to_string(report.join("report.html")).unwrap();
+    assert!(html.contains("identical repeats dropped"));
 }

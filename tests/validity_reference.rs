@@ -94,3 +94,26 @@ fn paired_t_matches_scipy_ttest_rel() {
         }
     }
 }
+
+#[test]
+fn one_sample_t_matches_scipy_ttest_1samp() {
+    let cases = reference()["one_sample_t"].as_array().unwrap().clone();
+    assert!(cases.len() >= 2);
+    for case in cases {
+        let got = affectbench::report::stats::one_sample_t(
+            &floats(&case["a"]),
+            case["c"].as_f64().unwrap(),
+        );
+        for (name, g, w) in [
+            ("t", got.t, case["t"].as_f64().unwrap()),
+            ("df", got.df, case["df"].as_f64().unwrap()),
+            ("p", got.p, case["p"].as_f64().unwrap()),
+        ] {
+            assert!(
+                (g - w).abs() < 1e-9 * w.abs().max(1.0),
+                "{} {name}: {g} vs scipy {w}",
+                case["name"]
+            );
+        }
+    }
+}

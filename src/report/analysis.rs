@@ -11,9 +11,11 @@ use super::scores::{
     ConditionInfo, Readout, ScaleScore, SCORERS,
 };
 use super::stats::{
-    bootstrap, describe, hedges_g, holm, mann_whitney, mean, mean_difference, paired_t, welch,
-    BootstrapCi, Describe, HedgesG, MannWhitney, PairedT, Welch,
+    bootstrap, describe, hedges_g, hedges_g_vs_constant, holm, mann_whitney, mean, mean_difference,
+    one_sample_t, paired_t, welch, BootstrapCi, Describe, HedgesG, Interval, MannWhitney, PairedT,
+    Welch,
 };
+use crate::results::scores::distinct_observations;
 use crate::results::{
     gate_verdicts, validity_checks, Check, GateVerdict, Question, TrialRecord, Verdict,
 };
@@ -74,6 +76,80 @@ pub struct Contrast {
     pub welch: Welch,
     pub mann_whitney: MannWhitney,
     pub p_holm: f64,
+    /// Which arm, if any, is one fixed conversation compared as a constant.
+    pub constant: Option<Arm>,
+}
+
+/// One arm of a contrast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arm {
+    A,
+    B,
+}
+
+/// The n an interval of a contrast is judged by: the sampled arm's when the other is a
+/// constant, the smaller arm's otherwise.
+pub fn interval_n(n_a: usize, n_b: usize, constant: Option<Arm>) -> usize {
+    match constant {
+        Some(Arm::B) => n_a,
+        Some(Arm::A) => n_b,
+        None => n_a.min(n_b),
+    }
+}
+
+/// How a comparison's test is named in tables.
+pub fn test_name(constant: Option<Arm>) -> &'static str {
+    match constant {
+        None => "Welch t",
+        Some(Arm::A) => "one-sample t (a is one conversation: a constant)",
+        Some(Arm::B) => "one-sample t (b is one conversation: a constant)",
+    }
+}
+
+/// How two arms of scale scores compare: Welch and Hedges' g for two samples; where a
+/// deterministic read-out's arm is a single conversation (every repetition showed the
+/// model the same prompts, so they count once), that arm is a constant and the other
+/// is tested against it (one-sample t, one-sample g). The sign is always a - b.
+pub struct Comparison {
+    pub g: HedgesG,
+    pub test: Welch,
+    pub constant: Option<Arm>,
+    /// The n an interval is judged by: the smaller arm, or the sampled one.
+    pub interval_n: usize,
+}
+
+pub fn compare(xa: &[f64], xb: &[f64], readout: Readout, level: f64) -> Comparison {
+    let flip = |g: HedgesG| HedgesG {
+        g: -g.g,
+        se: g.se,
+        ci: Interval {
+            low: -g.ci.high,
+            high: -g.ci.low,
+        },
+    };
+    match (xa.len(), xb.len()) {
+        (na, 1) if readout.is_deterministic() && na >= 2 => Comparison {
+            g: hedges_g_vs_constant(xa, xb[0], level),
+            test: one_sample_t(xa, xb[0]),
+            constant: Some(Arm::B),
+            interval_n: na,
+        },
+        (1, nb) if readout.is_deterministic() && nb >= 2 => {
+            let t = one_sample_t(xb, xa[0]);
+            Comparison {
+                g: flip(hedges_g_vs_constant(xb, xa[0], level)),
+                test: Welch { t: -t.t, ..t },
+                constant: Some(Arm::A),
+                interval_n: nb,
+            }
+        }
+        (na, nb) => Comparison {
+            g: hedges_g(xa, xb, level),
+            test: welch(xa, xb),
+            constant: None,
+            interval_n: na.min(nb),
+        },
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -165,6 +241,9 @@ pub struct QuestionAnswer {
     pub difference: BootstrapCi,
     pub g: HedgesG,
     pub welch: Welch,
+    /// Which arm, if any, is one fixed conversation compared as a constant (then `welch`
+    /// holds the one-sample t test).
+    pub constant: Option<Arm>,
     /// Holm-adjusted Welch p within the contrast's family, model and read-out.
     pub p_holm: f64,
     pub validity: Verdict,
@@ -190,8 +269,23 @@ pub fn repetitions_for(d: f64) -> Option<f64> {
     (d.is_finite() && d != 0.0).then(|| (2.0 * ((Z_ALPHA + Z_POWER) / d).powi(2)).ceil())
 }
 
+/// Repetitions of a condition that showed the model the same conversation: for a
+/// deterministic read-out they are one observation and count once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdenticalReplicates {
+    pub model: String,
+    pub condition: String,
+    pub instrument: String,
+    pub subscale: String,
+    pub readout: Readout,
+    /// Distinct conversations kept, and repeated ones dropped.
+    pub distinct: usize,
+    pub dropped: usize,
+}
+
 pub struct Analysis {
     pub models: Vec<String>,
+    pub identical_replicates: Vec<IdenticalReplicates>,
     /// Answers to the design's declared questions, in declaration order.
     pub questions: Vec<QuestionAnswer>,
     /// The validity gate's checks and, per model x instrument x read-out, its verdict.
@@ -243,7 +337,30 @@ pub fn analyse(data: &RunData, options: &ReportOptions) -> Analysis {
         .seed
         .unwrap_or_else(|| data.headers.first().map(|h| h.seed).unwrap_or(0));
     let conds = conditions(data);
-    let scores = scale_scores(data);
+    let (scores, identical) = distinct_observations(scale_scores(data));
+    let identical_replicates: Vec<IdenticalReplicates> = identical
+        .into_iter()
+        .map(
+            |((model, condition, instrument, subscale, readout), dropped)| IdenticalReplicates {
+                distinct: scores
+                    .iter()
+                    .filter(|s| {
+                        s.model == model
+                            && s.condition == condition
+                            && s.instrument == instrument
+                            && s.subscale == subscale
+                            && s.readout == readout
+                    })
+                    .count(),
+                model,
+                condition,
+                instrument,
+                subscale,
+                readout,
+                dropped,
+            },
+        )
+        .collect();
     let mut groups: BTreeMap<CellKey, Vec<f64>> = BTreeMap::new();
     for s in &scores {
         groups
@@ -312,6 +429,7 @@ pub fn analyse(data: &RunData, options: &ReportOptions) -> Analysis {
             b.to_string(),
             r,
         ))?;
+        let comparison = compare(xa, xb, r, LEVEL);
         Some(Contrast {
             model: m.into(),
             readout: r,
@@ -330,10 +448,11 @@ pub fn analyse(data: &RunData, options: &ReportOptions) -> Analysis {
                 &[xa, xb],
                 options,
             ),
-            g: hedges_g(xa, xb, LEVEL),
-            welch: welch(xa, xb),
+            g: comparison.g,
+            welch: comparison.test,
             mann_whitney: mann_whitney(xa, xb),
             p_holm: f64::NAN,
+            constant: comparison.constant,
         })
     };
 
@@ -386,7 +505,7 @@ pub fn analyse(data: &RunData, options: &ReportOptions) -> Analysis {
                 ) else {
                     continue;
                 };
-                let g = hedges_g(xa, xb, EQUIVALENCE_LEVEL);
+                let g = compare(xa, xb, *r, EQUIVALENCE_LEVEL).g;
                 let margin = options.equivalence_margin;
                 let verdict = if !g.g.is_finite() {
                     "undetermined (no variance)"
@@ -442,6 +561,7 @@ pub fn analyse(data: &RunData, options: &ReportOptions) -> Analysis {
     let gate = gate_verdicts(&validity);
     let questions = answer_questions(data, &groups, &gate, seed, options);
     Analysis {
+        identical_replicates,
         models: models(data),
         questions,
         validity,
@@ -692,7 +812,10 @@ fn answer_questions(
                 let (Some(xa), Some(xb)) = (arm(&c.a), arm(&c.b)) else {
                     continue;
                 };
-                if xa.len() < 2 || xb.len() < 2 {
+                let comparison = compare(xa, xb, readout, LEVEL);
+                if xa.len().max(xb.len()) < 2
+                    || (xa.len().min(xb.len()) < 2 && comparison.constant.is_none())
+                {
                     continue;
                 }
                 let stream = format!(
@@ -704,7 +827,7 @@ fn answer_questions(
                     readout.name(),
                     c.family
                 );
-                let g = hedges_g(xa, xb, LEVEL);
+                let g = comparison.g;
                 out.push(QuestionAnswer {
                     contrast: (*c).clone(),
                     model: model.clone(),
@@ -714,7 +837,8 @@ fn answer_questions(
                     mean_a: mean(xa),
                     mean_b: mean(xb),
                     difference: ci_of(seed, &stream, &[xa, xb], options),
-                    welch: welch(xa, xb),
+                    welch: comparison.test,
+                    constant: comparison.constant,
                     p_holm: f64::NAN,
                     validity: gate
                         .iter()
@@ -723,8 +847,16 @@ fn answer_questions(
                         })
                         .map(|v| v.verdict)
                         .unwrap_or(Verdict::Pass),
-                    mde_d: minimum_detectable_d(xa.len(), xb.len()),
-                    repetitions_needed: repetitions_for(g.g.abs()),
+                    // Against a constant only the sampled arm carries variance: the
+                    // one-sample forms (and one arm to fill).
+                    mde_d: match comparison.constant {
+                        None => minimum_detectable_d(xa.len(), xb.len()),
+                        Some(_) => (Z_ALPHA + Z_POWER) / (comparison.interval_n as f64).sqrt(),
+                    },
+                    repetitions_needed: match comparison.constant {
+                        None => repetitions_for(g.g.abs()),
+                        Some(_) => repetitions_for(g.g.abs()).map(|n| (n / 2.0).ceil()),
+                    },
                     g,
                 });
             }

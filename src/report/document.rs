@@ -2,13 +2,14 @@
 //! and rendered both as `report.html` (self-contained, inline SVG, every string escaped)
 //! and as `summary.md`.
 
-use super::analysis::{Analysis, EQUIVALENCE_LEVEL};
+use super::analysis::{interval_n, Analysis, Arm, EQUIVALENCE_LEVEL};
 use super::lexicon;
 use super::load::RunData;
 use super::plots::{induced_emotions, Figure};
 use super::scores::Readout;
 use super::stats::{BootstrapCi, Interval, MIN_N_INTERVAL};
 use crate::results::Verdict;
+use crate::scenario::study::Acknowledgement;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A table of already formatted cells.
@@ -269,8 +270,12 @@ fn questions_section(a: &Analysis) -> Option<Section> {
                     "{} − {} ({}, {})",
                     q.contrast.a, q.contrast.b, q.contrast.instrument, q.contrast.subscale
                 ),
-                format!("{} vs {}", q.n_a, q.n_b),
-                estimate(&q.difference, q.n_a.min(q.n_b), 2),
+                match q.constant {
+                    None => format!("{} vs {}", q.n_a, q.n_b),
+                    Some(Arm::A) => format!("1 (constant) vs {}", q.n_b),
+                    Some(Arm::B) => format!("{} vs 1 (constant)", q.n_a),
+                },
+                estimate(&q.difference, interval_n(q.n_a, q.n_b, q.constant), 2),
                 format!("{} {}", f(q.g.g, 2), interval(q.g.ci, 2)),
                 p(q.welch.p),
                 format!("{} ({})", p(q.p_holm), q.contrast.family),
@@ -359,6 +364,57 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
                 ]
             })
             .collect(),
+    ));
+    let mut setup = Vec::new();
+    for h in &data.headers {
+        let st = &h.study;
+        let system = if !st.system_prompts.is_empty() {
+            format!(
+                "{} variants by repetition (repetition r uses r mod {}): {}",
+                st.system_prompts.len(),
+                st.system_prompts.len(),
+                st.system_prompts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| format!("[{i}] {p}"))
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            )
+        } else if let Some(p) = &st.system_prompt {
+            p.clone()
+        } else if st.acknowledgement.is_some() {
+            "none given: the chat template's default (see its rendering below)".into()
+        } else {
+            "not recorded (run made before it was)".into()
+        };
+        setup.push(vec![format!("{}: system prompt", st.id), system]);
+        let ack = match &st.acknowledgement {
+            Some(Acknowledgement::Fixed { text }) => format!("fixed reply: \"{text}\""),
+            Some(Acknowledgement::Generated { max_tokens }) => {
+                format!("the model's own reply (up to {max_tokens} tokens)")
+            }
+            Some(Acknowledgement::None) => {
+                "none (the text and the next turn are one message)".into()
+            }
+            None => "not recorded (run made before it was)".into(),
+        };
+        setup.push(vec![format!("{}: after each text", st.id), ack]);
+    }
+    let mut seen_models = BTreeSet::new();
+    for m in data.headers.iter().flat_map(|h| &h.models) {
+        if let Some(example) = &m.template_example {
+            if seen_models.insert(m.label.clone()) {
+                setup.push(vec![
+                    format!("{}: chat template, one user turn", m.label),
+                    example.clone(),
+                ]);
+            }
+        }
+    }
+    design.push(table(
+        "Conversation set-up (the template rendering shows any system prompt the template adds by default)",
+        &["what", "value"],
+        setup,
     ));
     out.push(Section {
         title: "Design".into(),
@@ -518,6 +574,26 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
         &["model", "read-out", "factor", "cells", "eta²", "epsilon²"],
         a.variance.iter().map(|v| vec![v.model.clone(), v.readout.name().into(), v.factor.into(), v.cells.to_string(), f(v.eta_squared, 3), f(v.epsilon_squared, 3)]).collect(),
     ));
+    if !a.identical_replicates.is_empty() {
+        quality.push(table(
+            "Repetitions that showed the model the same conversation: for a deterministic read-out (probability, calibrated) they are one observation, counted once; a condition left with one conversation is compared as a constant (one-sample tests), never as n identical replicates",
+            &["model", "condition", "instrument", "subscale", "read-out", "distinct conversations", "identical repeats dropped"],
+            a.identical_replicates
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.model.clone(),
+                        r.condition.clone(),
+                        r.instrument.clone(),
+                        r.subscale.clone(),
+                        r.readout.name().into(),
+                        r.distinct.to_string(),
+                        r.dropped.to_string(),
+                    ]
+                })
+                .collect(),
+        ));
+    }
     out.push(Section {
         title: "Data quality".into(),
         blocks: quality,
@@ -598,10 +674,15 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
                     validity_mark(a.verdict(&c.model, &c.instrument, c.readout)),
                     c.family.into(),
                     format!("{} − {}", c.a, c.b),
-                    estimate(&c.difference, c.n_a.min(c.n_b), 2),
+                    estimate(&c.difference, interval_n(c.n_a, c.n_b, c.constant), 2),
                     format!("{} {}", f(c.g.g, 2), interval(c.g.ci, 2)),
                     format!(
-                        "t({}) = {}, p = {}",
+                        "{}t({}) = {}, p = {}",
+                        if c.constant.is_some() {
+                            "vs a constant: one-sample "
+                        } else {
+                            ""
+                        },
                         f(c.welch.df, 1),
                         f(c.welch.t, 2),
                         p(c.welch.p)

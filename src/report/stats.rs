@@ -296,6 +296,47 @@ pub fn welch(a: &[f64], b: &[f64]) -> Welch {
     Welch { t, df, p }
 }
 
+/// A one-sample t test of `a` against the constant `c`, two-sided (scipy's
+/// `ttest_1samp`): for an arm that is one fixed conversation, not a sample.
+pub fn one_sample_t(a: &[f64], c: f64) -> Welch {
+    let n = a.len() as f64;
+    let t = (mean(a) - c) / (variance(a) / n).sqrt();
+    let df = n - 1.0;
+    let p = match StudentsT::new(0.0, 1.0, df) {
+        Ok(dist) if t.is_finite() => 2.0 * (1.0 - dist.cdf(t.abs())),
+        _ => f64::NAN,
+    };
+    Welch { t, df, p }
+}
+
+/// Hedges' g of `a` against the constant `c`: d = (mean - c) / SD, small-sample
+/// correction J = 1 - 3 / (4 (n - 1) - 1), SE = sqrt(1/n + g^2 / (2 n)) (the one-sample
+/// forms of Hedges & Olkin's).
+pub fn hedges_g_vs_constant(a: &[f64], c: f64, level: f64) -> HedgesG {
+    let n = a.len() as f64;
+    let d = (mean(a) - c) / variance(a).sqrt();
+    let g = d * (1.0 - 3.0 / (4.0 * (n - 1.0) - 1.0));
+    let se = (1.0 / n + g * g / (2.0 * n)).sqrt();
+    if !g.is_finite() || !se.is_finite() {
+        return HedgesG {
+            g: f64::NAN,
+            se: f64::NAN,
+            ci: Interval::NAN,
+        };
+    }
+    let z = Normal::new(0.0, 1.0)
+        .expect("standard normal")
+        .inverse_cdf(0.5 + level / 2.0);
+    HedgesG {
+        g,
+        se,
+        ci: Interval {
+            low: g - z * se,
+            high: g + z * se,
+        },
+    }
+}
+
 /// A paired t test of `a[i]` vs `b[i]`, two-sided (scipy's `ttest_rel`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PairedT {

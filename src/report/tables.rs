@@ -2,7 +2,7 @@
 //! `statistic,value` last; missing values written `NA`, which pandas and R read as
 //! missing) and `trials.csv`, one flat row per trial.
 
-use super::analysis::Analysis;
+use super::analysis::{interval_n, test_name, Analysis, Arm};
 use super::bias;
 use super::lexicon;
 use super::load::RunData;
@@ -204,10 +204,11 @@ pub fn write_questions_csv(dir: &Path, a: &Analysis, seeds: &str) -> Result<()> 
         "mde_d_80",
         "repetitions_per_arm_80",
         "seeds",
+        "test",
     ])
     .map_err(|e| csv_err(&path, e))?;
     for q in &a.questions {
-        let (ci, method) = match q.difference.shown(q.n_a.min(q.n_b)) {
+        let (ci, method) = match q.difference.shown(interval_n(q.n_a, q.n_b, q.constant)) {
             Some((i, m)) => ((i.low, i.high), m),
             None => ((f64::NAN, f64::NAN), "none"),
         };
@@ -241,6 +242,7 @@ pub fn write_questions_csv(dir: &Path, a: &Analysis, seeds: &str) -> Result<()> 
             num(q.mde_d),
             q.repetitions_needed.map(num).unwrap_or_else(|| "NA".into()),
             seeds.to_string(),
+            test_name(q.constant).to_string(),
         ])
         .map_err(|e| csv_err(&path, e))?;
     }
@@ -349,8 +351,12 @@ pub fn tidy_tables(a: &Analysis) -> Vec<Tidy> {
                     ("mean_a", c.mean_a),
                     ("mean_b", c.mean_b),
                 ][..],
-                &effect_stats(&c.difference, &c.g, c.n_a.min(c.n_b)),
+                &effect_stats(&c.difference, &c.g, interval_n(c.n_a, c.n_b, c.constant)),
                 &[
+                    // 1 where that arm is one conversation, tested as a constant (the
+                    // welch_* columns then hold the one-sample t test).
+                    ("a_is_constant", (c.constant == Some(Arm::A)) as u8 as f64),
+                    ("b_is_constant", (c.constant == Some(Arm::B)) as u8 as f64),
                     ("welch_t", c.welch.t),
                     ("welch_df", c.welch.df),
                     ("welch_p", c.welch.p),

@@ -2,7 +2,7 @@
 //! model's provenance, the engine configuration), how far it got (status), and how each
 //! instrument turns answers into scores, so a report needs no scenario files.
 
-use crate::scenario::study::{Condition, DeclaredContrast, PositiveControl};
+use crate::scenario::study::{Acknowledgement, Condition, DeclaredContrast, PositiveControl};
 use crate::scenario::{FileInfo, Instrument, Scoring};
 use serde::{Deserialize, Serialize};
 
@@ -185,6 +185,15 @@ pub struct StudyRecord {
     /// The questions the design declares (`[[contrast]]`), expanded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub contrasts: Vec<DeclaredContrast>,
+    /// The system prompt, or its variants by repetition (both absent: the chat
+    /// template's default; absent too in runs made before they were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_prompt: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub system_prompts: Vec<String>,
+    /// What follows each text (absent in runs made before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledgement: Option<Acknowledgement>,
 }
 
 /// One scenario file the run used.
@@ -219,6 +228,10 @@ pub struct ModelProvenance {
     pub architecture: String,
     pub tokenizer_sha256: String,
     pub chat_template_sha256: Option<String>,
+    /// The chat template's rendering of a conversation of one user turn ("{question}")
+    /// with no system prompt: shows the default system prompt the template adds, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_example: Option<String>,
 }
 
 /// Which arithmetic ran: everything that can change a trial's numbers, and the knobs that

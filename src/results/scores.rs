@@ -56,6 +56,18 @@ pub struct ScaleScore {
     pub seed: u64,
     pub repetition: usize,
     pub value: f64,
+    /// What the model was shown: a hash of the prompts of the group's trials of this
+    /// instrument. Two scores with the same content from a deterministic read-out are
+    /// one observation, not two.
+    pub content: String,
+}
+
+impl Readout {
+    /// Whether the read-out is a function of the prompt alone (no sampling): the same
+    /// conversation always gives the same value.
+    pub fn is_deterministic(self) -> bool {
+        matches!(self, Readout::Probability | Readout::Calibrated)
+    }
 }
 
 /// Scale scores per group, instrument, subscale and read-out. A score needs every item
@@ -88,6 +100,11 @@ pub fn scale_scores<'a>(
             continue;
         };
         let subscales = rule.subscales();
+        let content = {
+            let mut prompts: Vec<&str> = trials.iter().map(|t| t.prompt_sha256.as_str()).collect();
+            prompts.sort_unstable();
+            crate::chat::sha256_hex(prompts.join(" ").as_bytes())
+        };
         let score = |subscale: &str, readout: Readout, value: f64| ScaleScore {
             model: model.clone(),
             condition: condition.clone(),
@@ -97,6 +114,7 @@ pub fn scale_scores<'a>(
             seed,
             repetition,
             value,
+            content: content.clone(),
         };
         let whole = trials.iter().any(|t| t.question.is_whole_instrument());
         for readout in Readout::ALL {
@@ -130,6 +148,36 @@ pub fn scale_scores<'a>(
         }
     }
     out
+}
+
+/// Identical repetitions dropped per (model, condition, instrument, subscale, read-out).
+pub type DroppedRepeats = BTreeMap<(String, String, String, String, Readout), usize>;
+
+/// The scores that are distinct observations: a deterministic read-out's score whose
+/// conversation (`content`) was already seen for the same model, condition, instrument
+/// and subscale is the same observation again (every repetition of a condition that
+/// shows the model identical prompts gives identical numbers) and is dropped. Returns
+/// the kept scores and how many were dropped per (model, condition, instrument,
+/// subscale, read-out).
+pub fn distinct_observations(scores: Vec<ScaleScore>) -> (Vec<ScaleScore>, DroppedRepeats) {
+    let mut seen = std::collections::HashSet::new();
+    let mut dropped = BTreeMap::new();
+    let mut kept = Vec::with_capacity(scores.len());
+    for s in scores {
+        let key = (
+            s.model.clone(),
+            s.condition.clone(),
+            s.instrument.clone(),
+            s.subscale.clone(),
+            s.readout,
+        );
+        if s.readout.is_deterministic() && !seen.insert((key.clone(), s.content.clone())) {
+            *dropped.entry(key).or_insert(0) += 1;
+            continue;
+        }
+        kept.push(s);
+    }
+    (kept, dropped)
 }
 
 #[cfg(test)]

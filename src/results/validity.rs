@@ -9,6 +9,7 @@
 //! any model) and documented in README "Reading the validity gate".
 
 use super::header::ScoredItem;
+use super::scores::distinct_observations;
 use super::{scale_scores, InstrumentScoring, Question, Readout, TrialRecord};
 use crate::scenario::study::PositiveControl;
 use std::collections::{BTreeMap, BTreeSet};
@@ -421,7 +422,8 @@ fn respondents(
     readout: Readout,
 ) -> Vec<BTreeMap<String, f64>> {
     type Key<'a> = (u64, &'a str, &'a str, usize);
-    let mut acc: BTreeMap<Key, BTreeMap<String, f64>> = BTreeMap::new();
+    // respondent -> (item values, the prompts it was shown)
+    let mut acc: BTreeMap<Key, (BTreeMap<String, f64>, Vec<&str>)> = BTreeMap::new();
     for t in cell {
         let Some(item) = t.question.item() else {
             continue;
@@ -432,12 +434,21 @@ fn respondents(
         let Some(v) = readout.keyed_value(t).filter(|v| v.is_finite()) else {
             continue;
         };
-        acc.entry((t.seed, &t.group_id, &t.condition, t.repetition))
-            .or_default()
-            .entry(item.to_string())
-            .or_insert(v);
+        let entry = acc
+            .entry((t.seed, &t.group_id, &t.condition, t.repetition))
+            .or_default();
+        entry.0.entry(item.to_string()).or_insert(v);
+        entry.1.push(&t.prompt_sha256);
     }
-    acc.into_values().collect()
+    // A deterministic read-out gives a respondent shown exactly the prompts of an
+    // earlier one the same answers: the same respondent, counted once.
+    let mut seen = std::collections::HashSet::new();
+    acc.into_values()
+        .filter_map(|(values, mut prompts)| {
+            prompts.sort_unstable();
+            (!readout.is_deterministic() || seen.insert(prompts)).then_some(values)
+        })
+        .collect()
 }
 
 /// The respondents that answered every one of `items`, as rows of values in item order.
@@ -767,9 +778,10 @@ fn positive_control(
     pc: &PositiveControl,
 ) -> Outcome {
     let rules = BTreeMap::from([(rule.id.clone(), rule.clone())]);
+    let scores = distinct_observations(scale_scores(cell.iter().copied(), &rules)).0;
     let arm = |condition: &str| -> Vec<f64> {
-        scale_scores(cell.iter().copied(), &rules)
-            .into_iter()
+        scores
+            .iter()
             .filter(|s| s.condition == condition && s.subscale == subscale && s.readout == readout)
             .map(|s| s.value)
             .collect()
@@ -921,7 +933,9 @@ mod tests {
                 label_binding: Default::default(),
             },
             prompt: String::new(),
-            prompt_sha256: String::new(),
+            // Each respondent saw a conversation of its own (distinct prompts), as in a
+            // design whose repetitions vary.
+            prompt_sha256: format!("prompt-{r}-{i}"),
             prompt_tokens: 0,
             // Respondent 5 never gives a readable generated answer.
             generate: Some(GenerateReadout {
@@ -1070,6 +1084,43 @@ mod tests {
 
     /// Respondents of the two instructed conditions: every item keyed at `low[r]` or
     /// `high[r]` for respondent r.
+    #[test]
+    fn a_respondent_shown_the_same_prompts_again_counts_once() {
+        let trials = position_driven();
+        let base = find(
+            &checks(&trials),
+            Readout::Probability,
+            "internal_consistency:x",
+        )
+        .n;
+        // The same conversations again under other group ids (a repetition that showed
+        // the model nothing new): the deterministic read-out gains no respondent, the
+        // sampled one does.
+        let mut doubled = trials.clone();
+        doubled.extend(trials.iter().map(|t| TrialRecord {
+            group_id: format!("{}-again", t.group_id),
+            trial_id: format!("{}-again", t.trial_id),
+            repetition: t.repetition + 100,
+            ..t.clone()
+        }));
+        let c = checks(&doubled);
+        assert_eq!(
+            find(&c, Readout::Probability, "internal_consistency:x").n,
+            base
+        );
+        let generated = find(
+            &checks(&trials),
+            Readout::Generated,
+            "internal_consistency:x",
+        )
+        .n;
+        assert!(generated > 0);
+        assert_eq!(
+            find(&c, Readout::Generated, "internal_consistency:x").n,
+            2 * generated
+        );
+    }
+
     fn control_trials(low: &[f64], high: &[f64]) -> Vec<TrialRecord> {
         let mut trials = Vec::new();
         for (condition, scores) in [("control-low", low), ("control-high", high)] {

@@ -28,7 +28,13 @@ struct StudySpec {
     max_answer_tokens: usize,
     max_reasks: usize,
     system_prompt: Option<String>,
-    acknowledgement: String,
+    /// Paraphrases of the system prompt; repetition r uses r mod n.
+    #[serde(default)]
+    system_prompts: Vec<String>,
+    /// The fixed reply after each text (with acknowledgement_mode "fixed", the default).
+    acknowledgement: Option<String>,
+    /// "fixed" (default), "generated" (the model's own reply) or "none".
+    acknowledgement_mode: Option<String>,
     option_order: String,
     label_styles: Vec<String>,
     #[serde(default)]
@@ -207,6 +213,21 @@ pub struct DeclaredContrast {
     pub kind: String,
 }
 
+/// What follows an induction or regulation text before the next turn.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase", tag = "mode")]
+pub enum Acknowledgement {
+    /// A fixed assistant reply, the same for every text.
+    Fixed { text: String },
+    /// The model's own reply, sampled on the group's protocol-turn stream.
+    Generated { max_tokens: usize },
+    /// No reply: the text and the next user turn are one user message.
+    None,
+}
+
+/// Tokens the model may use for a generated acknowledgement.
+pub const GENERATED_ACKNOWLEDGEMENT_TOKENS: usize = 48;
+
 /// The condition of the content-free calibration prompts (see `Calibration`).
 pub const CONTENT_FREE: &str = "content-free";
 
@@ -247,8 +268,13 @@ pub struct Study {
     pub per_conversation: PerConversation,
     pub max_answer_tokens: usize,
     pub max_reasks: usize,
+    /// The system prompt of every conversation, or with `system_prompt_variants` none.
     pub system_prompt: Option<String>,
-    pub acknowledgement: String,
+    /// Paraphrased system prompts: repetition r of every condition uses variant r mod n,
+    /// so no condition (the baseline least of all) is one conversation repeated, and
+    /// arms that share a repetition share its wording.
+    pub system_prompt_variants: Vec<String>,
+    pub acknowledgement: Acknowledgement,
     pub option_order: OptionOrder,
     pub label_styles: Vec<LabelStyle>,
     pub conditions: Vec<Condition>,
@@ -259,6 +285,17 @@ pub struct Study {
 }
 
 impl Study {
+    /// The system prompt of repetition `repetition`'s conversations (None: the chat
+    /// template's default).
+    pub fn system_prompt_for(&self, repetition: usize) -> Option<&str> {
+        if self.system_prompt_variants.is_empty() {
+            self.system_prompt.as_deref()
+        } else {
+            let v = &self.system_prompt_variants;
+            Some(&v[repetition % v.len()])
+        }
+    }
+
     /// Reads a study file and checks every reference against `lib`.
     pub fn load(path: &Path, lib: &Library) -> Result<Self> {
         let (spec, text): (StudySpec, String) = read_toml(path)?;
@@ -301,6 +338,46 @@ impl Study {
                 )),
             })
             .collect::<Result<Vec<_>>>()?;
+        if spec.system_prompt.is_some() && !spec.system_prompts.is_empty() {
+            return Err(bad(
+                "system_prompts",
+                "give either system_prompt (one for every conversation) or system_prompts \
+                 (variants by repetition), not both"
+                    .into(),
+            ));
+        }
+        if spec.system_prompts.iter().any(|p| p.trim().is_empty()) {
+            return Err(bad(
+                "system_prompts",
+                "a system prompt variant is empty; leave system_prompts out for the chat \
+                 template's default"
+                    .into(),
+            ));
+        }
+        let acknowledgement = match (spec.acknowledgement_mode.as_deref(), &spec.acknowledgement) {
+            (None | Some("fixed"), Some(text)) => Acknowledgement::Fixed { text: text.clone() },
+            (None | Some("fixed"), None) => {
+                return Err(bad(
+                    "acknowledgement_mode",
+                    "a fixed acknowledgement needs its text: acknowledgement = \"...\" (or \
+                     acknowledgement_mode = \"generated\" or \"none\")"
+                        .into(),
+                ))
+            }
+            (Some("generated"), _) => Acknowledgement::Generated {
+                max_tokens: GENERATED_ACKNOWLEDGEMENT_TOKENS,
+            },
+            (Some("none"), _) => Acknowledgement::None,
+            (Some(o), _) => {
+                return Err(bad(
+                    "acknowledgement_mode",
+                    format!(
+                        "acknowledgement_mode is '{o}'; use \"fixed\" (the acknowledgement \
+                         text), \"generated\" (the model's own reply) or \"none\""
+                    ),
+                ))
+            }
+        };
         let calibration = match spec.calibration.as_deref() {
             None | Some("content-free") => Calibration::ContentFree,
             Some("none") => Calibration::None,
@@ -674,7 +751,8 @@ impl Study {
             max_answer_tokens: spec.max_answer_tokens,
             max_reasks: spec.max_reasks,
             system_prompt: spec.system_prompt,
-            acknowledgement: spec.acknowledgement,
+            system_prompt_variants: spec.system_prompts,
+            acknowledgement,
             option_order,
             label_styles,
             conditions,

@@ -5,7 +5,7 @@
 //! prefilled together, completions decoded in lockstep per prompt.
 
 use super::plan::{Group, Question, Trial};
-use super::prompt::{prefix_steps, question_text, Step};
+use super::prompt::{for_template, prefix_steps, question_text, Step};
 use crate::chat::Message;
 use crate::error::{Error, Result};
 use crate::generate::{decode_lockstep, generate};
@@ -77,7 +77,7 @@ impl GroupContext {
                 Step::Generate { max_tokens } => {
                     let tokens = model
                         .tokenizer
-                        .encode(&model.render_chat(&messages)?, false)?;
+                        .encode(&model.render_chat(&for_template(study, &messages))?, false)?;
                     let stream = Stream::ProtocolTurn {
                         group: &group.id,
                         step,
@@ -100,7 +100,7 @@ impl GroupContext {
             let q = question_text(lib, &t.question);
             let mut conv = messages.clone();
             conv.push(Message::user(q.text.clone()));
-            let text = model.render_chat(&conv)?;
+            let text = model.render_chat(&for_template(study, &conv))?;
             let tokens = model.tokenizer.encode(&text, false)?;
             prompts.insert(
                 t.id.clone(),

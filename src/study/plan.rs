@@ -133,6 +133,7 @@ fn content_free_bound(study: &Study, lib: &Library, repetitions: usize) -> usize
             orders
                 .saturating_mul(study.label_styles.len())
                 .saturating_mul(CONTENT_FREE_TEXTS.len())
+                .saturating_mul(study.system_prompt_variants.len().max(1))
         })
         .fold(0, usize::saturating_add)
 }
@@ -276,8 +277,13 @@ fn content_free_group(
             label_binding,
         } = &t.question
         {
-            let key = (instrument, *label_style, option_order, *label_binding);
-            if seen.insert(key) {
+            let key = (
+                instrument.clone(),
+                *label_style,
+                option_order.clone(),
+                *label_binding,
+            );
+            if seen.insert(key.clone()) {
                 arrangements.push(key);
             }
         }
@@ -285,43 +291,51 @@ fn content_free_group(
     if arrangements.is_empty() {
         return;
     }
-    let coords = serde_json::json!({
-        "study": study.info.id, "model": model, "condition": CONTENT_FREE,
-    });
-    let group = Group {
-        id: stable_id(&coords),
-        model: model.to_string(),
-        condition: CONTENT_FREE.to_string(),
-        repetition: 0,
-        induction: None,
-        induction_variant: None,
-        regulation: None,
-        regulation_variant: None,
-    };
-    let gi = groups.len();
-    let mut made = Vec::new();
-    for (instrument, label_style, option_order, label_binding) in arrangements {
-        for content in CONTENT_FREE_TEXTS {
-            let coords = serde_json::json!({
-                "study": study.info.id, "model": model, "condition": CONTENT_FREE,
-                "instrument": instrument, "content": content, "label_style": label_style,
-                "option_order": option_order, "label_binding": label_binding,
-            });
-            made.push(Trial {
-                id: stable_id(&coords),
-                group: gi,
-                question: Question::ContentFree {
-                    instrument: instrument.clone(),
-                    content: content.to_string(),
-                    label_style,
-                    option_order: option_order.clone(),
-                    label_binding,
-                },
-            });
+    // One group per system prompt variant (repetition v uses variant v), so the format's
+    // bias is measured under every wording the items were asked under.
+    for variant in 0..study.system_prompt_variants.len().max(1) {
+        // Variant 0's coordinates are those of a study with one system prompt.
+        let with_variant = |mut coords: serde_json::Value| {
+            if variant > 0 {
+                coords["system_prompt_variant"] = variant.into();
+            }
+            coords
+        };
+        let coords = with_variant(serde_json::json!({
+            "study": study.info.id, "model": model, "condition": CONTENT_FREE,
+        }));
+        let gi = groups.len();
+        groups.push(Group {
+            id: stable_id(&coords),
+            model: model.to_string(),
+            condition: CONTENT_FREE.to_string(),
+            repetition: variant,
+            induction: None,
+            induction_variant: None,
+            regulation: None,
+            regulation_variant: None,
+        });
+        for (instrument, label_style, option_order, label_binding) in &arrangements {
+            for content in CONTENT_FREE_TEXTS {
+                let coords = with_variant(serde_json::json!({
+                    "study": study.info.id, "model": model, "condition": CONTENT_FREE,
+                    "instrument": instrument, "content": content, "label_style": label_style,
+                    "option_order": option_order, "label_binding": label_binding,
+                }));
+                trials.push(Trial {
+                    id: stable_id(&coords),
+                    group: gi,
+                    question: Question::ContentFree {
+                        instrument: instrument.clone(),
+                        content: content.to_string(),
+                        label_style: *label_style,
+                        option_order: option_order.clone(),
+                        label_binding: *label_binding,
+                    },
+                });
+            }
         }
     }
-    trials.extend(made);
-    groups.push(group);
 }
 
 fn make_group(study: &Study, lib: &Library, model: &str, cond: &Condition, rep: usize) -> Group {

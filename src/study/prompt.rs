@@ -4,7 +4,7 @@
 use super::plan::{Group, Question};
 use crate::chat::Message;
 use crate::results::LabelBinding;
-use crate::scenario::study::{LabelStyle, Order};
+use crate::scenario::study::{Acknowledgement, LabelStyle, Order};
 use crate::scenario::{Instrument, Library, Response, Study, Turn};
 
 /// One step of building a prefix: a fixed message, or a reply the model must generate.
@@ -18,8 +18,8 @@ pub enum Step {
 /// of induction and regulation).
 pub fn prefix_steps(study: &Study, lib: &Library, order: Order, group: &Group) -> Vec<Step> {
     let mut steps = Vec::new();
-    if let Some(s) = &study.system_prompt {
-        steps.push(Step::Message(Message::system(s.clone())));
+    if let Some(s) = study.system_prompt_for(group.repetition) {
+        steps.push(Step::Message(Message::system(s.to_string())));
     }
     let induction = group
         .induction
@@ -58,12 +58,43 @@ pub fn prefix_steps(study: &Study, lib: &Library, order: Order, group: &Group) -
             });
         }
         if variant.is_text {
-            steps.push(Step::Message(Message::assistant(
-                study.acknowledgement.clone(),
-            )));
+            match &study.acknowledgement {
+                Acknowledgement::Fixed { text } => {
+                    steps.push(Step::Message(Message::assistant(text.clone())))
+                }
+                Acknowledgement::Generated { max_tokens } => steps.push(Step::Generate {
+                    max_tokens: *max_tokens,
+                }),
+                Acknowledgement::None => {}
+            }
         }
     }
     steps
+}
+
+/// The conversation as the chat template receives it. With no acknowledgement, a text
+/// and the user turn after it are joined into one user message (templates that require
+/// alternating roles accept that); otherwise the messages as they are.
+pub fn for_template(study: &Study, messages: &[Message]) -> Vec<Message> {
+    if study.acknowledgement == Acknowledgement::None {
+        alternating(messages)
+    } else {
+        messages.to_vec()
+    }
+}
+
+/// Consecutive user messages joined into one.
+fn alternating(messages: &[Message]) -> Vec<Message> {
+    let mut out: Vec<Message> = Vec::with_capacity(messages.len());
+    for m in messages {
+        match out.last_mut() {
+            Some(last) if last.role == m.role && m.role == crate::chat::Role::User => {
+                last.content = format!("{}\n\n{}", last.content, m.content);
+            }
+            _ => out.push(m.clone()),
+        }
+    }
+    out
 }
 
 /// The label shown for option `opt` at display position `pos`: the file's own labels

@@ -51,6 +51,9 @@ pub fn model_provenance(model_ref: &ModelRef, m: &Model) -> Result<ModelProvenan
                 .as_bytes(),
         ),
         chat_template_sha256: m.chat_template.as_ref().map(|t| t.hash()),
+        template_example: m
+            .render_chat(&[crate::chat::Message::user("{question}")])
+            .ok(),
     })
 }
 
@@ -115,6 +118,9 @@ pub fn new_header(inputs: HeaderInputs<'_>) -> RunHeader {
             temperature: study.temperature,
             positive_control: study.positive_control.clone(),
             contrasts: study.contrasts.clone(),
+            system_prompt: study.system_prompt.clone(),
+            system_prompts: study.system_prompt_variants.clone(),
+            acknowledgement: Some(study.acknowledgement.clone()),
         },
         scenario_files: files,
         models,

@@ -6,7 +6,7 @@
 use super::group::{study_sampling, CompletionTokens, GroupContext};
 use super::parse::{parse_label, parse_number, split_numbered};
 use super::plan::{Group, Question, Trial};
-use super::prompt::reask_text;
+use super::prompt::{for_template, reask_text};
 use crate::chat::{sha256_hex, Message};
 use crate::error::{Error, Result};
 use crate::generate::{decode, extend_rows};
@@ -281,9 +281,10 @@ fn generated_answer(
         if attempt > 0 {
             // Continue from what is already computed: the longest token prefix the
             // re-rendered conversation shares with the cached prompt + reply.
-            let conv_tokens = model
-                .tokenizer
-                .encode(&model.render_chat(&conversation)?, false)?;
+            let conv_tokens = model.tokenizer.encode(
+                &model.render_chat(&for_template(study, &conversation))?,
+                false,
+            )?;
             let common = conv_tokens
                 .iter()
                 .zip(&cached_tokens)
@@ -448,8 +449,9 @@ fn judge_distribution(
     order: &[usize],
 ) -> Result<(Vec<f64>, f64)> {
     let mut conv = Vec::new();
-    if let Some(s) = &study.system_prompt {
-        conv.push(Message::system(s.clone()));
+    // One judge for every completion: the first system prompt variant.
+    if let Some(s) = study.system_prompt_for(0) {
+        conv.push(Message::system(s.to_string()));
     }
     conv.push(Message::user(judge.prompt(text, order)));
     let tokens = model.tokenizer.encode(&model.render_chat(&conv)?, false)?;
