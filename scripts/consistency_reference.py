@@ -3,10 +3,10 @@ tests of the negativity-bias analysis, computed with pingouin, factor_analyzer a
 
 Writes tests/data/consistency_reference.json, which tests/validity_reference.rs checks
 `affectbench::results::validity::{cronbach_alpha, mcdonald_omega, pearson}` and
-`affectbench::report::stats::{paired_t, one_sample_t}` against. Run from the
+`affectbench::report::stats::{paired_t, one_sample_t}` and `report::mixed::fit` against. Run from the
 repository root:
 
-    python3 -m venv /tmp/statsenv && /tmp/statsenv/bin/pip install pingouin scipy numpy factor_analyzer
+    python3 -m venv /tmp/statsenv && /tmp/statsenv/bin/pip install pingouin scipy numpy factor_analyzer statsmodels
     /tmp/statsenv/bin/python scripts/consistency_reference.py
 """
 import json
@@ -58,6 +58,31 @@ for name, n in [("stems-8", 8), ("stems-32", 32)]:
     res = stats.ttest_rel(a, b)
     out["paired_t"].append({"name": name, "a": a.tolist(), "b": b.tolist(),
                             "t": float(res.statistic), "df": float(res.df), "p": float(res.pvalue)})
+# The completions' mixed model: valence ~ arm + C(stem) with a random intercept per
+# conversation, REML (statsmodels MixedLM), on simulated completions nested in
+# conversations, crossed with stems.
+import statsmodels
+import statsmodels.formula.api as smf
+out["generator"] += f", statsmodels {statsmodels.__version__}"
+out["mixed"] = []
+for name, convs, per, stems, sd_conv in [("conv-10x8-stems-4", 10, 8, 4, 0.4),
+                                         ("conv-16x6-stems-3", 16, 6, 3, 0.1),
+                                         ("conv-12x4-stems-2-none", 12, 4, 2, 0.0)]:
+    rows = []
+    for c in range(convs):
+        arm = c % 2
+        u = rng.normal(scale=sd_conv) if sd_conv > 0 else 0.0
+        for k in range(per):
+            stem = k % stems
+            y = 0.3 * arm + 0.2 * stem + u + rng.normal(scale=0.5)
+            rows.append({"y": round(float(y), 4), "a": bool(arm), "stem": f"s{stem}", "conversation": f"c{c:02d}"})
+    df = pd.DataFrame(rows)
+    df["arm"] = df["a"].astype(int)
+    fit = smf.mixedlm("y ~ arm + C(stem)", df, groups=df["conversation"]).fit(reml=True)
+    out["mixed"].append({"name": name, "rows": rows,
+                         "estimate": float(fit.params["arm"]), "se": float(fit.bse["arm"]),
+                         "p": float(fit.pvalues["arm"]),
+                         "var_conversation": float(fit.cov_re.iloc[0, 0]), "var_residual": float(fit.scale)})
 out["one_sample_t"] = []
 for name, n, c in [("arm-6-vs-2.5", 6, 2.5), ("arm-20-vs-0", 20, 0.0)]:
     a = (rng.normal(size=n) + 0.3).round(3)

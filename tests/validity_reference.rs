@@ -117,3 +117,53 @@ fn one_sample_t_matches_scipy_ttest_1samp() {
         }
     }
 }
+
+#[test]
+fn the_completions_mixed_model_matches_statsmodels_mixedlm() {
+    use affectbench::report::mixed::{fit, Observation};
+    let cases = reference()["mixed"].as_array().unwrap().clone();
+    assert!(cases.len() >= 3);
+    for case in cases {
+        let rows = case["rows"].as_array().unwrap();
+        let obs: Vec<Observation> = rows
+            .iter()
+            .map(|r| Observation {
+                y: r["y"].as_f64().unwrap(),
+                in_a: r["a"].as_bool().unwrap(),
+                stem: r["stem"].as_str().unwrap(),
+                conversation: r["conversation"].as_str().unwrap(),
+            })
+            .collect();
+        let got = fit(&obs).expect("the model is identified");
+        // statsmodels optimises the REML criterion numerically (and may stop on the
+        // boundary); agreement to its tolerance, not to the last bit.
+        for (name, g, w, tol) in [
+            (
+                "estimate",
+                got.estimate,
+                case["estimate"].as_f64().unwrap(),
+                1e-4,
+            ),
+            ("se", got.se, case["se"].as_f64().unwrap(), 1e-3),
+            ("p", got.p, case["p"].as_f64().unwrap(), 1e-3),
+            (
+                "var_conversation",
+                got.var_conversation,
+                case["var_conversation"].as_f64().unwrap(),
+                1e-3,
+            ),
+            (
+                "var_residual",
+                got.var_residual,
+                case["var_residual"].as_f64().unwrap(),
+                1e-3,
+            ),
+        ] {
+            assert!(
+                (g - w).abs() <= tol * w.abs().max(1.0),
+                "{} {name}: {g} vs statsmodels {w}",
+                case["name"]
+            );
+        }
+    }
+}

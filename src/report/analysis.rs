@@ -6,6 +6,7 @@
 //! figure does not depend on which other figures were computed or in what order.
 
 use super::load::RunData;
+use super::mixed::{self, MixedFit};
 use super::scores::{
     completion_scores, conditions, models, scale_scores, scorer_value, CompletionScore,
     ConditionInfo, Readout, ScaleScore, SCORERS,
@@ -189,6 +190,9 @@ pub struct ValenceContrast {
     pub conversations: (usize, usize, Welch),
     /// Paired by stem: each stem's mean in `a` against its mean in `b`.
     pub by_stem: PairedT,
+    /// Every completion, with a random intercept per conversation and stems as fixed
+    /// effects (REML; `mixed`); None where the design does not identify it.
+    pub mixed: Option<MixedFit>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -244,6 +248,9 @@ pub struct QuestionAnswer {
     /// Which arm, if any, is one fixed conversation compared as a constant (then `welch`
     /// holds the one-sample t test).
     pub constant: Option<Arm>,
+    /// Paired by repetition (both arms observed at the same repetitions and seeds, so
+    /// each pair shares its system prompt variant and seed), where at least 3 pairs.
+    pub paired: Option<PairedT>,
     /// Holm-adjusted Welch p within the contrast's family, model and read-out.
     pub p_holm: f64,
     pub validity: Verdict,
@@ -361,6 +368,20 @@ pub fn analyse(data: &RunData, options: &ReportOptions) -> Analysis {
             },
         )
         .collect();
+    // cell -> (seed, repetition) -> score, for tests paired by repetition
+    let mut by_repetition: BTreeMap<CellKey, BTreeMap<(u64, usize), f64>> = BTreeMap::new();
+    for s in &scores {
+        by_repetition
+            .entry((
+                s.model.clone(),
+                s.instrument.clone(),
+                s.subscale.clone(),
+                s.condition.clone(),
+                s.readout,
+            ))
+            .or_default()
+            .insert((s.seed, s.repetition), s.value);
+    }
     let mut groups: BTreeMap<CellKey, Vec<f64>> = BTreeMap::new();
     for s in &scores {
         groups
@@ -559,7 +580,7 @@ pub fn analyse(data: &RunData, options: &ReportOptions) -> Analysis {
         .find_map(|h| h.study.positive_control.as_ref());
     let validity = validity_checks(&data.trials, &data.scoring, control);
     let gate = gate_verdicts(&validity);
-    let questions = answer_questions(data, &groups, &gate, seed, options);
+    let questions = answer_questions(data, &groups, &by_repetition, &gate, seed, options);
     Analysis {
         identical_replicates,
         models: models(data),
@@ -775,6 +796,20 @@ fn negativity(
             mann_whitney: mann_whitney(xs, xb),
             conversations: (conv_a.len(), conv_b.len(), welch(&conv_a, &conv_b)),
             by_stem: paired_t(&pa, &pb),
+            mixed: mixed::fit(
+                &completions
+                    .iter()
+                    .filter(|x| &x.model == m && (&x.condition == c || &x.condition == reference))
+                    .filter_map(|x| {
+                        scorer_value(s, x).map(|y| mixed::Observation {
+                            y,
+                            in_a: &x.condition == c,
+                            stem: &x.stem,
+                            conversation: &x.conversation,
+                        })
+                    })
+                    .collect::<Vec<_>>(),
+            ),
         });
     }
     (cells, contrasts)
@@ -784,6 +819,7 @@ fn negativity(
 fn answer_questions(
     data: &RunData,
     groups: &BTreeMap<CellKey, Vec<f64>>,
+    by_repetition: &BTreeMap<CellKey, BTreeMap<(u64, usize), f64>>,
     gate: &[GateVerdict],
     seed: u64,
     options: &ReportOptions,
@@ -812,6 +848,27 @@ fn answer_questions(
                 let (Some(xa), Some(xb)) = (arm(&c.a), arm(&c.b)) else {
                     continue;
                 };
+                // Arms observed at the same repetitions (and seeds) share each repetition's
+                // system prompt variant and seed: the paired test uses that.
+                let paired = {
+                    let rep = |cond: &str| {
+                        by_repetition.get(&(
+                            model.clone(),
+                            c.instrument.clone(),
+                            c.subscale.clone(),
+                            cond.to_string(),
+                            readout,
+                        ))
+                    };
+                    match (rep(&c.a), rep(&c.b)) {
+                        (Some(ra), Some(rb)) if ra.len() >= 3 && ra.keys().eq(rb.keys()) => {
+                            let a: Vec<f64> = ra.values().copied().collect();
+                            let b: Vec<f64> = rb.values().copied().collect();
+                            Some(paired_t(&a, &b))
+                        }
+                        _ => None,
+                    }
+                };
                 let comparison = compare(xa, xb, readout, LEVEL);
                 if xa.len().max(xb.len()) < 2
                     || (xa.len().min(xb.len()) < 2 && comparison.constant.is_none())
@@ -839,6 +896,7 @@ fn answer_questions(
                     difference: ci_of(seed, &stream, &[xa, xb], options),
                     welch: comparison.test,
                     constant: comparison.constant,
+                    paired,
                     p_holm: f64::NAN,
                     validity: gate
                         .iter()

@@ -279,6 +279,9 @@ fn questions_section(a: &Analysis) -> Option<Section> {
                 format!("{} {}", f(q.g.g, 2), interval(q.g.ci, 2)),
                 p(q.welch.p),
                 format!("{} ({})", p(q.p_holm), q.contrast.family),
+                q.paired
+                    .map(|t| format!("{} ({})", p(t.p), t.n))
+                    .unwrap_or_else(|| "–".into()),
                 f(q.mde_d, 2),
                 q.repetitions_needed
                     .map(|r| format!("{r:.0}"))
@@ -314,6 +317,7 @@ fn questions_section(a: &Analysis) -> Option<Section> {
                     "Hedges' g [95% CI]",
                     "Welch p",
                     "Holm p (family)",
+                    "paired by repetition p (pairs)",
                     "MDE d",
                     "n/arm for g",
                 ],
@@ -857,7 +861,8 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
             "Negativity bias: induced minus neutral. Completions are nested in stems and \
              conversations: the completion-level tests treat every completion as independent \
              and overstate the evidence; the conversation-level and paired-by-stem tests use \
-             the units the design replicates.",
+             the units the design replicates, and the mixed model uses every completion with \
+             a random intercept per conversation and stems as fixed effects (REML; Wald z).",
             &[
                 "model",
                 "scorer",
@@ -868,6 +873,7 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
                 "Mann–Whitney p",
                 "conversation level: Welch p (n)",
                 "paired by stem: t test p (stems)",
+                "mixed model: estimate ± SE, p (conversation variance)",
             ],
             a.valence_contrasts
                 .iter()
@@ -899,6 +905,17 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
                             v.conversations.1
                         ),
                         format!("{} ({})", p(v.by_stem.p), v.by_stem.n),
+                        v.mixed
+                            .map(|m| {
+                                format!(
+                                    "{} ± {}, p = {} ({})",
+                                    f(m.estimate, 3),
+                                    f(m.se, 3),
+                                    p(m.p),
+                                    f(m.var_conversation, 4)
+                                )
+                            })
+                            .unwrap_or_else(|| "–".into()),
                     ]
                 })
                 .collect(),

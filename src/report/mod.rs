@@ -10,6 +10,7 @@ pub mod bias;
 pub mod document;
 pub mod lexicon;
 pub mod load;
+pub mod mixed;
 pub mod plots;
 pub mod scores;
 pub mod stats;

@@ -205,6 +205,11 @@ pub fn write_questions_csv(dir: &Path, a: &Analysis, seeds: &str) -> Result<()> 
         "repetitions_per_arm_80",
         "seeds",
         "test",
+        "paired_n",
+        "paired_mean_difference",
+        "paired_t",
+        "paired_df",
+        "paired_p",
     ])
     .map_err(|e| csv_err(&path, e))?;
     for q in &a.questions {
@@ -243,6 +248,11 @@ pub fn write_questions_csv(dir: &Path, a: &Analysis, seeds: &str) -> Result<()> 
             q.repetitions_needed.map(num).unwrap_or_else(|| "NA".into()),
             seeds.to_string(),
             test_name(q.constant).to_string(),
+            q.paired.map_or("NA".into(), |t| t.n.to_string()),
+            num(q.paired.map_or(f64::NAN, |t| t.mean_difference)),
+            num(q.paired.map_or(f64::NAN, |t| t.t)),
+            num(q.paired.map_or(f64::NAN, |t| t.df)),
+            num(q.paired.map_or(f64::NAN, |t| t.p)),
         ])
         .map_err(|e| csv_err(&path, e))?;
     }
@@ -443,6 +453,21 @@ pub fn tidy_tables(a: &Analysis) -> Vec<Tidy> {
                     ("stem_paired_t", v.by_stem.t),
                     ("stem_paired_df", v.by_stem.df),
                     ("stem_paired_p", v.by_stem.p),
+                ],
+                // Every completion, conversation as a random intercept, stem fixed.
+                &[
+                    ("mixed_estimate", v.mixed.map_or(f64::NAN, |f| f.estimate)),
+                    ("mixed_se", v.mixed.map_or(f64::NAN, |f| f.se)),
+                    ("mixed_z", v.mixed.map_or(f64::NAN, |f| f.z)),
+                    ("mixed_p", v.mixed.map_or(f64::NAN, |f| f.p)),
+                    (
+                        "mixed_var_conversation",
+                        v.mixed.map_or(f64::NAN, |f| f.var_conversation),
+                    ),
+                    (
+                        "mixed_var_residual",
+                        v.mixed.map_or(f64::NAN, |f| f.var_residual),
+                    ),
                 ],
             ]
             .concat(),
