@@ -250,12 +250,9 @@ pub struct HedgesG {
     pub ci: Interval,
 }
 
-pub fn hedges_g(a: &[f64], b: &[f64], level: f64) -> HedgesG {
-    let (n1, n2) = (a.len() as f64, b.len() as f64);
-    let pooled = (((n1 - 1.0) * variance(a) + (n2 - 1.0) * variance(b)) / (n1 + n2 - 2.0)).sqrt();
-    let d = (mean(a) - mean(b)) / pooled;
-    let g = d * (1.0 - 3.0 / (4.0 * (n1 + n2) - 9.0));
-    let se = ((n1 + n2) / (n1 * n2) + g * g / (2.0 * (n1 + n2))).sqrt();
+/// g with its normal-approximation interval at `level`; all NaN when g or its SE is not
+/// finite.
+fn with_normal_ci(g: f64, se: f64, level: f64) -> HedgesG {
     if !g.is_finite() || !se.is_finite() {
         return HedgesG {
             g: f64::NAN,
@@ -274,6 +271,15 @@ pub fn hedges_g(a: &[f64], b: &[f64], level: f64) -> HedgesG {
             high: g + z * se,
         },
     }
+}
+
+pub fn hedges_g(a: &[f64], b: &[f64], level: f64) -> HedgesG {
+    let (n1, n2) = (a.len() as f64, b.len() as f64);
+    let pooled = (((n1 - 1.0) * variance(a) + (n2 - 1.0) * variance(b)) / (n1 + n2 - 2.0)).sqrt();
+    let d = (mean(a) - mean(b)) / pooled;
+    let g = d * (1.0 - 3.0 / (4.0 * (n1 + n2) - 9.0));
+    let se = ((n1 + n2) / (n1 * n2) + g * g / (2.0 * (n1 + n2))).sqrt();
+    with_normal_ci(g, se, level)
 }
 
 /// Welch's unequal-variance t test of `a` vs `b`, two-sided.
@@ -317,24 +323,7 @@ pub fn hedges_g_vs_constant(a: &[f64], c: f64, level: f64) -> HedgesG {
     let d = (mean(a) - c) / variance(a).sqrt();
     let g = d * (1.0 - 3.0 / (4.0 * (n - 1.0) - 1.0));
     let se = (1.0 / n + g * g / (2.0 * n)).sqrt();
-    if !g.is_finite() || !se.is_finite() {
-        return HedgesG {
-            g: f64::NAN,
-            se: f64::NAN,
-            ci: Interval::NAN,
-        };
-    }
-    let z = Normal::new(0.0, 1.0)
-        .expect("standard normal")
-        .inverse_cdf(0.5 + level / 2.0);
-    HedgesG {
-        g,
-        se,
-        ci: Interval {
-            low: g - z * se,
-            high: g + z * se,
-        },
-    }
+    with_normal_ci(g, se, level)
 }
 
 /// A paired t test of `a[i]` vs `b[i]`, two-sided (scipy's `ttest_rel`).

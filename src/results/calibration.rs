@@ -110,6 +110,20 @@ pub fn calibration_table(content_free: &[TrialRecord]) -> CalibrationTable {
         .collect()
 }
 
+/// `probs` with the content-free distribution divided out, renormalised (None when
+/// nothing is left to normalise). Shared by items and the judge.
+pub fn divide_out(probs: &[f64], content_free: &[f64]) -> Option<Vec<f64>> {
+    // A content-free probability of 0 would make any mass on that option infinitely
+    // strong; floor it at the smallest positive double's scale so the ratio stays finite.
+    let ratios: Vec<f64> = probs
+        .iter()
+        .zip(content_free)
+        .map(|(p, q)| p / q.max(1e-300))
+        .collect();
+    let total: f64 = ratios.iter().sum();
+    (total.is_finite() && total > 0.0).then(|| ratios.iter().map(|r| r / total).collect())
+}
+
 /// The calibrated read-out of one item trial, if its arrangement was calibrated.
 /// `reverse_range` is the (min, max) of the item's scale when it is reverse-keyed.
 pub fn calibrated_readout(
@@ -125,19 +139,7 @@ pub fn calibrated_readout(
     if cf.probs.len() != c.probs.len() || cf.values != c.values {
         return None;
     }
-    // A content-free probability of 0 would make any mass on that option infinitely
-    // strong; floor it at the smallest positive double's scale so the ratio stays finite.
-    let ratios: Vec<f64> = c
-        .probs
-        .iter()
-        .zip(&cf.probs)
-        .map(|(p, q)| p / q.max(1e-300))
-        .collect();
-    let total: f64 = ratios.iter().sum();
-    if !(total.is_finite() && total > 0.0) {
-        return None;
-    }
-    let probs: Vec<f64> = ratios.iter().map(|r| r / total).collect();
+    let probs = divide_out(&c.probs, &cf.probs)?;
     let expected: f64 = probs.iter().zip(&c.values).map(|(p, v)| p * v).sum();
     let best = probs
         .iter()

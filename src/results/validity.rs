@@ -245,6 +245,15 @@ struct Outcome {
     note: String,
 }
 
+/// A consistency check over fewer than `MIN_RESPONDENTS` complete respondents.
+fn too_few_respondents(threshold: String, n: usize) -> Outcome {
+    not_estimable(
+        threshold,
+        n,
+        format!("{n} respondents answered every item; at least {MIN_RESPONDENTS} are needed"),
+    )
+}
+
 fn not_estimable(threshold: String, n: usize, note: String) -> Outcome {
     Outcome {
         value: None,
@@ -487,14 +496,7 @@ fn internal_consistency(respondents: &[BTreeMap<String, f64>], items: &[&ScoredI
     let rows = complete_rows(respondents, items);
     let threshold = "warn < 0.70, fail < 0.50 (Cronbach's alpha)".to_string();
     if rows.len() < MIN_RESPONDENTS {
-        return not_estimable(
-            threshold,
-            rows.len(),
-            format!(
-                "{} respondents answered every item; at least {MIN_RESPONDENTS} are needed",
-                rows.len()
-            ),
-        );
+        return too_few_respondents(threshold, rows.len());
     }
     match cronbach_alpha(&rows) {
         None => not_estimable(
@@ -687,14 +689,7 @@ fn omega_consistency(respondents: &[BTreeMap<String, f64>], items: &[&ScoredItem
     let rows = complete_rows(respondents, items);
     let threshold = "warn < 0.70, fail < 0.50 (McDonald's omega, one factor)".to_string();
     if rows.len() < MIN_RESPONDENTS {
-        return not_estimable(
-            threshold,
-            rows.len(),
-            format!(
-                "{} respondents answered every item; at least {MIN_RESPONDENTS} are needed",
-                rows.len()
-            ),
-        );
+        return too_few_respondents(threshold, rows.len());
     }
     match mcdonald_omega(&rows) {
         None => not_estimable(
@@ -727,14 +722,7 @@ fn reverse_item_agreement(respondents: &[BTreeMap<String, f64>], items: &[&Score
     let rows = complete_rows(respondents, items);
     let threshold = "warn < 0.30, fail < 0.00 (Pearson r)".to_string();
     if rows.len() < MIN_RESPONDENTS {
-        return not_estimable(
-            threshold,
-            rows.len(),
-            format!(
-                "{} respondents answered every item; at least {MIN_RESPONDENTS} are needed",
-                rows.len()
-            ),
-        );
+        return too_few_respondents(threshold, rows.len());
     }
     let mean_of = |row: &[f64], reverse: bool| {
         let vals: Vec<f64> = items

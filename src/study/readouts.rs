@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::generate::{decode, extend_rows};
 use crate::model::{KvCache, Model};
 use crate::option_scoring::{normalise, option_logprobs, option_logprobs_rows, ScoringRow};
+use crate::results::calibration::divide_out;
 use crate::results::{
     ChoiceReadout, GenerateReadout, JudgeDetail, RecordKind, Timing, TrialRecord, SCHEMA,
 };
@@ -509,13 +510,9 @@ fn judge_valence(
         .map(|i| by_order.iter().map(|p| p[i]).sum::<f64>() / by_order.len() as f64)
         .collect();
     let (labels, values): (Vec<String>, Vec<f64>) = judge.options.iter().cloned().unzip();
-    let ratios: Vec<f64> = probs
-        .iter()
-        .zip(content_free)
-        .map(|(p, q)| p / q.max(1e-300))
-        .collect();
-    let total: f64 = ratios.iter().sum();
-    let calibrated_expected = ratios.iter().zip(&values).map(|(r, v)| r / total * v).sum();
+    let calibrated_expected = divide_out(&probs, content_free).map_or(f64::NAN, |p| {
+        p.iter().zip(&values).map(|(p, v)| p * v).sum()
+    });
     let readout = choice_readout(
         study.seed,
         labels,
