@@ -81,9 +81,10 @@ pub enum Error {
     #[error("the model produced non-finite numbers ({0}); its file is broken (check metadata such as the rms epsilon, and the tensor data) or the arithmetic overflowed")]
     NonFinite(String),
 
-    /// A signal stopped the run after the trial in progress; `--resume` continues it.
-    #[error("interrupted by {} after the trial in progress; continue with: affectbench run --resume {}", crate::study::interrupt::name(*.signal), .dir.display())]
-    Interrupted { signal: i32, dir: PathBuf },
+    /// A signal stopped the work after the trial in progress; `resume` is the command
+    /// that continues it.
+    #[error("interrupted by {} after the trial in progress; continue with: {resume}", crate::study::interrupt::name(*.signal))]
+    Interrupted { signal: i32, resume: String },
 
     #[error("report: {0}")]
     Report(String),

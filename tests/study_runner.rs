@@ -1403,3 +1403,116 @@ fn identical_repetitions_count_once_and_a_one_conversation_arm_is_a_constant() {
     let html = std::fs::read_to_string(report.join("report.html")).unwrap();
     assert!(html.contains("identical repeats dropped"));
 }
+
+/// `affectbench judge RUN --model M`: its stderr, and whether it succeeded.
+fn second_judge(run: &Path, model: &Path) -> (bool, String) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_affectbench"))
+        .args(["--threads", "2", "judge"])
+        .arg(run)
+        .arg("--model")
+        .arg(model)
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    )
+}
+
+#[test]
+fn a_second_judge_reproduces_the_same_weights_continues_after_a_crash_and_is_reported() {
+    use affectbench::results::second_judge::{read_second_judge, second_judge_path};
+    use affectbench::results::{read_header, read_trials};
+    use candle_core::quantized::gguf_file::Value;
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let out = dir.path().join("run");
+    run_study(&config(&model, &out, None, None)).unwrap();
+    let shape = Tiny {
+        context: 8192,
+        ..Tiny::qwen2()
+    };
+
+    // The model that wrote the completions is the run's judge already.
+    let (ok, err) = second_judge(&out, &model);
+    assert!(
+        !ok && err.contains("no completion another model could judge"),
+        "{err}"
+    );
+
+    // The same weights in another file: as a second judge it must give exactly the
+    // run's own judge read-outs, through the snapshot's judge question and seeds.
+    let twin = dir.path().join("twin.gguf");
+    common::write_tiny_gguf_with_meta(&twin, &shape, 11, |m| {
+        m.push(("general.name".into(), Value::String("twin".into())))
+    });
+    let (ok, err) = second_judge(&out, &twin);
+    assert!(ok, "{err}");
+    let header = read_header(&out).unwrap();
+    let trials: BTreeMap<String, affectbench::results::TrialRecord> =
+        read_trials(&out.join("trials.jsonl"), header.seed)
+            .unwrap()
+            .records
+            .into_iter()
+            .map(|(_, r)| (r.trial_id.clone(), r))
+            .collect();
+    let twin_file = read_second_judge(&second_judge_path(&out, "twin")).unwrap();
+    assert_eq!(twin_file.records.len(), 8);
+    for r in &twin_file.records {
+        let t = &trials[&r.trial_id];
+        assert_eq!(Some(&r.judge), t.judge.as_ref());
+        assert_eq!(Some(&r.judge_detail), t.judge_detail.as_ref());
+        assert_eq!(r.model, t.model);
+    }
+
+    // Other weights, interrupted after 3 completions with a torn fourth line: the second
+    // call judges the other 5 and the file is as if never interrupted.
+    let other = dir.path().join("other.gguf");
+    write_tiny_gguf(&other, &shape, 12);
+    let (ok, err) = second_judge(&out, &other);
+    assert!(ok, "{err}");
+    let other_path = second_judge_path(&out, "other");
+    let whole = std::fs::read_to_string(&other_path).unwrap();
+    assert_ne!(
+        read_second_judge(&other_path).unwrap().records[0].judge,
+        twin_file.records[0].judge
+    );
+    let cut: usize = whole.split_inclusive('\n').take(3).map(str::len).sum();
+    std::fs::write(&other_path, &whole[..cut + 15]).unwrap();
+    let (ok, err) = second_judge(&out, &other);
+    assert!(
+        ok && err.contains("5 completions judged now, 3 judged before"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&other_path).unwrap(), whole);
+    let (ok, err) = second_judge(&out, &other);
+    assert!(
+        ok && err.contains("0 completions judged now, 8 judged before"),
+        "{err}"
+    );
+
+    // The report puts each second judge beside the run's judge.
+    let report = dir.path().join("report");
+    affectbench::report::build_report(std::slice::from_ref(&out), &report, &Default::default())
+        .unwrap();
+    let agreement = std::fs::read_to_string(report.join("tables/judge_agreement.csv")).unwrap();
+    let value = |judge: &str, stat: &str| -> f64 {
+        let line = agreement
+            .lines()
+            .find(|l| l.contains(&format!(",{judge},")) && l.contains(&format!(",{stat},")))
+            .unwrap_or_else(|| panic!("{judge} {stat}: {agreement}"));
+        line.rsplit(',').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(value("twin", "paired"), 8.0);
+    assert_eq!(value("twin", "same_side"), 8.0);
+    assert!((value("twin", "r") - 1.0).abs() < 1e-9, "{agreement}");
+    assert_eq!(value("other", "paired"), 8.0);
+    assert!(value("other", "r") < 0.999, "{agreement}");
+    let html = std::fs::read_to_string(report.join("report.html")).unwrap();
+    assert!(html.contains("Agreement with a second judge"));
+    // Each second judge is a scorer of its own in the negativity analysis.
+    let bias = std::fs::read_to_string(report.join("tables/negativity_bias.csv")).unwrap();
+    for scorer in ["judge:other", "judge-calibrated:other", "judge:twin"] {
+        assert!(bias.contains(&format!(",{scorer},")), "{scorer}: {bias}");
+    }
+}

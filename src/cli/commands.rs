@@ -1,8 +1,8 @@
 //! The commands behind each subcommand.
 
 use super::{
-    BenchArgs, Cli, Command, EngineArgs, GenerateArgs, Int8KernelArg, MergeArgs, ModelArgs,
-    ModelsCommand, OpsArg, ReportArgs, RunArgs, SourceArg, TokenizeArgs, ValidateArgs,
+    BenchArgs, Cli, Command, EngineArgs, GenerateArgs, Int8KernelArg, JudgeArgs, MergeArgs,
+    ModelArgs, ModelsCommand, OpsArg, ReportArgs, RunArgs, SourceArg, TokenizeArgs, ValidateArgs,
 };
 use affectbench::cache;
 use affectbench::chat::Message;
@@ -48,6 +48,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Merge(args) => merge(args),
         Command::Bench(args) => bench(&registry, args, threads),
         Command::ValidateInstrument(args) => validate_instrument(&registry, args, &detected),
+        Command::Judge(args) => judge(&registry, args, threads),
     }
 }
 
@@ -58,6 +59,7 @@ fn uses_candle_ops(command: &Command) -> bool {
         Command::Tokenize(a) => &a.model.engine,
         Command::Bench(a) => &a.model.engine,
         Command::ValidateInstrument(a) => &a.model.engine,
+        Command::Judge(a) => &a.model.engine,
         Command::Run(a) => &a.engine,
         Command::Models(_) | Command::Report(_) | Command::Merge(_) => return false,
     };
@@ -547,6 +549,68 @@ fn validate_instrument(
             "gate: {}; report: {}",
             r.out_dir.join("tables/validity.csv").display(),
             r.out_dir.join("report.html").display()
+        );
+    }
+    Ok(())
+}
+
+fn judge(registry: &Registry, args: JudgeArgs, threads: usize) -> Result<()> {
+    use affectbench::study::second_judge::judge_run;
+    anyhow::ensure!(
+        args.run.join("run.json").exists(),
+        "{} has no run.json; give the directory `affectbench run` (or `merge`) wrote",
+        args.run.display()
+    );
+    let name = args
+        .model
+        .model
+        .clone()
+        .unwrap_or_else(|| registry.default.clone());
+    let model_ref = resolve_fetched(registry, &name)?;
+    let opts = engine_config(&args.model.engine, threads, None).load_options()?;
+    let model =
+        Model::load_ref(&model_ref, &opts).with_context(|| format!("loading model '{name}'"))?;
+    anyhow::ensure!(
+        model.chat_template.is_some(),
+        "{} has no chat template; the judge question is a conversation (add chat_template to its registry entry)",
+        model.info.label
+    );
+    let sha256 = affectbench::study::provenance::model_provenance(&model_ref, &model)?.sha256;
+    affectbench::study::interrupt::install().context("installing the signal handlers")?;
+    let outcome = judge_run(
+        &args.run,
+        &model,
+        &sha256,
+        std::io::stderr().is_terminal(),
+        std::time::Duration::from_secs(30),
+    )?;
+    eprintln!(
+        "{}: {} completions judged now, {} judged before, {} of {} left out as {}'s own",
+        outcome.path.display(),
+        outcome.judged_now,
+        outcome.already,
+        outcome.own_completions,
+        outcome.judgeable + outcome.own_completions,
+        model.info.label
+    );
+    if let Some(signal) = outcome.interrupted {
+        return Err(affectbench::Error::Interrupted {
+            signal,
+            resume: format!("affectbench judge {} --model {name}", args.run.display()),
+        }
+        .into());
+    }
+    if args.report {
+        let r = affectbench::report::build_report(
+            std::slice::from_ref(&args.run),
+            &args.run,
+            &affectbench::report::ReportOptions::default(),
+        )?;
+        println!("{}", r.out_dir.join("report.html").display());
+    } else {
+        eprintln!(
+            "the agreement goes into the report: affectbench report {}",
+            args.run.display()
         );
     }
     Ok(())

@@ -106,6 +106,32 @@ pub enum Command {
     ///
     ///   affectbench validate-instrument --model qwen2.5-coder-0.5b-instruct anxiety-state vas
     ValidateInstrument(ValidateArgs),
+
+    /// Judge a finished run's sentence completions with a second model, so the report
+    /// can say whether the valence read-out depends on which model judges.
+    ///
+    /// Asks the run's own judge question (from its snapshot of the task files, in every
+    /// option order the task asks, with this model's own content-free bias) and writes
+    /// RUN_DIR/judges/<label>.jsonl, one record per completion, flushed as written:
+    /// interrupt any time and run the same command again to continue. Completions the
+    /// judging model wrote itself are left out (the run's judge already read them).
+    /// Then `affectbench report RUN_DIR` adds the agreement (tables/judge_agreement.csv).
+    ///
+    ///   affectbench judge results/2026-11-21-affect-induction-smollm2-135m-instruct --model qwen2.5-coder-0.5b-instruct
+    Judge(JudgeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct JudgeArgs {
+    /// The run directory whose completions to judge (a merged run works too).
+    pub run: PathBuf,
+
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Rewrite the report of RUN_DIR afterwards (into RUN_DIR).
+    #[arg(long)]
+    pub report: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -5,11 +5,12 @@
 //! Every bootstrap draws from its own seeded stream named after what it estimates, so a
 //! figure does not depend on which other figures were computed or in what order.
 
+use super::judging::{judge_agreement, judge_quality, JudgeAgreement, JudgeQuality};
 use super::load::RunData;
 use super::mixed::{self, MixedFit};
 use super::scores::{
-    completion_scores, conditions, models, scale_scores, scorer_value, CompletionScore,
-    ConditionInfo, Readout, ScaleScore, SCORERS,
+    completion_scores, conditions, models, scale_scores, scorer_value, scorers, CompletionScore,
+    ConditionInfo, Readout, ScaleScore,
 };
 use super::stats::{
     bootstrap, describe, hedges_g, hedges_g_vs_constant, holm, mann_whitney, mean, mean_difference,
@@ -170,7 +171,7 @@ pub struct BaselineReturn {
 pub struct ValenceCell {
     pub model: String,
     pub condition: String,
-    pub scorer: &'static str,
+    pub scorer: String,
     pub describe: Describe,
     pub ci: BootstrapCi,
 }
@@ -178,7 +179,7 @@ pub struct ValenceCell {
 #[derive(Debug, Clone)]
 pub struct ValenceContrast {
     pub model: String,
-    pub scorer: &'static str,
+    pub scorer: String,
     pub a: String,
     pub b: String,
     pub difference: BootstrapCi,
@@ -307,6 +308,8 @@ pub struct Analysis {
     pub baseline_returns: Vec<BaselineReturn>,
     pub completions: Vec<CompletionScore>,
     pub judge_quality: Vec<JudgeQuality>,
+    /// The run's judge against each second judge (`affectbench judge`), per model.
+    pub judge_agreement: Vec<JudgeAgreement>,
     pub valence: Vec<ValenceCell>,
     pub valence_contrasts: Vec<ValenceContrast>,
     pub quality: Vec<QualityRow>,
@@ -606,104 +609,13 @@ pub fn analyse(data: &RunData, options: &ReportOptions) -> Analysis {
         contrasts,
         baseline_returns,
         judge_quality: judge_quality(&completions),
+        judge_agreement: judge_agreement(&completions),
         completions,
         valence,
         valence_contrasts,
         options: options.clone(),
         seed,
     }
-}
-
-/// How far the completion scorers can be trusted, per model: how many completions
-/// continue their stem, how many the lexicon can score at all, whether the judge gives
-/// the same answer whichever order it reads the labels in, what it says with nothing to
-/// judge, and whether it agrees with the lexicon.
-#[derive(Debug, Clone, PartialEq)]
-pub struct JudgeQuality {
-    pub model: String,
-    pub completions: usize,
-    /// Completions whose compliance is known, and how many of them continue the stem.
-    pub compliance_known: usize,
-    pub compliant: usize,
-    /// Completions with at least one lexicon word.
-    pub lexicon_scored: usize,
-    pub judged: usize,
-    /// Completions judged in two orders, and how many got the same most probable label
-    /// (by the sign of the valence: negative, about zero, positive) in both.
-    pub two_orders: usize,
-    pub orders_agree: usize,
-    /// Mean absolute valence difference between the two orders.
-    pub mean_order_gap: f64,
-    /// The judge's valence for content-free texts (its bias), mean over completions.
-    pub content_free_valence: Option<f64>,
-    /// Pearson r between judge and lexicon valence over lexicon-scored completions.
-    pub judge_lexicon_r: Option<f64>,
-    pub judge_calibrated_lexicon_r: Option<f64>,
-}
-
-fn judge_quality(completions: &[CompletionScore]) -> Vec<JudgeQuality> {
-    let mut by_model: BTreeMap<&str, Vec<&CompletionScore>> = BTreeMap::new();
-    for c in completions {
-        by_model.entry(&c.model).or_default().push(c);
-    }
-    let side = |v: f64| {
-        if v < -1.0 / 3.0 {
-            -1
-        } else if v > 1.0 / 3.0 {
-            1
-        } else {
-            0
-        }
-    };
-    by_model
-        .into_iter()
-        .map(|(model, cs)| {
-            let two: Vec<&&CompletionScore> =
-                cs.iter().filter(|c| c.judge_by_order.len() == 2).collect();
-            let agree = two
-                .iter()
-                .filter(|c| side(c.judge_by_order[0]) == side(c.judge_by_order[1]))
-                .count();
-            let gap = if two.is_empty() {
-                f64::NAN
-            } else {
-                two.iter()
-                    .map(|c| (c.judge_by_order[0] - c.judge_by_order[1]).abs())
-                    .sum::<f64>()
-                    / two.len() as f64
-            };
-            let scored: Vec<&&CompletionScore> =
-                cs.iter().filter(|c| c.lexicon_words > 0).collect();
-            let r_with = |f: fn(&CompletionScore) -> Option<f64>| {
-                let (x, y): (Vec<f64>, Vec<f64>) = scored
-                    .iter()
-                    .filter_map(|c| f(c).map(|j| (j, c.lexicon)))
-                    .unzip();
-                // A correlation over a handful of completions says nothing.
-                if x.len() < crate::results::validity::MIN_RESPONDENTS {
-                    return None;
-                }
-                crate::results::validity::pearson(&x, &y)
-            };
-            JudgeQuality {
-                model: model.to_string(),
-                completions: cs.len(),
-                compliance_known: cs.iter().filter(|c| c.compliant.is_some()).count(),
-                compliant: cs.iter().filter(|c| c.compliant == Some(true)).count(),
-                lexicon_scored: scored.len(),
-                judged: cs.iter().filter(|c| c.judge.is_some()).count(),
-                two_orders: two.len(),
-                orders_agree: agree,
-                mean_order_gap: gap,
-                content_free_valence: {
-                    let v: Vec<f64> = cs.iter().filter_map(|c| c.judge_content_free).collect();
-                    (!v.is_empty()).then(|| mean(&v))
-                },
-                judge_lexicon_r: r_with(|c| c.judge),
-                judge_calibrated_lexicon_r: r_with(|c| c.judge_calibrated),
-            }
-        })
-        .collect()
 }
 
 /// Valence per model x condition x scorer, and each completion condition that induces an
@@ -714,11 +626,12 @@ fn negativity(
     seed: u64,
     options: &ReportOptions,
 ) -> (Vec<ValenceCell>, Vec<ValenceContrast>) {
-    let mut by: BTreeMap<(String, String, &'static str), Vec<f64>> = BTreeMap::new();
+    let mut by: BTreeMap<(String, String, String), Vec<f64>> = BTreeMap::new();
+    let all_scorers = scorers(completions);
     for c in completions {
-        for scorer in SCORERS {
+        for scorer in &all_scorers {
             if let Some(v) = scorer_value(scorer, c) {
-                by.entry((c.model.clone(), c.condition.clone(), scorer))
+                by.entry((c.model.clone(), c.condition.clone(), scorer.clone()))
                     .or_default()
                     .push(v);
             }
@@ -730,13 +643,18 @@ fn negativity(
         .map(|((m, c, s), xs)| ValenceCell {
             model: m.clone(),
             condition: c.clone(),
-            scorer: s,
+            scorer: s.clone(),
             describe: describe(xs),
             ci: ci_of(seed, &format!("valence/{m}/{c}/{s}"), &[xs], options),
         })
         .collect();
     cells.sort_by(|x, y| {
-        (&x.model, x.scorer, order(&x.condition)).cmp(&(&y.model, y.scorer, order(&y.condition)))
+        let rank = |s: &str| all_scorers.iter().position(|x| x == s);
+        (&x.model, rank(&x.scorer), order(&x.condition)).cmp(&(
+            &y.model,
+            rank(&y.scorer),
+            order(&y.condition),
+        ))
     });
     let mut contrasts = Vec::new();
     for ((m, c, s), xs) in &by {
@@ -756,7 +674,7 @@ fn negativity(
                     .find(|c2| conds.iter().any(|x| &x.name == *c2 && x.is_baseline()))
             });
         let Some(reference) = reference else { continue };
-        let xb = &by[&(m.clone(), reference.clone(), *s)];
+        let xb = &by[&(m.clone(), reference.clone(), s.clone())];
         let means_by = |cond: &str, key: fn(&CompletionScore) -> &str| {
             let mut acc: BTreeMap<String, Vec<f64>> = BTreeMap::new();
             for x in completions
@@ -782,7 +700,7 @@ fn negativity(
             .unzip();
         contrasts.push(ValenceContrast {
             model: m.clone(),
-            scorer: s,
+            scorer: s.clone(),
             a: c.clone(),
             b: reference.clone(),
             difference: ci_of(

@@ -831,6 +831,46 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
                 })
                 .collect(),
         ));
+        if !a.judge_agreement.is_empty() {
+            neg.push(Block::Text(
+                "Does the valence depend on which model judges? Other models (affectbench \
+                 judge) were asked the same judge question about the same completions, in \
+                 the same orders, with their own content-free bias. Pearson's r between the \
+                 run's judge and each second judge, the share put on the same side \
+                 (negative, neutral, positive), and the second judge's own order agreement \
+                 and bias (tables/judge_agreement.csv). Judges that do not agree measure \
+                 the judge, not the completion."
+                    .into(),
+            ));
+            neg.push(table(
+                "Agreement with a second judge",
+                &[
+                    "model",
+                    "second judge",
+                    "r",
+                    "calibrated r",
+                    "same side",
+                    "second judge's orders agree",
+                    "its content-free valence",
+                    "its lexicon r",
+                ],
+                a.judge_agreement
+                    .iter()
+                    .map(|g| {
+                        vec![
+                            g.model.clone(),
+                            g.second_judge.clone(),
+                            maybe(g.r),
+                            maybe(g.r_calibrated),
+                            count(g.same_side, g.paired),
+                            count(g.second_orders_agree, g.second_two_orders),
+                            maybe(g.second_content_free_valence),
+                            maybe(g.second_lexicon_r),
+                        ]
+                    })
+                    .collect(),
+            ));
+        }
         neg.push(table(
             "Completion valence",
             &[
@@ -847,7 +887,7 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
                 .map(|v| {
                     vec![
                         v.model.clone(),
-                        v.scorer.into(),
+                        v.scorer.clone(),
                         v.condition.clone(),
                         v.describe.n.to_string(),
                         f(v.describe.mean, 3),
@@ -892,7 +932,7 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
                     };
                     vec![
                         v.model.clone(),
-                        v.scorer.into(),
+                        v.scorer.clone(),
                         format!("{} − {}", v.a, v.b),
                         estimate(&v.difference, valence_n(&v.a).min(valence_n(&v.b)), 3),
                         format!("{} {}", f(v.g.g, 2), interval(v.g.ci, 2)),

@@ -3,8 +3,8 @@
 
 use crate::error::{Error, Result};
 use crate::results::{
-    calibrate, read_header, read_trials, CalibrationTable, InstrumentScoring, RunHeader, RunStatus,
-    TrialRecord,
+    calibrate, read_header, read_second_judges, read_trials, CalibrationTable, InstrumentScoring,
+    RunHeader, RunStatus, SecondJudgeRecord, TrialRecord,
 };
 use crate::scenario::Instrument;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -20,6 +20,8 @@ pub struct RunData {
     pub content_free: Vec<TrialRecord>,
     pub calibration: CalibrationTable,
     pub scoring: BTreeMap<String, InstrumentScoring>,
+    /// Other models' judgements of the completions (`affectbench judge`), each once.
+    pub second_judges: Vec<SecondJudgeRecord>,
     /// Notes for the reader: truncated last lines, duplicate trials across runs.
     pub notes: Vec<String>,
 }
@@ -54,8 +56,10 @@ pub fn load_runs(dirs: &[PathBuf]) -> Result<RunData> {
         content_free: Vec::new(),
         calibration: CalibrationTable::new(),
         scoring: BTreeMap::new(),
+        second_judges: Vec::new(),
         notes: Vec::new(),
     };
+    let mut judged = HashSet::new();
     let mut seen = HashSet::new();
     // model label -> (sha256, the run directory that first named it)
     let mut files: BTreeMap<String, (String, PathBuf)> = BTreeMap::new();
@@ -114,6 +118,17 @@ pub fn load_runs(dirs: &[PathBuf]) -> Result<RunData> {
                 header.status,
                 header.trials_planned
             ));
+        }
+        for j in read_second_judges(dir)? {
+            let key = (
+                j.trial_id.clone(),
+                j.seed,
+                j.model.clone(),
+                j.judge_sha256.clone(),
+            );
+            if judged.insert(key) {
+                data.second_judges.push(j);
+            }
         }
         for s in instrument_scoring(&header)? {
             data.scoring.entry(s.id.clone()).or_insert(s);

@@ -8,6 +8,7 @@
 pub mod analysis;
 pub mod bias;
 pub mod document;
+pub mod judging;
 pub mod lexicon;
 pub mod load;
 pub mod mixed;

@@ -6,6 +6,7 @@ use super::lexicon;
 use super::load::RunData;
 use crate::results::{Question, TrialRecord};
 use crate::scenario::Order;
+use std::collections::BTreeMap;
 
 pub use crate::results::scores::{Readout, ScaleScore};
 
@@ -50,6 +51,23 @@ pub struct CompletionScore {
     pub judge_content_free: Option<f64>,
     /// Whether the completion continues its stem (runs since 2026-11-24).
     pub compliant: Option<bool>,
+    /// Other models' judgements of the same text (`affectbench judge`).
+    pub second_judges: Vec<SecondJudgeScore>,
+}
+
+/// One other model's judgement of a completion, in the same units as the run's judge.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecondJudgeScore {
+    pub judge_model: String,
+    pub valence: f64,
+    pub calibrated: f64,
+    pub by_order: Vec<f64>,
+    pub content_free: f64,
+}
+
+/// The expected value of `probs` over `values`.
+fn expected(probs: &[f64], values: &[f64]) -> f64 {
+    probs.iter().zip(values).map(|(p, v)| p * v).sum()
 }
 
 /// The completion scorers the negativity analysis reports: each on all completions and
@@ -63,7 +81,24 @@ pub const SCORERS: [&str; 6] = [
     "judge-calibrated, compliant",
 ];
 
-/// A completion's valence under `scorer` (one of `SCORERS`); None where the scorer does
+/// The scorers for these completions: `SCORERS`, then for each second judge (`affectbench
+/// judge`) `judge:<label>` and `judge-calibrated:<label>`, on all and compliant ones.
+pub fn scorers(completions: &[CompletionScore]) -> Vec<String> {
+    let mut out: Vec<String> = SCORERS.iter().map(|s| s.to_string()).collect();
+    let judges: std::collections::BTreeSet<&str> = completions
+        .iter()
+        .flat_map(|c| c.second_judges.iter().map(|j| j.judge_model.as_str()))
+        .collect();
+    for suffix in ["", ", compliant"] {
+        for j in &judges {
+            out.push(format!("judge:{j}{suffix}"));
+            out.push(format!("judge-calibrated:{j}{suffix}"));
+        }
+    }
+    out
+}
+
+/// A completion's valence under `scorer` (one of `scorers`); None where the scorer does
 /// not apply (no judge, not compliant, or compliance unknown).
 pub fn scorer_value(scorer: &str, c: &CompletionScore) -> Option<f64> {
     let (base, compliant_only) = match scorer.strip_suffix(", compliant") {
@@ -77,7 +112,18 @@ pub fn scorer_value(scorer: &str, c: &CompletionScore) -> Option<f64> {
         "lexicon" => Some(c.lexicon),
         "judge" => c.judge,
         "judge-calibrated" => c.judge_calibrated,
-        _ => None,
+        other => {
+            let second = |label: &str| c.second_judges.iter().find(|j| j.judge_model == label);
+            if let Some(label) = other.strip_prefix("judge:") {
+                second(label).map(|j| j.valence)
+            } else if let Some(label) = other.strip_prefix("judge-calibrated:") {
+                second(label)
+                    .map(|j| j.calibrated)
+                    .filter(|v| v.is_finite())
+            } else {
+                None
+            }
+        }
     }
 }
 
@@ -139,6 +185,24 @@ pub fn judge_valence(t: &TrialRecord) -> Option<f64> {
 }
 
 pub fn completion_scores(data: &RunData) -> Vec<CompletionScore> {
+    let mut second: BTreeMap<(&str, u64, &str), Vec<SecondJudgeScore>> = BTreeMap::new();
+    for j in &data.second_judges {
+        second
+            .entry((&j.trial_id, j.seed, &j.model))
+            .or_default()
+            .push(SecondJudgeScore {
+                judge_model: j.judge_model.clone(),
+                valence: j.judge.expected,
+                calibrated: j.judge_detail.calibrated_expected,
+                by_order: j
+                    .judge_detail
+                    .by_order
+                    .iter()
+                    .map(|p| expected(p, &j.judge.values))
+                    .collect(),
+                content_free: expected(&j.judge_detail.content_free, &j.judge.values),
+            });
+    }
     data.trials
         .iter()
         .filter(|t| t.error.is_none())
@@ -176,6 +240,10 @@ pub fn completion_scores(data: &RunData) -> Vec<CompletionScore> {
                         .sum()
                 }),
                 compliant: t.continues_stem,
+                second_judges: second
+                    .get(&(t.trial_id.as_str(), t.seed, t.model.as_str()))
+                    .cloned()
+                    .unwrap_or_default(),
                 text,
             })
         })

@@ -419,7 +419,7 @@ pub fn tidy_tables(a: &Analysis) -> Vec<Tidy> {
         valence.push(
             vec![
                 v.model.clone(),
-                v.scorer.into(),
+                v.scorer.clone(),
                 v.condition.clone(),
                 String::new(),
             ],
@@ -435,7 +435,7 @@ pub fn tidy_tables(a: &Analysis) -> Vec<Tidy> {
     }
     for v in &a.valence_contrasts {
         valence.push(
-            vec![v.model.clone(), v.scorer.into(), v.a.clone(), v.b.clone()],
+            vec![v.model.clone(), v.scorer.clone(), v.a.clone(), v.b.clone()],
             &[
                 // Completions are many per condition; the CI is shown as computed.
                 &effect_stats(&v.difference, &v.g, MIN_N_BCA)[..],
@@ -554,12 +554,32 @@ pub fn tidy_tables(a: &Analysis) -> Vec<Tidy> {
             ],
         );
     }
+    let mut agreement = Tidy::new("judge_agreement", &["model", "second_judge"]);
+    for g in &a.judge_agreement {
+        agreement.push(
+            vec![g.model.clone(), g.second_judge.clone()],
+            &[
+                ("paired", g.paired as f64),
+                ("r", opt(g.r)),
+                ("r_calibrated", opt(g.r_calibrated)),
+                ("same_side", g.same_side as f64),
+                ("second_judged_in_two_orders", g.second_two_orders as f64),
+                ("second_orders_agree", g.second_orders_agree as f64),
+                (
+                    "second_content_free_valence",
+                    opt(g.second_content_free_valence),
+                ),
+                ("second_lexicon_r", opt(g.second_lexicon_r)),
+            ],
+        );
+    }
     vec![
         descriptives,
         contrasts,
         baseline,
         valence,
         judge,
+        agreement,
         quality,
         position,
         variance,

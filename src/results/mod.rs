@@ -11,13 +11,15 @@
 //! records: the one implementation the summary and the report share), `read` (reading
 //! either schema), `schema_v1` (the frozen schema-1 wire types), `validity` (the gate:
 //! whether each instrument measured the model at all), `calibration` (the calibrated
-//! read-out, derived from the run's content-free records when they are read).
+//! read-out, derived from the run's content-free records when they are read),
+//! `second_judge` (another model's judgement of the completions, `judges/*.jsonl`).
 
 pub mod calibration;
 pub mod header;
 pub mod read;
 mod schema_v1;
 pub mod scores;
+pub mod second_judge;
 pub mod trial;
 pub mod validity;
 
@@ -28,6 +30,7 @@ pub use header::{
 };
 pub use read::{read_header, read_trials, TrialsFile};
 pub use scores::{scale_scores, Readout, ScaleScore};
+pub use second_judge::{read_second_judges, SecondJudgeRecord};
 pub use trial::{
     CalibratedReadout, ChoiceReadout, GenerateReadout, JudgeDetail, LabelBinding, Question,
     RecordKind, Timing, TrialRecord,

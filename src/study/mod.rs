@@ -2,8 +2,9 @@
 //! answer parsing (`parse`), a group's shared prefix and scheduling (`group`), each
 //! trial's read-outs (`readouts`), the run directory protocol (`run_dir`), provenance
 //! (`provenance`), the end-of-run table (`summary`), the positive-control study of
-//! `validate-instrument` (`validate`) and the sequence that ties them
-//! together (`runner`). What a run writes is defined in `crate::results`.
+//! `validate-instrument` (`validate`), a second model judging a finished run's
+//! completions (`second_judge`) and the sequence that ties them together
+//! (`runner`). What a run writes is defined in `crate::results`.
 //!
 //! Concepts:
 //! - A *group* is (model, condition, repetition): the conversation prefix its items
@@ -24,5 +25,6 @@ pub mod provenance;
 pub mod readouts;
 pub mod run_dir;
 pub mod runner;
+pub mod second_judge;
 pub mod summary;
 pub mod validate;

@@ -472,7 +472,7 @@ fn judge_distribution(
 
 /// The judge's mean distribution (listed order) over the content-free texts and the
 /// orders it is asked in: what it answers with nothing to judge.
-fn judge_content_free(study: &Study, model: &Model, judge: &Judge) -> Result<Vec<f64>> {
+pub(crate) fn judge_content_free(study: &Study, model: &Model, judge: &Judge) -> Result<Vec<f64>> {
     let mut sum = vec![0.0; judge.options.len()];
     let mut n = 0.0;
     for content in CONTENT_FREE_TEXTS {
@@ -490,7 +490,7 @@ fn judge_content_free(study: &Study, model: &Model, judge: &Judge) -> Result<Vec
 /// The model-as-judge read-out: the judge asked in each of its orders, the mean
 /// distribution as the read-out, and the detail (per order, content-free bias and the
 /// valence with that bias divided out).
-fn judge_valence(
+pub(crate) fn judge_valence(
     study: &Study,
     model: &Model,
     judge: &Judge,

@@ -396,7 +396,7 @@ fn execute(
                 if let Some(signal) = interrupt::requested() {
                     return Err(Error::Interrupted {
                         signal,
-                        dir: dir.path.clone(),
+                        resume: format!("affectbench run --resume {}", dir.path.display()),
                     });
                 }
                 if tally.failed >= 10 && tally.failed * 5 > tally.written {
