@@ -39,7 +39,7 @@ use tokenizers::{
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// `pre` values whose text splitting is GPT-2's byte-level regex.
-const GPT2_REGEX_PRES: &[&str] = &["default", "gpt2", "smollm"];
+const GPT2_REGEX_PRES: &[&str] = &["default", "gpt2", "gpt-2", "smollm"];
 
 const TOKEN_TYPE_CONTROL: i32 = 3;
 const TOKEN_TYPE_USER_DEFINED: i32 = 4;

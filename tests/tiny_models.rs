@@ -31,9 +31,9 @@ fn tokens() -> Vec<u32> {
 }
 
 #[test]
-fn tiny_llama_qwen2_and_gemma3_match_candle_transformers() {
+fn tiny_llama_qwen2_qwen3_and_gemma3_match_candle_transformers() {
     let dir = tempfile::tempdir().unwrap();
-    for tiny in [Tiny::llama(), Tiny::qwen2(), Tiny::gemma3()] {
+    for tiny in [Tiny::llama(), Tiny::qwen2(), Tiny::qwen3(), Tiny::gemma3()] {
         let path = dir.path().join(format!("{}.gguf", tiny.arch));
         write_tiny_gguf(&path, &tiny, 1);
         // candle-transformers' gemma3 uses SiLU in the MLP (see model::reference).
@@ -174,8 +174,14 @@ fn a_forked_cache_continues_like_a_fresh_computation() {
 
 #[test]
 fn safetensors_directory_gives_the_same_logits_as_the_gguf() {
+    for tiny in [Tiny::qwen2(), Tiny::qwen3()] {
+        safetensors_matches_gguf(&tiny);
+    }
+}
+
+fn safetensors_matches_gguf(tiny: &Tiny) {
     let dir = tempfile::tempdir().unwrap();
-    let tiny = Tiny::qwen2();
+    let tiny = *tiny;
     let gguf = dir.path().join("m.gguf");
     write_tiny_gguf(&gguf, &tiny, 4);
     let hf = dir.path().join("hf");

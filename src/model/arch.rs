@@ -18,6 +18,7 @@ use std::path::Path;
 pub enum Arch {
     Llama,
     Qwen2,
+    Qwen3,
     Gemma3,
 }
 
@@ -97,6 +98,19 @@ pub const ARCHITECTURES: &[ArchSpec] = &[
         safetensors: true,
     },
     ArchSpec {
+        arch: Arch::Qwen3,
+        name: "qwen3",
+        tensors: &[
+            (TensorGroup::QkvBias, Presence::Optional),
+            (TensorGroup::QkNorm, Presence::Required),
+        ],
+        activation: Activation::Silu,
+        gguf_rope_neox: true,
+        scale_embeddings: false,
+        sliding_window: false,
+        safetensors: true,
+    },
+    ArchSpec {
         arch: Arch::Gemma3,
         name: "gemma3",
         tensors: &[
@@ -165,7 +179,7 @@ mod tests {
 
     #[test]
     fn every_architecture_has_exactly_one_entry_and_round_trips_its_name() {
-        for arch in [Arch::Llama, Arch::Qwen2, Arch::Gemma3] {
+        for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3, Arch::Gemma3] {
             assert_eq!(
                 ARCHITECTURES.iter().filter(|s| s.arch == arch).count(),
                 1,

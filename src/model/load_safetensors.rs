@@ -1,6 +1,6 @@
 //! Building a `Model` from a Hugging Face directory (`config.json`, `tokenizer.json`,
-//! `tokenizer_config.json`, `*.safetensors` in f32/f16/bf16) for llama and qwen2: what
-//! cluster users run on GPUs. Weights stay dense (no quantisation), computed in f32.
+//! `tokenizer_config.json`, `*.safetensors` in f32/f16/bf16) for llama, qwen2 and
+//! qwen3: what cluster users run on GPUs. Weights stay dense (no quantisation), computed in f32.
 
 use super::arch::{Presence, TensorGroup};
 use super::config::{Arch, ModelConfig};
@@ -177,6 +177,14 @@ pub(super) fn load(dir: &Path, label: String, opts: &LoadOptions) -> Result<Mode
         } else {
             None
         };
+        let (q_norm, k_norm) = if spec.presence(TensorGroup::QkNorm).is_some() {
+            (
+                Some(get(&p("self_attn.q_norm.weight"), &[hd])?),
+                Some(get(&p("self_attn.k_norm.weight"), &[hd])?),
+            )
+        } else {
+            (None, None)
+        };
         let gate = get(&p("mlp.gate_proj.weight"), &[f, d])?;
         let up = get(&p("mlp.up_proj.weight"), &[f, d])?;
         layers.push(Layer {
@@ -184,8 +192,8 @@ pub(super) fn load(dir: &Path, label: String, opts: &LoadOptions) -> Result<Mode
             qkv: QkvProj::Fused(Linear::Dense(Tensor::cat(&[&q, &k, &v], 0)?)),
             qkv_bias,
             o_proj: Linear::Dense(get(&p("self_attn.o_proj.weight"), &[d, nh * hd])?),
-            q_norm: None,
-            k_norm: None,
+            q_norm,
+            k_norm,
             post_attn_norm: None,
             ffn_norm: get(&p("post_attention_layernorm.weight"), &[d])?,
             gate_up: GateUp::Fused(Linear::Dense(Tensor::cat(&[&gate, &up], 0)?)),

@@ -1,5 +1,5 @@
-//! The reference forward pass: candle-transformers' quantized llama / qwen2 / gemma3 on
-//! the same GGUF file. Tests feed both implementations the same tokens and compare.
+//! The reference forward pass: candle-transformers' quantized llama / qwen2 / qwen3 /
+//! gemma3 on the same GGUF file. Tests feed both implementations the same tokens and compare.
 //!
 //! Known deviation: candle-transformers 0.11.1's quantized_gemma3 uses SiLU in the MLP,
 //! while Gemma 3 (and llama.cpp, and our model) use GELU-tanh. Parity tests therefore
@@ -9,12 +9,15 @@ use super::config::Arch;
 use crate::error::Result;
 use crate::gguf::GgufFile;
 use candle_core::{Device, IndexOp, Tensor};
-use candle_transformers::models::{quantized_gemma3, quantized_llama, quantized_qwen2};
+use candle_transformers::models::{
+    quantized_gemma3, quantized_llama, quantized_qwen2, quantized_qwen3,
+};
 use std::path::Path;
 
 pub enum ReferenceModel {
     Llama(quantized_llama::ModelWeights),
     Qwen2(quantized_qwen2::ModelWeights),
+    Qwen3(quantized_qwen3::ModelWeights),
     Gemma3(quantized_gemma3::ModelWeights),
 }
 
@@ -35,6 +38,9 @@ impl ReferenceModel {
             Arch::Qwen2 => Self::Qwen2(quantized_qwen2::ModelWeights::from_gguf(
                 content, &mut file, &dev,
             )?),
+            Arch::Qwen3 => Self::Qwen3(quantized_qwen3::ModelWeights::from_gguf(
+                content, &mut file, &dev,
+            )?),
             Arch::Gemma3 => Self::Gemma3(quantized_gemma3::ModelWeights::from_gguf(
                 content, &mut file, &dev,
             )?),
@@ -48,6 +54,7 @@ impl ReferenceModel {
         let logits = match self {
             Self::Llama(m) => m.forward(&x, index_pos)?,
             Self::Qwen2(m) => m.forward(&x, index_pos)?,
+            Self::Qwen3(m) => m.forward(&x, index_pos)?,
             Self::Gemma3(m) => m.forward(&x, index_pos)?,
         };
         let logits = if logits.rank() == 2 {

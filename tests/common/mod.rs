@@ -87,6 +87,8 @@ pub struct Tiny {
     pub rms_eps: f32,
     /// NaN in the final norm's weights (a corrupt file whose metadata is fine).
     pub poisoned: bool,
+    /// A head dimension other than d / heads (written as `attention.key_length`).
+    pub head_dim: Option<usize>,
 }
 
 impl Tiny {
@@ -102,6 +104,7 @@ impl Tiny {
             dtype: GgmlDType::Q8_0,
             rms_eps: 1e-5,
             poisoned: false,
+            head_dim: None,
         }
     }
     pub fn qwen2() -> Self {
@@ -109,6 +112,18 @@ impl Tiny {
             arch: "qwen2",
             ..Self::llama()
         }
+    }
+    /// Qwen 3: q/k norms, no biases, and a head dim wider than d / heads (as Qwen3-0.6B).
+    pub fn qwen3() -> Self {
+        Tiny {
+            arch: "qwen3",
+            head_dim: Some(32),
+            ..Self::llama()
+        }
+    }
+    /// The head dimension: `head_dim` or d / heads.
+    pub fn hd(&self) -> usize {
+        self.head_dim.unwrap_or(self.d / self.heads.max(1))
     }
     /// Gemma 3's extras: q/k norms, post-attention and post-MLP norms, embeddings scaled
     /// by sqrt(d), sliding-window layers (window 8, shorter than the test prompts).
@@ -130,7 +145,7 @@ pub fn tiny_weights(t: &Tiny, vocab: usize, seed: u64) -> Vec<(String, Vec<usize
             .collect();
         (name, shape, data)
     };
-    let hd = t.d / t.heads;
+    let hd = t.hd();
     let mut out = vec![
         w("token_embd.weight".into(), vec![vocab, t.d], 1.0, 0.0),
         w(
@@ -162,9 +177,11 @@ pub fn tiny_weights(t: &Tiny, vocab: usize, seed: u64) -> Vec<(String, Vec<usize
         out.push(w(p("ffn_gate.weight"), vec![t.ffn, t.d], 0.2, 0.0));
         out.push(w(p("ffn_up.weight"), vec![t.ffn, t.d], 0.2, 0.0));
         out.push(w(p("ffn_down.weight"), vec![t.d, t.ffn], 0.2, 0.0));
-        if t.arch == "gemma3" {
+        if t.arch == "gemma3" || t.arch == "qwen3" {
             out.push(w(p("attn_q_norm.weight"), vec![hd], 0.1, 1.0));
             out.push(w(p("attn_k_norm.weight"), vec![hd], 0.1, 1.0));
+        }
+        if t.arch == "gemma3" {
             out.push(w(p("post_attention_norm.weight"), vec![t.d], 0.1, 1.0));
             out.push(w(p("post_ffw_norm.weight"), vec![t.d], 0.1, 1.0));
         }
@@ -218,10 +235,10 @@ fn write_tiny_gguf_full(
         (format!("{a}.attention.head_count_kv"), Value::U32(t.kv_heads as u32)),
         (format!("{a}.attention.layer_norm_rms_epsilon"), Value::F32(t.rms_eps)),
         (format!("{a}.rope.freq_base"), Value::F32(10000.0)),
-        (format!("{a}.rope.dimension_count"), Value::U32((t.d / t.heads) as u32)),
+        (format!("{a}.rope.dimension_count"), Value::U32(t.hd() as u32)),
         (format!("{a}.context_length"), Value::U32(t.context as u32)),
         ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
-        ("tokenizer.ggml.pre".into(), Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), Value::String("default".into())),
         ("tokenizer.ggml.tokens".into(), strs(&tokens)),
         ("tokenizer.ggml.merges".into(), strs(&merges)),
         ("tokenizer.ggml.token_type".into(), Value::Array(types.iter().map(|&x| Value::I32(x)).collect())),
@@ -229,10 +246,12 @@ fn write_tiny_gguf_full(
         ("tokenizer.chat_template".into(), Value::String(
             "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}".into())),
     ];
-    if a == "gemma3" {
-        let hd = (t.d / t.heads) as u32;
+    if a == "gemma3" || a == "qwen3" || t.head_dim.is_some() {
+        let hd = t.hd() as u32;
         meta.push((format!("{a}.attention.key_length"), Value::U32(hd)));
         meta.push((format!("{a}.attention.value_length"), Value::U32(hd)));
+    }
+    if a == "gemma3" {
         meta.push((format!("{a}.attention.sliding_window"), Value::U32(8)));
     }
     edit(&mut meta);
@@ -282,6 +301,8 @@ pub fn write_tiny_safetensors_dir(dir: &Path, t: &Tiny, gguf: &Path) {
             "attn_k.bias" => "self_attn.k_proj.bias",
             "attn_v.bias" => "self_attn.v_proj.bias",
             "attn_output.weight" => "self_attn.o_proj.weight",
+            "attn_q_norm.weight" => "self_attn.q_norm.weight",
+            "attn_k_norm.weight" => "self_attn.k_norm.weight",
             "ffn_norm.weight" => "post_attention_layernorm.weight",
             "ffn_gate.weight" => "mlp.gate_proj.weight",
             "ffn_up.weight" => "mlp.up_proj.weight",
@@ -300,7 +321,7 @@ pub fn write_tiny_safetensors_dir(dir: &Path, t: &Tiny, gguf: &Path) {
     let config = serde_json::json!({
         "architectures": ["Qwen2ForCausalLM"], "model_type": t.arch, "hidden_size": t.d,
         "intermediate_size": t.ffn, "num_hidden_layers": t.layers, "num_attention_heads": t.heads,
-        "num_key_value_heads": t.kv_heads, "vocab_size": tokens.len(), "max_position_embeddings": t.context,
+        "num_key_value_heads": t.kv_heads, "head_dim": t.hd(), "vocab_size": tokens.len(), "max_position_embeddings": t.context,
         "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": false, "hidden_act": "silu",
         "torch_dtype": "float32"
     });

@@ -1,0 +1,111 @@
+//! Our forward pass against llama.cpp on tiny random-weight models of every
+//! architecture, in the GGUF files the tests write themselves.
+//!
+//! llama.cpp is not built in CI (it compiles for ~17 min), so its answers are a fixture:
+//! `tests/data/llamacpp_reference.json` holds, per architecture, the sha256 of the tiny
+//! GGUF it was computed on, the logits llama.cpp gives after a fixed token sequence and
+//! its greedy continuation. This test writes the same files (deterministically: seeded
+//! weights, candle's quantiser), refuses a fixture made from other bytes, and compares.
+//! Regenerate with `scripts/llamacpp_reference.sh` (the test writes the files into
+//! `target/tiny-gguf/`, then llama-cpp-python reads them).
+
+mod common;
+
+use affectbench::model::{KvCache, LoadOptions, Model};
+use affectbench::registry::ModelRef;
+use common::{max_abs_diff, write_tiny_gguf, Tiny};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// The token sequence every model is fed (ids in the tiny byte-level vocabulary).
+const TOKENS: [u32; 14] = [5, 72, 101, 108, 108, 111, 256, 258, 44, 99, 3, 17, 200, 259];
+/// Greedy steps compared.
+const GREEDY_STEPS: usize = 8;
+
+#[derive(Deserialize)]
+struct Reference {
+    llama_cpp_python: String,
+    models: BTreeMap<String, ModelReference>,
+}
+
+#[derive(Deserialize)]
+struct ModelReference {
+    sha256: String,
+    tokens: Vec<u32>,
+    last_logits: Vec<f32>,
+    greedy: Vec<u32>,
+}
+
+/// The tiny model of each architecture compared, by fixture key.
+fn models() -> Vec<(&'static str, Tiny)> {
+    vec![
+        ("llama", Tiny::llama()),
+        ("qwen2", Tiny::qwen2()),
+        ("qwen3", Tiny::qwen3()),
+        ("gemma3", Tiny::gemma3()),
+    ]
+}
+
+fn tiny_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tiny-gguf");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn greedy(model: &Model, tokens: &[u32], steps: usize) -> Vec<u32> {
+    let mut cache = KvCache::new(model.transformer.config.n_layer);
+    let mut logits = model.transformer.last_logits(tokens, &mut cache).unwrap();
+    let mut out = Vec::new();
+    for _ in 0..steps {
+        let next = common::argmax(&logits) as u32;
+        out.push(next);
+        logits = model.transformer.last_logits(&[next], &mut cache).unwrap();
+    }
+    out
+}
+
+#[test]
+fn every_architecture_matches_llama_cpp_on_a_tiny_model() {
+    let text = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/llamacpp_reference.json"),
+    )
+    .unwrap();
+    let reference: Reference = serde_json::from_str(&text).unwrap();
+    let dir = tiny_dir();
+    // Every file first: scripts/llamacpp_reference.sh reads them after a failing run.
+    for (name, tiny) in models() {
+        write_tiny_gguf(&dir.join(format!("{name}.gguf")), &tiny, 1);
+    }
+    for (name, tiny) in models() {
+        let path = dir.join(format!("{name}.gguf"));
+        let sha = affectbench::cache::sha256_file(&path, |_| {}).unwrap();
+        let r = reference.models.get(name).unwrap_or_else(|| {
+            panic!("{name}: not in tests/data/llamacpp_reference.json; run scripts/llamacpp_reference.sh")
+        });
+        assert_eq!(
+            r.sha256, sha,
+            "{name}: the fixture was computed on other bytes; run scripts/llamacpp_reference.sh"
+        );
+        assert_eq!(r.tokens, TOKENS);
+        let model =
+            Model::load_ref(&ModelRef::GgufFile(path.clone()), &LoadOptions::default()).unwrap();
+        let mut cache = KvCache::new(tiny.layers);
+        let ours = model.transformer.last_logits(&TOKENS, &mut cache).unwrap();
+        let theirs = &r.last_logits;
+        let range = theirs.iter().cloned().fold(f32::MIN, f32::max)
+            - theirs.iter().cloned().fold(f32::MAX, f32::min);
+        let diff = max_abs_diff(&ours, theirs);
+        eprintln!(
+            "{name}: max |ours - llama.cpp {}| = {diff:.4} (logit range {range:.2})",
+            reference.llama_cpp_python
+        );
+        assert!(diff < 0.03 * range, "{name}: {diff} vs range {range}");
+        assert_eq!(common::argmax(&ours), common::argmax(theirs), "{name}");
+        assert_eq!(
+            greedy(&model, &TOKENS, GREEDY_STEPS),
+            r.greedy,
+            "{name}: greedy tokens"
+        );
+    }
+}
