@@ -23,14 +23,17 @@ def reference(path):
     last = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
     logits = last.tolist()
     greedy = []
+    margins = []
     for _ in range(GREEDY_STEPS):
         t = int(np.argmax(last))
+        top2 = np.sort(last)[-2:]
         greedy.append(t)
+        margins.append(float(top2[1] - top2[0]))
         llm.eval([t])
         last = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
     with open(path, "rb") as f:
         sha = hashlib.sha256(f.read()).hexdigest()
-    return {"sha256": sha, "tokens": TOKENS, "last_logits": logits, "greedy": greedy}
+    return {"sha256": sha, "tokens": TOKENS, "last_logits": logits, "greedy": greedy, "greedy_margins": margins}
 
 
 def main():

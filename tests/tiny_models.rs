@@ -174,7 +174,13 @@ fn a_forked_cache_continues_like_a_fresh_computation() {
 
 #[test]
 fn safetensors_directory_gives_the_same_logits_as_the_gguf() {
-    for tiny in [Tiny::qwen2(), Tiny::qwen3()] {
+    // With Llama 3.1's rope scaling: rope_scaling in config.json against the factors
+    // the converter writes into the GGUF.
+    let scaled = Tiny {
+        rope_freqs: true,
+        ..Tiny::qwen2()
+    };
+    for tiny in [Tiny::qwen2(), Tiny::qwen3(), scaled] {
         safetensors_matches_gguf(&tiny);
     }
 }
@@ -713,4 +719,33 @@ fn offline_means_cache_only_with_the_command_to_run_elsewhere() {
             "{stderr}"
         );
     }
+}
+
+#[test]
+fn a_rope_scaling_we_do_not_run_is_an_error_naming_the_key() {
+    use candle_core::quantized::gguf_file::Value;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("yarn.gguf");
+    common::write_tiny_gguf_with_meta(&path, &Tiny::qwen2(), 1, |meta| {
+        meta.push(("qwen2.rope.scaling.type".into(), Value::String("yarn".into())));
+    });
+    let err = Model::load_ref(&ModelRef::GgufFile(path), &LoadOptions::default())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("qwen2.rope.scaling.type") && err.contains("yarn"),
+        "{err}"
+    );
+    // Linear scaling divides every frequency by the factor.
+    let linear = dir.path().join("linear.gguf");
+    common::write_tiny_gguf_with_meta(&linear, &Tiny::qwen2(), 1, |meta| {
+        meta.push(("qwen2.rope.scaling.type".into(), Value::String("linear".into())));
+        meta.push(("qwen2.rope.scaling.factor".into(), Value::F32(2.0)));
+    });
+    let m = load(&linear);
+    assert_eq!(
+        m.transformer.config.rope_freq_factors,
+        Some(vec![2.0; m.transformer.config.head_dim / 2])
+    );
 }

@@ -22,6 +22,9 @@ pub struct ModelConfig {
     pub rope_base: f32,
     /// Gemma 3's sliding-window layers use a different rope base.
     pub rope_base_local: f32,
+    /// Per rotary pair, the divisor of its frequency (Llama 3.1+'s `rope_freqs.weight`,
+    /// or derived from a `llama3` / `linear` rope scaling): None means all 1.
+    pub rope_freq_factors: Option<Vec<f32>>,
     /// Rotate halves (NeoX / HF style) rather than interleaved pairs (GGUF llama).
     pub rope_neox: bool,
     /// Gemma 3: every `sliding_pattern`-th layer is global, the others see `sliding_window`.
@@ -72,6 +75,7 @@ impl ModelConfig {
             rms_eps: g.f32(&key("attention.layer_norm_rms_epsilon"))? as f64,
             rope_base: g.opt_f32(&key("rope.freq_base"))?.unwrap_or(10_000.0),
             rope_base_local: g.opt_f32(&key("rope.local_freq_base"))?.unwrap_or(10_000.0),
+            rope_freq_factors: None,
             rope_neox: spec.gguf_rope_neox,
             sliding_window: if spec.sliding_window {
                 g.opt_usize(&key("attention.sliding_window"))?
@@ -83,6 +87,21 @@ impl ModelConfig {
                 .unwrap_or(6),
             activation: spec.activation,
             scale_embeddings: spec.scale_embeddings,
+        };
+        let mut cfg = cfg;
+        cfg.rope_freq_factors = match g.opt_string(&key("rope.scaling.type"))?.as_deref() {
+            None | Some("none") => None,
+            Some("linear") => {
+                let factor = g.f32(&key("rope.scaling.factor"))?;
+                Some(vec![factor; head_dim / 2])
+            }
+            Some(other) => {
+                return Err(Error::Metadata {
+                    path: g.path.clone(),
+                    key: key("rope.scaling.type"),
+                    problem: format!("is '{other}'; supported: none, linear (and Llama 3's rope_freqs.weight tensor). Run the model with its original context scaling, or open an issue with the file's name"),
+                })
+            }
         };
         cfg.validate(&g.path)?;
         Ok(cfg)
@@ -114,6 +133,25 @@ impl ModelConfig {
                 "attention.key_length",
                 format!("must be even and positive, got {}", self.head_dim),
             ));
+        }
+        if let Some(f) = &self.rope_freq_factors {
+            if f.len() != self.head_dim / 2 {
+                return Err(bad(
+                    "rope_freqs.weight",
+                    format!(
+                        "holds {} factors; a head dim of {} needs {}",
+                        f.len(),
+                        self.head_dim,
+                        self.head_dim / 2
+                    ),
+                ));
+            }
+            if let Some(x) = f.iter().find(|x| !(x.is_finite() && **x > 0.0)) {
+                return Err(bad(
+                    "rope_freqs.weight",
+                    format!("holds {x}; every factor must be a positive number"),
+                ));
+            }
         }
         Ok(())
     }

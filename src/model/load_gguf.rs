@@ -13,6 +13,9 @@ use crate::tokenizer::ModelTokenizer;
 use candle_core::{Device, Tensor};
 use std::path::Path;
 
+/// Llama 3.1+'s per-pair rope frequency factors.
+const ROPE_FREQS: &str = "rope_freqs.weight";
+
 pub(super) fn load(
     path: &Path,
     label: String,
@@ -21,6 +24,20 @@ pub(super) fn load(
 ) -> Result<Model> {
     let mut g = GgufFile::open(path)?;
     let mut config = ModelConfig::from_gguf(&g)?;
+    if g.has_tensor(ROPE_FREQS) {
+        // Llama 3.1+: the converter writes the llama3 rope scaling as per-pair factors.
+        let factors: Vec<f32> = g
+            .tensor(ROPE_FREQS, &Device::Cpu)?
+            .dequantize(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1()?;
+        let scaled = match config.rope_freq_factors.take() {
+            Some(linear) => factors.iter().zip(&linear).map(|(a, b)| a * b).collect(),
+            None => factors,
+        };
+        config.rope_freq_factors = Some(scaled);
+        config.validate(&g.path)?;
+    }
     if let Some(a) = opts.activation_override {
         config.activation = a;
     }

@@ -33,6 +33,61 @@ struct HfConfig {
     #[serde(default)]
     tie_word_embeddings: bool,
     hidden_act: Option<String>,
+    rope_scaling: Option<serde_json::Value>,
+}
+
+/// Per-pair rope frequency divisors from `rope_scaling` (None: no scaling), as llama.cpp's
+/// converter writes them into `rope_freqs.weight`: `llama3` keeps high frequencies,
+/// divides low ones by `factor` and blends in between; `linear` divides all by `factor`.
+fn rope_freq_factors(
+    scaling: Option<&serde_json::Value>,
+    theta: f32,
+    head_dim: usize,
+) -> std::result::Result<Option<Vec<f32>>, String> {
+    let Some(s) = scaling.filter(|s| !s.is_null()) else {
+        return Ok(None);
+    };
+    let kind = s
+        .get("rope_type")
+        .or_else(|| s.get("type"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("default");
+    let num = |k: &str| -> std::result::Result<f64, String> {
+        s.get(k)
+            .and_then(|v| v.as_f64())
+            .ok_or_else(|| format!("has rope_type {kind} but no number '{k}'"))
+    };
+    match kind {
+        "default" => Ok(None),
+        "linear" => Ok(Some(vec![num("factor")? as f32; head_dim / 2])),
+        "llama3" => {
+            let factor = num("factor")?;
+            let (low, high) = (num("low_freq_factor")?, num("high_freq_factor")?);
+            let old = num("original_max_position_embeddings")?;
+            let (low_wavelen, high_wavelen) = (old / low, old / high);
+            Ok(Some(
+                (0..head_dim)
+                    .step_by(2)
+                    .map(|i| {
+                        let freq = 1.0 / (theta as f64).powf(i as f64 / head_dim as f64);
+                        let wavelen = 2.0 * std::f64::consts::PI / freq;
+                        let f = if wavelen < high_wavelen {
+                            1.0
+                        } else if wavelen > low_wavelen {
+                            factor
+                        } else {
+                            let smooth = (old / wavelen - low) / (high - low);
+                            1.0 / ((1.0 - smooth) / factor + smooth)
+                        };
+                        f as f32
+                    })
+                    .collect(),
+            ))
+        }
+        other => Err(format!(
+            "has rope_type '{other}'; supported: default, linear, llama3"
+        )),
+    }
 }
 
 fn default_theta() -> f32 {
@@ -102,20 +157,28 @@ pub(super) fn load(dir: &Path, label: String, opts: &LoadOptions) -> Result<Mode
             });
         }
     }
+    let head_dim = hf
+        .head_dim
+        .unwrap_or(hf.hidden_size / hf.num_attention_heads);
+    let rope_freq_factors = rope_freq_factors(hf.rope_scaling.as_ref(), hf.rope_theta, head_dim)
+        .map_err(|problem| Error::Metadata {
+            path: cfg_path.clone(),
+            key: "rope_scaling".into(),
+            problem,
+        })?;
     let config = ModelConfig {
         arch,
         n_layer: hf.num_hidden_layers,
         d_model: hf.hidden_size,
         n_head: hf.num_attention_heads,
         n_kv_head: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
-        head_dim: hf
-            .head_dim
-            .unwrap_or(hf.hidden_size / hf.num_attention_heads),
+        head_dim,
         vocab_size: hf.vocab_size,
         context_length: hf.max_position_embeddings,
         rms_eps: hf.rms_norm_eps,
         rope_base: hf.rope_theta,
         rope_base_local: hf.rope_theta,
+        rope_freq_factors,
         // HF checkpoints rotate halves for both architectures (GGUF llama permutes q/k).
         rope_neox: true,
         sliding_window: None,

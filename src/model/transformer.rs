@@ -114,8 +114,21 @@ impl Transformer {
         preferred_ops: OpPath,
     ) -> Result<Self> {
         let positions = config.context_length.min(MAX_ROPE_POSITIONS);
-        let rope_global = rope_tables(config.head_dim, config.rope_base, positions, &device)?;
-        let rope_local = rope_tables(config.head_dim, config.rope_base_local, positions, &device)?;
+        let factors = config.rope_freq_factors.as_deref();
+        let rope_global = rope_tables(
+            config.head_dim,
+            config.rope_base,
+            factors,
+            positions,
+            &device,
+        )?;
+        let rope_local = rope_tables(
+            config.head_dim,
+            config.rope_base_local,
+            factors,
+            positions,
+            &device,
+        )?;
         let flat = |(c, s): &(Tensor, Tensor)| -> Result<(Vec<f32>, Vec<f32>)> {
             Ok((c.flatten_all()?.to_vec1()?, s.flatten_all()?.to_vec1()?))
         };
@@ -680,12 +693,18 @@ fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
 fn rope_tables(
     head_dim: usize,
     base: f32,
+    freq_factors: Option<&[f32]>,
     positions: usize,
     device: &Device,
 ) -> Result<(Tensor, Tensor)> {
+    // As llama.cpp: the frequency divided by the pair's factor.
     let inv: Vec<f32> = (0..head_dim)
         .step_by(2)
-        .map(|i| 1.0 / base.powf(i as f32 / head_dim as f32))
+        .enumerate()
+        .map(|(pair, i)| {
+            let factor = freq_factors.map_or(1.0, |f| f[pair]);
+            1.0 / base.powf(i as f32 / head_dim as f32) / factor
+        })
         .collect();
     let n = inv.len();
     let inv = Tensor::from_vec(inv, (1, n), device)?;

@@ -89,6 +89,34 @@ pub struct Tiny {
     pub poisoned: bool,
     /// A head dimension other than d / heads (written as `attention.key_length`).
     pub head_dim: Option<usize>,
+    /// Llama 3.1's rope scaling as the converter writes it: a `rope_freqs.weight` tensor
+    /// (`llama3_rope_factors`).
+    pub rope_freqs: bool,
+}
+
+/// Llama 3.1's rope scaling for tiny models: factor 8, low/high frequency factors 1 and
+/// 4, an original context of 32 positions, so that a head dim of 16 has pairs kept,
+/// blended and divided.
+pub const LLAMA3_SCALING: (f64, f64, f64, f64) = (8.0, 1.0, 4.0, 32.0);
+
+/// The per-pair factors llama.cpp's converter derives from `LLAMA3_SCALING` (written
+/// here from its description, independently of the loader's version).
+pub fn llama3_rope_factors(head_dim: usize, theta: f64) -> Vec<f32> {
+    let (factor, low, high, old) = LLAMA3_SCALING;
+    (0..head_dim / 2)
+        .map(|pair| {
+            let freq = theta.powf(-(2.0 * pair as f64) / head_dim as f64);
+            let wavelen = 2.0 * std::f64::consts::PI / freq;
+            if wavelen < old / high {
+                1.0
+            } else if wavelen > old / low {
+                factor as f32
+            } else {
+                let smooth = (old / wavelen - low) / (high - low);
+                (1.0 / ((1.0 - smooth) / factor + smooth)) as f32
+            }
+        })
+        .collect()
 }
 
 impl Tiny {
@@ -105,6 +133,7 @@ impl Tiny {
             rms_eps: 1e-5,
             poisoned: false,
             head_dim: None,
+            rope_freqs: false,
         }
     }
     pub fn qwen2() -> Self {
@@ -156,6 +185,13 @@ pub fn tiny_weights(t: &Tiny, vocab: usize, seed: u64) -> Vec<(String, Vec<usize
         ),
         w("output.weight".into(), vec![vocab, t.d], 0.2, 0.0),
     ];
+    if t.rope_freqs {
+        out.push((
+            "rope_freqs.weight".into(),
+            vec![hd / 2],
+            llama3_rope_factors(hd, 10_000.0),
+        ));
+    }
     for i in 0..t.layers {
         let p = |s: &str| format!("blk.{i}.{s}");
         out.push(w(p("attn_norm.weight"), vec![t.d], 0.1, 1.0));
@@ -311,7 +347,13 @@ pub fn write_tiny_safetensors_dir(dir: &Path, t: &Tiny, gguf: &Path) {
         };
         format!("model.layers.{i}.{hf}")
     };
-    let names: Vec<String> = g.content.tensor_infos.keys().cloned().collect();
+    let names: Vec<String> = g
+        .content
+        .tensor_infos
+        .keys()
+        .filter(|n| *n != "rope_freqs.weight")
+        .cloned()
+        .collect();
     let mut tensors = std::collections::HashMap::new();
     for n in names {
         let q = g.tensor(&n, &Device::Cpu).unwrap();
@@ -325,6 +367,14 @@ pub fn write_tiny_safetensors_dir(dir: &Path, t: &Tiny, gguf: &Path) {
         "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": false, "hidden_act": "silu",
         "torch_dtype": "float32"
     });
+    let mut config = config;
+    if t.rope_freqs {
+        let (factor, low, high, old) = LLAMA3_SCALING;
+        config["rope_scaling"] = serde_json::json!({
+            "rope_type": "llama3", "factor": factor, "low_freq_factor": low,
+            "high_freq_factor": high, "original_max_position_embeddings": old
+        });
+    }
     std::fs::write(
         dir.join("config.json"),
         serde_json::to_string_pretty(&config).unwrap(),
