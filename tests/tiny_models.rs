@@ -398,7 +398,13 @@ fn registry_errors_carry_file_and_line() {
 fn fused_attention_matches_the_candle_op_reference() {
     use affectbench::model::OpPath;
     let dir = tempfile::tempdir().unwrap();
-    for tiny in [Tiny::llama(), Tiny::qwen2()] {
+    for tiny in [
+        Tiny::llama(),
+        Tiny::qwen2(),
+        Tiny::qwen3(),
+        Tiny::gemma2(),
+        Tiny::gemma3(),
+    ] {
         let path = dir.path().join(format!("{}.gguf", tiny.arch));
         write_tiny_gguf(&path, &tiny, 3);
         let mut m = load(&path);
@@ -727,7 +733,10 @@ fn a_rope_scaling_we_do_not_run_is_an_error_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("yarn.gguf");
     common::write_tiny_gguf_with_meta(&path, &Tiny::qwen2(), 1, |meta| {
-        meta.push(("qwen2.rope.scaling.type".into(), Value::String("yarn".into())));
+        meta.push((
+            "qwen2.rope.scaling.type".into(),
+            Value::String("yarn".into()),
+        ));
     });
     let err = Model::load_ref(&ModelRef::GgufFile(path), &LoadOptions::default())
         .err()
@@ -740,7 +749,10 @@ fn a_rope_scaling_we_do_not_run_is_an_error_naming_the_key() {
     // Linear scaling divides every frequency by the factor.
     let linear = dir.path().join("linear.gguf");
     common::write_tiny_gguf_with_meta(&linear, &Tiny::qwen2(), 1, |meta| {
-        meta.push(("qwen2.rope.scaling.type".into(), Value::String("linear".into())));
+        meta.push((
+            "qwen2.rope.scaling.type".into(),
+            Value::String("linear".into()),
+        ));
         meta.push(("qwen2.rope.scaling.factor".into(), Value::F32(2.0)));
     });
     let m = load(&linear);
@@ -748,4 +760,36 @@ fn a_rope_scaling_we_do_not_run_is_an_error_naming_the_key() {
         m.transformer.config.rope_freq_factors,
         Some(vec![2.0; m.transformer.config.head_dim / 2])
     );
+}
+
+#[test]
+fn gemma_27b_scales_queries_by_the_model_width_as_llama_cpp_does() {
+    use affectbench::gguf::GgufFile;
+    use affectbench::model::ModelConfig;
+    use candle_core::quantized::gguf_file::Value;
+    let dir = tempfile::tempdir().unwrap();
+    // A head dim (32) other than d / heads (16), so the two rules differ.
+    for (arch, tiny, layers_27b) in [
+        ("gemma2", Tiny::gemma2(), 46u32),
+        ("gemma3", Tiny::gemma3(), 62),
+    ] {
+        let tiny = Tiny {
+            head_dim: Some(32),
+            ..tiny
+        };
+        let path = dir.path().join(format!("{arch}.gguf"));
+        write_tiny_gguf(&path, &tiny, 1);
+        let small = ModelConfig::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
+        assert_eq!(small.attention_scale(), 1.0 / 32f32.sqrt(), "{arch}");
+        // Only the metadata is read here, so the layer count alone makes it a 27B.
+        common::write_tiny_gguf_with_meta(&path, &tiny, 1, |meta| {
+            for (k, v) in meta.iter_mut() {
+                if k.ends_with(".block_count") {
+                    *v = Value::U32(layers_27b);
+                }
+            }
+        });
+        let large = ModelConfig::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
+        assert_eq!(large.attention_scale(), 1.0 / 16f32.sqrt(), "{arch}");
+    }
 }

@@ -51,6 +51,24 @@ pub struct Heads {
     pub head_dim: usize,
 }
 
+/// How scores become attention logits: `q . k * scale`, then, with a soft cap c (Gemma
+/// 2), `c * tanh(score / c)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScoreRule {
+    pub scale: f32,
+    pub softcap: Option<f32>,
+}
+
+impl ScoreRule {
+    /// 1 / sqrt(head_dim), no cap.
+    pub fn standard(head_dim: usize) -> Self {
+        ScoreRule {
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            softcap: None,
+        }
+    }
+}
+
 /// `q` is (b, s, n_head * head_dim) after rope; the new tokens' keys and values are
 /// already in the segments (the cache held `offset` positions before them). Returns
 /// (b, s, n_head * head_dim). Query i of a row sees key j iff j <= offset + i and, with
@@ -63,6 +81,22 @@ pub fn attention(
     segments: &[SegmentView],
     offset: usize,
     window: Option<usize>,
+) -> Vec<f32> {
+    let rule = ScoreRule::standard(heads.head_dim);
+    attention_with(q, b, s, heads, segments, offset, window, rule)
+}
+
+/// `attention` with the scores formed by `rule`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_with(
+    q: &[f32],
+    b: usize,
+    s: usize,
+    heads: Heads,
+    segments: &[SegmentView],
+    offset: usize,
+    window: Option<usize>,
+    rule: ScoreRule,
 ) -> Vec<f32> {
     let Heads {
         n_head,
@@ -106,6 +140,7 @@ pub fn attention(
                     segments,
                     offset,
                     window,
+                    rule,
                     &mut scores,
                 )
             };
@@ -142,6 +177,7 @@ unsafe fn attend_unit(
     segments: &[SegmentView],
     offset: usize,
     window: Option<usize>,
+    rule: ScoreRule,
     scores: &mut Vec<f32>,
 ) {
     let Heads {
@@ -152,7 +188,6 @@ unsafe fn attend_unit(
     let group = n_head / n_kv_head;
     let width = n_head * hd;
     scores.resize(offset + queries.end, 0.0);
-    let scale = 1.0 / (hd as f32).sqrt();
     for i in queries {
         let qpos = offset + i;
         let first = window.map_or(0, |w| (qpos + 1).saturating_sub(w));
@@ -163,7 +198,7 @@ unsafe fn attend_unit(
             one_query(
                 &q[at..at + hd],
                 first..qpos + 1,
-                scale,
+                rule,
                 scores,
                 segments,
                 row,
@@ -180,7 +215,7 @@ unsafe fn attend_unit(
 fn one_query(
     q: &[f32],
     visible: std::ops::Range<usize>,
-    scale: f32,
+    rule: ScoreRule,
     scores: &mut [f32],
     segments: &[SegmentView],
     row: usize,
@@ -188,11 +223,11 @@ fn one_query(
     out: &mut [f32],
 ) {
     match q.len() {
-        16 => one_query_hd::<16>(q, visible, scale, scores, segments, row, kv_head, out),
-        32 => one_query_hd::<32>(q, visible, scale, scores, segments, row, kv_head, out),
-        64 => one_query_hd::<64>(q, visible, scale, scores, segments, row, kv_head, out),
-        128 => one_query_hd::<128>(q, visible, scale, scores, segments, row, kv_head, out),
-        256 => one_query_hd::<256>(q, visible, scale, scores, segments, row, kv_head, out),
+        16 => one_query_hd::<16>(q, visible, rule, scores, segments, row, kv_head, out),
+        32 => one_query_hd::<32>(q, visible, rule, scores, segments, row, kv_head, out),
+        64 => one_query_hd::<64>(q, visible, rule, scores, segments, row, kv_head, out),
+        128 => one_query_hd::<128>(q, visible, rule, scores, segments, row, kv_head, out),
+        256 => one_query_hd::<256>(q, visible, rule, scores, segments, row, kv_head, out),
         hd => unreachable!("head_dim {hd} is not in HEAD_DIMS"),
     }
 }
@@ -205,7 +240,7 @@ pub const HEAD_DIMS: [usize; 5] = [16, 32, 64, 128, 256];
 fn one_query_hd<const HD: usize>(
     q: &[f32],
     visible: std::ops::Range<usize>,
-    scale: f32,
+    rule: ScoreRule,
     scores: &mut [f32],
     segments: &[SegmentView],
     row: usize,
@@ -213,6 +248,7 @@ fn one_query_hd<const HD: usize>(
     out: &mut [f32],
 ) {
     let q: &[f32; HD] = q.try_into().expect("q has HD values");
+    let scale = rule.scale;
     // score_j = (sum over d in order of q_d * k_j[d]) * scale: one fma chain per key,
     // whatever block or segment the key falls in (blocks only decide how many chains
     // run side by side).
@@ -252,6 +288,11 @@ fn one_query_hd<const HD: usize>(
             j0 += n;
         }
         start += seg.len;
+    }
+    if let Some(cap) = rule.softcap {
+        for x in &mut scores[visible.clone()] {
+            *x = cap * (*x / cap).tanh();
+        }
     }
     let sum = softmax_in_place(&mut scores[visible.clone()]);
     // Two accumulators (keys at even and odd positions of the visible range) so

@@ -19,6 +19,7 @@ pub enum Arch {
     Llama,
     Qwen2,
     Qwen3,
+    Gemma2,
     Gemma3,
 }
 
@@ -69,8 +70,15 @@ pub struct ArchSpec {
     pub gguf_rope_neox: bool,
     /// Multiply embeddings by sqrt(d_model).
     pub scale_embeddings: bool,
-    /// Reads `attention.sliding_window` (every `sliding_window_pattern`-th layer global).
+    /// Reads `attention.sliding_window` (every `sliding_window_pattern`-th layer global,
+    /// `sliding_pattern` where the file does not say).
     pub sliding_window: bool,
+    pub sliding_pattern: usize,
+    /// Reads `attn_logit_softcapping` and `final_logit_softcapping` (Gemma 2).
+    pub softcap: bool,
+    /// The 27B size (by its layer count) scales queries by 1/sqrt(d_model / heads)
+    /// rather than 1/sqrt(head_dim), as llama.cpp does for Gemma 2 and 3.
+    pub wide_query_scale_at_layers: Option<usize>,
     /// Loadable from a Hugging Face safetensors directory.
     pub safetensors: bool,
 }
@@ -85,6 +93,9 @@ pub const ARCHITECTURES: &[ArchSpec] = &[
         gguf_rope_neox: false,
         scale_embeddings: false,
         sliding_window: false,
+        sliding_pattern: 1,
+        softcap: false,
+        wide_query_scale_at_layers: None,
         safetensors: true,
     },
     ArchSpec {
@@ -95,6 +106,9 @@ pub const ARCHITECTURES: &[ArchSpec] = &[
         gguf_rope_neox: true,
         scale_embeddings: false,
         sliding_window: false,
+        sliding_pattern: 1,
+        softcap: false,
+        wide_query_scale_at_layers: None,
         safetensors: true,
     },
     ArchSpec {
@@ -108,6 +122,9 @@ pub const ARCHITECTURES: &[ArchSpec] = &[
         gguf_rope_neox: true,
         scale_embeddings: false,
         sliding_window: false,
+        sliding_pattern: 1,
+        softcap: false,
+        wide_query_scale_at_layers: None,
         safetensors: true,
     },
     ArchSpec {
@@ -122,6 +139,25 @@ pub const ARCHITECTURES: &[ArchSpec] = &[
         gguf_rope_neox: true,
         scale_embeddings: true,
         sliding_window: true,
+        sliding_pattern: 6,
+        softcap: false,
+        wide_query_scale_at_layers: Some(62),
+        safetensors: false,
+    },
+    ArchSpec {
+        arch: Arch::Gemma2,
+        name: "gemma2",
+        tensors: &[
+            (TensorGroup::QkvBias, Presence::Optional),
+            (TensorGroup::PostNorms, Presence::Required),
+        ],
+        activation: Activation::GeluTanh,
+        gguf_rope_neox: true,
+        scale_embeddings: true,
+        sliding_window: true,
+        sliding_pattern: 2,
+        softcap: true,
+        wide_query_scale_at_layers: Some(46),
         safetensors: false,
     },
 ];
@@ -179,7 +215,13 @@ mod tests {
 
     #[test]
     fn every_architecture_has_exactly_one_entry_and_round_trips_its_name() {
-        for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3, Arch::Gemma3] {
+        for arch in [
+            Arch::Llama,
+            Arch::Qwen2,
+            Arch::Qwen3,
+            Arch::Gemma2,
+            Arch::Gemma3,
+        ] {
             assert_eq!(
                 ARCHITECTURES.iter().filter(|s| s.arch == arch).count(),
                 1,

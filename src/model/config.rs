@@ -31,8 +31,13 @@ pub struct ModelConfig {
     pub sliding_window: Option<usize>,
     pub sliding_pattern: usize,
     pub activation: Activation,
-    /// Gemma 3: multiply embeddings by sqrt(d_model).
+    /// Gemma 2/3: multiply embeddings by sqrt(d_model).
     pub scale_embeddings: bool,
+    /// Gemma 2: attention scores become c * tanh(score / c), and so do the final logits.
+    pub attn_softcap: Option<f32>,
+    pub final_softcap: Option<f32>,
+    /// The query scale where it is not 1/sqrt(head_dim) (Gemma 2/3 27B).
+    pub query_scale: Option<f32>,
 }
 
 impl ModelConfig {
@@ -84,11 +89,25 @@ impl ModelConfig {
             },
             sliding_pattern: g
                 .opt_usize(&key("attention.sliding_window_pattern"))?
-                .unwrap_or(6),
+                .unwrap_or(spec.sliding_pattern),
             activation: spec.activation,
             scale_embeddings: spec.scale_embeddings,
+            attn_softcap: if spec.softcap {
+                g.opt_f32(&key("attn_logit_softcapping"))?
+            } else {
+                None
+            },
+            final_softcap: if spec.softcap {
+                g.opt_f32(&key("final_logit_softcapping"))?
+            } else {
+                None
+            },
+            query_scale: None,
         };
         let mut cfg = cfg;
+        if spec.wide_query_scale_at_layers == Some(cfg.n_layer) {
+            cfg.query_scale = Some(1.0 / ((d_model / n_head) as f32).sqrt());
+        }
         cfg.rope_freq_factors = match g.opt_string(&key("rope.scaling.type"))?.as_deref() {
             None | Some("none") => None,
             Some("linear") => {
@@ -134,6 +153,17 @@ impl ModelConfig {
                 format!("must be even and positive, got {}", self.head_dim),
             ));
         }
+        for (key, cap) in [
+            ("attn_logit_softcapping", self.attn_softcap),
+            ("final_logit_softcapping", self.final_softcap),
+        ] {
+            if let Some(c) = cap.filter(|c| !(c.is_finite() && *c > 0.0)) {
+                return Err(bad(
+                    key,
+                    format!("is {c}; a soft cap must be a positive number"),
+                ));
+            }
+        }
         if let Some(f) = &self.rope_freq_factors {
             if f.len() != self.head_dim / 2 {
                 return Err(bad(
@@ -156,7 +186,13 @@ impl ModelConfig {
         Ok(())
     }
 
-    /// Whether layer `i` uses the sliding window (Gemma 3's local layers).
+    /// q . k is multiplied by this before the softmax.
+    pub fn attention_scale(&self) -> f32 {
+        self.query_scale
+            .unwrap_or(1.0 / (self.head_dim as f32).sqrt())
+    }
+
+    /// Whether layer `i` uses the sliding window (Gemma 2/3's local layers).
     pub fn is_sliding(&self, layer: usize) -> bool {
         self.sliding_window.is_some() && !(layer + 1).is_multiple_of(self.sliding_pattern)
     }

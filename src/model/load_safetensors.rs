@@ -185,6 +185,9 @@ pub(super) fn load(dir: &Path, label: String, opts: &LoadOptions) -> Result<Mode
         sliding_pattern: 1,
         activation: opts.activation_override.unwrap_or(spec.activation),
         scale_embeddings: spec.scale_embeddings,
+        attn_softcap: None,
+        final_softcap: None,
+        query_scale: None,
     };
     config.validate(&cfg_path)?;
 

@@ -41,6 +41,12 @@ impl ReferenceModel {
             Arch::Qwen3 => Self::Qwen3(quantized_qwen3::ModelWeights::from_gguf(
                 content, &mut file, &dev,
             )?),
+            Arch::Gemma2 => {
+                return Err(crate::error::Error::Gguf {
+                    path: path.into(),
+                    message: "candle-transformers has no quantized gemma2 to compare with; tests/llamacpp_parity.rs compares it with llama.cpp".into(),
+                })
+            }
             Arch::Gemma3 => Self::Gemma3(quantized_gemma3::ModelWeights::from_gguf(
                 content, &mut file, &dev,
             )?),

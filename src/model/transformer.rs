@@ -1,4 +1,5 @@
-//! The decoder-only transformer forward pass for llama, qwen2 and gemma3, on candle ops.
+//! The decoder-only transformer forward pass for every architecture in `arch`, on candle
+//! ops.
 //!
 //! Unlike candle-transformers' quantized models, the KV cache is passed in (and can be
 //! forked), logits are computed only at the positions asked for, and a batch of
@@ -238,7 +239,16 @@ impl Transformer {
             }
         };
         let x = self.rms_norm(&x, &self.final_norm)?;
-        self.output.forward(&x)
+        self.logits(&x)
+    }
+
+    /// The output projection, soft-capped where the architecture asks for it.
+    fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        let logits = self.output.forward(x)?;
+        match self.config.final_softcap {
+            Some(cap) => (logits.to_dtype(DType::F32)? / cap as f64)?.tanh()? * cap as f64,
+            None => Ok(logits),
+        }
     }
 
     /// Extends each cache with its own row of tokens (rows may differ in length and in
@@ -288,11 +298,7 @@ impl Transformer {
             &self.device,
         )?;
         let x = self.rms_norm(&x.index_select(&last, 1)?, &self.final_norm)?;
-        self.output
-            .forward(&x)?
-            .squeeze(0)?
-            .to_dtype(DType::F32)?
-            .to_vec2()
+        self.logits(&x)?.squeeze(0)?.to_dtype(DType::F32)?.to_vec2()
     }
 
     /// Token embeddings (b, s, d), scaled by sqrt(d) where the architecture asks for it.
@@ -439,7 +445,9 @@ impl Transformer {
         cache: &mut KvCache,
         offset: usize,
     ) -> Result<Tensor> {
-        use crate::kernels::attention::{attention, rms_norm_heads, rope, Heads, SegmentView};
+        use crate::kernels::attention::{
+            attention_with, rms_norm_heads, rope, Heads, ScoreRule, SegmentView,
+        };
         let cfg = &self.config;
         let (b, s, _) = q.dims3()?;
         let (nh, nkv, hd) = (cfg.n_head, cfg.n_kv_head, cfg.head_dim);
@@ -480,7 +488,7 @@ impl Transformer {
             })
             .collect::<Result<Vec<_>>>()?;
         let window = if sliding { cfg.sliding_window } else { None };
-        let out = attention(
+        let out = attention_with(
             &qv,
             b,
             s,
@@ -492,6 +500,10 @@ impl Transformer {
             &views,
             offset,
             window,
+            ScoreRule {
+                scale: cfg.attention_scale(),
+                softcap: cfg.attn_softcap,
+            },
         );
         Tensor::from_vec(out, (b, s, nh * hd), &self.device)
     }
@@ -540,7 +552,7 @@ impl Transformer {
         // kv head into the sequence axis, (b, nkv, group*s, hd). Attention runs segment by
         // segment (scores joined for one softmax), so shared prefixes are never copied.
         let group = nh / nkv;
-        let q = (q.reshape((b, nkv, group * s, hd))? * (1.0 / (hd as f64).sqrt()))?;
+        let q = (q.reshape((b, nkv, group * s, hd))? * cfg.attention_scale() as f64)?;
         let mut parts = Vec::with_capacity(segments.len());
         for seg in segments {
             // The cache keeps keys transposed; the GEMM is handed them exactly as
@@ -555,6 +567,9 @@ impl Transformer {
         } else {
             Tensor::cat(&parts, 3)?
         };
+        if let Some(cap) = cfg.attn_softcap {
+            scores = ((scores / cap as f64)?.tanh()? * cap as f64)?;
+        }
         let window = if sliding { cfg.sliding_window } else { None };
         if s > 1 || window.is_some_and(|w| total > w) {
             let mask = attention_mask(s, offset, window, &self.device)?; // (s, total)

@@ -94,6 +94,10 @@ pub struct Tiny {
     pub rope_freqs: bool,
 }
 
+/// Gemma 2's (attention, final) soft caps for tiny models: the real final one (30), and an
+/// attention cap small enough to bite on tiny scores (the real one: 50).
+pub const GEMMA2_SOFTCAPS: (f32, f32) = (1.0, 30.0);
+
 /// Llama 3.1's rope scaling for tiny models: factor 8, low/high frequency factors 1 and
 /// 4, an original context of 32 positions, so that a head dim of 16 has pairs kept,
 /// blended and divided.
@@ -150,6 +154,14 @@ impl Tiny {
             ..Self::llama()
         }
     }
+    /// Gemma 2: Gemma 3's layout without q/k norms, every other layer sliding, and soft
+    /// caps on attention scores and final logits (`GEMMA2_SOFTCAPS`, small enough to bite).
+    pub fn gemma2() -> Self {
+        Tiny {
+            arch: "gemma2",
+            ..Self::llama()
+        }
+    }
     /// The head dimension: `head_dim` or d / heads.
     pub fn hd(&self) -> usize {
         self.head_dim.unwrap_or(self.d / self.heads.max(1))
@@ -185,6 +197,10 @@ pub fn tiny_weights(t: &Tiny, vocab: usize, seed: u64) -> Vec<(String, Vec<usize
         ),
         w("output.weight".into(), vec![vocab, t.d], 0.2, 0.0),
     ];
+    if t.arch == "gemma2" {
+        // Gemma 2 files tie the output to the embeddings (llama.cpp refuses an extra).
+        out.retain(|(name, _, _)| name != "output.weight");
+    }
     if t.rope_freqs {
         out.push((
             "rope_freqs.weight".into(),
@@ -217,7 +233,7 @@ pub fn tiny_weights(t: &Tiny, vocab: usize, seed: u64) -> Vec<(String, Vec<usize
             out.push(w(p("attn_q_norm.weight"), vec![hd], 0.1, 1.0));
             out.push(w(p("attn_k_norm.weight"), vec![hd], 0.1, 1.0));
         }
-        if t.arch == "gemma3" {
+        if t.arch == "gemma3" || t.arch == "gemma2" {
             out.push(w(p("post_attention_norm.weight"), vec![t.d], 0.1, 1.0));
             out.push(w(p("post_ffw_norm.weight"), vec![t.d], 0.1, 1.0));
         }
@@ -287,8 +303,13 @@ fn write_tiny_gguf_full(
         meta.push((format!("{a}.attention.key_length"), Value::U32(hd)));
         meta.push((format!("{a}.attention.value_length"), Value::U32(hd)));
     }
-    if a == "gemma3" {
+    if a == "gemma3" || a == "gemma2" {
         meta.push((format!("{a}.attention.sliding_window"), Value::U32(8)));
+    }
+    if a == "gemma2" {
+        let (attn, last) = GEMMA2_SOFTCAPS;
+        meta.push((format!("{a}.attn_logit_softcapping"), Value::F32(attn)));
+        meta.push((format!("{a}.final_logit_softcapping"), Value::F32(last)));
     }
     edit(&mut meta);
     let qtensors: Vec<(String, QTensor)> = weights
