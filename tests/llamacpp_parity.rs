@@ -60,6 +60,14 @@ fn models() -> Vec<(&'static str, Tiny)> {
         ),
         ("gemma2", Tiny::gemma2()),
         ("gemma3", Tiny::gemma3()),
+        ("phi3", Tiny::phi3()),
+        (
+            "phi3-longrope",
+            Tiny {
+                longrope: true,
+                ..Tiny::phi3()
+            },
+        ),
     ]
 }
 
@@ -155,6 +163,31 @@ fn every_architecture_matches_llama_cpp_on_a_tiny_model() {
     let gap = max_abs_diff(&ours, scaled);
     eprintln!("without the rope factors: max diff {gap:.4} from llama.cpp with them");
     assert!(gap > 5.0 * residual["llama-rope-freqs"], "{gap}");
+    // And Phi 3's LongRoPE: without its factors, and without its attention factor.
+    let longrope = &reference.models["phi3-longrope"].last_logits;
+    let no_attn_factor = dir.join("phi3-longrope-no-attn-factor.gguf");
+    common::write_tiny_gguf_with_meta(
+        &no_attn_factor,
+        &Tiny {
+            longrope: true,
+            ..Tiny::phi3()
+        },
+        1,
+        |meta| meta.retain(|(k, _)| !k.ends_with("rope.scaling.attn_factor")),
+    );
+    for (which, file) in [
+        ("rope factors", dir.join("phi3.gguf")),
+        ("attention factor", no_attn_factor),
+    ] {
+        let m = Model::load_ref(&ModelRef::GgufFile(file), &LoadOptions::default()).unwrap();
+        let ours = m
+            .transformer
+            .last_logits(&TOKENS, &mut KvCache::new(m.transformer.config.n_layer))
+            .unwrap();
+        let gap = max_abs_diff(&ours, longrope);
+        eprintln!("phi3 LongRoPE without its {which}: max diff {gap:.4}");
+        assert!(gap > 5.0 * residual["phi3-longrope"], "{which}: {gap}");
+    }
     // So do Gemma 2's soft caps, each on its own.
     let capped = &reference.models["gemma2"].last_logits;
     for (which, drop) in [("attention", (true, false)), ("final", (false, true))] {

@@ -31,9 +31,15 @@ fn tokens() -> Vec<u32> {
 }
 
 #[test]
-fn tiny_llama_qwen2_qwen3_and_gemma3_match_candle_transformers() {
+fn tiny_models_of_every_architecture_candle_runs_match_candle_transformers() {
     let dir = tempfile::tempdir().unwrap();
-    for tiny in [Tiny::llama(), Tiny::qwen2(), Tiny::qwen3(), Tiny::gemma3()] {
+    for tiny in [
+        Tiny::llama(),
+        Tiny::qwen2(),
+        Tiny::qwen3(),
+        Tiny::gemma3(),
+        Tiny::phi3(),
+    ] {
         let path = dir.path().join(format!("{}.gguf", tiny.arch));
         write_tiny_gguf(&path, &tiny, 1);
         // candle-transformers' gemma3 uses SiLU in the MLP (see model::reference).

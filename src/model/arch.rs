@@ -21,6 +21,7 @@ pub enum Arch {
     Qwen3,
     Gemma2,
     Gemma3,
+    Phi3,
 }
 
 /// Whether an optional group of tensors must be in the file.
@@ -79,6 +80,8 @@ pub struct ArchSpec {
     /// The 27B size (by its layer count) scales queries by 1/sqrt(d_model / heads)
     /// rather than 1/sqrt(head_dim), as llama.cpp does for Gemma 2 and 3.
     pub wide_query_scale_at_layers: Option<usize>,
+    /// GGUF `ffn_up` holds gate and up stacked (no `ffn_gate`), as Phi 3 writes it.
+    pub gguf_gate_in_up: bool,
     /// Loadable from a Hugging Face safetensors directory.
     pub safetensors: bool,
 }
@@ -96,6 +99,7 @@ pub const ARCHITECTURES: &[ArchSpec] = &[
         sliding_pattern: 1,
         softcap: false,
         wide_query_scale_at_layers: None,
+        gguf_gate_in_up: false,
         safetensors: true,
     },
     ArchSpec {
@@ -109,6 +113,7 @@ pub const ARCHITECTURES: &[ArchSpec] = &[
         sliding_pattern: 1,
         softcap: false,
         wide_query_scale_at_layers: None,
+        gguf_gate_in_up: false,
         safetensors: true,
     },
     ArchSpec {
@@ -125,6 +130,7 @@ pub const ARCHITECTURES: &[ArchSpec] = &[
         sliding_pattern: 1,
         softcap: false,
         wide_query_scale_at_layers: None,
+        gguf_gate_in_up: false,
         safetensors: true,
     },
     ArchSpec {
@@ -142,6 +148,7 @@ pub const ARCHITECTURES: &[ArchSpec] = &[
         sliding_pattern: 6,
         softcap: false,
         wide_query_scale_at_layers: Some(62),
+        gguf_gate_in_up: false,
         safetensors: false,
     },
     ArchSpec {
@@ -158,6 +165,23 @@ pub const ARCHITECTURES: &[ArchSpec] = &[
         sliding_pattern: 2,
         softcap: true,
         wide_query_scale_at_layers: Some(46),
+        gguf_gate_in_up: false,
+        safetensors: false,
+    },
+    ArchSpec {
+        arch: Arch::Phi3,
+        name: "phi3",
+        tensors: &[],
+        activation: Activation::Silu,
+        gguf_rope_neox: true,
+        scale_embeddings: false,
+        // Phi 3 declares a window, but llama.cpp runs it without (its conversions do not
+        // say which layers slide); so do we, to give llama.cpp's answers.
+        sliding_window: false,
+        sliding_pattern: 1,
+        softcap: false,
+        wide_query_scale_at_layers: None,
+        gguf_gate_in_up: true,
         safetensors: false,
     },
 ];
@@ -221,6 +245,7 @@ mod tests {
             Arch::Qwen3,
             Arch::Gemma2,
             Arch::Gemma3,
+            Arch::Phi3,
         ] {
             assert_eq!(
                 ARCHITECTURES.iter().filter(|s| s.arch == arch).count(),

@@ -25,6 +25,9 @@ pub struct ModelConfig {
     /// Per rotary pair, the divisor of its frequency (Llama 3.1+'s `rope_freqs.weight`,
     /// or derived from a `llama3` / `linear` rope scaling): None means all 1.
     pub rope_freq_factors: Option<Vec<f32>>,
+    /// Multiplies rope's cos and sin (`rope.scaling.attn_factor`, Phi 3's LongRoPE): 1
+    /// where absent.
+    pub rope_attn_factor: f32,
     /// Rotate halves (NeoX / HF style) rather than interleaved pairs (GGUF llama).
     pub rope_neox: bool,
     /// Gemma 3: every `sliding_pattern`-th layer is global, the others see `sliding_window`.
@@ -81,6 +84,7 @@ impl ModelConfig {
             rope_base: g.opt_f32(&key("rope.freq_base"))?.unwrap_or(10_000.0),
             rope_base_local: g.opt_f32(&key("rope.local_freq_base"))?.unwrap_or(10_000.0),
             rope_freq_factors: None,
+            rope_attn_factor: g.opt_f32(&key("rope.scaling.attn_factor"))?.unwrap_or(1.0),
             rope_neox: spec.gguf_rope_neox,
             sliding_window: if spec.sliding_window {
                 g.opt_usize(&key("attention.sliding_window"))?
@@ -163,6 +167,12 @@ impl ModelConfig {
                     format!("is {c}; a soft cap must be a positive number"),
                 ));
             }
+        }
+        if !(self.rope_attn_factor.is_finite() && self.rope_attn_factor > 0.0) {
+            return Err(bad(
+                "rope.scaling.attn_factor",
+                format!("is {}; it must be a positive number", self.rope_attn_factor),
+            ));
         }
         if let Some(f) = &self.rope_freq_factors {
             if f.len() != self.head_dim / 2 {

@@ -15,6 +15,8 @@ use std::path::Path;
 
 /// Llama 3.1+'s per-pair rope frequency factors.
 const ROPE_FREQS: &str = "rope_freqs.weight";
+/// Phi 3 LongRoPE's factors for contexts within the original length.
+const ROPE_FACTORS_SHORT: &str = "rope_factors_short.weight";
 
 pub(super) fn load(
     path: &Path,
@@ -24,10 +26,26 @@ pub(super) fn load(
 ) -> Result<Model> {
     let mut g = GgufFile::open(path)?;
     let mut config = ModelConfig::from_gguf(&g)?;
-    if g.has_tensor(ROPE_FREQS) {
-        // Llama 3.1+: the converter writes the llama3 rope scaling as per-pair factors.
+    // Llama 3.1+ writes its rope scaling as per-pair factors; Phi 3's LongRoPE writes a
+    // short and a long set, and llama.cpp takes the short one while the context stays
+    // within the original length, so we cap the context there and take it too.
+    let factors_tensor = if g.has_tensor(ROPE_FREQS) {
+        Some(ROPE_FREQS)
+    } else if g.has_tensor(ROPE_FACTORS_SHORT) {
+        let key = format!(
+            "{}.rope.scaling.original_context_length",
+            config.arch.name()
+        );
+        if let Some(original) = g.opt_usize(&key)? {
+            config.context_length = config.context_length.min(original);
+        }
+        Some(ROPE_FACTORS_SHORT)
+    } else {
+        None
+    };
+    if let Some(name) = factors_tensor {
         let factors: Vec<f32> = g
-            .tensor(ROPE_FREQS, &Device::Cpu)?
+            .tensor(name, &Device::Cpu)?
             .dequantize(&Device::Cpu)?
             .flatten_all()?
             .to_vec1()?;
@@ -124,26 +142,36 @@ fn build(g: &mut GgufFile, config: ModelConfig, opts: &LoadOptions) -> Result<Tr
     let mut layers = Vec::with_capacity(config.n_layer);
     for i in 0..config.n_layer {
         let p = |s: &str| format!("blk.{i}.{s}");
-        let (wq, wk, wv) = (
-            linear(g, &p("attn_q.weight"))?,
-            linear(g, &p("attn_k.weight"))?,
-            linear(g, &p("attn_v.weight"))?,
-        );
-        let qkv = match Linear::fuse(&[&wq, &wk, &wv]) {
-            Some(f) => QkvProj::Fused(f),
-            None => QkvProj::Separate(wq, wk, wv),
+        // Some converters write q, k and v as one matrix (Phi 3).
+        let qkv = if g.has_tensor(&p("attn_qkv.weight")) {
+            QkvProj::Fused(linear(g, &p("attn_qkv.weight"))?)
+        } else {
+            let (wq, wk, wv) = (
+                linear(g, &p("attn_q.weight"))?,
+                linear(g, &p("attn_k.weight"))?,
+                linear(g, &p("attn_v.weight"))?,
+            );
+            match Linear::fuse(&[&wq, &wk, &wv]) {
+                Some(f) => QkvProj::Fused(f),
+                None => QkvProj::Separate(wq, wk, wv),
+            }
         };
         let qkv_bias = match group(g, TensorGroup::QkvBias, i)?.as_deref() {
             Some([q, k, v]) => Some((q.clone(), k.clone(), v.clone())),
             _ => None,
         };
-        let (wg, wu) = (
-            linear(g, &p("ffn_gate.weight"))?,
-            linear(g, &p("ffn_up.weight"))?,
-        );
-        let gate_up = match Linear::fuse(&[&wg, &wu]) {
-            Some(f) => GateUp::Fused(f),
-            None => GateUp::Separate(wg, wu),
+        let gate_up = if spec.gguf_gate_in_up {
+            // Gate rows first, then up: the layout `GateUp::Fused` splits.
+            GateUp::Fused(linear(g, &p("ffn_up.weight"))?)
+        } else {
+            let (wg, wu) = (
+                linear(g, &p("ffn_gate.weight"))?,
+                linear(g, &p("ffn_up.weight"))?,
+            );
+            match Linear::fuse(&[&wg, &wu]) {
+                Some(f) => GateUp::Fused(f),
+                None => GateUp::Separate(wg, wu),
+            }
         };
         let (q_norm, k_norm) = match group(g, TensorGroup::QkNorm, i)?.as_deref() {
             Some([q, k]) => (Some(q.clone()), Some(k.clone())),

@@ -179,6 +179,7 @@ pub(super) fn load(dir: &Path, label: String, opts: &LoadOptions) -> Result<Mode
         rope_base: hf.rope_theta,
         rope_base_local: hf.rope_theta,
         rope_freq_factors,
+        rope_attn_factor: 1.0,
         // HF checkpoints rotate halves for both architectures (GGUF llama permutes q/k).
         rope_neox: true,
         sliding_window: None,

@@ -1,5 +1,5 @@
 //! The reference forward pass: candle-transformers' quantized llama / qwen2 / qwen3 /
-//! gemma3 on the same GGUF file. Tests feed both implementations the same tokens and compare.
+//! gemma3 / phi3 on the same GGUF file. Tests feed both implementations the same tokens and compare.
 //!
 //! Known deviation: candle-transformers 0.11.1's quantized_gemma3 uses SiLU in the MLP,
 //! while Gemma 3 (and llama.cpp, and our model) use GELU-tanh. Parity tests therefore
@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::gguf::GgufFile;
 use candle_core::{Device, IndexOp, Tensor};
 use candle_transformers::models::{
-    quantized_gemma3, quantized_llama, quantized_qwen2, quantized_qwen3,
+    quantized_gemma3, quantized_llama, quantized_phi3, quantized_qwen2, quantized_qwen3,
 };
 use std::path::Path;
 
@@ -19,6 +19,7 @@ pub enum ReferenceModel {
     Qwen2(quantized_qwen2::ModelWeights),
     Qwen3(quantized_qwen3::ModelWeights),
     Gemma3(quantized_gemma3::ModelWeights),
+    Phi3(quantized_phi3::ModelWeights),
 }
 
 impl ReferenceModel {
@@ -50,6 +51,10 @@ impl ReferenceModel {
             Arch::Gemma3 => Self::Gemma3(quantized_gemma3::ModelWeights::from_gguf(
                 content, &mut file, &dev,
             )?),
+            // No flash attention: the reference is the plain one.
+            Arch::Phi3 => Self::Phi3(quantized_phi3::ModelWeights::from_gguf(
+                false, content, &mut file, &dev,
+            )?),
         })
     }
 
@@ -62,6 +67,7 @@ impl ReferenceModel {
             Self::Qwen2(m) => m.forward(&x, index_pos)?,
             Self::Qwen3(m) => m.forward(&x, index_pos)?,
             Self::Gemma3(m) => m.forward(&x, index_pos)?,
+            Self::Phi3(m) => m.forward(&x, index_pos)?,
         };
         let logits = if logits.rank() == 2 {
             logits.i(0)?

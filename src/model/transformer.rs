@@ -120,6 +120,7 @@ impl Transformer {
             config.head_dim,
             config.rope_base,
             factors,
+            config.rope_attn_factor,
             positions,
             &device,
         )?;
@@ -127,6 +128,7 @@ impl Transformer {
             config.head_dim,
             config.rope_base_local,
             factors,
+            config.rope_attn_factor,
             positions,
             &device,
         )?;
@@ -709,6 +711,7 @@ fn rope_tables(
     head_dim: usize,
     base: f32,
     freq_factors: Option<&[f32]>,
+    attn_factor: f32,
     positions: usize,
     device: &Device,
 ) -> Result<(Tensor, Tensor)> {
@@ -727,7 +730,11 @@ fn rope_tables(
         .to_dtype(DType::F32)?
         .reshape((positions, 1))?;
     let freqs = pos.matmul(&inv)?;
-    Ok((freqs.cos()?, freqs.sin()?))
+    if attn_factor == 1.0 {
+        return Ok((freqs.cos()?, freqs.sin()?));
+    }
+    let m = attn_factor as f64;
+    Ok(((freqs.cos()? * m)?, (freqs.sin()? * m)?))
 }
 
 /// Additive attention mask for `s` new queries after `offset` cached positions:

@@ -92,7 +92,13 @@ pub struct Tiny {
     /// Llama 3.1's rope scaling as the converter writes it: a `rope_freqs.weight` tensor
     /// (`llama3_rope_factors`).
     pub rope_freqs: bool,
+    /// Phi 3's LongRoPE: `rope_factors_short` / `_long` tensors and an attention factor
+    /// (`PHI3_LONGROPE_ATTN_FACTOR`), the original context equal to `context`.
+    pub longrope: bool,
 }
+
+/// The attention factor of tiny LongRoPE models (Phi-3.5-mini's is about 1.19).
+pub const PHI3_LONGROPE_ATTN_FACTOR: f32 = 1.19;
 
 /// Gemma 2's (attention, final) soft caps for tiny models: the real final one (30), and an
 /// attention cap small enough to bite on tiny scores (the real one: 50).
@@ -138,6 +144,7 @@ impl Tiny {
             poisoned: false,
             head_dim: None,
             rope_freqs: false,
+            longrope: false,
         }
     }
     pub fn qwen2() -> Self {
@@ -159,6 +166,13 @@ impl Tiny {
     pub fn gemma2() -> Self {
         Tiny {
             arch: "gemma2",
+            ..Self::llama()
+        }
+    }
+    /// Phi 3: q, k, v in one `attn_qkv` matrix, gate and up stacked in `ffn_up`.
+    pub fn phi3() -> Self {
+        Tiny {
+            arch: "phi3",
             ..Self::llama()
         }
     }
@@ -208,12 +222,24 @@ pub fn tiny_weights(t: &Tiny, vocab: usize, seed: u64) -> Vec<(String, Vec<usize
             llama3_rope_factors(hd, 10_000.0),
         ));
     }
+    if t.longrope {
+        let n = hd / 2;
+        let short: Vec<f32> = (0..n).map(|i| 1.0 + 3.0 * i as f32 / n as f32).collect();
+        let long: Vec<f32> = short.iter().map(|f| f * 4.0).collect();
+        out.push(("rope_factors_short.weight".into(), vec![n], short));
+        out.push(("rope_factors_long.weight".into(), vec![n], long));
+    }
     for i in 0..t.layers {
         let p = |s: &str| format!("blk.{i}.{s}");
         out.push(w(p("attn_norm.weight"), vec![t.d], 0.1, 1.0));
-        out.push(w(p("attn_q.weight"), vec![t.heads * hd, t.d], 0.2, 0.0));
-        out.push(w(p("attn_k.weight"), vec![t.kv_heads * hd, t.d], 0.2, 0.0));
-        out.push(w(p("attn_v.weight"), vec![t.kv_heads * hd, t.d], 0.2, 0.0));
+        if t.arch == "phi3" {
+            let rows = (t.heads + 2 * t.kv_heads) * hd;
+            out.push(w(p("attn_qkv.weight"), vec![rows, t.d], 0.2, 0.0));
+        } else {
+            out.push(w(p("attn_q.weight"), vec![t.heads * hd, t.d], 0.2, 0.0));
+            out.push(w(p("attn_k.weight"), vec![t.kv_heads * hd, t.d], 0.2, 0.0));
+            out.push(w(p("attn_v.weight"), vec![t.kv_heads * hd, t.d], 0.2, 0.0));
+        }
         if t.arch == "qwen2" {
             out.push(w(p("attn_q.bias"), vec![t.heads * hd], 0.1, 0.0));
             out.push(w(p("attn_k.bias"), vec![t.kv_heads * hd], 0.1, 0.0));
@@ -226,8 +252,12 @@ pub fn tiny_weights(t: &Tiny, vocab: usize, seed: u64) -> Vec<(String, Vec<usize
             0.0,
         ));
         out.push(w(p("ffn_norm.weight"), vec![t.d], 0.1, 1.0));
-        out.push(w(p("ffn_gate.weight"), vec![t.ffn, t.d], 0.2, 0.0));
-        out.push(w(p("ffn_up.weight"), vec![t.ffn, t.d], 0.2, 0.0));
+        if t.arch == "phi3" {
+            out.push(w(p("ffn_up.weight"), vec![2 * t.ffn, t.d], 0.2, 0.0));
+        } else {
+            out.push(w(p("ffn_gate.weight"), vec![t.ffn, t.d], 0.2, 0.0));
+            out.push(w(p("ffn_up.weight"), vec![t.ffn, t.d], 0.2, 0.0));
+        }
         out.push(w(p("ffn_down.weight"), vec![t.d, t.ffn], 0.2, 0.0));
         if t.arch == "gemma3" || t.arch == "qwen3" {
             out.push(w(p("attn_q_norm.weight"), vec![hd], 0.1, 1.0));
@@ -305,6 +335,16 @@ fn write_tiny_gguf_full(
     }
     if a == "gemma3" || a == "gemma2" {
         meta.push((format!("{a}.attention.sliding_window"), Value::U32(8)));
+    }
+    if t.longrope {
+        meta.push((
+            format!("{a}.rope.scaling.attn_factor"),
+            Value::F32(PHI3_LONGROPE_ATTN_FACTOR),
+        ));
+        meta.push((
+            format!("{a}.rope.scaling.original_context_length"),
+            Value::U32(t.context as u32),
+        ));
     }
     if a == "gemma2" {
         let (attn, last) = GEMMA2_SOFTCAPS;
