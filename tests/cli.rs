@@ -204,3 +204,73 @@ fn validate_instrument_prints_the_gate_and_writes_validity_csv() {
         assert!(trials.contains(&format!("\"condition\":\"{condition}\"")));
     }
 }
+
+#[test]
+fn models_inspect_names_every_tensor_that_does_not_pack_or_is_not_read() {
+    use candle_core::quantized::{gguf_file::Value, GgmlDType};
+    let dir = tempfile::tempdir().unwrap();
+    // A clean file: everything packs and is read.
+    let clean = dir.path().join("clean.gguf");
+    common::write_tiny_gguf(&clean, &common::Tiny::qwen3(), 1);
+    let o = affectbench(&["models", "inspect", clean.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = stdout(&o);
+    assert!(text.contains("architecture  qwen3"), "{text}");
+    assert!(
+        text.contains("every matrix runs on the packed int8 kernels"),
+        "{text}"
+    );
+
+    // F16 matrices (dense path) and a pre-tokenizer we do not know: each said by name.
+    let odd = dir.path().join("odd.gguf");
+    common::write_tiny_gguf_with_meta(
+        &odd,
+        &common::Tiny {
+            dtype: GgmlDType::F16,
+            ..common::Tiny::llama()
+        },
+        1,
+        |meta| {
+            for (k, v) in meta.iter_mut() {
+                if k == "tokenizer.ggml.pre" {
+                    *v = Value::String("made-up-pre".into());
+                }
+            }
+        },
+    );
+    let o = affectbench(&["models", "inspect", odd.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(v["tokenizer"]["Err"]
+        .as_str()
+        .is_some_and(|e| e.contains("made-up-pre")));
+    let tensors = v["tensors"].as_array().unwrap();
+    let q = tensors
+        .iter()
+        .find(|t| t["name"] == "blk.0.attn_q.weight")
+        .unwrap();
+    assert_eq!(q["ggml_type"], "F16");
+    assert!(q["kernel"].as_str().unwrap().starts_with("dense"), "{q}");
+    let o = affectbench(&["models", "inspect", odd.to_str().unwrap()]);
+    let text = stdout(&o);
+    assert!(text.contains("TOKENIZER     cannot be built"), "{text}");
+    assert!(text.contains("blk.0.attn_q.weight"), "{text}");
+
+    // Gemma 3's tensors under a llama header: its q/k and post norms are not read.
+    let relabelled = dir.path().join("relabelled.gguf");
+    common::write_tiny_gguf_with_meta(&relabelled, &common::Tiny::gemma3(), 1, |meta| {
+        for (k, v) in meta.iter_mut() {
+            if k == "general.architecture" {
+                *v = Value::String("llama".into());
+            } else if let Some(rest) = k.strip_prefix("gemma3.") {
+                *k = format!("llama.{rest}");
+            }
+        }
+    });
+    let o = affectbench(&["models", "inspect", relabelled.to_str().unwrap()]);
+    let text = stdout(&o);
+    assert!(
+        text.contains("blk.1.attn_k_norm.weight [16] F32: not read by affectbench"),
+        "{text}"
+    );
+}

@@ -799,3 +799,41 @@ fn gemma_27b_scales_queries_by_the_model_width_as_llama_cpp_does() {
         assert_eq!(large.attention_scale(), 1.0 / 16f32.sqrt(), "{arch}");
     }
 }
+
+#[test]
+fn float_weight_files_run_on_the_dense_path_and_agree_with_f32_arithmetic() {
+    use candle_core::quantized::GgmlDType;
+    let dir = tempfile::tempdir().unwrap();
+    for dtype in [GgmlDType::F32, GgmlDType::F16] {
+        let tiny = Tiny {
+            dtype,
+            ..Tiny::llama()
+        };
+        let path = dir.path().join(format!("{dtype:?}.gguf"));
+        write_tiny_gguf(&path, &tiny, 2);
+        let default = load(&path);
+        assert!(!default.transformer.uses_packed_weights(), "{dtype:?}");
+        let dense = Model::load_ref(
+            &ModelRef::GgufFile(path.clone()),
+            &LoadOptions {
+                kernels: affectbench::model::Kernels::DenseF32,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let toks = tokens();
+        let a = default
+            .transformer
+            .last_logits(&toks, &mut KvCache::new(tiny.layers))
+            .unwrap();
+        let b = dense
+            .transformer
+            .last_logits(&toks, &mut KvCache::new(tiny.layers))
+            .unwrap();
+        assert!(
+            max_abs_diff(&a, &b) < 1e-3,
+            "{dtype:?}: {}",
+            max_abs_diff(&a, &b)
+        );
+    }
+}

@@ -167,6 +167,37 @@ fn models(registry: &Registry, cmd: ModelsCommand) -> Result<()> {
             anyhow::ensure!(bad == 0, "{bad} model(s) failed verification");
             Ok(())
         }
+        ModelsCommand::Inspect {
+            model,
+            tensors,
+            json,
+        } => {
+            let mut registry_template = None;
+            let path = match resolve_fetched(registry, &model)? {
+                ModelRef::Registry(entry) => {
+                    registry_template = entry.chat_template.clone();
+                    cache::model_path(&entry)
+                }
+                ModelRef::GgufFile(p) => p,
+                ModelRef::SafetensorsDir(d) => anyhow::bail!(
+                    "{} is a Hugging Face directory: its weights load dense (f32 arithmetic, candle matmul) for llama, qwen2 and qwen3; `models inspect` reads GGUF files",
+                    d.display()
+                ),
+            };
+            let mut report = affectbench::model::inspect::inspect_gguf(&path)?;
+            if let Some(t) = registry_template {
+                report.chat_template = Some(format!(
+                    "from the registry entry ({} characters; it replaces the file's)",
+                    t.len()
+                ));
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", super::inspect_text::render(&report, tensors));
+            }
+            Ok(())
+        }
         ModelsCommand::Path { name } => {
             let entry = registry.get(&name).with_context(|| {
                 format!("'{name}' is not in the registry ({})", registry.names())

@@ -2,6 +2,7 @@
 //! Each command turns its low-level arguments into library calls; nothing here computes.
 
 mod commands;
+mod inspect_text;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -347,6 +348,23 @@ pub enum ModelsCommand {
     Verify { name: Option<String> },
     /// Print the absolute path of a cached model file.
     Path { name: String },
+    /// What a GGUF file holds and what affectbench does with it: architecture and
+    /// hyper-parameters (or why it cannot run), tokenizer, chat template, and per ggml
+    /// type the kernel each tensor runs on; matrices that do not pack and tensors that
+    /// are not read are listed by name, so nothing falls back silently.
+    ///
+    ///   affectbench models inspect smollm2-135m-instruct
+    ///   affectbench models inspect ~/models/Llama-3.1-8B-Instruct-Q4_K_M.gguf --tensors
+    Inspect {
+        /// Registry name (fetched if not cached) or path to a .gguf file.
+        model: String,
+        /// List every tensor (name, shape, type, role, kernel).
+        #[arg(long)]
+        tensors: bool,
+        /// Print everything as JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

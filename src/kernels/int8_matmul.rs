@@ -424,7 +424,10 @@ mod tests {
             GgmlDType::Q5_0,
             GgmlDType::Q8_0,
             GgmlDType::Q4K,
+            GgmlDType::Q5K,
             GgmlDType::Q6K,
+            GgmlDType::Q3K,
+            GgmlDType::Q2K,
         ] {
             let (n, k) = (20, 512);
             let (p, q) = pack(dtype, n, k);
@@ -452,7 +455,14 @@ mod tests {
             eprintln!("this CPU has no AVX-512 VNNI; only the scalar path exists here");
             return;
         }
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q6K, GgmlDType::Q8_0] {
+        for dtype in [
+            GgmlDType::Q4_1,
+            GgmlDType::Q6K,
+            GgmlDType::Q8_0,
+            GgmlDType::Q5K,
+            GgmlDType::Q3K,
+            GgmlDType::Q2K,
+        ] {
             let (n, k, m) = (37, 512, 7);
             let (p, _) = pack(dtype, n, k);
             let x = random_matrix(m, k, 3);

@@ -2,8 +2,9 @@
 //!
 //! Each ggml block type dequantises as `w = s * u + o` with small unsigned integers `u` and
 //! per-block `s`, `o` (Q4_1: u = q, o = m; Q5_0: o = -16 d; Q8_0: u = q + 128, o = -128 d;
-//! Q4_K: per 32-value sub-block s = d*sc, o = -dmin*m; Q6_K: per 16-value sub-block
-//! u = q + 32, o = -32 s). Storing `u` as bytes with f32 `s` and `o` therefore holds the
+//! Q4_K and Q5_K: per 32-value sub-block s = d*sc, o = -dmin*m; Q6_K: per 16-value
+//! sub-block u = q + 32, o = -32 s; Q3_K: per 16 values u = q + 4 (q in -4..3),
+//! s = d*(sc-32), o = -4 s; Q2_K: per 16 values s = d*(sc & 15), o = -dmin*(sc >> 4)). Storing `u` as bytes with f32 `s` and `o` therefore holds the
 //! file's weights exactly, and `u8 x i8` dot products map onto AVX-512 VNNI (`vpdpbusd`).
 //!
 //! Layout, in tiles of 16 output rows so one 64-byte load feeds 16 rows x 4 k-values:
@@ -39,10 +40,13 @@ pub struct Unpackable(pub String);
 /// The block size a ggml type packs into, or None if we have no decoder for it.
 pub fn packed_block(dtype: GgmlDType) -> Option<usize> {
     match dtype {
-        GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q8_0 | GgmlDType::Q4K => {
-            Some(32)
-        }
-        GgmlDType::Q6K => Some(16),
+        GgmlDType::Q4_0
+        | GgmlDType::Q4_1
+        | GgmlDType::Q5_0
+        | GgmlDType::Q8_0
+        | GgmlDType::Q4K
+        | GgmlDType::Q5K => Some(32),
+        GgmlDType::Q6K | GgmlDType::Q3K | GgmlDType::Q2K => Some(16),
         _ => None,
     }
 }
@@ -61,13 +65,9 @@ impl PackedMatrix {
         self.qs.len() + 4 * (self.scales.len() + self.offsets.len())
     }
 
-    /// Packs a row-major ggml tensor (n rows of k values) from its raw bytes.
-    pub fn from_ggml(
-        dtype: GgmlDType,
-        data: &[u8],
-        n: usize,
-        k: usize,
-    ) -> Result<Self, Unpackable> {
+    /// Whether an n x k matrix of `dtype` packs (its packed block size), or why not:
+    /// the one rule `from_ggml` and `models inspect` share.
+    pub fn packable(dtype: GgmlDType, n: usize, k: usize) -> Result<usize, Unpackable> {
         let block = packed_block(dtype)
             .ok_or_else(|| Unpackable(format!("no packed decoder for {dtype:?}")))?;
         if n == 0 || k == 0 {
@@ -78,6 +78,17 @@ impl PackedMatrix {
                 "k = {k} is not a multiple of the block size"
             )));
         }
+        Ok(block)
+    }
+
+    /// Packs a row-major ggml tensor (n rows of k values) from its raw bytes.
+    pub fn from_ggml(
+        dtype: GgmlDType,
+        data: &[u8],
+        n: usize,
+        k: usize,
+    ) -> Result<Self, Unpackable> {
+        let block = Self::packable(dtype, n, k)?;
         let row_bytes = k / dtype.block_size() * dtype.type_size();
         if data.len() != row_bytes * n {
             return Err(Unpackable(format!(
@@ -249,6 +260,79 @@ fn decode_row(dtype: GgmlDType, row: &[u8], u: &mut [u8], s: &mut [f32], o: &mut
                     }
                 }
             }
+            GgmlDType::Q5K => {
+                // 256 values: d, dmin, 12 bytes of 6-bit scales/mins, qh[32] (the fifth
+                // bit, two sub-blocks per bit pair), qs[128] (nibbles).
+                let (d, dmin) = (h(blk, 0), h(blk, 2));
+                let scales: &[u8] = &blk[4..16];
+                let qh = &blk[16..48];
+                let qs = &blk[48..176];
+                for j in 0..4 {
+                    let (sc1, m1) = scale_min_k4(2 * j, scales);
+                    let (sc2, m2) = scale_min_k4(2 * j + 1, scales);
+                    let sub = bi * 8 + 2 * j;
+                    s[sub] = d * sc1 as f32;
+                    o[sub] = -dmin * m1 as f32;
+                    s[sub + 1] = d * sc2 as f32;
+                    o[sub + 1] = -dmin * m2 as f32;
+                    let (bit1, bit2) = (1u8 << (2 * j), 2u8 << (2 * j));
+                    for l in 0..32 {
+                        let hi1 = if qh[l] & bit1 != 0 { 16 } else { 0 };
+                        let hi2 = if qh[l] & bit2 != 0 { 16 } else { 0 };
+                        u[bi * 256 + 64 * j + l] = (qs[32 * j + l] & 0x0F) | hi1;
+                        u[bi * 256 + 64 * j + 32 + l] = (qs[32 * j + l] >> 4) | hi2;
+                    }
+                }
+            }
+            GgmlDType::Q3K => {
+                // 256 values: hmask[32] (the third bit, set means +0, clear means -4),
+                // qs[64] (2 bits), scales[12] (sixteen 6-bit scales, biased by 32), d.
+                let hmask = &blk[0..32];
+                let qs = &blk[32..96];
+                let d = h(blk, 108);
+                let sc = q3k_scales(&blk[96..108]);
+                for half in 0..2 {
+                    let q = &qs[32 * half..];
+                    for j in 0..4 {
+                        let shift = 2 * j;
+                        let m = 1u8 << (4 * half + j);
+                        for part in 0..2 {
+                            let sub = bi * 16 + 8 * half + 2 * j + part;
+                            let sv = d * (sc[8 * half + 2 * j + part] as f32 - 32.0);
+                            s[sub] = sv;
+                            o[sub] = -4.0 * sv;
+                            for l in 0..16 {
+                                let at = 16 * part + l;
+                                let low = (q[at] >> shift) & 3;
+                                let high = if hmask[at] & m != 0 { 4 } else { 0 };
+                                u[sub * 16 + l] = low | high;
+                            }
+                        }
+                    }
+                }
+            }
+            GgmlDType::Q2K => {
+                // 256 values: scales[16] (scale low nibble, min high nibble), qs[64]
+                // (2 bits), d, dmin.
+                let scales = &blk[0..16];
+                let qs = &blk[16..80];
+                let (d, dmin) = (h(blk, 80), h(blk, 82));
+                for half in 0..2 {
+                    let q = &qs[32 * half..];
+                    for j in 0..4 {
+                        let shift = 2 * j;
+                        for part in 0..2 {
+                            let is = 8 * half + 2 * j + part;
+                            let sub = bi * 16 + is;
+                            s[sub] = d * (scales[is] & 0x0F) as f32;
+                            o[sub] = -dmin * (scales[is] >> 4) as f32;
+                            for l in 0..16 {
+                                u[sub * 16 + l] = (q[16 * part + l] >> shift) & 3;
+                            }
+                        }
+                    }
+                }
+            }
             GgmlDType::Q6K => {
                 // 256 values: ql[128], qh[64], scales[16] (i8), d.
                 let ql = &blk[0..128];
@@ -276,6 +360,31 @@ fn decode_row(dtype: GgmlDType, row: &[u8], u: &mut [u8], s: &mut [f32], o: &mut
             _ => unreachable!("packed_block() filters unsupported types"),
         }
     }
+}
+
+/// ggml's unpacking of Q3_K's sixteen 6-bit scales (still biased by 32) from 12 bytes.
+fn q3k_scales(packed: &[u8]) -> [u8; 16] {
+    let word = |i: usize| {
+        u32::from_le_bytes([
+            packed[4 * i],
+            packed[4 * i + 1],
+            packed[4 * i + 2],
+            packed[4 * i + 3],
+        ])
+    };
+    let (a0, a1, tmp) = (word(0), word(1), word(2));
+    let (k1, k2) = (0x0303_0303u32, 0x0f0f_0f0fu32);
+    let aux = [
+        (a0 & k2) | ((tmp & k1) << 4),
+        (a1 & k2) | (((tmp >> 2) & k1) << 4),
+        ((a0 >> 4) & k2) | (((tmp >> 4) & k1) << 4),
+        ((a1 >> 4) & k2) | (((tmp >> 6) & k1) << 4),
+    ];
+    let mut out = [0u8; 16];
+    for (i, w) in aux.iter().enumerate() {
+        out[4 * i..4 * i + 4].copy_from_slice(&w.to_le_bytes());
+    }
+    out
 }
 
 /// ggml's unpacking of the 6-bit scale and min of Q4_K sub-block j.

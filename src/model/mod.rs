@@ -6,6 +6,7 @@
 
 pub mod arch;
 pub mod config;
+pub mod inspect;
 pub mod kv_cache;
 pub mod linear;
 mod load_gguf;
