@@ -141,7 +141,7 @@ pub fn inspect_gguf(path: &Path) -> Result<Inspection> {
             }
         })
         .collect();
-    tensors.sort_by(|a, b| natural_key(&a.name).cmp(&natural_key(&b.name)));
+    tensors.sort_by_key(|t| natural_key(&t.name));
     let parameters = tensors
         .iter()
         .map(|t| t.shape.iter().product::<usize>() as u64)
