@@ -26,8 +26,11 @@ use std::collections::HashMap;
 use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::fuse::Fuse;
 use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::decoders::strip::Strip;
 use tokenizers::models::bpe::BPE;
+use tokenizers::normalizers::prepend::Prepend;
 use tokenizers::normalizers::replace::Replace;
+use tokenizers::normalizers::Sequence as NormalizerSequence;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
@@ -37,6 +40,11 @@ use tokenizers::{
 
 /// Qwen2's pre-tokenizer split (from its tokenizer.json).
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// `tokenizer.ggml.pre` of Llama 3's pre-tokenizer.
+const LLAMA3_PRE: &str = "llama-bpe";
+/// Llama 3's split (from its tokenizer.json): Qwen 2's, with digits in runs of up to 3.
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// `pre` values whose text splitting is GPT-2's byte-level regex.
 const GPT2_REGEX_PRES: &[&str] = &["default", "gpt2", "gpt-2", "smollm"];
@@ -114,7 +122,26 @@ impl ModelTokenizer {
                     true,
                 )
             }
-            SENTENCEPIECE_MODEL => (sentencepiece_bpe(&tokens).map_err(err)?, false),
+            SENTENCEPIECE_MODEL => {
+                // SentencePiece's dummy prefix: "▁" before the text, unless the file says
+                // not (Gemma); llama.cpp's default is to add it.
+                let prefix = g
+                    .opt_bool("tokenizer.ggml.add_space_prefix")?
+                    .unwrap_or(true);
+                // Merges follow the pieces' scores (Llama 2, Mistral, Phi 3), as in
+                // SentencePiece and transformers' converter; Gemma's scores do not
+                // follow its merge order, so its merges follow the vocabulary order.
+                let gemma = g.architecture().is_ok_and(|a| a.starts_with("gemma"));
+                let scores = if !gemma && g.has("tokenizer.ggml.scores") {
+                    Some(g.f32s("tokenizer.ggml.scores")?)
+                } else {
+                    None
+                };
+                (
+                    sentencepiece_bpe(&tokens, scores.as_deref(), prefix).map_err(err)?,
+                    false,
+                )
+            }
             other => {
                 return Err(Error::Metadata {
                     path: g.path.clone(),
@@ -231,18 +258,26 @@ fn byte_level_bpe(
             Ok((a.to_string(), b.to_string()))
         })
         .collect::<std::result::Result<Vec<_>, String>>()?;
+    // Llama 3 looks a whole pre-token up in the vocabulary before merging
+    // (`ignore_merges` in its tokenizer.json; llama.cpp does the same).
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
+        .ignore_merges(pre == LLAMA3_PRE)
         .build()
         .map_err(|e| format!("BPE: {e}"))?;
     let mut tk = Tokenizer::new(bpe);
-    let pre_tok: PreTokenizerWrapper = if pre == QWEN2_PRE {
+    let split_regex = match pre {
+        QWEN2_PRE => Some(QWEN2_SPLIT),
+        LLAMA3_PRE => Some(LLAMA3_SPLIT),
+        _ => None,
+    };
+    let pre_tok: PreTokenizerWrapper = if let Some(regex) = split_regex {
         let split = Split::new(
-            SplitPattern::Regex(QWEN2_SPLIT.into()),
+            SplitPattern::Regex(regex.into()),
             SplitDelimiterBehavior::Isolated,
             false,
         )
-        .map_err(|e| format!("qwen2 regex: {e}"))?;
+        .map_err(|e| format!("{pre} regex: {e}"))?;
         PreSequence::new(vec![
             split.into(),
             ByteLevel::new(false, true, false).into(),
@@ -252,7 +287,7 @@ fn byte_level_bpe(
         ByteLevel::new(false, true, true).into()
     } else {
         return Err(format!(
-            "is '{pre}', which affectbench does not know how to pre-tokenize (known: qwen2, {}); \
+            "is '{pre}', which affectbench does not know how to pre-tokenize (known: qwen2, llama-bpe, {}); \
              refusing to guess because a wrong split silently changes token ids",
             GPT2_REGEX_PRES.join(", ")
         ));
@@ -262,7 +297,11 @@ fn byte_level_bpe(
     Ok(tk)
 }
 
-fn sentencepiece_bpe(tokens: &[String]) -> std::result::Result<Tokenizer, String> {
+fn sentencepiece_bpe(
+    tokens: &[String],
+    scores: Option<&[f32]>,
+    space_prefix: bool,
+) -> std::result::Result<Tokenizer, String> {
     // Tokens made only of spaces are stored with real spaces; the normalizer turns spaces
     // into '▁', so respell them.
     let respelled: Vec<String> = tokens
@@ -284,7 +323,16 @@ fn sentencepiece_bpe(tokens: &[String]) -> std::result::Result<Tokenizer, String
             order.push(t.as_str());
         }
     }
-    let merges = derive_merges(&vocab, &order);
+    if let Some(s) = scores {
+        if s.len() != tokens.len() {
+            return Err(format!(
+                "{} scores for {} tokens (tokenizer.ggml.scores)",
+                s.len(),
+                tokens.len()
+            ));
+        }
+    }
+    let merges = derive_merges(&vocab, &order, scores);
     let unk = if vocab.contains_key("<unk>") {
         Some("<unk>".to_string())
     } else {
@@ -305,10 +353,17 @@ fn sentencepiece_bpe(tokens: &[String]) -> std::result::Result<Tokenizer, String
     }
     let bpe = builder.build().map_err(|e| format!("BPE: {e}"))?;
     let mut tk = Tokenizer::new(bpe);
-    tk.with_normalizer(Some(
-        Replace::new(" ", "\u{2581}").map_err(|e| e.to_string())?,
-    ))
-    .map_err(|e| e.to_string())?;
+    let replace = Replace::new(" ", "\u{2581}").map_err(|e| e.to_string())?;
+    if space_prefix {
+        tk.with_normalizer(Some(NormalizerSequence::new(vec![
+            Prepend::new("\u{2581}".into()).into(),
+            replace.into(),
+        ])))
+        .map_err(|e| e.to_string())?;
+    } else {
+        tk.with_normalizer(Some(replace))
+            .map_err(|e| e.to_string())?;
+    }
     tk.with_pre_tokenizer(Some(
         Split::new(
             SplitPattern::String(" ".into()),
@@ -317,36 +372,49 @@ fn sentencepiece_bpe(tokens: &[String]) -> std::result::Result<Tokenizer, String
         )
         .map_err(|e| e.to_string())?,
     ));
-    tk.with_decoder(Some(DecoderWrapper::Sequence(DecoderSequence::new(vec![
+    let mut decoders = vec![
         DecoderWrapper::Replace(Replace::new("\u{2581}", " ").map_err(|e| e.to_string())?),
         DecoderWrapper::ByteFallback(ByteFallback::default()),
         DecoderWrapper::Fuse(Fuse::default()),
-    ]))));
+    ];
+    if space_prefix {
+        // The dummy prefix is not part of the text.
+        decoders.push(DecoderWrapper::Strip(Strip::new(' ', 1, 0)));
+    }
+    tk.with_decoder(Some(DecoderWrapper::Sequence(DecoderSequence::new(
+        decoders,
+    ))));
     Ok(tk)
 }
 
 /// Merges implied by a vocabulary: every split of a token into two vocabulary pieces,
-/// ranked by the token's position (earlier is better), then longer left piece, then
-/// longer right piece; ties keep discovery order (pieces ordered by their ids).
-fn derive_merges(vocab: &HashMap<&str, u32>, order: &[&str]) -> Vec<(String, String)> {
-    let mut merges: Vec<(&str, &str, u32)> = Vec::new();
+/// ranked by the token's score where given (higher is better) or else its position
+/// (earlier is better), then longer left piece, then longer right piece; ties keep
+/// discovery order (pieces ordered by their ids), as transformers' converter does.
+fn derive_merges(
+    vocab: &HashMap<&str, u32>,
+    order: &[&str],
+    scores: Option<&[f32]>,
+) -> Vec<(String, String)> {
+    let mut merges: Vec<(&str, &str, f64)> = Vec::new();
     for &token in order {
-        let rank = vocab[token];
-        let mut local: Vec<(&str, &str, u32)> = Vec::new();
+        let id = vocab[token];
+        let score = scores.map_or(-(id as f64), |s| s[id as usize] as f64);
+        let mut local: Vec<(&str, &str, f64)> = Vec::new();
         for (split, _) in token.char_indices().skip(1) {
             let (l, r) = token.split_at(split);
             if vocab.contains_key(l) && vocab.contains_key(r) {
-                local.push((l, r, rank));
+                local.push((l, r, score));
             }
         }
         local.sort_by_key(|(l, r, _)| (vocab[l], vocab[r]));
         merges.extend(local);
     }
-    // Stable sort, descending on (score = -rank, len(l), len(r)) as transformers does.
+    // Stable sort, descending on (score, len(l), len(r)).
     merges.sort_by(|a, b| {
-        let ka = (-(a.2 as i64), a.0.chars().count(), a.1.chars().count());
-        let kb = (-(b.2 as i64), b.0.chars().count(), b.1.chars().count());
-        kb.cmp(&ka)
+        let ka = (a.0.chars().count(), a.1.chars().count());
+        let kb = (b.0.chars().count(), b.1.chars().count());
+        b.2.total_cmp(&a.2).then(kb.cmp(&ka))
     });
     merges
         .into_iter()

@@ -37,6 +37,94 @@ pub fn real_model(name: &str) -> PathBuf {
     }
 }
 
+/// The llama-cpp-python source release whose `vendor/llama.cpp/models/` holds llama.cpp's
+/// vocabulary-only GGUF files and their tokenizer test cases (`ggml-vocab-NAME.gguf`,
+/// `.gguf.inp`, `.gguf.out`, the expected ids made by Hugging Face tokenizers).
+const LLAMACPP_SDIST: &str = "llama-cpp-python==0.3.36";
+const LLAMACPP_SDIST_FILE: &str = "llama_cpp_python-0.3.36.tar.gz";
+const LLAMACPP_SDIST_SHA256: &str =
+    "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e";
+
+/// The directory holding llama.cpp's vocabulary test files, fetched once (76 MB, with
+/// `python3 -m pip download`, sha256-checked) into the model cache. Fails loudly if it
+/// cannot be fetched.
+pub fn llamacpp_vocab_dir() -> PathBuf {
+    let dir = affectbench::cache::cache_root().join("vocab/llama-cpp-python-0.3.36");
+    if dir.join("complete").exists() {
+        return dir;
+    }
+    let parent = dir.parent().unwrap().to_path_buf();
+    std::fs::create_dir_all(&parent).unwrap();
+    let staging = tempfile::tempdir_in(&parent).unwrap();
+    let status = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            "llama-cpp-python",
+            "-q",
+            "-d",
+        ])
+        .arg(staging.path())
+        .arg(LLAMACPP_SDIST)
+        .status()
+        .expect("running python3 -m pip");
+    assert!(
+        status.success(),
+        "this test needs llama.cpp's vocabulary files from the {LLAMACPP_SDIST} source release          on PyPI; `python3 -m pip download` failed ({status}): is PyPI reachable?"
+    );
+    let sdist = staging.path().join(LLAMACPP_SDIST_FILE);
+    let sha = affectbench::cache::sha256_file(&sdist, |_| {}).unwrap();
+    assert_eq!(
+        sha, LLAMACPP_SDIST_SHA256,
+        "{} changed on PyPI",
+        LLAMACPP_SDIST_FILE
+    );
+    let out = staging.path().join("vocab");
+    std::fs::create_dir_all(&out).unwrap();
+    let status = std::process::Command::new("tar")
+        .arg("xzf")
+        .arg(&sdist)
+        .arg("-C")
+        .arg(&out)
+        .args([
+            "--strip-components=4",
+            "--wildcards",
+            "*/vendor/llama.cpp/models/ggml-vocab-*",
+        ])
+        .status()
+        .expect("running tar");
+    assert!(
+        status.success(),
+        "extracting the vocabulary files from {}",
+        sdist.display()
+    );
+    std::fs::write(out.join("complete"), "").unwrap();
+    // Another test may have got there first; either copy is the same.
+    if std::fs::rename(&out, &dir).is_err() {
+        assert!(dir.join("complete").exists());
+    }
+    dir
+}
+
+/// llama.cpp's tokenizer cases for `ggml-vocab-NAME.gguf`: (text, expected ids).
+pub fn llamacpp_vocab_cases(dir: &Path, name: &str) -> Vec<(String, Vec<u32>)> {
+    let inp = std::fs::read_to_string(dir.join(format!("ggml-vocab-{name}.gguf.inp"))).unwrap();
+    let out = std::fs::read_to_string(dir.join(format!("ggml-vocab-{name}.gguf.out"))).unwrap();
+    let mut texts: Vec<&str> = inp.split("\n__ggml_vocab_test__\n").collect();
+    if texts.last() == Some(&"") {
+        texts.pop();
+    }
+    let ids: Vec<Vec<u32>> = out
+        .lines()
+        .map(|l| l.split_whitespace().map(|t| t.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(texts.len(), ids.len(), "{name}: cases and expected ids");
+    texts.into_iter().map(str::to_string).zip(ids).collect()
+}
+
 /// A byte-level vocabulary: the 256 byte symbols, then merged tokens, then specials.
 pub fn tiny_vocab() -> (Vec<String>, Vec<String>, Vec<i32>) {
     let spelled = gpt2_bytes();
