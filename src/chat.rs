@@ -52,6 +52,8 @@ pub struct ChatTemplate {
     source: String,
     bos_token: String,
     eos_token: String,
+    /// Passed to the template as `enable_thinking` when set (Qwen 3's switch).
+    enable_thinking: Option<bool>,
 }
 
 impl ChatTemplate {
@@ -61,6 +63,7 @@ impl ChatTemplate {
             source: source.to_string(),
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
+            enable_thinking: None,
         };
         t.env()?;
         Ok(t)
@@ -90,13 +93,31 @@ impl ChatTemplate {
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         let env = self.env()?;
         let tmpl = env.get_template("chat").expect("added in env()");
-        tmpl.render(minijinja::context! {
+        let base = minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token,
             eos_token => self.eos_token,
-        })
-        .map_err(|e| Error::ChatTemplate(format!("rendering failed: {e:#}")))
+        };
+        // Undefined unless set: templates test `enable_thinking is defined`.
+        let ctx = match self.enable_thinking {
+            Some(on) => minijinja::context! { enable_thinking => on, ..base },
+            None => base,
+        };
+        tmpl.render(ctx)
+            .map_err(|e| Error::ChatTemplate(format!("rendering failed: {e:#}")))
+    }
+
+    /// Whether the template reads a thinking switch (`enable_thinking`, Qwen 3 and
+    /// other hybrid reasoning models).
+    pub fn has_thinking_switch(&self) -> bool {
+        self.source.contains("enable_thinking")
+    }
+
+    /// Sets the thinking switch the template sees (None: leave it undefined, the
+    /// template's own default).
+    pub fn set_thinking(&mut self, on: Option<bool>) {
+        self.enable_thinking = on;
     }
 
     /// sha256 of the template source (recorded with results).
@@ -118,6 +139,24 @@ mod tests {
     use super::*;
 
     const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+    #[test]
+    fn the_thinking_switch_is_undefined_unless_set() {
+        let src = "{{ messages[0].content }}{% if add_generation_prompt %}|a:{% if enable_thinking is defined and enable_thinking is false %}<think></think>{% endif %}{% endif %}";
+        let mut t = ChatTemplate::new(src, "", "").unwrap();
+        assert!(t.has_thinking_switch());
+        assert_eq!(t.render(&[Message::user("q")], true).unwrap(), "q|a:");
+        t.set_thinking(Some(false));
+        assert_eq!(
+            t.render(&[Message::user("q")], true).unwrap(),
+            "q|a:<think></think>"
+        );
+        t.set_thinking(Some(true));
+        assert_eq!(t.render(&[Message::user("q")], true).unwrap(), "q|a:");
+        assert!(!ChatTemplate::new(CHATML, "", "")
+            .unwrap()
+            .has_thinking_switch());
+    }
 
     #[test]
     fn renders_multi_turn_chatml() {

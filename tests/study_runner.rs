@@ -1516,3 +1516,52 @@ fn a_second_judge_reproduces_the_same_weights_continues_after_a_crash_and_is_rep
         assert!(bias.contains(&format!(",{scorer},")), "{scorer}: {bias}");
     }
 }
+
+#[test]
+fn a_template_with_a_thinking_switch_is_told_the_studys_choice_and_the_run_records_it() {
+    use affectbench::results::read_header;
+    use candle_core::quantized::gguf_file::Value;
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("thinker.gguf");
+    // ChatML with Qwen 3's switch: thinking off closes an empty think block.
+    let template = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}";
+    common::write_tiny_gguf_with_meta(
+        &model,
+        &Tiny {
+            context: 8192,
+            ..Tiny::qwen2()
+        },
+        11,
+        |meta| {
+            for (k, v) in meta.iter_mut() {
+                if k == "tokenizer.chat_template" {
+                    *v = Value::String(template.into());
+                }
+            }
+        },
+    );
+    let out = dir.path().join("run");
+    run_study(&config(&model, &out, Some(6), None)).unwrap();
+    let header = read_header(&out).unwrap();
+    assert_eq!(header.study.thinking, Some(false));
+    assert!(header.models[0].thinking_switch);
+    assert!(header.models[0]
+        .template_example
+        .as_deref()
+        .unwrap()
+        .ends_with("<think>\n\n</think>\n\n"));
+    let recs = records(&out);
+    assert!(recs.iter().all(|(_, r)| r["prompt"]
+        .as_str()
+        .unwrap()
+        .contains("<think>\n\n</think>")));
+
+    // A study that lets it think: the block is not closed for it.
+    let (recs, header) = run_edited_smoke(dir.path(), &model, "thinking", |s| {
+        s.replacen("\nseed", "\nthinking = true\nseed", 1)
+    });
+    assert_eq!(header["study"]["thinking"], true);
+    assert!(recs
+        .iter()
+        .all(|(_, r)| !r["prompt"].as_str().unwrap().contains("</think>")));
+}

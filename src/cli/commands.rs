@@ -251,7 +251,10 @@ fn generate(registry: &Registry, args: GenerateArgs, threads: usize) -> Result<(
         min_p: args.min_p,
     }
     .resolve()?;
-    let model = load_model(registry, &args.model, threads)?;
+    let mut model = load_model(registry, &args.model, threads)?;
+    if let Some(t) = model.chat_template.as_mut() {
+        t.set_thinking(Some(args.thinking));
+    }
     let text = if args.raw {
         let mut t = String::new();
         if let Some(s) = &args.system {
@@ -599,7 +602,7 @@ fn judge(registry: &Registry, args: JudgeArgs, threads: usize) -> Result<()> {
         .unwrap_or_else(|| registry.default.clone());
     let model_ref = resolve_fetched(registry, &name)?;
     let opts = engine_config(&args.model.engine, threads, None).load_options()?;
-    let model =
+    let mut model =
         Model::load_ref(&model_ref, &opts).with_context(|| format!("loading model '{name}'"))?;
     anyhow::ensure!(
         model.chat_template.is_some(),
@@ -610,7 +613,7 @@ fn judge(registry: &Registry, args: JudgeArgs, threads: usize) -> Result<()> {
     affectbench::study::interrupt::install().context("installing the signal handlers")?;
     let outcome = judge_run(
         &args.run,
-        &model,
+        &mut model,
         &sha256,
         std::io::stderr().is_terminal(),
         std::time::Duration::from_secs(30),

@@ -439,6 +439,11 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub raw: bool,
 
+    /// Let a model whose chat template has a thinking switch (Qwen 3) think before it
+    /// answers; off by default, as in studies (`thinking` in a study file).
+    #[arg(long)]
+    pub thinking: bool,
+
     /// Sampling temperature; 0 is greedy decoding.
     #[arg(long, short, default_value_t = 0.7)]
     pub temperature: f32,

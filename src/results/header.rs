@@ -194,6 +194,10 @@ pub struct StudyRecord {
     /// What follows each text (absent in runs made before it was recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acknowledgement: Option<Acknowledgement>,
+    /// The `enable_thinking` given to templates that read it (absent in runs made
+    /// before it was recorded; see each model's `thinking_switch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thinking: Option<bool>,
 }
 
 /// One scenario file the run used.
@@ -232,6 +236,10 @@ pub struct ModelProvenance {
     /// with no system prompt: shows the default system prompt the template adds, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template_example: Option<String>,
+    /// Whether the chat template reads a thinking switch (the study's `thinking` was
+    /// given to it); false where absent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub thinking_switch: bool,
 }
 
 /// Which arithmetic ran: everything that can change a trial's numbers, and the knobs that

@@ -47,6 +47,9 @@ struct StudySpec {
     contrast: Vec<ContrastSpec>,
     /// "content-free" (default) or "none".
     calibration: Option<String>,
+    /// Whether models whose chat template has a thinking switch (Qwen 3) think before
+    /// answering (default false: the answer comes first, as with every other model).
+    thinking: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -282,6 +285,8 @@ pub struct Study {
     pub positive_control: Option<PositiveControl>,
     pub contrasts: Vec<DeclaredContrast>,
     pub calibration: Calibration,
+    /// Passed as `enable_thinking` to chat templates that read it.
+    pub thinking: bool,
 }
 
 impl Study {
@@ -760,6 +765,7 @@ impl Study {
             positive_control,
             contrasts,
             calibration,
+            thinking: spec.thinking.unwrap_or(false),
         })
     }
 }

@@ -54,6 +54,10 @@ pub fn model_provenance(model_ref: &ModelRef, m: &Model) -> Result<ModelProvenan
         template_example: m
             .render_chat(&[crate::chat::Message::user("{question}")])
             .ok(),
+        thinking_switch: m
+            .chat_template
+            .as_ref()
+            .is_some_and(|t| t.has_thinking_switch()),
     })
 }
 
@@ -121,6 +125,7 @@ pub fn new_header(inputs: HeaderInputs<'_>) -> RunHeader {
             system_prompt: study.system_prompt.clone(),
             system_prompts: study.system_prompt_variants.clone(),
             acknowledgement: Some(study.acknowledgement.clone()),
+            thinking: Some(study.thinking),
         },
         scenario_files: files,
         models,

@@ -78,7 +78,7 @@ pub fn default_scenarios_root(study_path: &Path) -> PathBuf {
 pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
     let (study, lib) = load_design(cfg)?;
     let repetitions = cfg.repetitions.unwrap_or(study.repetitions);
-    let (models, provenance) = load_models(cfg)?;
+    let (models, provenance) = load_models(cfg, &study)?;
     let labels: Vec<String> = models.iter().map(|m| m.info.label.clone()).collect();
     let planned = count_trials(&study, &lib, labels.len(), repetitions);
     if planned > MAX_PLAN_TRIALS {
@@ -209,14 +209,17 @@ fn load_design(cfg: &RunConfig) -> Result<(Study, Library)> {
     Ok((study, lib))
 }
 
-/// Every model with its provenance; studies are conversations, so each needs a chat
-/// template.
-fn load_models(cfg: &RunConfig) -> Result<(Vec<Model>, Vec<ModelProvenance>)> {
+/// Every model with its provenance, its template given the study's thinking switch;
+/// studies are conversations, so each needs a chat template.
+fn load_models(cfg: &RunConfig, study: &Study) -> Result<(Vec<Model>, Vec<ModelProvenance>)> {
     let options = cfg.engine.load_options()?;
     let mut models = Vec::new();
     let mut provenance = Vec::new();
     for r in &cfg.models {
-        let m = Model::load_ref(r, &options)?;
+        let mut m = Model::load_ref(r, &options)?;
+        if let Some(t) = m.chat_template.as_mut() {
+            t.set_thinking(Some(study.thinking));
+        }
         if m.chat_template.is_none() {
             return Err(run_err(format!("{} has no chat template; studies are conversations (add chat_template to its registry entry)", m.info.label)));
         }

@@ -42,7 +42,7 @@ fn judge_err(message: String) -> Error {
 /// `judge_sha256`), skipping those an earlier call recorded.
 pub fn judge_run(
     dir: &Path,
-    model: &Model,
+    model: &mut Model,
     judge_sha256: &str,
     show_progress: bool,
     progress_every: Duration,
@@ -52,6 +52,11 @@ pub fn judge_run(
     let root = root.unwrap_or_else(|| default_scenarios_root(&study_path));
     let lib = Library::load(&root)?;
     let mut study = Study::load(&study_path, &lib)?;
+    // The judge question is asked as the run asked its own.
+    if let Some(t) = model.chat_template.as_mut() {
+        t.set_thinking(Some(study.thinking));
+    }
+    let model: &Model = model;
     let own: HashSet<&str> = header
         .models
         .iter()
