@@ -45,12 +45,16 @@ pub struct BenchReport {
     pub prefill_tok_s: f64,
     pub decode_tokens: usize,
     pub decode_tok_s: f64,
-    pub batch32_decode_tok_s: f64,
+    /// None where skipped (`--skip batch32`: slow on large models).
+    pub batch32_decode_tok_s: Option<f64>,
     pub questionnaire_items: usize,
     pub questionnaire_prefix_tokens: usize,
     pub questionnaire_items_s: f64,
-    /// The same pass with every item prefilled alone (the reference for the batching gain).
-    pub questionnaire_items_s_unbatched: f64,
+    /// The same pass with every item prefilled alone (the reference for the batching
+    /// gain); None where skipped.
+    pub questionnaire_items_s_unbatched: Option<f64>,
+    /// Seconds to load the model (set by the caller, which loads it).
+    pub load_seconds: Option<f64>,
     /// Peak resident memory of the whole process (VmHWM), which holds the model and every
     /// workload in turn.
     pub peak_rss_bytes: u64,
@@ -144,12 +148,20 @@ fn peak_rss_bytes() -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs every workload; `progress` is told what is being measured.
+/// Workloads `run_bench` may leave out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Optional {
+    Batch32,
+    Unbatched,
+}
+
+/// Runs every workload but `skip`; `progress` is told what is being measured.
 pub fn run_bench(
     model: &Model,
     q: &Questionnaire,
     threads: usize,
     repeats: usize,
+    skip: &[Optional],
     mut progress: impl FnMut(&str),
 ) -> Result<BenchReport> {
     const PREFILL: usize = 256;
@@ -167,23 +179,27 @@ pub fn run_bench(
     let first = argmax(&logits);
     let decode_s = timed(repeats, || decode_steps(model, &base, first, DECODE))?;
 
-    progress("decode, 32 sampled sequences in lockstep");
-    // Temperature 1; a row that samples a stop token ends early and only tokens actually
-    // produced count.
-    let sampling = SamplingParams {
-        temperature: 1.0,
-        ..Default::default()
+    let mut batch32 = None;
+    if !skip.contains(&Optional::Batch32) {
+        progress("decode, 32 sampled sequences in lockstep");
+        // Temperature 1; a row that samples a stop token ends early and only tokens actually
+        // produced count.
+        let sampling = SamplingParams {
+            temperature: 1.0,
+            ..Default::default()
+        }
+        .resolve()?;
+        let mut produced = 0usize;
+        let batch_s = timed(repeats, || {
+            let mut rngs: Vec<_> = (0..ROWS)
+                .map(|i| Stream::BenchRow { row: i }.rng(0))
+                .collect();
+            let rows = decode_lockstep(model, &base, &logits, &sampling, &mut rngs, DECODE, ROWS)?;
+            produced = rows.iter().map(|r| r.0.len()).sum();
+            Ok(())
+        })?;
+        batch32 = Some(produced as f64 / batch_s);
     }
-    .resolve()?;
-    let mut produced = 0usize;
-    let batch_s = timed(repeats, || {
-        let mut rngs: Vec<_> = (0..ROWS)
-            .map(|i| Stream::BenchRow { row: i }.rng(0))
-            .collect();
-        let rows = decode_lockstep(model, &base, &logits, &sampling, &mut rngs, DECODE, ROWS)?;
-        produced = rows.iter().map(|r| r.0.len()).sum();
-        Ok(())
-    })?;
 
     progress("questionnaire");
     let enc = |t: &str| model.tokenizer.encode(t, false);
@@ -198,9 +214,13 @@ pub fn run_bench(
     let pass_s = timed(repeats, || {
         questionnaire_pass(model, &prefix, &items, &options, ROWS).map(|_| ())
     })?;
-    let unbatched_s = timed(repeats, || {
-        questionnaire_pass(model, &prefix, &items, &options, 1).map(|_| ())
-    })?;
+    let unbatched_s = if skip.contains(&Optional::Unbatched) {
+        None
+    } else {
+        Some(timed(repeats, || {
+            questionnaire_pass(model, &prefix, &items, &options, 1).map(|_| ())
+        })?)
+    };
 
     Ok(BenchReport {
         model: model.info.label.clone(),
@@ -210,11 +230,12 @@ pub fn run_bench(
         prefill_tok_s: PREFILL as f64 / prefill_s,
         decode_tokens: DECODE,
         decode_tok_s: DECODE as f64 / decode_s,
-        batch32_decode_tok_s: produced as f64 / batch_s,
+        batch32_decode_tok_s: batch32,
         questionnaire_items: items.len(),
         questionnaire_prefix_tokens: prefix.len(),
         questionnaire_items_s: items.len() as f64 / pass_s,
-        questionnaire_items_s_unbatched: items.len() as f64 / unbatched_s,
+        questionnaire_items_s_unbatched: unbatched_s.map(|s| items.len() as f64 / s),
         peak_rss_bytes: peak_rss_bytes(),
+        load_seconds: None,
     })
 }

@@ -744,12 +744,26 @@ fn bench(registry: &Registry, args: BenchArgs, threads: usize) -> Result<()> {
             "benches/workloads/questionnaire.json",
         )?,
     };
+    let started = std::time::Instant::now();
     let model = load_model(registry, &args.model, threads)?;
-    let report = run_bench(&model, &q, threads, args.repeats, |what| {
+    let load_seconds = started.elapsed().as_secs_f64();
+    let skip: Vec<affectbench::bench::Optional> = args
+        .skip
+        .iter()
+        .map(|s| match s {
+            super::SkipArg::Batch32 => affectbench::bench::Optional::Batch32,
+            super::SkipArg::Unbatched => affectbench::bench::Optional::Unbatched,
+        })
+        .collect();
+    let mut report = run_bench(&model, &q, threads, args.repeats, &skip, |what| {
         if !args.json {
             eprintln!("measuring {what} ...");
         }
     })?;
+    report.load_seconds = Some(load_seconds);
+    let or_skipped = |x: Option<f64>, digits: usize| {
+        x.map_or("  skipped".to_string(), |v| format!("{v:>9.digits$}"))
+    };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -765,9 +779,10 @@ fn bench(registry: &Registry, args: BenchArgs, threads: usize) -> Result<()> {
             "decode ({} tokens, 1 sequence)  {:>9.1} tok/s",
             report.decode_tokens, report.decode_tok_s
         );
+        println!("load                            {load_seconds:>9.2} s");
         println!(
-            "decode (32 sequences, lockstep) {:>9.1} tok/s aggregate",
-            report.batch32_decode_tok_s
+            "decode (32 sequences, lockstep) {} tok/s aggregate",
+            or_skipped(report.batch32_decode_tok_s, 1)
         );
         println!(
             "questionnaire ({} items)        {:>9.2} items/s (prefix of {} tokens included)",
@@ -776,8 +791,8 @@ fn bench(registry: &Registry, args: BenchArgs, threads: usize) -> Result<()> {
             report.questionnaire_prefix_tokens
         );
         println!(
-            "  same, items prefilled alone   {:>9.2} items/s",
-            report.questionnaire_items_s_unbatched
+            "  same, items prefilled alone   {} items/s",
+            or_skipped(report.questionnaire_items_s_unbatched, 2)
         );
         println!(
             "peak RSS                        {:>9.1} MB",

@@ -177,6 +177,12 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 5)]
     pub repeats: usize,
 
+    /// Workloads to leave out (repeatable): batch32 (32 sequences decoded in lockstep)
+    /// and unbatched (the questionnaire with items prefilled alone); both are slow on
+    /// 8B+ models on a few cores.
+    #[arg(long, value_enum)]
+    pub skip: Vec<SkipArg>,
+
     /// A questionnaire workload file (default: the built-in benches/workloads/questionnaire.json).
     #[arg(long)]
     pub workload: Option<PathBuf>,
@@ -365,6 +371,12 @@ pub enum ModelsCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SkipArg {
+    Batch32,
+    Unbatched,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

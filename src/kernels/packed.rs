@@ -88,29 +88,72 @@ impl PackedMatrix {
         n: usize,
         k: usize,
     ) -> Result<Self, Unpackable> {
-        let block = Self::packable(dtype, n, k)?;
-        let row_bytes = k / dtype.block_size() * dtype.type_size();
-        if data.len() != row_bytes * n {
-            return Err(Unpackable(format!(
-                "expected {} bytes for {n}x{k} {dtype:?}, got {}",
-                row_bytes * n,
-                data.len()
-            )));
+        let threads = crate::kernels::pool::pool().threads();
+        Self::from_ggml_on(dtype, data, n, k, threads)
+    }
+
+    /// `from_ggml` on `threads` threads (the result does not depend on it).
+    fn from_ggml_on(
+        dtype: GgmlDType,
+        data: &[u8],
+        n: usize,
+        k: usize,
+        threads: usize,
+    ) -> Result<Self, Unpackable> {
+        Self::stacked_on(&[(dtype, data, n)], k, threads)
+    }
+
+    /// Packs matrices with the same k straight into one stacked matrix (the rows of the
+    /// first, then the second ...), as `concat_rows` of each packed alone would give,
+    /// without holding both copies: fused q/k/v and gate/up are most of a model's
+    /// weights. Every part but the last must be whole tiles, and all share a block size.
+    pub fn from_ggml_stacked(
+        parts: &[(GgmlDType, &[u8], usize)],
+        k: usize,
+    ) -> Result<Self, Unpackable> {
+        let threads = crate::kernels::pool::pool().threads();
+        Self::stacked_on(parts, k, threads)
+    }
+
+    fn stacked_on(
+        parts: &[(GgmlDType, &[u8], usize)],
+        k: usize,
+        threads: usize,
+    ) -> Result<Self, Unpackable> {
+        let Some(&(first_type, _, _)) = parts.first() else {
+            return Err(Unpackable("nothing to pack".into()));
+        };
+        let block = Self::packable(first_type, parts[0].2, k)?;
+        for (i, &(dtype, data, n)) in parts.iter().enumerate() {
+            if Self::packable(dtype, n, k)? != block {
+                return Err(Unpackable(format!(
+                    "{dtype:?} packs in blocks other than {first_type:?}'s"
+                )));
+            }
+            if i + 1 < parts.len() && !n.is_multiple_of(TILE) {
+                return Err(Unpackable(format!("{n} rows is not whole tiles")));
+            }
+            let row_bytes = k / dtype.block_size() * dtype.type_size();
+            if data.len() != row_bytes * n {
+                return Err(Unpackable(format!(
+                    "expected {} bytes for {n}x{k} {dtype:?}, got {}",
+                    row_bytes * n,
+                    data.len()
+                )));
+            }
         }
-        let mut m = Self::zeros(n, k, block);
+        let total = parts.iter().map(|p| p.2).sum();
+        let mut m = Self::zeros(total, k, block);
         let nb = k / block;
-        let mut u = vec![0u8; k];
-        let mut s = vec![0f32; nb];
-        let mut o = vec![0f32; nb];
-        for r in 0..n {
-            decode_row(
-                dtype,
-                &data[r * row_bytes..(r + 1) * row_bytes],
-                &mut u,
-                &mut s,
-                &mut o,
-            );
-            m.set_row(r, &u, &s, &o);
+        let (mut qs, mut scales, mut offsets) =
+            (&mut m.qs[..], &mut m.scales[..], &mut m.offsets[..]);
+        for &(dtype, data, n) in parts {
+            let tiles = n.div_ceil(TILE);
+            let (q, rest_q) = qs.split_at_mut(tiles * TILE * k);
+            let (s, rest_s) = scales.split_at_mut(tiles * TILE * nb);
+            let (o, rest_o) = offsets.split_at_mut(tiles * TILE * nb);
+            pack_tiles(dtype, data, n, k, nb, threads, q, s, o);
+            (qs, scales, offsets) = (rest_q, rest_s, rest_o);
         }
         Ok(m)
     }
@@ -128,18 +171,18 @@ impl PackedMatrix {
     }
 
     fn set_row(&mut self, r: usize, u: &[u8], s: &[f32], o: &[f32]) {
-        let (t, lane) = (r / TILE, r % TILE);
-        let groups = self.k / 4;
-        let nb = self.blocks_per_row();
-        for g in 0..groups {
-            let at = ((t * groups + g) * TILE + lane) * 4;
-            self.qs[at..at + 4].copy_from_slice(&u[g * 4..g * 4 + 4]);
-        }
-        for b in 0..nb {
-            let at = (t * nb + b) * TILE + lane;
-            self.scales[at] = s[b];
-            self.offsets[at] = o[b];
-        }
+        let (k, nb) = (self.k, self.k / self.block);
+        place_row(
+            &mut self.qs,
+            &mut self.scales,
+            &mut self.offsets,
+            r,
+            k,
+            nb,
+            u,
+            s,
+            o,
+        );
     }
 
     /// Stacks matrices with the same k and block along the output dimension (fused QKV,
@@ -153,6 +196,25 @@ impl PackedMatrix {
             return None;
         }
         let n = parts.iter().map(|p| p.n).sum();
+        // Parts made of whole tiles (every q/k/v and gate/up of real models) append
+        // their tiles as they are; otherwise rows move one by one.
+        let (head, _) = parts.split_at(parts.len() - 1);
+        if head.iter().all(|p| p.n.is_multiple_of(TILE)) {
+            return Some(PackedMatrix {
+                n,
+                k: first.k,
+                block: first.block,
+                qs: parts.iter().flat_map(|p| p.qs.iter().copied()).collect(),
+                scales: parts
+                    .iter()
+                    .flat_map(|p| p.scales.iter().copied())
+                    .collect(),
+                offsets: parts
+                    .iter()
+                    .flat_map(|p| p.offsets.iter().copied())
+                    .collect(),
+            });
+        }
         let mut out = Self::zeros(n, first.k, first.block);
         let mut r0 = 0;
         for p in parts {
@@ -191,6 +253,80 @@ impl PackedMatrix {
             .enumerate()
             .map(|(j, &q)| s[j / self.block] * q as f32 + o[j / self.block])
             .collect()
+    }
+}
+
+/// Decodes the n rows of `data` into tiled slices that start at a tile boundary.
+/// Tiles are independent (each holds its 16 rows' bytes, scales and offsets), so they
+/// are decoded in parallel, a contiguous run of tiles per thread: loading a large model
+/// is mostly this loop.
+#[allow(clippy::too_many_arguments)]
+fn pack_tiles(
+    dtype: GgmlDType,
+    data: &[u8],
+    n: usize,
+    k: usize,
+    nb: usize,
+    threads: usize,
+    qs: &mut [u8],
+    scales: &mut [f32],
+    offsets: &mut [f32],
+) {
+    let row_bytes = k / dtype.block_size() * dtype.type_size();
+    let tiles = n.div_ceil(TILE);
+    let threads = threads.clamp(1, tiles);
+    let per = tiles.div_ceil(threads);
+    let qs_chunks = qs.chunks_mut(per * TILE * k);
+    let scale_chunks = scales.chunks_mut(per * TILE * nb);
+    let offset_chunks = offsets.chunks_mut(per * TILE * nb);
+    std::thread::scope(|scope| {
+        for (c, ((qs, scales), offsets)) in
+            qs_chunks.zip(scale_chunks).zip(offset_chunks).enumerate()
+        {
+            scope.spawn(move || {
+                let mut u = vec![0u8; k];
+                let mut s = vec![0f32; nb];
+                let mut o = vec![0f32; nb];
+                let first_row = c * per * TILE;
+                for r in first_row..(first_row + per * TILE).min(n) {
+                    decode_row(
+                        dtype,
+                        &data[r * row_bytes..(r + 1) * row_bytes],
+                        &mut u,
+                        &mut s,
+                        &mut o,
+                    );
+                    place_row(qs, scales, offsets, r - first_row, k, nb, &u, &s, &o);
+                }
+            });
+        }
+    });
+}
+
+/// Writes row `r` (counted from the start of the given slices, which begin at a tile
+/// boundary) into the tiled layout.
+#[allow(clippy::too_many_arguments)]
+fn place_row(
+    qs: &mut [u8],
+    scales: &mut [f32],
+    offsets: &mut [f32],
+    r: usize,
+    k: usize,
+    nb: usize,
+    u: &[u8],
+    s: &[f32],
+    o: &[f32],
+) {
+    let (t, lane) = (r / TILE, r % TILE);
+    let groups = k / 4;
+    for g in 0..groups {
+        let at = ((t * groups + g) * TILE + lane) * 4;
+        qs[at..at + 4].copy_from_slice(&u[g * 4..g * 4 + 4]);
+    }
+    for b in 0..nb {
+        let at = (t * nb + b) * TILE + lane;
+        scales[at] = s[b];
+        offsets[at] = o[b];
     }
 }
 
@@ -396,5 +532,104 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
             (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4),
             (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::QTensor;
+    use candle_core::{Device, Tensor};
+
+    fn quantised(n: usize, k: usize, dtype: GgmlDType, seed: f32) -> Vec<u8> {
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i as f32 * 0.37 + seed).sin() * 1.7).fract())
+            .collect();
+        let t = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
+        QTensor::quantize(&t, dtype)
+            .unwrap()
+            .data()
+            .unwrap()
+            .to_vec()
+    }
+
+    fn rows(m: &PackedMatrix) -> Vec<(Vec<u8>, Vec<f32>, Vec<f32>)> {
+        (0..m.n).map(|r| m.row(r)).collect()
+    }
+
+    #[test]
+    fn packing_in_parallel_equals_packing_on_one_thread() {
+        // 37 rows: three tiles, the last one partial.
+        for dtype in [GgmlDType::Q4K, GgmlDType::Q6K, GgmlDType::Q8_0] {
+            let data = quantised(37, 256, dtype, 1.0);
+            let one = PackedMatrix::from_ggml_on(dtype, &data, 37, 256, 1).unwrap();
+            for threads in [2, 3, 8] {
+                let many = PackedMatrix::from_ggml_on(dtype, &data, 37, 256, threads).unwrap();
+                assert_eq!(one.qs, many.qs, "{dtype:?} {threads}");
+                assert_eq!(one.scales, many.scales, "{dtype:?} {threads}");
+                assert_eq!(one.offsets, many.offsets, "{dtype:?} {threads}");
+            }
+        }
+    }
+
+    #[test]
+    fn packing_stacked_equals_packing_alone_then_stacking() {
+        let (qa, qb) = (
+            quantised(32, 256, GgmlDType::Q4K, 4.0),
+            quantised(21, 256, GgmlDType::Q5K, 5.0),
+        );
+        let a = PackedMatrix::from_ggml(GgmlDType::Q4K, &qa, 32, 256).unwrap();
+        let b = PackedMatrix::from_ggml(GgmlDType::Q5K, &qb, 21, 256).unwrap();
+        let alone = PackedMatrix::concat_rows(&[&a, &b]).unwrap();
+        for threads in [1, 3] {
+            let stacked = PackedMatrix::stacked_on(
+                &[(GgmlDType::Q4K, &qa, 32), (GgmlDType::Q5K, &qb, 21)],
+                256,
+                threads,
+            )
+            .unwrap();
+            assert_eq!((stacked.n, &stacked.qs), (alone.n, &alone.qs));
+            assert_eq!(stacked.scales, alone.scales);
+            assert_eq!(stacked.offsets, alone.offsets);
+        }
+        // A part of partial tiles before another, or mixed block sizes, is refused.
+        assert!(PackedMatrix::from_ggml_stacked(
+            &[(GgmlDType::Q5K, &qb, 21), (GgmlDType::Q4K, &qa, 32)],
+            256
+        )
+        .is_err());
+        let q6 = quantised(32, 256, GgmlDType::Q6K, 6.0);
+        assert!(PackedMatrix::from_ggml_stacked(
+            &[(GgmlDType::Q4K, &qa, 32), (GgmlDType::Q6K, &q6, 32)],
+            256
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn stacking_whole_tiles_equals_stacking_row_by_row() {
+        let (a, b) = (
+            PackedMatrix::from_ggml(
+                GgmlDType::Q8_0,
+                &quantised(32, 64, GgmlDType::Q8_0, 2.0),
+                32,
+                64,
+            )
+            .unwrap(),
+            PackedMatrix::from_ggml(
+                GgmlDType::Q8_0,
+                &quantised(20, 64, GgmlDType::Q8_0, 3.0),
+                20,
+                64,
+            )
+            .unwrap(),
+        );
+        // [a, b] takes the tile path, [b, a] the row path; both hold the parts' rows.
+        for parts in [[&a, &b], [&b, &a]] {
+            let stacked = PackedMatrix::concat_rows(&parts).unwrap();
+            let expected: Vec<_> = parts.iter().flat_map(|p| rows(p)).collect();
+            assert_eq!(rows(&stacked), expected);
+            assert_eq!(stacked.qs.len(), stacked.n_tiles() * TILE * 64);
+        }
     }
 }

@@ -9,9 +9,11 @@ use super::{Kernels, LoadOptions, Model, ModelInfo};
 use crate::chat::ChatTemplate;
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
+use crate::kernels::packed::PackedMatrix;
 use crate::tokenizer::ModelTokenizer;
 use candle_core::{Device, Tensor};
 use std::path::Path;
+use std::sync::Arc;
 
 /// Llama 3.1+'s per-pair rope frequency factors.
 const ROPE_FREQS: &str = "rope_freqs.weight";
@@ -100,6 +102,51 @@ fn build(g: &mut GgufFile, config: ModelConfig, opts: &LoadOptions) -> Result<Tr
         })
     };
 
+    // Layers that run side by side (q/k/v, gate/up) as one stacked matrix: packed
+    // straight into one where they pack alike (no second copy while loading), else
+    // loaded apart and fused if their formats allow.
+    let stacked = |g: &mut GgufFile, names: &[String]| -> Result<Vec<Linear>> {
+        if kernels == Kernels::Packed && dev.is_cpu() {
+            let tensors = names
+                .iter()
+                .map(|n| g.tensor(n, dev))
+                .collect::<Result<Vec<_>>>()?;
+            let datas = tensors
+                .iter()
+                .map(|q| q.data())
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let shapes = tensors
+                .iter()
+                .map(|q| q.shape().dims2())
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let k = shapes[0].1;
+            if shapes.iter().all(|s| s.1 == k) {
+                let parts: Vec<_> = tensors
+                    .iter()
+                    .zip(&datas)
+                    .zip(&shapes)
+                    .map(|((q, d), s)| (q.dtype(), d.as_ref(), s.0))
+                    .collect();
+                if let Ok(p) = PackedMatrix::from_ggml_stacked(&parts, k) {
+                    return Ok(vec![Linear::Packed(Arc::new(p), opts.int8_kernel)]);
+                }
+            }
+            drop(datas);
+            let apart = tensors
+                .into_iter()
+                .map(|q| Linear::from_qtensor(q, dev, Some(opts.int8_kernel)))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let refs: Vec<&Linear> = apart.iter().collect();
+            return Ok(Linear::fuse(&refs).map_or(apart, |f| vec![f]));
+        }
+        let apart = names
+            .iter()
+            .map(|n| linear(g, n))
+            .collect::<Result<Vec<_>>>()?;
+        let refs: Vec<&Linear> = apart.iter().collect();
+        Ok(Linear::fuse(&refs).map_or(apart, |f| vec![f]))
+    };
+
     let spec = config.arch.spec();
     // An optional tensor group of layer i, dense: None where the architecture has no such
     // group or (if optional) the file lacks it; an error naming the first missing tensor
@@ -146,14 +193,14 @@ fn build(g: &mut GgufFile, config: ModelConfig, opts: &LoadOptions) -> Result<Tr
         let qkv = if g.has_tensor(&p("attn_qkv.weight")) {
             QkvProj::Fused(linear(g, &p("attn_qkv.weight"))?)
         } else {
-            let (wq, wk, wv) = (
-                linear(g, &p("attn_q.weight"))?,
-                linear(g, &p("attn_k.weight"))?,
-                linear(g, &p("attn_v.weight"))?,
-            );
-            match Linear::fuse(&[&wq, &wk, &wv]) {
-                Some(f) => QkvProj::Fused(f),
-                None => QkvProj::Separate(wq, wk, wv),
+            let names = [p("attn_q.weight"), p("attn_k.weight"), p("attn_v.weight")];
+            let mut l = stacked(g, &names)?;
+            match l.len() {
+                1 => QkvProj::Fused(l.remove(0)),
+                _ => {
+                    let (v, k, q) = (l.remove(2), l.remove(1), l.remove(0));
+                    QkvProj::Separate(q, k, v)
+                }
             }
         };
         let qkv_bias = match group(g, TensorGroup::QkvBias, i)?.as_deref() {
@@ -164,13 +211,13 @@ fn build(g: &mut GgufFile, config: ModelConfig, opts: &LoadOptions) -> Result<Tr
             // Gate rows first, then up: the layout `GateUp::Fused` splits.
             GateUp::Fused(linear(g, &p("ffn_up.weight"))?)
         } else {
-            let (wg, wu) = (
-                linear(g, &p("ffn_gate.weight"))?,
-                linear(g, &p("ffn_up.weight"))?,
-            );
-            match Linear::fuse(&[&wg, &wu]) {
-                Some(f) => GateUp::Fused(f),
-                None => GateUp::Separate(wg, wu),
+            let mut l = stacked(g, &[p("ffn_gate.weight"), p("ffn_up.weight")])?;
+            match l.len() {
+                1 => GateUp::Fused(l.remove(0)),
+                _ => {
+                    let (u, g) = (l.remove(1), l.remove(0));
+                    GateUp::Separate(g, u)
+                }
             }
         };
         let (q_norm, k_norm) = match group(g, TensorGroup::QkNorm, i)?.as_deref() {
