@@ -53,6 +53,7 @@ impl EngineConfig {
             int8_kernel: self.resolved_int8_kernel(),
             ops: self.ops,
             activation_override: None,
+            four_bit: None,
         })
     }
 

@@ -837,3 +837,45 @@ fn float_weight_files_run_on_the_dense_path_and_agree_with_f32_arithmetic() {
         );
     }
 }
+
+#[test]
+fn four_bit_weights_give_the_same_logits_as_nibbles_or_as_bytes() {
+    use affectbench::kernels::packed::FourBit;
+    use candle_core::quantized::GgmlDType;
+    let dir = tempfile::tempdir().unwrap();
+    for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1] {
+        let tiny = Tiny {
+            dtype,
+            ..Tiny::llama()
+        };
+        let path = dir.path().join(format!("{dtype:?}.gguf"));
+        write_tiny_gguf(&path, &tiny, 5);
+        let logits = |four_bit| {
+            let m = Model::load_ref(
+                &ModelRef::GgufFile(path.clone()),
+                &LoadOptions {
+                    four_bit: Some(four_bit),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            assert!(m.transformer.uses_packed_weights());
+            let mut cache = KvCache::new(tiny.layers);
+            let prefill = m
+                .transformer
+                .forward(&[tokens()], &mut cache, &LogitsAt::All)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let next = m.transformer.last_logits(&[7], &mut cache).unwrap();
+            (prefill, next)
+        };
+        assert_eq!(
+            logits(FourBit::Nibbles),
+            logits(FourBit::Bytes),
+            "{dtype:?}"
+        );
+    }
+}

@@ -28,6 +28,9 @@ pub struct PackedMatrix {
     pub k: usize,
     /// Values per scale/offset block: 32, or 16 for Q6_K.
     pub block: usize,
+    /// `u` fits in 4 bits (Q4_0, Q4_1, Q4_K), so two k-groups share each byte: group 2G
+    /// in the low nibble, 2G+1 in the high one. Half the bytes to hold and to stream.
+    pub nibbles: bool,
     pub(crate) qs: Vec<u8>,
     pub(crate) scales: Vec<f32>,
     pub(crate) offsets: Vec<f32>,
@@ -51,6 +54,43 @@ pub fn packed_block(dtype: GgmlDType) -> Option<usize> {
     }
 }
 
+/// How weights whose `u` fits in 4 bits are held. Nibbles halve their memory and the
+/// bytes decode streams, but unpacking costs compute-bound prefill about 10% on this
+/// project's machine; the results are the same bits either way (the integer sums are
+/// exact), so the choice is about speed and memory only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FourBit {
+    Nibbles,
+    Bytes,
+}
+
+impl FourBit {
+    /// Nibbles for model files above 1 GiB (where memory and decode bandwidth decide),
+    /// bytes below; `AFFECTBENCH_NIBBLES=1` or `0` forces one.
+    pub fn for_model_bytes(bytes: u64) -> Self {
+        match std::env::var("AFFECTBENCH_NIBBLES").as_deref() {
+            Ok("1") => FourBit::Nibbles,
+            Ok("0") => FourBit::Bytes,
+            _ if bytes > 1 << 30 => FourBit::Nibbles,
+            _ => FourBit::Bytes,
+        }
+    }
+}
+
+/// Whether a ggml type's `u` fits in 4 bits (packed two per byte).
+pub fn packs_in_nibbles(dtype: GgmlDType) -> bool {
+    matches!(dtype, GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q4K)
+}
+
+/// Bytes of `qs` per tile for k inputs.
+fn tile_bytes(k: usize, nibbles: bool) -> usize {
+    if nibbles {
+        TILE * k / 2
+    } else {
+        TILE * k
+    }
+}
+
 impl PackedMatrix {
     pub fn n_tiles(&self) -> usize {
         self.n.div_ceil(TILE)
@@ -58,6 +98,27 @@ impl PackedMatrix {
 
     pub fn blocks_per_row(&self) -> usize {
         self.k / self.block
+    }
+
+    /// Bytes of `qs` per tile.
+    pub fn tile_bytes(&self) -> usize {
+        tile_bytes(self.k, self.nibbles)
+    }
+
+    /// `u` of row `lane` of tile `t` at input 4g + j (the layout's one reader outside
+    /// the SIMD kernel).
+    #[inline]
+    pub fn u_at(&self, t: usize, lane: usize, g: usize, j: usize) -> u8 {
+        if self.nibbles {
+            let at = ((t * (self.k / 8) + g / 2) * TILE + lane) * 4 + j;
+            if g.is_multiple_of(2) {
+                self.qs[at] & 0x0F
+            } else {
+                self.qs[at] >> 4
+            }
+        } else {
+            self.qs[((t * (self.k / 4) + g) * TILE + lane) * 4 + j]
+        }
     }
 
     /// Bytes of weight data read per full pass (what decode streams from memory).
@@ -100,7 +161,18 @@ impl PackedMatrix {
         k: usize,
         threads: usize,
     ) -> Result<Self, Unpackable> {
-        Self::stacked_on(&[(dtype, data, n)], k, threads)
+        Self::stacked_on(&[(dtype, data, n)], k, threads, true)
+    }
+
+    /// `from_ggml` with one byte per weight whatever the type: the reference the
+    /// nibble layout is compared with.
+    pub fn from_ggml_bytes(
+        dtype: GgmlDType,
+        data: &[u8],
+        n: usize,
+        k: usize,
+    ) -> Result<Self, Unpackable> {
+        Self::stacked_on(&[(dtype, data, n)], k, 1, false)
     }
 
     /// Packs matrices with the same k straight into one stacked matrix (the rows of the
@@ -110,15 +182,17 @@ impl PackedMatrix {
     pub fn from_ggml_stacked(
         parts: &[(GgmlDType, &[u8], usize)],
         k: usize,
+        four_bit: FourBit,
     ) -> Result<Self, Unpackable> {
         let threads = crate::kernels::pool::pool().threads();
-        Self::stacked_on(parts, k, threads)
+        Self::stacked_on(parts, k, threads, four_bit == FourBit::Nibbles)
     }
 
     fn stacked_on(
         parts: &[(GgmlDType, &[u8], usize)],
         k: usize,
         threads: usize,
+        allow_nibbles: bool,
     ) -> Result<Self, Unpackable> {
         let Some(&(first_type, _, _)) = parts.first() else {
             return Err(Unpackable("nothing to pack".into()));
@@ -142,29 +216,33 @@ impl PackedMatrix {
                 )));
             }
         }
+        let nibbles = allow_nibbles
+            && k.is_multiple_of(8)
+            && parts.iter().all(|&(dtype, _, _)| packs_in_nibbles(dtype));
         let total = parts.iter().map(|p| p.2).sum();
-        let mut m = Self::zeros(total, k, block);
+        let mut m = Self::zeros(total, k, block, nibbles);
         let nb = k / block;
         let (mut qs, mut scales, mut offsets) =
             (&mut m.qs[..], &mut m.scales[..], &mut m.offsets[..]);
         for &(dtype, data, n) in parts {
             let tiles = n.div_ceil(TILE);
-            let (q, rest_q) = qs.split_at_mut(tiles * TILE * k);
+            let (q, rest_q) = qs.split_at_mut(tiles * tile_bytes(k, nibbles));
             let (s, rest_s) = scales.split_at_mut(tiles * TILE * nb);
             let (o, rest_o) = offsets.split_at_mut(tiles * TILE * nb);
-            pack_tiles(dtype, data, n, k, nb, threads, q, s, o);
+            pack_tiles(dtype, data, n, k, nb, nibbles, threads, q, s, o);
             (qs, scales, offsets) = (rest_q, rest_s, rest_o);
         }
         Ok(m)
     }
 
-    fn zeros(n: usize, k: usize, block: usize) -> Self {
+    fn zeros(n: usize, k: usize, block: usize, nibbles: bool) -> Self {
         let tiles = n.div_ceil(TILE);
         Self {
             n,
             k,
             block,
-            qs: vec![0; tiles * TILE * k],
+            nibbles,
+            qs: vec![0; tiles * tile_bytes(k, nibbles)],
             scales: vec![0.0; tiles * TILE * (k / block)],
             offsets: vec![0.0; tiles * TILE * (k / block)],
         }
@@ -179,6 +257,7 @@ impl PackedMatrix {
             r,
             k,
             nb,
+            self.nibbles,
             u,
             s,
             o,
@@ -191,7 +270,7 @@ impl PackedMatrix {
         let first = parts.first()?;
         if parts
             .iter()
-            .any(|p| p.k != first.k || p.block != first.block)
+            .any(|p| p.k != first.k || p.block != first.block || p.nibbles != first.nibbles)
         {
             return None;
         }
@@ -200,22 +279,23 @@ impl PackedMatrix {
         // their tiles as they are; otherwise rows move one by one.
         let (head, _) = parts.split_at(parts.len() - 1);
         if head.iter().all(|p| p.n.is_multiple_of(TILE)) {
-            return Some(PackedMatrix {
+            let mut out = PackedMatrix {
                 n,
                 k: first.k,
                 block: first.block,
-                qs: parts.iter().flat_map(|p| p.qs.iter().copied()).collect(),
-                scales: parts
-                    .iter()
-                    .flat_map(|p| p.scales.iter().copied())
-                    .collect(),
-                offsets: parts
-                    .iter()
-                    .flat_map(|p| p.offsets.iter().copied())
-                    .collect(),
-            });
+                nibbles: first.nibbles,
+                qs: Vec::with_capacity(parts.iter().map(|p| p.qs.len()).sum()),
+                scales: Vec::with_capacity(parts.iter().map(|p| p.scales.len()).sum()),
+                offsets: Vec::with_capacity(parts.iter().map(|p| p.offsets.len()).sum()),
+            };
+            for p in parts {
+                out.qs.extend_from_slice(&p.qs);
+                out.scales.extend_from_slice(&p.scales);
+                out.offsets.extend_from_slice(&p.offsets);
+            }
+            return Some(out);
         }
-        let mut out = Self::zeros(n, first.k, first.block);
+        let mut out = Self::zeros(n, first.k, first.block, first.nibbles);
         let mut r0 = 0;
         for p in parts {
             for r in 0..p.n {
@@ -234,8 +314,9 @@ impl PackedMatrix {
         let nb = self.blocks_per_row();
         let mut u = vec![0u8; self.k];
         for g in 0..groups {
-            let at = ((t * groups + g) * TILE + lane) * 4;
-            u[g * 4..g * 4 + 4].copy_from_slice(&self.qs[at..at + 4]);
+            for j in 0..4 {
+                u[g * 4 + j] = self.u_at(t, lane, g, j);
+            }
         }
         let s = (0..nb)
             .map(|b| self.scales[(t * nb + b) * TILE + lane])
@@ -267,6 +348,7 @@ fn pack_tiles(
     n: usize,
     k: usize,
     nb: usize,
+    nibbles: bool,
     threads: usize,
     qs: &mut [u8],
     scales: &mut [f32],
@@ -276,7 +358,7 @@ fn pack_tiles(
     let tiles = n.div_ceil(TILE);
     let threads = threads.clamp(1, tiles);
     let per = tiles.div_ceil(threads);
-    let qs_chunks = qs.chunks_mut(per * TILE * k);
+    let qs_chunks = qs.chunks_mut(per * tile_bytes(k, nibbles));
     let scale_chunks = scales.chunks_mut(per * TILE * nb);
     let offset_chunks = offsets.chunks_mut(per * TILE * nb);
     std::thread::scope(|scope| {
@@ -296,7 +378,18 @@ fn pack_tiles(
                         &mut s,
                         &mut o,
                     );
-                    place_row(qs, scales, offsets, r - first_row, k, nb, &u, &s, &o);
+                    place_row(
+                        qs,
+                        scales,
+                        offsets,
+                        r - first_row,
+                        k,
+                        nb,
+                        nibbles,
+                        &u,
+                        &s,
+                        &o,
+                    );
                 }
             });
         }
@@ -313,15 +406,26 @@ fn place_row(
     r: usize,
     k: usize,
     nb: usize,
+    nibbles: bool,
     u: &[u8],
     s: &[f32],
     o: &[f32],
 ) {
     let (t, lane) = (r / TILE, r % TILE);
-    let groups = k / 4;
-    for g in 0..groups {
-        let at = ((t * groups + g) * TILE + lane) * 4;
-        qs[at..at + 4].copy_from_slice(&u[g * 4..g * 4 + 4]);
+    if nibbles {
+        let pairs = k / 8;
+        for pair in 0..pairs {
+            let at = ((t * pairs + pair) * TILE + lane) * 4;
+            for j in 0..4 {
+                qs[at + j] = u[pair * 8 + j] | (u[pair * 8 + 4 + j] << 4);
+            }
+        }
+    } else {
+        let groups = k / 4;
+        for g in 0..groups {
+            let at = ((t * groups + g) * TILE + lane) * 4;
+            qs[at..at + 4].copy_from_slice(&u[g * 4..g * 4 + 4]);
+        }
     }
     for b in 0..nb {
         let at = (t * nb + b) * TILE + lane;
@@ -578,14 +682,16 @@ mod tests {
             quantised(32, 256, GgmlDType::Q4K, 4.0),
             quantised(21, 256, GgmlDType::Q5K, 5.0),
         );
-        let a = PackedMatrix::from_ggml(GgmlDType::Q4K, &qa, 32, 256).unwrap();
-        let b = PackedMatrix::from_ggml(GgmlDType::Q5K, &qb, 21, 256).unwrap();
+        // Q5_K's u needs 5 bits, so the stack is bytes throughout.
+        let a = PackedMatrix::from_ggml_bytes(GgmlDType::Q4K, &qa, 32, 256).unwrap();
+        let b = PackedMatrix::from_ggml_bytes(GgmlDType::Q5K, &qb, 21, 256).unwrap();
         let alone = PackedMatrix::concat_rows(&[&a, &b]).unwrap();
         for threads in [1, 3] {
             let stacked = PackedMatrix::stacked_on(
                 &[(GgmlDType::Q4K, &qa, 32), (GgmlDType::Q5K, &qb, 21)],
                 256,
                 threads,
+                true,
             )
             .unwrap();
             assert_eq!((stacked.n, &stacked.qs), (alone.n, &alone.qs));
@@ -595,13 +701,15 @@ mod tests {
         // A part of partial tiles before another, or mixed block sizes, is refused.
         assert!(PackedMatrix::from_ggml_stacked(
             &[(GgmlDType::Q5K, &qb, 21), (GgmlDType::Q4K, &qa, 32)],
-            256
+            256,
+            FourBit::Bytes
         )
         .is_err());
         let q6 = quantised(32, 256, GgmlDType::Q6K, 6.0);
         assert!(PackedMatrix::from_ggml_stacked(
             &[(GgmlDType::Q4K, &qa, 32), (GgmlDType::Q6K, &q6, 32)],
-            256
+            256,
+            FourBit::Bytes
         )
         .is_err());
     }

@@ -9,7 +9,7 @@ use super::{Kernels, LoadOptions, Model, ModelInfo};
 use crate::chat::ChatTemplate;
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
-use crate::kernels::packed::PackedMatrix;
+use crate::kernels::packed::{FourBit, PackedMatrix};
 use crate::tokenizer::ModelTokenizer;
 use candle_core::{Device, Tensor};
 use std::path::Path;
@@ -90,6 +90,10 @@ pub(super) fn load(
 fn build(g: &mut GgufFile, config: ModelConfig, opts: &LoadOptions) -> Result<Transformer> {
     let dev = &opts.device;
     let kernels = opts.kernels;
+    let four_bit = opts.four_bit.unwrap_or_else(|| {
+        FourBit::for_model_bytes(std::fs::metadata(&g.path).map_or(0, |m| m.len()))
+    });
+    let packed = Some((opts.int8_kernel, four_bit));
     let dense = |g: &mut GgufFile, name: &str| -> Result<Tensor> {
         Ok(g.tensor(name, dev)?.dequantize(dev)?)
     };
@@ -97,7 +101,7 @@ fn build(g: &mut GgufFile, config: ModelConfig, opts: &LoadOptions) -> Result<Tr
         let q = g.tensor(name, dev)?;
         Ok(match kernels {
             Kernels::DenseF32 => Linear::Dense(q.dequantize(dev)?),
-            Kernels::Packed => Linear::from_qtensor(q, dev, Some(opts.int8_kernel))?,
+            Kernels::Packed => Linear::from_qtensor(q, dev, packed)?,
             Kernels::Candle => Linear::from_qtensor(q, dev, None)?,
         })
     };
@@ -127,14 +131,14 @@ fn build(g: &mut GgufFile, config: ModelConfig, opts: &LoadOptions) -> Result<Tr
                     .zip(&shapes)
                     .map(|((q, d), s)| (q.dtype(), d.as_ref(), s.0))
                     .collect();
-                if let Ok(p) = PackedMatrix::from_ggml_stacked(&parts, k) {
+                if let Ok(p) = PackedMatrix::from_ggml_stacked(&parts, k, four_bit) {
                     return Ok(vec![Linear::Packed(Arc::new(p), opts.int8_kernel)]);
                 }
             }
             drop(datas);
             let apart = tensors
                 .into_iter()
-                .map(|q| Linear::from_qtensor(q, dev, Some(opts.int8_kernel)))
+                .map(|q| Linear::from_qtensor(q, dev, packed))
                 .collect::<candle_core::Result<Vec<_>>>()?;
             let refs: Vec<&Linear> = apart.iter().collect();
             return Ok(Linear::fuse(&refs).map_or(apart, |f| vec![f]));

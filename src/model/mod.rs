@@ -41,6 +41,9 @@ pub struct LoadOptions {
     /// Force the MLP activation (tests use this to match a reference with a known
     /// deviation; never needed in normal use).
     pub activation_override: Option<Activation>,
+    /// How 4-bit weights are held (None: by model size, see `FourBit::for_model_bytes`);
+    /// the results are the same bits either way.
+    pub four_bit: Option<crate::kernels::packed::FourBit>,
 }
 
 impl Default for LoadOptions {
@@ -51,6 +54,7 @@ impl Default for LoadOptions {
             int8_kernel: best_path(),
             ops: OpPath::Fused,
             activation_override: None,
+            four_bit: None,
         }
     }
 }
