@@ -47,19 +47,17 @@ pub fn fetch(entry: &ModelEntry, opts: &FetchOptions) -> Result<PathBuf> {
     // One download per model at a time, across processes (array tasks on a shared
     // cache): the others wait here, then find the file in place.
     let lock_path = dir.join(".fetch.lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_path(&lock_path)?;
-    if lock.try_lock().is_err() {
-        eprintln!(
-            "{}: another process is fetching it; waiting for it to finish",
-            entry.name
-        );
-        lock.lock().with_path(&lock_path)?;
-    }
+    let _lock = match crate::lock::try_lock(&lock_path)? {
+        crate::lock::Attempt::Held(f) => f,
+        crate::lock::Attempt::Busy(f) => {
+            eprintln!(
+                "{}: another process is fetching it; waiting for it to finish",
+                entry.name
+            );
+            f.lock().with_path(&lock_path)?;
+            f
+        }
+    };
     if !opts.force && crate::cache::verified_file(entry).is_ok() {
         return Ok(dest);
     }

@@ -23,6 +23,7 @@ pub mod generate;
 pub mod gguf;
 pub mod gguf_check;
 pub mod kernels;
+pub mod lock;
 pub mod model;
 pub mod option_scoring;
 pub mod registry;

@@ -29,23 +29,16 @@ impl RunDir {
     pub fn open(path: &Path) -> Result<RunDir> {
         std::fs::create_dir_all(path).with_path(path)?;
         let lock_path = path.join("run.lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .with_path(&lock_path)?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
+        let lock = match crate::lock::try_lock(&lock_path)? {
+            crate::lock::Attempt::Held(f) => f,
+            crate::lock::Attempt::Busy(_) => {
                 return Err(run_err(format!(
                     "{} is being written by another affectbench process (it holds {}); wait for it to finish, or choose another --out",
                     path.display(),
                     lock_path.display()
                 )))
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(e).with_path(&lock_path),
-        }
+        };
         let trials_path = path.join("trials.jsonl");
         let trials = OpenOptions::new()
             .create(true)

@@ -103,19 +103,13 @@ pub fn judge_run(
     let parent = path.parent().unwrap_or(dir);
     std::fs::create_dir_all(parent).with_path(parent)?;
     let lock_path = path.with_extension("lock");
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_path(&lock_path)?;
-    if lock.try_lock().is_err() {
+    let crate::lock::Attempt::Held(_lock) = crate::lock::try_lock(&lock_path)? else {
         return Err(judge_err(format!(
             "{} is being written by another affectbench judge (it holds {}); wait for it to finish",
             path.display(),
             lock_path.display()
         )));
-    }
+    };
     let existing = read_second_judge(&path)?;
     if let Some(other) = existing
         .records
