@@ -390,7 +390,8 @@ pub enum SourceArg {
 #[derive(Debug, clap::Args)]
 pub struct ModelArgs {
     /// A registry name, a path to a .gguf file, or a Hugging Face directory with
-    /// config.json, tokenizer.json and *.safetensors (llama, qwen2).
+    /// config.json, tokenizer.json and *.safetensors (llama, qwen2, qwen3); see
+    /// `models inspect` and README "Bring your own model".
     #[arg(long, short)]
     pub model: Option<String>,
 
