@@ -483,17 +483,9 @@ fn decode_row(dtype: GgmlDType, row: &[u8], u: &mut [u8], s: &mut [f32], o: &mut
             }
             GgmlDType::Q4K => {
                 // 256 values: d, dmin, 12 bytes of 6-bit scales/mins, 128 bytes of nibbles.
-                let (d, dmin) = (h(blk, 0), h(blk, 2));
-                let scales: &[u8] = &blk[4..16];
+                k4_scales(blk, &mut s[bi * 8..bi * 8 + 8], &mut o[bi * 8..bi * 8 + 8]);
                 let qs = &blk[16..144];
                 for j in 0..4 {
-                    let (sc1, m1) = scale_min_k4(2 * j, scales);
-                    let (sc2, m2) = scale_min_k4(2 * j + 1, scales);
-                    let sub = bi * 8 + 2 * j;
-                    s[sub] = d * sc1 as f32;
-                    o[sub] = -dmin * m1 as f32;
-                    s[sub + 1] = d * sc2 as f32;
-                    o[sub + 1] = -dmin * m2 as f32;
                     for l in 0..32 {
                         u[bi * 256 + 64 * j + l] = qs[32 * j + l] & 0x0F;
                         u[bi * 256 + 64 * j + 32 + l] = qs[32 * j + l] >> 4;
@@ -503,18 +495,10 @@ fn decode_row(dtype: GgmlDType, row: &[u8], u: &mut [u8], s: &mut [f32], o: &mut
             GgmlDType::Q5K => {
                 // 256 values: d, dmin, 12 bytes of 6-bit scales/mins, qh[32] (the fifth
                 // bit, two sub-blocks per bit pair), qs[128] (nibbles).
-                let (d, dmin) = (h(blk, 0), h(blk, 2));
-                let scales: &[u8] = &blk[4..16];
+                k4_scales(blk, &mut s[bi * 8..bi * 8 + 8], &mut o[bi * 8..bi * 8 + 8]);
                 let qh = &blk[16..48];
                 let qs = &blk[48..176];
                 for j in 0..4 {
-                    let (sc1, m1) = scale_min_k4(2 * j, scales);
-                    let (sc2, m2) = scale_min_k4(2 * j + 1, scales);
-                    let sub = bi * 8 + 2 * j;
-                    s[sub] = d * sc1 as f32;
-                    o[sub] = -dmin * m1 as f32;
-                    s[sub + 1] = d * sc2 as f32;
-                    o[sub + 1] = -dmin * m2 as f32;
                     let (bit1, bit2) = (1u8 << (2 * j), 2u8 << (2 * j));
                     for l in 0..32 {
                         let hi1 = if qh[l] & bit1 != 0 { 16 } else { 0 };
@@ -625,6 +609,17 @@ fn q3k_scales(packed: &[u8]) -> [u8; 16] {
         out[4 * i..4 * i + 4].copy_from_slice(&w.to_le_bytes());
     }
     out
+}
+
+/// The eight 32-value sub-blocks' s = d*sc and o = -dmin*m of a Q4_K or Q5_K block,
+/// which both start with d, dmin and twelve bytes of 6-bit scales and mins.
+fn k4_scales(blk: &[u8], s: &mut [f32], o: &mut [f32]) {
+    let (d, dmin) = (h(blk, 0), h(blk, 2));
+    for sub in 0..8 {
+        let (sc, m) = scale_min_k4(sub, &blk[4..16]);
+        s[sub] = d * sc as f32;
+        o[sub] = -dmin * m as f32;
+    }
 }
 
 /// ggml's unpacking of the 6-bit scale and min of Q4_K sub-block j.

@@ -371,32 +371,22 @@ pub fn analyse(data: &RunData, options: &ReportOptions) -> Analysis {
             },
         )
         .collect();
-    // cell -> (seed, repetition) -> score, for tests paired by repetition
+    // cell -> (seed, repetition) -> score, for tests paired by repetition; cell -> scores.
     let mut by_repetition: BTreeMap<CellKey, BTreeMap<(u64, usize), f64>> = BTreeMap::new();
-    for s in &scores {
-        by_repetition
-            .entry((
-                s.model.clone(),
-                s.instrument.clone(),
-                s.subscale.clone(),
-                s.condition.clone(),
-                s.readout,
-            ))
-            .or_default()
-            .insert((s.seed, s.repetition), s.value);
-    }
     let mut groups: BTreeMap<CellKey, Vec<f64>> = BTreeMap::new();
     for s in &scores {
-        groups
-            .entry((
-                s.model.clone(),
-                s.instrument.clone(),
-                s.subscale.clone(),
-                s.condition.clone(),
-                s.readout,
-            ))
+        let key: CellKey = (
+            s.model.clone(),
+            s.instrument.clone(),
+            s.subscale.clone(),
+            s.condition.clone(),
+            s.readout,
+        );
+        by_repetition
+            .entry(key.clone())
             .or_default()
-            .push(s.value);
+            .insert((s.seed, s.repetition), s.value);
+        groups.entry(key).or_default().push(s.value);
     }
     let order = |c: &str| conds.iter().position(|x| x.name == c).unwrap_or(usize::MAX);
     let mut cells: Vec<CellStats> = groups

@@ -225,20 +225,13 @@ pub fn completion_scores(data: &RunData) -> Vec<CompletionScore> {
                     .judge_detail
                     .as_ref()
                     .zip(t.judge.as_ref())
-                    .map(|(d, j)| {
-                        d.by_order
-                            .iter()
-                            .map(|p| p.iter().zip(&j.values).map(|(p, v)| p * v).sum())
-                            .collect()
-                    })
+                    .map(|(d, j)| d.by_order.iter().map(|p| expected(p, &j.values)).collect())
                     .unwrap_or_default(),
-                judge_content_free: t.judge_detail.as_ref().zip(t.judge.as_ref()).map(|(d, j)| {
-                    d.content_free
-                        .iter()
-                        .zip(&j.values)
-                        .map(|(p, v)| p * v)
-                        .sum()
-                }),
+                judge_content_free: t
+                    .judge_detail
+                    .as_ref()
+                    .zip(t.judge.as_ref())
+                    .map(|(d, j)| expected(&d.content_free, &j.values)),
                 compliant: t.continues_stem,
                 second_judges: second
                     .get(&(t.trial_id.as_str(), t.seed, t.model.as_str()))
