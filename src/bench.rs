@@ -4,7 +4,7 @@
 //! is the median of `repeats` timed runs after one warm-up.
 
 use crate::error::{Error, Result};
-use crate::generate::{decode_lockstep, extend_rows};
+use crate::generate::{decode_lockstep, extend_each_capturing};
 use crate::model::{KvCache, LogitsAt, Model};
 use crate::option_scoring::option_logprobs_rows;
 use crate::rng::Stream;
@@ -53,6 +53,10 @@ pub struct BenchReport {
     /// The same pass with every item prefilled alone (the reference for the batching
     /// gain); None where skipped.
     pub questionnaire_items_s_unbatched: Option<f64>,
+    /// The batched pass capturing every block's residual stream (answer position and
+    /// prefix mean, as a [capture] study); None where skipped.
+    #[serde(default)]
+    pub questionnaire_items_s_capture: Option<f64>,
     /// Seconds to load the model (set by the caller, which loads it).
     pub load_seconds: Option<f64>,
     /// Peak resident memory of the whole process (VmHWM), which holds the model and every
@@ -118,21 +122,52 @@ pub fn questionnaire_pass(
     options: &[Vec<u32>],
     batch_size: usize,
 ) -> Result<Vec<Vec<f64>>> {
-    let shared = prefill(model, prefix)?;
+    Ok(questionnaire_pass_capturing(model, prefix, items, options, batch_size, &[])?.0)
+}
+
+/// `questionnaire_pass` capturing the residual stream after the blocks in `capture` as
+/// a [capture] study does: the prefix's mean and each item's answer position. Returns
+/// the option log-probabilities and the number of captured vectors.
+pub fn questionnaire_pass_capturing(
+    model: &Model,
+    prefix: &[u32],
+    items: &[Vec<u32>],
+    options: &[Vec<u32>],
+    batch_size: usize,
+    capture: &[usize],
+) -> Result<(Vec<Vec<f64>>, usize)> {
+    let mut shared = KvCache::new(model.transformer.config.n_layer);
+    let (_, taps) = model.transformer.forward_capturing(
+        &[prefix.to_vec()],
+        &mut shared,
+        &LogitsAt::Last,
+        capture,
+    )?;
+    let prefix_means = taps
+        .iter()
+        .map(|t| t.mean(1)?.squeeze(0)?.to_vec1::<f32>())
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let mut vectors = prefix_means.len();
     let mut out = vec![Vec::new(); items.len()];
     let indices: Vec<usize> = (0..items.len()).collect();
     for batch in indices.chunks(batch_size.max(1)) {
         let suffixes: Vec<Vec<u32>> = batch.iter().map(|&i| items[i].clone()).collect();
-        let prefilled = extend_rows(model, &shared, &suffixes)?;
+        let prefilled = extend_each_capturing(
+            model,
+            vec![shared.clone(); suffixes.len()],
+            &suffixes,
+            capture,
+        )?;
+        vectors += prefilled.iter().map(|e| e.states.len()).sum::<usize>();
         let rows: Vec<_> = prefilled
             .iter()
-            .map(|(cache, logits)| (cache, &logits[..], options))
+            .map(|e| (&e.cache, &e.logits[..], options))
             .collect();
         for (&i, lps) in batch.iter().zip(option_logprobs_rows(model, &rows)?) {
             out[i] = lps;
         }
     }
-    Ok(out)
+    Ok((out, vectors))
 }
 
 fn peak_rss_bytes() -> u64 {
@@ -153,6 +188,8 @@ fn peak_rss_bytes() -> u64 {
 pub enum Optional {
     Batch32,
     Unbatched,
+    /// The questionnaire with every block's residual stream captured.
+    Capture,
 }
 
 /// Runs every workload but `skip`; `progress` is told what is being measured.
@@ -222,6 +259,16 @@ pub fn run_bench(
         })?)
     };
 
+    let capture_s = if skip.contains(&Optional::Capture) {
+        None
+    } else {
+        progress("questionnaire, capturing every block");
+        let all: Vec<usize> = (0..=model.transformer.config.n_layer).collect();
+        Some(timed(repeats, || {
+            questionnaire_pass_capturing(model, &prefix, &items, &options, ROWS, &all).map(|_| ())
+        })?)
+    };
+
     Ok(BenchReport {
         model: model.info.label.clone(),
         threads,
@@ -235,6 +282,7 @@ pub fn run_bench(
         questionnaire_prefix_tokens: prefix.len(),
         questionnaire_items_s: items.len() as f64 / pass_s,
         questionnaire_items_s_unbatched: unbatched_s.map(|s| items.len() as f64 / s),
+        questionnaire_items_s_capture: capture_s.map(|s| items.len() as f64 / s),
         peak_rss_bytes: peak_rss_bytes(),
         load_seconds: None,
     })

@@ -3,9 +3,10 @@
 
 use crate::error::{Error, Result};
 use crate::kernels::DisjointMut;
-use crate::model::{KvCache, Model};
+use crate::model::{KvCache, LogitsAt, Model};
 use crate::rng::Stream;
 use crate::sampling::{sample, Sampling};
+use candle_core::{DType, IndexOp};
 use std::time::Instant;
 
 /// What a generation did, with its throughput.
@@ -273,22 +274,68 @@ pub fn extend_rows(
 /// way each row is bit-identical to extending it alone.
 pub fn extend_each(
     model: &Model,
-    mut caches: Vec<KvCache>,
+    caches: Vec<KvCache>,
     suffixes: &[Vec<u32>],
 ) -> Result<Vec<(KvCache, Vec<f32>)>> {
+    Ok(extend_each_capturing(model, caches, suffixes, &[])?
+        .into_iter()
+        .map(|e| (e.cache, e.logits))
+        .collect())
+}
+
+/// One row extended by `extend_each_capturing`.
+pub struct Extended {
+    pub cache: KvCache,
+    pub logits: Vec<f32>,
+    /// The residual stream at the row's last position after each captured block.
+    pub states: Vec<Vec<f32>>,
+}
+
+/// `extend_each`, also capturing each row's residual stream at its last position after
+/// the blocks in `capture` (see `model::residual`); the logits do not change.
+pub fn extend_each_capturing(
+    model: &Model,
+    mut caches: Vec<KvCache>,
+    suffixes: &[Vec<u32>],
+    capture: &[usize],
+) -> Result<Vec<Extended>> {
     if suffixes.len() == 1 || !model.transformer.batch_invariant() {
         // One row, or kernels whose rows change with the batch: each row alone.
         return caches
             .into_iter()
             .zip(suffixes)
             .map(|(mut cache, s)| {
-                let logits = model.transformer.last_logits(s, &mut cache)?;
-                Ok((cache, logits))
+                let (logits, taps) = model.transformer.forward_capturing(
+                    std::slice::from_ref(s),
+                    &mut cache,
+                    &LogitsAt::Last,
+                    capture,
+                )?;
+                let logits = logits.i((0, 0))?.to_dtype(DType::F32)?.to_vec1()?;
+                let states = taps
+                    .iter()
+                    .map(|t| t.i((0, s.len() - 1))?.to_vec1::<f32>())
+                    .collect::<candle_core::Result<_>>()?;
+                Ok(Extended {
+                    cache,
+                    logits,
+                    states,
+                })
             })
             .collect();
     }
-    let logits = model
-        .transformer
-        .last_logits_ragged(suffixes, &mut caches)?;
-    Ok(caches.into_iter().zip(logits).collect())
+    let (logits, states) =
+        model
+            .transformer
+            .last_logits_ragged_capturing(suffixes, &mut caches, capture)?;
+    Ok(caches
+        .into_iter()
+        .zip(logits)
+        .zip(states)
+        .map(|((cache, logits), states)| Extended {
+            cache,
+            logits,
+            states,
+        })
+        .collect())
 }

@@ -9,6 +9,10 @@
 //! - `kernels`, `model`: the forward pass (our own, on candle ops, with packed int8 CPU
 //!   kernels) and candle-transformers' as a reference.
 //! - `sampling`, `generate`: seeded, per-sequence sampling and the generation loop.
+//! - `scenario`, `study`, `results`: experiments as data, the resumable runner, and the
+//!   typed results contract every reader uses.
+//! - `report`, `probe`: statistics, tables and figures from run directories; linear
+//!   probes of captured hidden states and the steering directions they give.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -26,6 +30,7 @@ pub mod kernels;
 pub mod lock;
 pub mod model;
 pub mod option_scoring;
+pub mod probe;
 pub mod registry;
 pub mod report;
 pub mod results;

@@ -240,6 +240,30 @@ fn validation_rejects_each_impossible_design_with_file_line_and_fix() {
         ),
         (
             "studies/smoke.toml",
+            "[completion]",
+            "[[steering]]\ndirection = \"sadness\"\nblock = 3\ndepth = 0.5\nalphas = [1]\ninstruments = [\"sadness-state\"]\n\n[completion]",
+            "exactly one of block",
+        ),
+        (
+            "studies/smoke.toml",
+            "[completion]",
+            "[[steering]]\ndirection = \"sadness\"\nblock = 3\nalphas = []\ninstruments = [\"sadness-state\"]\n\n[completion]",
+            "non-empty list",
+        ),
+        (
+            "studies/smoke.toml",
+            "[completion]",
+            "[capture]\nblocks = \"most\"\n\n[completion]",
+            "use \"all\"",
+        ),
+        (
+            "studies/smoke.toml",
+            "[completion]\ntask = \"sentence-stems\"\nconditions = [\"baseline\", \"sadness/breathing\"]",
+            "[[steering]]\ndirection = \"sadness\"\nblock = 3\nalphas = [1]\ninstruments = [\"sadness-state\"]\n\n[completion]\ntask = \"sentence-stems\"\nconditions = [\"baseline\", \"steer-sadness@+1\"]",
+            "is steered",
+        ),
+        (
+            "studies/smoke.toml",
             "max_tokens = 12",
             "max_tokens = 0",
             "max_tokens >= 1",

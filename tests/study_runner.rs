@@ -164,6 +164,7 @@ fn config(model: &Path, out: &Path, max_trials: Option<usize>, seed: Option<u64>
         progress_every: std::time::Duration::from_secs(30),
         sources: Default::default(),
         shard: None,
+        directions: Vec::new(),
     }
 }
 

@@ -2,7 +2,8 @@
 
 use super::{
     BenchArgs, Cli, Command, EngineArgs, GenerateArgs, Int8KernelArg, JudgeArgs, MergeArgs,
-    ModelArgs, ModelsCommand, OpsArg, ReportArgs, RunArgs, SourceArg, TokenizeArgs, ValidateArgs,
+    ModelArgs, ModelsCommand, OpsArg, ProbeArgs, ReportArgs, RunArgs, SourceArg, TokenizeArgs,
+    ValidateArgs,
 };
 use affectbench::cache;
 use affectbench::chat::Message;
@@ -49,6 +50,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench(&registry, args, threads),
         Command::ValidateInstrument(args) => validate_instrument(&registry, args, &detected),
         Command::Judge(args) => judge(&registry, args, threads),
+        Command::Probe(args) => probe(args),
     }
 }
 
@@ -61,7 +63,9 @@ fn uses_candle_ops(command: &Command) -> bool {
         Command::ValidateInstrument(a) => &a.model.engine,
         Command::Judge(a) => &a.model.engine,
         Command::Run(a) => &a.engine,
-        Command::Models(_) | Command::Report(_) | Command::Merge(_) => return false,
+        Command::Models(_) | Command::Report(_) | Command::Merge(_) | Command::Probe(_) => {
+            return false
+        }
     };
     engine.candle_kernels || matches!(engine.ops, OpsArg::Reference) || engine.device != "cpu"
 }
@@ -460,6 +464,7 @@ fn run_study(registry: &Registry, args: RunArgs, threads: &Detected<usize>) -> R
         progress_every: std::time::Duration::from_secs_f64(args.progress_every.max(0.01)),
         shard,
         sources,
+        directions: args.directions.clone(),
     };
     affectbench::study::interrupt::install().context("installing the signal handlers")?;
     eprintln!("results: {}", cfg.out_dir.display());
@@ -567,6 +572,7 @@ fn validate_instrument(
         progress_every: std::time::Duration::from_secs(30),
         shard: None,
         sources,
+        directions: Vec::new(),
     };
     affectbench::study::interrupt::install().context("installing the signal handlers")?;
     eprintln!("results: {}", cfg.out_dir.display());
@@ -673,6 +679,67 @@ fn merge(args: MergeArgs) -> Result<()> {
     Ok(())
 }
 
+fn probe(args: ProbeArgs) -> Result<()> {
+    use affectbench::probe::{probe_run, ProbeConfig};
+    anyhow::ensure!(
+        args.run.join("run.json").exists(),
+        "{} has no run.json; give the directory `affectbench run` wrote for a study with a [capture] table",
+        args.run.display()
+    );
+    anyhow::ensure!(
+        args.lambda > 0.0 && args.lambda.is_finite(),
+        "--lambda must be a positive number, got {}",
+        args.lambda
+    );
+    let cfg = ProbeConfig {
+        run_dir: args.run.clone(),
+        permutations: args.permutations,
+        lambda: args.lambda,
+        seed: args.seed,
+    };
+    let started = std::time::Instant::now();
+    let outcome = probe_run(&cfg, |task| eprintln!("probing {task}"))?;
+    for s in &outcome.skipped {
+        eprintln!("skipped: {s}");
+    }
+    println!(
+        "{:<28} {:<22} {:>5} {:>9} {:>8} {:>13} {:>10}",
+        "model", "task", "block", "accuracy", "p (max)", "self-report r", "length acc"
+    );
+    for b in &outcome.best {
+        let control = outcome
+            .accuracy
+            .iter()
+            .find(|r| {
+                r.model == b.model && r.task == b.task && r.site == "answer" && r.block == b.block
+            })
+            .map_or(f64::NAN, |r| r.control_accuracy);
+        println!(
+            "{:<28} {:<22} {:>5} {:>9.3} {:>8.3} {:>13.3} {:>10.3}",
+            b.model, b.task, b.block, b.accuracy, b.p_max_over_blocks, b.self_report_r, control
+        );
+    }
+    println!("(best answer-position block per task; p against the best block of each permutation; accuracy averaged per conversation)");
+    for d in &outcome.directions {
+        eprintln!("directions: {}", d.display());
+    }
+    eprintln!(
+        "probed in {:.1} s; tables in {}",
+        started.elapsed().as_secs_f64(),
+        args.run.join(affectbench::probe::PROBES_DIR).display()
+    );
+    if args.report {
+        report(ReportArgs {
+            runs: vec![args.run.clone()],
+            out: None,
+            seed: None,
+            resamples: 2000,
+            equivalence_margin: 0.5,
+        })?;
+    }
+    Ok(())
+}
+
 fn report(args: ReportArgs) -> Result<()> {
     let out = args.out.clone().unwrap_or_else(|| args.runs[0].clone());
     let options = affectbench::report::ReportOptions {
@@ -753,6 +820,7 @@ fn bench(registry: &Registry, args: BenchArgs, threads: usize) -> Result<()> {
         .map(|s| match s {
             super::SkipArg::Batch32 => affectbench::bench::Optional::Batch32,
             super::SkipArg::Unbatched => affectbench::bench::Optional::Unbatched,
+            super::SkipArg::Capture => affectbench::bench::Optional::Capture,
         })
         .collect();
     let mut report = run_bench(&model, &q, threads, args.repeats, &skip, |what| {
@@ -793,6 +861,16 @@ fn bench(registry: &Registry, args: BenchArgs, threads: usize) -> Result<()> {
         println!(
             "  same, items prefilled alone   {} items/s",
             or_skipped(report.questionnaire_items_s_unbatched, 2)
+        );
+        println!(
+            "  same, capturing every block   {} items/s{}",
+            or_skipped(report.questionnaire_items_s_capture, 2),
+            report
+                .questionnaire_items_s_capture
+                .map_or(String::new(), |c| format!(
+                    " ({:.3}x the pass without capture)",
+                    c / report.questionnaire_items_s
+                ))
         );
         println!(
             "peak RSS                        {:>9.1} MB",

@@ -120,6 +120,48 @@ pub enum Command {
     ///
     ///   affectbench judge results/2026-11-21-affect-induction-smollm2-135m-instruct --model qwen2.5-coder-0.5b-instruct
     Judge(JudgeArgs),
+
+    /// Fit linear probes to the hidden states a [capture] run stored, and write the
+    /// steering directions.
+    ///
+    /// For every pair of conditions the design supports (each induced emotion vs the
+    /// neutral text, each regulated vs unregulated induction, the instructed high vs low
+    /// state) and every captured block, an L2 logistic probe on standardised states is
+    /// cross-validated across held-out induction variants (it never sees the test
+    /// texts), at the answer position and on the mean over the conversation. Each
+    /// accuracy comes with a permutation null (condition labels shuffled between
+    /// conversations), a control task (decoding the conversation's length) and the
+    /// correlation of the probe's score with the self-report. Writes RUN_DIR/probes/:
+    /// probe_accuracy.csv, probe_self_report.csv, probe.json and
+    /// directions-<model>.safetensors (condition a minus b at the answer position, per
+    /// block), which `run --directions` reads for [[steering]] studies. The report shows
+    /// the curves when the files are there.
+    ///
+    ///   affectbench run scenarios/studies/internal-states.toml --out results/states
+    ///   affectbench probe results/states
+    Probe(ProbeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ProbeArgs {
+    /// A run directory of a study with a [capture] table.
+    pub run: PathBuf,
+
+    /// Label permutations for each accuracy's null (p-values resolve to 1/(N+1)).
+    #[arg(long, default_value_t = 100)]
+    pub permutations: usize,
+
+    /// L2 penalty on standardised states (mean log-loss + lambda/2 |w|^2).
+    #[arg(long, default_value_t = 0.1)]
+    pub lambda: f64,
+
+    /// Seed of the permutations.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+
+    /// Rewrite the report of RUN_DIR afterwards (into RUN_DIR).
+    #[arg(long)]
+    pub report: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -177,9 +219,10 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 5)]
     pub repeats: usize,
 
-    /// Workloads to leave out (repeatable): batch32 (32 sequences decoded in lockstep)
-    /// and unbatched (the questionnaire with items prefilled alone); both are slow on
-    /// 8B+ models on a few cores.
+    /// Workloads to leave out (repeatable): batch32 (32 sequences decoded in lockstep),
+    /// unbatched (the questionnaire with items prefilled alone; both are slow on 8B+
+    /// models on a few cores) and capture (the questionnaire capturing every block's
+    /// residual stream, to measure what a [capture] study costs).
     #[arg(long, value_enum)]
     pub skip: Vec<SkipArg>,
 
@@ -259,8 +302,16 @@ pub struct RunArgs {
     #[arg(long)]
     pub max_trials: Option<usize>,
 
+    /// Steering directions for a study with [[steering]] conditions: the file
+    /// `affectbench probe RUN_DIR` wrote from a [capture] run of the same model
+    /// (RUN_DIR/probes/directions-<model>.safetensors). Repeat it for several models;
+    /// each model takes the file made from its own weights (by sha256). The run keeps a
+    /// copy, so --resume needs no flag.
+    #[arg(long, value_name = "FILE")]
+    pub directions: Vec<PathBuf>,
+
     /// Continue the run in this directory with its own settings.
-    #[arg(long, conflicts_with_all = ["study", "model", "seed", "repetitions", "out", "shard", "scenarios"])]
+    #[arg(long, conflicts_with_all = ["study", "model", "seed", "repetitions", "out", "shard", "scenarios", "directions"])]
     pub resume: Option<PathBuf>,
 
     /// The scenarios directory (default: the study file's grandparent, else ./scenarios).
@@ -377,6 +428,8 @@ pub enum ModelsCommand {
 pub enum SkipArg {
     Batch32,
     Unbatched,
+    /// The questionnaire capturing every block's residual stream.
+    Capture,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

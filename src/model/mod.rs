@@ -12,6 +12,7 @@ pub mod linear;
 mod load_gguf;
 mod load_safetensors;
 pub mod reference;
+pub mod residual;
 pub mod transformer;
 
 pub use config::{Activation, Arch, ModelConfig};
@@ -89,7 +90,8 @@ pub struct ModelInfo {
     pub arch: Arch,
 }
 
-/// A ready-to-run model.
+/// A ready-to-run model (cloning shares the weights).
+#[derive(Clone)]
 pub struct Model {
     pub transformer: Transformer,
     pub tokenizer: ModelTokenizer,

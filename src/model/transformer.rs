@@ -11,6 +11,9 @@ use super::kv_cache::KvCache;
 use super::linear::Linear;
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
 
+/// One row's captured residual stream: a d_model vector per captured block.
+pub type RowStates = Vec<Vec<f32>>;
+
 /// One decoder layer's weights.
 #[derive(Debug, Clone)]
 pub struct Layer {
@@ -76,6 +79,9 @@ pub struct Transformer {
     rope_local_flat: (Vec<f32>, Vec<f32>),
     /// Which implementation of attention and the gated activation runs (see `OpPath`).
     pub op_path: OpPath,
+    /// Vectors added to the residual stream (see `residual::Steering`); empty for an
+    /// unsteered model, whose arithmetic is then untouched.
+    pub(crate) steering: Vec<super::residual::Steering>,
 }
 
 /// How attention and the gated activation are computed.
@@ -156,6 +162,7 @@ impl Transformer {
             rope_global_flat,
             rope_local_flat,
             op_path,
+            steering: Vec::new(),
         })
     }
 
@@ -203,6 +210,21 @@ impl Transformer {
         cache: &mut KvCache,
         at: &LogitsAt,
     ) -> Result<Tensor> {
+        Ok(self.forward_capturing(tokens, cache, at, &[])?.0)
+    }
+
+    /// `forward`, also returning the residual stream after each of `capture` blocks
+    /// (0: the embeddings; see `residual`) at every new position, each (b, s, d) f32.
+    /// Capturing copies the stream and changes no arithmetic: the logits are the same
+    /// bits as `forward`'s (tested).
+    pub fn forward_capturing(
+        &self,
+        tokens: &[Vec<u32>],
+        cache: &mut KvCache,
+        at: &LogitsAt,
+        capture: &[usize],
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        self.check_capture(capture)?;
         let b = tokens.len();
         let s = tokens.first().map(|t| t.len()).unwrap_or(0);
         if b == 0 || s == 0 || tokens.iter().any(|t| t.len() != s) {
@@ -221,9 +243,11 @@ impl Transformer {
                 self.max_positions()
             );
         }
-        let mut x = self.embed(tokens)?;
+        let mut taps = vec![None; capture.len()];
+        let mut x = self.after_block(0, self.embed(tokens)?, capture, &mut taps)?;
         for (i, layer) in self.layers.iter().enumerate() {
             x = self.layer_forward(i, layer, &x, cache, offset)?;
+            x = self.after_block(i + 1, x, capture, &mut taps)?;
         }
         cache.advance(s, b);
         let x = match at {
@@ -241,7 +265,7 @@ impl Transformer {
             }
         };
         let x = self.rms_norm(&x, &self.final_norm)?;
-        self.logits(&x)
+        Ok((self.logits(&x)?, taps.into_iter().flatten().collect()))
     }
 
     /// The output projection, soft-capped where the architecture asks for it.
@@ -263,6 +287,19 @@ impl Transformer {
         rows: &[Vec<u32>],
         caches: &mut [KvCache],
     ) -> Result<Vec<Vec<f32>>> {
+        Ok(self.last_logits_ragged_capturing(rows, caches, &[])?.0)
+    }
+
+    /// `last_logits_ragged`, also returning each row's residual stream at its last
+    /// position after each of `capture` blocks: `states[row][k]` is the d-vector after
+    /// block `capture[k]`. The logits are the same bits as without capture.
+    pub fn last_logits_ragged_capturing(
+        &self,
+        rows: &[Vec<u32>],
+        caches: &mut [KvCache],
+        capture: &[usize],
+    ) -> Result<(Vec<Vec<f32>>, Vec<RowStates>)> {
+        self.check_capture(capture)?;
         if rows.is_empty() || rows.len() != caches.len() || rows.iter().any(|r| r.is_empty()) {
             candle_core::bail!("last_logits_ragged needs one non-empty row per cache");
         }
@@ -285,9 +322,11 @@ impl Transformer {
             total += r.len();
         }
         let flat: Vec<u32> = rows.iter().flatten().copied().collect();
-        let mut x = self.embed(&[flat])?;
+        let mut taps = vec![None; capture.len()];
+        let mut x = self.after_block(0, self.embed(&[flat])?, capture, &mut taps)?;
         for (i, layer) in self.layers.iter().enumerate() {
             x = self.layer_forward_ragged(i, layer, &x, &spans, caches)?;
+            x = self.after_block(i + 1, x, capture, &mut taps)?;
         }
         for (&(_, len), cache) in spans.iter().zip(caches.iter_mut()) {
             cache.advance(len, 1);
@@ -299,8 +338,20 @@ impl Transformer {
                 .collect::<Vec<_>>(),
             &self.device,
         )?;
+        let mut states = vec![Vec::with_capacity(capture.len()); rows.len()];
+        for tap in taps.into_iter().flatten() {
+            let at_last = tap.index_select(&last, 1)?.squeeze(0)?.to_vec2::<f32>()?;
+            for (row, v) in states.iter_mut().zip(at_last) {
+                row.push(v);
+            }
+        }
         let x = self.rms_norm(&x.index_select(&last, 1)?, &self.final_norm)?;
-        self.logits(&x)?.squeeze(0)?.to_dtype(DType::F32)?.to_vec2()
+        let logits = self
+            .logits(&x)?
+            .squeeze(0)?
+            .to_dtype(DType::F32)?
+            .to_vec2()?;
+        Ok((logits, states))
     }
 
     /// Token embeddings (b, s, d), scaled by sqrt(d) where the architecture asks for it.

@@ -997,6 +997,12 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
             blocks: neg,
         });
     }
+    out.extend(super::internals::sections(
+        data,
+        a,
+        &super::internals::dose_cells(a),
+        &fig,
+    ));
     // Whether anything was measured first, then results as a paper reads; the
     // supporting material after.
     let rank = |t: &str| match t {

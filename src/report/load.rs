@@ -22,6 +22,8 @@ pub struct RunData {
     pub scoring: BTreeMap<String, InstrumentScoring>,
     /// Other models' judgements of the completions (`affectbench judge`), each once.
     pub second_judges: Vec<SecondJudgeRecord>,
+    /// What `affectbench probe` wrote into the runs (`probes/`), if it ran.
+    pub probes: crate::probe::SavedProbes,
     /// Notes for the reader: truncated last lines, duplicate trials across runs.
     pub notes: Vec<String>,
 }
@@ -57,6 +59,7 @@ pub fn load_runs(dirs: &[PathBuf]) -> Result<RunData> {
         calibration: CalibrationTable::new(),
         scoring: BTreeMap::new(),
         second_judges: Vec::new(),
+        probes: Default::default(),
         notes: Vec::new(),
     };
     let mut judged = HashSet::new();
@@ -130,6 +133,10 @@ pub fn load_runs(dirs: &[PathBuf]) -> Result<RunData> {
                 data.second_judges.push(j);
             }
         }
+        let saved = crate::probe::read_saved(dir)?;
+        data.probes.accuracy.extend(saved.accuracy);
+        data.probes.self_report.extend(saved.self_report);
+        data.probes.best.extend(saved.best);
         for s in instrument_scoring(&header)? {
             data.scoring.entry(s.id.clone()).or_insert(s);
         }

@@ -8,6 +8,7 @@
 pub mod analysis;
 pub mod bias;
 pub mod document;
+pub mod internals;
 pub mod judging;
 pub mod lexicon;
 pub mod load;
@@ -70,6 +71,8 @@ pub fn build_report(
         tables_dir.join("calibration.csv"),
         tables_dir.join("label_style_effect.csv"),
     ]);
+    let dose = internals::dose_cells(&a);
+    files.extend(internals::write_csvs(&tables_dir, &data, &a, &dose)?);
     let trials_csv = out_dir.join("trials.csv");
     tables::write_trials_csv(&trials_csv, &data)?;
     files.push(trials_csv);
@@ -77,6 +80,7 @@ pub fn build_report(
     let mut figures = plots::emotion_figures(&a);
     figures.extend(plots::regulation_figure(&a));
     figures.extend(plots::negativity_figure(&a));
+    figures.extend(internals::figures(&data, &dose));
     let mut svgs = Vec::new();
     for fig in &figures {
         let svg = fig.svg()?;

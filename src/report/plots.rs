@@ -11,24 +11,24 @@ use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 
 /// A series: points (x index, estimate, low, high) with a name, colour and marker.
-struct Series {
-    name: String,
-    colour: RGBColor,
-    triangle: bool,
-    points: Vec<(usize, f64, f64, f64)>,
+pub(super) struct Series {
+    pub(super) name: String,
+    pub(super) colour: RGBColor,
+    pub(super) triangle: bool,
+    pub(super) points: Vec<(usize, f64, f64, f64)>,
 }
 
 /// One panel: a title, categorical x labels, y label, and its series.
-struct Panel {
-    title: String,
-    x_labels: Vec<String>,
-    y_desc: String,
-    series: Vec<Series>,
+pub(super) struct Panel {
+    pub(super) title: String,
+    pub(super) x_labels: Vec<String>,
+    pub(super) y_desc: String,
+    pub(super) series: Vec<Series>,
     /// Draw a horizontal reference line at this y (0 for effect sizes).
-    reference: Option<f64>,
+    pub(super) reference: Option<f64>,
     /// The y axis spans at least this range (a scale's full range), so a difference
     /// is seen against what the scale allows, not zoomed to the data.
-    y_range: Option<(f64, f64)>,
+    pub(super) y_range: Option<(f64, f64)>,
 }
 
 /// A figure ready to draw: panels side by side.
@@ -36,10 +36,10 @@ pub struct Figure {
     pub id: String,
     pub title: String,
     pub caption: String,
-    panels: Vec<Panel>,
+    pub(super) panels: Vec<Panel>,
 }
 
-const COLOURS: [RGBColor; 6] = [
+pub(super) const COLOURS: [RGBColor; 6] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
     RGBColor(44, 160, 44),
@@ -274,7 +274,11 @@ fn readout_label(r: Readout) -> &'static str {
 fn emotion_conditions<'a>(a: &'a Analysis, emotion: &str) -> Vec<&'a ConditionInfo> {
     a.conditions
         .iter()
-        .filter(|c| c.is_baseline() || c.is_neutral() || c.induction.as_deref() == Some(emotion))
+        .filter(|c| {
+            c.is_baseline()
+                || c.is_neutral()
+                || (c.steering.is_none() && c.induction.as_deref() == Some(emotion))
+        })
         .collect()
 }
 

@@ -18,14 +18,18 @@ pub struct ConditionInfo {
     /// "breathing", "neutral-control:appliance-manual", ...; None without regulation.
     pub regulation: Option<String>,
     pub regulation_first: bool,
+    /// A steered condition's direction and strength.
+    pub steering: Option<(String, f64)>,
 }
 
 impl ConditionInfo {
     pub fn is_baseline(&self) -> bool {
-        self.induction.is_none() && self.regulation.is_none()
+        self.induction.is_none() && self.regulation.is_none() && self.steering.is_none()
     }
     pub fn is_neutral(&self) -> bool {
-        self.induction.as_deref() == Some("neutral") && self.regulation.is_none()
+        self.induction.as_deref() == Some("neutral")
+            && self.regulation.is_none()
+            && self.steering.is_none()
     }
 }
 
@@ -142,6 +146,7 @@ pub fn conditions(data: &RunData) -> Vec<ConditionInfo> {
             induction: c.induction.clone(),
             regulation,
             regulation_first: c.order == Order::RegulationFirst,
+            steering: c.steering.as_ref().map(|s| (s.direction.clone(), s.alpha)),
         });
     }
     // Conditions only seen in trials (e.g. a hand-edited run.json) still get reported.
@@ -152,6 +157,7 @@ pub fn conditions(data: &RunData) -> Vec<ConditionInfo> {
                 induction: t.induction.clone(),
                 regulation: t.regulation.clone(),
                 regulation_first: false,
+                steering: t.steering.as_ref().map(|s| (s.direction.clone(), s.alpha)),
             });
         }
     }

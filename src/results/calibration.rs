@@ -246,6 +246,7 @@ mod tests {
             calibrated: None,
             judge_detail: None,
             continues_stem: None,
+            steering: None,
         }
     }
 

@@ -126,6 +126,7 @@ impl RunHeader {
                 m.architecture.clone(),
                 m.tokenizer_sha256.clone(),
                 m.chat_template_sha256.clone(),
+                m.directions.as_ref().map(|d| d.sha256.clone()),
             )
         };
         for (i, (a, b)) in self.models.iter().zip(&other.models).enumerate() {
@@ -240,6 +241,21 @@ pub struct ModelProvenance {
     /// given to it); false where absent.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub thinking_switch: bool,
+    /// The hidden states stored per item trial (studies with `[capture]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<super::states::CaptureRecord>,
+    /// The directions file the steered conditions read (studies with `[[steering]]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directions: Option<DirectionsRecord>,
+}
+
+/// The directions file of a steered run: copied into the run directory (`file`, relative
+/// to it) so a resume reads the same vectors, with its sha256 and the path it came from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DirectionsRecord {
+    pub file: String,
+    pub sha256: String,
+    pub source: String,
 }
 
 /// Which arithmetic ran: everything that can change a trial's numbers, and the knobs that

@@ -12,14 +12,18 @@
 //! either schema), `schema_v1` (the frozen schema-1 wire types), `validity` (the gate:
 //! whether each instrument measured the model at all), `calibration` (the calibrated
 //! read-out, derived from the run's content-free records when they are read),
-//! `second_judge` (another model's judgement of the completions, `judges/*.jsonl`).
+//! `second_judge` (another model's judgement of the completions, `judges/*.jsonl`),
+//! `states` (hidden states captured per trial, `states/`), `directions` (steering
+//! directions, written by `probe` and read by `run --directions`).
 
 pub mod calibration;
+pub mod directions;
 pub mod header;
 pub mod read;
 mod schema_v1;
 pub mod scores;
 pub mod second_judge;
+pub mod states;
 pub mod trial;
 pub mod validity;
 

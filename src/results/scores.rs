@@ -237,6 +237,7 @@ mod tests {
             calibrated: None,
             judge_detail: None,
             continues_stem: None,
+            steering: None,
         }
     }
 

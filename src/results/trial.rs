@@ -175,6 +175,15 @@ pub struct Timing {
     pub total_ms: Option<f64>,
 }
 
+/// The intervention of a steered trial (`scenario::internal_states`), resolved for its
+/// model.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrialSteering {
+    pub direction: String,
+    pub block: usize,
+    pub alpha: f64,
+}
+
 /// One trial's record.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TrialRecord {
@@ -210,6 +219,9 @@ pub struct TrialRecord {
     /// Sentence completions: whether the text continues the stem (`Stem::continued_by`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub continues_stem: Option<bool>,
+    /// Steered conditions: the direction, the block it was added after and its strength.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steering: Option<TrialSteering>,
     pub error: Option<String>,
     pub timing: Timing,
     /// Filled in by `results::calibrate` from the run's content-free records.

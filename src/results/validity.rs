@@ -951,6 +951,7 @@ mod tests {
             calibrated: None,
             judge_detail: None,
             continues_stem: None,
+            steering: None,
         }
     }
 

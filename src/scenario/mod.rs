@@ -7,6 +7,7 @@
 
 pub mod induction;
 pub mod instrument;
+pub mod internal_states;
 pub mod study;
 pub mod task;
 

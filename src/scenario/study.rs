@@ -4,6 +4,10 @@
 //! `[[factorial]]` blocks cross inductions with regulations; `{emotion}` in an
 //! instrument name stands for the induction's emotion.
 
+use super::internal_states::{
+    capture_from_spec, steering_condition_name, steering_from_spec, CaptureBlocks, CaptureSpec,
+    ConditionSteering, SteeringSpec,
+};
 use super::{info, invalid, read_toml, FileInfo, Library};
 use crate::error::Result;
 use serde::Deserialize;
@@ -50,6 +54,11 @@ struct StudySpec {
     /// Whether models whose chat template has a thinking switch (Qwen 3) think before
     /// answering (default false: the answer comes first, as with every other model).
     thinking: Option<bool>,
+    /// Residual-stream blocks to store per item trial (`scenario::internal_states`).
+    capture: Option<CaptureSpec>,
+    /// Steered conditions: a direction added to the residual stream at each alpha.
+    #[serde(default)]
+    steering: Vec<SteeringSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -186,6 +195,9 @@ pub struct Condition {
     pub regulation: Option<RegulationRef>,
     pub order: Order,
     pub instruments: Vec<String>,
+    /// A steered condition's intervention (absent for every other condition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steering: Option<ConditionSteering>,
 }
 
 /// A positive control: two conditions that instruct the model to answer as someone
@@ -287,6 +299,8 @@ pub struct Study {
     pub calibration: Calibration,
     /// Passed as `enable_thinking` to chat templates that read it.
     pub thinking: bool,
+    /// The residual-stream blocks stored per item trial, if any.
+    pub capture: Option<CaptureBlocks>,
 }
 
 impl Study {
@@ -516,6 +530,7 @@ impl Study {
                 induction: c.induction.clone(),
                 regulation,
                 order,
+                steering: None,
             });
         }
         for f in &spec.factorial {
@@ -530,10 +545,39 @@ impl Study {
                         regulation,
                         order: Order::InductionFirst,
                         instruments: check_instruments(&f.instruments, Some(e))?,
+                        steering: None,
                     });
                 }
             }
         }
+        for s in &spec.steering {
+            let (site, alphas) =
+                steering_from_spec(s).map_err(|m| bad(&format!("\"{}\"", s.direction), m))?;
+            if let Some(e) = &s.induction {
+                check_induction(e)?;
+            }
+            let instruments = check_instruments(&s.instruments, None)?;
+            for alpha in alphas {
+                conditions.push(Condition {
+                    name: steering_condition_name(&s.direction, alpha),
+                    induction: s.induction.clone(),
+                    regulation: None,
+                    order: Order::InductionFirst,
+                    instruments: instruments.clone(),
+                    steering: Some(ConditionSteering {
+                        direction: s.direction.clone(),
+                        site,
+                        alpha,
+                    }),
+                });
+            }
+        }
+        let capture = spec
+            .capture
+            .as_ref()
+            .map(capture_from_spec)
+            .transpose()
+            .map_err(|m| bad("[capture]", m))?;
         for (i, c) in conditions.iter().enumerate() {
             if c.name == CONTENT_FREE {
                 return Err(bad(
@@ -584,6 +628,7 @@ impl Study {
                         regulation: None,
                         order: Order::InductionFirst,
                         instruments: instruments.clone(),
+                        steering: None,
                     });
                 }
                 Some(PositiveControl {
@@ -698,8 +743,12 @@ impl Study {
                     return Err(bad("completions", format!("[completion] needs completions >= 1 and max_tokens >= 1 (got {} and {})", c.completions, c.max_tokens)));
                 }
                 for name in &c.conditions {
-                    if !conditions.iter().any(|x| &x.name == name) {
-                        return Err(bad(&format!("\"{name}\""), format!("completion condition '{name}' is not one of the study's conditions")));
+                    match conditions.iter().find(|x| &x.name == name) {
+                        None => return Err(bad(&format!("\"{name}\""), format!("completion condition '{name}' is not one of the study's conditions"))),
+                        // The judge reads completions with the model that wrote them, so
+                        // it would be steered too.
+                        Some(x) if x.steering.is_some() => return Err(bad(&format!("\"{name}\""), format!("completion condition '{name}' is steered: the judge would read its completions steered too; ask instruments in steered conditions"))),
+                        Some(_) => {}
                     }
                 }
                 if let Some(stems) = &c.stems {
@@ -766,6 +815,7 @@ impl Study {
             contrasts,
             calibration,
             thinking: spec.thinking.unwrap_or(false),
+            capture,
         })
     }
 }

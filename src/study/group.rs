@@ -36,6 +36,13 @@ pub struct GroupContext {
     /// The token prefix every member's prompt starts with.
     pub shared: Vec<u32>,
     pub cache: KvCache,
+    /// The residual stream after each captured block, averaged over the shared prefix's
+    /// positions (empty without capture).
+    pub prefix_states: Vec<Vec<f32>>,
+    /// The blocks captured (empty: none).
+    pub capture: Vec<usize>,
+    /// The steering of the group's condition, as its trials record it.
+    pub steering: Option<crate::results::trial::TrialSteering>,
 }
 
 /// The sampling every read-out of a study uses.
@@ -54,6 +61,8 @@ impl GroupContext {
         model: &Model,
         group: &Group,
         members: &[&Trial],
+        capture: &[usize],
+        steering: Option<crate::results::trial::TrialSteering>,
     ) -> Result<Self> {
         // The content-free prompts' conversation holds only the system prompt.
         let order = if group.condition == CONTENT_FREE {
@@ -123,18 +132,27 @@ impl GroupContext {
             }
         }
         let mut cache = KvCache::new(model.transformer.config.n_layer);
+        let mut prefix_states = vec![vec![0f32; model.transformer.config.d_model]; capture.len()];
         if !shared.is_empty() {
-            model.transformer.forward(
+            let (_, taps) = model.transformer.forward_capturing(
                 std::slice::from_ref(&shared),
                 &mut cache,
                 &LogitsAt::Last,
+                capture,
             )?;
+            prefix_states = taps
+                .iter()
+                .map(|t| t.mean(1)?.squeeze(0)?.to_vec1::<f32>())
+                .collect::<candle_core::Result<_>>()?;
         }
         Ok(Self {
             messages,
             prompts,
             shared,
             cache,
+            prefix_states,
+            capture: capture.to_vec(),
+            steering,
         })
     }
 

@@ -288,6 +288,7 @@ pub fn merge(inputs: &[PathBuf], out: &Path, allow_partial: bool) -> Result<Merg
     if let Some(snapshot) = &first.snapshot {
         copy_tree(&inputs[0].join(snapshot), &out.join(snapshot))?;
     }
+    merge_internals(inputs, &headers, &trials, out)?;
     // Like a shard's own run, a merge is a success when every trial of the shards it
     // covers is recorded (its `shard` field then says which ones it covers).
     let unfinished = absent > 0 || headers.iter().any(|h| h.status != RunStatus::Success);
@@ -318,6 +319,66 @@ pub fn merge(inputs: &[PathBuf], out: &Path, allow_partial: bool) -> Result<Merg
         status,
         gaps,
     })
+}
+
+/// The inputs' captured states (every merged trial's record, in trial order) and their
+/// directions file (the same in every input: `plan_differences` compares its sha256).
+fn merge_internals(
+    inputs: &[PathBuf],
+    headers: &[RunHeader],
+    trials: &[crate::results::TrialRecord],
+    out: &Path,
+) -> Result<()> {
+    use crate::results::states::{States, StatesWriter};
+    for (mi, model) in headers[0].models.iter().enumerate() {
+        if let Some(capture) = &model.capture {
+            let mut writer = StatesWriter::open(out, capture)?;
+            let mine: Vec<&str> = trials
+                .iter()
+                .filter(|t| t.model == model.label && t.question.is_item() && t.error.is_none())
+                .map(|t| t.trial_id.as_str())
+                .collect();
+            let mut copied = 0;
+            for (dir, h) in inputs.iter().zip(headers) {
+                let Some(c) = h.models.get(mi).and_then(|m| m.capture.as_ref()) else {
+                    continue;
+                };
+                if c.blocks != capture.blocks || c.d_model != capture.d_model {
+                    return Err(merge_err(format!(
+                        "{} captured blocks {:?} of {}, the first input {:?} of {}",
+                        dir.display(),
+                        c.blocks,
+                        c.d_model,
+                        capture.blocks,
+                        capture.d_model
+                    )));
+                }
+                let states = States::read(dir, c)?;
+                let here: Vec<&str> = mine
+                    .iter()
+                    .copied()
+                    .filter(|id| states.index.contains_key(*id))
+                    .collect();
+                copied += states.copy_to(here.into_iter(), &mut writer)?;
+            }
+            if copied < mine.len() {
+                return Err(merge_err(format!(
+                    "{} of {} item trials of {} have no captured states in the inputs",
+                    mine.len() - copied,
+                    mine.len(),
+                    model.label
+                )));
+            }
+        }
+        if let Some(d) = &model.directions {
+            let (from, to) = (inputs[0].join(&d.file), out.join(&d.file));
+            if let Some(parent) = to.parent() {
+                std::fs::create_dir_all(parent).with_path(parent)?;
+            }
+            std::fs::copy(&from, &to).with_path(&to)?;
+        }
+    }
+    Ok(())
 }
 
 fn copy_tree(from: &Path, to: &Path) -> Result<()> {

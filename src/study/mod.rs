@@ -3,7 +3,8 @@
 //! trial's read-outs (`readouts`), the run directory protocol (`run_dir`), provenance
 //! (`provenance`), the end-of-run table (`summary`), the positive-control study of
 //! `validate-instrument` (`validate`), a second model judging a finished run's
-//! completions (`second_judge`) and the sequence that ties them together
+//! completions (`second_judge`), capture and steering set-up (`internals`) and the
+//! sequence that ties them together
 //! (`runner`). What a run writes is defined in `crate::results`.
 //!
 //! Concepts:
@@ -15,6 +16,7 @@
 //!   the study file leaves every other trial's id, seed and result unchanged.
 
 pub mod group;
+pub mod internals;
 pub mod interrupt;
 pub mod merge;
 pub mod parse;

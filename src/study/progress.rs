@@ -78,6 +78,11 @@ impl Progress {
         )
     }
 
+    /// A line for the log (above the bar on a terminal).
+    pub fn note(&self, text: &str) {
+        self.bar.suspend(|| eprintln!("{text}"));
+    }
+
     pub fn finish(&self) {
         self.bar.finish_and_clear();
     }

@@ -58,6 +58,8 @@ pub fn model_provenance(model_ref: &ModelRef, m: &Model) -> Result<ModelProvenan
             .chat_template
             .as_ref()
             .is_some_and(|t| t.has_thinking_switch()),
+        capture: None,
+        directions: None,
     })
 }
 

@@ -9,7 +9,7 @@ use super::plan::{Group, Question, Trial};
 use super::prompt::{for_template, reask_text};
 use crate::chat::{sha256_hex, Message};
 use crate::error::{Error, Result};
-use crate::generate::{decode, extend_rows};
+use crate::generate::{decode, extend_each_capturing};
 use crate::model::{KvCache, Model};
 use crate::option_scoring::{normalise, option_logprobs, option_logprobs_rows, ScoringRow};
 use crate::results::calibration::divide_out;
@@ -34,6 +34,9 @@ pub struct Prefilled {
     pub logits: Vec<f32>,
     pub prefill_ms: f64,
     pub option_logprobs: Option<Vec<f64>>,
+    /// The residual stream at the answer position after each of the group's captured
+    /// blocks (empty without capture).
+    pub states: Vec<Vec<f32>>,
 }
 
 /// The labels an item trial shows, their values and their tokens.
@@ -58,7 +61,15 @@ pub fn prefill_unit(
         .iter()
         .map(|t| Ok(ctx.prompt(&t.id)?.tokens[ctx.shared.len()..].to_vec()))
         .collect::<Result<_>>()?;
-    let rows = extend_rows(model, &ctx.cache, &suffixes)?;
+    let rows: Vec<(KvCache, Vec<f32>, Vec<Vec<f32>>)> = extend_each_capturing(
+        model,
+        vec![ctx.cache.clone(); suffixes.len()],
+        &suffixes,
+        &ctx.capture,
+    )?
+    .into_iter()
+    .map(|e| (e.cache, e.logits, e.states))
+    .collect();
     let options: Vec<Option<ItemOptions>> = unit
         .iter()
         .map(|t| match &t.question {
@@ -78,18 +89,21 @@ pub fn prefill_unit(
     let scoring: Vec<ScoringRow<'_>> = rows
         .iter()
         .zip(&options)
-        .filter_map(|((cache, logits), o)| o.as_ref().map(|o| (cache, &logits[..], &o.tokens[..])))
+        .filter_map(|((cache, logits, _), o)| {
+            o.as_ref().map(|o| (cache, &logits[..], &o.tokens[..]))
+        })
         .collect();
     let mut scored = option_logprobs_rows(model, &scoring)?.into_iter();
     let prefill_ms = started.elapsed().as_secs_f64() * 1e3 / unit.len() as f64;
     Ok(rows
         .into_iter()
         .zip(&options)
-        .map(|((cache, logits), o)| Prefilled {
+        .map(|((cache, logits, states), o)| Prefilled {
             cache,
             logits,
             prefill_ms,
             option_logprobs: o.as_ref().and_then(|_| scored.next()),
+            states,
         })
         .collect())
 }
@@ -127,6 +141,7 @@ pub fn base_record(study: &Study, group: &Group, trial: &Trial, ctx: &GroupConte
         calibrated: None,
         judge_detail: None,
         continues_stem: None,
+        steering: ctx.steering.clone(),
     }
 }
 
@@ -211,6 +226,7 @@ pub fn run_item(
         logits,
         prefill_ms,
         option_logprobs: scored,
+        ..
     } = prefilled;
 
     let started = Instant::now();

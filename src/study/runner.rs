@@ -12,6 +12,7 @@
 //! 20% of at least 10 trials have failed or when anything outside a trial fails.
 
 use super::group::{lockstep_completions, work_units, GroupContext};
+use super::internals::{model_for, prepare as prepare_internals, ModelInternals};
 use super::interrupt;
 use super::plan::{count_trials, expand, Plan, Trial, MAX_PLAN_TRIALS};
 use super::progress::Progress;
@@ -23,6 +24,8 @@ use crate::engine::EngineConfig;
 use crate::error::{Error, IoContext, Result};
 use crate::model::Model;
 use crate::registry::ModelRef;
+use crate::results::states::StatesWriter;
+use crate::results::trial::TrialSteering;
 use crate::results::{read_trials, ModelProvenance, RunHeader, RunStatus, TrialRecord};
 use crate::scenario::{Library, Study};
 use std::collections::HashSet;
@@ -51,6 +54,9 @@ pub struct RunConfig {
     /// Where settings came from (`threads`, `shard`: a flag or a scheduler's variable),
     /// recorded in run.json.
     pub sources: std::collections::BTreeMap<String, String>,
+    /// Steering directions files (`affectbench probe` writes them), one per steered
+    /// model; a resume reads the copies the run made.
+    pub directions: Vec<PathBuf>,
 }
 
 pub struct RunOutcome {
@@ -78,7 +84,7 @@ pub fn default_scenarios_root(study_path: &Path) -> PathBuf {
 pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
     let (study, lib) = load_design(cfg)?;
     let repetitions = cfg.repetitions.unwrap_or(study.repetitions);
-    let (models, provenance) = load_models(cfg, &study)?;
+    let (models, mut provenance) = load_models(cfg, &study)?;
     let labels: Vec<String> = models.iter().map(|m| m.info.label.clone()).collect();
     let planned = count_trials(&study, &lib, labels.len(), repetitions);
     if planned > MAX_PLAN_TRIALS {
@@ -89,6 +95,15 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
     let plan = expand(&study, &lib, &labels, repetitions);
 
     let mut dir = RunDir::open(&cfg.out_dir)?;
+    let previous = dir.existing_header()?;
+    let internals = prepare_internals(
+        &study,
+        &models,
+        &mut provenance,
+        &cfg.out_dir,
+        &cfg.directions,
+        previous.as_ref(),
+    )?;
     let mut header = new_header(HeaderInputs {
         study_path: &cfg.study_path,
         study: &study,
@@ -100,7 +115,7 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
         shard: cfg.shard,
     });
     header.sources = cfg.sources.clone();
-    match dir.existing_header()? {
+    match previous {
         Some(old) => {
             check_resumable(&old, &header, &cfg.out_dir)?;
             // The same files by hash: keep the provenance as first recorded (paths
@@ -143,6 +158,22 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
     dir.write_header(&header)?;
 
     let mut progress = Progress::new(cfg.show_progress, cfg.progress_every, pending.len());
+    for (m, i) in models.iter().zip(&internals) {
+        if let Some(c) = &i.capture {
+            let items = pending
+                .iter()
+                .filter(|t| t.question.is_item() && plan.groups[t.group].model == m.info.label)
+                .count();
+            progress.note(&format!(
+                "capture: {} blocks x {} values x 2 sites, f16: {:.1} KB per item trial, {:.1} MB for the {items} item trials to run ({})",
+                c.blocks.len(),
+                c.d_model,
+                c.record_bytes() as f64 / 1e3,
+                (c.record_bytes() * items) as f64 / 1e6,
+                c.states_file
+            ));
+        }
+    }
     let mut tally = Tally::default();
     // A panic anywhere in the engine must still leave run.json saying what happened.
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -150,6 +181,7 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
             &study,
             &lib,
             &models,
+            &internals,
             &plan,
             &pending,
             cfg.engine.batch_size,
@@ -318,6 +350,7 @@ fn execute(
     study: &Study,
     lib: &Library,
     models: &[Model],
+    internals: &[ModelInternals],
     plan: &Plan,
     pending: &[&Trial],
     batch_size: usize,
@@ -327,6 +360,18 @@ fn execute(
 ) -> Result<()> {
     let pending_ids: HashSet<&str> = pending.iter().map(|t| t.id.as_str()).collect();
     let mut judge_bias = JudgeBias::new();
+    let mut states: Vec<Option<StatesWriter>> = internals
+        .iter()
+        .map(|i| {
+            i.capture
+                .as_ref()
+                .map(|c| StatesWriter::open(&dir.path, c))
+                .transpose()
+        })
+        .collect::<Result<_>>()?;
+    // The steered copy of the model the last group ran on, reused by the next group of
+    // the same condition (a plan's groups come condition by condition).
+    let mut steered: Option<(String, String, Option<Model>, Option<TrialSteering>)> = None;
     for (gi, group) in plan.groups.iter().enumerate() {
         let members: Vec<&Trial> = plan.trials.iter().filter(|t| t.group == gi).collect();
         let todo: Vec<&Trial> = members
@@ -338,11 +383,37 @@ fn execute(
             continue;
         }
         progress.set_message(format!("{} rep {}", group.condition, group.repetition + 1));
-        let model = models
+        let mi = models
             .iter()
-            .find(|m| m.info.label == group.model)
+            .position(|m| m.info.label == group.model)
             .ok_or_else(|| run_err("internal: a planned model is not loaded"))?;
-        let ctx = GroupContext::build(study, lib, model, group, &members)?;
+        let key = (group.model.clone(), group.condition.clone());
+        if steered
+            .as_ref()
+            .is_none_or(|s| (&s.0, &s.1) != (&key.0, &key.1))
+        {
+            let condition = study.conditions.iter().find(|c| c.name == group.condition);
+            let (m, record) = match condition {
+                Some(c) => model_for(&models[mi], c, &internals[mi])?,
+                None => (None, None),
+            };
+            steered = Some((key.0, key.1, m, record));
+        }
+        let (_, _, steered_model, steering) = steered.as_ref().expect("set above");
+        let model = steered_model.as_ref().unwrap_or(&models[mi]);
+        let capture: &[usize] = internals[mi]
+            .capture
+            .as_ref()
+            .map_or(&[], |c| &c.blocks[..]);
+        let ctx = GroupContext::build(
+            study,
+            lib,
+            model,
+            group,
+            &members,
+            capture,
+            steering.clone(),
+        )?;
         let completions = lockstep_completions(study, model, &ctx, &todo, batch_size)?;
         for unit in work_units(&todo, batch_size) {
             let started = Instant::now();
@@ -351,7 +422,14 @@ fn execute(
                     Ok(rows) => unit
                         .iter()
                         .zip(rows)
-                        .map(|(t, p)| {
+                        .map(|(t, mut p)| {
+                            if let Some(w) = states[mi].as_mut() {
+                                w.append(
+                                    &t.id,
+                                    &std::mem::take(&mut p.states),
+                                    &ctx.prefix_states,
+                                )?;
+                            }
                             run_item(
                                 study,
                                 lib,

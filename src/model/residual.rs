@@ -1,0 +1,87 @@
+//! The residual stream between blocks: reading it (capture, for probes) and writing to
+//! it (activation steering).
+//!
+//! Positions in the stream are counted in blocks: "after block 0" is the (scaled)
+//! embeddings, "after block L" the output of the L-th decoder layer, up to `n_layer`
+//! (the stream the final norm reads). A steering vector is added at its position to
+//! every token of every forward pass (prompt, option scoring and decoding alike), so a
+//! steered run is deterministic given the vector, like any other.
+
+use super::transformer::Transformer;
+use candle_core::{DType, Result, Tensor};
+
+/// A vector added to the residual stream after block `after_block`.
+#[derive(Debug, Clone)]
+pub struct Steering {
+    pub after_block: usize,
+    /// (d_model,) f32 on the model's device, already multiplied by its strength.
+    pub vector: Tensor,
+}
+
+impl Transformer {
+    /// The same model with `steering` added to its residual stream (replacing any it
+    /// had). Weights are shared, not copied. Each vector must have d_model entries and
+    /// sit at a block position 0..=n_layer.
+    pub fn steered(&self, steering: &[(usize, Vec<f32>)]) -> Result<Transformer> {
+        let (d, n) = (self.config.d_model, self.config.n_layer);
+        let mut out = self.clone();
+        out.steering = steering
+            .iter()
+            .map(|(after_block, v)| {
+                if *after_block > n {
+                    candle_core::bail!(
+                        "steering after block {after_block}, but the model has {n} blocks (0..={n})"
+                    );
+                }
+                if v.len() != d {
+                    candle_core::bail!(
+                        "a steering vector has {} entries; the model's residual stream has {d}",
+                        v.len()
+                    );
+                }
+                Ok(Steering {
+                    after_block: *after_block,
+                    vector: Tensor::new(v.as_slice(), &self.device)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(out)
+    }
+
+    /// Whether any steering vector is set.
+    pub fn is_steered(&self) -> bool {
+        !self.steering.is_empty()
+    }
+
+    /// Refuses block positions outside 0..=n_layer, or asked twice.
+    pub(crate) fn check_capture(&self, capture: &[usize]) -> Result<()> {
+        let n = self.config.n_layer;
+        if let Some(bad) = capture.iter().find(|&&b| b > n) {
+            candle_core::bail!("capture after block {bad}, but the model has {n} blocks (0..={n})");
+        }
+        for (i, b) in capture.iter().enumerate() {
+            if capture[..i].contains(b) {
+                candle_core::bail!("block {b} is asked to be captured twice");
+            }
+        }
+        Ok(())
+    }
+
+    /// The stream after block `after`: steering added where set, then copied into
+    /// `taps[k]` where `capture[k] == after` (so a capture sees what later blocks see).
+    pub(crate) fn after_block(
+        &self,
+        after: usize,
+        mut x: Tensor,
+        capture: &[usize],
+        taps: &mut [Option<Tensor>],
+    ) -> Result<Tensor> {
+        for s in self.steering.iter().filter(|s| s.after_block == after) {
+            x = x.broadcast_add(&s.vector.to_dtype(x.dtype())?)?;
+        }
+        if let Some(k) = capture.iter().position(|&b| b == after) {
+            taps[k] = Some(x.to_dtype(DType::F32)?);
+        }
+        Ok(x)
+    }
+}
