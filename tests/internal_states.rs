@@ -515,3 +515,80 @@ fn shards_of_a_capture_study_merge_to_the_unsharded_states() {
         }
     }
 }
+
+/// Held-out accuracy and permutation-null mean of a probe at block 2 of a tiny model
+/// whose every other conversation is steered by `scale` times a random direction after
+/// block 1.
+fn planted_probe(scale: f32) -> (f64, f64) {
+    use affectbench::probe::evaluate::{evaluate, Row};
+    use rand::{Rng, SeedableRng};
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = Tiny::llama();
+    let path = dir.path().join("m.gguf");
+    write_tiny_gguf(&path, &tiny, 9);
+    let m = load(&path, OpPath::Fused);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+    let planted: Vec<f32> = (0..tiny.d)
+        .map(|_| scale * rng.random_range(-1.0f32..1.0))
+        .collect();
+    let steered = m.transformer.steered(&[(1, planted)]).unwrap();
+    // 20 conversations (random prompts), every other one steered; 3 trials each.
+    let (groups, per) = (20usize, 3usize);
+    let mut states = Vec::new();
+    let mut meta = Vec::new();
+    for g in 0..groups {
+        let model = if g % 2 == 0 { &steered } else { &m.transformer };
+        for _ in 0..per {
+            let toks: Vec<u32> = (0..12).map(|_| rng.random_range(3u32..250)).collect();
+            let (_, taps) = model
+                .forward_capturing(
+                    std::slice::from_ref(&toks),
+                    &mut KvCache::new(tiny.layers),
+                    &LogitsAt::Last,
+                    &[2],
+                )
+                .unwrap();
+            states.push(
+                taps[0]
+                    .i((0, toks.len() - 1))
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap(),
+            );
+            meta.push((g, (g / 2) % 5));
+        }
+    }
+    let rows: Vec<Row<'_>> = states
+        .iter()
+        .zip(&meta)
+        .map(|(f, &(group, fold))| Row {
+            features: f,
+            group,
+            fold,
+        })
+        .collect();
+    let labels: Vec<f64> = (0..groups)
+        .map(|g| if g % 2 == 0 { 1.0 } else { -1.0 })
+        .collect();
+    let mut labelings = vec![labels.clone(), labels.clone()];
+    for _ in 0..20 {
+        let mut p = labels.clone();
+        rand::seq::SliceRandom::shuffle(&mut p[..], &mut rng);
+        labelings.push(p);
+    }
+    let r = evaluate(&rows, 5, &labelings, 0.1);
+    (r.accuracy, r.null.iter().sum::<f64>() / r.null.len() as f64)
+}
+
+#[test]
+fn a_direction_planted_in_a_tiny_models_stream_is_found_by_the_probe() {
+    let (accuracy, null) = planted_probe(1.0);
+    assert!(accuracy > 0.95, "held-out accuracy {accuracy}");
+    assert!(null < 0.75, "permutation null {null}");
+    // Nothing planted: nothing to find.
+    let (accuracy, _) = planted_probe(0.0);
+    assert!(
+        accuracy < 0.8,
+        "accuracy without a planted direction {accuracy}"
+    );
+}
