@@ -879,3 +879,57 @@ fn four_bit_weights_give_the_same_logits_as_nibbles_or_as_bytes() {
         );
     }
 }
+
+#[test]
+fn a_declared_sliding_window_that_is_not_applied_caps_the_context() {
+    // Regression: Mistral's and Phi 3's declared window was ignored, so sequences longer
+    // than it ran with full attention where transformers slides (llama.cpp ignores it
+    // too); now the context stops at the window, where the two references agree.
+    let dir = tempfile::tempdir().unwrap();
+    for (tiny, key) in [
+        (Tiny::phi3(), "phi3.attention.sliding_window"),
+        (Tiny::llama(), "llama.attention.sliding_window"),
+    ] {
+        let path = dir.path().join(format!("{}.gguf", tiny.arch));
+        common::write_tiny_gguf_with_meta(&path, &tiny, 2, |meta| {
+            meta.push((
+                key.into(),
+                candle_core::quantized::gguf_file::Value::U32(12),
+            ));
+        });
+        let m = load(&path);
+        assert_eq!(m.transformer.max_positions(), 12, "{key}");
+        let err = m
+            .transformer
+            .last_logits(&tokens()[..13], &mut KvCache::new(tiny.layers))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exceeds the context of 12"), "{err}");
+        assert!(m
+            .transformer
+            .last_logits(&tokens()[..12], &mut KvCache::new(tiny.layers))
+            .is_ok());
+    }
+    // A Hugging Face config: capped where the window is used, not where Qwen's config
+    // gives one with use_sliding_window false.
+    let tiny = Tiny::qwen2();
+    let gguf = dir.path().join("q.gguf");
+    write_tiny_gguf(&gguf, &tiny, 4);
+    for (extra, expected) in [
+        ("\"sliding_window\": 12,", 12),
+        (
+            "\"sliding_window\": 12, \"use_sliding_window\": false,",
+            tiny.context,
+        ),
+        ("\"sliding_window\": null,", tiny.context),
+    ] {
+        let hf = dir.path().join(format!("hf-{expected}-{}", extra.len()));
+        write_tiny_safetensors_dir(&hf, &tiny, &gguf);
+        let config = std::fs::read_to_string(hf.join("config.json"))
+            .unwrap()
+            .replacen('{', &format!("{{ {extra}"), 1);
+        std::fs::write(hf.join("config.json"), config).unwrap();
+        let m = Model::load_ref(&ModelRef::SafetensorsDir(hf), &LoadOptions::default()).unwrap();
+        assert_eq!(m.transformer.max_positions(), expected, "{extra}");
+    }
+}

@@ -109,6 +109,11 @@ impl ModelConfig {
             query_scale: None,
         };
         let mut cfg = cfg;
+        if !spec.sliding_window {
+            if let Some(window) = g.opt_usize(&key("attention.sliding_window"))? {
+                cfg.cap_at_unapplied_window(window);
+            }
+        }
         if spec.wide_query_scale_at_layers == Some(cfg.n_layer) {
             cfg.query_scale = Some(1.0 / ((d_model / n_head) as f32).sqrt());
         }
@@ -200,6 +205,16 @@ impl ModelConfig {
     pub fn attention_scale(&self) -> f32 {
         self.query_scale
             .unwrap_or(1.0 / (self.head_dim as f32).sqrt())
+    }
+
+    /// A sliding window the file declares for an architecture that attends to the whole
+    /// context (Mistral's, Phi 3's): llama.cpp ignores it (it disables Phi 3's SWA) and
+    /// transformers applies it, so the two agree only on sequences within the window.
+    /// The context is capped there, so no sequence is computed where they would differ.
+    pub fn cap_at_unapplied_window(&mut self, window: usize) {
+        if window > 0 {
+            self.context_length = self.context_length.min(window);
+        }
     }
 
     /// Whether layer `i` uses the sliding window (Gemma 2/3's local layers).

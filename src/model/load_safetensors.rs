@@ -34,6 +34,10 @@ struct HfConfig {
     tie_word_embeddings: bool,
     hidden_act: Option<String>,
     rope_scaling: Option<serde_json::Value>,
+    /// Mistral's and Phi 3's window (null where unused; Qwen's configs give one with
+    /// `use_sliding_window: false`).
+    sliding_window: Option<usize>,
+    use_sliding_window: Option<bool>,
 }
 
 /// Per-pair rope frequency divisors from `rope_scaling` (None: no scaling), as llama.cpp's
@@ -190,6 +194,10 @@ pub(super) fn load(dir: &Path, label: String, opts: &LoadOptions) -> Result<Mode
         final_softcap: None,
         query_scale: None,
     };
+    let mut config = config;
+    if let (Some(window), None | Some(true)) = (hf.sliding_window, hf.use_sliding_window) {
+        config.cap_at_unapplied_window(window);
+    }
     config.validate(&cfg_path)?;
 
     let mut files: Vec<_> = std::fs::read_dir(dir)
