@@ -592,3 +592,70 @@ fn a_direction_planted_in_a_tiny_models_stream_is_found_by_the_probe() {
         "accuracy without a planted direction {accuracy}"
     );
 }
+
+#[test]
+fn an_interrupted_capture_run_resumes_to_the_uninterrupted_states() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_study_model(dir.path());
+    let studies = dir.path().join("studies");
+    std::fs::create_dir_all(&studies).unwrap();
+    let study = studies.join("capture.toml");
+    std::fs::write(
+        &study,
+        CAPTURE_STUDY.replace("CAPTURE", "[capture]\nblocks = [1]"),
+    )
+    .unwrap();
+    let (whole, cut) = (dir.path().join("whole"), dir.path().join("cut"));
+    for (out, max) in [(&whole, None), (&cut, Some("7"))] {
+        let mut args = vec![
+            "run",
+            study.to_str().unwrap(),
+            "--scenarios",
+            "scenarios",
+            "--model",
+            model.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--no-report",
+        ];
+        if let Some(m) = max {
+            args.extend(["--max-trials", m]);
+        }
+        let o = affectbench(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    // A crash mid-record: half a record's bytes past the last index line.
+    let h = read_header(&cut).unwrap();
+    let capture = h.models[0].capture.clone().unwrap();
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(cut.join(&capture.states_file))
+        .unwrap()
+        .write_all(&vec![7u8; capture.record_bytes() / 2])
+        .unwrap();
+    let o = affectbench(&["run", "--resume", cut.to_str().unwrap(), "--no-report"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (a, b) = (
+        States::read(&whole, &capture).unwrap(),
+        States::read(&cut, &capture).unwrap(),
+    );
+    assert_eq!(a.index.len(), 24);
+    assert_eq!(a.index.len(), b.index.len());
+    for (id, &ra) in &a.index {
+        for site in 0..2 {
+            assert_eq!(
+                bits(&a.vector(ra, site, 0)),
+                bits(&b.vector(b.index[id], site, 0)),
+                "{id}"
+            );
+        }
+    }
+    assert_eq!(
+        std::fs::metadata(cut.join(&capture.states_file))
+            .unwrap()
+            .len(),
+        24 * capture.record_bytes() as u64,
+        "the torn half record was cut, nothing was written twice"
+    );
+}
