@@ -186,7 +186,13 @@ fn safetensors_directory_gives_the_same_logits_as_the_gguf() {
         rope_freqs: true,
         ..Tiny::qwen2()
     };
-    for tiny in [Tiny::qwen2(), Tiny::qwen3(), scaled] {
+    for tiny in [
+        Tiny::qwen2(),
+        Tiny::qwen3(),
+        scaled,
+        Tiny::gemma2(),
+        Tiny::phi3(),
+    ] {
         safetensors_matches_gguf(&tiny);
     }
 }

@@ -166,7 +166,7 @@ pub const ARCHITECTURES: &[ArchSpec] = &[
         softcap: true,
         wide_query_scale_at_layers: Some(46),
         gguf_gate_in_up: false,
-        safetensors: false,
+        safetensors: true,
     },
     ArchSpec {
         arch: Arch::Phi3,
@@ -176,13 +176,14 @@ pub const ARCHITECTURES: &[ArchSpec] = &[
         gguf_rope_neox: true,
         scale_embeddings: false,
         // Phi 3 declares a window, but llama.cpp runs it without (its conversions do not
-        // say which layers slide); so do we, to give llama.cpp's answers.
+        // say which layers slide); so do we, with the context capped at the window
+        // (`ModelConfig::cap_at_unapplied_window`), where transformers agrees.
         sliding_window: false,
         sliding_pattern: 1,
         softcap: false,
         wide_query_scale_at_layers: None,
         gguf_gate_in_up: true,
-        safetensors: false,
+        safetensors: true,
     },
 ];
 

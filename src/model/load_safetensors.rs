@@ -1,9 +1,11 @@
 //! Building a `Model` from a Hugging Face directory (`config.json`, `tokenizer.json`,
-//! `tokenizer_config.json`, `*.safetensors` in f32/f16/bf16) for llama, qwen2 and
-//! qwen3: what cluster users run on GPUs. Weights stay dense (no quantisation), computed in f32.
+//! `tokenizer_config.json`, `*.safetensors` in f32/f16/bf16) for llama, qwen2, qwen3,
+//! phi3 (fused qkv and gate/up, LongRoPE) and gemma2 (norms stored as w - 1, post-norms,
+//! soft caps, alternating window): what cluster users run on GPUs. Weights stay dense
+//! (no quantisation), computed in f32.
 
 use super::arch::{Presence, TensorGroup};
-use super::config::{Arch, ModelConfig};
+use super::config::{Activation, Arch, ModelConfig};
 use super::linear::Linear;
 use super::transformer::{Embeddings, GateUp, Layer, QkvProj, Transformer};
 use super::{LoadOptions, Model, ModelInfo};
@@ -33,7 +35,15 @@ struct HfConfig {
     #[serde(default)]
     tie_word_embeddings: bool,
     hidden_act: Option<String>,
+    /// Gemma's name for it (both are written).
+    hidden_activation: Option<String>,
     rope_scaling: Option<serde_json::Value>,
+    /// Phi 3.5's LongRoPE: the context its short factors cover.
+    original_max_position_embeddings: Option<usize>,
+    /// Gemma 2.
+    attn_logit_softcapping: Option<f32>,
+    final_logit_softcapping: Option<f32>,
+    query_pre_attn_scalar: Option<f64>,
     /// Mistral's and Phi 3's window (null where unused; Qwen's configs give one with
     /// `use_sliding_window: false`).
     sliding_window: Option<usize>,
@@ -94,6 +104,66 @@ fn rope_freq_factors(
     }
 }
 
+/// Phi 3's LongRoPE from config.json: the short factors (used while the context stays
+/// within the original length, where llama.cpp also uses them, so the context is capped
+/// there) and the attention factor sqrt(1 + ln(s) / ln(original)), s the extension.
+struct LongRope {
+    short_factors: Vec<f32>,
+    attn_factor: f32,
+    original_context: usize,
+}
+
+fn longrope(
+    scaling: Option<&serde_json::Value>,
+    max_positions: usize,
+    original: Option<usize>,
+    head_dim: usize,
+) -> std::result::Result<Option<LongRope>, String> {
+    let Some(s) = scaling.filter(|s| !s.is_null()) else {
+        return Ok(None);
+    };
+    let kind = s
+        .get("rope_type")
+        .or_else(|| s.get("type"))
+        .and_then(|v| v.as_str());
+    if !matches!(kind, Some("longrope") | Some("su")) {
+        return Ok(None);
+    }
+    let original = original
+        .or_else(|| {
+            s.get("original_max_position_embeddings")
+                .and_then(|v| v.as_u64())
+                .map(|v| v as usize)
+        })
+        .ok_or("is longrope but gives no original_max_position_embeddings")?;
+    let short: Vec<f32> = s
+        .get("short_factor")
+        .and_then(|v| v.as_array())
+        .ok_or("is longrope but has no short_factor list")?
+        .iter()
+        .map(|x| x.as_f64().map(|f| f as f32))
+        .collect::<Option<_>>()
+        .ok_or("short_factor holds a non-number")?;
+    if short.len() != head_dim / 2 {
+        return Err(format!(
+            "short_factor has {} entries; head_dim {head_dim} needs {}",
+            short.len(),
+            head_dim / 2
+        ));
+    }
+    let scale = max_positions as f64 / original as f64;
+    let attn_factor = if scale <= 1.0 {
+        1.0
+    } else {
+        (1.0 + scale.ln() / (original as f64).ln()).sqrt()
+    };
+    Ok(Some(LongRope {
+        short_factors: short,
+        attn_factor: attn_factor as f32,
+        original_context: original.min(max_positions),
+    }))
+}
+
 fn default_theta() -> f32 {
     10_000.0
 }
@@ -138,12 +208,19 @@ pub(super) fn load(dir: &Path, label: String, opts: &LoadOptions) -> Result<Mode
             problem: format!("{} is supported from GGUF files only, not from a safetensors directory; convert it or use its GGUF", spec.name),
         });
     }
-    if let Some(act) = &hf.hidden_act {
-        if act != "silu" {
+    let expected = match spec.activation {
+        Activation::Silu => "silu",
+        Activation::GeluTanh => "gelu_pytorch_tanh",
+    };
+    for (key, act) in [
+        ("hidden_act", &hf.hidden_act),
+        ("hidden_activation", &hf.hidden_activation),
+    ] {
+        if let Some(act) = act.as_deref().filter(|a| *a != expected) {
             return Err(Error::Metadata {
                 path: cfg_path,
-                key: "hidden_act".into(),
-                problem: format!("is '{act}'; only silu is supported for {}", arch.name()),
+                key: key.into(),
+                problem: format!("is '{act}'; {} uses {expected}", arch.name()),
             });
         }
     }
@@ -164,12 +241,24 @@ pub(super) fn load(dir: &Path, label: String, opts: &LoadOptions) -> Result<Mode
     let head_dim = hf
         .head_dim
         .unwrap_or(hf.hidden_size / hf.num_attention_heads);
-    let rope_freq_factors = rope_freq_factors(hf.rope_scaling.as_ref(), hf.rope_theta, head_dim)
-        .map_err(|problem| Error::Metadata {
-            path: cfg_path.clone(),
-            key: "rope_scaling".into(),
-            problem,
-        })?;
+    let rope_err = |problem: String| Error::Metadata {
+        path: cfg_path.clone(),
+        key: "rope_scaling".into(),
+        problem,
+    };
+    let longrope = longrope(
+        hf.rope_scaling.as_ref(),
+        hf.max_position_embeddings,
+        hf.original_max_position_embeddings,
+        head_dim,
+    )
+    .map_err(rope_err)?;
+    let rope_freq_factors = match &longrope {
+        Some(l) => Some(l.short_factors.clone()),
+        None => rope_freq_factors(hf.rope_scaling.as_ref(), hf.rope_theta, head_dim)
+            .map_err(rope_err)?,
+    };
+    let gemma2 = arch == Arch::Gemma2;
     let config = ModelConfig {
         arch,
         n_layer: hf.num_hidden_layers,
@@ -178,25 +267,37 @@ pub(super) fn load(dir: &Path, label: String, opts: &LoadOptions) -> Result<Mode
         n_kv_head: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
         head_dim,
         vocab_size: hf.vocab_size,
-        context_length: hf.max_position_embeddings,
+        context_length: longrope
+            .as_ref()
+            .map_or(hf.max_position_embeddings, |l| l.original_context),
         rms_eps: hf.rms_norm_eps,
         rope_base: hf.rope_theta,
         rope_base_local: hf.rope_theta,
         rope_freq_factors,
-        rope_attn_factor: 1.0,
+        rope_attn_factor: longrope.as_ref().map_or(1.0, |l| l.attn_factor),
         // HF checkpoints rotate halves for both architectures (GGUF llama permutes q/k).
         rope_neox: true,
-        sliding_window: None,
-        sliding_pattern: 1,
+        // Gemma 2 slides on every other layer (layer 0 first), as `sliding_pattern` 2.
+        sliding_window: if spec.sliding_window {
+            hf.sliding_window
+        } else {
+            None
+        },
+        sliding_pattern: spec.sliding_pattern,
         activation: opts.activation_override.unwrap_or(spec.activation),
         scale_embeddings: spec.scale_embeddings,
-        attn_softcap: None,
-        final_softcap: None,
-        query_scale: None,
+        attn_softcap: hf.attn_logit_softcapping.filter(|_| spec.softcap),
+        final_softcap: hf.final_logit_softcapping.filter(|_| spec.softcap),
+        query_scale: hf
+            .query_pre_attn_scalar
+            .filter(|&q| q != head_dim as f64)
+            .map(|q| (1.0 / q.sqrt()) as f32),
     };
     let mut config = config;
-    if let (Some(window), None | Some(true)) = (hf.sliding_window, hf.use_sliding_window) {
-        config.cap_at_unapplied_window(window);
+    if !spec.sliding_window {
+        if let (Some(window), None | Some(true)) = (hf.sliding_window, hf.use_sliding_window) {
+            config.cap_at_unapplied_window(window);
+        }
     }
     config.validate(&cfg_path)?;
 
@@ -227,8 +328,15 @@ pub(super) fn load(dir: &Path, label: String, opts: &LoadOptions) -> Result<Mode
 
     let (d, f, hd) = (config.d_model, hf.intermediate_size, config.head_dim);
     let (nh, nkv) = (config.n_head, config.n_kv_head);
+    // Gemma stores its norms as w - 1 (it multiplies by 1 + w); llama.cpp's converter
+    // adds the 1, and so do we.
+    let norm = |name: &str| -> Result<Tensor> {
+        let w = get(name, &[d])?;
+        Ok(if gemma2 { (w + 1.0)? } else { w })
+    };
     let embed = get("model.embed_tokens.weight", &[config.vocab_size, d])?;
-    let output = if hf.tie_word_embeddings {
+    // Gemma's config.json may leave tie_word_embeddings out (its default is true).
+    let output = if hf.tie_word_embeddings || !vb.contains_tensor("lm_head.weight") {
         embed.clone()
     } else {
         get("lm_head.weight", &[config.vocab_size, d])?
@@ -236,9 +344,22 @@ pub(super) fn load(dir: &Path, label: String, opts: &LoadOptions) -> Result<Mode
     let mut layers = Vec::with_capacity(config.n_layer);
     for i in 0..config.n_layer {
         let p = |s: &str| format!("model.layers.{i}.{s}");
-        let q = get(&p("self_attn.q_proj.weight"), &[nh * hd, d])?;
-        let k = get(&p("self_attn.k_proj.weight"), &[nkv * hd, d])?;
-        let v = get(&p("self_attn.v_proj.weight"), &[nkv * hd, d])?;
+        // Phi 3 writes q, k and v as one matrix, and gate and up as one (gate rows first).
+        let qkv = if vb.contains_tensor(&p("self_attn.qkv_proj.weight")) {
+            get(&p("self_attn.qkv_proj.weight"), &[(nh + 2 * nkv) * hd, d])?
+        } else {
+            let q = get(&p("self_attn.q_proj.weight"), &[nh * hd, d])?;
+            let k = get(&p("self_attn.k_proj.weight"), &[nkv * hd, d])?;
+            let v = get(&p("self_attn.v_proj.weight"), &[nkv * hd, d])?;
+            Tensor::cat(&[&q, &k, &v], 0)?
+        };
+        let gate_up = if vb.contains_tensor(&p("mlp.gate_up_proj.weight")) {
+            get(&p("mlp.gate_up_proj.weight"), &[2 * f, d])?
+        } else {
+            let gate = get(&p("mlp.gate_proj.weight"), &[f, d])?;
+            let up = get(&p("mlp.up_proj.weight"), &[f, d])?;
+            Tensor::cat(&[&gate, &up], 0)?
+        };
         let bias = spec.presence(TensorGroup::QkvBias);
         let has_bias = bias == Some(Presence::Required)
             || (bias == Some(Presence::Optional)
@@ -260,23 +381,33 @@ pub(super) fn load(dir: &Path, label: String, opts: &LoadOptions) -> Result<Mode
         } else {
             (None, None)
         };
-        let gate = get(&p("mlp.gate_proj.weight"), &[f, d])?;
-        let up = get(&p("mlp.up_proj.weight"), &[f, d])?;
+        // Gemma 2: post_attention_layernorm follows attention, pre/post_feedforward
+        // surround the MLP; elsewhere post_attention_layernorm is the MLP's input norm.
+        let (post_attn_norm, ffn_norm, post_ffn_norm) =
+            if spec.presence(TensorGroup::PostNorms).is_some() {
+                (
+                    Some(norm(&p("post_attention_layernorm.weight"))?),
+                    norm(&p("pre_feedforward_layernorm.weight"))?,
+                    Some(norm(&p("post_feedforward_layernorm.weight"))?),
+                )
+            } else {
+                (None, norm(&p("post_attention_layernorm.weight"))?, None)
+            };
         layers.push(Layer {
-            attn_norm: get(&p("input_layernorm.weight"), &[d])?,
-            qkv: QkvProj::Fused(Linear::Dense(Tensor::cat(&[&q, &k, &v], 0)?)),
+            attn_norm: norm(&p("input_layernorm.weight"))?,
+            qkv: QkvProj::Fused(Linear::Dense(qkv)),
             qkv_bias,
             o_proj: Linear::Dense(get(&p("self_attn.o_proj.weight"), &[d, nh * hd])?),
             q_norm,
             k_norm,
-            post_attn_norm: None,
-            ffn_norm: get(&p("post_attention_layernorm.weight"), &[d])?,
-            gate_up: GateUp::Fused(Linear::Dense(Tensor::cat(&[&gate, &up], 0)?)),
+            post_attn_norm,
+            ffn_norm,
+            gate_up: GateUp::Fused(Linear::Dense(gate_up)),
             down: Linear::Dense(get(&p("mlp.down_proj.weight"), &[d, f])?),
-            post_ffn_norm: None,
+            post_ffn_norm,
         });
     }
-    let final_norm = get("model.norm.weight", &[d])?;
+    let final_norm = norm("model.norm.weight")?;
     let transformer = Transformer::new(
         config,
         Embeddings::Dense(embed),
@@ -326,4 +457,48 @@ pub(super) fn load(dir: &Path, label: String, opts: &LoadOptions) -> Result<Mode
             arch,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::longrope;
+
+    #[test]
+    fn longrope_takes_the_short_factors_and_phi35s_attention_factor() {
+        // Phi-3.5-mini: 131072 positions over an original 4096.
+        let scaling = serde_json::json!({
+            "type": "longrope", "short_factor": [1.0, 1.5], "long_factor": [4.0, 8.0]
+        });
+        let l = longrope(Some(&scaling), 131072, Some(4096), 4)
+            .unwrap()
+            .unwrap();
+        assert_eq!(l.short_factors, vec![1.0, 1.5]);
+        assert_eq!(l.original_context, 4096);
+        let expected = (1.0 + (32f64).ln() / (4096f64).ln()).sqrt();
+        assert!((l.attn_factor as f64 - expected).abs() < 1e-6 && (expected - 1.1902).abs() < 1e-4);
+        // No extension: no attention factor.
+        assert_eq!(
+            longrope(Some(&scaling), 4096, Some(4096), 4)
+                .unwrap()
+                .unwrap()
+                .attn_factor,
+            1.0
+        );
+        // Other kinds are not longrope; bad lists are refused naming the key.
+        let llama3 = serde_json::json!({"rope_type": "llama3", "factor": 8.0});
+        assert!(longrope(Some(&llama3), 131072, None, 4).unwrap().is_none());
+        let err = longrope(Some(&scaling), 131072, Some(4096), 8)
+            .err()
+            .unwrap();
+        assert!(err.contains("short_factor has 2 entries"), "{err}");
+        let err = longrope(
+            Some(&serde_json::json!({"type": "longrope"})),
+            8,
+            Some(4),
+            4,
+        )
+        .err()
+        .unwrap();
+        assert!(err.contains("short_factor"), "{err}");
+    }
 }

@@ -477,7 +477,14 @@ pub fn write_tiny_safetensors_dir(dir: &Path, t: &Tiny, gguf: &Path) {
         }
         let rest = name.strip_prefix("blk.").unwrap();
         let (i, tail) = rest.split_once('.').unwrap();
+        let gemma2 = t.arch == "gemma2";
         let hf = match tail {
+            // Gemma 2's norms around attention and the MLP, and Phi 3's fused matrices.
+            "post_attention_norm.weight" => "post_attention_layernorm.weight",
+            "ffn_norm.weight" if gemma2 => "pre_feedforward_layernorm.weight",
+            "post_ffw_norm.weight" => "post_feedforward_layernorm.weight",
+            "attn_qkv.weight" => "self_attn.qkv_proj.weight",
+            "ffn_up.weight" if t.arch == "phi3" => "mlp.gate_up_proj.weight",
             "attn_norm.weight" => "input_layernorm.weight",
             "attn_q.weight" => "self_attn.q_proj.weight",
             "attn_k.weight" => "self_attn.k_proj.weight",
@@ -506,7 +513,12 @@ pub fn write_tiny_safetensors_dir(dir: &Path, t: &Tiny, gguf: &Path) {
     let mut tensors = std::collections::HashMap::new();
     for n in names {
         let q = g.tensor(&n, &Device::Cpu).unwrap();
-        tensors.insert(rename(&n), q.dequantize(&Device::Cpu).unwrap());
+        let mut w = q.dequantize(&Device::Cpu).unwrap();
+        // Gemma's checkpoints hold norms as w - 1 (llama.cpp's converter adds the 1).
+        if t.arch == "gemma2" && n.ends_with("norm.weight") {
+            w = (w - 1.0).unwrap();
+        }
+        tensors.insert(rename(&n), w);
     }
     candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
     let config = serde_json::json!({
@@ -517,6 +529,19 @@ pub fn write_tiny_safetensors_dir(dir: &Path, t: &Tiny, gguf: &Path) {
         "torch_dtype": "float32"
     });
     let mut config = config;
+    if t.arch == "gemma2" {
+        let (attn, last) = GEMMA2_SOFTCAPS;
+        config["architectures"] = serde_json::json!(["Gemma2ForCausalLM"]);
+        config["hidden_act"] = serde_json::json!("gelu_pytorch_tanh");
+        config["hidden_activation"] = serde_json::json!("gelu_pytorch_tanh");
+        config["attn_logit_softcapping"] = serde_json::json!(attn);
+        config["final_logit_softcapping"] = serde_json::json!(last);
+        config["query_pre_attn_scalar"] = serde_json::json!(t.hd());
+        config["sliding_window"] = serde_json::json!(8);
+    }
+    if t.arch == "phi3" {
+        config["architectures"] = serde_json::json!(["Phi3ForCausalLM"]);
+    }
     if t.rope_freqs {
         let (factor, low, high, old) = LLAMA3_SCALING;
         config["rope_scaling"] = serde_json::json!({
