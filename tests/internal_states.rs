@@ -203,19 +203,6 @@ fn steering_is_seen_by_a_capture_at_its_block_and_alpha_zero_is_the_model_itself
     assert!(m.transformer.steered(&[(1, v[1..].to_vec())]).is_err());
 }
 
-fn tiny_study_model(dir: &Path) -> std::path::PathBuf {
-    let path = dir.join("tiny.gguf");
-    write_tiny_gguf(
-        &path,
-        &Tiny {
-            context: 8192,
-            ..Tiny::qwen2()
-        },
-        11,
-    );
-    path
-}
-
 const CAPTURE_STUDY: &str = r#"id = "capture-test"
 version = 1
 description = "capture test"
@@ -249,6 +236,39 @@ fn affectbench(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// The capture test study with `[capture] blocks = BLOCKS`, written under `dir/studies/`.
+fn capture_study(dir: &Path, blocks: &str) -> std::path::PathBuf {
+    let studies = dir.join("studies");
+    std::fs::create_dir_all(&studies).unwrap();
+    let study = studies.join("capture.toml");
+    let capture = format!("[capture]\nblocks = {blocks}");
+    std::fs::write(&study, CAPTURE_STUDY.replace("CAPTURE", &capture)).unwrap();
+    study
+}
+
+/// `affectbench run STUDY` on `model` into `out` (no report), with `extra` flags.
+fn run_study(study: &Path, model: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "run",
+        study.to_str().unwrap(),
+        "--scenarios",
+        "scenarios",
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--no-report",
+    ];
+    args.extend_from_slice(extra);
+    affectbench(&args)
+}
+
+/// `run_study`, which must succeed.
+fn run_ok(study: &Path, model: &Path, out: &Path, extra: &[&str]) {
+    let o = run_study(study, model, out, extra);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 fn records_without_timing(dir: &Path) -> Vec<serde_json::Value> {
     let mut v: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("trials.jsonl"))
         .unwrap()
@@ -266,7 +286,7 @@ fn records_without_timing(dir: &Path) -> Vec<serde_json::Value> {
 #[test]
 fn a_capture_study_is_probed_and_its_directions_steer_a_second_study() {
     let dir = tempfile::tempdir().unwrap();
-    let model = tiny_study_model(dir.path());
+    let model = common::tiny_study_model(dir.path());
     let studies = dir.path().join("studies");
     std::fs::create_dir_all(&studies).unwrap();
     let with = studies.join("capture.toml");
@@ -279,18 +299,7 @@ fn a_capture_study_is_probed_and_its_directions_steer_a_second_study() {
     std::fs::write(&without, CAPTURE_STUDY.replace("CAPTURE", "")).unwrap();
     let (cap_out, plain_out) = (dir.path().join("cap"), dir.path().join("plain"));
     for (study, out) in [(&with, &cap_out), (&without, &plain_out)] {
-        let o = affectbench(&[
-            "run",
-            study.to_str().unwrap(),
-            "--scenarios",
-            "scenarios",
-            "--model",
-            model.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--no-report",
-        ]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        run_ok(study, &model, out, &[]);
     }
     // Capture changes no trial: the records equal those of the same study without it.
     assert_eq!(
@@ -358,21 +367,7 @@ fn a_capture_study_is_probed_and_its_directions_steer_a_second_study() {
     )
     .unwrap();
     let steer_out = dir.path().join("steer");
-    let run_steer = |extra: &[&str]| {
-        let mut args = vec![
-            "run",
-            steer.to_str().unwrap(),
-            "--scenarios",
-            "scenarios",
-            "--model",
-            model.to_str().unwrap(),
-            "--out",
-            steer_out.to_str().unwrap(),
-            "--no-report",
-        ];
-        args.extend_from_slice(extra);
-        affectbench(&args)
-    };
+    let run_steer = |extra: &[&str]| run_study(&steer, &model, &steer_out, extra);
     let refused = run_steer(&[]);
     assert!(!refused.status.success());
     let err = String::from_utf8_lossy(&refused.stderr);
@@ -414,22 +409,17 @@ fn a_capture_study_is_probed_and_its_directions_steer_a_second_study() {
     // Interrupted after 5 trials and resumed with no --directions: the run's own copy
     // steers the rest, to the same records.
     let partial = dir.path().join("steer-partial");
-    let o = affectbench(&[
-        "run",
-        steer.to_str().unwrap(),
-        "--scenarios",
-        "scenarios",
-        "--model",
-        model.to_str().unwrap(),
-        "--out",
-        partial.to_str().unwrap(),
-        "--no-report",
-        "--max-trials",
-        "5",
-        "--directions",
-        directions_path.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    run_ok(
+        &steer,
+        &model,
+        &partial,
+        &[
+            "--max-trials",
+            "5",
+            "--directions",
+            directions_path.to_str().unwrap(),
+        ],
+    );
     let o = affectbench(&["run", "--resume", partial.to_str().unwrap(), "--no-report"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(records_without_timing(&partial), recs);
@@ -451,32 +441,11 @@ fn a_capture_study_is_probed_and_its_directions_steer_a_second_study() {
 #[test]
 fn shards_of_a_capture_study_merge_to_the_unsharded_states() {
     let dir = tempfile::tempdir().unwrap();
-    let model = tiny_study_model(dir.path());
-    let studies = dir.path().join("studies");
-    std::fs::create_dir_all(&studies).unwrap();
-    let study = studies.join("capture.toml");
-    std::fs::write(
-        &study,
-        CAPTURE_STUDY.replace("CAPTURE", "[capture]\nblocks = [0, 2]"),
-    )
-    .unwrap();
-    let run = |out: &Path, shard: Option<&str>| {
-        let mut args = vec![
-            "run",
-            study.to_str().unwrap(),
-            "--scenarios",
-            "scenarios",
-            "--model",
-            model.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--no-report",
-        ];
-        if let Some(s) = shard {
-            args.extend(["--shard", s]);
-        }
-        let o = affectbench(&args);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let model = common::tiny_study_model(dir.path());
+    let study = capture_study(dir.path(), "[0, 2]");
+    let run = |out: &Path, shard: Option<&str>| match shard {
+        Some(s) => run_ok(&study, &model, out, &["--shard", s]),
+        None => run_ok(&study, &model, out, &[]),
     };
     let (whole, s0, s1, merged) = (
         dir.path().join("whole"),
@@ -596,34 +565,11 @@ fn a_direction_planted_in_a_tiny_models_stream_is_found_by_the_probe() {
 #[test]
 fn an_interrupted_capture_run_resumes_to_the_uninterrupted_states() {
     let dir = tempfile::tempdir().unwrap();
-    let model = tiny_study_model(dir.path());
-    let studies = dir.path().join("studies");
-    std::fs::create_dir_all(&studies).unwrap();
-    let study = studies.join("capture.toml");
-    std::fs::write(
-        &study,
-        CAPTURE_STUDY.replace("CAPTURE", "[capture]\nblocks = [1]"),
-    )
-    .unwrap();
+    let model = common::tiny_study_model(dir.path());
+    let study = capture_study(dir.path(), "[1]");
     let (whole, cut) = (dir.path().join("whole"), dir.path().join("cut"));
-    for (out, max) in [(&whole, None), (&cut, Some("7"))] {
-        let mut args = vec![
-            "run",
-            study.to_str().unwrap(),
-            "--scenarios",
-            "scenarios",
-            "--model",
-            model.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--no-report",
-        ];
-        if let Some(m) = max {
-            args.extend(["--max-trials", m]);
-        }
-        let o = affectbench(&args);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    }
+    run_ok(&study, &model, &whole, &[]);
+    run_ok(&study, &model, &cut, &["--max-trials", "7"]);
     // A crash mid-record: half a record's bytes past the last index line.
     let h = read_header(&cut).unwrap();
     let capture = h.models[0].capture.clone().unwrap();

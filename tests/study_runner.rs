@@ -15,17 +15,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 fn tiny_model(dir: &Path) -> PathBuf {
-    let path = dir.join("tiny.gguf");
-    // Byte-level tiny vocabulary: about one token per character, so a long context.
-    write_tiny_gguf(
-        &path,
-        &Tiny {
-            context: 8192,
-            ..Tiny::qwen2()
-        },
-        11,
-    );
-    path
+    common::tiny_study_model(dir)
 }
 
 /// The smoke study's records: 32 trials (2 conditions x 2 repetitions x 6 items, and 8

@@ -592,3 +592,18 @@ pub fn copy_tree(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The tiny qwen2 model study tests run on: byte-level vocabulary (about one token per
+/// character), so a long context.
+pub fn tiny_study_model(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("tiny.gguf");
+    write_tiny_gguf(
+        &path,
+        &Tiny {
+            context: 8192,
+            ..Tiny::qwen2()
+        },
+        11,
+    );
+    path
+}
