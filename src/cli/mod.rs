@@ -138,6 +138,7 @@ pub enum Command {
     /// the curves when the files are there.
     ///
     ///   affectbench run scenarios/studies/internal-states.toml --out results/states
+    ///
     ///   affectbench probe results/states
     Probe(ProbeArgs),
 }
