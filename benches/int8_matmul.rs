@@ -5,9 +5,14 @@
 //!
 //! Weights are random, quantised to Q4_1 (SmolLM2's file type) and packed, outside the
 //! timed loop.
+//!
+//! A second group compares the 4-bit layouts at an 8B model's attention shape
+//! (4096 x 4096): Q4_K in nibbles (the bulk of a Q4_K_M file), IQ4_XS in nibbles (the
+//! kernel looks each index up in the code book) and IQ4_XS in bytes.
 
 use affectbench::kernels::int8_matmul::{best_path, matmul};
-use affectbench::kernels::packed::PackedMatrix;
+use affectbench::kernels::packed::{FourBit, PackedMatrix};
+use affectbench::quant::QuantType;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -23,6 +28,52 @@ fn packed_q4_1(n: usize, k: usize) -> PackedMatrix {
     let w = Tensor::from_vec(random(n * k, 1), (n, k), &Device::Cpu).unwrap();
     let q = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
     PackedMatrix::from_ggml(GgmlDType::Q4_1, &q.data().unwrap(), n, k).unwrap()
+}
+
+/// Random IQ4_XS blocks (any bytes are valid blocks once the f16 scale is finite).
+fn random_iq4_xs(n: usize, k: usize) -> Vec<u8> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let mut data: Vec<u8> = (0..n * k / 256 * 136).map(|_| rng.random()).collect();
+    for blk in data.chunks_exact_mut(136) {
+        let d = half::f16::from_f32(rng.random_range(0.001f32..0.01));
+        blk[..2].copy_from_slice(&d.to_le_bytes());
+    }
+    data
+}
+
+fn layouts(c: &mut Criterion) {
+    let (n, k) = (4096, 4096);
+    let w = Tensor::from_vec(random(n * k, 1), (n, k), &Device::Cpu).unwrap();
+    let q4k = QTensor::quantize(&w, GgmlDType::Q4K).unwrap();
+    let q4k = q4k.data().unwrap();
+    let iq4 = random_iq4_xs(n, k);
+    let pack = |t: QuantType, data: &[u8], four_bit| {
+        PackedMatrix::from_ggml_stacked(&[(t, data, n)], k, four_bit).unwrap()
+    };
+    let variants = [
+        (
+            "q4_k-nibbles",
+            pack(GgmlDType::Q4K.into(), &q4k, FourBit::Nibbles),
+        ),
+        (
+            "iq4_xs-nibbles",
+            pack(QuantType::Iq4Xs, &iq4, FourBit::Nibbles),
+        ),
+        ("iq4_xs-bytes", pack(QuantType::Iq4Xs, &iq4, FourBit::Bytes)),
+    ];
+    let mut g = c.benchmark_group(format!("int8_matmul/layout-{n}x{k}"));
+    g.warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+    for m in [1usize, 24] {
+        let x = random(m * k, 2);
+        g.throughput(Throughput::Elements((m * n * k) as u64));
+        for (name, p) in &variants {
+            g.bench_with_input(BenchmarkId::new(*name, m), &m, |b, &m| {
+                b.iter(|| matmul(p, &x, m, best_path()))
+            });
+        }
+    }
+    g.finish();
 }
 
 fn bench(c: &mut Criterion) {
@@ -47,5 +98,5 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+criterion_group!(benches, bench, layouts);
 criterion_main!(benches);

@@ -2,70 +2,132 @@
 //! the key, tensors by name, and an up-front check that the file is not truncated.
 
 use crate::error::{Error, IoContext, Result};
+use crate::quant::QuantType;
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::quantized::QTensor;
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Device;
+use std::collections::HashMap;
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Cursor, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+
+/// A tensor as the file stores it.
+#[derive(Debug, Clone)]
+pub struct TensorEntry {
+    pub quant: QuantType,
+    /// Row-major dimensions (outermost first), as candle reports them.
+    pub shape: Vec<usize>,
+    /// Offset of the data from the start of the tensor data section.
+    pub offset: u64,
+}
+
+impl TensorEntry {
+    pub fn elems(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
 
 /// An open GGUF file: its parsed header plus a reader for tensor data.
 pub struct GgufFile {
     pub path: PathBuf,
+    /// candle's view: the metadata, and the tensors of the types candle reads.
     pub content: Content,
+    /// Every tensor, of every type we read (candle's and the IQ4 types).
+    tensors: HashMap<String, TensorEntry>,
     reader: BufReader<File>,
 }
 
 impl GgufFile {
     /// Opens and parses the header, then checks every tensor lies inside the file.
     pub fn open(path: &Path) -> Result<Self> {
-        crate::gguf_check::check_header(path)?;
+        let layout = crate::gguf_check::check_header(path)?;
         let file = File::open(path).with_path(path)?;
         let file_len = file.metadata().with_path(path)?.len();
         let mut reader = BufReader::new(file);
-        let content = Content::read(&mut reader).map_err(|e| Error::Gguf {
+        let gguf_err = |message: String| Error::Gguf {
             path: path.to_path_buf(),
-            message: format!("{e} (is the file truncated or not GGUF?)"),
-        })?;
-        for (name, info) in &content.tensor_infos {
+            message,
+        };
+        let mut tensors = HashMap::new();
+        let mut not_candles = Vec::new();
+        for t in &layout.tensors {
+            let quant = QuantType::from_gguf_id(t.type_id).map_err(|why| Error::Tensor {
+                path: path.to_path_buf(),
+                tensor: t.name.clone(),
+                message: why,
+            })?;
+            if quant.candle().is_none() {
+                not_candles.push(t);
+            }
+            let shape = t
+                .ggml_dims
+                .iter()
+                .rev()
+                .map(|&d| usize::try_from(d).ok())
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| {
+                    gguf_err(format!("tensor '{}' has impossible dimensions", t.name))
+                })?;
+            tensors.insert(
+                t.name.clone(),
+                TensorEntry {
+                    quant,
+                    shape,
+                    offset: t.offset,
+                },
+            );
+        }
+        let candle_err =
+            |e: candle_core::Error| gguf_err(format!("{e} (is the file truncated or not GGUF?)"));
+        let content = if not_candles.is_empty() {
+            Content::read(&mut reader).map_err(candle_err)?
+        } else {
+            // candle refuses a whole file over one tensor type it does not know. Its
+            // metadata reader gets a copy of the header in which those tensors say F32
+            // (type id 0); they are then dropped from candle's table, and only our own
+            // decoder reads their data, by the true type kept in `tensors`.
+            let mut header = vec![0u8; layout.infos_end as usize];
+            reader.read_exact(&mut header).with_path(path)?;
+            for t in &not_candles {
+                let at = t.type_at as usize;
+                header[at..at + 4].copy_from_slice(&0u32.to_le_bytes());
+            }
+            let mut content = Content::read(&mut Cursor::new(header)).map_err(candle_err)?;
+            for t in &not_candles {
+                content.tensor_infos.remove(&t.name);
+            }
+            content
+        };
+        for (name, entry) in &tensors {
             // Every size from the header is checked arithmetic: hostile dims must give an
             // error, not a wrapped size or an allocation of 2^62 bytes.
-            let (block, type_size) = (info.ggml_dtype.block_size(), info.ggml_dtype.type_size());
-            let end = info
+            let end = entry
                 .shape
-                .dims()
                 .iter()
                 .try_fold(1usize, |n, &d| if d == 0 { None } else { n.checked_mul(d) })
-                .filter(|elems| elems % block == 0)
-                .and_then(|elems| (elems / block).checked_mul(type_size))
+                .and_then(|elems| entry.quant.bytes_for(elems))
                 .and_then(|bytes| {
                     content
                         .tensor_data_offset
-                        .checked_add(info.offset)?
+                        .checked_add(entry.offset)?
                         .checked_add(bytes as u64)
                 });
             let Some(end) = end else {
-                return Err(Error::Gguf {
-                    path: path.to_path_buf(),
-                    message: format!(
-                        "tensor '{name}' has impossible dimensions {:?} for its type {:?}",
-                        info.shape.dims(),
-                        info.ggml_dtype
-                    ),
-                });
+                return Err(gguf_err(format!(
+                    "tensor '{name}' has impossible dimensions {:?} for its type {}",
+                    entry.shape, entry.quant
+                )));
             };
             if end > file_len {
-                return Err(Error::Gguf {
-                    path: path.to_path_buf(),
-                    message: format!(
-                        "truncated: tensor '{name}' ends at byte {end} but the file has {file_len} bytes; fetch it again"
-                    ),
-                });
+                return Err(gguf_err(format!(
+                    "truncated: tensor '{name}' ends at byte {end} but the file has {file_len} bytes; fetch it again"
+                )));
             }
         }
         Ok(Self {
             path: path.to_path_buf(),
             content,
+            tensors,
             reader,
         })
     }
@@ -212,24 +274,72 @@ impl GgufFile {
     }
 
     pub fn has_tensor(&self, name: &str) -> bool {
-        self.content.tensor_infos.contains_key(name)
+        self.tensors.contains_key(name)
     }
 
-    /// Reads one tensor onto `device`.
+    /// Every tensor in the file, by name.
+    pub fn tensor_entries(&self) -> &HashMap<String, TensorEntry> {
+        &self.tensors
+    }
+
+    /// The storage type of tensor `name`, if the file has it.
+    pub fn quant_type(&self, name: &str) -> Option<QuantType> {
+        self.tensors.get(name).map(|e| e.quant)
+    }
+
+    fn entry(&self, name: &str) -> Result<&TensorEntry> {
+        self.tensors.get(name).ok_or_else(|| Error::Tensor {
+            path: self.path.clone(),
+            tensor: name.to_string(),
+            message: "is missing from the file".into(),
+        })
+    }
+
+    fn tensor_err(&self, name: &str, message: String) -> Error {
+        Error::Tensor {
+            path: self.path.clone(),
+            tensor: name.to_string(),
+            message,
+        }
+    }
+
+    /// Tensor `name` as stored: its type, row-major shape and raw blocks.
+    pub fn raw(&mut self, name: &str) -> Result<(QuantType, Vec<usize>, Vec<u8>)> {
+        let entry = self.entry(name)?.clone();
+        let bytes = entry
+            .quant
+            .bytes_for(entry.elems())
+            .expect("sizes checked when the file was opened");
+        let mut data = vec![0u8; bytes];
+        let start = self.content.tensor_data_offset + entry.offset;
+        self.reader
+            .seek(SeekFrom::Start(start))
+            .and_then(|_| self.reader.read_exact(&mut data))
+            .map_err(|e| self.tensor_err(name, e.to_string()))?;
+        Ok((entry.quant, entry.shape, data))
+    }
+
+    /// Reads one tensor onto `device`. A type candle does not know (IQ4) comes back
+    /// dequantised to F32 by our reference decoder; the packed kernels read those
+    /// through `raw` instead.
     pub fn tensor(&mut self, name: &str, device: &Device) -> Result<QTensor> {
-        if !self.has_tensor(name) {
-            return Err(Error::Tensor {
-                path: self.path.clone(),
-                tensor: name.to_string(),
-                message: "is missing from the file".into(),
-            });
+        let entry = self.entry(name)?.clone();
+        if entry.quant.candle().is_none() {
+            let (quant, shape, data) = self.raw(name)?;
+            let values = quant
+                .dequantize_iq4(&data)
+                .expect("every type candle does not read is an IQ4 type");
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            return candle_core::quantized::ggml_file::qtensor_from_ggml(
+                GgmlDType::F32,
+                &bytes,
+                shape,
+                device,
+            )
+            .map_err(|e| self.tensor_err(name, e.to_string()));
         }
         self.content
             .tensor(&mut self.reader, name, device)
-            .map_err(|e| Error::Tensor {
-                path: self.path.clone(),
-                tensor: name.to_string(),
-                message: e.to_string(),
-            })
+            .map_err(|e| self.tensor_err(name, e.to_string()))
     }
 }

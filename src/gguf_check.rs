@@ -1,10 +1,13 @@
-//! A structural check of a GGUF header before candle parses it.
+//! A structural walk of a GGUF header before candle parses it, which also reads the
+//! tensor table.
 //!
 //! candle's reader allocates whatever a length field says (`vec![0; len]` for a string,
 //! a dimension list, an array) before reading it, so a hostile or corrupt length of 2^60
 //! aborts the process instead of returning an error. This walk reads the same fields
 //! with every length bounded by the bytes the file has left (and dimension counts by
 //! GGML's four), so such a file is refused with the byte offset and field at fault.
+//! It keeps each tensor's raw type id and where that id lies, because candle refuses
+//! the whole file over one type it does not know (IQ4_XS), which we decode ourselves.
 
 use crate::error::{Error, IoContext, Result};
 use std::io::{BufReader, Read, Seek, SeekFrom};
@@ -76,6 +79,17 @@ impl<R: Read + Seek> Walker<R> {
         self.skip(n, what)
     }
 
+    /// A string read (bounded like `string`), lossily as UTF-8.
+    fn read_string(&mut self, what: &str) -> std::result::Result<String, String> {
+        let n = self.count(&format!("the length of {what}"), 1)?;
+        let mut bytes = vec![0u8; n as usize];
+        self.reader
+            .read_exact(&mut bytes)
+            .map_err(|_| self.fail(&format!("the file ends inside {what}")))?;
+        self.at += n;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     /// One metadata value of type `ty`.
     fn value(&mut self, ty: u32, depth: usize) -> std::result::Result<(), String> {
         match ty {
@@ -104,8 +118,30 @@ impl<R: Read + Seek> Walker<R> {
     }
 }
 
-/// Checks the header of the GGUF file at `path`; an error names the byte and the field.
-pub fn check_header(path: &Path) -> Result<()> {
+/// One entry of a GGUF file's tensor table, as written.
+#[derive(Debug, Clone)]
+pub struct RawTensorInfo {
+    pub name: String,
+    /// Dimensions in GGML order (innermost first).
+    pub ggml_dims: Vec<u64>,
+    /// The GGUF type id (`ggml_type`).
+    pub type_id: u32,
+    /// The byte in the file where the type id is written.
+    pub type_at: u64,
+    /// Offset of the data from the start of the tensor data section.
+    pub offset: u64,
+}
+
+/// What the walk learnt: the tensor table and where the tensor infos end.
+#[derive(Debug, Clone)]
+pub struct HeaderLayout {
+    pub tensors: Vec<RawTensorInfo>,
+    pub infos_end: u64,
+}
+
+/// Checks the header of the GGUF file at `path` and returns its tensor table; an error
+/// names the byte and the field.
+pub fn check_header(path: &Path) -> Result<HeaderLayout> {
     let file = std::fs::File::open(path).with_path(path)?;
     let len = file.metadata().with_path(path)?.len();
     let mut w = Walker {
@@ -118,36 +154,58 @@ pub fn check_header(path: &Path) -> Result<()> {
         path: path.to_path_buf(),
         message: format!("{message} (is the file truncated, corrupt or not GGUF?)"),
     };
-    let walk = |w: &mut Walker<BufReader<std::fs::File>>| -> std::result::Result<(), String> {
-        if &w.bytes::<4>("the magic number")? != b"GGUF" {
-            return Err("not a GGUF file (no GGUF magic number)".into());
-        }
-        let version = w.u32("the version")?;
-        w.wide = match version {
-            1 => false,
-            2 | 3 => true,
-            v => return Err(format!("GGUF version {v} is not one of 1, 2, 3")),
-        };
-        // A tensor info takes at least 8 + 4 + 4 + 8 bytes; a metadata entry 8 + 4.
-        let tensors = w.count("the tensor count", 24)?;
-        let entries = w.count("the metadata count", 12)?;
-        for _ in 0..entries {
-            w.string("a metadata key")?;
-            let ty = w.u32("a metadata value type")?;
-            w.value(ty, 0)?;
-        }
-        for _ in 0..tensors {
-            w.string("a tensor name")?;
-            let dims = w.u32("a tensor's dimension count")? as u64;
-            if dims > MAX_DIMS {
-                return Err(w.fail(&format!(
-                    "a tensor has {dims} dimensions (GGML allows at most {MAX_DIMS})"
-                )));
+    let walk =
+        |w: &mut Walker<BufReader<std::fs::File>>| -> std::result::Result<HeaderLayout, String> {
+            if &w.bytes::<4>("the magic number")? != b"GGUF" {
+                return Err("not a GGUF file (no GGUF magic number)".into());
             }
-            w.skip(dims * if w.wide { 8 } else { 4 }, "a tensor's dimensions")?;
-            w.skip(4 + 8, "a tensor's type and offset")?;
-        }
-        Ok(())
-    };
+            let version = w.u32("the version")?;
+            w.wide = match version {
+                1 => false,
+                2 | 3 => true,
+                v => return Err(format!("GGUF version {v} is not one of 1, 2, 3")),
+            };
+            // A tensor info takes at least 8 + 4 + 4 + 8 bytes; a metadata entry 8 + 4.
+            let tensors = w.count("the tensor count", 24)?;
+            let entries = w.count("the metadata count", 12)?;
+            for _ in 0..entries {
+                w.string("a metadata key")?;
+                let ty = w.u32("a metadata value type")?;
+                w.value(ty, 0)?;
+            }
+            let mut table = Vec::with_capacity(tensors as usize);
+            for _ in 0..tensors {
+                let name = w.read_string("a tensor name")?;
+                let dims = w.u32("a tensor's dimension count")? as u64;
+                if dims > MAX_DIMS {
+                    return Err(w.fail(&format!(
+                        "a tensor has {dims} dimensions (GGML allows at most {MAX_DIMS})"
+                    )));
+                }
+                let ggml_dims = (0..dims)
+                    .map(|_| {
+                        if w.wide {
+                            w.u64("a tensor's dimensions")
+                        } else {
+                            w.u32("a tensor's dimensions").map(u64::from)
+                        }
+                    })
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                let type_at = w.at;
+                let type_id = w.u32("a tensor's type")?;
+                let offset = w.u64("a tensor's offset")?;
+                table.push(RawTensorInfo {
+                    name,
+                    ggml_dims,
+                    type_id,
+                    type_at,
+                    offset,
+                });
+            }
+            Ok(HeaderLayout {
+                tensors: table,
+                infos_end: w.at,
+            })
+        };
     walk(&mut w).map_err(fail)
 }

@@ -31,6 +31,7 @@ pub mod lock;
 pub mod model;
 pub mod option_scoring;
 pub mod probe;
+pub mod quant;
 pub mod registry;
 pub mod report;
 pub mod results;

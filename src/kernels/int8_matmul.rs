@@ -307,10 +307,10 @@ mod avx512 {
         // byte layout 10% of its prefill speed.
         // SAFETY: the caller's contract, passed on.
         unsafe {
-            if w.nibbles {
-                rows_of::<NT, true>(w, acts, t0, out)
-            } else {
-                rows_of::<NT, false>(w, acts, t0, out)
+            match (w.nibbles, w.codebook.is_some()) {
+                (true, true) => rows_of::<NT, true, true>(w, acts, t0, out),
+                (true, false) => rows_of::<NT, true, false>(w, acts, t0, out),
+                _ => rows_of::<NT, false, false>(w, acts, t0, out),
             }
         }
     }
@@ -318,9 +318,9 @@ mod avx512 {
     /// `all_rows` for one layout.
     ///
     /// # Safety
-    /// As `all_rows`; `NIBBLES` is `w.nibbles`.
+    /// As `all_rows`; `NIBBLES` is `w.nibbles`, `CODEBOOK` whether `w.codebook` is set.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn rows_of<const NT: usize, const NIBBLES: bool>(
+    unsafe fn rows_of<const NT: usize, const NIBBLES: bool, const CODEBOOK: bool>(
         w: &PackedMatrix,
         acts: &QuantizedActs,
         t0: usize,
@@ -329,12 +329,12 @@ mod avx512 {
         let mut i = 0;
         // SAFETY: rows i..i+MR are below acts.m; the rest is the caller's contract.
         while i + 4 <= acts.m {
-            unsafe { tiles::<4, NT, NIBBLES>(w, acts, t0, i, out) };
+            unsafe { tiles::<4, NT, NIBBLES, CODEBOOK>(w, acts, t0, i, out) };
             i += 4;
         }
         while i < acts.m {
             // SAFETY: row i is below acts.m; the rest as above.
-            unsafe { tiles::<1, NT, NIBBLES>(w, acts, t0, i, out) };
+            unsafe { tiles::<1, NT, NIBBLES, CODEBOOK>(w, acts, t0, i, out) };
             i += 1;
         }
     }
@@ -351,7 +351,12 @@ mod avx512 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     // Register arrays indexed by row and tile read best as index loops.
     #[allow(clippy::needless_range_loop)]
-    pub(super) unsafe fn tiles<const MR: usize, const NT: usize, const NIBBLES: bool>(
+    pub(super) unsafe fn tiles<
+        const MR: usize,
+        const NT: usize,
+        const NIBBLES: bool,
+        const CODEBOOK: bool,
+    >(
         w: &PackedMatrix,
         acts: &QuantizedActs,
         t0: usize,
@@ -372,6 +377,13 @@ mod avx512 {
             let wo: [*const f32; NT] =
                 std::array::from_fn(|j| w.offsets.as_ptr().add((t0 + j) * nb * TILE));
             let xq = acts.qs.as_ptr();
+            // The code book in each 128-bit lane, for `vpshufb`'s per-lane lookup.
+            let table = match w.codebook {
+                Some(cb) if CODEBOOK => {
+                    _mm512_broadcast_i32x4(_mm_loadu_si128(cb.as_ptr() as *const __m128i))
+                }
+                _ => _mm512_setzero_si512(),
+            };
             let mut facc = [[_mm512_setzero_ps(); NT]; MR];
             for b in 0..nb {
                 let mut iacc = [[_mm512_setzero_si512(); NT]; MR];
@@ -383,11 +395,18 @@ mod avx512 {
                         let packed: [__m512i; NT] = std::array::from_fn(|j| {
                             _mm512_loadu_si512(wq[j].add(pair * TILE * 4) as *const __m512i)
                         });
-                        let lo: [__m512i; NT] =
+                        let mut lo: [__m512i; NT] =
                             std::array::from_fn(|j| _mm512_and_si512(packed[j], low));
-                        let hi: [__m512i; NT] = std::array::from_fn(|j| {
+                        let mut hi: [__m512i; NT] = std::array::from_fn(|j| {
                             _mm512_and_si512(_mm512_srli_epi16(packed[j], 4), low)
                         });
+                        if CODEBOOK {
+                            // Index (0..15, bit 7 clear) -> u: one table lookup a vector.
+                            for j in 0..NT {
+                                lo[j] = _mm512_shuffle_epi8(table, lo[j]);
+                                hi[j] = _mm512_shuffle_epi8(table, hi[j]);
+                            }
+                        }
                         for r in 0..MR {
                             let at = xq.add((i0 + r) * k + pair * 8) as *const i32;
                             let x_lo = _mm512_set1_epi32(at.read_unaligned());

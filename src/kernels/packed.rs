@@ -16,6 +16,7 @@
 //! ```
 //! Rows past `n` in the last tile are zero (scale 0, offset 0) and never written out.
 
+use crate::quant::{iq4xs_scales, QuantType, IQ4_TABLE};
 use candle_core::quantized::GgmlDType;
 use half::f16;
 
@@ -28,9 +29,12 @@ pub struct PackedMatrix {
     pub k: usize,
     /// Values per scale/offset block: 32, or 16 for Q6_K.
     pub block: usize,
-    /// `u` fits in 4 bits (Q4_0, Q4_1, Q4_K), so two k-groups share each byte: group 2G
+    /// `u` (or its IQ4 index) fits in 4 bits, so two k-groups share each byte: group 2G
     /// in the low nibble, 2G+1 in the high one. Half the bytes to hold and to stream.
     pub nibbles: bool,
+    /// With `nibbles`: the nibbles are indices into this table of `u` (IQ4's code book,
+    /// each value + 128), looked up in the kernel. None: the nibble is `u` itself.
+    pub codebook: Option<[u8; 16]>,
     pub(crate) qs: Vec<u8>,
     pub(crate) scales: Vec<f32>,
     pub(crate) offsets: Vec<f32>,
@@ -41,15 +45,18 @@ pub struct PackedMatrix {
 pub struct Unpackable(pub String);
 
 /// The block size a ggml type packs into, or None if we have no decoder for it.
-pub fn packed_block(dtype: GgmlDType) -> Option<usize> {
+pub fn packed_block(dtype: QuantType) -> Option<usize> {
     match dtype {
-        GgmlDType::Q4_0
-        | GgmlDType::Q4_1
-        | GgmlDType::Q5_0
-        | GgmlDType::Q8_0
-        | GgmlDType::Q4K
-        | GgmlDType::Q5K => Some(32),
-        GgmlDType::Q6K | GgmlDType::Q3K | GgmlDType::Q2K => Some(16),
+        QuantType::Iq4Nl | QuantType::Iq4Xs => Some(32),
+        QuantType::Candle(
+            GgmlDType::Q4_0
+            | GgmlDType::Q4_1
+            | GgmlDType::Q5_0
+            | GgmlDType::Q8_0
+            | GgmlDType::Q4K
+            | GgmlDType::Q5K,
+        ) => Some(32),
+        QuantType::Candle(GgmlDType::Q6K | GgmlDType::Q3K | GgmlDType::Q2K) => Some(16),
         _ => None,
     }
 }
@@ -77,9 +84,22 @@ impl FourBit {
     }
 }
 
-/// Whether a ggml type's `u` fits in 4 bits (packed two per byte).
-pub fn packs_in_nibbles(dtype: GgmlDType) -> bool {
-    matches!(dtype, GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q4K)
+/// Whether a ggml type's `u` (or its code book index) fits in 4 bits (packed two per
+/// byte).
+pub fn packs_in_nibbles(dtype: QuantType) -> bool {
+    matches!(
+        dtype,
+        QuantType::Candle(GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q4K)
+            | QuantType::Iq4Nl
+            | QuantType::Iq4Xs
+    )
+}
+
+/// The table from a type's 4-bit index to `u`, for types whose values are a code book
+/// (IQ4: ggml's int8 values + 128); None where the decoded value is `u` itself.
+pub fn codebook(dtype: QuantType) -> Option<[u8; 16]> {
+    matches!(dtype, QuantType::Iq4Nl | QuantType::Iq4Xs)
+        .then(|| IQ4_TABLE.map(|v| (v as i16 + 128) as u8))
 }
 
 /// Bytes of `qs` per tile for k inputs.
@@ -111,11 +131,12 @@ impl PackedMatrix {
     pub fn u_at(&self, t: usize, lane: usize, g: usize, j: usize) -> u8 {
         if self.nibbles {
             let at = ((t * (self.k / 8) + g / 2) * TILE + lane) * 4 + j;
-            if g.is_multiple_of(2) {
+            let nibble = if g.is_multiple_of(2) {
                 self.qs[at] & 0x0F
             } else {
                 self.qs[at] >> 4
-            }
+            };
+            self.codebook.map_or(nibble, |cb| cb[nibble as usize])
         } else {
             self.qs[((t * (self.k / 4) + g) * TILE + lane) * 4 + j]
         }
@@ -128,9 +149,10 @@ impl PackedMatrix {
 
     /// Whether an n x k matrix of `dtype` packs (its packed block size), or why not:
     /// the one rule `from_ggml` and `models inspect` share.
-    pub fn packable(dtype: GgmlDType, n: usize, k: usize) -> Result<usize, Unpackable> {
+    pub fn packable(dtype: impl Into<QuantType>, n: usize, k: usize) -> Result<usize, Unpackable> {
+        let dtype = dtype.into();
         let block = packed_block(dtype)
-            .ok_or_else(|| Unpackable(format!("no packed decoder for {dtype:?}")))?;
+            .ok_or_else(|| Unpackable(format!("no packed decoder for {dtype}")))?;
         if n == 0 || k == 0 {
             return Err(Unpackable(format!("a {n}x{k} matrix has no elements")));
         }
@@ -144,18 +166,18 @@ impl PackedMatrix {
 
     /// Packs a row-major ggml tensor (n rows of k values) from its raw bytes.
     pub fn from_ggml(
-        dtype: GgmlDType,
+        dtype: impl Into<QuantType>,
         data: &[u8],
         n: usize,
         k: usize,
     ) -> Result<Self, Unpackable> {
         let threads = crate::kernels::pool::pool().threads();
-        Self::from_ggml_on(dtype, data, n, k, threads)
+        Self::from_ggml_on(dtype.into(), data, n, k, threads)
     }
 
     /// `from_ggml` on `threads` threads (the result does not depend on it).
     fn from_ggml_on(
-        dtype: GgmlDType,
+        dtype: QuantType,
         data: &[u8],
         n: usize,
         k: usize,
@@ -167,12 +189,12 @@ impl PackedMatrix {
     /// `from_ggml` with one byte per weight whatever the type: the reference the
     /// nibble layout is compared with.
     pub fn from_ggml_bytes(
-        dtype: GgmlDType,
+        dtype: impl Into<QuantType>,
         data: &[u8],
         n: usize,
         k: usize,
     ) -> Result<Self, Unpackable> {
-        Self::stacked_on(&[(dtype, data, n)], k, 1, false)
+        Self::stacked_on(&[(dtype.into(), data, n)], k, 1, false)
     }
 
     /// Packs matrices with the same k straight into one stacked matrix (the rows of the
@@ -180,7 +202,7 @@ impl PackedMatrix {
     /// without holding both copies: fused q/k/v and gate/up are most of a model's
     /// weights. Every part but the last must be whole tiles, and all share a block size.
     pub fn from_ggml_stacked(
-        parts: &[(GgmlDType, &[u8], usize)],
+        parts: &[(QuantType, &[u8], usize)],
         k: usize,
         four_bit: FourBit,
     ) -> Result<Self, Unpackable> {
@@ -189,7 +211,7 @@ impl PackedMatrix {
     }
 
     fn stacked_on(
-        parts: &[(GgmlDType, &[u8], usize)],
+        parts: &[(QuantType, &[u8], usize)],
         k: usize,
         threads: usize,
         allow_nibbles: bool,
@@ -201,7 +223,7 @@ impl PackedMatrix {
         for (i, &(dtype, data, n)) in parts.iter().enumerate() {
             if Self::packable(dtype, n, k)? != block {
                 return Err(Unpackable(format!(
-                    "{dtype:?} packs in blocks other than {first_type:?}'s"
+                    "{dtype} packs in blocks other than {first_type}'s"
                 )));
             }
             if i + 1 < parts.len() && !n.is_multiple_of(TILE) {
@@ -210,17 +232,24 @@ impl PackedMatrix {
             let row_bytes = k / dtype.block_size() * dtype.type_size();
             if data.len() != row_bytes * n {
                 return Err(Unpackable(format!(
-                    "expected {} bytes for {n}x{k} {dtype:?}, got {}",
+                    "expected {} bytes for {n}x{k} {dtype}, got {}",
                     row_bytes * n,
                     data.len()
                 )));
             }
         }
+        // Nibbles only where every part's nibble means the same (all plain, or all one
+        // code book).
         let nibbles = allow_nibbles
             && k.is_multiple_of(8)
-            && parts.iter().all(|&(dtype, _, _)| packs_in_nibbles(dtype));
+            && parts.iter().all(|&(dtype, _, _)| {
+                packs_in_nibbles(dtype) && codebook(dtype) == codebook(first_type)
+            });
         let total = parts.iter().map(|p| p.2).sum();
         let mut m = Self::zeros(total, k, block, nibbles);
+        if nibbles {
+            m.codebook = codebook(first_type);
+        }
         let nb = k / block;
         let (mut qs, mut scales, mut offsets) =
             (&mut m.qs[..], &mut m.scales[..], &mut m.offsets[..]);
@@ -242,6 +271,7 @@ impl PackedMatrix {
             k,
             block,
             nibbles,
+            codebook: None,
             qs: vec![0; tiles * tile_bytes(k, nibbles)],
             scales: vec![0.0; tiles * TILE * (k / block)],
             offsets: vec![0.0; tiles * TILE * (k / block)],
@@ -268,10 +298,12 @@ impl PackedMatrix {
     /// gate+up), so one pass over the activations feeds them all.
     pub fn concat_rows(parts: &[&PackedMatrix]) -> Option<PackedMatrix> {
         let first = parts.first()?;
-        if parts
-            .iter()
-            .any(|p| p.k != first.k || p.block != first.block || p.nibbles != first.nibbles)
-        {
+        if parts.iter().any(|p| {
+            p.k != first.k
+                || p.block != first.block
+                || p.nibbles != first.nibbles
+                || p.codebook != first.codebook
+        }) {
             return None;
         }
         let n = parts.iter().map(|p| p.n).sum();
@@ -284,6 +316,7 @@ impl PackedMatrix {
                 k: first.k,
                 block: first.block,
                 nibbles: first.nibbles,
+                codebook: first.codebook,
                 qs: Vec::with_capacity(parts.iter().map(|p| p.qs.len()).sum()),
                 scales: Vec::with_capacity(parts.iter().map(|p| p.scales.len()).sum()),
                 offsets: Vec::with_capacity(parts.iter().map(|p| p.offsets.len()).sum()),
@@ -296,10 +329,17 @@ impl PackedMatrix {
             return Some(out);
         }
         let mut out = Self::zeros(n, first.k, first.block, first.nibbles);
+        out.codebook = first.codebook;
         let mut r0 = 0;
         for p in parts {
             for r in 0..p.n {
-                let (u, s, o) = p.row(r);
+                let (mut u, s, o) = p.row(r);
+                if let Some(cb) = first.codebook {
+                    // The layout holds indices: map each `u` back to its code.
+                    for v in &mut u {
+                        *v = cb.iter().position(|c| c == v).expect("u from this table") as u8;
+                    }
+                }
                 out.set_row(r0 + r, &u, &s, &o);
             }
             r0 += p.n;
@@ -343,7 +383,7 @@ impl PackedMatrix {
 /// is mostly this loop.
 #[allow(clippy::too_many_arguments)]
 fn pack_tiles(
-    dtype: GgmlDType,
+    dtype: QuantType,
     data: &[u8],
     n: usize,
     k: usize,
@@ -355,6 +395,8 @@ fn pack_tiles(
     offsets: &mut [f32],
 ) {
     let row_bytes = k / dtype.block_size() * dtype.type_size();
+    // Code book types decode to indices: nibbles keep them, bytes hold their `u`.
+    let to_u = codebook(dtype).filter(|_| !nibbles);
     let tiles = n.div_ceil(TILE);
     let threads = threads.clamp(1, tiles);
     let per = tiles.div_ceil(threads);
@@ -378,6 +420,9 @@ fn pack_tiles(
                         &mut s,
                         &mut o,
                     );
+                    if let Some(cb) = to_u {
+                        u.iter_mut().for_each(|v| *v = cb[*v as usize]);
+                    }
                     place_row(
                         qs,
                         scales,
@@ -438,11 +483,31 @@ fn h(bytes: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
 }
 
-/// Decodes one row of ggml blocks into (u, s, o) with w = s*u + o per `block` values.
-fn decode_row(dtype: GgmlDType, row: &[u8], u: &mut [u8], s: &mut [f32], o: &mut [f32]) {
+/// Decodes one row of ggml blocks into (u, s, o) with w = s*u + o per `block` values
+/// (for code book types, u is the index into `codebook(dtype)`).
+fn decode_row(dtype: QuantType, row: &[u8], u: &mut [u8], s: &mut [f32], o: &mut [f32]) {
     let ts = dtype.type_size();
+    let ggml = match dtype {
+        QuantType::Candle(d) => d,
+        QuantType::Iq4Nl => {
+            for (bi, blk) in row.chunks_exact(ts).enumerate() {
+                iq4_sub_block(h(blk, 0), &blk[2..18], bi, u, s, o);
+            }
+            return;
+        }
+        QuantType::Iq4Xs => {
+            for (bi, blk) in row.chunks_exact(ts).enumerate() {
+                let d = h(blk, 0);
+                for (sub, ls) in iq4xs_scales(blk).into_iter().enumerate() {
+                    let qs = &blk[8 + 16 * sub..8 + 16 * (sub + 1)];
+                    iq4_sub_block(d * (ls as f32 - 32.0), qs, bi * 8 + sub, u, s, o);
+                }
+            }
+            return;
+        }
+    };
     for (bi, blk) in row.chunks_exact(ts).enumerate() {
-        match dtype {
+        match ggml {
             GgmlDType::Q4_0 => {
                 let d = h(blk, 0);
                 for j in 0..16 {
@@ -586,6 +651,18 @@ fn decode_row(dtype: GgmlDType, row: &[u8], u: &mut [u8], s: &mut [f32], o: &mut
     }
 }
 
+/// One 32-value IQ4 sub-block (index `sub` in the row) of scale `scale`: the low
+/// nibbles of `qs` index the first 16 values, the high nibbles the next 16. `u` gets
+/// the indices; their code (table value + 128) makes w = s*u + o with o = -128 s.
+fn iq4_sub_block(scale: f32, qs: &[u8], sub: usize, u: &mut [u8], s: &mut [f32], o: &mut [f32]) {
+    for j in 0..16 {
+        u[sub * 32 + j] = qs[j] & 0x0F;
+        u[sub * 32 + j + 16] = qs[j] >> 4;
+    }
+    s[sub] = scale;
+    o[sub] = -128.0 * scale;
+}
+
 /// ggml's unpacking of Q3_K's sixteen 6-bit scales (still biased by 32) from 12 bytes.
 fn q3k_scales(packed: &[u8]) -> [u8; 16] {
     let word = |i: usize| {
@@ -661,9 +738,10 @@ mod tests {
         // 37 rows: three tiles, the last one partial.
         for dtype in [GgmlDType::Q4K, GgmlDType::Q6K, GgmlDType::Q8_0] {
             let data = quantised(37, 256, dtype, 1.0);
-            let one = PackedMatrix::from_ggml_on(dtype, &data, 37, 256, 1).unwrap();
+            let one = PackedMatrix::from_ggml_on(dtype.into(), &data, 37, 256, 1).unwrap();
             for threads in [2, 3, 8] {
-                let many = PackedMatrix::from_ggml_on(dtype, &data, 37, 256, threads).unwrap();
+                let many =
+                    PackedMatrix::from_ggml_on(dtype.into(), &data, 37, 256, threads).unwrap();
                 assert_eq!(one.qs, many.qs, "{dtype:?} {threads}");
                 assert_eq!(one.scales, many.scales, "{dtype:?} {threads}");
                 assert_eq!(one.offsets, many.offsets, "{dtype:?} {threads}");
@@ -683,7 +761,10 @@ mod tests {
         let alone = PackedMatrix::concat_rows(&[&a, &b]).unwrap();
         for threads in [1, 3] {
             let stacked = PackedMatrix::stacked_on(
-                &[(GgmlDType::Q4K, &qa, 32), (GgmlDType::Q5K, &qb, 21)],
+                &[
+                    (GgmlDType::Q4K.into(), &qa, 32),
+                    (GgmlDType::Q5K.into(), &qb, 21),
+                ],
                 256,
                 threads,
                 true,
@@ -695,14 +776,20 @@ mod tests {
         }
         // A part of partial tiles before another, or mixed block sizes, is refused.
         assert!(PackedMatrix::from_ggml_stacked(
-            &[(GgmlDType::Q5K, &qb, 21), (GgmlDType::Q4K, &qa, 32)],
+            &[
+                (GgmlDType::Q5K.into(), &qb, 21),
+                (GgmlDType::Q4K.into(), &qa, 32)
+            ],
             256,
             FourBit::Bytes
         )
         .is_err());
         let q6 = quantised(32, 256, GgmlDType::Q6K, 6.0);
         assert!(PackedMatrix::from_ggml_stacked(
-            &[(GgmlDType::Q4K, &qa, 32), (GgmlDType::Q6K, &q6, 32)],
+            &[
+                (GgmlDType::Q4K.into(), &qa, 32),
+                (GgmlDType::Q6K.into(), &q6, 32)
+            ],
             256,
             FourBit::Bytes
         )

@@ -9,6 +9,7 @@ use super::config::ModelConfig;
 use crate::error::Result;
 use crate::gguf::GgufFile;
 use crate::kernels::packed::PackedMatrix;
+use crate::quant::QuantType;
 use crate::tokenizer::ModelTokenizer;
 use candle_core::quantized::GgmlDType;
 use serde::Serialize;
@@ -122,19 +123,17 @@ pub fn inspect_gguf(path: &Path) -> Result<Inspection> {
     let tied = !g.has_tensor("output.weight");
     let spec = super::arch::find(&architecture);
     let mut tensors: Vec<TensorUse> = g
-        .content
-        .tensor_infos
+        .tensor_entries()
         .iter()
-        .map(|(name, info)| {
-            let shape = info.shape.dims().to_vec();
-            let elems: usize = shape.iter().product();
-            let dtype = info.ggml_dtype;
-            let bytes = (elems / dtype.block_size() * dtype.type_size()) as u64;
+        .map(|(name, entry)| {
+            let shape = entry.shape.clone();
+            let dtype = entry.quant;
+            let bytes = dtype.bytes_for(entry.elems()).unwrap_or(0) as u64;
             let (role, kernel) = classify(name, &shape, dtype, tied, spec);
             TensorUse {
                 name: name.clone(),
                 shape,
-                ggml_type: format!("{dtype:?}"),
+                ggml_type: dtype.to_string(),
                 bytes,
                 role,
                 kernel,
@@ -202,7 +201,7 @@ fn summarise(c: &ModelConfig, g: &GgufFile) -> ConfigSummary {
 fn classify(
     name: &str,
     shape: &[usize],
-    dtype: GgmlDType,
+    dtype: QuantType,
     tied: bool,
     spec: Option<&ArchSpec>,
 ) -> (&'static str, String) {
@@ -214,10 +213,13 @@ fn classify(
             _ => return "not a matrix: cannot be used".into(),
         };
         match dtype {
-            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+            QuantType::Candle(GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) => {
                 "dense (candle matmul; not batch-invariant)".into()
             }
             _ => match PackedMatrix::packable(dtype, n, k) {
+                Ok(block) if dtype.candle().is_none() => {
+                    format!("packed-int8 (blocks of {block}; IQ4 code book)")
+                }
                 Ok(block) => format!("packed-int8 (blocks of {block})"),
                 Err(why) => format!(
                     "candle-qmatmul ({}; not batch-invariant, so rows run one at a time)",

@@ -39,7 +39,9 @@ impl Linear {
         let (n, k) = q.shape().dims2()?;
         if let (Some((path, four_bit)), true) = (packed, device.is_cpu()) {
             let data = q.data()?;
-            if let Ok(p) = PackedMatrix::from_ggml_stacked(&[(q.dtype(), &data, n)], k, four_bit) {
+            if let Ok(p) =
+                PackedMatrix::from_ggml_stacked(&[(q.dtype().into(), &data, n)], k, four_bit)
+            {
                 return Ok(Linear::Packed(Arc::new(p), path));
             }
         }

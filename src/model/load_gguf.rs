@@ -93,16 +93,40 @@ fn build(g: &mut GgufFile, config: ModelConfig, opts: &LoadOptions) -> Result<Tr
     let four_bit = opts.four_bit.unwrap_or_else(|| {
         FourBit::for_model_bytes(std::fs::metadata(&g.path).map_or(0, |m| m.len()))
     });
-    let packed = Some((opts.int8_kernel, four_bit));
     let dense = |g: &mut GgufFile, name: &str| -> Result<Tensor> {
         Ok(g.tensor(name, dev)?.dequantize(dev)?)
     };
+    let packs_here = kernels == Kernels::Packed && dev.is_cpu();
+    // Matrices as stored, packed straight into one stacked matrix (the rows of the first,
+    // then the next ...) where they all pack alike; None where they do not.
+    let pack_raw = |g: &mut GgufFile, names: &[String]| -> Result<Option<PackedMatrix>> {
+        let raws = names.iter().map(|n| g.raw(n)).collect::<Result<Vec<_>>>()?;
+        let k = match raws[0].1.as_slice() {
+            [_, k] => *k,
+            _ => return Ok(None),
+        };
+        if raws
+            .iter()
+            .any(|(_, shape, _)| shape.len() != 2 || shape[1] != k)
+        {
+            return Ok(None);
+        }
+        let parts: Vec<_> = raws
+            .iter()
+            .map(|(quant, shape, data)| (*quant, data.as_slice(), shape[0]))
+            .collect();
+        Ok(PackedMatrix::from_ggml_stacked(&parts, k, four_bit).ok())
+    };
     let linear = |g: &mut GgufFile, name: &str| -> Result<Linear> {
+        if packs_here {
+            if let Some(p) = pack_raw(g, &[name.to_string()])? {
+                return Ok(Linear::Packed(Arc::new(p), opts.int8_kernel));
+            }
+        }
         let q = g.tensor(name, dev)?;
         Ok(match kernels {
             Kernels::DenseF32 => Linear::Dense(q.dequantize(dev)?),
-            Kernels::Packed => Linear::from_qtensor(q, dev, packed)?,
-            Kernels::Candle => Linear::from_qtensor(q, dev, None)?,
+            Kernels::Packed | Kernels::Candle => Linear::from_qtensor(q, dev, None)?,
         })
     };
 
@@ -110,38 +134,10 @@ fn build(g: &mut GgufFile, config: ModelConfig, opts: &LoadOptions) -> Result<Tr
     // straight into one where they pack alike (no second copy while loading), else
     // loaded apart and fused if their formats allow.
     let stacked = |g: &mut GgufFile, names: &[String]| -> Result<Vec<Linear>> {
-        if kernels == Kernels::Packed && dev.is_cpu() {
-            let tensors = names
-                .iter()
-                .map(|n| g.tensor(n, dev))
-                .collect::<Result<Vec<_>>>()?;
-            let datas = tensors
-                .iter()
-                .map(|q| q.data())
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            let shapes = tensors
-                .iter()
-                .map(|q| q.shape().dims2())
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            let k = shapes[0].1;
-            if shapes.iter().all(|s| s.1 == k) {
-                let parts: Vec<_> = tensors
-                    .iter()
-                    .zip(&datas)
-                    .zip(&shapes)
-                    .map(|((q, d), s)| (q.dtype(), d.as_ref(), s.0))
-                    .collect();
-                if let Ok(p) = PackedMatrix::from_ggml_stacked(&parts, k, four_bit) {
-                    return Ok(vec![Linear::Packed(Arc::new(p), opts.int8_kernel)]);
-                }
+        if packs_here {
+            if let Some(p) = pack_raw(g, names)? {
+                return Ok(vec![Linear::Packed(Arc::new(p), opts.int8_kernel)]);
             }
-            drop(datas);
-            let apart = tensors
-                .into_iter()
-                .map(|q| Linear::from_qtensor(q, dev, packed))
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            let refs: Vec<&Linear> = apart.iter().collect();
-            return Ok(Linear::fuse(&refs).map_or(apart, |f| vec![f]));
         }
         let apart = names
             .iter()

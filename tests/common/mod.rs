@@ -391,9 +391,191 @@ fn write_tiny_gguf_full(
     missing: &[&str],
     edit: impl FnOnce(&mut Vec<(String, Value)>),
 ) -> Vec<(String, Vec<usize>, Vec<f32>)> {
-    let (tokens, merges, types) = tiny_vocab();
-    let mut weights = tiny_weights(t, tokens.len(), seed);
+    let mut weights = tiny_weights(t, tiny_vocab().0.len(), seed);
     weights.retain(|(name, _, _)| !missing.contains(&name.as_str()));
+    let mut meta = tiny_meta(t);
+    edit(&mut meta);
+    let qtensors: Vec<(String, QTensor)> = weights
+        .iter()
+        .map(|(name, shape, data)| {
+            let tensor = Tensor::from_vec(data.clone(), shape.clone(), &Device::Cpu).unwrap();
+            let dtype = if shape.len() == 2 {
+                t.dtype
+            } else {
+                GgmlDType::F32
+            };
+            (name.clone(), QTensor::quantize(&tensor, dtype).unwrap())
+        })
+        .collect();
+    let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> =
+        qtensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut f = std::fs::File::create(path).unwrap();
+    gguf_file::write(&mut f, &meta_refs, &tensor_refs).unwrap();
+    weights
+}
+
+/// Writes a tiny GGUF model whose matrices are IQ4_XS (`xs`) or IQ4_NL, which candle
+/// cannot write: quantised by `quantize_iq4`, written by `write_gguf_raw`. IQ4_XS needs
+/// every matrix's inner dimension to be a multiple of 256.
+pub fn write_tiny_gguf_iq4(path: &Path, t: &Tiny, seed: u64, xs: bool) {
+    let weights = tiny_weights(t, tiny_vocab().0.len(), seed);
+    let tensors: Vec<RawTensor> = weights
+        .into_iter()
+        .map(|(name, shape, data)| {
+            if shape.len() == 2 {
+                let bytes = quantize_iq4(&data, xs);
+                (name, shape, if xs { 23 } else { 20 }, bytes)
+            } else {
+                let bytes = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+                (name, shape, 0, bytes)
+            }
+        })
+        .collect();
+    write_gguf_raw(path, &tiny_meta(t), &tensors);
+}
+
+/// A tensor for `write_gguf_raw`: name, row-major shape, GGUF type id, raw blocks.
+pub type RawTensor = (String, Vec<usize>, u32, Vec<u8>);
+
+/// Writes a GGUF v3 file (alignment 32) from metadata and raw tensors: for types that
+/// candle's writer does not know. Independent of affectbench's reader.
+pub fn write_gguf_raw(path: &Path, meta: &[(String, Value)], tensors: &[RawTensor]) {
+    fn string(out: &mut Vec<u8>, s: &str) {
+        out.extend((s.len() as u64).to_le_bytes());
+        out.extend(s.as_bytes());
+    }
+    fn type_id(v: &Value) -> u32 {
+        match v {
+            Value::U8(_) => 0,
+            Value::I8(_) => 1,
+            Value::U16(_) => 2,
+            Value::I16(_) => 3,
+            Value::U32(_) => 4,
+            Value::I32(_) => 5,
+            Value::F32(_) => 6,
+            Value::Bool(_) => 7,
+            Value::String(_) => 8,
+            Value::Array(_) => 9,
+            Value::U64(_) => 10,
+            Value::I64(_) => 11,
+            Value::F64(_) => 12,
+        }
+    }
+    fn value(out: &mut Vec<u8>, v: &Value) {
+        match v {
+            Value::U8(x) => out.push(*x),
+            Value::I8(x) => out.push(*x as u8),
+            Value::U16(x) => out.extend(x.to_le_bytes()),
+            Value::I16(x) => out.extend(x.to_le_bytes()),
+            Value::U32(x) => out.extend(x.to_le_bytes()),
+            Value::I32(x) => out.extend(x.to_le_bytes()),
+            Value::F32(x) => out.extend(x.to_le_bytes()),
+            Value::Bool(x) => out.push(*x as u8),
+            Value::String(x) => string(out, x),
+            Value::U64(x) => out.extend(x.to_le_bytes()),
+            Value::I64(x) => out.extend(x.to_le_bytes()),
+            Value::F64(x) => out.extend(x.to_le_bytes()),
+            Value::Array(items) => {
+                out.extend(items.first().map_or(4, type_id).to_le_bytes());
+                out.extend((items.len() as u64).to_le_bytes());
+                items.iter().for_each(|i| value(out, i));
+            }
+        }
+    }
+    let pad = |n: usize| n.div_ceil(32) * 32;
+    let mut out = b"GGUF".to_vec();
+    out.extend(3u32.to_le_bytes());
+    out.extend((tensors.len() as u64).to_le_bytes());
+    out.extend((meta.len() as u64).to_le_bytes());
+    for (key, v) in meta {
+        string(&mut out, key);
+        out.extend(type_id(v).to_le_bytes());
+        value(&mut out, v);
+    }
+    let mut offset = 0;
+    for (name, shape, ty, data) in tensors {
+        string(&mut out, name);
+        out.extend((shape.len() as u32).to_le_bytes());
+        for d in shape.iter().rev() {
+            out.extend((*d as u64).to_le_bytes());
+        }
+        out.extend(ty.to_le_bytes());
+        out.extend((offset as u64).to_le_bytes());
+        offset += pad(data.len());
+    }
+    out.resize(pad(out.len()), 0);
+    for (_, _, _, data) in tensors {
+        out.extend(data);
+        out.resize(pad(out.len()), 0);
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+/// IQ4 code book (ggml's `kvalues_iq4nl`), written out here independently of the crate.
+const IQ4_CODES: [f32; 16] = [
+    -127.0, -104.0, -83.0, -65.0, -49.0, -35.0, -22.0, -10.0, 1.0, 13.0, 25.0, 38.0, 53.0, 69.0,
+    89.0, 113.0,
+];
+
+/// Quantises whole blocks to IQ4_XS (`xs`, 256 values a block) or IQ4_NL (32): each
+/// value to the nearest code at its 32-value scale. llama.cpp searches scales more
+/// carefully; the tests need valid blocks near the weights, not the best ones.
+pub fn quantize_iq4(x: &[f32], xs: bool) -> Vec<u8> {
+    let nearest = |v: f32| {
+        (0..16)
+            .min_by(|&a, &b| {
+                (IQ4_CODES[a] - v)
+                    .abs()
+                    .total_cmp(&(IQ4_CODES[b] - v).abs())
+            })
+            .unwrap() as u8
+    };
+    let sub_block = |out: &mut Vec<u8>, vals: &[f32], scale: f32| {
+        let idx: Vec<u8> = vals
+            .iter()
+            .map(|v| if scale == 0.0 { 8 } else { nearest(v / scale) })
+            .collect();
+        out.extend((0..16).map(|j| idx[j] | (idx[j + 16] << 4)));
+    };
+    let amax = |v: &[f32]| v.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let mut out = Vec::new();
+    if !xs {
+        for blk in x.chunks_exact(32) {
+            let d = half::f16::from_f32(amax(blk) / 113.0);
+            out.extend(d.to_le_bytes());
+            sub_block(&mut out, blk, d.to_f32());
+        }
+        return out;
+    }
+    for blk in x.chunks_exact(256) {
+        let subs: Vec<f32> = blk.chunks_exact(32).map(|s| amax(s) / 113.0).collect();
+        let d = half::f16::from_f32(subs.iter().cloned().fold(0f32, f32::max) / 31.0);
+        let ls: Vec<u8> = subs
+            .iter()
+            .map(|s| {
+                if d.to_f32() == 0.0 {
+                    32
+                } else {
+                    ((s / d.to_f32()).round() as i32 + 32).clamp(0, 63) as u8
+                }
+            })
+            .collect();
+        out.extend(d.to_le_bytes());
+        let high: u16 = (0..8).map(|i| ((ls[i] >> 4) as u16 & 3) << (2 * i)).sum();
+        out.extend(high.to_le_bytes());
+        out.extend((0..4).map(|i| (ls[2 * i] & 15) | ((ls[2 * i + 1] & 15) << 4)));
+        for (i, s) in blk.chunks_exact(32).enumerate() {
+            sub_block(&mut out, s, d.to_f32() * (ls[i] as f32 - 32.0));
+        }
+    }
+    out
+}
+
+/// The metadata of a tiny model: hyper-parameters, the byte-level vocabulary, a chat
+/// template.
+fn tiny_meta(t: &Tiny) -> Vec<(String, Value)> {
+    let (tokens, merges, types) = tiny_vocab();
     let a = t.arch;
     let strs = |v: &[String]| Value::Array(v.iter().map(|s| Value::String(s.clone())).collect());
     let mut meta: Vec<(String, Value)> = vec![
@@ -439,25 +621,7 @@ fn write_tiny_gguf_full(
         meta.push((format!("{a}.attn_logit_softcapping"), Value::F32(attn)));
         meta.push((format!("{a}.final_logit_softcapping"), Value::F32(last)));
     }
-    edit(&mut meta);
-    let qtensors: Vec<(String, QTensor)> = weights
-        .iter()
-        .map(|(name, shape, data)| {
-            let tensor = Tensor::from_vec(data.clone(), shape.clone(), &Device::Cpu).unwrap();
-            let dtype = if shape.len() == 2 {
-                t.dtype
-            } else {
-                GgmlDType::F32
-            };
-            (name.clone(), QTensor::quantize(&tensor, dtype).unwrap())
-        })
-        .collect();
-    let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let tensor_refs: Vec<(&str, &QTensor)> =
-        qtensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let mut f = std::fs::File::create(path).unwrap();
-    gguf_file::write(&mut f, &meta_refs, &tensor_refs).unwrap();
-    weights
+    meta
 }
 
 /// Writes the same tiny qwen2 weights as a Hugging Face directory (config.json,
