@@ -8,6 +8,10 @@ llama.cpp's vocabulary-only GGUF of the family (tests/common fetches those).
 
     python benches/large/shaped_gguf.py llama3.1-8b VOCAB_DIR out.gguf
     python benches/large/shaped_gguf.py qwen2.5-14b VOCAB_DIR out.gguf
+    python benches/large/shaped_gguf.py llama3.1-8b VOCAB_DIR out.gguf iq4_xs
+
+The optional last argument is the quant mix: q4_k_m (the default) or iq4_xs (every
+matrix IQ4_XS but the output layer, Q6_K).
 
 Needs numpy and gguf (pip install numpy gguf). Not committed: generated on demand.
 """
@@ -28,7 +32,7 @@ SHAPES = {
                         rope_freqs=False),
 }
 
-BLOCK_BYTES = {Q.Q4_K: 144, Q.Q6_K: 210}
+BLOCK_BYTES = {Q.Q4_K: 144, Q.Q6_K: 210, Q.IQ4_XS: 136}
 rng = np.random.default_rng(20261124)
 
 
@@ -43,6 +47,8 @@ def quant_rows(rows, cols, qtype):
     if qtype == Q.Q4_K:
         blocks[:, 0:2] = f16_bytes(nb, 1e-4, 3e-4)  # d
         blocks[:, 2:4] = f16_bytes(nb, 0.0, 2e-4)  # dmin
+    elif qtype == Q.IQ4_XS:
+        blocks[:, 0:2] = f16_bytes(nb, 2e-5, 6e-5)  # d
     else:
         blocks[:, 208:210] = f16_bytes(nb, 2e-4, 6e-4)  # d
     return blocks.reshape(rows, cols // 256 * BLOCK_BYTES[qtype])
@@ -75,6 +81,11 @@ def copy_tokenizer(w, vocab_path):
 
 def main():
     name, vocab_dir, out = sys.argv[1:4]
+    mix = sys.argv[4] if len(sys.argv) > 4 else "q4_k_m"
+    if mix not in ("q4_k_m", "iq4_xs"):
+        sys.exit(f"unknown quant mix {mix!r}: q4_k_m or iq4_xs")
+    # The bulk type, and the one of attn_v/ffn_down in llama.cpp's "more bits" layers.
+    bulk = Q.Q4_K if mix == "q4_k_m" else Q.IQ4_XS
     s = SHAPES[name]
     a, n, d, hd = s["arch"], s["layers"], s["d"], s["d"] // s["heads"]
     w = GGUFWriter(out, a)
@@ -90,7 +101,7 @@ def main():
     w.add_rope_dimension_count(hd)
     w.add_layer_norm_rms_eps(1e-5)
     ones = lambda k: np.ones(k, dtype=np.float32)
-    w.add_tensor("token_embd.weight", quant_rows(vocab, d, Q.Q4_K), raw_dtype=Q.Q4_K)
+    w.add_tensor("token_embd.weight", quant_rows(vocab, d, bulk), raw_dtype=bulk)
     w.add_tensor("output_norm.weight", ones(d))
     w.add_tensor("output.weight", quant_rows(vocab, d, Q.Q6_K), raw_dtype=Q.Q6_K)
     if s["rope_freqs"]:
@@ -98,18 +109,18 @@ def main():
     kvd = s["kv"] * hd
     for i in range(n):
         p = f"blk.{i}."
-        v_type = Q.Q6_K if more_bits(i, n) else Q.Q4_K
+        v_type = Q.Q6_K if more_bits(i, n) and mix == "q4_k_m" else bulk
         w.add_tensor(p + "attn_norm.weight", ones(d))
-        w.add_tensor(p + "attn_q.weight", quant_rows(d, d, Q.Q4_K), raw_dtype=Q.Q4_K)
-        w.add_tensor(p + "attn_k.weight", quant_rows(kvd, d, Q.Q4_K), raw_dtype=Q.Q4_K)
+        w.add_tensor(p + "attn_q.weight", quant_rows(d, d, bulk), raw_dtype=bulk)
+        w.add_tensor(p + "attn_k.weight", quant_rows(kvd, d, bulk), raw_dtype=bulk)
         w.add_tensor(p + "attn_v.weight", quant_rows(kvd, d, v_type), raw_dtype=v_type)
         if s["bias"]:
             for t, k in [("q", d), ("k", kvd), ("v", kvd)]:
                 w.add_tensor(p + f"attn_{t}.bias", rng.uniform(-0.1, 0.1, k).astype(np.float32))
-        w.add_tensor(p + "attn_output.weight", quant_rows(d, d, Q.Q4_K), raw_dtype=Q.Q4_K)
+        w.add_tensor(p + "attn_output.weight", quant_rows(d, d, bulk), raw_dtype=bulk)
         w.add_tensor(p + "ffn_norm.weight", ones(d))
-        w.add_tensor(p + "ffn_gate.weight", quant_rows(s["ffn"], d, Q.Q4_K), raw_dtype=Q.Q4_K)
-        w.add_tensor(p + "ffn_up.weight", quant_rows(s["ffn"], d, Q.Q4_K), raw_dtype=Q.Q4_K)
+        w.add_tensor(p + "ffn_gate.weight", quant_rows(s["ffn"], d, bulk), raw_dtype=bulk)
+        w.add_tensor(p + "ffn_up.weight", quant_rows(s["ffn"], d, bulk), raw_dtype=bulk)
         w.add_tensor(p + "ffn_down.weight", quant_rows(d, s["ffn"], v_type), raw_dtype=v_type)
     w.write_header_to_file()
     w.write_kv_data_to_file()

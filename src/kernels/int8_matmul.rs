@@ -224,7 +224,10 @@ unsafe fn scalar_tile(w: &PackedMatrix, acts: &QuantizedActs, t: usize, out: *mu
                     }
                 }
                 let s = w.scales[(t * nb + b) * TILE + lane];
-                let o = w.offsets[(t * nb + b) * TILE + lane];
+                let o = match w.offset_factor {
+                    Some(c) => c * s,
+                    None => w.offsets[(t * nb + b) * TILE + lane],
+                };
                 acc = (isum as f32).mul_add(s * acts.d[i * nb + b], acc);
                 acc = o.mul_add(acts.xsum[i * nb + b], acc);
             }
@@ -307,10 +310,13 @@ mod avx512 {
         // byte layout 10% of its prefill speed.
         // SAFETY: the caller's contract, passed on.
         unsafe {
-            match (w.nibbles, w.codebook.is_some()) {
-                (true, true) => rows_of::<NT, true, true>(w, acts, t0, out),
-                (true, false) => rows_of::<NT, true, false>(w, acts, t0, out),
-                _ => rows_of::<NT, false, false>(w, acts, t0, out),
+            match (w.nibbles, w.codebook.is_some(), w.offset_factor.is_some()) {
+                (true, true, true) => rows_of::<NT, true, true, true>(w, acts, t0, out),
+                (true, true, false) => rows_of::<NT, true, true, false>(w, acts, t0, out),
+                (true, false, true) => rows_of::<NT, true, false, true>(w, acts, t0, out),
+                (true, false, false) => rows_of::<NT, true, false, false>(w, acts, t0, out),
+                (false, _, true) => rows_of::<NT, false, false, true>(w, acts, t0, out),
+                (false, _, false) => rows_of::<NT, false, false, false>(w, acts, t0, out),
             }
         }
     }
@@ -318,9 +324,15 @@ mod avx512 {
     /// `all_rows` for one layout.
     ///
     /// # Safety
-    /// As `all_rows`; `NIBBLES` is `w.nibbles`, `CODEBOOK` whether `w.codebook` is set.
+    /// As `all_rows`; `NIBBLES` is `w.nibbles`, `CODEBOOK` whether `w.codebook` is set,
+    /// `DERIVED` whether `w.offset_factor` is.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn rows_of<const NT: usize, const NIBBLES: bool, const CODEBOOK: bool>(
+    unsafe fn rows_of<
+        const NT: usize,
+        const NIBBLES: bool,
+        const CODEBOOK: bool,
+        const DERIVED: bool,
+    >(
         w: &PackedMatrix,
         acts: &QuantizedActs,
         t0: usize,
@@ -329,12 +341,12 @@ mod avx512 {
         let mut i = 0;
         // SAFETY: rows i..i+MR are below acts.m; the rest is the caller's contract.
         while i + 4 <= acts.m {
-            unsafe { tiles::<4, NT, NIBBLES, CODEBOOK>(w, acts, t0, i, out) };
+            unsafe { tiles::<4, NT, NIBBLES, CODEBOOK, DERIVED>(w, acts, t0, i, out) };
             i += 4;
         }
         while i < acts.m {
             // SAFETY: row i is below acts.m; the rest as above.
-            unsafe { tiles::<1, NT, NIBBLES, CODEBOOK>(w, acts, t0, i, out) };
+            unsafe { tiles::<1, NT, NIBBLES, CODEBOOK, DERIVED>(w, acts, t0, i, out) };
             i += 1;
         }
     }
@@ -356,6 +368,7 @@ mod avx512 {
         const NT: usize,
         const NIBBLES: bool,
         const CODEBOOK: bool,
+        const DERIVED: bool,
     >(
         w: &PackedMatrix,
         acts: &QuantizedActs,
@@ -374,8 +387,15 @@ mod avx512 {
                 std::array::from_fn(|j| w.qs.as_ptr().add((t0 + j) * w.tile_bytes()));
             let ws: [*const f32; NT] =
                 std::array::from_fn(|j| w.scales.as_ptr().add((t0 + j) * nb * TILE));
-            let wo: [*const f32; NT] =
-                std::array::from_fn(|j| w.offsets.as_ptr().add((t0 + j) * nb * TILE));
+            // No offsets are stored when they are derived (the pointers go unused).
+            let wo: [*const f32; NT] = std::array::from_fn(|j| {
+                if DERIVED {
+                    std::ptr::null()
+                } else {
+                    w.offsets.as_ptr().add((t0 + j) * nb * TILE)
+                }
+            });
+            let factor = _mm512_set1_ps(w.offset_factor.unwrap_or(0.0));
             let xq = acts.qs.as_ptr();
             // The code book in each 128-bit lane, for `vpshufb`'s per-lane lookup.
             let table = match w.codebook {
@@ -434,7 +454,12 @@ mod avx512 {
                 }
                 for j in 0..NT {
                     let sv = _mm512_loadu_ps(ws[j].add(b * TILE));
-                    let ov = _mm512_loadu_ps(wo[j].add(b * TILE));
+                    // c*s: the same product the decoder stored, so the same bits.
+                    let ov = if DERIVED {
+                        _mm512_mul_ps(factor, sv)
+                    } else {
+                        _mm512_loadu_ps(wo[j].add(b * TILE))
+                    };
                     for r in 0..MR {
                         let row = (i0 + r) * nb + b;
                         let scale = _mm512_mul_ps(sv, _mm512_set1_ps(*acts.d.get_unchecked(row)));
@@ -562,6 +587,45 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn derived_offsets_give_the_stored_offsets_results_bit_for_bit() {
+        for dtype in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q5_0,
+            GgmlDType::Q8_0,
+            GgmlDType::Q6K,
+            GgmlDType::Q3K,
+        ] {
+            let (n, k) = (53, 512);
+            let (derived, _) = pack(dtype, n, k);
+            assert!(derived.offset_factor.is_some(), "{dtype:?}");
+            assert!(derived.offsets.is_empty(), "{dtype:?}");
+            let stored = derived.with_stored_offsets();
+            for r in [0, 17, 52] {
+                assert_eq!(derived.row(r), stored.row(r), "{dtype:?} row {r}");
+            }
+            for m in [1, 5, 9] {
+                let x = random_matrix(m, k, 19);
+                let reference = matmul(&stored, &x, m, KernelPath::Scalar);
+                for path in [KernelPath::Scalar, best_path()] {
+                    assert_eq!(
+                        matmul(&stored, &x, m, path),
+                        reference,
+                        "{dtype:?} {path:?}"
+                    );
+                    assert_eq!(
+                        matmul(&derived, &x, m, path),
+                        reference,
+                        "{dtype:?} {path:?}"
+                    );
+                }
+            }
+        }
+        // Types with free offsets keep them.
+        let (q4k, _) = pack(GgmlDType::Q4K, 16, 256);
+        assert!(q4k.offset_factor.is_none() && !q4k.offsets.is_empty());
     }
 
     #[test]

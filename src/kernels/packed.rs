@@ -14,6 +14,9 @@
 //!   scales:  [tile][k/block blocks][16 rows]           (f32)
 //!   offsets: [tile][k/block blocks][16 rows]           (f32)
 //! ```
+//! Types whose offset is a fixed multiple of the scale (Q4_0, Q5_0, Q8_0, Q3_K, Q6_K,
+//! IQ4: o = c*s) hold no offsets: the kernel computes c*s, the same f32 product the
+//! decoder made, so the results are bit for bit those of the stored offsets.
 //! Rows past `n` in the last tile are zero (scale 0, offset 0) and never written out.
 
 use crate::quant::{iq4xs_scales, QuantType, IQ4_TABLE};
@@ -37,7 +40,10 @@ pub struct PackedMatrix {
     pub codebook: Option<[u8; 16]>,
     pub(crate) qs: Vec<u8>,
     pub(crate) scales: Vec<f32>,
+    /// Empty when `offset_factor` is set.
     pub(crate) offsets: Vec<f32>,
+    /// Every block's offset is this times its scale (computed, not stored).
+    pub offset_factor: Option<f32>,
 }
 
 /// Why a tensor could not be packed (the caller falls back to candle's matmul).
@@ -93,6 +99,18 @@ pub fn packs_in_nibbles(dtype: QuantType) -> bool {
             | QuantType::Iq4Nl
             | QuantType::Iq4Xs
     )
+}
+
+/// The c of types whose every offset is c times the scale (see the module comment).
+pub fn offset_factor(dtype: QuantType) -> Option<f32> {
+    match dtype {
+        QuantType::Candle(GgmlDType::Q4_0) => Some(-8.0),
+        QuantType::Candle(GgmlDType::Q5_0) => Some(-16.0),
+        QuantType::Candle(GgmlDType::Q8_0) | QuantType::Iq4Nl | QuantType::Iq4Xs => Some(-128.0),
+        QuantType::Candle(GgmlDType::Q6K) => Some(-32.0),
+        QuantType::Candle(GgmlDType::Q3K) => Some(-4.0),
+        _ => None,
+    }
 }
 
 /// The table from a type's 4-bit index to `u`, for types whose values are a code book
@@ -245,6 +263,8 @@ impl PackedMatrix {
             && parts.iter().all(|&(dtype, _, _)| {
                 packs_in_nibbles(dtype) && codebook(dtype) == codebook(first_type)
             });
+        let factor = offset_factor(first_type)
+            .filter(|&c| parts.iter().all(|&(d, _, _)| offset_factor(d) == Some(c)));
         let total = parts.iter().map(|p| p.2).sum();
         let mut m = Self::zeros(total, k, block, nibbles);
         if nibbles {
@@ -261,7 +281,43 @@ impl PackedMatrix {
             pack_tiles(dtype, data, n, k, nb, nibbles, threads, q, s, o);
             (qs, scales, offsets) = (rest_q, rest_s, rest_o);
         }
+        m.derive_offsets(factor);
         Ok(m)
+    }
+
+    /// Drops the stored offsets if every one is `factor` times its scale (checked, so a
+    /// file whose blocks break the rule keeps them).
+    fn derive_offsets(&mut self, factor: Option<f32>) {
+        let Some(c) = factor else { return };
+        if self
+            .offsets
+            .iter()
+            .zip(&self.scales)
+            .all(|(&o, &s)| o == c * s)
+        {
+            self.offsets = Vec::new();
+            self.offset_factor = Some(c);
+        }
+    }
+
+    /// The same matrix with every offset stored: the reference the derived offsets are
+    /// compared with.
+    pub fn with_stored_offsets(&self) -> Self {
+        let mut m = self.clone();
+        if let Some(c) = m.offset_factor.take() {
+            m.offsets = m.scales.iter().map(|&s| c * s).collect();
+        }
+        m
+    }
+
+    /// The offset of block `b` of row `lane` in tile `t`.
+    #[inline]
+    fn offset_at(&self, t: usize, b: usize, lane: usize) -> f32 {
+        let at = (t * self.blocks_per_row() + b) * TILE + lane;
+        match self.offset_factor {
+            Some(c) => c * self.scales[at],
+            None => self.offsets[at],
+        }
     }
 
     fn zeros(n: usize, k: usize, block: usize, nibbles: bool) -> Self {
@@ -275,6 +331,7 @@ impl PackedMatrix {
             qs: vec![0; tiles * tile_bytes(k, nibbles)],
             scales: vec![0.0; tiles * TILE * (k / block)],
             offsets: vec![0.0; tiles * TILE * (k / block)],
+            offset_factor: None,
         }
     }
 
@@ -303,6 +360,7 @@ impl PackedMatrix {
                 || p.block != first.block
                 || p.nibbles != first.nibbles
                 || p.codebook != first.codebook
+                || p.offset_factor != first.offset_factor
         }) {
             return None;
         }
@@ -317,6 +375,7 @@ impl PackedMatrix {
                 block: first.block,
                 nibbles: first.nibbles,
                 codebook: first.codebook,
+                offset_factor: first.offset_factor,
                 qs: Vec::with_capacity(parts.iter().map(|p| p.qs.len()).sum()),
                 scales: Vec::with_capacity(parts.iter().map(|p| p.scales.len()).sum()),
                 offsets: Vec::with_capacity(parts.iter().map(|p| p.offsets.len()).sum()),
@@ -344,6 +403,7 @@ impl PackedMatrix {
             }
             r0 += p.n;
         }
+        out.derive_offsets(first.offset_factor);
         Some(out)
     }
 
@@ -361,9 +421,7 @@ impl PackedMatrix {
         let s = (0..nb)
             .map(|b| self.scales[(t * nb + b) * TILE + lane])
             .collect();
-        let o = (0..nb)
-            .map(|b| self.offsets[(t * nb + b) * TILE + lane])
-            .collect();
+        let o = (0..nb).map(|b| self.offset_at(t, b, lane)).collect();
         (u, s, o)
     }
 
