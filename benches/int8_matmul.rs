@@ -8,7 +8,8 @@
 //!
 //! A second group compares the 4-bit layouts at an 8B model's attention shape
 //! (4096 x 4096): Q4_K in nibbles (the bulk of a Q4_K_M file), IQ4_XS in nibbles (the
-//! kernel looks each index up in the code book) and IQ4_XS in bytes.
+//! kernel looks each index up in the code book) and IQ4_XS in bytes; and Q6_K with its
+//! offsets derived from the scales (the default) against the same matrix storing them.
 
 use affectbench::kernels::int8_matmul::{best_path, matmul};
 use affectbench::kernels::packed::{FourBit, PackedMatrix};
@@ -46,6 +47,8 @@ fn layouts(c: &mut Criterion) {
     let w = Tensor::from_vec(random(n * k, 1), (n, k), &Device::Cpu).unwrap();
     let q4k = QTensor::quantize(&w, GgmlDType::Q4K).unwrap();
     let q4k = q4k.data().unwrap();
+    let q6k = QTensor::quantize(&w, GgmlDType::Q6K).unwrap();
+    let q6k = q6k.data().unwrap();
     let iq4 = random_iq4_xs(n, k);
     let pack = |t: QuantType, data: &[u8], four_bit| {
         PackedMatrix::from_ggml_stacked(&[(t, data, n)], k, four_bit).unwrap()
@@ -60,6 +63,11 @@ fn layouts(c: &mut Criterion) {
             pack(QuantType::Iq4Xs, &iq4, FourBit::Nibbles),
         ),
         ("iq4_xs-bytes", pack(QuantType::Iq4Xs, &iq4, FourBit::Bytes)),
+        ("q6_k", pack(GgmlDType::Q6K.into(), &q6k, FourBit::Bytes)),
+        (
+            "q6_k-stored-offsets",
+            pack(GgmlDType::Q6K.into(), &q6k, FourBit::Bytes).with_stored_offsets(),
+        ),
     ];
     let mut g = c.benchmark_group(format!("int8_matmul/layout-{n}x{k}"));
     g.warm_up_time(Duration::from_millis(500))
