@@ -1,11 +1,12 @@
 //! Our forward pass against llama.cpp on tiny random-weight models of every
-//! architecture, in the GGUF files the tests write themselves.
+//! architecture and of the IQ4 types, in the GGUF files the tests write themselves.
 //!
 //! llama.cpp is not built in CI (it compiles for ~17 min), so its answers are a fixture:
 //! `tests/data/llamacpp_reference.json` holds, per architecture, the sha256 of the tiny
 //! GGUF it was computed on, the logits llama.cpp gives after a fixed token sequence and
 //! its greedy continuation. This test writes the same files (deterministically: seeded
-//! weights, candle's quantiser), refuses a fixture made from other bytes, and compares.
+//! weights, candle's quantiser or the tests' IQ4 one), refuses a fixture made from other
+//! bytes, and compares.
 //! Regenerate with `scripts/llamacpp_reference.sh` (the test writes the files into
 //! `target/tiny-gguf/`, then llama-cpp-python reads them).
 
@@ -13,10 +14,10 @@ mod common;
 
 use affectbench::model::{KvCache, LoadOptions, Model};
 use affectbench::registry::ModelRef;
-use common::{max_abs_diff, write_tiny_gguf, Tiny};
+use common::{max_abs_diff, write_tiny_gguf, write_tiny_gguf_iq4, Tiny};
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The token sequence every model is fed (ids in the tiny byte-level vocabulary).
 const TOKENS: [u32; 14] = [5, 72, 101, 108, 108, 111, 256, 258, 44, 99, 3, 17, 200, 259];
@@ -45,8 +46,46 @@ struct ModelReference {
     greedy_margins: Vec<f32>,
 }
 
+/// How a tiny model's matrices are stored.
+#[derive(Clone, Copy)]
+enum Matrices {
+    /// `Tiny::dtype`, written by candle.
+    AsTiny,
+    /// IQ4_XS or IQ4_NL (`xs`), which candle cannot write.
+    Iq4 { xs: bool },
+}
+
+/// Writes the tiny model `name` of `models()` into `dir`.
+fn write(dir: &Path, name: &str, tiny: &Tiny, matrices: Matrices) -> PathBuf {
+    let path = dir.join(format!("{name}.gguf"));
+    match matrices {
+        Matrices::AsTiny => {
+            write_tiny_gguf(&path, tiny, 1);
+        }
+        Matrices::Iq4 { xs } => write_tiny_gguf_iq4(&path, tiny, 1, xs),
+    }
+    path
+}
+
+/// The tiny models compared, by fixture key: every architecture, and the IQ4 types
+/// (llama-shaped, IQ4_XS with inner dimensions a multiple of its 256-value blocks).
+fn models() -> Vec<(&'static str, Tiny, Matrices)> {
+    let mut out: Vec<_> = architectures()
+        .into_iter()
+        .map(|(name, tiny)| (name, tiny, Matrices::AsTiny))
+        .collect();
+    let wide = Tiny {
+        d: 256,
+        ffn: 256,
+        ..Tiny::llama()
+    };
+    out.push(("llama-iq4_xs", wide, Matrices::Iq4 { xs: true }));
+    out.push(("llama-iq4_nl", Tiny::llama(), Matrices::Iq4 { xs: false }));
+    out
+}
+
 /// The tiny model of each architecture compared, by fixture key.
-fn models() -> Vec<(&'static str, Tiny)> {
+fn architectures() -> Vec<(&'static str, Tiny)> {
     vec![
         ("llama", Tiny::llama()),
         ("qwen2", Tiny::qwen2()),
@@ -94,8 +133,8 @@ fn teacher_forced_argmax(model: &Model, tokens: &[u32], theirs: &[u32]) -> Vec<u
 fn every_architecture_matches_llama_cpp_on_a_tiny_model() {
     let dir = tiny_dir();
     // Every file first: scripts/llamacpp_reference.sh reads them after a failing run.
-    for (name, tiny) in models() {
-        write_tiny_gguf(&dir.join(format!("{name}.gguf")), &tiny, 1);
+    for (name, tiny, matrices) in models() {
+        write(&dir, name, &tiny, matrices);
     }
     let text = std::fs::read_to_string(
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/llamacpp_reference.json"),
@@ -103,7 +142,7 @@ fn every_architecture_matches_llama_cpp_on_a_tiny_model() {
     .unwrap();
     let reference: Reference = serde_json::from_str(&text).unwrap();
     let mut residual = BTreeMap::new();
-    for (name, tiny) in models() {
+    for (name, tiny, _) in models() {
         let path = dir.join(format!("{name}.gguf"));
         let sha = affectbench::cache::sha256_file(&path, |_| {}).unwrap();
         let r = reference.models.get(name).unwrap_or_else(|| {
