@@ -282,11 +282,6 @@ impl GgufFile {
         &self.tensors
     }
 
-    /// The storage type of tensor `name`, if the file has it.
-    pub fn quant_type(&self, name: &str) -> Option<QuantType> {
-        self.tensors.get(name).map(|e| e.quant)
-    }
-
     fn entry(&self, name: &str) -> Result<&TensorEntry> {
         self.tensors.get(name).ok_or_else(|| Error::Tensor {
             path: self.path.clone(),

@@ -147,30 +147,45 @@ impl QuantType {
         }
     }
 
+    /// The 32-value sub-blocks of whole IQ4 blocks, in order: each one's scale (d, or
+    /// d*(ls-32) for IQ4_XS) and its 16 bytes of indices (low nibbles the first 16
+    /// values, high nibbles the next 16). Empty for candle's types. The one reader of
+    /// the IQ4 block layout: the reference decoder and the packer both go through it.
+    pub fn iq4_sub_blocks(self, data: &[u8]) -> impl Iterator<Item = (f32, &[u8])> {
+        let ts = self.type_size();
+        let blocks = match self {
+            QuantType::Candle(_) => data[..0].chunks_exact(ts),
+            _ => data.chunks_exact(ts),
+        };
+        // A fixed array per block (no allocation: the packer runs this over every
+        // weight of the model while loading), of which IQ4_NL uses the first entry.
+        let per_block = if self == QuantType::Iq4Xs { 8 } else { 1 };
+        blocks.flat_map(move |blk| {
+            let d = half(blk, 0);
+            let subs: [(f32, &[u8]); 8] = match self {
+                QuantType::Iq4Xs => {
+                    let ls = iq4xs_scales(blk);
+                    std::array::from_fn(|sub| {
+                        let qs = &blk[8 + 16 * sub..8 + 16 * (sub + 1)];
+                        (d * (ls[sub] as f32 - 32.0), qs)
+                    })
+                }
+                _ => std::array::from_fn(|_| (d, &blk[2..18])),
+            };
+            subs.into_iter().take(per_block)
+        })
+    }
+
     /// Dequantises whole blocks of an IQ4 type (the reference decoder; candle's types
     /// go through candle). None for candle's types.
     pub fn dequantize_iq4(self, data: &[u8]) -> Option<Vec<f32>> {
-        let ts = self.type_size();
-        let mut out = Vec::with_capacity(data.len() / ts * self.block_size());
-        match self {
-            QuantType::Candle(_) => return None,
-            QuantType::Iq4Nl => {
-                for blk in data.chunks_exact(ts) {
-                    let d = half(blk, 0);
-                    push_iq4_values(&mut out, d, &blk[2..18]);
-                }
+        self.candle().is_none().then(|| {
+            let mut out = Vec::with_capacity(data.len() / self.type_size() * self.block_size());
+            for (scale, qs) in self.iq4_sub_blocks(data) {
+                push_iq4_values(&mut out, scale, qs);
             }
-            QuantType::Iq4Xs => {
-                for blk in data.chunks_exact(ts) {
-                    let d = half(blk, 0);
-                    for (sub, scale) in iq4xs_scales(blk).into_iter().enumerate() {
-                        let dl = d * (scale as f32 - 32.0);
-                        push_iq4_values(&mut out, dl, &blk[8 + 16 * sub..8 + 16 * (sub + 1)]);
-                    }
-                }
-            }
-        }
-        Some(out)
+            out
+        })
     }
 }
 

@@ -19,7 +19,7 @@
 //! decoder made, so the results are bit for bit those of the stored offsets.
 //! Rows past `n` in the last tile are zero (scale 0, offset 0) and never written out.
 
-use crate::quant::{iq4xs_scales, QuantType, IQ4_TABLE};
+use crate::quant::{QuantType, IQ4_TABLE};
 use candle_core::quantized::GgmlDType;
 use half::f16;
 
@@ -545,24 +545,11 @@ fn h(bytes: &[u8], at: usize) -> f32 {
 /// (for code book types, u is the index into `codebook(dtype)`).
 fn decode_row(dtype: QuantType, row: &[u8], u: &mut [u8], s: &mut [f32], o: &mut [f32]) {
     let ts = dtype.type_size();
-    let ggml = match dtype {
-        QuantType::Candle(d) => d,
-        QuantType::Iq4Nl => {
-            for (bi, blk) in row.chunks_exact(ts).enumerate() {
-                iq4_sub_block(h(blk, 0), &blk[2..18], bi, u, s, o);
-            }
-            return;
+    let QuantType::Candle(ggml) = dtype else {
+        for (sub, (scale, qs)) in dtype.iq4_sub_blocks(row).enumerate() {
+            iq4_sub_block(scale, qs, sub, u, s, o);
         }
-        QuantType::Iq4Xs => {
-            for (bi, blk) in row.chunks_exact(ts).enumerate() {
-                let d = h(blk, 0);
-                for (sub, ls) in iq4xs_scales(blk).into_iter().enumerate() {
-                    let qs = &blk[8 + 16 * sub..8 + 16 * (sub + 1)];
-                    iq4_sub_block(d * (ls as f32 - 32.0), qs, bi * 8 + sub, u, s, o);
-                }
-            }
-            return;
-        }
+        return;
     };
     for (bi, blk) in row.chunks_exact(ts).enumerate() {
         match ggml {

@@ -3,9 +3,9 @@
 //! and for quant types we do not pack, and a dense matmul for float weights.
 
 use crate::kernels::int8_matmul::{self, KernelPath};
-use crate::kernels::packed::{FourBit, PackedMatrix};
+use crate::kernels::packed::PackedMatrix;
 use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{CpuStorage, CustomOp1, Device, Layout, Module, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Module, Result, Shape, Tensor};
 use std::sync::Arc;
 
 #[derive(Debug, Clone)]
@@ -28,23 +28,9 @@ impl Linear {
 }
 
 impl Linear {
-    /// Chooses the kernel for a GGUF tensor shaped (out, in): packed int8 (run by the
-    /// kernel path of `packed`, 4-bit types held as it says) on CPU where the quant type
-    /// packs, candle's quantized matmul otherwise.
-    pub fn from_qtensor(
-        q: QTensor,
-        device: &Device,
-        packed: Option<(KernelPath, FourBit)>,
-    ) -> Result<Self> {
-        let (n, k) = q.shape().dims2()?;
-        if let (Some((path, four_bit)), true) = (packed, device.is_cpu()) {
-            let data = q.data()?;
-            if let Ok(p) =
-                PackedMatrix::from_ggml_stacked(&[(q.dtype().into(), &data, n)], k, four_bit)
-            {
-                return Ok(Linear::Packed(Arc::new(p), path));
-            }
-        }
+    /// A GGUF tensor on candle's quantized matmul (the loader packs what it can for the
+    /// int8 kernel itself, from the file's bytes).
+    pub fn from_qtensor(q: QTensor) -> Result<Self> {
         Ok(Linear::Quantized(QMatMul::from_qtensor(q)?))
     }
 

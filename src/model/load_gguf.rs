@@ -10,6 +10,7 @@ use crate::chat::ChatTemplate;
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::kernels::packed::{FourBit, PackedMatrix};
+use crate::quant::QuantType;
 use crate::tokenizer::ModelTokenizer;
 use candle_core::{Device, Tensor};
 use std::path::Path;
@@ -97,52 +98,66 @@ fn build(g: &mut GgufFile, config: ModelConfig, opts: &LoadOptions) -> Result<Tr
         Ok(g.tensor(name, dev)?.dequantize(dev)?)
     };
     let packs_here = kernels == Kernels::Packed && dev.is_cpu();
-    // Matrices as stored, packed straight into one stacked matrix (the rows of the first,
-    // then the next ...) where they all pack alike; None where they do not.
-    let pack_raw = |g: &mut GgufFile, names: &[String]| -> Result<Option<PackedMatrix>> {
-        let raws = names.iter().map(|n| g.raw(n)).collect::<Result<Vec<_>>>()?;
-        let k = match raws[0].1.as_slice() {
-            [_, k] => *k,
-            _ => return Ok(None),
-        };
-        if raws
-            .iter()
-            .any(|(_, shape, _)| shape.len() != 2 || shape[1] != k)
-        {
-            return Ok(None);
+    // Whether matrix `name` packs here, from the header alone, so a matrix that does
+    // not is read once (by candle), not once for a try and again.
+    let packable = |g: &GgufFile, name: &str| -> bool {
+        packs_here
+            && g.tensor_entries()
+                .get(name)
+                .is_some_and(|e| match e.shape[..] {
+                    [n, k] => PackedMatrix::packable(e.quant, n, k).is_ok(),
+                    _ => false,
+                })
+    };
+    // Matrices as stored, packed into one stacked matrix (the rows of the first, then
+    // the next ...) where they share k and pack alike; None where they do not.
+    let pack = |raws: &[(QuantType, Vec<usize>, Vec<u8>)]| -> Option<Linear> {
+        let k = raws[0].1[1];
+        if raws.iter().any(|(_, shape, _)| shape[1] != k) {
+            return None;
         }
         let parts: Vec<_> = raws
             .iter()
             .map(|(quant, shape, data)| (*quant, data.as_slice(), shape[0]))
             .collect();
-        Ok(PackedMatrix::from_ggml_stacked(&parts, k, four_bit).ok())
+        let p = PackedMatrix::from_ggml_stacked(&parts, k, four_bit).ok()?;
+        Some(Linear::Packed(Arc::new(p), opts.int8_kernel))
     };
     let linear = |g: &mut GgufFile, name: &str| -> Result<Linear> {
-        if packs_here {
-            if let Some(p) = pack_raw(g, &[name.to_string()])? {
-                return Ok(Linear::Packed(Arc::new(p), opts.int8_kernel));
+        if packable(g, name) {
+            if let Some(l) = pack(&[g.raw(name)?]) {
+                return Ok(l);
             }
         }
         let q = g.tensor(name, dev)?;
         Ok(match kernels {
             Kernels::DenseF32 => Linear::Dense(q.dequantize(dev)?),
-            Kernels::Packed | Kernels::Candle => Linear::from_qtensor(q, dev, None)?,
+            Kernels::Packed | Kernels::Candle => Linear::from_qtensor(q)?,
         })
     };
 
     // Layers that run side by side (q/k/v, gate/up) as one stacked matrix: packed
     // straight into one where they pack alike (no second copy while loading), else
-    // loaded apart and fused if their formats allow.
+    // packed apart from the bytes already read and fused if their formats allow.
     let stacked = |g: &mut GgufFile, names: &[String]| -> Result<Vec<Linear>> {
-        if packs_here {
-            if let Some(p) = pack_raw(g, names)? {
-                return Ok(vec![Linear::Packed(Arc::new(p), opts.int8_kernel)]);
+        let apart = if names.iter().all(|n| packable(g, n)) {
+            let raws = names.iter().map(|n| g.raw(n)).collect::<Result<Vec<_>>>()?;
+            if let Some(l) = pack(&raws) {
+                return Ok(vec![l]);
             }
-        }
-        let apart = names
-            .iter()
-            .map(|n| linear(g, n))
-            .collect::<Result<Vec<_>>>()?;
+            raws.into_iter()
+                .map(|raw| pack(std::slice::from_ref(&raw)))
+                .collect::<Option<Vec<_>>>()
+        } else {
+            None
+        };
+        let apart = match apart {
+            Some(apart) => apart,
+            None => names
+                .iter()
+                .map(|n| linear(g, n))
+                .collect::<Result<Vec<_>>>()?,
+        };
         let refs: Vec<&Linear> = apart.iter().collect();
         Ok(Linear::fuse(&refs).map_or(apart, |f| vec![f]))
     };
