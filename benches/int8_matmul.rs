@@ -6,10 +6,12 @@
 //! Weights are random, quantised to Q4_1 (SmolLM2's file type) and packed, outside the
 //! timed loop.
 //!
-//! A second group compares the 4-bit layouts at an 8B model's attention shape
-//! (4096 x 4096): Q4_K in nibbles (the bulk of a Q4_K_M file), IQ4_XS in nibbles (the
-//! kernel looks each index up in the code book) and IQ4_XS in bytes; and Q6_K with its
-//! offsets derived from the scales (the default) against the same matrix storing them.
+//! A second group compares the layouts at an 8B model's attention shape (4096 x 4096):
+//! Q4_K, Q5_K and Q6_K (a Q4_K_M or Q5_K_M file's types) in nibbles (Q5_K and Q6_K with
+//! their bits above 4 in a plane beside them; what files above 1 GiB use) against one
+//! byte per weight; IQ4_XS in nibbles (the kernel looks each index up in the code book)
+//! and in bytes; and Q6_K with its offsets derived from the scales (the default)
+//! against the same matrix storing them.
 
 use affectbench::kernels::int8_matmul::{best_path, matmul};
 use affectbench::kernels::packed::{FourBit, PackedMatrix};
@@ -49,6 +51,8 @@ fn layouts(c: &mut Criterion) {
     let q4k = q4k.data().unwrap();
     let q6k = QTensor::quantize(&w, GgmlDType::Q6K).unwrap();
     let q6k = q6k.data().unwrap();
+    let q5k = QTensor::quantize(&w, GgmlDType::Q5K).unwrap();
+    let q5k = q5k.data().unwrap();
     let iq4 = random_iq4_xs(n, k);
     let pack = |t: QuantType, data: &[u8], four_bit| {
         PackedMatrix::from_ggml_stacked(&[(t, data, n)], k, four_bit).unwrap()
@@ -57,6 +61,22 @@ fn layouts(c: &mut Criterion) {
         (
             "q4_k-nibbles",
             pack(GgmlDType::Q4K.into(), &q4k, FourBit::Nibbles),
+        ),
+        (
+            "q4_k-bytes",
+            pack(GgmlDType::Q4K.into(), &q4k, FourBit::Bytes),
+        ),
+        (
+            "q5_k-nibbles",
+            pack(GgmlDType::Q5K.into(), &q5k, FourBit::Nibbles),
+        ),
+        (
+            "q5_k-bytes",
+            pack(GgmlDType::Q5K.into(), &q5k, FourBit::Bytes),
+        ),
+        (
+            "q6_k-nibbles",
+            pack(GgmlDType::Q6K.into(), &q6k, FourBit::Nibbles),
         ),
         (
             "iq4_xs-nibbles",

@@ -147,11 +147,12 @@ impl QuantType {
         }
     }
 
-    /// The 32-value sub-blocks of whole IQ4 blocks, in order: each one's scale (d, or
-    /// d*(ls-32) for IQ4_XS) and its 16 bytes of indices (low nibbles the first 16
-    /// values, high nibbles the next 16). Empty for candle's types. The one reader of
-    /// the IQ4 block layout: the reference decoder and the packer both go through it.
-    pub fn iq4_sub_blocks(self, data: &[u8]) -> impl Iterator<Item = (f32, &[u8])> {
+    /// The 32-value sub-blocks of whole IQ4 blocks, in order: each one's f16 `d`, the
+    /// integer its scale is `d` times (ls - 32 for IQ4_XS, 1 for IQ4_NL) and its 16
+    /// bytes of indices (low nibbles the first 16 values, high nibbles the next 16).
+    /// Empty for candle's types. The one reader of the IQ4 block layout: the reference
+    /// decoder and the packer both go through it.
+    pub fn iq4_sub_blocks(self, data: &[u8]) -> impl Iterator<Item = Iq4SubBlock<'_>> {
         let ts = self.type_size();
         let blocks = match self {
             QuantType::Candle(_) => data[..0].chunks_exact(ts),
@@ -161,16 +162,21 @@ impl QuantType {
         // weight of the model while loading), of which IQ4_NL uses the first entry.
         let per_block = if self == QuantType::Iq4Xs { 8 } else { 1 };
         blocks.flat_map(move |blk| {
-            let d = half(blk, 0);
-            let subs: [(f32, &[u8]); 8] = match self {
+            let d = f16::from_le_bytes([blk[0], blk[1]]);
+            let subs: [Iq4SubBlock; 8] = match self {
                 QuantType::Iq4Xs => {
                     let ls = iq4xs_scales(blk);
-                    std::array::from_fn(|sub| {
-                        let qs = &blk[8 + 16 * sub..8 + 16 * (sub + 1)];
-                        (d * (ls[sub] as f32 - 32.0), qs)
+                    std::array::from_fn(|sub| Iq4SubBlock {
+                        d,
+                        multiplier: ls[sub] as i8 - 32,
+                        indices: &blk[8 + 16 * sub..8 + 16 * (sub + 1)],
                     })
                 }
-                _ => std::array::from_fn(|_| (d, &blk[2..18])),
+                _ => std::array::from_fn(|_| Iq4SubBlock {
+                    d,
+                    multiplier: 1,
+                    indices: &blk[2..18],
+                }),
             };
             subs.into_iter().take(per_block)
         })
@@ -181,11 +187,28 @@ impl QuantType {
     pub fn dequantize_iq4(self, data: &[u8]) -> Option<Vec<f32>> {
         self.candle().is_none().then(|| {
             let mut out = Vec::with_capacity(data.len() / self.type_size() * self.block_size());
-            for (scale, qs) in self.iq4_sub_blocks(data) {
-                push_iq4_values(&mut out, scale, qs);
+            for sub in self.iq4_sub_blocks(data) {
+                push_iq4_values(&mut out, sub.scale(), sub.indices);
             }
             out
         })
+    }
+}
+
+/// One 32-value IQ4 sub-block as the file holds it.
+#[derive(Debug, Clone, Copy)]
+pub struct Iq4SubBlock<'a> {
+    pub d: f16,
+    /// The scale is `d` times this (ls - 32 for IQ4_XS, 1 for IQ4_NL).
+    pub multiplier: i8,
+    /// 16 bytes: the low nibbles index the first 16 values, the high nibbles the rest.
+    pub indices: &'a [u8],
+}
+
+impl Iq4SubBlock<'_> {
+    /// The scale as ggml computes it (`d * (ls - 32)` in f32).
+    pub fn scale(&self) -> f32 {
+        self.d.to_f32() * self.multiplier as f32
     }
 }
 
@@ -212,10 +235,6 @@ fn push_iq4_values(out: &mut Vec<f32>, scale: f32, qs: &[u8]) {
         qs.iter()
             .map(|q| scale * IQ4_TABLE[(q >> 4) as usize] as f32),
     );
-}
-
-fn half(bytes: &[u8], at: usize) -> f32 {
-    f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
 }
 
 impl fmt::Display for QuantType {

@@ -159,6 +159,10 @@ pub fn matmul_quantized(w: &PackedMatrix, acts: &QuantizedActs, y: &mut [f32], p
     });
 }
 
+/// Calls with at least this many activation rows expand their tiles first (see
+/// `run_tiles`).
+const EXPAND_ROWS: usize = 8;
+
 /// Tiles one task handles together: each weight vector loaded feeds this many fewer
 /// broadcasts, and MR x TILES_PER_TASK accumulators hide `vpdpbusd`'s latency.
 const TILES_PER_TASK: usize = 3;
@@ -183,8 +187,17 @@ unsafe fn run_tiles(
             // Decode (fewer than 4 rows) streams weights once per call and measured
             // faster one tile at a time (criterion `int8_matmul`, rows = 1).
             // SAFETY: the CPU features and `out` are this function's own contract.
-            if tiles.len() == TILES_PER_TASK && acts.m >= 4 {
+            // Calls of many rows (prefill, a questionnaire item) unpack their tiles once
+            // into bytes and f32 scales instead of once per four rows.
+            if tiles.len() == TILES_PER_TASK && acts.m >= EXPAND_ROWS {
+                unsafe { avx512::expanded_rows::<TILES_PER_TASK>(w, acts, t0, out) };
+            } else if tiles.len() == TILES_PER_TASK && acts.m >= 4 {
                 unsafe { avx512::all_rows::<TILES_PER_TASK>(w, acts, t0, out) };
+            } else if acts.m >= EXPAND_ROWS {
+                for t in tiles {
+                    // SAFETY: as above.
+                    unsafe { avx512::expanded_rows::<1>(w, acts, t, out) };
+                }
             } else {
                 for t in tiles {
                     // SAFETY: as above.
@@ -223,11 +236,7 @@ unsafe fn scalar_tile(w: &PackedMatrix, acts: &QuantizedActs, t: usize, out: *mu
                         isum += w.u_at(t, lane, g, j) as i32 * acts.qs[i * k + g * 4 + j] as i32;
                     }
                 }
-                let s = w.scales[(t * nb + b) * TILE + lane];
-                let o = match w.offset_factor {
-                    Some(c) => c * s,
-                    None => w.offsets[(t * nb + b) * TILE + lane],
-                };
+                let (s, o) = (w.scale_at(t, b, lane), w.offset_at(t, b, lane));
                 acc = (isum as f32).mul_add(s * acts.d[i * nb + b], acc);
                 acc = o.mul_add(acts.xsum[i * nb + b], acc);
             }
@@ -308,15 +317,20 @@ mod avx512 {
     ) {
         // The layout is chosen once per call: a branch inside the block loop cost the
         // byte layout 10% of its prefill speed.
+        let derived = w.offset_factor.is_some();
         // SAFETY: the caller's contract, passed on.
         unsafe {
-            match (w.nibbles, w.codebook.is_some(), w.offset_factor.is_some()) {
-                (true, true, true) => rows_of::<NT, true, true, true>(w, acts, t0, out),
-                (true, true, false) => rows_of::<NT, true, true, false>(w, acts, t0, out),
-                (true, false, true) => rows_of::<NT, true, false, true>(w, acts, t0, out),
-                (true, false, false) => rows_of::<NT, true, false, false>(w, acts, t0, out),
-                (false, _, true) => rows_of::<NT, false, false, true>(w, acts, t0, out),
-                (false, _, false) => rows_of::<NT, false, false, false>(w, acts, t0, out),
+            match (w.nibbles, w.codebook.is_some(), w.high_bits, derived) {
+                (false, _, _, true) => rows_of::<NT, false, false, 0, true>(w, acts, t0, out),
+                (false, _, _, false) => rows_of::<NT, false, false, 0, false>(w, acts, t0, out),
+                (true, true, _, true) => rows_of::<NT, true, true, 0, true>(w, acts, t0, out),
+                (true, true, _, false) => rows_of::<NT, true, true, 0, false>(w, acts, t0, out),
+                (true, false, 0, true) => rows_of::<NT, true, false, 0, true>(w, acts, t0, out),
+                (true, false, 0, false) => rows_of::<NT, true, false, 0, false>(w, acts, t0, out),
+                (true, false, 1, true) => rows_of::<NT, true, false, 1, true>(w, acts, t0, out),
+                (true, false, 1, false) => rows_of::<NT, true, false, 1, false>(w, acts, t0, out),
+                (true, false, _, true) => rows_of::<NT, true, false, 2, true>(w, acts, t0, out),
+                (true, false, _, false) => rows_of::<NT, true, false, 2, false>(w, acts, t0, out),
             }
         }
     }
@@ -325,12 +339,13 @@ mod avx512 {
     ///
     /// # Safety
     /// As `all_rows`; `NIBBLES` is `w.nibbles`, `CODEBOOK` whether `w.codebook` is set,
-    /// `DERIVED` whether `w.offset_factor` is.
+    /// `HB` is `w.high_bits`, `DERIVED` whether `w.offset_factor` is set.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     unsafe fn rows_of<
         const NT: usize,
         const NIBBLES: bool,
         const CODEBOOK: bool,
+        const HB: u8,
         const DERIVED: bool,
     >(
         w: &PackedMatrix,
@@ -341,14 +356,350 @@ mod avx512 {
         let mut i = 0;
         // SAFETY: rows i..i+MR are below acts.m; the rest is the caller's contract.
         while i + 4 <= acts.m {
-            unsafe { tiles::<4, NT, NIBBLES, CODEBOOK, DERIVED>(w, acts, t0, i, out) };
+            unsafe { tiles::<4, NT, NIBBLES, CODEBOOK, HB, DERIVED>(w, acts, t0, i, out) };
             i += 4;
         }
         while i < acts.m {
             // SAFETY: row i is below acts.m; the rest as above.
-            unsafe { tiles::<1, NT, NIBBLES, CODEBOOK, DERIVED>(w, acts, t0, i, out) };
+            unsafe { tiles::<1, NT, NIBBLES, CODEBOOK, HB, DERIVED>(w, acts, t0, i, out) };
             i += 1;
         }
+    }
+
+    /// The `u` of groups 2G and 2G+1 (16 rows x 4 values each) from one 64-byte vector
+    /// of their nibbles; with HB > 0, ORs in their bits above 4 from the lowest 2*HB
+    /// bits of each byte of `plane` and shifts the plane down to the next pair's. With
+    /// CODEBOOK the nibbles are indices, looked up in `table`.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F/BW.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    unsafe fn unpack_pair<const HB: u8, const CODEBOOK: bool>(
+        packed: __m512i,
+        plane: &mut __m512i,
+        table: __m512i,
+    ) -> (__m512i, __m512i) {
+        let low = _mm512_set1_epi8(0x0F);
+        let mut lo = _mm512_and_si512(packed, low);
+        let mut hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low);
+        if HB > 0 {
+            // Group 2G's bits go to bit 4 of each byte, 2G+1's too, then the next pair's
+            // move down. (16-bit shifts carry bits across bytes only into positions the
+            // mask drops or the block's remaining pairs never read.) The shifts, by
+            // 4 - HB and 2 * HB, are immediates, so spelt out.
+            let high_mask = _mm512_set1_epi8((((1u16 << HB) - 1) << 4) as i8);
+            lo = _mm512_or_si512(
+                lo,
+                _mm512_and_si512(_mm512_slli_epi16(*plane, 4), high_mask),
+            );
+            let (up, next) = if HB == 1 {
+                (_mm512_slli_epi16(*plane, 3), _mm512_srli_epi16(*plane, 2))
+            } else {
+                (_mm512_slli_epi16(*plane, 2), _mm512_srli_epi16(*plane, 4))
+            };
+            hi = _mm512_or_si512(hi, _mm512_and_si512(up, high_mask));
+            *plane = next;
+        }
+        if CODEBOOK {
+            // Index (0..15, bit 7 clear) -> u: one table lookup a vector.
+            lo = _mm512_shuffle_epi8(table, lo);
+            hi = _mm512_shuffle_epi8(table, hi);
+        }
+        (lo, hi)
+    }
+
+    /// The code book in each 128-bit lane, for `vpshufb`'s per-lane lookup (zero when
+    /// there is none).
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn codebook_table(w: &PackedMatrix) -> __m512i {
+        match w.codebook {
+            // SAFETY: `cb` holds 16 bytes.
+            Some(cb) => unsafe {
+                _mm512_broadcast_i32x4(_mm_loadu_si128(cb.as_ptr() as *const __m128i))
+            },
+            None => _mm512_setzero_si512(),
+        }
+    }
+
+    /// One tile's d, sc, dm and m (dm and m null where they are not stored).
+    type TileScales = (*const half::f16, *const i8, *const half::f16, *const i8);
+
+    fn tile_scales(w: &PackedMatrix, t: usize) -> TileScales {
+        let (nb, ns) = (w.blocks_per_row(), w.supers_per_row());
+        // `wrapping_add`: forming the pointers needs no claim about the arrays' extent.
+        let (d, sc) = (
+            w.d.as_ptr().wrapping_add(t * ns * TILE),
+            w.sc.as_ptr().wrapping_add(t * nb * TILE),
+        );
+        if w.offset_factor.is_some() {
+            (d, sc, std::ptr::null(), std::ptr::null())
+        } else {
+            let dm = w.dm.as_ptr().wrapping_add(t * ns * TILE);
+            (d, sc, dm, w.m.as_ptr().wrapping_add(t * nb * TILE))
+        }
+    }
+
+    /// The scales d*sc and offsets (c*s or dm*m) of block `b` of one tile's 16 rows:
+    /// the decoder's f32 products, so its bits.
+    ///
+    /// # Safety
+    /// `tile` is `tile_scales` of a tile of `w` and b < w.blocks_per_row(); DERIVED is
+    /// whether `w.offset_factor` is set and `factor` holds it; the CPU supports AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn block_scales<const DERIVED: bool>(
+        w: &PackedMatrix,
+        tile: TileScales,
+        b: usize,
+        factor: __m512,
+    ) -> (__m512, __m512) {
+        let (d, sc, dm, m) = tile;
+        let sb = b >> w.blocks_per_super.trailing_zeros();
+        // SAFETY: block b and its super-block are inside the tile's arrays.
+        unsafe {
+            let sv = _mm512_mul_ps(load_f16(d.add(sb * TILE)), load_i8(sc.add(b * TILE)));
+            let ov = if DERIVED {
+                _mm512_mul_ps(factor, sv)
+            } else {
+                _mm512_mul_ps(load_f16(dm.add(sb * TILE)), load_i8(m.add(b * TILE)))
+            };
+            (sv, ov)
+        }
+    }
+
+    /// Up to TILES_PER_TASK tiles of a packed matrix with one byte per `u` and f32
+    /// scales and offsets, the layout `tiles_expanded` reads.
+    #[derive(Default)]
+    struct Expanded {
+        qs: Vec<u8>,
+        scales: Vec<f32>,
+        offsets: Vec<f32>,
+    }
+
+    thread_local! {
+        /// Each kernel thread's expansion buffer (an 8B model's widest tile group is
+        /// 3 x 16 x 14336 bytes), reused from call to call.
+        static EXPANDED: std::cell::RefCell<Expanded> = std::cell::RefCell::default();
+    }
+
+    /// `all_rows` for calls of many rows: expands the NT tiles at t0 once (`expand`),
+    /// then multiplies every row by the expansion. The same operations in the same
+    /// order per output, so the same bits as `all_rows` and `scalar_tile`.
+    ///
+    /// # Safety
+    /// As `all_rows`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn expanded_rows<const NT: usize>(
+        w: &PackedMatrix,
+        acts: &QuantizedActs,
+        t0: usize,
+        out: *mut f32,
+    ) {
+        EXPANDED.with_borrow_mut(|e| {
+            let (k, nb) = (w.k, w.blocks_per_row());
+            e.qs.resize(NT * TILE * k, 0);
+            e.scales.resize(NT * TILE * nb, 0.0);
+            e.offsets.resize(NT * TILE * nb, 0.0);
+            let derived = w.offset_factor.is_some();
+            // SAFETY: the caller's contract, passed on; `e` holds NT tiles.
+            unsafe {
+                match (w.nibbles, w.codebook.is_some(), w.high_bits, derived) {
+                    (false, _, _, true) => expand::<NT, false, false, 0, true>(w, t0, e),
+                    (false, _, _, false) => expand::<NT, false, false, 0, false>(w, t0, e),
+                    (true, true, _, true) => expand::<NT, true, true, 0, true>(w, t0, e),
+                    (true, true, _, false) => expand::<NT, true, true, 0, false>(w, t0, e),
+                    (true, false, 0, true) => expand::<NT, true, false, 0, true>(w, t0, e),
+                    (true, false, 0, false) => expand::<NT, true, false, 0, false>(w, t0, e),
+                    (true, false, 1, true) => expand::<NT, true, false, 1, true>(w, t0, e),
+                    (true, false, 1, false) => expand::<NT, true, false, 1, false>(w, t0, e),
+                    (true, false, _, true) => expand::<NT, true, false, 2, true>(w, t0, e),
+                    (true, false, _, false) => expand::<NT, true, false, 2, false>(w, t0, e),
+                }
+                let mut i = 0;
+                while i + 4 <= acts.m {
+                    tiles_expanded::<4, NT>(w, e, acts, t0, i, out);
+                    i += 4;
+                }
+                while i < acts.m {
+                    tiles_expanded::<1, NT>(w, e, acts, t0, i, out);
+                    i += 1;
+                }
+            }
+        })
+    }
+
+    /// Writes the NT tiles of `w` at t0 into `e`: `u` a byte each (the byte layout's
+    /// order) and each block's f32 scale and offset.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F/BW; tiles t0..t0+NT exist in `w`; `e` holds NT tiles
+    /// of w.k values; the const parameters are `w`'s layout (as in `rows_of`).
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn expand<
+        const NT: usize,
+        const NIBBLES: bool,
+        const CODEBOOK: bool,
+        const HB: u8,
+        const DERIVED: bool,
+    >(
+        w: &PackedMatrix,
+        t0: usize,
+        e: &mut Expanded,
+    ) {
+        let (k, nb, gpb) = (w.k, w.blocks_per_row(), w.block / 4);
+        let table = unsafe { codebook_table(w) };
+        let factor = _mm512_set1_ps(w.offset_factor.unwrap_or(0.0));
+        for j in 0..NT {
+            let t = t0 + j;
+            // SAFETY: tile t's bytes and planes are inside `w` and tile j's inside `e`
+            // (the contract); every offset below stays within one tile.
+            unsafe {
+                let src = w.qs.as_ptr().add(t * w.tile_bytes());
+                let dst = e.qs.as_mut_ptr().add(j * TILE * k);
+                if NIBBLES {
+                    for b in 0..nb {
+                        let mut plane = if HB > 0 {
+                            _mm512_loadu_si512(
+                                w.high.as_ptr().add((t * nb + b) * TILE * 4) as *const __m512i
+                            )
+                        } else {
+                            _mm512_setzero_si512()
+                        };
+                        for pair in b * gpb / 2..(b + 1) * gpb / 2 {
+                            let packed =
+                                _mm512_loadu_si512(src.add(pair * TILE * 4) as *const __m512i);
+                            let (lo, hi) = unpack_pair::<HB, CODEBOOK>(packed, &mut plane, table);
+                            _mm512_storeu_si512(dst.add(2 * pair * TILE * 4) as *mut __m512i, lo);
+                            _mm512_storeu_si512(
+                                dst.add((2 * pair + 1) * TILE * 4) as *mut __m512i,
+                                hi,
+                            );
+                        }
+                    }
+                } else {
+                    std::ptr::copy_nonoverlapping(src, dst, TILE * k);
+                }
+                let scales = tile_scales(w, t);
+                for b in 0..nb {
+                    let (sv, ov) = block_scales::<DERIVED>(w, scales, b, factor);
+                    let at = (j * nb + b) * TILE;
+                    _mm512_storeu_ps(e.scales.as_mut_ptr().add(at), sv);
+                    _mm512_storeu_ps(e.offsets.as_mut_ptr().add(at), ov);
+                }
+            }
+        }
+    }
+
+    /// `tiles` on an expansion of the NT tiles of `w` at t0: MR activation rows from i0.
+    ///
+    /// # Safety
+    /// As `tiles`; `e` is `expand` of those tiles.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn tiles_expanded<const MR: usize, const NT: usize>(
+        w: &PackedMatrix,
+        e: &Expanded,
+        acts: &QuantizedActs,
+        t0: usize,
+        i0: usize,
+        out: *mut f32,
+    ) {
+        // SAFETY: as in `tiles`: every offset stays inside `e` (NT tiles), `acts` and
+        // this call's columns of `out`.
+        unsafe {
+            let (k, nb, gpb) = (w.k, w.blocks_per_row(), w.block / 4);
+            let wq: [*const u8; NT] = std::array::from_fn(|j| e.qs.as_ptr().add(j * TILE * k));
+            let xq = acts.qs.as_ptr();
+            let mut facc = [[_mm512_setzero_ps(); NT]; MR];
+            for b in 0..nb {
+                let mut iacc = [[_mm512_setzero_si512(); NT]; MR];
+                for g in b * gpb..(b + 1) * gpb {
+                    let wv: [__m512i; NT] = std::array::from_fn(|j| {
+                        _mm512_loadu_si512(wq[j].add(g * TILE * 4) as *const __m512i)
+                    });
+                    for r in 0..MR {
+                        let x4 = _mm512_set1_epi32(
+                            (xq.add((i0 + r) * k + g * 4) as *const i32).read_unaligned(),
+                        );
+                        for j in 0..NT {
+                            iacc[r][j] = _mm512_dpbusd_epi32(iacc[r][j], wv[j], x4);
+                        }
+                    }
+                }
+                for j in 0..NT {
+                    let at = (j * nb + b) * TILE;
+                    let sv = _mm512_loadu_ps(e.scales.as_ptr().add(at));
+                    let ov = _mm512_loadu_ps(e.offsets.as_ptr().add(at));
+                    for r in 0..MR {
+                        let row = (i0 + r) * nb + b;
+                        let scale = _mm512_mul_ps(sv, _mm512_set1_ps(*acts.d.get_unchecked(row)));
+                        facc[r][j] =
+                            _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[r][j]), scale, facc[r][j]);
+                        facc[r][j] = _mm512_fmadd_ps(
+                            ov,
+                            _mm512_set1_ps(*acts.xsum.get_unchecked(row)),
+                            facc[r][j],
+                        );
+                    }
+                }
+            }
+            store_tiles::<MR, NT>(w, facc, t0, i0, out);
+        }
+    }
+
+    /// Writes MR rows x NT tiles of results, the last tile's rows past `w.n` left out.
+    ///
+    /// # Safety
+    /// `out` points to `m * w.n` f32 values (m > i0 + MR - 1) whose columns of these
+    /// tiles this call owns; the CPU supports AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn store_tiles<const MR: usize, const NT: usize>(
+        w: &PackedMatrix,
+        facc: [[__m512; NT]; MR],
+        t0: usize,
+        i0: usize,
+        out: *mut f32,
+    ) {
+        for j in 0..NT {
+            let t = t0 + j;
+            let valid = (w.n - t * TILE).min(TILE);
+            let mask: __mmask16 = if valid == TILE {
+                0xFFFF
+            } else {
+                (1u16 << valid) - 1
+            };
+            for (r, row) in facc.iter().enumerate() {
+                // SAFETY: the caller's contract.
+                unsafe { _mm512_mask_storeu_ps(out.add((i0 + r) * w.n + t * TILE), mask, row[j]) };
+            }
+        }
+    }
+
+    /// 16 f16 values as f32 (exact).
+    ///
+    /// # Safety
+    /// `p` points to 16 readable f16 values; the CPU supports AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn load_f16(p: *const half::f16) -> __m512 {
+        // SAFETY: the caller's contract.
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)) }
+    }
+
+    /// 16 i8 values as f32 (exact).
+    ///
+    /// # Safety
+    /// `p` points to 16 readable i8 values; the CPU supports AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn load_i8(p: *const i8) -> __m512 {
+        // SAFETY: the caller's contract.
+        unsafe { _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p as *const __m128i))) }
     }
 
     /// MR activation rows starting at i0 against the 16 weight rows of each of the NT
@@ -368,6 +719,7 @@ mod avx512 {
         const NT: usize,
         const NIBBLES: bool,
         const CODEBOOK: bool,
+        const HB: u8,
         const DERIVED: bool,
     >(
         w: &PackedMatrix,
@@ -382,50 +734,46 @@ mod avx512 {
         unsafe {
             let (k, block) = (w.k, w.block);
             let (nb, gpb) = (k / block, block / 4);
+            debug_assert!(w.blocks_per_super.is_power_of_two());
             debug_assert!(!w.nibbles || gpb.is_multiple_of(2));
+            debug_assert!(HB == 0 || gpb * HB as usize == 8);
             let wq: [*const u8; NT] =
                 std::array::from_fn(|j| w.qs.as_ptr().add((t0 + j) * w.tile_bytes()));
-            let ws: [*const f32; NT] =
-                std::array::from_fn(|j| w.scales.as_ptr().add((t0 + j) * nb * TILE));
-            // No offsets are stored when they are derived (the pointers go unused).
-            let wo: [*const f32; NT] = std::array::from_fn(|j| {
-                if DERIVED {
-                    std::ptr::null()
+            // The high plane, d and sc of each tile; dm and m unless derived (no pointers
+            // into arrays that are empty for this layout).
+            let wh: [*const u8; NT] = std::array::from_fn(|j| {
+                if HB > 0 {
+                    w.high.as_ptr().add((t0 + j) * nb * TILE * 4)
                 } else {
-                    w.offsets.as_ptr().add((t0 + j) * nb * TILE)
+                    std::ptr::null()
                 }
             });
+            let scales: [_; NT] = std::array::from_fn(|j| tile_scales(w, t0 + j));
             let factor = _mm512_set1_ps(w.offset_factor.unwrap_or(0.0));
             let xq = acts.qs.as_ptr();
-            // The code book in each 128-bit lane, for `vpshufb`'s per-lane lookup.
-            let table = match w.codebook {
-                Some(cb) if CODEBOOK => {
-                    _mm512_broadcast_i32x4(_mm_loadu_si128(cb.as_ptr() as *const __m128i))
-                }
-                _ => _mm512_setzero_si512(),
-            };
+            let table = codebook_table(w);
             let mut facc = [[_mm512_setzero_ps(); NT]; MR];
             for b in 0..nb {
                 let mut iacc = [[_mm512_setzero_si512(); NT]; MR];
                 if NIBBLES {
                     // One 64-byte load holds groups 2G (low nibbles) and 2G+1 (high);
                     // the integer sums are exact, so the result is the byte layout's.
-                    let low = _mm512_set1_epi8(0x0F);
+                    let mut plane: [__m512i; NT] = std::array::from_fn(|j| {
+                        if HB > 0 {
+                            _mm512_loadu_si512(wh[j].add(b * TILE * 4) as *const __m512i)
+                        } else {
+                            _mm512_setzero_si512()
+                        }
+                    });
                     for pair in b * gpb / 2..(b + 1) * gpb / 2 {
                         let packed: [__m512i; NT] = std::array::from_fn(|j| {
                             _mm512_loadu_si512(wq[j].add(pair * TILE * 4) as *const __m512i)
                         });
-                        let mut lo: [__m512i; NT] =
-                            std::array::from_fn(|j| _mm512_and_si512(packed[j], low));
-                        let mut hi: [__m512i; NT] = std::array::from_fn(|j| {
-                            _mm512_and_si512(_mm512_srli_epi16(packed[j], 4), low)
-                        });
-                        if CODEBOOK {
-                            // Index (0..15, bit 7 clear) -> u: one table lookup a vector.
-                            for j in 0..NT {
-                                lo[j] = _mm512_shuffle_epi8(table, lo[j]);
-                                hi[j] = _mm512_shuffle_epi8(table, hi[j]);
-                            }
+                        let mut lo = [_mm512_setzero_si512(); NT];
+                        let mut hi = [_mm512_setzero_si512(); NT];
+                        for j in 0..NT {
+                            (lo[j], hi[j]) =
+                                unpack_pair::<HB, CODEBOOK>(packed[j], &mut plane[j], table);
                         }
                         for r in 0..MR {
                             let at = xq.add((i0 + r) * k + pair * 8) as *const i32;
@@ -453,13 +801,7 @@ mod avx512 {
                     }
                 }
                 for j in 0..NT {
-                    let sv = _mm512_loadu_ps(ws[j].add(b * TILE));
-                    // c*s: the same product the decoder stored, so the same bits.
-                    let ov = if DERIVED {
-                        _mm512_mul_ps(factor, sv)
-                    } else {
-                        _mm512_loadu_ps(wo[j].add(b * TILE))
-                    };
+                    let (sv, ov) = block_scales::<DERIVED>(w, scales[j], b, factor);
                     for r in 0..MR {
                         let row = (i0 + r) * nb + b;
                         let scale = _mm512_mul_ps(sv, _mm512_set1_ps(*acts.d.get_unchecked(row)));
@@ -473,18 +815,7 @@ mod avx512 {
                     }
                 }
             }
-            for j in 0..NT {
-                let t = t0 + j;
-                let valid = (w.n - t * TILE).min(TILE);
-                let mask: __mmask16 = if valid == TILE {
-                    0xFFFF
-                } else {
-                    (1u16 << valid) - 1
-                };
-                for r in 0..MR {
-                    _mm512_mask_storeu_ps(out.add((i0 + r) * w.n + t * TILE), mask, facc[r][j]);
-                }
-            }
+            store_tiles::<MR, NT>(w, facc, t0, i0, out);
         }
     }
 }
@@ -510,17 +841,7 @@ mod tests {
 
     #[test]
     fn packing_reproduces_ggml_dequantisation_exactly() {
-        for dtype in [
-            GgmlDType::Q4_0,
-            GgmlDType::Q4_1,
-            GgmlDType::Q5_0,
-            GgmlDType::Q8_0,
-            GgmlDType::Q4K,
-            GgmlDType::Q5K,
-            GgmlDType::Q6K,
-            GgmlDType::Q3K,
-            GgmlDType::Q2K,
-        ] {
+        for dtype in ALL_TYPES {
             let (n, k) = (20, 512);
             let (p, q) = pack(dtype, n, k);
             let reference = q
@@ -547,26 +868,39 @@ mod tests {
             eprintln!("this CPU has no AVX-512 VNNI; only the scalar path exists here");
             return;
         }
-        for dtype in [
-            GgmlDType::Q4_1,
-            GgmlDType::Q6K,
-            GgmlDType::Q8_0,
-            GgmlDType::Q5K,
-            GgmlDType::Q3K,
-            GgmlDType::Q2K,
-        ] {
-            let (n, k, m) = (37, 512, 7);
+        // 7 rows: four and one at a time; 9 and 24: the tiles expanded first. 53 rows:
+        // a group of three tiles and a lone one.
+        for dtype in ALL_TYPES {
+            let (n, k) = (53, 512);
             let (p, _) = pack(dtype, n, k);
-            let x = random_matrix(m, k, 3);
-            let a = matmul(&p, &x, m, KernelPath::Scalar);
-            let b = matmul(&p, &x, m, KernelPath::Avx512Vnni);
-            assert_eq!(a, b, "{dtype:?}");
+            for m in [7, 9, 24] {
+                let x = random_matrix(m, k, 3);
+                let a = matmul(&p, &x, m, KernelPath::Scalar);
+                let b = matmul(&p, &x, m, KernelPath::Avx512Vnni);
+                assert_eq!(a, b, "{dtype:?} m={m}");
+            }
         }
     }
 
+    /// Every type the packed kernels read (candle's; the IQ4 types are in
+    /// tests/iq4_quants.rs, since candle cannot quantise to them).
+    const ALL_TYPES: [GgmlDType; 9] = [
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q5_0,
+        GgmlDType::Q8_0,
+        GgmlDType::Q4K,
+        GgmlDType::Q5K,
+        GgmlDType::Q6K,
+        GgmlDType::Q3K,
+        GgmlDType::Q2K,
+    ];
+
     #[test]
     fn the_nibble_layout_gives_the_byte_layouts_results_bit_for_bit() {
-        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q4K] {
+        // Every type but Q8_0, whose 8 bits have no nibble layout; Q5_0, Q5_K and Q6_K
+        // keep their bits above 4 in the high plane.
+        for dtype in ALL_TYPES.into_iter().filter(|&t| t != GgmlDType::Q8_0) {
             let (n, k) = (37, 512);
             let w = Tensor::from_vec(random_matrix(n, k, 13), (n, k), &Device::Cpu).unwrap();
             let q = QTensor::quantize(&w, dtype).unwrap();
@@ -575,6 +909,9 @@ mod tests {
             let bytes = PackedMatrix::from_ggml_bytes(dtype, &data, n, k).unwrap();
             assert!(nibbles.nibbles && !bytes.nibbles, "{dtype:?}");
             assert_eq!(2 * nibbles.qs.len(), bytes.qs.len());
+            for r in [0, 16, 36] {
+                assert_eq!(nibbles.row(r), bytes.row(r), "{dtype:?} row {r}");
+            }
             for m in [1, 5, 9] {
                 let x = random_matrix(m, k, 17);
                 let reference = matmul(&bytes, &x, m, KernelPath::Scalar);
@@ -601,7 +938,7 @@ mod tests {
             let (n, k) = (53, 512);
             let (derived, _) = pack(dtype, n, k);
             assert!(derived.offset_factor.is_some(), "{dtype:?}");
-            assert!(derived.offsets.is_empty(), "{dtype:?}");
+            assert!(derived.dm.is_empty() && derived.m.is_empty(), "{dtype:?}");
             let stored = derived.with_stored_offsets();
             for r in [0, 17, 52] {
                 assert_eq!(derived.row(r), stored.row(r), "{dtype:?} row {r}");
@@ -625,7 +962,27 @@ mod tests {
         }
         // Types with free offsets keep them.
         let (q4k, _) = pack(GgmlDType::Q4K, 16, 256);
-        assert!(q4k.offset_factor.is_none() && !q4k.offsets.is_empty());
+        assert!(q4k.offset_factor.is_none() && !q4k.dm.is_empty() && !q4k.m.is_empty());
+    }
+
+    #[test]
+    fn packed_weights_take_about_the_files_bytes() {
+        // The types of Q4_K_M, Q5_K_M, Q6_K and Q8_0 files. Before the format kept the
+        // file's f16 d and small integer scales, Q4_K took 0.75 bytes per weight (f32
+        // scale and offset per 32) against the file's 0.5625, and Q6_K 1.25 against
+        // 0.82 (a byte per 6-bit value): a model took 1.4x its file in memory.
+        for (dtype, most) in [
+            (GgmlDType::Q4K, 1.03),
+            (GgmlDType::Q5K, 1.03),
+            (GgmlDType::Q6K, 1.001),
+            (GgmlDType::Q8_0, 1.03),
+        ] {
+            let (n, k) = (64, 1024);
+            let (p, q) = pack(dtype, n, k);
+            let file = q.data().unwrap().len();
+            let ratio = p.storage_bytes() as f64 / file as f64;
+            assert!(ratio <= most, "{dtype:?}: {ratio:.3}x the file's bytes");
+        }
     }
 
     #[test]

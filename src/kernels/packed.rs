@@ -1,23 +1,41 @@
 //! The packed int8 weight format: one representation for every GGUF quant type we use.
 //!
-//! Each ggml block type dequantises as `w = s * u + o` with small unsigned integers `u` and
-//! per-block `s`, `o` (Q4_1: u = q, o = m; Q5_0: o = -16 d; Q8_0: u = q + 128, o = -128 d;
-//! Q4_K and Q5_K: per 32-value sub-block s = d*sc, o = -dmin*m; Q6_K: per 16-value
-//! sub-block u = q + 32, o = -32 s; Q3_K: per 16 values u = q + 4 (q in -4..3),
-//! s = d*(sc-32), o = -4 s; Q2_K: per 16 values s = d*(sc & 15), o = -dmin*(sc >> 4)). Storing `u` as bytes with f32 `s` and `o` therefore holds the
-//! file's weights exactly, and `u8 x i8` dot products map onto AVX-512 VNNI (`vpdpbusd`).
+//! Each ggml block type dequantises as `w = s * u + o` with small unsigned integers `u`
+//! per weight and a scale `s` and offset `o` per block, where the file holds `s` as an
+//! f16 `d` per super-block times a small integer `sc` per block, and `o` either as a
+//! fixed multiple `c` of `s` or as an f16 `dm` per super-block times a small integer `m`:
+//!
+//! ```text
+//!   type     block  blocks/super  u              s = d * sc      o
+//!   Q4_0       32        1        q              d               -8 s
+//!   Q4_1       32        1        q              d               m (dm = m, m = 1)
+//!   Q5_0       32        1        q (5 bits)     d               -16 s
+//!   Q8_0       32        1        q + 128        d               -128 s
+//!   Q2_K       16       16        q              d * (sc & 15)   -dmin * (sc >> 4)
+//!   Q3_K       16       16        q + 4          d * (sc - 32)   -4 s
+//!   Q4_K/Q5_K  32        8        q (4/5 bits)   d * sc          -dmin * m
+//!   Q6_K       16       16        q + 32         d * sc          -32 s
+//!   IQ4_NL     32        1        TABLE[q] + 128 d               -128 s
+//!   IQ4_XS     32        8        TABLE[q] + 128 d * (ls - 32)   -128 s
+//! ```
+//!
+//! The format keeps exactly those parts, so it holds a file's weights in about the
+//! file's bytes, and the kernel multiplies them out with the f32 products ggml's
+//! decoder makes (`d * sc`, `dm * m`, `c * s`): the same bits. `u8 x i8` dot products
+//! map onto AVX-512 VNNI (`vpdpbusd`).
 //!
 //! Layout, in tiles of 16 output rows so one 64-byte load feeds 16 rows x 4 k-values:
 //!
 //! ```text
-//!   qs:      [tile][k/4 groups][16 rows][4 bytes]      (u8)
-//!   scales:  [tile][k/block blocks][16 rows]           (f32)
-//!   offsets: [tile][k/block blocks][16 rows]           (f32)
+//!   qs:     [tile][k/4 groups][16 rows][4 bytes]   u, one byte each, or
+//!           [tile][k/8 pairs][16 rows][4 bytes]    the low 4 bits of u, two groups a byte
+//!   high:   [tile][k/block][16 rows][4 bytes]      with nibbles: u's bits above 4 (HB
+//!                                                  of them), group g of a block at bit
+//!                                                  HB*g (a block has 8/HB groups)
+//!   d:      [tile][k/super][16 rows]  f16          dm: the same, where o is not c*s
+//!   sc:     [tile][k/block][16 rows]  i8           m:  the same, where o is not c*s
 //! ```
-//! Types whose offset is a fixed multiple of the scale (Q4_0, Q5_0, Q8_0, Q3_K, Q6_K,
-//! IQ4: o = c*s) hold no offsets: the kernel computes c*s, the same f32 product the
-//! decoder made, so the results are bit for bit those of the stored offsets.
-//! Rows past `n` in the last tile are zero (scale 0, offset 0) and never written out.
+//! Rows past `n` in the last tile are zero (d 0) and never written out.
 
 use crate::quant::{QuantType, IQ4_TABLE};
 use candle_core::quantized::GgmlDType;
@@ -30,47 +48,83 @@ pub const TILE: usize = 16;
 pub struct PackedMatrix {
     pub n: usize,
     pub k: usize,
-    /// Values per scale/offset block: 32, or 16 for Q6_K.
+    /// Values per block (one `sc` and `m` each): 32, or 16 for Q2_K, Q3_K and Q6_K.
     pub block: usize,
-    /// `u` (or its IQ4 index) fits in 4 bits, so two k-groups share each byte: group 2G
-    /// in the low nibble, 2G+1 in the high one. Half the bytes to hold and to stream.
+    /// Blocks per super-block (one `d` and `dm` each): a power of two.
+    pub blocks_per_super: usize,
+    /// The low 4 bits of `u` (or its IQ4 index) are held two groups a byte: group 2G in
+    /// the low nibble, 2G+1 in the high one; `high_bits` more bits per value (5- and
+    /// 6-bit types) are in the `high` plane. Fewer bytes to hold and to stream.
     pub nibbles: bool,
+    /// With `nibbles`: 0, 1 (Q5_0, Q5_K) or 2 (Q6_K).
+    pub high_bits: u8,
     /// With `nibbles`: the nibbles are indices into this table of `u` (IQ4's code book,
     /// each value + 128), looked up in the kernel. None: the nibble is `u` itself.
     pub codebook: Option<[u8; 16]>,
     pub(crate) qs: Vec<u8>,
-    pub(crate) scales: Vec<f32>,
+    pub(crate) high: Vec<u8>,
+    pub(crate) d: Vec<f16>,
+    pub(crate) sc: Vec<i8>,
     /// Empty when `offset_factor` is set.
-    pub(crate) offsets: Vec<f32>,
+    pub(crate) dm: Vec<f16>,
+    pub(crate) m: Vec<i8>,
     /// Every block's offset is this times its scale (computed, not stored).
     pub offset_factor: Option<f32>,
+}
+
+/// One row as the file holds it (see the module comment): `u` per value, `d` and `dm`
+/// per super-block, `sc` and `m` per block (`dm` and `m` unused where o = c*s).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RowParts {
+    pub u: Vec<u8>,
+    pub d: Vec<f16>,
+    pub sc: Vec<i8>,
+    pub dm: Vec<f16>,
+    pub m: Vec<i8>,
+}
+
+impl RowParts {
+    fn zeros(k: usize, block: usize, blocks_per_super: usize) -> Self {
+        let (nb, ns) = (k / block, k / block / blocks_per_super);
+        Self {
+            u: vec![0; k],
+            d: vec![f16::ZERO; ns],
+            sc: vec![0; nb],
+            dm: vec![f16::ZERO; ns],
+            m: vec![0; nb],
+        }
+    }
 }
 
 /// Why a tensor could not be packed (the caller falls back to candle's matmul).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Unpackable(pub String);
 
-/// The block size a ggml type packs into, or None if we have no decoder for it.
-pub fn packed_block(dtype: QuantType) -> Option<usize> {
+/// The block size a ggml type packs into and its blocks per super-block, or None if we
+/// have no decoder for it.
+pub fn packed_blocks(dtype: QuantType) -> Option<(usize, usize)> {
     match dtype {
-        QuantType::Iq4Nl | QuantType::Iq4Xs => Some(32),
+        QuantType::Iq4Nl => Some((32, 1)),
+        QuantType::Iq4Xs => Some((32, 8)),
         QuantType::Candle(
-            GgmlDType::Q4_0
-            | GgmlDType::Q4_1
-            | GgmlDType::Q5_0
-            | GgmlDType::Q8_0
-            | GgmlDType::Q4K
-            | GgmlDType::Q5K,
-        ) => Some(32),
-        QuantType::Candle(GgmlDType::Q6K | GgmlDType::Q3K | GgmlDType::Q2K) => Some(16),
+            GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q8_0,
+        ) => Some((32, 1)),
+        QuantType::Candle(GgmlDType::Q4K | GgmlDType::Q5K) => Some((32, 8)),
+        QuantType::Candle(GgmlDType::Q6K | GgmlDType::Q3K | GgmlDType::Q2K) => Some((16, 16)),
         _ => None,
     }
 }
 
-/// How weights whose `u` fits in 4 bits are held. Nibbles halve their memory and the
-/// bytes decode streams, but unpacking costs compute-bound prefill about 10% on this
-/// project's machine; the results are the same bits either way (the integer sums are
-/// exact), so the choice is about speed and memory only.
+/// The block size a ggml type packs into, or None if we have no decoder for it.
+pub fn packed_block(dtype: QuantType) -> Option<usize> {
+    packed_blocks(dtype).map(|(block, _)| block)
+}
+
+/// How weights whose `u` fits in 4 to 6 bits are held. Nibbles (plus a plane of the
+/// bits above 4) bring the memory and the bytes decode streams down to about the file's,
+/// but unpacking costs compute-bound prefill about 10% on this project's machine; the
+/// results are the same bits either way (the integer sums are exact), so the choice is
+/// about speed and memory only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FourBit {
     Nibbles,
@@ -90,15 +144,24 @@ impl FourBit {
     }
 }
 
-/// Whether a ggml type's `u` (or its code book index) fits in 4 bits (packed two per
-/// byte).
+/// The bits of `u` (or its code book index) above 4 that a nibble layout of the type
+/// holds in the `high` plane, or None where it has no nibble layout (Q8_0's 8 bits).
+pub fn nibble_high_bits(dtype: QuantType) -> Option<u8> {
+    match dtype {
+        QuantType::Candle(
+            GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q4K | GgmlDType::Q3K | GgmlDType::Q2K,
+        )
+        | QuantType::Iq4Nl
+        | QuantType::Iq4Xs => Some(0),
+        QuantType::Candle(GgmlDType::Q5_0 | GgmlDType::Q5K) => Some(1),
+        QuantType::Candle(GgmlDType::Q6K) => Some(2),
+        _ => None,
+    }
+}
+
+/// Whether a ggml type's `u` (or its code book index) fits in 4 bits.
 pub fn packs_in_nibbles(dtype: QuantType) -> bool {
-    matches!(
-        dtype,
-        QuantType::Candle(GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q4K)
-            | QuantType::Iq4Nl
-            | QuantType::Iq4Xs
-    )
+    nibble_high_bits(dtype) == Some(0)
 }
 
 /// The c of types whose every offset is c times the scale (see the module comment).
@@ -129,6 +192,132 @@ fn tile_bytes(k: usize, nibbles: bool) -> usize {
     }
 }
 
+/// The shape of one packed matrix's arrays, which every constructor and reader shares.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Shape {
+    k: usize,
+    block: usize,
+    blocks_per_super: usize,
+    nibbles: bool,
+    high_bits: u8,
+    derived: bool,
+}
+
+impl Shape {
+    fn blocks(&self) -> usize {
+        self.k / self.block
+    }
+    fn supers(&self) -> usize {
+        self.blocks() / self.blocks_per_super
+    }
+    fn qs_per_tile(&self) -> usize {
+        tile_bytes(self.k, self.nibbles)
+    }
+    fn high_per_tile(&self) -> usize {
+        if self.high_bits > 0 {
+            self.blocks() * TILE * 4
+        } else {
+            0
+        }
+    }
+    fn offsets_per_tile(&self) -> (usize, usize) {
+        if self.derived {
+            (0, 0)
+        } else {
+            (self.supers() * TILE, self.blocks() * TILE)
+        }
+    }
+}
+
+/// Mutable views of a run of whole tiles of every array (what one packing thread owns).
+struct TilesMut<'a> {
+    qs: &'a mut [u8],
+    high: &'a mut [u8],
+    d: &'a mut [f16],
+    sc: &'a mut [i8],
+    dm: &'a mut [f16],
+    m: &'a mut [i8],
+}
+
+impl<'a> TilesMut<'a> {
+    /// Splits off the first `tiles` tiles.
+    fn split(self, shape: &Shape, tiles: usize) -> (TilesMut<'a>, TilesMut<'a>) {
+        let (dm_per, m_per) = shape.offsets_per_tile();
+        let (qs, qs_rest) = self.qs.split_at_mut(tiles * shape.qs_per_tile());
+        let (high, high_rest) = self.high.split_at_mut(tiles * shape.high_per_tile());
+        let (d, d_rest) = self.d.split_at_mut(tiles * shape.supers() * TILE);
+        let (sc, sc_rest) = self.sc.split_at_mut(tiles * shape.blocks() * TILE);
+        let (dm, dm_rest) = self.dm.split_at_mut(tiles * dm_per);
+        let (m, m_rest) = self.m.split_at_mut(tiles * m_per);
+        (
+            TilesMut {
+                qs,
+                high,
+                d,
+                sc,
+                dm,
+                m,
+            },
+            TilesMut {
+                qs: qs_rest,
+                high: high_rest,
+                d: d_rest,
+                sc: sc_rest,
+                dm: dm_rest,
+                m: m_rest,
+            },
+        )
+    }
+
+    /// Writes row `r` (counted from the start of these tiles) into the tiled layout.
+    fn place_row(&mut self, shape: &Shape, r: usize, row: &RowParts) {
+        let (t, lane) = (r / TILE, r % TILE);
+        let (k, nb, ns) = (shape.k, shape.blocks(), shape.supers());
+        let u = &row.u;
+        if shape.nibbles {
+            let pairs = k / 8;
+            for pair in 0..pairs {
+                let at = ((t * pairs + pair) * TILE + lane) * 4;
+                for j in 0..4 {
+                    self.qs[at + j] =
+                        (u[pair * 8 + j] & 0x0F) | ((u[pair * 8 + 4 + j] & 0x0F) << 4);
+                }
+            }
+            if shape.high_bits > 0 {
+                let groups_per_block = shape.block / 4;
+                for g in 0..k / 4 {
+                    let (b, in_block) = (g / groups_per_block, g % groups_per_block);
+                    let at = ((t * nb + b) * TILE + lane) * 4;
+                    for j in 0..4 {
+                        let bits = u[g * 4 + j] >> 4;
+                        self.high[at + j] |= bits << (shape.high_bits as usize * in_block);
+                    }
+                }
+            }
+        } else {
+            let groups = k / 4;
+            for g in 0..groups {
+                let at = ((t * groups + g) * TILE + lane) * 4;
+                self.qs[at..at + 4].copy_from_slice(&u[g * 4..g * 4 + 4]);
+            }
+        }
+        for s in 0..ns {
+            let at = (t * ns + s) * TILE + lane;
+            self.d[at] = row.d[s];
+            if !shape.derived {
+                self.dm[at] = row.dm[s];
+            }
+        }
+        for b in 0..nb {
+            let at = (t * nb + b) * TILE + lane;
+            self.sc[at] = row.sc[b];
+            if !shape.derived {
+                self.m[at] = row.m[b];
+            }
+        }
+    }
+}
+
 impl PackedMatrix {
     pub fn n_tiles(&self) -> usize {
         self.n.div_ceil(TILE)
@@ -138,9 +327,24 @@ impl PackedMatrix {
         self.k / self.block
     }
 
+    pub fn supers_per_row(&self) -> usize {
+        self.blocks_per_row() / self.blocks_per_super
+    }
+
     /// Bytes of `qs` per tile.
     pub fn tile_bytes(&self) -> usize {
         tile_bytes(self.k, self.nibbles)
+    }
+
+    fn shape(&self) -> Shape {
+        Shape {
+            k: self.k,
+            block: self.block,
+            blocks_per_super: self.blocks_per_super,
+            nibbles: self.nibbles,
+            high_bits: self.high_bits,
+            derived: self.offset_factor.is_some(),
+        }
     }
 
     /// `u` of row `lane` of tile `t` at input 4g + j (the layout's one reader outside
@@ -154,15 +358,49 @@ impl PackedMatrix {
             } else {
                 self.qs[at] >> 4
             };
+            if self.high_bits > 0 {
+                let groups_per_block = self.block / 4;
+                let (b, in_block) = (g / groups_per_block, g % groups_per_block);
+                let at = ((t * self.blocks_per_row() + b) * TILE + lane) * 4 + j;
+                let hb = self.high_bits as usize;
+                let bits = (self.high[at] >> (hb * in_block)) & ((1 << hb) - 1);
+                return nibble | (bits << 4);
+            }
             self.codebook.map_or(nibble, |cb| cb[nibble as usize])
         } else {
             self.qs[((t * (self.k / 4) + g) * TILE + lane) * 4 + j]
         }
     }
 
+    /// The scale of block `b` of row `lane` in tile `t`: d * sc, the decoder's product.
+    #[inline]
+    pub fn scale_at(&self, t: usize, b: usize, lane: usize) -> f32 {
+        let nb = self.blocks_per_row();
+        let d = self.d[(t * self.supers_per_row() + b / self.blocks_per_super) * TILE + lane];
+        d.to_f32() * self.sc[(t * nb + b) * TILE + lane] as f32
+    }
+
+    /// The offset of block `b` of row `lane` in tile `t`: c * s or dm * m.
+    #[inline]
+    pub fn offset_at(&self, t: usize, b: usize, lane: usize) -> f32 {
+        match self.offset_factor {
+            Some(c) => c * self.scale_at(t, b, lane),
+            None => {
+                let nb = self.blocks_per_row();
+                let dm =
+                    self.dm[(t * self.supers_per_row() + b / self.blocks_per_super) * TILE + lane];
+                dm.to_f32() * self.m[(t * nb + b) * TILE + lane] as f32
+            }
+        }
+    }
+
     /// Bytes of weight data read per full pass (what decode streams from memory).
     pub fn storage_bytes(&self) -> usize {
-        self.qs.len() + 4 * (self.scales.len() + self.offsets.len())
+        self.qs.len()
+            + self.high.len()
+            + 2 * (self.d.len() + self.dm.len())
+            + self.sc.len()
+            + self.m.len()
     }
 
     /// Whether an n x k matrix of `dtype` packs (its packed block size), or why not:
@@ -237,9 +475,11 @@ impl PackedMatrix {
         let Some(&(first_type, _, _)) = parts.first() else {
             return Err(Unpackable("nothing to pack".into()));
         };
-        let block = Self::packable(first_type, parts[0].2, k)?;
+        Self::packable(first_type, parts[0].2, k)?;
+        let blocks = packed_blocks(first_type).expect("packable");
         for (i, &(dtype, data, n)) in parts.iter().enumerate() {
-            if Self::packable(dtype, n, k)? != block {
+            Self::packable(dtype, n, k)?;
+            if packed_blocks(dtype) != Some(blocks) {
                 return Err(Unpackable(format!(
                     "{dtype} packs in blocks other than {first_type}'s"
                 )));
@@ -256,171 +496,180 @@ impl PackedMatrix {
                 )));
             }
         }
+        let (block, blocks_per_super) = blocks;
+        if !k.is_multiple_of(block * blocks_per_super) {
+            return Err(Unpackable(format!(
+                "k = {k} is not a multiple of the super-block size"
+            )));
+        }
         // Nibbles only where every part's nibble means the same (all plain, or all one
-        // code book).
+        // code book) and has as many bits above it.
+        let high_bits = nibble_high_bits(first_type);
         let nibbles = allow_nibbles
             && k.is_multiple_of(8)
+            && high_bits.is_some()
             && parts.iter().all(|&(dtype, _, _)| {
-                packs_in_nibbles(dtype) && codebook(dtype) == codebook(first_type)
+                nibble_high_bits(dtype) == high_bits && codebook(dtype) == codebook(first_type)
             });
         let factor = offset_factor(first_type)
             .filter(|&c| parts.iter().all(|&(d, _, _)| offset_factor(d) == Some(c)));
         let total = parts.iter().map(|p| p.2).sum();
-        let mut m = Self::zeros(total, k, block, nibbles);
+        let shape = Shape {
+            k,
+            block,
+            blocks_per_super,
+            nibbles,
+            high_bits: if nibbles { high_bits.unwrap_or(0) } else { 0 },
+            derived: factor.is_some(),
+        };
+        let mut m = Self::zeros(total, shape);
+        m.offset_factor = factor;
         if nibbles {
             m.codebook = codebook(first_type);
         }
-        let nb = k / block;
-        let (mut qs, mut scales, mut offsets) =
-            (&mut m.qs[..], &mut m.scales[..], &mut m.offsets[..]);
+        let mut rest = m.tiles_mut();
         for &(dtype, data, n) in parts {
-            let tiles = n.div_ceil(TILE);
-            let (q, rest_q) = qs.split_at_mut(tiles * tile_bytes(k, nibbles));
-            let (s, rest_s) = scales.split_at_mut(tiles * TILE * nb);
-            let (o, rest_o) = offsets.split_at_mut(tiles * TILE * nb);
-            pack_tiles(dtype, data, n, k, nb, nibbles, threads, q, s, o);
-            (qs, scales, offsets) = (rest_q, rest_s, rest_o);
+            let (these, after) = rest.split(&shape, n.div_ceil(TILE));
+            pack_tiles(dtype, data, n, &shape, threads, these)?;
+            rest = after;
         }
-        m.derive_offsets(factor);
         Ok(m)
     }
 
-    /// Drops the stored offsets if every one is `factor` times its scale (checked, so a
-    /// file whose blocks break the rule keeps them).
-    fn derive_offsets(&mut self, factor: Option<f32>) {
-        let Some(c) = factor else { return };
-        if self
-            .offsets
-            .iter()
-            .zip(&self.scales)
-            .all(|(&o, &s)| o == c * s)
-        {
-            self.offsets = Vec::new();
-            self.offset_factor = Some(c);
+    fn tiles_mut(&mut self) -> TilesMut<'_> {
+        TilesMut {
+            qs: &mut self.qs,
+            high: &mut self.high,
+            d: &mut self.d,
+            sc: &mut self.sc,
+            dm: &mut self.dm,
+            m: &mut self.m,
         }
     }
 
     /// The same matrix with every offset stored: the reference the derived offsets are
-    /// compared with.
+    /// compared with. Each c is a power of two, so c*d is exact in f16 (below its
+    /// overflow) and (c*d)*sc is the bits of c*(d*sc).
     pub fn with_stored_offsets(&self) -> Self {
         let mut m = self.clone();
         if let Some(c) = m.offset_factor.take() {
-            m.offsets = m.scales.iter().map(|&s| c * s).collect();
+            m.dm = m.d.iter().map(|&d| f16::from_f32(c * d.to_f32())).collect();
+            assert!(
+                m.dm.iter()
+                    .zip(&m.d)
+                    .all(|(dm, d)| dm.to_f32() == c * d.to_f32()),
+                "c*d is not exact in f16"
+            );
+            m.m = m.sc.clone();
         }
         m
     }
 
-    /// The offset of block `b` of row `lane` in tile `t`.
-    #[inline]
-    fn offset_at(&self, t: usize, b: usize, lane: usize) -> f32 {
-        let at = (t * self.blocks_per_row() + b) * TILE + lane;
-        match self.offset_factor {
-            Some(c) => c * self.scales[at],
-            None => self.offsets[at],
-        }
-    }
-
-    fn zeros(n: usize, k: usize, block: usize, nibbles: bool) -> Self {
+    fn zeros(n: usize, shape: Shape) -> Self {
         let tiles = n.div_ceil(TILE);
+        let (dm_per, m_per) = shape.offsets_per_tile();
         Self {
             n,
-            k,
-            block,
-            nibbles,
+            k: shape.k,
+            block: shape.block,
+            blocks_per_super: shape.blocks_per_super,
+            nibbles: shape.nibbles,
+            high_bits: shape.high_bits,
             codebook: None,
-            qs: vec![0; tiles * tile_bytes(k, nibbles)],
-            scales: vec![0.0; tiles * TILE * (k / block)],
-            offsets: vec![0.0; tiles * TILE * (k / block)],
+            qs: vec![0; tiles * shape.qs_per_tile()],
+            high: vec![0; tiles * shape.high_per_tile()],
+            d: vec![f16::ZERO; tiles * shape.supers() * TILE],
+            sc: vec![0; tiles * shape.blocks() * TILE],
+            dm: vec![f16::ZERO; tiles * dm_per],
+            m: vec![0; tiles * m_per],
             offset_factor: None,
         }
     }
 
-    fn set_row(&mut self, r: usize, u: &[u8], s: &[f32], o: &[f32]) {
-        let (k, nb) = (self.k, self.k / self.block);
-        place_row(
-            &mut self.qs,
-            &mut self.scales,
-            &mut self.offsets,
-            r,
-            k,
-            nb,
-            self.nibbles,
-            u,
-            s,
-            o,
-        );
-    }
-
-    /// Stacks matrices with the same k and block along the output dimension (fused QKV,
-    /// gate+up), so one pass over the activations feeds them all.
+    /// Stacks matrices with the same k and format along the output dimension (fused
+    /// QKV, gate+up), so one pass over the activations feeds them all.
     pub fn concat_rows(parts: &[&PackedMatrix]) -> Option<PackedMatrix> {
         let first = parts.first()?;
+        let shape = first.shape();
         if parts.iter().any(|p| {
-            p.k != first.k
-                || p.block != first.block
-                || p.nibbles != first.nibbles
+            p.shape() != shape
                 || p.codebook != first.codebook
                 || p.offset_factor != first.offset_factor
         }) {
             return None;
         }
         let n = parts.iter().map(|p| p.n).sum();
+        let mut out = Self::zeros(0, shape);
+        out.n = n;
+        out.codebook = first.codebook;
+        out.offset_factor = first.offset_factor;
         // Parts made of whole tiles (every q/k/v and gate/up of real models) append
         // their tiles as they are; otherwise rows move one by one.
         let (head, _) = parts.split_at(parts.len() - 1);
         if head.iter().all(|p| p.n.is_multiple_of(TILE)) {
-            let mut out = PackedMatrix {
-                n,
-                k: first.k,
-                block: first.block,
-                nibbles: first.nibbles,
-                codebook: first.codebook,
-                offset_factor: first.offset_factor,
-                qs: Vec::with_capacity(parts.iter().map(|p| p.qs.len()).sum()),
-                scales: Vec::with_capacity(parts.iter().map(|p| p.scales.len()).sum()),
-                offsets: Vec::with_capacity(parts.iter().map(|p| p.offsets.len()).sum()),
-            };
             for p in parts {
                 out.qs.extend_from_slice(&p.qs);
-                out.scales.extend_from_slice(&p.scales);
-                out.offsets.extend_from_slice(&p.offsets);
+                out.high.extend_from_slice(&p.high);
+                out.d.extend_from_slice(&p.d);
+                out.sc.extend_from_slice(&p.sc);
+                out.dm.extend_from_slice(&p.dm);
+                out.m.extend_from_slice(&p.m);
             }
             return Some(out);
         }
-        let mut out = Self::zeros(n, first.k, first.block, first.nibbles);
+        let mut out = Self::zeros(n, shape);
         out.codebook = first.codebook;
+        out.offset_factor = first.offset_factor;
+        let mut tiles = out.tiles_mut();
         let mut r0 = 0;
         for p in parts {
             for r in 0..p.n {
-                let (mut u, s, o) = p.row(r);
+                let mut row = p.row_parts(r);
                 if let Some(cb) = first.codebook {
                     // The layout holds indices: map each `u` back to its code.
-                    for v in &mut u {
+                    for v in &mut row.u {
                         *v = cb.iter().position(|c| c == v).expect("u from this table") as u8;
                     }
                 }
-                out.set_row(r0 + r, &u, &s, &o);
+                tiles.place_row(&shape, r0 + r, &row);
             }
             r0 += p.n;
         }
-        out.derive_offsets(first.offset_factor);
         Some(out)
     }
 
-    /// Row r as (u, scales, offsets): the inverse of `set_row`.
-    pub fn row(&self, r: usize) -> (Vec<u8>, Vec<f32>, Vec<f32>) {
+    /// Row r as the parts the file holds (`u` decoded through the code book): the
+    /// inverse of packing.
+    pub fn row_parts(&self, r: usize) -> RowParts {
         let (t, lane) = (r / TILE, r % TILE);
-        let groups = self.k / 4;
-        let nb = self.blocks_per_row();
-        let mut u = vec![0u8; self.k];
-        for g in 0..groups {
+        let (nb, ns) = (self.blocks_per_row(), self.supers_per_row());
+        let mut row = RowParts::zeros(self.k, self.block, self.blocks_per_super);
+        for g in 0..self.k / 4 {
             for j in 0..4 {
-                u[g * 4 + j] = self.u_at(t, lane, g, j);
+                row.u[g * 4 + j] = self.u_at(t, lane, g, j);
             }
         }
-        let s = (0..nb)
-            .map(|b| self.scales[(t * nb + b) * TILE + lane])
-            .collect();
+        for s in 0..ns {
+            row.d[s] = self.d[(t * ns + s) * TILE + lane];
+            if self.offset_factor.is_none() {
+                row.dm[s] = self.dm[(t * ns + s) * TILE + lane];
+            }
+        }
+        for b in 0..nb {
+            row.sc[b] = self.sc[(t * nb + b) * TILE + lane];
+            if self.offset_factor.is_none() {
+                row.m[b] = self.m[(t * nb + b) * TILE + lane];
+            }
+        }
+        row
+    }
+
+    /// Row r as (u, scales, offsets), each scale and offset the f32 the kernel uses.
+    pub fn row(&self, r: usize) -> (Vec<u8>, Vec<f32>, Vec<f32>) {
+        let (t, lane) = (r / TILE, r % TILE);
+        let nb = self.blocks_per_row();
+        let u = self.row_parts(r).u;
+        let s = (0..nb).map(|b| self.scale_at(t, b, lane)).collect();
         let o = (0..nb).map(|b| self.offset_at(t, b, lane)).collect();
         (u, s, o)
     }
@@ -436,143 +685,106 @@ impl PackedMatrix {
 }
 
 /// Decodes the n rows of `data` into tiled slices that start at a tile boundary.
-/// Tiles are independent (each holds its 16 rows' bytes, scales and offsets), so they
-/// are decoded in parallel, a contiguous run of tiles per thread: loading a large model
-/// is mostly this loop.
-#[allow(clippy::too_many_arguments)]
+/// Tiles are independent (each holds its 16 rows' values and scales), so they are
+/// decoded in parallel, a contiguous run of tiles per thread: loading a large model is
+/// mostly this loop.
 fn pack_tiles(
     dtype: QuantType,
     data: &[u8],
     n: usize,
-    k: usize,
-    nb: usize,
-    nibbles: bool,
+    shape: &Shape,
     threads: usize,
-    qs: &mut [u8],
-    scales: &mut [f32],
-    offsets: &mut [f32],
-) {
-    let row_bytes = k / dtype.block_size() * dtype.type_size();
+    mut out: TilesMut<'_>,
+) -> Result<(), Unpackable> {
+    let row_bytes = shape.k / dtype.block_size() * dtype.type_size();
     // Code book types decode to indices: nibbles keep them, bytes hold their `u`.
-    let to_u = codebook(dtype).filter(|_| !nibbles);
+    let to_u = codebook(dtype).filter(|_| !shape.nibbles);
     let tiles = n.div_ceil(TILE);
     let threads = threads.clamp(1, tiles);
     let per = tiles.div_ceil(threads);
-    let qs_chunks = qs.chunks_mut(per * tile_bytes(k, nibbles));
-    let scale_chunks = scales.chunks_mut(per * TILE * nb);
-    let offset_chunks = offsets.chunks_mut(per * TILE * nb);
+    let mut chunks = Vec::with_capacity(threads);
+    for c in 0..threads {
+        let take = per.min(tiles - (c * per).min(tiles));
+        let (these, rest) = out.split(shape, take);
+        chunks.push(these);
+        out = rest;
+    }
+    // A type whose offsets are c*s, stacked with one whose are not (or another c), stores
+    // them: dm = c*d (exact in f16 for any real scale, as c is a power of two; checked)
+    // and m = sc, whose product is the bits of c*s.
+    let store_factor = offset_factor(dtype).filter(|_| !shape.derived);
     std::thread::scope(|scope| {
-        for (c, ((qs, scales), offsets)) in
-            qs_chunks.zip(scale_chunks).zip(offset_chunks).enumerate()
-        {
-            scope.spawn(move || {
-                let mut u = vec![0u8; k];
-                let mut s = vec![0f32; nb];
-                let mut o = vec![0f32; nb];
-                let first_row = c * per * TILE;
-                for r in first_row..(first_row + per * TILE).min(n) {
-                    decode_row(
-                        dtype,
-                        &data[r * row_bytes..(r + 1) * row_bytes],
-                        &mut u,
-                        &mut s,
-                        &mut o,
-                    );
-                    if let Some(cb) = to_u {
-                        u.iter_mut().for_each(|v| *v = cb[*v as usize]);
+        let workers: Vec<_> = chunks
+            .into_iter()
+            .enumerate()
+            .map(|(c, mut chunk)| {
+                scope.spawn(move || {
+                    let mut row = RowParts::zeros(shape.k, shape.block, shape.blocks_per_super);
+                    let first_row = c * per * TILE;
+                    for r in first_row..(first_row + per * TILE).min(n) {
+                        decode_row(dtype, &data[r * row_bytes..(r + 1) * row_bytes], &mut row);
+                        if let Some(cb) = to_u {
+                            row.u.iter_mut().for_each(|v| *v = cb[*v as usize]);
+                        }
+                        if let Some(c) = store_factor {
+                            for (dm, d) in row.dm.iter_mut().zip(&row.d) {
+                                *dm = f16::from_f32(c * d.to_f32());
+                                if dm.to_f32() != c * d.to_f32() {
+                                    return Err(Unpackable(format!(
+                                        "row {r}: the offset {c} x {d} does not fit an f16"
+                                    )));
+                                }
+                            }
+                            row.m.copy_from_slice(&row.sc);
+                        }
+                        chunk.place_row(shape, r - first_row, &row);
                     }
-                    place_row(
-                        qs,
-                        scales,
-                        offsets,
-                        r - first_row,
-                        k,
-                        nb,
-                        nibbles,
-                        &u,
-                        &s,
-                        &o,
-                    );
-                }
-            });
-        }
-    });
+                    Ok(())
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .try_for_each(|w| w.join().expect("a packing thread panicked"))
+    })
 }
 
-/// Writes row `r` (counted from the start of the given slices, which begin at a tile
-/// boundary) into the tiled layout.
-#[allow(clippy::too_many_arguments)]
-fn place_row(
-    qs: &mut [u8],
-    scales: &mut [f32],
-    offsets: &mut [f32],
-    r: usize,
-    k: usize,
-    nb: usize,
-    nibbles: bool,
-    u: &[u8],
-    s: &[f32],
-    o: &[f32],
-) {
-    let (t, lane) = (r / TILE, r % TILE);
-    if nibbles {
-        let pairs = k / 8;
-        for pair in 0..pairs {
-            let at = ((t * pairs + pair) * TILE + lane) * 4;
-            for j in 0..4 {
-                qs[at + j] = u[pair * 8 + j] | (u[pair * 8 + 4 + j] << 4);
-            }
-        }
-    } else {
-        let groups = k / 4;
-        for g in 0..groups {
-            let at = ((t * groups + g) * TILE + lane) * 4;
-            qs[at..at + 4].copy_from_slice(&u[g * 4..g * 4 + 4]);
-        }
-    }
-    for b in 0..nb {
-        let at = (t * nb + b) * TILE + lane;
-        scales[at] = s[b];
-        offsets[at] = o[b];
-    }
+fn h(bytes: &[u8], at: usize) -> f16 {
+    f16::from_le_bytes([bytes[at], bytes[at + 1]])
 }
 
-fn h(bytes: &[u8], at: usize) -> f32 {
-    f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
-}
-
-/// Decodes one row of ggml blocks into (u, s, o) with w = s*u + o per `block` values
-/// (for code book types, u is the index into `codebook(dtype)`).
-fn decode_row(dtype: QuantType, row: &[u8], u: &mut [u8], s: &mut [f32], o: &mut [f32]) {
+/// Decodes one row of ggml blocks into its parts (see the module comment; for code
+/// book types, u is the index into `codebook(dtype)`).
+fn decode_row(dtype: QuantType, data: &[u8], row: &mut RowParts) {
     let ts = dtype.type_size();
+    let RowParts { u, d, sc, dm, m } = row;
     let QuantType::Candle(ggml) = dtype else {
-        for (sub, (scale, qs)) in dtype.iq4_sub_blocks(row).enumerate() {
-            iq4_sub_block(scale, qs, sub, u, s, o);
+        // IQ4_XS: eight sub-blocks per super-block of one d; IQ4_NL: one.
+        let per_super = sc.len() / d.len();
+        for (i, sub) in dtype.iq4_sub_blocks(data).enumerate() {
+            for j in 0..16 {
+                u[i * 32 + j] = sub.indices[j] & 0x0F;
+                u[i * 32 + j + 16] = sub.indices[j] >> 4;
+            }
+            d[i / per_super] = sub.d;
+            sc[i] = sub.multiplier;
         }
         return;
     };
-    for (bi, blk) in row.chunks_exact(ts).enumerate() {
+    for (bi, blk) in data.chunks_exact(ts).enumerate() {
         match ggml {
-            GgmlDType::Q4_0 => {
-                let d = h(blk, 0);
+            GgmlDType::Q4_0 | GgmlDType::Q4_1 => {
+                let at = if ggml == GgmlDType::Q4_1 { 4 } else { 2 };
                 for j in 0..16 {
-                    u[bi * 32 + j] = blk[2 + j] & 0x0F;
-                    u[bi * 32 + j + 16] = blk[2 + j] >> 4;
+                    u[bi * 32 + j] = blk[at + j] & 0x0F;
+                    u[bi * 32 + j + 16] = blk[at + j] >> 4;
                 }
-                s[bi] = d;
-                o[bi] = -8.0 * d;
-            }
-            GgmlDType::Q4_1 => {
-                let (d, m) = (h(blk, 0), h(blk, 2));
-                for j in 0..16 {
-                    u[bi * 32 + j] = blk[4 + j] & 0x0F;
-                    u[bi * 32 + j + 16] = blk[4 + j] >> 4;
+                (d[bi], sc[bi]) = (h(blk, 0), 1);
+                if ggml == GgmlDType::Q4_1 {
+                    (dm[bi], m[bi]) = (h(blk, 2), 1);
                 }
-                s[bi] = d;
-                o[bi] = m;
             }
             GgmlDType::Q5_0 => {
-                let d = h(blk, 0);
                 let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
                 for j in 0..16 {
                     let hi0 = (((qh >> j) << 4) & 0x10) as u8;
@@ -580,20 +792,17 @@ fn decode_row(dtype: QuantType, row: &[u8], u: &mut [u8], s: &mut [f32], o: &mut
                     u[bi * 32 + j] = (blk[6 + j] & 0x0F) | hi0;
                     u[bi * 32 + j + 16] = (blk[6 + j] >> 4) | hi1;
                 }
-                s[bi] = d;
-                o[bi] = -16.0 * d;
+                (d[bi], sc[bi]) = (h(blk, 0), 1);
             }
             GgmlDType::Q8_0 => {
-                let d = h(blk, 0);
                 for j in 0..32 {
                     u[bi * 32 + j] = (blk[2 + j] as i8 as i16 + 128) as u8;
                 }
-                s[bi] = d;
-                o[bi] = -128.0 * d;
+                (d[bi], sc[bi]) = (h(blk, 0), 1);
             }
             GgmlDType::Q4K => {
                 // 256 values: d, dmin, 12 bytes of 6-bit scales/mins, 128 bytes of nibbles.
-                k4_scales(blk, &mut s[bi * 8..bi * 8 + 8], &mut o[bi * 8..bi * 8 + 8]);
+                k4_scales(blk, bi, d, sc, dm, m);
                 let qs = &blk[16..144];
                 for j in 0..4 {
                     for l in 0..32 {
@@ -605,7 +814,7 @@ fn decode_row(dtype: QuantType, row: &[u8], u: &mut [u8], s: &mut [f32], o: &mut
             GgmlDType::Q5K => {
                 // 256 values: d, dmin, 12 bytes of 6-bit scales/mins, qh[32] (the fifth
                 // bit, two sub-blocks per bit pair), qs[128] (nibbles).
-                k4_scales(blk, &mut s[bi * 8..bi * 8 + 8], &mut o[bi * 8..bi * 8 + 8]);
+                k4_scales(blk, bi, d, sc, dm, m);
                 let qh = &blk[16..48];
                 let qs = &blk[48..176];
                 for j in 0..4 {
@@ -623,22 +832,21 @@ fn decode_row(dtype: QuantType, row: &[u8], u: &mut [u8], s: &mut [f32], o: &mut
                 // qs[64] (2 bits), scales[12] (sixteen 6-bit scales, biased by 32), d.
                 let hmask = &blk[0..32];
                 let qs = &blk[32..96];
-                let d = h(blk, 108);
-                let sc = q3k_scales(&blk[96..108]);
+                d[bi] = h(blk, 108);
+                let scales = q3k_scales(&blk[96..108]);
                 for half in 0..2 {
                     let q = &qs[32 * half..];
                     for j in 0..4 {
                         let shift = 2 * j;
-                        let m = 1u8 << (4 * half + j);
+                        let mask = 1u8 << (4 * half + j);
                         for part in 0..2 {
-                            let sub = bi * 16 + 8 * half + 2 * j + part;
-                            let sv = d * (sc[8 * half + 2 * j + part] as f32 - 32.0);
-                            s[sub] = sv;
-                            o[sub] = -4.0 * sv;
+                            let is = 8 * half + 2 * j + part;
+                            let sub = bi * 16 + is;
+                            sc[sub] = scales[is] as i8 - 32;
                             for l in 0..16 {
                                 let at = 16 * part + l;
                                 let low = (q[at] >> shift) & 3;
-                                let high = if hmask[at] & m != 0 { 4 } else { 0 };
+                                let high = if hmask[at] & mask != 0 { 4 } else { 0 };
                                 u[sub * 16 + l] = low | high;
                             }
                         }
@@ -650,7 +858,7 @@ fn decode_row(dtype: QuantType, row: &[u8], u: &mut [u8], s: &mut [f32], o: &mut
                 // (2 bits), d, dmin.
                 let scales = &blk[0..16];
                 let qs = &blk[16..80];
-                let (d, dmin) = (h(blk, 80), h(blk, 82));
+                (d[bi], dm[bi]) = (h(blk, 80), -h(blk, 82));
                 for half in 0..2 {
                     let q = &qs[32 * half..];
                     for j in 0..4 {
@@ -658,8 +866,8 @@ fn decode_row(dtype: QuantType, row: &[u8], u: &mut [u8], s: &mut [f32], o: &mut
                         for part in 0..2 {
                             let is = 8 * half + 2 * j + part;
                             let sub = bi * 16 + is;
-                            s[sub] = d * (scales[is] & 0x0F) as f32;
-                            o[sub] = -dmin * (scales[is] >> 4) as f32;
+                            sc[sub] = (scales[is] & 0x0F) as i8;
+                            m[sub] = (scales[is] >> 4) as i8;
                             for l in 0..16 {
                                 u[sub * 16 + l] = (q[16 * part + l] >> shift) & 3;
                             }
@@ -671,10 +879,10 @@ fn decode_row(dtype: QuantType, row: &[u8], u: &mut [u8], s: &mut [f32], o: &mut
                 // 256 values: ql[128], qh[64], scales[16] (i8), d.
                 let ql = &blk[0..128];
                 let qh = &blk[128..192];
-                let sc = &blk[192..208];
-                let d = h(blk, 208);
+                let scales = &blk[192..208];
+                d[bi] = h(blk, 208);
                 for half in 0..2 {
-                    let (ql, qh, sc) = (&ql[64 * half..], &qh[32 * half..], &sc[8 * half..]);
+                    let (ql, qh) = (&ql[64 * half..], &qh[32 * half..]);
                     let base = bi * 256 + 128 * half;
                     for l in 0..32 {
                         u[base + l] = (ql[l] & 0x0F) | ((qh[l] & 3) << 4);
@@ -682,30 +890,15 @@ fn decode_row(dtype: QuantType, row: &[u8], u: &mut [u8], s: &mut [f32], o: &mut
                         u[base + l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
                         u[base + l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
                     }
-                    // 8 sub-blocks of 16 values, in output order.
-                    for (i, &scale) in sc[..8].iter().enumerate() {
-                        let sub = (base + 16 * i) / 16;
-                        let sv = d * (scale as i8) as f32;
-                        s[sub] = sv;
-                        o[sub] = -32.0 * sv;
-                    }
+                }
+                // 16 sub-blocks of 16 values, in output order.
+                for (i, &scale) in scales.iter().enumerate() {
+                    sc[bi * 16 + i] = scale as i8;
                 }
             }
             _ => unreachable!("packed_block() filters unsupported types"),
         }
     }
-}
-
-/// One 32-value IQ4 sub-block (index `sub` in the row) of scale `scale`: the low
-/// nibbles of `qs` index the first 16 values, the high nibbles the next 16. `u` gets
-/// the indices; their code (table value + 128) makes w = s*u + o with o = -128 s.
-fn iq4_sub_block(scale: f32, qs: &[u8], sub: usize, u: &mut [u8], s: &mut [f32], o: &mut [f32]) {
-    for j in 0..16 {
-        u[sub * 32 + j] = qs[j] & 0x0F;
-        u[sub * 32 + j + 16] = qs[j] >> 4;
-    }
-    s[sub] = scale;
-    o[sub] = -128.0 * scale;
 }
 
 /// ggml's unpacking of Q3_K's sixteen 6-bit scales (still biased by 32) from 12 bytes.
@@ -733,14 +926,13 @@ fn q3k_scales(packed: &[u8]) -> [u8; 16] {
     out
 }
 
-/// The eight 32-value sub-blocks' s = d*sc and o = -dmin*m of a Q4_K or Q5_K block,
-/// which both start with d, dmin and twelve bytes of 6-bit scales and mins.
-fn k4_scales(blk: &[u8], s: &mut [f32], o: &mut [f32]) {
-    let (d, dmin) = (h(blk, 0), h(blk, 2));
+/// Super-block `bi` of a Q4_K or Q5_K row (both start with d, dmin and twelve bytes of
+/// 6-bit scales and mins): s = d*sc and o = -dmin*m for its eight 32-value blocks.
+fn k4_scales(blk: &[u8], bi: usize, d: &mut [f16], sc: &mut [i8], dm: &mut [f16], m: &mut [i8]) {
+    (d[bi], dm[bi]) = (h(blk, 0), -h(blk, 2));
     for sub in 0..8 {
-        let (sc, m) = scale_min_k4(sub, &blk[4..16]);
-        s[sub] = d * sc as f32;
-        o[sub] = -dmin * m as f32;
+        let (scale, min) = scale_min_k4(sub, &blk[4..16]);
+        (sc[bi * 8 + sub], m[bi * 8 + sub]) = (scale as i8, min as i8);
     }
 }
 
@@ -774,6 +966,19 @@ mod tests {
             .to_vec()
     }
 
+    type Arrays = (Vec<u8>, Vec<u8>, Vec<f16>, Vec<i8>, Vec<f16>, Vec<i8>);
+
+    fn arrays(p: &PackedMatrix) -> Arrays {
+        (
+            p.qs.clone(),
+            p.high.clone(),
+            p.d.clone(),
+            p.sc.clone(),
+            p.dm.clone(),
+            p.m.clone(),
+        )
+    }
+
     fn rows(m: &PackedMatrix) -> Vec<(Vec<u8>, Vec<f32>, Vec<f32>)> {
         (0..m.n).map(|r| m.row(r)).collect()
     }
@@ -787,9 +992,7 @@ mod tests {
             for threads in [2, 3, 8] {
                 let many =
                     PackedMatrix::from_ggml_on(dtype.into(), &data, 37, 256, threads).unwrap();
-                assert_eq!(one.qs, many.qs, "{dtype:?} {threads}");
-                assert_eq!(one.scales, many.scales, "{dtype:?} {threads}");
-                assert_eq!(one.offsets, many.offsets, "{dtype:?} {threads}");
+                assert_eq!(arrays(&one), arrays(&many), "{dtype:?} {threads}");
             }
         }
     }
@@ -815,9 +1018,31 @@ mod tests {
                 true,
             )
             .unwrap();
-            assert_eq!((stacked.n, &stacked.qs), (alone.n, &alone.qs));
-            assert_eq!(stacked.scales, alone.scales);
-            assert_eq!(stacked.offsets, alone.offsets);
+            assert_eq!(stacked.n, alone.n);
+            assert_eq!(arrays(&stacked), arrays(&alone));
+        }
+        // Types whose offsets are different multiples of the scale (Q5_0's -16, Q8_0's
+        // -128: a q/k/v stack of Qwen2.5's Q5_0 file) stack with their offsets stored.
+        let (q5, q8) = (
+            quantised(32, 256, GgmlDType::Q5_0, 7.0),
+            quantised(21, 256, GgmlDType::Q8_0, 8.0),
+        );
+        for nibbles in [false, true] {
+            let stacked = PackedMatrix::stacked_on(
+                &[
+                    (GgmlDType::Q5_0.into(), &q5, 32),
+                    (GgmlDType::Q8_0.into(), &q8, 21),
+                ],
+                256,
+                2,
+                nibbles,
+            )
+            .unwrap();
+            assert!(stacked.offset_factor.is_none());
+            let a = PackedMatrix::from_ggml_bytes(GgmlDType::Q5_0, &q5, 32, 256).unwrap();
+            let b = PackedMatrix::from_ggml_bytes(GgmlDType::Q8_0, &q8, 21, 256).unwrap();
+            let apart: Vec<_> = rows(&a).into_iter().chain(rows(&b)).collect();
+            assert_eq!(rows(&stacked), apart, "nibbles {nibbles}");
         }
         // A part of partial tiles before another, or mixed block sizes, is refused.
         assert!(PackedMatrix::from_ggml_stacked(
