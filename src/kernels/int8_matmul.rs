@@ -617,37 +617,79 @@ mod avx512 {
             let mut facc = [[_mm512_setzero_ps(); NT]; MR];
             for b in 0..nb {
                 let mut iacc = [[_mm512_setzero_si512(); NT]; MR];
-                for g in b * gpb..(b + 1) * gpb {
-                    let wv: [__m512i; NT] = std::array::from_fn(|j| {
-                        _mm512_loadu_si512(wq[j].add(g * TILE * 4) as *const __m512i)
-                    });
-                    for r in 0..MR {
-                        let x4 = _mm512_set1_epi32(
-                            (xq.add((i0 + r) * k + g * 4) as *const i32).read_unaligned(),
-                        );
-                        for j in 0..NT {
-                            iacc[r][j] = _mm512_dpbusd_epi32(iacc[r][j], wv[j], x4);
-                        }
-                    }
-                }
+                byte_groups::<MR, NT>(wq, xq.add(i0 * k), k, b * gpb..(b + 1) * gpb, &mut iacc);
                 for j in 0..NT {
                     let at = (j * nb + b) * TILE;
                     let sv = _mm512_loadu_ps(e.scales.as_ptr().add(at));
                     let ov = _mm512_loadu_ps(e.offsets.as_ptr().add(at));
-                    for r in 0..MR {
-                        let row = (i0 + r) * nb + b;
-                        let scale = _mm512_mul_ps(sv, _mm512_set1_ps(*acts.d.get_unchecked(row)));
-                        facc[r][j] =
-                            _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[r][j]), scale, facc[r][j]);
-                        facc[r][j] = _mm512_fmadd_ps(
-                            ov,
-                            _mm512_set1_ps(*acts.xsum.get_unchecked(row)),
-                            facc[r][j],
-                        );
-                    }
+                    fold_block::<MR, NT>(&mut facc, &iacc, j, (sv, ov), acts, i0 * nb + b, nb);
                 }
             }
             store_tiles::<MR, NT>(w, facc, t0, i0, out);
+        }
+    }
+
+    /// Adds the u8 x i8 dot products of groups `groups` (byte layout) of the NT tiles at
+    /// `wq` with MR activation rows (from `xq`, rows `k` apart) to `iacc`.
+    ///
+    /// # Safety
+    /// The groups are inside each tile at `wq` and each of the MR rows at `xq`; the CPU
+    /// supports AVX-512F/BW and VNNI.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    #[inline]
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn byte_groups<const MR: usize, const NT: usize>(
+        wq: [*const u8; NT],
+        xq: *const i8,
+        k: usize,
+        groups: std::ops::Range<usize>,
+        iacc: &mut [[__m512i; NT]; MR],
+    ) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            for g in groups {
+                let wv: [__m512i; NT] = std::array::from_fn(|j| {
+                    _mm512_loadu_si512(wq[j].add(g * TILE * 4) as *const __m512i)
+                });
+                for r in 0..MR {
+                    let x4 =
+                        _mm512_set1_epi32((xq.add(r * k + g * 4) as *const i32).read_unaligned());
+                    for j in 0..NT {
+                        iacc[r][j] = _mm512_dpbusd_epi32(iacc[r][j], wv[j], x4);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Folds one block's integer sums of tile j into the MR rows' results: the
+    /// module comment's `acc = fma(isum, s*dx, acc); acc = fma(o, xsum, acc)`, for the
+    /// block whose activation index in the first row is `at` (rows `nb` apart).
+    ///
+    /// # Safety
+    /// Rows' indices at + r*nb are inside `acts`; the CPU supports AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn fold_block<const MR: usize, const NT: usize>(
+        facc: &mut [[__m512; NT]; MR],
+        iacc: &[[__m512i; NT]; MR],
+        j: usize,
+        (sv, ov): (__m512, __m512),
+        acts: &QuantizedActs,
+        at: usize,
+        nb: usize,
+    ) {
+        for r in 0..MR {
+            // SAFETY: the caller's contract.
+            let (dx, xsum) = unsafe {
+                (
+                    *acts.d.get_unchecked(at + r * nb),
+                    *acts.xsum.get_unchecked(at + r * nb),
+                )
+            };
+            let scale = _mm512_mul_ps(sv, _mm512_set1_ps(dx));
+            facc[r][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[r][j]), scale, facc[r][j]);
+            facc[r][j] = _mm512_fmadd_ps(ov, _mm512_set1_ps(xsum), facc[r][j]);
         }
     }
 
@@ -786,33 +828,12 @@ mod avx512 {
                         }
                     }
                 } else {
-                    for g in b * gpb..(b + 1) * gpb {
-                        let wv: [__m512i; NT] = std::array::from_fn(|j| {
-                            _mm512_loadu_si512(wq[j].add(g * TILE * 4) as *const __m512i)
-                        });
-                        for r in 0..MR {
-                            let x4 = _mm512_set1_epi32(
-                                (xq.add((i0 + r) * k + g * 4) as *const i32).read_unaligned(),
-                            );
-                            for j in 0..NT {
-                                iacc[r][j] = _mm512_dpbusd_epi32(iacc[r][j], wv[j], x4);
-                            }
-                        }
-                    }
+                    let groups = b * gpb..(b + 1) * gpb;
+                    byte_groups::<MR, NT>(wq, xq.add(i0 * k), k, groups, &mut iacc);
                 }
                 for j in 0..NT {
                     let (sv, ov) = block_scales::<DERIVED>(w, scales[j], b, factor);
-                    for r in 0..MR {
-                        let row = (i0 + r) * nb + b;
-                        let scale = _mm512_mul_ps(sv, _mm512_set1_ps(*acts.d.get_unchecked(row)));
-                        facc[r][j] =
-                            _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[r][j]), scale, facc[r][j]);
-                        facc[r][j] = _mm512_fmadd_ps(
-                            ov,
-                            _mm512_set1_ps(*acts.xsum.get_unchecked(row)),
-                            facc[r][j],
-                        );
-                    }
+                    fold_block::<MR, NT>(&mut facc, &iacc, j, (sv, ov), acts, i0 * nb + b, nb);
                 }
             }
             store_tiles::<MR, NT>(w, facc, t0, i0, out);

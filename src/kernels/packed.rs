@@ -159,11 +159,6 @@ pub fn nibble_high_bits(dtype: QuantType) -> Option<u8> {
     }
 }
 
-/// Whether a ggml type's `u` (or its code book index) fits in 4 bits.
-pub fn packs_in_nibbles(dtype: QuantType) -> bool {
-    nibble_high_bits(dtype) == Some(0)
-}
-
 /// The c of types whose every offset is c times the scale (see the module comment).
 pub fn offset_factor(dtype: QuantType) -> Option<f32> {
     match dtype {
