@@ -5,7 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::generate::{decode_lockstep, extend_each_capturing};
-use crate::model::{KvCache, LogitsAt, Model};
+use crate::model::{Keep, KvCache, LogitsAt, Model};
 use crate::option_scoring::option_logprobs_rows;
 use crate::rng::Stream;
 use crate::sampling::{argmax, SamplingParams};
@@ -137,15 +137,16 @@ pub fn questionnaire_pass_capturing(
     capture: &[usize],
 ) -> Result<(Vec<Vec<f64>>, usize)> {
     let mut shared = KvCache::new(model.transformer.config.n_layer);
-    let (_, taps) = model.transformer.forward_capturing(
+    let (_, taps) = model.transformer.forward_keeping(
         &[prefix.to_vec()],
         &mut shared,
         &LogitsAt::Last,
         capture,
+        Keep::Mean,
     )?;
     let prefix_means = taps
         .iter()
-        .map(|t| t.mean(1)?.squeeze(0)?.to_vec1::<f32>())
+        .map(|t| t.squeeze(0)?.to_vec1::<f32>())
         .collect::<candle_core::Result<Vec<_>>>()?;
     let mut vectors = prefix_means.len();
     let mut out = vec![Vec::new(); items.len()];

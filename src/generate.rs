@@ -3,10 +3,10 @@
 
 use crate::error::{Error, Result};
 use crate::kernels::DisjointMut;
-use crate::model::{KvCache, LogitsAt, Model};
+use crate::model::{Keep, KvCache, LogitsAt, Model};
 use crate::rng::Stream;
 use crate::sampling::{sample, Sampling};
-use candle_core::{DType, IndexOp};
+use candle_core::{DType, IndexOp, Tensor};
 use std::time::Instant;
 
 /// What a generation did, with its throughput.
@@ -305,16 +305,18 @@ pub fn extend_each_capturing(
             .into_iter()
             .zip(suffixes)
             .map(|(mut cache, s)| {
-                let (logits, taps) = model.transformer.forward_capturing(
+                let last = Tensor::new(&[s.len() as u32 - 1], &model.transformer.device)?;
+                let (logits, taps) = model.transformer.forward_keeping(
                     std::slice::from_ref(s),
                     &mut cache,
                     &LogitsAt::Last,
                     capture,
+                    Keep::Positions(&last),
                 )?;
                 let logits = logits.i((0, 0))?.to_dtype(DType::F32)?.to_vec1()?;
                 let states = taps
                     .iter()
-                    .map(|t| t.i((0, s.len() - 1))?.to_vec1::<f32>())
+                    .map(|t| t.i((0, 0))?.to_vec1::<f32>())
                     .collect::<candle_core::Result<_>>()?;
                 Ok(Extended {
                     cache,

@@ -4,7 +4,11 @@ tensors have the real names, shapes and Q4_K_M quant mix (Q4_K, with Q6_K for at
 ffn_down in the layers llama.cpp's Q4_K_M gives more bits, and for the output layer); the
 blocks hold random quants with small scales, so the arithmetic is exactly the real
 model's work but the text is noise. The tokenizer is the real one, copied from
-llama.cpp's vocabulary-only GGUF of the family (tests/common fetches those).
+llama.cpp's vocabulary-only GGUF of the family (tests/common fetches those). The real
+files carry a chat template and studies need one: the Qwen vocabulary file has its own;
+for Llama 3, whose vocabulary file has none, the script writes a short template of Llama
+3's turn format (header tokens, blank line, text, <|eot_id|>), not Meta's full template
+with its tool-calling branches.
 
     python benches/large/shaped_gguf.py llama3.1-8b VOCAB_DIR out.gguf
     python benches/large/shaped_gguf.py qwen2.5-14b VOCAB_DIR out.gguf
@@ -76,7 +80,17 @@ def copy_tokenizer(w, vocab_path):
             w.add_key_value(key, bytes(field.parts[field.data[0]]).decode("utf-8"), types[0])
         else:
             w.add_key_value(key, field.parts[field.data[0]].tolist()[0], types[0])
-    return len(r.fields["tokenizer.ggml.tokens"].data)
+    return len(r.fields["tokenizer.ggml.tokens"].data), "tokenizer.chat_template" in r.fields
+
+
+# Llama 3's turn format: every message under a role header, ended by <|eot_id|>.
+LLAMA3_TURNS = (
+    "{{- bos_token }}"
+    "{%- for m in messages %}"
+    "<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] | trim }}<|eot_id|>"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
 
 
 def main():
@@ -90,7 +104,9 @@ def main():
     a, n, d, hd = s["arch"], s["layers"], s["d"], s["d"] // s["heads"]
     w = GGUFWriter(out, a)
     w.add_name(f"random weights shaped like {name}")
-    vocab = copy_tokenizer(w, f"{vocab_dir}/ggml-vocab-{s['vocab']}.gguf")
+    vocab, has_template = copy_tokenizer(w, f"{vocab_dir}/ggml-vocab-{s['vocab']}.gguf")
+    if not has_template and s["vocab"] == "llama-bpe":
+        w.add_chat_template(LLAMA3_TURNS)
     w.add_block_count(n)
     w.add_context_length(s["context"])
     w.add_embedding_length(d)

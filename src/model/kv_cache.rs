@@ -56,7 +56,8 @@ pub struct KvCache {
     batch: Option<usize>,
 }
 
-/// Fresh segments hold at least this many positions, so decoding appends in place.
+/// A decoding cache's next segment holds at least this many positions, so most
+/// decode steps append in place.
 const MIN_SEGMENT: usize = 64;
 
 impl KvCache {
@@ -92,8 +93,21 @@ impl KvCache {
                 && last.capacity() - last.len >= s
         });
         if !writable {
-            // A multiple of 16 so the attention kernel can read whole 16-key blocks.
-            let capacity = s.max(MIN_SEGMENT).max(self.len / 2).next_multiple_of(16);
+            // Only a cache that fills its own segment is decoding: it reserves room
+            // ahead (a share of what it holds, so segments stay few). A fresh cache or a
+            // fork (a questionnaire item, an option's continuation) gets what it was
+            // given: there are many forks and most stop there, and reserving ahead for
+            // each had an 8B questionnaire pass hold 1.1 GB of cache for 0.3 GB of
+            // positions. A multiple of 16 so the attention kernel reads whole blocks.
+            let own_chain = segs
+                .last()
+                .is_some_and(|last| Arc::strong_count(&last.owner) == 1 && last.batch() == b);
+            let capacity = if own_chain {
+                s.max(MIN_SEGMENT).max(self.len / 2)
+            } else {
+                s
+            }
+            .next_multiple_of(16);
             segs.push(Segment {
                 k: Tensor::zeros((b, h, d, capacity), k.dtype(), k.device())?,
                 v: Tensor::zeros((b, h, capacity, d), v.dtype(), v.device())?,
@@ -194,6 +208,48 @@ mod tests {
             "truncating a fork leaves the original"
         );
         drop(b);
+    }
+
+    fn capacities(c: &KvCache) -> Vec<usize> {
+        c.layers[0].iter().map(Segment::capacity).collect()
+    }
+
+    /// Regression: every fork reserved max(64, half the prefix) positions, so a
+    /// questionnaire's 20 items and their option continuations after a 167-token prefix
+    /// held 4,000 positions of cache for 2,100 used (1.1 GB at 8B).
+    #[test]
+    fn forks_hold_what_they_were_given_and_decoding_reserves_ahead() {
+        let prefix: Vec<f32> = (0..167).map(|i| i as f32).collect();
+        let mut shared = KvCache::new(1);
+        keys(&mut shared, &prefix);
+        assert_eq!(
+            capacities(&shared),
+            vec![176],
+            "a fresh cache holds its prefill"
+        );
+
+        let mut item = shared.clone();
+        keys(&mut item, &[1.0; 20]);
+        assert_eq!(
+            capacities(&item),
+            vec![176, 32],
+            "a fork holds its own tokens"
+        );
+        let mut option = item.clone();
+        keys(&mut option, &[2.0]);
+        assert_eq!(capacities(&option), vec![176, 32, 16]);
+
+        // Decoding from the fork fills its own segment in place, then starts one with
+        // room ahead (half of the 203 positions held, in whole blocks).
+        for i in 0..16 {
+            keys(&mut option, &[i as f32]);
+        }
+        assert_eq!(capacities(&option), vec![176, 32, 16, 112]);
+        for i in 0..111 {
+            keys(&mut option, &[i as f32]);
+        }
+        assert_eq!(capacities(&option).len(), 4, "appends went in place");
+        assert_eq!(option.len(), 167 + 20 + 16 + 112);
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod transformer;
 
 pub use config::{Activation, Arch, ModelConfig};
 pub use kv_cache::KvCache;
+pub use residual::Keep;
 pub use transformer::{LogitsAt, OpPath, Transformer};
 
 use crate::cache;

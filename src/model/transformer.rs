@@ -9,6 +9,7 @@
 use super::config::{Activation, ModelConfig};
 use super::kv_cache::KvCache;
 use super::linear::Linear;
+use super::residual::Keep;
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
 
 /// One row's captured residual stream: a d_model vector per captured block.
@@ -224,6 +225,19 @@ impl Transformer {
         at: &LogitsAt,
         capture: &[usize],
     ) -> Result<(Tensor, Vec<Tensor>)> {
+        self.forward_keeping(tokens, cache, at, capture, Keep::Every)
+    }
+
+    /// `forward_capturing`, each capture reduced as `keep` says as soon as its block is
+    /// done (the same values as reducing `forward_capturing`'s afterwards).
+    pub fn forward_keeping(
+        &self,
+        tokens: &[Vec<u32>],
+        cache: &mut KvCache,
+        at: &LogitsAt,
+        capture: &[usize],
+        keep: Keep,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         self.check_capture(capture)?;
         let b = tokens.len();
         let s = tokens.first().map(|t| t.len()).unwrap_or(0);
@@ -244,10 +258,10 @@ impl Transformer {
             );
         }
         let mut taps = vec![None; capture.len()];
-        let mut x = self.after_block(0, self.embed(tokens)?, capture, &mut taps)?;
+        let mut x = self.after_block(0, self.embed(tokens)?, capture, &mut taps, keep)?;
         for (i, layer) in self.layers.iter().enumerate() {
             x = self.layer_forward(i, layer, &x, cache, offset)?;
-            x = self.after_block(i + 1, x, capture, &mut taps)?;
+            x = self.after_block(i + 1, x, capture, &mut taps, keep)?;
         }
         cache.advance(s, b);
         let x = match at {
@@ -322,15 +336,6 @@ impl Transformer {
             total += r.len();
         }
         let flat: Vec<u32> = rows.iter().flatten().copied().collect();
-        let mut taps = vec![None; capture.len()];
-        let mut x = self.after_block(0, self.embed(&[flat])?, capture, &mut taps)?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = self.layer_forward_ragged(i, layer, &x, &spans, caches)?;
-            x = self.after_block(i + 1, x, capture, &mut taps)?;
-        }
-        for (&(_, len), cache) in spans.iter().zip(caches.iter_mut()) {
-            cache.advance(len, 1);
-        }
         let last = Tensor::new(
             spans
                 .iter()
@@ -338,9 +343,19 @@ impl Transformer {
                 .collect::<Vec<_>>(),
             &self.device,
         )?;
+        let keep = Keep::Positions(&last);
+        let mut taps = vec![None; capture.len()];
+        let mut x = self.after_block(0, self.embed(&[flat])?, capture, &mut taps, keep)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = self.layer_forward_ragged(i, layer, &x, &spans, caches)?;
+            x = self.after_block(i + 1, x, capture, &mut taps, keep)?;
+        }
+        for (&(_, len), cache) in spans.iter().zip(caches.iter_mut()) {
+            cache.advance(len, 1);
+        }
         let mut states = vec![Vec::with_capacity(capture.len()); rows.len()];
         for tap in taps.into_iter().flatten() {
-            let at_last = tap.index_select(&last, 1)?.squeeze(0)?.to_vec2::<f32>()?;
+            let at_last = tap.squeeze(0)?.to_vec2::<f32>()?;
             for (row, v) in states.iter_mut().zip(at_last) {
                 row.push(v);
             }

@@ -9,7 +9,7 @@ use super::prompt::{for_template, prefix_steps, question_text, Step};
 use crate::chat::Message;
 use crate::error::{Error, Result};
 use crate::generate::{decode_lockstep, generate};
-use crate::model::{KvCache, LogitsAt, Model};
+use crate::model::{Keep, KvCache, LogitsAt, Model};
 use crate::rng::Stream;
 use crate::sampling::{Sampling, SamplingParams};
 use crate::scenario::study::{Order, CONTENT_FREE};
@@ -134,15 +134,16 @@ impl GroupContext {
         let mut cache = KvCache::new(model.transformer.config.n_layer);
         let mut prefix_states = vec![vec![0f32; model.transformer.config.d_model]; capture.len()];
         if !shared.is_empty() {
-            let (_, taps) = model.transformer.forward_capturing(
+            let (_, taps) = model.transformer.forward_keeping(
                 std::slice::from_ref(&shared),
                 &mut cache,
                 &LogitsAt::Last,
                 capture,
+                Keep::Mean,
             )?;
             prefix_states = taps
                 .iter()
-                .map(|t| t.mean(1)?.squeeze(0)?.to_vec1::<f32>())
+                .map(|t| t.squeeze(0)?.to_vec1::<f32>())
                 .collect::<candle_core::Result<_>>()?;
         }
         Ok(Self {
