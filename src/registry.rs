@@ -216,6 +216,28 @@ impl ModelRef {
         })
     }
 
+    /// What to do about a model with no chat template, for the error that refuses it.
+    pub fn missing_template_fix(&self) -> String {
+        match self {
+            ModelRef::Registry(e) => format!(
+                "add chat_template to the entry '{}' in a registry file given with --registry",
+                e.name
+            ),
+            ModelRef::GgufFile(p) => format!(
+                "{} has no tokenizer.chat_template in its metadata (an instruct model's GGUF \
+                 normally has one: llama.cpp's convert_hf_to_gguf.py copies it from \
+                 tokenizer_config.json); use a file converted with its template, or the \
+                 Hugging Face directory itself",
+                p.display()
+            ),
+            ModelRef::SafetensorsDir(d) => format!(
+                "{} has no chat_template in tokenizer_config.json and no chat_template.jinja; \
+                 put the model's template in one of them",
+                d.display()
+            ),
+        }
+    }
+
     /// A short label for logs and output directories.
     pub fn label(&self) -> String {
         match self {

@@ -503,6 +503,34 @@ fn a_second_process_writing_the_same_directory_is_refused() {
 }
 
 #[test]
+fn a_gguf_without_a_chat_template_is_refused_naming_the_file_and_the_fix() {
+    // Regression: the refusal told a GGUF file's user to edit its registry entry, which
+    // a file given by path does not have.
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("base.gguf");
+    common::write_tiny_gguf_with_meta(
+        &model,
+        &Tiny {
+            context: 8192,
+            ..Tiny::qwen2()
+        },
+        11,
+        |meta| meta.retain(|(k, _)| k != "tokenizer.chat_template"),
+    );
+    let err = run_study(&config(&model, &dir.path().join("out"), None, None))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains(&model.display().to_string())
+            && err.contains("tokenizer.chat_template")
+            && err.contains("convert_hf_to_gguf.py")
+            && !err.contains("registry"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_model_producing_nan_gives_error_records_and_a_failed_run_not_success() {
     // Regression: a GGUF whose rms epsilon is NaN (now refused at load, naming the key)
     // or whose tensor data is NaN ran the whole study with

@@ -235,6 +235,33 @@ fn safetensors_matches_gguf(tiny: &Tiny) {
 }
 
 #[test]
+fn a_directory_keeping_its_template_in_chat_template_jinja_renders_it() {
+    // Newer transformers save the template beside tokenizer_config.json, not in it; such
+    // a directory was loaded with no template and refused by `run`.
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = Tiny::qwen2();
+    let gguf = dir.path().join("m.gguf");
+    write_tiny_gguf(&gguf, &tiny, 4);
+    let hf = dir.path().join("hf");
+    write_tiny_safetensors_dir(&hf, &tiny, &gguf);
+    let messages = [affectbench::chat::Message::user("hi")];
+    let in_config = load(&hf).render_chat(&messages).unwrap();
+
+    let tc_path = hf.join("tokenizer_config.json");
+    let mut tc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&tc_path).unwrap()).unwrap();
+    let template = tc.as_object_mut().unwrap().remove("chat_template").unwrap();
+    std::fs::write(&tc_path, tc.to_string()).unwrap();
+    let without = load(&hf);
+    assert!(without.chat_template.is_none());
+    let err = without.render_chat(&messages).unwrap_err().to_string();
+    assert!(err.contains("chat_template.jinja"), "{err}");
+
+    std::fs::write(hf.join("chat_template.jinja"), template.as_str().unwrap()).unwrap();
+    assert_eq!(load(&hf).render_chat(&messages).unwrap(), in_config);
+}
+
+#[test]
 fn same_seed_same_tokens_and_different_seeds_differ() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.gguf");

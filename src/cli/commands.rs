@@ -612,8 +612,9 @@ fn judge(registry: &Registry, args: JudgeArgs, threads: usize) -> Result<()> {
         Model::load_ref(&model_ref, &opts).with_context(|| format!("loading model '{name}'"))?;
     anyhow::ensure!(
         model.chat_template.is_some(),
-        "{} has no chat template; the judge question is a conversation (add chat_template to its registry entry)",
-        model.info.label
+        "{} has no chat template; the judge question is a conversation: {}",
+        model.info.label,
+        model_ref.missing_template_fix()
     );
     let sha256 = affectbench::study::provenance::model_provenance(&model_ref, &model)?.sha256;
     affectbench::study::interrupt::install().context("installing the signal handlers")?;

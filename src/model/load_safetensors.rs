@@ -183,6 +183,9 @@ impl TokenSpec {
     }
 }
 
+/// Where a directory keeps its chat template when tokenizer_config.json has none.
+pub const TEMPLATE_FILE: &str = "chat_template.jinja";
+
 #[derive(Debug, Default, Deserialize)]
 struct HfTokenizerConfig {
     chat_template: Option<String>,
@@ -437,8 +440,14 @@ pub(super) fn load(dir: &Path, label: String, opts: &LoadOptions) -> Result<Mode
         eos.clone(),
         tc.add_bos_token.unwrap_or(false),
     )?;
-    let chat_template = tc
-        .chat_template
+    // Directories saved by newer transformers keep the template in its own file.
+    let jinja = dir.join(TEMPLATE_FILE);
+    let template_src = match tc.chat_template {
+        Some(src) => Some(src),
+        None if jinja.is_file() => Some(std::fs::read_to_string(&jinja).with_path(&jinja)?),
+        None => None,
+    };
+    let chat_template = template_src
         .map(|src| {
             ChatTemplate::new(
                 &src,

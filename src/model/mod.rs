@@ -128,7 +128,9 @@ impl Model {
     pub fn render_chat(&self, messages: &[Message]) -> Result<String> {
         let t = self.chat_template.as_ref().ok_or_else(|| {
             Error::ChatTemplate(format!(
-                "{} has no chat template (a base model?); use --raw, or add chat_template to its registry entry",
+                "{} has no chat template (a base model?): use --raw, or give it its template \
+                 (a GGUF's tokenizer.chat_template, a directory's tokenizer_config.json or \
+                 chat_template.jinja, a registry entry's chat_template)",
                 self.info.label
             ))
         })?;

@@ -253,7 +253,11 @@ fn load_models(cfg: &RunConfig, study: &Study) -> Result<(Vec<Model>, Vec<ModelP
             t.set_thinking(Some(study.thinking));
         }
         if m.chat_template.is_none() {
-            return Err(run_err(format!("{} has no chat template; studies are conversations (add chat_template to its registry entry)", m.info.label)));
+            return Err(run_err(format!(
+                "{} has no chat template; studies are conversations: {}",
+                m.info.label,
+                r.missing_template_fix()
+            )));
         }
         provenance.push(model_provenance(r, &m)?);
         models.push(m);
