@@ -507,16 +507,9 @@ fn a_gguf_without_a_chat_template_is_refused_naming_the_file_and_the_fix() {
     // Regression: the refusal told a GGUF file's user to edit its registry entry, which
     // a file given by path does not have.
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("base.gguf");
-    common::write_tiny_gguf_with_meta(
-        &model,
-        &Tiny {
-            context: 8192,
-            ..Tiny::qwen2()
-        },
-        11,
-        |meta| meta.retain(|(k, _)| k != "tokenizer.chat_template"),
-    );
+    let model = common::tiny_study_model_with_meta(dir.path(), "base.gguf", |meta| {
+        meta.retain(|(k, _)| k != "tokenizer.chat_template")
+    });
     let err = run_study(&config(&model, &dir.path().join("out"), None, None))
         .err()
         .expect("refused")
@@ -1541,24 +1534,15 @@ fn a_template_with_a_thinking_switch_is_told_the_studys_choice_and_the_run_recor
     use affectbench::results::read_header;
     use candle_core::quantized::gguf_file::Value;
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("thinker.gguf");
     // ChatML with Qwen 3's switch: thinking off closes an empty think block.
     let template = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}";
-    common::write_tiny_gguf_with_meta(
-        &model,
-        &Tiny {
-            context: 8192,
-            ..Tiny::qwen2()
-        },
-        11,
-        |meta| {
-            for (k, v) in meta.iter_mut() {
-                if k == "tokenizer.chat_template" {
-                    *v = Value::String(template.into());
-                }
+    let model = common::tiny_study_model_with_meta(dir.path(), "thinker.gguf", |meta| {
+        for (k, v) in meta.iter_mut() {
+            if k == "tokenizer.chat_template" {
+                *v = Value::String(template.into());
             }
-        },
-    );
+        }
+    });
     let out = dir.path().join("run");
     run_study(&config(&model, &out, Some(6), None)).unwrap();
     let header = read_header(&out).unwrap();

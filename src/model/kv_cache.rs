@@ -87,22 +87,18 @@ impl KvCache {
     pub(crate) fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<&[Segment]> {
         let (b, h, s, d) = k.dims4()?;
         let segs = &mut self.layers[layer];
-        let writable = segs.last().is_some_and(|last| {
-            Arc::strong_count(&last.owner) == 1
-                && last.batch() == b
-                && last.capacity() - last.len >= s
-        });
-        if !writable {
+        // The last segment is this cache's alone and of its batch: it may be written.
+        let own = segs
+            .last()
+            .filter(|last| Arc::strong_count(&last.owner) == 1 && last.batch() == b);
+        if own.is_none_or(|last| last.capacity() - last.len < s) {
             // Only a cache that fills its own segment is decoding: it reserves room
             // ahead (a share of what it holds, so segments stay few). A fresh cache or a
             // fork (a questionnaire item, an option's continuation) gets what it was
             // given: there are many forks and most stop there, and reserving ahead for
             // each had an 8B questionnaire pass hold 1.1 GB of cache for 0.3 GB of
             // positions. A multiple of 16 so the attention kernel reads whole blocks.
-            let own_chain = segs
-                .last()
-                .is_some_and(|last| Arc::strong_count(&last.owner) == 1 && last.batch() == b);
-            let capacity = if own_chain {
+            let capacity = if own.is_some() {
                 s.max(MIN_SEGMENT).max(self.len / 2)
             } else {
                 s

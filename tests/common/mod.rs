@@ -760,14 +760,24 @@ pub fn copy_tree(from: &Path, to: &Path) {
 /// The tiny qwen2 model study tests run on: byte-level vocabulary (about one token per
 /// character), so a long context.
 pub fn tiny_study_model(dir: &Path) -> std::path::PathBuf {
-    let path = dir.join("tiny.gguf");
-    write_tiny_gguf(
+    tiny_study_model_with_meta(dir, "tiny.gguf", |_| {})
+}
+
+/// `tiny_study_model` written as `name`, its metadata edited by `edit` first.
+pub fn tiny_study_model_with_meta(
+    dir: &Path,
+    name: &str,
+    edit: impl FnOnce(&mut Vec<(String, Value)>),
+) -> std::path::PathBuf {
+    let path = dir.join(name);
+    write_tiny_gguf_with_meta(
         &path,
         &Tiny {
             context: 8192,
             ..Tiny::qwen2()
         },
         11,
+        edit,
     );
     path
 }
