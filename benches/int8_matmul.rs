@@ -4,7 +4,8 @@
 //! the figures compare directly with the CPU's int8 peak.
 //!
 //! Weights are random, quantised to Q4_1 (SmolLM2's file type) and packed, outside the
-//! timed loop.
+//! timed loop. The projection groups run every path this CPU has (`avx512-vnni/rows`,
+//! `avx2/rows`, ...; the scalar reference at 1 row only), so paths compare in one run.
 //!
 //! A second group compares the layouts at an 8B model's attention shape (4096 x 4096):
 //! Q4_K, Q5_K and Q6_K (a Q4_K_M or Q5_K_M file's types) in nibbles (Q5_K and Q6_K with
@@ -13,7 +14,7 @@
 //! and in bytes; and Q6_K with its offsets derived from the scales (the default)
 //! against the same matrix storing them.
 
-use affectbench::kernels::int8_matmul::{best_path, matmul};
+use affectbench::kernels::int8_matmul::{best_path, matmul, KernelPath};
 use affectbench::kernels::packed::{FourBit, PackedMatrix};
 use affectbench::quant::QuantType;
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -97,11 +98,19 @@ fn layouts(c: &mut Criterion) {
         g.throughput(Throughput::Elements((m * n * k) as u64));
         for (name, p) in &variants {
             g.bench_with_input(BenchmarkId::new(*name, m), &m, |b, &m| {
-                b.iter(|| matmul(p, &x, m, best_path()))
+                b.iter(|| matmul(p, &x, m, layout_path()))
             });
         }
     }
     g.finish();
+}
+
+/// The path the layout group runs: AFFECTBENCH_KERNEL (a path's name) or the fastest.
+fn layout_path() -> KernelPath {
+    std::env::var("AFFECTBENCH_KERNEL")
+        .ok()
+        .and_then(|name| KernelPath::from_name(&name))
+        .unwrap_or_else(best_path)
 }
 
 fn bench(c: &mut Criterion) {
@@ -118,9 +127,14 @@ fn bench(c: &mut Criterion) {
         for m in [1usize, 24, 256] {
             let x = random(m * k, 2);
             g.throughput(Throughput::Elements((m * n * k) as u64));
-            g.bench_with_input(BenchmarkId::new("rows", m), &m, |b, &m| {
-                b.iter(|| matmul(&w, &x, m, best_path()))
-            });
+            for path in KernelPath::ALL.into_iter().filter(|p| p.supported()) {
+                if path == KernelPath::Scalar && m > 1 {
+                    continue;
+                }
+                g.bench_with_input(BenchmarkId::new(format!("{path}/rows"), m), &m, |b, &m| {
+                    b.iter(|| matmul(&w, &x, m, path))
+                });
+            }
         }
         g.finish();
     }

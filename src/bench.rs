@@ -39,6 +39,11 @@ impl Questionnaire {
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     pub model: String,
+    /// The CPU's model name and the packed int8 paths it supports.
+    pub cpu: String,
+    /// The packed int8 kernel the model ran on (`none` without packed weights; set by
+    /// the caller, which knows the engine).
+    pub int8_kernel: Option<String>,
     pub threads: usize,
     pub repeats: usize,
     pub prefill_tokens: usize,
@@ -272,6 +277,8 @@ pub fn run_bench(
 
     Ok(BenchReport {
         model: model.info.label.clone(),
+        cpu: crate::kernels::int8_matmul::cpu_description(),
+        int8_kernel: None,
         threads,
         repeats,
         prefill_tokens: PREFILL,

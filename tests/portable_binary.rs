@@ -1,7 +1,8 @@
 //! The release binary runs on any x86-64-v3 CPU: no AMD-only SSE4a instruction anywhere,
-//! and AVX-512 instructions only inside functions that are chosen at run time after
-//! checking the CPU (ours in `kernels::int8_matmul::avx512`, candle's and crc32fast's
-//! dispatched variants). Reads the disassembly with binutils' objdump.
+//! and AVX-512 or AVX-VNNI instructions only inside functions that are chosen at run
+//! time after checking the CPU (ours in `kernels::int8_matmul::avx512` and
+//! `::avx256::avx_vnni`, candle's and crc32fast's dispatched variants). Reads the
+//! disassembly with binutils' objdump.
 
 #[test]
 fn the_binary_holds_no_instruction_beyond_its_baseline_outside_run_time_dispatch() {
@@ -27,6 +28,7 @@ fn the_binary_holds_no_instruction_beyond_its_baseline_outside_run_time_dispatch
     let mut function = "";
     let mut sse4a = Vec::new();
     let mut avx512 = std::collections::BTreeSet::new();
+    let mut avx_vnni = std::collections::BTreeSet::new();
     for line in text.lines() {
         if line.ends_with(">:") {
             function = line;
@@ -40,11 +42,25 @@ fn the_binary_holds_no_instruction_beyond_its_baseline_outside_run_time_dispatch
         if (instruction.contains("%zmm") || instruction.contains("{%k")) && !dispatched(function) {
             avx512.insert(function.to_string());
         }
+        // VEX-encoded vpdpbusd/vpdpwssd: AVX-VNNI, beyond x86-64-v3 (ours in
+        // `avx256::avx_vnni`, candle's in `*_avxvnni`).
+        if instruction.starts_with("{vex}")
+            && !function.contains("avx_vnni")
+            && !function.contains("avxvnni")
+            && !dispatched(function)
+        {
+            avx_vnni.insert(function.to_string());
+        }
     }
     assert!(
         sse4a.is_empty(),
         "AMD-only SSE4a instructions (SIGILL on Intel): {:?}",
         &sse4a[..sse4a.len().min(5)]
+    );
+    assert!(
+        avx_vnni.is_empty(),
+        "AVX-VNNI outside run-time-dispatched functions: {:?}",
+        avx_vnni.iter().take(5).collect::<Vec<_>>()
     );
     assert!(
         avx512.is_empty(),

@@ -6,6 +6,11 @@
 # ~17 min on 2 cores, once).
 #
 #   benches/peers/run_peers.sh [MODEL] [THREADS]     # default smollm2-135m-instruct, 2
+#
+# INT8_KERNEL=avx2 (any `--int8-kernel` name) runs affectbench on that path; for a fair
+# AVX2 comparison on an AVX-512 machine, build llama.cpp without AVX-512 too:
+#   CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF" \
+#     PEER_VENV=/tmp/peers-avx2 benches/peers/run_peers.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MODEL="${1:-smollm2-135m-instruct}"
@@ -23,7 +28,7 @@ GGUF="$($BIN models path "$MODEL" 2>/dev/null || { $BIN models fetch "$MODEL" >&
 OUT="${OUT:-target/peers-$(date +%Y%m%dT%H%M%S)}"
 mkdir -p "$OUT"
 echo "model $GGUF, $THREADS threads; results in $OUT" >&2
-$BIN --threads "$THREADS" bench --model "$MODEL" --json > "$OUT/affectbench.json"
+$BIN --threads "$THREADS" bench --model "$MODEL" ${INT8_KERNEL:+--int8-kernel "$INT8_KERNEL"} --json > "$OUT/affectbench.json"
 "$VENV/bin/python" benches/peers/peers.py llamacpp "$GGUF" --threads "$THREADS" > "$OUT/llamacpp.json"
 "$VENV/bin/python" benches/peers/peers.py transformers "$GGUF" --threads "$THREADS" > "$OUT/transformers.json"
 python3 - "$OUT" <<'PY'
@@ -31,6 +36,7 @@ import json, sys, os
 out = sys.argv[1]
 rows = {k: json.load(open(os.path.join(out, k + ".json"))) for k in ["affectbench", "llamacpp", "transformers"]}
 fields = ["prefill_tok_s", "decode_tok_s", "batch32_decode_tok_s", "questionnaire_items_s", "peak_rss_bytes"]
+print(f"affectbench on {rows['affectbench'].get('cpu')}, int8 kernel {rows['affectbench'].get('int8_kernel')}")
 fmt = lambda v: "-" if v is None else (f"{v / 1e6:.0f} MB" if v > 1e6 else f"{v:.1f}")
 print("| workload | affectbench | llama.cpp | transformers | vs llama.cpp | vs transformers |")
 print("|---|---|---|---|---|---|")

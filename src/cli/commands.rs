@@ -10,7 +10,7 @@ use affectbench::chat::Message;
 use affectbench::cluster::Detected;
 use affectbench::engine::{EngineConfig, DEFAULT_BATCH_SIZE};
 use affectbench::fetch::{self, FetchOptions, Source};
-use affectbench::kernels::int8_matmul::KernelPath;
+use affectbench::kernels::int8_matmul::{self, KernelPath};
 use affectbench::model::{Kernels, Model, OpPath};
 use affectbench::registry::{ModelRef, Registry};
 use affectbench::sampling::{Sampling, SamplingParams};
@@ -214,26 +214,58 @@ fn models(registry: &Registry, cmd: ModelsCommand) -> Result<()> {
     }
 }
 
-/// The engine configuration the flags ask for.
-fn engine_config(args: &EngineArgs, threads: usize, batch_size: Option<usize>) -> EngineConfig {
-    EngineConfig {
+/// The engine configuration the flags ask for; refuses an int8 kernel this CPU cannot
+/// run, and warns once when the one chosen will be slow.
+fn engine_config(
+    args: &EngineArgs,
+    threads: usize,
+    batch_size: Option<usize>,
+) -> Result<EngineConfig> {
+    let int8_kernel = match args.int8_kernel {
+        Int8KernelArg::Auto => None,
+        Int8KernelArg::Avx512Vnni => Some(KernelPath::Avx512Vnni),
+        Int8KernelArg::AvxVnni => Some(KernelPath::AvxVnni),
+        Int8KernelArg::Avx2 => Some(KernelPath::Avx2),
+        Int8KernelArg::Portable => Some(KernelPath::Portable),
+        Int8KernelArg::Scalar => Some(KernelPath::Scalar),
+    };
+    if let Some(path) = int8_kernel {
+        let missing = path.missing_features();
+        if !missing.is_empty() {
+            anyhow::bail!(
+                "--int8-kernel {path}: this CPU lacks {} (it has: {}); use --int8-kernel auto",
+                missing.join(", "),
+                int8_matmul::cpu_description()
+            );
+        }
+    }
+    let config = EngineConfig {
         device: args.device.clone(),
         weights: if args.candle_kernels {
             Kernels::Candle
         } else {
             Kernels::Packed
         },
-        int8_kernel: match args.int8_kernel {
-            Int8KernelArg::Auto => None,
-            Int8KernelArg::Scalar => Some(KernelPath::Scalar),
-        },
+        int8_kernel,
         ops: match args.ops {
             OpsArg::Fused => OpPath::Fused,
             OpsArg::Reference => OpPath::Reference,
         },
         threads,
         batch_size: batch_size.unwrap_or(DEFAULT_BATCH_SIZE).max(1),
+    };
+    let path = config.resolved_int8_kernel();
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    if config.weights == Kernels::Packed && config.device == "cpu" && path.slow_here() {
+        WARNED.call_once(|| {
+            eprintln!(
+                "warning: the {path} int8 kernel is {} slower than --int8-kernel {} on this CPU; results are the same bits",
+                if path == KernelPath::Scalar { "tens of times" } else { "several times" },
+                int8_matmul::best_path()
+            );
+        });
     }
+    Ok(config)
 }
 
 /// Loads the model, fetching a registry model first if it is not cached yet.
@@ -243,7 +275,7 @@ fn load_model(registry: &Registry, args: &ModelArgs, threads: usize) -> Result<M
         .clone()
         .unwrap_or_else(|| registry.default.clone());
     let model_ref = resolve_fetched(registry, &name)?;
-    let opts = engine_config(&args.engine, threads, None).load_options()?;
+    let opts = engine_config(&args.engine, threads, None)?.load_options()?;
     Model::load_ref(&model_ref, &opts).with_context(|| format!("loading model '{name}'"))
 }
 
@@ -459,7 +491,7 @@ fn run_study(registry: &Registry, args: RunArgs, threads: &Detected<usize>) -> R
         seed,
         repetitions,
         max_trials: args.max_trials,
-        engine: engine_config(&args.engine, threads.value, args.batch_size),
+        engine: engine_config(&args.engine, threads.value, args.batch_size)?,
         show_progress: std::io::stderr().is_terminal(),
         progress_every: std::time::Duration::from_secs_f64(args.progress_every.max(0.01)),
         shard,
@@ -567,7 +599,7 @@ fn validate_instrument(
         seed: None,
         repetitions: None,
         max_trials: None,
-        engine: engine_config(&args.model.engine, threads.value, None),
+        engine: engine_config(&args.model.engine, threads.value, None)?,
         show_progress: std::io::stderr().is_terminal(),
         progress_every: std::time::Duration::from_secs(30),
         shard: None,
@@ -607,7 +639,7 @@ fn judge(registry: &Registry, args: JudgeArgs, threads: usize) -> Result<()> {
         .clone()
         .unwrap_or_else(|| registry.default.clone());
     let model_ref = resolve_fetched(registry, &name)?;
-    let opts = engine_config(&args.model.engine, threads, None).load_options()?;
+    let opts = engine_config(&args.model.engine, threads, None)?.load_options()?;
     let mut model =
         Model::load_ref(&model_ref, &opts).with_context(|| format!("loading model '{name}'"))?;
     anyhow::ensure!(
@@ -815,6 +847,7 @@ fn bench(registry: &Registry, args: BenchArgs, threads: usize) -> Result<()> {
     let started = std::time::Instant::now();
     let model = load_model(registry, &args.model, threads)?;
     let load_seconds = started.elapsed().as_secs_f64();
+    let engine = engine_config(&args.model.engine, threads, None)?;
     let skip: Vec<affectbench::bench::Optional> = args
         .skip
         .iter()
@@ -830,6 +863,7 @@ fn bench(registry: &Registry, args: BenchArgs, threads: usize) -> Result<()> {
         }
     })?;
     report.load_seconds = Some(load_seconds);
+    report.int8_kernel = engine.record(std::slice::from_ref(&model)).int8_kernel;
     let or_skipped = |x: Option<f64>, digits: usize| {
         x.map_or("  skipped".to_string(), |v| format!("{v:>9.digits$}"))
     };
@@ -839,6 +873,11 @@ fn bench(registry: &Registry, args: BenchArgs, threads: usize) -> Result<()> {
         println!(
             "model {} on {} threads, median of {} runs",
             report.model, report.threads, report.repeats
+        );
+        println!(
+            "cpu {}; int8 kernel {}",
+            report.cpu,
+            report.int8_kernel.as_deref().unwrap_or("none")
         );
         println!(
             "prefill ({} tokens)            {:>9.1} tok/s",

@@ -461,13 +461,17 @@ pub struct EngineArgs {
     #[arg(long, default_value = "cpu")]
     pub device: String,
 
-    /// Run candle's quantized matmul instead of affectbench's packed int8 kernels
-    /// (slower; for comparisons).
+    /// Run candle's quantized matmul instead of affectbench's packed int8 kernels, for
+    /// comparisons: candle's kernels are not batch-invariant (rows then run one by one)
+    /// and have no SIMD path for Q4_1 or Q5_0 (README "Speed" has measured figures).
     #[arg(long)]
     pub candle_kernels: bool,
 
-    /// The packed int8 micro-kernel: `auto` (the fastest this CPU has) or `scalar` (the
-    /// reference; bit-identical results, slower).
+    /// The packed int8 micro-kernel. `auto` picks the fastest this CPU has, in order
+    /// avx512-vnni, avx-vnni, avx2, portable; naming one runs it, or refuses if the CPU
+    /// lacks a feature it needs. `portable` is plain Rust the compiler vectorises (what
+    /// ARM gets); `scalar` is the reference, one output at a time, tens of times
+    /// slower. Every path gives bit-identical results; run.json records which ran.
     #[arg(long, value_enum, default_value_t = Int8KernelArg::Auto, env = "AFFECTBENCH_KERNEL")]
     pub int8_kernel: Int8KernelArg,
 
@@ -480,6 +484,10 @@ pub struct EngineArgs {
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Int8KernelArg {
     Auto,
+    Avx512Vnni,
+    AvxVnni,
+    Avx2,
+    Portable,
     Scalar,
 }
 

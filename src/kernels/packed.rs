@@ -70,6 +70,9 @@ pub struct PackedMatrix {
     pub(crate) m: Vec<i8>,
     /// Every block's offset is this times its scale (computed, not stored).
     pub offset_factor: Option<f32>,
+    /// Every `u` is below 2^u_bits: how many 16-bit products the AVX2 kernel may add
+    /// before they could overflow, and whether it needs its signed form (8).
+    pub u_bits: u8,
 }
 
 /// One row as the file holds it (see the module comment): `u` per value, `d` and `dm`
@@ -156,6 +159,19 @@ pub fn nibble_high_bits(dtype: QuantType) -> Option<u8> {
         QuantType::Candle(GgmlDType::Q5_0 | GgmlDType::Q5K) => Some(1),
         QuantType::Candle(GgmlDType::Q6K) => Some(2),
         _ => None,
+    }
+}
+
+/// The bits `u` takes in a type's packed form (every `u` < 2^bits): 8 where it is a
+/// byte offset by 128 (Q8_0, the IQ4 code book).
+pub fn u_bits(dtype: QuantType) -> u8 {
+    match dtype {
+        QuantType::Candle(GgmlDType::Q2K) => 2,
+        QuantType::Candle(GgmlDType::Q3K) => 3,
+        QuantType::Candle(GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q4K) => 4,
+        QuantType::Candle(GgmlDType::Q5_0 | GgmlDType::Q5K) => 5,
+        QuantType::Candle(GgmlDType::Q6K) => 6,
+        _ => 8,
     }
 }
 
@@ -519,6 +535,11 @@ impl PackedMatrix {
         };
         let mut m = Self::zeros(total, shape);
         m.offset_factor = factor;
+        m.u_bits = parts
+            .iter()
+            .map(|&(dtype, _, _)| u_bits(dtype))
+            .max()
+            .unwrap_or(8);
         if nibbles {
             m.codebook = codebook(first_type);
         }
@@ -578,6 +599,7 @@ impl PackedMatrix {
             dm: vec![f16::ZERO; tiles * dm_per],
             m: vec![0; tiles * m_per],
             offset_factor: None,
+            u_bits: 8,
         }
     }
 
@@ -594,10 +616,12 @@ impl PackedMatrix {
             return None;
         }
         let n = parts.iter().map(|p| p.n).sum();
+        let u_bits = parts.iter().map(|p| p.u_bits).max().unwrap_or(8);
         let mut out = Self::zeros(0, shape);
         out.n = n;
         out.codebook = first.codebook;
         out.offset_factor = first.offset_factor;
+        out.u_bits = u_bits;
         // Parts made of whole tiles (every q/k/v and gate/up of real models) append
         // their tiles as they are; otherwise rows move one by one.
         let (head, _) = parts.split_at(parts.len() - 1);
@@ -615,6 +639,7 @@ impl PackedMatrix {
         let mut out = Self::zeros(n, shape);
         out.codebook = first.codebook;
         out.offset_factor = first.offset_factor;
+        out.u_bits = u_bits;
         let mut tiles = out.tiles_mut();
         let mut r0 = 0;
         for p in parts {

@@ -270,7 +270,8 @@ pub struct EngineRecord {
     pub batch_size: Option<usize>,
     /// The linear layers' weights: `packed-int8`, `candle-qmatmul` or `dense-f32`.
     pub weights: Option<String>,
-    /// The packed int8 micro-kernel: `avx512-vnni` or `scalar`.
+    /// The packed int8 micro-kernel that ran: `avx512-vnni`, `avx-vnni`, `avx2`,
+    /// `portable` or `scalar` (all give the same bits), or `none` (no packed weights).
     pub int8_kernel: Option<String>,
     /// Attention and gated activation: `fused` (our CPU kernels) or `reference` (candle
     /// ops; also what GPUs run).
@@ -279,9 +280,18 @@ pub struct EngineRecord {
 
 impl EngineRecord {
     /// The fields whose values change a trial's numbers, named, where `other` differs:
-    /// what a resume must refuse. Threads and batch size never change results.
+    /// what a resume must refuse. Threads and batch size never change results, and
+    /// neither does which packed int8 kernel ran (every path gives the reference's bits,
+    /// so a shard requeued onto a node of another CPU type resumes); whether one ran at
+    /// all is `weights`.
     pub fn result_changing_differences(&self, other: &EngineRecord) -> Vec<String> {
         let shown = |v: &Option<String>| v.clone().unwrap_or_else(|| "not recorded".into());
+        let packed = |v: &Option<String>| v.as_deref().is_some_and(|k| k != "none");
+        let kernels = if packed(&self.int8_kernel) && packed(&other.int8_kernel) {
+            (None, None)
+        } else {
+            (self.int8_kernel.clone(), other.int8_kernel.clone())
+        };
         let pairs = [
             (
                 "device",
@@ -289,11 +299,7 @@ impl EngineRecord {
                 Some(other.device.clone()),
             ),
             ("weights", self.weights.clone(), other.weights.clone()),
-            (
-                "int8_kernel",
-                self.int8_kernel.clone(),
-                other.int8_kernel.clone(),
-            ),
+            ("int8_kernel", kernels.0, kernels.1),
             ("ops", self.ops.clone(), other.ops.clone()),
         ];
         pairs
@@ -354,5 +360,45 @@ impl InstrumentScoring {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EngineRecord;
+
+    fn record(kernel: &str) -> EngineRecord {
+        EngineRecord {
+            device: "cpu".into(),
+            threads: 2,
+            batch_size: Some(32),
+            weights: Some("packed-int8".into()),
+            int8_kernel: Some(kernel.into()),
+            ops: Some("fused".into()),
+        }
+    }
+
+    #[test]
+    fn another_int8_kernel_is_no_difference_but_other_arithmetic_is() {
+        // Regression: a shard requeued onto a node of another CPU type was refused its
+        // resume ("int8_kernel: avx512-vnni vs avx2"), though every path gives the same
+        // bits.
+        assert!(record("avx512-vnni")
+            .result_changing_differences(&record("avx2"))
+            .is_empty());
+        assert!(record("portable")
+            .result_changing_differences(&record("scalar"))
+            .is_empty());
+        let mut candle = record("none");
+        candle.weights = Some("candle-qmatmul".into());
+        let d = record("avx2").result_changing_differences(&candle);
+        assert!(d.iter().any(|x| x.starts_with("weights")), "{d:?}");
+        assert!(d.iter().any(|x| x.starts_with("int8_kernel")), "{d:?}");
+        let mut reference = record("avx2");
+        reference.ops = Some("reference".into());
+        assert_eq!(
+            record("avx2").result_changing_differences(&reference).len(),
+            1
+        );
     }
 }
