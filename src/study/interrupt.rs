@@ -1,12 +1,17 @@
 //! Stopping a run cleanly on SIGINT, SIGTERM or SIGHUP (Ctrl-C, a batch scheduler's
-//! warning before it kills, a closed terminal): the handler only records the signal; the
-//! runner sees it after the trial in progress, flushes, marks the run `interrupted` and
-//! returns, and the binary prints the resume command and exits with 128 + the signal.
-//! A second signal while stopping ends the process at once (records already written are
-//! whole lines, so `--resume` still continues exactly).
+//! warning before it kills, a closed terminal).
+//!
+//! A thread of ours receives the signals, so it can say at once what happens: the
+//! first signal is acknowledged on stderr and recorded; the model checks the record
+//! between layers (`stop_point`), so the unit of work in progress is abandoned within
+//! about a second, its records not written; the runner then flushes, marks the run
+//! `interrupted` and returns, and the binary prints the resume command and exits with
+//! 128 + the signal. A second signal ends the process at once, after the hook the
+//! runner registered (`on_forced_exit`) has marked run.json `interrupted` too. Records
+//! already written are whole lines, so `--resume` still continues exactly.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 /// The signals that stop a run.
 pub const SIGNALS: [i32; 3] = [
@@ -16,27 +21,28 @@ pub const SIGNALS: [i32; 3] = [
 ];
 
 /// The signal received (0: none).
-fn received() -> &'static Arc<AtomicUsize> {
-    static RECEIVED: OnceLock<Arc<AtomicUsize>> = OnceLock::new();
-    RECEIVED.get_or_init(|| Arc::new(AtomicUsize::new(0)))
+static RECEIVED: AtomicUsize = AtomicUsize::new(0);
+
+/// What to do before a forced exit (see `on_forced_exit`).
+type ForcedExitHook = Box<dyn FnOnce(i32) + Send>;
+
+fn forced_exit_hook() -> &'static Mutex<Option<ForcedExitHook>> {
+    static HOOK: OnceLock<Mutex<Option<ForcedExitHook>>> = OnceLock::new();
+    HOOK.get_or_init(|| Mutex::new(None))
 }
 
 /// Installs the handlers (once per process; later calls do nothing).
 pub fn install() -> std::io::Result<()> {
     static INSTALLED: OnceLock<std::io::Result<()>> = OnceLock::new();
     let result = INSTALLED.get_or_init(|| {
-        let stopping = Arc::new(AtomicBool::new(false));
-        for sig in SIGNALS {
-            // Order matters: the conditional shutdown runs first, so the first signal
-            // only sets the flags and a second one exits.
-            signal_hook::flag::register_conditional_shutdown(
-                sig,
-                128 + sig,
-                Arc::clone(&stopping),
-            )?;
-            signal_hook::flag::register(sig, Arc::clone(&stopping))?;
-            signal_hook::flag::register_usize(sig, Arc::clone(received()), sig as usize)?;
-        }
+        let mut signals = signal_hook::iterator::Signals::new(SIGNALS)?;
+        std::thread::Builder::new()
+            .name("affectbench-signals".into())
+            .spawn(move || {
+                for sig in signals.forever() {
+                    received(sig);
+                }
+            })?;
         Ok(())
     });
     result
@@ -45,11 +51,65 @@ pub fn install() -> std::io::Result<()> {
         .map_err(|e| std::io::Error::new(e.kind(), e.to_string()))
 }
 
+/// Handles one signal on the signal thread: the first is recorded and acknowledged, a
+/// second one runs the forced-exit hook and exits.
+fn received(sig: i32) {
+    let first = RECEIVED
+        .compare_exchange(0, sig as usize, Ordering::SeqCst, Ordering::SeqCst)
+        .is_ok();
+    if first {
+        eprintln!(
+            "\naffectbench: {} received: abandoning the work in progress and saving what is done; send it again to stop at once",
+            name(sig)
+        );
+        return;
+    }
+    let hook = forced_exit_hook()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    if let Some(hook) = hook {
+        hook(sig);
+    }
+    eprintln!(
+        "affectbench: {}, a second stop signal: stopping at once",
+        name(sig)
+    );
+    std::process::exit(128 + sig);
+}
+
+/// Registers what a forced exit (a second signal) does before the process ends, such
+/// as marking run.json `interrupted`; replaces any earlier hook.
+pub fn on_forced_exit(hook: impl FnOnce(i32) + Send + 'static) {
+    *forced_exit_hook().lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(hook));
+}
+
+/// Removes the forced-exit hook (the work it guarded is done).
+pub fn clear_forced_exit() {
+    forced_exit_hook()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+}
+
 /// The signal that asked the run to stop, if any.
 pub fn requested() -> Option<i32> {
-    match received().load(Ordering::SeqCst) {
+    match RECEIVED.load(Ordering::SeqCst) {
         0 => None,
         sig => Some(sig as i32),
+    }
+}
+
+/// A point where long computations (a model's layers, decode steps) give up once a stop
+/// was asked for: an error naming the signal. Callers that catch errors per trial check
+/// `requested()` before recording one, so this error is never written as a result.
+pub fn stop_point() -> candle_core::Result<()> {
+    match requested() {
+        None => Ok(()),
+        Some(sig) => Err(candle_core::Error::Msg(format!(
+            "interrupted by {}",
+            name(sig)
+        ))),
     }
 }
 

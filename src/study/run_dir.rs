@@ -63,8 +63,31 @@ impl RunDir {
 
     /// Replaces run.json atomically (write a temporary file, then rename).
     pub fn write_header(&self, header: &RunHeader) -> Result<()> {
-        let path = self.path.join("run.json");
-        let tmp = self.path.join("run.json.tmp");
+        write_header_in(&self.path, header, "run.json.tmp")
+    }
+
+    /// Marks run.json `interrupted` if a second signal ends the process before the run
+    /// returns (`interrupt::on_forced_exit`), from the header as it is now. Its own
+    /// temporary file: the run may be writing run.json at the same moment.
+    pub fn mark_interrupted_on_forced_exit(&self, header: &RunHeader) {
+        let (dir, mut header) = (self.path.clone(), header.clone());
+        super::interrupt::on_forced_exit(move |sig| {
+            header.status = crate::results::RunStatus::Interrupted;
+            header.error = Some(format!(
+                "stopped at once by a second stop signal ({}); the unit in progress was not written",
+                super::interrupt::name(sig)
+            ));
+            header.ended = Some(crate::results::now_rfc3339());
+            let _ = write_header_in(&dir, &header, "run.json.exit-tmp");
+        });
+    }
+}
+
+/// Writes run.json in `dir` atomically through the temporary file `tmp_name`.
+fn write_header_in(dir: &Path, header: &RunHeader, tmp_name: &str) -> Result<()> {
+    {
+        let path = dir.join("run.json");
+        let tmp = dir.join(tmp_name);
         let text = serde_json::to_string_pretty(header)
             .map_err(|e| run_err(format!("run.json could not be serialised: {e}")))?;
         match std::fs::write(&tmp, &text)
@@ -80,7 +103,9 @@ impl RunDir {
             }
         }
     }
+}
 
+impl RunDir {
     /// Trial ids already recorded. A torn last line (a crash mid-write) is cut off and a
     /// whole last record missing its newline gets one; any other unreadable line is an
     /// error naming it (nothing after it is ever deleted).

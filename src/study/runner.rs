@@ -156,6 +156,7 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
         pending.truncate(n);
     }
     dir.write_header(&header)?;
+    dir.mark_interrupted_on_forced_exit(&header);
 
     let mut progress = Progress::new(cfg.show_progress, cfg.progress_every, pending.len());
     for (m, i) in models.iter().zip(&internals) {
@@ -196,6 +197,17 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
             panic_message(&payload)
         )))
     });
+    // A pass cut short by a stop fails with its own error wherever it was: it is the
+    // interruption that ended the run.
+    let result = match (result, interrupt::requested()) {
+        (Err(e), Some(signal)) if !matches!(e, Error::Interrupted { .. }) => {
+            Err(Error::Interrupted {
+                signal,
+                resume: format!("affectbench run --resume {}", dir.path.display()),
+            })
+        }
+        (result, _) => result,
+    };
     progress.finish();
 
     let remaining = shard_trials - shard_done - tally.written;
@@ -213,6 +225,7 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
         ),
         Err(e) => (RunStatus::Error, Some(e.to_string())),
     };
+    interrupt::clear_forced_exit();
     dir.write_header(&header)?;
     result?;
     Ok(RunOutcome {
@@ -466,6 +479,14 @@ fn execute(
                     .collect()
             };
             let per_trial_ms = started.elapsed().as_secs_f64() * 1e3 / unit.len() as f64;
+            // A stop asked for while the unit ran may have cut its passes short: its
+            // records are not written (a resume computes them, to the same values).
+            if let Some(signal) = interrupt::requested() {
+                return Err(Error::Interrupted {
+                    signal,
+                    resume: format!("affectbench run --resume {}", dir.path.display()),
+                });
+            }
             for (trial, record) in unit.iter().zip(records) {
                 let mut record = record.unwrap_or_else(|e| {
                     tally.failed += 1;

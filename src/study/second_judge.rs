@@ -154,10 +154,28 @@ pub fn judge_run(
         }
         // The judge's draw comes from the trial's own run seed, as the primary judge's.
         study.seed = *seed;
+        // A pass cut short by a stop fails; it is the stop that ends the call.
+        let stopped = |e: Error| match interrupt::requested() {
+            Some(sig) => Ok(sig),
+            None => Err(e),
+        };
         if !bias.contains_key(task) {
-            bias.insert(task.clone(), judge_content_free(&study, model, judge)?);
+            match judge_content_free(&study, model, judge) {
+                Ok(b) => bias.insert(task.clone(), b),
+                Err(e) => {
+                    interrupted = Some(stopped(e)?);
+                    break;
+                }
+            };
         }
-        let (readout, detail) = judge_valence(&study, model, judge, text, trial_id, &bias[task])?;
+        let (readout, detail) =
+            match judge_valence(&study, model, judge, text, trial_id, &bias[task]) {
+                Ok(v) => v,
+                Err(e) => {
+                    interrupted = Some(stopped(e)?);
+                    break;
+                }
+            };
         let record = SecondJudgeRecord {
             trial_id: trial_id.clone(),
             seed: *seed,
