@@ -1,4 +1,12 @@
 //! Records the git revision the binary was built from (for run provenance).
+//!
+//! The script reruns when the commit changes (HEAD, the branch it names, packed refs) or
+//! when a file the crate is built from changes (then the crate recompiles anyway, and
+//! `-dirty` is decided afresh). It does not watch `.git/index`: git rewrites the index
+//! on mere status checks (`git describe --dirty` among them), which made every build
+//! recompile the crate.
+use std::path::Path;
+
 fn main() {
     let rev = std::process::Command::new("git")
         .args(["describe", "--always", "--dirty", "--abbrev=40"])
@@ -8,6 +16,22 @@ fn main() {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|| "unknown".to_string());
     println!("cargo:rustc-env=AFFECTBENCH_GIT_REVISION={rev}");
+    for path in [
+        "build.rs",
+        "Cargo.toml",
+        "Cargo.lock",
+        "src",
+        "models",
+        "benches/workloads",
+    ] {
+        println!("cargo:rerun-if-changed={path}");
+    }
+    let git = Path::new(".git");
     println!("cargo:rerun-if-changed=.git/HEAD");
-    println!("cargo:rerun-if-changed=.git/index");
+    println!("cargo:rerun-if-changed=.git/packed-refs");
+    if let Ok(head) = std::fs::read_to_string(git.join("HEAD")) {
+        if let Some(branch) = head.trim().strip_prefix("ref: ") {
+            println!("cargo:rerun-if-changed=.git/{branch}");
+        }
+    }
 }

@@ -274,3 +274,63 @@ fn models_inspect_names_every_tensor_that_does_not_pack_or_is_not_read() {
         "{text}"
     );
 }
+
+#[test]
+fn an_int8_kernel_the_cpu_lacks_is_refused_naming_the_feature_and_each_path_runs() {
+    use affectbench::kernels::int8_matmul::KernelPath;
+    common::real_model("smollm2-135m-instruct");
+    for path in KernelPath::ALL {
+        let o = affectbench(&[
+            "generate",
+            "--prompt",
+            "Hi",
+            "-n",
+            "2",
+            "--int8-kernel",
+            path.name(),
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        if path.supported() {
+            assert!(o.status.success(), "{path}: {err}");
+            // The reference (and portable, where a SIMD path exists) warn before running.
+            assert_eq!(
+                err.contains("warning: the"),
+                path.slow_here(),
+                "{path}: {err}"
+            );
+        } else {
+            assert!(!o.status.success(), "{path} ran on a CPU without it");
+            for f in path.missing_features() {
+                assert!(err.contains(f), "{path}: {err}");
+            }
+            assert!(err.contains("--int8-kernel auto"), "{err}");
+        }
+    }
+}
+
+/// cargo reran the build script, and so recompiled the crate, whenever `.git/index`
+/// changed, which `git status` or `git describe --dirty` alone can do: `cargo run` right
+/// after `cargo build` in a fresh clone rebuilt everything. The script this binary was
+/// built with must watch the commit and the sources, not the index.
+#[test]
+fn the_build_script_watches_the_commit_and_sources_not_the_git_index() {
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_affectbench"));
+    let build = exe.parent().unwrap().join("build");
+    let newest = std::fs::read_dir(&build)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("affectbench-"))
+        .map(|e| e.path().join("output"))
+        .filter(|p| p.exists())
+        .max_by_key(|p| p.metadata().unwrap().modified().unwrap())
+        .expect("the build script's output");
+    let output = std::fs::read_to_string(&newest).unwrap();
+    let watched: Vec<&str> = output
+        .lines()
+        .filter_map(|l| l.strip_prefix("cargo:rerun-if-changed="))
+        .collect();
+    assert!(!watched.contains(&".git/index"), "{output}");
+    for path in [".git/HEAD", "src"] {
+        assert!(watched.contains(&path), "{path} not watched: {output}");
+    }
+}

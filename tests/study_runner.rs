@@ -1568,3 +1568,147 @@ fn a_template_with_a_thinking_switch_is_told_the_studys_choice_and_the_run_recor
         .iter()
         .all(|(_, r)| !r["prompt"].as_str().unwrap().contains("</think>")));
 }
+
+/// The smoke study on the real SmolLM2 with the scalar reference kernel, whose units of
+/// work (a conversation's prefill) take tens of seconds: what a long prefill on a slow
+/// machine looks like to a signal. Returns once the run is computing.
+fn spawn_slow_run(out: &Path) -> std::process::Child {
+    common::real_model("smollm2-135m-instruct");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_affectbench"))
+        .args([
+            "run",
+            "scenarios/studies/smoke.toml",
+            "--no-report",
+            "--int8-kernel",
+            "scalar",
+            "--out",
+        ])
+        .arg(out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !out.join("run.json").exists() {
+        assert!(std::time::Instant::now() < deadline, "no run.json in 60 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Into the first unit's prefill.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    child
+}
+
+fn stderr_of(child: std::process::Child) -> (std::process::ExitStatus, String) {
+    let out = child.wait_with_output().unwrap();
+    (out.status, String::from_utf8_lossy(&out.stderr).to_string())
+}
+
+#[test]
+fn a_signal_during_a_long_prefill_is_acknowledged_and_stops_it_within_seconds() {
+    // Regression: the first SIGTERM printed nothing and the process computed on until
+    // the unit in progress (minutes on a slow path) was done.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("slow");
+    let child = spawn_slow_run(&out);
+    let sent = std::time::Instant::now();
+    send_signal(&child, "TERM");
+    let (status, err) = stderr_of(child);
+    let took = sent.elapsed();
+    assert_eq!(status.code(), Some(143), "{err}");
+    assert!(
+        took < std::time::Duration::from_secs(15),
+        "stopped {took:?} after the signal: {err}"
+    );
+    assert!(err.contains("SIGTERM received"), "acknowledged: {err}");
+    assert!(err.contains("affectbench run --resume"), "{err}");
+    let header = affectbench::results::read_header(&out).unwrap();
+    assert_eq!(header.status, affectbench::results::RunStatus::Interrupted);
+    // The abandoned unit left no records: none holds the interruption as its error.
+    let trials = std::fs::read_to_string(out.join("trials.jsonl")).unwrap_or_default();
+    assert!(!trials.contains("interrupted by"), "{trials}");
+}
+
+#[test]
+fn a_second_signal_stops_at_once_and_still_marks_the_run_interrupted() {
+    // Regression: the forced exit left run.json saying `running`. A first stop now
+    // takes milliseconds, so the second signal is sent right behind the first, as a
+    // different one (two pending SIGTERMs would merge into one).
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("forced");
+    let child = spawn_slow_run(&out);
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -TERM {0}; kill -INT {0}", child.id()))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (status, err) = stderr_of(child);
+    assert!(
+        matches!(status.code(), Some(130 | 143)),
+        "{status:?}: {err}"
+    );
+    assert!(
+        err.contains("a second stop signal: stopping at once"),
+        "{err}"
+    );
+    let header = affectbench::results::read_header(&out).unwrap();
+    assert_eq!(header.status, affectbench::results::RunStatus::Interrupted);
+    assert!(
+        header.ended.is_some()
+            && header
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("second stop signal")),
+        "{header:?}"
+    );
+}
+
+#[test]
+fn the_smoke_study_gives_identical_trials_on_every_int8_kernel() {
+    use affectbench::kernels::int8_matmul::{best_path, KernelPath};
+    common::real_model("smollm2-135m-instruct");
+    let dir = tempfile::tempdir().unwrap();
+    // `auto`, then every other path this CPU runs but the (slow) reference.
+    let kernels: Vec<&str> = std::iter::once("auto")
+        .chain(
+            KernelPath::ALL
+                .into_iter()
+                .filter(|p| p.supported() && *p != KernelPath::Scalar && *p != best_path())
+                .map(KernelPath::name),
+        )
+        .collect();
+    assert!(kernels.contains(&"portable"), "{kernels:?}");
+    let mut runs = Vec::new();
+    for kernel in &kernels {
+        let out = dir.path().join(kernel);
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_affectbench"))
+            .args([
+                "run",
+                "scenarios/studies/smoke.toml",
+                "--no-report",
+                "--int8-kernel",
+                kernel,
+                "--out",
+            ])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{kernel}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let header = affectbench::results::read_header(&out).unwrap();
+        let ran = if *kernel == "auto" {
+            best_path().name()
+        } else {
+            kernel
+        };
+        assert_eq!(header.engine.int8_kernel.as_deref(), Some(ran));
+        runs.push(records_by_id(&out));
+    }
+    assert_eq!(runs[0].len(), SMOKE_RECORDS);
+    for (kernel, run) in kernels.iter().zip(&runs).skip(1) {
+        assert!(run == &runs[0], "{kernel} differs from auto");
+    }
+}
