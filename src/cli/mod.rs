@@ -54,8 +54,9 @@ pub enum Command {
     ///
     /// Writes results/<date>-<study>-<model>/run.json (provenance, engine, status),
     /// trials.jsonl (one record per trial, flushed as it is written) and a copy of every
-    /// scenario file used (scenarios/). Interrupt at any time (Ctrl-C, SIGTERM: the trial
-    /// in progress finishes and the run is marked `interrupted`) and continue with
+    /// scenario file used (scenarios/). Interrupt at any time (Ctrl-C, SIGTERM: the unit
+    /// in progress is abandoned between layers and the run is marked `interrupted`; a
+    /// second signal stops at once) and continue with
     /// --resume DIR from any directory; finished trials are kept and the rest come out
     /// exactly as in an uninterrupted run. One process writes a directory at a time.
     ///

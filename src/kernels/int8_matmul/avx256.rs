@@ -420,7 +420,7 @@ macro_rules! kernels_256 {
         /// steps, and of `halves_expanded`: as many accumulators as 16 registers hold.
         const DIRECT_NH_4: usize = 1;
         const DIRECT_NH_1: usize = 2;
-        const EXPANDED_NH: usize = 1;
+        const EXPANDED_NH: usize = 2;
 
         /// Computes `tiles` of the output for every activation row.
         ///
