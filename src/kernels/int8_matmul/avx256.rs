@@ -16,7 +16,7 @@
 //! self-contained in the layout (bytes, high plane and scales), so the kernels work on
 //! runs of halves.
 
-use super::{PackedMatrix, RowOut, TILE};
+use super::{PackedMatrix, QuantizedActs, RowOut, TILE};
 use std::arch::x86_64::*;
 
 /// Rows of a half tile: one 32-byte vector holds a group of 4 inputs for each.
@@ -261,6 +261,53 @@ unsafe fn store_half(w: &PackedMatrix, v: __m256, h: usize, i: usize, out: *mut 
     }
 }
 
+/// Folds block b's integer totals of half-column j into the MR rows' results (rows from
+/// i0), with that half's block scales and offsets.
+///
+/// # Safety
+/// Rows i0..i0+MR and block b exist in `acts`; the CPU supports AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn fold_rows<const MR: usize, const NH: usize>(
+    facc: &mut [[__m256; NH]; MR],
+    totals: &[[__m256i; NH]; MR],
+    j: usize,
+    scales: (__m256, __m256),
+    acts: &QuantizedActs,
+    i0: usize,
+    b: usize,
+) {
+    let nb = acts.k / acts.block;
+    for (r, row) in facc.iter_mut().enumerate() {
+        let at = (i0 + r) * nb + b;
+        // SAFETY: the caller's contract.
+        let (dx, xsum) = unsafe { (*acts.d.get_unchecked(at), *acts.xsum.get_unchecked(at)) };
+        row[j] = unsafe { fold(row[j], totals[r][j], scales, dx, xsum) };
+    }
+}
+
+/// Writes the MR rows (from i0) x NH halves (from h) of results.
+///
+/// # Safety
+/// As `store_half`, for every row and half.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn store_rows<const MR: usize, const NH: usize>(
+    w: &PackedMatrix,
+    facc: &[[__m256; NH]; MR],
+    h: usize,
+    i0: usize,
+    out: *mut f32,
+) {
+    for (r, row) in facc.iter().enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            // SAFETY: the caller's contract.
+            unsafe { store_half(w, v, h + j, i0 + r, out) };
+        }
+    }
+}
+
 /// Up to TILES_PER_TASK tiles with one byte per `u` (or `u - 128` for the signed form)
 /// and f32 scales and offsets, the layout `halves_expanded` reads.
 #[derive(Default)]
@@ -409,8 +456,8 @@ macro_rules! kernels_256 {
     ($features:literal, $vnni:literal, $dpbusd:ident) => {
         use super::super::{QuantizedActs, EXPAND_ROWS};
         use super::{
-            codebook_table, expand_any, fold, half_scales, store_half, unpack_pair, widen_every,
-            Expanded, PackedMatrix, EXPANDED, HALF, TILE,
+            codebook_table, expand_any, fold_rows, half_scales, store_rows, unpack_pair,
+            widen_every, Expanded, PackedMatrix, EXPANDED, HALF, TILE,
         };
         use std::arch::x86_64::*;
 
@@ -696,23 +743,10 @@ macro_rules! kernels_256 {
                     let totals = block_totals::<MR, NH, SIGNED>(sums, acts, i0, b);
                     for j in 0..NH {
                         let scales = half_scales::<DERIVED>(w, h + j, b, factor);
-                        for r in 0..MR {
-                            let at = (i0 + r) * nb + b;
-                            facc[r][j] = fold(
-                                facc[r][j],
-                                totals[r][j],
-                                scales,
-                                *acts.d.get_unchecked(at),
-                                *acts.xsum.get_unchecked(at),
-                            );
-                        }
+                        fold_rows(&mut facc, &totals, j, scales, acts, i0, b);
                     }
                 }
-                for r in 0..MR {
-                    for j in 0..NH {
-                        store_half(w, facc[r][j], h + j, i0 + r, out);
-                    }
-                }
+                store_rows(w, &facc, h, i0, out);
             }
         }
 
@@ -764,23 +798,10 @@ macro_rules! kernels_256 {
                             _mm256_loadu_ps(e.scales.as_ptr().add(at)),
                             _mm256_loadu_ps(e.offsets.as_ptr().add(at)),
                         );
-                        for r in 0..MR {
-                            let at = (i0 + r) * nb + b;
-                            facc[r][j] = fold(
-                                facc[r][j],
-                                totals[r][j],
-                                scales,
-                                *acts.d.get_unchecked(at),
-                                *acts.xsum.get_unchecked(at),
-                            );
-                        }
+                        fold_rows(&mut facc, &totals, j, scales, acts, i0, b);
                     }
                 }
-                for r in 0..MR {
-                    for j in 0..NH {
-                        store_half(w, facc[r][j], h + j, i0 + r, out);
-                    }
-                }
+                store_rows(w, &facc, h, i0, out);
             }
         }
     };
