@@ -67,6 +67,22 @@ pub struct BenchReport {
     /// Peak resident memory of the whole process (VmHWM), which holds the model and every
     /// workload in turn.
     pub peak_rss_bytes: u64,
+    /// Greedy lockstep decode at several row counts (the fixed-plan path only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub decode_rows: Vec<RowsFigure>,
+    /// The device when it is not the CPU: GPU name, driver, CUDA version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// Rows per unit of the questionnaire (the fixed-plan path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
+}
+
+/// Aggregate decode throughput of `rows` sequences in lockstep.
+#[derive(Debug, Clone, Serialize)]
+pub struct RowsFigure {
+    pub rows: usize,
+    pub tok_s: f64,
 }
 
 /// A deterministic prompt of exactly `n` tokens (ordinary English, repeated).
@@ -176,7 +192,7 @@ pub fn questionnaire_pass_capturing(
     Ok((out, vectors))
 }
 
-fn peak_rss_bytes() -> u64 {
+pub(crate) fn peak_rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -293,5 +309,8 @@ pub fn run_bench(
         questionnaire_items_s_capture: capture_s.map(|s| items.len() as f64 / s),
         peak_rss_bytes: peak_rss_bytes(),
         load_seconds: None,
+        decode_rows: Vec::new(),
+        device: None,
+        batch_size: None,
     })
 }

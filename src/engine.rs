@@ -21,10 +21,36 @@ pub struct EngineConfig {
     pub threads: usize,
     /// Most rows in one batch (items prefilled together, lockstep decoding).
     pub batch_size: usize,
+    /// Run units of trials through the fixed-plan batched path even on the CPU (it is
+    /// what every other device runs; on the CPU it is for tests and dry runs).
+    pub force_fixed_plan: bool,
+}
+
+/// Why a run's results are reproducible, as run.json records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guarantee {
+    /// The packed CPU kernels compute every row alone: any batching, thread count or
+    /// resume gives the same bits.
+    BatchInvariant,
+    /// Rows share passes whose bits depend on the pass (GPU GEMMs choose kernels by
+    /// shape), so each unit's composition is fixed by the plan and `--batch-size`: the
+    /// same device model, driver and library versions and batch size give the same bits.
+    FixedPlan,
+}
+
+impl Guarantee {
+    pub fn name(self) -> &'static str {
+        match self {
+            Guarantee::BatchInvariant => "batch_invariant",
+            Guarantee::FixedPlan => "fixed_plan",
+        }
+    }
 }
 
 /// The default batch cap.
 pub const DEFAULT_BATCH_SIZE: usize = 32;
+/// The default batch cap on GPUs.
+pub const DEFAULT_GPU_BATCH_SIZE: usize = 256;
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -35,6 +61,7 @@ impl Default for EngineConfig {
             ops: OpPath::Fused,
             threads: crate::default_threads(),
             batch_size: DEFAULT_BATCH_SIZE,
+            force_fixed_plan: false,
         }
     }
 }
@@ -45,11 +72,35 @@ impl EngineConfig {
         self.int8_kernel.unwrap_or_else(best_path)
     }
 
+    /// The weights that load: the packed int8 kernels are CPU code, so elsewhere the
+    /// default becomes dense f16 for the device's GEMMs.
+    pub fn resolved_weights(&self) -> Kernels {
+        if self.weights == Kernels::Packed && self.device != "cpu" {
+            Kernels::DenseF16
+        } else {
+            self.weights
+        }
+    }
+
+    /// Whether units run through the fixed-plan batched path: on every device but the
+    /// CPU, and on the CPU when forced.
+    pub fn fixed_plan(&self) -> bool {
+        self.force_fixed_plan || self.device != "cpu"
+    }
+
+    pub fn guarantee(&self) -> Guarantee {
+        if self.fixed_plan() {
+            Guarantee::FixedPlan
+        } else {
+            Guarantee::BatchInvariant
+        }
+    }
+
     /// Options for loading a model under this configuration.
     pub fn load_options(&self) -> Result<LoadOptions> {
         Ok(LoadOptions {
             device: crate::model::parse_device(&self.device)?,
-            kernels: self.weights,
+            kernels: self.resolved_weights(),
             int8_kernel: self.resolved_int8_kernel(),
             ops: self.ops,
             activation_override: None,
@@ -62,10 +113,9 @@ impl EngineConfig {
     /// the reference where a head dim has no fused kernel).
     pub fn record(&self, models: &[Model]) -> EngineRecord {
         let packed = models.iter().any(|m| m.transformer.uses_packed_weights());
-        let weights = if self.weights == Kernels::Packed && !packed {
-            Kernels::Candle
-        } else {
-            self.weights
+        let weights = match self.resolved_weights() {
+            Kernels::Packed if !packed => Kernels::Candle,
+            w => w,
         };
         let mut ops: Vec<&str> = models
             .iter()
@@ -90,6 +140,10 @@ impl EngineConfig {
             } else {
                 ops.join("+")
             }),
+            guarantee: Some(self.guarantee().name().to_string()),
+            accelerator: self
+                .fixed_plan()
+                .then(|| crate::device_info::describe(&self.device)),
         }
     }
 }

@@ -17,9 +17,11 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod bench;
+pub mod bench_units;
 pub mod cache;
 pub mod chat;
 pub mod cluster;
+pub mod device_info;
 pub mod engine;
 pub mod error;
 pub mod fetch;
@@ -40,6 +42,7 @@ pub mod sampling;
 pub mod scenario;
 pub mod study;
 pub mod tokenizer;
+pub mod unit_work;
 
 pub use error::{Error, Result};
 

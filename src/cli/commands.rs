@@ -1,9 +1,9 @@
 //! The commands behind each subcommand.
 
 use super::{
-    BenchArgs, Cli, Command, EngineArgs, GenerateArgs, Int8KernelArg, JudgeArgs, MergeArgs,
-    ModelArgs, ModelsCommand, OpsArg, ProbeArgs, ReportArgs, RunArgs, SourceArg, TokenizeArgs,
-    ValidateArgs,
+    BatchingArg, BenchArgs, Cli, Command, EngineArgs, GenerateArgs, Int8KernelArg, JudgeArgs,
+    MergeArgs, ModelArgs, ModelsCommand, OpsArg, ProbeArgs, ReportArgs, RunArgs, SourceArg,
+    TokenizeArgs, ValidateArgs, WeightsArg,
 };
 use affectbench::cache;
 use affectbench::chat::Message;
@@ -67,7 +67,21 @@ fn uses_candle_ops(command: &Command) -> bool {
             return false
         }
     };
-    engine.candle_kernels || matches!(engine.ops, OpsArg::Reference) || engine.device != "cpu"
+    engine.candle_kernels
+        || matches!(engine.ops, OpsArg::Reference)
+        || engine.device != "cpu"
+        || engine.batching == BatchingArg::FixedPlan
+        || !matches!(engine.weights, WeightsArg::Auto | WeightsArg::PackedInt8)
+}
+
+/// Rows per unit when --batch-size is not given: tens on the CPU (the packed kernels
+/// gain little beyond), hundreds on a GPU (a pass is launch-bound below that).
+fn default_batch_size(device: &str) -> usize {
+    if device == "cpu" {
+        DEFAULT_BATCH_SIZE
+    } else {
+        affectbench::engine::DEFAULT_GPU_BATCH_SIZE
+    }
 }
 
 fn progress_wanted() -> bool {
@@ -241,10 +255,11 @@ fn engine_config(
     }
     let config = EngineConfig {
         device: args.device.clone(),
-        weights: if args.candle_kernels {
-            Kernels::Candle
-        } else {
-            Kernels::Packed
+        weights: match (args.weights, args.candle_kernels) {
+            (_, true) | (WeightsArg::CandleQmatmul, _) => Kernels::Candle,
+            (WeightsArg::Auto | WeightsArg::PackedInt8, _) => Kernels::Packed,
+            (WeightsArg::DenseF16, _) => Kernels::DenseF16,
+            (WeightsArg::DenseF32, _) => Kernels::DenseF32,
         },
         int8_kernel,
         ops: match args.ops {
@@ -252,8 +267,17 @@ fn engine_config(
             OpsArg::Reference => OpPath::Reference,
         },
         threads,
-        batch_size: batch_size.unwrap_or(DEFAULT_BATCH_SIZE).max(1),
+        batch_size: batch_size
+            .unwrap_or_else(|| default_batch_size(&args.device))
+            .max(1),
+        force_fixed_plan: args.batching == BatchingArg::FixedPlan,
     };
+    if args.weights == WeightsArg::PackedInt8 && args.device != "cpu" {
+        anyhow::bail!(
+            "--weights packed-int8 runs on the CPU only; on {} use --weights auto (dense f16) or candle-qmatmul",
+            args.device
+        );
+    }
     let path = config.resolved_int8_kernel();
     static WARNED: std::sync::Once = std::sync::Once::new();
     if config.weights == Kernels::Packed && config.device == "cpu" && path.slow_here() {
@@ -847,7 +871,7 @@ fn bench(registry: &Registry, args: BenchArgs, threads: usize) -> Result<()> {
     let started = std::time::Instant::now();
     let model = load_model(registry, &args.model, threads)?;
     let load_seconds = started.elapsed().as_secs_f64();
-    let engine = engine_config(&args.model.engine, threads, None)?;
+    let engine = engine_config(&args.model.engine, threads, args.batch_size)?;
     let skip: Vec<affectbench::bench::Optional> = args
         .skip
         .iter()
@@ -857,12 +881,28 @@ fn bench(registry: &Registry, args: BenchArgs, threads: usize) -> Result<()> {
             super::SkipArg::Capture => affectbench::bench::Optional::Capture,
         })
         .collect();
-    let mut report = run_bench(&model, &q, threads, args.repeats, &skip, |what| {
+    let progress = |what: &str| {
         if !args.json {
             eprintln!("measuring {what} ...");
         }
-    })?;
+    };
+    let mut report = if engine.fixed_plan() {
+        affectbench::bench_units::run_bench_units(
+            &model,
+            &q,
+            threads,
+            args.repeats,
+            engine.batch_size,
+            &args.decode_rows,
+            progress,
+        )?
+    } else {
+        run_bench(&model, &q, threads, args.repeats, &skip, progress)?
+    };
     report.load_seconds = Some(load_seconds);
+    if engine.device != "cpu" {
+        report.device = Some(affectbench::device_info::describe(&engine.device));
+    }
     report.int8_kernel = engine.record(std::slice::from_ref(&model)).int8_kernel;
     let or_skipped = |x: Option<f64>, digits: usize| {
         x.map_or("  skipped".to_string(), |v| format!("{v:>9.digits$}"))
@@ -879,6 +919,16 @@ fn bench(registry: &Registry, args: BenchArgs, threads: usize) -> Result<()> {
             report.cpu,
             report.int8_kernel.as_deref().unwrap_or("none")
         );
+        if let Some(d) = &report.device {
+            println!("device {d}");
+        }
+        if engine.fixed_plan() {
+            println!(
+                "fixed-plan path: weights {}, units of {} rows, timers synchronise the device",
+                engine.resolved_weights().name(),
+                engine.batch_size
+            );
+        }
         println!(
             "prefill ({} tokens)            {:>9.1} tok/s",
             report.prefill_tokens, report.prefill_tok_s
@@ -892,6 +942,12 @@ fn bench(registry: &Registry, args: BenchArgs, threads: usize) -> Result<()> {
             "decode (32 sequences, lockstep) {} tok/s aggregate",
             or_skipped(report.batch32_decode_tok_s, 1)
         );
+        for f in report.decode_rows.iter().filter(|f| f.rows > 32) {
+            println!(
+                "decode ({} sequences, lockstep){:>9.1} tok/s aggregate",
+                f.rows, f.tok_s
+            );
+        }
         println!(
             "questionnaire ({} items)        {:>9.2} items/s (prefix of {} tokens included)",
             report.questionnaire_items,

@@ -231,6 +231,15 @@ pub struct BenchArgs {
     /// A questionnaire workload file (default: the built-in benches/workloads/questionnaire.json).
     #[arg(long)]
     pub workload: Option<PathBuf>,
+
+    /// Rows per unit of the questionnaire on the fixed-plan path (GPUs, --batching
+    /// fixed-plan); default: 32 on the CPU, 256 on a GPU.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+
+    /// Row counts of the lockstep decode workloads on the fixed-plan path.
+    #[arg(long, value_delimiter = ',', default_values_t = affectbench::bench_units::DECODE_ROWS)]
+    pub decode_rows: Vec<usize>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -324,8 +333,10 @@ pub struct RunArgs {
     pub engine: EngineArgs,
 
     /// Most sequences in one batch: items prefilled together, sampled continuations of
-    /// one prompt decoded in lockstep (default 32). Results are identical for every
-    /// value; it only trades memory for speed.
+    /// one prompt decoded in lockstep (default 32 on the CPU, 256 on a GPU). On the CPU
+    /// results are identical for every value; it only trades memory for speed. On a GPU
+    /// (the fixed-plan path) it decides which trials share a pass, so it is part of the
+    /// run's identity: a resume must keep it (run.json records it).
     #[arg(long)]
     pub batch_size: Option<usize>,
 
@@ -480,6 +491,37 @@ pub struct EngineArgs {
     /// apply) or `reference` (candle ops, as on GPUs; for comparisons).
     #[arg(long, value_enum, default_value_t = OpsArg::Fused, env = "AFFECTBENCH_OPS")]
     pub ops: OpsArg,
+
+    /// The linear layers' weights. `auto`: packed int8 on the CPU, dequantised to f16 at
+    /// load on GPUs (cuBLAS GEMMs; about 2 bytes per parameter of device memory).
+    /// `candle-qmatmul` keeps the file's quantised blocks (the low-memory GPU option, as
+    /// --candle-kernels); `dense-f32` is the accuracy reference (and what the fixed-plan
+    /// path runs on the CPU in tests).
+    #[arg(long, value_enum, default_value_t = WeightsArg::Auto, env = "AFFECTBENCH_WEIGHTS")]
+    pub weights: WeightsArg,
+
+    /// How rows share passes. `auto`: on the CPU every row is computed alone by the
+    /// packed kernels (any batching gives the same bits); on GPUs units of up to
+    /// --batch-size trials, fixed by the plan, run as one padded pass (results reproduce
+    /// on the same GPU model, driver and batch size; run.json says which guarantee
+    /// holds). `fixed-plan` runs the GPU path on the CPU too (tests, dry runs).
+    #[arg(long, value_enum, default_value_t = BatchingArg::Auto, env = "AFFECTBENCH_BATCHING")]
+    pub batching: BatchingArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WeightsArg {
+    Auto,
+    PackedInt8,
+    DenseF16,
+    DenseF32,
+    CandleQmatmul,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BatchingArg {
+    Auto,
+    FixedPlan,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -83,6 +83,11 @@ impl KvCache {
         self.batch
     }
 
+    /// The segments of `layer`, in position order.
+    pub(crate) fn segments(&self, layer: usize) -> &[Segment] {
+        &self.layers[layer]
+    }
+
     /// Appends new keys/values `(b, h, s, d)` for `layer` and returns its segments.
     pub(crate) fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<&[Segment]> {
         let (b, h, s, d) = k.dims4()?;

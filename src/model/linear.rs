@@ -46,6 +46,9 @@ impl Linear {
     /// Stacks layers along the output dimension when they share a packed format, so one
     /// pass over the input computes them all (q/k/v, gate/up). None if they cannot fuse.
     pub fn fuse(parts: &[&Linear]) -> Option<Linear> {
+        if let Some(dense) = Self::fuse_dense(parts) {
+            return Some(dense);
+        }
         let packed: Option<Vec<(&PackedMatrix, KernelPath)>> = parts
             .iter()
             .map(|l| match l {
@@ -63,6 +66,28 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// Dense matrices of one dtype and input width stacked into one (out, in) matrix:
+    /// one GEMM instead of several on a GPU.
+    fn fuse_dense(parts: &[&Linear]) -> Option<Linear> {
+        let dense: Vec<&Tensor> = parts
+            .iter()
+            .map(|l| match l {
+                Linear::Dense(t) => Some(t),
+                _ => None,
+            })
+            .collect::<Option<_>>()?;
+        let first = dense.first()?;
+        let alike = dense
+            .iter()
+            .all(|t| t.dtype() == first.dtype() && t.dims().get(1) == first.dims().get(1));
+        if !alike || first.rank() != 2 {
+            return None;
+        }
+        Tensor::cat(&dense, 0).ok().map(Linear::Dense)
+    }
+}
+
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
@@ -72,11 +97,17 @@ impl Module for Linear {
             }),
             Linear::Quantized(q) => q.forward(x),
             Linear::Dense(w) => {
+                let wanted = x.dtype();
                 let x = x.to_dtype(w.dtype())?;
-                match *x.dims() {
-                    [b, s, k] => x.reshape((b * s, k))?.matmul(&w.t()?)?.reshape((b, s, ())),
-                    _ => x.matmul(&w.t()?),
-                }
+                let y = match *x.dims() {
+                    [b, s, k] => x
+                        .reshape((b * s, k))?
+                        .matmul(&w.t()?)?
+                        .reshape((b, s, ()))?,
+                    _ => x.matmul(&w.t()?)?,
+                };
+                // f16 weights multiply in f16; the residual stream stays in its dtype.
+                y.to_dtype(wanted)
             }
         }
     }

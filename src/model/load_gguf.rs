@@ -132,6 +132,7 @@ fn build(g: &mut GgufFile, config: ModelConfig, opts: &LoadOptions) -> Result<Tr
         let q = g.tensor(name, dev)?;
         Ok(match kernels {
             Kernels::DenseF32 => Linear::Dense(q.dequantize(dev)?),
+            Kernels::DenseF16 => Linear::Dense(q.dequantize_f16(dev)?),
             Kernels::Packed | Kernels::Candle => Linear::from_qtensor(q)?,
         })
     };
@@ -192,6 +193,8 @@ fn build(g: &mut GgufFile, config: ModelConfig, opts: &LoadOptions) -> Result<Tr
     let embd_linear = linear(g, "token_embd.weight")?;
     let embeddings = match &embd_linear {
         Linear::Packed(p, _) => Embeddings::Packed(p.clone()),
+        // One dense table serves both (rows are cast to f32 as they are looked up).
+        Linear::Dense(t) if tied => Embeddings::Dense(t.clone()),
         _ => Embeddings::Dense(dense(g, "token_embd.weight")?),
     };
     let output = if tied {

@@ -14,11 +14,13 @@ mod load_safetensors;
 pub mod reference;
 pub mod residual;
 pub mod transformer;
+pub mod unit_forward;
 
 pub use config::{Activation, Arch, ModelConfig};
 pub use kv_cache::KvCache;
 pub use residual::Keep;
 pub use transformer::{LogitsAt, OpPath, Transformer};
+pub use unit_forward::UnitKv;
 
 use crate::cache;
 use crate::chat::{ChatTemplate, Message};
@@ -71,6 +73,9 @@ pub enum Kernels {
     /// Weights dequantised to f32 and multiplied without quantising activations: slow,
     /// but the closest to the file's exact arithmetic; the accuracy reference.
     DenseF32,
+    /// Weights dequantised to f16 at load, multiplied by the device's GEMM (cuBLAS on
+    /// CUDA): the GPU default.
+    DenseF16,
 }
 
 impl Kernels {
@@ -79,6 +84,7 @@ impl Kernels {
             Kernels::Packed => "packed-int8",
             Kernels::Candle => "candle-qmatmul",
             Kernels::DenseF32 => "dense-f32",
+            Kernels::DenseF16 => "dense-f16",
         }
     }
 }

@@ -198,6 +198,15 @@ impl Transformer {
                 .any(|l| matches!(l.down, Linear::Packed(..)))
     }
 
+    /// The rope cos/sin tables, (positions, head_dim / 2), of a sliding or a global layer.
+    pub(super) fn rope_for(&self, sliding: bool) -> &(Tensor, Tensor) {
+        if sliding {
+            &self.rope_local
+        } else {
+            &self.rope_global
+        }
+    }
+
     /// The longest sequence (cached + new) this model accepts.
     pub fn max_positions(&self) -> usize {
         self.config.context_length.min(MAX_ROPE_POSITIONS)
@@ -286,7 +295,7 @@ impl Transformer {
     }
 
     /// The output projection, soft-capped where the architecture asks for it.
-    fn logits(&self, x: &Tensor) -> Result<Tensor> {
+    pub(super) fn logits(&self, x: &Tensor) -> Result<Tensor> {
         let logits = self.output.forward(x)?;
         match self.config.final_softcap {
             Some(cap) => (logits.to_dtype(DType::F32)? / cap as f64)?.tanh()? * cap as f64,
@@ -374,7 +383,7 @@ impl Transformer {
     }
 
     /// Token embeddings (b, s, d), scaled by sqrt(d) where the architecture asks for it.
-    fn embed(&self, tokens: &[Vec<u32>]) -> Result<Tensor> {
+    pub(super) fn embed(&self, tokens: &[Vec<u32>]) -> Result<Tensor> {
         let x = self.embed_rows(tokens)?;
         if self.config.scale_embeddings {
             x * (self.config.d_model as f64).sqrt()
@@ -462,7 +471,7 @@ impl Transformer {
     }
 
     /// Normalised input projected to queries, keys and values, each (b, s, heads*hd).
-    fn project_qkv(&self, l: &Layer, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    pub(super) fn project_qkv(&self, l: &Layer, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let cfg = &self.config;
         let (nh, nkv, hd) = (cfg.n_head, cfg.n_kv_head, cfg.head_dim);
         let h = self.rms_norm(x, &l.attn_norm)?;
@@ -670,7 +679,7 @@ impl Transformer {
     }
 
     /// Output projection, residuals and the feed-forward block, position by position.
-    fn finish_layer(&self, l: &Layer, x: &Tensor, attn: &Tensor) -> Result<Tensor> {
+    pub(super) fn finish_layer(&self, l: &Layer, x: &Tensor, attn: &Tensor) -> Result<Tensor> {
         let cfg = &self.config;
         let mut out = l.o_proj.forward(attn)?;
         if let Some(n) = &l.post_attn_norm {
@@ -755,7 +764,7 @@ fn cpu_f32<'a, G: std::ops::Deref<Target = candle_core::Storage>>(
 impl Transformer {
     /// RMS norm over the last dimension: the kernel pool's on the fused path (bit-
     /// identical to candle's, without rayon's second pool), candle's otherwise.
-    fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    pub(super) fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         let eps = self.config.rms_eps;
         if self.op_path != OpPath::Fused || x.dtype() != DType::F32 || w.dtype() != DType::F32 {
             return rms_norm(x, w, eps);
@@ -772,7 +781,7 @@ impl Transformer {
     }
 }
 
-fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+pub(super) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)
 }
 

@@ -276,6 +276,14 @@ pub struct EngineRecord {
     /// Attention and gated activation: `fused` (our CPU kernels) or `reference` (candle
     /// ops; also what GPUs run).
     pub ops: Option<String>,
+    /// Why the results reproduce: `batch_invariant` (packed CPU kernels: any batching
+    /// gives the same bits) or `fixed_plan` (each unit's rows fixed by the plan and the
+    /// batch size: the same device, driver, libraries and batch size give the same bits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guarantee: Option<String>,
+    /// Under `fixed_plan`: the device, driver and library versions the bits depend on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accelerator: Option<String>,
 }
 
 impl EngineRecord {
@@ -301,9 +309,36 @@ impl EngineRecord {
             ("weights", self.weights.clone(), other.weights.clone()),
             ("int8_kernel", kernels.0, kernels.1),
             ("ops", self.ops.clone(), other.ops.clone()),
+            // Runs recorded before guarantees were named were batch-invariant or ran row
+            // by row, which a fixed plan does not reproduce.
+            (
+                "guarantee",
+                Some(self.guarantee.clone().unwrap_or("batch_invariant".into())),
+                Some(other.guarantee.clone().unwrap_or("batch_invariant".into())),
+            ),
         ];
+        // Under a fixed plan the unit composition (batch size) and the device and its
+        // libraries decide the bits too.
+        let fixed = |r: &EngineRecord| r.guarantee.as_deref() == Some("fixed_plan");
+        let plan_pairs = if fixed(self) || fixed(other) {
+            vec![
+                (
+                    "batch_size",
+                    self.batch_size.map(|b| b.to_string()),
+                    other.batch_size.map(|b| b.to_string()),
+                ),
+                (
+                    "accelerator",
+                    self.accelerator.clone(),
+                    other.accelerator.clone(),
+                ),
+            ]
+        } else {
+            Vec::new()
+        };
         pairs
             .iter()
+            .chain(&plan_pairs)
             .filter(|(_, a, b)| a != b)
             .map(|(name, a, b)| format!("{name}: {} vs {}", shown(a), shown(b)))
             .collect()
@@ -375,7 +410,48 @@ mod tests {
             weights: Some("packed-int8".into()),
             int8_kernel: Some(kernel.into()),
             ops: Some("fused".into()),
+            guarantee: None,
+            accelerator: None,
         }
+    }
+
+    fn fixed_plan(batch: usize, gpu: &str) -> EngineRecord {
+        EngineRecord {
+            device: "cuda:0".into(),
+            batch_size: Some(batch),
+            weights: Some("dense-f16".into()),
+            int8_kernel: Some("none".into()),
+            ops: Some("reference".into()),
+            guarantee: Some("fixed_plan".into()),
+            accelerator: Some(gpu.into()),
+            ..record("none")
+        }
+    }
+
+    #[test]
+    fn a_fixed_plan_resumes_only_with_its_batch_size_and_device() {
+        let h200 = "NVIDIA H200, driver 580.95, CUDA 13.0";
+        assert!(fixed_plan(256, h200)
+            .result_changing_differences(&fixed_plan(256, h200))
+            .is_empty());
+        let d = fixed_plan(256, h200).result_changing_differences(&fixed_plan(64, h200));
+        assert!(
+            d.iter().any(|x| x.starts_with("batch_size: 256 vs 64")),
+            "{d:?}"
+        );
+        let d = fixed_plan(256, h200)
+            .result_changing_differences(&fixed_plan(256, "NVIDIA H100, driver 580.95"));
+        assert!(d.iter().any(|x| x.starts_with("accelerator")), "{d:?}");
+        // A run recorded before guarantees were named resumes on the packed path...
+        let mut named = record("avx2");
+        named.guarantee = Some("batch_invariant".into());
+        assert!(record("avx2")
+            .result_changing_differences(&named)
+            .is_empty());
+        // ...whose batch size never mattered.
+        let mut other_batch = named.clone();
+        other_batch.batch_size = Some(4);
+        assert!(named.result_changing_differences(&other_batch).is_empty());
     }
 
     #[test]

@@ -258,6 +258,86 @@ pub fn lockstep_completions(
     Ok(out)
 }
 
+/// `lockstep_completions` on the fixed-plan path: the rows decoded together are all of
+/// the group's completion trials that share a prompt (done or not), in plan order, in
+/// chunks of `batch_size`, so a trial's batch, and with it its bits, is the same in an
+/// uninterrupted run, a resumed one and any shard. Only chunks holding a trial still to
+/// run are computed; the map holds every trial of those chunks.
+pub fn fixed_plan_completions(
+    study: &Study,
+    model: &Model,
+    ctx: &GroupContext,
+    members: &[&Trial],
+    todo: &std::collections::HashSet<&str>,
+    batch_size: usize,
+) -> Result<BTreeMap<String, CompletionTokens>> {
+    let mut by_prompt: BTreeMap<&[u32], Vec<&Trial>> = BTreeMap::new();
+    for t in members
+        .iter()
+        .filter(|t| matches!(t.question, Question::Completion { .. }))
+    {
+        by_prompt
+            .entry(&ctx.prompt(&t.id)?.tokens)
+            .or_default()
+            .push(t);
+    }
+    let sampling = study_sampling(study)?;
+    let max = study
+        .completion
+        .as_ref()
+        .map(|c| c.max_tokens)
+        .unwrap_or(24);
+    let mut out = BTreeMap::new();
+    for (tokens, trials) in by_prompt {
+        let chunks: Vec<&[&Trial]> = trials
+            .chunks(batch_size.max(1))
+            .filter(|c| c.iter().any(|t| todo.contains(t.id.as_str())))
+            .collect();
+        if chunks.is_empty() {
+            continue;
+        }
+        let prompt = ctx.extend(model, tokens);
+        for chunk in chunks {
+            let decoded = prompt
+                .as_ref()
+                .map_err(|e| e.to_string())
+                .and_then(|(cache, logits)| {
+                    let mut rngs: Vec<_> = chunk
+                        .iter()
+                        .map(|t| Stream::Completion { trial: &t.id }.rng(study.seed))
+                        .collect();
+                    crate::model::UnitKv::new(&model.transformer, cache, chunk.len(), max)
+                        .map_err(Error::from)
+                        .and_then(|kv| {
+                            crate::unit_work::decode_lockstep(
+                                model,
+                                kv,
+                                vec![logits.clone(); chunk.len()],
+                                &sampling,
+                                &mut rngs,
+                                max,
+                                |_, _| Ok(true),
+                            )
+                        })
+                        .map_err(|e| e.to_string())
+                });
+            match decoded {
+                Ok(rows) => {
+                    for (t, (sampled, _)) in chunk.iter().zip(rows) {
+                        out.insert(t.id.clone(), Ok(sampled));
+                    }
+                }
+                Err(e) => {
+                    for t in chunk {
+                        out.insert(t.id.clone(), Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The order a group's pending trials run in: completions one by one (their tokens
 /// come from the lockstep batch), then item trials in units of at most `batch_size`, in
 /// plan order (each unit prefilled together, whatever the lengths of its members).

@@ -21,6 +21,7 @@ use crate::sampling::inverse_cdf;
 use crate::scenario::study::PerConversation;
 use crate::scenario::study::CONTENT_FREE_TEXTS;
 use crate::scenario::{Instrument, Item, Judge, Library, Response, Study};
+use crate::unit_work;
 use rand::Rng;
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -30,13 +31,17 @@ use std::time::Instant;
 /// log-probabilities scored with the unit (None where there is no single answer
 /// position).
 pub struct Prefilled {
-    pub cache: KvCache,
+    /// The prompt's cache (None on the fixed-plan path, whose rows live in the unit's
+    /// grid; a re-ask there recomputes its row alone from the shared prefix).
+    pub cache: Option<KvCache>,
     pub logits: Vec<f32>,
     pub prefill_ms: f64,
     pub option_logprobs: Option<Vec<f64>>,
     /// The residual stream at the answer position after each of the group's captured
     /// blocks (empty without capture).
     pub states: Vec<Vec<f32>>,
+    /// The generated read-out's first attempt, decoded with the unit (fixed-plan path).
+    pub first_answer: Option<Vec<u32>>,
 }
 
 /// The labels an item trial shows, their values and their tokens.
@@ -70,22 +75,7 @@ pub fn prefill_unit(
     .into_iter()
     .map(|e| (e.cache, e.logits, e.states))
     .collect();
-    let options: Vec<Option<ItemOptions>> = unit
-        .iter()
-        .map(|t| match &t.question {
-            Question::Item { instrument, .. } | Question::ContentFree { instrument, .. } => {
-                item_options(
-                    study,
-                    model,
-                    &lib.instruments[instrument],
-                    &ctx.prompt(&t.id)?.labels,
-                )
-            }
-            Question::Completion { .. } => {
-                Err(Error::Run("internal: a completion in an item unit".into()))
-            }
-        })
-        .collect::<Result<_>>()?;
+    let options = unit_options(study, lib, model, ctx, unit)?;
     let scoring: Vec<ScoringRow<'_>> = rows
         .iter()
         .zip(&options)
@@ -99,12 +89,107 @@ pub fn prefill_unit(
         .into_iter()
         .zip(&options)
         .map(|((cache, logits, states), o)| Prefilled {
-            cache,
+            cache: Some(cache),
             logits,
             prefill_ms,
             option_logprobs: o.as_ref().and_then(|_| scored.next()),
             states,
+            first_answer: None,
         })
+        .collect())
+}
+
+/// The options each item trial of a unit shows (None where it has no single answer
+/// position).
+fn unit_options(
+    study: &Study,
+    lib: &Library,
+    model: &Model,
+    ctx: &GroupContext,
+    unit: &[&Trial],
+) -> Result<Vec<Option<ItemOptions>>> {
+    unit.iter()
+        .map(|t| match &t.question {
+            Question::Item { instrument, .. } | Question::ContentFree { instrument, .. } => {
+                item_options(
+                    study,
+                    model,
+                    &lib.instruments[instrument],
+                    &ctx.prompt(&t.id)?.labels,
+                )
+            }
+            Question::Completion { .. } => {
+                Err(Error::Run("internal: a completion in an item unit".into()))
+            }
+        })
+        .collect()
+}
+
+/// `prefill_unit` on the fixed-plan path (`unit_work`): the unit's prompts in one
+/// padded pass, its options scored together, and the first attempt of every generated
+/// read-out decoded in lockstep, each row on its own stream. The unit must be the
+/// plan's (`work_units` of all the group's trials), since its composition decides the
+/// bits.
+pub fn prefill_unit_fixed_plan(
+    study: &Study,
+    lib: &Library,
+    model: &Model,
+    ctx: &GroupContext,
+    unit: &[&Trial],
+) -> Result<Vec<Prefilled>> {
+    let started = Instant::now();
+    let suffixes: Vec<Vec<u32>> = unit
+        .iter()
+        .map(|t| Ok(ctx.prompt(&t.id)?.tokens[ctx.shared.len()..].to_vec()))
+        .collect::<Result<_>>()?;
+    let options = unit_options(study, lib, model, ctx, unit)?;
+    let prefilled = unit_work::prefill(model, &ctx.cache, &suffixes, study.max_answer_tokens)?;
+    let option_tokens: Vec<Option<&[Vec<u32>]>> = options
+        .iter()
+        .map(|o| o.as_ref().map(|o| &o.tokens[..]))
+        .collect();
+    let scored = unit_work::option_logprobs(model, &prefilled, &option_tokens)?;
+    let prefill_ms = started.elapsed().as_secs_f64() * 1e3 / unit.len() as f64;
+    let sampling = study_sampling(study)?;
+    // Content-free prompts have no generated read-out: their rows stop at once (the
+    // stream they draw that one token from is never used elsewhere).
+    let generates: Vec<bool> = unit.iter().map(|t| !t.question.is_content_free()).collect();
+    let single = |t: &Trial| t.question.item().is_some();
+    let mut rngs: Vec<_> = unit
+        .iter()
+        .map(|t| {
+            Stream::Answer {
+                trial: &t.id,
+                attempt: 0,
+            }
+            .rng(study.seed)
+        })
+        .collect();
+    let answers = unit_work::decode_lockstep(
+        model,
+        prefilled.kv,
+        prefilled.logits.clone(),
+        &sampling,
+        &mut rngs,
+        study.max_answer_tokens,
+        |r, tokens| Ok(generates[r] && (!single(unit[r]) || !first_line_complete(model, tokens)?)),
+    )?;
+    Ok(prefilled
+        .logits
+        .into_iter()
+        .zip(scored)
+        .zip(answers)
+        .zip(&generates)
+        .map(
+            |(((logits, option_logprobs), (answer, _)), &generates)| Prefilled {
+                cache: None,
+                logits,
+                prefill_ms,
+                option_logprobs,
+                states: Vec::new(),
+                first_answer: generates.then_some(answer),
+            },
+        )
         .collect())
 }
 
@@ -226,14 +311,20 @@ pub fn run_item(
         logits,
         prefill_ms,
         option_logprobs: scored,
+        first_answer,
         ..
     } = prefilled;
 
     let started = Instant::now();
     if let Some(options) = item_options(study, model, ins, &prompt.labels)? {
-        let lps = match scored {
-            Some(lps) => lps,
-            None => option_logprobs(model, &cache, &logits, &options.tokens)?,
+        let lps = match (scored, &cache) {
+            (Some(lps), _) => lps,
+            (None, Some(cache)) => option_logprobs(model, cache, &logits, &options.tokens)?,
+            (None, None) => {
+                return Err(Error::Run(
+                    "internal: an item's options were not scored with its unit".into(),
+                ))
+            }
         };
         let (probs, mass) = normalise(&lps);
         let keying = item_def.map(|it| (ins, it));
@@ -259,7 +350,14 @@ pub fn run_item(
 
     let started = Instant::now();
     rec.generate = Some(generated_answer(
-        study, lib, model, ctx, trial, ins, item_def, cache, logits,
+        study,
+        lib,
+        model,
+        ctx,
+        trial,
+        ins,
+        item_def,
+        (cache, logits, first_answer),
     )?);
     rec.timing = Timing {
         prefill_ms: Some(prefill_ms),
@@ -281,8 +379,7 @@ fn generated_answer(
     trial: &Trial,
     ins: &Instrument,
     item_def: Option<&Item>,
-    cache: KvCache,
-    logits: Vec<f32>,
+    (cache, logits, first_answer): (Option<KvCache>, Vec<f32>, Option<Vec<u32>>),
 ) -> Result<GenerateReadout> {
     let prompt = ctx.prompt(&trial.id)?;
     let sampling = study_sampling(study)?;
@@ -308,13 +405,16 @@ fn generated_answer(
                 .take_while(|(a, b)| a == b)
                 .count()
                 .min(conv_tokens.len() - 1);
-            if common >= ctx.shared.len() {
-                cache.truncate(common)?;
-                logits = model
-                    .transformer
-                    .last_logits(&conv_tokens[common..], &mut cache)?;
-            } else {
-                (cache, logits) = ctx.extend(model, &conv_tokens)?;
+            match cache.as_mut() {
+                Some(c) if common >= ctx.shared.len() => {
+                    c.truncate(common)?;
+                    logits = model.transformer.last_logits(&conv_tokens[common..], c)?;
+                }
+                // No cache (fixed-plan path: the row alone, a composition of its own).
+                _ => {
+                    let (c, l) = ctx.extend(model, &conv_tokens)?;
+                    (cache, logits) = (Some(c), l);
+                }
             }
             cached_tokens = conv_tokens;
         }
@@ -323,21 +423,34 @@ fn generated_answer(
             attempt,
         }
         .rng(study.seed);
-        let (sampled, after, _) = decode(
-            model,
-            cache.clone(),
-            logits.clone(),
-            &sampling,
-            &mut rng,
-            study.max_answer_tokens,
-            |t| Ok(!single || !first_line_complete(model, t)?),
-        )?;
+        let sampled =
+            match (attempt, &first_answer, &cache) {
+                (0, Some(first), _) => first.clone(),
+                (_, _, Some(c)) => {
+                    let (sampled, after, _) = decode(
+                        model,
+                        c.clone(),
+                        logits.clone(),
+                        &sampling,
+                        &mut rng,
+                        study.max_answer_tokens,
+                        |t| Ok(!single || !first_line_complete(model, t)?),
+                    )?;
+                    // `after` holds the prompt plus the sampled tokens (maybe all but the
+                    // last); the common-prefix truncation above copes with either.
+                    if !sampled.is_empty() {
+                        cache = Some(after);
+                    }
+                    sampled
+                }
+                _ => return Err(Error::Run(
+                    "internal: an item's answer has neither a cache nor a decoded first attempt"
+                        .into(),
+                )),
+            };
         let reply = model.tokenizer.decode(&sampled)?;
         used_tokens += sampled.len();
-        // `after` holds the prompt plus the sampled tokens (maybe all but the last); the
-        // common-prefix truncation above copes with either.
-        if !sampled.is_empty() {
-            cache = after;
+        if !sampled.is_empty() && cache.is_some() {
             cached_tokens.extend_from_slice(&sampled[..sampled.len() - 1]);
         }
         let parsed = read_answer(ins, &prompt.labels, single, &reply);

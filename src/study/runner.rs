@@ -11,13 +11,15 @@
 //! the error for each of its trials); the run stops, with status `error`, when more than
 //! 20% of at least 10 trials have failed or when anything outside a trial fails.
 
-use super::group::{lockstep_completions, work_units, GroupContext};
+use super::group::{fixed_plan_completions, lockstep_completions, work_units, GroupContext};
 use super::internals::{model_for, prepare as prepare_internals, ModelInternals};
 use super::interrupt;
 use super::plan::{count_trials, expand, Plan, Trial, MAX_PLAN_TRIALS};
 use super::progress::Progress;
 use super::provenance::{model_provenance, new_header, HeaderInputs};
-use super::readouts::{base_record, prefill_unit, run_completion, run_item, JudgeBias};
+use super::readouts::{
+    base_record, prefill_unit, prefill_unit_fixed_plan, run_completion, run_item, JudgeBias,
+};
 use super::run_dir::RunDir;
 use super::summary::summarise;
 use crate::engine::EngineConfig;
@@ -104,6 +106,12 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
         &cfg.directions,
         previous.as_ref(),
     )?;
+    if cfg.engine.fixed_plan() && internals.iter().any(|i| i.capture.is_some()) {
+        return Err(run_err(format!(
+            "this study captures internal states ([capture]), which runs on the packed CPU path only; run it with --device cpu{}",
+            if cfg.engine.force_fixed_plan { " and without --batching fixed-plan" } else { "" }
+        )));
+    }
     let mut header = new_header(HeaderInputs {
         study_path: &cfg.study_path,
         study: &study,
@@ -185,7 +193,10 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
             &internals,
             &plan,
             &pending,
-            cfg.engine.batch_size,
+            Batching {
+                size: cfg.engine.batch_size,
+                fixed_plan: cfg.engine.fixed_plan(),
+            },
             &mut dir,
             &mut progress,
             &mut tally,
@@ -361,6 +372,18 @@ struct Tally {
     failed: usize,
 }
 
+/// How trials share passes.
+#[derive(Clone, Copy)]
+struct Batching {
+    /// Most rows in a unit.
+    size: usize,
+    /// Units are the plan's (all of a group's trials, done or not, in plan order), and a
+    /// unit with any trial to run is computed whole; only its pending records are
+    /// written. Otherwise units are made of the pending trials alone (the packed path,
+    /// where batching changes no bits).
+    fixed_plan: bool,
+}
+
 /// Runs the pending trials group by group, appending each record as it is made.
 #[allow(clippy::too_many_arguments)]
 fn execute(
@@ -370,7 +393,7 @@ fn execute(
     internals: &[ModelInternals],
     plan: &Plan,
     pending: &[&Trial],
-    batch_size: usize,
+    batching: Batching,
     dir: &mut RunDir,
     progress: &mut Progress,
     tally: &mut Tally,
@@ -431,15 +454,39 @@ fn execute(
             capture,
             steering.clone(),
         )?;
-        let completions = lockstep_completions(study, model, &ctx, &todo, batch_size)?;
-        for unit in work_units(&todo, batch_size) {
+        let batch_size = batching.size;
+        let (completions, units) = if batching.fixed_plan {
+            let todo_ids: HashSet<&str> = todo.iter().map(|t| t.id.as_str()).collect();
+            let units: Vec<Vec<&Trial>> = work_units(&members, batch_size)
+                .into_iter()
+                .filter(|u| u.iter().any(|t| todo_ids.contains(t.id.as_str())))
+                .collect();
+            (
+                fixed_plan_completions(study, model, &ctx, &members, &todo_ids, batch_size)?,
+                units,
+            )
+        } else {
+            (
+                lockstep_completions(study, model, &ctx, &todo, batch_size)?,
+                work_units(&todo, batch_size),
+            )
+        };
+        for unit in units {
             let started = Instant::now();
             let records: Vec<Result<TrialRecord>> = if unit[0].question.is_item() {
-                match prefill_unit(study, lib, model, &ctx, &unit) {
+                let prefilled = if batching.fixed_plan {
+                    prefill_unit_fixed_plan(study, lib, model, &ctx, &unit)
+                } else {
+                    prefill_unit(study, lib, model, &ctx, &unit)
+                };
+                match prefilled {
                     Ok(rows) => unit
                         .iter()
                         .zip(rows)
                         .map(|(t, mut p)| {
+                            if !pending_ids.contains(t.id.as_str()) {
+                                return Err(run_err("written already; computed for its unit"));
+                            }
                             if let Some(w) = states[mi].as_mut() {
                                 w.append(
                                     &t.id,
@@ -466,6 +513,9 @@ fn execute(
             } else {
                 unit.iter()
                     .map(|t| {
+                        if !pending_ids.contains(t.id.as_str()) {
+                            return Err(run_err("written already; decoded for its batch"));
+                        }
                         run_completion(
                             study,
                             lib,
@@ -479,6 +529,14 @@ fn execute(
                     .collect()
             };
             let per_trial_ms = started.elapsed().as_secs_f64() * 1e3 / unit.len() as f64;
+            // A fixed-plan unit may hold trials already written (before a resume, or
+            // outside --max-trials): they were computed only for their unit's sake.
+            let (unit, records): (Vec<&Trial>, Vec<Result<TrialRecord>>) = unit
+                .iter()
+                .zip(records)
+                .filter(|(t, _)| pending_ids.contains(t.id.as_str()))
+                .map(|(t, r)| (*t, r))
+                .unzip();
             // A stop asked for while the unit ran may have cut its passes short: its
             // records are not written (a resume computes them, to the same values).
             if let Some(signal) = interrupt::requested() {
