@@ -113,9 +113,20 @@ impl EngineConfig {
     /// the reference where a head dim has no fused kernel).
     pub fn record(&self, models: &[Model]) -> EngineRecord {
         let packed = models.iter().any(|m| m.transformer.uses_packed_weights());
-        let weights = match self.resolved_weights() {
-            Kernels::Packed if !packed => Kernels::Candle,
-            w => w,
+        // What the models actually hold (a safetensors directory loads f32 whatever
+        // was asked; a GGUF whose output matrix does not pack runs candle's kernels).
+        let mut kinds: Vec<&str> = models
+            .iter()
+            .map(|m| m.transformer.weights_kind().name())
+            .collect();
+        kinds.dedup();
+        let weights = if kinds.is_empty() {
+            self.resolved_weights().name().to_string()
+        } else if packed && kinds.iter().any(|k| *k != Kernels::Packed.name()) {
+            // Packed layers with a few candle ones (matrices that do not pack): packed.
+            Kernels::Packed.name().to_string()
+        } else {
+            kinds.join("+")
         };
         let mut ops: Vec<&str> = models
             .iter()
@@ -126,7 +137,7 @@ impl EngineConfig {
             device: self.device.clone(),
             threads: self.threads,
             batch_size: Some(self.batch_size),
-            weights: Some(weights.name().to_string()),
+            weights: Some(weights),
             int8_kernel: Some(
                 if packed {
                     self.resolved_int8_kernel().name()

@@ -189,6 +189,17 @@ impl Transformer {
             })
     }
 
+    /// The kernels the output projection runs on (every matrix of a model loads alike,
+    /// but for what the loader could not pack): what run.json records as `weights`.
+    pub fn weights_kind(&self) -> super::Kernels {
+        match &self.output {
+            Linear::Packed(..) => super::Kernels::Packed,
+            Linear::Quantized(_) => super::Kernels::Candle,
+            Linear::Dense(t) if t.dtype() == DType::F16 => super::Kernels::DenseF16,
+            Linear::Dense(_) => super::Kernels::DenseF32,
+        }
+    }
+
     /// Whether any projection runs on the packed int8 kernels.
     pub fn uses_packed_weights(&self) -> bool {
         matches!(self.output, Linear::Packed(..))

@@ -183,6 +183,21 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
             ));
         }
     }
+    if cfg.engine.fixed_plan() {
+        for m in &models {
+            let c = &m.transformer.config;
+            // Keys and values, f32, every layer: what one row's slot costs in a unit's grid.
+            let per_slot = c.n_layer * c.n_kv_head * c.head_dim * 2 * 4;
+            let rows = cfg.engine.batch_size;
+            progress.note(&format!(
+                "{}: fixed-plan units of up to {rows} rows ({}); their key/value grid takes {:.1} KB per row per position, {:.0} MB for {rows} rows of 256 positions",
+                m.info.label,
+                cfg.engine.guarantee().name(),
+                per_slot as f64 / 1e3,
+                (per_slot * rows * 256) as f64 / 1e6
+            ));
+        }
+    }
     let mut tally = Tally::default();
     // A panic anywhere in the engine must still leave run.json saying what happened.
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
