@@ -334,3 +334,43 @@ fn the_build_script_watches_the_commit_and_sources_not_the_git_index() {
         assert!(watched.contains(&path), "{path} not watched: {output}");
     }
 }
+
+/// Every relative link in README.md and docs/ points at a file inside the repository
+/// (links to the web are not checked: CI has no network).
+#[test]
+fn relative_links_in_the_docs_resolve_inside_the_repository() {
+    let root = std::fs::canonicalize(".").unwrap();
+    let mut pages = vec![root.join("README.md")];
+    if let Ok(dir) = std::fs::read_dir(root.join("docs")) {
+        pages.extend(
+            dir.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "md")),
+        );
+    }
+    let mut broken = Vec::new();
+    for page in &pages {
+        let text = std::fs::read_to_string(page).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            for part in line.split("](").skip(1) {
+                let Some(target) = part.split(')').next() else {
+                    continue;
+                };
+                let target = target.split('#').next().unwrap_or("");
+                if target.is_empty() || target.contains("://") || target.starts_with("mailto:") {
+                    continue;
+                }
+                let resolved = page.parent().unwrap().join(target);
+                let inside = std::fs::canonicalize(&resolved).is_ok_and(|p| p.starts_with(&root));
+                if !inside {
+                    broken.push(format!("{}:{}: {target}", page.display(), i + 1));
+                }
+            }
+        }
+    }
+    assert!(
+        broken.is_empty(),
+        "links that do not resolve inside the repository:\n{}",
+        broken.join("\n")
+    );
+}

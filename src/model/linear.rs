@@ -34,15 +34,6 @@ impl Linear {
         Ok(Linear::Quantized(QMatMul::from_qtensor(q)?))
     }
 
-    pub fn out_features(&self) -> usize {
-        match self {
-            Linear::Packed(p, _) => p.n,
-            Linear::Quantized(QMatMul::QTensor(q)) => q.shape().dims()[0],
-            Linear::Quantized(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.dims()[0],
-            Linear::Dense(t) => t.dims()[0],
-        }
-    }
-
     /// Stacks layers along the output dimension when they share a packed format, so one
     /// pass over the input computes them all (q/k/v, gate/up). None if they cannot fuse.
     pub fn fuse(parts: &[&Linear]) -> Option<Linear> {

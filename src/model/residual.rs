@@ -61,11 +61,6 @@ impl Transformer {
         Ok(out)
     }
 
-    /// Whether any steering vector is set.
-    pub fn is_steered(&self) -> bool {
-        !self.steering.is_empty()
-    }
-
     /// Refuses block positions outside 0..=n_layer, or asked twice.
     pub(crate) fn check_capture(&self, capture: &[usize]) -> Result<()> {
         let n = self.config.n_layer;

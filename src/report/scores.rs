@@ -186,7 +186,7 @@ pub fn scale_scores(data: &RunData) -> Vec<ScaleScore> {
 }
 
 /// The judge's expected valence: sum of probability x option value.
-pub fn judge_valence(t: &TrialRecord) -> Option<f64> {
+pub fn recorded_judge_valence(t: &TrialRecord) -> Option<f64> {
     t.judge.as_ref().map(|j| j.expected)
 }
 
@@ -225,7 +225,7 @@ pub fn completion_scores(data: &RunData) -> Vec<CompletionScore> {
                 conversation: format!("{}/{}", t.seed, t.group_id),
                 lexicon: lex.valence,
                 lexicon_words: lex.matched,
-                judge: judge_valence(t),
+                judge: recorded_judge_valence(t),
                 judge_calibrated: t.judge_detail.as_ref().map(|d| d.calibrated_expected),
                 judge_by_order: t
                     .judge_detail

@@ -6,7 +6,7 @@ use super::analysis::{interval_n, test_name, Analysis, Arm};
 use super::bias;
 use super::lexicon;
 use super::load::RunData;
-use super::scores::judge_valence;
+use super::scores::recorded_judge_valence;
 use super::stats::{BootstrapCi, HedgesG, MIN_N_BCA, MIN_N_INTERVAL};
 use crate::error::{Error, Result};
 use crate::results::{LabelBinding, Question};
@@ -747,7 +747,7 @@ pub fn write_trials_csv(path: &Path, data: &RunData) -> Result<()> {
             opt(t.calibrated.as_ref().map(|c| c.keyed_expected)),
             s(&t.completion),
             opt(t.completion.as_ref().map(|x| lexicon::score(x).valence)),
-            opt(judge_valence(t)),
+            opt(recorded_judge_valence(t)),
             opt(t.judge_detail.as_ref().map(|d| d.calibrated_expected)),
             t.continues_stem
                 .map(|b| b.to_string())

@@ -590,7 +590,7 @@ fn execute(
     Ok(())
 }
 
-/// Groups and trials of a study, for `--dry-run`-style inspection and tests.
+/// Groups and trials of a study, without running it (`merge` checks shards against it; tests).
 pub fn plan_for(
     study_path: &Path,
     scenarios_root: Option<&Path>,
