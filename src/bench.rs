@@ -25,7 +25,28 @@ pub struct Questionnaire {
 
 pub const DEFAULT_QUESTIONNAIRE: &str = include_str!("../benches/workloads/questionnaire.json");
 
+/// A questionnaire's prefix, items and options as token ids.
+pub type EncodedQuestionnaire = (Vec<u32>, Vec<Vec<u32>>, Vec<Vec<u32>>);
+
 impl Questionnaire {
+    /// The prefix, items and options as token ids: the prefix starts the text, so it
+    /// gets the model's special tokens (BOS where used); options follow a space.
+    pub fn encode(&self, model: &Model) -> Result<EncodedQuestionnaire> {
+        let enc = |t: &str| model.tokenizer.encode(t, false);
+        let prefix = model.tokenizer.encode(&self.prefix, true)?;
+        let items = self
+            .items
+            .iter()
+            .map(|i| enc(i))
+            .collect::<Result<Vec<_>>>()?;
+        let options = self
+            .options
+            .iter()
+            .map(|o| enc(&format!(" {o}")))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((prefix, items, options))
+    }
+
     pub fn parse(text: &str, origin: &str) -> Result<Self> {
         serde_json::from_str(text).map_err(|e| Error::DataFile {
             path: origin.into(),
@@ -261,15 +282,7 @@ pub fn run_bench(
     }
 
     progress("questionnaire");
-    let enc = |t: &str| model.tokenizer.encode(t, false);
-    // The prefix starts the text, so it gets the model's special tokens (BOS where used).
-    let prefix = model.tokenizer.encode(&q.prefix, true)?;
-    let items = q.items.iter().map(|i| enc(i)).collect::<Result<Vec<_>>>()?;
-    let options = q
-        .options
-        .iter()
-        .map(|o| enc(&format!(" {o}")))
-        .collect::<Result<Vec<_>>>()?;
+    let (prefix, items, options) = q.encode(model)?;
     let pass_s = timed(repeats, || {
         questionnaire_pass(model, &prefix, &items, &options, ROWS).map(|_| ())
     })?;

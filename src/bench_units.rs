@@ -109,14 +109,7 @@ pub fn run_bench_units(
     }
 
     progress("questionnaire");
-    let enc = |t: &str| model.tokenizer.encode(t, false);
-    let prefix = model.tokenizer.encode(&q.prefix, true)?;
-    let items = q.items.iter().map(|i| enc(i)).collect::<Result<Vec<_>>>()?;
-    let options = q
-        .options
-        .iter()
-        .map(|o| enc(&format!(" {o}")))
-        .collect::<Result<Vec<_>>>()?;
+    let (prefix, items, options) = q.encode(model)?;
     let pass_s = timed(model, repeats, || {
         questionnaire(model, &prefix, &items, &options, batch)
     })?;

@@ -187,38 +187,8 @@ pub fn decode_lockstep(
             cache.repeat_batch(n)?
         };
         loop {
-            // Sampling is CPU work independent per row (own stream, own logits), so the
-            // rows sample in parallel, on the same pool as the kernels (a second pool
-            // would spin against it); the result does not depend on the scheduling.
-            let mut drawn: Vec<Option<u32>> = vec![None; n];
-            // Each row's finiteness is checked by the task that samples it (on the pool,
-            // not serially: 32 rows x the vocabulary every step).
-            let mut finite: Vec<Result<()>> = (0..n).map(|_| Ok(())).collect();
-            {
-                let (rng_at, drawn_at, finite_at) = (
-                    DisjointMut::new(chunk),
-                    DisjointMut::new(&mut drawn),
-                    DisjointMut::new(&mut finite),
-                );
-                let (rows, row_logits) = (&rows, &row_logits);
-                crate::kernels::pool::pool().execute_chunked(n, move |range| {
-                    for i in range {
-                        if rows[i].1.is_none() {
-                            // SAFETY: row i's rng, slot and check are touched by this task only.
-                            let (rng, slot, ok) = unsafe {
-                                (
-                                    &mut rng_at.part(i, 1)[0],
-                                    &mut drawn_at.part(i, 1)[0],
-                                    &mut finite_at.part(i, 1)[0],
-                                )
-                            };
-                            *ok = check_finite(&row_logits[i]);
-                            *slot = Some(sample(&row_logits[i], sampling, rng));
-                        }
-                    }
-                });
-            }
-            finite.into_iter().collect::<Result<()>>()?;
+            let running: Vec<bool> = rows.iter().map(|r| r.1.is_none()).collect();
+            let drawn = sample_rows(&row_logits, &running, sampling, chunk)?;
             let mut feed = Vec::with_capacity(n);
             for (i, next) in drawn.into_iter().enumerate() {
                 let (tokens, stopped) = &mut rows[i];
@@ -254,6 +224,46 @@ pub fn decode_lockstep(
         );
     }
     Ok(results)
+}
+
+/// One draw per running row (`running[i]`), row i from `rngs[i]` and `logits[i]`, each
+/// row's logits checked finite first; stopped rows draw nothing. Sampling is CPU work
+/// independent per row, so the rows sample in parallel on the kernels' pool (a second
+/// pool would spin against it); the result does not depend on the scheduling.
+pub fn sample_rows(
+    logits: &[Vec<f32>],
+    running: &[bool],
+    sampling: &Sampling,
+    rngs: &mut [rand_chacha::ChaCha20Rng],
+) -> Result<Vec<Option<u32>>> {
+    let n = running.len();
+    let mut drawn: Vec<Option<u32>> = vec![None; n];
+    let mut finite: Vec<Result<()>> = (0..n).map(|_| Ok(())).collect();
+    {
+        let (rng_at, drawn_at, finite_at) = (
+            DisjointMut::new(rngs),
+            DisjointMut::new(&mut drawn),
+            DisjointMut::new(&mut finite),
+        );
+        crate::kernels::pool::pool().execute_chunked(n, move |range| {
+            for i in range {
+                if running[i] {
+                    // SAFETY: row i's stream, slot and check are touched by this task only.
+                    let (rng, slot, ok) = unsafe {
+                        (
+                            &mut rng_at.part(i, 1)[0],
+                            &mut drawn_at.part(i, 1)[0],
+                            &mut finite_at.part(i, 1)[0],
+                        )
+                    };
+                    *ok = check_finite(&logits[i]);
+                    *slot = Some(sample(&logits[i], sampling, rng));
+                }
+            }
+        });
+    }
+    finite.into_iter().collect::<Result<()>>()?;
+    Ok(drawn)
 }
 
 /// Continues one shared cache with several suffixes (of any lengths) in one forward

@@ -5,10 +5,10 @@
 //! one logit row per unit row comes back from the device per step.
 
 use crate::error::{Error, Result};
-use crate::generate::{check_finite, StopReason};
+use crate::generate::{sample_rows, StopReason};
 use crate::model::{KvCache, Model, UnitKv};
 use crate::option_scoring::log_softmax;
-use crate::sampling::{sample, Sampling};
+use crate::sampling::Sampling;
 use rand_chacha::ChaCha20Rng;
 
 /// A prefilled unit: its key/value grid and each row's logits at its last prompt token.
@@ -125,7 +125,8 @@ pub fn decode_lockstep(
     }
     let mut rows: Vec<(Vec<u32>, Option<StopReason>)> = vec![(Vec::new(), None); n];
     loop {
-        let drawn = sample_rows(&logits, &rows, sampling, rngs)?;
+        let running: Vec<bool> = rows.iter().map(|r| r.1.is_none()).collect();
+        let drawn = sample_rows(&logits, &running, sampling, rngs)?;
         let mut feed = Vec::with_capacity(n);
         for (r, next) in drawn.into_iter().enumerate() {
             if let Some(next) = next {
@@ -163,43 +164,4 @@ pub fn decode_lockstep(
         .into_iter()
         .map(|(t, s)| (t, s.expect("every row stopped")))
         .collect())
-}
-
-/// One draw per running row, each from its own stream, on the kernel pool (sampling
-/// is CPU work independent per row); stopped rows draw nothing.
-fn sample_rows(
-    logits: &[Vec<f32>],
-    rows: &[(Vec<u32>, Option<StopReason>)],
-    sampling: &Sampling,
-    rngs: &mut [ChaCha20Rng],
-) -> Result<Vec<Option<u32>>> {
-    use crate::kernels::DisjointMut;
-    let n = rows.len();
-    let mut drawn: Vec<Option<u32>> = vec![None; n];
-    let mut finite: Vec<Result<()>> = (0..n).map(|_| Ok(())).collect();
-    {
-        let (rng_at, drawn_at, finite_at) = (
-            DisjointMut::new(rngs),
-            DisjointMut::new(&mut drawn),
-            DisjointMut::new(&mut finite),
-        );
-        crate::kernels::pool::pool().execute_chunked(n, move |range| {
-            for i in range {
-                if rows[i].1.is_none() {
-                    // SAFETY: row i's stream, slot and check are touched by this task only.
-                    let (rng, slot, ok) = unsafe {
-                        (
-                            &mut rng_at.part(i, 1)[0],
-                            &mut drawn_at.part(i, 1)[0],
-                            &mut finite_at.part(i, 1)[0],
-                        )
-                    };
-                    *ok = check_finite(&logits[i]);
-                    *slot = Some(sample(&logits[i], sampling, rng));
-                }
-            }
-        });
-    }
-    finite.into_iter().collect::<Result<()>>()?;
-    Ok(drawn)
 }

@@ -214,22 +214,9 @@ pub fn lockstep_completions(
     pending: &[&Trial],
     batch_size: usize,
 ) -> Result<BTreeMap<String, CompletionTokens>> {
-    let mut by_prompt: BTreeMap<&[u32], Vec<&Trial>> = BTreeMap::new();
-    for t in pending
-        .iter()
-        .filter(|t| matches!(t.question, Question::Completion { .. }))
-    {
-        by_prompt
-            .entry(&ctx.prompt(&t.id)?.tokens)
-            .or_default()
-            .push(t);
-    }
+    let by_prompt = completions_by_prompt(ctx, pending)?;
     let sampling = study_sampling(study)?;
-    let max = study
-        .completion
-        .as_ref()
-        .map(|c| c.max_tokens)
-        .unwrap_or(24);
+    let max = completion_tokens(study);
     let mut out = BTreeMap::new();
     for (tokens, trials) in by_prompt {
         let mut rngs: Vec<_> = trials
@@ -271,22 +258,9 @@ pub fn fixed_plan_completions(
     todo: &std::collections::HashSet<&str>,
     batch_size: usize,
 ) -> Result<BTreeMap<String, CompletionTokens>> {
-    let mut by_prompt: BTreeMap<&[u32], Vec<&Trial>> = BTreeMap::new();
-    for t in members
-        .iter()
-        .filter(|t| matches!(t.question, Question::Completion { .. }))
-    {
-        by_prompt
-            .entry(&ctx.prompt(&t.id)?.tokens)
-            .or_default()
-            .push(t);
-    }
+    let by_prompt = completions_by_prompt(ctx, members)?;
     let sampling = study_sampling(study)?;
-    let max = study
-        .completion
-        .as_ref()
-        .map(|c| c.max_tokens)
-        .unwrap_or(24);
+    let max = completion_tokens(study);
     let mut out = BTreeMap::new();
     for (tokens, trials) in by_prompt {
         let chunks: Vec<&[&Trial]> = trials
@@ -336,6 +310,33 @@ pub fn fixed_plan_completions(
         }
     }
     Ok(out)
+}
+
+/// The completion trials among `trials`, by the prompt they continue, in plan order.
+fn completions_by_prompt<'c, 't>(
+    ctx: &'c GroupContext,
+    trials: &[&'t Trial],
+) -> Result<BTreeMap<&'c [u32], Vec<&'t Trial>>> {
+    let mut by_prompt: BTreeMap<&[u32], Vec<&Trial>> = BTreeMap::new();
+    for t in trials
+        .iter()
+        .filter(|t| matches!(t.question, Question::Completion { .. }))
+    {
+        by_prompt
+            .entry(&ctx.prompt(&t.id)?.tokens)
+            .or_default()
+            .push(t);
+    }
+    Ok(by_prompt)
+}
+
+/// Most tokens a completion samples.
+fn completion_tokens(study: &Study) -> usize {
+    study
+        .completion
+        .as_ref()
+        .map(|c| c.max_tokens)
+        .unwrap_or(24)
 }
 
 /// The order a group's pending trials run in: completions one by one (their tokens

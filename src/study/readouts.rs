@@ -62,10 +62,7 @@ pub fn prefill_unit(
     unit: &[&Trial],
 ) -> Result<Vec<Prefilled>> {
     let started = Instant::now();
-    let suffixes: Vec<Vec<u32>> = unit
-        .iter()
-        .map(|t| Ok(ctx.prompt(&t.id)?.tokens[ctx.shared.len()..].to_vec()))
-        .collect::<Result<_>>()?;
+    let suffixes = unit_suffixes(ctx, unit)?;
     let rows: Vec<(KvCache, Vec<f32>, Vec<Vec<f32>>)> = extend_each_capturing(
         model,
         vec![ctx.cache.clone(); suffixes.len()],
@@ -97,6 +94,13 @@ pub fn prefill_unit(
             first_answer: None,
         })
         .collect())
+}
+
+/// Each trial's prompt after the group's shared prefix.
+fn unit_suffixes(ctx: &GroupContext, unit: &[&Trial]) -> Result<Vec<Vec<u32>>> {
+    unit.iter()
+        .map(|t| Ok(ctx.prompt(&t.id)?.tokens[ctx.shared.len()..].to_vec()))
+        .collect()
 }
 
 /// The options each item trial of a unit shows (None where it has no single answer
@@ -138,10 +142,7 @@ pub fn prefill_unit_fixed_plan(
     unit: &[&Trial],
 ) -> Result<Vec<Prefilled>> {
     let started = Instant::now();
-    let suffixes: Vec<Vec<u32>> = unit
-        .iter()
-        .map(|t| Ok(ctx.prompt(&t.id)?.tokens[ctx.shared.len()..].to_vec()))
-        .collect::<Result<_>>()?;
+    let suffixes = unit_suffixes(ctx, unit)?;
     let options = unit_options(study, lib, model, ctx, unit)?;
     let prefilled = unit_work::prefill(model, &ctx.cache, &suffixes, study.max_answer_tokens)?;
     let option_tokens: Vec<Option<&[Vec<u32>]>> = options
