@@ -340,14 +340,18 @@ fn the_build_script_watches_the_commit_and_sources_not_the_git_index() {
 #[test]
 fn relative_links_in_the_docs_resolve_inside_the_repository() {
     let root = std::fs::canonicalize(".").unwrap();
-    let mut pages = vec![root.join("README.md")];
-    if let Ok(dir) = std::fs::read_dir(root.join("docs")) {
-        pages.extend(
-            dir.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "md")),
-        );
+    let mut pages = vec![root.join("README.md"), root.join("CHANGELOG.md")];
+    let mut dirs = vec![root.join("docs")];
+    while let Some(dir) = dirs.pop() {
+        for path in std::fs::read_dir(dir).unwrap().flatten().map(|e| e.path()) {
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|x| x == "md") {
+                pages.push(path);
+            }
+        }
     }
+    assert!(pages.len() > 10, "the docs pages were not found: {pages:?}");
     let mut broken = Vec::new();
     for page in &pages {
         let text = std::fs::read_to_string(page).unwrap();

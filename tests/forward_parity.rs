@@ -1,5 +1,5 @@
 //! Our forward pass against candle-transformers' on the three real models, in four
-//! checks (figures measured on this project's machine are in the README):
+//! checks (figures measured on this project's machine are in docs/design.md and docs/performance.md):
 //!
 //! 1. The model code: our transformer running candle's own quantized matmul (and candle's
 //!    attention ops, `OpPath::Reference`) must equal

@@ -435,7 +435,7 @@ fn run_study(registry: &Registry, args: RunArgs, threads: &Detected<usize>) -> R
                 let shard = h
                     .shard
                     .as_deref()
-                    .map(super::parse_shard)
+                    .map(super::flags::parse_shard)
                     .transpose()
                     .map_err(anyhow::Error::msg)?;
                 sources.extend(

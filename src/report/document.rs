@@ -100,7 +100,7 @@ fn gate_section(a: &Analysis) -> Section {
          options, or do not hang together as a scale): its numbers below are marked \
          \"{FAILED}\" and greyed, and they are not evidence for or against any effect. \
          Warnings mark checks that were borderline or could not be estimated from this \
-         design. How to read the gate: README, \"Reading the validity gate\".",
+         design. How to read the gate: docs/guide/report.md, \"Reading the validity gate\".",
         a.gate.len()
     )));
     blocks.push(table(

