@@ -47,11 +47,13 @@ pub enum Error {
         problem: String,
     },
 
-    #[error(
-        "{path}: architecture '{arch}' is not supported (supported: {})",
-        crate::model::arch::supported_names()
-    )]
-    UnsupportedArchitecture { path: PathBuf, arch: String },
+    /// `supported` lists the architectures this build runs (`model::arch::supported_names`).
+    #[error("{path}: architecture '{arch}' is not supported (supported: {supported})")]
+    UnsupportedArchitecture {
+        path: PathBuf,
+        arch: String,
+        supported: String,
+    },
 
     #[error("{path}: tensor '{tensor}': {message}")]
     Tensor {
@@ -83,8 +85,13 @@ pub enum Error {
 
     /// A signal stopped the work after the trial in progress; `resume` is the command
     /// that continues it.
-    #[error("interrupted by {} after the trial in progress; continue with: {resume}", crate::study::interrupt::name(*.signal))]
-    Interrupted { signal: i32, resume: String },
+    /// `signal_name` is the signal as a user knows it (`study::interrupt::name`).
+    #[error("interrupted by {signal_name} after the trial in progress; continue with: {resume}")]
+    Interrupted {
+        signal: i32,
+        signal_name: &'static str,
+        resume: String,
+    },
 
     #[error("report: {0}")]
     Report(String),

@@ -16,6 +16,7 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod arch;
 pub mod bench;
 pub mod bench_units;
 pub mod cache;
@@ -28,8 +29,10 @@ pub mod fetch;
 pub mod generate;
 pub mod gguf;
 pub mod gguf_check;
+pub mod interrupt;
 pub mod kernels;
 pub mod lock;
+pub mod measures;
 pub mod model;
 pub mod option_scoring;
 pub mod probe;
@@ -40,6 +43,7 @@ pub mod results;
 pub mod rng;
 pub mod sampling;
 pub mod scenario;
+pub mod stats;
 pub mod study;
 pub mod tokenizer;
 pub mod unit_work;

@@ -104,14 +104,14 @@ impl Registry {
         };
         let mut models = Vec::new();
         for m in spec.model {
-            if crate::model::arch::find(&m.architecture).is_none() {
+            if crate::arch::find(&m.architecture).is_none() {
                 return Err(bad(
                     &m.name,
                     format!(
                         "model '{}': architecture '{}' is not one of {}",
                         m.name,
                         m.architecture,
-                        crate::model::arch::supported_names()
+                        crate::arch::supported_names()
                     ),
                 ));
             }

@@ -1,7 +1,7 @@
 //! The report's statistics against values computed independently with scipy and
 //! statsmodels (`scripts/stats_reference.py` -> `tests/data/stats_reference.json`).
 
-use affectbench::report::stats::{
+use affectbench::stats::{
     bootstrap, describe, hedges_g, holm, mann_whitney, mean, mean_difference, welch,
 };
 use rand::SeedableRng;

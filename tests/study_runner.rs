@@ -1060,7 +1060,8 @@ fn a_full_disk_marks_the_run_error_and_resume_completes_it() {
 
 #[test]
 fn content_free_prompts_measure_each_arrangement_and_calibrate_its_items() {
-    use affectbench::results::{calibrate, read_header, read_trials, Question};
+    use affectbench::measures::calibrate;
+    use affectbench::results::{read_header, read_trials, Question};
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());
     let out = dir.path().join("run");
@@ -1336,7 +1337,7 @@ fn system_prompt_variants_follow_the_repetition_and_acknowledgements_are_a_choic
 
 #[test]
 fn identical_repetitions_count_once_and_a_one_conversation_arm_is_a_constant() {
-    use affectbench::report::stats::one_sample_t;
+    use affectbench::stats::one_sample_t;
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());
     // One label style and one option order: every baseline repetition shows the model

@@ -4,7 +4,7 @@
 //! from scipy, on fixed data (`scripts/consistency_reference.py` ->
 //! `tests/data/consistency_reference.json`).
 
-use affectbench::results::validity::{cronbach_alpha, mcdonald_omega, pearson};
+use affectbench::measures::validity::{cronbach_alpha, mcdonald_omega, pearson};
 
 fn reference() -> serde_json::Value {
     serde_json::from_str(include_str!("data/consistency_reference.json")).expect("reference parses")
@@ -80,7 +80,7 @@ fn pearson_matches_scipy() {
 #[test]
 fn paired_t_matches_scipy_ttest_rel() {
     for case in reference()["paired_t"].as_array().unwrap() {
-        let got = affectbench::report::stats::paired_t(&floats(&case["a"]), &floats(&case["b"]));
+        let got = affectbench::stats::paired_t(&floats(&case["a"]), &floats(&case["b"]));
         for (name, g, w) in [
             ("t", got.t, case["t"].as_f64().unwrap()),
             ("df", got.df, case["df"].as_f64().unwrap()),
@@ -100,10 +100,8 @@ fn one_sample_t_matches_scipy_ttest_1samp() {
     let cases = reference()["one_sample_t"].as_array().unwrap().clone();
     assert!(cases.len() >= 2);
     for case in cases {
-        let got = affectbench::report::stats::one_sample_t(
-            &floats(&case["a"]),
-            case["c"].as_f64().unwrap(),
-        );
+        let got =
+            affectbench::stats::one_sample_t(&floats(&case["a"]), case["c"].as_f64().unwrap());
         for (name, g, w) in [
             ("t", got.t, case["t"].as_f64().unwrap()),
             ("df", got.df, case["df"].as_f64().unwrap()),
@@ -120,7 +118,7 @@ fn one_sample_t_matches_scipy_ttest_1samp() {
 
 #[test]
 fn the_completions_mixed_model_matches_statsmodels_mixedlm() {
-    use affectbench::report::mixed::{fit, Observation};
+    use affectbench::stats::mixed::{fit, Observation};
     let cases = reference()["mixed"].as_array().unwrap().clone();
     assert!(cases.len() >= 3);
     for case in cases {

@@ -522,7 +522,7 @@ fn run_study(registry: &Registry, args: RunArgs, threads: &Detected<usize>) -> R
         sources,
         directions: args.directions.clone(),
     };
-    affectbench::study::interrupt::install().context("installing the signal handlers")?;
+    affectbench::interrupt::install().context("installing the signal handlers")?;
     eprintln!("results: {}", cfg.out_dir.display());
     let started = std::time::Instant::now();
     let outcome = run_study(&cfg)?;
@@ -630,7 +630,7 @@ fn validate_instrument(
         sources,
         directions: Vec::new(),
     };
-    affectbench::study::interrupt::install().context("installing the signal handlers")?;
+    affectbench::interrupt::install().context("installing the signal handlers")?;
     eprintln!("results: {}", cfg.out_dir.display());
     let outcome = run_study(&cfg)?;
     // The gate is the summary's first block; the scale table follows for reference.
@@ -673,7 +673,7 @@ fn judge(registry: &Registry, args: JudgeArgs, threads: usize) -> Result<()> {
         model_ref.missing_template_fix()
     );
     let sha256 = affectbench::study::provenance::model_provenance(&model_ref, &model)?.sha256;
-    affectbench::study::interrupt::install().context("installing the signal handlers")?;
+    affectbench::interrupt::install().context("installing the signal handlers")?;
     let outcome = judge_run(
         &args.run,
         &mut model,
@@ -693,6 +693,7 @@ fn judge(registry: &Registry, args: JudgeArgs, threads: usize) -> Result<()> {
     if let Some(signal) = outcome.interrupted {
         return Err(affectbench::Error::Interrupted {
             signal,
+            signal_name: affectbench::interrupt::name(signal),
             resume: format!("affectbench judge {} --model {name}", args.run.display()),
         }
         .into());
@@ -783,7 +784,9 @@ fn probe(args: ProbeArgs) -> Result<()> {
     eprintln!(
         "probed in {:.1} s; tables in {}",
         started.elapsed().as_secs_f64(),
-        args.run.join(affectbench::probe::PROBES_DIR).display()
+        args.run
+            .join(affectbench::results::probes::PROBES_DIR)
+            .display()
     );
     if args.report {
         report(ReportArgs {

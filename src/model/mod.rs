@@ -4,7 +4,7 @@
 //! The forward pass (`transformer`) is the project's own; `reference` wraps
 //! candle-transformers' implementation so tests can compare the two.
 
-pub mod arch;
+pub use crate::arch;
 pub mod config;
 pub mod inspect;
 pub mod kv_cache;

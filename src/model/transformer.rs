@@ -282,7 +282,7 @@ impl Transformer {
         for (i, layer) in self.layers.iter().enumerate() {
             // A stop asked for by a signal ends the pass between layers (the caller
             // discards it), so a long prefill is not computed to the end first.
-            crate::study::interrupt::stop_point()?;
+            crate::interrupt::stop_point()?;
             x = self.layer_forward(i, layer, &x, cache, offset)?;
             x = self.after_block(i + 1, x, capture, &mut taps, keep)?;
         }
@@ -370,7 +370,7 @@ impl Transformer {
         let mut taps = vec![None; capture.len()];
         let mut x = self.after_block(0, self.embed(&[flat])?, capture, &mut taps, keep)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            crate::study::interrupt::stop_point()?;
+            crate::interrupt::stop_point()?;
             x = self.layer_forward_ragged(i, layer, &x, &spans, caches)?;
             x = self.after_block(i + 1, x, capture, &mut taps, keep)?;
         }

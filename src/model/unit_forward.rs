@@ -267,7 +267,7 @@ impl Transformer {
         let mut taps: Vec<Option<Tensor>> = Vec::new();
         let mut x = self.after_block(0, self.embed(ids)?, &[], &mut taps, Keep::Every)?;
         for (idx, l) in self.layers.iter().enumerate() {
-            crate::study::interrupt::stop_point()?;
+            crate::interrupt::stop_point()?;
             let sliding = cfg.is_sliding(idx);
             let (cos, sin) = if sliding {
                 local.as_ref().unwrap_or(&global)

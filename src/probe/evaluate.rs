@@ -116,28 +116,6 @@ pub fn wilson(p: f64, n: usize) -> (f64, f64) {
     (centre - half, centre + half)
 }
 
-/// Pearson's r (NaN with fewer than three pairs or no variance).
-pub fn pearson(x: &[f64], y: &[f64]) -> f64 {
-    let n = x.len();
-    if n < 3 {
-        return f64::NAN;
-    }
-    let (mx, my) = (
-        x.iter().sum::<f64>() / n as f64,
-        y.iter().sum::<f64>() / n as f64,
-    );
-    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
-    for (a, b) in x.iter().zip(y) {
-        sxy += (a - mx) * (b - my);
-        sxx += (a - mx).powi(2);
-        syy += (b - my).powi(2);
-    }
-    if sxx == 0.0 || syy == 0.0 {
-        return f64::NAN;
-    }
-    sxy / (sxx * syy).sqrt()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,6 +192,9 @@ mod tests {
     fn wilson_and_pearson_match_hand_values() {
         let (lo, hi) = wilson(0.5, 10);
         assert!((lo - 0.2366).abs() < 1e-3 && (hi - 0.7634).abs() < 1e-3);
-        assert!((pearson(&[1.0, 2.0, 3.0], &[2.0, 4.0, 7.0]) - 0.9934).abs() < 1e-3);
+        assert!(
+            (crate::stats::correlation_or_nan(&[1.0, 2.0, 3.0], &[2.0, 4.0, 7.0]) - 0.9934).abs()
+                < 1e-3
+        );
     }
 }

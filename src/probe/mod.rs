@@ -18,23 +18,26 @@ pub mod tasks;
 
 use crate::error::{Error, IoContext, Result};
 use crate::results::directions::{Direction, Directions};
+use crate::results::probes::{
+    AccuracyRow, BestBlock, ProbeFile, ProbeSettings, SelfReportRow, PROBES_DIR, PROBE_FILE,
+};
 use crate::results::states::{file_stem, States};
 use crate::results::{read_header, read_trials, TrialRecord};
-use evaluate::{evaluate, pearson, BlockResult, Row};
+use crate::stats::correlation_or_nan;
+use evaluate::{evaluate, BlockResult, Row};
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tasks::{task_data, tasks, ProbeTask, Sample};
 
-/// Where a run directory keeps the probe results.
-pub const PROBES_DIR: &str = "probes";
+/// How the probes are fitted, as probe.json says.
+const METHOD: &str = "L2 logistic regression on standardised features (dual, accelerated gradient, 300 iterations); leave-variant-out folds; permutation null shuffles condition labels between conversations; accuracy averaged per conversation";
 
 /// What `probe` is asked.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct ProbeConfig {
-    #[serde(skip)]
     pub run_dir: PathBuf,
     /// Label permutations for the null.
     pub permutations: usize,
@@ -42,57 +45,6 @@ pub struct ProbeConfig {
     pub lambda: f64,
     /// Seed of the permutations.
     pub seed: u64,
-}
-
-/// One row of `probe_accuracy.csv`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AccuracyRow {
-    pub model: String,
-    pub task: String,
-    pub kind: String,
-    pub a: String,
-    pub b: String,
-    /// `answer` (the answer position) or `prefix` (mean over the conversation).
-    pub site: String,
-    pub block: usize,
-    pub accuracy: f64,
-    pub ci_low: f64,
-    pub ci_high: f64,
-    pub null_mean: f64,
-    pub null_p95: f64,
-    pub p_permutation: f64,
-    /// Accuracy of decoding the conversation's length (above the median) instead.
-    pub control_accuracy: f64,
-    /// Share of conversations whose length label equals their condition label.
-    pub control_agreement: f64,
-    pub samples: usize,
-    pub conversations: usize,
-    pub folds: usize,
-    pub permutations: usize,
-}
-
-/// One row of `probe_self_report.csv`: the answer-site probe's out-of-fold score
-/// against the self-report (z within item), across trials and within condition.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SelfReportRow {
-    pub model: String,
-    pub task: String,
-    pub block: usize,
-    pub r: f64,
-    pub r_within_condition: f64,
-    pub trials: usize,
-}
-
-/// The best block of a task at the answer site, with its family-wise p (the max over
-/// blocks of each permutation's accuracy is the null).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BestBlock {
-    pub model: String,
-    pub task: String,
-    pub block: usize,
-    pub accuracy: f64,
-    pub p_max_over_blocks: f64,
-    pub self_report_r: f64,
 }
 
 pub struct ProbeOutcome {
@@ -182,18 +134,17 @@ pub fn probe_run(cfg: &ProbeConfig, mut progress: impl FnMut(&str)) -> Result<Pr
     }
     write_csv(&dir.join("probe_accuracy.csv"), &out.accuracy)?;
     write_csv(&dir.join("probe_self_report.csv"), &out.self_report)?;
-    let meta = serde_json::json!({
-        "settings": cfg,
-        "method": "L2 logistic regression on standardised features (dual, accelerated gradient, 300 iterations); leave-variant-out folds; permutation null shuffles condition labels between conversations; accuracy averaged per conversation",
-        "best_blocks": out.best,
-        "skipped": out.skipped,
-    });
-    let path = dir.join("probe.json");
-    std::fs::write(
-        &path,
-        serde_json::to_string_pretty(&meta).unwrap_or_default(),
-    )
-    .with_path(&path)?;
+    ProbeFile {
+        settings: ProbeSettings {
+            permutations: cfg.permutations,
+            lambda: cfg.lambda,
+            seed: cfg.seed,
+        },
+        method: METHOD.to_string(),
+        best_blocks: out.best.clone(),
+        skipped: out.skipped.clone(),
+    }
+    .write(&dir.join(PROBE_FILE))?;
     Ok(out)
 }
 
@@ -302,7 +253,7 @@ fn probe_task(
                 ci_low: r.ci.0,
                 ci_high: r.ci.1,
                 null_mean: null.iter().sum::<f64>() / null.len().max(1) as f64,
-                null_p95: crate::report::stats::quantile_sorted(&null, 0.95),
+                null_p95: crate::stats::quantile_sorted(&null, 0.95),
                 p_permutation: (1 + beaten) as f64 / (1 + null.len()) as f64,
                 control_accuracy: r.control_accuracy,
                 control_agreement: agreement,
@@ -408,43 +359,10 @@ fn self_report_row(
         model: model.to_string(),
         task: task.direction.clone(),
         block,
-        r: pearson(&x, &y),
-        r_within_condition: pearson(&centred(|p| p.1), &centred(|p| p.2)),
+        r: correlation_or_nan(&x, &y),
+        r_within_condition: correlation_or_nan(&centred(|p| p.1), &centred(|p| p.2)),
         trials: pairs.len(),
     }
-}
-
-/// What `probe` wrote into a run directory (all empty where it has not run).
-#[derive(Debug, Clone, Default)]
-pub struct SavedProbes {
-    pub accuracy: Vec<AccuracyRow>,
-    pub self_report: Vec<SelfReportRow>,
-    pub best: Vec<BestBlock>,
-}
-
-/// Reads `RUN_DIR/probes/` if `probe` wrote it.
-pub fn read_saved(run_dir: &Path) -> Result<SavedProbes> {
-    let dir = run_dir.join(PROBES_DIR);
-    if !dir.join("probe_accuracy.csv").exists() {
-        return Ok(SavedProbes::default());
-    }
-    fn rows<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
-        let mut r = csv::Reader::from_path(path)
-            .map_err(|e| run_err(format!("{}: {e}", path.display())))?;
-        r.deserialize()
-            .collect::<std::result::Result<Vec<T>, _>>()
-            .map_err(|e| run_err(format!("{}: {e}", path.display())))
-    }
-    let meta_path = dir.join("probe.json");
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&meta_path).with_path(&meta_path)?)
-            .map_err(|e| run_err(format!("{}: {e}", meta_path.display())))?;
-    Ok(SavedProbes {
-        accuracy: rows(&dir.join("probe_accuracy.csv"))?,
-        self_report: rows(&dir.join("probe_self_report.csv"))?,
-        best: serde_json::from_value(meta["best_blocks"].clone())
-            .map_err(|e| run_err(format!("{}: best_blocks: {e}", meta_path.display())))?,
-    })
 }
 
 fn write_csv<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {

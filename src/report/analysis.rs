@@ -7,22 +7,21 @@
 
 use super::judging::{judge_agreement, judge_quality, JudgeAgreement, JudgeQuality};
 use super::load::RunData;
-use super::mixed::{self, MixedFit};
 use super::scores::{
     completion_scores, conditions, models, scale_scores, scorer_value, scorers, CompletionScore,
     ConditionInfo, Readout, ScaleScore,
 };
-use super::stats::{
+use crate::measures::scores::distinct_observations;
+use crate::measures::{gate_verdicts, validity_checks, Check, GateVerdict, Verdict};
+use crate::results::{Question, TrialRecord};
+use crate::rng::Stream;
+use crate::scenario::study::DeclaredContrast;
+use crate::stats::mixed::{self, MixedFit};
+use crate::stats::{
     bootstrap, describe, hedges_g, hedges_g_vs_constant, holm, mann_whitney, mean, mean_difference,
     one_sample_t, paired_t, welch, BootstrapCi, Describe, HedgesG, Interval, MannWhitney, PairedT,
     Welch,
 };
-use crate::results::scores::distinct_observations;
-use crate::results::{
-    gate_verdicts, validity_checks, Check, GateVerdict, Question, TrialRecord, Verdict,
-};
-use crate::rng::Stream;
-use crate::scenario::study::DeclaredContrast;
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone)]
@@ -592,7 +591,7 @@ pub fn analyse(data: &RunData, options: &ReportOptions) -> Analysis {
             q
         },
         position_bias: position_bias(data),
-        variance: variance_shares(data),
+        variance: shares_of_variance(data),
         conditions: conds,
         scores,
         cells,
@@ -984,7 +983,7 @@ fn order_direction(t: &TrialRecord) -> Option<String> {
 /// factor has at least two levels and some level is seen more than once (in the default
 /// design each induction variant appears once per cell, one per repetition, so that
 /// factor is not separable from repetition noise and is reported as not estimable).
-fn variance_shares(data: &RunData) -> Vec<VarianceShare> {
+fn shares_of_variance(data: &RunData) -> Vec<VarianceShare> {
     type Factor = (&'static str, fn(&TrialRecord) -> Option<String>);
     let factors: [Factor; 4] = [
         ("induction variant", |t| t.induction_variant.clone()),

@@ -5,7 +5,8 @@
 //! effect before and after calibration is `analysis::position_bias`.
 
 use super::load::RunData;
-use crate::results::{Question, Readout};
+use crate::measures::Readout;
+use crate::results::Question;
 use std::collections::BTreeMap;
 
 /// One option of one calibrated arrangement.
@@ -101,7 +102,7 @@ pub fn label_style_effects(data: &RunData) -> Vec<LabelStyleEffect> {
             }
         }
     }
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let mean = crate::stats::mean;
     styles
         .into_iter()
         .filter_map(|((model, instrument, readout), by_style)| {

@@ -3,90 +3,16 @@
 //! and as `summary.md`.
 
 use super::analysis::{interval_n, Analysis, Arm, EQUIVALENCE_LEVEL};
+use super::blocks::{
+    estimate, f, interval, p, shown_ci, table, validity_mark, Block, Section, FAILED,
+};
 use super::lexicon;
 use super::load::RunData;
 use super::plots::{induced_emotions, Figure};
 use super::scores::Readout;
-use super::stats::{BootstrapCi, Interval, MIN_N_INTERVAL};
-use crate::results::Verdict;
+use crate::measures::Verdict;
 use crate::scenario::study::Acknowledgement;
 use std::collections::{BTreeMap, BTreeSet};
-
-/// A table of already formatted cells.
-pub struct Table {
-    pub caption: String,
-    pub headers: Vec<String>,
-    pub rows: Vec<Vec<String>>,
-}
-
-/// A part of the report.
-pub enum Block {
-    Text(String),
-    Table(Table),
-    Figure(usize),
-    List(Vec<String>),
-}
-
-pub struct Section {
-    pub title: String,
-    pub blocks: Vec<Block>,
-}
-
-pub fn f(x: f64, digits: usize) -> String {
-    if x.is_finite() {
-        format!("{x:.digits$}")
-    } else {
-        "–".into()
-    }
-}
-
-fn p(x: f64) -> String {
-    if !x.is_finite() {
-        "–".into()
-    } else if x < 0.001 {
-        "<0.001".into()
-    } else {
-        format!("{x:.3}")
-    }
-}
-
-fn interval(i: Interval, digits: usize) -> String {
-    format!("[{}, {}]", f(i.low, digits), f(i.high, digits))
-}
-
-/// The 95% interval shown for `n` observations (the smaller arm for a difference):
-/// BCa from n = 10, percentile below (BCa's corrections are unstable on so few), none
-/// below n = 3; the method is named beside it.
-fn shown_ci(ci: &BootstrapCi, n: usize, digits: usize) -> String {
-    match ci.shown(n) {
-        Some((i, method)) => format!("{} {method}", interval(i, digits)),
-        None => format!("– (n < {MIN_N_INTERVAL})"),
-    }
-}
-
-fn estimate(ci: &BootstrapCi, n: usize, digits: usize) -> String {
-    format!("{} {}", f(ci.estimate, digits), shown_ci(ci, n, digits))
-}
-
-fn table(caption: &str, headers: &[&str], rows: Vec<Vec<String>>) -> Block {
-    Block::Table(Table {
-        caption: caption.into(),
-        headers: headers.iter().map(|s| s.to_string()).collect(),
-        rows,
-    })
-}
-
-/// What a results table shows in its `validity` column; rows with `FAILED` are greyed
-/// in the HTML report.
-pub const FAILED: &str = "FAIL: not evidence";
-
-fn validity_mark(v: Verdict) -> String {
-    match v {
-        Verdict::Fail => FAILED.into(),
-        Verdict::Warn => "warn".into(),
-        Verdict::Pass => "pass".into(),
-    }
-}
 
 /// The report's first section: the validity gate's verdict per model x instrument x
 /// read-out, why, and every check with its value and threshold.
@@ -328,7 +254,13 @@ fn questions_section(a: &Analysis) -> Option<Section> {
 }
 
 /// Builds the sections; figure blocks refer to `figures` by index.
-pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section> {
+/// `dose` is the steered cells (`internal_states::dose_cells`), computed once by the caller.
+pub fn sections(
+    data: &RunData,
+    a: &Analysis,
+    dose: &[super::internal_states::DoseCell],
+    figures: &[Figure],
+) -> Vec<Section> {
     let mut out = Vec::new();
     let fig = |id: &str| figures.iter().position(|f| f.id == id);
     out.push(gate_section(a));
@@ -997,12 +929,7 @@ pub fn sections(data: &RunData, a: &Analysis, figures: &[Figure]) -> Vec<Section
             blocks: neg,
         });
     }
-    out.extend(super::internals::sections(
-        data,
-        a,
-        &super::internals::dose_cells(a),
-        &fig,
-    ));
+    out.extend(super::internal_states::sections(data, a, dose, &fig));
     // Whether anything was measured first, then results as a paper reads; the
     // supporting material after.
     let rank = |t: &str| match t {

@@ -3,8 +3,9 @@
 //! judged the same completions (`affectbench judge`), the agreement between judges.
 
 use super::scores::CompletionScore;
-use super::stats::mean;
-use crate::results::validity::{pearson, MIN_RESPONDENTS};
+use crate::measures::validity::MIN_RESPONDENTS;
+use crate::stats::mean;
+use crate::stats::pearson;
 use std::collections::BTreeMap;
 
 /// The side of the neutral zone a valence falls on: negative below -1/3, positive above

@@ -2,9 +2,10 @@
 //! one data set for a report, with each instrument's scoring rule.
 
 use crate::error::{Error, Result};
+use crate::measures::{calibrate, CalibrationTable};
 use crate::results::{
-    calibrate, read_header, read_second_judges, read_trials, CalibrationTable, InstrumentScoring,
-    RunHeader, RunStatus, SecondJudgeRecord, TrialRecord,
+    read_header, read_second_judges, read_trials, InstrumentScoring, RunHeader, RunStatus,
+    SecondJudgeRecord, TrialRecord,
 };
 use crate::scenario::Instrument;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -23,7 +24,7 @@ pub struct RunData {
     /// Other models' judgements of the completions (`affectbench judge`), each once.
     pub second_judges: Vec<SecondJudgeRecord>,
     /// What `affectbench probe` wrote into the runs (`probes/`), if it ran.
-    pub probes: crate::probe::SavedProbes,
+    pub probes: crate::results::probes::SavedProbes,
     /// Notes for the reader: truncated last lines, duplicate trials across runs.
     pub notes: Vec<String>,
 }
@@ -133,7 +134,7 @@ pub fn load_runs(dirs: &[PathBuf]) -> Result<RunData> {
                 data.second_judges.push(j);
             }
         }
-        let saved = crate::probe::read_saved(dir)?;
+        let saved = crate::results::probes::read_probes(dir)?;
         data.probes.accuracy.extend(saved.accuracy);
         data.probes.self_report.extend(saved.self_report);
         data.probes.best.extend(saved.best);

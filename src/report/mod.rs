@@ -7,15 +7,14 @@
 
 pub mod analysis;
 pub mod bias;
+pub mod blocks;
 pub mod document;
-pub mod internals;
+pub mod internal_states;
 pub mod judging;
 pub mod lexicon;
 pub mod load;
-pub mod mixed;
 pub mod plots;
 pub mod scores;
-pub mod stats;
 pub mod tables;
 
 use crate::error::{Error, IoContext, Result};
@@ -71,8 +70,8 @@ pub fn build_report(
         tables_dir.join("calibration.csv"),
         tables_dir.join("label_style_effect.csv"),
     ]);
-    let dose = internals::dose_cells(&a);
-    files.extend(internals::write_csvs(&tables_dir, &data, &a, &dose)?);
+    let dose = internal_states::dose_cells(&a);
+    files.extend(internal_states::write_csvs(&tables_dir, &data, &a, &dose)?);
     let trials_csv = out_dir.join("trials.csv");
     tables::write_trials_csv(&trials_csv, &data)?;
     files.push(trials_csv);
@@ -80,7 +79,7 @@ pub fn build_report(
     let mut figures = plots::emotion_figures(&a);
     figures.extend(plots::regulation_figure(&a));
     figures.extend(plots::negativity_figure(&a));
-    figures.extend(internals::figures(&data, &dose));
+    figures.extend(internal_states::figures(&data, &dose));
     let mut svgs = Vec::new();
     for fig in &figures {
         let svg = fig.svg()?;
@@ -98,7 +97,7 @@ pub fn build_report(
         study_ids.join(" + "),
         a.models.join(", ")
     );
-    let sections = document::sections(&data, &a, &figures);
+    let sections = document::sections(&data, &a, &dose, &figures);
     let inline: Vec<(String, &plots::Figure)> = svgs.into_iter().zip(&figures).collect();
     let html_path = out_dir.join("report.html");
     std::fs::write(

@@ -4,8 +4,8 @@
 
 use super::analysis::{Analysis, CellStats};
 use super::scores::{ConditionInfo, Readout};
-use super::stats::{BootstrapCi, MIN_N_BCA, MIN_N_INTERVAL};
 use crate::error::{Error, Result};
+use crate::stats::{BootstrapCi, MIN_N_BCA, MIN_N_INTERVAL};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};

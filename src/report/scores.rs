@@ -8,7 +8,7 @@ use crate::results::{Question, TrialRecord};
 use crate::scenario::Order;
 use std::collections::BTreeMap;
 
-pub use crate::results::scores::{Readout, ScaleScore};
+pub use crate::measures::scores::{Readout, ScaleScore};
 
 /// A condition as the study declared it.
 #[derive(Debug, Clone, PartialEq)]
@@ -182,7 +182,7 @@ pub fn models(data: &RunData) -> Vec<String> {
 
 /// Scale scores of every group in the data (see `results::scale_scores`).
 pub fn scale_scores(data: &RunData) -> Vec<ScaleScore> {
-    crate::results::scale_scores(&data.trials, &data.scoring)
+    crate::measures::scale_scores(&data.trials, &data.scoring)
 }
 
 /// The judge's expected valence: sum of probability x option value.

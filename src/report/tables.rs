@@ -7,9 +7,9 @@ use super::bias;
 use super::lexicon;
 use super::load::RunData;
 use super::scores::recorded_judge_valence;
-use super::stats::{BootstrapCi, HedgesG, MIN_N_BCA, MIN_N_INTERVAL};
 use crate::error::{Error, Result};
 use crate::results::{LabelBinding, Question};
+use crate::stats::{BootstrapCi, HedgesG, MIN_N_BCA, MIN_N_INTERVAL};
 use std::path::Path;
 
 pub fn num(x: f64) -> String {

@@ -7,39 +7,33 @@
 //! is `SCHEMA`. Older schemas are read by `read` and mapped to the current types, so
 //! every reader sees one shape whatever made the run.
 //!
-//! Modules: `header` (run.json), `trial` (one record), `scores` (scale scores from
-//! records: the one implementation the summary and the report share), `read` (reading
-//! either schema), `schema_v1` (the frozen schema-1 wire types), `validity` (the gate:
-//! whether each instrument measured the model at all), `calibration` (the calibrated
-//! read-out, derived from the run's content-free records when they are read),
-//! `second_judge` (another model's judgement of the completions, `judges/*.jsonl`),
-//! `states` (hidden states captured per trial, `states/`), `directions` (steering
-//! directions, written by `probe` and read by `run --directions`).
+//! Modules: `header` (run.json), `trial` (one record), `read` (reading either schema),
+//! `schema_v1` (the frozen schema-1 wire types), `second_judge` (another model's
+//! judgement of the completions, `judges/*.jsonl`), `states` (hidden states captured per
+//! trial, `states/`), `directions` (steering directions, written by `probe` and read by
+//! `run --directions`), `probes` (what `probe` writes: `probe.json` and the accuracy
+//! rows). What is computed from these records (scale scores, the validity gate, the
+//! calibrated read-out) lives in `crate::measures`.
 
-pub mod calibration;
 pub mod directions;
 pub mod header;
+pub mod probes;
 pub mod read;
 mod schema_v1;
-pub mod scores;
 pub mod second_judge;
 pub mod states;
 pub mod trial;
-pub mod validity;
 
-pub use calibration::{calibrate, Calibrated, CalibrationTable};
 pub use header::{
     EngineRecord, InstrumentScoring, MergedInput, ModelProvenance, RunHeader, RunStatus,
     ScenarioFile, ScoredItem, StudyRecord,
 };
 pub use read::{read_header, read_trials, TrialsFile};
-pub use scores::{scale_scores, Readout, ScaleScore};
 pub use second_judge::{read_second_judges, SecondJudgeRecord};
 pub use trial::{
     CalibratedReadout, ChoiceReadout, GenerateReadout, JudgeDetail, LabelBinding, Question,
     RecordKind, Timing, TrialRecord,
 };
-pub use validity::{gate_verdicts, validity_checks, Check, GateVerdict, Verdict};
 
 /// The schema `run.json` and `trials.jsonl` are written in. 2: typed question, timing,
 /// status and study; the engine configuration in `engine`; each trial carries its seed.

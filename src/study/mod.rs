@@ -17,7 +17,6 @@
 
 pub mod group;
 pub mod internals;
-pub mod interrupt;
 pub mod merge;
 pub mod parse;
 pub mod plan;

@@ -10,9 +10,9 @@ use super::prompt::{for_template, reask_text};
 use crate::chat::{sha256_hex, Message};
 use crate::error::{Error, Result};
 use crate::generate::{decode, extend_each_capturing};
+use crate::measures::calibration::divide_out;
 use crate::model::{KvCache, Model};
 use crate::option_scoring::{normalise, option_logprobs, option_logprobs_rows, ScoringRow};
-use crate::results::calibration::divide_out;
 use crate::results::{
     ChoiceReadout, GenerateReadout, JudgeDetail, RecordKind, Timing, TrialRecord, SCHEMA,
 };

@@ -71,11 +71,11 @@ impl RunDir {
     /// temporary file: the run may be writing run.json at the same moment.
     pub fn mark_interrupted_on_forced_exit(&self, header: &RunHeader) {
         let (dir, mut header) = (self.path.clone(), header.clone());
-        super::interrupt::on_forced_exit(move |sig| {
+        crate::interrupt::on_forced_exit(move |sig| {
             header.status = crate::results::RunStatus::Interrupted;
             header.error = Some(format!(
                 "stopped at once by a second stop signal ({}); the unit in progress was not written",
-                super::interrupt::name(sig)
+                crate::interrupt::name(sig)
             ));
             header.ended = Some(crate::results::now_rfc3339());
             let _ = write_header_in(&dir, &header, "run.json.exit-tmp");

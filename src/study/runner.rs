@@ -13,7 +13,6 @@
 
 use super::group::{fixed_plan_completions, lockstep_completions, work_units, GroupContext};
 use super::internals::{model_for, prepare as prepare_internals, ModelInternals};
-use super::interrupt;
 use super::plan::{count_trials, expand, Plan, Trial, MAX_PLAN_TRIALS};
 use super::progress::Progress;
 use super::provenance::{model_provenance, new_header, HeaderInputs};
@@ -24,6 +23,7 @@ use super::run_dir::RunDir;
 use super::summary::summarise;
 use crate::engine::EngineConfig;
 use crate::error::{Error, IoContext, Result};
+use crate::interrupt;
 use crate::model::Model;
 use crate::registry::ModelRef;
 use crate::results::states::StatesWriter;
@@ -229,6 +229,7 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
         (Err(e), Some(signal)) if !matches!(e, Error::Interrupted { .. }) => {
             Err(Error::Interrupted {
                 signal,
+                signal_name: interrupt::name(signal),
                 resume: format!("affectbench run --resume {}", dir.path.display()),
             })
         }
@@ -557,6 +558,7 @@ fn execute(
             if let Some(signal) = interrupt::requested() {
                 return Err(Error::Interrupted {
                     signal,
+                    signal_name: interrupt::name(signal),
                     resume: format!("affectbench run --resume {}", dir.path.display()),
                 });
             }
@@ -575,6 +577,7 @@ fn execute(
                 if let Some(signal) = interrupt::requested() {
                     return Err(Error::Interrupted {
                         signal,
+                        signal_name: interrupt::name(signal),
                         resume: format!("affectbench run --resume {}", dir.path.display()),
                     });
                 }

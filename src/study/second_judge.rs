@@ -4,11 +4,11 @@
 //! completion to `RUN_DIR/judges/<label>.jsonl`, flushed as written: an interrupted
 //! judge continues where it stopped.
 
-use super::interrupt;
 use super::progress::Progress;
 use super::readouts::{judge_content_free, judge_valence};
 use super::runner::{default_scenarios_root, resume_design};
 use crate::error::{Error, IoContext, Result};
+use crate::interrupt;
 use crate::model::Model;
 use crate::results::second_judge::{read_second_judge, second_judge_path};
 use crate::results::{read_header, read_trials, Question, SecondJudgeRecord};

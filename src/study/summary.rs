@@ -4,11 +4,11 @@
 //! same function the report uses, so the two cannot disagree. The validity gate comes
 //! first, and a failing read-out's scores are marked FAIL.
 
-use crate::results::scores::Readout;
-use crate::results::{
-    calibrate, gate_verdicts, scale_scores, validity_checks, GateVerdict, InstrumentScoring,
-    Question, TrialRecord, Verdict,
+use crate::measures::scores::Readout;
+use crate::measures::{
+    calibrate, gate_verdicts, scale_scores, validity_checks, GateVerdict, Verdict,
 };
+use crate::results::{InstrumentScoring, Question, TrialRecord};
 use crate::scenario::study::PositiveControl;
 use std::collections::BTreeMap;
 
@@ -151,10 +151,9 @@ fn mean_sd(v: &[f64]) -> String {
     if v.is_empty() {
         return "-".into();
     }
-    let n = v.len() as f64;
-    let mean = v.iter().sum::<f64>() / n;
+    let mean = crate::stats::mean(v);
     let sd = if v.len() > 1 {
-        (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+        crate::stats::variance(v).sqrt()
     } else {
         0.0
     };

@@ -3,7 +3,7 @@
 //! report both call it, so they cannot disagree. The arithmetic (sum or mean of keyed
 //! values, times the multiplier) is `Scoring::apply`.
 
-use super::{InstrumentScoring, Question, TrialRecord};
+use crate::results::{InstrumentScoring, Question, TrialRecord};
 use std::collections::BTreeMap;
 
 /// The two ways a rating is read from the model.

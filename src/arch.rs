@@ -9,8 +9,8 @@
 //! Tensor names follow llama.cpp's GGUF convention (`blk.N.attn_q.weight`) and are
 //! shared by every architecture; `TensorGroup` names the optional groups.
 
-use super::config::Activation;
 use crate::error::{Error, Result};
+use crate::kernels::activation::Activation;
 use std::path::Path;
 
 /// The architectures whose forward pass we implement.
@@ -219,6 +219,7 @@ impl Arch {
             .ok_or_else(|| Error::UnsupportedArchitecture {
                 path: path.to_path_buf(),
                 arch: name.to_string(),
+                supported: supported_names(),
             })
     }
 

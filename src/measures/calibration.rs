@@ -8,7 +8,7 @@
 //! The calibrated read-out is derived when records are read, never stored: the raw
 //! probabilities stay the record of what the model did.
 
-use super::{CalibratedReadout, InstrumentScoring, LabelBinding, Question, TrialRecord};
+use crate::results::{CalibratedReadout, InstrumentScoring, LabelBinding, Question, TrialRecord};
 use crate::scenario::study::LabelStyle;
 use std::collections::BTreeMap;
 

@@ -8,14 +8,16 @@
 //! must not be presented as if they were. The thresholds are fixed here (not tuned to
 //! any model) and documented in docs/guide/report.md, "Reading the validity gate".
 
-use super::header::ScoredItem;
-use super::scores::distinct_observations;
-use super::{scale_scores, InstrumentScoring, Question, Readout, TrialRecord};
+use super::scores::{distinct_observations, scale_scores, Readout};
+use crate::results::{InstrumentScoring, Question, ScoredItem, TrialRecord};
 use crate::scenario::study::PositiveControl;
+use crate::stats::{pearson, variance};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A check's outcome. Ordered from best to worst, so the worst of several is their max.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// Written everywhere as `name()`: `pass`, `warn`, `fail` (serde too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Verdict {
     Pass,
     Warn,
@@ -468,12 +470,6 @@ fn complete_rows(respondents: &[BTreeMap<String, f64>], items: &[&ScoredItem]) -
         .collect()
 }
 
-fn variance(xs: &[f64]) -> f64 {
-    let n = xs.len() as f64;
-    let mean = xs.iter().sum::<f64>() / n;
-    xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
-}
-
 /// Cronbach's alpha of rows (respondents) x columns (items):
 /// k / (k - 1) * (1 - sum of item variances / variance of the row sums).
 /// None when the row sums do not vary.
@@ -845,15 +841,6 @@ fn positive_control(
             }
         ),
     }
-}
-
-pub fn pearson(x: &[f64], y: &[f64]) -> Option<f64> {
-    let n = x.len() as f64;
-    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
-    let sxy: f64 = x.iter().zip(y).map(|(a, b)| (a - mx) * (b - my)).sum();
-    let sxx: f64 = x.iter().map(|a| (a - mx).powi(2)).sum();
-    let syy: f64 = y.iter().map(|b| (b - my).powi(2)).sum();
-    (sxx > 1e-12 && syy > 1e-12).then(|| sxy / (sxx * syy).sqrt())
 }
 
 #[cfg(test)]

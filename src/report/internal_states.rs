@@ -9,13 +9,13 @@
 //! the item or the alpha level.
 
 use super::analysis::Analysis;
-use super::document::{f, Block, Section, Table};
+use super::blocks::{f, validity_mark, Block, Section, Table};
 use super::load::RunData;
 use super::plots::{Figure, Panel, Series, COLOURS};
 use super::scores::{ConditionInfo, Readout};
-use super::stats::{mean, one_sample_t};
 use crate::error::Result;
-use crate::results::Verdict;
+use crate::measures::Verdict;
+use crate::stats::{mean, one_sample_t};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -55,7 +55,7 @@ pub struct DoseTrend {
     /// Whether consecutive cell means all move in the slope's direction.
     pub monotonic: bool,
     /// The validity gate's verdict for the instrument and read-out.
-    pub validity: String,
+    pub validity: Verdict,
 }
 
 /// A (sub)scale moved three ways: the text (induction minus neutral text), the steering
@@ -72,7 +72,7 @@ pub struct Routes {
     pub steering: Option<f64>,
     pub steering_alpha: Option<f64>,
     pub instructed: Option<f64>,
-    pub validity: String,
+    pub validity: Verdict,
 }
 
 fn steered(a: &Analysis) -> BTreeMap<&str, (&str, f64)> {
@@ -129,11 +129,13 @@ pub fn dose_cells(a: &Analysis) -> Vec<DoseCell> {
     out
 }
 
+/// The read-out a dose cell's name stands for. Cells are made from `Readout::name`, so
+/// another name is a defect here, never data to guess at.
 fn readout_named(name: &str) -> Readout {
     Readout::ALL
         .into_iter()
         .find(|r| r.name() == name)
-        .unwrap_or(Readout::Probability)
+        .unwrap_or_else(|| panic!("dose cell read-out '{name}' is not a read-out name"))
 }
 
 fn ranks(v: &[f64]) -> Vec<f64> {
@@ -152,10 +154,6 @@ fn ranks(v: &[f64]) -> Vec<f64> {
         i = j + 1;
     }
     r
-}
-
-fn pearson(x: &[f64], y: &[f64]) -> f64 {
-    crate::probe::evaluate::pearson(x, y)
 }
 
 /// The slope of least squares of y on x.
@@ -221,7 +219,7 @@ pub fn dose_trends(a: &Analysis, cells: &[DoseCell]) -> Vec<DoseTrend> {
                         .windows(2)
                         .all(|w| (w[1] - w[0]) * mean_slope.signum() > 0.0);
                 DoseTrend {
-                    validity: verdict_name(a.verdict(&model, &instrument, readout)),
+                    validity: a.verdict(&model, &instrument, readout),
                     model,
                     direction,
                     instrument,
@@ -232,21 +230,12 @@ pub fn dose_trends(a: &Analysis, cells: &[DoseCell]) -> Vec<DoseTrend> {
                     slope: mean_slope,
                     t: test.t,
                     p: test.p,
-                    rho_means: pearson(&ranks(&alphas), &ranks(&means)),
+                    rho_means: crate::stats::correlation_or_nan(&ranks(&alphas), &ranks(&means)),
                     monotonic,
                 }
             },
         )
         .collect()
-}
-
-fn verdict_name(v: Verdict) -> String {
-    match v {
-        Verdict::Pass => "pass",
-        Verdict::Warn => "warn",
-        Verdict::Fail => "FAIL",
-    }
-    .to_string()
 }
 
 /// Text vs steering vs instruction on the subscale named after each steered direction.
@@ -327,7 +316,7 @@ pub fn routes(data: &RunData, a: &Analysis, cells: &[DoseCell]) -> Vec<Routes> {
                     .map(|(h, l)| h - l)
             });
             Routes {
-                validity: verdict_name(a.verdict(&model, &instrument, r)),
+                validity: a.verdict(&model, &instrument, r),
                 steering: zero.zip(top).map(|(z, t)| t.mean - z.mean),
                 steering_alpha: top.map(|t| t.alpha),
                 model,
@@ -364,23 +353,24 @@ pub fn figures(data: &RunData, cells: &[DoseCell]) -> Vec<Figure> {
                     .collect();
                 let blocks: BTreeSet<usize> = rows.iter().map(|r| r.block).collect();
                 let blocks: Vec<usize> = blocks.into_iter().collect();
-                let mean_of = |kind: Option<&str>, pick: fn(&crate::probe::AccuracyRow) -> f64| {
-                    blocks
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(i, b)| {
-                            let v: Vec<f64> = rows
-                                .iter()
-                                .filter(|r| r.block == *b && kind.is_none_or(|k| r.kind == k))
-                                .map(|r| pick(r))
-                                .collect();
-                            (!v.is_empty()).then(|| {
-                                let m = mean(&v);
-                                (i, m, f64::NAN, f64::NAN)
+                let mean_of =
+                    |kind: Option<&str>, pick: fn(&crate::results::probes::AccuracyRow) -> f64| {
+                        blocks
+                            .iter()
+                            .enumerate()
+                            .filter_map(|(i, b)| {
+                                let v: Vec<f64> = rows
+                                    .iter()
+                                    .filter(|r| r.block == *b && kind.is_none_or(|k| r.kind == k))
+                                    .map(|r| pick(r))
+                                    .collect();
+                                (!v.is_empty()).then(|| {
+                                    let m = mean(&v);
+                                    (i, m, f64::NAN, f64::NAN)
+                                })
                             })
-                        })
-                        .collect::<Vec<_>>()
-                };
+                            .collect::<Vec<_>>()
+                    };
                 let mut series = Vec::new();
                 for (k, (kind, label)) in [
                     ("induction", "emotion vs neutral text"),
@@ -602,7 +592,7 @@ pub fn sections(
                         f(t.p, 3),
                         f(t.rho_means, 2),
                         if t.monotonic { "yes" } else { "no" }.into(),
-                        if t.validity == "FAIL" { super::document::FAILED.into() } else { t.validity.clone() },
+                        validity_mark(t.validity),
                     ]
                 })
                 .collect(),
@@ -634,7 +624,7 @@ pub fn sections(
                                 None => "–".into(),
                             },
                             o(r.instructed),
-                            if r.validity == "FAIL" { super::document::FAILED.into() } else { r.validity.clone() },
+                            validity_mark(r.validity),
                         ]
                     })
                     .collect(),
