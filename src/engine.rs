@@ -24,6 +24,9 @@ pub struct EngineConfig {
     /// Run units of trials through the fixed-plan batched path even on the CPU (it is
     /// what every other device runs; on the CPU it is for tests and dry runs).
     pub force_fixed_plan: bool,
+    /// How packed 4-bit weights are held (None: by model size,
+    /// `FourBit::for_model_bytes`). Speed and memory only: the results are the same bits.
+    pub four_bit: Option<crate::kernels::packed::FourBit>,
 }
 
 /// Why a run's results are reproducible, as run.json records it.
@@ -62,6 +65,7 @@ impl Default for EngineConfig {
             threads: crate::default_threads(),
             batch_size: DEFAULT_BATCH_SIZE,
             force_fixed_plan: false,
+            four_bit: None,
         }
     }
 }
@@ -104,7 +108,7 @@ impl EngineConfig {
             int8_kernel: self.resolved_int8_kernel(),
             ops: self.ops,
             activation_override: None,
-            four_bit: None,
+            four_bit: self.four_bit,
         })
     }
 
@@ -155,6 +159,25 @@ impl EngineConfig {
             accelerator: self
                 .fixed_plan()
                 .then(|| crate::device_info::describe(&self.device)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::packed::FourBit;
+
+    #[test]
+    fn the_four_bit_layout_reaches_the_load_options() {
+        // Regression: the layout was read from the environment inside the packed format,
+        // out of the engine configuration's reach.
+        for layout in [None, Some(FourBit::Nibbles), Some(FourBit::Bytes)] {
+            let config = EngineConfig {
+                four_bit: layout,
+                ..EngineConfig::default()
+            };
+            assert_eq!(config.load_options().unwrap().four_bit, layout);
         }
     }
 }

@@ -1,15 +1,10 @@
 //! The `affectbench` binary as a user runs it: models, generate, tokenize, errors.
 
-mod common;
+use crate::common;
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn affectbench(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_affectbench"))
-        .args(args)
-        .output()
-        .expect("running affectbench")
-}
+use common::affectbench;
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).to_string()
@@ -134,7 +129,7 @@ fn concurrent_fetches_into_one_cache_download_once() {
     // Regression: N array tasks on an empty shared cache downloaded N copies.
     let cache = tempfile::tempdir().unwrap();
     let spawn = || {
-        Command::new(env!("CARGO_BIN_EXE_affectbench"))
+        common::affectbench_command()
             .env("AFFECTBENCH_CACHE", cache.path())
             .env("AFFECTBENCH_NO_HUB", "1")
             .env_remove("HF_HUB_OFFLINE")

@@ -2,7 +2,7 @@
 //! option probabilities do not depend on the batch size, the batch's other members, the
 //! thread count, the evaluation order, a resume or a shard split.
 
-mod common;
+use crate::common;
 
 use affectbench::generate::{decode, decode_lockstep};
 use affectbench::model::{KvCache, LoadOptions, Model};
@@ -12,7 +12,6 @@ use affectbench::rng::Stream;
 use affectbench::sampling::SamplingParams;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn smollm2() -> Model {
     let path = common::real_model("smollm2-135m-instruct");
@@ -116,12 +115,7 @@ fn option_probabilities_are_identical_scored_together_or_one_by_one() {
     }
 }
 
-fn affectbench(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_affectbench"))
-        .args(args)
-        .output()
-        .expect("running affectbench")
-}
+use common::affectbench;
 
 /// trial id -> record without its timing.
 fn records(dirs: &[&Path]) -> BTreeMap<String, serde_json::Value> {

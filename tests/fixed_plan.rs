@@ -3,7 +3,7 @@
 //! sampler, and whole studies through it against the packed path, against themselves,
 //! across a resume after a kill and across shards.
 
-mod common;
+use crate::common;
 
 use affectbench::generate::decode;
 use affectbench::model::{Kernels, KvCache, LoadOptions, Model, OpPath, UnitKv};
@@ -197,7 +197,7 @@ fn the_device_check_dry_run_passes_on_the_cpu() {
 const FIXED_PLAN: [&str; 4] = ["--batching", "fixed-plan", "--weights", "dense-f32"];
 
 fn affectbench(args: &[&str], extra: &[&Path]) -> std::process::Output {
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_affectbench"));
+    let mut c = common::affectbench_command();
     c.args(args);
     for p in extra {
         c.arg(p);
@@ -257,7 +257,7 @@ fn the_fixed_plan_path_is_identical_across_runs_kills_resumes_and_shards() {
     let killed = dir.path().join("killed");
     let mut args: Vec<&str> = vec!["run", "scenarios/studies/smoke.toml", "--no-report"];
     args.extend(FIXED_PLAN);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_affectbench"))
+    let mut child = common::affectbench_command()
         .args(&args)
         .arg("--model")
         .arg(&model)

@@ -16,7 +16,7 @@
 //! 4. The fused CPU attention (the default) against the candle-op attention, on dense
 //!    f32 weights: logits within 1e-3 at every step.
 
-mod common;
+use crate::common;
 
 use affectbench::model::reference::ReferenceModel;
 use affectbench::model::{Activation, Kernels, KvCache, LoadOptions, Model, OpPath};

@@ -3,7 +3,7 @@
 //! Each runs a bounded number of cases (`CASES`), seeded by proptest, so the suite's
 //! time is fixed; a failure prints the minimal input that broke it.
 
-mod common;
+use crate::common;
 
 use affectbench::model::{LoadOptions, Model};
 use affectbench::registry::ModelRef;

@@ -2,7 +2,7 @@
 //! changes a logit, steering moves the logits exactly as the arithmetic predicts, and a
 //! capture study -> `probe` -> steered study runs end to end through the binary.
 
-mod common;
+use crate::common;
 
 use affectbench::model::{KvCache, LoadOptions, LogitsAt, Model, OpPath};
 use affectbench::registry::ModelRef;
@@ -12,7 +12,6 @@ use affectbench::results::{read_header, read_trials};
 use candle_core::{IndexOp, Tensor};
 use common::{write_tiny_gguf, Tiny};
 use std::path::Path;
-use std::process::Command;
 
 fn load(path: &Path, ops: OpPath) -> Model {
     Model::load_ref(
@@ -229,7 +228,7 @@ instruments = ["sadness-state"]
 "#;
 
 fn affectbench(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_affectbench"))
+    common::affectbench_command()
         .args(["--threads", "2"])
         .args(args)
         .output()

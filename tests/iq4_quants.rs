@@ -4,7 +4,7 @@
 //! and run on the packed kernel against their dense reference, and a type we do not
 //! read named in the error.
 
-mod common;
+use crate::common;
 
 use affectbench::gguf::GgufFile;
 use affectbench::kernels::int8_matmul::{matmul, KernelPath};

@@ -10,7 +10,7 @@
 //! Regenerate with `scripts/llamacpp_reference.sh` (the test writes the files into
 //! `target/tiny-gguf/`, then llama-cpp-python reads them).
 
-mod common;
+use crate::common;
 
 use affectbench::model::{KvCache, LoadOptions, Model};
 use affectbench::registry::ModelRef;

@@ -2,16 +2,16 @@
 //! output is written, numbers agree with a recomputation from trials.jsonl, the bootstrap
 //! is reproducible by seed, and hostile strings are escaped in report.html.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 const FIXTURE: &str = "tests/data/report-fixture";
 
 fn report(out: &Path, extra: &[&str]) -> Output {
-    let o = Command::new(env!("CARGO_BIN_EXE_affectbench"))
+    let o = common::affectbench_command()
         .args(["report", FIXTURE, "--out"])
         .arg(out)
         .args(extra)
@@ -209,7 +209,7 @@ fn bootstrap_intervals_are_reproducible_by_seed() {
 #[test]
 fn report_of_a_directory_without_a_run_says_what_to_give() {
     let dir = tempfile::tempdir().unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_affectbench"))
+    let o = common::affectbench_command()
         .args(["report"])
         .arg(dir.path())
         .output()
@@ -237,7 +237,7 @@ fn a_record_without_probabilities_does_not_break_the_report() {
     first["choice"]["labels"] = serde_json::json!([]);
     lines[0] = first.to_string();
     std::fs::write(run.join("trials.jsonl"), lines.join("\n") + "\n").unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_affectbench"))
+    let o = common::affectbench_command()
         .arg("report")
         .arg(&run)
         .output()
@@ -334,7 +334,7 @@ fn declared_questions_are_answered_first_with_power_and_validity() {
     ]);
     std::fs::write(&header_path, serde_json::to_string(&header).unwrap()).unwrap();
     let out = dir.path().join("report");
-    let o = Command::new(env!("CARGO_BIN_EXE_affectbench"))
+    let o = common::affectbench_command()
         .args(["report"])
         .arg(&run)
         .arg("--out")

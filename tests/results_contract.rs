@@ -2,7 +2,7 @@
 //! a schema-1 run agrees on every value, newer schemas are refused, and the run
 //! directory protocol (lock, what resume repairs and what it refuses to touch).
 
-mod common;
+use crate::common;
 
 use affectbench::engine::EngineConfig;
 use affectbench::registry::{ModelRef, Registry};

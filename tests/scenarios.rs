@@ -1,7 +1,7 @@
 //! The shipped scenario files load and meet the study's requirements; malformed files
 //! give errors that name the file and line.
 
-mod common;
+use crate::common;
 
 use affectbench::scenario::{Library, Study};
 use std::path::Path;

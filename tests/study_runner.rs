@@ -2,7 +2,7 @@
 //! reorderings of the study file), the choice read-out against an independent
 //! computation, and resume after an interrupted run giving the same trials.
 
-mod common;
+use crate::common;
 
 use affectbench::engine::EngineConfig;
 use affectbench::model::{KvCache, LoadOptions, LogitsAt, Model, OpPath};
@@ -359,7 +359,7 @@ fn all_items_in_one_turn_runs_end_to_end() {
 /// mid-way) into `out`, stderr into `out.log`.
 fn spawn_long_run(model: &Path, out: &Path) -> std::process::Child {
     let log = std::fs::File::create(out.with_extension("log")).unwrap();
-    std::process::Command::new(env!("CARGO_BIN_EXE_affectbench"))
+    common::affectbench_command()
         .args([
             "run",
             "scenarios/studies/smoke.toml",
@@ -449,7 +449,7 @@ fn sigterm_marks_the_run_interrupted_and_resume_completes_it() {
             (5..240).contains(&written),
             "stopped mid-way ({written} records)"
         );
-        let resumed = std::process::Command::new(env!("CARGO_BIN_EXE_affectbench"))
+        let resumed = common::affectbench_command()
             .args(["run", "--no-report", "--resume"])
             .arg(&stopped)
             .output()
@@ -476,7 +476,7 @@ fn a_second_process_writing_the_same_directory_is_refused() {
     let out = dir.path().join("out");
     let mut first = spawn_long_run(&model, &out);
     wait_for_records(&out, 1);
-    let second = std::process::Command::new(env!("CARGO_BIN_EXE_affectbench"))
+    let second = common::affectbench_command()
         .args([
             "run",
             "scenarios/studies/smoke.toml",
@@ -570,7 +570,7 @@ fn a_model_producing_nan_gives_error_records_and_a_failed_run_not_success() {
     affectbench::report::build_report(std::slice::from_ref(&out), &out, &Default::default())
         .expect("the report builds");
 
-    let generate = std::process::Command::new(env!("CARGO_BIN_EXE_affectbench"))
+    let generate = common::affectbench_command()
         .args([
             "generate",
             "--prompt",
@@ -705,7 +705,7 @@ fn resume_runs_from_the_snapshot_and_a_changed_design_is_refused_naming_the_file
     // --resume from another working directory continues from the snapshot.
     let elsewhere = dir.path().join("elsewhere");
     std::fs::create_dir_all(&elsewhere).unwrap();
-    let resumed = std::process::Command::new(env!("CARGO_BIN_EXE_affectbench"))
+    let resumed = common::affectbench_command()
         .current_dir(&elsewhere)
         .args(["run", "--no-report", "--resume"])
         .arg(std::fs::canonicalize(&split).unwrap())
@@ -760,7 +760,7 @@ fn a_run_resumes_from_another_cache_holding_the_same_file() {
     }
     let out = dir.path().join("out");
     let run = |cache: &Path, args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_affectbench"))
+        common::affectbench_command()
             .env("AFFECTBENCH_CACHE", cache)
             .arg("--registry")
             .arg(&registry)
@@ -918,7 +918,7 @@ fn a_slurm_array_task_runs_its_shard_with_its_cpus_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let model = std::fs::canonicalize(tiny_model(dir.path())).unwrap();
     let study = std::fs::canonicalize("scenarios/studies/smoke.toml").unwrap();
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_affectbench"))
+    let o = common::affectbench_command()
         .current_dir(dir.path())
         .env("SLURM_ARRAY_TASK_ID", "1")
         .env("SLURM_ARRAY_TASK_COUNT", "4")
@@ -991,7 +991,7 @@ fn a_full_disk_marks_the_run_error_and_resume_completes_it() {
     let _unmount = Unmount(&small);
     let model = tiny_model(dir.path());
     let out = small.join("run");
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_affectbench"))
+    let o = common::affectbench_command()
         .args([
             "run",
             "scenarios/studies/smoke.toml",
@@ -1029,7 +1029,7 @@ fn a_full_disk_marks_the_run_error_and_resume_completes_it() {
         .arg(&moved)
         .status()
         .unwrap();
-    let resumed = std::process::Command::new(env!("CARGO_BIN_EXE_affectbench"))
+    let resumed = common::affectbench_command()
         .args(["run", "--no-report", "--resume"])
         .arg(&moved)
         .output()
@@ -1040,7 +1040,7 @@ fn a_full_disk_marks_the_run_error_and_resume_completes_it() {
         String::from_utf8_lossy(&resumed.stderr)
     );
     let whole = dir.path().join("whole");
-    let w = std::process::Command::new(env!("CARGO_BIN_EXE_affectbench"))
+    let w = common::affectbench_command()
         .args([
             "run",
             "scenarios/studies/smoke.toml",
@@ -1419,7 +1419,7 @@ fn identical_repetitions_count_once_and_a_one_conversation_arm_is_a_constant() {
 
 /// `affectbench judge RUN --model M`: its stderr, and whether it succeeded.
 fn second_judge(run: &Path, model: &Path) -> (bool, String) {
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_affectbench"))
+    let o = common::affectbench_command()
         .args(["--threads", "2", "judge"])
         .arg(run)
         .arg("--model")
@@ -1575,7 +1575,7 @@ fn a_template_with_a_thinking_switch_is_told_the_studys_choice_and_the_run_recor
 /// machine looks like to a signal. Returns once the run is computing.
 fn spawn_slow_run(out: &Path) -> std::process::Child {
     common::real_model("smollm2-135m-instruct");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_affectbench"))
+    let child = common::affectbench_command()
         .args([
             "run",
             "scenarios/studies/smoke.toml",
@@ -1682,7 +1682,7 @@ fn the_smoke_study_gives_identical_trials_on_every_int8_kernel() {
     let mut runs = Vec::new();
     for kernel in &kernels {
         let out = dir.path().join(kernel);
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_affectbench"))
+        let o = common::affectbench_command()
             .args([
                 "run",
                 "scenarios/studies/smoke.toml",

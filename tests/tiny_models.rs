@@ -2,7 +2,7 @@
 //! candle-transformers, batching and cache forking, the safetensors path, and the errors
 //! a user gets for bad inputs.
 
-mod common;
+use crate::common;
 
 use affectbench::cache::verify_file;
 use affectbench::generate::generate;
@@ -532,7 +532,7 @@ fn tiny_registry(
 }
 
 fn generate_with(reg: &Path, cache: &Path) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_affectbench"))
+    common::affectbench_command()
         .env("AFFECTBENCH_CACHE", cache)
         .args(["--registry"])
         .arg(reg)
@@ -739,7 +739,7 @@ fn offline_means_cache_only_with_the_command_to_run_elsewhere() {
         (false, Some(("HF_HUB_OFFLINE", "1"))),
         (false, Some(("AFFECTBENCH_OFFLINE", "1"))),
     ] {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_affectbench"));
+        let mut cmd = common::affectbench_command();
         cmd.env("AFFECTBENCH_CACHE", &cache)
             .env_remove("HF_HUB_OFFLINE")
             .env_remove("AFFECTBENCH_OFFLINE")

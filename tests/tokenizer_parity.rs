@@ -2,7 +2,7 @@
 //! transformers builds from the same file (reference ids committed in
 //! tests/data/tokenizer_reference.json by scripts/tokenizer_reference.py).
 
-mod common;
+use crate::common;
 
 use affectbench::gguf::GgufFile;
 use affectbench::tokenizer::ModelTokenizer;

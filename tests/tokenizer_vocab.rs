@@ -3,7 +3,7 @@
 //! SentencePiece, GPT-2): llama.cpp ships each vocabulary as a vocabulary-only GGUF with
 //! texts and the ids Hugging Face tokenizers gives them (`common::llamacpp_vocab_dir`).
 
-mod common;
+use crate::common;
 
 use affectbench::gguf::GgufFile;
 use affectbench::tokenizer::ModelTokenizer;

@@ -271,6 +271,11 @@ fn engine_config(
             .unwrap_or_else(|| default_batch_size(&args.device))
             .max(1),
         force_fixed_plan: args.batching == BatchingArg::FixedPlan,
+        four_bit: match args.four_bit {
+            super::FourBitArg::Auto => None,
+            super::FourBitArg::Nibbles => Some(affectbench::kernels::packed::FourBit::Nibbles),
+            super::FourBitArg::Bytes => Some(affectbench::kernels::packed::FourBit::Bytes),
+        },
     };
     if args.weights == WeightsArg::PackedInt8 && args.device != "cpu" {
         anyhow::bail!(

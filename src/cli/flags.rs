@@ -503,6 +503,21 @@ pub struct EngineArgs {
     /// holds). `fixed-plan` runs the GPU path on the CPU too (tests, dry runs).
     #[arg(long, value_enum, default_value_t = BatchingArg::Auto, env = "AFFECTBENCH_BATCHING")]
     pub batching: BatchingArg,
+
+    /// How packed 4-bit weights are held: `auto` (two per byte for model files above
+    /// 1 GiB, one per byte below), `nibbles` or `bytes` (also `1` and `0`). Speed and
+    /// memory only: every layout gives the same bits.
+    #[arg(long, value_enum, default_value_t = FourBitArg::Auto, env = "AFFECTBENCH_NIBBLES")]
+    pub four_bit: FourBitArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FourBitArg {
+    Auto,
+    #[value(alias = "1")]
+    Nibbles,
+    #[value(alias = "0")]
+    Bytes,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

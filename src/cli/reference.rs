@@ -22,7 +22,7 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("AFFECTBENCH_OPS", "Fused CPU kernels or the candle-op reference (the default of `--ops`)."),
     ("AFFECTBENCH_WEIGHTS", "How the weights are held (the default of `--weights`)."),
     ("AFFECTBENCH_BATCHING", "Batch-invariant rows or a fixed plan (the default of `--batching`)."),
-    ("AFFECTBENCH_NIBBLES", "`1` or `0`: hold 4-bit weights two per byte, or one per byte, whatever the file size (default: nibbles for files above 1 GiB). Results are the same bits either way."),
+    ("AFFECTBENCH_NIBBLES", "How packed 4-bit weights are held (the default of `--four-bit`; `1` and `0` still mean nibbles and bytes)."),
     ("AFFECTBENCH_POOL_SPIN_US", "Microseconds a kernel-pool worker spins before it blocks (`0` blocks at once; for shared nodes)."),
     ("AFFECTBENCH_FONT", "A .ttf file for the report's figures (default: common system locations)."),
     ("SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_COUNT, SLURM_ARRAY_TASK_MIN, SLURM_ARRAY_TASK_MAX", "In a SLURM array task, the shard `run` computes (see docs/guide/cluster.md)."),
@@ -199,6 +199,24 @@ mod tests {
             "docs/reference/cli.md differs from the flag definitions; rewrite it with \
              `AFFECTBENCH_WRITE_CLI_REFERENCE=1 cargo test --release cli_reference` and commit it"
         );
+    }
+
+    #[test]
+    fn four_bit_takes_the_old_environment_values() {
+        use clap::Parser;
+        for (given, want) in [
+            ("1", super::super::FourBitArg::Nibbles),
+            ("0", super::super::FourBitArg::Bytes),
+            ("bytes", super::super::FourBitArg::Bytes),
+        ] {
+            let cli =
+                super::super::Cli::try_parse_from(["affectbench", "bench", "--four-bit", given])
+                    .unwrap();
+            let super::super::Command::Bench(args) = cli.command else {
+                panic!("not bench")
+            };
+            assert_eq!(args.model.engine.four_bit, want, "{given}");
+        }
     }
 
     #[test]

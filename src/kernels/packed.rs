@@ -136,13 +136,12 @@ pub enum FourBit {
 
 impl FourBit {
     /// Nibbles for model files above 1 GiB (where memory and decode bandwidth decide),
-    /// bytes below; `AFFECTBENCH_NIBBLES=1` or `0` forces one.
+    /// bytes below. `--four-bit` (`EngineConfig::four_bit`) overrides it.
     pub fn for_model_bytes(bytes: u64) -> Self {
-        match std::env::var("AFFECTBENCH_NIBBLES").as_deref() {
-            Ok("1") => FourBit::Nibbles,
-            Ok("0") => FourBit::Bytes,
-            _ if bytes > 1 << 30 => FourBit::Nibbles,
-            _ => FourBit::Bytes,
+        if bytes > 1 << 30 {
+            FourBit::Nibbles
+        } else {
+            FourBit::Bytes
         }
     }
 }

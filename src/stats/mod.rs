@@ -23,6 +23,7 @@ pub use effects::{
 mod tests {
     use super::*;
     use rand::SeedableRng;
+    use rand_chacha::ChaCha20Rng;
 
     #[test]
     fn bootstrap_is_reproducible_by_seed_and_changes_with_it() {

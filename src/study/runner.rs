@@ -238,11 +238,10 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
     progress.finish();
 
     let remaining = shard_trials - shard_done - tally.written;
-    let trials: Vec<TrialRecord> = read_trials(&cfg.out_dir.join("trials.jsonl"), study.seed)
-        .map(|f| f.records.into_iter().map(|(_, r)| r).collect())
-        .unwrap_or_default();
+    let written = written_trials(&cfg.out_dir.join("trials.jsonl"), study.seed);
     header.ended = Some(crate::results::now_rfc3339());
-    header.trials_failed = Some(trials.iter().filter(|t| t.error.is_some()).count());
+    header.trials_failed = written.as_ref().ok().map(|t| failed_trials(t));
+    let trials = written.unwrap_or_default();
     (header.status, header.error) = match &result {
         Ok(()) if remaining == 0 => (RunStatus::Success, None),
         Ok(()) => (RunStatus::Partial, None),
@@ -265,6 +264,16 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
             header.study.positive_control.as_ref(),
         ),
     })
+}
+
+/// The records a run directory holds at its end. An unreadable file is an error, so that
+/// run.json records its failed trials as unknown rather than as none.
+fn written_trials(path: &Path, seed: u64) -> Result<Vec<TrialRecord>> {
+    read_trials(path, seed).map(|f| f.records.into_iter().map(|(_, r)| r).collect())
+}
+
+fn failed_trials(trials: &[TrialRecord]) -> usize {
+    trials.iter().filter(|t| t.error.is_some()).count()
 }
 
 /// The study and the scenario library it draws on, with the seed override applied.
@@ -617,4 +626,32 @@ fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
         .map(|s| s.to_string())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "no message".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreadable_trials_file_leaves_the_failed_count_unknown() {
+        // Regression: the count was recorded as 0 when trials.jsonl could not be read.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trials.jsonl");
+        assert_eq!(
+            written_trials(&path, 1).map(|t| failed_trials(&t)).ok(),
+            Some(0),
+            "no file yet: no trials"
+        );
+        std::fs::create_dir(&path).unwrap(); // unreadable as a file, even for root
+        assert_eq!(
+            written_trials(&path, 1).map(|t| failed_trials(&t)).ok(),
+            None
+        );
+        std::fs::remove_dir(&path).unwrap();
+        std::fs::write(&path, "{not json\n").unwrap();
+        assert!(
+            written_trials(&path, 1).is_err(),
+            "a corrupt file is not an empty one"
+        );
+    }
 }

@@ -781,3 +781,16 @@ pub fn tiny_study_model_with_meta(
     );
     path
 }
+
+/// The affectbench binary these tests were built with, as a command to add arguments to.
+pub fn affectbench_command() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_affectbench"))
+}
+
+/// Runs affectbench with `args` and returns what it printed and its status.
+pub fn affectbench(args: &[&str]) -> std::process::Output {
+    affectbench_command()
+        .args(args)
+        .output()
+        .expect("running affectbench")
+}

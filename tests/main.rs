@@ -1,0 +1,30 @@
+//! The integration tests, as one test binary: each module is one area (the command line,
+//! determinism, the study runner, the report, parity with reference implementations...),
+//! and `common` holds what they share (tiny model writers, real-model fetching, running
+//! the binary). One binary links candle once instead of once per file, which is most of
+//! the test build's time on a small machine.
+//!
+//! `workload_memory.rs` stays a binary of its own: it installs a counting global
+//! allocator, which would count every other test's allocations here.
+
+mod common;
+
+mod cli;
+mod determinism;
+mod fixed_plan;
+mod forward_parity;
+mod fuzz;
+mod internal_states;
+mod iq4_quants;
+mod llamacpp_parity;
+mod module_dependencies;
+mod portable_binary;
+mod report;
+mod report_stats;
+mod results_contract;
+mod scenarios;
+mod study_runner;
+mod tiny_models;
+mod tokenizer_parity;
+mod tokenizer_vocab;
+mod validity_reference;
