@@ -24,6 +24,29 @@ fn number(env: &dyn Fn(&str) -> Option<String>, key: &str) -> Result<Option<usiz
     }
 }
 
+/// Parses a shard as `INDEX/COUNT` (`--shard`, run.json `shard`), the index below
+/// the count.
+pub fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let (i, n) = s
+        .split_once('/')
+        .ok_or_else(|| format!("'{s}': expected INDEX/COUNT, e.g. 0/4"))?;
+    let (i, n): (usize, usize) = (
+        i.trim()
+            .parse()
+            .map_err(|_| format!("'{i}' is not a shard index"))?,
+        n.trim()
+            .parse()
+            .map_err(|_| format!("'{n}' is not a shard count"))?,
+    );
+    if n == 0 || i >= n {
+        return Err(format!(
+            "shard {i}/{n}: the index must be below the count (0/{n} .. {}/{n})",
+            n.max(1) - 1
+        ));
+    }
+    Ok((i, n))
+}
+
 /// The shard of an array task: `SLURM_ARRAY_TASK_ID` of `SLURM_ARRAY_TASK_COUNT` (or of
 /// `SLURM_ARRAY_TASK_MIN..=MAX` where the count is absent, index taken from the
 /// minimum), or a Kubernetes indexed job's `JOB_COMPLETION_INDEX` of `count` (which the
@@ -109,6 +132,18 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn a_shard_is_an_index_below_its_count() {
+        assert_eq!(parse_shard("1/4"), Ok((1, 4)));
+        assert_eq!(parse_shard(" 0 / 2 "), Ok((0, 2)));
+        assert!(parse_shard("4/4").unwrap_err().contains("below the count"));
+        assert!(parse_shard("0/0").is_err());
+        assert!(parse_shard("1").unwrap_err().contains("INDEX/COUNT"));
+        assert!(parse_shard("a/2")
+            .unwrap_err()
+            .contains("not a shard index"));
     }
 
     #[test]

@@ -1,18 +1,31 @@
 //! affectbench: psychology experiments (affect induction, regulation, negativity bias)
 //! on open-weight language models, run locally and reproducibly.
 //!
-//! Layers, bottom up:
+//! Layers, roughly bottom up (`tests/module_dependencies.rs` checks that no top-level
+//! module depends on itself round a cycle, and that `error` and `stats` import nothing
+//! of ours):
+//! - Importing nothing of ours: `error` (one error type, its text carried by its
+//!   variants), `stats` (descriptives, bootstrap, effect sizes, the mixed model), `rng`
+//!   (the seeded streams), `quant` (packed types), `interrupt` (stop signals), `cluster`
+//!   (what a batch scheduler says: shard, CPUs). Then `lock` (one writer per run
+//!   directory).
+//! - `kernels`, `device_info`, `arch`: the int8 kernels and their dispatch, the CPU and
+//!   GPU by name, the architecture table.
 //! - `registry`, `cache`, `fetch`: which models exist, where their files come from, and
 //!   how they reach the local cache verified.
-//! - `gguf`, `tokenizer`, `chat`: reading model files, building the tokenizer from GGUF
-//!   metadata, rendering chat templates.
-//! - `kernels`, `model`: the forward pass (our own, on candle ops, with packed int8 CPU
+//! - `gguf`, `gguf_check`, `tokenizer`, `chat`: reading model files, building the
+//!   tokenizer from GGUF metadata, rendering chat templates.
+//! - `model`: the forward pass (our own, on candle ops, with the packed int8 CPU
 //!   kernels) and candle-transformers' as a reference.
-//! - `sampling`, `generate`: seeded, per-sequence sampling and the generation loop.
-//! - `scenario`, `study`, `results`: experiments as data, the resumable runner, and the
-//!   typed results contract every reader uses.
-//! - `report`, `probe`: statistics, tables and figures from run directories; linear
-//!   probes of captured hidden states and the steering directions they give.
+//! - `sampling`, `generate`, `option_scoring`, `engine`, `unit_work`: seeded per-row
+//!   sampling, generation, option log-probabilities, the engine configuration, and a
+//!   batch unit's work on either device.
+//! - `scenario`, `study`, `results`, `measures`: experiments as data, the resumable
+//!   runner, the typed results contract every reader uses (and its one CSV writer), and
+//!   what is computed from the records (scale scores, the validity gate, calibration).
+//! - `report`, `probe`, `bench`, `bench_units`: statistics, tables and figures from run
+//!   directories; linear probes of captured hidden states and the steering directions
+//!   they give; the throughput benchmarks.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 

@@ -4,8 +4,8 @@
 //! from scipy, on fixed data (`scripts/consistency_reference.py` ->
 //! `tests/data/consistency_reference.json`).
 
-use affectbench::measures::validity::{cronbach_alpha, mcdonald_omega};
 use affectbench::stats::pearson;
+use affectbench::stats::{cronbach_alpha, mcdonald_omega};
 
 fn reference() -> serde_json::Value {
     serde_json::from_str(include_str!("data/consistency_reference.json")).expect("reference parses")

@@ -14,6 +14,8 @@ use affectbench::kernels::int8_matmul::{self, KernelPath};
 use affectbench::model::{Kernels, Model, OpPath};
 use affectbench::registry::{ModelRef, Registry};
 use affectbench::sampling::{Sampling, SamplingParams};
+use affectbench::study::runner::{run_study, RunConfig};
+use affectbench::study::target::RunTarget;
 use anyhow::{Context, Result};
 use std::io::{IsTerminal, Write};
 
@@ -44,7 +46,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Models(cmd) => models(&registry, cmd),
         Command::Generate(args) => generate(&registry, args, threads),
         Command::Tokenize(args) => tokenize(&registry, args, threads),
-        Command::Run(args) => run_study(&registry, args, &detected),
+        Command::Run(args) => run_study_command(&registry, args, &detected),
         Command::Report(args) => report(args),
         Command::Merge(args) => merge(args),
         Command::Bench(args) => bench(&registry, args, threads),
@@ -416,121 +418,101 @@ fn resolve_fetched(registry: &Registry, name: &str) -> Result<ModelRef> {
     Ok(model_ref)
 }
 
-fn run_study(registry: &Registry, args: RunArgs, threads: &Detected<usize>) -> Result<()> {
-    use affectbench::results::read_header;
-    use affectbench::study::runner::{resume_design, run_study, RunConfig};
+/// The target of a new run, from its flags: the study (default: the main study), the
+/// models (default: the registry's default), the shard (a flag, or an array task's
+/// environment) and the output directory (default: named for all three).
+fn new_run_target(registry: &Registry, args: &RunArgs) -> Result<RunTarget> {
     let mut sources = std::collections::BTreeMap::new();
-    sources.insert("threads".to_string(), threads.source.clone());
-    let (study_path, scenarios_root, model_names, out_dir, seed, repetitions, shard) =
-        match &args.resume {
-            Some(dir) => {
-                let h = read_header(dir)
-                    .with_context(|| format!("--resume {}: not a run directory", dir.display()))?;
-                let names = h
-                    .models
-                    .iter()
-                    .map(|m| {
-                        if registry.get(&m.label).is_some() {
-                            m.label.clone()
-                        } else {
-                            m.path.clone()
-                        }
-                    })
-                    .collect();
-                let shard = h
-                    .shard
-                    .as_deref()
-                    .map(super::flags::parse_shard)
-                    .transpose()
-                    .map_err(anyhow::Error::msg)?;
-                sources.extend(
-                    h.sources
-                        .clone()
-                        .into_iter()
-                        .filter(|(k, _)| k != "threads"),
-                );
-                // The design comes from the run's own snapshot of its scenario files.
-                let (study, root) = resume_design(dir, &h);
-                (
-                    study,
-                    root,
-                    names,
-                    dir.clone(),
-                    Some(h.seed),
-                    Some(h.repetitions),
-                    shard,
-                )
-            }
-            None => {
-                let study = args
-                    .study
-                    .clone()
-                    .unwrap_or_else(|| "scenarios/studies/affect-induction.toml".into());
-                let models = if args.model.is_empty() {
-                    vec![registry.default.clone()]
-                } else {
-                    args.model.clone()
-                };
-                // An array task of a batch scheduler runs its own shard without being told.
-                let shard = match args.shard {
-                    Some(s) => {
-                        sources.insert("shard".into(), "--shard".into());
-                        Some(s)
-                    }
-                    None => affectbench::cluster::shard_from_env(
-                        &affectbench::cluster::process_env,
-                        args.shard_count,
-                    )
-                    .map_err(anyhow::Error::msg)?
-                    .map(|d| {
-                        eprintln!("shard {}/{} (from {})", d.value.0, d.value.1, d.source);
-                        sources.insert("shard".into(), d.source);
-                        d.value
-                    }),
-                };
-                let out = match &args.out {
-                    Some(o) => o.clone(),
-                    None => default_out_dir(&study, &models, shard),
-                };
-                (
-                    study,
-                    args.scenarios.clone(),
-                    models,
-                    out,
-                    args.seed,
-                    args.repetitions,
-                    shard,
-                )
-            }
-        };
+    let study_path = args
+        .study
+        .clone()
+        .unwrap_or_else(|| "scenarios/studies/affect-induction.toml".into());
+    let models = if args.model.is_empty() {
+        vec![registry.default.clone()]
+    } else {
+        args.model.clone()
+    };
+    // An array task of a batch scheduler runs its own shard without being told.
+    let shard = match args.shard {
+        Some(s) => {
+            sources.insert("shard".into(), "--shard".into());
+            Some(s)
+        }
+        None => affectbench::cluster::shard_from_env(
+            &affectbench::cluster::process_env,
+            args.shard_count,
+        )
+        .map_err(anyhow::Error::msg)?
+        .map(|d| {
+            eprintln!("shard {}/{} (from {})", d.value.0, d.value.1, d.source);
+            sources.insert("shard".into(), d.source);
+            d.value
+        }),
+    };
+    let out_dir = match &args.out {
+        Some(o) => o.clone(),
+        None => default_out_dir(&study_path, &models, shard),
+    };
+    Ok(RunTarget {
+        study_path,
+        scenarios_root: args.scenarios.clone(),
+        models,
+        out_dir,
+        seed: args.seed,
+        repetitions: args.repetitions,
+        shard,
+        sources,
+    })
+}
+
+/// The run configuration for `target`: its models resolved (and fetched once where
+/// missing), the engine from the flags.
+fn run_config(
+    registry: &Registry,
+    target: RunTarget,
+    engine: affectbench::engine::EngineConfig,
+    threads: &Detected<usize>,
+    max_trials: Option<usize>,
+    progress_every: std::time::Duration,
+    directions: Vec<std::path::PathBuf>,
+) -> Result<RunConfig> {
     anyhow::ensure!(
-        study_path.is_file(),
+        target.study_path.is_file(),
         "study file {} does not exist (studies live in scenarios/studies/)",
-        study_path.display()
+        target.study_path.display()
     );
-    let models = model_names
+    let models = target
+        .models
         .iter()
         .map(|n| resolve_fetched(registry, n))
         .collect::<Result<Vec<_>>>()?;
-    let cfg = RunConfig {
-        study_path,
-        scenarios_root,
+    let mut sources = target.sources;
+    sources.insert("threads".to_string(), threads.source.clone());
+    Ok(RunConfig {
+        study_path: target.study_path,
+        scenarios_root: target.scenarios_root,
         models,
-        out_dir,
-        seed,
-        repetitions,
-        max_trials: args.max_trials,
-        engine: engine_config(&args.engine, threads.value, args.batch_size)?,
+        out_dir: target.out_dir,
+        seed: target.seed,
+        repetitions: target.repetitions,
+        max_trials,
+        engine,
         show_progress: std::io::stderr().is_terminal(),
-        progress_every: std::time::Duration::from_secs_f64(args.progress_every.max(0.01)),
-        shard,
+        progress_every,
+        shard: target.shard,
         sources,
-        directions: args.directions.clone(),
-    };
+        directions,
+    })
+}
+
+/// Runs `cfg` (signals handled: a stop keeps every finished trial), prints the summary
+/// and how to continue, and reports a complete, unsharded run unless `no_report`.
+/// `run` and `validate-instrument` both go through here.
+fn execute(cfg: &RunConfig, no_report: bool) -> Result<Option<affectbench::report::ReportOutcome>> {
     affectbench::interrupt::install().context("installing the signal handlers")?;
     eprintln!("results: {}", cfg.out_dir.display());
     let started = std::time::Instant::now();
-    let outcome = run_study(&cfg)?;
+    let outcome = run_study(cfg)?;
     println!("{}", outcome.summary);
     eprintln!(
         "{} trials in {:.1} s; {} remaining{}; results in {}",
@@ -544,19 +526,18 @@ fn run_study(registry: &Registry, args: RunArgs, threads: &Detected<usize>) -> R
         },
         outcome.out_dir.display()
     );
-    if outcome.trials_remaining > 0 || args.no_report {
-        return Ok(());
+    if outcome.trials_remaining > 0 || no_report {
+        return Ok(None);
     }
     if let Some((i, n)) = cfg.shard {
         // One shard's report would describe a fraction of the design.
         eprintln!("shard {i}/{n} done; no report for a single shard: `affectbench merge` the {n} shard directories, then `affectbench report` the merged one");
-        return Ok(());
+        return Ok(None);
     }
-    let options = affectbench::report::ReportOptions::default();
     let r = affectbench::report::build_report(
         std::slice::from_ref(&outcome.out_dir),
         &outcome.out_dir,
-        &options,
+        &affectbench::report::ReportOptions::default(),
     )
     .with_context(|| {
         format!(
@@ -565,6 +546,25 @@ fn run_study(registry: &Registry, args: RunArgs, threads: &Detected<usize>) -> R
         )
     })?;
     eprintln!("report: {}", r.out_dir.join("report.html").display());
+    Ok(Some(r))
+}
+
+fn run_study_command(registry: &Registry, args: RunArgs, threads: &Detected<usize>) -> Result<()> {
+    // A resumed run is the run that was started: its recorded design, not the flags.
+    let target = match &args.resume {
+        Some(dir) => RunTarget::resume(dir, registry)?,
+        None => new_run_target(registry, &args)?,
+    };
+    let cfg = run_config(
+        registry,
+        target,
+        engine_config(&args.engine, threads.value, args.batch_size)?,
+        threads,
+        args.max_trials,
+        std::time::Duration::from_secs_f64(args.progress_every.max(0.01)),
+        args.directions.clone(),
+    )?;
+    execute(&cfg, args.no_report)?;
     Ok(())
 }
 
@@ -574,7 +574,6 @@ fn validate_instrument(
     threads: &Detected<usize>,
 ) -> Result<()> {
     use affectbench::scenario::Library;
-    use affectbench::study::runner::{run_study, RunConfig};
     use affectbench::study::validate::{control_study, ControlDesign};
     let lib = Library::load(&args.scenarios)
         .with_context(|| format!("loading the scenarios in {}", args.scenarios.display()))?;
@@ -618,39 +617,28 @@ fn validate_instrument(
         .out
         .clone()
         .unwrap_or_else(|| default_out_dir(&study_path, std::slice::from_ref(&model_name), None));
-    let mut sources = std::collections::BTreeMap::new();
-    sources.insert("threads".to_string(), threads.source.clone());
-    let cfg = RunConfig {
+    let target = RunTarget {
         study_path,
         scenarios_root: Some(args.scenarios.clone()),
-        models: vec![resolve_fetched(registry, &model_name)?],
+        models: vec![model_name],
         out_dir,
         seed: None,
         repetitions: None,
-        max_trials: None,
-        engine: engine_config(&args.model.engine, threads.value, None)?,
-        show_progress: std::io::stderr().is_terminal(),
-        progress_every: std::time::Duration::from_secs(30),
         shard: None,
-        sources,
-        directions: Vec::new(),
+        sources: Default::default(),
     };
-    affectbench::interrupt::install().context("installing the signal handlers")?;
-    eprintln!("results: {}", cfg.out_dir.display());
-    let outcome = run_study(&cfg)?;
+    let cfg = run_config(
+        registry,
+        target,
+        engine_config(&args.model.engine, threads.value, None)?,
+        threads,
+        None,
+        std::time::Duration::from_secs(30),
+        Vec::new(),
+    )?;
     // The gate is the summary's first block; the scale table follows for reference.
-    println!("{}", outcome.summary);
-    if outcome.trials_remaining == 0 {
-        let r = affectbench::report::build_report(
-            std::slice::from_ref(&outcome.out_dir),
-            &outcome.out_dir,
-            &affectbench::report::ReportOptions::default(),
-        )?;
-        eprintln!(
-            "gate: {}; report: {}",
-            r.out_dir.join("tables/validity.csv").display(),
-            r.out_dir.join("report.html").display()
-        );
+    if let Some(r) = execute(&cfg, false)? {
+        eprintln!("gate: {}", r.out_dir.join("tables/validity.csv").display());
     }
     Ok(())
 }

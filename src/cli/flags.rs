@@ -342,7 +342,7 @@ pub struct RunArgs {
     /// when this is not given. Shards split by conversation group; the union of the
     /// shards equals the unsharded run trial for trial. Merge them with
     /// `affectbench merge DIR0 DIR1 ... --out DIR`.
-    #[arg(long, value_parser = parse_shard)]
+    #[arg(long, value_parser = affectbench::cluster::parse_shard)]
     pub shard: Option<(usize, usize)>,
 
     /// The number of shards when the index comes from a Kubernetes indexed job
@@ -367,27 +367,6 @@ fn parse_repetitions(s: &str) -> Result<usize, String> {
         Ok(n) if (1..=max).contains(&n) => Ok(n),
         _ => Err(format!("'{s}': give a whole number from 1 to {max}")),
     }
-}
-
-pub(super) fn parse_shard(s: &str) -> Result<(usize, usize), String> {
-    let (i, n) = s
-        .split_once('/')
-        .ok_or_else(|| format!("'{s}': expected INDEX/COUNT, e.g. 0/4"))?;
-    let (i, n): (usize, usize) = (
-        i.trim()
-            .parse()
-            .map_err(|_| format!("'{i}' is not a shard index"))?,
-        n.trim()
-            .parse()
-            .map_err(|_| format!("'{n}' is not a shard count"))?,
-    );
-    if n == 0 || i >= n {
-        return Err(format!(
-            "shard {i}/{n}: the index must be below the count (0/{n} .. {}/{n})",
-            n.max(1) - 1
-        ));
-    }
-    Ok((i, n))
 }
 
 #[derive(Debug, Subcommand)]

@@ -11,7 +11,7 @@
 use super::scores::{distinct_observations, scale_scores, Readout};
 use crate::results::{InstrumentScoring, Question, ScoredItem, TrialRecord};
 use crate::scenario::study::PositiveControl;
-use crate::stats::{pearson, variance};
+use crate::stats::{cronbach_alpha, mcdonald_omega, pearson, variance};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A check's outcome. Ordered from best to worst, so the worst of several is their max.
@@ -470,21 +470,6 @@ fn complete_rows(respondents: &[BTreeMap<String, f64>], items: &[&ScoredItem]) -
         .collect()
 }
 
-/// Cronbach's alpha of rows (respondents) x columns (items):
-/// k / (k - 1) * (1 - sum of item variances / variance of the row sums).
-/// None when the row sums do not vary.
-pub fn cronbach_alpha(rows: &[Vec<f64>]) -> Option<f64> {
-    let k = rows.first()?.len();
-    if k < 2 || rows.len() < 2 {
-        return None;
-    }
-    let item_var: f64 = (0..k)
-        .map(|j| variance(&rows.iter().map(|r| r[j]).collect::<Vec<_>>()))
-        .sum();
-    let total_var = variance(&rows.iter().map(|r| r.iter().sum()).collect::<Vec<f64>>());
-    (total_var > 1e-12).then(|| k as f64 / (k as f64 - 1.0) * (1.0 - item_var / total_var))
-}
-
 /// Cronbach's alpha over respondents that answered every item of a subscale (reverse-
 /// keyed items enter keyed). A negative alpha means the items disagree more than they
 /// agree: the answers are not a scale.
@@ -508,175 +493,6 @@ fn internal_consistency(respondents: &[BTreeMap<String, f64>], items: &[&ScoredI
             note: format!("alpha {alpha:.2} over {} respondents", rows.len()),
         },
     }
-}
-
-/// McDonald's omega (total) of rows (respondents) x columns (items) under a one-factor
-/// model fitted to the item correlation matrix by minimum residuals: principal axes
-/// iterated from squared multiple correlations until the communalities settle, each
-/// uniqueness kept in [0.005, 1] as factor_analyzer's minres bounds it.
-/// omega = (sum of loadings)^2 / ((sum of loadings)^2 + sum of uniquenesses).
-/// None with fewer than 3 items (one factor is not identified) or 3 respondents, or
-/// when an item does not vary. The bool says whether a uniqueness sat at its bound (a
-/// Heywood case: the estimate is then unstable).
-pub fn mcdonald_omega(rows: &[Vec<f64>]) -> Option<(f64, bool)> {
-    let k = rows.first()?.len();
-    if k < 3 || rows.len() < 3 {
-        return None;
-    }
-    let corr = correlation_matrix(rows)?;
-    const MIN_UNIQUENESS: f64 = 0.005;
-    let mut communality: Vec<f64> = match inverse(&corr) {
-        Some(inv) => (0..k).map(|i| 1.0 - 1.0 / inv[i][i]).collect(),
-        // A singular matrix (an item a linear function of others): start from each
-        // item's largest correlation instead.
-        None => (0..k)
-            .map(|i| {
-                (0..k)
-                    .filter(|&j| j != i)
-                    .map(|j| corr[i][j].abs())
-                    .fold(0.0, f64::max)
-            })
-            .collect(),
-    };
-    let mut loadings = vec![0.0; k];
-    for _ in 0..10_000 {
-        let mut reduced = corr.clone();
-        for (i, h) in communality.iter().enumerate() {
-            reduced[i][i] = h.clamp(0.0, 1.0 - MIN_UNIQUENESS);
-        }
-        let (value, vector) = top_eigenpair(&reduced);
-        let scale = value.max(0.0).sqrt();
-        loadings = vector.iter().map(|v| v * scale).collect();
-        let next: Vec<f64> = loadings
-            .iter()
-            .map(|l| (l * l).clamp(0.0, 1.0 - MIN_UNIQUENESS))
-            .collect();
-        let change = next
-            .iter()
-            .zip(&communality)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f64::max);
-        communality = next;
-        if change < 1e-12 {
-            break;
-        }
-    }
-    let sum: f64 = loadings.iter().sum();
-    let uniqueness: f64 = communality.iter().map(|h| 1.0 - h).sum();
-    let heywood = communality
-        .iter()
-        .any(|h| *h >= 1.0 - MIN_UNIQUENESS - 1e-9);
-    let omega = sum * sum / (sum * sum + uniqueness);
-    omega.is_finite().then_some((omega, heywood))
-}
-
-/// Pearson correlations between the columns of `rows`; None if a column is constant.
-fn correlation_matrix(rows: &[Vec<f64>]) -> Option<Vec<Vec<f64>>> {
-    let k = rows[0].len();
-    let columns: Vec<Vec<f64>> = (0..k)
-        .map(|j| rows.iter().map(|r| r[j]).collect())
-        .collect();
-    let mut out = vec![vec![1.0; k]; k];
-    for i in 0..k {
-        for j in (i + 1)..k {
-            let r = pearson(&columns[i], &columns[j])?;
-            out[i][j] = r;
-            out[j][i] = r;
-        }
-    }
-    Some(out)
-}
-
-/// Gauss-Jordan inverse with partial pivoting; None when (near) singular.
-fn inverse(m: &[Vec<f64>]) -> Option<Vec<Vec<f64>>> {
-    let n = m.len();
-    let mut a: Vec<Vec<f64>> = m
-        .iter()
-        .enumerate()
-        .map(|(i, row)| {
-            let mut r = row.clone();
-            r.extend((0..n).map(|j| if i == j { 1.0 } else { 0.0 }));
-            r
-        })
-        .collect();
-    for col in 0..n {
-        let pivot = (col..n).max_by(|&x, &y| a[x][col].abs().total_cmp(&a[y][col].abs()))?;
-        if a[pivot][col].abs() < 1e-12 {
-            return None;
-        }
-        a.swap(col, pivot);
-        let p = a[col][col];
-        for v in a[col].iter_mut() {
-            *v /= p;
-        }
-        for r in 0..n {
-            if r != col {
-                let factor = a[r][col];
-                if factor != 0.0 {
-                    let pivot_row = a[col].clone();
-                    for (v, pv) in a[r].iter_mut().zip(&pivot_row) {
-                        *v -= factor * pv;
-                    }
-                }
-            }
-        }
-    }
-    Some(a.into_iter().map(|r| r[n..].to_vec()).collect())
-}
-
-/// The largest eigenvalue of a symmetric matrix and its unit eigenvector (cyclic
-/// Jacobi rotations: exact enough and simple for the few items of a scale).
-fn top_eigenpair(m: &[Vec<f64>]) -> (f64, Vec<f64>) {
-    let n = m.len();
-    let mut a = m.to_vec();
-    let mut v: Vec<Vec<f64>> = (0..n)
-        .map(|i| (0..n).map(|j| if i == j { 1.0 } else { 0.0 }).collect())
-        .collect();
-    for _ in 0..100 {
-        let off: f64 = (0..n)
-            .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
-            .map(|(i, j)| a[i][j] * a[i][j])
-            .sum();
-        if off < 1e-30 {
-            break;
-        }
-        for p in 0..n {
-            for q in (p + 1)..n {
-                if a[p][q].abs() < 1e-300 {
-                    continue;
-                }
-                let theta = (a[q][q] - a[p][p]) / (2.0 * a[p][q]);
-                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
-                let t = if theta == 0.0 { 1.0 } else { t };
-                let c = 1.0 / (t * t + 1.0).sqrt();
-                let s = t * c;
-                for row in a.iter_mut() {
-                    let (arp, arq) = (row[p], row[q]);
-                    row[p] = c * arp - s * arq;
-                    row[q] = s * arp + c * arq;
-                }
-                let (row_p, row_q) = (a[p].clone(), a[q].clone());
-                for (r, (apr, aqr)) in row_p.iter().zip(&row_q).enumerate() {
-                    a[p][r] = c * apr - s * aqr;
-                    a[q][r] = s * apr + c * aqr;
-                }
-                for row in v.iter_mut() {
-                    let (vp, vq) = (row[p], row[q]);
-                    row[p] = c * vp - s * vq;
-                    row[q] = s * vp + c * vq;
-                }
-            }
-        }
-    }
-    let top = (0..n)
-        .max_by(|&x, &y| a[x][x].total_cmp(&a[y][y]))
-        .unwrap_or(0);
-    let mut vector: Vec<f64> = v.iter().map(|row| row[top]).collect();
-    // The factor's direction is arbitrary; take the one most items load positively on.
-    if vector.iter().sum::<f64>() < 0.0 {
-        vector.iter_mut().for_each(|x| *x = -*x);
-    }
-    (a[top][top], vector)
 }
 
 /// McDonald's omega over respondents that answered every item of a subscale, with

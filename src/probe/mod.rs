@@ -17,6 +17,7 @@ pub mod logistic;
 pub mod tasks;
 
 use crate::error::{Error, IoContext, Result};
+use crate::results::csv_table;
 use crate::results::directions::{Direction, Directions};
 use crate::results::probes::{
     AccuracyRow, BestBlock, ProbeFile, ProbeSettings, SelfReportRow, PROBES_DIR, PROBE_FILE,
@@ -27,9 +28,8 @@ use crate::stats::correlation_or_nan;
 use evaluate::{evaluate, BlockResult, Row};
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
-use serde::Serialize;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use tasks::{task_data, tasks, ProbeTask, Sample};
 
 /// How the probes are fitted, as probe.json says.
@@ -132,8 +132,8 @@ pub fn probe_run(cfg: &ProbeConfig, mut progress: impl FnMut(&str)) -> Result<Pr
             out.directions.push(path);
         }
     }
-    write_csv(&dir.join("probe_accuracy.csv"), &out.accuracy)?;
-    write_csv(&dir.join("probe_self_report.csv"), &out.self_report)?;
+    csv_table::write_rows(&dir.join("probe_accuracy.csv"), &out.accuracy)?;
+    csv_table::write_rows(&dir.join("probe_self_report.csv"), &out.self_report)?;
     ProbeFile {
         settings: ProbeSettings {
             permutations: cfg.permutations,
@@ -363,14 +363,4 @@ fn self_report_row(
         r_within_condition: correlation_or_nan(&centred(|p| p.1), &centred(|p| p.2)),
         trials: pairs.len(),
     }
-}
-
-fn write_csv<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
-    let mut w =
-        csv::Writer::from_path(path).map_err(|e| run_err(format!("{}: {e}", path.display())))?;
-    for r in rows {
-        w.serialize(r)
-            .map_err(|e| run_err(format!("{}: {e}", path.display())))?;
-    }
-    w.flush().with_path(path)
 }

@@ -253,21 +253,37 @@ fn questions_section(a: &Analysis) -> Option<Section> {
     })
 }
 
-/// Builds the sections; figure blocks refer to `figures` by index.
-/// `dose` is the steered cells (`internal_states::dose_cells`), computed once by the caller.
+/// Builds the sections in the order a paper reads: whether anything was measured first,
+/// then the results, then the supporting material. Figure blocks refer to `figures` by
+/// index; `dose` is the steered cells (`internal_states::dose_cells`), computed once by
+/// the caller.
 pub fn sections(
     data: &RunData,
     a: &Analysis,
     dose: &[super::internal_states::DoseCell],
     figures: &[Figure],
 ) -> Vec<Section> {
-    let mut out = Vec::new();
     let fig = |id: &str| figures.iter().position(|f| f.id == id);
-    out.push(gate_section(a));
+    let mut out = vec![gate_section(a)];
     out.extend(questions_section(a));
+    out.push(design_section(data, a));
     out.extend(format_bias_section(data, a));
+    out.extend(
+        induced_emotions(a)
+            .iter()
+            .map(|e| emotion_section(a, e, &fig)),
+    );
+    out.push(regulation_section(a, &fig));
+    out.extend(negativity_section(a, &fig));
+    out.extend(super::internal_states::sections(data, a, dose, &fig));
+    out.push(quality_section(a));
+    out.push(methods_section(a));
+    out.push(provenance_section(data));
+    out
+}
 
-    // Design and provenance.
+/// The study, its conditions and the conversation set-up each model saw.
+fn design_section(data: &RunData, a: &Analysis) -> Section {
     let mut design = vec![];
     for h in &data.headers {
         design.push(Block::Text(format!(
@@ -352,11 +368,14 @@ pub fn sections(
         &["what", "value"],
         setup,
     ));
-    out.push(Section {
+    Section {
         title: "Design".into(),
         blocks: design,
-    });
+    }
+}
 
+/// Which runs, models and scenario files the report was made from.
+fn provenance_section(data: &RunData) -> Section {
     let mut prov = vec![table(
         "Runs",
         &[
@@ -443,12 +462,15 @@ pub fn sections(
     if !data.notes.is_empty() {
         prov.push(Block::List(data.notes.clone()));
     }
-    out.push(Section {
+    Section {
         title: "Provenance".into(),
         blocks: prov,
-    });
+    }
+}
 
-    out.push(Section {
+/// How every statistic in the report was computed.
+fn methods_section(a: &Analysis) -> Section {
+    Section {
         title: "Methods of this report".into(),
         blocks: vec![Block::List(vec![
             "Unit of analysis: one conversation (model x condition x repetition). A scale score is the sum or mean of its keyed items as the instrument defines (reverse-keyed items mirrored); a VAS item is its own score. A score needs every item of its subscale answered in that conversation.".into(),
@@ -458,9 +480,12 @@ pub fn sections(
             format!("Returned to baseline?: the {:.0}% CI of Hedges' g (regulated condition minus baseline) inside ±{} counts as equivalent to baseline (two one-sided tests at 5%); entirely above or below 0 as different; otherwise inconclusive.", EQUIVALENCE_LEVEL * 100.0, a.options.equivalence_margin),
             format!("Negativity bias: each completion is scored by (a) a lexicon scorer over the VADER lexicon (Hutto & Gilbert 2014, MIT; {} entries; mean valence of lexicon words, negation within three words scaled by -0.74, sum s mapped to s/sqrt(s²+15)), and (b) the model as judge: P(positive) - P(negative) when the same model classifies the completion in a fresh conversation.", lexicon::lexicon_size()),
         ])],
-    });
+    }
+}
 
-    // Data quality.
+/// Answer quality, answer-position bias, variance by perturbation factor and dropped
+/// identical repetitions.
+fn quality_section(a: &Analysis) -> Section {
     let mut quality = vec![table(
         "Answer quality per model and condition (item trials)",
         &[
@@ -530,128 +555,130 @@ pub fn sections(
                 .collect(),
         ));
     }
-    out.push(Section {
+    Section {
         title: "Data quality".into(),
         blocks: quality,
-    });
-
-    // One section per induced emotion.
-    for emotion in induced_emotions(a) {
-        let mut blocks = Vec::new();
-        let failing: BTreeSet<String> = a
-            .cells
-            .iter()
-            .filter(|c| c.emotion == emotion)
-            .filter(|c| a.verdict(&c.model, &c.instrument, c.readout) == Verdict::Fail)
-            .map(|c| format!("{} ({}, {})", c.instrument, c.model, c.readout.name()))
-            .collect();
-        if !failing.is_empty() {
-            blocks.push(Block::Text(format!(
-                "The validity gate FAILS {}: what this section shows for it is not evidence \
-                 (see \"Validity gate\").",
-                failing.into_iter().collect::<Vec<_>>().join(", ")
-            )));
-        }
-        if let Some(i) = fig(&format!("emotion-{emotion}")) {
-            blocks.push(Block::Figure(i));
-        }
-        let rows = a
-            .cells
-            .iter()
-            .filter(|c| c.emotion == emotion)
-            .filter(|c| {
-                a.conditions.iter().any(|x| {
-                    x.name == c.condition
-                        && (x.is_baseline()
-                            || x.is_neutral()
-                            || x.induction.as_deref() == Some(emotion.as_str()))
-                })
-            })
-            .map(|c| {
-                vec![
-                    c.model.clone(),
-                    c.instrument.clone(),
-                    c.readout.name().into(),
-                    validity_mark(a.verdict(&c.model, &c.instrument, c.readout)),
-                    c.condition.clone(),
-                    c.describe.n.to_string(),
-                    f(c.describe.mean, 2),
-                    f(c.describe.sd, 2),
-                    f(c.describe.median, 2),
-                    shown_ci(&c.ci, c.describe.n, 2),
-                ]
-            })
-            .collect();
-        blocks.push(table(
-            &format!("{emotion}: descriptives"),
-            &[
-                "model",
-                "instrument",
-                "read-out",
-                "validity",
-                "condition",
-                "n",
-                "mean",
-                "SD",
-                "median",
-                "95% CI (bootstrap)",
-            ],
-            rows,
-        ));
-        let contrast_rows = a
-            .contrasts
-            .iter()
-            .filter(|c| c.emotion == emotion)
-            .map(|c| {
-                vec![
-                    c.model.clone(),
-                    c.instrument.clone(),
-                    c.readout.name().into(),
-                    validity_mark(a.verdict(&c.model, &c.instrument, c.readout)),
-                    c.family.into(),
-                    format!("{} − {}", c.a, c.b),
-                    estimate(&c.difference, interval_n(c.n_a, c.n_b, c.constant), 2),
-                    format!("{} {}", f(c.g.g, 2), interval(c.g.ci, 2)),
-                    format!(
-                        "{}t({}) = {}, p = {}",
-                        if c.constant.is_some() {
-                            "vs a constant: one-sample "
-                        } else {
-                            ""
-                        },
-                        f(c.welch.df, 1),
-                        f(c.welch.t, 2),
-                        p(c.welch.p)
-                    ),
-                    p(c.mann_whitney.p),
-                    p(c.p_holm),
-                ]
-            })
-            .collect();
-        blocks.push(table(
-            &format!("{emotion}: induction and regulation contrasts"),
-            &[
-                "model",
-                "instrument",
-                "read-out",
-                "validity",
-                "family",
-                "contrast",
-                "difference [95% CI]",
-                "Hedges' g [95% CI]",
-                "Welch",
-                "Mann–Whitney p",
-                "Holm p",
-            ],
-            contrast_rows,
-        ));
-        out.push(Section {
-            title: format!("Emotion: {emotion}"),
-            blocks,
-        });
     }
+}
 
-    // Regulation overview and baseline return.
+/// One induced emotion: its gate failures, figure, descriptives and contrasts.
+fn emotion_section(a: &Analysis, emotion: &str, fig: &dyn Fn(&str) -> Option<usize>) -> Section {
+    let mut blocks = Vec::new();
+    let failing: BTreeSet<String> = a
+        .cells
+        .iter()
+        .filter(|c| c.emotion == emotion)
+        .filter(|c| a.verdict(&c.model, &c.instrument, c.readout) == Verdict::Fail)
+        .map(|c| format!("{} ({}, {})", c.instrument, c.model, c.readout.name()))
+        .collect();
+    if !failing.is_empty() {
+        blocks.push(Block::Text(format!(
+            "The validity gate FAILS {}: what this section shows for it is not evidence \
+             (see \"Validity gate\").",
+            failing.into_iter().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    if let Some(i) = fig(&format!("emotion-{emotion}")) {
+        blocks.push(Block::Figure(i));
+    }
+    let rows = a
+        .cells
+        .iter()
+        .filter(|c| c.emotion == emotion)
+        .filter(|c| {
+            a.conditions.iter().any(|x| {
+                x.name == c.condition
+                    && (x.is_baseline()
+                        || x.is_neutral()
+                        || x.induction.as_deref() == Some(emotion))
+            })
+        })
+        .map(|c| {
+            vec![
+                c.model.clone(),
+                c.instrument.clone(),
+                c.readout.name().into(),
+                validity_mark(a.verdict(&c.model, &c.instrument, c.readout)),
+                c.condition.clone(),
+                c.describe.n.to_string(),
+                f(c.describe.mean, 2),
+                f(c.describe.sd, 2),
+                f(c.describe.median, 2),
+                shown_ci(&c.ci, c.describe.n, 2),
+            ]
+        })
+        .collect();
+    blocks.push(table(
+        &format!("{emotion}: descriptives"),
+        &[
+            "model",
+            "instrument",
+            "read-out",
+            "validity",
+            "condition",
+            "n",
+            "mean",
+            "SD",
+            "median",
+            "95% CI (bootstrap)",
+        ],
+        rows,
+    ));
+    let contrast_rows = a
+        .contrasts
+        .iter()
+        .filter(|c| c.emotion == emotion)
+        .map(|c| {
+            vec![
+                c.model.clone(),
+                c.instrument.clone(),
+                c.readout.name().into(),
+                validity_mark(a.verdict(&c.model, &c.instrument, c.readout)),
+                c.family.into(),
+                format!("{} − {}", c.a, c.b),
+                estimate(&c.difference, interval_n(c.n_a, c.n_b, c.constant), 2),
+                format!("{} {}", f(c.g.g, 2), interval(c.g.ci, 2)),
+                format!(
+                    "{}t({}) = {}, p = {}",
+                    if c.constant.is_some() {
+                        "vs a constant: one-sample "
+                    } else {
+                        ""
+                    },
+                    f(c.welch.df, 1),
+                    f(c.welch.t, 2),
+                    p(c.welch.p)
+                ),
+                p(c.mann_whitney.p),
+                p(c.p_holm),
+            ]
+        })
+        .collect();
+    blocks.push(table(
+        &format!("{emotion}: induction and regulation contrasts"),
+        &[
+            "model",
+            "instrument",
+            "read-out",
+            "validity",
+            "family",
+            "contrast",
+            "difference [95% CI]",
+            "Hedges' g [95% CI]",
+            "Welch",
+            "Mann–Whitney p",
+            "Holm p",
+        ],
+        contrast_rows,
+    ));
+    Section {
+        title: format!("Emotion: {emotion}"),
+        blocks,
+    }
+}
+
+/// The regulation figure and whether each regulated condition returned to baseline.
+fn regulation_section(a: &Analysis, fig: &dyn Fn(&str) -> Option<usize>) -> Section {
     let mut reg = Vec::new();
     if let Some(i) = fig("regulation") {
         reg.push(Block::Figure(i));
@@ -699,250 +726,239 @@ pub fn sections(
     reg.push(Block::Text(
         "The generated read-out's verdicts are in tables/baseline_return.csv.".into(),
     ));
-    out.push(Section {
+    Section {
         title: "Regulation".into(),
         blocks: reg,
-    });
+    }
+}
 
-    // Negativity bias.
-    if !a.valence.is_empty() {
-        let mut neg = Vec::new();
-        if let Some(i) = fig("negativity") {
-            neg.push(Block::Figure(i));
+/// The sentence-completion results: the scorers' trustworthiness, valence per condition,
+/// the induced-minus-neutral contrasts and example completions; none when no completion
+/// was scored.
+fn negativity_section(a: &Analysis, fig: &dyn Fn(&str) -> Option<usize>) -> Option<Section> {
+    if a.valence.is_empty() {
+        return None;
+    }
+    let mut neg = Vec::new();
+    if let Some(i) = fig("negativity") {
+        neg.push(Block::Figure(i));
+    }
+    let count = |k: usize, n: usize| {
+        if n == 0 {
+            "–".to_string()
+        } else {
+            format!("{k} of {n} ({:.0}%)", 100.0 * k as f64 / n as f64)
         }
-        let count = |k: usize, n: usize| {
-            if n == 0 {
-                "–".to_string()
-            } else {
-                format!("{k} of {n} ({:.0}%)", 100.0 * k as f64 / n as f64)
-            }
-        };
-        let maybe = |x: Option<f64>| x.map(|v| f(v, 2)).unwrap_or_else(|| "–".into());
+    };
+    let maybe = |x: Option<f64>| x.map(|v| f(v, 2)).unwrap_or_else(|| "–".into());
+    neg.push(Block::Text(
+        "Can the scorers be trusted? A completion complies when it continues its stem \
+         (repeats the stem and adds words, or starts as the rest of a sentence); the \
+         scorers are also reported on compliant completions only (scorer names ending \
+         in \", compliant\"). The lexicon can score only completions holding one of its \
+         words. The judge is asked with the labels in the listed and the reversed order: \
+         a judge that reads the text gives the same answer both ways (order agreement: \
+         same side of -1/3 and +1/3), one that takes the first label it reads does not. \
+         Its valence for content-free texts is its bias with nothing to judge; \
+         judge-calibrated divides that bias out. Agreement with the lexicon is Pearson's \
+         r over lexicon-scored completions (tables/judge_quality.csv)."
+            .into(),
+    ));
+    neg.push(table(
+        "Completion scorers: compliance, coverage, judge order agreement and bias",
+        &[
+            "model",
+            "continue the stem",
+            "lexicon scores",
+            "judge orders agree",
+            "mean order gap",
+            "judge valence of content-free text",
+            "judge-lexicon r",
+            "calibrated judge-lexicon r",
+        ],
+        a.judge_quality
+            .iter()
+            .map(|q| {
+                vec![
+                    q.model.clone(),
+                    count(q.compliant, q.compliance_known),
+                    count(q.lexicon_scored, q.completions),
+                    count(q.orders_agree, q.two_orders),
+                    if q.two_orders > 0 {
+                        f(q.mean_order_gap, 2)
+                    } else {
+                        "–".into()
+                    },
+                    maybe(q.content_free_valence),
+                    maybe(q.judge_lexicon_r),
+                    maybe(q.judge_calibrated_lexicon_r),
+                ]
+            })
+            .collect(),
+    ));
+    if !a.judge_agreement.is_empty() {
         neg.push(Block::Text(
-            "Can the scorers be trusted? A completion complies when it continues its stem \
-             (repeats the stem and adds words, or starts as the rest of a sentence); the \
-             scorers are also reported on compliant completions only (scorer names ending \
-             in \", compliant\"). The lexicon can score only completions holding one of its \
-             words. The judge is asked with the labels in the listed and the reversed order: \
-             a judge that reads the text gives the same answer both ways (order agreement: \
-             same side of -1/3 and +1/3), one that takes the first label it reads does not. \
-             Its valence for content-free texts is its bias with nothing to judge; \
-             judge-calibrated divides that bias out. Agreement with the lexicon is Pearson's \
-             r over lexicon-scored completions (tables/judge_quality.csv)."
+            "Does the valence depend on which model judges? Other models (affectbench \
+             judge) were asked the same judge question about the same completions, in \
+             the same orders, with their own content-free bias. Pearson's r between the \
+             run's judge and each second judge, the share put on the same side \
+             (negative, neutral, positive), and the second judge's own order agreement \
+             and bias (tables/judge_agreement.csv). Judges that do not agree measure \
+             the judge, not the completion."
                 .into(),
         ));
         neg.push(table(
-            "Completion scorers: compliance, coverage, judge order agreement and bias",
+            "Agreement with a second judge",
             &[
                 "model",
-                "continue the stem",
-                "lexicon scores",
-                "judge orders agree",
-                "mean order gap",
-                "judge valence of content-free text",
-                "judge-lexicon r",
-                "calibrated judge-lexicon r",
+                "second judge",
+                "r",
+                "calibrated r",
+                "same side",
+                "second judge's orders agree",
+                "its content-free valence",
+                "its lexicon r",
             ],
-            a.judge_quality
+            a.judge_agreement
                 .iter()
-                .map(|q| {
+                .map(|g| {
                     vec![
-                        q.model.clone(),
-                        count(q.compliant, q.compliance_known),
-                        count(q.lexicon_scored, q.completions),
-                        count(q.orders_agree, q.two_orders),
-                        if q.two_orders > 0 {
-                            f(q.mean_order_gap, 2)
-                        } else {
-                            "–".into()
-                        },
-                        maybe(q.content_free_valence),
-                        maybe(q.judge_lexicon_r),
-                        maybe(q.judge_calibrated_lexicon_r),
+                        g.model.clone(),
+                        g.second_judge.clone(),
+                        maybe(g.r),
+                        maybe(g.r_calibrated),
+                        count(g.same_side, g.paired),
+                        count(g.second_orders_agree, g.second_two_orders),
+                        maybe(g.second_content_free_valence),
+                        maybe(g.second_lexicon_r),
                     ]
                 })
                 .collect(),
         ));
-        if !a.judge_agreement.is_empty() {
-            neg.push(Block::Text(
-                "Does the valence depend on which model judges? Other models (affectbench \
-                 judge) were asked the same judge question about the same completions, in \
-                 the same orders, with their own content-free bias. Pearson's r between the \
-                 run's judge and each second judge, the share put on the same side \
-                 (negative, neutral, positive), and the second judge's own order agreement \
-                 and bias (tables/judge_agreement.csv). Judges that do not agree measure \
-                 the judge, not the completion."
-                    .into(),
-            ));
-            neg.push(table(
-                "Agreement with a second judge",
-                &[
-                    "model",
-                    "second judge",
-                    "r",
-                    "calibrated r",
-                    "same side",
-                    "second judge's orders agree",
-                    "its content-free valence",
-                    "its lexicon r",
-                ],
-                a.judge_agreement
-                    .iter()
-                    .map(|g| {
-                        vec![
-                            g.model.clone(),
-                            g.second_judge.clone(),
-                            maybe(g.r),
-                            maybe(g.r_calibrated),
-                            count(g.same_side, g.paired),
-                            count(g.second_orders_agree, g.second_two_orders),
-                            maybe(g.second_content_free_valence),
-                            maybe(g.second_lexicon_r),
-                        ]
-                    })
-                    .collect(),
-            ));
-        }
-        neg.push(table(
-            "Completion valence",
-            &[
-                "model",
-                "scorer",
-                "condition",
-                "n",
-                "mean",
-                "SD",
-                "95% CI (bootstrap)",
-            ],
-            a.valence
+    }
+    neg.push(table(
+        "Completion valence",
+        &[
+            "model",
+            "scorer",
+            "condition",
+            "n",
+            "mean",
+            "SD",
+            "95% CI (bootstrap)",
+        ],
+        a.valence
+            .iter()
+            .map(|v| {
+                vec![
+                    v.model.clone(),
+                    v.scorer.clone(),
+                    v.condition.clone(),
+                    v.describe.n.to_string(),
+                    f(v.describe.mean, 3),
+                    f(v.describe.sd, 3),
+                    shown_ci(&v.ci, v.describe.n, 3),
+                ]
+            })
+            .collect(),
+    ));
+    neg.push(table(
+        "Negativity bias: induced minus neutral. Completions are nested in stems and \
+         conversations: the completion-level tests treat every completion as independent \
+         and overstate the evidence; the conversation-level and paired-by-stem tests use \
+         the units the design replicates, and the mixed model uses every completion with \
+         a random intercept per conversation and stems as fixed effects (REML; Wald z).",
+        &[
+            "model",
+            "scorer",
+            "contrast",
+            "difference [95% CI]",
+            "Hedges' g [95% CI]",
+            "Welch p (completions)",
+            "Mann–Whitney p",
+            "conversation level: Welch p (n)",
+            "paired by stem: t test p (stems)",
+            "mixed model: estimate ± SE, p (conversation variance)",
+        ],
+        a.valence_contrasts
+            .iter()
+            .map(|v| {
+                let valence_n = |condition: &str| {
+                    a.valence
+                        .iter()
+                        .filter(|x| {
+                            x.model == v.model && x.scorer == v.scorer && x.condition == condition
+                        })
+                        .map(|x| x.describe.n)
+                        .min()
+                        .unwrap_or(0)
+                };
+                vec![
+                    v.model.clone(),
+                    v.scorer.clone(),
+                    format!("{} − {}", v.a, v.b),
+                    estimate(&v.difference, valence_n(&v.a).min(valence_n(&v.b)), 3),
+                    format!("{} {}", f(v.g.g, 2), interval(v.g.ci, 2)),
+                    p(v.welch.p),
+                    p(v.mann_whitney.p),
+                    format!(
+                        "{} ({} vs {})",
+                        p(v.conversations.2.p),
+                        v.conversations.0,
+                        v.conversations.1
+                    ),
+                    format!("{} ({})", p(v.by_stem.p), v.by_stem.n),
+                    v.mixed
+                        .map(|m| {
+                            format!(
+                                "{} ± {}, p = {} ({})",
+                                f(m.estimate, 3),
+                                f(m.se, 3),
+                                p(m.p),
+                                f(m.var_conversation, 4)
+                            )
+                        })
+                        .unwrap_or_else(|| "–".into()),
+                ]
+            })
+            .collect(),
+    ));
+    let mut examples = Vec::new();
+    for m in &a.models {
+        for c in &a.conditions {
+            for s in a
+                .completions
                 .iter()
-                .map(|v| {
-                    vec![
-                        v.model.clone(),
-                        v.scorer.clone(),
-                        v.condition.clone(),
-                        v.describe.n.to_string(),
-                        f(v.describe.mean, 3),
-                        f(v.describe.sd, 3),
-                        shown_ci(&v.ci, v.describe.n, 3),
-                    ]
-                })
-                .collect(),
-        ));
-        neg.push(table(
-            "Negativity bias: induced minus neutral. Completions are nested in stems and \
-             conversations: the completion-level tests treat every completion as independent \
-             and overstate the evidence; the conversation-level and paired-by-stem tests use \
-             the units the design replicates, and the mixed model uses every completion with \
-             a random intercept per conversation and stems as fixed effects (REML; Wald z).",
-            &[
-                "model",
-                "scorer",
-                "contrast",
-                "difference [95% CI]",
-                "Hedges' g [95% CI]",
-                "Welch p (completions)",
-                "Mann–Whitney p",
-                "conversation level: Welch p (n)",
-                "paired by stem: t test p (stems)",
-                "mixed model: estimate ± SE, p (conversation variance)",
-            ],
-            a.valence_contrasts
-                .iter()
-                .map(|v| {
-                    let valence_n = |condition: &str| {
-                        a.valence
-                            .iter()
-                            .filter(|x| {
-                                x.model == v.model
-                                    && x.scorer == v.scorer
-                                    && x.condition == condition
-                            })
-                            .map(|x| x.describe.n)
-                            .min()
-                            .unwrap_or(0)
-                    };
-                    vec![
-                        v.model.clone(),
-                        v.scorer.clone(),
-                        format!("{} − {}", v.a, v.b),
-                        estimate(&v.difference, valence_n(&v.a).min(valence_n(&v.b)), 3),
-                        format!("{} {}", f(v.g.g, 2), interval(v.g.ci, 2)),
-                        p(v.welch.p),
-                        p(v.mann_whitney.p),
-                        format!(
-                            "{} ({} vs {})",
-                            p(v.conversations.2.p),
-                            v.conversations.0,
-                            v.conversations.1
-                        ),
-                        format!("{} ({})", p(v.by_stem.p), v.by_stem.n),
-                        v.mixed
-                            .map(|m| {
-                                format!(
-                                    "{} ± {}, p = {} ({})",
-                                    f(m.estimate, 3),
-                                    f(m.se, 3),
-                                    p(m.p),
-                                    f(m.var_conversation, 4)
-                                )
-                            })
-                            .unwrap_or_else(|| "–".into()),
-                    ]
-                })
-                .collect(),
-        ));
-        let mut examples = Vec::new();
-        for m in &a.models {
-            for c in &a.conditions {
-                for s in a
-                    .completions
-                    .iter()
-                    .filter(|x| &x.model == m && x.condition == c.name)
-                    .take(4)
-                {
-                    examples.push(vec![
-                        m.clone(),
-                        c.name.clone(),
-                        s.stem.clone(),
-                        s.text.clone(),
-                        f(s.lexicon, 2),
-                        s.judge.map(|j| f(j, 2)).unwrap_or_else(|| "–".into()),
-                    ]);
-                }
+                .filter(|x| &x.model == m && x.condition == c.name)
+                .take(4)
+            {
+                examples.push(vec![
+                    m.clone(),
+                    c.name.clone(),
+                    s.stem.clone(),
+                    s.text.clone(),
+                    f(s.lexicon, 2),
+                    s.judge.map(|j| f(j, 2)).unwrap_or_else(|| "–".into()),
+                ]);
             }
         }
-        neg.push(table(
-            "Example completions",
-            &[
-                "model",
-                "condition",
-                "stem",
-                "completion",
-                "lexicon",
-                "judge",
-            ],
-            examples,
-        ));
-        out.push(Section {
-            title: "Negativity bias".into(),
-            blocks: neg,
-        });
     }
-    out.extend(super::internal_states::sections(data, a, dose, &fig));
-    // Whether anything was measured first, then results as a paper reads; the
-    // supporting material after.
-    let rank = |t: &str| match t {
-        "Validity gate" => 0,
-        "Questions" => 1,
-        "Design" => 2,
-        "Data quality" => 4,
-        "Methods of this report" => 5,
-        "Provenance" => 6,
-        _ => 3,
-    };
-    out.sort_by_key(|s| rank(&s.title));
-    out
+    neg.push(table(
+        "Example completions",
+        &[
+            "model",
+            "condition",
+            "stem",
+            "completion",
+            "lexicon",
+            "judge",
+        ],
+        examples,
+    ));
+    Some(Section {
+        title: "Negativity bias".into(),
+        blocks: neg,
+    })
 }
 
 /// Escapes text for HTML element content and attribute values.

@@ -679,15 +679,11 @@ pub fn write_csvs(
     Ok(written)
 }
 
+/// Writes `rows` through the one CSV writer, only where there are rows.
 fn write_rows<T: Serialize>(path: &Path, rows: &[T]) -> Result<Option<std::path::PathBuf>> {
     if rows.is_empty() {
         return Ok(None);
     }
-    let bad = |e: &dyn std::fmt::Display| crate::Error::Report(format!("{}: {e}", path.display()));
-    let mut w = csv::Writer::from_path(path).map_err(|e| bad(&e))?;
-    for r in rows {
-        w.serialize(r).map_err(|e| bad(&e))?;
-    }
-    w.flush().map_err(|e| bad(&e))?;
+    crate::results::csv_table::write_rows(path, rows)?;
     Ok(Some(path.to_path_buf()))
 }

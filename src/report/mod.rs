@@ -1,9 +1,12 @@
 //! `affectbench report`: turns one or more run directories into what goes in a paper:
-//! statistics (`analysis`, on `stats`), tidy tables (`tables`), figures (`plots`) and a
-//! self-contained `report.html` plus `summary.md` (`document`).
+//! statistics (`analysis`, on `crate::stats`), tidy tables (`tables`, written through
+//! `results::csv_table`), figures (`plots`) and a self-contained `report.html` plus
+//! `summary.md` (`document`, built from the `blocks` vocabulary).
 //!
 //! Layers: `load` reads runs -> `scores` derives scale scores and completion valences
-//! (`lexicon`) -> `analysis` computes -> `tables`, `plots`, `document` write.
+//! (`lexicon`), `bias` the content-free calibration rows, `judging` the judge's quality
+//! and agreement -> `analysis` computes -> `tables`, `plots`, `document` write;
+//! `internal_states` adds the probe and steering sections and tables.
 
 pub mod analysis;
 pub mod bias;

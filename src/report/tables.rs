@@ -7,17 +7,17 @@ use super::bias;
 use super::lexicon;
 use super::load::RunData;
 use super::scores::recorded_judge_valence;
-use crate::error::{Error, Result};
-use crate::results::{LabelBinding, Question};
+use crate::error::Result;
+use crate::results::csv_table::{self, Num};
+use crate::results::{LabelBinding, Question, TrialRecord};
 use crate::stats::{BootstrapCi, HedgesG, MIN_N_BCA, MIN_N_INTERVAL};
+use serde::ser::{SerializeStruct, Serializer};
+use serde::Serialize;
 use std::path::Path;
 
+/// The cell text of a number (`NA` when missing); see `results::csv_table::Num`.
 pub fn num(x: f64) -> String {
-    if x.is_finite() {
-        format!("{x}")
-    } else {
-        "NA".into()
-    }
+    csv_table::cell(x)
 }
 
 /// One tidy table: key columns, then statistic and value.
@@ -42,221 +42,257 @@ impl Tidy {
     }
 }
 
-fn csv_err(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Report(format!("{}: {e}", path.display()))
+/// One row of a tidy table as the CSV writer sees it: `seeds`, the table's key columns
+/// by name, `statistic`, `value`. Serialised by hand because the key columns differ
+/// from table to table.
+struct TidyRecord<'a> {
+    seeds: &'a str,
+    key_names: &'a [&'static str],
+    key_values: &'a [String],
+    statistic: &'static str,
+    value: f64,
+}
+
+impl<'a> TidyRecord<'a> {
+    fn new(
+        seeds: &'a str,
+        key_names: &'a [&'static str],
+        (key_values, statistic, value): &'a (Vec<String>, &'static str, f64),
+    ) -> Self {
+        TidyRecord {
+            seeds,
+            key_names,
+            key_values,
+            statistic,
+            value: *value,
+        }
+    }
+}
+
+impl Serialize for TidyRecord<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut r = s.serialize_struct("TidyRecord", self.key_names.len() + 3)?;
+        r.serialize_field("seeds", self.seeds)?;
+        for (name, value) in self.key_names.iter().zip(self.key_values) {
+            r.serialize_field(name, value)?;
+        }
+        r.serialize_field("statistic", self.statistic)?;
+        r.serialize_field("value", &Num(self.value))?;
+        r.end()
+    }
 }
 
 /// Writes `t` as `<name>.csv`; the first column, `seeds`, names the run seeds whose
 /// trials the numbers pool (e.g. `7` or `7+8` for two replications).
 pub fn write_tidy(dir: &Path, t: &Tidy, seeds: &str) -> Result<()> {
-    let path = dir.join(format!("{}.csv", t.name));
-    let mut w = csv::Writer::from_path(&path).map_err(|e| csv_err(&path, e))?;
-    let mut header: Vec<&str> = vec!["seeds"];
-    header.extend(t.keys.iter());
-    header.extend(["statistic", "value"]);
-    w.write_record(&header).map_err(|e| csv_err(&path, e))?;
-    for (keys, stat, value) in &t.rows {
-        let mut rec = vec![seeds.to_string()];
-        rec.extend(keys.iter().cloned());
-        rec.push(stat.to_string());
-        rec.push(num(*value));
-        w.write_record(&rec).map_err(|e| csv_err(&path, e))?;
-    }
-    w.flush().map_err(|e| csv_err(&path, e))
+    let blank_row = (vec![String::new(); t.keys.len()], "", f64::NAN);
+    let blank = TidyRecord::new(seeds, &t.keys, &blank_row);
+    csv_table::write_table(
+        &dir.join(format!("{}.csv", t.name)),
+        t.rows
+            .iter()
+            .map(|row| TidyRecord::new(seeds, &t.keys, row)),
+        blank,
+    )
 }
 
-/// Writes the validity gate's checks as `validity.csv`: model, instrument, readout,
-/// check, value (NA where not estimable), threshold, verdict, n, note, seeds.
+/// A row of `validity.csv`: one check of the validity gate.
+#[derive(Serialize, Default)]
+struct ValidityRow {
+    model: String,
+    instrument: String,
+    readout: &'static str,
+    check: String,
+    /// NA where not estimable.
+    value: Num,
+    threshold: String,
+    verdict: &'static str,
+    n: usize,
+    note: String,
+    seeds: String,
+}
+
+/// Writes the validity gate's checks as `validity.csv`.
 pub fn write_validity_csv(dir: &Path, a: &Analysis, seeds: &str) -> Result<()> {
-    let path = dir.join("validity.csv");
-    let mut w = csv::Writer::from_path(&path).map_err(|e| csv_err(&path, e))?;
-    w.write_record([
-        "model",
-        "instrument",
-        "readout",
-        "check",
-        "value",
-        "threshold",
-        "verdict",
-        "n",
-        "note",
-        "seeds",
-    ])
-    .map_err(|e| csv_err(&path, e))?;
-    for c in &a.validity {
-        w.write_record([
-            c.model.clone(),
-            c.instrument.clone(),
-            c.readout.name().to_string(),
-            c.check.clone(),
-            c.value.map(num).unwrap_or_else(|| "NA".into()),
-            c.threshold.clone(),
-            c.verdict.name().to_string(),
-            c.n.to_string(),
-            c.note.clone(),
-            seeds.to_string(),
-        ])
-        .map_err(|e| csv_err(&path, e))?;
-    }
-    w.flush().map_err(|e| csv_err(&path, e))
+    let rows = a.validity.iter().map(|c| ValidityRow {
+        model: c.model.clone(),
+        instrument: c.instrument.clone(),
+        readout: c.readout.name(),
+        check: c.check.clone(),
+        value: Num::or_na(c.value),
+        threshold: c.threshold.clone(),
+        verdict: c.verdict.name(),
+        n: c.n,
+        note: c.note.clone(),
+        seeds: seeds.to_string(),
+    });
+    csv_table::write_table(&dir.join("validity.csv"), rows, ValidityRow::default())
+}
+
+/// A row of `calibration.csv`: the content-free probability of one option of one
+/// arrangement.
+#[derive(Serialize, Default)]
+struct CalibrationRow {
+    model: String,
+    instrument: String,
+    label_style: String,
+    label_binding: String,
+    option_order: String,
+    position: usize,
+    label: String,
+    value: Num,
+    p_content_free: Num,
+    n_prompts: usize,
+    seeds: String,
+}
+
+/// A row of `label_style_effect.csv`: letters minus digits for one model x instrument
+/// x read-out.
+#[derive(Serialize, Default)]
+struct LabelStyleRow {
+    model: String,
+    instrument: String,
+    readout: &'static str,
+    letters_mean: Num,
+    digits_mean: Num,
+    difference: Num,
+    n_letters: usize,
+    n_digits: usize,
+    seeds: String,
 }
 
 /// Writes `calibration.csv` (the content-free distribution of every arrangement, one
 /// row per option) and `label_style_effect.csv` (letters minus digits, per model x
 /// instrument x read-out).
 pub fn write_bias_csvs(dir: &Path, data: &RunData, seeds: &str) -> Result<()> {
-    let path = dir.join("calibration.csv");
-    let mut w = csv::Writer::from_path(&path).map_err(|e| csv_err(&path, e))?;
-    w.write_record([
-        "model",
-        "instrument",
-        "label_style",
-        "label_binding",
-        "option_order",
-        "position",
-        "label",
-        "value",
-        "p_content_free",
-        "n_prompts",
-        "seeds",
-    ])
-    .map_err(|e| csv_err(&path, e))?;
-    for r in bias::content_free_rows(data) {
-        w.write_record([
-            r.model,
-            r.instrument,
-            r.label_style,
-            r.label_binding,
-            r.option_order,
-            r.position.to_string(),
-            r.label,
-            num(r.value),
-            num(r.probability),
-            r.n.to_string(),
-            seeds.to_string(),
-        ])
-        .map_err(|e| csv_err(&path, e))?;
-    }
-    w.flush().map_err(|e| csv_err(&path, e))?;
+    let rows = bias::content_free_rows(data)
+        .into_iter()
+        .map(|r| CalibrationRow {
+            model: r.model,
+            instrument: r.instrument,
+            label_style: r.label_style,
+            label_binding: r.label_binding,
+            option_order: r.option_order,
+            position: r.position,
+            label: r.label,
+            value: Num(r.value),
+            p_content_free: Num(r.probability),
+            n_prompts: r.n,
+            seeds: seeds.to_string(),
+        });
+    csv_table::write_table(
+        &dir.join("calibration.csv"),
+        rows,
+        CalibrationRow::default(),
+    )?;
+    let rows = bias::label_style_effects(data)
+        .into_iter()
+        .map(|r| LabelStyleRow {
+            model: r.model,
+            instrument: r.instrument,
+            readout: r.readout.name(),
+            letters_mean: Num(r.letters_mean),
+            digits_mean: Num(r.digits_mean),
+            difference: Num(r.difference),
+            n_letters: r.n_letters,
+            n_digits: r.n_digits,
+            seeds: seeds.to_string(),
+        });
+    csv_table::write_table(
+        &dir.join("label_style_effect.csv"),
+        rows,
+        LabelStyleRow::default(),
+    )
+}
 
-    let path = dir.join("label_style_effect.csv");
-    let mut w = csv::Writer::from_path(&path).map_err(|e| csv_err(&path, e))?;
-    w.write_record([
-        "model",
-        "instrument",
-        "readout",
-        "letters_mean",
-        "digits_mean",
-        "difference",
-        "n_letters",
-        "n_digits",
-        "seeds",
-    ])
-    .map_err(|e| csv_err(&path, e))?;
-    for r in bias::label_style_effects(data) {
-        w.write_record([
-            r.model,
-            r.instrument,
-            r.readout.name().to_string(),
-            num(r.letters_mean),
-            num(r.digits_mean),
-            num(r.difference),
-            r.n_letters.to_string(),
-            r.n_digits.to_string(),
-            seeds.to_string(),
-        ])
-        .map_err(|e| csv_err(&path, e))?;
-    }
-    w.flush().map_err(|e| csv_err(&path, e))
+/// A row of `questions.csv`: the answer to one declared question for one model x
+/// read-out (missing = NA).
+#[derive(Serialize, Default)]
+struct QuestionRow {
+    question: String,
+    family: String,
+    kind: String,
+    model: String,
+    readout: &'static str,
+    validity: &'static str,
+    instrument: String,
+    subscale: String,
+    condition_a: String,
+    condition_b: String,
+    n_a: usize,
+    n_b: usize,
+    mean_a: Num,
+    mean_b: Num,
+    difference: Num,
+    difference_ci95_low: Num,
+    difference_ci95_high: Num,
+    ci_method: &'static str,
+    hedges_g: Num,
+    hedges_g_ci95_low: Num,
+    hedges_g_ci95_high: Num,
+    welch_t: Num,
+    welch_df: Num,
+    welch_p: Num,
+    welch_p_holm: Num,
+    mde_d_80: Num,
+    repetitions_per_arm_80: Num,
+    seeds: String,
+    test: &'static str,
+    paired_n: String,
+    paired_mean_difference: Num,
+    paired_t: Num,
+    paired_df: Num,
+    paired_p: Num,
 }
 
 /// Writes the answers to the declared questions as `questions.csv`, one row per
-/// question x model x read-out (wide: one column per statistic; missing = NA).
+/// question x model x read-out (wide: one column per statistic).
 pub fn write_questions_csv(dir: &Path, a: &Analysis, seeds: &str) -> Result<()> {
-    let path = dir.join("questions.csv");
-    let mut w = csv::Writer::from_path(&path).map_err(|e| csv_err(&path, e))?;
-    w.write_record([
-        "question",
-        "family",
-        "kind",
-        "model",
-        "readout",
-        "validity",
-        "instrument",
-        "subscale",
-        "condition_a",
-        "condition_b",
-        "n_a",
-        "n_b",
-        "mean_a",
-        "mean_b",
-        "difference",
-        "difference_ci95_low",
-        "difference_ci95_high",
-        "ci_method",
-        "hedges_g",
-        "hedges_g_ci95_low",
-        "hedges_g_ci95_high",
-        "welch_t",
-        "welch_df",
-        "welch_p",
-        "welch_p_holm",
-        "mde_d_80",
-        "repetitions_per_arm_80",
-        "seeds",
-        "test",
-        "paired_n",
-        "paired_mean_difference",
-        "paired_t",
-        "paired_df",
-        "paired_p",
-    ])
-    .map_err(|e| csv_err(&path, e))?;
-    for q in &a.questions {
-        let (ci, method) = match q.difference.shown(interval_n(q.n_a, q.n_b, q.constant)) {
+    let rows = a.questions.iter().map(|q| {
+        let (ci, ci_method) = match q.difference.shown(interval_n(q.n_a, q.n_b, q.constant)) {
             Some((i, m)) => ((i.low, i.high), m),
             None => ((f64::NAN, f64::NAN), "none"),
         };
         let c = &q.contrast;
-        w.write_record([
-            c.question.clone(),
-            c.family.clone(),
-            c.kind.clone(),
-            q.model.clone(),
-            q.readout.name().to_string(),
-            q.validity.name().to_string(),
-            c.instrument.clone(),
-            c.subscale.clone(),
-            c.a.clone(),
-            c.b.clone(),
-            q.n_a.to_string(),
-            q.n_b.to_string(),
-            num(q.mean_a),
-            num(q.mean_b),
-            num(q.difference.estimate),
-            num(ci.0),
-            num(ci.1),
-            method.to_string(),
-            num(q.g.g),
-            num(q.g.ci.low),
-            num(q.g.ci.high),
-            num(q.welch.t),
-            num(q.welch.df),
-            num(q.welch.p),
-            num(q.p_holm),
-            num(q.mde_d),
-            q.repetitions_needed.map(num).unwrap_or_else(|| "NA".into()),
-            seeds.to_string(),
-            test_name(q.constant).to_string(),
-            q.paired.map_or("NA".into(), |t| t.n.to_string()),
-            num(q.paired.map_or(f64::NAN, |t| t.mean_difference)),
-            num(q.paired.map_or(f64::NAN, |t| t.t)),
-            num(q.paired.map_or(f64::NAN, |t| t.df)),
-            num(q.paired.map_or(f64::NAN, |t| t.p)),
-        ])
-        .map_err(|e| csv_err(&path, e))?;
-    }
-    w.flush().map_err(|e| csv_err(&path, e))
+        let paired = |x: fn(&crate::stats::PairedT) -> f64| Num::or_na(q.paired.as_ref().map(x));
+        QuestionRow {
+            question: c.question.clone(),
+            family: c.family.clone(),
+            kind: c.kind.clone(),
+            model: q.model.clone(),
+            readout: q.readout.name(),
+            validity: q.validity.name(),
+            instrument: c.instrument.clone(),
+            subscale: c.subscale.clone(),
+            condition_a: c.a.clone(),
+            condition_b: c.b.clone(),
+            n_a: q.n_a,
+            n_b: q.n_b,
+            mean_a: Num(q.mean_a),
+            mean_b: Num(q.mean_b),
+            difference: Num(q.difference.estimate),
+            difference_ci95_low: Num(ci.0),
+            difference_ci95_high: Num(ci.1),
+            ci_method,
+            hedges_g: Num(q.g.g),
+            hedges_g_ci95_low: Num(q.g.ci.low),
+            hedges_g_ci95_high: Num(q.g.ci.high),
+            welch_t: Num(q.welch.t),
+            welch_df: Num(q.welch.df),
+            welch_p: Num(q.welch.p),
+            welch_p_holm: Num(q.p_holm),
+            mde_d_80: Num(q.mde_d),
+            repetitions_per_arm_80: Num::or_na(q.repetitions_needed),
+            seeds: seeds.to_string(),
+            test: test_name(q.constant),
+            paired_n: q.paired.map_or("NA".into(), |t| t.n.to_string()),
+            paired_mean_difference: paired(|t| t.mean_difference),
+            paired_t: paired(|t| t.t),
+            paired_df: paired(|t| t.df),
+            paired_p: paired(|t| t.p),
+        }
+    });
+    csv_table::write_table(&dir.join("questions.csv"), rows, QuestionRow::default())
 }
 
 /// A difference with its bootstrap CI and Hedges' g with its CI, as tidy statistics.
@@ -586,55 +622,65 @@ pub fn tidy_tables(a: &Analysis) -> Vec<Tidy> {
     ]
 }
 
-/// `trials.csv`: one row per trial, every read-out flattened, lexicon and judge valence
-/// added for completions.
-pub fn write_trials_csv(path: &Path, data: &RunData) -> Result<()> {
-    let mut w = csv::Writer::from_path(path).map_err(|e| csv_err(path, e))?;
-    w.write_record([
-        "trial_id",
-        "seed",
-        "group_id",
-        "model",
-        "condition",
-        "induction",
-        "induction_variant",
-        "regulation",
-        "regulation_variant",
-        "repetition",
-        "kind",
-        "instrument",
-        "item",
-        "stem",
-        "label_style",
-        "option_order",
-        "label_binding",
-        "prompt_sha256",
-        "prompt_tokens",
-        "reply",
-        "replies",
-        "generated_value",
-        "generated_keyed",
-        "option_labels",
-        "option_probs",
-        "option_mass",
-        "option_expected",
-        "option_keyed_expected",
-        "option_argmax",
-        "option_draw",
-        "calibrated_probs",
-        "calibrated_expected",
-        "calibrated_keyed_expected",
-        "completion",
-        "lexicon_valence",
-        "judge_valence",
-        "judge_calibrated_valence",
-        "continues_stem",
-        "error",
-        "total_ms",
-    ])
-    .map_err(|e| csv_err(path, e))?;
-    let opt = |x: Option<f64>| x.map(num).unwrap_or_else(|| "NA".into());
-    let s = |x: &Option<String>| x.clone().unwrap_or_default();
+/// A row of `trials.csv`: one trial, every read-out flattened, the lexicon and judge
+/// valence added for completions. Lists (labels, probabilities, option order) are
+/// space-separated in one cell.
+#[derive(Serialize, Default)]
+struct TrialRow {
+    trial_id: String,
+    seed: u64,
+    group_id: String,
+    model: String,
+    condition: String,
+    induction: String,
+    induction_variant: String,
+    regulation: String,
+    regulation_variant: String,
+    repetition: usize,
+    kind: &'static str,
+    instrument: String,
+    item: String,
+    stem: String,
+    label_style: String,
+    option_order: String,
+    label_binding: String,
+    prompt_sha256: String,
+    prompt_tokens: usize,
+    reply: String,
+    replies: String,
+    generated_value: Num,
+    generated_keyed: Num,
+    option_labels: String,
+    option_probs: String,
+    option_mass: Num,
+    option_expected: Num,
+    option_keyed_expected: Num,
+    option_argmax: Num,
+    option_draw: Num,
+    calibrated_probs: String,
+    calibrated_expected: Num,
+    calibrated_keyed_expected: Num,
+    completion: String,
+    lexicon_valence: Num,
+    judge_valence: Num,
+    judge_calibrated_valence: Num,
+    continues_stem: String,
+    error: String,
+    total_ms: Num,
+}
+
+/// What a trial asked, as the `kind` .. `label_binding` cells of `trials.csv`.
+struct AskedCells {
+    kind: &'static str,
+    instrument: String,
+    item: String,
+    stem: String,
+    label_style: String,
+    option_order: String,
+    label_binding: String,
+}
+
+fn asked_cells(question: &Question) -> AskedCells {
     let order_text = |order: &[usize]| {
         order
             .iter()
@@ -649,113 +695,112 @@ pub fn write_trials_csv(path: &Path, data: &RunData) -> Result<()> {
         }
         .to_string()
     };
-    for t in data.trials.iter().chain(&data.content_free) {
-        let (kind, instrument, item, stem, label_style, order, binding) = match &t.question {
-            Question::ContentFree {
-                instrument,
-                content,
-                label_style,
-                option_order,
-                label_binding,
-            } => (
-                "content-free",
-                instrument.clone(),
-                content.clone(),
-                String::new(),
-                label_style.name().to_string(),
-                order_text(option_order),
-                binding_text(label_binding),
-            ),
-            Question::Item {
-                instrument,
-                item,
-                label_style,
-                option_order,
-                label_binding,
-            } => (
-                "item",
-                instrument.clone(),
-                item.clone().unwrap_or_default(),
-                String::new(),
-                label_style.name().to_string(),
-                order_text(option_order),
-                binding_text(label_binding),
-            ),
-            Question::Completion { stem, .. } => (
-                "completion",
-                String::new(),
-                String::new(),
-                stem.clone(),
-                String::new(),
-                String::new(),
-                String::new(),
-            ),
-        };
-        let g = t.generate.as_ref();
-        let c = t.choice.as_ref();
-        let timing = t.timing.total_ms;
-        w.write_record([
-            t.trial_id.clone(),
-            t.seed.to_string(),
-            t.group_id.clone(),
-            t.model.clone(),
-            t.condition.clone(),
-            s(&t.induction),
-            s(&t.induction_variant),
-            s(&t.regulation),
-            s(&t.regulation_variant),
-            t.repetition.to_string(),
-            kind.to_string(),
+    match question {
+        Question::ContentFree {
+            instrument,
+            content,
+            label_style,
+            option_order,
+            label_binding,
+        } => AskedCells {
+            kind: "content-free",
+            instrument: instrument.clone(),
+            item: content.clone(),
+            stem: String::new(),
+            label_style: label_style.name().to_string(),
+            option_order: order_text(option_order),
+            label_binding: binding_text(label_binding),
+        },
+        Question::Item {
             instrument,
             item,
-            stem,
             label_style,
-            order,
-            binding,
-            t.prompt_sha256.clone(),
-            t.prompt_tokens.to_string(),
-            g.and_then(|g| g.replies.last().cloned())
-                .unwrap_or_default(),
-            g.map(|g| g.replies.len().to_string()).unwrap_or_default(),
-            opt(g.and_then(|g| g.value)),
-            opt(g.and_then(|g| g.keyed)),
-            c.map(|c| c.labels.join(" ")).unwrap_or_default(),
-            c.map(|c| {
-                c.probs
-                    .iter()
-                    .map(|p| num(*p))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .unwrap_or_default(),
-            opt(c.map(|c| c.mass)),
-            opt(c.map(|c| c.expected)),
-            opt(c.map(|c| c.keyed_expected)),
-            opt(c.map(|c| c.argmax)),
-            opt(c.map(|c| c.draw)),
-            t.calibrated
-                .as_ref()
-                .map(|c| {
-                    c.probs
-                        .iter()
-                        .map(|p| num(*p))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                })
-                .unwrap_or_default(),
-            opt(t.calibrated.as_ref().map(|c| c.expected)),
-            opt(t.calibrated.as_ref().map(|c| c.keyed_expected)),
-            s(&t.completion),
-            opt(t.completion.as_ref().map(|x| lexicon::score(x).valence)),
-            opt(recorded_judge_valence(t)),
-            opt(t.judge_detail.as_ref().map(|d| d.calibrated_expected)),
-            t.continues_stem
-                .map(|b| b.to_string())
-                .unwrap_or_else(|| "NA".into()),
-            s(&t.error),
-            opt(timing),
-        ])
-        .map_err(|e| csv_err(path, e))?;
+            option_order,
+            label_binding,
+        } => AskedCells {
+            kind: "item",
+            instrument: instrument.clone(),
+            item: item.clone().unwrap_or_default(),
+            stem: String::new(),
+            label_style: label_style.name().to_string(),
+            option_order: order_text(option_order),
+            label_binding: binding_text(label_binding),
+        },
+        Question::Completion { stem, .. } => AskedCells {
+            kind: "completion",
+            instrument: String::new(),
+            item: String::new(),
+            stem: stem.clone(),
+            label_style: String::new(),
+            option_order: String::new(),
+            label_binding: String::new(),
+        },
     }
-    w.flush().map_err(|e| csv_err(path, e))
+}
+
+fn number_list(xs: &[f64]) -> String {
+    xs.iter().map(|p| num(*p)).collect::<Vec<_>>().join(" ")
+}
+
+fn trial_row(t: &TrialRecord) -> TrialRow {
+    let s = |x: &Option<String>| x.clone().unwrap_or_default();
+    let asked = asked_cells(&t.question);
+    let g = t.generate.as_ref();
+    let c = t.choice.as_ref();
+    let cal = t.calibrated.as_ref();
+    TrialRow {
+        trial_id: t.trial_id.clone(),
+        seed: t.seed,
+        group_id: t.group_id.clone(),
+        model: t.model.clone(),
+        condition: t.condition.clone(),
+        induction: s(&t.induction),
+        induction_variant: s(&t.induction_variant),
+        regulation: s(&t.regulation),
+        regulation_variant: s(&t.regulation_variant),
+        repetition: t.repetition,
+        kind: asked.kind,
+        instrument: asked.instrument,
+        item: asked.item,
+        stem: asked.stem,
+        label_style: asked.label_style,
+        option_order: asked.option_order,
+        label_binding: asked.label_binding,
+        prompt_sha256: t.prompt_sha256.clone(),
+        prompt_tokens: t.prompt_tokens,
+        reply: g
+            .and_then(|g| g.replies.last().cloned())
+            .unwrap_or_default(),
+        replies: g.map(|g| g.replies.len().to_string()).unwrap_or_default(),
+        generated_value: Num::or_na(g.and_then(|g| g.value)),
+        generated_keyed: Num::or_na(g.and_then(|g| g.keyed)),
+        option_labels: c.map(|c| c.labels.join(" ")).unwrap_or_default(),
+        option_probs: c.map(|c| number_list(&c.probs)).unwrap_or_default(),
+        option_mass: Num::or_na(c.map(|c| c.mass)),
+        option_expected: Num::or_na(c.map(|c| c.expected)),
+        option_keyed_expected: Num::or_na(c.map(|c| c.keyed_expected)),
+        option_argmax: Num::or_na(c.map(|c| c.argmax)),
+        option_draw: Num::or_na(c.map(|c| c.draw)),
+        calibrated_probs: cal.map(|c| number_list(&c.probs)).unwrap_or_default(),
+        calibrated_expected: Num::or_na(cal.map(|c| c.expected)),
+        calibrated_keyed_expected: Num::or_na(cal.map(|c| c.keyed_expected)),
+        completion: s(&t.completion),
+        lexicon_valence: Num::or_na(t.completion.as_ref().map(|x| lexicon::score(x).valence)),
+        judge_valence: Num::or_na(recorded_judge_valence(t)),
+        judge_calibrated_valence: Num::or_na(
+            t.judge_detail.as_ref().map(|d| d.calibrated_expected),
+        ),
+        continues_stem: t
+            .continues_stem
+            .map(|b| b.to_string())
+            .unwrap_or_else(|| "NA".into()),
+        error: s(&t.error),
+        total_ms: Num::or_na(t.timing.total_ms),
+    }
+}
+
+/// `trials.csv`: one row per trial (the content-free trials after the others).
+pub fn write_trials_csv(path: &Path, data: &RunData) -> Result<()> {
+    let rows = data.trials.iter().chain(&data.content_free).map(trial_row);
+    csv_table::write_table(path, rows, TrialRow::default())
 }

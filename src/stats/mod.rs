@@ -9,6 +9,7 @@ pub mod bootstrap;
 pub mod descriptives;
 pub mod effects;
 pub mod mixed;
+pub mod psychometrics;
 
 pub use bootstrap::{bootstrap, BootstrapCi, Interval, MIN_N_BCA, MIN_N_INTERVAL};
 pub use descriptives::{
@@ -18,6 +19,7 @@ pub use effects::{
     hedges_g, hedges_g_vs_constant, holm, mann_whitney, mean_difference, one_sample_t, paired_t,
     welch, HedgesG, MannWhitney, PairedT, Welch,
 };
+pub use psychometrics::{cronbach_alpha, mcdonald_omega};
 
 #[cfg(test)]
 mod tests {

@@ -3,7 +3,7 @@
 //! trial's read-outs (`readouts`), the run directory protocol (`run_dir`), provenance
 //! (`provenance`), the end-of-run table (`summary`), the positive-control study of
 //! `validate-instrument` (`validate`), a second model judging a finished run's
-//! completions (`second_judge`), capture and steering set-up (`internals`) and the
+//! completions (`second_judge`), what a run is of, new or resumed (`target`), capture and steering set-up (`internals`) and the
 //! sequence that ties them together
 //! (`runner`). What a run writes is defined in `crate::results`.
 //!
@@ -28,4 +28,5 @@ pub mod run_dir;
 pub mod runner;
 pub mod second_judge;
 pub mod summary;
+pub mod target;
 pub mod validate;
