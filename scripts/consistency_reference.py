@@ -1,7 +1,7 @@
 """Reference values for the validity gate's consistency statistics and the clustered
 tests of the negativity-bias analysis, computed with pingouin, factor_analyzer and scipy.
 
-Writes tests/data/consistency_reference.json, which tests/validity_reference.rs checks
+Writes tests/data/consistency_reference.json, which tests/stats_reference.rs checks
 `affectbench::results::validity::{cronbach_alpha, mcdonald_omega, pearson}` and
 `affectbench::report::stats::{paired_t, one_sample_t}` and `report::mixed::fit` against. Run from the
 repository root:

@@ -1,6 +1,6 @@
 """Reference values for affectbench's report statistics, computed with scipy/statsmodels.
 
-Writes tests/data/stats_reference.json, which tests/report_stats.rs checks the Rust
+Writes tests/data/stats_reference.json, which tests/stats_reference.rs checks the Rust
 implementation against. Run from the repository root:
 
     python3 -m venv /tmp/statsenv && /tmp/statsenv/bin/pip install scipy statsmodels numpy

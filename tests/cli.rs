@@ -11,8 +11,7 @@ fn stdout(o: &Output) -> String {
 }
 
 #[test]
-fn models_list_and_path() {
-    common::real_model("smollm2-135m-instruct");
+fn models_list_names_every_registry_model_and_the_default() {
     let list = affectbench(&["models", "list"]);
     assert!(list.status.success());
     let text = stdout(&list);
@@ -24,6 +23,11 @@ fn models_list_and_path() {
     ] {
         assert!(text.contains(name), "{text}");
     }
+}
+
+#[test]
+fn models_path_prints_the_cached_file() {
+    common::real_model("smollm2-135m-instruct");
     let path = affectbench(&["models", "path", "smollm2-135m-instruct"]);
     assert!(path.status.success());
     let p = stdout(&path).trim().to_string();
@@ -31,6 +35,11 @@ fn models_list_and_path() {
         std::path::Path::new(&p).is_absolute() && p.ends_with(".gguf"),
         "{p}"
     );
+}
+
+#[test]
+fn models_verify_accepts_a_cached_file_with_its_sha256() {
+    common::real_model("smollm2-135m-instruct");
     let verify = affectbench(&["models", "verify", "smollm2-135m-instruct"]);
     assert!(
         verify.status.success(),
@@ -66,7 +75,7 @@ fn generate_is_reproducible_by_seed_and_varies_across_seeds() {
 }
 
 #[test]
-fn raw_generation_and_greedy_work() {
+fn raw_generation_at_temperature_zero_is_greedy() {
     common::real_model("smollm2-135m-instruct");
     let o = affectbench(&[
         "generate",
@@ -83,12 +92,17 @@ fn raw_generation_and_greedy_work() {
 }
 
 #[test]
-fn tokenize_prints_json_ids_and_chat_prompt() {
+fn tokenize_prints_the_ids_as_json() {
     common::real_model("smollm2-135m-instruct");
     let o = affectbench(&["tokenize", "Hello, world!"]);
     assert!(o.status.success());
     let ids: Vec<u32> = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert!(!ids.is_empty());
+}
+
+#[test]
+fn tokenize_chat_prints_the_rendered_prompt() {
+    common::real_model("smollm2-135m-instruct");
     let chat = affectbench(&["tokenize", "--chat", "Hi"]);
     let v: serde_json::Value = serde_json::from_str(stdout(&chat).trim()).unwrap();
     assert!(v["prompt"]
@@ -98,7 +112,7 @@ fn tokenize_prints_json_ids_and_chat_prompt() {
 }
 
 #[test]
-fn helpful_errors_for_unknown_models_and_bad_settings() {
+fn an_unknown_model_is_refused_pointing_to_models_list() {
     let o = affectbench(&["generate", "--model", "no-such-model", "--prompt", "x"]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
@@ -106,6 +120,10 @@ fn helpful_errors_for_unknown_models_and_bad_settings() {
         err.contains("no-such-model") && err.contains("models list"),
         "{err}"
     );
+}
+
+#[test]
+fn a_negative_temperature_is_refused_naming_it() {
     let o = affectbench(&["generate", "--prompt", "x", "--temperature=-1"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("temperature"));

@@ -120,7 +120,8 @@ fn shipped_scenarios_meet_the_design() {
 }
 
 #[test]
-fn reverse_keying_and_scoring() {
+fn scale_scores_follow_each_instruments_scoring_rule() {
+    // Reverse-keyed items mirrored, a missing item leaves no score, DASS-21 doubled.
     let lib = library();
     let s = &lib.instruments["anxiety-state"];
     let at_ease = s.items.iter().find(|i| i.id == "at-ease").unwrap();

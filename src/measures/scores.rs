@@ -18,6 +18,13 @@ pub enum Readout {
     Calibrated,
 }
 
+/// Written as its name (`probability`, `calibrated`, `generated`) in every table.
+impl serde::Serialize for Readout {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
 impl Readout {
     pub const ALL: [Readout; 3] = [
         Readout::Probability,

@@ -330,8 +330,6 @@ impl Analysis {
     }
 }
 
-type CellKey = (String, String, String, String, Readout); // model, instrument, emotion, condition, readout
-
 fn ci_of(seed: u64, stream: &str, samples: &[&[f64]], opts: &ReportOptions) -> BootstrapCi {
     let mut rng = Stream::Bootstrap { statistic: stream }.rng(seed);
     if samples.len() == 1 {
@@ -341,13 +339,98 @@ fn ci_of(seed: u64, stream: &str, samples: &[&[f64]], opts: &ReportOptions) -> B
     }
 }
 
-pub fn analyse(data: &RunData, options: &ReportOptions) -> Analysis {
-    let seed = options
-        .seed
-        .unwrap_or_else(|| data.headers.first().map(|h| h.seed).unwrap_or(0));
-    let conds = conditions(data);
-    let (scores, identical) = distinct_observations(scale_scores(data));
-    let identical_replicates: Vec<IdenticalReplicates> = identical
+/// One cell of the design: the subscale scores of one model, condition and read-out.
+/// The fields' order is the cells' sort order.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Cell {
+    model: String,
+    instrument: String,
+    subscale: String,
+    condition: String,
+    readout: Readout,
+}
+
+/// A measured scale (model x instrument x subscale x read-out), whose conditions the
+/// analysis compares. The fields' order is the sort order.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Scale {
+    model: String,
+    instrument: String,
+    subscale: String,
+    readout: Readout,
+}
+
+impl Scale {
+    fn cell(&self, condition: &str) -> Cell {
+        Cell {
+            model: self.model.clone(),
+            instrument: self.instrument.clone(),
+            subscale: self.subscale.clone(),
+            condition: condition.to_string(),
+            readout: self.readout,
+        }
+    }
+}
+
+/// The scale scores by cell, and by (seed, repetition) within a cell for the tests
+/// that pair arms observed at the same repetitions.
+struct ScoreGroups {
+    by_cell: BTreeMap<Cell, Vec<f64>>,
+    by_repetition: BTreeMap<Cell, BTreeMap<(u64, usize), f64>>,
+}
+
+impl ScoreGroups {
+    fn new(scores: &[ScaleScore]) -> Self {
+        let mut groups = ScoreGroups {
+            by_cell: BTreeMap::new(),
+            by_repetition: BTreeMap::new(),
+        };
+        for s in scores {
+            let cell = Cell {
+                model: s.model.clone(),
+                instrument: s.instrument.clone(),
+                subscale: s.subscale.clone(),
+                condition: s.condition.clone(),
+                readout: s.readout,
+            };
+            groups
+                .by_repetition
+                .entry(cell.clone())
+                .or_default()
+                .insert((s.seed, s.repetition), s.value);
+            groups.by_cell.entry(cell).or_default().push(s.value);
+        }
+        groups
+    }
+
+    fn get(&self, cell: &Cell) -> Option<&Vec<f64>> {
+        self.by_cell.get(cell)
+    }
+
+    /// Every measured scale, sorted.
+    fn scales(&self) -> Vec<Scale> {
+        let mut v: Vec<Scale> = self
+            .by_cell
+            .keys()
+            .map(|c| Scale {
+                model: c.model.clone(),
+                instrument: c.instrument.clone(),
+                subscale: c.subscale.clone(),
+                readout: c.readout,
+            })
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+}
+
+/// How many distinct conversations each cell with dropped identical repeats kept.
+fn identical_replicates(
+    scores: &[ScaleScore],
+    dropped: crate::measures::scores::DroppedRepeats,
+) -> Vec<IdenticalReplicates> {
+    dropped
         .into_iter()
         .map(
             |((model, condition, instrument, subscale, readout), dropped)| IdenticalReplicates {
@@ -369,40 +452,43 @@ pub fn analyse(data: &RunData, options: &ReportOptions) -> Analysis {
                 dropped,
             },
         )
-        .collect();
-    // cell -> (seed, repetition) -> score, for tests paired by repetition; cell -> scores.
-    let mut by_repetition: BTreeMap<CellKey, BTreeMap<(u64, usize), f64>> = BTreeMap::new();
-    let mut groups: BTreeMap<CellKey, Vec<f64>> = BTreeMap::new();
-    for s in &scores {
-        let key: CellKey = (
-            s.model.clone(),
-            s.instrument.clone(),
-            s.subscale.clone(),
-            s.condition.clone(),
-            s.readout,
-        );
-        by_repetition
-            .entry(key.clone())
-            .or_default()
-            .insert((s.seed, s.repetition), s.value);
-        groups.entry(key).or_default().push(s.value);
-    }
+        .collect()
+}
+
+/// Descriptives and a bootstrap CI per cell, sorted by model, instrument, subscale,
+/// the conditions' study order and read-out.
+fn cell_stats(
+    groups: &ScoreGroups,
+    conds: &[ConditionInfo],
+    seed: u64,
+    options: &ReportOptions,
+) -> Vec<CellStats> {
     let order = |c: &str| conds.iter().position(|x| x.name == c).unwrap_or(usize::MAX);
     let mut cells: Vec<CellStats> = groups
+        .by_cell
         .iter()
-        .map(|((m, i, e, c, r), xs)| CellStats {
-            model: m.clone(),
-            instrument: i.clone(),
-            emotion: e.clone(),
-            condition: c.clone(),
-            readout: *r,
-            describe: describe(xs),
-            ci: ci_of(
-                seed,
-                &format!("cell/{m}/{i}/{e}/{c}/{}", r.name()),
-                &[xs],
-                options,
-            ),
+        .map(|(cell, xs)| {
+            let Cell {
+                model: m,
+                instrument: i,
+                subscale: e,
+                condition: c,
+                readout: r,
+            } = cell;
+            CellStats {
+                model: m.clone(),
+                instrument: i.clone(),
+                emotion: e.clone(),
+                condition: c.clone(),
+                readout: *r,
+                describe: describe(xs),
+                ci: ci_of(
+                    seed,
+                    &format!("cell/{m}/{i}/{e}/{c}/{}", r.name()),
+                    &[xs],
+                    options,
+                ),
+            }
         })
         .collect();
     cells.sort_by(|x, y| {
@@ -421,33 +507,34 @@ pub fn analyse(data: &RunData, options: &ReportOptions) -> Analysis {
                 y.readout,
             ))
     });
+    cells
+}
 
-    let contrast = |family: &'static str,
-                    key: (&str, &str, &str, Readout),
-                    a: &str,
-                    b: &str|
-     -> Option<Contrast> {
-        let (m, i, e, r) = key;
-        let xa = groups.get(&(
-            m.to_string(),
-            i.to_string(),
-            e.to_string(),
-            a.to_string(),
-            r,
-        ))?;
-        let xb = groups.get(&(
-            m.to_string(),
-            i.to_string(),
-            e.to_string(),
-            b.to_string(),
-            r,
-        ))?;
-        let comparison = compare(xa, xb, r, LEVEL);
-        Some(Contrast {
-            model: m.into(),
+/// Compares conditions of one scale: the groups, and the seed and options every
+/// bootstrap stream is drawn with.
+struct Comparer<'a> {
+    groups: &'a ScoreGroups,
+    seed: u64,
+    options: &'a ReportOptions,
+}
+
+impl Comparer<'_> {
+    /// Condition `a` minus condition `b` on `scale`; None where either was not measured.
+    fn contrast(&self, family: &'static str, scale: &Scale, a: &str, b: &str) -> Option<Contrast> {
+        let xa = self.groups.get(&scale.cell(a))?;
+        let xb = self.groups.get(&scale.cell(b))?;
+        let Scale {
+            model: m,
+            instrument: i,
+            subscale: e,
             readout: r,
-            instrument: i.into(),
-            emotion: e.into(),
+        } = scale;
+        let comparison = compare(xa, xb, *r, LEVEL);
+        Some(Contrast {
+            model: m.clone(),
+            readout: *r,
+            instrument: i.clone(),
+            emotion: e.clone(),
             family,
             a: a.into(),
             b: b.into(),
@@ -456,10 +543,10 @@ pub fn analyse(data: &RunData, options: &ReportOptions) -> Analysis {
             mean_a: mean(xa),
             mean_b: mean(xb),
             difference: ci_of(
-                seed,
+                self.seed,
                 &format!("contrast/{m}/{i}/{e}/{}/{a}/{b}", r.name()),
                 &[xa, xb],
-                options,
+                self.options,
             ),
             g: comparison.g,
             welch: comparison.test,
@@ -467,8 +554,51 @@ pub fn analyse(data: &RunData, options: &ReportOptions) -> Analysis {
             p_holm: f64::NAN,
             constant: comparison.constant,
         })
-    };
+    }
 
+    /// Whether regulated `condition` returned to `baseline` on `scale`: the
+    /// equivalence-level CI of Hedges' g against the margin.
+    fn baseline_return(
+        &self,
+        scale: &Scale,
+        condition: &str,
+        baseline: &str,
+    ) -> Option<BaselineReturn> {
+        let xa = self.groups.get(&scale.cell(condition))?;
+        let xb = self.groups.get(&scale.cell(baseline))?;
+        let g = compare(xa, xb, scale.readout, EQUIVALENCE_LEVEL).g;
+        let margin = self.options.equivalence_margin;
+        let verdict = if !g.g.is_finite() {
+            "undetermined (no variance)"
+        } else if g.ci.low > -margin && g.ci.high < margin {
+            "back to baseline (equivalent)"
+        } else if g.ci.low > 0.0 {
+            "above baseline"
+        } else if g.ci.high < 0.0 {
+            "below baseline"
+        } else {
+            "inconclusive"
+        };
+        Some(BaselineReturn {
+            model: scale.model.clone(),
+            readout: scale.readout,
+            instrument: scale.instrument.clone(),
+            emotion: scale.subscale.clone(),
+            condition: condition.to_string(),
+            baseline: baseline.to_string(),
+            g,
+            verdict,
+        })
+    }
+}
+
+/// The design's contrasts for every scale whose emotion has an unregulated induction:
+/// induction vs neutral and baseline, each regulation vs no regulation and vs each
+/// other, and whether each regulated condition returned to baseline.
+fn design_contrasts(
+    comparer: &Comparer,
+    conds: &[ConditionInfo],
+) -> (Vec<Contrast>, Vec<BaselineReturn>) {
     let baseline = conds
         .iter()
         .find(|c| c.is_baseline())
@@ -479,21 +609,11 @@ pub fn analyse(data: &RunData, options: &ReportOptions) -> Analysis {
         .map(|c| c.name.clone());
     let mut contrasts = Vec::new();
     let mut baseline_returns = Vec::new();
-    let measured: Vec<(String, String, String, Readout)> = {
-        let mut v: Vec<_> = groups
-            .keys()
-            .map(|(m, i, e, _, r)| (m.clone(), i.clone(), e.clone(), *r))
-            .collect();
-        v.sort();
-        v.dedup();
-        v
-    };
-    for (m, i, e, r) in &measured {
-        let key = (m.as_str(), i.as_str(), e.as_str(), *r);
+    for scale in comparer.groups.scales() {
         // The conditions that induce this emotion (e.g. "anxiety/none", "anxiety/breathing").
         let inducing: Vec<&ConditionInfo> = conds
             .iter()
-            .filter(|c| c.induction.as_deref() == Some(e.as_str()))
+            .filter(|c| c.induction.as_deref() == Some(scale.subscale.as_str()))
             .collect();
         let Some(unregulated) = inducing
             .iter()
@@ -502,49 +622,25 @@ pub fn analyse(data: &RunData, options: &ReportOptions) -> Analysis {
             continue;
         };
         for reference in [&neutral, &baseline].into_iter().flatten() {
-            contrasts.extend(contrast("induction", key, &unregulated.name, reference));
+            contrasts.extend(comparer.contrast("induction", &scale, &unregulated.name, reference));
         }
         let regulated: Vec<&&ConditionInfo> =
             inducing.iter().filter(|c| c.regulation.is_some()).collect();
         for (k, c) in regulated.iter().enumerate() {
-            contrasts.extend(contrast("regulation", key, &c.name, &unregulated.name));
+            contrasts.extend(comparer.contrast("regulation", &scale, &c.name, &unregulated.name));
             for other in &regulated[k + 1..] {
-                contrasts.extend(contrast("regulation", key, &c.name, &other.name));
+                contrasts.extend(comparer.contrast("regulation", &scale, &c.name, &other.name));
             }
             if let Some(base) = &baseline {
-                let (Some(xa), Some(xb)) = (
-                    groups.get(&(m.clone(), i.clone(), e.clone(), c.name.clone(), *r)),
-                    groups.get(&(m.clone(), i.clone(), e.clone(), base.clone(), *r)),
-                ) else {
-                    continue;
-                };
-                let g = compare(xa, xb, *r, EQUIVALENCE_LEVEL).g;
-                let margin = options.equivalence_margin;
-                let verdict = if !g.g.is_finite() {
-                    "undetermined (no variance)"
-                } else if g.ci.low > -margin && g.ci.high < margin {
-                    "back to baseline (equivalent)"
-                } else if g.ci.low > 0.0 {
-                    "above baseline"
-                } else if g.ci.high < 0.0 {
-                    "below baseline"
-                } else {
-                    "inconclusive"
-                };
-                baseline_returns.push(BaselineReturn {
-                    model: m.clone(),
-                    readout: *r,
-                    instrument: i.clone(),
-                    emotion: e.clone(),
-                    condition: c.name.clone(),
-                    baseline: base.clone(),
-                    g,
-                    verdict,
-                });
+                baseline_returns.extend(comparer.baseline_return(&scale, &c.name, base));
             }
         }
     }
-    // Holm within each model x read-out x family.
+    (contrasts, baseline_returns)
+}
+
+/// Holm's correction of the Welch p values within each model x read-out x family.
+fn holm_within_families(contrasts: &mut [Contrast]) {
     let mut families: BTreeMap<(String, Readout, &'static str), Vec<usize>> = BTreeMap::new();
     for (k, c) in contrasts.iter().enumerate() {
         families
@@ -563,7 +659,24 @@ pub fn analyse(data: &RunData, options: &ReportOptions) -> Analysis {
             contrasts[k].p_holm = p;
         }
     }
+}
 
+/// Everything the report shows, computed once from the loaded runs.
+pub fn analyse(data: &RunData, options: &ReportOptions) -> Analysis {
+    let seed = options
+        .seed
+        .unwrap_or_else(|| data.headers.first().map(|h| h.seed).unwrap_or(0));
+    let conds = conditions(data);
+    let (scores, dropped) = distinct_observations(scale_scores(data));
+    let groups = ScoreGroups::new(&scores);
+    let comparer = Comparer {
+        groups: &groups,
+        seed,
+        options,
+    };
+    let cells = cell_stats(&groups, &conds, seed, options);
+    let (mut contrasts, baseline_returns) = design_contrasts(&comparer, &conds);
+    holm_within_families(&mut contrasts);
     let completions = completion_scores(data);
     let (valence, valence_contrasts) = negativity(&completions, &conds, seed, options);
     let control = data
@@ -572,24 +685,22 @@ pub fn analyse(data: &RunData, options: &ReportOptions) -> Analysis {
         .find_map(|h| h.study.positive_control.as_ref());
     let validity = validity_checks(&data.trials, &data.scoring, control);
     let gate = gate_verdicts(&validity);
-    let questions = answer_questions(data, &groups, &by_repetition, &gate, seed, options);
+    let questions = answer_questions(data, &groups, &gate, seed, options);
+    let mut quality = quality(data);
+    quality.sort_by_key(|r| {
+        (
+            r.model.clone(),
+            conds.iter().position(|c| c.name == r.condition),
+        )
+    });
     Analysis {
-        identical_replicates,
+        identical_replicates: identical_replicates(&scores, dropped),
         models: models(data),
         questions,
         validity,
         gate,
         scale_ranges: scale_ranges(data),
-        quality: {
-            let mut q = quality(data);
-            q.sort_by_key(|r| {
-                (
-                    r.model.clone(),
-                    conds.iter().position(|c| c.name == r.condition),
-                )
-            });
-            q
-        },
+        quality,
         position_bias: position_bias(data),
         variance: shares_of_variance(data),
         conditions: conds,
@@ -725,8 +836,7 @@ fn negativity(
 /// Each declared contrast (from the runs' study records) for each model and read-out.
 fn answer_questions(
     data: &RunData,
-    groups: &BTreeMap<CellKey, Vec<f64>>,
-    by_repetition: &BTreeMap<CellKey, BTreeMap<(u64, usize), f64>>,
+    groups: &ScoreGroups,
     gate: &[GateVerdict],
     seed: u64,
     options: &ReportOptions,
@@ -743,30 +853,20 @@ fn answer_questions(
     for model in models(data) {
         for readout in Readout::ALL {
             for c in &declared {
-                let arm = |cond: &str| {
-                    groups.get(&(
-                        model.clone(),
-                        c.instrument.clone(),
-                        c.subscale.clone(),
-                        cond.to_string(),
-                        readout,
-                    ))
+                let scale = Scale {
+                    model: model.clone(),
+                    instrument: c.instrument.clone(),
+                    subscale: c.subscale.clone(),
+                    readout,
                 };
+                let arm = |cond: &str| groups.get(&scale.cell(cond));
                 let (Some(xa), Some(xb)) = (arm(&c.a), arm(&c.b)) else {
                     continue;
                 };
                 // Arms observed at the same repetitions (and seeds) share each repetition's
                 // system prompt variant and seed: the paired test uses that.
                 let paired = {
-                    let rep = |cond: &str| {
-                        by_repetition.get(&(
-                            model.clone(),
-                            c.instrument.clone(),
-                            c.subscale.clone(),
-                            cond.to_string(),
-                            readout,
-                        ))
-                    };
+                    let rep = |cond: &str| groups.by_repetition.get(&scale.cell(cond));
                     match (rep(&c.a), rep(&c.b)) {
                         (Some(ra), Some(rb)) if ra.len() >= 3 && ra.keys().eq(rb.keys()) => {
                             let a: Vec<f64> = ra.values().copied().collect();

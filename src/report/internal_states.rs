@@ -27,7 +27,7 @@ pub struct DoseCell {
     pub direction: String,
     pub instrument: String,
     pub subscale: String,
-    pub readout: String,
+    pub readout: Readout,
     pub alpha: f64,
     pub n: usize,
     pub mean: f64,
@@ -42,7 +42,7 @@ pub struct DoseTrend {
     pub direction: String,
     pub instrument: String,
     pub subscale: String,
-    pub readout: String,
+    pub readout: Readout,
     pub alphas: usize,
     /// Repetitions with a score at two or more alphas (the unit of the test).
     pub repetitions: usize,
@@ -67,7 +67,7 @@ pub struct Routes {
     pub emotion: String,
     pub instrument: String,
     pub subscale: String,
-    pub readout: String,
+    pub readout: Readout,
     pub text: Option<f64>,
     pub steering: Option<f64>,
     pub steering_alpha: Option<f64>,
@@ -100,7 +100,7 @@ pub fn dose_cells(a: &Analysis) -> Vec<DoseCell> {
                 direction: direction.to_string(),
                 instrument: c.instrument.clone(),
                 subscale: c.emotion.clone(),
-                readout: c.readout.name().to_string(),
+                readout: c.readout,
                 alpha: *alpha,
                 n: c.describe.n,
                 mean: c.describe.mean,
@@ -109,33 +109,25 @@ pub fn dose_cells(a: &Analysis) -> Vec<DoseCell> {
             })
         })
         .collect();
+    // Read-outs by name, as the tables have always listed them.
     out.sort_by(|x, y| {
         (
             &x.model,
             &x.direction,
             &x.instrument,
             &x.subscale,
-            &x.readout,
+            x.readout.name(),
         )
             .cmp(&(
                 &y.model,
                 &y.direction,
                 &y.instrument,
                 &y.subscale,
-                &y.readout,
+                y.readout.name(),
             ))
             .then(x.alpha.total_cmp(&y.alpha))
     });
     out
-}
-
-/// The read-out a dose cell's name stands for. Cells are made from `Readout::name`, so
-/// another name is a defect here, never data to guess at.
-fn readout_named(name: &str) -> Readout {
-    Readout::ALL
-        .into_iter()
-        .find(|r| r.name() == name)
-        .unwrap_or_else(|| panic!("dose cell read-out '{name}' is not a read-out name"))
 }
 
 fn ranks(v: &[f64]) -> Vec<f64> {
@@ -208,7 +200,7 @@ pub fn dose_trends(a: &Analysis, cells: &[DoseCell]) -> Vec<DoseTrend> {
                             && c.direction == direction
                             && c.instrument == instrument
                             && c.subscale == subscale
-                            && c.readout == readout.name()
+                            && c.readout == readout
                     })
                     .collect();
                 let alphas: Vec<f64> = mine.iter().map(|c| c.alpha).collect();
@@ -224,7 +216,7 @@ pub fn dose_trends(a: &Analysis, cells: &[DoseCell]) -> Vec<DoseTrend> {
                     direction,
                     instrument,
                     subscale,
-                    readout: readout.name().to_string(),
+                    readout,
                     alphas: alphas.len(),
                     repetitions: slopes.len(),
                     slope: mean_slope,
@@ -261,19 +253,20 @@ pub fn routes(data: &RunData, a: &Analysis, cells: &[DoseCell]) -> Vec<Routes> {
         .iter()
         .find(|c| c.is_neutral())
         .map(|c| c.name.clone());
-    let mut keys: BTreeSet<(String, String, String, String, String)> = BTreeSet::new();
+    // Ordered by the read-out's name, as the table has always listed them.
+    let mut keys: BTreeSet<(String, String, String, String, &str, Readout)> = BTreeSet::new();
     for c in cells.iter().filter(|c| c.subscale == c.direction) {
         keys.insert((
             c.model.clone(),
             c.direction.clone(),
             c.instrument.clone(),
             c.subscale.clone(),
-            c.readout.clone(),
+            c.readout.name(),
+            c.readout,
         ));
     }
     keys.into_iter()
-        .map(|(model, emotion, instrument, subscale, readout_name)| {
-            let r = readout_named(&readout_name);
+        .map(|(model, emotion, instrument, subscale, _, r)| {
             let induced = a
                 .conditions
                 .iter()
@@ -296,7 +289,7 @@ pub fn routes(data: &RunData, a: &Analysis, cells: &[DoseCell]) -> Vec<Routes> {
                         && c.direction == emotion
                         && c.instrument == instrument
                         && c.subscale == subscale
-                        && c.readout == readout_name
+                        && c.readout == r
                 })
                 .collect();
             let zero = mine.iter().find(|c| c.alpha == 0.0);
@@ -323,7 +316,7 @@ pub fn routes(data: &RunData, a: &Analysis, cells: &[DoseCell]) -> Vec<Routes> {
                 emotion,
                 instrument,
                 subscale,
-                readout: readout_name,
+                readout: r,
                 text,
                 instructed,
             }
@@ -431,10 +424,10 @@ pub fn figures(data: &RunData, cells: &[DoseCell]) -> Vec<Figure> {
             panels,
         });
     }
-    let mut groups: BTreeMap<(String, String, String), Vec<&DoseCell>> = BTreeMap::new();
+    let mut groups: BTreeMap<(String, String, &str), Vec<&DoseCell>> = BTreeMap::new();
     for c in cells {
         groups
-            .entry((c.model.clone(), c.direction.clone(), c.readout.clone()))
+            .entry((c.model.clone(), c.direction.clone(), c.readout.name()))
             .or_default()
             .push(c);
     }
@@ -584,7 +577,7 @@ pub fn sections(
                         t.model.clone(),
                         t.direction.clone(),
                         format!("{}/{}", t.instrument, t.subscale),
-                        t.readout.clone(),
+                        t.readout.name().into(),
                         t.alphas.to_string(),
                         t.repetitions.to_string(),
                         f(t.slope, 3),
@@ -617,7 +610,7 @@ pub fn sections(
                         vec![
                             r.model.clone(),
                             format!("{}/{}", r.instrument, r.subscale),
-                            r.readout.clone(),
+                            r.readout.name().into(),
                             o(r.text),
                             match r.steering_alpha {
                                 Some(al) => format!("{} (alpha {al:+})", o(r.steering)),
@@ -646,7 +639,7 @@ fn figures_ids(cells: &[DoseCell]) -> Vec<String> {
                 "steering-{}-{}-{}",
                 crate::results::states::file_stem(&c.model),
                 c.direction,
-                c.readout
+                c.readout.name()
             )
         })
         .collect();

@@ -327,8 +327,23 @@ fn effect_stats(difference: &BootstrapCi, g: &HedgesG, n: usize) -> [(&'static s
     ]
 }
 
-/// All tidy tables of an analysis.
+/// All tidy tables of an analysis, in the order they are written.
 pub fn tidy_tables(a: &Analysis) -> Vec<Tidy> {
+    vec![
+        descriptives_table(a),
+        contrasts_table(a),
+        baseline_table(a),
+        valence_table(a),
+        judge_table(a),
+        agreement_table(a),
+        quality_table(a),
+        position_table(a),
+        variance_table(a),
+    ]
+}
+
+/// Per cell: n, mean, SD, median and the bootstrap CI bounds.
+fn descriptives_table(a: &Analysis) -> Tidy {
     let validity = |model: &str, instrument: &str, readout| {
         a.verdict(model, instrument, readout).name().to_string()
     };
@@ -365,6 +380,15 @@ pub fn tidy_tables(a: &Analysis) -> Vec<Tidy> {
             ],
         );
     }
+    descriptives
+}
+
+/// The induction and regulation contrasts: arms, difference, Hedges' g, Welch and
+/// Mann-Whitney tests, Holm's p.
+fn contrasts_table(a: &Analysis) -> Tidy {
+    let validity = |model: &str, instrument: &str, readout| {
+        a.verdict(model, instrument, readout).name().to_string()
+    };
     let mut contrasts = Tidy::new(
         "contrasts",
         &[
@@ -414,6 +438,14 @@ pub fn tidy_tables(a: &Analysis) -> Vec<Tidy> {
             .concat(),
         );
     }
+    contrasts
+}
+
+/// Whether each regulated condition returned to baseline (the equivalence test).
+fn baseline_table(a: &Analysis) -> Tidy {
+    let validity = |model: &str, instrument: &str, readout| {
+        a.verdict(model, instrument, readout).name().to_string()
+    };
     let mut baseline = Tidy::new(
         "baseline_return",
         &[
@@ -447,6 +479,12 @@ pub fn tidy_tables(a: &Analysis) -> Vec<Tidy> {
             ],
         );
     }
+    baseline
+}
+
+/// Completion valence per condition, then the negativity contrasts at the
+/// completion, conversation, stem and mixed-model levels.
+fn valence_table(a: &Analysis) -> Tidy {
     let mut valence = Tidy::new(
         "negativity_bias",
         &["model", "scorer", "condition", "reference"],
@@ -509,6 +547,11 @@ pub fn tidy_tables(a: &Analysis) -> Vec<Tidy> {
             .concat(),
         );
     }
+    valence
+}
+
+/// Answer quality per model and condition.
+fn quality_table(a: &Analysis) -> Tidy {
     let mut quality = Tidy::new("data_quality", &["model", "condition"]);
     for q in &a.quality {
         let n = q.items as f64;
@@ -535,6 +578,11 @@ pub fn tidy_tables(a: &Analysis) -> Vec<Tidy> {
             ],
         );
     }
+    quality
+}
+
+/// Answer-position bias per display position.
+fn position_table(a: &Analysis) -> Tidy {
     let mut position = Tidy::new(
         "position_bias",
         &["model", "instrument", "readout", "n_options", "position"],
@@ -556,6 +604,11 @@ pub fn tidy_tables(a: &Analysis) -> Vec<Tidy> {
             ],
         );
     }
+    position
+}
+
+/// Variance shares of the perturbation factors.
+fn variance_table(a: &Analysis) -> Tidy {
     let mut variance = Tidy::new("variance_explained", &["model", "readout", "factor"]);
     for v in &a.variance {
         variance.push(
@@ -567,6 +620,11 @@ pub fn tidy_tables(a: &Analysis) -> Vec<Tidy> {
             ],
         );
     }
+    variance
+}
+
+/// The completion scorers' compliance, coverage, order agreement and bias.
+fn judge_table(a: &Analysis) -> Tidy {
     let mut judge = Tidy::new("judge_quality", &["model"]);
     let opt = |x: Option<f64>| x.unwrap_or(f64::NAN);
     for q in &a.judge_quality {
@@ -590,6 +648,12 @@ pub fn tidy_tables(a: &Analysis) -> Vec<Tidy> {
             ],
         );
     }
+    judge
+}
+
+/// Agreement of the run's judge with each second judge.
+fn agreement_table(a: &Analysis) -> Tidy {
+    let opt = |x: Option<f64>| x.unwrap_or(f64::NAN);
     let mut agreement = Tidy::new("judge_agreement", &["model", "second_judge"]);
     for g in &a.judge_agreement {
         agreement.push(
@@ -609,17 +673,7 @@ pub fn tidy_tables(a: &Analysis) -> Vec<Tidy> {
             ],
         );
     }
-    vec![
-        descriptives,
-        contrasts,
-        baseline,
-        valence,
-        judge,
-        agreement,
-        quality,
-        position,
-        variance,
-    ]
+    agreement
 }
 
 /// A row of `trials.csv`: one trial, every read-out flattened, the lexicon and judge

@@ -3,7 +3,7 @@
 //! model for completions nested in conversations, and the psychometrics of the validity
 //! gate. Nothing here knows about runs, trials or reports: plain `f64` samples in,
 //! numbers out. Reference values from scipy and statsmodels are checked in
-//! `tests/report_stats.rs` and `tests/validity_reference.rs`.
+//! `tests/stats_reference.rs`.
 
 pub mod bootstrap;
 pub mod descriptives;

@@ -1,6 +1,6 @@
 //! Psychometrics of a questionnaire's answers, respondents x items: Cronbach's alpha and
 //! McDonald's omega (one factor, minimum residuals), with the small linear algebra they
-//! need. Checked against pingouin and factor_analyzer in `tests/validity_reference.rs`.
+//! need. Checked against pingouin and factor_analyzer in `tests/stats_reference.rs`.
 
 use super::descriptives::{pearson, variance};
 

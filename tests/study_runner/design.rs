@@ -184,19 +184,21 @@ fn run_edited_smoke(
     (records(&out), header)
 }
 
+/// Inserts `extra` into the smoke study's settings.
+fn with_setting(extra: &'static str) -> impl Fn(String) -> String {
+    move |text: String| text.replacen("option_order", &format!("{extra}\noption_order"), 1)
+}
+
 #[test]
-fn system_prompt_variants_follow_the_repetition_and_acknowledgements_are_a_choice() {
+fn system_prompt_variants_follow_the_repetition() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());
-    let with = |extra: &'static str| {
-        move |text: String| text.replacen("option_order", &format!("{extra}\noption_order"), 1)
-    };
     // Two system prompts: repetition r (and the content-free group r) uses variant r.
     let (recs, header) = run_edited_smoke(
         dir.path(),
         &model,
         "variants",
-        with("system_prompts = [\"SYS-ZERO\", \"SYS-ONE\"]"),
+        with_setting("system_prompts = [\"SYS-ZERO\", \"SYS-ONE\"]"),
     );
     assert_eq!(header["study"]["system_prompts"][1], "SYS-ONE");
     for (_, r) in &recs {
@@ -212,13 +214,17 @@ fn system_prompt_variants_follow_the_repetition_and_acknowledgements_are_a_choic
         .filter(|(_, r)| r["question"]["kind"] == "content-free")
         .count();
     assert_eq!(content_free, 2 * 12, "one content-free group per variant");
+}
 
-    // No acknowledgement: the text and the question are one user message.
+#[test]
+fn without_an_acknowledgement_the_text_and_the_question_are_one_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
     let (recs, header) = run_edited_smoke(
         dir.path(),
         &model,
         "none",
-        with("acknowledgement_mode = \"none\""),
+        with_setting("acknowledgement_mode = \"none\""),
     );
     assert_eq!(header["study"]["acknowledgement"]["mode"], "none");
     let induced: Vec<&str> = recs
@@ -232,14 +238,19 @@ fn system_prompt_variants_follow_the_repetition_and_acknowledgements_are_a_choic
         assert_eq!(p.matches("<|im_start|>user").count(), 1, "{p}");
         assert_eq!(p.matches("<|im_start|>assistant").count(), 1, "{p}");
     }
+}
 
-    // The model's own reply after each text: an assistant turn per text (induction and
-    // breathing script), which is not the fixed acknowledgement.
+#[test]
+fn a_generated_acknowledgement_is_the_models_own_turn_after_each_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    // An assistant turn per text (induction and breathing script), which is not the
+    // fixed acknowledgement.
     let (recs, header) = run_edited_smoke(
         dir.path(),
         &model,
         "generated",
-        with("acknowledgement_mode = \"generated\""),
+        with_setting("acknowledgement_mode = \"generated\""),
     );
     assert_eq!(header["study"]["acknowledgement"]["mode"], "generated");
     for (_, r) in recs
