@@ -240,7 +240,10 @@ fn paired_t_matches_scipy_ttest_rel() {
 
 #[test]
 fn one_sample_t_matches_scipy_ttest_1samp() {
-    let cases = consistency_reference()["one_sample_t"].as_array().unwrap().clone();
+    let cases = consistency_reference()["one_sample_t"]
+        .as_array()
+        .unwrap()
+        .clone();
     assert!(cases.len() >= 2);
     for case in cases {
         let got =

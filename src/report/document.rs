@@ -732,111 +732,141 @@ fn regulation_section(a: &Analysis, fig: &dyn Fn(&str) -> Option<usize>) -> Sect
     }
 }
 
-/// The sentence-completion results: the scorers' trustworthiness, valence per condition,
-/// the induced-minus-neutral contrasts and example completions; none when no completion
-/// was scored.
+/// The sentence-completion results: the scorers' trustworthiness, any second judge's
+/// agreement, valence per condition, the induced-minus-neutral contrasts and example
+/// completions; none when no completion was scored.
 fn negativity_section(a: &Analysis, fig: &dyn Fn(&str) -> Option<usize>) -> Option<Section> {
     if a.valence.is_empty() {
         return None;
     }
-    let mut neg = Vec::new();
-    if let Some(i) = fig("negativity") {
-        neg.push(Block::Figure(i));
+    let mut blocks: Vec<Block> = fig("negativity").map(Block::Figure).into_iter().collect();
+    blocks.extend(scorer_trust_blocks(a));
+    blocks.extend(second_judge_blocks(a));
+    blocks.push(valence_table(a));
+    blocks.push(valence_contrast_table(a));
+    blocks.push(example_completions_table(a));
+    Some(Section {
+        title: "Negativity bias".into(),
+        blocks,
+    })
+}
+
+/// "k of n (p%)", or a dash when nothing was counted.
+fn share(k: usize, n: usize) -> String {
+    if n == 0 {
+        "–".to_string()
+    } else {
+        format!("{k} of {n} ({:.0}%)", 100.0 * k as f64 / n as f64)
     }
-    let count = |k: usize, n: usize| {
-        if n == 0 {
-            "–".to_string()
-        } else {
-            format!("{k} of {n} ({:.0}%)", 100.0 * k as f64 / n as f64)
-        }
-    };
-    let maybe = |x: Option<f64>| x.map(|v| f(v, 2)).unwrap_or_else(|| "–".into());
-    neg.push(Block::Text(
-        "Can the scorers be trusted? A completion complies when it continues its stem \
-         (repeats the stem and adds words, or starts as the rest of a sentence); the \
-         scorers are also reported on compliant completions only (scorer names ending \
-         in \", compliant\"). The lexicon can score only completions holding one of its \
-         words. The judge is asked with the labels in the listed and the reversed order: \
-         a judge that reads the text gives the same answer both ways (order agreement: \
-         same side of -1/3 and +1/3), one that takes the first label it reads does not. \
-         Its valence for content-free texts is its bias with nothing to judge; \
-         judge-calibrated divides that bias out. Agreement with the lexicon is Pearson's \
-         r over lexicon-scored completions (tables/judge_quality.csv)."
+}
+
+/// Two decimals, or a dash when not estimable.
+fn maybe(x: Option<f64>) -> String {
+    x.map(|v| f(v, 2)).unwrap_or_else(|| "–".into())
+}
+
+/// Whether the completion scorers can be trusted: compliance, lexicon coverage, the
+/// judge's order agreement and its content-free bias.
+fn scorer_trust_blocks(a: &Analysis) -> [Block; 2] {
+    [
+        Block::Text(
+            "Can the scorers be trusted? A completion complies when it continues its stem \
+             (repeats the stem and adds words, or starts as the rest of a sentence); the \
+             scorers are also reported on compliant completions only (scorer names ending \
+             in \", compliant\"). The lexicon can score only completions holding one of its \
+             words. The judge is asked with the labels in the listed and the reversed order: \
+             a judge that reads the text gives the same answer both ways (order agreement: \
+             same side of -1/3 and +1/3), one that takes the first label it reads does not. \
+             Its valence for content-free texts is its bias with nothing to judge; \
+             judge-calibrated divides that bias out. Agreement with the lexicon is Pearson's \
+             r over lexicon-scored completions (tables/judge_quality.csv)."
+                .into(),
+        ),
+        table(
+            "Completion scorers: compliance, coverage, judge order agreement and bias",
+            &[
+                "model",
+                "continue the stem",
+                "lexicon scores",
+                "judge orders agree",
+                "mean order gap",
+                "judge valence of content-free text",
+                "judge-lexicon r",
+                "calibrated judge-lexicon r",
+            ],
+            a.judge_quality
+                .iter()
+                .map(|q| {
+                    vec![
+                        q.model.clone(),
+                        share(q.compliant, q.compliance_known),
+                        share(q.lexicon_scored, q.completions),
+                        share(q.orders_agree, q.two_orders),
+                        if q.two_orders > 0 {
+                            f(q.mean_order_gap, 2)
+                        } else {
+                            "–".into()
+                        },
+                        maybe(q.content_free_valence),
+                        maybe(q.judge_lexicon_r),
+                        maybe(q.judge_calibrated_lexicon_r),
+                    ]
+                })
+                .collect(),
+        ),
+    ]
+}
+
+/// Each second judge (`affectbench judge`) beside the run's judge; none without one.
+fn second_judge_blocks(a: &Analysis) -> Vec<Block> {
+    let mut blocks = Vec::new();
+    if a.judge_agreement.is_empty() {
+        return blocks;
+    }
+    blocks.push(Block::Text(
+        "Does the valence depend on which model judges? Other models (affectbench \
+         judge) were asked the same judge question about the same completions, in \
+         the same orders, with their own content-free bias. Pearson's r between the \
+         run's judge and each second judge, the share put on the same side \
+         (negative, neutral, positive), and the second judge's own order agreement \
+         and bias (tables/judge_agreement.csv). Judges that do not agree measure \
+         the judge, not the completion."
             .into(),
     ));
-    neg.push(table(
-        "Completion scorers: compliance, coverage, judge order agreement and bias",
+    blocks.push(table(
+        "Agreement with a second judge",
         &[
             "model",
-            "continue the stem",
-            "lexicon scores",
-            "judge orders agree",
-            "mean order gap",
-            "judge valence of content-free text",
-            "judge-lexicon r",
-            "calibrated judge-lexicon r",
+            "second judge",
+            "r",
+            "calibrated r",
+            "same side",
+            "second judge's orders agree",
+            "its content-free valence",
+            "its lexicon r",
         ],
-        a.judge_quality
+        a.judge_agreement
             .iter()
-            .map(|q| {
+            .map(|g| {
                 vec![
-                    q.model.clone(),
-                    count(q.compliant, q.compliance_known),
-                    count(q.lexicon_scored, q.completions),
-                    count(q.orders_agree, q.two_orders),
-                    if q.two_orders > 0 {
-                        f(q.mean_order_gap, 2)
-                    } else {
-                        "–".into()
-                    },
-                    maybe(q.content_free_valence),
-                    maybe(q.judge_lexicon_r),
-                    maybe(q.judge_calibrated_lexicon_r),
+                    g.model.clone(),
+                    g.second_judge.clone(),
+                    maybe(g.r),
+                    maybe(g.r_calibrated),
+                    share(g.same_side, g.paired),
+                    share(g.second_orders_agree, g.second_two_orders),
+                    maybe(g.second_content_free_valence),
+                    maybe(g.second_lexicon_r),
                 ]
             })
             .collect(),
     ));
-    if !a.judge_agreement.is_empty() {
-        neg.push(Block::Text(
-            "Does the valence depend on which model judges? Other models (affectbench \
-             judge) were asked the same judge question about the same completions, in \
-             the same orders, with their own content-free bias. Pearson's r between the \
-             run's judge and each second judge, the share put on the same side \
-             (negative, neutral, positive), and the second judge's own order agreement \
-             and bias (tables/judge_agreement.csv). Judges that do not agree measure \
-             the judge, not the completion."
-                .into(),
-        ));
-        neg.push(table(
-            "Agreement with a second judge",
-            &[
-                "model",
-                "second judge",
-                "r",
-                "calibrated r",
-                "same side",
-                "second judge's orders agree",
-                "its content-free valence",
-                "its lexicon r",
-            ],
-            a.judge_agreement
-                .iter()
-                .map(|g| {
-                    vec![
-                        g.model.clone(),
-                        g.second_judge.clone(),
-                        maybe(g.r),
-                        maybe(g.r_calibrated),
-                        count(g.same_side, g.paired),
-                        count(g.second_orders_agree, g.second_two_orders),
-                        maybe(g.second_content_free_valence),
-                        maybe(g.second_lexicon_r),
-                    ]
-                })
-                .collect(),
-        ));
-    }
-    neg.push(table(
+    blocks
+}
+
+/// Completion valence per model, scorer and condition.
+fn valence_table(a: &Analysis) -> Block {
+    table(
         "Completion valence",
         &[
             "model",
@@ -861,8 +891,12 @@ fn negativity_section(a: &Analysis, fig: &dyn Fn(&str) -> Option<usize>) -> Opti
                 ]
             })
             .collect(),
-    ));
-    neg.push(table(
+    )
+}
+
+/// Induced minus neutral at the completion, conversation, stem and mixed-model levels.
+fn valence_contrast_table(a: &Analysis) -> Block {
+    table(
         "Negativity bias: induced minus neutral. Completions are nested in stems and \
          conversations: the completion-level tests treat every completion as independent \
          and overstate the evidence; the conversation-level and paired-by-stem tests use \
@@ -922,7 +956,11 @@ fn negativity_section(a: &Analysis, fig: &dyn Fn(&str) -> Option<usize>) -> Opti
                 ]
             })
             .collect(),
-    ));
+    )
+}
+
+/// Up to four completions per model and condition.
+fn example_completions_table(a: &Analysis) -> Block {
     let mut examples = Vec::new();
     for m in &a.models {
         for c in &a.conditions {
@@ -943,7 +981,7 @@ fn negativity_section(a: &Analysis, fig: &dyn Fn(&str) -> Option<usize>) -> Opti
             }
         }
     }
-    neg.push(table(
+    table(
         "Example completions",
         &[
             "model",
@@ -954,11 +992,7 @@ fn negativity_section(a: &Analysis, fig: &dyn Fn(&str) -> Option<usize>) -> Opti
             "judge",
         ],
         examples,
-    ));
-    Some(Section {
-        title: "Negativity bias".into(),
-        blocks: neg,
-    })
+    )
 }
 
 /// Escapes text for HTML element content and attribute values.

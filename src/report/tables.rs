@@ -338,7 +338,7 @@ pub fn tidy_tables(a: &Analysis) -> Vec<Tidy> {
         agreement_table(a),
         quality_table(a),
         position_table(a),
-        variance_table(a),
+        explained_variance_table(a),
     ]
 }
 
@@ -608,7 +608,7 @@ fn position_table(a: &Analysis) -> Tidy {
 }
 
 /// Variance shares of the perturbation factors.
-fn variance_table(a: &Analysis) -> Tidy {
+fn explained_variance_table(a: &Analysis) -> Tidy {
     let mut variance = Tidy::new("variance_explained", &["model", "readout", "factor"]);
     for v in &a.variance {
         variance.push(
