@@ -508,7 +508,10 @@ fn run_config(
 /// Runs `cfg` (signals handled: a stop keeps every finished trial), prints the summary
 /// and how to continue, and reports a complete, unsharded run unless `no_report`.
 /// `run` and `validate-instrument` both go through here.
-fn execute(cfg: &RunConfig, no_report: bool) -> Result<Option<affectbench::report::ReportOutcome>> {
+fn run_then_report(
+    cfg: &RunConfig,
+    no_report: bool,
+) -> Result<Option<affectbench::report::ReportOutcome>> {
     affectbench::interrupt::install().context("installing the signal handlers")?;
     eprintln!("results: {}", cfg.out_dir.display());
     let started = std::time::Instant::now();
@@ -564,7 +567,7 @@ fn run_study_command(registry: &Registry, args: RunArgs, threads: &Detected<usiz
         std::time::Duration::from_secs_f64(args.progress_every.max(0.01)),
         args.directions.clone(),
     )?;
-    execute(&cfg, args.no_report)?;
+    run_then_report(&cfg, args.no_report)?;
     Ok(())
 }
 
@@ -637,7 +640,7 @@ fn validate_instrument(
         Vec::new(),
     )?;
     // The gate is the summary's first block; the scale table follows for reference.
-    if let Some(r) = execute(&cfg, false)? {
+    if let Some(r) = run_then_report(&cfg, false)? {
         eprintln!("gate: {}", r.out_dir.join("tables/validity.csv").display());
     }
     Ok(())

@@ -359,6 +359,7 @@ fn descriptives_table(a: &Analysis) -> Tidy {
         ],
     );
     for c in &a.cells {
+        let [pct_low, pct_high, bca_low, bca_high] = ci_bounds(&c.ci, c.describe.n);
         descriptives.push(
             vec![
                 c.model.clone(),
@@ -373,10 +374,10 @@ fn descriptives_table(a: &Analysis) -> Tidy {
                 ("mean", c.describe.mean),
                 ("sd", c.describe.sd),
                 ("median", c.describe.median),
-                ("ci95_percentile_low", ci_bounds(&c.ci, c.describe.n)[0]),
-                ("ci95_percentile_high", ci_bounds(&c.ci, c.describe.n)[1]),
-                ("ci95_bca_low", ci_bounds(&c.ci, c.describe.n)[2]),
-                ("ci95_bca_high", ci_bounds(&c.ci, c.describe.n)[3]),
+                ("ci95_percentile_low", pct_low),
+                ("ci95_percentile_high", pct_high),
+                ("ci95_bca_low", bca_low),
+                ("ci95_bca_high", bca_high),
             ],
         );
     }
@@ -490,6 +491,7 @@ fn valence_table(a: &Analysis) -> Tidy {
         &["model", "scorer", "condition", "reference"],
     );
     for v in &a.valence {
+        let [_, _, bca_low, bca_high] = ci_bounds(&v.ci, v.describe.n);
         valence.push(
             vec![
                 v.model.clone(),
@@ -502,8 +504,8 @@ fn valence_table(a: &Analysis) -> Tidy {
                 ("mean", v.describe.mean),
                 ("sd", v.describe.sd),
                 ("median", v.describe.median),
-                ("ci95_bca_low", ci_bounds(&v.ci, v.describe.n)[2]),
-                ("ci95_bca_high", ci_bounds(&v.ci, v.describe.n)[3]),
+                ("ci95_bca_low", bca_low),
+                ("ci95_bca_high", bca_high),
             ],
         );
     }

@@ -125,26 +125,14 @@ fn a_model_producing_nan_gives_error_records_and_a_failed_run_not_success() {
     );
 }
 
-/// The smoke study with 20 repetitions, writing to `out`; `wrap` turns the command into
-/// the one actually run (e.g. under a file-size limit).
+/// `long_smoke_command` into `out`, as `wrap` turns it into the command actually run
+/// (e.g. under a file-size limit).
 fn long_smoke_run(
     model: &Path,
     out: &Path,
     wrap: impl FnOnce(std::process::Command) -> std::process::Command,
 ) -> std::process::Output {
-    let mut run = common::affectbench_command();
-    run.args([
-        "run",
-        "scenarios/studies/smoke.toml",
-        "--repetitions",
-        "20",
-        "--no-report",
-        "--model",
-    ])
-    .arg(model)
-    .arg("--out")
-    .arg(out);
-    wrap(run).output().unwrap()
+    wrap(long_smoke_command(model, out)).output().unwrap()
 }
 
 /// Runs the long smoke study into `out`, where writing fails part way (`wrap` arranges
@@ -191,16 +179,7 @@ fn a_failed_write_marks_the_run_error_and_resumes(
         .status()
         .unwrap();
     assert!(copied.success());
-    let resumed = common::affectbench_command()
-        .args(["run", "--no-report", "--resume"])
-        .arg(&moved)
-        .output()
-        .unwrap();
-    assert!(
-        resumed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&resumed.stderr)
-    );
+    resume_to_the_end(&moved);
     assert_eq!(records_by_id(&moved), records_by_id(whole));
 }
 

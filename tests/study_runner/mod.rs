@@ -73,26 +73,46 @@ fn records_by_id(dir: &Path) -> Vec<(String, serde_json::Value)> {
     v
 }
 
-/// Spawns `affectbench run` of the smoke study (20 repetitions: long enough to stop
-/// mid-way) into `out`, stderr into `out.log`.
+/// `affectbench run` of the smoke study with 20 repetitions (long enough to stop or
+/// fail mid-way) into `out`.
+fn long_smoke_command(model: &Path, out: &Path) -> std::process::Command {
+    let mut run = common::affectbench_command();
+    run.args([
+        "run",
+        "scenarios/studies/smoke.toml",
+        "--repetitions",
+        "20",
+        "--no-report",
+        "--model",
+    ])
+    .arg(model)
+    .arg("--out")
+    .arg(out);
+    run
+}
+
+/// Spawns `long_smoke_command`, stderr into `out.log`.
 fn spawn_long_run(model: &Path, out: &Path) -> std::process::Child {
     let log = std::fs::File::create(out.with_extension("log")).unwrap();
-    common::affectbench_command()
-        .args([
-            "run",
-            "scenarios/studies/smoke.toml",
-            "--repetitions",
-            "20",
-            "--no-report",
-            "--model",
-        ])
-        .arg(model)
-        .arg("--out")
-        .arg(out)
+    long_smoke_command(model, out)
         .stdout(std::process::Stdio::null())
         .stderr(log)
         .spawn()
         .unwrap()
+}
+
+/// `run --resume dir`, which must succeed.
+fn resume_to_the_end(dir: &Path) {
+    let resumed = common::affectbench_command()
+        .args(["run", "--no-report", "--resume"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
 }
 
 fn wait_for_records(out: &Path, n: usize) {

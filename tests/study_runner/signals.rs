@@ -51,16 +51,7 @@ fn sigterm_marks_the_run_interrupted_and_resume_completes_it() {
             (5..240).contains(&written),
             "stopped mid-way ({written} records)"
         );
-        let resumed = common::affectbench_command()
-            .args(["run", "--no-report", "--resume"])
-            .arg(&stopped)
-            .output()
-            .unwrap();
-        assert!(
-            resumed.status.success(),
-            "{}",
-            String::from_utf8_lossy(&resumed.stderr)
-        );
+        resume_to_the_end(&stopped);
         assert_eq!(
             records_by_id(&stopped),
             records_by_id(&whole),
