@@ -66,7 +66,7 @@ fn shipped_scenarios_meet_the_design() {
     let trauma = &lib.inductions["trauma"];
     assert!(trauma.variants.len() >= 3 && trauma.variants.iter().all(|v| v.is_text));
     assert!(lib.tasks["sentence-stems"].stems.len() >= 30);
-    for study in ["affect-induction", "state-anxiety", "smoke"] {
+    for study in ["affect-induction", "state-anxiety", "smoke", "role-demand"] {
         Study::load(
             &Path::new("scenarios/studies").join(format!("{study}.toml")),
             &lib,
@@ -341,6 +341,42 @@ fn validation_rejects_each_impossible_design_with_file_line_and_fix() {
             "name = \"content-free\"",
             "reserved for the calibration prompts",
         ),
+        (
+            "studies/smoke.toml",
+            "name = \"baseline\"\n",
+            "name = \"baseline\"\nperspective = \"other\"\n",
+            "has no other_instruction or an item without other_text",
+        ),
+        (
+            "studies/smoke.toml",
+            "name = \"baseline\"\n",
+            "name = \"baseline\"\nperspective = \"them\"\n",
+            "perspective is 'them'",
+        ),
+        (
+            "studies/smoke.toml",
+            "name = \"baseline\"\n",
+            "name = \"baseline\"\nexpectancy = \" \"\n",
+            "expectancy is empty",
+        ),
+        (
+            "studies/smoke.toml",
+            "[completion]",
+            "[[contrast]]\nquestion = \"q\"\na = \"sadness/breathing\"\nb = \"baseline\"\nc = \"baseline\"\ninstrument = \"sadness-state\"\nfamily = \"f\"\n\n[completion]",
+            "needs both `c` and `d`",
+        ),
+        (
+            "studies/smoke.toml",
+            "[completion]",
+            "[[contrast]]\nquestion = \"q\"\na = \"sadness/breathing\"\nb = \"baseline\"\ninstrument = \"sadness-state\"\nfamily = \"f\"\nequivalence_margin = -1.0\n\n[completion]",
+            "equivalence_margin is -1",
+        ),
+        (
+            "studies/smoke.toml",
+            "[completion]",
+            "[[deviation]]\naspect = \"x\"\nsource = \"s\"\nhere = \"h\"\nwhy = \"\"\nchanges_interpretation = false\n\n[completion]",
+            "has an empty `why`",
+        ),
     ];
     for (file, from, to, expected) in cases {
         let dir = tempfile::tempdir().unwrap();
@@ -434,7 +470,7 @@ fn option_order_designs_keep_labels_with_their_meanings_except_the_perturbation(
                 other += 1;
             }
             // sadness-state: options 1..4 labelled "1".."4" in the file, in value order.
-            let q = question_text(&lib, &t.question);
+            let q = question_text(&lib, &t.question, &Default::default());
             for (pos, (label, opt)) in q.labels.iter().enumerate() {
                 let at = match binding {
                     LabelBinding::Option => *opt,
@@ -494,4 +530,125 @@ fn calibration_none_plans_no_content_free_prompts() {
         1,
     );
     assert_eq!(count(&none), 0);
+}
+
+#[test]
+fn role_demand_conditions_set_their_own_system_prompt_reply_expectancy_and_perspective() {
+    use affectbench::chat::Role;
+    use affectbench::study::plan::expand;
+    use affectbench::study::prompt::{prefix_steps, question_text, Step};
+    let lib = library();
+    let study = Study::load(Path::new("scenarios/studies/role-demand.toml"), &lib).unwrap();
+    let plan = expand(&study, &lib, &["m".to_string()], 1);
+    let first_question = |condition: &str| {
+        let cond = study.condition(condition).unwrap();
+        let group = plan
+            .groups
+            .iter()
+            .position(|g| g.condition == condition)
+            .unwrap();
+        let trial = plan.trials.iter().find(|t| t.group == group).unwrap();
+        (
+            prefix_steps(&study, &lib, Some(cond), &plan.groups[group]),
+            question_text(&lib, &trial.question, &cond.setup).text,
+        )
+    };
+    let (steps, own) = first_question("trauma");
+    let Step::Message(system) = &steps[0] else {
+        panic!("a system prompt first")
+    };
+    assert_eq!(
+        (system.role, system.content.as_str()),
+        (Role::System, "You are a helpful assistant.")
+    );
+    assert!(
+        own.contains("true it is of you") && own.contains("I feel"),
+        "{own}"
+    );
+    assert!(steps
+        .iter()
+        .any(|s| matches!(s, Step::Message(m) if m.content.starts_with("I have read this"))));
+
+    let (_, other) = first_question("trauma/other");
+    assert!(
+        other.contains("the person in the text") && other.contains("They feel"),
+        "{other}"
+    );
+    assert!(!other.contains("I feel"), "{other}");
+
+    let (steps, _) = first_question("trauma/role");
+    let Step::Message(system) = &steps[0] else {
+        panic!("a system prompt first")
+    };
+    assert!(system
+        .content
+        .starts_with("Picture yourself as a person who has feelings"));
+
+    let (_, expect) = first_question("trauma+breathing/expect-lower");
+    assert!(
+        expect.starts_with(
+            "Exercises like the one you just did usually make people feel much better.\n\n"
+        ),
+        "{expect}"
+    );
+
+    let (steps, _) = first_question("trauma/own-reply");
+    assert!(
+        steps.iter().any(|s| matches!(s, Step::Generate { .. })),
+        "the model's own reply"
+    );
+    assert!(!steps
+        .iter()
+        .any(|s| matches!(s, Step::Message(m) if m.content.starts_with("I have read this"))));
+}
+
+/// The shipped smoke and default designs show the model exactly what they showed before
+/// conditions could set their own conversation (new factors are opt-in): every group's
+/// prefix and every trial's id and question, hashed, against the digest the code before
+/// that change (3d0d46b) computed the same way.
+#[test]
+fn the_smoke_and_default_designs_render_what_they_rendered_before_condition_setups() {
+    use affectbench::scenario::study::CONTENT_FREE;
+    use affectbench::study::plan::expand;
+    use affectbench::study::prompt::{prefix_steps, question_text, Step};
+    use sha2::{Digest, Sha256};
+    let lib = library();
+    for (file, before) in [
+        (
+            "smoke",
+            "75a7676c2c96daa7c50b0bbd3d9fafe61e740c8f66424c3a372aacd06533b8a2",
+        ),
+        (
+            "affect-induction",
+            "99f1c72982b9e6f64ffbf6abc42e9ffe3c4af6706b76d0edc629435bd83aed0d",
+        ),
+    ] {
+        let study = Study::load(
+            &Path::new("scenarios/studies").join(format!("{file}.toml")),
+            &lib,
+        )
+        .unwrap();
+        let plan = expand(&study, &lib, &["m".to_string()], 2);
+        let mut h = Sha256::new();
+        for (gi, g) in plan.groups.iter().enumerate() {
+            h.update(format!("G {} {} {}\n", g.id, g.condition, g.repetition));
+            let condition =
+                (g.condition != CONTENT_FREE).then(|| study.condition(&g.condition).unwrap());
+            for s in prefix_steps(&study, &lib, condition, g) {
+                match s {
+                    Step::Message(m) => h.update(format!("S {:?} {}\n", m.role, m.content)),
+                    Step::Generate { max_tokens } => h.update(format!("S generate {max_tokens}\n")),
+                }
+            }
+            let setup = condition.map(|c| c.setup.clone()).unwrap_or_default();
+            for t in plan.trials.iter().filter(|t| t.group == gi) {
+                h.update(format!(
+                    "T {} {}\n",
+                    t.id,
+                    question_text(&lib, &t.question, &setup).text
+                ));
+            }
+        }
+        assert_eq!(hex::encode(h.finalize()), before, "{file}");
+    }
 }

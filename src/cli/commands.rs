@@ -686,6 +686,9 @@ fn judge(registry: &Registry, args: JudgeArgs, threads: usize) -> Result<()> {
         outcome.judgeable + outcome.own_completions,
         model.info.label
     );
+    if let Some(k) = &outcome.known_answers {
+        eprintln!("{}: the judge's known-answer check", k.display());
+    }
     if let Some(signal) = outcome.interrupted {
         return Err(affectbench::Error::Interrupted {
             signal,

@@ -255,6 +255,7 @@ mod tests {
             order: Order::InductionFirst,
             instruments: vec![],
             steering: None,
+            setup: Default::default(),
         }
     }
 

@@ -19,8 +19,8 @@ use crate::scenario::study::DeclaredContrast;
 use crate::stats::mixed::{self, MixedFit};
 use crate::stats::{
     bootstrap, describe, hedges_g, hedges_g_vs_constant, holm, mann_whitney, mean, mean_difference,
-    one_sample_t, paired_t, welch, BootstrapCi, Describe, HedgesG, Interval, MannWhitney, PairedT,
-    Welch,
+    one_sample_t, paired_t, tost, variance, welch, BootstrapCi, Describe, Equivalence, HedgesG,
+    Interval, MannWhitney, PairedT, Tost, Welch,
 };
 use std::collections::BTreeMap;
 
@@ -259,6 +259,26 @@ pub struct QuestionAnswer {
     /// Repetitions per arm needed to detect the observed |g| with 80% power (None when
     /// g is 0 or undefined).
     pub repetitions_needed: Option<f64>,
+    /// For an equivalence question (`equivalence_margin`): the two one-sided tests, on
+    /// the paired differences where the arms pair by repetition.
+    pub tost: Option<Tost>,
+}
+
+impl QuestionAnswer {
+    /// An equivalence question's verdict (None for a difference question).
+    pub fn equivalence(&self) -> Option<Equivalence> {
+        let p = self.paired.map_or(self.welch.p, |t| t.p);
+        self.tost.map(|t| t.verdict(p))
+    }
+
+    /// The test a row's p value comes from.
+    pub fn test(&self) -> &'static str {
+        if self.contrast.second_pair().is_some() {
+            "one-sample t of the paired difference of differences"
+        } else {
+            test_name(self.constant)
+        }
+    }
 }
 
 /// z quantiles of two-sided alpha 0.05 and of 80% power: the normal approximation to the
@@ -309,6 +329,8 @@ pub struct Analysis {
     pub judge_quality: Vec<JudgeQuality>,
     /// The run's judge against each second judge (`affectbench judge`), per model.
     pub judge_agreement: Vec<JudgeAgreement>,
+    /// Each judging model's check on sentences of known valence.
+    pub known_answers: Vec<super::known_answers::KnownAnswerSummary>,
     pub valence: Vec<ValenceCell>,
     pub valence_contrasts: Vec<ValenceContrast>,
     pub quality: Vec<QualityRow>,
@@ -710,6 +732,7 @@ pub fn analyse(data: &RunData, options: &ReportOptions) -> Analysis {
         baseline_returns,
         judge_quality: judge_quality(&completions),
         judge_agreement: judge_agreement(&completions),
+        known_answers: super::known_answers::summarise(&data.known_answers),
         completions,
         valence,
         valence_contrasts,
@@ -859,23 +882,30 @@ fn answer_questions(
                     subscale: c.subscale.clone(),
                     readout,
                 };
+                if c.second_pair().is_some() {
+                    out.extend(difference_of_differences(
+                        c, &model, &scale, groups, gate, seed, options,
+                    ));
+                    continue;
+                }
                 let arm = |cond: &str| groups.get(&scale.cell(cond));
                 let (Some(xa), Some(xb)) = (arm(&c.a), arm(&c.b)) else {
                     continue;
                 };
                 // Arms observed at the same repetitions (and seeds) share each repetition's
                 // system prompt variant and seed: the paired test uses that.
-                let paired = {
+                let pairs = {
                     let rep = |cond: &str| groups.by_repetition.get(&scale.cell(cond));
                     match (rep(&c.a), rep(&c.b)) {
                         (Some(ra), Some(rb)) if ra.len() >= 3 && ra.keys().eq(rb.keys()) => {
                             let a: Vec<f64> = ra.values().copied().collect();
                             let b: Vec<f64> = rb.values().copied().collect();
-                            Some(paired_t(&a, &b))
+                            Some((a, b))
                         }
                         _ => None,
                     }
                 };
+                let paired = pairs.as_ref().map(|(a, b)| paired_t(a, b));
                 let comparison = compare(xa, xb, readout, LEVEL);
                 if xa.len().max(xb.len()) < 2
                     || (xa.len().min(xb.len()) < 2 && comparison.constant.is_none())
@@ -892,7 +922,28 @@ fn answer_questions(
                     c.family
                 );
                 let g = comparison.g;
+                let tost = c.equivalence_margin.map(|margin| {
+                    let (estimate, se, df) = match (&pairs, comparison.constant) {
+                        (Some((a, b)), _) => {
+                            let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
+                            (mean(&d), standard_error(&d), (d.len() - 1) as f64)
+                        }
+                        (None, Some(Arm::B)) => {
+                            (mean(xa) - xb[0], standard_error(xa), comparison.test.df)
+                        }
+                        (None, Some(Arm::A)) => {
+                            (xa[0] - mean(xb), standard_error(xb), comparison.test.df)
+                        }
+                        (None, None) => (
+                            mean(xa) - mean(xb),
+                            (standard_error(xa).powi(2) + standard_error(xb).powi(2)).sqrt(),
+                            comparison.test.df,
+                        ),
+                    };
+                    tost(estimate, se, df, margin)
+                });
                 out.push(QuestionAnswer {
+                    tost,
                     contrast: (*c).clone(),
                     model: model.clone(),
                     readout,
@@ -942,6 +993,81 @@ fn answer_questions(
         }
     }
     out
+}
+
+/// The standard error of a sample's mean.
+fn standard_error(x: &[f64]) -> f64 {
+    (variance(x) / x.len() as f64).sqrt()
+}
+
+/// A declared difference of differences, (a - b) - (c - d), for one model and read-out:
+/// per repetition observed in all four cells (same seed and repetition, so the same
+/// system prompt variant and stimuli), the difference of the two differences; the
+/// one-sample t and bootstrap CI of its mean, d_z as the standardised effect, and the
+/// paired test of the two differences. None with fewer than 3 such repetitions.
+fn difference_of_differences(
+    c: &DeclaredContrast,
+    model: &str,
+    scale: &Scale,
+    groups: &ScoreGroups,
+    gate: &[GateVerdict],
+    seed: u64,
+    options: &ReportOptions,
+) -> Option<QuestionAnswer> {
+    let (cc, dd) = c.second_pair()?;
+    let cells: Vec<&BTreeMap<(u64, usize), f64>> = [c.a.as_str(), c.b.as_str(), cc, dd]
+        .iter()
+        .map(|cond| groups.by_repetition.get(&scale.cell(cond)))
+        .collect::<Option<_>>()?;
+    let keys: Vec<&(u64, usize)> = cells[0]
+        .keys()
+        .filter(|k| cells[1..].iter().all(|m| m.contains_key(k)))
+        .collect();
+    if keys.len() < 3 {
+        return None;
+    }
+    let first: Vec<f64> = keys.iter().map(|k| cells[0][k] - cells[1][k]).collect();
+    let second: Vec<f64> = keys.iter().map(|k| cells[2][k] - cells[3][k]).collect();
+    let diffs: Vec<f64> = first.iter().zip(&second).map(|(x, y)| x - y).collect();
+    let n = diffs.len();
+    let welch = one_sample_t(&diffs, 0.0);
+    let g = hedges_g_vs_constant(&diffs, 0.0, LEVEL);
+    let stream = format!(
+        "question/{model}/{}/{}/{}/{}/{cc}/{dd}/{}/{}",
+        c.instrument,
+        c.subscale,
+        c.a,
+        c.b,
+        scale.readout.name(),
+        c.family
+    );
+    Some(QuestionAnswer {
+        contrast: c.clone(),
+        model: model.to_string(),
+        readout: scale.readout,
+        n_a: n,
+        n_b: n,
+        mean_a: mean(&first),
+        mean_b: mean(&second),
+        difference: ci_of(seed, &stream, &[&diffs], options),
+        g,
+        welch,
+        constant: None,
+        paired: Some(paired_t(&first, &second)),
+        p_holm: f64::NAN,
+        validity: gate
+            .iter()
+            .find(|v| {
+                v.model == model && v.instrument == c.instrument && v.readout == scale.readout
+            })
+            .map(|v| v.verdict)
+            .unwrap_or(Verdict::Pass),
+        mde_d: (Z_ALPHA + Z_POWER) / (n as f64).sqrt(),
+        repetitions_needed: repetitions_for(g.g.abs()).map(|r| (r / 2.0).ceil()),
+        tost: c
+            .equivalence_margin
+            .map(|m| tost(mean(&diffs), standard_error(&diffs), (n - 1) as f64, m)),
+    })
 }
 
 /// The range of each (sub)scale score: its scoring rule applied to every item at the
@@ -1167,4 +1293,117 @@ fn shares_of_variance(data: &RunData) -> Vec<VarianceShare> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod difference_of_differences_tests {
+    use super::*;
+
+    fn score(condition: &str, repetition: usize, value: f64) -> ScaleScore {
+        ScaleScore {
+            model: "m".into(),
+            condition: condition.into(),
+            instrument: "anxiety-state".into(),
+            subscale: "anxiety".into(),
+            readout: Readout::Generated,
+            seed: 1,
+            repetition,
+            value,
+            content: format!("{condition}/{repetition}"),
+        }
+    }
+
+    fn anxiety_scale() -> Scale {
+        Scale {
+            model: "m".into(),
+            instrument: "anxiety-state".into(),
+            subscale: "anxiety".into(),
+            readout: Readout::Generated,
+        }
+    }
+
+    fn contrast(margin: Option<f64>) -> DeclaredContrast {
+        DeclaredContrast {
+            question: "q".into(),
+            a: "a".into(),
+            b: "b".into(),
+            instrument: "anxiety-state".into(),
+            subscale: "anxiety".into(),
+            family: "f".into(),
+            kind: "causal".into(),
+            c: Some("c".into()),
+            d: Some("d".into()),
+            equivalence_margin: margin,
+            confound: None,
+        }
+    }
+
+    #[test]
+    fn pairs_the_four_cells_by_repetition_and_tests_the_difference_of_differences() {
+        let (a, b, c, d) = (
+            [3.0, 3.5, 2.5, 3.2],
+            [2.0, 2.1, 1.9, 2.2],
+            [2.5, 2.4, 2.6, 2.9],
+            [2.0, 2.2, 1.8, 2.1],
+        );
+        let mut scores = Vec::new();
+        for r in 0..4 {
+            for (cond, v) in [("a", a[r]), ("b", b[r]), ("c", c[r]), ("d", d[r])] {
+                scores.push(score(cond, r, v));
+            }
+        }
+        // A fifth repetition seen in only one cell pairs with nothing and is left out.
+        scores.push(score("a", 4, 100.0));
+        let groups = ScoreGroups::new(&scores);
+        let scale = anxiety_scale();
+        let q = difference_of_differences(
+            &contrast(Some(0.5)),
+            "m",
+            &scale,
+            &groups,
+            &[],
+            7,
+            &ReportOptions::default(),
+        )
+        .expect("four paired repetitions");
+        // (a - b) - (c - d) per repetition: 0.5, 1.2, -0.2, 0.2 (mean 0.425).
+        let dd = [0.5, 1.2, -0.2, 0.2];
+        let m = dd.iter().sum::<f64>() / 4.0;
+        let sd = (dd.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / 3.0).sqrt();
+        assert_eq!((q.n_a, q.n_b), (4, 4));
+        assert!((q.mean_a - 1.0).abs() < 1e-12 && (q.mean_b - 0.575).abs() < 1e-12);
+        assert!((q.difference.estimate - m).abs() < 1e-12);
+        assert!((q.welch.t - m / (sd / 2.0)).abs() < 1e-9);
+        assert_eq!(q.welch.df, 3.0);
+        let paired = q.paired.expect("the two differences pair");
+        assert!((paired.t - q.welch.t).abs() < 1e-9);
+        let t = q.tost.expect("an equivalence margin was declared");
+        assert!((t.estimate - m).abs() < 1e-12 && (t.se - sd / 2.0).abs() < 1e-12);
+        assert_eq!(
+            q.test(),
+            "one-sample t of the paired difference of differences"
+        );
+    }
+
+    #[test]
+    fn fewer_than_three_shared_repetitions_answer_nothing() {
+        let mut scores = Vec::new();
+        for r in 0..2 {
+            for cond in ["a", "b", "c", "d"] {
+                scores.push(score(cond, r, r as f64));
+            }
+        }
+        let groups = ScoreGroups::new(&scores);
+        let scale = anxiety_scale();
+        assert!(difference_of_differences(
+            &contrast(None),
+            "m",
+            &scale,
+            &groups,
+            &[],
+            7,
+            &ReportOptions::default()
+        )
+        .is_none());
+    }
 }

@@ -193,8 +193,10 @@ fn questions_section(a: &Analysis) -> Option<Section> {
                 validity_mark(q.validity),
                 q.contrast.kind.clone(),
                 format!(
-                    "{} − {} ({}, {})",
-                    q.contrast.a, q.contrast.b, q.contrast.instrument, q.contrast.subscale
+                    "{} ({}, {})",
+                    q.contrast.expression(),
+                    q.contrast.instrument,
+                    q.contrast.subscale
                 ),
                 match q.constant {
                     None => format!("{} vs {}", q.n_a, q.n_b),
@@ -212,9 +214,30 @@ fn questions_section(a: &Analysis) -> Option<Section> {
                 q.repetitions_needed
                     .map(|r| format!("{r:.0}"))
                     .unwrap_or_else(|| "–".into()),
+                match (q.tost, q.equivalence()) {
+                    (Some(t), Some(e)) => format!(
+                        "{} (TOST p {}, 90% CI {} inside ±{}?)",
+                        e.name(),
+                        p(t.p),
+                        interval(t.ci90, 2),
+                        t.margin
+                    ),
+                    _ => "–".into(),
+                },
             ]
         })
         .collect();
+    let confounds: Vec<Vec<String>> = {
+        let mut seen = BTreeSet::new();
+        a.questions
+            .iter()
+            .filter_map(|q| {
+                let c = q.contrast.confound.as_ref()?;
+                seen.insert(q.contrast.question.clone())
+                    .then(|| vec![q.contrast.question.clone(), c.clone()])
+            })
+            .collect()
+    };
     Some(Section {
         title: "Questions".into(),
         blocks: vec![
@@ -226,7 +249,12 @@ fn questions_section(a: &Analysis) -> Option<Section> {
                  detects with 80% power at two-sided alpha 0.05; n/arm: repetitions per \
                  condition needed to detect the observed |g| with 80% power (normal \
                  approximation). A row marked FAIL rests on an instrument that failed the \
-                 validity gate and answers nothing."
+                 validity gate and answers nothing. A difference of differences, (a − b) − \
+                 (c − d), is computed per repetition (the four cells share its seed, system \
+                 prompt and stimuli) and tested with a one-sample t over repetitions; its g \
+                 is d_z. Equivalence questions give two one-sided tests against the declared \
+                 margin in raw scale units: equivalent when the 90% CI lies inside it, \
+                 different when not and the difference test rejects 0, else inconclusive."
                     .into(),
             ),
             table(
@@ -246,10 +274,20 @@ fn questions_section(a: &Analysis) -> Option<Section> {
                     "paired by repetition p (pairs)",
                     "MDE d",
                     "n/arm for g",
+                    "equivalence",
                 ],
                 rows,
             ),
-        ],
+        ]
+        .into_iter()
+        .chain((!confounds.is_empty()).then(|| {
+            table(
+                "Confounds the design leaves open, beside the questions they affect",
+                &["question", "confound"],
+                confounds,
+            )
+        }))
+        .collect(),
     })
 }
 
@@ -261,6 +299,7 @@ pub fn sections(
     data: &RunData,
     a: &Analysis,
     dose: &[super::internal_states::DoseCell],
+    specific: &[super::specificity::Specificity],
     figures: &[Figure],
 ) -> Vec<Section> {
     let fig = |id: &str| figures.iter().position(|f| f.id == id);
@@ -273,6 +312,16 @@ pub fn sections(
             .iter()
             .map(|e| emotion_section(a, e, &fig)),
     );
+    let profile_figures: Vec<String> = figures
+        .iter()
+        .filter(|f| f.id.starts_with("emotion-profile-"))
+        .map(|f| f.id.clone())
+        .collect();
+    out.extend(super::specificity::section(
+        specific,
+        &fig,
+        &profile_figures,
+    ));
     out.push(regulation_section(a, &fig));
     out.extend(negativity_section(a, &fig));
     out.extend(super::internal_states::sections(data, a, dose, &fig));
@@ -368,10 +417,89 @@ fn design_section(data: &RunData, a: &Analysis) -> Section {
         &["what", "value"],
         setup,
     ));
+    design.extend(condition_setup_table(data));
+    design.extend(deviations_table(data));
     Section {
         title: "Design".into(),
         blocks: design,
     }
+}
+
+/// The conditions that set their own conversation set-up (role, acknowledgement,
+/// expectancy, perspective), with what they set.
+fn condition_setup_table(data: &RunData) -> Option<Block> {
+    let mut rows = Vec::new();
+    let mut seen = BTreeSet::new();
+    for c in data.headers.iter().flat_map(|h| &h.study.conditions) {
+        if c.setup.is_default() || !seen.insert(c.name.clone()) {
+            continue;
+        }
+        let s = &c.setup;
+        rows.push(vec![
+            c.name.clone(),
+            if s.system_prompts.is_empty() {
+                "the study's".into()
+            } else {
+                s.system_prompts.join(" | ")
+            },
+            match &s.acknowledgement {
+                None => "the study's".into(),
+                Some(Acknowledgement::Fixed { text }) => format!("fixed: \"{text}\""),
+                Some(Acknowledgement::Generated { max_tokens }) => {
+                    format!("generated (up to {max_tokens} tokens)")
+                }
+                Some(Acknowledgement::None) => "none".into(),
+            },
+            s.expectancy.clone().unwrap_or_else(|| "–".into()),
+            s.perspective.name().into(),
+        ]);
+    }
+    (!rows.is_empty()).then(|| {
+        table(
+            "Conditions with their own conversation set-up (everything else as the study sets it)",
+            &[
+                "condition",
+                "system prompt",
+                "after each text",
+                "expectancy sentence before each question",
+                "items about",
+            ],
+            rows,
+        )
+    })
+}
+
+/// How the design differs from the published study it follows, as its file declares
+/// (`[[deviation]]`; tables/deviations.csv).
+fn deviations_table(data: &RunData) -> Option<Block> {
+    let mut rows = Vec::new();
+    for h in &data.headers {
+        for d in &h.study.deviations {
+            let row = vec![
+                h.study.id.clone(),
+                d.aspect.clone(),
+                d.source.clone(),
+                d.here.clone(),
+                d.why.clone(),
+                if d.changes_interpretation {
+                    "yes"
+                } else {
+                    "no"
+                }
+                .into(),
+            ];
+            if !rows.contains(&row) {
+                rows.push(row);
+            }
+        }
+    }
+    (!rows.is_empty()).then(|| {
+        table(
+            "Deviations from the published design (compare results with the source only after allowing for those marked yes)",
+            &["study", "aspect", "source", "here", "why", "changes interpretation"],
+            rows,
+        )
+    })
 }
 
 /// Which runs, models and scenario files the report was made from.
@@ -739,7 +867,8 @@ fn negativity_section(a: &Analysis, fig: &dyn Fn(&str) -> Option<usize>) -> Opti
     if a.valence.is_empty() {
         return None;
     }
-    let mut blocks: Vec<Block> = fig("negativity").map(Block::Figure).into_iter().collect();
+    let mut blocks: Vec<Block> = super::known_answers::blocks(&a.known_answers);
+    blocks.extend(fig("negativity").map(Block::Figure));
     blocks.extend(scorer_trust_blocks(a));
     blocks.extend(second_judge_blocks(a));
     blocks.push(valence_table(a));

@@ -422,6 +422,7 @@ pub fn figures(data: &RunData, cells: &[DoseCell]) -> Vec<Figure> {
             title: format!("Linear probes of {model}'s residual stream, by block"),
             caption: "Held-out accuracy of L2 logistic probes (leave-one-induction-variant-out; averaged per conversation), mean over the tasks of each kind; block 0 is the token embeddings, so its accuracy is what the input text alone gives. The length control decodes whether the conversation is longer than the median; the grey triangles are the permutation null's 95th percentile. probes/probe_accuracy.csv has every task.".into(),
             panels,
+            heat_map: None,
         });
     }
     let mut groups: BTreeMap<(String, String, &str), Vec<&DoseCell>> = BTreeMap::new();
@@ -474,6 +475,7 @@ pub fn figures(data: &RunData, cells: &[DoseCell]) -> Vec<Figure> {
             title: format!("{model}: steering along '{direction}' ({readout} read-out)"),
             caption: format!("Scale scores with the '{direction}' direction added to the residual stream at strength alpha (alpha 1 = the mean shift the {direction} text caused at the answer position), with no affective text in the conversation. Means over repetitions with 95% bootstrap CIs; tables/steering_dose_response.csv."),
             panels,
+            heat_map: None,
         });
     }
     out

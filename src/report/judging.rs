@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 /// The side of the neutral zone a valence falls on: negative below -1/3, positive above
 /// +1/3 (the judge's options are -1, 0, +1), else neutral.
-fn side(valence: f64) -> i8 {
+pub(super) fn side(valence: f64) -> i8 {
     if valence < -1.0 / 3.0 {
         -1
     } else if valence > 1.0 / 3.0 {

@@ -23,6 +23,9 @@ pub struct RunData {
     pub scoring: BTreeMap<String, InstrumentScoring>,
     /// Other models' judgements of the completions (`affectbench judge`), each once.
     pub second_judges: Vec<SecondJudgeRecord>,
+    /// Each judging model's known-answer check (`known-answers/`), once per model and
+    /// sentence.
+    pub known_answers: Vec<crate::results::known_answers::KnownAnswerRecord>,
     /// What `affectbench probe` wrote into the runs (`probes/`), if it ran.
     pub probes: crate::results::probes::SavedProbes,
     /// Notes for the reader: truncated last lines, duplicate trials across runs.
@@ -60,6 +63,7 @@ pub fn load_runs(dirs: &[PathBuf]) -> Result<RunData> {
         calibration: CalibrationTable::new(),
         scoring: BTreeMap::new(),
         second_judges: Vec::new(),
+        known_answers: Vec::new(),
         probes: Default::default(),
         notes: Vec::new(),
     };
@@ -132,6 +136,13 @@ pub fn load_runs(dirs: &[PathBuf]) -> Result<RunData> {
             );
             if judged.insert(key) {
                 data.second_judges.push(j);
+            }
+        }
+        for k in crate::results::known_answers::read_known_answers(dir)? {
+            if !data.known_answers.iter().any(|x| {
+                x.judge_model == k.judge_model && x.sentence == k.sentence && x.task == k.task
+            }) {
+                data.known_answers.push(k);
             }
         }
         let saved = crate::results::probes::read_probes(dir)?;

@@ -14,10 +14,12 @@ pub mod blocks;
 pub mod document;
 pub mod internal_states;
 pub mod judging;
+pub mod known_answers;
 pub mod lexicon;
 pub mod load;
 pub mod plots;
 pub mod scores;
+pub mod specificity;
 pub mod tables;
 
 use crate::error::{Error, IoContext, Result};
@@ -68,6 +70,10 @@ pub fn build_report(
     files.push(tables_dir.join("validity.csv"));
     tables::write_questions_csv(&tables_dir, &a, &seeds)?;
     files.push(tables_dir.join("questions.csv"));
+    files.extend(tables::write_deviations_csv(&tables_dir, &data)?);
+    files.extend(known_answers::write_csv(&tables_dir, &a.known_answers)?);
+    let (specific, profile) = specificity::analyse(&a);
+    files.extend(specificity::write_csvs(&tables_dir, &specific, &profile)?);
     tables::write_bias_csvs(&tables_dir, &data, &seeds)?;
     files.extend([
         tables_dir.join("calibration.csv"),
@@ -82,6 +88,7 @@ pub fn build_report(
     let mut figures = plots::emotion_figures(&a);
     figures.extend(plots::regulation_figure(&a));
     figures.extend(plots::negativity_figure(&a));
+    figures.extend(specificity::figures(&profile));
     figures.extend(internal_states::figures(&data, &dose));
     let mut svgs = Vec::new();
     for fig in &figures {
@@ -100,7 +107,7 @@ pub fn build_report(
         study_ids.join(" + "),
         a.models.join(", ")
     );
-    let sections = document::sections(&data, &a, &dose, &figures);
+    let sections = document::sections(&data, &a, &dose, &specific, &figures);
     let inline: Vec<(String, &plots::Figure)> = svgs.into_iter().zip(&figures).collect();
     let html_path = out_dir.join("report.html");
     std::fs::write(

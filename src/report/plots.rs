@@ -31,12 +31,110 @@ pub(super) struct Panel {
     pub(super) y_range: Option<(f64, f64)>,
 }
 
-/// A figure ready to draw: panels side by side.
+/// A figure ready to draw: panels side by side, or one heat map.
 pub struct Figure {
     pub id: String,
     pub title: String,
     pub caption: String,
     pub(super) panels: Vec<Panel>,
+    pub(super) heat_map: Option<HeatMap>,
+}
+
+/// A grid of values (rows x columns) drawn as shaded cells with their values written in.
+pub(super) struct HeatMap {
+    pub(super) title: String,
+    pub(super) rows: Vec<String>,
+    pub(super) columns: Vec<String>,
+    /// values[row][column]; NaN draws an empty cell.
+    pub(super) values: Vec<Vec<f64>>,
+}
+
+const HEAT_MAP_SIDE: u32 = 560;
+
+fn draw_heat_map<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, h: &HeatMap) -> Result<()> {
+    let (nr, nc) = (h.rows.len().max(1), h.columns.len().max(1));
+    let finite = h.values.iter().flatten().copied().filter(|v| v.is_finite());
+    let (lo, hi) = finite.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+        (a.min(v), b.max(v))
+    });
+    let span = if hi > lo { hi - lo } else { 1.0 };
+    let (rows, columns) = (h.rows.clone(), h.columns.clone());
+    let row_label = move |y: &f64| {
+        let i = y.floor() as usize;
+        // Labels sit at cell centres (x.5); the mesh asks for every half step.
+        if y.fract().abs() > 0.4 && i < rows.len() {
+            rows[rows.len() - 1 - i].clone()
+        } else {
+            String::new()
+        }
+    };
+    let column_label = move |x: &f64| {
+        let i = x.floor() as usize;
+        if x.fract().abs() > 0.4 && i < columns.len() {
+            columns[i].clone()
+        } else {
+            String::new()
+        }
+    };
+    let mut chart = ChartBuilder::on(area)
+        .caption(&h.title, ("sans-serif", 17))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0f64..nc as f64, 0f64..nr as f64)
+        .map_err(plot_err)?;
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_labels(2 * nc + 1)
+        .y_labels(2 * nr + 1)
+        .x_label_formatter(&column_label)
+        .y_label_formatter(&row_label)
+        .x_desc("rated emotion")
+        .y_desc("induction")
+        .axis_desc_style(("sans-serif", 13))
+        .draw()
+        .map_err(plot_err)?;
+    for (r, row) in h.values.iter().enumerate() {
+        let y = (nr - 1 - r) as f64;
+        for (c, &v) in row.iter().enumerate() {
+            let x = c as f64;
+            // White (the lowest value) to red (the highest).
+            let t = if v.is_finite() { (v - lo) / span } else { 0.0 };
+            let shade = RGBColor(
+                255,
+                (255.0 * (1.0 - 0.8 * t)) as u8,
+                (255.0 * (1.0 - 0.8 * t)) as u8,
+            );
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(x, y), (x + 1.0, y + 1.0)],
+                    shade.filled(),
+                )))
+                .map_err(plot_err)?;
+            let outline = if r == c {
+                BLACK.stroke_width(3)
+            } else {
+                BLACK.mix(0.2).stroke_width(1)
+            };
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(x, y), (x + 1.0, y + 1.0)],
+                    outline,
+                )))
+                .map_err(plot_err)?;
+            if v.is_finite() {
+                chart
+                    .draw_series(std::iter::once(Text::new(
+                        format!("{v:.0}"),
+                        (x + 0.35, y + 0.6),
+                        ("sans-serif", 13),
+                    )))
+                    .map_err(plot_err)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 pub(super) const COLOURS: [RGBColor; 6] = [
@@ -172,6 +270,10 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel) -> R
 
 fn draw_figure<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, f: &Figure) -> Result<()> {
     root.fill(&WHITE).map_err(plot_err)?;
+    if let Some(h) = &f.heat_map {
+        draw_heat_map(&root, h)?;
+        return root.present().map_err(plot_err);
+    }
     let areas = root.split_evenly((1, f.panels.len().max(1)));
     for (area, panel) in areas.iter().zip(&f.panels) {
         draw_panel(area, panel)?;
@@ -180,7 +282,21 @@ fn draw_figure<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, f: &Figure) -> 
 }
 
 impl Figure {
+    /// A figure of one heat map.
+    pub(super) fn heat_map(id: String, title: String, caption: String, h: HeatMap) -> Figure {
+        Figure {
+            id,
+            title,
+            caption,
+            panels: Vec::new(),
+            heat_map: Some(h),
+        }
+    }
+
     fn size(&self) -> (u32, u32) {
+        if self.heat_map.is_some() {
+            return (HEAT_MAP_SIDE + 120, HEAT_MAP_SIDE);
+        }
         (PANEL_WIDTH * self.panels.len().max(1) as u32, HEIGHT)
     }
 
@@ -381,6 +497,7 @@ pub fn emotion_figures(a: &Analysis) -> Vec<Figure> {
                 "Mean {emotion} score per condition (one point per model and read-out; bars: 95% bootstrap CI over repetitions, BCa from n = {MIN_N_BCA}, percentile below, none below n = {MIN_N_INTERVAL}); the y axis spans the scale's full range. Circles: expected value of the option probabilities; triangles: the answer the model wrote (sampled)."
             ),
             panels,
+            heat_map: None,
         });
     }
     figures
@@ -472,6 +589,7 @@ pub fn regulation_figure(a: &Analysis) -> Option<Figure> {
         title: "Regulation after induction".into(),
         caption: "Effect of each regulation text on the induced emotion, as Hedges' g against the same induction without regulation (negative: the text lowered the score). First instrument of each emotion (the VAS item where the study has one), option-probability read-out; bars: 95% CI of g.".into(),
         panels,
+        heat_map: None,
     })
 }
 
@@ -532,6 +650,7 @@ pub fn negativity_figure(a: &Analysis) -> Option<Figure> {
         title: "Valence of sentence completions".into(),
         caption: "Mean valence of the completions per condition (bars: 95% BCa CI over completions). Lexicon: VADER lexicon scorer; judge: the same model rating each completion negative/neutral/positive in a fresh conversation (mean over the label orders asked); judge-calibrated: the judge with its answer for content-free texts divided out.".into(),
         panels,
+        heat_map: None,
     })
 }
 

@@ -20,16 +20,24 @@ pub struct ConditionInfo {
     pub regulation_first: bool,
     /// A steered condition's direction and strength.
     pub steering: Option<(String, f64)>,
+    /// Whether the condition sets its own conversation set-up (role, expectancy,
+    /// perspective, acknowledgement): then it is neither the baseline nor the neutral
+    /// reference, whatever texts it reads.
+    pub own_setup: bool,
 }
 
 impl ConditionInfo {
     pub fn is_baseline(&self) -> bool {
-        self.induction.is_none() && self.regulation.is_none() && self.steering.is_none()
+        self.induction.is_none()
+            && self.regulation.is_none()
+            && self.steering.is_none()
+            && !self.own_setup
     }
     pub fn is_neutral(&self) -> bool {
         self.induction.as_deref() == Some("neutral")
             && self.regulation.is_none()
             && self.steering.is_none()
+            && !self.own_setup
     }
 }
 
@@ -147,6 +155,7 @@ pub fn conditions(data: &RunData) -> Vec<ConditionInfo> {
             regulation,
             regulation_first: c.order == Order::RegulationFirst,
             steering: c.steering.as_ref().map(|s| (s.direction.clone(), s.alpha)),
+            own_setup: !c.setup.is_default(),
         });
     }
     // Conditions only seen in trials (e.g. a hand-edited run.json) still get reported.
@@ -158,6 +167,7 @@ pub fn conditions(data: &RunData) -> Vec<ConditionInfo> {
                 regulation: t.regulation.clone(),
                 regulation_first: false,
                 steering: t.steering.as_ref().map(|s| (s.direction.clone(), s.alpha)),
+                own_setup: false,
             });
         }
     }

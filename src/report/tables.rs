@@ -2,7 +2,7 @@
 //! `statistic,value` last; missing values written `NA`, which pandas and R read as
 //! missing) and `trials.csv`, one flat row per trial.
 
-use super::analysis::{interval_n, test_name, Analysis, Arm};
+use super::analysis::{interval_n, Analysis, Arm};
 use super::bias;
 use super::lexicon;
 use super::load::RunData;
@@ -243,6 +243,17 @@ struct QuestionRow {
     paired_t: Num,
     paired_df: Num,
     paired_p: Num,
+    /// "difference" (a - b) or "difference of differences" ((a - b) - (c - d), whose
+    /// mean_a and mean_b are then the two differences).
+    design: &'static str,
+    condition_c: String,
+    condition_d: String,
+    equivalence_margin: Num,
+    tost_p: Num,
+    tost_ci90_low: Num,
+    tost_ci90_high: Num,
+    equivalence: &'static str,
+    confound: String,
 }
 
 /// Writes the answers to the declared questions as `questions.csv`, one row per
@@ -284,15 +295,65 @@ pub fn write_questions_csv(dir: &Path, a: &Analysis, seeds: &str) -> Result<()> 
             mde_d_80: Num(q.mde_d),
             repetitions_per_arm_80: Num::or_na(q.repetitions_needed),
             seeds: seeds.to_string(),
-            test: test_name(q.constant),
+            test: q.test(),
             paired_n: q.paired.map_or("NA".into(), |t| t.n.to_string()),
             paired_mean_difference: paired(|t| t.mean_difference),
             paired_t: paired(|t| t.t),
             paired_df: paired(|t| t.df),
             paired_p: paired(|t| t.p),
+            design: if c.second_pair().is_some() {
+                "difference of differences"
+            } else {
+                "difference"
+            },
+            condition_c: c.c.clone().unwrap_or_else(|| "NA".into()),
+            condition_d: c.d.clone().unwrap_or_else(|| "NA".into()),
+            equivalence_margin: Num::or_na(c.equivalence_margin),
+            tost_p: Num::or_na(q.tost.map(|t| t.p)),
+            tost_ci90_low: Num::or_na(q.tost.map(|t| t.ci90.low)),
+            tost_ci90_high: Num::or_na(q.tost.map(|t| t.ci90.high)),
+            equivalence: q.equivalence().map_or("NA", |e| e.name()),
+            confound: c.confound.clone().unwrap_or_else(|| "NA".into()),
         }
     });
     csv_table::write_table(&dir.join("questions.csv"), rows, QuestionRow::default())
+}
+
+/// A row of `deviations.csv`: one way a study differs from the published design.
+#[derive(Serialize, Default)]
+struct DeviationRow {
+    study: String,
+    aspect: String,
+    source: String,
+    here: String,
+    why: String,
+    changes_interpretation: bool,
+}
+
+/// Writes `deviations.csv` where a study declares `[[deviation]]`s; the path written.
+pub fn write_deviations_csv(dir: &Path, data: &RunData) -> Result<Option<std::path::PathBuf>> {
+    let mut rows = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for h in &data.headers {
+        for d in &h.study.deviations {
+            if seen.insert((h.study.id.clone(), d.aspect.clone())) {
+                rows.push(DeviationRow {
+                    study: h.study.id.clone(),
+                    aspect: d.aspect.clone(),
+                    source: d.source.clone(),
+                    here: d.here.clone(),
+                    why: d.why.clone(),
+                    changes_interpretation: d.changes_interpretation,
+                });
+            }
+        }
+    }
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let path = dir.join("deviations.csv");
+    csv_table::write_table(&path, rows, DeviationRow::default())?;
+    Ok(Some(path))
 }
 
 /// A difference with its bootstrap CI and Hedges' g with its CI, as tidy statistics.

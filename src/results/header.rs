@@ -2,7 +2,9 @@
 //! model's provenance, the engine configuration), how far it got (status), and how each
 //! instrument turns answers into scores, so a report needs no scenario files.
 
-use crate::scenario::study::{Acknowledgement, Condition, DeclaredContrast, PositiveControl};
+use crate::scenario::study::{
+    Acknowledgement, Condition, DeclaredContrast, Deviation, PositiveControl,
+};
 use crate::scenario::{FileInfo, Instrument, Scoring};
 use serde::{Deserialize, Serialize};
 
@@ -199,6 +201,9 @@ pub struct StudyRecord {
     /// before it was recorded; see each model's `thinking_switch`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thinking: Option<bool>,
+    /// How the design differs from the published study it follows (`[[deviation]]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deviations: Vec<Deviation>,
 }
 
 /// One scenario file the run used.

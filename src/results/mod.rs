@@ -18,6 +18,7 @@
 pub mod csv_table;
 pub mod directions;
 pub mod header;
+pub mod known_answers;
 pub mod probes;
 pub mod read;
 mod schema_v1;

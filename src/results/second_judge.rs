@@ -38,7 +38,14 @@ pub struct SecondJudgeFile {
 /// The file of the judge labelled `label` in run directory `dir`. Labels that are
 /// paths (a .gguf given by path) keep only characters safe in a file name.
 pub fn second_judge_path(dir: &Path, label: &str) -> PathBuf {
-    let safe: String = label
+    dir.join(JUDGES_DIR)
+        .join(format!("{}.jsonl", safe_file_stem(label)))
+}
+
+/// A model label as a file name: characters other than letters, digits, '-', '_' and
+/// '.' become '_'.
+pub(crate) fn safe_file_stem(label: &str) -> String {
+    label
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
@@ -47,8 +54,7 @@ pub fn second_judge_path(dir: &Path, label: &str) -> PathBuf {
                 '_'
             }
         })
-        .collect();
-    dir.join(JUDGES_DIR).join(format!("{safe}.jsonl"))
+        .collect()
 }
 
 /// Reads one second judge's file (missing: empty). Only an incomplete last line is

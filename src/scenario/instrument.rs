@@ -21,6 +21,9 @@ struct InstrumentSpec {
     source: String,
     licence: String,
     instruction: String,
+    /// The instruction when the items ask about the person in the text (a condition's
+    /// `perspective = "other"`).
+    other_instruction: Option<String>,
     time_frame: String,
     scoring: String,
     #[serde(default)]
@@ -59,6 +62,8 @@ struct ItemSpec {
     subscale: Option<String>,
     #[serde(default)]
     reverse: bool,
+    /// The item about the person in the text (with `other_instruction`).
+    other_text: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -120,6 +125,8 @@ pub struct Item {
     pub text: String,
     pub subscale: Option<String>,
     pub reverse: bool,
+    /// The item's wording about the person in the text, if the file gives one.
+    pub other_text: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -127,6 +134,8 @@ pub struct Instrument {
     pub info: FileInfo,
     pub description: String,
     pub instruction: String,
+    /// The instruction about the person in the text, if the file gives one.
+    pub other_instruction: Option<String>,
     pub time_frame: String,
     pub scoring: Scoring,
     pub score_multiplier: f64,
@@ -252,6 +261,7 @@ impl Instrument {
                 text: it.text,
                 subscale: it.subscale,
                 reverse: it.reverse,
+                other_text: it.other_text,
             });
         }
         if items.is_empty() {
@@ -273,6 +283,7 @@ impl Instrument {
             )?,
             description: spec.description,
             instruction: spec.instruction,
+            other_instruction: spec.other_instruction,
             time_frame: spec.time_frame,
             scoring,
             score_multiplier: spec.score_multiplier.unwrap_or(1.0),
@@ -289,6 +300,12 @@ impl Instrument {
         } else {
             value
         }
+    }
+
+    /// Whether the file words every item (and the instruction) about the person in the
+    /// text too, so a condition may ask from that perspective.
+    pub fn has_other_wording(&self) -> bool {
+        self.other_instruction.is_some() && self.items.iter().all(|i| i.other_text.is_some())
     }
 
     /// The scale score from keyed item values (None if any is missing).

@@ -8,6 +8,7 @@
 pub mod induction;
 pub mod instrument;
 pub mod internal_states;
+pub mod known_valence;
 pub mod study;
 pub mod task;
 

@@ -58,6 +58,19 @@ struct StudySpec {
     /// Steered conditions: a direction added to the residual stream at each alpha.
     #[serde(default)]
     steering: Vec<SteeringSpec>,
+    /// How this design differs from the published one it follows.
+    #[serde(default)]
+    deviation: Vec<DeviationSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviationSpec {
+    aspect: String,
+    source: String,
+    here: String,
+    why: String,
+    changes_interpretation: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,6 +85,14 @@ struct ContrastSpec {
     /// Expands the contrast once per emotion, with `{emotion}` replaced in every field.
     #[serde(default)]
     emotions: Vec<String>,
+    /// With `d`: the difference of differences (a - b) - (c - d), paired by repetition.
+    c: Option<String>,
+    d: Option<String>,
+    /// Makes the question an equivalence question: two one-sided tests against +-margin,
+    /// in raw scale-score units.
+    equivalence_margin: Option<f64>,
+    /// A confound the design leaves open, shown beside the answer.
+    confound: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,6 +116,17 @@ struct ConditionSpec {
     regulation: Option<String>,
     order: Option<String>,
     instruments: Vec<String>,
+    /// This condition's own system prompts (repetition r uses r mod n) instead of the
+    /// study's.
+    system_prompts: Option<Vec<String>>,
+    /// This condition's own reply after each text, and its mode.
+    acknowledgement: Option<String>,
+    acknowledgement_mode: Option<String>,
+    /// A sentence shown before every question of the condition (an expectancy cue).
+    expectancy: Option<String>,
+    /// "self" (default: items about "you") or "other" (items about the person in the
+    /// text, from each instrument's `other_*` wording).
+    perspective: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -197,6 +229,69 @@ pub struct Condition {
     /// A steered condition's intervention (absent for every other condition).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steering: Option<ConditionSteering>,
+    /// What this condition sets differently from the study's conversation set-up
+    /// (absent when nothing: every condition of the designs made before it existed).
+    #[serde(default, skip_serializing_if = "ConditionSetup::is_default")]
+    pub setup: ConditionSetup,
+}
+
+/// A condition's own conversation set-up: the role/demand manipulations
+/// (`scenarios/studies/role-demand.toml`). Each field left at its default means "as the
+/// study sets it".
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ConditionSetup {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub system_prompts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledgement: Option<Acknowledgement>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expectancy: Option<String>,
+    #[serde(default, skip_serializing_if = "Perspective::is_self")]
+    pub perspective: Perspective,
+}
+
+impl ConditionSetup {
+    pub fn is_default(&self) -> bool {
+        self == &ConditionSetup::default()
+    }
+}
+
+/// Whom the questionnaire asks about.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Perspective {
+    /// "How do you feel?": the published designs.
+    #[default]
+    #[serde(rename = "self")]
+    Own,
+    /// "How does the person in the text feel?": a model that answers the same either way
+    /// reports on the text, not on itself.
+    Other,
+}
+
+impl Perspective {
+    pub fn is_self(&self) -> bool {
+        *self == Perspective::Own
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Perspective::Own => "self",
+            Perspective::Other => "other",
+        }
+    }
+}
+
+/// A way the design differs from the published study it follows (`[[deviation]]`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Deviation {
+    pub aspect: String,
+    /// What the source did.
+    pub source: String,
+    /// What this design does.
+    pub here: String,
+    pub why: String,
+    /// Whether a reader comparing the results with the source must allow for it.
+    pub changes_interpretation: bool,
 }
 
 /// A positive control: two conditions that instruct the model to answer as someone
@@ -225,6 +320,32 @@ pub struct DeclaredContrast {
     pub family: String,
     /// `causal` (b is a control condition) or `descriptive` (b is the baseline).
     pub kind: String,
+    /// A difference of differences: (a - b) - (c - d), paired by repetition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub c: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub d: Option<String>,
+    /// An equivalence question: is the difference inside +-margin (raw scale units)?
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub equivalence_margin: Option<f64>,
+    /// A confound the design leaves open for this question.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confound: Option<String>,
+}
+
+impl DeclaredContrast {
+    /// The second difference of a difference of differences.
+    pub fn second_pair(&self) -> Option<(&str, &str)> {
+        self.c.as_deref().zip(self.d.as_deref())
+    }
+
+    /// What the contrast compares, as tables show it.
+    pub fn expression(&self) -> String {
+        match self.second_pair() {
+            Some((c, d)) => format!("({} − {}) − ({c} − {d})", self.a, self.b),
+            None => format!("{} − {}", self.a, self.b),
+        }
+    }
 }
 
 /// What follows an induction or regulation text before the next turn.
@@ -300,6 +421,8 @@ pub struct Study {
     pub thinking: bool,
     /// The residual-stream blocks stored per item trial, if any.
     pub capture: Option<CaptureBlocks>,
+    /// How the design differs from the published one it follows.
+    pub deviations: Vec<Deviation>,
 }
 
 impl Study {
@@ -312,6 +435,35 @@ impl Study {
             let v = &self.system_prompt_variants;
             Some(&v[repetition % v.len()])
         }
+    }
+
+    /// The system prompt of `condition`'s conversations at `repetition`: the condition's
+    /// own variants where it has them, else the study's.
+    pub fn system_prompt_in<'a>(
+        &'a self,
+        condition: &'a Condition,
+        repetition: usize,
+    ) -> Option<&'a str> {
+        let own = &condition.setup.system_prompts;
+        if own.is_empty() {
+            self.system_prompt_for(repetition)
+        } else {
+            Some(&own[repetition % own.len()])
+        }
+    }
+
+    /// What follows each text in `condition`: its own acknowledgement, else the study's.
+    pub fn acknowledgement_in<'a>(&'a self, condition: &'a Condition) -> &'a Acknowledgement {
+        condition
+            .setup
+            .acknowledgement
+            .as_ref()
+            .unwrap_or(&self.acknowledgement)
+    }
+
+    /// The condition named `name`, if the study has it.
+    pub fn condition(&self, name: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.name == name)
     }
 
     /// Reads a study file and checks every reference against `lib` (`checks`).
@@ -333,6 +485,7 @@ impl Study {
         let contrasts = check.contrasts(&spec, &conditions)?;
         check.has_conditions(&conditions)?;
         let completion = check.completion(spec.completion, &conditions)?;
+        let deviations = check.deviations(&spec.deviation)?;
         check.every_condition_asks(&conditions, &completion)?;
 
         Ok(Study {
@@ -363,6 +516,7 @@ impl Study {
             calibration,
             thinking: spec.thinking.unwrap_or(false),
             capture,
+            deviations,
         })
     }
 }

@@ -180,6 +180,87 @@ pub fn mann_whitney(a: &[f64], b: &[f64]) -> MannWhitney {
     MannWhitney { u: u1, p }
 }
 
+/// Two one-sided tests (Schuirmann 1987) of whether a difference lies inside
+/// ±`margin`: p is the larger of the two one-sided p values, and the 90% t interval
+/// inside the margin is the same verdict at alpha 0.05.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tost {
+    pub margin: f64,
+    pub estimate: f64,
+    pub se: f64,
+    pub df: f64,
+    /// The 90% t interval of the difference.
+    pub ci90: Interval,
+    pub p: f64,
+}
+
+/// What two one-sided tests and the difference test say together, at alpha 0.05.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Equivalence {
+    /// Both one-sided tests reject: the difference lies inside the margin.
+    Equivalent,
+    /// Not shown equivalent, and the difference test rejects 0.
+    Different,
+    /// Neither: the data cannot tell (too few observations or too wide a margin).
+    Inconclusive,
+}
+
+impl Equivalence {
+    pub fn name(self) -> &'static str {
+        match self {
+            Equivalence::Equivalent => "equivalent",
+            Equivalence::Different => "different",
+            Equivalence::Inconclusive => "inconclusive",
+        }
+    }
+}
+
+/// TOST of a difference `estimate` with standard error `se` on `df` degrees of freedom
+/// against ±`margin`; all NaN where the t distribution is undefined.
+pub fn tost(estimate: f64, se: f64, df: f64, margin: f64) -> Tost {
+    let nan = Tost {
+        margin,
+        estimate,
+        se,
+        df,
+        ci90: Interval::NAN,
+        p: f64::NAN,
+    };
+    let Ok(dist) = StudentsT::new(0.0, 1.0, df) else {
+        return nan;
+    };
+    if !(estimate.is_finite() && se.is_finite() && se > 0.0) {
+        return nan;
+    }
+    let lower = 1.0 - dist.cdf((estimate + margin) / se);
+    let upper = dist.cdf((estimate - margin) / se);
+    let q = dist.inverse_cdf(0.95);
+    Tost {
+        margin,
+        estimate,
+        se,
+        df,
+        ci90: Interval {
+            low: estimate - q * se,
+            high: estimate + q * se,
+        },
+        p: lower.max(upper),
+    }
+}
+
+impl Tost {
+    /// The verdict, with `difference_p` the two-sided test of the same difference.
+    pub fn verdict(&self, difference_p: f64) -> Equivalence {
+        if self.p < 0.05 {
+            Equivalence::Equivalent
+        } else if difference_p < 0.05 {
+            Equivalence::Different
+        } else {
+            Equivalence::Inconclusive
+        }
+    }
+}
+
 /// Holm's step-down adjusted p values, in the input order. NaN p values are left out of
 /// the family and stay NaN.
 pub fn holm(ps: &[f64]) -> Vec<f64> {
@@ -193,4 +274,29 @@ pub fn holm(ps: &[f64]) -> Vec<f64> {
         out[i] = running;
     }
     out
+}
+
+#[cfg(test)]
+mod tost_tests {
+    use super::*;
+
+    #[test]
+    fn tost_p_is_the_larger_one_sided_p_against_the_margin() {
+        // Difference 0, SE 1, margin 2, df 10: each one-sided test has t = 2, whose upper
+        // tail on 10 df is 0.036694 (t tables); the 90% CI is 0 +- 1.812461.
+        let t = tost(0.0, 1.0, 10.0, 2.0);
+        assert!((t.p - 0.036_694).abs() < 1e-5, "{}", t.p);
+        assert!((t.ci90.high - 1.812_461).abs() < 1e-5, "{:?}", t.ci90);
+        assert_eq!(t.verdict(0.9), Equivalence::Equivalent);
+        // Shifted towards the upper bound, the upper one-sided test decides.
+        let shifted = tost(1.5, 1.0, 10.0, 2.0);
+        assert!(shifted.p > 0.3 && shifted.p < 0.35, "{}", shifted.p);
+        assert_eq!(shifted.verdict(0.2), Equivalence::Inconclusive);
+        assert_eq!(shifted.verdict(0.01), Equivalence::Different);
+    }
+
+    #[test]
+    fn tost_with_no_spread_reports_nothing() {
+        assert!(tost(0.0, 0.0, 5.0, 1.0).p.is_nan());
+    }
 }

@@ -17,7 +17,7 @@ pub use descriptives::{
 };
 pub use effects::{
     hedges_g, hedges_g_vs_constant, holm, mann_whitney, mean_difference, one_sample_t, paired_t,
-    welch, HedgesG, MannWhitney, PairedT, Welch,
+    tost, welch, Equivalence, HedgesG, MannWhitney, PairedT, Tost, Welch,
 };
 pub use psychometrics::{cronbach_alpha, mcdonald_omega};
 

@@ -12,7 +12,7 @@ use crate::generate::{decode_lockstep, generate};
 use crate::model::{Keep, KvCache, LogitsAt, Model};
 use crate::rng::Stream;
 use crate::sampling::{Sampling, SamplingParams};
-use crate::scenario::study::{Order, CONTENT_FREE};
+use crate::scenario::study::{Acknowledgement, ConditionSetup, CONTENT_FREE};
 use crate::scenario::{Library, Study};
 use std::collections::BTreeMap;
 
@@ -32,6 +32,9 @@ pub struct TrialPrompt {
 pub struct GroupContext {
     /// The prefix conversation (before the question turn).
     pub messages: Vec<Message>,
+    /// What follows each text in the group's condition (how the template receives the
+    /// conversation when a re-ask extends it).
+    pub acknowledgement: Acknowledgement,
     pub prompts: BTreeMap<String, TrialPrompt>,
     /// The token prefix every member's prompt starts with.
     pub shared: Vec<u32>,
@@ -65,28 +68,33 @@ impl GroupContext {
         steering: Option<crate::results::trial::TrialSteering>,
     ) -> Result<Self> {
         // The content-free prompts' conversation holds only the system prompt.
-        let order = if group.condition == CONTENT_FREE {
-            Order::InductionFirst
+        let condition = if group.condition == CONTENT_FREE {
+            None
         } else {
-            study
-                .conditions
-                .iter()
-                .find(|c| c.name == group.condition)
-                .ok_or_else(|| internal("a planned condition is missing from the study"))?
-                .order
+            Some(
+                study
+                    .condition(&group.condition)
+                    .ok_or_else(|| internal("a planned condition is missing from the study"))?,
+            )
         };
+        let acknowledgement = condition
+            .map_or(&study.acknowledgement, |c| study.acknowledgement_in(c))
+            .clone();
+        let default_setup = ConditionSetup::default();
+        let setup = condition.map_or(&default_setup, |c| &c.setup);
         let sampling = study_sampling(study)?;
         let mut messages = Vec::new();
-        for (step, item) in prefix_steps(study, lib, order, group)
+        for (step, item) in prefix_steps(study, lib, condition, group)
             .into_iter()
             .enumerate()
         {
             match item {
                 Step::Message(m) => messages.push(m),
                 Step::Generate { max_tokens } => {
-                    let tokens = model
-                        .tokenizer
-                        .encode(&model.render_chat(&for_template(study, &messages))?, false)?;
+                    let tokens = model.tokenizer.encode(
+                        &model.render_chat(&for_template(&acknowledgement, &messages))?,
+                        false,
+                    )?;
                     let stream = Stream::ProtocolTurn {
                         group: &group.id,
                         step,
@@ -106,10 +114,10 @@ impl GroupContext {
         }
         let mut prompts = BTreeMap::new();
         for t in members {
-            let q = question_text(lib, &t.question);
+            let q = question_text(lib, &t.question, setup);
             let mut conv = messages.clone();
             conv.push(Message::user(q.text.clone()));
-            let text = model.render_chat(&for_template(study, &conv))?;
+            let text = model.render_chat(&for_template(&acknowledgement, &conv))?;
             let tokens = model.tokenizer.encode(&text, false)?;
             prompts.insert(
                 t.id.clone(),
@@ -148,6 +156,7 @@ impl GroupContext {
         }
         Ok(Self {
             messages,
+            acknowledgement,
             prompts,
             shared,
             cache,

@@ -17,6 +17,7 @@
 
 pub mod group;
 pub mod internals;
+pub mod known_answers;
 pub mod merge;
 pub mod parse;
 pub mod plan;

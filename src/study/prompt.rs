@@ -4,7 +4,9 @@
 use super::plan::{Group, Question};
 use crate::chat::Message;
 use crate::results::LabelBinding;
-use crate::scenario::study::{Acknowledgement, LabelStyle, Order};
+use crate::scenario::study::{
+    Acknowledgement, Condition, ConditionSetup, LabelStyle, Order, Perspective,
+};
 use crate::scenario::{Instrument, Library, Response, Study, Turn};
 
 /// One step of building a prefix: a fixed message, or a reply the model must generate.
@@ -14,13 +16,26 @@ pub enum Step {
     Generate { max_tokens: usize },
 }
 
-/// The steps of a group's prefix, in conversation order (`order`: the condition's order
-/// of induction and regulation).
-pub fn prefix_steps(study: &Study, lib: &Library, order: Order, group: &Group) -> Vec<Step> {
+/// The steps of a group's prefix, in conversation order: the condition's (None: the
+/// content-free prompts', which hold the study's system prompt only) system prompt,
+/// then its induction and regulation in its order, each text followed by the
+/// condition's acknowledgement.
+pub fn prefix_steps(
+    study: &Study,
+    lib: &Library,
+    condition: Option<&Condition>,
+    group: &Group,
+) -> Vec<Step> {
     let mut steps = Vec::new();
-    if let Some(s) = study.system_prompt_for(group.repetition) {
+    let system = match condition {
+        Some(c) => study.system_prompt_in(c, group.repetition),
+        None => study.system_prompt_for(group.repetition),
+    };
+    if let Some(s) = system {
         steps.push(Step::Message(Message::system(s.to_string())));
     }
+    let order = condition.map_or(Order::InductionFirst, |c| c.order);
+    let acknowledgement = condition.map_or(&study.acknowledgement, |c| study.acknowledgement_in(c));
     let induction = group
         .induction
         .as_ref()
@@ -58,7 +73,7 @@ pub fn prefix_steps(study: &Study, lib: &Library, order: Order, group: &Group) -
             });
         }
         if variant.is_text {
-            match &study.acknowledgement {
+            match acknowledgement {
                 Acknowledgement::Fixed { text } => {
                     steps.push(Step::Message(Message::assistant(text.clone())))
                 }
@@ -72,11 +87,12 @@ pub fn prefix_steps(study: &Study, lib: &Library, order: Order, group: &Group) -
     steps
 }
 
-/// The conversation as the chat template receives it. With no acknowledgement, a text
-/// and the user turn after it are joined into one user message (templates that require
-/// alternating roles accept that); otherwise the messages as they are.
-pub fn for_template(study: &Study, messages: &[Message]) -> Vec<Message> {
-    if study.acknowledgement == Acknowledgement::None {
+/// The conversation as the chat template receives it. With no acknowledgement (the
+/// condition's), a text and the user turn after it are joined into one user message
+/// (templates that require alternating roles accept that); otherwise the messages as
+/// they are.
+pub fn for_template(acknowledgement: &Acknowledgement, messages: &[Message]) -> Vec<Message> {
+    if *acknowledgement == Acknowledgement::None {
         alternating(messages)
     } else {
         messages.to_vec()
@@ -124,7 +140,18 @@ pub struct QuestionText {
     pub labels: Vec<(String, usize)>,
 }
 
-pub fn question_text(lib: &Library, question: &Question) -> QuestionText {
+/// The question turn of `question` in a condition set up as `setup`: its expectancy
+/// sentence first, and the items about the person in the text where its perspective
+/// says so.
+pub fn question_text(lib: &Library, question: &Question, setup: &ConditionSetup) -> QuestionText {
+    let mut q = question_turn(lib, question, setup.perspective);
+    if let Some(e) = &setup.expectancy {
+        q.text = format!("{e}\n\n{}", q.text);
+    }
+    q
+}
+
+fn question_turn(lib: &Library, question: &Question, perspective: Perspective) -> QuestionText {
     match question {
         Question::Completion { task, stem, .. } => {
             let t = &lib.tasks[task];
@@ -147,14 +174,21 @@ pub fn question_text(lib: &Library, question: &Question) -> QuestionText {
         } => {
             let ins = &lib.instruments[instrument];
             let statement = item.as_ref().map(|id| {
-                ins.items
+                let it = ins
+                    .items
                     .iter()
                     .find(|i| &i.id == id)
-                    .expect("planned item exists")
-                    .text
-                    .as_str()
+                    .expect("planned item exists");
+                item_wording(it, perspective)
             });
-            rating_question(ins, statement, *label_style, option_order, *label_binding)
+            rating_question(
+                ins,
+                statement,
+                perspective,
+                *label_style,
+                option_order,
+                *label_binding,
+            )
         }
         Question::ContentFree {
             instrument,
@@ -165,6 +199,7 @@ pub fn question_text(lib: &Library, question: &Question) -> QuestionText {
         } => rating_question(
             &lib.instruments[instrument],
             Some(content),
+            Perspective::Own,
             *label_style,
             option_order,
             *label_binding,
@@ -177,6 +212,7 @@ pub fn question_text(lib: &Library, question: &Question) -> QuestionText {
 fn rating_question(
     ins: &Instrument,
     statement: Option<&str>,
+    perspective: Perspective,
     label_style: LabelStyle,
     option_order: &[usize],
     label_binding: LabelBinding,
@@ -202,26 +238,37 @@ fn rating_question(
             "number",
         ),
     };
+    // Study::load allows the other perspective only where the file words it.
+    let instruction = match (perspective, &ins.other_instruction) {
+        (Perspective::Other, Some(other)) => other,
+        _ => &ins.instruction,
+    };
     let text = match statement {
-        Some(statement) => format!(
-            "{}\n\n{statement}\n\n{scale}\n\nAnswer with only the {answer}.",
-            ins.instruction
-        ),
+        Some(statement) => {
+            format!("{instruction}\n\n{statement}\n\n{scale}\n\nAnswer with only the {answer}.")
+        }
         None => {
             let list: Vec<String> = ins
                 .items
                 .iter()
                 .enumerate()
-                .map(|(i, it)| format!("{}. {}", i + 1, it.text))
+                .map(|(i, it)| format!("{}. {}", i + 1, item_wording(it, perspective)))
                 .collect();
             format!(
-                "{}\n\n{scale}\n\n{}\n\nAnswer every statement on its own line, in order, as \"statement number: {answer}\".",
-                ins.instruction,
+                "{instruction}\n\n{scale}\n\n{}\n\nAnswer every statement on its own line, in order, as \"statement number: {answer}\".",
                 list.join("\n")
             )
         }
     };
     QuestionText { text, labels }
+}
+
+/// An item's statement from `perspective`.
+fn item_wording(item: &crate::scenario::Item, perspective: Perspective) -> &str {
+    match (perspective, &item.other_text) {
+        (Perspective::Other, Some(other)) => other,
+        _ => &item.text,
+    }
 }
 
 /// The follow-up turn after an unparseable answer.

@@ -128,6 +128,7 @@ pub fn new_header(inputs: HeaderInputs<'_>) -> RunHeader {
             system_prompts: study.system_prompt_variants.clone(),
             acknowledgement: Some(study.acknowledgement.clone()),
             thinking: Some(study.thinking),
+            deviations: study.deviations.clone(),
         },
         scenario_files: files,
         models,

@@ -397,7 +397,7 @@ fn generated_answer(
             // Continue from what is already computed: the longest token prefix the
             // re-rendered conversation shares with the cached prompt + reply.
             let conv_tokens = model.tokenizer.encode(
-                &model.render_chat(&for_template(study, &conversation))?,
+                &model.render_chat(&for_template(&ctx.acknowledgement, &conversation))?,
                 false,
             )?;
             let common = conv_tokens

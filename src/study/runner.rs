@@ -13,6 +13,7 @@
 
 use super::group::{fixed_plan_completions, lockstep_completions, work_units, GroupContext};
 use super::internals::{model_for, prepare as prepare_internals, ModelInternals};
+use super::known_answers;
 use super::plan::{count_trials, expand, Plan, Trial, MAX_PLAN_TRIALS};
 use super::progress::Progress;
 use super::provenance::{model_provenance, new_header, HeaderInputs};
@@ -254,6 +255,13 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
     interrupt::clear_forced_exit();
     dir.write_header(&header)?;
     result?;
+    // The judge's known-answer check, once the run is whole (a shard leaves it to
+    // `affectbench judge` on the merged run).
+    if remaining == 0 && cfg.shard.is_none() && cfg.max_trials.is_none() {
+        for path in known_answers::check_run_judges(&cfg.out_dir, &study, &lib, &models)? {
+            progress.note(&format!("judge known-answer check: {}", path.display()));
+        }
+    }
     Ok(RunOutcome {
         out_dir: cfg.out_dir.clone(),
         trials_written: tally.written,

@@ -4,14 +4,17 @@
 //! completion to `RUN_DIR/judges/<label>.jsonl`, flushed as written: an interrupted
 //! judge continues where it stopped.
 
+use super::known_answers::check_judge;
 use super::progress::Progress;
 use super::readouts::{judge_content_free, judge_valence};
 use super::runner::{default_scenarios_root, resume_design};
 use crate::error::{Error, IoContext, Result};
 use crate::interrupt;
 use crate::model::Model;
+use crate::results::known_answers::{known_answers_path, write_known_answers};
 use crate::results::second_judge::{read_second_judge, second_judge_path};
 use crate::results::{read_header, read_trials, Question, SecondJudgeRecord};
+use crate::scenario::known_valence::KnownValence;
 use crate::scenario::{Library, Study};
 use std::collections::{BTreeMap, HashSet};
 use std::fs::OpenOptions;
@@ -32,6 +35,8 @@ pub struct SecondJudgeOutcome {
     pub own_completions: usize,
     /// The signal that stopped the call early, if one did.
     pub interrupted: Option<i32>,
+    /// The judging model's known-answer check, where the run holds one.
+    pub known_answers: Option<PathBuf>,
 }
 
 fn judge_err(message: String) -> Error {
@@ -67,6 +72,7 @@ pub fn judge_run(
     let trials = read_trials(&dir.join("trials.jsonl"), header.seed)?;
     let mut judgeable = Vec::new();
     let mut own_completions = 0;
+    let mut judged_task: Option<String> = None;
     for (_, rec) in trials.records {
         let Question::Completion { task, .. } = &rec.question else {
             continue;
@@ -77,6 +83,7 @@ pub fn judge_run(
         let Some(judge) = lib.tasks.get(task).and_then(|t| t.judge.as_ref()) else {
             continue;
         };
+        judged_task.get_or_insert_with(|| task.clone());
         if own.contains(rec.model.as_str()) {
             own_completions += 1;
             continue;
@@ -91,6 +98,38 @@ pub fn judge_run(
         ));
     }
     let path = second_judge_path(dir, &model.info.label);
+    let known_answers = known_answers_path(dir, &model.info.label);
+    let check_known_answers = |study: &Study, task: &str| -> Result<()> {
+        if known_answers.exists() {
+            return Ok(());
+        }
+        let Some(judge) = lib.tasks.get(task).and_then(|t| t.judge.as_ref()) else {
+            return Ok(());
+        };
+        let records = check_judge(
+            study,
+            model,
+            &model.info.label,
+            task,
+            judge,
+            &KnownValence::shipped(),
+        )?;
+        write_known_answers(&known_answers, &records)
+    };
+    if judgeable.is_empty() && own_completions > 0 {
+        // The run's own judge: nothing to judge again, but its known-answer check may
+        // be missing (runs made before the check existed).
+        check_known_answers(&study, judged_task.as_deref().unwrap_or_default())?;
+        return Ok(SecondJudgeOutcome {
+            path,
+            judgeable: 0,
+            judged_now: 0,
+            already: 0,
+            own_completions,
+            interrupted: None,
+            known_answers: known_answers.exists().then_some(known_answers.clone()),
+        });
+    }
     if judgeable.is_empty() {
         return Err(judge_err(format!(
             "{} holds no completion another model could judge ({} completions with a judge question, {own_completions} of them written by {} itself, whose judgement is the run's own judge)",
@@ -195,7 +234,15 @@ pub fn judge_run(
         progress.inc();
     }
     progress.finish();
+    // The judging model's known-answer check, unless the run already holds it (the run
+    // writes its own models'; this covers second judges and runs made before the check).
+    if interrupted.is_none() {
+        if let Some(task) = &judged_task {
+            check_known_answers(&study, task)?;
+        }
+    }
     Ok(SecondJudgeOutcome {
+        known_answers: known_answers.exists().then_some(known_answers.clone()),
         path,
         judgeable: judgeable.len(),
         judged_now,

@@ -97,7 +97,19 @@ impl Checks<'_> {
 
     /// What follows each text: a fixed reply, the model's own, or nothing.
     pub fn acknowledgement(&self, spec: &StudySpec) -> Result<Acknowledgement> {
-        let acknowledgement = match (spec.acknowledgement_mode.as_deref(), &spec.acknowledgement) {
+        self.acknowledgement_of(
+            spec.acknowledgement_mode.as_deref(),
+            spec.acknowledgement.as_ref(),
+        )
+    }
+
+    /// An acknowledgement from its mode and text (the study's, or a condition's).
+    fn acknowledgement_of(
+        &self,
+        mode: Option<&str>,
+        text: Option<&String>,
+    ) -> Result<Acknowledgement> {
+        let acknowledgement = match (mode, text) {
             (None | Some("fixed"), Some(text)) => Acknowledgement::Fixed { text: text.clone() },
             (None | Some("fixed"), None) => {
                 return Err(self.bad(
@@ -122,6 +134,93 @@ impl Checks<'_> {
             }
         };
         Ok(acknowledgement)
+    }
+
+    /// A `[[condition]]`'s own conversation set-up: system prompts, acknowledgement,
+    /// expectancy sentence and perspective (every instrument it asks must have the
+    /// other-perspective wording when it asks about the person in the text).
+    fn condition_setup(&self, c: &ConditionSpec, instruments: &[String]) -> Result<ConditionSetup> {
+        let system_prompts = c.system_prompts.clone().unwrap_or_default();
+        if c.system_prompts.is_some() && system_prompts.iter().all(|p| p.trim().is_empty()) {
+            return Err(self.bad(
+                "system_prompts",
+                "a condition's system_prompts must hold at least one non-empty prompt (leave it out to use the study's)".into(),
+            ));
+        }
+        let acknowledgement = if c.acknowledgement.is_some() || c.acknowledgement_mode.is_some() {
+            Some(self.acknowledgement_of(
+                c.acknowledgement_mode.as_deref(),
+                c.acknowledgement.as_ref(),
+            )?)
+        } else {
+            None
+        };
+        if c.expectancy.as_deref().is_some_and(|e| e.trim().is_empty()) {
+            return Err(self.bad(
+                "expectancy",
+                "expectancy is empty; give the sentence shown before each question or leave it out"
+                    .into(),
+            ));
+        }
+        let perspective = match c.perspective.as_deref() {
+            None | Some("self") => Perspective::Own,
+            Some("other") => Perspective::Other,
+            Some(o) => {
+                return Err(self.bad(
+                    "perspective",
+                    format!("perspective is '{o}'; use \"self\" (items about the model) or \"other\" (items about the person in the text)"),
+                ))
+            }
+        };
+        if perspective == Perspective::Other {
+            for name in instruments {
+                let ins = &self.lib.instruments[name];
+                if !ins.has_other_wording() {
+                    return Err(self.bad(
+                        "perspective",
+                        format!(
+                            "perspective = \"other\" needs every instrument the condition asks to word its items about the person in the text; '{name}' ({}) has no other_instruction or an item without other_text",
+                            ins.info.path.display()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(ConditionSetup {
+            system_prompts,
+            acknowledgement,
+            expectancy: c.expectancy.clone(),
+            perspective,
+        })
+    }
+
+    /// `[[deviation]]` entries: every field given.
+    pub fn deviations(&self, specs: &[DeviationSpec]) -> Result<Vec<Deviation>> {
+        specs
+            .iter()
+            .map(|d| {
+                for (field, value) in [
+                    ("aspect", &d.aspect),
+                    ("source", &d.source),
+                    ("here", &d.here),
+                    ("why", &d.why),
+                ] {
+                    if value.trim().is_empty() {
+                        return Err(self.bad(
+                            &format!("aspect = \"{}\"", d.aspect),
+                            format!("deviation '{}' has an empty `{field}`; say what the source did (source), what this design does (here) and why", d.aspect),
+                        ));
+                    }
+                }
+                Ok(Deviation {
+                    aspect: d.aspect.clone(),
+                    source: d.source.clone(),
+                    here: d.here.clone(),
+                    why: d.why.clone(),
+                    changes_interpretation: d.changes_interpretation,
+                })
+            })
+            .collect()
     }
 
     /// Whether each answer format is calibrated with content-free prompts.
@@ -281,9 +380,11 @@ impl Checks<'_> {
                 .name
                 .clone()
                 .unwrap_or_else(|| default_name(c.induction.as_deref(), c.regulation.as_deref()));
+            let instruments = self.instruments(&c.instruments, c.induction.as_deref())?;
             conditions.push(Condition {
                 name,
-                instruments: self.instruments(&c.instruments, c.induction.as_deref())?,
+                setup: self.condition_setup(c, &instruments)?,
+                instruments,
                 induction: c.induction.clone(),
                 regulation,
                 order,
@@ -303,6 +404,7 @@ impl Checks<'_> {
                         order: Order::InductionFirst,
                         instruments: self.instruments(&f.instruments, Some(e))?,
                         steering: None,
+                        setup: ConditionSetup::default(),
                     });
                 }
             }
@@ -326,6 +428,7 @@ impl Checks<'_> {
                         site,
                         alpha,
                     }),
+                    setup: ConditionSetup::default(),
                 });
             }
         }
@@ -412,6 +515,7 @@ impl Checks<'_> {
                         order: Order::InductionFirst,
                         instruments: instruments.clone(),
                         steering: None,
+                        setup: ConditionSetup::default(),
                     });
                 }
                 Some(PositiveControl {
@@ -444,10 +548,33 @@ impl Checks<'_> {
                     None => t.to_string(),
                 };
                 let (a, b, instrument) = (fill(&c.a), fill(&c.b), fill(&c.instrument));
-                for name in [&a, &b] {
+                let second = match (&c.c, &c.d) {
+                    (Some(x), Some(y)) => Some((fill(x), fill(y))),
+                    (None, None) => None,
+                    _ => {
+                        return Err(self.bad(
+                            &format!("\"{}\"", c.question),
+                            "a difference of differences needs both `c` and `d`: (a - b) - (c - d); give both or neither".into(),
+                        ))
+                    }
+                };
+                if let Some(m) = c.equivalence_margin {
+                    if !(m.is_finite() && m > 0.0) {
+                        return Err(self.bad(
+                            "equivalence_margin",
+                            format!("equivalence_margin is {m}; give the largest difference (in raw scale-score units) that counts as no difference, above 0"),
+                        ));
+                    }
+                }
+                let mut named: Vec<(&String, &String)> = vec![(&a, &c.a), (&b, &c.b)];
+                if let (Some((x, y)), Some(cx), Some(dy)) = (&second, &c.c, &c.d) {
+                    named.push((x, cx));
+                    named.push((y, dy));
+                }
+                for (name, written) in named {
                     let Some(cond) = conditions.iter().find(|x| &x.name == name) else {
                         return Err(self.bad(
-                            &format!("\"{}\"", if name == &a { &c.a } else { &c.b }),
+                            &format!("\"{written}\""),
                             format!(
                                 "contrast condition '{name}' is not one of the study's conditions (known: {})",
                                 conditions.iter().map(|x| x.name.clone()).collect::<Vec<_>>().join(", ")
@@ -494,9 +621,12 @@ impl Checks<'_> {
                         ),
                     ));
                 }
-                let b_is_baseline = conditions
-                    .iter()
-                    .any(|x| x.name == b && x.induction.is_none() && x.regulation.is_none());
+                let b_is_baseline = conditions.iter().any(|x| {
+                    x.name == b
+                        && x.induction.is_none()
+                        && x.regulation.is_none()
+                        && x.setup.is_default()
+                });
                 contrasts.push(DeclaredContrast {
                     question: fill(&c.question),
                     a,
@@ -510,6 +640,10 @@ impl Checks<'_> {
                         "causal"
                     }
                     .into(),
+                    c: second.as_ref().map(|s| s.0.clone()),
+                    d: second.map(|s| s.1),
+                    equivalence_margin: c.equivalence_margin,
+                    confound: c.confound.as_deref().map(fill),
                 });
             }
         }
