@@ -115,6 +115,11 @@ pub enum Command {
     /// judging model wrote itself are left out (the run's judge already read them).
     /// Then `affectbench report RUN_DIR` adds the agreement (tables/judge_agreement.csv).
     ///
+    /// It also checks the judging model on 60 sentences of known valence
+    /// (RUN_DIR/known-answers/<label>.jsonl) unless the run holds that check already; with
+    /// the run's own model it does only this, for runs made before runs checked their
+    /// judge (the report's negativity section shows the check first).
+    ///
     ///   affectbench judge results/2026-11-21-affect-induction-smollm2-135m-instruct --model qwen2.5-coder-0.5b-instruct
     Judge(JudgeArgs),
 

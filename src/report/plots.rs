@@ -112,7 +112,7 @@ fn draw_heat_map<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, h: &HeatMap)
                     shade.filled(),
                 )))
                 .map_err(plot_err)?;
-            let outline = if r == c {
+            let outline = if h.rows[r] == h.columns[c] {
                 BLACK.stroke_width(3)
             } else {
                 BLACK.mix(0.2).stroke_width(1)

@@ -240,7 +240,7 @@ fn shown_readout(profile: &[ProfileCell]) -> Option<Readout> {
 }
 
 /// One heat map per model: inductions as rows, rated emotions as columns, the mean VAS
-/// rating in each cell, the induced emotion on the diagonal.
+/// rating in each cell, the induced emotion's cell outlined.
 pub fn figures(profile: &[ProfileCell]) -> Vec<Figure> {
     let Some(readout) = shown_readout(profile) else {
         return Vec::new();
@@ -280,7 +280,7 @@ pub fn figures(profile: &[ProfileCell]) -> Vec<Figure> {
             format!("emotion-profile-{}", i + 1),
             format!("What each induction raised: {model}"),
             format!(
-                "Mean VAS rating (0-100) of each emotion (columns) after each induction (rows), {} read-out, no regulation; the diagonal is the induced emotion. A specific induction raises its own column above the others (tables/emotion_profile.csv).",
+                "Mean VAS rating (0-100) of each emotion (columns) after each induction (rows), {} read-out, no regulation; the outlined cell of each row is the induced emotion; shading runs from the lowest cell (white) to the highest (red), so it shows order, not size. A specific induction raises its own column above the others (tables/emotion_profile.csv).",
                 readout.name()
             ),
             HeatMap {

@@ -216,11 +216,22 @@ fn a_second_judge_reproduces_the_same_weights_continues_after_a_crash_and_is_rep
         ..Tiny::qwen2()
     };
 
-    // The model that wrote the completions is the run's judge already.
+    // The model that wrote the completions is the run's judge already: it judges
+    // nothing again, and its known-answer check is the one the run wrote.
+    let known = out.join("known-answers/tiny.jsonl");
+    assert!(known.exists(), "the run checks its judge on known answers");
+    let before = std::fs::read(&known).unwrap();
     let (ok, err) = second_judge(&out, &model);
     assert!(
-        !ok && err.contains("no completion another model could judge"),
+        ok && err.contains("0 completions judged now") && err.contains("8 of 8 left out"),
         "{err}"
+    );
+    assert!(err.contains("known-answer check"), "{err}");
+    assert!(!out.join("judges/tiny.jsonl").exists());
+    assert_eq!(
+        std::fs::read(&known).unwrap(),
+        before,
+        "the check is not redone"
     );
 
     // The same weights in another file: as a second judge it must give exactly the
