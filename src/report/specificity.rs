@@ -37,6 +37,8 @@ pub struct Specificity {
     pub others_mean: f64,
     /// Target minus the mean of the others, per repetition, averaged; with its CI.
     pub difference: BootstrapCi,
+    /// The validity gate's verdict on the VAS for this model and read-out.
+    pub validity: crate::measures::Verdict,
 }
 
 /// The mean rating of one emotion after one induction (a heat map cell).
@@ -150,6 +152,7 @@ pub fn analyse(a: &Analysis) -> (Vec<Specificity>, Vec<ProfileCell>) {
             target_mean: mean(&targets),
             others_mean: mean(&others),
             difference,
+            validity: a.verdict(model, RATING_INSTRUMENT, *readout),
         });
     }
     (rows, profile)
@@ -169,6 +172,7 @@ struct SpecificityRow {
     difference_ci95_low: Num,
     difference_ci95_high: Num,
     ci_method: &'static str,
+    validity: &'static str,
 }
 
 /// A row of `emotion_profile.csv`.
@@ -212,6 +216,7 @@ pub fn write_csvs(
                 difference_ci95_low: Num(ci.0),
                 difference_ci95_high: Num(ci.1),
                 ci_method: method,
+                validity: r.validity.name(),
             }
         }),
         SpecificityRow::default(),
@@ -311,7 +316,8 @@ pub fn section(
              repetition, whose VAS items share its seed, system prompt and stimuli). Near 0: \
              the induction moves all emotions together (more negative in general, not this \
              emotion). The state scales are asked only for the induced emotion, so only the \
-             VAS can answer this (tables/emotion_specificity.csv)."
+             VAS can answer this (tables/emotion_specificity.csv). A row on a VAS read-out that \
+             failed the validity gate answers nothing."
                 .into(),
         ),
         table(
@@ -319,6 +325,7 @@ pub fn section(
             &[
                 "model",
                 "read-out",
+                "validity",
                 "induction",
                 "n",
                 "induced emotion",
@@ -330,6 +337,7 @@ pub fn section(
                     vec![
                         r.model.clone(),
                         r.readout.name().into(),
+                        super::blocks::validity_mark(r.validity),
                         r.induction.clone(),
                         r.n.to_string(),
                         f(r.target_mean, 1),
