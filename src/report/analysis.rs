@@ -344,12 +344,17 @@ impl Analysis {
     /// The gate's verdict for a model x instrument x read-out (pass where the gate has
     /// nothing to say, e.g. numeric scales without a probability read-out).
     pub fn verdict(&self, model: &str, instrument: &str, readout: Readout) -> Verdict {
-        self.gate
-            .iter()
-            .find(|g| g.model == model && g.instrument == instrument && g.readout == readout)
-            .map(|g| g.verdict)
-            .unwrap_or(Verdict::Pass)
+        gate_verdict(&self.gate, model, instrument, readout)
     }
+}
+
+/// The verdict in `gate` for a model x instrument x read-out (pass where the gate has
+/// nothing to say).
+fn gate_verdict(gate: &[GateVerdict], model: &str, instrument: &str, readout: Readout) -> Verdict {
+    gate.iter()
+        .find(|g| g.model == model && g.instrument == instrument && g.readout == readout)
+        .map(|g| g.verdict)
+        .unwrap_or(Verdict::Pass)
 }
 
 fn ci_of(seed: u64, stream: &str, samples: &[&[f64]], opts: &ReportOptions) -> BootstrapCi {
@@ -956,13 +961,7 @@ fn answer_questions(
                     constant: comparison.constant,
                     paired,
                     p_holm: f64::NAN,
-                    validity: gate
-                        .iter()
-                        .find(|v| {
-                            v.model == model && v.instrument == c.instrument && v.readout == readout
-                        })
-                        .map(|v| v.verdict)
-                        .unwrap_or(Verdict::Pass),
+                    validity: gate_verdict(gate, &model, &c.instrument, readout),
                     // Against a constant only the sampled arm carries variance: the
                     // one-sample forms (and one arm to fill).
                     mde_d: match comparison.constant {
@@ -1055,13 +1054,7 @@ fn difference_of_differences(
         constant: None,
         paired: Some(paired_t(&first, &second)),
         p_holm: f64::NAN,
-        validity: gate
-            .iter()
-            .find(|v| {
-                v.model == model && v.instrument == c.instrument && v.readout == scale.readout
-            })
-            .map(|v| v.verdict)
-            .unwrap_or(Verdict::Pass),
+        validity: gate_verdict(gate, model, &c.instrument, scale.readout),
         mde_d: (Z_ALPHA + Z_POWER) / (n as f64).sqrt(),
         repetitions_needed: repetitions_for(g.g.abs()).map(|r| (r / 2.0).ceil()),
         tost: c

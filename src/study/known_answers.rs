@@ -6,9 +6,10 @@
 use super::readouts::{judge_content_free, judge_valence};
 use crate::error::Result;
 use crate::model::Model;
-use crate::results::known_answers::KnownAnswerRecord;
+use crate::results::known_answers::{known_answers_path, write_known_answers, KnownAnswerRecord};
 use crate::scenario::known_valence::KnownValence;
-use crate::scenario::{Judge, Study};
+use crate::scenario::{Judge, Library, Study};
+use std::path::{Path, PathBuf};
 
 /// The records of `model` (labelled `label`) judging `set` with `task`'s `judge`.
 pub fn check_judge(
@@ -44,35 +45,43 @@ pub fn check_judge(
         .collect()
 }
 
-/// After a complete, unsharded run: each model's known-answer check for each judged
-/// task, unless the run directory already holds it (a resumed run does not redo it).
-/// Returns the files written.
-pub fn check_run_judges(
-    dir: &std::path::Path,
+/// `model`'s known-answer check with `task`'s judge question, written to the run
+/// directory unless it holds one already (a resumed run or a repeated `judge` does not
+/// redo it) or the task has no judge. Returns the path when this call wrote it.
+pub fn ensure_known_answers(
+    dir: &Path,
     study: &Study,
-    lib: &crate::scenario::Library,
+    lib: &Library,
+    model: &Model,
+    task: &str,
+) -> Result<Option<PathBuf>> {
+    let path = known_answers_path(dir, &model.info.label);
+    let Some(judge) = lib.tasks.get(task).and_then(|t| t.judge.as_ref()) else {
+        return Ok(None);
+    };
+    if path.exists() {
+        return Ok(None);
+    }
+    let set = KnownValence::shipped();
+    let records = check_judge(study, model, &model.info.label, task, judge, &set)?;
+    write_known_answers(&path, &records)?;
+    Ok(Some(path))
+}
+
+/// After a complete, unsharded run: each model's known-answer check for the study's
+/// judged task. Returns the files written.
+pub fn check_run_judges(
+    dir: &Path,
+    study: &Study,
+    lib: &Library,
     models: &[Model],
-) -> Result<Vec<std::path::PathBuf>> {
+) -> Result<Vec<PathBuf>> {
     let Some(completion) = &study.completion else {
         return Ok(Vec::new());
     };
-    let Some(judge) = lib
-        .tasks
-        .get(&completion.task)
-        .and_then(|t| t.judge.as_ref())
-    else {
-        return Ok(Vec::new());
-    };
-    let set = KnownValence::shipped();
     let mut written = Vec::new();
     for m in models {
-        let path = crate::results::known_answers::known_answers_path(dir, &m.info.label);
-        if path.exists() {
-            continue;
-        }
-        let records = check_judge(study, m, &m.info.label, &completion.task, judge, &set)?;
-        crate::results::known_answers::write_known_answers(&path, &records)?;
-        written.push(path);
+        written.extend(ensure_known_answers(dir, study, lib, m, &completion.task)?);
     }
     Ok(written)
 }

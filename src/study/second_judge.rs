@@ -4,17 +4,16 @@
 //! completion to `RUN_DIR/judges/<label>.jsonl`, flushed as written: an interrupted
 //! judge continues where it stopped.
 
-use super::known_answers::check_judge;
+use super::known_answers::ensure_known_answers;
 use super::progress::Progress;
 use super::readouts::{judge_content_free, judge_valence};
 use super::runner::{default_scenarios_root, resume_design};
 use crate::error::{Error, IoContext, Result};
 use crate::interrupt;
 use crate::model::Model;
-use crate::results::known_answers::{known_answers_path, write_known_answers};
+use crate::results::known_answers::known_answers_path;
 use crate::results::second_judge::{read_second_judge, second_judge_path};
 use crate::results::{read_header, read_trials, Question, SecondJudgeRecord};
-use crate::scenario::known_valence::KnownValence;
 use crate::scenario::{Library, Study};
 use std::collections::{BTreeMap, HashSet};
 use std::fs::OpenOptions;
@@ -99,27 +98,16 @@ pub fn judge_run(
     }
     let path = second_judge_path(dir, &model.info.label);
     let known_answers = known_answers_path(dir, &model.info.label);
-    let check_known_answers = |study: &Study, task: &str| -> Result<()> {
-        if known_answers.exists() {
-            return Ok(());
-        }
-        let Some(judge) = lib.tasks.get(task).and_then(|t| t.judge.as_ref()) else {
-            return Ok(());
-        };
-        let records = check_judge(
-            study,
-            model,
-            &model.info.label,
-            task,
-            judge,
-            &KnownValence::shipped(),
-        )?;
-        write_known_answers(&known_answers, &records)
-    };
     if judgeable.is_empty() && own_completions > 0 {
         // The run's own judge: nothing to judge again, but its known-answer check may
         // be missing (runs made before the check existed).
-        check_known_answers(&study, judged_task.as_deref().unwrap_or_default())?;
+        ensure_known_answers(
+            dir,
+            &study,
+            &lib,
+            model,
+            judged_task.as_deref().unwrap_or_default(),
+        )?;
         return Ok(SecondJudgeOutcome {
             path,
             judgeable: 0,
@@ -238,7 +226,7 @@ pub fn judge_run(
     // writes its own models'; this covers second judges and runs made before the check).
     if interrupted.is_none() {
         if let Some(task) = &judged_task {
-            check_known_answers(&study, task)?;
+            ensure_known_answers(dir, &study, &lib, model, task)?;
         }
     }
     Ok(SecondJudgeOutcome {
