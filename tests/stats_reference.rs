@@ -4,7 +4,9 @@
 //! Cronbach's alpha from pingouin, McDonald's omega from factor_analyzer's one-factor
 //! minres fit, Pearson's r, the paired and one-sample t tests from scipy and the
 //! completions' mixed model from statsmodels (`scripts/consistency_reference.py` ->
-//! `tests/data/consistency_reference.json`).
+//! `tests/data/consistency_reference.json`); the crossed random-effects model with
+//! Satterthwaite's df from lme4 + lmerTest (`scripts/crossed_reference.R` ->
+//! `tests/data/crossed_reference.json`).
 
 use affectbench::stats::{
     bootstrap, cronbach_alpha, describe, hedges_g, holm, mann_whitney, mcdonald_omega, mean,
@@ -307,6 +309,76 @@ fn the_completions_mixed_model_matches_statsmodels_mixedlm() {
                 (g - w).abs() <= tol * w.abs().max(1.0),
                 "{} {name}: {g} vs statsmodels {w}",
                 case["name"]
+            );
+        }
+    }
+}
+
+#[test]
+fn the_crossed_random_effects_model_matches_lme4_and_lmertest() {
+    use affectbench::stats::crossed::{fit, Observation};
+    let reference: Value =
+        serde_json::from_str(include_str!("data/crossed_reference.json")).expect("parses");
+    let cases = reference["fits"].as_array().unwrap();
+    assert!(cases.len() >= 4);
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let factors: Vec<&str> = case["factors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap())
+            .collect();
+        let obs: Vec<Observation> = case["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| Observation {
+                y: r["y"].as_f64().unwrap(),
+                in_a: r["in_a"].as_bool().unwrap(),
+                block: r["block"].as_str().unwrap(),
+                levels: r["levels"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|l| l.as_str())
+                    .collect(),
+            })
+            .collect();
+        let got = fit(&factors, &obs).expect("the model is identified");
+        // Both sides optimise the REML criterion numerically (lme4 by BOBYQA, ours by
+        // Nelder-Mead) and take Satterthwaite's derivatives by finite differences, so
+        // the agreement is to the optimisers' tolerance, stated per quantity.
+        let mut checks = vec![
+            (
+                "estimate",
+                got.estimate,
+                case["estimate"].as_f64().unwrap(),
+                1e-5,
+            ),
+            ("se", got.se, case["se"].as_f64().unwrap(), 1e-4),
+            ("df", got.df, case["df"].as_f64().unwrap(), 1e-3),
+            ("t", got.t, case["t"].as_f64().unwrap(), 1e-4),
+            ("p", got.p, case["p"].as_f64().unwrap(), 1e-3),
+            (
+                "residual",
+                got.var_residual,
+                case["residual"].as_f64().unwrap(),
+                1e-4,
+            ),
+        ];
+        for (c, want) in got
+            .components
+            .iter()
+            .zip(case["variances"].as_array().unwrap())
+        {
+            checks.push(("variance", c.variance, want.as_f64().unwrap(), 1e-3));
+        }
+        assert_eq!(got.components.len(), factors.len(), "{name}");
+        for (what, ours, theirs, relative) in checks {
+            assert!(
+                (ours - theirs).abs() <= relative * theirs.abs().max(1.0),
+                "{name} {what}: ours {ours}, lmerTest {theirs} (relative tolerance {relative})"
             );
         }
     }

@@ -9,6 +9,7 @@
 //! c = lambda / (1 + n lambda); the REML log-likelihood profiled over sigma^2 is then a
 //! function of lambda alone, maximised by golden-section search on log lambda.
 
+use super::linalg::cholesky_inverse;
 use statrs::distribution::{ContinuousCDF, Normal};
 use std::collections::BTreeMap;
 
@@ -188,46 +189,6 @@ fn profile(groups: &[Group], p: usize, n: usize, lambda: f64) -> Option<Profile>
         sigma2,
         inverse,
     })
-}
-
-/// The inverse and log determinant of a symmetric positive definite matrix by its
-/// Cholesky factor; None when it is not positive definite (a singular design).
-#[allow(clippy::needless_range_loop)]
-fn cholesky_inverse(a: &[Vec<f64>]) -> Option<(Vec<Vec<f64>>, f64)> {
-    let n = a.len();
-    let mut l = vec![vec![0.0; n]; n];
-    for i in 0..n {
-        for j in 0..=i {
-            let s: f64 = (0..j).map(|k| l[i][k] * l[j][k]).sum();
-            if i == j {
-                let d = a[i][i] - s;
-                if d <= 1e-12 * a[i][i].abs().max(1.0) {
-                    return None;
-                }
-                l[i][i] = d.sqrt();
-            } else {
-                l[i][j] = (a[i][j] - s) / l[j][j];
-            }
-        }
-    }
-    let log_det = 2.0 * (0..n).map(|i| l[i][i].ln()).sum::<f64>();
-    // Inverse of L (lower triangular), then A^-1 = L^-T L^-1.
-    let mut li = vec![vec![0.0; n]; n];
-    for i in 0..n {
-        li[i][i] = 1.0 / l[i][i];
-        for j in 0..i {
-            let s: f64 = (j..i).map(|k| l[i][k] * li[k][j]).sum();
-            li[i][j] = -s / l[i][i];
-        }
-    }
-    let inverse = (0..n)
-        .map(|i| {
-            (0..n)
-                .map(|j| (i.max(j)..n).map(|k| li[k][i] * li[k][j]).sum())
-                .collect()
-        })
-        .collect();
-    Some((inverse, log_det))
 }
 
 #[cfg(test)]

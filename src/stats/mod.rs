@@ -1,13 +1,16 @@
 //! The statistics floor every layer stands on: descriptives (one mean, one variance, one
 //! Pearson's r), seeded bootstrap intervals, effect sizes and tests, the linear mixed
-//! model for completions nested in conversations, and the psychometrics of the validity
+//! models (completions nested in conversations; crossed stimuli with Satterthwaite's
+//! df), and the psychometrics of the validity
 //! gate. Nothing here knows about runs, trials or reports: plain `f64` samples in,
-//! numbers out. Reference values from scipy and statsmodels are checked in
+//! numbers out. Reference values from scipy, statsmodels and lme4/lmerTest are checked in
 //! `tests/stats_reference.rs`.
 
 pub mod bootstrap;
+pub mod crossed;
 pub mod descriptives;
 pub mod effects;
+pub mod linalg;
 pub mod mixed;
 pub mod psychometrics;
 
