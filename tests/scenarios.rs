@@ -652,3 +652,65 @@ fn the_smoke_and_default_designs_render_what_they_rendered_before_condition_setu
         assert_eq!(hex::encode(h.finalize()), before, "{file}");
     }
 }
+
+#[test]
+fn crossed_assignment_shows_every_vignette_prompt_and_direction_equally_often_in_every_arm() {
+    use affectbench::scenario::study::{Assignment, CONTENT_FREE};
+    use affectbench::study::plan::{balanced_repetitions, expand, stimulus_cells, Question};
+    use std::collections::BTreeMap;
+    let lib = library();
+    let mut study =
+        Study::load(Path::new("scenarios/studies/affect-induction.toml"), &lib).unwrap();
+    let modulo = expand(&study, &lib, &["m".to_string()], 3);
+    study.assignment = Assignment::Crossed;
+    let reps = balanced_repetitions(&study, &lib);
+    let plan = expand(&study, &lib, &["m".to_string()], reps);
+    // Crossed ids never collide with the same study's modulo ids (content-free trials,
+    // which show no stimulus, keep theirs).
+    let stimulus_trials = |p: &affectbench::study::plan::Plan| -> Vec<String> {
+        p.trials
+            .iter()
+            .filter(|t| p.groups[t.group].condition != CONTENT_FREE)
+            .map(|t| t.id.clone())
+            .collect()
+    };
+    let crossed_ids = stimulus_trials(&plan);
+    assert!(stimulus_trials(&modulo)
+        .iter()
+        .all(|m| !crossed_ids.contains(m)));
+    for cond in &study.conditions {
+        let cells = stimulus_cells(&study, &lib, cond);
+        assert_eq!(reps % (2 * cells), 0, "{}", cond.name);
+        let groups: Vec<usize> = (0..plan.groups.len())
+            .filter(|&g| plan.groups[g].condition == cond.name)
+            .collect();
+        // (induction variant, system prompt, regulation variant, ascending) -> trials
+        type Cell = (Option<String>, Option<usize>, Option<String>, bool);
+        let mut per_cell: BTreeMap<Cell, usize> = BTreeMap::new();
+        for t in plan.trials.iter().filter(|t| groups.contains(&t.group)) {
+            let g = &plan.groups[t.group];
+            if let Question::Item { option_order, .. } = &t.question {
+                if option_order.len() < 2 {
+                    continue; // numeric answers show no options
+                }
+                let ascending = option_order.first() <= option_order.last();
+                *per_cell
+                    .entry((
+                        g.induction_variant.clone(),
+                        g.system_prompt_variant,
+                        g.regulation_variant.clone(),
+                        ascending,
+                    ))
+                    .or_default() += 1;
+            }
+        }
+        assert_eq!(per_cell.len(), 2 * cells, "{}: {per_cell:?}", cond.name);
+        let counts: Vec<usize> = per_cell.values().copied().collect();
+        assert!(
+            counts.iter().all(|&c| c == counts[0]),
+            "{}: unequal cells {per_cell:?}",
+            cond.name
+        );
+        assert_ne!(cond.name, CONTENT_FREE);
+    }
+}

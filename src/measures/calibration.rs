@@ -223,6 +223,7 @@ mod tests {
             induction_variant: None,
             regulation: None,
             regulation_variant: None,
+            system_prompt_variant: None,
             repetition: 0,
             question,
             prompt: String::new(),

@@ -208,6 +208,7 @@ mod tests {
             induction_variant: None,
             regulation: None,
             regulation_variant: None,
+            system_prompt_variant: None,
             repetition: if group == "g1" { 0 } else { 1 },
             question: Question::Item {
                 instrument: "scale".into(),

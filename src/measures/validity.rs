@@ -715,6 +715,7 @@ mod tests {
             induction_variant: None,
             regulation: None,
             regulation_variant: None,
+            system_prompt_variant: None,
             repetition: r,
             question: Question::Item {
                 instrument: "scale".into(),

@@ -194,6 +194,10 @@ pub struct StudyRecord {
     pub system_prompt: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub system_prompts: Vec<String>,
+    /// How repetitions picked their stimuli (absent in runs made before it was
+    /// recorded, which all used modulo assignment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignment: Option<crate::scenario::study::Assignment>,
     /// What follows each text (absent in runs made before it was recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acknowledgement: Option<Acknowledgement>,

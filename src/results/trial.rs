@@ -201,6 +201,10 @@ pub struct TrialRecord {
     pub induction_variant: Option<String>,
     pub regulation: Option<String>,
     pub regulation_variant: Option<String>,
+    /// Crossed assignment's system prompt (an index into the condition's list); absent
+    /// under modulo assignment, where repetition r uses prompt r mod n.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_prompt_variant: Option<usize>,
     pub repetition: usize,
     pub question: Question,
     pub prompt: String,

@@ -34,6 +34,8 @@ struct StudySpec {
     /// Paraphrases of the system prompt; repetition r uses r mod n.
     #[serde(default)]
     system_prompts: Vec<String>,
+    /// How repetitions pick their stimuli: "modulo" (default) or "crossed".
+    assignment: Option<String>,
     /// The fixed reply after each text (with acknowledgement_mode "fixed", the default).
     acknowledgement: Option<String>,
     /// "fixed" (default), "generated" (the model's own reply) or "none".
@@ -181,6 +183,32 @@ pub enum OptionOrder {
     /// position ("1 = extremely, 2 = not at all, ..."), so the scale as shown is not
     /// ordinal. Written `shuffle-positional` (or `shuffle`, as before 2026-11).
     ShufflePositional,
+}
+
+/// How a repetition picks its stimuli (induction variant, regulation variant, system
+/// prompt and, under counterbalanced option order, the direction of each item's options).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Assignment {
+    /// Repetition r uses variant r mod n of each list independently, and each trial's
+    /// option direction is drawn from its seed. Lists cross fully only where their
+    /// lengths are coprime. The default, and what every study did before 2026-12.
+    Modulo,
+    /// Repetition r uses cell r mod k of the full factorial of the condition's lists
+    /// (induction variant fastest, then system prompt, then regulation variant; k cells),
+    /// and under counterbalanced order the direction alternates by item and by pass over
+    /// the cells. With repetitions a multiple of 2k every cell and direction appears
+    /// equally often in the arm, and arms sharing lists share their cells.
+    Crossed,
+}
+
+impl Assignment {
+    pub fn name(self) -> &'static str {
+        match self {
+            Assignment::Modulo => "modulo",
+            Assignment::Crossed => "crossed",
+        }
+    }
 }
 
 impl OptionOrder {
@@ -409,6 +437,8 @@ pub struct Study {
     /// so no condition (the baseline least of all) is one conversation repeated, and
     /// arms that share a repetition share its wording.
     pub system_prompt_variants: Vec<String>,
+    /// How repetitions pick their stimuli.
+    pub assignment: Assignment,
     pub acknowledgement: Acknowledgement,
     pub option_order: OptionOrder,
     pub label_styles: Vec<LabelStyle>,
@@ -452,6 +482,17 @@ impl Study {
         }
     }
 
+    /// How many system prompts `condition`'s conversations rotate through (0: the chat
+    /// template's default, or one fixed prompt counts as 1).
+    pub fn system_prompt_count(&self, condition: &Condition) -> usize {
+        let own = condition.setup.system_prompts.len();
+        if own > 0 {
+            own
+        } else {
+            self.system_prompt_variants.len().max(1)
+        }
+    }
+
     /// What follows each text in `condition`: its own acknowledgement, else the study's.
     pub fn acknowledgement_in<'a>(&'a self, condition: &'a Condition) -> &'a Acknowledgement {
         condition
@@ -476,6 +517,7 @@ impl Study {
         };
         let (per_conversation, option_order, label_styles) = check.answer_format(&spec)?;
         check.system_prompts(&spec)?;
+        let assignment = check.assignment(&spec)?;
         let acknowledgement = check.acknowledgement(&spec)?;
         let calibration = check.calibration(&spec)?;
         check.sampling(&spec)?;
@@ -506,6 +548,7 @@ impl Study {
             max_reasks: spec.max_reasks,
             system_prompt: spec.system_prompt,
             system_prompt_variants: spec.system_prompts,
+            assignment,
             acknowledgement,
             option_order,
             label_styles,

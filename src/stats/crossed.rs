@@ -86,6 +86,8 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 }
 
 impl Design {
+    // Cross-products read as the formulas with explicit indices.
+    #[allow(clippy::needless_range_loop)]
     fn build(factors: &[usize], observations: &[Observation], blocks: &[&str]) -> Design {
         let n = observations.len();
         let p = 2 + blocks.len() - 1;
@@ -229,7 +231,7 @@ impl Design {
     /// The REML deviance (not profiled) at variance parameters `psi`.
     fn deviance(&self, active: &[usize], k: usize, psi: &[f64]) -> f64 {
         let residual = psi[psi.len() - 1];
-        if psi.iter().any(|&v| !(v > 0.0)) {
+        if psi.iter().any(|&v| v.is_nan() || v <= 0.0) {
             return f64::NAN;
         }
         self.evaluate(&self.theta_of(active, k, psi))

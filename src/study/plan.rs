@@ -1,14 +1,17 @@
 //! Expanding a study into groups and trials with stable ids and seeds.
 //!
-//! Variant assignment: repetition r of a condition uses variant r mod n of its induction
-//! and of its regulation (balanced, deterministic). Label style and option order are
-//! drawn per trial from the trial's own seeded stream.
+//! Variant assignment (`Assignment`): by default repetition r of a condition uses variant
+//! r mod n of its induction, its regulation and its system prompts; with `crossed` it
+//! walks the full factorial of those lists and alternates the counterbalanced option
+//! direction by item and pass. Label style (and, by default, option order) is drawn per
+//! trial from the trial's own seeded stream.
 
 use crate::results::LabelBinding;
 pub use crate::results::Question;
 use crate::rng::Stream;
 use crate::scenario::study::{
-    Calibration, Condition, OptionOrder, PerConversation, CONTENT_FREE, CONTENT_FREE_TEXTS,
+    Assignment, Calibration, Condition, OptionOrder, PerConversation, CONTENT_FREE,
+    CONTENT_FREE_TEXTS,
 };
 use crate::scenario::{Library, Study};
 use rand::seq::SliceRandom;
@@ -33,6 +36,91 @@ pub struct Group {
     pub induction_variant: Option<String>,
     pub regulation: Option<String>,
     pub regulation_variant: Option<String>,
+    /// Crossed assignment's system prompt (an index into the condition's list). None
+    /// under modulo assignment, where repetition r uses r mod n, so records stay as
+    /// they were before crossed assignment existed.
+    pub system_prompt_variant: Option<usize>,
+}
+
+/// Which stimuli repetition `rep` of a condition shows: an index into each of its lists
+/// and, under crossed assignment, which pass over the condition's cells it is in.
+struct Assigned {
+    induction: Option<usize>,
+    regulation: Option<usize>,
+    system_prompt: Option<usize>,
+    pass: Option<usize>,
+}
+
+/// The lengths of `cond`'s stimulus lists: induction variants, system prompts and
+/// regulation variants that rotate (1 where a list is absent or fixed).
+fn list_lengths(study: &Study, lib: &Library, cond: &Condition) -> [usize; 3] {
+    let inductions = cond
+        .induction
+        .as_ref()
+        .map_or(1, |e| lib.inductions[e].variants.len().max(1));
+    let regulations = cond.regulation.as_ref().map_or(1, |r| {
+        if r.variant.is_some() {
+            1
+        } else {
+            lib.regulations[&r.strategy].variants.len().max(1)
+        }
+    });
+    [inductions, study.system_prompt_count(cond), regulations]
+}
+
+/// The number of distinct stimulus cells (induction variant x system prompt x regulation
+/// variant) `cond` can show.
+pub fn stimulus_cells(study: &Study, lib: &Library, cond: &Condition) -> usize {
+    list_lengths(study, lib, cond).iter().product()
+}
+
+/// The repetitions that balance every condition under crossed assignment: the least
+/// common multiple of each condition's cells, doubled where the option direction is
+/// counterbalanced too.
+pub fn balanced_repetitions(study: &Study, lib: &Library) -> usize {
+    fn gcd(a: usize, b: usize) -> usize {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    let cells = study
+        .conditions
+        .iter()
+        .map(|c| stimulus_cells(study, lib, c))
+        .fold(1, |l, k| l / gcd(l, k) * k);
+    if study.option_order == OptionOrder::Counterbalanced {
+        cells * 2
+    } else {
+        cells
+    }
+}
+
+fn assign(study: &Study, lib: &Library, cond: &Condition, rep: usize) -> Assigned {
+    let [inductions, prompts, regulations] = list_lengths(study, lib, cond);
+    let rotates = cond
+        .regulation
+        .as_ref()
+        .is_some_and(|r| r.variant.is_none());
+    match study.assignment {
+        Assignment::Modulo => Assigned {
+            induction: cond.induction.as_ref().map(|_| rep % inductions),
+            regulation: rotates.then_some(rep % regulations),
+            system_prompt: None,
+            pass: None,
+        },
+        Assignment::Crossed => {
+            let cells = inductions * prompts * regulations;
+            let cell = rep % cells;
+            Assigned {
+                induction: cond.induction.as_ref().map(|_| cell % inductions),
+                system_prompt: Some(cell / inductions % prompts),
+                regulation: rotates.then_some(cell / (inductions * prompts)),
+                pass: Some(rep / cells),
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -140,10 +228,12 @@ fn content_free_bound(study: &Study, lib: &Library, repetitions: usize) -> usize
 
 /// The display order of an item's options (indices into the instrument's options) and
 /// how labels attach to them, drawn from the trial's perturbation stream.
+/// `ascending`, where crossed assignment fixes it, replaces the counterbalanced draw.
 fn order_options(
     design: OptionOrder,
     ins: &crate::scenario::Instrument,
     n_options: usize,
+    ascending: Option<bool>,
     rng: &mut impl Rng,
 ) -> (Vec<usize>, LabelBinding) {
     let mut order: Vec<usize> = (0..n_options).collect();
@@ -154,7 +244,7 @@ fn order_options(
             if let crate::scenario::Response::Options(opts) = &ins.response {
                 order.sort_by(|&a, &b| opts[a].value.total_cmp(&opts[b].value));
             }
-            if rng.random_bool(0.5) {
+            if !ascending.unwrap_or_else(|| !rng.random_bool(0.5)) {
                 order.reverse();
             }
             (order, LabelBinding::Option)
@@ -177,8 +267,10 @@ pub fn expand(study: &Study, lib: &Library, models: &[String], repetitions: usiz
     for model in models {
         for cond in &study.conditions {
             for rep in 0..repetitions {
-                let group = make_group(study, lib, model, cond, rep);
+                let assigned = assign(study, lib, cond, rep);
+                let group = make_group(study, lib, model, cond, rep, &assigned);
                 let gi = groups.len();
+                let mut item_index = 0usize;
                 for name in &cond.instruments {
                     let ins = &lib.instruments[name];
                     let items: Vec<Option<String>> = match study.per_conversation {
@@ -188,11 +280,16 @@ pub fn expand(study: &Study, lib: &Library, models: &[String], repetitions: usiz
                         PerConversation::All => vec![None],
                     };
                     for item in items {
-                        let coords = serde_json::json!({
-                            "study": study.info.id, "model": model, "condition": cond.name, "repetition": rep,
-                            "instrument": name, "item": item,
-                        });
+                        let coords = with_assignment(
+                            study,
+                            serde_json::json!({
+                                "study": study.info.id, "model": model, "condition": cond.name, "repetition": rep,
+                                "instrument": name, "item": item,
+                            }),
+                        );
                         let id = stable_id(&coords);
+                        let ascending = assigned.pass.map(|p| (p + item_index).is_multiple_of(2));
+                        item_index += 1;
                         let mut rng = Stream::Perturbation { trial: &id }.rng(study.seed);
                         let label_style =
                             study.label_styles[rng.random_range(0..study.label_styles.len())];
@@ -201,7 +298,7 @@ pub fn expand(study: &Study, lib: &Library, models: &[String], repetitions: usiz
                             crate::scenario::Response::Numeric { .. } => 0,
                         };
                         let (option_order, label_binding) =
-                            order_options(study.option_order, ins, n_options, &mut rng);
+                            order_options(study.option_order, ins, n_options, ascending, &mut rng);
                         trials.push(Trial {
                             id,
                             group: gi,
@@ -223,10 +320,13 @@ pub fn expand(study: &Study, lib: &Library, models: &[String], repetitions: usiz
                                 continue;
                             }
                             for index in 0..c.completions {
-                                let coords = serde_json::json!({
-                                    "study": study.info.id, "model": model, "condition": cond.name, "repetition": rep,
-                                    "task": c.task, "stem": stem.id, "completion": index,
-                                });
+                                let coords = with_assignment(
+                                    study,
+                                    serde_json::json!({
+                                        "study": study.info.id, "model": model, "condition": cond.name, "repetition": rep,
+                                        "task": c.task, "stem": stem.id, "completion": index,
+                                    }),
+                                );
                                 trials.push(Trial {
                                     id: stable_id(&coords),
                                     group: gi,
@@ -314,6 +414,7 @@ fn content_free_group(
             induction_variant: None,
             regulation: None,
             regulation_variant: None,
+            system_prompt_variant: None,
         });
         for (instrument, label_style, option_order, label_binding) in &arrangements {
             for content in CONTENT_FREE_TEXTS {
@@ -338,20 +439,44 @@ fn content_free_group(
     }
 }
 
-fn make_group(study: &Study, lib: &Library, model: &str, cond: &Condition, rep: usize) -> Group {
-    let induction_variant = cond.induction.as_ref().map(|e| {
-        let v = &lib.inductions[e].variants;
-        v[rep % v.len()].id.clone()
-    });
+/// `coords` with the assignment added under crossed assignment, so a crossed run's
+/// trials never share ids (and seeds) with the same study's modulo run; modulo
+/// coordinates are those of studies written before assignment existed.
+fn with_assignment(study: &Study, mut coords: serde_json::Value) -> serde_json::Value {
+    if study.assignment == Assignment::Crossed {
+        coords["assignment"] = study.assignment.name().into();
+    }
+    coords
+}
+
+fn make_group(
+    study: &Study,
+    lib: &Library,
+    model: &str,
+    cond: &Condition,
+    rep: usize,
+    assigned: &Assigned,
+) -> Group {
+    let induction_variant = cond
+        .induction
+        .as_ref()
+        .zip(assigned.induction)
+        .map(|(e, i)| lib.inductions[e].variants[i].id.clone());
     let regulation_variant = cond.regulation.as_ref().and_then(|r| {
         r.variant.clone().or_else(|| {
             let v = &lib.regulations[&r.strategy].variants;
-            (!v.is_empty()).then(|| v[rep % v.len()].id.clone())
+            assigned
+                .regulation
+                .filter(|_| !v.is_empty())
+                .map(|i| v[i].id.clone())
         })
     });
-    let coords = serde_json::json!({
-        "study": study.info.id, "model": model, "condition": cond.name, "repetition": rep,
-    });
+    let coords = with_assignment(
+        study,
+        serde_json::json!({
+            "study": study.info.id, "model": model, "condition": cond.name, "repetition": rep,
+        }),
+    );
     Group {
         id: stable_id(&coords),
         model: model.to_string(),
@@ -361,5 +486,6 @@ fn make_group(study: &Study, lib: &Library, model: &str, cond: &Condition, rep: 
         induction_variant,
         regulation: cond.regulation.as_ref().map(|r| r.strategy.clone()),
         regulation_variant,
+        system_prompt_variant: assigned.system_prompt,
     }
 }

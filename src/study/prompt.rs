@@ -27,9 +27,10 @@ pub fn prefix_steps(
     group: &Group,
 ) -> Vec<Step> {
     let mut steps = Vec::new();
+    let index = group.system_prompt_variant.unwrap_or(group.repetition);
     let system = match condition {
-        Some(c) => study.system_prompt_in(c, group.repetition),
-        None => study.system_prompt_for(group.repetition),
+        Some(c) => study.system_prompt_in(c, index),
+        None => study.system_prompt_for(index),
     };
     if let Some(s) = system {
         steps.push(Step::Message(Message::system(s.to_string())));

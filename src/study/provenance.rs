@@ -126,6 +126,7 @@ pub fn new_header(inputs: HeaderInputs<'_>) -> RunHeader {
             contrasts: study.contrasts.clone(),
             system_prompt: study.system_prompt.clone(),
             system_prompts: study.system_prompt_variants.clone(),
+            assignment: Some(study.assignment),
             acknowledgement: Some(study.acknowledgement.clone()),
             thinking: Some(study.thinking),
             deviations: study.deviations.clone(),

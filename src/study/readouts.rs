@@ -213,6 +213,7 @@ pub fn base_record(study: &Study, group: &Group, trial: &Trial, ctx: &GroupConte
         induction_variant: group.induction_variant.clone(),
         regulation: group.regulation.clone(),
         regulation_variant: group.regulation_variant.clone(),
+        system_prompt_variant: group.system_prompt_variant,
         repetition: group.repetition,
         question: trial.question.clone(),
         prompt_sha256: sha256_hex(prompt.as_bytes()),

@@ -83,6 +83,20 @@ pub fn default_scenarios_root(study_path: &Path) -> PathBuf {
     }
 }
 
+/// Crossed assignment balances its cells only over whole passes; say so before the run.
+fn warn_if_unbalanced(study: &Study, lib: &crate::scenario::Library, repetitions: usize) {
+    if study.assignment != crate::scenario::study::Assignment::Crossed {
+        return;
+    }
+    let balanced = crate::study::plan::balanced_repetitions(study, lib);
+    if !repetitions.is_multiple_of(balanced) {
+        eprintln!(
+            "warning: crossed assignment needs a multiple of {balanced} repetitions for every vignette x system prompt x option direction to appear equally often in every arm; with {repetitions} some cells appear once more than others (--repetitions {})",
+            repetitions.div_ceil(balanced) * balanced
+        );
+    }
+}
+
 /// Runs (or resumes) the study into `cfg.out_dir`.
 pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
     let (study, lib) = load_design(cfg)?;
@@ -96,6 +110,7 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
         )));
     }
     let plan = expand(&study, &lib, &labels, repetitions);
+    warn_if_unbalanced(&study, &lib, repetitions);
 
     let mut dir = RunDir::open(&cfg.out_dir)?;
     let previous = dir.existing_header()?;

@@ -74,6 +74,22 @@ impl Checks<'_> {
         Ok((per_conversation, option_order, label_styles))
     }
 
+    /// "modulo" (the default) or "crossed".
+    pub fn assignment(&self, spec: &StudySpec) -> Result<Assignment> {
+        match spec.assignment.as_deref() {
+            None | Some("modulo") => Ok(Assignment::Modulo),
+            Some("crossed") => Ok(Assignment::Crossed),
+            Some(o) => Err(self.bad(
+                "assignment",
+                format!(
+                    "assignment is '{o}'; use \"crossed\" (every vignette x system prompt x \
+                     option direction equally often in every arm) or \"modulo\" (repetition r \
+                     uses variant r mod n of each list, the default)"
+                ),
+            )),
+        }
+    }
+
     /// One system prompt or variants by repetition, never both, none empty.
     pub fn system_prompts(&self, spec: &StudySpec) -> Result<()> {
         if spec.system_prompt.is_some() && !spec.system_prompts.is_empty() {
