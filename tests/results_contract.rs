@@ -111,8 +111,8 @@ fn a_schema_1_run_and_its_schema_2_rerun_agree_on_every_value() {
     run_study(&cfg).unwrap();
     let new_header = read_header(&cfg.out_dir).unwrap();
     assert_eq!(new_header.schema, SCHEMA);
-    // The study as recorded then; the acknowledgement and the thinking switch are
-    // recorded since (the same fixed text the study file gives).
+    // The study as recorded then; the acknowledgement, the thinking switch and the
+    // assignment are recorded since (the same fixed text the study file gives).
     assert_eq!(
         new_header.study.acknowledgement,
         Some(affectbench::scenario::study::Acknowledgement::Fixed {
@@ -122,10 +122,16 @@ fn a_schema_1_run_and_its_schema_2_rerun_agree_on_every_value() {
     // And whether hybrid reasoning templates think (SmolLM2's has no switch).
     assert_eq!(new_header.study.thinking, Some(false));
     assert!(!new_header.models[0].thinking_switch);
+    // And the assignment (the smoke study's is the default, modulo).
+    assert_eq!(
+        new_header.study.assignment,
+        Some(affectbench::scenario::study::Assignment::Modulo)
+    );
     assert_eq!(
         affectbench::results::StudyRecord {
             acknowledgement: None,
             thinking: None,
+            assignment: None,
             ..new_header.study.clone()
         },
         old_header.study
