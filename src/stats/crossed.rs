@@ -88,18 +88,16 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 impl Design {
     // Cross-products read as the formulas with explicit indices.
     #[allow(clippy::needless_range_loop)]
-    fn build(factors: &[usize], observations: &[Observation], blocks: &[&str]) -> Design {
+    /// `factors` are the entering factors' indices, `levels` their sorted level names.
+    fn build(
+        factors: &[usize],
+        levels: &[&Vec<&str>],
+        observations: &[Observation],
+        blocks: &[&str],
+    ) -> Design {
         let n = observations.len();
         let p = 2 + blocks.len() - 1;
         let mean_y = observations.iter().map(|o| o.y).sum::<f64>() / n as f64;
-        // Level names per entering factor, then each Z column's factor.
-        let mut levels: Vec<Vec<&str>> = Vec::new();
-        for &f in factors {
-            let mut l: Vec<&str> = observations.iter().filter_map(|o| o.levels[f]).collect();
-            l.sort_unstable();
-            l.dedup();
-            levels.push(l);
-        }
         let column_factor: Vec<usize> = levels
             .iter()
             .enumerate()
@@ -338,15 +336,19 @@ pub fn fit(factors: &[&str], observations: &[Observation]) -> Option<CrossedFit>
     let mut blocks: Vec<&str> = observations.iter().map(|o| o.block).collect();
     blocks.sort_unstable();
     blocks.dedup();
-    let entering: Vec<usize> = (0..factors.len())
-        .filter(|&f| {
+    let levels: Vec<Vec<&str>> = (0..factors.len())
+        .map(|f| {
             let mut l: Vec<&str> = observations.iter().filter_map(|o| o.levels[f]).collect();
             l.sort_unstable();
             l.dedup();
-            l.len() >= 2
+            l
         })
         .collect();
-    let design = Design::build(&entering, observations, &blocks);
+    let entering: Vec<usize> = (0..factors.len())
+        .filter(|&f| levels[f].len() >= 2)
+        .collect();
+    let entering_levels: Vec<&Vec<&str>> = entering.iter().map(|&f| &levels[f]).collect();
+    let design = Design::build(&entering, &entering_levels, observations, &blocks);
     if design.n <= design.p {
         return None;
     }
@@ -378,15 +380,10 @@ pub fn fit(factors: &[&str], observations: &[Observation]) -> Option<CrossedFit>
     let components = entering
         .iter()
         .enumerate()
-        .map(|(c, &f)| {
-            let mut l: Vec<&str> = observations.iter().filter_map(|o| o.levels[f]).collect();
-            l.sort_unstable();
-            l.dedup();
-            Component {
-                factor: factors[f].to_string(),
-                levels: l.len(),
-                variance: theta[c] * theta[c] * sigma2,
-            }
+        .map(|(c, &f)| Component {
+            factor: factors[f].to_string(),
+            levels: levels[f].len(),
+            variance: theta[c] * theta[c] * sigma2,
         })
         .collect();
     Some(CrossedFit {
