@@ -67,6 +67,39 @@ pub struct ScaleScore {
     /// instrument. Two scores with the same content from a deterministic read-out are
     /// one observation, not two.
     pub content: String,
+    /// The texts the conversation showed, as its trials recorded them.
+    pub stimuli: Stimuli,
+}
+
+/// The stimuli of one conversation: which vignette (induction text), regulation text and
+/// system prompt it showed. They are a sample of the texts a design could have used, so
+/// an analysis that generalises beyond them treats each as a random factor.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stimuli {
+    /// "induction/variant", None without an induction text.
+    pub vignette: Option<String>,
+    /// "regulation/variant", None without a regulation text.
+    pub regulation: Option<String>,
+    /// The system prompt's index, recorded only under crossed assignment (under modulo
+    /// it is the repetition mod the number of prompts, which the study record knows).
+    pub system_prompt_variant: Option<usize>,
+}
+
+impl Stimuli {
+    /// The stimuli a trial recorded.
+    pub fn of(t: &TrialRecord) -> Stimuli {
+        let text = |name: &Option<String>, variant: &Option<String>| {
+            name.as_ref().map(|n| match variant {
+                Some(v) => format!("{n}/{v}"),
+                None => n.clone(),
+            })
+        };
+        Stimuli {
+            vignette: text(&t.induction, &t.induction_variant),
+            regulation: text(&t.regulation, &t.regulation_variant),
+            system_prompt_variant: t.system_prompt_variant,
+        }
+    }
 }
 
 impl Readout {
@@ -112,6 +145,7 @@ pub fn scale_scores<'a>(
             prompts.sort_unstable();
             crate::chat::sha256_hex(prompts.join(" ").as_bytes())
         };
+        let stimuli = Stimuli::of(trials[0]);
         let score = |subscale: &str, readout: Readout, value: f64| ScaleScore {
             model: model.clone(),
             condition: condition.clone(),
@@ -122,6 +156,7 @@ pub fn scale_scores<'a>(
             repetition,
             value,
             content: content.clone(),
+            stimuli: stimuli.clone(),
         };
         let whole = trials.iter().any(|t| t.question.is_whole_instrument());
         for readout in Readout::ALL {

@@ -5,17 +5,22 @@
 //! Every bootstrap draws from its own seeded stream named after what it estimates, so a
 //! figure does not depend on which other figures were computed or in what order.
 
+use super::confirmatory::{decisive, holm_confirmatory, Decision, Decisive, Role};
 use super::judging::{judge_agreement, judge_quality, JudgeAgreement, JudgeQuality};
 use super::load::RunData;
 use super::scores::{
-    completion_scores, conditions, models, scale_scores, scorer_value, scorers, CompletionScore,
-    ConditionInfo, Readout, ScaleScore,
+    completion_scores, conditions, models, scale_scores, scorer_value, scorers,
+    system_prompt_level, CompletionScore, ConditionInfo, Readout, ScaleScore,
+};
+use super::stimuli::{
+    completion_stimuli, crossed_completion_contrast, crossed_contrast, Levels, StimulusCounts,
 };
 use crate::measures::scores::distinct_observations;
 use crate::measures::{gate_verdicts, validity_checks, Check, GateVerdict, Verdict};
 use crate::results::{Question, TrialRecord};
 use crate::rng::Stream;
 use crate::scenario::study::DeclaredContrast;
+use crate::stats::crossed::CrossedFit;
 use crate::stats::mixed::{self, MixedFit};
 use crate::stats::{
     bootstrap, describe, hedges_g, hedges_g_vs_constant, holm, mann_whitney, mean, mean_difference,
@@ -79,6 +84,12 @@ pub struct Contrast {
     pub p_holm: f64,
     /// Which arm, if any, is one fixed conversation compared as a constant.
     pub constant: Option<Arm>,
+    /// The distinct texts each arm's n rests on.
+    pub stimuli_a: StimulusCounts,
+    pub stimuli_b: StimulusCounts,
+    /// The same difference with vignettes, system prompts and regulation texts as
+    /// crossed random factors (`stimuli::crossed_contrast`).
+    pub crossed: Option<CrossedFit>,
 }
 
 /// One arm of a contrast.
@@ -193,6 +204,12 @@ pub struct ValenceContrast {
     /// Every completion, with a random intercept per conversation and stems as fixed
     /// effects (REML; `mixed`); None where the design does not identify it.
     pub mixed: Option<MixedFit>,
+    /// Every completion with stems fixed and conversation, vignette and system prompt
+    /// as crossed random factors, on Satterthwaite's df (`stimuli`).
+    pub crossed: Option<CrossedFit>,
+    /// The distinct stimuli each arm's completions rest on.
+    pub stimuli_a: StimulusCounts,
+    pub stimuli_b: StimulusCounts,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -262,6 +279,15 @@ pub struct QuestionAnswer {
     /// For an equivalence question (`equivalence_margin`): the two one-sided tests, on
     /// the paired differences where the arms pair by repetition.
     pub tost: Option<Tost>,
+    /// The distinct texts each arm's n rests on (a difference of differences: a's and
+    /// b's arms only).
+    pub stimuli_a: StimulusCounts,
+    pub stimuli_b: StimulusCounts,
+    /// The difference with the stimuli as crossed random factors (None for a difference
+    /// of differences, and where the model cannot be fitted).
+    pub crossed: Option<CrossedFit>,
+    /// Confirmatory or exploratory, the test the answer rests on, and its verdict.
+    pub decision: Decision,
 }
 
 impl QuestionAnswer {
@@ -315,6 +341,8 @@ pub struct Analysis {
     pub identical_replicates: Vec<IdenticalReplicates>,
     /// Answers to the design's declared questions, in declaration order.
     pub questions: Vec<QuestionAnswer>,
+    /// The read-out the study declared its confirmatory questions on.
+    pub primary_readout: Option<String>,
     /// The validity gate's checks and, per model x instrument x read-out, its verdict.
     pub validity: Vec<Check>,
     pub gate: Vec<GateVerdict>,
@@ -399,17 +427,22 @@ impl Scale {
     }
 }
 
-/// The scale scores by cell, and by (seed, repetition) within a cell for the tests
-/// that pair arms observed at the same repetitions.
+/// The scale scores by cell, the stimuli each rests on (in the same order), and by
+/// (seed, repetition) within a cell for the tests that pair arms observed at the same
+/// repetitions.
 struct ScoreGroups {
     by_cell: BTreeMap<Cell, Vec<f64>>,
+    levels: BTreeMap<Cell, Vec<Levels>>,
     by_repetition: BTreeMap<Cell, BTreeMap<(u64, usize), f64>>,
 }
 
 impl ScoreGroups {
-    fn new(scores: &[ScaleScore]) -> Self {
+    /// `system_prompt` names a score's system prompt as a factor level
+    /// (`scores::system_prompt_level`).
+    fn new(scores: &[ScaleScore], system_prompt: impl Fn(&ScaleScore) -> String) -> Self {
         let mut groups = ScoreGroups {
             by_cell: BTreeMap::new(),
+            levels: BTreeMap::new(),
             by_repetition: BTreeMap::new(),
         };
         for s in scores {
@@ -425,9 +458,19 @@ impl ScoreGroups {
                 .entry(cell.clone())
                 .or_default()
                 .insert((s.seed, s.repetition), s.value);
+            groups.levels.entry(cell.clone()).or_default().push([
+                s.stimuli.vignette.clone(),
+                Some(system_prompt(s)),
+                s.stimuli.regulation.clone(),
+            ]);
             groups.by_cell.entry(cell).or_default().push(s.value);
         }
         groups
+    }
+
+    /// A cell's scores with the stimuli of each.
+    fn arm(&self, cell: &Cell) -> Option<(&[f64], &[Levels])> {
+        Some((self.by_cell.get(cell)?, self.levels.get(cell)?))
     }
 
     fn get(&self, cell: &Cell) -> Option<&Vec<f64>> {
@@ -548,8 +591,8 @@ struct Comparer<'a> {
 impl Comparer<'_> {
     /// Condition `a` minus condition `b` on `scale`; None where either was not measured.
     fn contrast(&self, family: &'static str, scale: &Scale, a: &str, b: &str) -> Option<Contrast> {
-        let xa = self.groups.get(&scale.cell(a))?;
-        let xb = self.groups.get(&scale.cell(b))?;
+        let (xa, la) = self.groups.arm(&scale.cell(a))?;
+        let (xb, lb) = self.groups.arm(&scale.cell(b))?;
         let Scale {
             model: m,
             instrument: i,
@@ -580,6 +623,9 @@ impl Comparer<'_> {
             mann_whitney: mann_whitney(xa, xb),
             p_holm: f64::NAN,
             constant: comparison.constant,
+            stimuli_a: StimulusCounts::of(la),
+            stimuli_b: StimulusCounts::of(lb),
+            crossed: crossed_contrast((xa, la), (xb, lb)),
         })
     }
 
@@ -695,7 +741,15 @@ pub fn analyse(data: &RunData, options: &ReportOptions) -> Analysis {
         .unwrap_or_else(|| data.headers.first().map(|h| h.seed).unwrap_or(0));
     let conds = conditions(data);
     let (scores, dropped) = distinct_observations(scale_scores(data));
-    let groups = ScoreGroups::new(&scores);
+    let groups = ScoreGroups::new(&scores, |s| {
+        system_prompt_level(
+            data,
+            s.seed,
+            &s.condition,
+            s.repetition,
+            s.stimuli.system_prompt_variant,
+        )
+    });
     let comparer = Comparer {
         groups: &groups,
         seed,
@@ -724,6 +778,10 @@ pub fn analyse(data: &RunData, options: &ReportOptions) -> Analysis {
         identical_replicates: identical_replicates(&scores, dropped),
         models: models(data),
         questions,
+        primary_readout: data
+            .headers
+            .iter()
+            .find_map(|h| h.study.primary_readout.clone()),
         validity,
         gate,
         scale_ranges: scale_ranges(data),
@@ -826,6 +884,10 @@ fn negativity(
             .iter()
             .filter_map(|(k, va)| stems_b.get(k).map(|vb| (*va, *vb)))
             .unzip();
+        let arms: Vec<&CompletionScore> = completions
+            .iter()
+            .filter(|x| &x.model == m && (&x.condition == c || &x.condition == reference))
+            .collect();
         contrasts.push(ValenceContrast {
             model: m.clone(),
             scorer: s.clone(),
@@ -856,6 +918,14 @@ fn negativity(
                     })
                     .collect::<Vec<_>>(),
             ),
+            crossed: crossed_completion_contrast(
+                arms.iter()
+                    .filter_map(|x| scorer_value(s, x).map(|y| (y, &x.condition == c, *x))),
+            ),
+            stimuli_a: completion_stimuli(arms.iter().copied().filter(|x| &x.condition == c)),
+            stimuli_b: completion_stimuli(
+                arms.iter().copied().filter(|x| &x.condition == reference),
+            ),
         });
     }
     (cells, contrasts)
@@ -877,6 +947,16 @@ fn answer_questions(
             }
         }
     }
+    let primary = data
+        .headers
+        .iter()
+        .find_map(|h| h.study.primary_readout.as_deref());
+    let ranges = scale_ranges(data);
+    let range = |c: &DeclaredContrast| {
+        ranges
+            .get(&(c.instrument.clone(), c.subscale.clone()))
+            .copied()
+    };
     let mut out = Vec::new();
     for model in models(data) {
         for readout in Readout::ALL {
@@ -888,13 +968,22 @@ fn answer_questions(
                     readout,
                 };
                 if c.second_pair().is_some() {
-                    out.extend(difference_of_differences(
-                        c, &model, &scale, groups, gate, seed, options,
-                    ));
+                    out.extend(
+                        difference_of_differences(c, &model, &scale, groups, gate, seed, options)
+                            .map(|mut q| {
+                                q.decision = Decision::new(
+                                    c,
+                                    Role::of(c, readout.name(), primary),
+                                    q.decision.decisive,
+                                    range(c),
+                                );
+                                q
+                            }),
+                    );
                     continue;
                 }
-                let arm = |cond: &str| groups.get(&scale.cell(cond));
-                let (Some(xa), Some(xb)) = (arm(&c.a), arm(&c.b)) else {
+                let arm = |cond: &str| groups.arm(&scale.cell(cond));
+                let (Some((xa, la)), Some((xb, lb))) = (arm(&c.a), arm(&c.b)) else {
                     continue;
                 };
                 // Arms observed at the same repetitions (and seeds) share each repetition's
@@ -927,7 +1016,7 @@ fn answer_questions(
                     c.family
                 );
                 let g = comparison.g;
-                let tost = c.equivalence_margin.map(|margin| {
+                let conversations = {
                     let (estimate, se, df) = match (&pairs, comparison.constant) {
                         (Some((a, b)), _) => {
                             let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
@@ -945,10 +1034,37 @@ fn answer_questions(
                             comparison.test.df,
                         ),
                     };
-                    tost(estimate, se, df, margin)
+                    Decisive {
+                        test: match (&pairs, comparison.constant) {
+                            (Some(_), _) => "paired t (by repetition)",
+                            (None, constant) => test_name(constant),
+                        },
+                        estimate,
+                        se,
+                        df,
+                    }
+                };
+                let tost = c.equivalence_margin.map(|margin| {
+                    tost(
+                        conversations.estimate,
+                        conversations.se,
+                        conversations.df,
+                        margin,
+                    )
                 });
+                let crossed = crossed_contrast((xa, la), (xb, lb));
+                let decision = Decision::new(
+                    c,
+                    Role::of(c, readout.name(), primary),
+                    decisive(crossed.as_ref(), conversations),
+                    range(c),
+                );
                 out.push(QuestionAnswer {
                     tost,
+                    stimuli_a: StimulusCounts::of(la),
+                    stimuli_b: StimulusCounts::of(lb),
+                    crossed,
+                    decision,
                     contrast: (*c).clone(),
                     model: model.clone(),
                     readout,
@@ -991,6 +1107,7 @@ fn answer_questions(
             out[i].p_holm = p;
         }
     }
+    holm_confirmatory(out.iter_mut().map(|q| (q.model.as_str(), &mut q.decision)));
     out
 }
 
@@ -1025,6 +1142,12 @@ fn difference_of_differences(
     if keys.len() < 3 {
         return None;
     }
+    let counts = |cond: &str| {
+        groups
+            .levels
+            .get(&scale.cell(cond))
+            .map_or_else(StimulusCounts::default, |l| StimulusCounts::of(l))
+    };
     let first: Vec<f64> = keys.iter().map(|k| cells[0][k] - cells[1][k]).collect();
     let second: Vec<f64> = keys.iter().map(|k| cells[2][k] - cells[3][k]).collect();
     let diffs: Vec<f64> = first.iter().zip(&second).map(|(x, y)| x - y).collect();
@@ -1060,6 +1183,20 @@ fn difference_of_differences(
         tost: c
             .equivalence_margin
             .map(|m| tost(mean(&diffs), standard_error(&diffs), (n - 1) as f64, m)),
+        stimuli_a: counts(&c.a),
+        stimuli_b: counts(&c.b),
+        crossed: None,
+        decision: Decision::new(
+            c,
+            Role::Exploratory,
+            Decisive {
+                test: "one-sample t of the paired difference of differences",
+                estimate: mean(&diffs),
+                se: standard_error(&diffs),
+                df: (n - 1) as f64,
+            },
+            None,
+        ),
     })
 }
 
@@ -1303,6 +1440,7 @@ mod difference_of_differences_tests {
             repetition,
             value,
             content: format!("{condition}/{repetition}"),
+            stimuli: Default::default(),
         }
     }
 
@@ -1328,6 +1466,9 @@ mod difference_of_differences_tests {
             d: Some("d".into()),
             equivalence_margin: margin,
             confound: None,
+            direction: Default::default(),
+            sesoi: margin,
+            exploratory: false,
         }
     }
 
@@ -1347,7 +1488,7 @@ mod difference_of_differences_tests {
         }
         // A fifth repetition seen in only one cell pairs with nothing and is left out.
         scores.push(score("a", 4, 100.0));
-        let groups = ScoreGroups::new(&scores);
+        let groups = ScoreGroups::new(&scores, |_| "0".to_string());
         let scale = anxiety_scale();
         let q = difference_of_differences(
             &contrast(Some(0.5)),
@@ -1386,7 +1527,7 @@ mod difference_of_differences_tests {
                 scores.push(score(cond, r, r as f64));
             }
         }
-        let groups = ScoreGroups::new(&scores);
+        let groups = ScoreGroups::new(&scores, |_| "0".to_string());
         let scale = anxiety_scale();
         assert!(difference_of_differences(
             &contrast(None),

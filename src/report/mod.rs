@@ -11,6 +11,7 @@
 pub mod analysis;
 pub mod bias;
 pub mod blocks;
+pub mod confirmatory;
 pub mod document;
 pub mod internal_states;
 pub mod judging;
@@ -20,6 +21,7 @@ pub mod load;
 pub mod plots;
 pub mod scores;
 pub mod specificity;
+pub mod stimuli;
 pub mod tables;
 
 use crate::error::{Error, IoContext, Result};

@@ -8,7 +8,7 @@ use crate::results::{Question, TrialRecord};
 use crate::scenario::Order;
 use std::collections::BTreeMap;
 
-pub use crate::measures::scores::{Readout, ScaleScore};
+pub use crate::measures::scores::{Readout, ScaleScore, Stimuli};
 
 /// A condition as the study declared it.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +50,10 @@ pub struct CompletionScore {
     /// The conversation (run seed and group) the completion was sampled in: completions
     /// of one conversation share its prefix and are not independent.
     pub conversation: String,
+    /// The conversation's vignette ("induction/variant"; None without an induction) and
+    /// system prompt (`system_prompt_level`): the stimuli it rests on.
+    pub vignette: Option<String>,
+    pub system_prompt: String,
     pub text: String,
     pub lexicon: f64,
     pub lexicon_words: usize,
@@ -195,6 +199,40 @@ pub fn scale_scores(data: &RunData) -> Vec<ScaleScore> {
     crate::measures::scale_scores(&data.trials, &data.scoring)
 }
 
+/// The system prompt a conversation showed, named as a level of the system-prompt
+/// factor: its index in the list it came from, recorded under crossed assignment and
+/// `repetition mod n` under modulo (the rule `study::prompt` applies). A condition with
+/// its own prompts names them after itself, so they never share a level with the
+/// study's. A study with one prompt (or the template's default) has the one level "0".
+pub fn system_prompt_level(
+    data: &RunData,
+    seed: u64,
+    condition: &str,
+    repetition: usize,
+    recorded: Option<usize>,
+) -> String {
+    let study = data
+        .headers
+        .iter()
+        .find(|h| h.seed == seed)
+        .or(data.headers.first())
+        .map(|h| &h.study);
+    let own = study
+        .and_then(|s| s.conditions.iter().find(|c| c.name == condition))
+        .map_or(0, |c| c.setup.system_prompts.len());
+    let count = if own > 0 {
+        own
+    } else {
+        study.map_or(1, |s| s.system_prompts.len().max(1))
+    };
+    let index = recorded.unwrap_or(repetition % count);
+    if own > 0 {
+        format!("{condition}:{index}")
+    } else {
+        index.to_string()
+    }
+}
+
 /// The judge's expected valence: sum of probability x option value.
 pub fn recorded_judge_valence(t: &TrialRecord) -> Option<f64> {
     t.judge.as_ref().map(|j| j.expected)
@@ -233,6 +271,14 @@ pub fn completion_scores(data: &RunData) -> Vec<CompletionScore> {
                 condition: t.condition.clone(),
                 stem: stem.clone(),
                 conversation: format!("{}/{}", t.seed, t.group_id),
+                vignette: Stimuli::of(t).vignette,
+                system_prompt: system_prompt_level(
+                    data,
+                    t.seed,
+                    &t.condition,
+                    t.repetition,
+                    t.system_prompt_variant,
+                ),
                 lexicon: lex.valence,
                 lexicon_words: lex.matched,
                 judge: recorded_judge_valence(t),

@@ -7,9 +7,11 @@ use super::bias;
 use super::lexicon;
 use super::load::RunData;
 use super::scores::recorded_judge_valence;
+use super::stimuli::StimulusCounts;
 use crate::error::Result;
 use crate::results::csv_table::{self, Num};
 use crate::results::{LabelBinding, Question, TrialRecord};
+use crate::stats::crossed::CrossedFit;
 use crate::stats::{BootstrapCi, HedgesG, MIN_N_BCA, MIN_N_INTERVAL};
 use serde::ser::{SerializeStruct, Serializer};
 use serde::Serialize;
@@ -254,18 +256,70 @@ struct QuestionRow {
     tost_ci90_high: Num,
     equivalence: &'static str,
     confound: String,
+    /// The declared confirmatory structure (`report::confirmatory`): the row's role, the
+    /// predicted sign, the smallest effect of interest (raw units), the test the answer
+    /// rests on with its estimate, SE, df and 95% CI, the question's p (one-sided in
+    /// the predicted direction; TOST for an equivalence question), Holm over the
+    /// model's confirmatory family, TOST against +-SESOI, and the verdict.
+    role: &'static str,
+    primary_readout: String,
+    direction: &'static str,
+    sesoi: Num,
+    decided_by: &'static str,
+    estimate: Num,
+    estimate_se: Num,
+    estimate_df: Num,
+    estimate_ci95_low: Num,
+    estimate_ci95_high: Num,
+    p_question: Num,
+    p_holm_confirmatory: Num,
+    sesoi_tost_p: Num,
+    verdict: &'static str,
+    /// The estimate as a percentage of the scale's range (POMP), with its 95% CI.
+    pomp: Num,
+    pomp_ci95_low: Num,
+    pomp_ci95_high: Num,
+    /// The crossed random-effects model (vignette, system prompt, regulation text as
+    /// samples; `stats::crossed`), and the variance each factor took.
+    crossed_estimate: Num,
+    crossed_se: Num,
+    crossed_df: Num,
+    crossed_p: Num,
+    var_vignette: Num,
+    var_system_prompt: Num,
+    var_regulation_text: Num,
+    var_residual: Num,
+    /// The distinct stimuli each arm's n rests on.
+    vignettes_a: usize,
+    vignettes_b: usize,
+    system_prompts_a: usize,
+    system_prompts_b: usize,
+    regulation_texts_a: usize,
+    regulation_texts_b: usize,
 }
 
 /// Writes the answers to the declared questions as `questions.csv`, one row per
 /// question x model x read-out (wide: one column per statistic).
 pub fn write_questions_csv(dir: &Path, a: &Analysis, seeds: &str) -> Result<()> {
+    let primary = a.primary_readout.clone().unwrap_or_else(|| "NA".into());
     let rows = a.questions.iter().map(|q| {
         let (ci, ci_method) = match q.difference.shown(interval_n(q.n_a, q.n_b, q.constant)) {
             Some((i, m)) => ((i.low, i.high), m),
             None => ((f64::NAN, f64::NAN), "none"),
         };
         let c = &q.contrast;
+        let d = &q.decision;
         let paired = |x: fn(&crate::stats::PairedT) -> f64| Num::or_na(q.paired.as_ref().map(x));
+        // A factor that did not vary (or did not enter) took no variance: 0 where the
+        // model was fitted, NA where it was not.
+        let component = |factor: &str| {
+            Num::or_na(q.crossed.as_ref().map(|f| {
+                f.components
+                    .iter()
+                    .find(|k| k.factor == factor)
+                    .map_or(0.0, |k| k.variance)
+            }))
+        };
         QuestionRow {
             question: c.question.clone(),
             family: c.family.clone(),
@@ -314,6 +368,37 @@ pub fn write_questions_csv(dir: &Path, a: &Analysis, seeds: &str) -> Result<()> 
             tost_ci90_high: Num::or_na(q.tost.map(|t| t.ci90.high)),
             equivalence: q.equivalence().map_or("NA", |e| e.name()),
             confound: c.confound.clone().unwrap_or_else(|| "NA".into()),
+            role: d.role.name(),
+            primary_readout: primary.clone(),
+            direction: c.direction.name(),
+            sesoi: Num::or_na(c.sesoi),
+            decided_by: d.decisive.test,
+            estimate: Num(d.decisive.estimate),
+            estimate_se: Num(d.decisive.se),
+            estimate_df: Num(d.decisive.df),
+            estimate_ci95_low: Num(d.ci95.low),
+            estimate_ci95_high: Num(d.ci95.high),
+            p_question: Num(d.p),
+            p_holm_confirmatory: Num(d.p_holm),
+            sesoi_tost_p: Num::or_na(d.sesoi.map(|t| t.p)),
+            verdict: d.verdict(c),
+            pomp: Num::or_na(d.pomp.map(|p| p.0)),
+            pomp_ci95_low: Num::or_na(d.pomp.map(|p| p.1.low)),
+            pomp_ci95_high: Num::or_na(d.pomp.map(|p| p.1.high)),
+            crossed_estimate: Num::or_na(q.crossed.as_ref().map(|f| f.estimate)),
+            crossed_se: Num::or_na(q.crossed.as_ref().map(|f| f.se)),
+            crossed_df: Num::or_na(q.crossed.as_ref().map(|f| f.df)),
+            crossed_p: Num::or_na(q.crossed.as_ref().map(|f| f.p)),
+            var_vignette: component("vignette"),
+            var_system_prompt: component("system prompt"),
+            var_regulation_text: component("regulation text"),
+            var_residual: Num::or_na(q.crossed.as_ref().map(|f| f.var_residual)),
+            vignettes_a: q.stimuli_a.vignettes,
+            vignettes_b: q.stimuli_b.vignettes,
+            system_prompts_a: q.stimuli_a.system_prompts,
+            system_prompts_b: q.stimuli_b.system_prompts,
+            regulation_texts_a: q.stimuli_a.regulation_texts,
+            regulation_texts_b: q.stimuli_b.regulation_texts,
         }
     });
     csv_table::write_table(&dir.join("questions.csv"), rows, QuestionRow::default())
@@ -496,11 +581,47 @@ fn contrasts_table(a: &Analysis) -> Tidy {
                     ("mann_whitney_p", c.mann_whitney.p),
                     ("welch_p_holm", c.p_holm),
                 ],
+                &stimulus_stats(&c.stimuli_a, &c.stimuli_b, c.crossed.as_ref()),
             ]
             .concat(),
         );
     }
     contrasts
+}
+
+/// The distinct stimuli of each arm and the crossed random-effects fit, as tidy
+/// statistics (NaN where the model was not fitted; a factor that did not enter took 0).
+fn stimulus_stats(
+    a: &StimulusCounts,
+    b: &StimulusCounts,
+    crossed: Option<&CrossedFit>,
+) -> Vec<(&'static str, f64)> {
+    let fit = |x: fn(&CrossedFit) -> f64| crossed.map_or(f64::NAN, x);
+    let component = |factor: &str| {
+        crossed.map_or(f64::NAN, |f| {
+            f.components
+                .iter()
+                .find(|k| k.factor == factor)
+                .map_or(0.0, |k| k.variance)
+        })
+    };
+    vec![
+        ("vignettes_a", a.vignettes as f64),
+        ("vignettes_b", b.vignettes as f64),
+        ("system_prompts_a", a.system_prompts as f64),
+        ("system_prompts_b", b.system_prompts as f64),
+        ("regulation_texts_a", a.regulation_texts as f64),
+        ("regulation_texts_b", b.regulation_texts as f64),
+        ("crossed_estimate", fit(|f| f.estimate)),
+        ("crossed_se", fit(|f| f.se)),
+        ("crossed_df", fit(|f| f.df)),
+        ("crossed_p", fit(|f| f.p)),
+        ("crossed_var_conversation", component("conversation")),
+        ("crossed_var_vignette", component("vignette")),
+        ("crossed_var_system_prompt", component("system prompt")),
+        ("crossed_var_regulation_text", component("regulation text")),
+        ("crossed_var_residual", fit(|f| f.var_residual)),
+    ]
 }
 
 /// Whether each regulated condition returned to baseline (the equivalence test).
@@ -606,6 +727,8 @@ fn valence_table(a: &Analysis) -> Tidy {
                         v.mixed.map_or(f64::NAN, |f| f.var_residual),
                     ),
                 ],
+                // Conversation, vignette and system prompt as crossed samples.
+                &stimulus_stats(&v.stimuli_a, &v.stimuli_b, v.crossed.as_ref()),
             ]
             .concat(),
         );

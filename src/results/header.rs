@@ -188,6 +188,10 @@ pub struct StudyRecord {
     /// The questions the design declares (`[[contrast]]`), expanded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub contrasts: Vec<DeclaredContrast>,
+    /// The read-out the confirmatory questions are answered on (absent: none declared,
+    /// and in runs made before it could be).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_readout: Option<String>,
     /// The system prompt, or its variants by repetition (both absent: the chat
     /// template's default; absent too in runs made before they were recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -50,6 +50,9 @@ struct StudySpec {
     positive_control: Option<PositiveControlSpec>,
     #[serde(default)]
     contrast: Vec<ContrastSpec>,
+    /// The read-out the confirmatory questions are answered on: "probability",
+    /// "calibrated" or "generated". Without it every question is exploratory.
+    primary_readout: Option<String>,
     /// "content-free" (default) or "none".
     calibration: Option<String>,
     /// Whether models whose chat template has a thinking switch (Qwen 3) think before
@@ -95,6 +98,14 @@ struct ContrastSpec {
     equivalence_margin: Option<f64>,
     /// A confound the design leaves open, shown beside the answer.
     confound: Option<String>,
+    /// The predicted sign of a - b: "a > b", "a < b" or "either" (the default).
+    direction: Option<String>,
+    /// The smallest effect of interest, in raw scale-score units (an equivalence
+    /// question's margin is its SESOI).
+    sesoi: Option<f64>,
+    /// Asked, but outside the confirmatory family (default false).
+    #[serde(default)]
+    exploratory: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -359,6 +370,52 @@ pub struct DeclaredContrast {
     /// A confound the design leaves open for this question.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confound: Option<String>,
+    /// The predicted sign of the difference (absent: either, the test is two-sided).
+    #[serde(default, skip_serializing_if = "Direction::is_either")]
+    pub direction: Direction,
+    /// The smallest effect of interest in raw scale-score units (for an equivalence
+    /// question, its margin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sesoi: Option<f64>,
+    /// Declared outside the confirmatory family.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exploratory: bool,
+}
+
+/// The sign a question predicts for its difference (a - b).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Direction {
+    #[default]
+    #[serde(rename = "either")]
+    Either,
+    #[serde(rename = "a > b")]
+    Greater,
+    #[serde(rename = "a < b")]
+    Less,
+}
+
+impl Direction {
+    pub fn is_either(&self) -> bool {
+        *self == Direction::Either
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Either => "either",
+            Direction::Greater => "a > b",
+            Direction::Less => "a < b",
+        }
+    }
+
+    /// Parses the study file's spelling (spaces optional: "a>b" is "a > b").
+    pub fn parse(text: &str) -> Option<Direction> {
+        match text.split_whitespace().collect::<String>().as_str() {
+            "either" => Some(Direction::Either),
+            "a>b" => Some(Direction::Greater),
+            "a<b" => Some(Direction::Less),
+            _ => None,
+        }
+    }
 }
 
 impl DeclaredContrast {
@@ -446,6 +503,9 @@ pub struct Study {
     pub completion: Option<Completion>,
     pub positive_control: Option<PositiveControl>,
     pub contrasts: Vec<DeclaredContrast>,
+    /// The read-out confirmatory questions are answered on (`Readout::name`); None: no
+    /// question is confirmatory.
+    pub primary_readout: Option<String>,
     pub calibration: Calibration,
     /// Passed as `enable_thinking` to chat templates that read it.
     pub thinking: bool,
@@ -525,6 +585,7 @@ impl Study {
         let capture = check.capture(&spec)?;
         let positive_control = check.positive_control(&spec, &mut conditions)?;
         let contrasts = check.contrasts(&spec, &conditions)?;
+        let primary_readout = check.primary_readout(&spec)?;
         check.has_conditions(&conditions)?;
         let completion = check.completion(spec.completion, &conditions)?;
         let deviations = check.deviations(&spec.deviation)?;
@@ -556,6 +617,7 @@ impl Study {
             completion,
             positive_control,
             contrasts,
+            primary_readout,
             calibration,
             thinking: spec.thinking.unwrap_or(false),
             capture,

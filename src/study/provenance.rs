@@ -124,6 +124,7 @@ pub fn new_header(inputs: HeaderInputs<'_>) -> RunHeader {
             temperature: study.temperature,
             positive_control: study.positive_control.clone(),
             contrasts: study.contrasts.clone(),
+            primary_readout: study.primary_readout.clone(),
             system_prompt: study.system_prompt.clone(),
             system_prompts: study.system_prompt_variants.clone(),
             assignment: Some(study.assignment),

@@ -582,6 +582,38 @@ impl Checks<'_> {
                         ));
                     }
                 }
+                let direction = match &c.direction {
+                    None => Direction::Either,
+                    Some(text) => Direction::parse(text).ok_or_else(|| {
+                        self.bad(
+                            "direction",
+                            format!("direction is \"{text}\"; write \"a > b\" (a - b predicted positive), \"a < b\" or \"either\" (two-sided)"),
+                        )
+                    })?,
+                };
+                if let Some(s) = c.sesoi {
+                    if !(s.is_finite() && s > 0.0) {
+                        return Err(self.bad(
+                            "sesoi",
+                            format!("sesoi is {s}; give the smallest difference of interest in raw scale-score units, above 0"),
+                        ));
+                    }
+                }
+                let sesoi = match (c.sesoi, c.equivalence_margin) {
+                    (Some(s), Some(m)) if s != m => {
+                        return Err(self.bad(
+                            "sesoi",
+                            format!("question \"{}\" gives sesoi {s} and equivalence_margin {m}; an equivalence question's margin is its smallest effect of interest, so give one of them", c.question),
+                        ))
+                    }
+                    (s, m) => s.or(m),
+                };
+                if c.equivalence_margin.is_some() && !direction.is_either() {
+                    return Err(self.bad(
+                        "direction",
+                        format!("question \"{}\" is an equivalence question (equivalence_margin) and predicts no sign; drop its direction", c.question),
+                    ));
+                }
                 let mut named: Vec<(&String, &String)> = vec![(&a, &c.a), (&b, &c.b)];
                 if let (Some((x, y)), Some(cx), Some(dy)) = (&second, &c.c, &c.d) {
                     named.push((x, cx));
@@ -660,10 +692,38 @@ impl Checks<'_> {
                     d: second.map(|s| s.1),
                     equivalence_margin: c.equivalence_margin,
                     confound: c.confound.as_deref().map(fill),
+                    direction,
+                    sesoi,
+                    exploratory: c.exploratory,
                 });
             }
         }
         Ok(contrasts)
+    }
+
+    /// The read-out confirmatory questions are answered on: one of the three read-out
+    /// names, and only with questions to answer.
+    pub fn primary_readout(&self, spec: &StudySpec) -> Result<Option<String>> {
+        let Some(name) = &spec.primary_readout else {
+            return Ok(None);
+        };
+        let known = ["probability", "calibrated", "generated"];
+        if !known.contains(&name.as_str()) {
+            return Err(self.bad(
+                "primary_readout",
+                format!(
+                    "primary_readout is \"{name}\"; it is one of {}",
+                    known.join(", ")
+                ),
+            ));
+        }
+        if spec.contrast.iter().all(|c| c.exploratory) {
+            return Err(self.bad(
+                "primary_readout",
+                "primary_readout is set but no [[contrast]] is confirmatory; declare the questions it answers, or drop it".into(),
+            ));
+        }
+        Ok(Some(name.clone()))
     }
 
     /// The sentence-completion task: a defined task and stems, unsteered conditions
