@@ -312,14 +312,8 @@ pub fn write_questions_csv(dir: &Path, a: &Analysis, seeds: &str) -> Result<()> 
         let paired = |x: fn(&crate::stats::PairedT) -> f64| Num::or_na(q.paired.as_ref().map(x));
         // A factor that did not vary (or did not enter) took no variance: 0 where the
         // model was fitted, NA where it was not.
-        let component = |factor: &str| {
-            Num::or_na(q.crossed.as_ref().map(|f| {
-                f.components
-                    .iter()
-                    .find(|k| k.factor == factor)
-                    .map_or(0.0, |k| k.variance)
-            }))
-        };
+        let component =
+            |factor: &str| Num::or_na(q.crossed.as_ref().map(|f| f.variance_of(factor)));
         QuestionRow {
             question: c.question.clone(),
             family: c.family.clone(),
@@ -597,14 +591,7 @@ fn stimulus_stats(
     crossed: Option<&CrossedFit>,
 ) -> Vec<(&'static str, f64)> {
     let fit = |x: fn(&CrossedFit) -> f64| crossed.map_or(f64::NAN, x);
-    let component = |factor: &str| {
-        crossed.map_or(f64::NAN, |f| {
-            f.components
-                .iter()
-                .find(|k| k.factor == factor)
-                .map_or(0.0, |k| k.variance)
-        })
-    };
+    let component = |factor: &str| crossed.map_or(f64::NAN, |f| f.variance_of(factor));
     vec![
         ("vignettes_a", a.vignettes as f64),
         ("vignettes_b", b.vignettes as f64),

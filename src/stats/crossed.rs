@@ -56,6 +56,16 @@ pub struct CrossedFit {
     pub observations: usize,
 }
 
+impl CrossedFit {
+    /// The variance `factor` took: 0 where it did not vary, so it never entered.
+    pub fn variance_of(&self, factor: &str) -> f64 {
+        self.components
+            .iter()
+            .find(|k| k.factor == factor)
+            .map_or(0.0, |k| k.variance)
+    }
+}
+
 /// The sufficient cross-products of one design: X (intercept, arm, block dummies), Z
 /// (one column per factor level) and the centred response.
 struct Design {
