@@ -32,6 +32,12 @@ pub enum Stream<'a> {
     Generate,
     /// Row `row` of the bench's sampled lockstep batch.
     BenchRow { row: usize },
+    /// Simulated study `simulation` of `affectbench plan` for one question (the same
+    /// draws for every candidate design, so designs compare on common random numbers).
+    PlanSimulation {
+        question: &'a str,
+        simulation: usize,
+    },
     /// A free-form name (tests, examples and callers of the generation API with their
     /// own sequence ids). The study runner never uses it.
     Named(&'a str),
@@ -50,6 +56,10 @@ impl Stream<'_> {
             Stream::Bootstrap { statistic } => format!("report/{statistic}"),
             Stream::Generate => "generate".to_string(),
             Stream::BenchRow { row } => format!("bench/{row}"),
+            Stream::PlanSimulation {
+                question,
+                simulation,
+            } => format!("plan/{question}/{simulation}"),
             Stream::Named(name) => name.to_string(),
         }
     }
@@ -115,6 +125,13 @@ mod tests {
             ),
             (Stream::Generate, "generate"),
             (Stream::BenchRow { row: 4 }, "bench/4"),
+            (
+                Stream::PlanSimulation {
+                    question: "q",
+                    simulation: 2,
+                },
+                "plan/q/2",
+            ),
             (Stream::Named("trial-1"), "trial-1"),
         ];
         for (stream, name) in cases {

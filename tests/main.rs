@@ -12,6 +12,7 @@
 mod common;
 
 mod cli;
+mod confirmatory;
 mod determinism;
 mod fixed_plan;
 mod forward_parity;

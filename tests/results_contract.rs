@@ -98,6 +98,7 @@ fn a_schema_1_run_and_its_schema_2_rerun_agree_on_every_value() {
         seed: Some(old_header.seed),
         repetitions: Some(old_header.repetitions),
         max_trials: None,
+        repetitions_now: None,
         engine: EngineConfig {
             threads: 2,
             ..EngineConfig::default()

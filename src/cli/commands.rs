@@ -2,8 +2,8 @@
 
 use super::{
     BatchingArg, BenchArgs, Cli, Command, EngineArgs, GenerateArgs, Int8KernelArg, JudgeArgs,
-    MergeArgs, ModelArgs, ModelsCommand, OpsArg, ProbeArgs, ReportArgs, RunArgs, SourceArg,
-    TokenizeArgs, ValidateArgs, WeightsArg,
+    MergeArgs, ModelArgs, ModelsCommand, OpsArg, PlanArgs, PreregArgs, ProbeArgs, ReportArgs,
+    RunArgs, SourceArg, TokenizeArgs, ValidateArgs, WeightsArg,
 };
 use affectbench::cache;
 use affectbench::chat::Message;
@@ -53,6 +53,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::ValidateInstrument(args) => validate_instrument(&registry, args, &detected),
         Command::Judge(args) => judge(&registry, args, threads),
         Command::Probe(args) => probe(args),
+        Command::Plan(args) => plan(args),
+        Command::Prereg(args) => prereg(args),
     }
 }
 
@@ -65,9 +67,12 @@ fn uses_candle_ops(command: &Command) -> bool {
         Command::ValidateInstrument(a) => &a.model.engine,
         Command::Judge(a) => &a.model.engine,
         Command::Run(a) => &a.engine,
-        Command::Models(_) | Command::Report(_) | Command::Merge(_) | Command::Probe(_) => {
-            return false
-        }
+        Command::Models(_)
+        | Command::Report(_)
+        | Command::Merge(_)
+        | Command::Probe(_)
+        | Command::Plan(_)
+        | Command::Prereg(_) => return false,
     };
     engine.candle_kernels
         || matches!(engine.ops, OpsArg::Reference)
@@ -496,6 +501,7 @@ fn run_config(
         seed: target.seed,
         repetitions: target.repetitions,
         max_trials,
+        repetitions_now: None,
         engine,
         show_progress: std::io::stderr().is_terminal(),
         progress_every,
@@ -567,7 +573,200 @@ fn run_study_command(registry: &Registry, args: RunArgs, threads: &Detected<usiz
         std::time::Duration::from_secs_f64(args.progress_every.max(0.01)),
         args.directions.clone(),
     )?;
+    if let Some(file) = &args.prereg {
+        keep_preregistration(file, &cfg, args.until_precision)?;
+    }
+    if args.until_precision {
+        return run_until_precision(cfg, args.precision_step, args.no_report);
+    }
     run_then_report(&cfg, args.no_report)?;
+    Ok(())
+}
+
+/// The step `--until-precision` runs in by default: the balanced count under crossed
+/// assignment, else every system prompt in both option directions.
+fn default_precision_step(
+    study: &affectbench::scenario::Study,
+    lib: &affectbench::scenario::Library,
+) -> usize {
+    if study.assignment == affectbench::scenario::study::Assignment::Crossed {
+        affectbench::study::plan::balanced_repetitions(study, lib)
+    } else {
+        study.system_prompt_variants.len().max(1) * 2
+    }
+}
+
+/// `run --prereg FILE`: checks the file's hash, warns where the run about to start
+/// departs from it, and keeps a copy in the run directory for the report.
+fn keep_preregistration(
+    file: &std::path::Path,
+    cfg: &RunConfig,
+    until_precision: bool,
+) -> Result<()> {
+    use affectbench::study::prereg::{Preregistration, Stopping, FILE_NAME};
+    let p = Preregistration::read(file)?;
+    anyhow::ensure!(
+        p.sha256 == p.content_hash(),
+        "{}: its sha256 does not match its content, so it was edited after `affectbench \
+         prereg` wrote it; write a new one (and say why in the paper)",
+        file.display()
+    );
+    let (study, _, _) = affectbench::study::runner::plan_for(
+        &cfg.study_path,
+        cfg.scenarios_root.as_deref(),
+        &[],
+        None,
+    )?;
+    if study.info.sha256 != p.study_sha256 {
+        eprintln!(
+            "warning: {} has changed since it was preregistered ({}); the report will list \
+             the deviations",
+            cfg.study_path.display(),
+            file.display()
+        );
+    }
+    let planned_precision = matches!(p.stopping, Stopping::UntilPrecision { .. });
+    if planned_precision != until_precision {
+        eprintln!(
+            "warning: the preregistered stopping rule is '{}'; this run {} --until-precision",
+            p.stopping.describe(),
+            if until_precision {
+                "uses"
+            } else {
+                "does not use"
+            }
+        );
+    }
+    std::fs::create_dir_all(&cfg.out_dir)
+        .with_context(|| format!("creating {}", cfg.out_dir.display()))?;
+    let copy = cfg.out_dir.join(FILE_NAME);
+    if copy.exists() {
+        let kept = Preregistration::read(&copy)?;
+        anyhow::ensure!(
+            kept.sha256 == p.sha256,
+            "{} already keeps another preregistration ({}); a run answers to one",
+            cfg.out_dir.display(),
+            copy.display()
+        );
+    }
+    p.write(&copy)?;
+    eprintln!("preregistration {} kept as {}", p.sha256, copy.display());
+    Ok(())
+}
+
+/// `affectbench prereg`: the study's plan frozen and hashed.
+fn prereg(args: PreregArgs) -> Result<()> {
+    use affectbench::study::prereg::{Preregistration, Stopping};
+    let (study, lib, _) =
+        affectbench::study::runner::plan_for(&args.study, args.scenarios.as_deref(), &[], None)?;
+    let repetitions = args.repetitions.unwrap_or(study.repetitions);
+    let stopping = if args.until_precision {
+        Stopping::UntilPrecision {
+            repetitions,
+            step: args
+                .precision_step
+                .unwrap_or_else(|| default_precision_step(&study, &lib)),
+        }
+    } else {
+        Stopping::Fixed { repetitions }
+    };
+    if study.primary_readout.is_none() {
+        eprintln!(
+            "warning: {} declares no primary_readout, so every question is exploratory and \
+             the preregistration freezes no confirmatory test",
+            args.study.display()
+        );
+    }
+    let p = Preregistration::new(&study, &lib, stopping, args.model.clone());
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from(format!("{}.prereg.json", study.info.id)));
+    p.write(&out)?;
+    let confirmatory = p.questions.iter().filter(|q| !q.exploratory).count();
+    eprintln!(
+        "{} questions ({} not marked exploratory), primary read-out {}, stopping rule: {}",
+        p.questions.len(),
+        confirmatory,
+        p.primary_readout.as_deref().unwrap_or("none"),
+        p.stopping.describe()
+    );
+    println!("{}  {}", p.sha256, out.display());
+    Ok(())
+}
+
+/// `run --until-precision`: the repetitions in blocks, each a resume of the last, with
+/// the confirmatory questions' precision checked after each; the report at the end
+/// describes what was run.
+fn run_until_precision(mut cfg: RunConfig, step: Option<usize>, no_report: bool) -> Result<()> {
+    use affectbench::report::planning::run_precision;
+    let (study, lib, _) = affectbench::study::runner::plan_for(
+        &cfg.study_path,
+        cfg.scenarios_root.as_deref(),
+        &[],
+        None,
+    )?;
+    let targets = study
+        .contrasts
+        .iter()
+        .filter(|c| !c.exploratory && (c.sesoi.is_some() || c.equivalence_margin.is_some()))
+        .count();
+    anyhow::ensure!(
+        study.primary_readout.is_some() && targets > 0,
+        "--until-precision needs confirmatory questions with a precision target: {} must \
+         declare primary_readout and, on a [[contrast]] not marked exploratory, sesoi or \
+         equivalence_margin (docs/guide/studies.md, \"Planning\")",
+        cfg.study_path.display()
+    );
+    let total = cfg.repetitions.unwrap_or(study.repetitions);
+    let step = step
+        .unwrap_or_else(|| default_precision_step(&study, &lib))
+        .max(1);
+    affectbench::interrupt::install().context("installing the signal handlers")?;
+    eprintln!("results: {}", cfg.out_dir.display());
+    let mut upto = step.min(total);
+    loop {
+        cfg.repetitions_now = Some(upto);
+        eprintln!("until-precision: running repetitions 0..{upto} of at most {total}");
+        run_study(&cfg)?;
+        let checks = run_precision(&cfg.out_dir)?;
+        let met = !checks.is_empty() && checks.iter().all(|c| c.met);
+        for c in &checks {
+            eprintln!(
+                "  {} {}: 95% CI half-width {:.4} vs {} — {}",
+                if c.met { "precise    " } else { "not precise" },
+                c.model,
+                c.half_width,
+                c.target,
+                c.question
+            );
+        }
+        if met {
+            eprintln!(
+                "until-precision: every confirmatory question is precise after {upto} \
+                 repetitions per condition; stopping (`affectbench run --resume {}` would run \
+                 the rest)",
+                cfg.out_dir.display()
+            );
+            break;
+        }
+        if upto >= total {
+            eprintln!(
+                "until-precision: all {total} repetitions run and some question is still not \
+                 precise; `affectbench plan` says what would make it so"
+            );
+            break;
+        }
+        upto = (upto + step).min(total);
+    }
+    if !no_report {
+        let r = affectbench::report::build_report(
+            std::slice::from_ref(&cfg.out_dir),
+            &cfg.out_dir,
+            &affectbench::report::ReportOptions::default(),
+        )?;
+        eprintln!("report: {}", r.out_dir.join("report.html").display());
+    }
     Ok(())
 }
 
@@ -733,6 +932,157 @@ fn merge(args: MergeArgs) -> Result<()> {
         eprintln!("report: {}", r.out_dir.join("report.html").display());
     }
     println!("{}", outcome.out_dir.display());
+    Ok(())
+}
+
+fn plan(args: PlanArgs) -> Result<()> {
+    use affectbench::report::planning::{plan_study, write_csv, PlanOptions};
+    use affectbench::report::scores::Readout;
+    use affectbench::scenario::{study::Study, Library};
+    anyhow::ensure!(
+        args.power > 0.0 && args.power < 1.0 && args.alpha > 0.0 && args.alpha < 0.5,
+        "--power must lie in (0, 1) and --alpha in (0, 0.5); got {} and {}",
+        args.power,
+        args.alpha
+    );
+    anyhow::ensure!(
+        args.simulations >= 20,
+        "--simulations {} is too few to estimate a power; use at least 100",
+        args.simulations
+    );
+    let root = args
+        .scenarios
+        .clone()
+        .unwrap_or_else(|| affectbench::study::runner::default_scenarios_root(&args.study));
+    let lib = Library::load(&root)
+        .with_context(|| format!("loading the scenarios in {}", root.display()))?;
+    let study = Study::load(&args.study, &lib)?;
+    let pilot = affectbench::report::load::load_runs(&args.pilot)?;
+    let readout = args
+        .readout
+        .as_deref()
+        .and_then(|n| Readout::ALL.into_iter().find(|r| r.name() == n));
+    let options = PlanOptions {
+        power: args.power,
+        alpha: args.alpha,
+        simulations: args.simulations,
+        max_repetitions: args.max_repetitions,
+        seed: args.seed.unwrap_or(study.seed),
+        ..PlanOptions::default()
+    };
+    if !args.check_precision {
+        eprintln!(
+            "planning {} questions on the {} read-out: {} simulations per design...",
+            study.contrasts.len(),
+            readout.map_or_else(
+                || study
+                    .primary_readout
+                    .clone()
+                    .unwrap_or("probability".into()),
+                |r| r.name().to_string()
+            ),
+            options.simulations
+        );
+    }
+    let started = std::time::Instant::now();
+    let plan = plan_study(&study, pilot, readout, &options);
+    if args.check_precision {
+        anyhow::ensure!(
+            !plan.precision.is_empty(),
+            "{} declares no confirmatory question (set primary_readout), so there is no \
+             precision target to check",
+            args.study.display()
+        );
+        let mut met = true;
+        for c in &plan.precision {
+            met &= c.met;
+            println!(
+                "{} {}: 95% CI half-width {:.4} vs SESOI {} — {}",
+                if c.met { "met    " } else { "not met" },
+                c.model,
+                c.half_width,
+                c.target,
+                c.question
+            );
+        }
+        if !met {
+            std::process::exit(3);
+        }
+        return Ok(());
+    }
+    println!(
+        "{:<60} {:>10} {:>6} {:>7} {:>8} {:>8} {:>10}  note",
+        "question", "vignettes", "reps", "power", "±MC SE", "CI ±", "P(CI±<S)"
+    );
+    for r in &plan.rows {
+        let q: String = r.question.chars().take(60).collect();
+        println!(
+            "{q:<60} {:>10} {:>6} {:>7.2} {:>8.3} {:>8.4} {:>10.2}  {}{}",
+            format!("{}|{}", r.vignettes_a, r.vignettes_b),
+            if r.reached {
+                r.repetitions.to_string()
+            } else {
+                format!(">{}", r.repetitions)
+            },
+            r.simulated.power,
+            r.simulated.power_se,
+            r.simulated.median_half_width,
+            r.simulated.precise,
+            r.note,
+            if r.role == "confirmatory" {
+                ""
+            } else {
+                " (exploratory)"
+            }
+        );
+    }
+    for (question, why) in &plan.skipped {
+        println!("skipped: {question}: {why}");
+    }
+    if plan.rows.is_empty() && plan.skipped.is_empty() {
+        println!(
+            "no declared question has scale scores on the {} read-out in the pilot (a score \
+             needs every item of its subscale answered in one conversation group); try \
+             another --readout",
+            plan.readout.name()
+        );
+    }
+    // The study runs every condition at one count: the largest any confirmatory
+    // question needs with today's stimuli, on the study's balanced grid.
+    let balanced = affectbench::study::plan::balanced_repetitions(&study, &lib);
+    let today: Vec<&affectbench::report::planning::PlanRow> = plan
+        .rows
+        .iter()
+        .filter(|r| r.role == "confirmatory" && r.vignette_multiple == 1)
+        .collect();
+    if !today.is_empty() {
+        let need = today.iter().map(|r| r.repetitions).max().unwrap_or(0);
+        let rounded = need.div_ceil(balanced) * balanced;
+        if today.iter().all(|r| r.reached) {
+            println!(
+                "with the study's own stimuli: --repetitions {rounded} (the largest need, {need}, \
+                 rounded up to a multiple of the study's balanced count {balanced})"
+            );
+        } else {
+            println!(
+                "with the study's own stimuli some confirmatory question does not reach power \
+                 {}: see the rows with more vignettes",
+                options.power
+            );
+        }
+    }
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| args.pilot[0].join("plan.csv"));
+    write_csv(&out, &plan.rows, &options)?;
+    eprintln!(
+        "{} rows in {:.1} s; read-out {}; {}",
+        plan.rows.len(),
+        started.elapsed().as_secs_f64(),
+        plan.readout.name(),
+        out.display()
+    );
     Ok(())
 }
 

@@ -143,6 +143,122 @@ pub enum Command {
     ///
     ///   affectbench probe results/states
     Probe(ProbeArgs),
+
+    /// Plan a study from a pilot run: the repetitions and distinct vignettes per arm each
+    /// declared question needs.
+    ///
+    /// The pilot is analysed under the study file's questions, primary read-out, SESOIs
+    /// and directions (so they may be declared after the pilot). For each question it
+    /// takes the crossed model's variance components (vignette, system prompt,
+    /// regulation text, residual) and simulates studies that draw new stimuli from them,
+    /// each decided as the report decides it. A difference question assumes its SESOI
+    /// (the pilot's estimate without one); an equivalence question assumes no
+    /// difference. Rows: one per multiple of the pilot's vignettes (x1, x2, x4, x8),
+    /// with the fewest repetitions per arm reaching --power, the power and the median
+    /// 95% CI half-width there. A deterministic read-out (probability, calibrated) gives
+    /// each conversation one value, so past one pass over every cell and option
+    /// direction only more stimuli help. Writes PILOT/plan.csv (or --out).
+    ///
+    /// --check-precision instead asks whether the pilot is already precise enough to
+    /// stop: every confirmatory question's 95% CI half-width below its SESOI. It exits
+    /// 0 when so and 3 when not, for a loop around `affectbench run` (docs/guide/
+    /// studies.md, "Planning").
+    ///
+    ///   affectbench plan scenarios/studies/state-anxiety-confirmatory.toml --pilot results/pilot
+    Plan(PlanArgs),
+
+    /// Freeze a study's plan before it runs: a hashed preregistration file.
+    ///
+    /// Writes the questions (directions, SESOIs, equivalence margins, which are
+    /// exploratory), the primary read-out, the exclusion rule (the validity gate), the
+    /// stopping rule (fixed repetitions, or --until-precision), the seed, the models if
+    /// given, and every scenario file by sha256, with a sha256 over all of it. Run the
+    /// study with `affectbench run STUDY --prereg FILE`: the run keeps a copy, and its
+    /// report lists every way the run departs from the frozen plan.
+    ///
+    ///   affectbench prereg scenarios/studies/state-anxiety-confirmatory.toml --out prereg.json
+    Prereg(PreregArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PreregArgs {
+    /// The study file to freeze.
+    pub study: PathBuf,
+
+    /// Where to write the preregistration (default: <study id>.prereg.json here).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+
+    /// The scenarios directory (default: the study file's grandparent, else ./scenarios).
+    #[arg(long)]
+    pub scenarios: Option<PathBuf>,
+
+    /// Repetitions per condition (the most, under --until-precision; default: the
+    /// study file's).
+    #[arg(long)]
+    pub repetitions: Option<usize>,
+
+    /// The stopping rule is `run --until-precision` (blocks of --precision-step).
+    #[arg(long)]
+    pub until_precision: bool,
+
+    /// Repetitions per block under --until-precision (default: the study's balanced
+    /// count under crossed assignment, else its system prompts x 2).
+    #[arg(long, requires = "until_precision")]
+    pub precision_step: Option<usize>,
+
+    /// The model(s) the study will run (registry names or files); repeat for several.
+    #[arg(long, short)]
+    pub model: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    /// The study file whose questions to plan.
+    pub study: PathBuf,
+
+    /// The pilot run directory (several are merged, as `report` merges them).
+    #[arg(long, required = true)]
+    pub pilot: Vec<PathBuf>,
+
+    /// The scenarios directory (default: the study file's grandparent, else ./scenarios).
+    #[arg(long)]
+    pub scenarios: Option<PathBuf>,
+
+    /// The read-out to plan for (default: the study's primary_readout, else probability).
+    #[arg(long, value_parser = ["probability", "calibrated", "generated"])]
+    pub readout: Option<String>,
+
+    /// The power each question should reach.
+    #[arg(long, default_value_t = 0.8)]
+    pub power: f64,
+
+    /// Alpha of each test (one-sided for a directional question; each side of TOST).
+    /// For a confirmatory family of k questions under Holm, alpha/k is the safe choice.
+    #[arg(long, default_value_t = 0.05)]
+    pub alpha: f64,
+
+    /// Simulated studies per candidate design (the power's Monte Carlo SE is at most
+    /// 0.5/sqrt(N)).
+    #[arg(long, default_value_t = 200)]
+    pub simulations: usize,
+
+    /// The most repetitions per arm a plan may ask for.
+    #[arg(long, default_value_t = 2000)]
+    pub max_repetitions: usize,
+
+    /// Seed of the simulations (default: the study file's).
+    #[arg(long)]
+    pub seed: Option<u64>,
+
+    /// Where to write the plan's CSV (default: PILOT/plan.csv).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+
+    /// Only check whether the pilot already reached the precision target; exit 0 when
+    /// it did, 3 when not.
+    #[arg(long)]
+    pub check_precision: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -364,6 +480,27 @@ pub struct RunArgs {
     /// Do not build the report at the end (build it later with `affectbench report DIR`).
     #[arg(long)]
     pub no_report: bool,
+
+    /// Stop once every confirmatory question is precise: run the repetitions in blocks
+    /// (the study's balanced count, or --precision-step), and after each block stop if
+    /// every confirmatory question's 95% CI half-width is below its SESOI (or
+    /// equivalence margin). --repetitions is then the most it will run. The study must
+    /// declare primary_readout and a SESOI per confirmatory question. A run stopped
+    /// early stays resumable (`--resume DIR` finishes it).
+    #[arg(long, conflicts_with_all = ["max_trials", "shard"])]
+    pub until_precision: bool,
+
+    /// Repetitions per block for --until-precision (default: the study's balanced
+    /// count under crossed assignment, else its number of system prompts x 2).
+    #[arg(long, requires = "until_precision")]
+    pub precision_step: Option<usize>,
+
+    /// Run the study under a preregistration `affectbench prereg` wrote: its hash is
+    /// checked, the run keeps a copy (preregistration.json), and the report lists every
+    /// deviation from it (study file, questions, seed, repetitions, stopping rule,
+    /// models, scenario files).
+    #[arg(long, value_name = "FILE", conflicts_with = "resume")]
+    pub prereg: Option<PathBuf>,
 }
 
 fn parse_repetitions(s: &str) -> Result<usize, String> {

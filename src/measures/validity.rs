@@ -11,7 +11,7 @@
 use super::scores::{distinct_observations, scale_scores, Readout};
 use crate::results::{InstrumentScoring, Question, ScoredItem, TrialRecord};
 use crate::scenario::study::PositiveControl;
-use crate::stats::{cronbach_alpha, mcdonald_omega, pearson, variance};
+use crate::stats::{centre_within_groups, cronbach_alpha, mcdonald_omega, pearson, variance};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A check's outcome. Ordered from best to worst, so the worst of several is their max.
@@ -41,12 +41,15 @@ pub struct Check {
     pub instrument: String,
     pub readout: Readout,
     /// `position_dominance`, `option_mass`, `answered_rate`,
-    /// `internal_consistency:<subscale>`, `reverse_item_agreement:<subscale>`,
+    /// `internal_consistency:<subscale>`, `omega:<subscale>` (every condition pooled),
+    /// `internal_consistency_centred:<subscale>`, `omega_centred:<subscale>` (items
+    /// centred within condition), `reverse_item_agreement:<subscale>`,
     /// `positive_control`.
     pub check: String,
     /// None where the design or the data do not allow the check (see `note`).
     pub value: Option<f64>,
-    /// The thresholds in words, e.g. "warn > 0.50, fail > 0.75".
+    /// The thresholds in words, with the unit the value is in, e.g. "warn > 0.50, fail
+    /// > 0.75 (share of trials ...)".
     pub threshold: String,
     pub verdict: Verdict,
     /// Units the value rests on (trials or respondents).
@@ -178,25 +181,30 @@ pub fn validity_checks(
                     if items.len() < 2 {
                         continue;
                     }
-                    let c = internal_consistency(&respondents, &items);
-                    out.push(check(
-                        &format!("internal_consistency:{sub}"),
-                        c.value,
-                        c.threshold,
-                        c.verdict,
-                        c.n,
-                        c.note,
-                    ));
-                    if items.len() >= 3 {
-                        let c = omega_consistency(&respondents, &items);
+                    for (pooling, suffix) in [
+                        (Pooling::Pooled, ""),
+                        (Pooling::ConditionCentred, "_centred"),
+                    ] {
+                        let c = internal_consistency(&respondents, &items, pooling);
                         out.push(check(
-                            &format!("omega:{sub}"),
+                            &format!("internal_consistency{suffix}:{sub}"),
                             c.value,
                             c.threshold,
                             c.verdict,
                             c.n,
                             c.note,
                         ));
+                        if items.len() >= 3 {
+                            let c = omega_consistency(&respondents, &items, pooling);
+                            out.push(check(
+                                &format!("omega{suffix}:{sub}"),
+                                c.value,
+                                c.threshold,
+                                c.verdict,
+                                c.n,
+                                c.note,
+                            ));
+                        }
                     }
                     if items.iter().any(|i| i.reverse) && items.iter().any(|i| !i.reverse) {
                         let c = reverse_item_agreement(&respondents, &items);
@@ -333,7 +341,10 @@ fn position_dominance(cell: &[&TrialRecord], readout: Readout) -> Option<Outcome
     let chance = 1.0 / k as f64;
     let warn = chance + (1.0 - chance) / 3.0;
     let fail = chance + 2.0 * (1.0 - chance) / 3.0;
-    let threshold = format!("warn > {warn:.2}, fail > {fail:.2} (chance {chance:.2})");
+    let threshold = format!(
+        "warn > {warn:.2}, fail > {fail:.2} (share of trials choosing the most-chosen display \
+         position; chance {chance:.2})"
+    );
     if orders.len() < 2 {
         return Some(not_estimable(
             threshold,
@@ -378,7 +389,9 @@ fn option_mass(cell: &[&TrialRecord]) -> Outcome {
         .filter_map(|t| t.choice.as_ref().map(|c| c.mass))
         .filter(|m| m.is_finite())
         .collect();
-    let threshold = "warn < 0.50, fail < 0.10".to_string();
+    let threshold = "warn < 0.50, fail < 0.10 (mean next-token probability on the option \
+                     labels)"
+        .to_string();
     if masses.is_empty() {
         return not_estimable(threshold, 0, "no probability read-out".into());
     }
@@ -407,7 +420,8 @@ fn answered_rate(cell: &[&TrialRecord]) -> Outcome {
         .iter()
         .filter(|t| t.generate.as_ref().is_some_and(|g| g.value.is_some()))
         .count();
-    let threshold = "warn < 0.90, fail < 0.50".to_string();
+    let threshold =
+        "warn < 0.90, fail < 0.50 (share of replies with a readable answer)".to_string();
     if asked.is_empty() {
         return not_estimable(threshold, 0, "no generated read-out".into());
     }
@@ -431,7 +445,7 @@ fn respondents(
     cell: &[&TrialRecord],
     rule: &InstrumentScoring,
     readout: Readout,
-) -> Vec<BTreeMap<String, f64>> {
+) -> Vec<Respondent> {
     type Key<'a> = (u64, &'a str, &'a str, usize);
     // respondent -> (item values, the prompts it was shown)
     let mut acc: BTreeMap<Key, (BTreeMap<String, f64>, Vec<&str>)> = BTreeMap::new();
@@ -454,28 +468,107 @@ fn respondents(
     // A deterministic read-out gives a respondent shown exactly the prompts of an
     // earlier one the same answers: the same respondent, counted once.
     let mut seen = std::collections::HashSet::new();
-    acc.into_values()
-        .filter_map(|(values, mut prompts)| {
+    acc.into_iter()
+        .filter_map(|((_, _, condition, _), (values, mut prompts))| {
             prompts.sort_unstable();
-            (!readout.is_deterministic() || seen.insert(prompts)).then_some(values)
+            (!readout.is_deterministic() || seen.insert(prompts)).then(|| Respondent {
+                condition: condition.to_string(),
+                values,
+            })
+        })
+        .collect()
+}
+
+/// One conversation's keyed item values, and the condition it ran in.
+struct Respondent {
+    condition: String,
+    values: BTreeMap<String, f64>,
+}
+
+/// The respondents that answered every one of `items`, as (condition, row of values in
+/// item order).
+fn complete_rows_by_condition<'a>(
+    respondents: &'a [Respondent],
+    items: &[&ScoredItem],
+) -> Vec<(&'a str, Vec<f64>)> {
+    respondents
+        .iter()
+        .filter_map(|r| {
+            let row = items
+                .iter()
+                .map(|i| r.values.get(&i.id).copied())
+                .collect::<Option<Vec<f64>>>()?;
+            Some((r.condition.as_str(), row))
         })
         .collect()
 }
 
 /// The respondents that answered every one of `items`, as rows of values in item order.
-fn complete_rows(respondents: &[BTreeMap<String, f64>], items: &[&ScoredItem]) -> Vec<Vec<f64>> {
-    respondents
-        .iter()
-        .filter_map(|r| items.iter().map(|i| r.get(&i.id).copied()).collect())
+fn complete_rows(respondents: &[Respondent], items: &[&ScoredItem]) -> Vec<Vec<f64>> {
+    complete_rows_by_condition(respondents, items)
+        .into_iter()
+        .map(|(_, row)| row)
+        .collect()
+}
+
+/// Which rows a reliability coefficient is computed over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pooling {
+    /// Every condition's respondents as they are: condition means (the instructed
+    /// extremes above all) can make items agree that agree on nothing else.
+    Pooled,
+    /// Each item centred on its condition's mean first: agreement within conditions.
+    ConditionCentred,
+}
+
+impl Pooling {
+    fn rows(self, respondents: &[Respondent], items: &[&ScoredItem]) -> Vec<Vec<f64>> {
+        match self {
+            Pooling::Pooled => complete_rows(respondents, items),
+            Pooling::ConditionCentred => {
+                centre_within_groups(&complete_rows_by_condition(respondents, items))
+            }
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Pooling::Pooled => "every condition pooled",
+            Pooling::ConditionCentred => "items centred within condition, then pooled",
+        }
+    }
+}
+
+/// Cronbach's alpha within each condition with at least `MIN_RESPONDENTS` complete
+/// respondents, for the note: (condition, respondents, alpha).
+fn alpha_per_condition(
+    respondents: &[Respondent],
+    items: &[&ScoredItem],
+) -> Vec<(String, usize, f64)> {
+    let mut by: BTreeMap<&str, Vec<Vec<f64>>> = BTreeMap::new();
+    for (c, row) in complete_rows_by_condition(respondents, items) {
+        by.entry(c).or_default().push(row);
+    }
+    by.into_iter()
+        .filter(|(_, rows)| rows.len() >= MIN_RESPONDENTS)
+        .filter_map(|(c, rows)| Some((c.to_string(), rows.len(), cronbach_alpha(&rows)?)))
         .collect()
 }
 
 /// Cronbach's alpha over respondents that answered every item of a subscale (reverse-
-/// keyed items enter keyed). A negative alpha means the items disagree more than they
-/// agree: the answers are not a scale.
-fn internal_consistency(respondents: &[BTreeMap<String, f64>], items: &[&ScoredItem]) -> Outcome {
-    let rows = complete_rows(respondents, items);
-    let threshold = "warn < 0.70, fail < 0.50 (Cronbach's alpha)".to_string();
+/// keyed items enter keyed), pooled or condition-centred. A negative alpha means the
+/// items disagree more than they agree: the answers are not a scale. The centred form
+/// notes the alpha within each condition large enough to have one.
+fn internal_consistency(
+    respondents: &[Respondent],
+    items: &[&ScoredItem],
+    pooling: Pooling,
+) -> Outcome {
+    let rows = pooling.rows(respondents, items);
+    let threshold = format!(
+        "warn < 0.70, fail < 0.50 (Cronbach's alpha, a unitless coefficient; {})",
+        pooling.describe()
+    );
     if rows.len() < MIN_RESPONDENTS {
         return too_few_respondents(threshold, rows.len());
     }
@@ -490,16 +583,47 @@ fn internal_consistency(respondents: &[BTreeMap<String, f64>], items: &[&ScoredI
             threshold,
             verdict: graded(alpha, 0.7, 0.5, false),
             n: rows.len(),
-            note: format!("alpha {alpha:.2} over {} respondents", rows.len()),
+            note: format!(
+                "alpha {alpha:.2} over {} respondents{}",
+                rows.len(),
+                match pooling {
+                    Pooling::Pooled => String::new(),
+                    Pooling::ConditionCentred => within_conditions_note(respondents, items),
+                }
+            ),
         },
     }
 }
 
-/// McDonald's omega over respondents that answered every item of a subscale, with
-/// alpha's thresholds; needs 3 items.
-fn omega_consistency(respondents: &[BTreeMap<String, f64>], items: &[&ScoredItem]) -> Outcome {
-    let rows = complete_rows(respondents, items);
-    let threshold = "warn < 0.70, fail < 0.50 (McDonald's omega, one factor)".to_string();
+/// "; within conditions: baseline 0.41 (12), ..." (empty where no condition has enough
+/// respondents).
+fn within_conditions_note(respondents: &[Respondent], items: &[&ScoredItem]) -> String {
+    let per = alpha_per_condition(respondents, items);
+    if per.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = per
+        .iter()
+        .map(|(c, n, a)| format!("{c} {a:.2} ({n})"))
+        .collect();
+    format!(
+        "; alpha within each condition (respondents): {}",
+        parts.join(", ")
+    )
+}
+
+/// McDonald's omega over respondents that answered every item of a subscale, pooled or
+/// condition-centred, with alpha's thresholds; needs 3 items.
+fn omega_consistency(
+    respondents: &[Respondent],
+    items: &[&ScoredItem],
+    pooling: Pooling,
+) -> Outcome {
+    let rows = pooling.rows(respondents, items);
+    let threshold = format!(
+        "warn < 0.70, fail < 0.50 (McDonald's omega, one factor, a unitless coefficient; {})",
+        pooling.describe()
+    );
     if rows.len() < MIN_RESPONDENTS {
         return too_few_respondents(threshold, rows.len());
     }
@@ -530,9 +654,11 @@ fn omega_consistency(respondents: &[BTreeMap<String, f64>], items: &[&ScoredItem
 /// Pearson correlation across respondents between the mean of the forward items and
 /// the mean of the (keyed) reverse items. A model that reads the items agrees with
 /// itself on both; one that answers by position or habit does not (r <= 0).
-fn reverse_item_agreement(respondents: &[BTreeMap<String, f64>], items: &[&ScoredItem]) -> Outcome {
+fn reverse_item_agreement(respondents: &[Respondent], items: &[&ScoredItem]) -> Outcome {
     let rows = complete_rows(respondents, items);
-    let threshold = "warn < 0.30, fail < 0.00 (Pearson r)".to_string();
+    let threshold =
+        "warn < 0.30, fail < 0.00 (Pearson r across respondents, every condition pooled)"
+            .to_string();
     if rows.len() < MIN_RESPONDENTS {
         return too_few_respondents(threshold, rows.len());
     }
@@ -588,7 +714,8 @@ fn positive_control(
     };
     let (low, high) = (arm(&pc.low_condition), arm(&pc.high_condition));
     let threshold = format!(
-        "fail if Cohen's d (high - low) < {}; warn if the means do not straddle the midpoint",
+        "fail if Cohen's d (high - low, in pooled within-arm SDs, which move with the design's \
+         noise) < {}; warn if the means do not straddle the midpoint",
         pc.min_effect
     );
     let n = low.len() + high.len();
@@ -649,7 +776,10 @@ fn positive_control(
         verdict,
         n,
         note: format!(
-            "instructed high vs low: d = {d:.2} over {n} scores; {means}{}",
+            "instructed high vs low: d = {d:.2} over {n} scores (raw difference {:.2} scale \
+             points, {:.1}% of the scale's range); {means}{}",
+            mh - ml,
+            100.0 * (mh - ml) / (end(rule.max) - end(rule.min)).abs().max(1e-12),
             if verdict == Verdict::Fail {
                 ": the instrument does not separate even an instructed state"
             } else {
@@ -793,7 +923,13 @@ mod tests {
         // 18 trials, every one chose display position 1: share 1.0 > 0.75 (chance 0.25).
         let pd = find(&c, Readout::Probability, "position_dominance");
         assert_eq!((pd.value, pd.n, pd.verdict), (Some(1.0), 18, Verdict::Fail));
-        assert_eq!(pd.threshold, "warn > 0.50, fail > 0.75 (chance 0.25)");
+        assert!(
+            pd.threshold
+                .starts_with("warn > 0.50, fail > 0.75 (share of trials")
+                && pd.threshold.ends_with("chance 0.25)"),
+            "{}",
+            pd.threshold
+        );
         // Generated answers: 15 readable (respondent 5 never), all at position 1.
         let pd = find(&c, Readout::Generated, "position_dominance");
         assert_eq!((pd.value, pd.n, pd.verdict), (Some(1.0), 15, Verdict::Fail));
@@ -857,6 +993,44 @@ mod tests {
         let pd = find(&c, Readout::Probability, "position_dominance");
         assert_eq!((pd.value, pd.verdict), (None, Verdict::Warn));
         assert!(pd.note.contains("confounded"), "{}", pd.note);
+    }
+
+    #[test]
+    fn a_condition_shift_raises_pooled_alpha_but_leaves_the_centred_one_unchanged() {
+        // Respondents 0, 2, 4 in one condition and 1, 3, 5 in another.
+        let in_conditions = |shift: f64| -> Vec<TrialRecord> {
+            let mut trials = position_driven();
+            for t in &mut trials {
+                let high = t.repetition % 2 == 1;
+                t.condition = if high { "high" } else { "low" }.into();
+                if high {
+                    t.choice.as_mut().unwrap().keyed_expected += shift;
+                }
+            }
+            trials
+        };
+        let value = |trials: &[TrialRecord], name: &str| {
+            find(&checks(trials), Readout::Probability, name)
+                .value
+                .unwrap()
+        };
+        let (plain, shifted) = (in_conditions(0.0), in_conditions(10.0));
+        let pooled = value(&shifted, "internal_consistency:x");
+        assert!(
+            pooled > value(&plain, "internal_consistency:x") && pooled > 0.98,
+            "{pooled}"
+        );
+        let centred = value(&shifted, "internal_consistency_centred:x");
+        assert!(
+            (centred - value(&plain, "internal_consistency_centred:x")).abs() < 1e-9,
+            "the condition's mean moved the centred alpha"
+        );
+        assert!(centred < pooled - 0.1, "{centred} vs {pooled}");
+        let omega = value(&shifted, "omega_centred:x");
+        assert!(
+            (omega - value(&plain, "omega_centred:x")).abs() < 1e-6,
+            "the condition's mean moved the centred omega"
+        );
     }
 
     #[test]

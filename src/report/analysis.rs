@@ -13,7 +13,8 @@ use super::scores::{
     system_prompt_level, CompletionScore, ConditionInfo, Readout, ScaleScore,
 };
 use super::stimuli::{
-    completion_stimuli, crossed_completion_contrast, crossed_contrast, Levels, StimulusCounts,
+    completion_stimuli, crossed_completion_contrast, crossed_contrast, shared_factors, Levels,
+    StimulusCounts,
 };
 use crate::measures::scores::distinct_observations;
 use crate::measures::{gate_verdicts, validity_checks, Check, GateVerdict, Verdict};
@@ -283,6 +284,9 @@ pub struct QuestionAnswer {
     /// b's arms only).
     pub stimuli_a: StimulusCounts,
     pub stimuli_b: StimulusCounts,
+    /// Per factor (vignette, system prompt, regulation text), whether the arms share
+    /// levels (`stimuli::shared_factors`; all false for a difference of differences).
+    pub shared: [bool; 3],
     /// The difference with the stimuli as crossed random factors (None for a difference
     /// of differences, and where the model cannot be fitted).
     pub crossed: Option<CrossedFit>,
@@ -968,18 +972,16 @@ fn answer_questions(
                     readout,
                 };
                 if c.second_pair().is_some() {
-                    out.extend(
-                        difference_of_differences(c, &model, &scale, groups, gate, seed, options)
-                            .map(|mut q| {
-                                q.decision = Decision::new(
-                                    c,
-                                    Role::of(c, readout.name(), primary),
-                                    q.decision.decisive,
-                                    range(c),
-                                );
-                                q
-                            }),
-                    );
+                    let role = Role::of(c, readout.name(), primary);
+                    out.extend(difference_of_differences(
+                        c,
+                        (&model, &scale),
+                        (role, range(c)),
+                        groups,
+                        gate,
+                        seed,
+                        options,
+                    ));
                     continue;
                 }
                 let arm = |cond: &str| groups.arm(&scale.cell(cond));
@@ -1063,6 +1065,7 @@ fn answer_questions(
                     tost,
                     stimuli_a: StimulusCounts::of(la),
                     stimuli_b: StimulusCounts::of(lb),
+                    shared: shared_factors(la, lb),
                     crossed,
                     decision,
                     contrast: (*c).clone(),
@@ -1123,8 +1126,8 @@ fn standard_error(x: &[f64]) -> f64 {
 /// paired test of the two differences. None with fewer than 3 such repetitions.
 fn difference_of_differences(
     c: &DeclaredContrast,
-    model: &str,
-    scale: &Scale,
+    (model, scale): (&str, &Scale),
+    (role, range): (Role, Option<(f64, f64)>),
     groups: &ScoreGroups,
     gate: &[GateVerdict],
     seed: u64,
@@ -1185,17 +1188,18 @@ fn difference_of_differences(
             .map(|m| tost(mean(&diffs), standard_error(&diffs), (n - 1) as f64, m)),
         stimuli_a: counts(&c.a),
         stimuli_b: counts(&c.b),
+        shared: [false; 3],
         crossed: None,
         decision: Decision::new(
             c,
-            Role::Exploratory,
+            role,
             Decisive {
                 test: "one-sample t of the paired difference of differences",
                 estimate: mean(&diffs),
                 se: standard_error(&diffs),
                 df: (n - 1) as f64,
             },
-            None,
+            range,
         ),
     })
 }
@@ -1492,8 +1496,8 @@ mod difference_of_differences_tests {
         let scale = anxiety_scale();
         let q = difference_of_differences(
             &contrast(Some(0.5)),
-            "m",
-            &scale,
+            ("m", &scale),
+            (Role::Exploratory, None),
             &groups,
             &[],
             7,
@@ -1531,8 +1535,8 @@ mod difference_of_differences_tests {
         let scale = anxiety_scale();
         assert!(difference_of_differences(
             &contrast(None),
-            "m",
-            &scale,
+            ("m", &scale),
+            (Role::Exploratory, None),
             &groups,
             &[],
             7,

@@ -71,6 +71,8 @@ pub struct Decision {
     /// the predicted direction (two-sided for "either"); for an equivalence question the
     /// TOST p.
     pub p: f64,
+    /// The two-sided p of the estimate (what an equivalence verdict weighs against TOST).
+    pub p_two_sided: f64,
     /// Holm-adjusted within the model's confirmatory family (NaN for exploratory rows).
     pub p_holm: f64,
     /// Two one-sided tests against +-SESOI (None without one).
@@ -133,6 +135,7 @@ impl Decision {
             decisive,
             ci95,
             p,
+            p_two_sided: p_two,
             p_holm: f64::NAN,
             sesoi,
             pomp,
@@ -154,9 +157,9 @@ impl Decision {
             return "undetermined";
         }
         if contrast.equivalence_margin.is_some() {
-            return match self.sesoi.map(|t| t.verdict(two_sided(self))) {
+            return match self.sesoi.map(|t| t.verdict(self.p_two_sided)) {
                 Some(Equivalence::Equivalent) if p < ALPHA => "equivalent",
-                _ if two_sided(self) < ALPHA => "different",
+                _ if self.p_two_sided < ALPHA => "different",
                 _ => "inconclusive",
             };
         }
@@ -168,17 +171,6 @@ impl Decision {
             (false, true) => "equivalent (within ±SESOI)",
             (false, false) => "inconclusive",
         }
-    }
-}
-
-/// The two-sided p of the decisive estimate (what TOST's verdict weighs).
-fn two_sided(d: &Decision) -> f64 {
-    let Decisive {
-        estimate, se, df, ..
-    } = d.decisive;
-    match StudentsT::new(0.0, 1.0, df) {
-        Ok(dist) if se > 0.0 => 2.0 * (1.0 - dist.cdf((estimate / se).abs())),
-        _ => f64::NAN,
     }
 }
 

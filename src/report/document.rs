@@ -6,6 +6,7 @@ use super::analysis::{interval_n, Analysis, Arm, EQUIVALENCE_LEVEL};
 use super::blocks::{
     estimate, f, interval, p, shown_ci, table, validity_mark, Block, Section, FAILED,
 };
+use super::confirmatory::Role;
 use super::lexicon;
 use super::load::RunData;
 use super::plots::{induced_emotions, Figure};
@@ -227,6 +228,7 @@ fn questions_section(a: &Analysis) -> Option<Section> {
             ]
         })
         .collect();
+    let decisions = decisions_table(a);
     let confounds: Vec<Vec<String>> = {
         let mut seen = BTreeSet::new();
         a.questions
@@ -254,7 +256,20 @@ fn questions_section(a: &Analysis) -> Option<Section> {
                  prompt and stimuli) and tested with a one-sample t over repetitions; its g \
                  is d_z. Equivalence questions give two one-sided tests against the declared \
                  margin in raw scale units: equivalent when the 90% CI lies inside it, \
-                 different when not and the difference test rejects 0, else inconclusive."
+                 different when not and the difference test rejects 0, else inconclusive. \
+                 The second table is the confirmatory reading. A row is confirmatory when \
+                 its read-out is the study's primary_readout and the question is not marked \
+                 exploratory; Holm's correction runs over those rows only, one family per \
+                 model. Each arm's n rests on the distinct stimuli shown; where vignettes, \
+                 system prompts or regulation texts vary, the question is decided by a \
+                 crossed random-effects model that treats them as a sample (Satterthwaite \
+                 df), so a new vignette or prompt is part of the error, not only a new \
+                 conversation. The estimate is in raw scale units, POMP is it as a \
+                 percentage of the scale's range; g above stays as a secondary effect size \
+                 because its SD moves with the design's perturbations. p tests the declared \
+                 hypothesis: one-sided in a declared direction, TOST for an equivalence \
+                 question. With a SESOI, two one-sided tests against ±SESOI say whether \
+                 the effect is smaller than the smallest one of interest."
                     .into(),
             ),
             table(
@@ -278,6 +293,7 @@ fn questions_section(a: &Analysis) -> Option<Section> {
                 ],
                 rows,
             ),
+            decisions,
         ]
         .into_iter()
         .chain((!confounds.is_empty()).then(|| {
@@ -289,6 +305,80 @@ fn questions_section(a: &Analysis) -> Option<Section> {
         }))
         .collect(),
     })
+}
+
+/// Each question's confirmatory reading: its role, the distinct stimuli each arm rests
+/// on, the test that decides it (stimuli as a sample where they vary), the raw estimate
+/// and POMP, the p of the declared hypothesis, Holm over the one confirmatory family,
+/// TOST against the SESOI and the verdict.
+fn decisions_table(a: &Analysis) -> Block {
+    let rows = a
+        .questions
+        .iter()
+        .map(|q| {
+            let d = &q.decision;
+            let c = &q.contrast;
+            let hypothesis = if c.equivalence_margin.is_some() {
+                format!(
+                    "equivalent within ±{}",
+                    f(c.equivalence_margin.unwrap_or(f64::NAN), 2)
+                )
+            } else {
+                c.direction.name().to_string()
+            };
+            vec![
+                c.question.clone(),
+                q.model.clone(),
+                q.readout.name().into(),
+                d.role.name().into(),
+                hypothesis,
+                format!("{} | {}", q.stimuli_a.describe(), q.stimuli_b.describe()),
+                d.decisive.test.into(),
+                format!(
+                    "{} {} (df {})",
+                    f(d.decisive.estimate, 2),
+                    interval(d.ci95, 2),
+                    f(d.decisive.df, 1)
+                ),
+                d.pomp
+                    .map(|(x, ci)| format!("{}% {}", f(x, 1), interval(ci, 1)))
+                    .unwrap_or_else(|| "–".into()),
+                p(d.p),
+                match d.role {
+                    Role::Confirmatory => p(d.p_holm),
+                    Role::Exploratory => "–".into(),
+                },
+                match (c.sesoi, d.sesoi) {
+                    (Some(m), Some(t)) => format!("±{} (TOST p {})", f(m, 2), p(t.p)),
+                    _ => "none declared".into(),
+                },
+                d.verdict(c).into(),
+            ]
+        })
+        .collect();
+    let primary = a.primary_readout.as_deref().unwrap_or("none declared");
+    table(
+        &format!(
+            "How each question is decided (primary read-out: {primary}; only confirmatory \
+             rows form the corrected family)"
+        ),
+        &[
+            "question",
+            "model",
+            "read-out",
+            "role",
+            "hypothesis",
+            "distinct stimuli a | b",
+            "decided by",
+            "estimate, raw units [95% CI]",
+            "POMP [95% CI]",
+            "p (hypothesis)",
+            "Holm p (confirmatory family)",
+            "SESOI (TOST p)",
+            "verdict",
+        ],
+        rows,
+    )
 }
 
 /// Builds the sections in the order a paper reads: whether anything was measured first,
@@ -305,6 +395,10 @@ pub fn sections(
     let fig = |id: &str| figures.iter().position(|f| f.id == id);
     let mut out = vec![gate_section(a)];
     out.extend(questions_section(a));
+    // Whether the questions just answered are the ones preregistered.
+    out.extend(super::preregistered::section(
+        &super::preregistered::comparisons(data),
+    ));
     out.push(design_section(data, a));
     out.extend(format_bias_section(data, a));
     out.extend(

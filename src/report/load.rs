@@ -28,6 +28,8 @@ pub struct RunData {
     pub known_answers: Vec<crate::results::known_answers::KnownAnswerRecord>,
     /// What `affectbench probe` wrote into the runs (`probes/`), if it ran.
     pub probes: crate::results::probes::SavedProbes,
+    /// The preregistration each run kept (`run --prereg`), with its run directory.
+    pub preregistrations: Vec<(PathBuf, crate::study::prereg::Preregistration)>,
     /// Notes for the reader: truncated last lines, duplicate trials across runs.
     pub notes: Vec<String>,
 }
@@ -65,6 +67,7 @@ pub fn load_runs(dirs: &[PathBuf]) -> Result<RunData> {
         second_judges: Vec::new(),
         known_answers: Vec::new(),
         probes: Default::default(),
+        preregistrations: Vec::new(),
         notes: Vec::new(),
     };
     let mut judged = HashSet::new();
@@ -144,6 +147,13 @@ pub fn load_runs(dirs: &[PathBuf]) -> Result<RunData> {
             }) {
                 data.known_answers.push(k);
             }
+        }
+        let prereg = dir.join(crate::study::prereg::FILE_NAME);
+        if prereg.exists() {
+            data.preregistrations.push((
+                dir.clone(),
+                crate::study::prereg::Preregistration::read(&prereg)?,
+            ));
         }
         let saved = crate::results::probes::read_probes(dir)?;
         data.probes.accuracy.extend(saved.accuracy);

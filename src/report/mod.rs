@@ -18,7 +18,9 @@ pub mod judging;
 pub mod known_answers;
 pub mod lexicon;
 pub mod load;
+pub mod planning;
 pub mod plots;
+pub mod preregistered;
 pub mod scores;
 pub mod specificity;
 pub mod stimuli;
@@ -73,6 +75,8 @@ pub fn build_report(
     tables::write_questions_csv(&tables_dir, &a, &seeds)?;
     files.push(tables_dir.join("questions.csv"));
     files.extend(tables::write_deviations_csv(&tables_dir, &data)?);
+    let preregistration = preregistered::comparisons(&data);
+    files.extend(preregistered::write_csv(&tables_dir, &preregistration)?);
     files.extend(known_answers::write_csv(&tables_dir, &a.known_answers)?);
     let (specific, profile) = specificity::analyse(&a);
     files.extend(specificity::write_csvs(&tables_dir, &specific, &profile)?);

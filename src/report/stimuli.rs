@@ -58,6 +58,15 @@ impl StimulusCounts {
     }
 }
 
+/// Per factor (vignette, system prompt, regulation text), whether both arms show some
+/// of the same levels: then the factor is crossed with the arms, not nested in them.
+pub fn shared_factors(a: &[Levels], b: &[Levels]) -> [bool; 3] {
+    let of = |ls: &[Levels], f: usize| -> BTreeSet<String> {
+        ls.iter().filter_map(|l| l[f].clone()).collect()
+    };
+    [0, 1, 2].map(|f| !of(a, f).is_disjoint(&of(b, f)))
+}
+
 /// Arm a minus arm b with crossed random intercepts for the stimuli; None where the
 /// model cannot be fitted (an empty arm, or too few observations).
 pub fn crossed_contrast(a: (&[f64], &[Levels]), b: (&[f64], &[Levels])) -> Option<CrossedFit> {

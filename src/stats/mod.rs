@@ -22,7 +22,7 @@ pub use effects::{
     hedges_g, hedges_g_vs_constant, holm, mann_whitney, mean_difference, one_sample_t, paired_t,
     tost, welch, Equivalence, HedgesG, MannWhitney, PairedT, Tost, Welch,
 };
-pub use psychometrics::{cronbach_alpha, mcdonald_omega};
+pub use psychometrics::{centre_within_groups, cronbach_alpha, mcdonald_omega};
 
 #[cfg(test)]
 mod tests {

@@ -1,8 +1,35 @@
 //! Psychometrics of a questionnaire's answers, respondents x items: Cronbach's alpha and
 //! McDonald's omega (one factor, minimum residuals), with the small linear algebra they
 //! need. Checked against pingouin and factor_analyzer in `tests/stats_reference.rs`.
+//! Group-centring takes condition means out of the rows before either coefficient, so
+//! that differences between conditions cannot pass for agreement between items.
 
 use super::descriptives::{pearson, variance};
+
+/// The rows of every group with at least 2 rows, each item centred on its group's mean:
+/// what is left is the variation within groups. Alpha or omega over these rows is the
+/// consistency of the items beyond what the group (the condition) explains; pooled raw
+/// rows let condition means alone make a scale look consistent. Groups of one row carry
+/// no within-group variation and are left out.
+pub fn centre_within_groups<G: Ord>(rows: &[(G, Vec<f64>)]) -> Vec<Vec<f64>> {
+    let mut groups: std::collections::BTreeMap<&G, Vec<&Vec<f64>>> = Default::default();
+    for (g, row) in rows {
+        groups.entry(g).or_default().push(row);
+    }
+    let mut out = Vec::new();
+    for members in groups.values().filter(|m| m.len() >= 2) {
+        let k = members[0].len();
+        let means: Vec<f64> = (0..k)
+            .map(|j| members.iter().map(|r| r[j]).sum::<f64>() / members.len() as f64)
+            .collect();
+        out.extend(
+            members
+                .iter()
+                .map(|r| r.iter().zip(&means).map(|(x, m)| x - m).collect()),
+        );
+    }
+    out
+}
 
 /// Cronbach's alpha of rows (respondents) x columns (items):
 /// k / (k - 1) * (1 - sum of item variances / variance of the row sums).
@@ -186,4 +213,47 @@ fn top_eigenpair(m: &[Vec<f64>]) -> (f64, Vec<f64>) {
         vector.iter_mut().for_each(|x| *x = -*x);
     }
     (a[top][top], vector)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Items that vary together only through their condition's mean: orthogonal noise
+    /// within each condition, a shift of 10 between them.
+    fn shifted_conditions() -> Vec<(&'static str, Vec<f64>)> {
+        let noise = [
+            [1.0, 1.0, 1.0],
+            [-1.0, 1.0, -1.0],
+            [1.0, -1.0, -1.0],
+            [-1.0, -1.0, 1.0],
+        ];
+        ["low", "high"]
+            .into_iter()
+            .enumerate()
+            .flat_map(|(g, name)| {
+                noise
+                    .iter()
+                    .map(move |e| (name, e.iter().map(|x| x + 10.0 * g as f64).collect()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn condition_means_alone_make_pooled_alpha_high_and_centred_alpha_zero() {
+        let rows = shifted_conditions();
+        let pooled: Vec<Vec<f64>> = rows.iter().map(|(_, r)| r.clone()).collect();
+        assert!(cronbach_alpha(&pooled).unwrap() > 0.9);
+        let centred = centre_within_groups(&rows);
+        assert_eq!(centred.len(), 8);
+        // The noise columns are orthogonal: no covariance is left between items.
+        assert!(cronbach_alpha(&centred).unwrap().abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_condition_with_one_respondent_is_left_out_of_the_centred_rows() {
+        let mut rows = shifted_conditions();
+        rows.push(("alone", vec![3.0, 4.0, 5.0]));
+        assert_eq!(centre_within_groups(&rows).len(), 8);
+    }
 }

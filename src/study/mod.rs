@@ -21,6 +21,7 @@ pub mod known_answers;
 pub mod merge;
 pub mod parse;
 pub mod plan;
+pub mod prereg;
 pub mod progress;
 pub mod prompt;
 pub mod provenance;

@@ -75,6 +75,36 @@ pub struct HeaderInputs<'a> {
     pub shard: Option<(usize, usize)>,
 }
 
+/// The instruments the study's conditions ask.
+fn used_instruments(study: &Study) -> HashSet<&str> {
+    study
+        .conditions
+        .iter()
+        .flat_map(|c| c.instruments.iter().map(String::as_str))
+        .collect()
+}
+
+/// Every scenario file a run of `study` may read, with its hash: the study, every
+/// induction, regulation and task of the library, and the instruments it asks.
+pub fn scenario_files(study: &Study, lib: &Library) -> Vec<ScenarioFile> {
+    let used = used_instruments(study);
+    let mut files = vec![ScenarioFile::from(&study.info)];
+    files.extend(lib.inductions.values().map(|x| ScenarioFile::from(&x.info)));
+    files.extend(
+        lib.regulations
+            .values()
+            .map(|x| ScenarioFile::from(&x.info)),
+    );
+    files.extend(
+        lib.instruments
+            .values()
+            .filter(|x| used.contains(x.info.id.as_str()))
+            .map(|x| ScenarioFile::from(&x.info)),
+    );
+    files.extend(lib.tasks.values().map(|x| ScenarioFile::from(&x.info)));
+    files
+}
+
 /// The header of a run that is starting (status `running`).
 pub fn new_header(inputs: HeaderInputs<'_>) -> RunHeader {
     let HeaderInputs {
@@ -87,25 +117,13 @@ pub fn new_header(inputs: HeaderInputs<'_>) -> RunHeader {
         trials_planned,
         shard,
     } = inputs;
-    let used: HashSet<&str> = study
-        .conditions
-        .iter()
-        .flat_map(|c| c.instruments.iter().map(String::as_str))
-        .collect();
+    let files = scenario_files(study, lib);
+    let used: HashSet<&str> = used_instruments(study);
     let instruments = || {
         lib.instruments
             .values()
             .filter(|x| used.contains(x.info.id.as_str()))
     };
-    let mut files = vec![ScenarioFile::from(&study.info)];
-    files.extend(lib.inductions.values().map(|x| ScenarioFile::from(&x.info)));
-    files.extend(
-        lib.regulations
-            .values()
-            .map(|x| ScenarioFile::from(&x.info)),
-    );
-    files.extend(instruments().map(|x| ScenarioFile::from(&x.info)));
-    files.extend(lib.tasks.values().map(|x| ScenarioFile::from(&x.info)));
     RunHeader {
         schema: SCHEMA,
         affectbench_version: env!("CARGO_PKG_VERSION").to_string(),

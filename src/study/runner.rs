@@ -45,6 +45,10 @@ pub struct RunConfig {
     pub seed: Option<u64>,
     pub repetitions: Option<usize>,
     pub max_trials: Option<usize>,
+    /// Run only the repetitions below this count now (content-free prompts always), the
+    /// rest to follow with a resume: how `run --until-precision` grows a run by whole
+    /// balanced blocks, so every arm shows every cell at each stop.
+    pub repetitions_now: Option<usize>,
     /// Device, kernels, threads and batch size (results do not depend on the last two).
     pub engine: EngineConfig,
     /// A progress bar (for a terminal).
@@ -170,10 +174,16 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
         .filter(in_shard)
         .filter(|t| done.contains(&t.id))
         .count();
+    let now = |t: &&Trial| {
+        let g = &plan.groups[t.group];
+        cfg.repetitions_now
+            .is_none_or(|k| g.repetition < k || g.condition == crate::scenario::study::CONTENT_FREE)
+    };
     let mut pending: Vec<&Trial> = plan
         .trials
         .iter()
         .filter(in_shard)
+        .filter(now)
         .filter(|t| !done.contains(&t.id))
         .collect();
     if let Some(n) = cfg.max_trials {

@@ -39,6 +39,7 @@ fn config(model: &Path, out: &Path, max_trials: Option<usize>, seed: Option<u64>
         seed,
         repetitions: None,
         max_trials,
+        repetitions_now: None,
         engine: EngineConfig {
             threads: 2,
             batch_size: 32,
