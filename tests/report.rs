@@ -175,7 +175,7 @@ fn descriptives_and_contrasts_agree_with_a_recomputation_from_the_trials() {
     }
     // The induction contrast's difference is the difference of those means.
     let c = tidy(dir.path().join("tables/contrasts.csv"));
-    let key = "11|smollm2-135m-instruct|probability|sadness-state|sadness|induction|sadness/none|neutral/none|fail".to_string();
+    let key = "11|smollm2-135m-instruct|probability|sadness-state|sadness|induction|sadness/none|neutral/none|fail|exploratory".to_string();
     let diff: f64 = c[&(key.clone(), "difference".into())].parse().unwrap();
     let m = |k: &str| by_condition[k].iter().sum::<f64>() / by_condition[k].len() as f64;
     assert!((diff - (m("sadness/none") - m("neutral/none"))).abs() < 1e-12);
@@ -471,7 +471,7 @@ fn negativity_bias_is_also_tested_at_the_conversation_and_stem_level() {
     let dir = tempfile::tempdir().unwrap();
     report(dir.path(), &[]);
     let t = tidy(dir.path().join("tables/negativity_bias.csv"));
-    let key = "11|smollm2-135m-instruct|judge|sadness/none|neutral/none".to_string();
+    let key = "11|smollm2-135m-instruct|judge|sadness/none|neutral/none|exploratory".to_string();
     let get = |stat: &str| -> f64 { t[&(key.clone(), stat.to_string())].parse().unwrap() };
     assert_eq!(get("conversations_a"), ca.len() as f64);
     assert_eq!(get("stems_paired"), d.len() as f64);

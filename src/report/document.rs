@@ -877,7 +877,7 @@ fn emotion_section(a: &Analysis, emotion: &str, fig: &dyn Fn(&str) -> Option<usi
         })
         .collect();
     blocks.push(table(
-        &format!("{emotion}: induction and regulation contrasts"),
+        &format!("{emotion}: induction and regulation contrasts (exploratory: the declared questions are above)"),
         &[
             "model",
             "instrument",
@@ -1120,7 +1120,7 @@ fn valence_table(a: &Analysis) -> Block {
 /// Induced minus neutral at the completion, conversation, stem and mixed-model levels.
 fn valence_contrast_table(a: &Analysis) -> Block {
     table(
-        "Negativity bias: induced minus neutral. Completions are nested in stems and \
+        "Negativity bias: induced minus neutral (exploratory). Completions are nested in stems and \
          conversations: the completion-level tests treat every completion as independent \
          and overstate the evidence; the conversation-level and paired-by-stem tests use \
          the units the design replicates, and the mixed model uses every completion with \

@@ -524,6 +524,9 @@ fn descriptives_table(a: &Analysis) -> Tidy {
     descriptives
 }
 
+/// The role of every row of contrasts.csv and of negativity_bias.csv's contrasts.
+const EXPLORATORY: &str = "exploratory";
+
 /// The induction and regulation contrasts: arms, difference, Hedges' g, Welch and
 /// Mann-Whitney tests, Holm's p.
 fn contrasts_table(a: &Analysis) -> Tidy {
@@ -541,6 +544,7 @@ fn contrasts_table(a: &Analysis) -> Tidy {
             "condition_a",
             "condition_b",
             "validity",
+            "role",
         ],
     );
     for c in &a.contrasts {
@@ -554,6 +558,9 @@ fn contrasts_table(a: &Analysis) -> Tidy {
                 c.a.clone(),
                 c.b.clone(),
                 validity(&c.model, &c.instrument, c.readout),
+                // The design's contrasts are not declared questions: never in the
+                // confirmatory family (questions.csv holds those).
+                EXPLORATORY.into(),
             ],
             &[
                 &[
@@ -657,7 +664,7 @@ fn baseline_table(a: &Analysis) -> Tidy {
 fn valence_table(a: &Analysis) -> Tidy {
     let mut valence = Tidy::new(
         "negativity_bias",
-        &["model", "scorer", "condition", "reference"],
+        &["model", "scorer", "condition", "reference", "role"],
     );
     for v in &a.valence {
         let [_, _, bca_low, bca_high] = ci_bounds(&v.ci, v.describe.n);
@@ -666,6 +673,7 @@ fn valence_table(a: &Analysis) -> Tidy {
                 v.model.clone(),
                 v.scorer.clone(),
                 v.condition.clone(),
+                String::new(),
                 String::new(),
             ],
             &[
@@ -680,7 +688,13 @@ fn valence_table(a: &Analysis) -> Tidy {
     }
     for v in &a.valence_contrasts {
         valence.push(
-            vec![v.model.clone(), v.scorer.clone(), v.a.clone(), v.b.clone()],
+            vec![
+                v.model.clone(),
+                v.scorer.clone(),
+                v.a.clone(),
+                v.b.clone(),
+                EXPLORATORY.into(),
+            ],
             &[
                 // Completions are many per condition; the CI is shown as computed.
                 &effect_stats(&v.difference, &v.g, MIN_N_BCA)[..],
