@@ -595,8 +595,8 @@ fn internal_consistency(
     }
 }
 
-/// "; within conditions: baseline 0.41 (12), ..." (empty where no condition has enough
-/// respondents).
+/// "; alpha within each condition (respondents): baseline 0.41 (12), ..." (empty
+/// where no condition has enough respondents).
 fn within_conditions_note(respondents: &[Respondent], items: &[&ScoredItem]) -> String {
     let per = alpha_per_condition(respondents, items);
     if per.is_empty() {

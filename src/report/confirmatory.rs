@@ -192,10 +192,16 @@ pub fn holm_confirmatory<'a>(rows: impl Iterator<Item = (&'a str, &'a mut Decisi
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn contrast(direction: Direction, sesoi: Option<f64>, margin: Option<f64>) -> DeclaredContrast {
+    /// A question a - b on one scale with the given hypothesis (shared with the
+    /// planner's tests).
+    pub(crate) fn contrast(
+        direction: Direction,
+        sesoi: Option<f64>,
+        margin: Option<f64>,
+    ) -> DeclaredContrast {
         DeclaredContrast {
             question: "q".into(),
             a: "a".into(),

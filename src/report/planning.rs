@@ -657,22 +657,7 @@ mod tests {
     use super::*;
 
     fn contrast(direction: Direction, sesoi: Option<f64>) -> DeclaredContrast {
-        DeclaredContrast {
-            question: "q".into(),
-            a: "a".into(),
-            b: "b".into(),
-            instrument: "i".into(),
-            subscale: "s".into(),
-            family: "f".into(),
-            kind: "causal".into(),
-            c: None,
-            d: None,
-            equivalence_margin: None,
-            confound: None,
-            direction,
-            sesoi,
-            exploratory: false,
-        }
+        super::super::confirmatory::tests::contrast(direction, sesoi, None)
     }
 
     fn options(simulations: usize) -> PlanOptions {
