@@ -239,8 +239,10 @@ pub struct PlanArgs {
     pub alpha: f64,
 
     /// Simulated studies per candidate design (the power's Monte Carlo SE is at most
-    /// 0.5/sqrt(N)).
-    #[arg(long, default_value_t = 200)]
+    /// 0.5/sqrt(N)). The fewest repetitions whose simulated power reaches the target
+    /// is chosen, so its true power sits a little below the target by chance: more
+    /// simulations, less of that.
+    #[arg(long, default_value_t = 500)]
     pub simulations: usize,
 
     /// The most repetitions per arm a plan may ask for.
