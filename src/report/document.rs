@@ -352,7 +352,14 @@ fn decisions_table(a: &Analysis) -> Block {
                     (Some(m), Some(t)) => format!("±{} (TOST p {})", f(m, 2), p(t.p)),
                     _ => "none declared".into(),
                 },
-                d.verdict(c).into(),
+                // A failed instrument answers nothing, whatever its test says.
+                match q.validity {
+                    Verdict::Fail => format!(
+                        "not evidence (gate failed; the test reads {})",
+                        d.verdict(c)
+                    ),
+                    _ => d.verdict(c).into(),
+                },
             ]
         })
         .collect();
