@@ -96,6 +96,11 @@ pub enum Error {
     #[error("report: {0}")]
     Report(String),
 
+    /// An OpenAI-compatible server model: its spec, or what the server answered, with
+    /// the fix. Never carries the API key.
+    #[error("server model {0}")]
+    Server(String),
+
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

@@ -12,7 +12,8 @@
 //! - `kernels`, `device_info`, `arch`: the int8 kernels and their dispatch, the CPU and
 //!   GPU by name, the architecture table.
 //! - `registry`, `cache`, `fetch`: which models exist, where their files come from, and
-//!   how they reach the local cache verified.
+//!   how they reach the local cache verified. `server`: an OpenAI-compatible server
+//!   named as a model, and the client that talks to it.
 //! - `gguf`, `gguf_check`, `tokenizer`, `chat`: reading model files, building the
 //!   tokenizer from GGUF metadata, rendering chat templates.
 //! - `model`: the forward pass (our own, on candle ops, with the packed int8 CPU
@@ -56,6 +57,7 @@ pub mod results;
 pub mod rng;
 pub mod sampling;
 pub mod scenario;
+pub mod server;
 pub mod stats;
 pub mod study;
 pub mod tokenizer;

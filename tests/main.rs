@@ -25,6 +25,7 @@ mod portable_binary;
 mod report;
 mod results_contract;
 mod scenarios;
+mod server;
 mod stats_reference;
 mod study_runner;
 mod tiny_models;

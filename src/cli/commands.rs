@@ -192,6 +192,11 @@ fn models(registry: &Registry, cmd: ModelsCommand) -> Result<()> {
             anyhow::ensure!(bad == 0, "{bad} model(s) failed verification");
             Ok(())
         }
+        ModelsCommand::CheckServer {
+            spec,
+            timeout,
+            retries,
+        } => check_server(&spec, timeout, retries),
         ModelsCommand::Inspect {
             model,
             tensors,
@@ -932,6 +937,55 @@ fn merge(args: MergeArgs) -> Result<()> {
         eprintln!("report: {}", r.out_dir.join("report.html").display());
     }
     println!("{}", outcome.out_dir.display());
+    Ok(())
+}
+
+/// `models check-server`: whether a study could run on the server, and what it gives.
+fn check_server(spec: &str, timeout: u64, retries: usize) -> Result<()> {
+    use affectbench::server::client::{Client, Logprobs, Patience};
+    use affectbench::server::endpoint::Endpoint;
+    let endpoint = Endpoint::parse(spec)?;
+    println!("server: {}", endpoint.describe());
+    println!(
+        "key: {}",
+        match endpoint.api_key() {
+            Some(_) => format!("sent from ${} (not shown)", endpoint.key_env),
+            None => format!("none (${} is not set)", endpoint.key_env),
+        }
+    );
+    let client = Client::new(
+        endpoint,
+        Patience {
+            timeout: std::time::Duration::from_secs(timeout.max(1)),
+            retries,
+            ..Patience::default()
+        },
+    );
+    client.check_model()?;
+    println!("model: served");
+    let (logprobs, reply) = client.logprob_support()?;
+    println!("log-probabilities: {}", logprobs.name());
+    if let Some(f) = reply["system_fingerprint"].as_str() {
+        println!("system_fingerprint: {f}");
+    }
+    match logprobs {
+        Logprobs::Prompt => println!(
+            "option probabilities: exact (each label's continuation scored from the \
+             prompt's log-probabilities)"
+        ),
+        Logprobs::NextTokenTop => println!(
+            "option probabilities: from the next token's top alternatives only; labels \
+             outside them are unobserved mass. Echoed prompt log-probabilities were \
+             missing or not aligned with their tokens (llama-cpp-python 0.3.36 reads each \
+             one position late); vLLM gives aligned ones with prompt_logprobs"
+        ),
+        Logprobs::None => anyhow::bail!(
+            "{}: the server gives no log-probabilities, so the option-probability \
+             read-out cannot run on it (vLLM and SGLang give them by default; \
+             llama-cpp-python's server needs --logits_all true)",
+            client.endpoint.describe()
+        ),
+    }
     Ok(())
 }
 

@@ -554,6 +554,23 @@ pub enum ModelsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Check an OpenAI-compatible server (vLLM, SGLang, llama.cpp's server, Ollama)
+    /// before pointing a study at it: that it answers, accepts the key, serves the
+    /// model id, and which log-probabilities it gives (prompt log-probabilities let
+    /// the option-probability read-out run exactly). The key is read from the
+    /// environment variable the spec names (default OPENAI_API_KEY), never printed.
+    ///
+    ///   affectbench models check-server 'openai+http://node12:8000/v1#Qwen/Qwen2.5-72B-Instruct'
+    CheckServer {
+        /// openai+http(s)://HOST:PORT/v1[?key_env=VAR&tokenizer=MODEL]#SERVED_MODEL_ID
+        spec: String,
+        /// Seconds one request may take.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+        /// Retries on 429, 5xx and connection errors (the wait doubles from 0.5 s).
+        #[arg(long, default_value_t = 2)]
+        retries: usize,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

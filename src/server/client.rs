@@ -1,0 +1,298 @@
+//! The HTTP side of a server model: requests to an OpenAI-compatible `/v1` API with a
+//! timeout, retries with backoff on what a busy or restarting server answers (429, 5xx,
+//! a refused or dropped connection), and errors that name the fix (a refused key, a
+//! model id the server does not serve, a server that gives no log-probabilities).
+
+use super::endpoint::Endpoint;
+use crate::error::{Error, Result};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// How a client waits and retries.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Patience {
+    /// One request's limit.
+    pub timeout: Duration,
+    /// Retries after the first try, on 429, 5xx and connection errors.
+    pub retries: usize,
+    /// The first backoff; each retry doubles it.
+    pub backoff: Duration,
+}
+
+impl Default for Patience {
+    fn default() -> Self {
+        Patience {
+            timeout: Duration::from_secs(120),
+            retries: 5,
+            backoff: Duration::from_millis(500),
+        }
+    }
+}
+
+/// What the server can give for the option-probability read-out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logprobs {
+    /// Log-probabilities of the prompt's own tokens (`echo` with `logprobs`): each
+    /// option label's continuation is scored exactly.
+    Prompt,
+    /// Only the next token's top alternatives: a label outside them is unobserved.
+    NextTokenTop,
+    /// Neither: the choice read-out cannot run on this server.
+    None,
+}
+
+impl Logprobs {
+    pub fn name(self) -> &'static str {
+        match self {
+            Logprobs::Prompt => "prompt log-probabilities (echo + logprobs)",
+            Logprobs::NextTokenTop => "next-token top log-probabilities only",
+            Logprobs::None => "no log-probabilities",
+        }
+    }
+}
+
+/// A server and how to talk to it.
+pub struct Client {
+    pub endpoint: Endpoint,
+    agent: ureq::Agent,
+    patience: Patience,
+}
+
+/// The outcome of one HTTP exchange, before retrying.
+enum Attempt {
+    Done(Value),
+    /// Worth another try (429, 5xx, transport), with what went wrong.
+    Retry(String),
+    Fatal(Error),
+}
+
+impl Client {
+    pub fn new(endpoint: Endpoint, patience: Patience) -> Client {
+        let agent = ureq::AgentBuilder::new().timeout(patience.timeout).build();
+        Client {
+            endpoint,
+            agent,
+            patience,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/{path}", self.endpoint.base_url)
+    }
+
+    fn error(&self, message: String) -> Error {
+        Error::Server(format!("{}: {message}", self.endpoint.describe()))
+    }
+
+    /// The fix for a status the server answered with.
+    fn refusal(&self, status: u16, body: &str) -> Error {
+        let body: String = body.chars().take(300).collect();
+        match status {
+            401 | 403 => self.error(format!(
+                "the server refused the key (HTTP {status}); put the key it expects in the \
+                 environment variable {} ({}), or name another variable with ?key_env=VAR",
+                self.endpoint.key_env,
+                if self.endpoint.api_key().is_some() {
+                    "it is set, so the key is wrong"
+                } else {
+                    "it is not set, so no key was sent"
+                }
+            )),
+            404 => self.error(format!(
+                "HTTP 404 for a path every OpenAI-compatible server has: is the URL's path \
+                 the API root (usually ending in /v1)? The server said: {body}"
+            )),
+            _ => self.error(format!("HTTP {status}: {body}")),
+        }
+    }
+
+    fn attempt(&self, request: ureq::Request, body: Option<&Value>) -> Attempt {
+        let request = match self.endpoint.api_key() {
+            Some(key) => request.set("Authorization", &format!("Bearer {key}")),
+            None => request,
+        };
+        let response = match body {
+            Some(b) => request.send_json(b.clone()),
+            None => request.call(),
+        };
+        match response {
+            Ok(r) => match r.into_string() {
+                Ok(text) => match serde_json::from_str(&text) {
+                    Ok(v) => Attempt::Done(v),
+                    Err(e) => Attempt::Fatal(self.error(format!(
+                        "the reply is not JSON ({e}): {}",
+                        text.chars().take(200).collect::<String>()
+                    ))),
+                },
+                Err(e) => Attempt::Retry(format!("reading the reply: {e}")),
+            },
+            Err(ureq::Error::Status(status, r)) => {
+                let text = r.into_string().unwrap_or_default();
+                if status == 429 || status >= 500 {
+                    Attempt::Retry(format!(
+                        "HTTP {status}: {}",
+                        text.chars().take(200).collect::<String>()
+                    ))
+                } else {
+                    Attempt::Fatal(self.refusal(status, &text))
+                }
+            }
+            Err(ureq::Error::Transport(t)) => Attempt::Retry(t.to_string()),
+        }
+    }
+
+    /// One request with retries; `body` None is a GET.
+    fn send(&self, path: &str, body: Option<&Value>) -> Result<Value> {
+        let mut wait = self.patience.backoff;
+        let mut last = String::new();
+        for attempt in 0..=self.patience.retries {
+            if attempt > 0 {
+                std::thread::sleep(wait);
+                wait *= 2;
+            }
+            let request = match body {
+                Some(_) => self.agent.post(&self.url(path)),
+                None => self.agent.get(&self.url(path)),
+            };
+            match self.attempt(request, body) {
+                Attempt::Done(v) => return Ok(v),
+                Attempt::Fatal(e) => return Err(e),
+                Attempt::Retry(why) => last = why,
+            }
+        }
+        Err(self.error(format!(
+            "no answer after {} tries ({last}); is the server running and reachable from \
+             here?",
+            self.patience.retries + 1
+        )))
+    }
+
+    /// The model ids the server serves (`GET /models`).
+    pub fn served_models(&self) -> Result<Vec<String>> {
+        let v = self.send("models", None)?;
+        Ok(v["data"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|m| m["id"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Refuses a model id the server does not list, naming the ones it does.
+    pub fn check_model(&self) -> Result<()> {
+        let served = self.served_models()?;
+        if served.contains(&self.endpoint.model) {
+            return Ok(());
+        }
+        Err(self.error(format!(
+            "the server does not serve '{}'; it serves: {} (put one of them after the #)",
+            self.endpoint.model,
+            if served.is_empty() {
+                "nothing it names".to_string()
+            } else {
+                served.join(", ")
+            }
+        )))
+    }
+
+    /// `POST /completions` with `body` (the model id added).
+    pub fn completion(&self, mut body: Value) -> Result<Value> {
+        body["model"] = json!(self.endpoint.model);
+        self.send("completions", Some(&body))
+    }
+
+    /// What log-probabilities the server gives, from one short greedy completion that
+    /// asks for the prompt's (echo) and the next token's top alternatives.
+    pub fn logprob_support(&self) -> Result<(Logprobs, Value)> {
+        let reply = self.completion(json!({
+            "prompt": "The sky is",
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "echo": true,
+            "logprobs": 5,
+        }));
+        let reply = match reply {
+            Ok(r) => r,
+            // A server that refuses the fields is one without them.
+            Err(Error::Server(m)) if m.contains("HTTP 400") || m.contains("HTTP 422") => {
+                return Ok((Logprobs::None, json!({ "refused": m })))
+            }
+            Err(e) => return Err(e),
+        };
+        Ok((classify_logprobs(&reply), reply))
+    }
+}
+
+/// What a greedy one-token completion with `echo` and `logprobs` shows of the server's
+/// log-probabilities. Prompt log-probabilities count only where they are aligned: every
+/// prompt token and the generated one are listed, and the generated (greedy) token is
+/// the most probable entry of its own top list. llama-cpp-python 0.3.36 fails this: it
+/// lists only the prompt tokens, and its list at position i holds the distribution of
+/// token i + 1 (so a token's "own" value is read one position late).
+pub fn classify_logprobs(reply: &Value) -> Logprobs {
+    let lp = &reply["choices"][0]["logprobs"];
+    let tokens = lp["tokens"].as_array().map_or(0, Vec::len);
+    let values = lp["token_logprobs"].as_array();
+    let tops = lp["top_logprobs"].as_array();
+    let prompt = reply["usage"]["prompt_tokens"].as_u64().unwrap_or(0) as usize;
+    let generated = reply["usage"]["completion_tokens"].as_u64().unwrap_or(0) as usize;
+    let aligned = (|| {
+        let last = tokens.checked_sub(1)?;
+        let own = values?.get(last)?.as_f64()?;
+        let best = tops?
+            .get(last)?
+            .as_object()?
+            .values()
+            .filter_map(Value::as_f64)
+            .fold(f64::NEG_INFINITY, f64::max);
+        Some(prompt > 1 && tokens == prompt + generated && (own - best).abs() < 1e-4)
+    })()
+    .unwrap_or(false);
+    let any_top = tops.is_some_and(|t| t.iter().any(Value::is_object));
+    if aligned {
+        Logprobs::Prompt
+    } else if any_top {
+        Logprobs::NextTokenTop
+    } else {
+        Logprobs::None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echoed_log_probabilities_count_only_when_aligned_with_their_tokens() {
+        // What llama-cpp-python 0.3.36's server answered (2026-12-06) for "The sky is"
+        // with echo, logprobs 3, one greedy token (" a"): the generated token is not
+        // listed, and position 2's list is the distribution after " is".
+        let shifted = json!({
+            "choices": [{"text": "The sky is a", "logprobs": {
+                "tokens": ["The", " sky", " is"],
+                "token_logprobs": [null, -8.34, -11.62],
+                "top_logprobs": [null,
+                    {" was": -1.65, " is": -1.75, ",": -2.56, " sky": -8.34},
+                    {" a": -1.05, " the": -2.93, " not": -3.18, " is": -11.62}]}}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1}
+        });
+        assert_eq!(classify_logprobs(&shifted), Logprobs::NextTokenTop);
+        // The same reply as an aligned server gives it: four tokens, each list the
+        // distribution of its own position, the greedy token its list's maximum.
+        let aligned = json!({
+            "choices": [{"text": "The sky is a", "logprobs": {
+                "tokens": ["The", " sky", " is", " a"],
+                "token_logprobs": [null, -8.34, -1.75, -1.05],
+                "top_logprobs": [null,
+                    {" was": -1.65, " is": -1.75},
+                    {" was": -1.65, " is": -1.75},
+                    {" a": -1.05, " the": -2.93}]}}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1}
+        });
+        assert_eq!(classify_logprobs(&aligned), Logprobs::Prompt);
+        let none = json!({"choices": [{"text": "a", "logprobs": null}], "usage": {}});
+        assert_eq!(classify_logprobs(&none), Logprobs::None);
+    }
+}

@@ -1,0 +1,169 @@
+//! An OpenAI-compatible server named as a model: `openai+http://node12:8000/v1#served-id`
+//! (vLLM, SGLang, llama.cpp's server, Ollama). The key never appears in the spec: it is
+//! read from an environment variable (`?key_env=NAME`, default `OPENAI_API_KEY`) when a
+//! request is made, and the URL recorded anywhere is the one without credentials.
+
+use crate::error::{Error, Result};
+
+/// The scheme prefix that marks a model argument as a server.
+pub const PREFIX: &str = "openai+";
+
+/// The environment variable the key is read from unless the spec names another.
+pub const DEFAULT_KEY_ENV: &str = "OPENAI_API_KEY";
+
+/// A server and the model it serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `http(s)://host[:port]/path` with no credentials, no query and no fragment: what
+    /// requests go to (`{base_url}/completions`) and what provenance records.
+    pub base_url: String,
+    /// The served model id (`"model"` in every request).
+    pub model: String,
+    /// The environment variable holding the API key (unset: no key is sent).
+    pub key_env: String,
+    /// Where the matching tokenizer and chat template come from (a registry name, a
+    /// .gguf file or a safetensors directory of the same weights), if given.
+    pub tokenizer: Option<String>,
+}
+
+fn spec_error(spec: &str, why: &str) -> Error {
+    Error::Server(format!(
+        "'{spec}' is not a server model: {why}; write \
+         openai+http://HOST:PORT/v1#SERVED_MODEL_ID (optionally \
+         ?key_env=VAR&tokenizer=MODEL before the #)"
+    ))
+}
+
+impl Endpoint {
+    /// Whether a model argument names a server rather than a file or registry entry.
+    pub fn is_spec(arg: &str) -> bool {
+        arg.starts_with(PREFIX)
+    }
+
+    /// Parses `openai+http(s)://host[:port]/path[?key_env=VAR&tokenizer=MODEL]#model`.
+    /// Credentials in the URL are refused: a key belongs in the environment, where it
+    /// is never printed, logged or written to run.json.
+    pub fn parse(spec: &str) -> Result<Endpoint> {
+        let rest = spec
+            .strip_prefix(PREFIX)
+            .ok_or_else(|| spec_error(spec, "it does not start with openai+"))?;
+        let (url, model) = rest
+            .split_once('#')
+            .ok_or_else(|| spec_error(spec, "the served model id after '#' is missing"))?;
+        let model = model.trim();
+        if model.is_empty() {
+            return Err(spec_error(spec, "the served model id after '#' is empty"));
+        }
+        let (url, query) = match url.split_once('?') {
+            Some((u, q)) => (u, Some(q)),
+            None => (url, None),
+        };
+        let (scheme, after) = url
+            .split_once("://")
+            .ok_or_else(|| spec_error(spec, "the URL has no scheme"))?;
+        if scheme != "http" && scheme != "https" {
+            return Err(spec_error(
+                spec,
+                &format!("the scheme is '{scheme}', not http or https"),
+            ));
+        }
+        let authority = after.split('/').next().unwrap_or("");
+        if authority.contains('@') {
+            // Say so without repeating what came before the '@'.
+            return Err(Error::Server(format!(
+                "a server model's URL must not carry credentials ({scheme}://…@{}); put \
+                 the key in an environment variable and name it with ?key_env=VAR \
+                 (default {DEFAULT_KEY_ENV})",
+                authority.rsplit('@').next().unwrap_or("")
+            )));
+        }
+        if authority.is_empty() {
+            return Err(spec_error(spec, "the URL has no host"));
+        }
+        let mut endpoint = Endpoint {
+            base_url: format!("{scheme}://{}", after.trim_end_matches('/')),
+            model: model.to_string(),
+            key_env: DEFAULT_KEY_ENV.to_string(),
+            tokenizer: None,
+        };
+        for pair in query.into_iter().flat_map(|q| q.split('&')) {
+            match pair.split_once('=') {
+                Some(("key_env", v)) if !v.is_empty() => endpoint.key_env = v.to_string(),
+                Some(("tokenizer", v)) if !v.is_empty() => endpoint.tokenizer = Some(v.to_string()),
+                _ => {
+                    return Err(spec_error(
+                        spec,
+                        &format!("'{pair}' is not an option (key_env=VAR or tokenizer=MODEL)"),
+                    ))
+                }
+            }
+        }
+        Ok(endpoint)
+    }
+
+    /// What provenance and messages show: the URL and the served model id, never a key.
+    pub fn describe(&self) -> String {
+        format!("{}#{}", self.base_url, self.model)
+    }
+
+    /// The key from the environment, if its variable is set and not empty.
+    pub fn api_key(&self) -> Option<String> {
+        std::env::var(&self.key_env).ok().filter(|k| !k.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spec_gives_the_url_the_served_id_and_the_options() {
+        let e = Endpoint::parse(
+            "openai+http://node12:8000/v1/?key_env=VLLM_KEY&tokenizer=smollm2-135m-instruct#meta-llama/Llama-3.1-70B-Instruct",
+        )
+        .unwrap();
+        assert_eq!(e.base_url, "http://node12:8000/v1");
+        assert_eq!(e.model, "meta-llama/Llama-3.1-70B-Instruct");
+        assert_eq!(e.key_env, "VLLM_KEY");
+        assert_eq!(e.tokenizer.as_deref(), Some("smollm2-135m-instruct"));
+        assert_eq!(
+            e.describe(),
+            "http://node12:8000/v1#meta-llama/Llama-3.1-70B-Instruct"
+        );
+        let plain = Endpoint::parse("openai+https://host/v1#m").unwrap();
+        assert_eq!(
+            (plain.key_env.as_str(), plain.tokenizer),
+            (DEFAULT_KEY_ENV, None)
+        );
+    }
+
+    #[test]
+    fn credentials_in_the_url_are_refused_without_repeating_them() {
+        let err = Endpoint::parse("openai+http://alice:s3cret@host:8000/v1#m")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("s3cret") && !err.contains("alice"), "{err}");
+        assert!(err.contains("key_env"), "{err}");
+    }
+
+    #[test]
+    fn a_malformed_spec_says_how_to_write_one() {
+        for bad in [
+            "openai+http://host/v1",
+            "openai+http://host/v1#",
+            "openai+ftp://host/v1#m",
+            "openai+host/v1#m",
+            "openai+http:///v1#m",
+            "openai+http://host/v1?colour=red#m",
+        ] {
+            let err = Endpoint::parse(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("openai+http://HOST:PORT/v1#SERVED_MODEL_ID")
+                    || err.contains("not an option"),
+                "{bad}: {err}"
+            );
+        }
+        assert!(Endpoint::is_spec("openai+http://h/v1#m"));
+        assert!(!Endpoint::is_spec("smollm2-135m-instruct"));
+    }
+}
