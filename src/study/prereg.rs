@@ -161,13 +161,17 @@ pub fn compare(p: &Preregistration, header: &RunHeader, repetitions_run: usize) 
         header.study.sha256.clone(),
     );
     add("seed", p.seed.to_string(), header.seed.to_string());
+    // As the study file spells it ("crossed", "modulo").
+    let spelled = |a: Assignment| {
+        serde_json::to_value(a)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default()
+    };
     add(
         "assignment",
-        format!("{:?}", p.assignment),
-        format!(
-            "{:?}",
-            header.study.assignment.unwrap_or(Assignment::Modulo)
-        ),
+        spelled(p.assignment),
+        spelled(header.study.assignment.unwrap_or(Assignment::Modulo)),
     );
     add(
         "primary read-out",
