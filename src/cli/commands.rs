@@ -990,7 +990,7 @@ fn check_server(spec: &str, timeout: u64, retries: usize) -> Result<()> {
 }
 
 fn plan(args: PlanArgs) -> Result<()> {
-    use affectbench::report::planning::{plan_study, write_csv, PlanOptions};
+    use affectbench::report::planning::{plan_study, study_precision, write_csv, PlanOptions};
     use affectbench::report::scores::Readout;
     use affectbench::scenario::{study::Study, Library};
     anyhow::ensure!(
@@ -1038,17 +1038,17 @@ fn plan(args: PlanArgs) -> Result<()> {
             options.simulations
         );
     }
-    let started = std::time::Instant::now();
-    let plan = plan_study(&study, pilot, readout, &options);
     if args.check_precision {
+        // Only the pilot's own intervals: no simulation is needed.
+        let precision = study_precision(&study, pilot);
         anyhow::ensure!(
-            !plan.precision.is_empty(),
+            !precision.is_empty(),
             "{} declares no confirmatory question (set primary_readout), so there is no \
              precision target to check",
             args.study.display()
         );
         let mut met = true;
-        for c in &plan.precision {
+        for c in &precision {
             met &= c.met;
             println!(
                 "{} {}: 95% CI half-width {:.4} vs SESOI {} — {}",
@@ -1064,6 +1064,8 @@ fn plan(args: PlanArgs) -> Result<()> {
         }
         return Ok(());
     }
+    let started = std::time::Instant::now();
+    let plan = plan_study(&study, pilot, readout, &options);
     println!(
         "{:<60} {:>10} {:>6} {:>7} {:>8} {:>8} {:>10}  note",
         "question", "vignettes", "reps", "power", "±MC SE", "CI ±", "P(CI±<S)"

@@ -517,34 +517,28 @@ pub fn precision_reached(questions: &[QuestionAnswer]) -> Vec<PrecisionCheck> {
 /// A study's declared questions planned from pilot runs: the pilot is analysed under
 /// the study file's questions, primary read-out and SESOIs (they may have been added
 /// after the pilot), and every question on `readout` (default: the primary read-out,
-/// else probability) gets its rows. Also returns the read-out planned and the precision
-/// check of the pilot itself.
+/// else probability) gets its rows. Also returns the read-out planned.
 pub struct StudyPlan {
     pub readout: Readout,
     pub rows: Vec<PlanRow>,
     /// Questions of the pilot with no crossed fit (a difference of differences, an
     /// empty arm), with the reason.
     pub skipped: Vec<(String, String)>,
-    pub precision: Vec<PrecisionCheck>,
 }
 
 pub fn plan_study(
     study: &Study,
-    mut pilot: RunData,
+    pilot: RunData,
     readout: Option<Readout>,
     options: &PlanOptions,
 ) -> StudyPlan {
-    for h in &mut pilot.headers {
-        h.study.contrasts = study.contrasts.clone();
-        h.study.primary_readout = study.primary_readout.clone();
-    }
     let readout = readout
         .or_else(|| {
             let primary = study.primary_readout.as_deref()?;
             Readout::ALL.into_iter().find(|r| r.name() == primary)
         })
         .unwrap_or(Readout::Probability);
-    let analysis = analyse(&pilot, &ReportOptions::default());
+    let analysis = analyse_under(study, pilot);
     let (directions, shuffled) = match study.option_order {
         OptionOrder::Fixed => (1, false),
         OptionOrder::Counterbalanced => (2, false),
@@ -569,7 +563,6 @@ pub fn plan_study(
         readout,
         rows,
         skipped,
-        precision: precision_reached(&analysis.questions),
     }
 }
 
@@ -641,6 +634,21 @@ pub fn write_csv(path: &Path, rows: &[PlanRow], options: &PlanOptions) -> Result
             note: &r.note,
         }),
     )
+}
+
+/// The pilot analysed under `study`'s questions and primary read-out (they may have
+/// been declared after the pilot ran).
+fn analyse_under(study: &Study, mut pilot: RunData) -> super::analysis::Analysis {
+    for h in &mut pilot.headers {
+        h.study.contrasts = study.contrasts.clone();
+        h.study.primary_readout = study.primary_readout.clone();
+    }
+    analyse(&pilot, &ReportOptions::default())
+}
+
+/// `precision_reached` for runs under `study`'s questions, without simulating a plan.
+pub fn study_precision(study: &Study, pilot: RunData) -> Vec<PrecisionCheck> {
+    precision_reached(&analyse_under(study, pilot).questions)
 }
 
 /// `precision_reached` for a run directory as it stands (finished or not), under the
