@@ -242,10 +242,28 @@ impl ModelRef {
     pub fn label(&self) -> String {
         match self {
             ModelRef::Registry(e) => e.name.clone(),
-            ModelRef::GgufFile(p) | ModelRef::SafetensorsDir(p) => p
+            ModelRef::GgufFile(p) => p
                 .file_stem()
                 .map(|s| s.to_string_lossy().to_string())
                 .unwrap_or_else(|| p.display().to_string()),
+            // A directory has no extension to drop: its name is whole ("Qwen2.5-0.5B").
+            ModelRef::SafetensorsDir(p) => p
+                .file_name()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_else(|| p.display().to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_keep_a_directorys_whole_name_and_drop_a_files_extension() {
+        let dir = ModelRef::SafetensorsDir(PathBuf::from("/models/Qwen2.5-0.5B-Instruct"));
+        assert_eq!(dir.label(), "Qwen2.5-0.5B-Instruct");
+        let gguf = ModelRef::GgufFile(PathBuf::from("/m/Llama-3.1-8B-Instruct.Q4_K_M.gguf"));
+        assert_eq!(gguf.label(), "Llama-3.1-8B-Instruct.Q4_K_M");
     }
 }
