@@ -101,6 +101,11 @@ pub enum Error {
     #[error("server model {0}")]
     Server(String),
 
+    /// A server that did not answer after every retry (down, restarting, unreachable):
+    /// a run stops here as interrupted, not failed, since a resume completes it.
+    #[error("server model {0}")]
+    ServerUnreachable(String),
+
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

@@ -1,8 +1,12 @@
 //! The model registry (`models/registry.toml`): which models `--model NAME` can name, where
 //! each file can be fetched from, and the sha256 it must have.
 //!
-//! Two layers, as in candle's configs: `RegistrySpec`/`ModelSpec` mirror the file (serde,
-//! unknown fields rejected) and are validated once into `Registry`/`ModelEntry`.
+//! A registry file may also name servers (`[[server]]`): an OpenAI-compatible endpoint,
+//! its served model id, the variable holding its key and where its tokenizer comes
+//! from, so that `--model NAME` reaches it.
+//!
+//! Two layers, as in candle's configs: `RegistrySpec`/`ModelSpec`/`ServerSpec` mirror the
+//! file (serde, unknown fields rejected) and are validated once into `Registry`.
 
 use crate::error::{toml_error, Error, IoContext, Result};
 use serde::Deserialize;
@@ -16,6 +20,22 @@ pub const BUILTIN_REGISTRY: &str = include_str!("../models/registry.toml");
 struct RegistrySpec {
     default: String,
     model: Vec<ModelSpec>,
+    #[serde(default)]
+    server: Vec<ServerSpec>,
+}
+
+/// A named server as the file writes it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerSpec {
+    name: String,
+    /// `http(s)://HOST:PORT/v1`, without credentials.
+    url: String,
+    /// The served model id.
+    model: String,
+    key_env: Option<String>,
+    tokenizer: Option<String>,
+    mode: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,6 +93,8 @@ pub struct ModelEntry {
 pub struct Registry {
     pub default: String,
     pub models: Vec<ModelEntry>,
+    /// Named servers; each endpoint's label is its entry's name.
+    pub servers: Vec<(String, crate::server::endpoint::Endpoint)>,
 }
 
 impl Registry {
@@ -160,9 +182,31 @@ impl Registry {
                 message: format!("default model '{}' has no [[model]] entry", spec.default),
             });
         }
+        let mut servers = Vec::new();
+        for s in spec.server {
+            if models.iter().any(|m| m.name == s.name) || servers.iter().any(|(n, _)| n == &s.name)
+            {
+                return Err(bad(&s.name, format!("'{}' is listed twice", s.name)));
+            }
+            let mut query = vec![format!("label={}", s.name)];
+            query.extend(s.key_env.map(|v| format!("key_env={v}")));
+            query.extend(s.tokenizer.map(|v| format!("tokenizer={v}")));
+            query.extend(s.mode.map(|v| format!("mode={v}")));
+            let spec = format!(
+                "{}{}?{}#{}",
+                crate::server::endpoint::PREFIX,
+                s.url,
+                query.join("&"),
+                s.model
+            );
+            let endpoint = crate::server::endpoint::Endpoint::parse(&spec)
+                .map_err(|e| bad(&s.name, format!("server '{}': {e}", s.name)))?;
+            servers.push((s.name, endpoint));
+        }
         Ok(Registry {
             default: spec.default,
             models,
+            servers,
         })
     }
 
@@ -170,10 +214,16 @@ impl Registry {
         self.models.iter().find(|m| m.name == name)
     }
 
+    /// A named server's endpoint.
+    pub fn server(&self, name: &str) -> Option<&crate::server::endpoint::Endpoint> {
+        self.servers.iter().find(|(n, _)| n == name).map(|(_, e)| e)
+    }
+
     pub fn names(&self) -> String {
         self.models
             .iter()
             .map(|m| m.name.as_str())
+            .chain(self.servers.iter().map(|(n, _)| n.as_str()))
             .collect::<Vec<_>>()
             .join(", ")
     }
@@ -195,11 +245,34 @@ pub enum ModelRef {
     GgufFile(PathBuf),
     /// A Hugging Face-style directory: config.json, tokenizer.json, *.safetensors.
     SafetensorsDir(PathBuf),
+    /// An OpenAI-compatible server (`openai+http://HOST:PORT/v1#SERVED_ID`), with the
+    /// local model its `tokenizer=` names (resolved with the same registry): nothing of
+    /// that one is loaded but its tokenizer and chat template.
+    Server(crate::server::endpoint::Endpoint, Option<Box<ModelRef>>),
 }
 
 impl ModelRef {
-    /// Resolves a registry name, a `.gguf` path or a safetensors directory.
+    /// Resolves a registry name (a model or a named server), a server spec, a `.gguf`
+    /// path or a safetensors directory.
     pub fn resolve(registry: &Registry, arg: &str) -> Result<Self> {
+        let named = registry.server(arg);
+        if named.is_some() || crate::server::endpoint::Endpoint::is_spec(arg) {
+            let endpoint = match named {
+                Some(e) => e.clone(),
+                None => crate::server::endpoint::Endpoint::parse(arg)?,
+            };
+            let text_side = match &endpoint.tokenizer {
+                Some(t) if crate::server::endpoint::Endpoint::is_spec(t) => {
+                    return Err(Error::Server(format!(
+                        "{}: tokenizer= names another server; it must name a local model",
+                        endpoint.describe()
+                    )))
+                }
+                Some(t) => Some(Box::new(ModelRef::resolve(registry, t)?)),
+                None => None,
+            };
+            return Ok(ModelRef::Server(endpoint, text_side));
+        }
         if let Some(entry) = registry.get(arg) {
             return Ok(ModelRef::Registry(entry.clone()));
         }
@@ -235,6 +308,12 @@ impl ModelRef {
                  put the model's template in one of them",
                 d.display()
             ),
+            ModelRef::Server(e, _) => format!(
+                "name a local copy of the served model's tokenizer and chat template with \
+                 ?tokenizer=MODEL in the spec (a registry name, a .gguf file or a Hugging \
+                 Face directory of the same model; the weights are not loaded): {}",
+                e.describe()
+            ),
         }
     }
 
@@ -251,6 +330,7 @@ impl ModelRef {
                 .file_name()
                 .map(|s| s.to_string_lossy().to_string())
                 .unwrap_or_else(|| p.display().to_string()),
+            ModelRef::Server(e, _) => e.label(),
         }
     }
 }
@@ -265,5 +345,36 @@ mod tests {
         assert_eq!(dir.label(), "Qwen2.5-0.5B-Instruct");
         let gguf = ModelRef::GgufFile(PathBuf::from("/m/Llama-3.1-8B-Instruct.Q4_K_M.gguf"));
         assert_eq!(gguf.label(), "Llama-3.1-8B-Instruct.Q4_K_M");
+    }
+
+    #[test]
+    fn a_named_server_resolves_to_its_endpoint_labelled_by_its_name() {
+        let text = format!(
+            "{BUILTIN_REGISTRY}\n[[server]]\nname = \"llama70\"\nurl = \"http://node12:8000/v1\"\n\
+             model = \"meta-llama/Llama-3.1-70B-Instruct\"\nkey_env = \"VLLM_KEY\"\n\
+             tokenizer = \"smollm2-135m-instruct\"\n"
+        );
+        let registry = Registry::parse(Path::new("mine.toml"), &text).unwrap();
+        let ModelRef::Server(e, Some(text_side)) = ModelRef::resolve(&registry, "llama70").unwrap()
+        else {
+            panic!("not a server with a tokenizer");
+        };
+        assert_eq!(e.spec(), "openai+http://node12:8000/v1?key_env=VLLM_KEY&tokenizer=smollm2-135m-instruct&label=llama70#meta-llama/Llama-3.1-70B-Instruct");
+        assert!(matches!(*text_side, ModelRef::Registry(_)));
+        assert_eq!(ModelRef::Server(e, None).label(), "llama70");
+        assert!(registry.names().ends_with("llama70"));
+        // Credentials in the URL are refused with the entry's name and line.
+        let bad = text.replace("http://node12", "http://bob:pw@node12");
+        let err = Registry::parse(Path::new("mine.toml"), &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("mine.toml") && err.contains("llama70") && err.contains("key_env"),
+            "{err}"
+        );
+        assert!(!err.contains("pw@"), "{err}");
+        // A server may not take a model's name.
+        let clash = text.replace("\"llama70\"", "\"gemma3-270m\"");
+        assert!(Registry::parse(Path::new("mine.toml"), &clash).is_err());
     }
 }

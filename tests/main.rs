@@ -26,6 +26,7 @@ mod report;
 mod results_contract;
 mod scenarios;
 mod server;
+mod server_run;
 mod stats_reference;
 mod study_runner;
 mod tiny_models;

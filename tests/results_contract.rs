@@ -108,6 +108,7 @@ fn a_schema_1_run_and_its_schema_2_rerun_agree_on_every_value() {
         sources: Default::default(),
         shard: None,
         directions: Vec::new(),
+        server: Default::default(),
     };
     run_study(&cfg).unwrap();
     let new_header = read_header(&cfg.out_dir).unwrap();

@@ -1,6 +1,6 @@
 //! `affectbench models check-server` where no server is needed to know the answer: a
 //! spec with credentials is refused without echoing them, and an unreachable server is
-//! named with what to check. (Against a real llama.cpp server: issue 30's next step.)
+//! named with what to check. (Against a real llama.cpp server: tests/server_run.rs.)
 
 use crate::common;
 

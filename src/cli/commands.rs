@@ -1,9 +1,9 @@
 //! The commands behind each subcommand.
 
 use super::{
-    BatchingArg, BenchArgs, Cli, Command, EngineArgs, GenerateArgs, Int8KernelArg, JudgeArgs,
-    MergeArgs, ModelArgs, ModelsCommand, OpsArg, PlanArgs, PreregArgs, ProbeArgs, ReportArgs,
-    RunArgs, SourceArg, TokenizeArgs, ValidateArgs, WeightsArg,
+    BatchingArg, BenchArgs, Cli, Command, CompareArgs, EngineArgs, GenerateArgs, Int8KernelArg,
+    JudgeArgs, MergeArgs, ModelArgs, ModelsCommand, OpsArg, PlanArgs, PreregArgs, ProbeArgs,
+    ReportArgs, RunArgs, SourceArg, TokenizeArgs, ValidateArgs, WeightsArg,
 };
 use affectbench::cache;
 use affectbench::chat::Message;
@@ -49,6 +49,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Run(args) => run_study_command(&registry, args, &detected),
         Command::Report(args) => report(args),
         Command::Merge(args) => merge(args),
+        Command::Compare(args) => compare(args),
         Command::Bench(args) => bench(&registry, args, threads),
         Command::ValidateInstrument(args) => validate_instrument(&registry, args, &detected),
         Command::Judge(args) => judge(&registry, args, threads),
@@ -70,6 +71,7 @@ fn uses_candle_ops(command: &Command) -> bool {
         Command::Models(_)
         | Command::Report(_)
         | Command::Merge(_)
+        | Command::Compare(_)
         | Command::Probe(_)
         | Command::Plan(_)
         | Command::Prereg(_) => return false,
@@ -122,6 +124,15 @@ fn models(registry: &Registry, cmd: ModelsCommand) -> Result<()> {
                     m.licence,
                     default
                 );
+            }
+            if !registry.servers.is_empty() {
+                println!(
+                    "\n{:<30} server (`models check-server NAME` checks it)",
+                    "name"
+                );
+                for (name, endpoint) in &registry.servers {
+                    println!("{name:<30} {}", endpoint.describe());
+                }
             }
             println!("\ncache: {}", cache::cache_root().display());
             Ok(())
@@ -196,7 +207,7 @@ fn models(registry: &Registry, cmd: ModelsCommand) -> Result<()> {
             spec,
             timeout,
             retries,
-        } => check_server(&spec, timeout, retries),
+        } => check_server(registry, &spec, timeout, retries),
         ModelsCommand::Inspect {
             model,
             tensors,
@@ -212,6 +223,10 @@ fn models(registry: &Registry, cmd: ModelsCommand) -> Result<()> {
                 ModelRef::SafetensorsDir(d) => anyhow::bail!(
                     "{} is a Hugging Face directory: its weights load dense (f32 arithmetic, candle matmul) for llama, qwen2 and qwen3; `models inspect` reads GGUF files",
                     d.display()
+                ),
+                ModelRef::Server(e, _) => anyhow::bail!(
+                    "{} is a server; `models inspect` reads GGUF files (`models check-server` checks a server)",
+                    e.describe()
                 ),
             };
             let mut report = affectbench::model::inspect::inspect_gguf(&path)?;
@@ -404,7 +419,13 @@ fn tokenize(registry: &Registry, args: TokenizeArgs, threads: usize) -> Result<(
 /// Resolves a model argument, fetching registry models that are not cached yet.
 fn resolve_fetched(registry: &Registry, name: &str) -> Result<ModelRef> {
     let model_ref = ModelRef::resolve(registry, name)?;
-    if let ModelRef::Registry(entry) = &model_ref {
+    // A server's tokenizer may be a registry model: its file is fetched the same way.
+    let local = match &model_ref {
+        ModelRef::Server(_, Some(text_side)) => text_side.as_ref(),
+        other => other,
+    };
+    if let ModelRef::Registry(entry) = local {
+        let name = entry.name.as_str();
         // Only a missing file is fetched; a cached file of the wrong size is refused
         // with the fix (`models fetch --force`), never silently replaced.
         if let Err(affectbench::Error::NotFetched { .. }) = cache::cached_file(entry) {
@@ -513,6 +534,7 @@ fn run_config(
         shard: target.shard,
         sources,
         directions,
+        server: Default::default(),
     })
 }
 
@@ -578,6 +600,17 @@ fn run_study_command(registry: &Registry, args: RunArgs, threads: &Detected<usiz
         std::time::Duration::from_secs_f64(args.progress_every.max(0.01)),
         args.directions.clone(),
     )?;
+    let cfg = RunConfig {
+        server: affectbench::study::runner::ServerOptions {
+            max_in_flight: args.max_in_flight as usize,
+            patience: affectbench::server::client::Patience {
+                timeout: std::time::Duration::from_secs(args.server_timeout.max(1)),
+                retries: args.server_retries,
+                backoff: std::time::Duration::from_secs(1),
+            },
+        },
+        ..cfg
+    };
     if let Some(file) = &args.prereg {
         keep_preregistration(file, &cfg, args.until_precision)?;
     }
@@ -917,6 +950,56 @@ fn judge(registry: &Registry, args: JudgeArgs, threads: usize) -> Result<()> {
     Ok(())
 }
 
+/// `affectbench compare A B`: the two runs' agreement, printed and written per pair.
+fn compare(args: CompareArgs) -> Result<()> {
+    use affectbench::results::compare::{compare_runs, write_pairs};
+    let (a, rows) = compare_runs(&args.a, &args.b)?;
+    let csv = args.csv.unwrap_or_else(|| args.b.join("compare.csv"));
+    write_pairs(&csv, &rows)?;
+    let share = |n: usize, of: usize| {
+        if of == 0 {
+            "none to compare".to_string()
+        } else {
+            format!("{n} of {of} ({:.1}%)", 100.0 * n as f64 / of as f64)
+        }
+    };
+    println!(
+        "paired trials: {} (only in A: {}, only in B: {})",
+        a.paired, a.only_a, a.only_b
+    );
+    println!(
+        "same most probable option: {}",
+        share(a.same_top, a.choices)
+    );
+    println!(
+        "largest option-probability gap per trial: median {:.3}, 90th percentile {:.3}, max {:.3}",
+        a.gap_median, a.gap_p90, a.gap_max
+    );
+    println!(
+        "expected value (option probabilities), mean |A - B|: {:.3} scale points",
+        a.expected_mean_abs
+    );
+    println!(
+        "generated answers reading the same value: {}",
+        share(a.same_value, a.values)
+    );
+    println!(
+        "identical texts (first replies, completions): {}",
+        share(a.same_texts, a.texts)
+    );
+    eprintln!("pairs: {}", csv.display());
+    if let Some(min) = args.min_top_agreement {
+        if a.choices == 0 || a.top_agreement() < min {
+            eprintln!(
+                "the top-option agreement {:.3} is below --min-top-agreement {min}",
+                a.top_agreement()
+            );
+            std::process::exit(3);
+        }
+    }
+    Ok(())
+}
+
 fn merge(args: MergeArgs) -> Result<()> {
     let outcome = affectbench::study::merge::merge(&args.shards, &args.out, args.allow_partial)?;
     for gap in &outcome.gaps {
@@ -941,10 +1024,13 @@ fn merge(args: MergeArgs) -> Result<()> {
 }
 
 /// `models check-server`: whether a study could run on the server, and what it gives.
-fn check_server(spec: &str, timeout: u64, retries: usize) -> Result<()> {
+fn check_server(registry: &Registry, spec: &str, timeout: u64, retries: usize) -> Result<()> {
     use affectbench::server::client::{Client, Logprobs, Patience};
     use affectbench::server::endpoint::Endpoint;
-    let endpoint = Endpoint::parse(spec)?;
+    let endpoint = match registry.server(spec) {
+        Some(e) => e.clone(),
+        None => Endpoint::parse(spec)?,
+    };
     println!("server: {}", endpoint.describe());
     println!(
         "key: {}",

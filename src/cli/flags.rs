@@ -72,6 +72,18 @@ pub enum Command {
     /// Example: affectbench merge results/s0 results/s1 results/s2 results/s3 --out results/all
     Merge(MergeArgs),
 
+    /// How far two runs of one study agree, trial by trial: the cross-engine check.
+    ///
+    /// Pairs trials by id (same study, seed and model label: give a server model the
+    /// local model's label with label= in its spec) and prints the share of choice
+    /// read-outs whose most probable option agrees, the per-trial largest gap between
+    /// the two option distributions (median, 90th percentile, max), the mean difference
+    /// in expected value, and how often generated answers and texts are the same.
+    /// Writes one row per pair to --csv.
+    ///
+    /// Example: affectbench compare results/local results/server --min-top-agreement 0.95
+    Compare(CompareArgs),
+
     /// Turn one or more finished (or partial) runs into statistics, tables and plots.
     ///
     /// Writes into the (first) run directory unless --out is given: report.html (one
@@ -362,6 +374,20 @@ pub struct BenchArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct CompareArgs {
+    /// The first run directory (e.g. the local run).
+    pub a: PathBuf,
+    /// The second run directory (e.g. the same study through a server).
+    pub b: PathBuf,
+    /// Write one row per paired trial here (default: B/compare.csv).
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+    /// Exit with status 3 when the top-option agreement is below this share (0-1).
+    #[arg(long)]
+    pub min_top_agreement: Option<f64>,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct MergeArgs {
     /// The shard directories (as written by `affectbench run --shard I/N`).
     #[arg(required = true)]
@@ -412,6 +438,11 @@ pub struct RunArgs {
     pub study: Option<PathBuf>,
 
     /// Model(s) to run (registry name, .gguf path or safetensors dir); repeat for several.
+    /// An OpenAI-compatible server (vLLM, SGLang, llama.cpp, Ollama) is named as
+    /// openai+http://HOST:PORT/v1?tokenizer=MODEL#SERVED_ID, where MODEL is a local
+    /// copy of the same model's tokenizer and chat template (its weights are not
+    /// loaded); the key comes from $OPENAI_API_KEY or ?key_env=VAR. A [[server]] entry in
+    /// the --registry file names one. A run's models are all servers or all local.
     #[arg(long, short)]
     pub model: Vec<String>,
 
@@ -478,6 +509,23 @@ pub struct RunArgs {
     /// (seconds): trials done/total, rate, ETA, condition.
     #[arg(long, default_value_t = 30.0)]
     pub progress_every: f64,
+
+    /// Server models: most trials asked at once (each trial's requests go one after
+    /// another; records are written in plan order whatever it is). Whether the
+    /// server's numbers depend on what it batches together is the server's affair: see
+    /// docs/guide/models.md, "Studies on a server".
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub max_in_flight: u32,
+
+    /// Server models: seconds one request may take before it is retried.
+    #[arg(long, default_value_t = 300)]
+    pub server_timeout: u64,
+
+    /// Server models: retries of a request on 429, 5xx and connection errors, the wait
+    /// doubling from 1 s. A server still not answering after them stops the run as
+    /// interrupted (every finished trial kept); --resume completes it.
+    #[arg(long, default_value_t = 6)]
+    pub server_retries: usize,
 
     /// Do not build the report at the end (build it later with `affectbench report DIR`).
     #[arg(long)]
@@ -562,7 +610,8 @@ pub enum ModelsCommand {
     ///
     ///   affectbench models check-server 'openai+http://node12:8000/v1#Qwen/Qwen2.5-72B-Instruct'
     CheckServer {
-        /// openai+http(s)://HOST:PORT/v1[?key_env=VAR&tokenizer=MODEL]#SERVED_MODEL_ID
+        /// openai+http(s)://HOST:PORT/v1[?key_env=VAR&tokenizer=MODEL]#SERVED_MODEL_ID, or
+        /// the name of a [[server]] entry in the --registry file
         spec: String,
         /// Seconds one request may take.
         #[arg(long, default_value_t = 30)]

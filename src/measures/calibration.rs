@@ -239,6 +239,7 @@ mod tests {
                 argmax: 1.0,
                 draw: 1.0,
                 keyed_expected: expected,
+                unobserved: None,
             }),
             completion: None,
             judge: None,

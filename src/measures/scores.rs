@@ -272,6 +272,7 @@ mod tests {
                 argmax: 0.0,
                 draw: 0.0,
                 keyed_expected: probability,
+                unobserved: None,
             }),
             completion: None,
             judge: None,

@@ -877,6 +877,7 @@ mod tests {
                 argmax: 0.0,
                 draw: 0.0,
                 keyed_expected: keyed,
+                unobserved: None,
             }),
             completion: None,
             judge: None,

@@ -21,6 +21,34 @@ const ROPE_FREQS: &str = "rope_freqs.weight";
 /// Phi 3 LongRoPE's factors for contexts within the original length.
 const ROPE_FACTORS_SHORT: &str = "rope_factors_short.weight";
 
+/// The tokenizer and chat template of a GGUF file, without its weights (what a server
+/// model of the same weights renders and counts its prompts with).
+pub(super) fn text_side(
+    path: &Path,
+    template_override: Option<&str>,
+) -> Result<(ModelTokenizer, Option<ChatTemplate>)> {
+    text_side_of(&GgufFile::open(path)?, template_override)
+}
+
+fn text_side_of(
+    g: &GgufFile,
+    template_override: Option<&str>,
+) -> Result<(ModelTokenizer, Option<ChatTemplate>)> {
+    let tokenizer = ModelTokenizer::from_gguf(g)?;
+    let template_src = match template_override {
+        Some(t) => Some(t.to_string()),
+        None => g.opt_string("tokenizer.chat_template")?,
+    };
+    let chat_template = template_src
+        .map(|src| {
+            let bos = tokenizer.bos.as_ref().map(|b| b.1.as_str()).unwrap_or("");
+            let eos = tokenizer.eos.as_ref().map(|e| e.1.as_str()).unwrap_or("");
+            ChatTemplate::new(&src, bos, eos)
+        })
+        .transpose()?;
+    Ok((tokenizer, chat_template))
+}
+
 pub(super) fn load(
     path: &Path,
     label: String,
@@ -62,19 +90,8 @@ pub(super) fn load(
     if let Some(a) = opts.activation_override {
         config.activation = a;
     }
-    let tokenizer = ModelTokenizer::from_gguf(&g)?;
+    let (tokenizer, chat_template) = text_side_of(&g, template_override)?;
     let transformer = build(&mut g, config, opts)?;
-    let template_src = match template_override {
-        Some(t) => Some(t.to_string()),
-        None => g.opt_string("tokenizer.chat_template")?,
-    };
-    let chat_template = template_src
-        .map(|src| {
-            let bos = tokenizer.bos.as_ref().map(|b| b.1.as_str()).unwrap_or("");
-            let eos = tokenizer.eos.as_ref().map(|e| e.1.as_str()).unwrap_or("");
-            ChatTemplate::new(&src, bos, eos)
-        })
-        .transpose()?;
     let arch = transformer.config.arch;
     Ok(Model {
         transformer,

@@ -421,6 +421,22 @@ pub(super) fn load(dir: &Path, label: String, opts: &LoadOptions) -> Result<Mode
         opts.ops,
     )?;
 
+    let (tokenizer, chat_template) = text_side(dir)?;
+    Ok(Model {
+        transformer,
+        tokenizer,
+        chat_template,
+        info: ModelInfo {
+            label,
+            path: dir.to_path_buf(),
+            arch,
+        },
+    })
+}
+
+/// The tokenizer (tokenizer.json, tokenizer_config.json) and chat template of a Hugging
+/// Face directory, without its weights.
+pub(super) fn text_side(dir: &Path) -> Result<(ModelTokenizer, Option<ChatTemplate>)> {
     let tc_path = dir.join("tokenizer_config.json");
     let tc: HfTokenizerConfig = if tc_path.is_file() {
         let text = std::fs::read_to_string(&tc_path).with_path(&tc_path)?;
@@ -456,16 +472,7 @@ pub(super) fn load(dir: &Path, label: String, opts: &LoadOptions) -> Result<Mode
             )
         })
         .transpose()?;
-    Ok(Model {
-        transformer,
-        tokenizer,
-        chat_template,
-        info: ModelInfo {
-            label,
-            path: dir.to_path_buf(),
-            arch,
-        },
-    })
+    Ok((tokenizer, chat_template))
 }
 
 #[cfg(test)]

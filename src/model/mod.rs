@@ -127,6 +127,12 @@ impl Model {
             }
             ModelRef::GgufFile(path) => load_gguf::load(path, model_ref.label(), None, opts),
             ModelRef::SafetensorsDir(dir) => load_safetensors::load(dir, model_ref.label(), opts),
+            ModelRef::Server(e, _) => Err(Error::Server(format!(
+                "{} is a server: this command needs the weights loaded here (a .gguf file, a \
+                 Hugging Face directory or a registry name); `affectbench run` is the command \
+                 that runs studies on a server",
+                e.describe()
+            ))),
         }
     }
 
@@ -148,6 +154,39 @@ impl Model {
     pub fn prompt_tokens(&self, text: &str, raw: bool) -> Result<Vec<u32>> {
         self.tokenizer.encode(text, raw)
     }
+}
+
+/// A model's text side: what renders conversations and counts tokens.
+pub struct TextSide {
+    pub tokenizer: ModelTokenizer,
+    pub chat_template: Option<ChatTemplate>,
+    /// The file or directory it came from.
+    pub path: PathBuf,
+}
+
+/// The tokenizer and chat template of a local model, without loading its weights (a
+/// registry entry's file must be fetched).
+pub fn load_text_side(model_ref: &ModelRef) -> Result<TextSide> {
+    let (path, (tokenizer, chat_template)) = match model_ref {
+        ModelRef::Registry(entry) => {
+            let path = cache::verified_file(entry)?;
+            let side = load_gguf::text_side(&path, entry.chat_template.as_deref())?;
+            (path, side)
+        }
+        ModelRef::GgufFile(p) => (p.clone(), load_gguf::text_side(p, None)?),
+        ModelRef::SafetensorsDir(d) => (d.clone(), load_safetensors::text_side(d)?),
+        ModelRef::Server(e, _) => {
+            return Err(Error::Server(format!(
+                "{}: a server's tokenizer must come from a local model, not another server",
+                e.describe()
+            )))
+        }
+    };
+    Ok(TextSide {
+        tokenizer,
+        chat_template,
+        path,
+    })
 }
 
 /// Parses `--device cpu | cuda:N | metal`.

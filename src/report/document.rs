@@ -625,6 +625,10 @@ fn provenance_section(data: &RunData) -> Section {
             .map(|(h, d)| {
                 let e = &h.engine;
                 let engine = match (&e.weights, &e.int8_kernel, &e.ops) {
+                    _ if e.guarantee.as_deref() == Some("server") => format!(
+                        "server models, at most {} requests in flight; no bit-for-bit promise",
+                        e.threads
+                    ),
                     (Some(w), Some(k), Some(o)) => format!(
                         "{w} weights, {k} int8 kernel, {o} ops, batch {}",
                         e.batch_size
@@ -671,6 +675,34 @@ fn provenance_section(data: &RunData) -> Section {
             })
             .collect(),
     ));
+    let servers: Vec<Vec<String>> = data
+        .headers
+        .iter()
+        .flat_map(|h| h.models.iter())
+        .filter_map(|m| m.server.as_ref().map(|s| (m, s)))
+        .map(|(m, s)| {
+            vec![
+                m.label.clone(),
+                s.describe(),
+                s.tokenizer_from.clone(),
+                s.sampling.to_string(),
+                s.models_entry.to_string(),
+            ]
+        })
+        .collect();
+    if !servers.is_empty() {
+        prov.push(table(
+            "Server models (reproducibility: `server`, no bit-for-bit promise: a server batches requests as they come, so the same request may give other bits; vLLM's batch-invariant mode or SGLang's deterministic inference would make its numbers repeat)",
+            &[
+                "model",
+                "endpoint, mode, prompts, option read-out",
+                "tokenizer and template from",
+                "sampling fields sent",
+                "the server's /models entry",
+            ],
+            servers,
+        ));
+    }
     prov.push(table(
         "Scenario files",
         &["id", "version", "sha256", "source", "licence"],

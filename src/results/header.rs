@@ -143,6 +143,15 @@ impl RunHeader {
                 ));
             }
         }
+        for (i, (a, b)) in self.models.iter().zip(&other.models).enumerate() {
+            if let (Some(a), Some(b)) = (&a.server, &b.server) {
+                differences.extend(
+                    a.result_changing_differences(b)
+                        .into_iter()
+                        .map(|d| format!("model {}: {d}", i + 1)),
+                );
+            }
+        }
         if self.models.len() != other.models.len() {
             differences.push(format!(
                 "number of models: {} vs {}",
@@ -260,6 +269,10 @@ pub struct ModelProvenance {
     /// The directions file the steered conditions read (studies with `[[steering]]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub directions: Option<DirectionsRecord>,
+    /// A server model: its endpoint (no key), what it said of itself, and how prompts
+    /// and option probabilities went to and from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<crate::server::model::ServerRecord>,
 }
 
 /// The directions file of a steered run: copied into the run directory (`file`, relative

@@ -12,9 +12,11 @@
 //! judgement of the completions, `judges/*.jsonl`), `states` (hidden states captured per
 //! trial, `states/`), `directions` (steering directions, written by `probe` and read by
 //! `run --directions`), `probes` (what `probe` writes: `probe.json` and the accuracy
-//! rows), `csv_table` (the one CSV writer every table goes through). What is computed from these records (scale scores, the validity gate, the
+//! rows), `csv_table` (the one CSV writer every table goes through), `compare` (two runs' agreement,
+//! trial by trial). What is computed from these records (scale scores, the validity gate, the
 //! calibrated read-out) lives in `crate::measures`.
 
+pub mod compare;
 pub mod csv_table;
 pub mod directions;
 pub mod header;

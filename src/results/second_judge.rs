@@ -141,6 +141,7 @@ mod tests {
                 argmax: 1.0,
                 draw: 1.0,
                 keyed_expected: 0.5,
+                unobserved: None,
             },
             judge_detail: JudgeDetail {
                 orders: vec![vec![0, 1]],

@@ -129,6 +129,11 @@ pub struct ChoiceReadout {
     pub draw: f64,
     /// The expected value after reverse keying.
     pub keyed_expected: f64,
+    /// Read from a server's next-token top log-probabilities: the probability outside
+    /// the tokens it listed (an option not listed counts as 0, so `mass` is then a lower
+    /// bound). None where every option was scored exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unobserved: Option<f64>,
 }
 
 /// The probability read-out with the answer format's content-free bias divided out:

@@ -61,8 +61,9 @@ pub struct Client {
 /// The outcome of one HTTP exchange, before retrying.
 enum Attempt {
     Done(Value),
-    /// Worth another try (429, 5xx, transport), with what went wrong.
-    Retry(String),
+    /// Worth another try (429, 5xx, transport), with what went wrong and the HTTP
+    /// status if the server answered at all.
+    Retry(String, Option<u16>),
     Fatal(Error),
 }
 
@@ -124,60 +125,80 @@ impl Client {
                         text.chars().take(200).collect::<String>()
                     ))),
                 },
-                Err(e) => Attempt::Retry(format!("reading the reply: {e}")),
+                Err(e) => Attempt::Retry(format!("reading the reply: {e}"), None),
             },
             Err(ureq::Error::Status(status, r)) => {
                 let text = r.into_string().unwrap_or_default();
                 if status == 429 || status >= 500 {
-                    Attempt::Retry(format!(
-                        "HTTP {status}: {}",
-                        text.chars().take(200).collect::<String>()
-                    ))
+                    Attempt::Retry(
+                        format!(
+                            "HTTP {status}: {}",
+                            text.chars().take(300).collect::<String>()
+                        ),
+                        Some(status),
+                    )
                 } else {
                     Attempt::Fatal(self.refusal(status, &text))
                 }
             }
-            Err(ureq::Error::Transport(t)) => Attempt::Retry(t.to_string()),
+            Err(ureq::Error::Transport(t)) => Attempt::Retry(t.to_string(), None),
         }
     }
 
-    /// One request with retries; `body` None is a GET.
+    /// One request with retries; `body` None is a GET. A server that is down, restarting
+    /// or overloaded (no connection, 429, 502-504) is waited for through every retry and
+    /// then reported unreachable; an internal error (500) is tried twice, since a
+    /// request it cannot handle fails the same way each time.
     fn send(&self, path: &str, body: Option<&Value>) -> Result<Value> {
         let mut wait = self.patience.backoff;
-        let mut last = String::new();
-        for attempt in 0..=self.patience.retries {
-            if attempt > 0 {
-                std::thread::sleep(wait);
-                wait *= 2;
-            }
+        for attempt in 0.. {
             let request = match body {
                 Some(_) => self.agent.post(&self.url(path)),
                 None => self.agent.get(&self.url(path)),
             };
-            match self.attempt(request, body) {
+            let (why, status) = match self.attempt(request, body) {
                 Attempt::Done(v) => return Ok(v),
                 Attempt::Fatal(e) => return Err(e),
-                Attempt::Retry(why) => last = why,
+                Attempt::Retry(why, status) => (why, status),
+            };
+            let limit = if status == Some(500) {
+                self.patience.retries.min(1)
+            } else {
+                self.patience.retries
+            };
+            if attempt >= limit {
+                let tries = attempt + 1;
+                return Err(if status == Some(500) {
+                    self.error(format!(
+                        "the server failed the request {tries} times ({why})"
+                    ))
+                } else {
+                    Error::ServerUnreachable(format!(
+                        "{}: no answer after {tries} tries ({why}); is the server running \
+                         and reachable from here?",
+                        self.endpoint.describe()
+                    ))
+                });
             }
+            std::thread::sleep(wait);
+            wait *= 2;
         }
-        Err(self.error(format!(
-            "no answer after {} tries ({last}); is the server running and reachable from \
-             here?",
-            self.patience.retries + 1
-        )))
+        unreachable!("the loop returns")
     }
 
-    /// The model ids the server serves (`GET /models`).
-    pub fn served_models(&self) -> Result<Vec<String>> {
+    /// The server's entries for the models it serves (`GET /models`), as it gives them.
+    pub fn served_model_entries(&self) -> Result<Vec<Value>> {
         let v = self.send("models", None)?;
-        Ok(v["data"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|m| m["id"].as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default())
+        Ok(v["data"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// The model ids the server serves.
+    pub fn served_models(&self) -> Result<Vec<String>> {
+        Ok(self
+            .served_model_entries()?
+            .iter()
+            .filter_map(|m| m["id"].as_str().map(String::from))
+            .collect())
     }
 
     /// Refuses a model id the server does not list, naming the ones it does.
@@ -203,23 +224,61 @@ impl Client {
         self.send("completions", Some(&body))
     }
 
+    /// One try of `POST {path}` (the model id added), for finding out what the server
+    /// accepts: Ok(None) where it answers with an HTTP error (llama-cpp-python answers
+    /// 500 to a field it cannot parse), an error only where it cannot be reached.
+    pub fn probe(&self, path: &str, mut body: Value) -> Result<Option<Value>> {
+        body["model"] = json!(self.endpoint.model);
+        match self.attempt(self.agent.post(&self.url(path)), Some(&body)) {
+            Attempt::Done(v) => Ok(Some(v)),
+            Attempt::Fatal(Error::Server(m)) if m.contains("refused the key") => {
+                Err(Error::Server(m))
+            }
+            Attempt::Fatal(_) => Ok(None),
+            Attempt::Retry(_, Some(_)) => Ok(None),
+            Attempt::Retry(why, None) => Err(Error::ServerUnreachable(format!(
+                "{}: {why}",
+                self.endpoint.describe()
+            ))),
+        }
+    }
+
+    /// What the server says of its version (`GET /version` beside the API root, as vLLM
+    /// and SGLang answer it), or None where it says nothing there.
+    pub fn version(&self) -> Option<Value> {
+        let root = self
+            .endpoint
+            .base_url
+            .strip_suffix("/v1")
+            .unwrap_or(&self.endpoint.base_url);
+        match self.attempt(self.agent.get(&format!("{root}/version")), None) {
+            Attempt::Done(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// `POST /chat/completions` with `body` (the model id added).
+    pub fn chat_completion(&self, mut body: Value) -> Result<Value> {
+        body["model"] = json!(self.endpoint.model);
+        self.send("chat/completions", Some(&body))
+    }
+
     /// What log-probabilities the server gives, from one short greedy completion that
     /// asks for the prompt's (echo) and the next token's top alternatives.
     pub fn logprob_support(&self) -> Result<(Logprobs, Value)> {
-        let reply = self.completion(json!({
-            "prompt": "The sky is",
-            "max_tokens": 1,
-            "temperature": 0.0,
-            "echo": true,
-            "logprobs": 5,
-        }));
-        let reply = match reply {
-            Ok(r) => r,
-            // A server that refuses the fields is one without them.
-            Err(Error::Server(m)) if m.contains("HTTP 400") || m.contains("HTTP 422") => {
-                return Ok((Logprobs::None, json!({ "refused": m })))
-            }
-            Err(e) => return Err(e),
+        let reply = self.probe(
+            "completions",
+            json!({
+                "prompt": "The sky is",
+                "max_tokens": 1,
+                "temperature": 0.0,
+                "echo": true,
+                "logprobs": 5,
+            }),
+        )?;
+        // A server that refuses the fields is one without them.
+        let Some(reply) = reply else {
+            return Ok((Logprobs::None, Value::Null));
         };
         Ok((classify_logprobs(&reply), reply))
     }

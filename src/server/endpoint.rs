@@ -1,5 +1,7 @@
 //! An OpenAI-compatible server named as a model: `openai+http://node12:8000/v1#served-id`
-//! (vLLM, SGLang, llama.cpp's server, Ollama). The key never appears in the spec: it is
+//! (vLLM, SGLang, llama.cpp's server, Ollama), with options in the query:
+//! `tokenizer=MODEL` (the local tokenizer and chat template), `label=NAME`, `mode=chat`
+//! and `key_env=VAR`. The key never appears in the spec: it is
 //! read from an environment variable (`?key_env=NAME`, default `OPENAI_API_KEY`) when a
 //! request is made, and the URL recorded anywhere is the one without credentials.
 
@@ -24,13 +26,20 @@ pub struct Endpoint {
     /// Where the matching tokenizer and chat template come from (a registry name, a
     /// .gguf file or a safetensors directory of the same weights), if given.
     pub tokenizer: Option<String>,
+    /// `label=NAME`: the model's name in results (default: the served id's last part).
+    /// Trials' ids, option orders and seeds derive from it, so a server run labelled as
+    /// a local run of the same weights asks exactly the same trials.
+    pub label: Option<String>,
+    /// `mode=chat`: the server renders the conversation with its own template
+    /// (`/chat/completions`); otherwise affectbench renders it (`/completions`).
+    pub chat: bool,
 }
 
 fn spec_error(spec: &str, why: &str) -> Error {
     Error::Server(format!(
         "'{spec}' is not a server model: {why}; write \
          openai+http://HOST:PORT/v1#SERVED_MODEL_ID (optionally \
-         ?key_env=VAR&tokenizer=MODEL before the #)"
+         ?tokenizer=MODEL&label=NAME&mode=chat&key_env=VAR before the #)"
     ))
 }
 
@@ -85,15 +94,23 @@ impl Endpoint {
             model: model.to_string(),
             key_env: DEFAULT_KEY_ENV.to_string(),
             tokenizer: None,
+            label: None,
+            chat: false,
         };
         for pair in query.into_iter().flat_map(|q| q.split('&')) {
             match pair.split_once('=') {
                 Some(("key_env", v)) if !v.is_empty() => endpoint.key_env = v.to_string(),
                 Some(("tokenizer", v)) if !v.is_empty() => endpoint.tokenizer = Some(v.to_string()),
+                Some(("label", v)) if !v.is_empty() => endpoint.label = Some(v.to_string()),
+                Some(("mode", "chat")) => endpoint.chat = true,
+                Some(("mode", "completions")) => endpoint.chat = false,
                 _ => {
                     return Err(spec_error(
                         spec,
-                        &format!("'{pair}' is not an option (key_env=VAR or tokenizer=MODEL)"),
+                        &format!(
+                            "'{pair}' is not an option (key_env=VAR, tokenizer=MODEL, \
+                             label=NAME or mode=chat|completions)"
+                        ),
                     ))
                 }
             }
@@ -104,6 +121,41 @@ impl Endpoint {
     /// What provenance and messages show: the URL and the served model id, never a key.
     pub fn describe(&self) -> String {
         format!("{}#{}", self.base_url, self.model)
+    }
+
+    /// The model's name in results: `label=`, else the served id's last path part.
+    pub fn label(&self) -> String {
+        self.label.clone().unwrap_or_else(|| {
+            self.model
+                .rsplit('/')
+                .next()
+                .unwrap_or(&self.model)
+                .to_string()
+        })
+    }
+
+    /// The spec again (no key is ever in it): what run.json records as the model's
+    /// path, so `--resume` reaches the same server.
+    pub fn spec(&self) -> String {
+        let mut query = Vec::new();
+        if self.key_env != DEFAULT_KEY_ENV {
+            query.push(format!("key_env={}", self.key_env));
+        }
+        if let Some(t) = &self.tokenizer {
+            query.push(format!("tokenizer={t}"));
+        }
+        if let Some(l) = &self.label {
+            query.push(format!("label={l}"));
+        }
+        if self.chat {
+            query.push("mode=chat".to_string());
+        }
+        let query = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", query.join("&"))
+        };
+        format!("{PREFIX}{}{query}#{}", self.base_url, self.model)
     }
 
     /// The key from the environment, if its variable is set and not empty.
@@ -119,18 +171,24 @@ mod tests {
     #[test]
     fn a_spec_gives_the_url_the_served_id_and_the_options() {
         let e = Endpoint::parse(
-            "openai+http://node12:8000/v1/?key_env=VLLM_KEY&tokenizer=smollm2-135m-instruct#meta-llama/Llama-3.1-70B-Instruct",
+            "openai+http://node12:8000/v1/?key_env=VLLM_KEY&tokenizer=smollm2-135m-instruct&label=llama70#meta-llama/Llama-3.1-70B-Instruct",
         )
         .unwrap();
         assert_eq!(e.base_url, "http://node12:8000/v1");
         assert_eq!(e.model, "meta-llama/Llama-3.1-70B-Instruct");
         assert_eq!(e.key_env, "VLLM_KEY");
         assert_eq!(e.tokenizer.as_deref(), Some("smollm2-135m-instruct"));
+        assert_eq!(e.label(), "llama70");
         assert_eq!(
             e.describe(),
             "http://node12:8000/v1#meta-llama/Llama-3.1-70B-Instruct"
         );
-        let plain = Endpoint::parse("openai+https://host/v1#m").unwrap();
+        assert_eq!(Endpoint::parse(&e.spec()).unwrap(), e, "{}", e.spec());
+        let chat = Endpoint::parse("openai+http://h:1/v1?mode=chat#m").unwrap();
+        assert!(chat.chat);
+        assert_eq!(Endpoint::parse(&chat.spec()).unwrap(), chat);
+        let plain = Endpoint::parse("openai+https://host/v1#org/m").unwrap();
+        assert_eq!(plain.label(), "m");
         assert_eq!(
             (plain.key_env.as_str(), plain.tokenizer),
             (DEFAULT_KEY_ENV, None)

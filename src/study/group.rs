@@ -57,6 +57,96 @@ pub fn study_sampling(study: &Study) -> Result<Sampling> {
     .resolve()
 }
 
+/// A group's conversation before its questions, and every member's rendered prompt:
+/// the part of a group's work that needs only a chat template, a tokenizer and a way to
+/// generate its protocol turns (a local model or a server).
+pub struct RenderedGroup {
+    pub messages: Vec<Message>,
+    pub acknowledgement: Acknowledgement,
+    pub prompts: BTreeMap<String, TrialPrompt>,
+}
+
+/// How a group's text is made: the chat template, the tokenizer, and the generation of
+/// a protocol turn (its conversation so far as the template receives it, its stream,
+/// its most tokens) as trimmed text.
+pub struct Renderer<'a> {
+    pub render: &'a dyn Fn(&[Message]) -> Result<String>,
+    pub encode: &'a dyn Fn(&str) -> Result<Vec<u32>>,
+    pub generate_turn: &'a TurnGenerator<'a>,
+}
+
+/// Generates one protocol turn: the conversation so far, its stream, its most tokens.
+pub type TurnGenerator<'a> = dyn Fn(&[Message], Stream<'_>, usize) -> Result<String> + 'a;
+
+/// Renders a group: its prefix conversation (generating its protocol turns, each on its
+/// own stream) and each member's prompt.
+pub fn render_group(
+    study: &Study,
+    lib: &Library,
+    group: &Group,
+    members: &[&Trial],
+    renderer: &Renderer<'_>,
+) -> Result<RenderedGroup> {
+    // The content-free prompts' conversation holds only the system prompt.
+    let condition = if group.condition == CONTENT_FREE {
+        None
+    } else {
+        Some(
+            study
+                .condition(&group.condition)
+                .ok_or_else(|| internal("a planned condition is missing from the study"))?,
+        )
+    };
+    let acknowledgement = condition
+        .map_or(&study.acknowledgement, |c| study.acknowledgement_in(c))
+        .clone();
+    let default_setup = ConditionSetup::default();
+    let setup = condition.map_or(&default_setup, |c| &c.setup);
+    let mut messages = Vec::new();
+    for (step, item) in prefix_steps(study, lib, condition, group)
+        .into_iter()
+        .enumerate()
+    {
+        match item {
+            Step::Message(m) => messages.push(m),
+            Step::Generate { max_tokens } => {
+                let stream = Stream::ProtocolTurn {
+                    group: &group.id,
+                    step,
+                };
+                let text = (renderer.generate_turn)(
+                    &for_template(&acknowledgement, &messages),
+                    stream,
+                    max_tokens,
+                )?;
+                messages.push(Message::assistant(text));
+            }
+        }
+    }
+    let mut prompts = BTreeMap::new();
+    for t in members {
+        let q = question_text(lib, &t.question, setup);
+        let mut conv = messages.clone();
+        conv.push(Message::user(q.text.clone()));
+        let text = (renderer.render)(&for_template(&acknowledgement, &conv))?;
+        let tokens = (renderer.encode)(&text)?;
+        prompts.insert(
+            t.id.clone(),
+            TrialPrompt {
+                question: q.text,
+                labels: q.labels,
+                text,
+                tokens,
+            },
+        );
+    }
+    Ok(RenderedGroup {
+        messages,
+        acknowledgement,
+        prompts,
+    })
+}
+
 impl GroupContext {
     pub fn build(
         study: &Study,
@@ -67,68 +157,37 @@ impl GroupContext {
         capture: &[usize],
         steering: Option<crate::results::trial::TrialSteering>,
     ) -> Result<Self> {
-        // The content-free prompts' conversation holds only the system prompt.
-        let condition = if group.condition == CONTENT_FREE {
-            None
-        } else {
-            Some(
-                study
-                    .condition(&group.condition)
-                    .ok_or_else(|| internal("a planned condition is missing from the study"))?,
-            )
-        };
-        let acknowledgement = condition
-            .map_or(&study.acknowledgement, |c| study.acknowledgement_in(c))
-            .clone();
-        let default_setup = ConditionSetup::default();
-        let setup = condition.map_or(&default_setup, |c| &c.setup);
         let sampling = study_sampling(study)?;
-        let mut messages = Vec::new();
-        for (step, item) in prefix_steps(study, lib, condition, group)
-            .into_iter()
-            .enumerate()
-        {
-            match item {
-                Step::Message(m) => messages.push(m),
-                Step::Generate { max_tokens } => {
-                    let tokens = model.tokenizer.encode(
-                        &model.render_chat(&for_template(&acknowledgement, &messages))?,
-                        false,
-                    )?;
-                    let stream = Stream::ProtocolTurn {
-                        group: &group.id,
-                        step,
-                    };
-                    let g = generate(
-                        model,
-                        &tokens,
-                        &sampling,
-                        study.seed,
-                        stream,
-                        max_tokens,
-                        |_| {},
-                    )?;
-                    messages.push(Message::assistant(g.text.trim().to_string()));
-                }
-            }
-        }
-        let mut prompts = BTreeMap::new();
-        for t in members {
-            let q = question_text(lib, &t.question, setup);
-            let mut conv = messages.clone();
-            conv.push(Message::user(q.text.clone()));
-            let text = model.render_chat(&for_template(&acknowledgement, &conv))?;
-            let tokens = model.tokenizer.encode(&text, false)?;
-            prompts.insert(
-                t.id.clone(),
-                TrialPrompt {
-                    question: q.text,
-                    labels: q.labels,
-                    text,
-                    tokens,
-                },
-            );
-        }
+        let render = |m: &[Message]| model.render_chat(m);
+        let encode = |text: &str| model.tokenizer.encode(text, false);
+        let generate_turn = |m: &[Message], stream: Stream<'_>, max_tokens: usize| {
+            let tokens = model.tokenizer.encode(&model.render_chat(m)?, false)?;
+            let g = generate(
+                model,
+                &tokens,
+                &sampling,
+                study.seed,
+                stream,
+                max_tokens,
+                |_| {},
+            )?;
+            Ok(g.text.trim().to_string())
+        };
+        let RenderedGroup {
+            messages,
+            acknowledgement,
+            prompts,
+        } = render_group(
+            study,
+            lib,
+            group,
+            members,
+            &Renderer {
+                render: &render,
+                encode: &encode,
+                generate_turn: &generate_turn,
+            },
+        )?;
         let shared = shared_prefix(prompts.values().map(|p| p.tokens.as_slice()));
         let context = model.transformer.max_positions();
         if let Some(longest) = prompts.values().map(|p| p.tokens.len()).max() {
@@ -340,7 +399,7 @@ fn completions_by_prompt<'c, 't>(
 }
 
 /// Most tokens a completion samples.
-fn completion_tokens(study: &Study) -> usize {
+pub(crate) fn completion_tokens(study: &Study) -> usize {
     study
         .completion
         .as_ref()

@@ -3,7 +3,7 @@
 //! it, exactly as it rates completions (`readouts::judge_valence`), so the report can
 //! show its accuracy and lean before any result it feeds.
 
-use super::readouts::{judge_content_free, judge_valence};
+use super::readouts::{judge_content_free, judge_valence, ConversationScorer};
 use crate::error::Result;
 use crate::model::Model;
 use crate::results::known_answers::{known_answers_path, write_known_answers, KnownAnswerRecord};
@@ -12,9 +12,9 @@ use crate::scenario::{Judge, Library, Study};
 use std::path::{Path, PathBuf};
 
 /// The records of `model` (labelled `label`) judging `set` with `task`'s `judge`.
-pub fn check_judge(
+pub(crate) fn check_judge(
     study: &Study,
-    model: &Model,
+    model: &dyn ConversationScorer,
     label: &str,
     task: &str,
     judge: &Judge,
@@ -55,7 +55,20 @@ pub fn ensure_known_answers(
     model: &Model,
     task: &str,
 ) -> Result<Option<PathBuf>> {
-    let path = known_answers_path(dir, &model.info.label);
+    ensure_known_answers_by(dir, study, lib, model, &model.info.label, task)
+}
+
+/// `ensure_known_answers` for any judging model (a local one, or a server) labelled
+/// `label`.
+pub(crate) fn ensure_known_answers_by(
+    dir: &Path,
+    study: &Study,
+    lib: &Library,
+    model: &dyn ConversationScorer,
+    label: &str,
+    task: &str,
+) -> Result<Option<PathBuf>> {
+    let path = known_answers_path(dir, label);
     let Some(judge) = lib.tasks.get(task).and_then(|t| t.judge.as_ref()) else {
         return Ok(None);
     };
@@ -63,25 +76,32 @@ pub fn ensure_known_answers(
         return Ok(None);
     }
     let set = KnownValence::shipped();
-    let records = check_judge(study, model, &model.info.label, task, judge, &set)?;
+    let records = check_judge(study, model, label, task, judge, &set)?;
     write_known_answers(&path, &records)?;
     Ok(Some(path))
 }
 
 /// After a complete, unsharded run: each model's known-answer check for the study's
 /// judged task. Returns the files written.
-pub fn check_run_judges(
+pub(crate) fn check_run_judges(
     dir: &Path,
     study: &Study,
     lib: &Library,
-    models: &[Model],
+    models: &[(&str, &dyn ConversationScorer)],
 ) -> Result<Vec<PathBuf>> {
     let Some(completion) = &study.completion else {
         return Ok(Vec::new());
     };
     let mut written = Vec::new();
-    for m in models {
-        written.extend(ensure_known_answers(dir, study, lib, m, &completion.task)?);
+    for (label, m) in models {
+        written.extend(ensure_known_answers_by(
+            dir,
+            study,
+            lib,
+            *m,
+            label,
+            &completion.task,
+        )?);
     }
     Ok(written)
 }

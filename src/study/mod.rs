@@ -3,9 +3,9 @@
 //! trial's read-outs (`readouts`), the run directory protocol (`run_dir`), provenance
 //! (`provenance`), the end-of-run table (`summary`), the positive-control study of
 //! `validate-instrument` (`validate`), a second model judging a finished run's
-//! completions (`second_judge`), what a run is of, new or resumed (`target`), capture and steering set-up (`internals`) and the
-//! sequence that ties them together
-//! (`runner`). What a run writes is defined in `crate::results`.
+//! completions (`second_judge`), what a run is of, new or resumed (`target`),
+//! capture and steering set-up (`internals`), trials on server models
+//! (`server_trials`) and the sequence that ties them together (`runner`). What a run writes is defined in `crate::results`.
 //!
 //! Concepts:
 //! - A *group* is (model, condition, repetition): the conversation prefix its items
@@ -29,6 +29,7 @@ pub mod readouts;
 pub mod run_dir;
 pub mod runner;
 pub mod second_judge;
+pub mod server_trials;
 pub mod summary;
 pub mod target;
 pub mod validate;

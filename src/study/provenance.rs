@@ -12,6 +12,7 @@ use crate::results::{
     StudyRecord, SCHEMA,
 };
 use crate::scenario::{Library, Study};
+use crate::server::model::ServerModel;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
@@ -33,6 +34,8 @@ pub fn model_provenance(model_ref: &ModelRef, m: &Model) -> Result<ModelProvenan
             }
             sha256_hex(all.as_bytes())
         }
+        // No weights to hash here: the endpoint and served id are what identify it.
+        ModelRef::Server(e, _) => sha256_hex(e.describe().as_bytes()),
     };
     Ok(ModelProvenance {
         label: m.info.label.clone(),
@@ -60,7 +63,57 @@ pub fn model_provenance(model_ref: &ModelRef, m: &Model) -> Result<ModelProvenan
             .is_some_and(|t| t.has_thinking_switch()),
         capture: None,
         directions: None,
+        server: None,
     })
+}
+
+/// A server model's identity: the endpoint and served id (no weights to hash), the
+/// tokenizer and template it was rendered with, and what the server offered.
+pub fn server_provenance(model_ref: &ModelRef, s: &ServerModel) -> ModelProvenance {
+    let path = match model_ref {
+        ModelRef::Server(e, _) => e.spec(),
+        _ => s.client.endpoint.spec(),
+    };
+    ModelProvenance {
+        label: s.label.clone(),
+        path,
+        sha256: sha256_hex(s.client.endpoint.describe().as_bytes()),
+        architecture: "server".to_string(),
+        tokenizer_sha256: sha256_hex(
+            s.tokenizer
+                .tokenizer
+                .to_string(false)
+                .unwrap_or_default()
+                .as_bytes(),
+        ),
+        chat_template_sha256: Some(s.chat_template.hash()),
+        template_example: s.render(&[crate::chat::Message::user("{question}")]).ok(),
+        thinking_switch: s.chat_template.has_thinking_switch(),
+        capture: None,
+        directions: None,
+        server: Some(s.record.clone()),
+    }
+}
+
+/// The engine record of a run on servers: no device or kernels of ours, the guarantee
+/// `server` (no bit-for-bit promise), and what the servers offered.
+pub fn server_engine_record(max_in_flight: usize, servers: &[ServerModel]) -> EngineRecord {
+    EngineRecord {
+        device: "server".to_string(),
+        threads: max_in_flight,
+        batch_size: None,
+        weights: Some("server".to_string()),
+        int8_kernel: Some("none".to_string()),
+        ops: Some("server".to_string()),
+        guarantee: Some("server".to_string()),
+        accelerator: Some(
+            servers
+                .iter()
+                .map(|s| format!("{}: {}", s.label, s.record.describe()))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+    }
 }
 
 /// Everything that goes into a new run's header.

@@ -3,7 +3,7 @@
 //! fresh streams); for a completion, the text and the model-as-judge read-out of it.
 //! Each takes the group's shared work and returns the trial's record.
 
-use super::group::{study_sampling, CompletionTokens, GroupContext};
+use super::group::{study_sampling, CompletionTokens, GroupContext, TrialPrompt};
 use super::parse::{parse_label, parse_number, split_numbered};
 use super::plan::{Group, Question, Trial};
 use super::prompt::{for_template, reask_text};
@@ -45,10 +45,10 @@ pub struct Prefilled {
 }
 
 /// The labels an item trial shows, their values and their tokens.
-struct ItemOptions {
-    shown: Vec<String>,
-    values: Vec<f64>,
-    tokens: Vec<Vec<u32>>,
+pub(crate) struct ItemOptions {
+    pub shown: Vec<String>,
+    pub values: Vec<f64>,
+    pub tokens: Vec<Vec<u32>>,
 }
 
 /// Prefills a unit of item trials in one ragged forward pass (each row equal to its
@@ -117,7 +117,7 @@ fn unit_options(
             Question::Item { instrument, .. } | Question::ContentFree { instrument, .. } => {
                 item_options(
                     study,
-                    model,
+                    &model.tokenizer,
                     &lib.instruments[instrument],
                     &ctx.prompt(&t.id)?.labels,
                 )
@@ -196,9 +196,24 @@ pub fn prefill_unit_fixed_plan(
 
 /// The record every read-out fills in: coordinates, prompt and its hash.
 pub fn base_record(study: &Study, group: &Group, trial: &Trial, ctx: &GroupContext) -> TrialRecord {
-    let (prompt, prompt_tokens) = ctx
-        .prompts
-        .get(&trial.id)
+    base_record_for(
+        study,
+        group,
+        trial,
+        ctx.prompts.get(&trial.id),
+        ctx.steering.clone(),
+    )
+}
+
+/// `base_record` from the trial's rendered prompt (None: not rendered) and steering.
+pub fn base_record_for(
+    study: &Study,
+    group: &Group,
+    trial: &Trial,
+    prompt: Option<&TrialPrompt>,
+    steering: Option<crate::results::trial::TrialSteering>,
+) -> TrialRecord {
+    let (prompt, prompt_tokens) = prompt
         .map(|p| (p.text.clone(), p.tokens.len()))
         .unwrap_or_default();
     TrialRecord {
@@ -228,7 +243,7 @@ pub fn base_record(study: &Study, group: &Group, trial: &Trial, ctx: &GroupConte
         calibrated: None,
         judge_detail: None,
         continues_stem: None,
-        steering: ctx.steering.clone(),
+        steering,
     }
 }
 
@@ -318,7 +333,7 @@ pub fn run_item(
     } = prefilled;
 
     let started = Instant::now();
-    if let Some(options) = item_options(study, model, ins, &prompt.labels)? {
+    if let Some(options) = item_options(study, &model.tokenizer, ins, &prompt.labels)? {
         let lps = match (scored, &cache) {
             (Some(lps), _) => lps,
             (None, Some(cache)) => option_logprobs(model, cache, &logits, &options.tokens)?,
@@ -484,6 +499,16 @@ fn generated_answer(
     })
 }
 
+/// A reply up to the end of its first non-empty line (newline included): what the
+/// local engine decodes for an answer, applied to a server's text.
+pub(crate) fn through_first_line(reply: &str) -> &str {
+    let start = reply.len() - reply.trim_start().len();
+    match reply[start..].find('\n') {
+        Some(i) => &reply[..start + i + 1],
+        None => reply,
+    }
+}
+
 /// For answers: stop once a non-empty first line is complete. An answer is read from the
 /// first number or label, which later text cannot change.
 fn first_line_complete(model: &Model, tokens: &[u32]) -> Result<bool> {
@@ -496,9 +521,9 @@ fn first_line_complete(model: &Model, tokens: &[u32]) -> Result<bool> {
 
 /// The labels an item trial shows, their values and their tokens, for the choice
 /// read-out; None when the conversation holds all items (no single answer position).
-fn item_options(
+pub(crate) fn item_options(
     study: &Study,
-    model: &Model,
+    tokenizer: &crate::tokenizer::ModelTokenizer,
     ins: &Instrument,
     labels: &[(String, usize)],
 ) -> Result<Option<ItemOptions>> {
@@ -514,7 +539,7 @@ fn item_options(
     };
     let tokens = shown
         .iter()
-        .map(|l| model.tokenizer.encode(l, false))
+        .map(|l| tokenizer.encode(l, false))
         .collect::<Result<Vec<_>>>()?;
     Ok(Some(ItemOptions {
         shown,
@@ -525,7 +550,7 @@ fn item_options(
 
 /// Summaries of an option distribution: expected value, argmax, a seeded draw (from
 /// `draw`) and the expected value after reverse keying.
-fn choice_readout(
+pub(crate) fn choice_readout(
     seed: u64,
     labels: Vec<String>,
     values: Vec<f64>,
@@ -567,7 +592,44 @@ fn choice_readout(
         mass,
         expected,
         keyed_expected,
+        unobserved: None,
     })
+}
+
+/// What reads an option distribution off a model for the next answer of a
+/// conversation: the local engine, or a server.
+pub(crate) trait ConversationScorer: Sync {
+    /// The options' distribution (renormalised over them, in the order given) and the
+    /// probability mass they held, for the labels `labels` after `conversation`.
+    fn option_distribution(
+        &self,
+        conversation: &[Message],
+        labels: &[String],
+    ) -> Result<(Vec<f64>, f64)>;
+}
+
+impl ConversationScorer for Model {
+    fn option_distribution(
+        &self,
+        conversation: &[Message],
+        labels: &[String],
+    ) -> Result<(Vec<f64>, f64)> {
+        let tokens = self
+            .tokenizer
+            .encode(&self.render_chat(conversation)?, false)?;
+        let mut cache = KvCache::new(self.transformer.config.n_layer);
+        let logits = self.transformer.last_logits(&tokens, &mut cache)?;
+        let option_tokens = labels
+            .iter()
+            .map(|l| self.tokenizer.encode(l, false))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(normalise(&option_logprobs(
+            self,
+            &cache,
+            &logits,
+            &option_tokens,
+        )?))
+    }
 }
 
 /// The judge's option distribution for `text` asked in `order`, mapped back to the
@@ -575,7 +637,7 @@ fn choice_readout(
 /// prompt, then the judge instruction).
 fn judge_distribution(
     study: &Study,
-    model: &Model,
+    scorer: &dyn ConversationScorer,
     judge: &Judge,
     text: &str,
     order: &[usize],
@@ -586,14 +648,8 @@ fn judge_distribution(
         conv.push(Message::system(s.to_string()));
     }
     conv.push(Message::user(judge.prompt(text, order)));
-    let tokens = model.tokenizer.encode(&model.render_chat(&conv)?, false)?;
-    let mut cache = KvCache::new(model.transformer.config.n_layer);
-    let logits = model.transformer.last_logits(&tokens, &mut cache)?;
-    let option_tokens = order
-        .iter()
-        .map(|&i| model.tokenizer.encode(&judge.options[i].0, false))
-        .collect::<Result<Vec<_>>>()?;
-    let (shown, mass) = normalise(&option_logprobs(model, &cache, &logits, &option_tokens)?);
+    let labels: Vec<String> = order.iter().map(|&i| judge.options[i].0.clone()).collect();
+    let (shown, mass) = scorer.option_distribution(&conv, &labels)?;
     let mut listed = vec![0.0; judge.options.len()];
     for (&i, p) in order.iter().zip(shown) {
         listed[i] = p;
@@ -603,7 +659,11 @@ fn judge_distribution(
 
 /// The judge's mean distribution (listed order) over the content-free texts and the
 /// orders it is asked in: what it answers with nothing to judge.
-pub(crate) fn judge_content_free(study: &Study, model: &Model, judge: &Judge) -> Result<Vec<f64>> {
+pub(crate) fn judge_content_free(
+    study: &Study,
+    model: &dyn ConversationScorer,
+    judge: &Judge,
+) -> Result<Vec<f64>> {
     let mut sum = vec![0.0; judge.options.len()];
     let mut n = 0.0;
     for content in CONTENT_FREE_TEXTS {
@@ -623,7 +683,7 @@ pub(crate) fn judge_content_free(study: &Study, model: &Model, judge: &Judge) ->
 /// valence with that bias divided out).
 pub(crate) fn judge_valence(
     study: &Study,
-    model: &Model,
+    model: &dyn ConversationScorer,
     judge: &Judge,
     text: &str,
     trial_id: &str,
@@ -666,7 +726,7 @@ pub(crate) fn judge_valence(
 
 /// The value an answer gives, or why it could not be read. With all items in one turn
 /// the value is the instrument's score over the items read (each reverse-keyed).
-fn read_answer(
+pub(crate) fn read_answer(
     ins: &Instrument,
     labels: &[(String, usize)],
     single: bool,

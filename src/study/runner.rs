@@ -16,11 +16,15 @@ use super::internals::{model_for, prepare as prepare_internals, ModelInternals};
 use super::known_answers;
 use super::plan::{count_trials, expand, Plan, Trial, MAX_PLAN_TRIALS};
 use super::progress::Progress;
-use super::provenance::{model_provenance, new_header, HeaderInputs};
+use super::provenance::{
+    model_provenance, new_header, server_engine_record, server_provenance, HeaderInputs,
+};
+use super::readouts::ConversationScorer;
 use super::readouts::{
     base_record, prefill_unit, prefill_unit_fixed_plan, run_completion, run_item, JudgeBias,
 };
 use super::run_dir::RunDir;
+use super::server_trials::{check_servers_can_run, execute_on_servers};
 use super::summary::summarise;
 use crate::engine::EngineConfig;
 use crate::error::{Error, IoContext, Result};
@@ -31,6 +35,7 @@ use crate::results::states::StatesWriter;
 use crate::results::trial::TrialSteering;
 use crate::results::{read_trials, ModelProvenance, RunHeader, RunStatus, TrialRecord};
 use crate::scenario::{Library, Study};
+use crate::server::model::{Mode, ServerModel};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -64,6 +69,26 @@ pub struct RunConfig {
     /// Steering directions files (`affectbench probe` writes them), one per steered
     /// model; a resume reads the copies the run made.
     pub directions: Vec<PathBuf>,
+    /// How server models are asked (ignored for models loaded here).
+    pub server: ServerOptions,
+}
+
+/// How a run asks server models.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerOptions {
+    /// Most requests in flight at once (each is one trial's read-outs, in order).
+    pub max_in_flight: usize,
+    /// How long one request waits, and how often it is retried.
+    pub patience: crate::server::client::Patience,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            max_in_flight: 8,
+            patience: Default::default(),
+        }
+    }
 }
 
 pub struct RunOutcome {
@@ -105,8 +130,8 @@ fn warn_if_unbalanced(study: &Study, lib: &crate::scenario::Library, repetitions
 pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
     let (study, lib) = load_design(cfg)?;
     let repetitions = cfg.repetitions.unwrap_or(study.repetitions);
-    let (models, mut provenance) = load_models(cfg, &study)?;
-    let labels: Vec<String> = models.iter().map(|m| m.info.label.clone()).collect();
+    let (backends, mut provenance) = load_models(cfg, &study)?;
+    let labels = backends.labels();
     let planned = count_trials(&study, &lib, labels.len(), repetitions);
     if planned > MAX_PLAN_TRIALS {
         return Err(run_err(format!(
@@ -118,9 +143,14 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
 
     let mut dir = RunDir::open(&cfg.out_dir)?;
     let previous = dir.existing_header()?;
+    let no_models = Vec::new();
+    let models = match &backends {
+        Backends::Local(models) => models,
+        Backends::Servers(_) => &no_models,
+    };
     let internals = prepare_internals(
         &study,
-        &models,
+        models,
         &mut provenance,
         &cfg.out_dir,
         &cfg.directions,
@@ -138,7 +168,10 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
         lib: &lib,
         models: provenance,
         repetitions,
-        engine: cfg.engine.record(&models),
+        engine: match &backends {
+            Backends::Local(models) => cfg.engine.record(models),
+            Backends::Servers(servers) => server_engine_record(cfg.server.max_in_flight, servers),
+        },
         trials_planned: plan.trials.len(),
         shard: cfg.shard,
     });
@@ -189,6 +222,9 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
     if let Some(n) = cfg.max_trials {
         pending.truncate(n);
     }
+    if let Backends::Servers(servers) = &backends {
+        check_servers_can_run(&study, &lib, servers, &plan, &pending)?;
+    }
     dir.write_header(&header)?;
     dir.mark_interrupted_on_forced_exit(&header);
 
@@ -209,8 +245,18 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
             ));
         }
     }
+    if let Backends::Servers(servers) = &backends {
+        for s in servers {
+            progress.note(&format!(
+                "{}: {} (at most {} requests in flight)",
+                s.label,
+                s.record.describe(),
+                cfg.server.max_in_flight
+            ));
+        }
+    }
     if cfg.engine.fixed_plan() {
-        for m in &models {
+        for m in models {
             let c = &m.transformer.config;
             // Keys and values, f32, every layer: what one row's slot costs in a unit's grid.
             let per_slot = c.n_layer * c.n_kv_head * c.head_dim * 2 * 4;
@@ -226,11 +272,11 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
     }
     let mut tally = Tally::default();
     // A panic anywhere in the engine must still leave run.json saying what happened.
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        execute(
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &backends {
+        Backends::Local(models) => execute(
             &study,
             &lib,
-            &models,
+            models,
             &internals,
             &plan,
             &pending,
@@ -241,7 +287,18 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
             &mut dir,
             &mut progress,
             &mut tally,
-        )
+        ),
+        Backends::Servers(servers) => execute_on_servers(
+            &study,
+            &lib,
+            servers,
+            &plan,
+            &pending,
+            cfg.server.max_in_flight,
+            &mut dir,
+            &mut progress,
+            &mut tally,
+        ),
     }))
     .unwrap_or_else(|payload| {
         Err(run_err(format!(
@@ -275,15 +332,29 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
             RunStatus::Interrupted,
             Some(format!("interrupted by {}", interrupt::name(*signal))),
         ),
+        // Not the run's fault: a resume completes it once the server is back.
+        Err(Error::ServerUnreachable(why)) => (
+            RunStatus::Interrupted,
+            Some(format!("the server stopped answering: {why}")),
+        ),
         Err(e) => (RunStatus::Error, Some(e.to_string())),
     };
     interrupt::clear_forced_exit();
     dir.write_header(&header)?;
+    if let Err(Error::ServerUnreachable(why)) = result {
+        return Err(Error::ServerUnreachable(format!(
+            "{why}; the run stopped there with every finished trial kept: once the server \
+             is back, `affectbench run --resume {}` completes it",
+            cfg.out_dir.display()
+        )));
+    }
     result?;
     // The judge's known-answer check, once the run is whole (a shard leaves it to
     // `affectbench judge` on the merged run).
     if remaining == 0 && cfg.shard.is_none() && cfg.max_trials.is_none() {
-        for path in known_answers::check_run_judges(&cfg.out_dir, &study, &lib, &models)? {
+        for path in
+            known_answers::check_run_judges(&cfg.out_dir, &study, &lib, &backends.scorers())?
+        {
             progress.note(&format!("judge known-answer check: {}", path.display()));
         }
     }
@@ -323,9 +394,52 @@ fn load_design(cfg: &RunConfig) -> Result<(Study, Library)> {
     Ok((study, lib))
 }
 
+/// The models a run computes with: all loaded here, or all servers.
+enum Backends {
+    Local(Vec<Model>),
+    Servers(Vec<ServerModel>),
+}
+
+impl Backends {
+    fn labels(&self) -> Vec<String> {
+        match self {
+            Backends::Local(models) => models.iter().map(|m| m.info.label.clone()).collect(),
+            Backends::Servers(servers) => servers.iter().map(|s| s.label.clone()).collect(),
+        }
+    }
+
+    /// Each judging model with its label, for the known-answer check.
+    fn scorers(&self) -> Vec<(&str, &dyn ConversationScorer)> {
+        match self {
+            Backends::Local(models) => models
+                .iter()
+                .map(|m| (m.info.label.as_str(), m as &dyn ConversationScorer))
+                .collect(),
+            Backends::Servers(servers) => servers
+                .iter()
+                .map(|s| (s.label.as_str(), s as &dyn ConversationScorer))
+                .collect(),
+        }
+    }
+}
+
 /// Every model with its provenance, its template given the study's thinking switch;
 /// studies are conversations, so each needs a chat template.
-fn load_models(cfg: &RunConfig, study: &Study) -> Result<(Vec<Model>, Vec<ModelProvenance>)> {
+fn load_models(cfg: &RunConfig, study: &Study) -> Result<(Backends, Vec<ModelProvenance>)> {
+    let servers = cfg
+        .models
+        .iter()
+        .filter(|r| matches!(r, ModelRef::Server(..)))
+        .count();
+    if servers > 0 {
+        if servers < cfg.models.len() {
+            return Err(run_err(
+                "a run's models are all servers or all loaded here; run the two kinds to \
+                 separate --out directories (`affectbench compare` sets their results side by side)",
+            ));
+        }
+        return connect_servers(cfg, study);
+    }
     let options = cfg.engine.load_options()?;
     let mut models = Vec::new();
     let mut provenance = Vec::new();
@@ -344,7 +458,41 @@ fn load_models(cfg: &RunConfig, study: &Study) -> Result<(Vec<Model>, Vec<ModelP
         provenance.push(model_provenance(r, &m)?);
         models.push(m);
     }
-    Ok((models, provenance))
+    Ok((Backends::Local(models), provenance))
+}
+
+/// Connects to each server model (checking its id, key and log-probabilities) and
+/// records what it offers. Studies that read internal states need the weights here.
+fn connect_servers(cfg: &RunConfig, study: &Study) -> Result<(Backends, Vec<ModelProvenance>)> {
+    if study.capture.is_some() || study.conditions.iter().any(|c| c.steering.is_some()) {
+        return Err(run_err(
+            "this study captures or steers internal states ([capture], [[steering]]), which \
+             needs the weights loaded here; a server gives only text and log-probabilities: \
+             run it on a .gguf file or a Hugging Face directory",
+        ));
+    }
+    let mut servers = Vec::new();
+    let mut provenance = Vec::new();
+    for r in &cfg.models {
+        let ModelRef::Server(endpoint, text_from) = r else {
+            continue;
+        };
+        let mode = if endpoint.chat {
+            Mode::Chat
+        } else {
+            Mode::Completions
+        };
+        let mut server = ServerModel::connect(
+            endpoint.clone(),
+            text_from.as_deref(),
+            mode,
+            cfg.server.patience,
+        )?;
+        server.chat_template.set_thinking(Some(study.thinking));
+        provenance.push(server_provenance(r, &server));
+        servers.push(server);
+    }
+    Ok((Backends::Servers(servers), provenance))
 }
 
 /// Copies every scenario file the run uses into `DIR/scenarios/` (the study file under
@@ -425,9 +573,36 @@ fn check_resumable(old: &RunHeader, new: &RunHeader, dir: &Path) -> Result<()> {
 
 /// Trials written and failed so far.
 #[derive(Default)]
-struct Tally {
-    written: usize,
-    failed: usize,
+pub(super) struct Tally {
+    pub(super) written: usize,
+    pub(super) failed: usize,
+}
+
+/// Appends a finished record, counts it, and stops the run where a stop was asked for
+/// or too many trials failed.
+pub(super) fn write_record(
+    dir: &mut RunDir,
+    progress: &mut Progress,
+    tally: &mut Tally,
+    record: TrialRecord,
+) -> Result<()> {
+    dir.append(&record)?;
+    tally.written += 1;
+    progress.inc();
+    if let Some(signal) = interrupt::requested() {
+        return Err(Error::Interrupted {
+            signal,
+            signal_name: interrupt::name(signal),
+            resume: format!("affectbench run --resume {}", dir.path.display()),
+        });
+    }
+    if tally.failed >= 10 && tally.failed * 5 > tally.written {
+        return Err(run_err(format!(
+            "{} of {} trials failed; stopping (see the error field in trials.jsonl)",
+            tally.failed, tally.written
+        )));
+    }
+    Ok(())
 }
 
 /// How trials share passes.
@@ -613,22 +788,7 @@ fn execute(
                     }
                 });
                 record.timing.total_ms = Some(per_trial_ms);
-                dir.append(&record)?;
-                tally.written += 1;
-                progress.inc();
-                if let Some(signal) = interrupt::requested() {
-                    return Err(Error::Interrupted {
-                        signal,
-                        signal_name: interrupt::name(signal),
-                        resume: format!("affectbench run --resume {}", dir.path.display()),
-                    });
-                }
-                if tally.failed >= 10 && tally.failed * 5 > tally.written {
-                    return Err(run_err(format!(
-                        "{} of {} trials failed; stopping (see the error field in trials.jsonl)",
-                        tally.failed, tally.written
-                    )));
-                }
+                write_record(dir, progress, tally, record)?;
             }
         }
     }

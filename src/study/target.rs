@@ -31,8 +31,8 @@ pub struct RunTarget {
 
 impl RunTarget {
     /// The run in `dir` as it was started: its snapshot of the study and scenario
-    /// files, its models (by registry name where the registry still knows the label,
-    /// else by the path it recorded), its seed, repetitions and shard. `threads` is not
+    /// files, its models (a server by its spec; by registry name where the registry
+    /// still knows the label, else by the path it recorded), its seed, repetitions and shard. `threads` is not
     /// carried over: it describes the machine, not the run.
     pub fn resume(dir: &Path, registry: &Registry) -> Result<RunTarget> {
         let header = read_header(dir).map_err(|e| {
@@ -45,7 +45,10 @@ impl RunTarget {
             .models
             .iter()
             .map(|m| {
-                if registry.get(&m.label).is_some() {
+                // A server is reached by its spec, whatever its label says.
+                if m.server.is_some() {
+                    m.path.clone()
+                } else if registry.get(&m.label).is_some() {
                     m.label.clone()
                 } else {
                     m.path.clone()

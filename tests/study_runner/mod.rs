@@ -50,6 +50,7 @@ fn config(model: &Path, out: &Path, max_trials: Option<usize>, seed: Option<u64>
         sources: Default::default(),
         shard: None,
         directions: Vec::new(),
+        server: Default::default(),
     }
 }
 

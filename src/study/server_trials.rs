@@ -1,0 +1,455 @@
+//! A study's trials on server models: each group rendered with the model's template
+//! (`group::render_group`, as for a local run), its pending trials sent at most
+//! `max_in_flight` at a time, and their records written in plan order. The read-outs
+//! are the local ones over HTTP: option probabilities from the server's
+//! log-probabilities, answers sampled with a per-request seed drawn from the trial's
+//! own stream, read by the same parser with the same re-asks.
+//!
+//! A server that stops answering (after every retry) ends the run as interrupted: the
+//! records finished before it are kept, none is written for a trial that did not
+//! finish, and `--resume` completes the run once the server is back.
+
+use super::group::{render_group, RenderedGroup, Renderer, TrialPrompt};
+use super::plan::{Plan, Question, Trial};
+use super::progress::Progress;
+use super::prompt::{for_template, question_text, reask_text};
+use super::readouts::{
+    base_record_for, choice_readout, item_options, judge_content_free, judge_valence, read_answer,
+    through_first_line, ConversationScorer, JudgeBias,
+};
+use super::run_dir::RunDir;
+use super::runner::{write_record, Tally};
+use crate::chat::Message;
+use crate::error::{Error, Result};
+use crate::option_scoring::normalise;
+use crate::results::{GenerateReadout, Timing, TrialRecord};
+use crate::rng::Stream;
+use crate::scenario::study::ConditionSetup;
+use crate::scenario::{Library, Study};
+use crate::server::model::{Prompt, Sample, ServerModel};
+use rand::Rng;
+use std::collections::HashSet;
+use std::time::Instant;
+
+/// A request seed from a trial's stream: the same trial asks with the same seed in any
+/// run, resume or shard. Below 2^31, which every server's seed field takes.
+fn request_seed(stream: Stream<'_>, run_seed: u64) -> u64 {
+    u64::from(stream.rng(run_seed).random::<u32>() >> 1)
+}
+
+impl ConversationScorer for ServerModel {
+    fn option_distribution(
+        &self,
+        conversation: &[Message],
+        labels: &[String],
+    ) -> Result<(Vec<f64>, f64)> {
+        let text = self.render(conversation)?;
+        let tokens = self.tokenizer.encode(&text, false)?;
+        let options = labels
+            .iter()
+            .map(|l| self.tokenizer.encode(l, false))
+            .collect::<Result<Vec<_>>>()?;
+        let (lps, _) = self.option_logprobs(
+            &Prompt {
+                messages: conversation,
+                text: &text,
+                tokens: &tokens,
+            },
+            &options,
+        )?;
+        Ok(normalise(&lps))
+    }
+}
+
+/// Refuses, before anything runs, a choice read-out the servers cannot give: no
+/// log-probabilities at all, or only a top list and a label longer than one token.
+pub(super) fn check_servers_can_run(
+    study: &Study,
+    lib: &Library,
+    servers: &[ServerModel],
+    plan: &Plan,
+    pending: &[&Trial],
+) -> Result<()> {
+    let default_setup = ConditionSetup::default();
+    let mut seen = HashSet::new();
+    for t in pending {
+        let group = &plan.groups[t.group];
+        let (Question::Item { instrument, .. } | Question::ContentFree { instrument, .. }) =
+            &t.question
+        else {
+            continue;
+        };
+        let setup = study
+            .condition(&group.condition)
+            .map_or(&default_setup, |c| &c.setup);
+        let labels = question_text(lib, &t.question, setup).labels;
+        if !seen.insert((group.model.clone(), instrument.clone(), labels.clone())) {
+            continue;
+        }
+        let server = server_for(servers, &group.model)?;
+        if let Some(options) = item_options(
+            study,
+            &server.tokenizer,
+            &lib.instruments[instrument],
+            &labels,
+        )? {
+            if let Some(why) = server.option_readout_refusal(&options.tokens) {
+                return Err(Error::Server(why));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn server_for<'a>(servers: &'a [ServerModel], label: &str) -> Result<&'a ServerModel> {
+    servers
+        .iter()
+        .find(|s| s.label == label)
+        .ok_or_else(|| Error::Run("internal: a planned server model is not connected".into()))
+}
+
+/// Runs the pending trials group by group, at most `max_in_flight` requests at a time,
+/// appending each record in plan order.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn execute_on_servers(
+    study: &Study,
+    lib: &Library,
+    servers: &[ServerModel],
+    plan: &Plan,
+    pending: &[&Trial],
+    max_in_flight: usize,
+    dir: &mut RunDir,
+    progress: &mut Progress,
+    tally: &mut Tally,
+) -> Result<()> {
+    let pending_ids: HashSet<&str> = pending.iter().map(|t| t.id.as_str()).collect();
+    let mut judge_bias = JudgeBias::new();
+    for (gi, group) in plan.groups.iter().enumerate() {
+        let members: Vec<&Trial> = plan.trials.iter().filter(|t| t.group == gi).collect();
+        let todo: Vec<&Trial> = members
+            .iter()
+            .copied()
+            .filter(|t| pending_ids.contains(t.id.as_str()))
+            .collect();
+        if todo.is_empty() {
+            continue;
+        }
+        progress.set_message(format!("{} rep {}", group.condition, group.repetition + 1));
+        let server = server_for(servers, &group.model)?;
+        let rendered = render_on(study, lib, server, group, &members)?;
+        for t in &todo {
+            if let Question::Completion { task, .. } = &t.question {
+                if let Some(judge) = &lib.tasks[task].judge {
+                    let key = (group.model.clone(), task.clone());
+                    if let std::collections::btree_map::Entry::Vacant(slot) = judge_bias.entry(key)
+                    {
+                        slot.insert(judge_content_free(study, server, judge)?);
+                    }
+                }
+            }
+        }
+        for chunk in todo.chunks(max_in_flight.max(1)) {
+            let records: Vec<Result<TrialRecord>> = std::thread::scope(|s| {
+                let handles: Vec<_> = chunk
+                    .iter()
+                    .map(|t| {
+                        let (rendered, judge_bias) = (&rendered, &judge_bias);
+                        s.spawn(move || {
+                            run_trial(study, lib, server, group, rendered, t, judge_bias)
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(Error::Run("internal error (a panic in a request)".into()))
+                        })
+                    })
+                    .collect()
+            });
+            let mut unreachable = None;
+            for (trial, record) in chunk.iter().zip(records) {
+                let record = match record {
+                    Err(e @ Error::ServerUnreachable(_)) => {
+                        unreachable.get_or_insert(e);
+                        continue;
+                    }
+                    Err(e) => {
+                        tally.failed += 1;
+                        TrialRecord {
+                            error: Some(e.to_string()),
+                            ..base_record_for(
+                                study,
+                                group,
+                                trial,
+                                rendered.prompts.get(&trial.id),
+                                None,
+                            )
+                        }
+                    }
+                    Ok(r) => r,
+                };
+                write_record(dir, progress, tally, record)?;
+            }
+            if let Some(e) = unreachable {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A group rendered on a server: its template, its tokenizer, and protocol turns
+/// generated by the server with seeds from their streams.
+fn render_on(
+    study: &Study,
+    lib: &Library,
+    server: &ServerModel,
+    group: &super::plan::Group,
+    members: &[&Trial],
+) -> Result<RenderedGroup> {
+    let render = |m: &[Message]| server.render(m);
+    let encode = |text: &str| server.tokenizer.encode(text, false);
+    let generate_turn = |m: &[Message], stream: Stream<'_>, max_tokens: usize| {
+        let text = server.render(m)?;
+        let tokens = server.tokenizer.encode(&text, false)?;
+        let (reply, _) = server.generate(
+            &Prompt {
+                messages: m,
+                text: &text,
+                tokens: &tokens,
+            },
+            Sample {
+                temperature: f64::from(study.temperature),
+                max_tokens,
+                seed: request_seed(stream, study.seed),
+            },
+        )?;
+        Ok(reply.trim().to_string())
+    };
+    render_group(
+        study,
+        lib,
+        group,
+        members,
+        &Renderer {
+            render: &render,
+            encode: &encode,
+            generate_turn: &generate_turn,
+        },
+    )
+}
+
+fn run_trial(
+    study: &Study,
+    lib: &Library,
+    server: &ServerModel,
+    group: &super::plan::Group,
+    rendered: &RenderedGroup,
+    trial: &Trial,
+    judge_bias: &JudgeBias,
+) -> Result<TrialRecord> {
+    let prompt = rendered
+        .prompts
+        .get(&trial.id)
+        .ok_or_else(|| Error::Run("internal: a trial's prompt was not rendered".into()))?;
+    let rec = base_record_for(study, group, trial, Some(prompt), None);
+    match &trial.question {
+        Question::Completion { .. } => {
+            completion_trial(study, lib, server, rendered, trial, rec, judge_bias)
+        }
+        _ => item_trial(study, lib, server, rendered, prompt, trial, rec),
+    }
+}
+
+/// The conversation a trial's prompt renders, as the template receives it.
+fn question_conversation(rendered: &RenderedGroup, question: &str) -> Vec<Message> {
+    let mut conversation = rendered.messages.clone();
+    conversation.push(Message::user(question.to_string()));
+    conversation
+}
+
+fn item_trial(
+    study: &Study,
+    lib: &Library,
+    server: &ServerModel,
+    rendered: &RenderedGroup,
+    prompt: &TrialPrompt,
+    trial: &Trial,
+    mut rec: TrialRecord,
+) -> Result<TrialRecord> {
+    let (instrument, item) = match &trial.question {
+        Question::Item {
+            instrument, item, ..
+        } => (instrument, item.as_ref()),
+        Question::ContentFree { instrument, .. } => (instrument, None),
+        Question::Completion { .. } => {
+            return Err(Error::Run("internal: not an item trial".into()))
+        }
+    };
+    let ins = &lib.instruments[instrument];
+    let item_def = item.and_then(|id| ins.items.iter().find(|i| &i.id == id));
+    let mut conversation = question_conversation(rendered, &prompt.question);
+    let started = Instant::now();
+    if let Some(options) = item_options(study, &server.tokenizer, ins, &prompt.labels)? {
+        let messages = for_template(&rendered.acknowledgement, &conversation);
+        let (lps, unobserved) = server.option_logprobs(
+            &Prompt {
+                messages: &messages,
+                text: &prompt.text,
+                tokens: &prompt.tokens,
+            },
+            &options.tokens,
+        )?;
+        if lps.iter().all(|l| *l == f64::NEG_INFINITY) {
+            return Err(Error::Server(format!(
+                "{}: none of the labels {:?} is among the next token's top log-probabilities",
+                server.client.endpoint.describe(),
+                options.shown
+            )));
+        }
+        let (probs, mass) = normalise(&lps);
+        let mut choice = choice_readout(
+            study.seed,
+            options.shown,
+            options.values,
+            probs,
+            mass,
+            Stream::ChoiceDraw { trial: &trial.id },
+            item_def.map(|it| (ins, it)),
+        )?;
+        choice.unobserved = unobserved;
+        rec.choice = Some(choice);
+    }
+    let choice_ms = started.elapsed().as_secs_f64() * 1e3;
+    if trial.question.is_content_free() {
+        rec.timing = Timing {
+            choice_ms: Some(choice_ms),
+            ..Timing::default()
+        };
+        return Ok(rec);
+    }
+    let started = Instant::now();
+    let single = trial.question.item().is_some();
+    let (mut replies, mut failures, mut value, mut used) = (Vec::new(), Vec::new(), None, 0);
+    for attempt in 0..=study.max_reasks {
+        let messages = for_template(&rendered.acknowledgement, &conversation);
+        let (text, tokens) = if attempt == 0 {
+            (prompt.text.clone(), prompt.tokens.clone())
+        } else {
+            let text = server.render(&messages)?;
+            let tokens = server.tokenizer.encode(&text, false)?;
+            (text, tokens)
+        };
+        let (reply, n) = server.generate(
+            &Prompt {
+                messages: &messages,
+                text: &text,
+                tokens: &tokens,
+            },
+            Sample {
+                temperature: f64::from(study.temperature),
+                max_tokens: study.max_answer_tokens,
+                seed: request_seed(
+                    Stream::Answer {
+                        trial: &trial.id,
+                        attempt,
+                    },
+                    study.seed,
+                ),
+            },
+        )?;
+        used += n;
+        let reply = if single {
+            through_first_line(&reply).to_string()
+        } else {
+            reply
+        };
+        let parsed = read_answer(ins, &prompt.labels, single, &reply);
+        replies.push(reply.clone());
+        match parsed {
+            Ok(v) => {
+                value = Some(v);
+                break;
+            }
+            Err(why) => {
+                failures.push(why);
+                conversation.push(Message::assistant(reply.trim().to_string()));
+                conversation.push(Message::user(reask_text(
+                    lib,
+                    &trial.question,
+                    &prompt.labels,
+                )));
+            }
+        }
+    }
+    let keyed = value.map(|v| item_def.map(|it| ins.keyed_value(it, v)).unwrap_or(v));
+    rec.generate = Some(GenerateReadout {
+        replies,
+        failures,
+        value,
+        keyed,
+        sampling: super::group::study_sampling(study)?,
+        tokens: used,
+    });
+    rec.timing = Timing {
+        choice_ms: Some(choice_ms),
+        generate_ms: Some(started.elapsed().as_secs_f64() * 1e3),
+        ..Timing::default()
+    };
+    Ok(rec)
+}
+
+fn completion_trial(
+    study: &Study,
+    lib: &Library,
+    server: &ServerModel,
+    rendered: &RenderedGroup,
+    trial: &Trial,
+    mut rec: TrialRecord,
+    judge_bias: &JudgeBias,
+) -> Result<TrialRecord> {
+    let Question::Completion { task, stem, .. } = &trial.question else {
+        return Err(Error::Run("internal: not a completion trial".into()));
+    };
+    let prompt = rendered
+        .prompts
+        .get(&trial.id)
+        .ok_or_else(|| Error::Run("internal: a trial's prompt was not rendered".into()))?;
+    let messages = for_template(
+        &rendered.acknowledgement,
+        &question_conversation(rendered, &prompt.question),
+    );
+    let (reply, _) = server.generate(
+        &Prompt {
+            messages: &messages,
+            text: &prompt.text,
+            tokens: &prompt.tokens,
+        },
+        Sample {
+            temperature: f64::from(study.temperature),
+            max_tokens: super::group::completion_tokens(study),
+            seed: request_seed(Stream::Completion { trial: &trial.id }, study.seed),
+        },
+    )?;
+    let text = reply.trim().to_string();
+    let started = Instant::now();
+    let task_def = &lib.tasks[task];
+    rec.continues_stem = task_def
+        .stems
+        .iter()
+        .find(|s| &s.id == stem)
+        .map(|s| s.continued_by(&text));
+    if let Some(judge) = &task_def.judge {
+        let bias = judge_bias
+            .get(&(rec.model.clone(), task.clone()))
+            .ok_or_else(|| Error::Run("internal: the judge's bias was not computed".into()))?;
+        let (readout, detail) = judge_valence(study, server, judge, &text, &trial.id, bias)?;
+        rec.judge = Some(readout);
+        rec.judge_detail = Some(detail);
+    }
+    rec.completion = Some(text);
+    rec.timing.judge_ms = Some(started.elapsed().as_secs_f64() * 1e3);
+    Ok(rec)
+}
