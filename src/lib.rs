@@ -12,8 +12,8 @@
 //! - `kernels`, `device_info`, `arch`: the int8 kernels and their dispatch, the CPU and
 //!   GPU by name, the architecture table.
 //! - `registry`, `cache`, `fetch`: which models exist, where their files come from, and
-//!   how they reach the local cache verified. `server`: an OpenAI-compatible server
-//!   named as a model, and the client that talks to it.
+//!   how they reach the local cache verified. `endpoint`: an OpenAI-compatible server
+//!   named as a model; `server`: the client that talks to it and a trial's requests.
 //! - `gguf`, `gguf_check`, `tokenizer`, `chat`: reading model files, building the
 //!   tokenizer from GGUF metadata, rendering chat templates.
 //! - `model`: the forward pass (our own, on candle ops, with the packed int8 CPU
@@ -37,6 +37,7 @@ pub mod cache;
 pub mod chat;
 pub mod cluster;
 pub mod device_info;
+pub mod endpoint;
 pub mod engine;
 pub mod error;
 pub mod fetch;

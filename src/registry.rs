@@ -94,7 +94,7 @@ pub struct Registry {
     pub default: String,
     pub models: Vec<ModelEntry>,
     /// Named servers; each endpoint's label is its entry's name.
-    pub servers: Vec<(String, crate::server::endpoint::Endpoint)>,
+    pub servers: Vec<(String, crate::endpoint::Endpoint)>,
 }
 
 impl Registry {
@@ -194,12 +194,12 @@ impl Registry {
             query.extend(s.mode.map(|v| format!("mode={v}")));
             let spec = format!(
                 "{}{}?{}#{}",
-                crate::server::endpoint::PREFIX,
+                crate::endpoint::PREFIX,
                 s.url,
                 query.join("&"),
                 s.model
             );
-            let endpoint = crate::server::endpoint::Endpoint::parse(&spec)
+            let endpoint = crate::endpoint::Endpoint::parse(&spec)
                 .map_err(|e| bad(&s.name, format!("server '{}': {e}", s.name)))?;
             servers.push((s.name, endpoint));
         }
@@ -215,7 +215,7 @@ impl Registry {
     }
 
     /// A named server's endpoint.
-    pub fn server(&self, name: &str) -> Option<&crate::server::endpoint::Endpoint> {
+    pub fn server(&self, name: &str) -> Option<&crate::endpoint::Endpoint> {
         self.servers.iter().find(|(n, _)| n == name).map(|(_, e)| e)
     }
 
@@ -248,7 +248,7 @@ pub enum ModelRef {
     /// An OpenAI-compatible server (`openai+http://HOST:PORT/v1#SERVED_ID`), with the
     /// local model its `tokenizer=` names (resolved with the same registry): nothing of
     /// that one is loaded but its tokenizer and chat template.
-    Server(crate::server::endpoint::Endpoint, Option<Box<ModelRef>>),
+    Server(crate::endpoint::Endpoint, Option<Box<ModelRef>>),
 }
 
 impl ModelRef {
@@ -256,13 +256,13 @@ impl ModelRef {
     /// path or a safetensors directory.
     pub fn resolve(registry: &Registry, arg: &str) -> Result<Self> {
         let named = registry.server(arg);
-        if named.is_some() || crate::server::endpoint::Endpoint::is_spec(arg) {
+        if named.is_some() || crate::endpoint::Endpoint::is_spec(arg) {
             let endpoint = match named {
                 Some(e) => e.clone(),
-                None => crate::server::endpoint::Endpoint::parse(arg)?,
+                None => crate::endpoint::Endpoint::parse(arg)?,
             };
             let text_side = match &endpoint.tokenizer {
-                Some(t) if crate::server::endpoint::Endpoint::is_spec(t) => {
+                Some(t) if crate::endpoint::Endpoint::is_spec(t) => {
                     return Err(Error::Server(format!(
                         "{}: tokenizer= names another server; it must name a local model",
                         endpoint.describe()

@@ -1025,8 +1025,8 @@ fn merge(args: MergeArgs) -> Result<()> {
 
 /// `models check-server`: whether a study could run on the server, and what it gives.
 fn check_server(registry: &Registry, spec: &str, timeout: u64, retries: usize) -> Result<()> {
+    use affectbench::endpoint::Endpoint;
     use affectbench::server::client::{Client, Logprobs, Patience};
-    use affectbench::server::endpoint::Endpoint;
     let endpoint = match registry.server(spec) {
         Some(e) => e.clone(),
         None => Endpoint::parse(spec)?,

@@ -3,7 +3,7 @@
 //! a refused or dropped connection), and errors that name the fix (a refused key, a
 //! model id the server does not serve, a server that gives no log-probabilities).
 
-use super::endpoint::Endpoint;
+use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
 use serde_json::{json, Value};
 use std::time::Duration;

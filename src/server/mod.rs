@@ -1,7 +1,7 @@
 //! OpenAI-compatible servers (vLLM, SGLang, llama.cpp's server, Ollama) as models: the
-//! spec that names one (`endpoint`), the client that talks to it (`client`), and the
-//! requests a study's trials make of it (`model`).
+//! client that talks to one (`client`) and the requests a study's trials make of it
+//! (`model`). The spec that names one is `crate::endpoint`, apart so that the registry
+//! can resolve it without depending on the model code this module uses.
 
 pub mod client;
-pub mod endpoint;
 pub mod model;

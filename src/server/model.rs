@@ -6,8 +6,8 @@
 //! server to render them.
 
 use super::client::{Client, Logprobs, Patience};
-use super::endpoint::Endpoint;
 use crate::chat::{ChatTemplate, Message};
+use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
 use crate::model::load_text_side;
 use crate::registry::ModelRef;
