@@ -401,19 +401,15 @@ fn generated_answer(
     let prompt = ctx.prompt(&trial.id)?;
     let sampling = study_sampling(study)?;
     let single = trial.question.item().is_some();
-    let mut replies = Vec::new();
-    let mut failures = Vec::new();
-    let mut value = None;
-    let mut used_tokens = 0;
     let mut conversation = ctx.messages.clone();
     conversation.push(Message::user(prompt.question.clone()));
     let (mut cache, mut logits, mut cached_tokens) = (cache, logits, prompt.tokens.clone());
-    for attempt in 0..=study.max_reasks {
+    let ask = |attempt: usize, conversation: &[Message]| -> Result<(String, usize)> {
         if attempt > 0 {
             // Continue from what is already computed: the longest token prefix the
             // re-rendered conversation shares with the cached prompt + reply.
             let conv_tokens = model.tokenizer.encode(
-                &model.render_chat(&for_template(&ctx.acknowledgement, &conversation))?,
+                &model.render_chat(&for_template(&ctx.acknowledgement, conversation))?,
                 false,
             )?;
             let common = conv_tokens
@@ -466,11 +462,48 @@ fn generated_answer(
                 )),
             };
         let reply = model.tokenizer.decode(&sampled)?;
-        used_tokens += sampled.len();
         if !sampled.is_empty() && cache.is_some() {
             cached_tokens.extend_from_slice(&sampled[..sampled.len() - 1]);
         }
-        let parsed = read_answer(ins, &prompt.labels, single, &reply);
+        Ok((reply, sampled.len()))
+    };
+    answer_with_reasks(
+        study,
+        lib,
+        trial,
+        ins,
+        item_def,
+        &prompt.labels,
+        conversation,
+        ask,
+    )
+}
+
+/// The answer loop both engines share: asks, reads the reply, and re-asks (up to
+/// `max_reasks` times, telling the model what could not be read) until an answer reads;
+/// every reply and failure is kept. `ask(attempt, conversation)` gives the reply to the
+/// conversation so far (cut at the end of the first line for an item) and the tokens
+/// it used.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn answer_with_reasks(
+    study: &Study,
+    lib: &Library,
+    trial: &Trial,
+    ins: &Instrument,
+    item_def: Option<&Item>,
+    labels: &[(String, usize)],
+    mut conversation: Vec<Message>,
+    mut ask: impl FnMut(usize, &[Message]) -> Result<(String, usize)>,
+) -> Result<GenerateReadout> {
+    let single = trial.question.item().is_some();
+    let mut replies = Vec::new();
+    let mut failures = Vec::new();
+    let mut value = None;
+    let mut used_tokens = 0;
+    for attempt in 0..=study.max_reasks {
+        let (reply, used) = ask(attempt, &conversation)?;
+        used_tokens += used;
+        let parsed = read_answer(ins, labels, single, &reply);
         replies.push(reply.clone());
         match parsed {
             Ok(v) => {
@@ -480,11 +513,7 @@ fn generated_answer(
             Err(why) => {
                 failures.push(why);
                 conversation.push(Message::assistant(reply.trim().to_string()));
-                conversation.push(Message::user(reask_text(
-                    lib,
-                    &trial.question,
-                    &prompt.labels,
-                )));
+                conversation.push(Message::user(reask_text(lib, &trial.question, labels)));
             }
         }
     }
@@ -494,7 +523,7 @@ fn generated_answer(
         failures,
         value,
         keyed,
-        sampling,
+        sampling: study_sampling(study)?,
         tokens: used_tokens,
     })
 }

@@ -12,17 +12,17 @@
 use super::group::{render_group, RenderedGroup, Renderer, TrialPrompt};
 use super::plan::{Plan, Question, Trial};
 use super::progress::Progress;
-use super::prompt::{for_template, question_text, reask_text};
+use super::prompt::{for_template, question_text};
 use super::readouts::{
-    base_record_for, choice_readout, item_options, judge_content_free, judge_valence, read_answer,
-    through_first_line, ConversationScorer, JudgeBias,
+    answer_with_reasks, base_record_for, choice_readout, item_options, judge_content_free,
+    judge_valence, through_first_line, ConversationScorer, JudgeBias,
 };
 use super::run_dir::RunDir;
 use super::runner::{write_record, Tally};
 use crate::chat::Message;
 use crate::error::{Error, Result};
 use crate::option_scoring::normalise;
-use crate::results::{GenerateReadout, Timing, TrialRecord};
+use crate::results::{Timing, TrialRecord};
 use crate::rng::Stream;
 use crate::scenario::study::ConditionSetup;
 use crate::scenario::{Library, Study};
@@ -290,7 +290,7 @@ fn item_trial(
     };
     let ins = &lib.instruments[instrument];
     let item_def = item.and_then(|id| ins.items.iter().find(|i| &i.id == id));
-    let mut conversation = question_conversation(rendered, &prompt.question);
+    let conversation = question_conversation(rendered, &prompt.question);
     let started = Instant::now();
     if let Some(options) = item_options(study, &server.tokenizer, ins, &prompt.labels)? {
         let messages = for_template(&rendered.acknowledgement, &conversation);
@@ -332,9 +332,8 @@ fn item_trial(
     }
     let started = Instant::now();
     let single = trial.question.item().is_some();
-    let (mut replies, mut failures, mut value, mut used) = (Vec::new(), Vec::new(), None, 0);
-    for attempt in 0..=study.max_reasks {
-        let messages = for_template(&rendered.acknowledgement, &conversation);
+    let ask = |attempt: usize, conversation: &[Message]| -> Result<(String, usize)> {
+        let messages = for_template(&rendered.acknowledgement, conversation);
         let (text, tokens) = if attempt == 0 {
             (prompt.text.clone(), prompt.tokens.clone())
         } else {
@@ -360,39 +359,25 @@ fn item_trial(
                 ),
             },
         )?;
-        used += n;
+        // The local engine stops an item's answer at its first line; a server is cut
+        // there instead.
         let reply = if single {
             through_first_line(&reply).to_string()
         } else {
             reply
         };
-        let parsed = read_answer(ins, &prompt.labels, single, &reply);
-        replies.push(reply.clone());
-        match parsed {
-            Ok(v) => {
-                value = Some(v);
-                break;
-            }
-            Err(why) => {
-                failures.push(why);
-                conversation.push(Message::assistant(reply.trim().to_string()));
-                conversation.push(Message::user(reask_text(
-                    lib,
-                    &trial.question,
-                    &prompt.labels,
-                )));
-            }
-        }
-    }
-    let keyed = value.map(|v| item_def.map(|it| ins.keyed_value(it, v)).unwrap_or(v));
-    rec.generate = Some(GenerateReadout {
-        replies,
-        failures,
-        value,
-        keyed,
-        sampling: super::group::study_sampling(study)?,
-        tokens: used,
-    });
+        Ok((reply, n))
+    };
+    rec.generate = Some(answer_with_reasks(
+        study,
+        lib,
+        trial,
+        ins,
+        item_def,
+        &prompt.labels,
+        conversation,
+        ask,
+    )?);
     rec.timing = Timing {
         choice_ms: Some(choice_ms),
         generate_ms: Some(started.elapsed().as_secs_f64() * 1e3),
