@@ -219,6 +219,18 @@ impl Registry {
         self.servers.iter().find(|(n, _)| n == name).map(|(_, e)| e)
     }
 
+    /// The server a model argument names, as a `[[server]]` entry's name or a spec
+    /// (None: it names neither).
+    pub fn endpoint(&self, arg: &str) -> Option<Result<crate::endpoint::Endpoint>> {
+        match self.server(arg) {
+            Some(e) => Some(Ok(e.clone())),
+            None if crate::endpoint::Endpoint::is_spec(arg) => {
+                Some(crate::endpoint::Endpoint::parse(arg))
+            }
+            None => None,
+        }
+    }
+
     pub fn names(&self) -> String {
         self.models
             .iter()
@@ -255,12 +267,8 @@ impl ModelRef {
     /// Resolves a registry name (a model or a named server), a server spec, a `.gguf`
     /// path or a safetensors directory.
     pub fn resolve(registry: &Registry, arg: &str) -> Result<Self> {
-        let named = registry.server(arg);
-        if named.is_some() || crate::endpoint::Endpoint::is_spec(arg) {
-            let endpoint = match named {
-                Some(e) => e.clone(),
-                None => crate::endpoint::Endpoint::parse(arg)?,
-            };
+        if let Some(endpoint) = registry.endpoint(arg) {
+            let endpoint = endpoint?;
             let text_side = match &endpoint.tokenizer {
                 Some(t) if crate::endpoint::Endpoint::is_spec(t) => {
                     return Err(Error::Server(format!(

@@ -1027,10 +1027,9 @@ fn merge(args: MergeArgs) -> Result<()> {
 fn check_server(registry: &Registry, spec: &str, timeout: u64, retries: usize) -> Result<()> {
     use affectbench::endpoint::Endpoint;
     use affectbench::server::client::{Client, Logprobs, Patience};
-    let endpoint = match registry.server(spec) {
-        Some(e) => e.clone(),
-        None => Endpoint::parse(spec)?,
-    };
+    let endpoint = registry
+        .endpoint(spec)
+        .unwrap_or_else(|| Endpoint::parse(spec))?;
     println!("server: {}", endpoint.describe());
     println!(
         "key: {}",

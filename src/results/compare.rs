@@ -10,6 +10,7 @@ use super::csv_table::{write_rows, Num};
 use super::read::{read_header, read_trials};
 use super::TrialRecord;
 use crate::error::{Error, Result};
+use crate::stats::descriptives::mean;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -69,9 +70,10 @@ impl Agreement {
     }
 }
 
-fn trial_records(dir: &Path) -> Result<BTreeMap<String, TrialRecord>> {
-    let header = read_header(dir)?;
-    let file = read_trials(&dir.join("trials.jsonl"), header.seed)?;
+/// A run's trials that finished without an error, by id (`seed`: the run's, for
+/// records older than per-trial seeds).
+fn trial_records(dir: &Path, seed: u64) -> Result<BTreeMap<String, TrialRecord>> {
+    let file = read_trials(&dir.join("trials.jsonl"), seed)?;
     Ok(file
         .records
         .into_iter()
@@ -156,7 +158,7 @@ pub fn compare_runs(a: &Path, b: &Path) -> Result<(Agreement, Vec<PairRow>)> {
             hb.seed
         )));
     }
-    let (ra, rb) = (trial_records(a)?, trial_records(b)?);
+    let (ra, rb) = (trial_records(a, ha.seed)?, trial_records(b, hb.seed)?);
     let rows: Vec<PairRow> = ra
         .iter()
         .filter_map(|(id, x)| rb.get(id).map(|y| pair(x, y)))
@@ -198,7 +200,7 @@ pub fn compare_runs(a: &Path, b: &Path) -> Result<(Agreement, Vec<PairRow>)> {
         gap_median: quantile(&gaps, 0.5),
         gap_p90: quantile(&gaps, 0.9),
         gap_max: gaps.last().copied().unwrap_or(f64::NAN),
-        expected_mean_abs: expected.iter().sum::<f64>() / expected.len() as f64,
+        expected_mean_abs: mean(&expected),
         values,
         same_value,
         texts,

@@ -64,8 +64,12 @@ enum Attempt {
     /// Worth another try (429, 5xx, transport), with what went wrong and the HTTP
     /// status if the server answered at all.
     Retry(String, Option<u16>),
-    Fatal(Error),
+    /// Not worth another try, with the HTTP status where the server gave one.
+    Fatal(Error, Option<u16>),
 }
+
+/// The text every capability probe sends: short, and tokenized alike by every model.
+pub const PROBE_PROMPT: &str = "The sky is";
 
 impl Client {
     pub fn new(endpoint: Endpoint, patience: Patience) -> Client {
@@ -120,10 +124,13 @@ impl Client {
             Ok(r) => match r.into_string() {
                 Ok(text) => match serde_json::from_str(&text) {
                     Ok(v) => Attempt::Done(v),
-                    Err(e) => Attempt::Fatal(self.error(format!(
-                        "the reply is not JSON ({e}): {}",
-                        text.chars().take(200).collect::<String>()
-                    ))),
+                    Err(e) => Attempt::Fatal(
+                        self.error(format!(
+                            "the reply is not JSON ({e}): {}",
+                            text.chars().take(200).collect::<String>()
+                        )),
+                        None,
+                    ),
                 },
                 Err(e) => Attempt::Retry(format!("reading the reply: {e}"), None),
             },
@@ -138,7 +145,7 @@ impl Client {
                         Some(status),
                     )
                 } else {
-                    Attempt::Fatal(self.refusal(status, &text))
+                    Attempt::Fatal(self.refusal(status, &text), Some(status))
                 }
             }
             Err(ureq::Error::Transport(t)) => Attempt::Retry(t.to_string(), None),
@@ -158,7 +165,7 @@ impl Client {
             };
             let (why, status) = match self.attempt(request, body) {
                 Attempt::Done(v) => return Ok(v),
-                Attempt::Fatal(e) => return Err(e),
+                Attempt::Fatal(e, _) => return Err(e),
                 Attempt::Retry(why, status) => (why, status),
             };
             let limit = if status == Some(500) {
@@ -187,26 +194,22 @@ impl Client {
     }
 
     /// The server's entries for the models it serves (`GET /models`), as it gives them.
-    pub fn served_model_entries(&self) -> Result<Vec<Value>> {
+    fn served_model_entries(&self) -> Result<Vec<Value>> {
         let v = self.send("models", None)?;
         Ok(v["data"].as_array().cloned().unwrap_or_default())
     }
 
-    /// The model ids the server serves.
-    pub fn served_models(&self) -> Result<Vec<String>> {
-        Ok(self
-            .served_model_entries()?
+    /// The server's `/models` entry for the model id, refusing an id it does not
+    /// list (naming the ones it does).
+    pub fn check_model(&self) -> Result<Value> {
+        let entries = self.served_model_entries()?;
+        if let Some(entry) = entries
             .iter()
-            .filter_map(|m| m["id"].as_str().map(String::from))
-            .collect())
-    }
-
-    /// Refuses a model id the server does not list, naming the ones it does.
-    pub fn check_model(&self) -> Result<()> {
-        let served = self.served_models()?;
-        if served.contains(&self.endpoint.model) {
-            return Ok(());
+            .find(|m| m["id"].as_str() == Some(self.endpoint.model.as_str()))
+        {
+            return Ok(entry.clone());
         }
+        let served: Vec<&str> = entries.iter().filter_map(|m| m["id"].as_str()).collect();
         Err(self.error(format!(
             "the server does not serve '{}'; it serves: {} (put one of them after the #)",
             self.endpoint.model,
@@ -231,10 +234,9 @@ impl Client {
         body["model"] = json!(self.endpoint.model);
         match self.attempt(self.agent.post(&self.url(path)), Some(&body)) {
             Attempt::Done(v) => Ok(Some(v)),
-            Attempt::Fatal(Error::Server(m)) if m.contains("refused the key") => {
-                Err(Error::Server(m))
-            }
-            Attempt::Fatal(_) => Ok(None),
+            // A refused key is the caller's to fix, not a missing capability.
+            Attempt::Fatal(e, Some(401 | 403)) => Err(e),
+            Attempt::Fatal(..) => Ok(None),
             Attempt::Retry(_, Some(_)) => Ok(None),
             Attempt::Retry(why, None) => Err(Error::ServerUnreachable(format!(
                 "{}: {why}",
@@ -269,7 +271,7 @@ impl Client {
         let reply = self.probe(
             "completions",
             json!({
-                "prompt": "The sky is",
+                "prompt": PROBE_PROMPT,
                 "max_tokens": 1,
                 "temperature": 0.0,
                 "echo": true,

@@ -5,7 +5,7 @@
 //! model's own chat template (`tokenizer=` in the spec) unless the chat mode asks the
 //! server to render them.
 
-use super::client::{Client, Logprobs, Patience};
+use super::client::{Client, Logprobs, Patience, PROBE_PROMPT};
 use crate::chat::{ChatTemplate, Message};
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
@@ -196,13 +196,8 @@ impl ServerModel {
             ))
         })?;
         let client = Client::new(endpoint.clone(), patience);
-        client.check_model()?;
-        let models_entry = client
-            .served_model_entries()?
-            .into_iter()
-            .find(|m| m["id"].as_str() == Some(endpoint.model.as_str()))
-            .unwrap_or(Value::Null);
-        let probe_ids = side.tokenizer.encode("The sky is", false)?;
+        let models_entry = client.check_model()?;
+        let probe_ids = side.tokenizer.encode(PROBE_PROMPT, false)?;
         let prompts = match client.probe(
             "completions",
             json!({"prompt": probe_ids, "max_tokens": 1, "temperature": 0.0}),
@@ -256,6 +251,13 @@ impl ServerModel {
     /// The prompt text for a conversation, through the model's template.
     pub fn render(&self, messages: &[Message]) -> Result<String> {
         self.chat_template.render(messages, true)
+    }
+
+    /// A conversation's prompt text and its tokens: what a `Prompt` borrows.
+    pub fn rendered(&self, messages: &[Message]) -> Result<(String, Vec<u32>)> {
+        let text = self.render(messages)?;
+        let tokens = self.tokenizer.encode(&text, false)?;
+        Ok((text, tokens))
     }
 
     /// What the choice read-out cannot do on this server, if anything, for labels made
@@ -456,38 +458,37 @@ fn label_values(listed: &[(String, f64)], labels: &[String]) -> (Vec<f64>, f64) 
     (values, (1.0 - seen).max(0.0))
 }
 
+/// A one-token probe of `fields` on the chat or the completions route, asking about
+/// the probe prompt.
+fn probe_request(chat: bool, mut fields: Value) -> (&'static str, Value) {
+    fields["max_tokens"] = json!(1);
+    if chat {
+        fields["messages"] = json!([{"role": "user", "content": PROBE_PROMPT}]);
+        ("chat/completions", fields)
+    } else {
+        fields["prompt"] = json!(PROBE_PROMPT);
+        ("completions", fields)
+    }
+}
+
 /// The largest top list the server accepts (None: it lists none).
 fn largest_top(client: &Client, chat: bool) -> Result<Option<usize>> {
     for top in TOP_SIZES {
-        let (path, body) = if chat {
-            (
-                "chat/completions",
-                json!({
-                    "messages": [{"role": "user", "content": "The sky is"}],
-                    "max_tokens": 1, "temperature": 0.0, "logprobs": true, "top_logprobs": top,
-                }),
-            )
+        let fields = if chat {
+            json!({"temperature": 0.0, "logprobs": true, "top_logprobs": top})
         } else {
-            (
-                "completions",
-                json!({
-                    "prompt": "The sky is", "max_tokens": 1, "temperature": 0.0, "logprobs": top,
-                }),
-            )
+            json!({"temperature": 0.0, "logprobs": top})
         };
+        let (path, body) = probe_request(chat, fields);
         let Some(reply) = client.probe(path, body)? else {
             continue;
         };
         let listed = if chat {
-            reply["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
-                .as_array()
-                .map_or(0, Vec::len)
+            chat_top_list(&reply)
         } else {
-            reply["choices"][0]["logprobs"]["top_logprobs"][0]
-                .as_object()
-                .map_or(0, |m| m.len())
+            completion_top_list(&reply)
         };
-        if listed > 0 {
+        if !listed.is_empty() {
             return Ok(Some(top));
         }
     }
@@ -521,16 +522,9 @@ fn sampling_candidates() -> [Value; 3] {
 fn accepted_sampling(client: &Client, chat: bool) -> Result<Value> {
     for fields in sampling_candidates() {
         let mut body = fields.clone();
-        body["max_tokens"] = json!(1);
         body["temperature"] = json!(1.0);
         body["seed"] = json!(1);
-        let path = if chat {
-            body["messages"] = json!([{"role": "user", "content": "The sky is"}]);
-            "chat/completions"
-        } else {
-            body["prompt"] = json!("The sky is");
-            "completions"
-        };
+        let (path, body) = probe_request(chat, body);
         if client.probe(path, body)?.is_some() {
             return Ok(fields);
         }

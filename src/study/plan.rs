@@ -18,6 +18,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use std::collections::HashSet;
 
 /// A stable id: the first 16 hex digits of sha256 of the canonical JSON of `coords`.
 pub fn stable_id(coords: &serde_json::Value) -> String {
@@ -134,6 +135,41 @@ pub struct Trial {
 pub struct Plan {
     pub groups: Vec<Group>,
     pub trials: Vec<Trial>,
+}
+
+/// A group with trials still to run: all its members (its prompts and shared prefix
+/// are rendered from all of them, so a resumed group computes what a whole one would)
+/// and the pending ones.
+pub struct GroupToRun<'a> {
+    pub group: &'a Group,
+    pub members: Vec<&'a Trial>,
+    pub todo: Vec<&'a Trial>,
+}
+
+impl Plan {
+    /// The groups holding a trial in `pending` (by id), in plan order.
+    pub fn groups_to_run<'a>(
+        &'a self,
+        pending: &'a HashSet<&'a str>,
+    ) -> impl Iterator<Item = GroupToRun<'a>> + 'a {
+        self.groups
+            .iter()
+            .enumerate()
+            .filter_map(move |(index, group)| {
+                let members: Vec<&Trial> =
+                    self.trials.iter().filter(|t| t.group == index).collect();
+                let todo: Vec<&Trial> = members
+                    .iter()
+                    .copied()
+                    .filter(|t| pending.contains(t.id.as_str()))
+                    .collect();
+                (!todo.is_empty()).then_some(GroupToRun {
+                    group,
+                    members,
+                    todo,
+                })
+            })
+    }
 }
 
 /// The most trials one plan may hold (it is built in memory, ~1 KB a trial).

@@ -4,7 +4,7 @@
 
 use crate::cache;
 use crate::chat::sha256_hex;
-use crate::error::{IoContext, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::model::Model;
 use crate::registry::ModelRef;
 use crate::results::{
@@ -34,8 +34,13 @@ pub fn model_provenance(model_ref: &ModelRef, m: &Model) -> Result<ModelProvenan
             }
             sha256_hex(all.as_bytes())
         }
-        // No weights to hash here: the endpoint and served id are what identify it.
-        ModelRef::Server(e, _) => sha256_hex(e.describe().as_bytes()),
+        // A server never loads as a `Model`; its record is `server_provenance`'s.
+        ModelRef::Server(e, _) => {
+            return Err(Error::Run(format!(
+                "internal: {} is a server, not weights loaded here",
+                e.describe()
+            )))
+        }
     };
     Ok(ModelProvenance {
         label: m.info.label.clone(),
@@ -69,14 +74,12 @@ pub fn model_provenance(model_ref: &ModelRef, m: &Model) -> Result<ModelProvenan
 
 /// A server model's identity: the endpoint and served id (no weights to hash), the
 /// tokenizer and template it was rendered with, and what the server offered.
-pub fn server_provenance(model_ref: &ModelRef, s: &ServerModel) -> ModelProvenance {
-    let path = match model_ref {
-        ModelRef::Server(e, _) => e.spec(),
-        _ => s.client.endpoint.spec(),
-    };
+pub fn server_provenance(s: &ServerModel) -> ModelProvenance {
     ModelProvenance {
         label: s.label.clone(),
-        path,
+        // The spec it was reached by (a registry name resolves to its full spec), so
+        // `--resume` reaches it again without the registry file.
+        path: s.client.endpoint.spec(),
         sha256: sha256_hex(s.client.endpoint.describe().as_bytes()),
         architecture: "server".to_string(),
         tokenizer_sha256: sha256_hex(

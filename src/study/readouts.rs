@@ -755,7 +755,7 @@ pub(crate) fn judge_valence(
 
 /// The value an answer gives, or why it could not be read. With all items in one turn
 /// the value is the instrument's score over the items read (each reverse-keyed).
-pub(crate) fn read_answer(
+fn read_answer(
     ins: &Instrument,
     labels: &[(String, usize)],
     single: bool,

@@ -14,7 +14,7 @@
 use super::group::{fixed_plan_completions, lockstep_completions, work_units, GroupContext};
 use super::internals::{model_for, prepare as prepare_internals, ModelInternals};
 use super::known_answers;
-use super::plan::{count_trials, expand, Plan, Trial, MAX_PLAN_TRIALS};
+use super::plan::{count_trials, expand, GroupToRun, Plan, Trial, MAX_PLAN_TRIALS};
 use super::progress::Progress;
 use super::provenance::{
     model_provenance, new_header, server_engine_record, server_provenance, HeaderInputs,
@@ -489,7 +489,7 @@ fn connect_servers(cfg: &RunConfig, study: &Study) -> Result<(Backends, Vec<Mode
             cfg.server.patience,
         )?;
         server.chat_template.set_thinking(Some(study.thinking));
-        provenance.push(server_provenance(r, &server));
+        provenance.push(server_provenance(&server));
         servers.push(server);
     }
     Ok((Backends::Servers(servers), provenance))
@@ -645,16 +645,12 @@ fn execute(
     // The steered copy of the model the last group ran on, reused by the next group of
     // the same condition (a plan's groups come condition by condition).
     let mut steered: Option<(String, String, Option<Model>, Option<TrialSteering>)> = None;
-    for (gi, group) in plan.groups.iter().enumerate() {
-        let members: Vec<&Trial> = plan.trials.iter().filter(|t| t.group == gi).collect();
-        let todo: Vec<&Trial> = members
-            .iter()
-            .copied()
-            .filter(|t| pending_ids.contains(t.id.as_str()))
-            .collect();
-        if todo.is_empty() {
-            continue;
-        }
+    for GroupToRun {
+        group,
+        members,
+        todo,
+    } in plan.groups_to_run(&pending_ids)
+    {
         progress.set_message(format!("{} rep {}", group.condition, group.repetition + 1));
         let mi = models
             .iter()

@@ -10,7 +10,7 @@
 //! finish, and `--resume` completes the run once the server is back.
 
 use super::group::{render_group, RenderedGroup, Renderer, TrialPrompt};
-use super::plan::{Plan, Question, Trial};
+use super::plan::{GroupToRun, Plan, Question, Trial};
 use super::progress::Progress;
 use super::prompt::{for_template, question_text};
 use super::readouts::{
@@ -31,10 +31,15 @@ use rand::Rng;
 use std::collections::HashSet;
 use std::time::Instant;
 
-/// A request seed from a trial's stream: the same trial asks with the same seed in any
-/// run, resume or shard. Below 2^31, which every server's seed field takes.
-fn request_seed(stream: Stream<'_>, run_seed: u64) -> u64 {
-    u64::from(stream.rng(run_seed).random::<u32>() >> 1)
+/// A generation at the study's temperature, seeded from `stream`: the same trial asks
+/// with the same seed in any run, resume or shard. The seed is below 2^31, which every
+/// server's seed field takes.
+fn sample(study: &Study, max_tokens: usize, stream: Stream<'_>) -> Sample {
+    Sample {
+        temperature: f64::from(study.temperature),
+        max_tokens,
+        seed: u64::from(stream.rng(study.seed).random::<u32>() >> 1),
+    }
 }
 
 impl ConversationScorer for ServerModel {
@@ -43,8 +48,7 @@ impl ConversationScorer for ServerModel {
         conversation: &[Message],
         labels: &[String],
     ) -> Result<(Vec<f64>, f64)> {
-        let text = self.render(conversation)?;
-        let tokens = self.tokenizer.encode(&text, false)?;
+        let (text, tokens) = self.rendered(conversation)?;
         let options = labels
             .iter()
             .map(|l| self.tokenizer.encode(l, false))
@@ -124,16 +128,12 @@ pub(super) fn execute_on_servers(
 ) -> Result<()> {
     let pending_ids: HashSet<&str> = pending.iter().map(|t| t.id.as_str()).collect();
     let mut judge_bias = JudgeBias::new();
-    for (gi, group) in plan.groups.iter().enumerate() {
-        let members: Vec<&Trial> = plan.trials.iter().filter(|t| t.group == gi).collect();
-        let todo: Vec<&Trial> = members
-            .iter()
-            .copied()
-            .filter(|t| pending_ids.contains(t.id.as_str()))
-            .collect();
-        if todo.is_empty() {
-            continue;
-        }
+    for GroupToRun {
+        group,
+        members,
+        todo,
+    } in plan.groups_to_run(&pending_ids)
+    {
         progress.set_message(format!("{} rep {}", group.condition, group.repetition + 1));
         let server = server_for(servers, &group.model)?;
         let rendered = render_on(study, lib, server, group, &members)?;
@@ -212,19 +212,14 @@ fn render_on(
     let render = |m: &[Message]| server.render(m);
     let encode = |text: &str| server.tokenizer.encode(text, false);
     let generate_turn = |m: &[Message], stream: Stream<'_>, max_tokens: usize| {
-        let text = server.render(m)?;
-        let tokens = server.tokenizer.encode(&text, false)?;
+        let (text, tokens) = server.rendered(m)?;
         let (reply, _) = server.generate(
             &Prompt {
                 messages: m,
                 text: &text,
                 tokens: &tokens,
             },
-            Sample {
-                temperature: f64::from(study.temperature),
-                max_tokens,
-                seed: request_seed(stream, study.seed),
-            },
+            sample(study, max_tokens, stream),
         )?;
         Ok(reply.trim().to_string())
     };
@@ -334,30 +329,29 @@ fn item_trial(
     let single = trial.question.item().is_some();
     let ask = |attempt: usize, conversation: &[Message]| -> Result<(String, usize)> {
         let messages = for_template(&rendered.acknowledgement, conversation);
+        // The first ask is the prompt already rendered; a re-ask renders the longer
+        // conversation.
+        let reasked;
         let (text, tokens) = if attempt == 0 {
-            (prompt.text.clone(), prompt.tokens.clone())
+            (prompt.text.as_str(), prompt.tokens.as_slice())
         } else {
-            let text = server.render(&messages)?;
-            let tokens = server.tokenizer.encode(&text, false)?;
-            (text, tokens)
+            reasked = server.rendered(&messages)?;
+            (reasked.0.as_str(), reasked.1.as_slice())
         };
         let (reply, n) = server.generate(
             &Prompt {
                 messages: &messages,
-                text: &text,
-                tokens: &tokens,
+                text,
+                tokens,
             },
-            Sample {
-                temperature: f64::from(study.temperature),
-                max_tokens: study.max_answer_tokens,
-                seed: request_seed(
-                    Stream::Answer {
-                        trial: &trial.id,
-                        attempt,
-                    },
-                    study.seed,
-                ),
-            },
+            sample(
+                study,
+                study.max_answer_tokens,
+                Stream::Answer {
+                    trial: &trial.id,
+                    attempt,
+                },
+            ),
         )?;
         // The local engine stops an item's answer at its first line; a server is cut
         // there instead.
@@ -412,11 +406,11 @@ fn completion_trial(
             text: &prompt.text,
             tokens: &prompt.tokens,
         },
-        Sample {
-            temperature: f64::from(study.temperature),
-            max_tokens: super::group::completion_tokens(study),
-            seed: request_seed(Stream::Completion { trial: &trial.id }, study.seed),
-        },
+        sample(
+            study,
+            super::group::completion_tokens(study),
+            Stream::Completion { trial: &trial.id },
+        ),
     )?;
     let text = reply.trim().to_string();
     let started = Instant::now();
