@@ -37,10 +37,51 @@ pub struct Endpoint {
 
 fn spec_error(spec: &str, why: &str) -> Error {
     Error::Server(format!(
-        "'{spec}' is not a server model: {why}; write \
+        "'{}' is not a server model: {why}; write \
          openai+http://HOST:PORT/v1#SERVED_MODEL_ID (optionally \
-         ?tokenizer=MODEL&label=NAME&mode=chat&key_env=VAR before the #)"
+         ?tokenizer=MODEL&label=NAME&mode=chat&key_env=VAR before the #)",
+        shown(spec)
     ))
+}
+
+/// The options a spec may carry, whose values are names, never secrets.
+const OPTIONS: [&str; 4] = ["key_env", "tokenizer", "label", "mode"];
+
+/// A spec as an error message may show it: the value of any query field that is not
+/// one of ours is masked, since a user who put `?api_key=sk-...` there has put a key
+/// where it must not be, and the refusal must not print it to a terminal or job log.
+fn shown(spec: &str) -> String {
+    let Some((before, rest)) = spec.split_once('?') else {
+        return spec.to_string();
+    };
+    let (query, fragment) = match rest.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (rest, None),
+    };
+    let masked: Vec<String> = query.split('&').map(shown_pair).collect();
+    let mut out = format!("{before}?{}", masked.join("&"));
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    out
+}
+
+/// One `name=value` of a spec's query, the value masked unless the name is ours.
+fn shown_pair(pair: &str) -> String {
+    match pair.split_once('=') {
+        Some((name, _)) if !OPTIONS.contains(&name) => format!("{name}=…"),
+        _ => pair.to_string(),
+    }
+}
+
+/// Whether a query field's name says it holds a credential.
+fn looks_like_a_key(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    !OPTIONS.contains(&n.as_str())
+        && ["key", "token", "secret", "password", "auth"]
+            .iter()
+            .any(|w| n.contains(w))
 }
 
 impl Endpoint {
@@ -104,12 +145,21 @@ impl Endpoint {
                 Some(("label", v)) if !v.is_empty() => endpoint.label = Some(v.to_string()),
                 Some(("mode", "chat")) => endpoint.chat = true,
                 Some(("mode", "completions")) => endpoint.chat = false,
+                Some((name, _)) if looks_like_a_key(name) => {
+                    return Err(Error::Server(format!(
+                        "'{}': a key must not be written in the spec ('{name}=' holds one); \
+                         put it in an environment variable and name that with \
+                         ?key_env=VAR (default {DEFAULT_KEY_ENV})",
+                        shown(spec)
+                    )))
+                }
                 _ => {
                     return Err(spec_error(
                         spec,
                         &format!(
-                            "'{pair}' is not an option (key_env=VAR, tokenizer=MODEL, \
-                             label=NAME or mode=chat|completions)"
+                            "'{}' is not an option (key_env=VAR, tokenizer=MODEL, \
+                             label=NAME or mode=chat|completions)",
+                            shown_pair(pair)
                         ),
                     ))
                 }
@@ -158,15 +208,36 @@ impl Endpoint {
         format!("{PREFIX}{}{query}#{}", self.base_url, self.model)
     }
 
-    /// The key from the environment, if its variable is set and not empty.
+    /// The key from the environment, if its variable is set and not empty. A key read
+    /// is remembered for `secrets::redact`, so no text this process writes repeats it.
     pub fn api_key(&self) -> Option<String> {
-        std::env::var(&self.key_env).ok().filter(|k| !k.is_empty())
+        let key = std::env::var(&self.key_env)
+            .ok()
+            .filter(|k| !k.is_empty())?;
+        crate::secrets::remember(&key);
+        Some(key)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_in_the_specs_query_is_refused_without_printing_it() {
+        for spec in [
+            "openai+http://127.0.0.1:8000/v1?api_key=sk-live-0123456789abcdef#m",
+            "openai+http://127.0.0.1:8000/v1?tokenizer=x&apikey=sk-live-0123456789abcdef#m",
+            "openai+http://127.0.0.1:8000/v1?zzz=sk-live-0123456789abcdef#m",
+        ] {
+            let err = Endpoint::parse(spec).unwrap_err().to_string();
+            assert!(!err.contains("sk-live"), "{err}");
+            assert!(
+                err.contains("key_env") || err.contains("not an option"),
+                "{err}"
+            );
+        }
+    }
 
     #[test]
     fn a_spec_gives_the_url_the_served_id_and_the_options() {

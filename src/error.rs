@@ -83,10 +83,10 @@ pub enum Error {
     #[error("the model produced non-finite numbers ({0}); its file is broken (check metadata such as the rms epsilon, and the tensor data) or the arithmetic overflowed")]
     NonFinite(String),
 
-    /// A signal stopped the work after the trial in progress; `resume` is the command
-    /// that continues it.
+    /// A signal stopped the work (a run after the trial in progress, a report before it
+    /// wrote anything more); `resume` is the command that continues it.
     /// `signal_name` is the signal as a user knows it (`study::interrupt::name`).
-    #[error("interrupted by {signal_name} after the trial in progress; continue with: {resume}")]
+    #[error("interrupted by {signal_name}; what was finished is kept; continue with: {resume}")]
     Interrupted {
         signal: i32,
         signal_name: &'static str,
@@ -105,6 +105,16 @@ pub enum Error {
     /// a run stops here as interrupted, not failed, since a resume completes it.
     #[error("server model {0}")]
     ServerUnreachable(String),
+
+    /// A request the server kept failing (HTTP 500 after its retries): the trial is not
+    /// recorded, so that `--resume` asks it again instead of keeping a hole.
+    #[error("server model {0}")]
+    ServerFailed(String),
+
+    /// The server is no longer the one the run started on (another model id answers):
+    /// the run stops at once, since every later number would belong to another model.
+    #[error("server model {0}")]
+    ServerChanged(String),
 
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

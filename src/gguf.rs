@@ -101,21 +101,28 @@ impl GgufFile {
         for (name, entry) in &tensors {
             // Every size from the header is checked arithmetic: hostile dims must give an
             // error, not a wrapped size or an allocation of 2^62 bytes.
-            let end = entry
+            let bytes = entry
                 .shape
                 .iter()
                 .try_fold(1usize, |n, &d| if d == 0 { None } else { n.checked_mul(d) })
-                .and_then(|elems| entry.quant.bytes_for(elems))
-                .and_then(|bytes| {
-                    content
-                        .tensor_data_offset
-                        .checked_add(entry.offset)?
-                        .checked_add(bytes as u64)
-                });
-            let Some(end) = end else {
+                .and_then(|elems| entry.quant.bytes_for(elems));
+            let Some(bytes) = bytes else {
                 return Err(gguf_err(format!(
                     "tensor '{name}' has impossible dimensions {:?} for its type {}",
                     entry.shape, entry.quant
+                )));
+            };
+            // The offset is blamed on its own: dimensions that are fine must not be
+            // reported as the fault.
+            let end = content
+                .tensor_data_offset
+                .checked_add(entry.offset)
+                .and_then(|start| start.checked_add(bytes as u64));
+            let Some(end) = end else {
+                return Err(gguf_err(format!(
+                    "tensor '{name}' has an impossible offset {} (its data would start past \
+                     any file: the data section begins at byte {})",
+                    entry.offset, content.tensor_data_offset
                 )));
             };
             if end > file_len {

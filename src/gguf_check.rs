@@ -91,6 +91,26 @@ impl<R: Read + Seek> Walker<R> {
     }
 
     /// One metadata value of type `ty`.
+    /// `general.alignment`: candle divides by it, so 0 panicked inside its reader. The
+    /// GGUF spec asks for a u32; it must be a power of two (the data section starts at a
+    /// multiple of it).
+    fn alignment(&mut self, ty: u32) -> std::result::Result<(), String> {
+        if ty != 4 {
+            return Err(self.fail(&format!(
+                "general.alignment has value type {ty}; GGUF writes it as a u32 (type 4)"
+            )));
+        }
+        let at = self.at;
+        let value = self.u32("general.alignment")?;
+        if !value.is_power_of_two() {
+            return Err(format!(
+                "byte {at}: general.alignment is {value}; it must be a power of two (GGUF \
+                 files use 32)"
+            ));
+        }
+        Ok(())
+    }
+
     fn value(&mut self, ty: u32, depth: usize) -> std::result::Result<(), String> {
         match ty {
             0 | 1 | 7 => self.skip(1, "a value"),
@@ -169,9 +189,13 @@ pub fn check_header(path: &Path) -> Result<HeaderLayout> {
             let tensors = w.count("the tensor count", 24)?;
             let entries = w.count("the metadata count", 12)?;
             for _ in 0..entries {
-                w.string("a metadata key")?;
+                let key = w.read_string("a metadata key")?;
                 let ty = w.u32("a metadata value type")?;
-                w.value(ty, 0)?;
+                if key == "general.alignment" {
+                    w.alignment(ty)?;
+                } else {
+                    w.value(ty, 0)?;
+                }
             }
             let mut table = Vec::with_capacity(tensors as usize);
             for _ in 0..tensors {

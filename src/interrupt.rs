@@ -58,7 +58,7 @@ fn received(sig: i32) {
         .compare_exchange(0, sig as usize, Ordering::SeqCst, Ordering::SeqCst)
         .is_ok();
     if first {
-        eprintln!(
+        crate::say!(
             "\naffectbench: {} received: abandoning the work in progress and saving what is done; send it again to stop at once",
             name(sig)
         );
@@ -71,7 +71,7 @@ fn received(sig: i32) {
     if let Some(hook) = hook {
         hook(sig);
     }
-    eprintln!(
+    crate::say!(
         "affectbench: {}, a second stop signal: stopping at once",
         name(sig)
     );

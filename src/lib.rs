@@ -7,7 +7,8 @@
 //! - Importing nothing of ours: `error` (one error type, its text carried by its
 //!   variants), `stats` (descriptives, bootstrap, effect sizes, the mixed model), `rng`
 //!   (the seeded streams), `quant` (packed types), `interrupt` (stop signals), `cluster`
-//!   (what a batch scheduler says: shard, CPUs). Then `lock` (one writer per run
+//!   (what a batch scheduler says: shard, CPUs), `secrets` (the keys read, and the one
+//!   redaction of them applied to every text written). Then `lock` (one writer per run
 //!   directory).
 //! - `kernels`, `device_info`, `arch`: the int8 kernels and their dispatch, the CPU and
 //!   GPU by name, the architecture table.
@@ -29,6 +30,18 @@
 //!   they give; the throughput benchmarks.
 
 #![deny(unsafe_op_in_unsafe_fn)]
+
+/// A line on stderr that is dropped, not a panic, where stderr is closed (a pipe to
+/// `head` that ended, a closed terminal, a job log on a full disk): `eprintln!` panics
+/// there, which turned a run whose progress nobody reads into a run recorded as failed.
+/// Every line of ours to stderr goes through this.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
 
 pub mod arch;
 pub mod bench;
@@ -58,6 +71,7 @@ pub mod results;
 pub mod rng;
 pub mod sampling;
 pub mod scenario;
+pub mod secrets;
 pub mod server;
 pub mod stats;
 pub mod study;

@@ -10,10 +10,14 @@ fn main() -> std::process::ExitCode {
             // A run stopped by a signal exits as the signal's conventional code (so
             // schedulers and shells see why), after saying how to continue.
             if let Some(affectbench::Error::Interrupted { signal, .. }) = err.downcast_ref() {
-                eprintln!("{err}");
+                affectbench::say!("{}", affectbench::secrets::redact(&err.to_string()));
                 return std::process::ExitCode::from((128 + signal) as u8);
             }
-            eprintln!("error: {err:#}");
+            // A key a server repeated may sit anywhere in the chain of causes.
+            affectbench::say!(
+                "error: {}",
+                affectbench::secrets::redact(&format!("{err:#}"))
+            );
             std::process::ExitCode::FAILURE
         }
     }

@@ -114,9 +114,9 @@ impl ModelTokenizer {
                     .unwrap_or_else(|| "default".into());
                 let merges = g.strings("tokenizer.ggml.merges")?;
                 (
-                    byte_level_bpe(&tokens, &merges, &pre).map_err(|m| Error::Metadata {
+                    byte_level_bpe(&tokens, &merges, &pre).map_err(|(key, m)| Error::Metadata {
                         path: g.path.clone(),
-                        key: "tokenizer.ggml.pre".into(),
+                        key: key.into(),
                         problem: m,
                     })?,
                     true,
@@ -232,11 +232,14 @@ fn bytes_to_unicode() -> [char; 256] {
     map
 }
 
+/// A byte-level BPE tokenizer; the error names the metadata key at fault and why.
 fn byte_level_bpe(
     tokens: &[String],
     merges: &[String],
     pre: &str,
-) -> std::result::Result<Tokenizer, String> {
+) -> std::result::Result<Tokenizer, (&'static str, String)> {
+    const MERGES: &str = "tokenizer.ggml.merges";
+    const PRE: &str = "tokenizer.ggml.pre";
     let spelling = bytes_to_unicode();
     let alphabet: std::collections::HashSet<char> = spelling.iter().copied().collect();
     // Tokens outside the byte alphabet are respelled byte by byte, as transformers does.
@@ -251,20 +254,35 @@ fn byte_level_bpe(
     }
     let merges = merges
         .iter()
-        .map(|m| {
+        .enumerate()
+        .map(|(i, m)| {
             let (a, b) = m
                 .split_once(' ')
-                .ok_or_else(|| format!("merge '{m}' has no space"))?;
+                .ok_or_else(|| (MERGES, format!("merge {i} ('{m}') has no space")))?;
+            // Each side, and what they merge into, must be tokens: said here with the
+            // merge named, rather than as the BPE builder's error.
+            for piece in [a.to_string(), b.to_string(), format!("{a}{b}")] {
+                if !vocab.contains_key(&piece) {
+                    return Err((
+                        MERGES,
+                        format!(
+                            "merge {i} ('{m}') needs the token '{}', which \
+                             tokenizer.ggml.tokens does not hold",
+                            piece.chars().take(80).collect::<String>()
+                        ),
+                    ));
+                }
+            }
             Ok((a.to_string(), b.to_string()))
         })
-        .collect::<std::result::Result<Vec<_>, String>>()?;
+        .collect::<std::result::Result<Vec<_>, _>>()?;
     // Llama 3 looks a whole pre-token up in the vocabulary before merging
     // (`ignore_merges` in its tokenizer.json; llama.cpp does the same).
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
         .ignore_merges(pre == LLAMA3_PRE)
         .build()
-        .map_err(|e| format!("BPE: {e}"))?;
+        .map_err(|e| (MERGES, format!("BPE: {e}")))?;
     let mut tk = Tokenizer::new(bpe);
     let split_regex = match pre {
         QWEN2_PRE => Some(QWEN2_SPLIT),
@@ -277,7 +295,7 @@ fn byte_level_bpe(
             SplitDelimiterBehavior::Isolated,
             false,
         )
-        .map_err(|e| format!("{pre} regex: {e}"))?;
+        .map_err(|e| (PRE, format!("{pre} regex: {e}")))?;
         PreSequence::new(vec![
             split.into(),
             ByteLevel::new(false, true, false).into(),
@@ -286,11 +304,11 @@ fn byte_level_bpe(
     } else if GPT2_REGEX_PRES.contains(&pre) {
         ByteLevel::new(false, true, true).into()
     } else {
-        return Err(format!(
+        return Err((PRE, format!(
             "is '{pre}', which affectbench does not know how to pre-tokenize (known: qwen2, llama-bpe, {}); \
              refusing to guess because a wrong split silently changes token ids",
             GPT2_REGEX_PRES.join(", ")
-        ));
+        )));
     };
     tk.with_pre_tokenizer(Some(pre_tok));
     tk.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::default())));
@@ -397,11 +415,19 @@ fn derive_merges(
     scores: Option<&[f32]>,
 ) -> Vec<(String, String)> {
     let mut merges: Vec<(&str, &str, f64)> = Vec::new();
+    // Both halves of a split are vocabulary pieces, so only byte lengths some piece has
+    // can split a token: trying every character boundary hashed a prefix per boundary,
+    // quadratic in the token's length (minutes for one 1 MB token). Ascending lengths
+    // keep the order of the splits found.
+    let lengths: std::collections::BTreeSet<usize> = vocab.keys().map(|t| t.len()).collect();
     for &token in order {
         let id = vocab[token];
         let score = scores.map_or(-(id as f64), |s| s[id as usize] as f64);
         let mut local: Vec<(&str, &str, f64)> = Vec::new();
-        for (split, _) in token.char_indices().skip(1) {
+        for &split in lengths.range(1..token.len()) {
+            if !token.is_char_boundary(split) || !lengths.contains(&(token.len() - split)) {
+                continue;
+            }
             let (l, r) = token.split_at(split);
             if vocab.contains_key(l) && vocab.contains_key(r) {
                 local.push((l, r, score));
@@ -446,4 +472,68 @@ fn add_special_tokens(
         .collect();
     tk.add_tokens(user).map_err(|e| e.to_string())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `derive_merges` as first written: every character boundary of every token tried.
+    fn derive_merges_every_boundary(
+        vocab: &HashMap<&str, u32>,
+        order: &[&str],
+        scores: Option<&[f32]>,
+    ) -> Vec<(String, String)> {
+        let mut merges: Vec<(&str, &str, f64)> = Vec::new();
+        for &token in order {
+            let id = vocab[token];
+            let score = scores.map_or(-(id as f64), |s| s[id as usize] as f64);
+            let mut local: Vec<(&str, &str, f64)> = Vec::new();
+            for (split, _) in token.char_indices().skip(1) {
+                let (l, r) = token.split_at(split);
+                if vocab.contains_key(l) && vocab.contains_key(r) {
+                    local.push((l, r, score));
+                }
+            }
+            local.sort_by_key(|(l, r, _)| (vocab[l], vocab[r]));
+            merges.extend(local);
+        }
+        merges.sort_by(|a, b| {
+            let ka = (a.0.chars().count(), a.1.chars().count());
+            let kb = (b.0.chars().count(), b.1.chars().count());
+            b.2.total_cmp(&a.2).then(kb.cmp(&ka))
+        });
+        merges
+            .into_iter()
+            .map(|(l, r, _)| (l.to_string(), r.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn merges_derived_from_piece_lengths_equal_those_from_every_boundary() {
+        let pieces = [
+            "a", "b", "ab", "ba", "aba", "abab", "▁", "▁a", "▁ab", "é", "aé", "éa", "aéa", "bb",
+            "abb", "▁aba", "ababab",
+        ];
+        let vocab: HashMap<&str, u32> = pieces
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (*p, i as u32))
+            .collect();
+        let scores: Vec<f32> = (0..pieces.len()).map(|i| ((i * 7) % 5) as f32).collect();
+        for scores in [None, Some(&scores[..])] {
+            assert_eq!(
+                derive_merges(&vocab, &pieces, scores),
+                derive_merges_every_boundary(&vocab, &pieces, scores)
+            );
+        }
+        // A megabyte token among them derives its merges without trying every boundary.
+        let big = "ab".repeat(1 << 19);
+        let mut with_big = vocab.clone();
+        with_big.insert(&big, pieces.len() as u32);
+        let mut order = pieces.to_vec();
+        order.push(&big);
+        let merges = derive_merges(&with_big, &order, None);
+        assert_eq!(merges.len(), derive_merges(&vocab, &pieces, None).len());
+    }
 }

@@ -164,3 +164,37 @@ fn a_gguf_tensor_with_a_zero_dimension_is_refused_not_allocated_from_the_other()
         "{err}"
     );
 }
+
+/// The metadata sizes a model is built from, and values a hostile header might give.
+const SIZE_KEYS: [&str; 7] = [
+    "qwen2.block_count",
+    "qwen2.attention.key_length",
+    "qwen2.embedding_length",
+    "qwen2.attention.head_count",
+    "qwen2.attention.head_count_kv",
+    "qwen2.context_length",
+    "general.alignment",
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 60, failure_persistence: None, rng_seed: proptest::test_runner::RngSeed::Fixed(20261207), ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_hostile_size_in_the_gguf_metadata_is_an_error_never_a_panic_or_an_abort(
+        key in prop::sample::select(SIZE_KEYS.to_vec()),
+        value in prop::sample::select(vec![0u64, 1, 2, 3, 7, 1 << 31, (1 << 32) - 1, 1 << 40, u64::MAX]),
+        wide in any::<bool>(),
+    ) {
+        use candle_core::quantized::gguf_file::Value;
+        let dir = tempfile::tempdir().unwrap();
+        let path = common::tiny_study_model_with_meta(dir.path(), "m.gguf", |meta| {
+            let v = if wide || value > u32::MAX as u64 { Value::U64(value) } else { Value::U32(value as u32) };
+            match meta.iter_mut().find(|(k, _)| k == key) {
+                Some((_, old)) => *old = v,
+                None => meta.push((key.to_string(), v)),
+            }
+        });
+        // An abort (a terabyte allocation) would end the test binary; a panic fails it.
+        let _ = Model::load_ref(&ModelRef::GgufFile(path), &LoadOptions::default());
+    }
+}

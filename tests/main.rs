@@ -17,6 +17,7 @@ mod determinism;
 mod fixed_plan;
 mod forward_parity;
 mod fuzz;
+mod hostile;
 mod internal_states;
 mod iq4_quants;
 mod llamacpp_parity;

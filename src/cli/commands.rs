@@ -165,7 +165,7 @@ fn models(registry: &Registry, cmd: ModelsCommand) -> Result<()> {
                         show_progress: progress_wanted(),
                     },
                 )?;
-                eprintln!("{}: verified sha256 {}", entry.name, entry.sha256);
+                affectbench::say!("{}: verified sha256 {}", entry.name, entry.sha256);
                 println!("{}", path.display());
             }
             Ok(())
@@ -314,7 +314,7 @@ fn engine_config(
     static WARNED: std::sync::Once = std::sync::Once::new();
     if config.weights == Kernels::Packed && config.device == "cpu" && path.slow_here() {
         WARNED.call_once(|| {
-            eprintln!(
+            affectbench::say!(
                 "warning: the {path} int8 kernel is {} slower than --int8-kernel {} on this CPU; results are the same bits",
                 if path == KernelPath::Scalar { "tens of times" } else { "several times" },
                 int8_matmul::best_path()
@@ -383,7 +383,7 @@ fn generate(registry: &Registry, args: GenerateArgs, threads: usize) -> Result<(
         Sampling::Greedy => "greedy".to_string(),
         Sampling::Sample { temperature, .. } => format!("temperature {temperature}"),
     };
-    eprintln!(
+    affectbench::say!(
         "[{}: prompt {} tokens at {:.1} tok/s; generated {} tokens at {:.1} tok/s; {mode}, seed {}]",
         model.info.label,
         stats.prompt_tokens,
@@ -435,7 +435,7 @@ fn resolve_fetched(registry: &Registry, name: &str) -> Result<ModelRef> {
                 cache::model_path(entry).display(),
                 cache::cache_root().display()
             );
-            eprintln!("{name} is not cached yet; fetching it (once)");
+            affectbench::say!("{name} is not cached yet; fetching it (once)");
             fetch::fetch(
                 entry,
                 &FetchOptions {
@@ -475,7 +475,7 @@ fn new_run_target(registry: &Registry, args: &RunArgs) -> Result<RunTarget> {
         )
         .map_err(anyhow::Error::msg)?
         .map(|d| {
-            eprintln!("shard {}/{} (from {})", d.value.0, d.value.1, d.source);
+            affectbench::say!("shard {}/{} (from {})", d.value.0, d.value.1, d.source);
             sources.insert("shard".into(), d.source);
             d.value
         }),
@@ -546,11 +546,15 @@ fn run_then_report(
     no_report: bool,
 ) -> Result<Option<affectbench::report::ReportOutcome>> {
     affectbench::interrupt::install().context("installing the signal handlers")?;
-    eprintln!("results: {}", cfg.out_dir.display());
+    affectbench::say!("results: {}", cfg.out_dir.display());
     let started = std::time::Instant::now();
     let outcome = run_study(cfg)?;
-    println!("{}", outcome.summary);
-    eprintln!(
+    // A closed stdout (a pipe whose reader ended) must not fail a finished run.
+    {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), "{}", outcome.summary);
+    }
+    affectbench::say!(
         "{} trials in {:.1} s; {} remaining{}; results in {}",
         outcome.trials_written,
         started.elapsed().as_secs_f64(),
@@ -567,28 +571,32 @@ fn run_then_report(
     }
     if let Some((i, n)) = cfg.shard {
         // One shard's report would describe a fraction of the design.
-        eprintln!("shard {i}/{n} done; no report for a single shard: `affectbench merge` the {n} shard directories, then `affectbench report` the merged one");
+        affectbench::say!("shard {i}/{n} done; no report for a single shard: `affectbench merge` the {n} shard directories, then `affectbench report` the merged one");
         return Ok(None);
     }
-    let r = affectbench::report::build_report(
+    let r = match affectbench::report::build_report(
         std::slice::from_ref(&outcome.out_dir),
         &outcome.out_dir,
         &affectbench::report::ReportOptions::default(),
-    )
+    ) {
+        // A stop during the report is the stop, said as such (and exits 128 + signal).
+        Err(e @ affectbench::Error::Interrupted { .. }) => return Err(e.into()),
+        r => r,
+    }
     .with_context(|| {
         format!(
             "the run finished but its report failed; fix the cause and run `affectbench report {}`",
             outcome.out_dir.display()
         )
     })?;
-    eprintln!("report: {}", r.out_dir.join("report.html").display());
+    affectbench::say!("report: {}", r.out_dir.join("report.html").display());
     Ok(Some(r))
 }
 
 fn run_study_command(registry: &Registry, args: RunArgs, threads: &Detected<usize>) -> Result<()> {
     // A resumed run is the run that was started: its recorded design, not the flags.
     let target = match &args.resume {
-        Some(dir) => RunTarget::resume(dir, registry)?,
+        Some(dir) => RunTarget::resume(dir, registry, &args.send_key_to)?,
         None => new_run_target(registry, &args)?,
     };
     let cfg = run_config(
@@ -656,7 +664,7 @@ fn keep_preregistration(
         None,
     )?;
     if study.info.sha256 != p.study_sha256 {
-        eprintln!(
+        affectbench::say!(
             "warning: {} has changed since it was preregistered ({}); the report will list \
              the deviations",
             cfg.study_path.display(),
@@ -665,7 +673,7 @@ fn keep_preregistration(
     }
     let planned_precision = matches!(p.stopping, Stopping::UntilPrecision { .. });
     if planned_precision != until_precision {
-        eprintln!(
+        affectbench::say!(
             "warning: the preregistered stopping rule is '{}'; this run {} --until-precision",
             p.stopping.describe(),
             if until_precision {
@@ -688,7 +696,7 @@ fn keep_preregistration(
         );
     }
     p.write(&copy)?;
-    eprintln!("preregistration {} kept as {}", p.sha256, copy.display());
+    affectbench::say!("preregistration {} kept as {}", p.sha256, copy.display());
     Ok(())
 }
 
@@ -709,7 +717,7 @@ fn prereg(args: PreregArgs) -> Result<()> {
         Stopping::Fixed { repetitions }
     };
     if study.primary_readout.is_none() {
-        eprintln!(
+        affectbench::say!(
             "warning: {} declares no primary_readout, so every question is exploratory and \
              the preregistration freezes no confirmatory test",
             args.study.display()
@@ -722,7 +730,7 @@ fn prereg(args: PreregArgs) -> Result<()> {
         .unwrap_or_else(|| std::path::PathBuf::from(format!("{}.prereg.json", study.info.id)));
     p.write(&out)?;
     let confirmatory = p.questions.iter().filter(|q| !q.exploratory).count();
-    eprintln!(
+    affectbench::say!(
         "{} questions ({} not marked exploratory), primary read-out {}, stopping rule: {}",
         p.questions.len(),
         confirmatory,
@@ -761,16 +769,16 @@ fn run_until_precision(mut cfg: RunConfig, step: Option<usize>, no_report: bool)
         .unwrap_or_else(|| default_precision_step(&study, &lib))
         .max(1);
     affectbench::interrupt::install().context("installing the signal handlers")?;
-    eprintln!("results: {}", cfg.out_dir.display());
+    affectbench::say!("results: {}", cfg.out_dir.display());
     let mut upto = step.min(total);
     loop {
         cfg.repetitions_now = Some(upto);
-        eprintln!("until-precision: running repetitions 0..{upto} of at most {total}");
+        affectbench::say!("until-precision: running repetitions 0..{upto} of at most {total}");
         run_study(&cfg)?;
         let checks = run_precision(&cfg.out_dir)?;
         let met = !checks.is_empty() && checks.iter().all(|c| c.met);
         for c in &checks {
-            eprintln!(
+            affectbench::say!(
                 "  {} {}: 95% CI half-width {:.4} vs {} — {}",
                 if c.met { "precise    " } else { "not precise" },
                 c.model,
@@ -780,7 +788,7 @@ fn run_until_precision(mut cfg: RunConfig, step: Option<usize>, no_report: bool)
             );
         }
         if met {
-            eprintln!(
+            affectbench::say!(
                 "until-precision: every confirmatory question is precise after {upto} \
                  repetitions per condition; stopping (`affectbench run --resume {}` would run \
                  the rest)",
@@ -789,7 +797,7 @@ fn run_until_precision(mut cfg: RunConfig, step: Option<usize>, no_report: bool)
             break;
         }
         if upto >= total {
-            eprintln!(
+            affectbench::say!(
                 "until-precision: all {total} repetitions run and some question is still not \
                  precise; `affectbench plan` says what would make it so"
             );
@@ -803,7 +811,7 @@ fn run_until_precision(mut cfg: RunConfig, step: Option<usize>, no_report: bool)
             &cfg.out_dir,
             &affectbench::report::ReportOptions::default(),
         )?;
-        eprintln!("report: {}", r.out_dir.join("report.html").display());
+        affectbench::say!("report: {}", r.out_dir.join("report.html").display());
     }
     Ok(())
 }
@@ -878,7 +886,7 @@ fn validate_instrument(
     )?;
     // The gate is the summary's first block; the scale table follows for reference.
     if let Some(r) = run_then_report(&cfg, false)? {
-        eprintln!("gate: {}", r.out_dir.join("tables/validity.csv").display());
+        affectbench::say!("gate: {}", r.out_dir.join("tables/validity.csv").display());
     }
     Ok(())
 }
@@ -914,7 +922,7 @@ fn judge(registry: &Registry, args: JudgeArgs, threads: usize) -> Result<()> {
         std::io::stderr().is_terminal(),
         std::time::Duration::from_secs(30),
     )?;
-    eprintln!(
+    affectbench::say!(
         "{}: {} completions judged now, {} judged before, {} of {} left out as {}'s own",
         outcome.path.display(),
         outcome.judged_now,
@@ -924,7 +932,7 @@ fn judge(registry: &Registry, args: JudgeArgs, threads: usize) -> Result<()> {
         model.info.label
     );
     if let Some(k) = &outcome.known_answers {
-        eprintln!("{}: the judge's known-answer check", k.display());
+        affectbench::say!("{}: the judge's known-answer check", k.display());
     }
     if let Some(signal) = outcome.interrupted {
         return Err(affectbench::Error::Interrupted {
@@ -942,7 +950,7 @@ fn judge(registry: &Registry, args: JudgeArgs, threads: usize) -> Result<()> {
         )?;
         println!("{}", r.out_dir.join("report.html").display());
     } else {
-        eprintln!(
+        affectbench::say!(
             "the agreement goes into the report: affectbench report {}",
             args.run.display()
         );
@@ -987,10 +995,10 @@ fn compare(args: CompareArgs) -> Result<()> {
         "identical texts (first replies, completions): {}",
         share(a.same_texts, a.texts)
     );
-    eprintln!("pairs: {}", csv.display());
+    affectbench::say!("pairs: {}", csv.display());
     if let Some(min) = args.min_top_agreement {
         if a.choices == 0 || a.top_agreement() < min {
-            eprintln!(
+            affectbench::say!(
                 "the top-option agreement {:.3} is below --min-top-agreement {min}",
                 a.top_agreement()
             );
@@ -1003,9 +1011,9 @@ fn compare(args: CompareArgs) -> Result<()> {
 fn merge(args: MergeArgs) -> Result<()> {
     let outcome = affectbench::study::merge::merge(&args.shards, &args.out, args.allow_partial)?;
     for gap in &outcome.gaps {
-        eprintln!("gap: {gap}");
+        affectbench::say!("gap: {gap}");
     }
-    eprintln!(
+    affectbench::say!(
         "merged {} directories: {} trials, status {}",
         args.shards.len(),
         outcome.trials,
@@ -1017,7 +1025,7 @@ fn merge(args: MergeArgs) -> Result<()> {
             &outcome.out_dir,
             &Default::default(),
         )?;
-        eprintln!("report: {}", r.out_dir.join("report.html").display());
+        affectbench::say!("report: {}", r.out_dir.join("report.html").display());
     }
     println!("{}", outcome.out_dir.display());
     Ok(())
@@ -1110,7 +1118,7 @@ fn plan(args: PlanArgs) -> Result<()> {
         ..PlanOptions::default()
     };
     if !args.check_precision {
-        eprintln!(
+        affectbench::say!(
             "planning {} questions on the {} read-out: {} simulations per design...",
             study.contrasts.len(),
             readout.map_or_else(
@@ -1217,7 +1225,7 @@ fn plan(args: PlanArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| args.pilot[0].join("plan.csv"));
     write_csv(&out, &plan.rows, &options)?;
-    eprintln!(
+    affectbench::say!(
         "{} rows in {:.1} s; read-out {}; {}",
         plan.rows.len(),
         started.elapsed().as_secs_f64(),
@@ -1246,9 +1254,9 @@ fn probe(args: ProbeArgs) -> Result<()> {
         seed: args.seed,
     };
     let started = std::time::Instant::now();
-    let outcome = probe_run(&cfg, |task| eprintln!("probing {task}"))?;
+    let outcome = probe_run(&cfg, |task| affectbench::say!("probing {task}"))?;
     for s in &outcome.skipped {
-        eprintln!("skipped: {s}");
+        affectbench::say!("skipped: {s}");
     }
     println!(
         "{:<28} {:<22} {:>5} {:>9} {:>8} {:>13} {:>10}",
@@ -1269,9 +1277,9 @@ fn probe(args: ProbeArgs) -> Result<()> {
     }
     println!("(best answer-position block per task; p against the best block of each permutation; accuracy averaged per conversation)");
     for d in &outcome.directions {
-        eprintln!("directions: {}", d.display());
+        affectbench::say!("directions: {}", d.display());
     }
-    eprintln!(
+    affectbench::say!(
         "probed in {:.1} s; tables in {}",
         started.elapsed().as_secs_f64(),
         args.run
@@ -1305,9 +1313,9 @@ fn report(args: ReportArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let r = affectbench::report::build_report(&args.runs, &out, &options)?;
     for n in &r.notes {
-        eprintln!("note: {n}");
+        affectbench::say!("note: {n}");
     }
-    eprintln!(
+    affectbench::say!(
         "{} files in {:.1} s",
         r.files.len(),
         started.elapsed().as_secs_f64()
@@ -1376,7 +1384,7 @@ fn bench(registry: &Registry, args: BenchArgs, threads: usize) -> Result<()> {
         .collect();
     let progress = |what: &str| {
         if !args.json {
-            eprintln!("measuring {what} ...");
+            affectbench::say!("measuring {what} ...");
         }
     };
     let mut report = if engine.fixed_plan() {

@@ -475,6 +475,13 @@ pub struct RunArgs {
     #[arg(long, conflicts_with_all = ["study", "model", "seed", "repetitions", "out", "shard", "scenarios", "directions"])]
     pub resume: Option<PathBuf>,
 
+    /// With --resume of a run on a server that takes a key: the server URL (as
+    /// run.json records it, e.g. http://node12:8000/v1) that may receive the key from
+    /// the environment variable the run names. run.json can be edited, so a resume
+    /// sends a key only where this flag (or a [[server]] entry of --registry) says.
+    #[arg(long, value_name = "URL", requires = "resume")]
+    pub send_key_to: Vec<String>,
+
     /// The scenarios directory (default: the study file's grandparent, else ./scenarios).
     #[arg(long)]
     pub scenarios: Option<PathBuf>,

@@ -132,7 +132,105 @@ impl ModelConfig {
             }
         };
         cfg.validate(&g.path)?;
+        cfg.check_against_tensors(g, &arch_name)?;
         Ok(cfg)
+    }
+
+    /// Checks the sizes the metadata claims against the tensors the file holds, before
+    /// anything is allocated from them: a `block_count` of 2^32 - 1 or a `key_length` of
+    /// 2^40 asked for terabytes and aborted the process, and an embedding table with
+    /// fewer rows than the vocabulary loaded, then panicked at the first token past it.
+    fn check_against_tensors(&self, g: &GgufFile, arch_name: &str) -> Result<()> {
+        let bad = |key: &str, problem: String| Error::Metadata {
+            path: g.path.clone(),
+            key: key.to_string(),
+            problem,
+        };
+        let tensors = g.tensor_entries();
+        let blocks = tensors
+            .keys()
+            .filter_map(|name| {
+                name.strip_prefix("blk.")?
+                    .split('.')
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .collect::<std::collections::BTreeSet<usize>>();
+        if let Some(missing) = (0..self.n_layer).find(|i| !blocks.contains(i)) {
+            return Err(bad(
+                &format!("{arch_name}.block_count"),
+                format!(
+                    "is {}, but the file holds no tensors for block {missing} (it has {} \
+                     blocks); the metadata does not describe these weights",
+                    self.n_layer,
+                    blocks.len()
+                ),
+            ));
+        }
+        // The query projection's rows are the heads times the head dimension (a fused
+        // projection adds the key and value heads).
+        let q_rows = match (
+            tensors.get("blk.0.attn_q.weight"),
+            tensors.get("blk.0.attn_qkv.weight"),
+        ) {
+            (Some(q), _) => q.shape.first().map(|&r| (r, self.n_head)),
+            (None, Some(qkv)) => qkv
+                .shape
+                .first()
+                .map(|&r| (r, self.n_head + 2 * self.n_kv_head)),
+            (None, None) => None,
+        };
+        if let Some((rows, heads)) = q_rows {
+            if heads.checked_mul(self.head_dim) != Some(rows) {
+                return Err(bad(
+                    &format!("{arch_name}.attention.key_length"),
+                    format!(
+                        "gives a head dimension of {}, but block 0's query projection has \
+                         {rows} rows for {heads} heads",
+                        self.head_dim
+                    ),
+                ));
+            }
+        }
+        if let Some(e) = tensors.get("token_embd.weight") {
+            let rows = e.shape.first().copied().unwrap_or(0);
+            if rows < self.vocab_size {
+                return Err(Error::Tensor {
+                    path: g.path.clone(),
+                    tensor: "token_embd.weight".into(),
+                    message: format!(
+                        "has {rows} rows for a vocabulary of {} tokens \
+                         (tokenizer.ggml.tokens): every token needs a row",
+                        self.vocab_size
+                    ),
+                });
+            }
+            if e.shape.get(1).is_some_and(|&cols| cols != self.d_model) {
+                return Err(bad(
+                    &format!("{arch_name}.embedding_length"),
+                    format!(
+                        "is {}, but token_embd.weight has {} columns",
+                        self.d_model, e.shape[1]
+                    ),
+                ));
+            }
+        }
+        if let Some(e) = tensors.get("output.weight") {
+            let rows = e.shape.first().copied().unwrap_or(0);
+            if rows < self.vocab_size {
+                return Err(Error::Tensor {
+                    path: g.path.clone(),
+                    tensor: "output.weight".into(),
+                    message: format!(
+                        "has {rows} rows for a vocabulary of {} tokens: every token needs a \
+                         logit",
+                        self.vocab_size
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn validate(&self, path: &std::path::Path) -> Result<()> {

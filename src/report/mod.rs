@@ -40,6 +40,25 @@ pub struct ReportOutcome {
 
 /// Builds the report of `runs` (merged) into `out_dir`: report.html, summary.md,
 /// trials.csv, tables/*.csv and figures/*.svg + *.png.
+/// The report's stop point: once a stop signal arrived, an error that says how to build
+/// the report again (the run directory is complete; only the report was abandoned).
+fn stop_if_asked(runs: &[PathBuf]) -> Result<()> {
+    match crate::interrupt::requested() {
+        None => Ok(()),
+        Some(signal) => Err(Error::Interrupted {
+            signal,
+            signal_name: crate::interrupt::name(signal),
+            resume: format!(
+                "affectbench report {}",
+                runs.iter()
+                    .map(|r| r.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+        }),
+    }
+}
+
 pub fn build_report(
     runs: &[PathBuf],
     out_dir: &Path,
@@ -53,7 +72,11 @@ pub fn build_report(
         )));
     }
     plots::register_font()?;
+    stop_if_asked(runs)?;
     let a = analysis::analyse(&data, options);
+    // Nothing is written once a stop was asked for: a report half from before and half
+    // from after would be worse than none.
+    stop_if_asked(runs)?;
     let tables_dir = out_dir.join("tables");
     let figures_dir = out_dir.join("figures");
     std::fs::create_dir_all(&tables_dir).with_path(&tables_dir)?;
@@ -98,6 +121,7 @@ pub fn build_report(
     figures.extend(internal_states::figures(&data, &dose));
     let mut svgs = Vec::new();
     for fig in &figures {
+        stop_if_asked(runs)?;
         let svg = fig.svg()?;
         let svg_path = figures_dir.join(format!("{}.svg", fig.id));
         std::fs::write(&svg_path, &svg).with_path(&svg_path)?;
@@ -113,6 +137,7 @@ pub fn build_report(
         study_ids.join(" + "),
         a.models.join(", ")
     );
+    stop_if_asked(runs)?;
     let sections = document::sections(&data, &a, &dose, &specific, &figures);
     let inline: Vec<(String, &plots::Figure)> = svgs.into_iter().zip(&figures).collect();
     let html_path = out_dir.join("report.html");

@@ -814,7 +814,7 @@ mod tests {
                 ..opts.clone()
             },
         );
-        eprintln!("planned {n} per arm: promised {promised:?}; on the true model {check:?}");
+        crate::say!("planned {n} per arm: promised {promised:?}; on the true model {check:?}");
         // Planned from the true components themselves, the promise is kept within
         // Monte Carlo error: the planner is calibrated, and what is left above is the
         // pilot's estimation error.
@@ -831,7 +831,7 @@ mod tests {
                 ..opts.clone()
             },
         );
-        eprintln!(
+        crate::say!(
             "planned from the truth: {n_true} per arm, promised {promised_true:?}, kept {kept:?}"
         );
         assert!(

@@ -156,6 +156,7 @@ fn variants(path: &Path, text: &str, specs: Vec<VariantSpec>) -> Result<Vec<Vari
 impl Induction {
     pub fn load(path: &Path) -> Result<Self> {
         let (spec, text): (InductionSpec, String) = read_toml(path)?;
+        super::check_plain_name(path, &text, "emotion", &spec.emotion)?;
         let variants = variants(path, &text, spec.variant)?;
         if variants.is_empty() {
             return Err(invalid(
@@ -184,6 +185,7 @@ impl Induction {
 impl Regulation {
     pub fn load(path: &Path) -> Result<Self> {
         let (spec, text): (RegulationSpec, String) = read_toml(path)?;
+        super::check_plain_name(path, &text, "strategy", &spec.strategy)?;
         let variants = variants(path, &text, spec.variant)?;
         if variants.is_empty() && spec.strategy != "none" {
             return Err(invalid(

@@ -237,6 +237,9 @@ impl Instrument {
         };
         let mut items: Vec<Item> = Vec::new();
         for it in spec.item {
+            if let Some(sub) = &it.subscale {
+                super::check_plain_name(path, &text, "subscale", sub)?;
+            }
             if !super::is_plain_id(&it.id) {
                 return Err(invalid(
                     path,

@@ -77,6 +77,25 @@ pub(crate) fn info(
     })
 }
 
+/// Refuses a name that a report or run directory turns into a file or folder name (an
+/// induction's emotion becomes `figures/emotion-NAME.svg`, a subscale a score column),
+/// at load, naming the file and line: found only at report time, after every trial
+/// had run, it cost the whole run its report.
+pub(crate) fn check_plain_name(path: &Path, text: &str, field: &str, value: &str) -> Result<()> {
+    if is_plain_id(value) {
+        return Ok(());
+    }
+    Err(invalid(
+        path,
+        text,
+        &format!("\"{value}\""),
+        format!(
+            "{field} '{value}' must be letters, digits, '.', '_' or '-' (no '/', no '..', \
+             at most 100 characters): it names files and columns of results"
+        ),
+    ))
+}
+
 /// An id that is safe as a path component and readable in tables.
 pub(crate) fn is_plain_id(id: &str) -> bool {
     !id.is_empty()

@@ -2,11 +2,35 @@
 //! timeout, retries with backoff on what a busy or restarting server answers (429, 5xx,
 //! a refused or dropped connection), and errors that name the fix (a refused key, a
 //! model id the server does not serve, a server that gives no log-probabilities).
+//!
+//! What a server answers is not believed blindly: a reply larger than the limit is
+//! refused as too large (not as an unreachable server), a reply from another model id
+//! than the run's first stops the run, every error text has the key redacted, and a
+//! stop signal cuts a backoff short.
 
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
 use serde_json::{json, Value};
+use std::sync::Mutex;
 use std::time::Duration;
+
+/// The largest reply read, in MiB, unless `AFFECTBENCH_SERVER_MAX_REPLY_MB` says
+/// otherwise: a study's replies are a few KB (a 5-token answer, a top-20 list), echoed
+/// prompts with log-probabilities a few hundred KB.
+pub const DEFAULT_MAX_REPLY_MB: u64 = 64;
+
+/// The environment variable that sets the reply limit.
+pub const MAX_REPLY_ENV: &str = "AFFECTBENCH_SERVER_MAX_REPLY_MB";
+
+/// The reply limit in bytes.
+fn max_reply_bytes() -> u64 {
+    std::env::var(MAX_REPLY_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&mb| mb > 0)
+        .unwrap_or(DEFAULT_MAX_REPLY_MB)
+        .saturating_mul(1 << 20)
+}
 
 /// How a client waits and retries.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -56,6 +80,8 @@ pub struct Client {
     pub endpoint: Endpoint,
     agent: ureq::Agent,
     patience: Patience,
+    /// The `model` field of the first generation reply: every later one must match it.
+    answering_model: Mutex<Option<String>>,
 }
 
 /// The outcome of one HTTP exchange, before retrying.
@@ -78,6 +104,7 @@ impl Client {
             endpoint,
             agent,
             patience,
+            answering_model: Mutex::new(None),
         }
     }
 
@@ -86,7 +113,10 @@ impl Client {
     }
 
     fn error(&self, message: String) -> Error {
-        Error::Server(format!("{}: {message}", self.endpoint.describe()))
+        Error::Server(crate::secrets::redact(&format!(
+            "{}: {message}",
+            self.endpoint.describe()
+        )))
     }
 
     /// The fix for a status the server answered with.
@@ -121,8 +151,9 @@ impl Client {
             None => request.call(),
         };
         match response {
-            Ok(r) => match r.into_string() {
-                Ok(text) => match serde_json::from_str(&text) {
+            Ok(r) => match self.read_reply(r) {
+                Ok(Err(fatal)) => Attempt::Fatal(fatal, None),
+                Ok(Ok(text)) => match serde_json::from_str(&text) {
                     Ok(v) => Attempt::Done(v),
                     Err(e) => Attempt::Fatal(
                         self.error(format!(
@@ -132,23 +163,71 @@ impl Client {
                         None,
                     ),
                 },
-                Err(e) => Attempt::Retry(format!("reading the reply: {e}"), None),
+                Err(e) => Attempt::Retry(
+                    crate::secrets::redact(&format!("reading the reply: {e}")),
+                    None,
+                ),
             },
             Err(ureq::Error::Status(status, r)) => {
-                let text = r.into_string().unwrap_or_default();
+                let text = match self.read_reply(r) {
+                    Ok(Ok(text)) => text,
+                    _ => String::new(),
+                };
                 if status == 429 || status >= 500 {
                     Attempt::Retry(
-                        format!(
+                        crate::secrets::redact(&format!(
                             "HTTP {status}: {}",
                             text.chars().take(300).collect::<String>()
-                        ),
+                        )),
                         Some(status),
                     )
                 } else {
                     Attempt::Fatal(self.refusal(status, &text), Some(status))
                 }
             }
-            Err(ureq::Error::Transport(t)) => Attempt::Retry(t.to_string(), None),
+            Err(ureq::Error::Transport(t)) => {
+                Attempt::Retry(crate::secrets::redact(&t.to_string()), None)
+            }
+        }
+    }
+
+    /// A reply's body, up to the limit: Ok(Err) names the limit where the reply is
+    /// larger (a fault of the server or the request, not a reason to retry), Err is a
+    /// connection that broke while reading.
+    fn read_reply(&self, r: ureq::Response) -> std::io::Result<Result<String>> {
+        use std::io::Read;
+        let limit = max_reply_bytes();
+        let mut bytes = Vec::new();
+        r.into_reader().take(limit + 1).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > limit {
+            return Ok(Err(self.error(format!(
+                "the reply is larger than {} MiB, the limit for one reply; a study's \
+                 replies are a few KB, so the server is answering something else (or, \
+                 for a legitimately large reply, raise the limit with {MAX_REPLY_ENV}=MB)",
+                limit >> 20
+            ))));
+        }
+        Ok(Ok(String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    /// Waits `wait`, in short slices, ending early with an error where a stop signal
+    /// arrived: a run asked to stop must not sit out a retry chain first.
+    fn back_off(&self, wait: Duration) -> Result<()> {
+        let slice = Duration::from_millis(20);
+        let until = std::time::Instant::now() + wait;
+        loop {
+            if let Some(signal) = crate::interrupt::requested() {
+                return Err(Error::ServerUnreachable(format!(
+                    "{}: stopped waiting for the server ({} arrived during a retry)",
+                    self.endpoint.describe(),
+                    crate::interrupt::name(signal)
+                )));
+            }
+            let now = std::time::Instant::now();
+            if now >= until {
+                return Ok(());
+            }
+            std::thread::sleep(slice.min(until - now));
         }
     }
 
@@ -159,6 +238,10 @@ impl Client {
     fn send(&self, path: &str, body: Option<&Value>) -> Result<Value> {
         let mut wait = self.patience.backoff;
         for attempt in 0.. {
+            if attempt > 0 {
+                // A stop that arrived during the last try ends the chain before the next.
+                self.back_off(Duration::ZERO)?;
+            }
             let request = match body {
                 Some(_) => self.agent.post(&self.url(path)),
                 None => self.agent.get(&self.url(path)),
@@ -176,18 +259,20 @@ impl Client {
             if attempt >= limit {
                 let tries = attempt + 1;
                 return Err(if status == Some(500) {
-                    self.error(format!(
-                        "the server failed the request {tries} times ({why})"
-                    ))
+                    Error::ServerFailed(crate::secrets::redact(&format!(
+                        "{}: the server failed the request {tries} times ({why}); the \
+                         trial is not recorded, and `--resume` asks it again",
+                        self.endpoint.describe()
+                    )))
                 } else {
-                    Error::ServerUnreachable(format!(
+                    Error::ServerUnreachable(crate::secrets::redact(&format!(
                         "{}: no answer after {tries} tries ({why}); is the server running \
                          and reachable from here?",
                         self.endpoint.describe()
-                    ))
+                    )))
                 });
             }
-            std::thread::sleep(wait);
+            self.back_off(wait)?;
             wait *= 2;
         }
         unreachable!("the loop returns")
@@ -224,7 +309,36 @@ impl Client {
     /// `POST /completions` with `body` (the model id added).
     pub fn completion(&self, mut body: Value) -> Result<Value> {
         body["model"] = json!(self.endpoint.model);
-        self.send("completions", Some(&body))
+        let reply = self.send("completions", Some(&body))?;
+        self.check_same_model(&reply)?;
+        Ok(reply)
+    }
+
+    /// Refuses a reply whose `model` field differs from the first reply's: a server
+    /// swapped mid-run (another model loaded behind the same URL and id, a proxy that
+    /// routes elsewhere) would otherwise have its numbers recorded as this model's.
+    fn check_same_model(&self, reply: &Value) -> Result<()> {
+        let Some(answering) = reply["model"].as_str() else {
+            return Ok(());
+        };
+        let mut first = self
+            .answering_model
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match first.as_deref() {
+            None => {
+                *first = Some(answering.to_string());
+                Ok(())
+            }
+            Some(f) if f == answering => Ok(()),
+            Some(f) => Err(Error::ServerChanged(crate::secrets::redact(&format!(
+                "{}: a reply came from model '{answering}', while the run's earlier replies \
+                 came from '{f}'; the server behind this URL changed mid-run, so the run \
+                 stops here with the trials before it kept (check what the server serves, \
+                 then `--resume`)",
+                self.endpoint.describe()
+            )))),
+        }
     }
 
     /// One try of `POST {path}` (the model id added), for finding out what the server
@@ -238,9 +352,8 @@ impl Client {
             Attempt::Fatal(e, Some(401 | 403)) => Err(e),
             Attempt::Fatal(..) => Ok(None),
             Attempt::Retry(_, Some(_)) => Ok(None),
-            Attempt::Retry(why, None) => Err(Error::ServerUnreachable(format!(
-                "{}: {why}",
-                self.endpoint.describe()
+            Attempt::Retry(why, None) => Err(Error::ServerUnreachable(crate::secrets::redact(
+                &format!("{}: {why}", self.endpoint.describe()),
             ))),
         }
     }
@@ -262,7 +375,9 @@ impl Client {
     /// `POST /chat/completions` with `body` (the model id added).
     pub fn chat_completion(&self, mut body: Value) -> Result<Value> {
         body["model"] = json!(self.endpoint.model);
-        self.send("chat/completions", Some(&body))
+        let reply = self.send("chat/completions", Some(&body))?;
+        self.check_same_model(&reply)?;
+        Ok(reply)
     }
 
     /// What log-probabilities the server gives, from one short greedy completion that

@@ -308,11 +308,11 @@ impl ServerModel {
             .as_str()
             .or_else(|| choice["message"]["content"].as_str())
             .ok_or_else(|| {
-                Error::Server(format!(
+                Error::Server(crate::secrets::redact(&format!(
                     "{}: a reply without text: {}",
                     self.client.endpoint.describe(),
                     reply.to_string().chars().take(200).collect::<String>()
-                ))
+                )))
             })?;
         let used = reply["usage"]["completion_tokens"].as_u64().unwrap_or(0) as usize;
         Ok((text.to_string(), used))
@@ -347,9 +347,10 @@ impl ServerModel {
             "prompt": prompts, "max_tokens": 1, "temperature": 0.0,
             "echo": true, "logprobs": 1,
         }))?;
-        echoed_option_sums(&reply, prompt.tokens.len(), options).ok_or_else(|| {
+        echoed_option_sums(&reply, prompt.tokens.len(), options).map_err(|why| {
             Error::Server(format!(
-                "{}: the echoed log-probabilities do not cover every option's tokens",
+                "{}: the echoed log-probabilities cannot be read as the options' ({why}); \
+                 the trial is recorded as failed rather than with shifted or invented numbers",
                 self.client.endpoint.describe()
             ))
         })
@@ -384,6 +385,22 @@ impl ServerModel {
                 self.client.endpoint.describe()
             )));
         }
+        if let Some((token, value)) = listed.iter().find(|(_, l)| !plausible_logprob(*l)) {
+            return Err(Error::Server(format!(
+                "{}: the reply's top list gives '{token}' the log-probability {value}, which \
+                 no distribution has (a log-probability is at most 0); the trial is recorded \
+                 as failed",
+                self.client.endpoint.describe()
+            )));
+        }
+        let mass: f64 = listed.iter().map(|(_, l)| l.exp()).sum();
+        if mass > 1.0 + LOGPROB_SLACK * listed.len() as f64 {
+            return Err(Error::Server(format!(
+                "{}: the reply's top list holds a probability mass of {mass:.4}, more than 1; \
+                 the trial is recorded as failed",
+                self.client.endpoint.describe()
+            )));
+        }
         let labels = options
             .iter()
             .map(|o| self.tokenizer.decode(o))
@@ -400,21 +417,67 @@ impl ServerModel {
     }
 }
 
+/// How far above 0 a log-probability may lie and still be read as 0: servers compute in
+/// f32 (a certain token's value comes back as 1e-7 or so), never more than this.
+const LOGPROB_SLACK: f64 = 1e-4;
+
+/// Whether `l` can be a log-probability: at most 0 (with f32 rounding slack), or the
+/// negative infinity of an impossible token; not NaN.
+fn plausible_logprob(l: f64) -> bool {
+    l <= LOGPROB_SLACK && !l.is_nan()
+}
+
 /// Each option's summed log-probability from an echoed completions reply holding one
-/// choice per option (prompt then option tokens): positions `prompt_len..` of choice
-/// i's `token_logprobs` are option i's tokens. None if any option is not covered.
-fn echoed_option_sums(reply: &Value, prompt_len: usize, options: &[Vec<u32>]) -> Option<Vec<f64>> {
+/// choice per option (prompt then option tokens, then the one generated token that
+/// `max_tokens: 1` asks for): positions `prompt_len..` of choice i's `token_logprobs`
+/// are option i's tokens. The error says what is wrong where any option is not covered,
+/// a choice lists another number of positions than was sent (its positions would be
+/// read shifted), or a value is no log-probability.
+fn echoed_option_sums(
+    reply: &Value,
+    prompt_len: usize,
+    options: &[Vec<u32>],
+) -> std::result::Result<Vec<f64>, String> {
     let mut out = vec![None; options.len()];
-    for choice in reply["choices"].as_array()? {
-        let i = choice["index"].as_u64()? as usize;
-        let values = choice["logprobs"]["token_logprobs"].as_array()?;
-        let option = options.get(i)?;
-        let sum = (prompt_len..prompt_len + option.len())
-            .map(|p| values.get(p)?.as_f64())
-            .sum::<Option<f64>>()?;
-        *out.get_mut(i)? = Some(sum);
+    let choices = reply["choices"]
+        .as_array()
+        .ok_or("the reply has no choices")?;
+    for choice in choices {
+        let i = choice["index"]
+            .as_u64()
+            .ok_or("a choice without its index")? as usize;
+        let values = choice["logprobs"]["token_logprobs"]
+            .as_array()
+            .ok_or_else(|| format!("choice {i} has no token_logprobs"))?;
+        let option = options
+            .get(i)
+            .ok_or_else(|| format!("choice {i} answers no option sent"))?;
+        let sent = prompt_len + option.len();
+        if values.len() != sent + 1 {
+            return Err(format!(
+                "choice {i} lists {} positions for the {sent} tokens sent and 1 generated",
+                values.len()
+            ));
+        }
+        let mut sum = 0.0;
+        for (p, value) in values.iter().enumerate().take(sent).skip(prompt_len) {
+            let value = value
+                .as_f64()
+                .ok_or_else(|| format!("choice {i} has no value at position {p}"))?;
+            if !plausible_logprob(value) {
+                return Err(format!(
+                    "choice {i} gives position {p} the log-probability {value}, which no \
+                     distribution has (a log-probability is at most 0)"
+                ));
+            }
+            sum += value;
+        }
+        *out.get_mut(i).ok_or("an index out of range")? = Some(sum);
     }
-    out.into_iter().collect()
+    out.into_iter()
+        .enumerate()
+        .map(|(i, v)| v.ok_or_else(|| format!("no choice answers option {i}")))
+        .collect()
 }
 
 /// The first generated token's top list from a completions reply: (token text, log p).
@@ -555,24 +618,96 @@ mod tests {
         let options = vec![vec![11], vec![12, 13]];
         assert_eq!(
             echoed_option_sums(&reply, 3, &options),
-            Some(vec![-3.0, -2.25])
+            Ok(vec![-3.0, -2.25])
         );
         // A reply that stops before an option's last token covers nothing.
         let short = json!({"choices": [
             {"index": 0, "logprobs": {"token_logprobs": [null, -0.5, -1.0, -3.0]}},
             {"index": 1, "logprobs": {"token_logprobs": [null, -0.5, -1.0, -2.0]}},
         ]});
-        assert_eq!(echoed_option_sums(&short, 3, &options), None);
+        assert!(echoed_option_sums(&short, 3, &options).is_err());
         // A missing choice, or a null where an option token should be, likewise.
         let missing = json!({"choices": [
             {"index": 0, "logprobs": {"token_logprobs": [null, -0.5, -1.0, -3.0, -7.0]}},
         ]});
-        assert_eq!(echoed_option_sums(&missing, 3, &options), None);
+        assert!(echoed_option_sums(&missing, 3, &options).is_err());
         let null = json!({"choices": [
             {"index": 0, "logprobs": {"token_logprobs": [null, -0.5, -1.0, null, -7.0]}},
             {"index": 1, "logprobs": {"token_logprobs": [null, -0.5, -1.0, -2.0, -0.25]}},
         ]});
-        assert_eq!(echoed_option_sums(&null, 3, &options), None);
+        assert!(echoed_option_sums(&null, 3, &options).is_err());
+    }
+
+    #[test]
+    fn echoed_sums_refuse_a_reply_one_position_longer_than_was_sent() {
+        // A server that prepends a token of its own (a second BOS) lists one position
+        // more than was sent: read as before, every option value came one position
+        // late and was recorded as valid.
+        let shifted = json!({"choices": [
+            {"index": 0, "logprobs": {"token_logprobs": [null, -0.1, -0.5, -1.0, -3.0, -7.0]}},
+            {"index": 1, "logprobs": {"token_logprobs": [null, -0.1, -0.5, -1.0, -2.0, -0.25, -9.0]}},
+        ]});
+        let options = vec![vec![11], vec![12, 13]];
+        let err = echoed_option_sums(&shifted, 3, &options).unwrap_err();
+        assert!(err.contains("6 positions for the 4 tokens sent"), "{err}");
+    }
+
+    use proptest::prelude::*;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 300, failure_persistence: None, rng_seed: proptest::test_runner::RngSeed::Fixed(20261207), ..Default::default() })]
+
+        /// Whatever a server puts in an echoed reply (values out of range, nulls, strings,
+        /// positions missing or added, choices repeated or out of range), what is read is
+        /// either refused or one sum per option of log-probabilities at most 0 taken from
+        /// a choice of exactly the length sent.
+        #[test]
+        fn an_echoed_reply_is_read_only_when_every_number_can_be_a_log_probability(
+            lengths in proptest::collection::vec(0usize..9, 0..4),
+            indices in proptest::collection::vec(0u64..4, 0..4),
+            values in proptest::collection::vec(
+                proptest::prop_oneof![
+                    (-20.0f64..0.0).prop_map(|v| json!(v)),
+                    (0.0f64..40.0).prop_map(|v| json!(v)),
+                    proptest::strategy::Just(Value::Null),
+                    proptest::strategy::Just(json!("x")),
+                ],
+                9,
+            ),
+        ) {
+            let options = vec![vec![11], vec![12, 13]];
+            let prompt_len = 3;
+            let choices: Vec<Value> = lengths
+                .iter()
+                .zip(&indices)
+                .map(|(&n, &i)| json!({"index": i, "logprobs": {"token_logprobs": values[..n].to_vec()}}))
+                .collect();
+            let reply = json!({"choices": choices});
+            if let Ok(sums) = echoed_option_sums(&reply, prompt_len, &options) {
+                prop_assert_eq!(sums.len(), options.len());
+                for (i, sum) in sums.iter().enumerate() {
+                    prop_assert!(*sum <= LOGPROB_SLACK * 2.0, "{sum}");
+                    let chosen = choices.iter().rev().find(|c| c["index"] == json!(i)).unwrap();
+                    let listed = chosen["logprobs"]["token_logprobs"].as_array().unwrap().len();
+                    prop_assert_eq!(listed, prompt_len + options[i].len() + 1);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_positive_log_probability_is_refused_not_recorded() {
+        // 29.6 as an option's mass came from a server answering log p = 3.39.
+        let positive = json!({"choices": [
+            {"index": 0, "logprobs": {"token_logprobs": [null, -0.5, -1.0, 3.39, -7.0]}},
+            {"index": 1, "logprobs": {"token_logprobs": [null, -0.5, -1.0, -2.0, -0.25, -9.0]}},
+        ]});
+        let options = vec![vec![11], vec![12, 13]];
+        let err = echoed_option_sums(&positive, 3, &options).unwrap_err();
+        assert!(err.contains("3.39") && err.contains("at most 0"), "{err}");
+        // f32 rounding of a certain token stays readable.
+        assert!(plausible_logprob(3e-7) && plausible_logprob(f64::NEG_INFINITY));
+        assert!(!plausible_logprob(f64::NAN) && !plausible_logprob(0.01));
     }
 
     #[test]

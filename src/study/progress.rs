@@ -55,7 +55,7 @@ impl Progress {
         if let Some(every) = self.every {
             if self.last_line.elapsed() >= every {
                 self.last_line = Instant::now();
-                eprintln!("{}", self.line());
+                crate::say!("{}", self.line());
             }
         }
     }
@@ -80,7 +80,7 @@ impl Progress {
 
     /// A line for the log (above the bar on a terminal).
     pub fn note(&self, text: &str) {
-        self.bar.suspend(|| eprintln!("{text}"));
+        self.bar.suspend(|| crate::say!("{text}"));
     }
 
     pub fn finish(&self) {

@@ -53,6 +53,31 @@ impl RunDir {
         })
     }
 
+    /// Refuses a directory without run.json that holds what a run would adopt or
+    /// overwrite: trial records (another run's, adopted as done, would be kept as this
+    /// run's) or a report. An empty trials.jsonl is what a run that failed before its
+    /// first header leaves, and is fine.
+    pub fn refuse_foreign_records(&self) -> Result<()> {
+        let records = std::fs::metadata(&self.trials_path).map_or(0, |m| m.len());
+        let report = self.path.join("report.html");
+        let found = if records > 0 {
+            format!(
+                "{} ({records} bytes of trial records)",
+                self.trials_path.display()
+            )
+        } else if report.exists() {
+            report.display().to_string()
+        } else {
+            return Ok(());
+        };
+        Err(run_err(format!(
+            "{} holds {found} but no run.json, so it is not a run affectbench can continue: \
+             its records would be taken as this run's; choose another --out (or move those \
+             files away)",
+            self.path.display()
+        )))
+    }
+
     /// The header of an earlier run in this directory, if there is one.
     pub fn existing_header(&self) -> Result<Option<RunHeader>> {
         if !self.path.join("run.json").exists() {
@@ -83,25 +108,61 @@ impl RunDir {
     }
 }
 
-/// Writes run.json in `dir` atomically through the temporary file `tmp_name`.
+/// Space kept beside run.json (`.run.json.reserve`, zeros) so that the header can still
+/// be replaced when the disk fills: at least this many bytes, or twice the header.
+const RESERVE_MIN_BYTES: usize = 64 * 1024;
+const RESERVE_NAME: &str = ".run.json.reserve";
+
+/// Writes run.json in `dir` atomically through the temporary file `tmp_name`: written
+/// whole and synced, then renamed over the old one, so run.json is always one whole
+/// header, the new or the last good one. Where the temporary file cannot be written (a
+/// full disk) the reserve kept beside it is given up to make room and the write tried
+/// again; run.json is never rewritten in place (a full disk could truncate it, and
+/// `--resume` would then find no run). Failing that too, the last good header stays.
 fn write_header_in(dir: &Path, header: &RunHeader, tmp_name: &str) -> Result<()> {
-    {
-        let path = dir.join("run.json");
-        let tmp = dir.join(tmp_name);
-        let text = serde_json::to_string_pretty(header)
-            .map_err(|e| run_err(format!("run.json could not be serialised: {e}")))?;
-        match std::fs::write(&tmp, &text)
-            .with_path(&tmp)
-            .and_then(|_| std::fs::rename(&tmp, &path).with_path(&path))
-        {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                // A full disk refuses the temporary copy; rewriting run.json in place
-                // needs no more blocks than it holds, so the status still gets recorded.
-                let _ = std::fs::remove_file(&tmp);
-                std::fs::write(&path, &text).with_path(&path).map_err(|_| e)
-            }
+    let text = serde_json::to_string_pretty(header)
+        .map_err(|e| run_err(format!("run.json could not be serialised: {e}")))?;
+    let reserve = dir.join(RESERVE_NAME);
+    let written = replace_atomically(dir, tmp_name, &text).or_else(|e| {
+        if std::fs::remove_file(&reserve).is_ok() {
+            replace_atomically(dir, tmp_name, &text)
+        } else {
+            Err(e)
         }
+    });
+    if written.is_ok() {
+        keep_reserve(&reserve, text.len());
+    }
+    written
+}
+
+/// Temporary file, sync, rename: the one way run.json is written.
+fn replace_atomically(dir: &Path, tmp_name: &str, text: &str) -> Result<()> {
+    let path = dir.join("run.json");
+    let tmp = dir.join(tmp_name);
+    let written = (|| -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()
+    })()
+    .with_path(&tmp)
+    .and_then(|_| std::fs::rename(&tmp, &path).with_path(&path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Makes sure the reserve holds room for a header of `header_len` bytes; best effort (a
+/// disk without room for it keeps none, and a later full disk then leaves the last
+/// good header rather than a newer one).
+fn keep_reserve(reserve: &Path, header_len: usize) {
+    let wanted = RESERVE_MIN_BYTES.max(2 * header_len);
+    if std::fs::metadata(reserve).is_ok_and(|m| m.len() >= wanted as u64) {
+        return;
+    }
+    if std::fs::write(reserve, vec![0u8; wanted]).is_err() {
+        let _ = std::fs::remove_file(reserve);
     }
 }
 

@@ -119,7 +119,7 @@ fn warn_if_unbalanced(study: &Study, lib: &crate::scenario::Library, repetitions
     }
     let balanced = crate::study::plan::balanced_repetitions(study, lib);
     if !repetitions.is_multiple_of(balanced) {
-        eprintln!(
+        crate::say!(
             "warning: crossed assignment needs a multiple of {balanced} repetitions for every vignette x system prompt x option direction to appear equally often in every arm; with {repetitions} some cells appear once more than others (--repetitions {})",
             repetitions.div_ceil(balanced) * balanced
         );
@@ -138,7 +138,9 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
             "the plan has {planned} trials, more than {MAX_PLAN_TRIALS} in one run; use fewer repetitions per run (replications with other seeds merge in the report)"
         )));
     }
+    stop_before_starting(&cfg.out_dir)?;
     let plan = expand(&study, &lib, &labels, repetitions);
+    stop_before_starting(&cfg.out_dir)?;
     warn_if_unbalanced(&study, &lib, repetitions);
 
     let mut dir = RunDir::open(&cfg.out_dir)?;
@@ -187,6 +189,7 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
             header.snapshot = old.snapshot;
         }
         None => {
+            dir.refuse_foreign_records()?;
             header.snapshot = Some(snapshot_scenarios(
                 &cfg.out_dir,
                 &cfg.study_path,
@@ -225,6 +228,7 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
     if let Backends::Servers(servers) = &backends {
         check_servers_can_run(&study, &lib, servers, &plan, &pending)?;
     }
+    stop_before_starting(&cfg.out_dir)?;
     dir.write_header(&header)?;
     dir.mark_interrupted_on_forced_exit(&header);
 
@@ -332,6 +336,10 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
             RunStatus::Interrupted,
             Some(format!("interrupted by {}", interrupt::name(*signal))),
         ),
+        Err(Error::ServerFailed(why)) => (
+            RunStatus::Interrupted,
+            Some(format!("the server kept failing requests: {why}")),
+        ),
         // Not the run's fault: a resume completes it once the server is back.
         Err(Error::ServerUnreachable(why)) => (
             RunStatus::Interrupted,
@@ -339,6 +347,7 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
         ),
         Err(e) => (RunStatus::Error, Some(e.to_string())),
     };
+    header.error = header.error.map(|e| crate::secrets::redact(&e));
     interrupt::clear_forced_exit();
     dir.write_header(&header)?;
     if let Err(Error::ServerUnreachable(why)) = result {
@@ -368,6 +377,24 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
             header.study.positive_control.as_ref(),
         ),
     })
+}
+
+/// A stop asked for while the run is still being prepared (models loading, a large plan
+/// expanding) ends it there: nothing has been written to the directory yet, so the
+/// same command starts it again (or `--resume` continues a run already begun).
+fn stop_before_starting(out_dir: &Path) -> Result<()> {
+    match interrupt::requested() {
+        None => Ok(()),
+        Some(signal) => Err(Error::Interrupted {
+            signal,
+            signal_name: interrupt::name(signal),
+            resume: if out_dir.join("run.json").exists() {
+                format!("affectbench run --resume {}", out_dir.display())
+            } else {
+                "the same `affectbench run` command (nothing was written yet)".to_string()
+            },
+        }),
+    }
 }
 
 /// The records a run directory holds at its end. An unreadable file is an error, so that
@@ -526,9 +553,41 @@ fn snapshot_scenarios(
         let dest = root.join(relative);
         let parent = dest.parent().unwrap_or(&root);
         std::fs::create_dir_all(parent).with_path(parent)?;
+        if dest.exists() {
+            // `--out` at the folder that holds scenarios/ makes the snapshot the file
+            // itself: copying a file onto itself truncates it to 0 bytes.
+            if same_file(source, &dest)? {
+                continue;
+            }
+            let (old, new) = (
+                std::fs::read(&dest).with_path(&dest)?,
+                std::fs::read(source).with_path(source)?,
+            );
+            if old == new {
+                continue;
+            }
+            return Err(run_err(format!(
+                "{} already holds {}, a different file from {}, which the run would \
+                 copy there for its snapshot; choose another --out (a new run wants an \
+                 empty or new folder)",
+                out_dir.display(),
+                dest.display(),
+                source.display()
+            )));
+        }
         std::fs::copy(source, &dest).with_path(&dest)?;
     }
     Ok(SNAPSHOT_DIR.to_string())
+}
+
+/// Whether two paths name one file (the same device and inode, through any link).
+fn same_file(a: &Path, b: &Path) -> Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let (ma, mb) = (
+        std::fs::metadata(a).with_path(a)?,
+        std::fs::metadata(b).with_path(b)?,
+    );
+    Ok(ma.dev() == mb.dev() && ma.ino() == mb.ino())
 }
 
 /// Where a run directory keeps its copy of the scenario files.
@@ -576,6 +635,8 @@ fn check_resumable(old: &RunHeader, new: &RunHeader, dir: &Path) -> Result<()> {
 pub(super) struct Tally {
     pub(super) written: usize,
     pub(super) failed: usize,
+    /// Trials left unrecorded because the server kept failing their requests.
+    pub(super) deferred: usize,
 }
 
 /// Appends a finished record, counts it, and stops the run where a stop was asked for
@@ -584,8 +645,9 @@ pub(super) fn write_record(
     dir: &mut RunDir,
     progress: &mut Progress,
     tally: &mut Tally,
-    record: TrialRecord,
+    mut record: TrialRecord,
 ) -> Result<()> {
+    record.error = record.error.map(|e| crate::secrets::redact(&e));
     dir.append(&record)?;
     tally.written += 1;
     progress.inc();

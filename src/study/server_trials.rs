@@ -7,7 +7,9 @@
 //!
 //! A server that stops answering (after every retry) ends the run as interrupted: the
 //! records finished before it are kept, none is written for a trial that did not
-//! finish, and `--resume` completes the run once the server is back.
+//! finish, and `--resume` completes the run once the server is back. A request the
+//! server keeps failing (HTTP 500) leaves its trial unrecorded (the run ends `partial`,
+//! never `success`), and a reply from another model than the run's first stops it.
 
 use super::group::{render_group, RenderedGroup, Renderer, TrialPrompt};
 use super::plan::{GroupToRun, Plan, Question, Trial};
@@ -171,8 +173,20 @@ pub(super) fn execute_on_servers(
             let mut unreachable = None;
             for (trial, record) in chunk.iter().zip(records) {
                 let record = match record {
-                    Err(e @ Error::ServerUnreachable(_)) => {
+                    Err(e @ (Error::ServerUnreachable(_) | Error::ServerChanged(_))) => {
                         unreachable.get_or_insert(e);
+                        continue;
+                    }
+                    // Not the trial's fault: no record, so the run ends partial and a
+                    // resume asks it again instead of keeping a hole marked done.
+                    Err(e @ Error::ServerFailed(_)) => {
+                        tally.deferred += 1;
+                        if tally.deferred == 1 || tally.deferred.is_power_of_two() {
+                            progress.note(&format!(
+                                "{e} ({} trial(s) left for --resume so far)",
+                                tally.deferred
+                            ));
+                        }
                         continue;
                     }
                     Err(e) => {
@@ -194,6 +208,15 @@ pub(super) fn execute_on_servers(
             }
             if let Some(e) = unreachable {
                 return Err(e);
+            }
+            if tally.deferred >= 10 && tally.deferred * 5 > tally.written + tally.deferred {
+                return Err(Error::ServerFailed(format!(
+                    "{} of {} requests failed on server errors (HTTP 500); stopping, every \
+                     finished trial kept: fix the server, then `affectbench run --resume {}`",
+                    tally.deferred,
+                    tally.written + tally.deferred,
+                    dir.path.display()
+                )));
             }
         }
     }

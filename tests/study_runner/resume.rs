@@ -288,7 +288,7 @@ fn resume_reads_the_runs_design_back_from_its_directory() {
     cfg.sources.insert("threads".into(), "--threads".into());
     run_study(&cfg).unwrap();
 
-    let target = RunTarget::resume(&out, &Registry::builtin()).unwrap();
+    let target = RunTarget::resume(&out, &Registry::builtin(), &[]).unwrap();
     assert_eq!(target.out_dir, out);
     assert_eq!(target.seed, Some(11));
     assert_eq!(target.repetitions, Some(3));
@@ -308,7 +308,7 @@ fn resume_reads_the_runs_design_back_from_its_directory() {
     );
     assert!(!target.sources.contains_key("threads"));
 
-    let not_a_run = RunTarget::resume(dir.path(), &Registry::builtin()).unwrap_err();
+    let not_a_run = RunTarget::resume(dir.path(), &Registry::builtin(), &[]).unwrap_err();
     assert!(
         not_a_run.to_string().contains("not a run directory"),
         "{not_a_run}"

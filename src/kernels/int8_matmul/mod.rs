@@ -523,7 +523,7 @@ mod tests {
         static SAID: std::sync::Once = std::sync::Once::new();
         // Where the CPU has AVX-VNNI, the `avx-vnni` path itself was checked.
         SAID.call_once(|| {
-            eprintln!("SKIPPED the 256-bit VNNI kernels' check: this CPU has neither AVX-VNNI nor AVX-512 VNNI + VL")
+            crate::say!("SKIPPED the 256-bit VNNI kernels' check: this CPU has neither AVX-VNNI nor AVX-512 VNNI + VL")
         });
     }
 
