@@ -305,12 +305,20 @@ fn order_options(
 }
 
 /// Expands `study` for `models` (labels), with `repetitions` overriding the study's.
+/// Once a stop signal has been asked for it returns what it has built so far: callers
+/// check `interrupt::requested()` before they use a plan.
 pub fn expand(study: &Study, lib: &Library, models: &[String], repetitions: usize) -> Plan {
     let mut groups = Vec::new();
     let mut trials = Vec::new();
     for model in models {
         for cond in &study.conditions {
             for rep in 0..repetitions {
+                // A plan of millions of trials takes seconds to build: a stop asked for
+                // meanwhile ends it here, and the caller (which checks for the stop
+                // before using a plan) never runs the cut plan.
+                if rep % 1024 == 0 && crate::interrupt::requested().is_some() {
+                    return Plan { groups, trials };
+                }
                 let assigned = assign(study, lib, cond, rep);
                 let group = make_group(study, lib, model, cond, rep, &assigned);
                 let gi = groups.len();

@@ -198,6 +198,7 @@ pub fn run_study(cfg: &RunConfig) -> Result<RunOutcome> {
             )?)
         }
     }
+    stop_before_starting(&cfg.out_dir)?;
     let done = dir.finished_trials(study.seed)?;
     let in_shard = |t: &&Trial| {
         cfg.shard
