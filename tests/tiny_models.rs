@@ -805,7 +805,6 @@ fn a_rope_scaling_we_do_not_run_is_an_error_naming_the_key() {
 fn gemma_27b_scales_queries_by_the_model_width_as_llama_cpp_does() {
     use affectbench::gguf::GgufFile;
     use affectbench::model::ModelConfig;
-    use candle_core::quantized::gguf_file::Value;
     let dir = tempfile::tempdir().unwrap();
     // A head dim (32) other than d / heads (16), so the two rules differ.
     for (arch, tiny, layers_27b) in [
@@ -820,14 +819,16 @@ fn gemma_27b_scales_queries_by_the_model_width_as_llama_cpp_does() {
         write_tiny_gguf(&path, &tiny, 1);
         let small = ModelConfig::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
         assert_eq!(small.attention_scale(), 1.0 / 32f32.sqrt(), "{arch}");
-        // Only the metadata is read here, so the layer count alone makes it a 27B.
-        common::write_tiny_gguf_with_meta(&path, &tiny, 1, |meta| {
-            for (k, v) in meta.iter_mut() {
-                if k.ends_with(".block_count") {
-                    *v = Value::U32(layers_27b);
-                }
-            }
-        });
+        // The layer count alone makes it a 27B's shape; the file holds that many tiny
+        // blocks, since a block_count the tensors do not bear out is refused.
+        write_tiny_gguf(
+            &path,
+            &Tiny {
+                layers: layers_27b as usize,
+                ..tiny
+            },
+            1,
+        );
         let large = ModelConfig::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
         assert_eq!(large.attention_scale(), 1.0 / 16f32.sqrt(), "{arch}");
     }

@@ -24,7 +24,7 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("AFFECTBENCH_BATCHING", "Batch-invariant rows or a fixed plan (the default of `--batching`)."),
     ("AFFECTBENCH_NIBBLES", "How packed 4-bit weights are held (the default of `--four-bit`; `1` and `0` still mean nibbles and bytes)."),
     ("AFFECTBENCH_POOL_SPIN_US", "Microseconds a kernel-pool worker spins before it blocks (`0` blocks at once; for shared nodes)."),
-    ("AFFECTBENCH_SERVER_MAX_REPLY_MB", "The largest reply read from a server, in MiB (default 64); a larger one is refused as too large."),
+    ("AFFECTBENCH_SERVER_MAX_REPLY_MB", "The largest reply read from a server, in MiB (default and most 10); a larger one is refused as too large."),
     ("AFFECTBENCH_FONT", "A .ttf file for the report's figures (default: common system locations)."),
     ("SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_COUNT, SLURM_ARRAY_TASK_MIN, SLURM_ARRAY_TASK_MAX", "In a SLURM array task, the shard `run` computes (see docs/guide/cluster.md)."),
     ("JOB_COMPLETION_INDEX", "In a Kubernetes indexed job, the shard index `run` computes (with `--shard-count`)."),

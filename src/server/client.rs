@@ -14,10 +14,10 @@ use serde_json::{json, Value};
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// The largest reply read, in MiB, unless `AFFECTBENCH_SERVER_MAX_REPLY_MB` says
-/// otherwise: a study's replies are a few KB (a 5-token answer, a top-20 list), echoed
-/// prompts with log-probabilities a few hundred KB.
-pub const DEFAULT_MAX_REPLY_MB: u64 = 64;
+/// The largest reply read, in MiB, unless `AFFECTBENCH_SERVER_MAX_REPLY_MB` lowers it
+/// (ureq reads at most 10 MB): a study's replies are a few KB (a 5-token answer, a
+/// top-20 list), echoed prompts with log-probabilities a few hundred KB.
+pub const DEFAULT_MAX_REPLY_MB: u64 = 10;
 
 /// The environment variable that sets the reply limit.
 pub const MAX_REPLY_ENV: &str = "AFFECTBENCH_SERVER_MAX_REPLY_MB";
@@ -29,6 +29,7 @@ fn max_reply_bytes() -> u64 {
         .and_then(|v| v.trim().parse::<u64>().ok())
         .filter(|&mb| mb > 0)
         .unwrap_or(DEFAULT_MAX_REPLY_MB)
+        .min(DEFAULT_MAX_REPLY_MB)
         .saturating_mul(1 << 20)
 }
 
@@ -193,21 +194,37 @@ impl Client {
 
     /// A reply's body, up to the limit: Ok(Err) names the limit where the reply is
     /// larger (a fault of the server or the request, not a reason to retry), Err is a
-    /// connection that broke while reading.
+    /// connection that broke while reading. The body is read by ureq's `into_string`
+    /// (which keeps the connection reusable; reading it through `into_reader` left the
+    /// pooled connection broken for llama-cpp-python's server), whose own cap is 10 MB.
     fn read_reply(&self, r: ureq::Response) -> std::io::Result<Result<String>> {
-        use std::io::Read;
         let limit = max_reply_bytes();
-        let mut bytes = Vec::new();
-        r.into_reader().take(limit + 1).read_to_end(&mut bytes)?;
-        if bytes.len() as u64 > limit {
-            return Ok(Err(self.error(format!(
+        let too_large = || {
+            self.error(format!(
                 "the reply is larger than {} MiB, the limit for one reply; a study's \
                  replies are a few KB, so the server is answering something else (or, \
-                 for a legitimately large reply, raise the limit with {MAX_REPLY_ENV}=MB)",
+                 for a legitimately large reply, raise the limit with {MAX_REPLY_ENV}=MB, \
+                 at most {DEFAULT_MAX_REPLY_MB})",
                 limit >> 20
-            ))));
+            ))
+        };
+        let declared = r
+            .header("content-length")
+            .and_then(|l| l.trim().parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit) {
+            return Ok(Err(too_large()));
         }
-        Ok(Ok(String::from_utf8_lossy(&bytes).into_owned()))
+        match r.into_string() {
+            Ok(text) if text.len() as u64 > limit => Ok(Err(too_large())),
+            Ok(text) => Ok(Ok(text)),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::InvalidData
+                    && e.to_string().contains("too big") =>
+            {
+                Ok(Err(too_large()))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Waits `wait`, in short slices, ending early with an error where a stop signal
