@@ -139,25 +139,12 @@ fn a_header_that_cannot_be_replaced_leaves_the_last_good_one_and_resume_complete
         "left as it was"
     );
     std::fs::remove_dir(cut.join("run.json.tmp")).unwrap();
-    let o = common::affectbench_command()
-        .args(["run", "--no-report", "--resume"])
-        .arg(&cut)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    crate::study_runner::resume_to_the_end(&cut);
     assert_eq!(status(&cut), "success");
-    let without_timing = |d: &Path| {
-        let mut v: Vec<(String, serde_json::Value)> = records(d)
-            .into_iter()
-            .map(|mut r| {
-                r.as_object_mut().unwrap().remove("timing");
-                (r["trial_id"].as_str().unwrap().to_string(), r)
-            })
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    };
-    assert_eq!(without_timing(&cut), without_timing(&whole));
+    assert_eq!(
+        crate::study_runner::records_by_id(&cut),
+        crate::study_runner::records_by_id(&whole)
+    );
 }
 
 /// The smoke study with `repetitions = 100000` (1.6 M trials, within the plan limit),

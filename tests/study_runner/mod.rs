@@ -69,7 +69,7 @@ fn records(dir: &Path) -> Vec<(String, serde_json::Value)> {
 
 /// Records without their timings, by trial id: within a group trials run in batch units,
 /// so a resumed, sharded or merged run may write them in another order.
-fn records_by_id(dir: &Path) -> Vec<(String, serde_json::Value)> {
+pub(crate) fn records_by_id(dir: &Path) -> Vec<(String, serde_json::Value)> {
     let mut v = records(dir);
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
@@ -104,7 +104,7 @@ fn spawn_long_run(model: &Path, out: &Path) -> std::process::Child {
 }
 
 /// `run --resume dir`, which must succeed.
-fn resume_to_the_end(dir: &Path) {
+pub(crate) fn resume_to_the_end(dir: &Path) {
     let resumed = common::affectbench_command()
         .args(["run", "--no-report", "--resume"])
         .arg(dir)
