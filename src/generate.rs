@@ -1,5 +1,7 @@
-//! Token-by-token generation for one sequence: prefill, then sample until a stop token
-//! or the token limit, streaming each piece of text as it is decoded.
+//! Token-by-token generation: one sequence (prefill, then sample until a stop token or
+//! the token limit, streaming each piece of text as it is decoded), several
+//! continuations of one prompt in lockstep, and several independent sequences in
+//! lockstep (a unit's answers), each row bit-identical to its lone decode.
 
 use crate::error::{Error, Result};
 use crate::kernels::DisjointMut;
@@ -224,6 +226,115 @@ pub fn decode_lockstep(
         );
     }
     Ok(results)
+}
+
+/// One row of `decode_each`: its sampled tokens, its cache and why it stopped.
+pub type DecodedRow = (Vec<u32>, KvCache, StopReason);
+
+/// `decode` of several independent sequences at once (row i continues `caches[i]`, whose
+/// last-position logits are `logits[i]`, drawing from `rngs[i]` only), one forward pass
+/// per step over the rows still running. Rows stop exactly where `decode` of that row
+/// stops (a stop token, `keep_going(i, tokens)` false, `max_tokens`), drop out of the
+/// pass, and keep what `decode` would have fed into their cache, so a re-ask continues
+/// from the same cache. With batch-invariant kernels each row's arithmetic is that of
+/// its lone `decode` (`last_logits_ragged`); other kernels decode row by row. A row's
+/// own failure (non-finite logits, an error of `keep_going`) is that row's result; a
+/// failed forward pass fails every row still running.
+pub fn decode_each(
+    model: &Model,
+    caches: Vec<KvCache>,
+    logits: Vec<Vec<f32>>,
+    sampling: &Sampling,
+    rngs: &mut [rand_chacha::ChaCha20Rng],
+    max_tokens: usize,
+    mut keep_going: impl FnMut(usize, &[u32]) -> Result<bool>,
+) -> Result<Vec<Result<DecodedRow>>> {
+    let n = caches.len();
+    if logits.len() != n || rngs.len() != n {
+        return Err(Error::Run(format!(
+            "internal: decode_each got {n} caches, {} logit rows and {} streams",
+            logits.len(),
+            rngs.len()
+        )));
+    }
+    if n == 1 || !model.transformer.batch_invariant() {
+        return Ok(caches
+            .into_iter()
+            .zip(logits)
+            .zip(rngs.iter_mut())
+            .enumerate()
+            .map(|(i, ((cache, logits), rng))| {
+                decode(model, cache, logits, sampling, rng, max_tokens, |t| {
+                    keep_going(i, t)
+                })
+            })
+            .collect());
+    }
+    let mut caches = caches;
+    let mut logits = logits;
+    let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); n];
+    let mut ended: Vec<Option<Result<StopReason>>> = (0..n)
+        .map(|_| (max_tokens == 0).then_some(Ok(StopReason::MaxTokens)))
+        .collect();
+    while ended.iter().any(Option::is_none) {
+        // A row with non-finite logits fails alone, as its lone decode would.
+        for (i, end) in ended.iter_mut().enumerate() {
+            if end.is_none() {
+                if let Err(e) = check_finite(&logits[i]) {
+                    *end = Some(Err(e));
+                }
+            }
+        }
+        let running: Vec<bool> = ended.iter().map(Option::is_none).collect();
+        let drawn = sample_rows(&logits, &running, sampling, rngs)?;
+        let mut feed: Vec<usize> = Vec::new();
+        for (i, next) in drawn.into_iter().enumerate() {
+            let Some(next) = next else { continue };
+            if model.tokenizer.stop_ids.contains(&next) {
+                ended[i] = Some(Ok(StopReason::StopToken));
+                continue;
+            }
+            tokens[i].push(next);
+            match keep_going(i, &tokens[i]) {
+                Err(e) => ended[i] = Some(Err(e)),
+                Ok(false) => ended[i] = Some(Ok(StopReason::Caller)),
+                Ok(true) if tokens[i].len() >= max_tokens => {
+                    ended[i] = Some(Ok(StopReason::MaxTokens))
+                }
+                Ok(true) => feed.push(i),
+            }
+        }
+        if feed.is_empty() {
+            continue;
+        }
+        let rows: Vec<Vec<u32>> = feed.iter().map(|&i| vec![tokens[i][tokens[i].len() - 1]]).collect();
+        let mut fed: Vec<KvCache> = feed.iter().map(|&i| std::mem::take(&mut caches[i])).collect();
+        let stepped = model.transformer.last_logits_ragged(&rows, &mut fed);
+        for (&i, cache) in feed.iter().zip(fed) {
+            caches[i] = cache;
+        }
+        match stepped {
+            Ok(rows) => {
+                for (&i, l) in feed.iter().zip(rows) {
+                    logits[i] = l;
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                for &i in &feed {
+                    ended[i] = Some(Err(Error::Run(format!("a lockstep decode step failed: {why}"))));
+                }
+            }
+        }
+    }
+    Ok(caches
+        .into_iter()
+        .zip(tokens)
+        .zip(ended)
+        .map(|((cache, tokens), end)| {
+            end.expect("every row ended").map(|reason| (tokens, cache, reason))
+        })
+        .collect())
 }
 
 /// One draw per running row (`running[i]`), row i from `rngs[i]` and `logits[i]`, each

@@ -311,3 +311,72 @@ fn batched_prefill_rows_equal_lone_prefill_and_continue_identically() {
         );
     }
 }
+
+#[test]
+fn independent_sequences_decoded_in_lockstep_equal_each_decoded_alone() {
+    use affectbench::generate::{decode_each, extend_rows};
+    let model = smollm2();
+    let (shared, _) = prompted(&model);
+    // Rows of different lengths and cached prefixes, as a unit's items are.
+    let suffixes: Vec<Vec<u32>> = [
+        "How anxious do you feel? Answer with one number.",
+        "Rate your mood.",
+        "Please rate each statement from one to four, honestly and quickly, then explain.",
+        "Go on:",
+        "What did your grandmother keep in the box under her bed?",
+    ]
+    .iter()
+    .map(|t| model.tokenizer.encode(t, false).unwrap())
+    .collect();
+    let rows = extend_rows(&model, &shared, &suffixes).unwrap();
+    let sampling = SamplingParams {
+        temperature: 0.8,
+        ..Default::default()
+    }
+    .resolve()
+    .unwrap();
+    let rngs = || {
+        (0..rows.len())
+            .map(|i| Stream::Named(&format!("answer{i}")).rng(3))
+            .collect::<Vec<_>>()
+    };
+    // Rows stop at different steps: row 1 after 2 tokens, the others at 9 or a stop token.
+    let keep_going = |row: usize, tokens: &[u32]| Ok(row != 1 || tokens.len() < 2);
+    let alone: Vec<(Vec<u32>, KvCache)> = rows
+        .iter()
+        .zip(rngs().iter_mut())
+        .enumerate()
+        .map(|(i, ((cache, logits), rng))| {
+            let (t, c, _) = decode(&model, cache.clone(), logits.clone(), &sampling, rng, 9, |t| {
+                keep_going(i, t)
+            })
+            .unwrap();
+            (t, c)
+        })
+        .collect();
+    let together = decode_each(
+        &model,
+        rows.iter().map(|(c, _)| c.clone()).collect(),
+        rows.iter().map(|(_, l)| l.clone()).collect(),
+        &sampling,
+        &mut rngs(),
+        9,
+        keep_going,
+    )
+    .unwrap();
+    assert_eq!(together.len(), alone.len());
+    assert!(alone[1].0.len() == 2 && alone.iter().any(|(t, _)| t.len() > 2));
+    for (i, (row, (tokens, cache))) in together.into_iter().zip(alone).enumerate() {
+        let (got, mut got_cache, _) = row.unwrap();
+        assert_eq!(got, tokens, "row {i}: lockstep tokens differ from the lone decode");
+        assert_eq!(got_cache.len(), cache.len(), "row {i}: the caches hold different lengths");
+        // The caches continue identically (a re-ask extends them).
+        let mut cache = cache;
+        let next = model.tokenizer.encode(" Again:", false).unwrap();
+        assert_eq!(
+            model.transformer.last_logits(&next, &mut got_cache).unwrap(),
+            model.transformer.last_logits(&next, &mut cache).unwrap(),
+            "row {i}: the caches continue differently"
+        );
+    }
+}

@@ -1,15 +1,14 @@
-//! The read-outs of a trial: for an item, the choice read-out (the probability of every
-//! option at the answer position) and the generated read-out (sample, parse, re-ask on
-//! fresh streams); for a completion, the text and the model-as-judge read-out of it.
-//! Each takes the group's shared work and returns the trial's record.
+//! The read-outs of a trial: for an item, the unit's prefill and the choice read-out
+//! (the probability of every option at the answer position; the generated read-out is
+//! `answers`'); for a completion, the text and the model-as-judge read-out of it. Each
+//! takes the group's shared work and returns the trial's record.
 
 use super::group::{study_sampling, CompletionTokens, GroupContext, TrialPrompt};
-use super::parse::{parse_label, parse_number, split_numbered};
+use super::answers::first_line_complete;
 use super::plan::{Group, Question, Trial};
-use super::prompt::{for_template, reask_text};
 use crate::chat::{sha256_hex, Message};
 use crate::error::{Error, Result};
-use crate::generate::{decode, extend_each_capturing};
+use crate::generate::extend_each_capturing;
 use crate::measures::calibration::divide_out;
 use crate::model::{KvCache, Model};
 use crate::option_scoring::{normalise, option_logprobs, option_logprobs_rows, ScoringRow};
@@ -299,9 +298,10 @@ pub fn run_completion(
     Ok(rec)
 }
 
-/// An item trial, from its prefilled prompt: the choice read-out, then the generated
-/// read-out with bounded re-asks on fresh streams. A content-free prompt gets the
-/// choice read-out only: it exists to measure the option distribution.
+/// An item trial, from its prefilled prompt: the choice read-out, and the generated
+/// read-out `answers::answer_unit` made with its unit (with the time it took). A
+/// content-free prompt gets the choice read-out only: it exists to measure the option
+/// distribution.
 pub fn run_item(
     study: &Study,
     lib: &Library,
@@ -310,6 +310,7 @@ pub fn run_item(
     mut rec: TrialRecord,
     trial: &Trial,
     prefilled: Prefilled,
+    answer: Option<(Result<GenerateReadout>, f64)>,
 ) -> Result<TrialRecord> {
     let (instrument, item) = match &trial.question {
         Question::Item {
@@ -328,7 +329,6 @@ pub fn run_item(
         logits,
         prefill_ms,
         option_logprobs: scored,
-        first_answer,
         ..
     } = prefilled;
 
@@ -356,196 +356,20 @@ pub fn run_item(
         )?);
     }
     let choice_ms = started.elapsed().as_secs_f64() * 1e3;
-    if trial.question.is_content_free() {
-        rec.timing = Timing {
-            prefill_ms: Some(prefill_ms),
-            choice_ms: Some(choice_ms),
-            ..Timing::default()
-        };
-        return Ok(rec);
-    }
-
-    let started = Instant::now();
-    rec.generate = Some(generated_answer(
-        study,
-        lib,
-        model,
-        ctx,
-        trial,
-        ins,
-        item_def,
-        (cache, logits, first_answer),
-    )?);
     rec.timing = Timing {
         prefill_ms: Some(prefill_ms),
         choice_ms: Some(choice_ms),
-        generate_ms: Some(started.elapsed().as_secs_f64() * 1e3),
         ..Timing::default()
     };
+    if trial.question.is_content_free() {
+        return Ok(rec);
+    }
+    let (generated, generate_ms) = answer.ok_or_else(|| {
+        Error::Run("internal: an item's answer was not generated with its unit".into())
+    })?;
+    rec.generate = Some(generated?);
+    rec.timing.generate_ms = Some(generate_ms);
     Ok(rec)
-}
-
-/// Samples an answer, reads it, and re-asks (up to `max_reasks` times, each attempt on
-/// its own stream) while it cannot be read; every reply and failure is kept.
-#[allow(clippy::too_many_arguments)]
-fn generated_answer(
-    study: &Study,
-    lib: &Library,
-    model: &Model,
-    ctx: &GroupContext,
-    trial: &Trial,
-    ins: &Instrument,
-    item_def: Option<&Item>,
-    (cache, logits, first_answer): (Option<KvCache>, Vec<f32>, Option<Vec<u32>>),
-) -> Result<GenerateReadout> {
-    let prompt = ctx.prompt(&trial.id)?;
-    let sampling = study_sampling(study)?;
-    let single = trial.question.item().is_some();
-    let mut conversation = ctx.messages.clone();
-    conversation.push(Message::user(prompt.question.clone()));
-    let (mut cache, mut logits, mut cached_tokens) = (cache, logits, prompt.tokens.clone());
-    let ask = |attempt: usize, conversation: &[Message]| -> Result<(String, usize)> {
-        if attempt > 0 {
-            // Continue from what is already computed: the longest token prefix the
-            // re-rendered conversation shares with the cached prompt + reply.
-            let conv_tokens = model.tokenizer.encode(
-                &model.render_chat(&for_template(&ctx.acknowledgement, conversation))?,
-                false,
-            )?;
-            let common = conv_tokens
-                .iter()
-                .zip(&cached_tokens)
-                .take_while(|(a, b)| a == b)
-                .count()
-                .min(conv_tokens.len() - 1);
-            match cache.as_mut() {
-                Some(c) if common >= ctx.shared.len() => {
-                    c.truncate(common)?;
-                    logits = model.transformer.last_logits(&conv_tokens[common..], c)?;
-                }
-                // No cache (fixed-plan path: the row alone, a composition of its own).
-                _ => {
-                    let (c, l) = ctx.extend(model, &conv_tokens)?;
-                    (cache, logits) = (Some(c), l);
-                }
-            }
-            cached_tokens = conv_tokens;
-        }
-        let mut rng = Stream::Answer {
-            trial: &trial.id,
-            attempt,
-        }
-        .rng(study.seed);
-        let sampled =
-            match (attempt, &first_answer, &cache) {
-                (0, Some(first), _) => first.clone(),
-                (_, _, Some(c)) => {
-                    let (sampled, after, _) = decode(
-                        model,
-                        c.clone(),
-                        logits.clone(),
-                        &sampling,
-                        &mut rng,
-                        study.max_answer_tokens,
-                        |t| Ok(!single || !first_line_complete(model, t)?),
-                    )?;
-                    // `after` holds the prompt plus the sampled tokens (maybe all but the
-                    // last); the common-prefix truncation above copes with either.
-                    if !sampled.is_empty() {
-                        cache = Some(after);
-                    }
-                    sampled
-                }
-                _ => return Err(Error::Run(
-                    "internal: an item's answer has neither a cache nor a decoded first attempt"
-                        .into(),
-                )),
-            };
-        let reply = model.tokenizer.decode(&sampled)?;
-        if !sampled.is_empty() && cache.is_some() {
-            cached_tokens.extend_from_slice(&sampled[..sampled.len() - 1]);
-        }
-        Ok((reply, sampled.len()))
-    };
-    answer_with_reasks(
-        study,
-        lib,
-        trial,
-        ins,
-        item_def,
-        &prompt.labels,
-        conversation,
-        ask,
-    )
-}
-
-/// The answer loop both engines share: asks, reads the reply, and re-asks (up to
-/// `max_reasks` times, telling the model what could not be read) until an answer reads;
-/// every reply and failure is kept. `ask(attempt, conversation)` gives the reply to the
-/// conversation so far (cut at the end of the first line for an item) and the tokens
-/// it used.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn answer_with_reasks(
-    study: &Study,
-    lib: &Library,
-    trial: &Trial,
-    ins: &Instrument,
-    item_def: Option<&Item>,
-    labels: &[(String, usize)],
-    mut conversation: Vec<Message>,
-    mut ask: impl FnMut(usize, &[Message]) -> Result<(String, usize)>,
-) -> Result<GenerateReadout> {
-    let single = trial.question.item().is_some();
-    let mut replies = Vec::new();
-    let mut failures = Vec::new();
-    let mut value = None;
-    let mut used_tokens = 0;
-    for attempt in 0..=study.max_reasks {
-        let (reply, used) = ask(attempt, &conversation)?;
-        used_tokens += used;
-        let parsed = read_answer(ins, labels, single, &reply);
-        replies.push(reply.clone());
-        match parsed {
-            Ok(v) => {
-                value = Some(v);
-                break;
-            }
-            Err(why) => {
-                failures.push(why);
-                conversation.push(Message::assistant(reply.trim().to_string()));
-                conversation.push(Message::user(reask_text(lib, &trial.question, labels)));
-            }
-        }
-    }
-    let keyed = value.map(|v| item_def.map(|it| ins.keyed_value(it, v)).unwrap_or(v));
-    Ok(GenerateReadout {
-        replies,
-        failures,
-        value,
-        keyed,
-        sampling: study_sampling(study)?,
-        tokens: used_tokens,
-    })
-}
-
-/// A reply up to the end of its first non-empty line (newline included): what the
-/// local engine decodes for an answer, applied to a server's text.
-pub(crate) fn through_first_line(reply: &str) -> &str {
-    let start = reply.len() - reply.trim_start().len();
-    match reply[start..].find('\n') {
-        Some(i) => &reply[..start + i + 1],
-        None => reply,
-    }
-}
-
-/// For answers: stop once a non-empty first line is complete. An answer is read from the
-/// first number or label, which later text cannot change.
-fn first_line_complete(model: &Model, tokens: &[u32]) -> Result<bool> {
-    let text = model.tokenizer.decode(tokens)?;
-    Ok(text
-        .trim_start()
-        .split_once('\n')
-        .is_some_and(|(line, _)| !line.trim().is_empty()))
 }
 
 /// The labels an item trial shows, their values and their tokens, for the choice
@@ -751,39 +575,4 @@ pub(crate) fn judge_valence(
             calibrated_expected,
         },
     ))
-}
-
-/// The value an answer gives, or why it could not be read. With all items in one turn
-/// the value is the instrument's score over the items read (each reverse-keyed).
-fn read_answer(
-    ins: &Instrument,
-    labels: &[(String, usize)],
-    single: bool,
-    reply: &str,
-) -> std::result::Result<f64, String> {
-    let one = |text: &str| -> std::result::Result<f64, String> {
-        match &ins.response {
-            Response::Numeric { min, max, .. } => {
-                parse_number(text, *min as f64, *max as f64).map_err(|e| format!("{e:?}"))
-            }
-            Response::Options(opts) => {
-                let shown: Vec<String> = labels.iter().map(|(l, _)| l.clone()).collect();
-                parse_label(text, &shown)
-                    .map(|pos| opts[labels[pos].1].value)
-                    .map_err(|e| format!("{e:?}"))
-            }
-        }
-    };
-    if single {
-        return one(reply);
-    }
-    let parts = split_numbered(reply, ins.items.len());
-    let mut keyed = Vec::new();
-    for (item, part) in ins.items.iter().zip(parts) {
-        let v = one(part
-            .as_deref()
-            .ok_or_else(|| format!("no answer for statement {}", item.id))?)?;
-        keyed.push(Some(ins.keyed_value(item, v)));
-    }
-    ins.score(&keyed).ok_or_else(|| "no items".to_string())
 }

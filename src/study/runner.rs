@@ -11,6 +11,7 @@
 //! the error for each of its trials); the run stops, with status `error`, when more than
 //! 20% of at least 10 trials have failed or when anything outside a trial fails.
 
+use super::answers::answer_unit;
 use super::group::{fixed_plan_completions, lockstep_completions, work_units, GroupContext};
 use super::internals::{model_for, prepare as prepare_internals, ModelInternals};
 use super::known_answers;
@@ -772,10 +773,13 @@ fn execute(
                     prefill_unit(study, lib, model, &ctx, &unit)
                 };
                 match prefilled {
-                    Ok(rows) => unit
-                        .iter()
+                    Ok(mut rows) => {
+                        let answers =
+                            answer_unit(study, lib, model, &ctx, &unit, &mut rows, &pending_ids);
+                        unit.iter()
                         .zip(rows)
-                        .map(|(t, mut p)| {
+                        .zip(answers)
+                        .map(|((t, mut p), answer)| {
                             if !pending_ids.contains(t.id.as_str()) {
                                 return Err(run_err("written already; computed for its unit"));
                             }
@@ -794,9 +798,11 @@ fn execute(
                                 base_record(study, group, t, &ctx),
                                 t,
                                 p,
+                                answer,
                             )
                         })
-                        .collect(),
+                        .collect()
+                    }
                     Err(e) => unit
                         .iter()
                         .map(|_| Err(run_err(format!("the unit's batched prefill failed: {e}"))))

@@ -15,9 +15,10 @@ use super::group::{render_group, RenderedGroup, Renderer, TrialPrompt};
 use super::plan::{GroupToRun, Plan, Question, Trial};
 use super::progress::Progress;
 use super::prompt::{for_template, question_text};
+use super::answers::{answer_with_reasks, through_first_line, Answering};
 use super::readouts::{
-    answer_with_reasks, base_record_for, choice_readout, item_options, judge_content_free,
-    judge_valence, through_first_line, ConversationScorer, JudgeBias,
+    base_record_for, choice_readout, item_options, judge_content_free, judge_valence,
+    ConversationScorer, JudgeBias,
 };
 use super::run_dir::RunDir;
 use super::runner::{write_record, Tally};
@@ -386,13 +387,14 @@ fn item_trial(
         Ok((reply, n))
     };
     rec.generate = Some(answer_with_reasks(
-        study,
-        lib,
-        trial,
-        ins,
-        item_def,
-        &prompt.labels,
-        conversation,
+        Answering::new(
+            study,
+            lib,
+            trial,
+            (ins, item_def),
+            &prompt.labels,
+            conversation,
+        ),
         ask,
     )?);
     rec.timing = Timing {
