@@ -307,8 +307,14 @@ pub fn decode_each(
         if feed.is_empty() {
             continue;
         }
-        let rows: Vec<Vec<u32>> = feed.iter().map(|&i| vec![tokens[i][tokens[i].len() - 1]]).collect();
-        let mut fed: Vec<KvCache> = feed.iter().map(|&i| std::mem::take(&mut caches[i])).collect();
+        let rows: Vec<Vec<u32>> = feed
+            .iter()
+            .map(|&i| vec![tokens[i][tokens[i].len() - 1]])
+            .collect();
+        let mut fed: Vec<KvCache> = feed
+            .iter()
+            .map(|&i| std::mem::take(&mut caches[i]))
+            .collect();
         let stepped = model.transformer.last_logits_ragged(&rows, &mut fed);
         for (&i, cache) in feed.iter().zip(fed) {
             caches[i] = cache;
@@ -322,7 +328,9 @@ pub fn decode_each(
             Err(e) => {
                 let why = e.to_string();
                 for &i in &feed {
-                    ended[i] = Some(Err(Error::Run(format!("a lockstep decode step failed: {why}"))));
+                    ended[i] = Some(Err(Error::Run(format!(
+                        "a lockstep decode step failed: {why}"
+                    ))));
                 }
             }
         }
@@ -332,7 +340,8 @@ pub fn decode_each(
         .zip(tokens)
         .zip(ended)
         .map(|((cache, tokens), end)| {
-            end.expect("every row ended").map(|reason| (tokens, cache, reason))
+            end.expect("every row ended")
+                .map(|reason| (tokens, cache, reason))
         })
         .collect())
 }

@@ -347,9 +347,15 @@ fn independent_sequences_decoded_in_lockstep_equal_each_decoded_alone() {
         .zip(rngs().iter_mut())
         .enumerate()
         .map(|(i, ((cache, logits), rng))| {
-            let (t, c, _) = decode(&model, cache.clone(), logits.clone(), &sampling, rng, 9, |t| {
-                keep_going(i, t)
-            })
+            let (t, c, _) = decode(
+                &model,
+                cache.clone(),
+                logits.clone(),
+                &sampling,
+                rng,
+                9,
+                |t| keep_going(i, t),
+            )
             .unwrap();
             (t, c)
         })
@@ -368,13 +374,23 @@ fn independent_sequences_decoded_in_lockstep_equal_each_decoded_alone() {
     assert!(alone[1].0.len() == 2 && alone.iter().any(|(t, _)| t.len() > 2));
     for (i, (row, (tokens, cache))) in together.into_iter().zip(alone).enumerate() {
         let (got, mut got_cache, _) = row.unwrap();
-        assert_eq!(got, tokens, "row {i}: lockstep tokens differ from the lone decode");
-        assert_eq!(got_cache.len(), cache.len(), "row {i}: the caches hold different lengths");
+        assert_eq!(
+            got, tokens,
+            "row {i}: lockstep tokens differ from the lone decode"
+        );
+        assert_eq!(
+            got_cache.len(),
+            cache.len(),
+            "row {i}: the caches hold different lengths"
+        );
         // The caches continue identically (a re-ask extends them).
         let mut cache = cache;
         let next = model.tokenizer.encode(" Again:", false).unwrap();
         assert_eq!(
-            model.transformer.last_logits(&next, &mut got_cache).unwrap(),
+            model
+                .transformer
+                .last_logits(&next, &mut got_cache)
+                .unwrap(),
             model.transformer.last_logits(&next, &mut cache).unwrap(),
             "row {i}: the caches continue differently"
         );

@@ -163,18 +163,19 @@ pub fn answer_unit(
     pending: &HashSet<&str>,
 ) -> Vec<Option<(Result<GenerateReadout>, f64)>> {
     let mut rows: Vec<Row<'_>> = Vec::new();
-    let mut out: Vec<Option<(Result<GenerateReadout>, f64)>> = (0..unit.len()).map(|_| None).collect();
+    let mut out: Vec<Option<(Result<GenerateReadout>, f64)>> =
+        (0..unit.len()).map(|_| None).collect();
     for (at, (trial, p)) in unit.iter().zip(prefilled.iter_mut()).enumerate() {
         if trial.question.is_content_free() || !pending.contains(trial.id.as_str()) {
             continue;
         }
         match row_for(study, lib, ctx, trial) {
-            Ok(answering) => rows.push(Row {
+            Ok((answering, prompt_tokens)) => rows.push(Row {
                 at,
                 answering,
                 cache: p.cache.take(),
                 logits: p.logits.clone(),
-                cached_tokens: ctx.prompt(&trial.id).map(|p| p.tokens.clone()).unwrap_or_default(),
+                cached_tokens: prompt_tokens,
                 first: p.first_answer.take(),
                 failed: None,
                 ms: 0.0,
@@ -190,7 +191,9 @@ pub fn answer_unit(
     {
         let started = Instant::now();
         let asking: Vec<usize> = (0..rows.len())
-            .filter(|&i| rows[i].failed.is_none() && rows[i].answering.next_attempt() == Some(attempt))
+            .filter(|&i| {
+                rows[i].failed.is_none() && rows[i].answering.next_attempt() == Some(attempt)
+            })
             .collect();
         if attempt > 0 {
             reask_prefill(model, ctx, &mut rows, &asking);
@@ -213,13 +216,14 @@ pub fn answer_unit(
     out
 }
 
-/// The answer loop of an item row: its instrument, item and the question asked.
+/// The answer loop of an item row (its instrument, item and the question asked) and
+/// its prompt's tokens, which the row's cache holds to begin with.
 fn row_for<'a>(
     study: &'a Study,
     lib: &'a Library,
     ctx: &'a GroupContext,
     trial: &'a Trial,
-) -> Result<Answering<'a>> {
+) -> Result<(Answering<'a>, Vec<u32>)> {
     let instrument = trial
         .question
         .instrument()
@@ -232,14 +236,15 @@ fn row_for<'a>(
     let prompt = ctx.prompt(&trial.id)?;
     let mut conversation = ctx.messages.clone();
     conversation.push(Message::user(prompt.question.clone()));
-    Ok(Answering::new(
+    let answering = Answering::new(
         study,
         lib,
         trial,
         (ins, item_def),
         &prompt.labels,
         conversation,
-    ))
+    );
+    Ok((answering, prompt.tokens.clone()))
 }
 
 /// Prefills the re-ask turn of every asking row in one ragged pass: each row keeps the
@@ -313,12 +318,7 @@ fn reask_start(
         // No cache (the fixed-plan path: the row alone, a composition of its own), or
         // one that shares less than the group's prefix.
         _ => {
-            if tokens.len() <= shared || tokens[..shared] != ctx.shared[..] {
-                return Err(Error::Run(
-                    "internal: a prompt does not start with its group's shared prefix".into(),
-                ));
-            }
-            let suffix = tokens[shared..].to_vec();
+            let suffix = ctx.after_shared(&tokens)?.to_vec();
             Ok((ctx.cache.clone(), suffix, tokens))
         }
     }
@@ -326,8 +326,14 @@ fn reask_start(
 
 /// Extends cache i with suffix i and returns each row's last-position logits: one
 /// ragged pass where the kernels are batch-invariant (each row's bits those of
-/// `last_logits` alone), row by row otherwise.
-fn extend_caches(model: &Model, suffixes: &[Vec<u32>], caches: &mut [KvCache]) -> Result<Vec<Vec<f32>>> {
+/// `last_logits` alone), row by row otherwise. Not `generate::extend_each`: its lone
+/// rows go through `forward_keeping`, and a re-ask has always been `last_logits`, whose
+/// bits the other kernels keep only on that same call.
+fn extend_caches(
+    model: &Model,
+    suffixes: &[Vec<u32>],
+    caches: &mut [KvCache],
+) -> Result<Vec<Vec<f32>>> {
     if suffixes.len() == 1 || !model.transformer.batch_invariant() {
         return suffixes
             .iter()
@@ -340,7 +346,13 @@ fn extend_caches(model: &Model, suffixes: &[Vec<u32>], caches: &mut [KvCache]) -
 
 /// Decodes attempt `attempt` of every asking row (a first attempt the unit decoded
 /// already is taken as it is) and records each reply.
-fn decode_answers(study: &Study, model: &Model, rows: &mut [Row<'_>], asking: &[usize], attempt: usize) {
+fn decode_answers(
+    study: &Study,
+    model: &Model,
+    rows: &mut [Row<'_>],
+    asking: &[usize],
+    attempt: usize,
+) {
     let mut sampled: Vec<(usize, Vec<u32>)> = Vec::new();
     let mut decoding: Vec<usize> = Vec::new();
     for &i in asking {
@@ -370,13 +382,19 @@ fn decode_answers(study: &Study, model: &Model, rows: &mut [Row<'_>], asking: &[
                     .rng(study.seed)
                 })
                 .collect();
-            let single: Vec<bool> = decoding.iter().map(|&i| rows[i].answering.single()).collect();
+            let single: Vec<bool> = decoding
+                .iter()
+                .map(|&i| rows[i].answering.single())
+                .collect();
             // Forks of the rows' caches, decoded while the caches live on, as a lone
             // decode does: each fork then starts a segment of its own for the answer, so
             // the segments, and the attention's order of sums, are the lone decode's.
             decode_each(
                 model,
-                decoding.iter().map(|&i| rows[i].cache.clone().expect("checked")).collect(),
+                decoding
+                    .iter()
+                    .map(|&i| rows[i].cache.clone().expect("checked"))
+                    .collect(),
                 decoding.iter().map(|&i| rows[i].logits.clone()).collect(),
                 &sampling,
                 &mut rngs,
@@ -403,7 +421,8 @@ fn decode_answers(study: &Study, model: &Model, rows: &mut [Row<'_>], asking: &[
             Err(e) => {
                 let why = e.to_string();
                 for &i in &decoding {
-                    rows[i].failed = Some(Error::Run(format!("decoding the answers failed: {why}")));
+                    rows[i].failed =
+                        Some(Error::Run(format!("decoding the answers failed: {why}")));
                 }
             }
         }

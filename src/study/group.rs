@@ -235,16 +235,20 @@ impl GroupContext {
     /// A cache holding `tokens` (which must start with the shared prefix) and the logits
     /// at its last position.
     pub fn extend(&self, model: &Model, tokens: &[u32]) -> Result<(KvCache, Vec<f32>)> {
+        let suffix = self.after_shared(tokens)?;
+        let mut cache = self.cache.clone();
+        let logits = model.transformer.last_logits(suffix, &mut cache)?;
+        Ok((cache, logits))
+    }
+
+    /// The tokens of `tokens` after the shared prefix it must start with (at least one).
+    pub fn after_shared<'t>(&self, tokens: &'t [u32]) -> Result<&'t [u32]> {
         if tokens.len() <= self.shared.len() || tokens[..self.shared.len()] != self.shared[..] {
             return Err(internal(
                 "a prompt does not start with its group's shared prefix",
             ));
         }
-        let mut cache = self.cache.clone();
-        let logits = model
-            .transformer
-            .last_logits(&tokens[self.shared.len()..], &mut cache)?;
-        Ok((cache, logits))
+        Ok(&tokens[self.shared.len()..])
     }
 }
 

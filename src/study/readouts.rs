@@ -3,8 +3,8 @@
 //! `answers`'); for a completion, the text and the model-as-judge read-out of it. Each
 //! takes the group's shared work and returns the trial's record.
 
-use super::group::{study_sampling, CompletionTokens, GroupContext, TrialPrompt};
 use super::answers::first_line_complete;
+use super::group::{study_sampling, CompletionTokens, GroupContext, TrialPrompt};
 use super::plan::{Group, Question, Trial};
 use crate::chat::{sha256_hex, Message};
 use crate::error::{Error, Result};

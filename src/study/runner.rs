@@ -777,31 +777,31 @@ fn execute(
                         let answers =
                             answer_unit(study, lib, model, &ctx, &unit, &mut rows, &pending_ids);
                         unit.iter()
-                        .zip(rows)
-                        .zip(answers)
-                        .map(|((t, mut p), answer)| {
-                            if !pending_ids.contains(t.id.as_str()) {
-                                return Err(run_err("written already; computed for its unit"));
-                            }
-                            if let Some(w) = states[mi].as_mut() {
-                                w.append(
-                                    &t.id,
-                                    &std::mem::take(&mut p.states),
-                                    &ctx.prefix_states,
-                                )?;
-                            }
-                            run_item(
-                                study,
-                                lib,
-                                model,
-                                &ctx,
-                                base_record(study, group, t, &ctx),
-                                t,
-                                p,
-                                answer,
-                            )
-                        })
-                        .collect()
+                            .zip(rows)
+                            .zip(answers)
+                            .map(|((t, mut p), answer)| {
+                                if !pending_ids.contains(t.id.as_str()) {
+                                    return Err(run_err("written already; computed for its unit"));
+                                }
+                                if let Some(w) = states[mi].as_mut() {
+                                    w.append(
+                                        &t.id,
+                                        &std::mem::take(&mut p.states),
+                                        &ctx.prefix_states,
+                                    )?;
+                                }
+                                run_item(
+                                    study,
+                                    lib,
+                                    model,
+                                    &ctx,
+                                    base_record(study, group, t, &ctx),
+                                    t,
+                                    p,
+                                    answer,
+                                )
+                            })
+                            .collect()
                     }
                     Err(e) => unit
                         .iter()

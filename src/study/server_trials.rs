@@ -11,11 +11,11 @@
 //! server keeps failing (HTTP 500) leaves its trial unrecorded (the run ends `partial`,
 //! never `success`), and a reply from another model than the run's first stops it.
 
+use super::answers::{answer_with_reasks, through_first_line, Answering};
 use super::group::{render_group, RenderedGroup, Renderer, TrialPrompt};
 use super::plan::{GroupToRun, Plan, Question, Trial};
 use super::progress::Progress;
 use super::prompt::{for_template, question_text};
-use super::answers::{answer_with_reasks, through_first_line, Answering};
 use super::readouts::{
     base_record_for, choice_readout, item_options, judge_content_free, judge_valence,
     ConversationScorer, JudgeBias,
