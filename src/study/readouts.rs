@@ -298,10 +298,17 @@ pub fn run_completion(
     Ok(rec)
 }
 
-/// An item trial, from its prefilled prompt: the choice read-out, and the generated
-/// read-out `answers::answer_unit` made with its unit (with the time it took). A
-/// content-free prompt gets the choice read-out only: it exists to measure the option
-/// distribution.
+/// What a trial's unit computed for it: its prefilled prompt and, for a generated
+/// read-out, the answer `answers::answer_unit` decoded with the unit (with the time it
+/// took, in ms).
+pub struct UnitRow {
+    pub prefilled: Prefilled,
+    pub answer: Option<(Result<GenerateReadout>, f64)>,
+}
+
+/// An item trial, from what its unit computed for it: the choice read-out and the
+/// generated read-out. A content-free prompt gets the choice read-out only: it exists
+/// to measure the option distribution.
 pub fn run_item(
     study: &Study,
     lib: &Library,
@@ -309,9 +316,9 @@ pub fn run_item(
     ctx: &GroupContext,
     mut rec: TrialRecord,
     trial: &Trial,
-    prefilled: Prefilled,
-    answer: Option<(Result<GenerateReadout>, f64)>,
+    row: UnitRow,
 ) -> Result<TrialRecord> {
+    let UnitRow { prefilled, answer } = row;
     let (instrument, item) = match &trial.question {
         Question::Item {
             instrument, item, ..

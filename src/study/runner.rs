@@ -23,6 +23,7 @@ use super::provenance::{
 use super::readouts::ConversationScorer;
 use super::readouts::{
     base_record, prefill_unit, prefill_unit_fixed_plan, run_completion, run_item, JudgeBias,
+    UnitRow,
 };
 use super::run_dir::RunDir;
 use super::server_trials::{check_servers_can_run, execute_on_servers};
@@ -797,8 +798,10 @@ fn execute(
                                     &ctx,
                                     base_record(study, group, t, &ctx),
                                     t,
-                                    p,
-                                    answer,
+                                    UnitRow {
+                                        prefilled: p,
+                                        answer,
+                                    },
                                 )
                             })
                             .collect()
