@@ -396,3 +396,76 @@ fn independent_sequences_decoded_in_lockstep_equal_each_decoded_alone() {
         );
     }
 }
+
+#[test]
+fn judge_questions_sharing_their_prefix_equal_each_asked_alone() {
+    use affectbench::chat::Message;
+    use affectbench::study::judge_prefix::PrefixSharing;
+    use affectbench::study::readouts::{ConversationScorer, OptionAsk};
+    let model = smollm2();
+    let system = Message::system("You are a helpful assistant.".to_string());
+    let ask = |text: &str, labels: &[&str]| OptionAsk {
+        conversation: vec![
+            system.clone(),
+            Message::user(format!(
+                "Here is a sentence someone wrote:\n\n\"{text}\"\n\nIs the feeling this \
+                 sentence expresses {}? Answer with one word.",
+                labels.join(", ")
+            )),
+        ],
+        labels: labels.iter().map(|l| l.to_string()).collect(),
+    };
+    let listed = ["negative", "neutral", "positive"];
+    let reversed = ["positive", "neutral", "negative"];
+    // In the order a run asks them: the content-free texts, then completions two orders
+    // at a time (each sharing less with the remembered prefix than the last did), a lone
+    // question, and labels of several tokens (scored by continuing each fork).
+    let calls: Vec<Vec<OptionAsk>> = vec![
+        ["N/A", "", "[MASK]"]
+            .iter()
+            .flat_map(|t| [ask(t, &listed), ask(t, &reversed)])
+            .collect(),
+        vec![
+            ask("When I think about tomorrow, I feel calm.", &listed),
+            ask("When I think about tomorrow, I feel calm.", &reversed),
+        ],
+        vec![
+            ask("When I think about tomorrow, I dread it.", &listed),
+            ask("When I think about tomorrow, I dread it.", &reversed),
+        ],
+        vec![ask(
+            "The letter from the bank said that I owe nothing.",
+            &listed,
+        )],
+        vec![
+            ask(
+                "The phone rang late at night, and",
+                &["strongly agree", "disagree"],
+            ),
+            ask(
+                "The phone rang late at night, and",
+                &["disagree", "strongly agree"],
+            ),
+        ],
+    ];
+    let judge = PrefixSharing::new(&model);
+    for (c, asks) in calls.iter().enumerate() {
+        let shared = judge.option_distributions(asks).unwrap();
+        assert_eq!(shared.len(), asks.len());
+        for (i, (a, got)) in asks.iter().zip(shared).enumerate() {
+            let alone = model
+                .option_distribution(&a.conversation, &a.labels)
+                .unwrap();
+            assert_eq!(
+                got, alone,
+                "call {c}, question {i}: not the bits of a lone prefill"
+            );
+        }
+        // The questions did share a prefix (past the chat template's opening).
+        assert!(
+            judge.shared_tokens() > 20,
+            "call {c}: {} tokens shared",
+            judge.shared_tokens()
+        );
+    }
+}

@@ -1,6 +1,7 @@
 //! Running a study: expansion into trials (`plan`), conversation assembly (`prompt`),
 //! answer parsing (`parse`), a group's shared prefix and scheduling (`group`), each
-//! trial's read-outs (`readouts`; the generated answers with their re-asks, `answers`), the run directory protocol (`run_dir`), provenance
+//! trial's read-outs (`readouts`; the generated answers with their re-asks, `answers`;
+//! the judge's shared prompt prefix, `judge_prefix`), the run directory protocol (`run_dir`), provenance
 //! (`provenance`), the end-of-run table (`summary`), the positive-control study of
 //! `validate-instrument` (`validate`), a second model judging a finished run's
 //! completions (`second_judge`), what a run is of, new or resumed (`target`),
@@ -18,6 +19,7 @@
 pub mod answers;
 pub mod group;
 pub mod internals;
+pub mod judge_prefix;
 pub mod known_answers;
 pub mod merge;
 pub mod parse;

@@ -5,6 +5,7 @@
 
 use super::answers::first_line_complete;
 use super::group::{study_sampling, CompletionTokens, GroupContext, TrialPrompt};
+use super::judge_prefix::PrefixSharing;
 use super::plan::{Group, Question, Trial};
 use crate::chat::{sha256_hex, Message};
 use crate::error::{Error, Result};
@@ -252,11 +253,12 @@ pub fn base_record_for(
 pub type JudgeBias = BTreeMap<(String, String), Vec<f64>>;
 
 /// A completion trial: its sampled tokens (decoded with its group) as text, whether it
-/// continues its stem, and the judge's read-out of the text where the task has a judge.
-pub fn run_completion(
+/// continues its stem, and the judge's read-out of the text where the task has a judge
+/// (the group's model, sharing its prompts' prefix from one completion to the next).
+pub(crate) fn run_completion(
     study: &Study,
     lib: &Library,
-    model: &Model,
+    judge_model: &PrefixSharing,
     mut rec: TrialRecord,
     trial: &Trial,
     tokens: Option<&CompletionTokens>,
@@ -274,6 +276,7 @@ pub fn run_completion(
             ))
         }
     };
+    let model = judge_model.model;
     let text = model.tokenizer.decode(tokens)?.trim().to_string();
     let started = Instant::now();
     let task_def = &lib.tasks[task];
@@ -285,11 +288,17 @@ pub fn run_completion(
     if let Some(judge) = &task_def.judge {
         let key = (rec.model.clone(), task.clone());
         if !judge_bias.contains_key(&key) {
-            let bias = judge_content_free(study, model, judge)?;
+            let bias = judge_content_free(study, judge_model, judge)?;
             judge_bias.insert(key.clone(), bias);
         }
-        let (readout, detail) =
-            judge_valence(study, model, judge, &text, &trial.id, &judge_bias[&key])?;
+        let (readout, detail) = judge_valence(
+            study,
+            judge_model,
+            judge,
+            &text,
+            &trial.id,
+            &judge_bias[&key],
+        )?;
         rec.judge = Some(readout);
         rec.judge_detail = Some(detail);
     }
@@ -458,7 +467,7 @@ pub(crate) fn choice_readout(
 
 /// What reads an option distribution off a model for the next answer of a
 /// conversation: the local engine, or a server.
-pub(crate) trait ConversationScorer: Sync {
+pub trait ConversationScorer: Sync {
     /// The options' distribution (renormalised over them, in the order given) and the
     /// probability mass they held, for the labels `labels` after `conversation`.
     fn option_distribution(
@@ -466,6 +475,22 @@ pub(crate) trait ConversationScorer: Sync {
         conversation: &[Message],
         labels: &[String],
     ) -> Result<(Vec<f64>, f64)>;
+
+    /// `option_distribution` for several questions at once, in order. A scorer may share
+    /// the work their prompts have in common (`judge_prefix::PrefixSharing`); each
+    /// answer stays what it is asked alone.
+    fn option_distributions(&self, asks: &[OptionAsk]) -> Result<Vec<(Vec<f64>, f64)>> {
+        asks.iter()
+            .map(|a| self.option_distribution(&a.conversation, &a.labels))
+            .collect()
+    }
+}
+
+/// One question to a `ConversationScorer`: a conversation and the option labels whose
+/// probabilities are read after it.
+pub struct OptionAsk {
+    pub conversation: Vec<Message>,
+    pub labels: Vec<String>,
 }
 
 impl ConversationScorer for Model {
@@ -492,29 +517,50 @@ impl ConversationScorer for Model {
     }
 }
 
-/// The judge's option distribution for `text` asked in `order`, mapped back to the
-/// listed option order, and the option mass: a fresh conversation (the study's system
-/// prompt, then the judge instruction).
-fn judge_distribution(
+/// The judge asked about `text` with its labels in `order`: a fresh conversation (the
+/// study's system prompt, then the judge instruction).
+fn judge_ask(study: &Study, judge: &Judge, text: &str, order: &[usize]) -> OptionAsk {
+    let mut conversation = Vec::new();
+    // One judge for every completion: the first system prompt variant.
+    if let Some(s) = study.system_prompt_for(0) {
+        conversation.push(Message::system(s.to_string()));
+    }
+    conversation.push(Message::user(judge.prompt(text, order)));
+    OptionAsk {
+        conversation,
+        labels: order.iter().map(|&i| judge.options[i].0.clone()).collect(),
+    }
+}
+
+/// The judge's distributions for `text` asked in each of `orders`, each mapped back to
+/// the listed option order, with its option mass.
+fn judge_distributions(
     study: &Study,
     scorer: &dyn ConversationScorer,
     judge: &Judge,
-    text: &str,
-    order: &[usize],
-) -> Result<(Vec<f64>, f64)> {
-    let mut conv = Vec::new();
-    // One judge for every completion: the first system prompt variant.
-    if let Some(s) = study.system_prompt_for(0) {
-        conv.push(Message::system(s.to_string()));
-    }
-    conv.push(Message::user(judge.prompt(text, order)));
-    let labels: Vec<String> = order.iter().map(|&i| judge.options[i].0.clone()).collect();
-    let (shown, mass) = scorer.option_distribution(&conv, &labels)?;
-    let mut listed = vec![0.0; judge.options.len()];
-    for (&i, p) in order.iter().zip(shown) {
-        listed[i] = p;
-    }
-    Ok((listed, mass))
+    texts: &[&str],
+    orders: &[Vec<usize>],
+) -> Result<Vec<(Vec<f64>, f64)>> {
+    let asked: Vec<(&str, &Vec<usize>)> = texts
+        .iter()
+        .flat_map(|&t| orders.iter().map(move |o| (t, o)))
+        .collect();
+    let asks: Vec<OptionAsk> = asked
+        .iter()
+        .map(|(t, o)| judge_ask(study, judge, t, o))
+        .collect();
+    let answers = scorer.option_distributions(&asks)?;
+    Ok(asked
+        .iter()
+        .zip(answers)
+        .map(|((_, order), (shown, mass))| {
+            let mut listed = vec![0.0; judge.options.len()];
+            for (&i, p) in order.iter().zip(shown) {
+                listed[i] = p;
+            }
+            (listed, mass)
+        })
+        .collect())
 }
 
 /// The judge's mean distribution (listed order) over the content-free texts and the
@@ -526,14 +572,11 @@ pub(crate) fn judge_content_free(
 ) -> Result<Vec<f64>> {
     let mut sum = vec![0.0; judge.options.len()];
     let mut n = 0.0;
-    for content in CONTENT_FREE_TEXTS {
-        for order in judge.orders() {
-            let (p, _) = judge_distribution(study, model, judge, content, &order)?;
-            for (s, x) in sum.iter_mut().zip(p) {
-                *s += x;
-            }
-            n += 1.0;
+    for (p, _) in judge_distributions(study, model, judge, &CONTENT_FREE_TEXTS, &judge.orders())? {
+        for (s, x) in sum.iter_mut().zip(p) {
+            *s += x;
         }
+        n += 1.0;
     }
     Ok(sum.into_iter().map(|s| s / n).collect())
 }
@@ -552,8 +595,7 @@ pub(crate) fn judge_valence(
     let orders = judge.orders();
     let mut by_order = Vec::new();
     let mut mass = 0.0;
-    for order in &orders {
-        let (p, m) = judge_distribution(study, model, judge, text, order)?;
+    for (p, m) in judge_distributions(study, model, judge, &[text], &orders)? {
         by_order.push(p);
         mass += m / orders.len() as f64;
     }

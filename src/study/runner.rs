@@ -14,6 +14,7 @@
 use super::answers::answer_unit;
 use super::group::{fixed_plan_completions, lockstep_completions, work_units, GroupContext};
 use super::internals::{model_for, prepare as prepare_internals, ModelInternals};
+use super::judge_prefix::PrefixSharing;
 use super::known_answers;
 use super::plan::{count_trials, expand, GroupToRun, Plan, Trial, MAX_PLAN_TRIALS};
 use super::progress::Progress;
@@ -748,6 +749,7 @@ fn execute(
             capture,
             steering.clone(),
         )?;
+        let judge_model = PrefixSharing::new(model);
         let batch_size = batching.size;
         let (completions, units) = if batching.fixed_plan {
             let todo_ids: HashSet<&str> = todo.iter().map(|t| t.id.as_str()).collect();
@@ -820,7 +822,7 @@ fn execute(
                         run_completion(
                             study,
                             lib,
-                            model,
+                            &judge_model,
                             base_record(study, group, t, &ctx),
                             t,
                             completions.get(&t.id),
