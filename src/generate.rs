@@ -134,6 +134,7 @@ pub fn decode(
     mut keep_going: impl FnMut(&[u32]) -> Result<bool>,
 ) -> Result<(Vec<u32>, KvCache, StopReason)> {
     let mut tokens = Vec::new();
+    cache.expect_growth(max_tokens);
     while tokens.len() < max_tokens {
         check_finite(&logits)?;
         let next = sample(&logits, sampling, rng);
@@ -188,6 +189,7 @@ pub fn decode_lockstep(
         } else {
             cache.repeat_batch(n)?
         };
+        batch_cache.expect_growth(max_tokens);
         loop {
             let running: Vec<bool> = rows.iter().map(|r| r.1.is_none()).collect();
             let drawn = sample_rows(&row_logits, &running, sampling, chunk)?;
@@ -271,6 +273,9 @@ pub fn decode_each(
             .collect());
     }
     let mut caches = caches;
+    for cache in &mut caches {
+        cache.expect_growth(max_tokens);
+    }
     let mut logits = logits;
     let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); n];
     let mut ended: Vec<Option<Result<StopReason>>> = (0..n)

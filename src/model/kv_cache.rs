@@ -54,6 +54,8 @@ pub struct KvCache {
     len: usize,
     /// Logical batch size (segments may hold batch 1, shared by every row).
     batch: Option<usize>,
+    /// At most how many more positions a decoder will append (`expect_growth`).
+    growth: Option<usize>,
 }
 
 /// A decoding cache's next segment holds at least this many positions, so most
@@ -66,7 +68,17 @@ impl KvCache {
             layers: vec![Vec::new(); n_layer],
             len: 0,
             batch: None,
+            growth: None,
         }
+    }
+
+    /// Declares that at most `n` more positions will be appended (a decoder's token
+    /// budget, forgotten once spent), so a decoding segment reserves no more room than
+    /// that. Without it a
+    /// decoding cache reserves half of what it holds, which for a short answer after a
+    /// long prompt is hundreds of positions it never uses, per row of a batch.
+    pub fn expect_growth(&mut self, n: usize) {
+        self.growth = Some(n);
     }
 
     /// Number of positions already cached.
@@ -97,14 +109,18 @@ impl KvCache {
             .last()
             .filter(|last| Arc::strong_count(&last.owner) == 1 && last.batch() == b);
         if own.is_none_or(|last| last.capacity() - last.len < s) {
-            // Only a cache that fills its own segment is decoding: it reserves room
-            // ahead (a share of what it holds, so segments stay few). A fresh cache or a
-            // fork (a questionnaire item, an option's continuation) gets what it was
-            // given: there are many forks and most stop there, and reserving ahead for
-            // each had an 8B questionnaire pass hold 1.1 GB of cache for 0.3 GB of
-            // positions. A multiple of 16 so the attention kernel reads whole blocks.
-            let capacity = if own.is_some() {
-                s.max(MIN_SEGMENT).max(self.len / 2)
+            // Only a cache that fills its own segment one position at a time is
+            // decoding: it reserves room ahead (a share of what it holds, so segments
+            // stay few; no more than its decoder's declared budget). A fresh cache, a
+            // fork (a questionnaire item, an option's continuation) or an extension by
+            // a turn (a re-ask) gets what it was given: there are many of them and most
+            // stop there, and reserving ahead for each had an 8B questionnaire pass hold
+            // 1.1 GB of cache for 0.3 GB of positions, and a unit of re-asked answers
+            // hold half its prompts' length again per row. A multiple of 16 so the
+            // attention kernel reads whole blocks.
+            let capacity = if own.is_some() && s == 1 {
+                let ahead = MIN_SEGMENT.max(self.len / 2);
+                self.growth.map_or(ahead, |g| ahead.min(g.max(s)))
             } else {
                 s
             }
@@ -126,6 +142,12 @@ impl KvCache {
 
     pub(crate) fn advance(&mut self, n: usize, batch: usize) {
         self.len += n;
+        // A spent budget is forgotten: whatever decodes next declares its own, or
+        // reserves ahead.
+        self.growth = self
+            .growth
+            .and_then(|g| g.checked_sub(n))
+            .filter(|&g| g > 0);
         self.batch = Some(batch);
     }
 
@@ -163,6 +185,7 @@ impl KvCache {
             layers: self.layers.clone(),
             len: self.len,
             batch: Some(n),
+            growth: self.growth,
         })
     }
 }
@@ -251,6 +274,47 @@ mod tests {
         }
         assert_eq!(capacities(&option).len(), 4, "appends went in place");
         assert_eq!(option.len(), 167 + 20 + 16 + 112);
+    }
+
+    /// Regression: a re-ask turn appended to an answer's full segment reserved half the
+    /// cache (a decoding step's rule), and so did the re-ask's decode of a few tokens:
+    /// ~200 positions per row for a 6-token answer after a 400-token prompt, held by
+    /// every row of a unit decoded together.
+    #[test]
+    fn a_turn_gets_its_positions_and_a_decoder_no_more_than_its_budget() {
+        let prompt: Vec<f32> = (0..400).map(|i| i as f32).collect();
+        let mut row = KvCache::new(1);
+        keys(&mut row, &prompt);
+        assert_eq!(capacities(&row), vec![400]);
+        let mut turn = row.clone();
+        drop(row);
+        keys(&mut turn, &[1.0; 30]);
+        assert_eq!(
+            capacities(&turn),
+            vec![400, 32],
+            "a turn is not a decoding step"
+        );
+
+        // A full segment of its own, then a decoder with a 6-token budget.
+        keys(&mut turn, &[2.0; 2]);
+        turn.expect_growth(6);
+        keys(&mut turn, &[3.0]);
+        assert_eq!(capacities(&turn), vec![400, 32, 16]);
+        for i in 0..5 {
+            keys(&mut turn, &[i as f32]);
+        }
+        assert_eq!(
+            capacities(&turn).len(),
+            3,
+            "the budget's tokens went in place"
+        );
+
+        // Past the budget (a decoder that did not declare one) it reserves ahead again:
+        // half of the 448 positions held.
+        for i in 0..11 {
+            keys(&mut turn, &[i as f32]);
+        }
+        assert_eq!(capacities(&turn), vec![400, 32, 16, 224]);
     }
 
     #[test]
