@@ -9,7 +9,7 @@ use super::judge_prefix::PrefixSharing;
 use super::plan::{Group, Question, Trial};
 use crate::chat::{sha256_hex, Message};
 use crate::error::{Error, Result};
-use crate::generate::extend_each_capturing;
+use crate::generate::{extend_each, extend_each_capturing};
 use crate::measures::calibration::divide_out;
 use crate::model::{KvCache, Model};
 use crate::option_scoring::{normalise, option_logprobs, option_logprobs_rows, ScoringRow};
@@ -63,15 +63,12 @@ pub fn prefill_unit(
 ) -> Result<Vec<Prefilled>> {
     let started = Instant::now();
     let suffixes = unit_suffixes(ctx, unit)?;
-    let rows: Vec<(KvCache, Vec<f32>, Vec<Vec<f32>>)> = extend_each_capturing(
-        model,
-        vec![ctx.cache.clone(); suffixes.len()],
-        &suffixes,
-        &ctx.capture,
-    )?
-    .into_iter()
-    .map(|e| (e.cache, e.logits, e.states))
-    .collect();
+    let (caches, rests) = share_openings(model, &ctx.cache, &suffixes)?;
+    let rows: Vec<(KvCache, Vec<f32>, Vec<Vec<f32>>)> =
+        extend_each_capturing(model, caches, &rests, &ctx.capture)?
+            .into_iter()
+            .map(|e| (e.cache, e.logits, e.states))
+            .collect();
     let options = unit_options(study, lib, model, ctx, unit)?;
     let scoring: Vec<ScoringRow<'_>> = rows
         .iter()
@@ -94,6 +91,61 @@ pub fn prefill_unit(
             first_answer: None,
         })
         .collect())
+}
+
+/// Fewer tokens than this in common are not worth a pass of their own.
+const MIN_SHARED_OPENING: usize = 8;
+
+/// The unit's prompts (after the group's prefix) that open alike, such as the items of
+/// one instrument (its instruction, then the item), get that opening prefilled once, in
+/// one ragged pass for every such cluster: returns each row's cache to continue (its
+/// cluster's, else the group's) and the rest of its prompt. Each row's bits stay those of
+/// its whole prompt prefilled after the group's prefix (see `judge_prefix`); kernels that
+/// are not batch-invariant get the group's cache and the whole prompt.
+fn share_openings(
+    model: &Model,
+    group: &KvCache,
+    suffixes: &[Vec<u32>],
+) -> Result<(Vec<KvCache>, Vec<Vec<u32>>)> {
+    let alone = || (vec![group.clone(); suffixes.len()], suffixes.to_vec());
+    if suffixes.len() < 2 || !model.transformer.batch_invariant() {
+        return Ok(alone());
+    }
+    let common = |a: &[u32], b: &[u32]| a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let mut order: Vec<usize> = (0..suffixes.len()).collect();
+    order.sort_by(|&a, &b| suffixes[a].cmp(&suffixes[b]));
+    // Sorted, prompts that open alike are neighbours: a cluster is a run of neighbours
+    // sharing at least MIN_SHARED_OPENING tokens; its opening is the least they share,
+    // leaving each row at least its last token (whose logits are the answer position's).
+    let mut clusters: Vec<(Vec<usize>, usize)> = Vec::new();
+    for (k, &i) in order.iter().enumerate() {
+        let own = suffixes[i].len().saturating_sub(1);
+        let with_last = (k > 0).then(|| common(&suffixes[order[k - 1]], &suffixes[i]));
+        match (clusters.last_mut(), with_last) {
+            (Some((rows, shared)), Some(n)) if n.min(own).min(*shared) >= MIN_SHARED_OPENING => {
+                *shared = n.min(own).min(*shared);
+                rows.push(i);
+            }
+            _ => clusters.push((vec![i], own)),
+        }
+    }
+    let shared: Vec<&(Vec<usize>, usize)> = clusters.iter().filter(|(r, _)| r.len() > 1).collect();
+    if shared.is_empty() {
+        return Ok(alone());
+    }
+    let openings: Vec<Vec<u32>> = shared
+        .iter()
+        .map(|(rows, n)| suffixes[rows[0]][..*n].to_vec())
+        .collect();
+    let opened = extend_each(model, vec![group.clone(); openings.len()], &openings)?;
+    let (mut caches, mut rests) = alone();
+    for ((rows, n), (cache, _)) in shared.iter().zip(opened) {
+        for &i in rows {
+            caches[i] = cache.clone();
+            rests[i] = suffixes[i][*n..].to_vec();
+        }
+    }
+    Ok((caches, rests))
 }
 
 /// Each trial's prompt after the group's shared prefix.
