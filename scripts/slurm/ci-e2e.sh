@@ -108,7 +108,11 @@ for i in $(seq 60); do
 done
 grep -q '"status": "interrupted"' "$OUT/shard-2/run.json" || fail "task 2's run.json does not say interrupted: $(cat "$OUT/shard-2/run.json")"
 # A requeued job waits out a begin-time delay (~2 min) once it is pending again; let it
-# start now.
+# start now, but not within the second of the requeue: slurmd refuses a credential issued
+# in the second it revoked the job's old one ("Killing non-startable batch JobId=...: Job
+# credential revoked" in slurmctld.log), which failed the task and left the merge pending
+# on DependencyNeverSatisfied when the restart came 0.8 s after the requeue.
+sleep 2
 for i in $(seq 60); do
     if squeue -h -j "${jid}_2" -o '%T' 2>/dev/null | grep -q PENDING; then
         scontrol update jobid="${jid}_2" StartTime=now && break
