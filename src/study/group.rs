@@ -254,16 +254,20 @@ impl GroupContext {
 
 /// The longest common token prefix of all prompts, leaving each at least one token of
 /// its own (the last prompt token's logits are the answer position's).
-fn shared_prefix<'a>(mut prompts: impl Iterator<Item = &'a [u32]>) -> Vec<u32> {
+pub(crate) fn shared_prefix<'a>(mut prompts: impl Iterator<Item = &'a [u32]>) -> Vec<u32> {
     let Some(first) = prompts.next() else {
         return Vec::new();
     };
     let mut shared = first[..first.len().saturating_sub(1)].to_vec();
     for p in prompts {
-        let common = shared.iter().zip(p).take_while(|(a, b)| a == b).count();
-        shared.truncate(common.min(p.len().saturating_sub(1)));
+        shared.truncate(common_len(&shared, p).min(p.len().saturating_sub(1)));
     }
     shared
+}
+
+/// How many leading tokens `a` and `b` have in common.
+pub(crate) fn common_len(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 fn internal(what: &str) -> Error {
@@ -424,7 +428,16 @@ pub fn work_units<'a>(pending: &[&'a Trial], batch_size: usize) -> Vec<Vec<&'a T
 
 #[cfg(test)]
 mod tests {
-    use super::shared_prefix;
+    use super::{common_len, shared_prefix};
+
+    #[test]
+    fn common_len_counts_the_leading_tokens_two_sequences_share() {
+        assert_eq!(common_len(&[1, 2, 3], &[1, 2, 3]), 3);
+        assert_eq!(common_len(&[1, 2, 3], &[1, 2, 4]), 2);
+        assert_eq!(common_len(&[1, 2], &[1, 2, 3]), 2);
+        assert_eq!(common_len(&[1, 2, 3], &[5]), 0);
+        assert_eq!(common_len(&[], &[1]), 0);
+    }
 
     #[test]
     fn the_shared_prefix_leaves_every_prompt_a_token_of_its_own() {

@@ -9,12 +9,12 @@
 //! (`tests/determinism.rs` compares the two). With kernels that are not batch-invariant
 //! each question is asked alone, as `Model` asks it.
 
-use super::readouts::{ConversationScorer, OptionAsk};
+use super::group::{common_len, shared_prefix};
+use super::readouts::{label_distribution, ConversationScorer, OptionAsk};
 use crate::chat::Message;
 use crate::error::{Error, Result};
 use crate::generate::extend_each;
 use crate::model::{KvCache, Model};
-use crate::option_scoring::{normalise, option_logprobs};
 use std::sync::Mutex;
 
 /// A model as a judge that prefills a shared prompt prefix once.
@@ -39,16 +39,6 @@ impl<'m> PrefixSharing<'m> {
             .lock()
             .map_or(0, |s| s.as_ref().map_or(0, |(p, _)| p.len()))
     }
-}
-
-/// How many leading tokens every sequence has in common.
-fn common_prefix_len(rows: &[Vec<u32>]) -> usize {
-    let Some((first, rest)) = rows.split_first() else {
-        return 0;
-    };
-    rest.iter().fold(first.len(), |n, r| {
-        first[..n].iter().zip(r).take_while(|(a, b)| a == b).count()
-    })
 }
 
 impl ConversationScorer for PrefixSharing<'_> {
@@ -88,15 +78,14 @@ impl ConversationScorer for PrefixSharing<'_> {
             return Err(Error::Run("a judge prompt rendered to no tokens".into()));
         }
         // Each question keeps at least its last token to compute: its logits.
-        let shortest = tokens.iter().map(Vec::len).min().unwrap_or(0);
-        let common = common_prefix_len(&tokens).min(shortest - 1);
+        let common = shared_prefix(tokens.iter().map(Vec::as_slice)).len();
         let mut shared = self
             .shared
             .lock()
             .map_err(|_| Error::Run("internal: the judge's prefix lock was poisoned".into()))?;
         let (mut cache, mut done) = match shared.as_ref() {
             Some((prefix, cache)) => {
-                let n = common_prefix_len(&[prefix.clone(), tokens[0][..common].to_vec()]);
+                let n = common_len(prefix, &tokens[0][..common]);
                 let mut cache = cache.clone();
                 cache.truncate(n)?;
                 (cache, n)
@@ -114,33 +103,7 @@ impl ConversationScorer for PrefixSharing<'_> {
         let rows = extend_each(model, vec![cache; asks.len()], &suffixes)?;
         rows.into_iter()
             .zip(asks)
-            .map(|((cache, logits), ask)| {
-                let options = ask
-                    .labels
-                    .iter()
-                    .map(|l| model.tokenizer.encode(l, false))
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(normalise(&option_logprobs(
-                    model, &cache, &logits, &options,
-                )?))
-            })
+            .map(|((cache, logits), ask)| label_distribution(model, &cache, &logits, &ask.labels))
             .collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::common_prefix_len;
-
-    #[test]
-    fn common_prefix_is_the_shortest_shared_run() {
-        assert_eq!(common_prefix_len(&[]), 0);
-        assert_eq!(common_prefix_len(&[vec![1, 2, 3]]), 3);
-        assert_eq!(common_prefix_len(&[vec![1, 2, 3], vec![1, 2, 4]]), 2);
-        assert_eq!(common_prefix_len(&[vec![1, 2], vec![1, 2, 3]]), 2);
-        assert_eq!(
-            common_prefix_len(&[vec![1, 2, 3], vec![1, 2, 3], vec![5]]),
-            0
-        );
     }
 }

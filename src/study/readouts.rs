@@ -4,7 +4,7 @@
 //! takes the group's shared work and returns the trial's record.
 
 use super::answers::first_line_complete;
-use super::group::{study_sampling, CompletionTokens, GroupContext, TrialPrompt};
+use super::group::{common_len, study_sampling, CompletionTokens, GroupContext, TrialPrompt};
 use super::judge_prefix::PrefixSharing;
 use super::plan::{Group, Question, Trial};
 use crate::chat::{sha256_hex, Message};
@@ -111,7 +111,6 @@ fn share_openings(
     if suffixes.len() < 2 || !model.transformer.batch_invariant() {
         return Ok(alone());
     }
-    let common = |a: &[u32], b: &[u32]| a.iter().zip(b).take_while(|(x, y)| x == y).count();
     let mut order: Vec<usize> = (0..suffixes.len()).collect();
     order.sort_by(|&a, &b| suffixes[a].cmp(&suffixes[b]));
     // Sorted, prompts that open alike are neighbours: a cluster is a run of neighbours
@@ -120,7 +119,7 @@ fn share_openings(
     let mut clusters: Vec<(Vec<usize>, usize)> = Vec::new();
     for (k, &i) in order.iter().enumerate() {
         let own = suffixes[i].len().saturating_sub(1);
-        let with_last = (k > 0).then(|| common(&suffixes[order[k - 1]], &suffixes[i]));
+        let with_last = (k > 0).then(|| common_len(&suffixes[order[k - 1]], &suffixes[i]));
         match (clusters.last_mut(), with_last) {
             (Some((rows, shared)), Some(n)) if n.min(own).min(*shared) >= MIN_SHARED_OPENING => {
                 *shared = n.min(own).min(*shared);
@@ -556,17 +555,28 @@ impl ConversationScorer for Model {
             .encode(&self.render_chat(conversation)?, false)?;
         let mut cache = KvCache::new(self.transformer.config.n_layer);
         let logits = self.transformer.last_logits(&tokens, &mut cache)?;
-        let option_tokens = labels
-            .iter()
-            .map(|l| self.tokenizer.encode(l, false))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(normalise(&option_logprobs(
-            self,
-            &cache,
-            &logits,
-            &option_tokens,
-        )?))
+        label_distribution(self, &cache, &logits, labels)
     }
+}
+
+/// The labels' distribution (renormalised over them) and the mass they held, read after
+/// the prompt in `cache` whose last-position logits are `logits`.
+pub(crate) fn label_distribution(
+    model: &Model,
+    cache: &KvCache,
+    logits: &[f32],
+    labels: &[String],
+) -> Result<(Vec<f64>, f64)> {
+    let option_tokens = labels
+        .iter()
+        .map(|l| model.tokenizer.encode(l, false))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(normalise(&option_logprobs(
+        model,
+        cache,
+        logits,
+        &option_tokens,
+    )?))
 }
 
 /// The judge asked about `text` with its labels in `order`: a fresh conversation (the
